@@ -1,0 +1,86 @@
+//! Command line: `run`, `worker`, `scaler`, `validate`, `motion`, `detect`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::telemetry::LogFormat;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "edge-agent",
+    version,
+    about = "On-device video-event agent: RTSP ingest, CPU motion gating, scale-to-zero YOLOv4 workers.",
+    long_about = "edge-agent ingests RTSP cameras, detects motion on the CPU, and only on motion escalates \
+frames to YOLOv4 ONNX workers that it starts on demand and stops when idle. Detections and events are \
+published over MQTT or AMQP.\n\nWith no --config and no --config-dir, `run` starts a self-contained demo."
+)]
+pub struct Cli {
+    /// Log format: readable text or one JSON object per line. Level from RUST_LOG.
+    #[arg(long, global = true, value_enum, env = "EDGE_AGENT_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct ConfigArgs {
+    /// A configuration file; give it several times to layer (later files override earlier ones).
+    #[arg(long = "config", short = 'c', value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// A configuration directory: agent.toml, then conf.d/*.toml in name order.
+    #[arg(long, value_name = "DIR", env = "EDGE_AGENT_CONFIG_DIR")]
+    pub config_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the agent: cameras, motion, escalation, local workers, events and telemetry.
+    Run {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Run one inference worker: consume frames, detect, publish results (started by the scaler).
+    Worker {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Scale workers from a shared remote AMQP queue (for a GPU server serving many boxes).
+    Scaler {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Check the configuration and print the effective result with secrets redacted.
+    /// Exits 78 (EX_CONFIG) listing every error with file, line and key.
+    Validate {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Show after each value which file and line (or environment variable) set it.
+        #[arg(long)]
+        explain: bool,
+        /// Print nothing when the configuration is valid.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Replay a file or URL through ingest and the motion detector; print one JSON line per motion event.
+    Motion {
+        /// A file path or URL (file://, rtsp://).
+        source: String,
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Camera whose motion settings to use.
+        #[arg(long)]
+        camera: Option<String>,
+        /// Write a few annotated frames (mask, changed pixels, boxes) as PNG here.
+        #[arg(long, value_name = "DIR")]
+        debug_dir: Option<PathBuf>,
+    },
+    /// Run the worker's detection pipeline on image files; print one JSON line per image.
+    Detect {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Image files (JPEG or PNG).
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+    },
+}

@@ -1,0 +1,301 @@
+//! Checked value types used by every section: a value that deserialises is a valid
+//! value, so the stages never see an out-of-range threshold or a URL of the wrong scheme.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer};
+use serde::{Deserialize, Serialize, Serializer};
+
+use super::secret::redact_url;
+
+/// An integer that must lie in `LO..=HI`.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IntIn<const LO: i64, const HI: i64>(i64);
+
+impl<const LO: i64, const HI: i64> IntIn<LO, HI> {
+    /// Builds the value, or says why it is out of range.
+    pub fn new(v: i64) -> Result<Self, String> {
+        if (LO..=HI).contains(&v) {
+            Ok(Self(v))
+        } else {
+            Err(format!("must be {LO}..={HI}, got {v}"))
+        }
+    }
+    /// Builds a value known to be in range (defaults); out-of-range clamps.
+    pub const fn lit(v: i64) -> Self {
+        let v = if v < LO {
+            LO
+        } else if v > HI {
+            HI
+        } else {
+            v
+        };
+        Self(v)
+    }
+    pub fn get(self) -> i64 {
+        self.0
+    }
+    pub fn as_u32(self) -> u32 {
+        self.0 as u32
+    }
+    pub fn as_usize(self) -> usize {
+        self.0 as usize
+    }
+}
+
+impl<const LO: i64, const HI: i64> Default for IntIn<LO, HI> {
+    /// The lowest allowed value.
+    fn default() -> Self {
+        Self(LO)
+    }
+}
+
+impl<const LO: i64, const HI: i64> fmt::Debug for IntIn<LO, HI> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<'de, const LO: i64, const HI: i64> Deserialize<'de> for IntIn<LO, HI> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = i64::deserialize(d)?;
+        Self::new(v).map_err(de::Error::custom)
+    }
+}
+
+impl<const LO: i64, const HI: i64> Serialize for IntIn<LO, HI> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_i64(self.0)
+    }
+}
+
+/// A float that must lie in `0.0..=1.0` (fractions, confidences, rates).
+#[derive(Clone, Copy, PartialEq, PartialOrd, Debug)]
+pub struct Fraction(f64);
+
+impl Fraction {
+    pub fn new(v: f64) -> Result<Self, String> {
+        if (0.0..=1.0).contains(&v) {
+            Ok(Self(v))
+        } else {
+            Err(format!("must be 0.0..=1.0, got {v}"))
+        }
+    }
+    pub const fn lit(v: f64) -> Self {
+        Self(v)
+    }
+    pub fn get(self) -> f64 {
+        self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Fraction {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = f64::deserialize(d)?;
+        Self::new(v).map_err(de::Error::custom)
+    }
+}
+
+impl Serialize for Fraction {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(self.0)
+    }
+}
+
+/// A duration written as a string such as `"500ms"`, `"5s"` or `"2m"`.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Dur(pub Duration);
+
+impl Dur {
+    pub const fn ms(ms: u64) -> Self {
+        Self(Duration::from_millis(ms))
+    }
+    pub const fn secs(s: u64) -> Self {
+        Self(Duration::from_secs(s))
+    }
+    pub fn get(self) -> Duration {
+        self.0
+    }
+}
+
+impl fmt::Debug for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = Dur;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration string such as \"500ms\" or \"5s\"")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Dur, E> {
+                humantime::parse_duration(s.trim()).map(Dur).map_err(|e| {
+                    E::custom(format!(
+                        "invalid duration {s:?}: {e} (write e.g. \"500ms\" or \"5s\")"
+                    ))
+                })
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl Serialize for Dur {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+/// The URL schemes a field accepts.
+pub trait Schemes {
+    const ALLOWED: &'static [&'static str];
+}
+
+/// Camera sources: RTSP for cameras, files and HTTP for replays and tests.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct CameraSchemes;
+impl Schemes for CameraSchemes {
+    const ALLOWED: &'static [&'static str] =
+        &["rtsp", "rtsps", "rtspt", "file", "http", "https", "demo"];
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct MqttSchemes;
+impl Schemes for MqttSchemes {
+    const ALLOWED: &'static [&'static str] = &["mqtt", "mqtts", "tcp", "ssl"];
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct AmqpSchemes;
+impl Schemes for AmqpSchemes {
+    const ALLOWED: &'static [&'static str] = &["amqp", "amqps"];
+}
+
+/// A URL that may carry a password. `Display`, `Debug` and `Serialize` redact it;
+/// only [`SecretUrl::expose`] gives the real text, for the one place that connects.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl<S> {
+    raw: String,
+    _s: PhantomData<S>,
+}
+
+impl<S: Schemes> SecretUrl<S> {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let parsed =
+            url::Url::parse(raw).map_err(|e| format!("invalid URL {:?}: {e}", redact_url(raw)))?;
+        if !S::ALLOWED.contains(&parsed.scheme()) {
+            return Err(format!(
+                "URL scheme {:?} is not allowed here (expected one of {}), got {:?}",
+                parsed.scheme(),
+                S::ALLOWED.join(", "),
+                redact_url(raw)
+            ));
+        }
+        Ok(Self {
+            raw: raw.to_string(),
+            _s: PhantomData,
+        })
+    }
+    /// The real URL, password included. Never log it.
+    pub fn expose(&self) -> &str {
+        &self.raw
+    }
+    pub fn scheme(&self) -> &str {
+        self.raw.split("://").next().unwrap_or("")
+    }
+    pub fn has_password(&self) -> bool {
+        url::Url::parse(&self.raw)
+            .map(|u| u.password().is_some())
+            .unwrap_or(false)
+    }
+    /// Returns the URL with its password replaced (for `password_file`).
+    pub fn with_password(&self, password: &str) -> Result<Self, String> {
+        let mut u = url::Url::parse(&self.raw).map_err(|e| e.to_string())?;
+        if u.username().is_empty() {
+            return Err(
+                "a password_file needs a user name in the URL (scheme://user@host/...)".into(),
+            );
+        }
+        u.set_password(Some(password))
+            .map_err(|_| "this URL cannot carry a password".to_string())?;
+        Ok(Self {
+            raw: u.to_string(),
+            _s: PhantomData,
+        })
+    }
+}
+
+impl<S> fmt::Display for SecretUrl<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact_url(&self.raw))
+    }
+}
+
+impl<S> fmt::Debug for SecretUrl<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", redact_url(&self.raw))
+    }
+}
+
+impl<'de, S: Schemes> Deserialize<'de> for SecretUrl<S> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        Self::parse(&raw).map_err(de::Error::custom)
+    }
+}
+
+impl<S> Serialize for SecretUrl<S> {
+    fn serialize<Se: Serializer>(&self, s: Se) -> Result<Se::Ok, Se::Error> {
+        s.serialize_str(&redact_url(&self.raw))
+    }
+}
+
+/// A non-empty identifier made of letters, digits, `-` and `_` (device and camera ids,
+/// which end up in topics, routing keys and metric labels).
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct Ident(String);
+
+impl Ident {
+    pub fn new(s: &str) -> Result<Self, String> {
+        if s.is_empty() || s.len() > 64 {
+            return Err(format!("must be 1 to 64 characters, got {s:?}"));
+        }
+        if !s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(format!(
+                "may hold only letters, digits, '-' and '_', got {s:?}"
+            ));
+        }
+        Ok(Self(s.to_string()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Ident {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Ident {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::new(&s).map_err(de::Error::custom)
+    }
+}
+
+impl Serialize for Ident {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}

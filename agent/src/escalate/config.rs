@@ -1,0 +1,172 @@
+//! Transport settings (`[transport]`) and per-camera escalation limits.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::types::{AmqpSchemes, Dur, IntIn, MqttSchemes, SecretUrl};
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    /// An MQTT broker inside the agent, on loopback: no outside service needed.
+    #[default]
+    Embedded,
+    Mqtt,
+    Amqp,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TransportConfig {
+    #[serde(default)]
+    pub kind: TransportKind,
+    #[serde(default = "default_mqtt_url")]
+    pub mqtt_url: SecretUrl<MqttSchemes>,
+    #[serde(default = "default_amqp_url")]
+    pub amqp_url: SecretUrl<AmqpSchemes>,
+    /// A file holding the broker password, put into the URL in use at load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<std::path::PathBuf>,
+    /// CA bundle for `mqtts://` and `amqps://` (system roots otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Loopback port of the embedded broker (0 picks a free one).
+    #[serde(default = "default_embedded_port")]
+    pub embedded_port: IntIn<0, 65535>,
+    #[serde(default = "default_prefix")]
+    pub topic_prefix: String,
+    #[serde(default = "default_frames_queue")]
+    pub frames_queue: String,
+    #[serde(default = "default_events_exchange")]
+    pub events_exchange: String,
+    /// Messages held while the broker is unreachable; oldest frames go first when full.
+    #[serde(default = "default_buffer")]
+    pub buffer_size: IntIn<1, 100_000>,
+    /// Frames older than this expire in the queue (AMQP message TTL).
+    #[serde(default = "default_ttl")]
+    pub frame_ttl: Dur,
+    /// Frames queue length bound (AMQP `x-max-length`, drop-oldest).
+    #[serde(default = "default_max_queue")]
+    pub max_queue_length: IntIn<1, 1_000_000>,
+    /// Largest JPEG payload accepted, in bytes.
+    #[serde(default = "default_max_payload")]
+    pub max_payload: IntIn<1024, 67_108_864>,
+    /// Unacknowledged frames a worker holds at once.
+    #[serde(default = "default_prefetch")]
+    pub prefetch: IntIn<1, 1000>,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        Self {
+            kind: TransportKind::default(),
+            mqtt_url: default_mqtt_url(),
+            amqp_url: default_amqp_url(),
+            password_file: None,
+            ca_file: None,
+            embedded_port: default_embedded_port(),
+            topic_prefix: default_prefix(),
+            frames_queue: default_frames_queue(),
+            events_exchange: default_events_exchange(),
+            buffer_size: default_buffer(),
+            frame_ttl: default_ttl(),
+            max_queue_length: default_max_queue(),
+            max_payload: default_max_payload(),
+            prefetch: default_prefetch(),
+        }
+    }
+}
+
+impl TransportConfig {
+    pub fn check(&self) -> Vec<(String, String)> {
+        let mut errs = Vec::new();
+        for (key, v) in [
+            ("topic_prefix", &self.topic_prefix),
+            ("frames_queue", &self.frames_queue),
+        ] {
+            if v.is_empty() || v.contains(['#', '+', ' ']) {
+                errs.push((
+                    key.to_string(),
+                    format!("must be non-empty without '#', '+' or spaces, got {v:?}"),
+                ));
+            }
+        }
+        if self.events_exchange.is_empty() {
+            errs.push(("events_exchange".into(), "must not be empty".into()));
+        }
+        errs
+    }
+}
+
+/// How much of an event travels to the detector.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EscalationConfig {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Frames sent per motion event at most.
+    #[serde(default = "default_max_frames")]
+    pub max_frames: IntIn<1, 1000>,
+    /// Least time between two escalated frames of one camera.
+    #[serde(default = "default_interval")]
+    pub min_interval: Dur,
+    /// JPEG quality of escalated frames.
+    #[serde(default = "default_quality")]
+    pub jpeg_quality: IntIn<1, 100>,
+}
+
+impl Default for EscalationConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_frames: default_max_frames(),
+            min_interval: default_interval(),
+            jpeg_quality: default_quality(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_mqtt_url() -> SecretUrl<MqttSchemes> {
+    SecretUrl::parse("mqtt://127.0.0.1:1883").expect("valid default")
+}
+fn default_amqp_url() -> SecretUrl<AmqpSchemes> {
+    SecretUrl::parse("amqp://guest:guest@127.0.0.1:5672/%2f").expect("valid default")
+}
+fn default_embedded_port() -> IntIn<0, 65535> {
+    IntIn::lit(0)
+}
+fn default_prefix() -> String {
+    "edge".into()
+}
+fn default_frames_queue() -> String {
+    "edge.frames".into()
+}
+fn default_events_exchange() -> String {
+    "edge.events".into()
+}
+fn default_buffer() -> IntIn<1, 100_000> {
+    IntIn::lit(256)
+}
+fn default_ttl() -> Dur {
+    Dur::secs(30)
+}
+fn default_max_queue() -> IntIn<1, 1_000_000> {
+    IntIn::lit(1000)
+}
+fn default_max_payload() -> IntIn<1024, 67_108_864> {
+    IntIn::lit(4 * 1024 * 1024)
+}
+fn default_prefetch() -> IntIn<1, 1000> {
+    IntIn::lit(2)
+}
+fn default_max_frames() -> IntIn<1, 1000> {
+    IntIn::lit(5)
+}
+fn default_interval() -> Dur {
+    Dur::ms(200)
+}
+fn default_quality() -> IntIn<1, 100> {
+    IntIn::lit(85)
+}

@@ -1,0 +1,159 @@
+//! Detector (`[inference]`) and event (`[events]`) settings.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::types::{Fraction, IntIn};
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelOrder {
+    #[default]
+    Rgb,
+    /// Darknet-trained weights expect BGR.
+    Bgr,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ResizeMode {
+    #[default]
+    Letterbox,
+    Stretch,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    Tensorrt,
+    Cuda,
+    Cpu,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InferenceConfig {
+    /// ONNX model; empty means the generated demo model.
+    #[serde(default)]
+    pub model: PathBuf,
+    #[serde(default)]
+    pub labels: PathBuf,
+    /// Model input side in pixels (0: read from the model).
+    #[serde(default)]
+    pub input_size: IntIn<0, 4096>,
+    #[serde(default)]
+    pub channel_order: ChannelOrder,
+    #[serde(default)]
+    pub resize: ResizeMode,
+    /// Execution providers in order of preference.
+    #[serde(default = "default_providers")]
+    pub providers: Vec<Provider>,
+    #[serde(default = "default_confidence")]
+    pub confidence: Fraction,
+    #[serde(default = "default_nms")]
+    pub nms_iou: Fraction,
+    /// Per-class confidence thresholds by class name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub class_thresholds: BTreeMap<String, Fraction>,
+    /// Intra-op threads of the CPU provider (0: ONNX Runtime decides).
+    #[serde(default = "default_threads")]
+    pub threads: IntIn<0, 256>,
+    /// Path of `libonnxruntime.so`; else `ORT_DYLIB_PATH`, else the project's virtualenv.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ort_library: Option<PathBuf>,
+    /// TensorRT engine cache directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_cache: Option<PathBuf>,
+    #[serde(default)]
+    pub fp16: bool,
+}
+
+impl Default for InferenceConfig {
+    fn default() -> Self {
+        Self {
+            model: PathBuf::new(),
+            labels: PathBuf::new(),
+            input_size: IntIn::lit(0),
+            channel_order: ChannelOrder::default(),
+            resize: ResizeMode::default(),
+            providers: default_providers(),
+            confidence: default_confidence(),
+            nms_iou: default_nms(),
+            class_thresholds: BTreeMap::new(),
+            threads: default_threads(),
+            ort_library: None,
+            engine_cache: None,
+            fp16: false,
+        }
+    }
+}
+
+impl InferenceConfig {
+    pub fn check(&self) -> Vec<(String, String)> {
+        let mut errs = Vec::new();
+        if self.providers.is_empty() {
+            errs.push((
+                "providers".into(),
+                "must list at least one provider (e.g. [\"cpu\"])".into(),
+            ));
+        }
+        let size = self.input_size.get();
+        if size != 0 && size % 32 != 0 {
+            errs.push((
+                "input_size".into(),
+                format!("must be a multiple of 32 (YOLO stride), got {size}"),
+            ));
+        }
+        errs
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Classes that raise an event (with a snapshot) when detected.
+    #[serde(default = "default_event_classes")]
+    pub classes: Vec<String>,
+    /// Classes pixelated in every published image.
+    #[serde(default)]
+    pub privacy_classes: Vec<String>,
+    /// Where snapshots are written before their event is published (empty: publish only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_dir: Option<PathBuf>,
+    #[serde(default = "default_snapshot_quality")]
+    pub snapshot_quality: IntIn<1, 100>,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            classes: default_event_classes(),
+            privacy_classes: Vec::new(),
+            snapshot_dir: None,
+            snapshot_quality: default_snapshot_quality(),
+        }
+    }
+}
+
+fn default_providers() -> Vec<Provider> {
+    vec![Provider::Tensorrt, Provider::Cuda, Provider::Cpu]
+}
+fn default_confidence() -> Fraction {
+    Fraction::lit(0.4)
+}
+fn default_nms() -> Fraction {
+    Fraction::lit(0.45)
+}
+fn default_threads() -> IntIn<0, 256> {
+    IntIn::lit(0)
+}
+fn default_event_classes() -> Vec<String> {
+    ["accident", "fire", "gun", "knife"]
+        .map(String::from)
+        .to_vec()
+}
+fn default_snapshot_quality() -> IntIn<1, 100> {
+    IntIn::lit(85)
+}

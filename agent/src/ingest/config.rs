@@ -1,0 +1,115 @@
+//! Per-camera configuration: where the stream comes from and how it is decoded,
+//! supervised and sampled. Motion and escalation settings nest inside each camera.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::types::{CameraSchemes, Dur, Ident, IntIn, SecretUrl};
+use crate::escalate::EscalationConfig;
+use crate::motion::MotionConfig;
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CameraConfig {
+    pub id: Ident,
+    pub url: SecretUrl<CameraSchemes>,
+    /// A file holding the camera password, put into `url` at load. Relative paths are
+    /// looked up in `$CREDENTIALS_DIRECTORY` (systemd `LoadCredential`) first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<std::path::PathBuf>,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub decode: Decode,
+    /// RTSP lower transport.
+    #[serde(default)]
+    pub protocol: RtspProtocol,
+    /// rtspsrc jitter buffer.
+    #[serde(default = "default_latency")]
+    pub latency: Dur,
+    /// Width of the grey analysis frame (height keeps the aspect ratio).
+    #[serde(default = "default_analysis_width")]
+    pub analysis_width: IntIn<32, 1920>,
+    /// Analysis frames per second delivered to motion.
+    #[serde(default = "default_analysis_fps")]
+    pub analysis_fps: IntIn<1, 60>,
+    /// Width of the colour frames kept for escalation (0 keeps the source size).
+    #[serde(default = "default_detect_width")]
+    pub detect_width: IntIn<0, 7680>,
+    /// How many colour frames to keep so an escalation can take the one that triggered it.
+    #[serde(default = "default_ring")]
+    pub ring_frames: IntIn<1, 64>,
+    /// No frame for this long means the stream is stalled: restart it.
+    #[serde(default = "default_stall")]
+    pub stall_timeout: Dur,
+    #[serde(default)]
+    pub backoff: BackoffConfig,
+    #[serde(default)]
+    pub motion: MotionConfig,
+    #[serde(default)]
+    pub escalation: EscalationConfig,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Decode {
+    /// Jetson hardware decoder when present, software otherwise.
+    #[default]
+    Auto,
+    Software,
+    Nvidia,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RtspProtocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+/// Restart backoff: exponential from `min` to `max`, with jitter.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffConfig {
+    #[serde(default = "default_backoff_min")]
+    pub min: Dur,
+    #[serde(default = "default_backoff_max")]
+    pub max: Dur,
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        Self {
+            min: default_backoff_min(),
+            max: default_backoff_max(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_latency() -> Dur {
+    Dur::ms(200)
+}
+fn default_analysis_width() -> IntIn<32, 1920> {
+    IntIn::lit(320)
+}
+fn default_analysis_fps() -> IntIn<1, 60> {
+    IntIn::lit(5)
+}
+fn default_detect_width() -> IntIn<0, 7680> {
+    IntIn::lit(640)
+}
+fn default_ring() -> IntIn<1, 64> {
+    IntIn::lit(4)
+}
+fn default_stall() -> Dur {
+    Dur::secs(10)
+}
+fn default_backoff_min() -> Dur {
+    Dur::ms(500)
+}
+fn default_backoff_max() -> Dur {
+    Dur::secs(30)
+}

@@ -1,0 +1,19 @@
+//! edge-agent: on-device video-event agent.
+//!
+//! A frame flows ingest → motion → escalate → (broker) → infer → events, while scale
+//! watches the backlog and config and telemetry serve everyone. One module per stage.
+
+pub mod app;
+pub mod backoff;
+pub mod cli;
+pub mod config;
+pub mod escalate;
+pub mod infer;
+pub mod ingest;
+pub mod motion;
+pub mod scale;
+pub mod shutdown;
+pub mod telemetry;
+
+/// The version printed by `--version` and published in the status message.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,92 @@
+//! Worker scaling (`[scaling]`), with KEDA's names so operators recognise them.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::types::{Dur, IntIn};
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ScalingConfig {
+    #[serde(default)]
+    pub min_workers: IntIn<0, 64>,
+    #[serde(default = "default_max")]
+    pub max_workers: IntIn<1, 64>,
+    /// Backlog at or above which workers start from zero.
+    #[serde(default = "default_activation")]
+    pub activation_backlog: IntIn<1, 1_000_000>,
+    /// Target backlog per worker.
+    #[serde(default = "default_per_worker")]
+    pub backlog_per_worker: IntIn<1, 1_000_000>,
+    #[serde(default = "default_polling")]
+    pub polling_interval: Dur,
+    /// Idle time before scaling back to `min_workers`.
+    #[serde(default = "default_cooldown")]
+    pub cooldown_period: Dur,
+    /// Time a worker gets to finish after SIGTERM before it is killed.
+    #[serde(default = "default_grace")]
+    pub grace_period: Dur,
+    /// Offload to this remote AMQP queue when local capacity runs out (empty: never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_queue: Option<String>,
+    /// Backlog above which frames go remote once local workers are at `max_workers`.
+    #[serde(default = "default_offload")]
+    pub offload_backlog: IntIn<1, 1_000_000>,
+}
+
+impl Default for ScalingConfig {
+    fn default() -> Self {
+        Self {
+            min_workers: IntIn::lit(0),
+            max_workers: default_max(),
+            activation_backlog: default_activation(),
+            backlog_per_worker: default_per_worker(),
+            polling_interval: default_polling(),
+            cooldown_period: default_cooldown(),
+            grace_period: default_grace(),
+            remote_queue: None,
+            offload_backlog: default_offload(),
+        }
+    }
+}
+
+impl ScalingConfig {
+    pub fn check(&self) -> Vec<(String, String)> {
+        let mut errs = Vec::new();
+        if self.min_workers.get() > self.max_workers.get() {
+            errs.push((
+                "min_workers".into(),
+                format!(
+                    "must not exceed max_workers ({}), got {}",
+                    self.max_workers.get(),
+                    self.min_workers.get()
+                ),
+            ));
+        }
+        if self.polling_interval.get().is_zero() {
+            errs.push(("polling_interval".into(), "must be greater than 0".into()));
+        }
+        errs
+    }
+}
+
+fn default_max() -> IntIn<1, 64> {
+    IntIn::lit(1)
+}
+fn default_activation() -> IntIn<1, 1_000_000> {
+    IntIn::lit(1)
+}
+fn default_per_worker() -> IntIn<1, 1_000_000> {
+    IntIn::lit(4)
+}
+fn default_polling() -> Dur {
+    Dur::ms(250)
+}
+fn default_cooldown() -> Dur {
+    Dur::secs(30)
+}
+fn default_grace() -> Dur {
+    Dur::secs(10)
+}
+fn default_offload() -> IntIn<1, 1_000_000> {
+    IntIn::lit(16)
+}

@@ -1,0 +1,6 @@
+//! Telemetry: logging set-up, metrics, status heartbeat and systemd notification.
+
+pub mod config;
+pub mod logging;
+
+pub use config::{LogFormat, TelemetryConfig};
