@@ -2,5 +2,6 @@
 
 pub mod config;
 pub mod logging;
+pub mod metrics;
 
 pub use config::{LogFormat, TelemetryConfig};

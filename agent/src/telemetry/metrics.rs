@@ -1,0 +1,227 @@
+//! The one place every metric is defined. Names are prefixed `edge_agent_`.
+//! Stages count through [`metrics()`]; the Prometheus endpoint encodes the registry.
+
+use std::sync::OnceLock;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+pub type Labels = Vec<(&'static str, String)>;
+
+/// Latency buckets in seconds, from 1 ms to 30 s (cold starts).
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0,
+];
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+pub struct Metrics {
+    registry: Registry,
+    /// Frames received from each camera (before sampling).
+    pub frames: Family<Labels, Counter>,
+    /// Frames dropped anywhere, by camera or queue and reason.
+    pub dropped: Family<Labels, Counter>,
+    /// Camera pipeline restarts by reason.
+    pub camera_restarts: Family<Labels, Counter>,
+    /// 1 while a camera is streaming.
+    pub camera_up: Family<Labels, Gauge>,
+    pub motion_events: Family<Labels, Counter>,
+    /// Frames escalated to the detector.
+    pub escalations: Family<Labels, Counter>,
+    /// Messages published by kind (frames, detections, events, motion, status).
+    pub published: Family<Labels, Counter>,
+    /// Messages rejected by consumers, by reason (malformed, truncated, oversized...).
+    pub rejected: Family<Labels, Counter>,
+    /// Frames the workers ran inference on.
+    pub inferences: Family<Labels, Counter>,
+    /// Per-stage latency (stage = capture_to_motion, motion_to_publish, queue_wait,
+    /// inference, result_publish, end_to_end, cold_start).
+    pub stage_latency: Family<Labels, Histogram, fn() -> Histogram>,
+    /// Running workers.
+    pub workers: Gauge,
+    /// Frames sent and not yet answered (the scaler's backlog for MQTT/embedded).
+    pub backlog: Gauge,
+    /// Execution provider in use (label provider) = 1.
+    pub provider: Family<Labels, Gauge>,
+    /// Resident memory of each worker in bytes.
+    pub worker_memory: Family<Labels, Gauge>,
+    pub process_memory: Gauge,
+    /// Process CPU use in percent of one core.
+    pub process_cpu: Gauge,
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::with_prefix("edge_agent");
+        let m = Metrics {
+            frames: Family::default(),
+            dropped: Family::default(),
+            camera_restarts: Family::default(),
+            camera_up: Family::default(),
+            motion_events: Family::default(),
+            escalations: Family::default(),
+            published: Family::default(),
+            rejected: Family::default(),
+            inferences: Family::default(),
+            stage_latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            workers: Gauge::default(),
+            backlog: Gauge::default(),
+            provider: Family::default(),
+            worker_memory: Family::default(),
+            process_memory: Gauge::default(),
+            process_cpu: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register("frames", "Frames received per camera", m.frames.clone());
+        registry.register(
+            "dropped",
+            "Frames or messages dropped, by place and reason",
+            m.dropped.clone(),
+        );
+        registry.register(
+            "camera_restarts",
+            "Camera pipeline restarts by reason",
+            m.camera_restarts.clone(),
+        );
+        registry.register(
+            "camera_up",
+            "1 while the camera streams",
+            m.camera_up.clone(),
+        );
+        registry.register(
+            "motion_events",
+            "Motion events started",
+            m.motion_events.clone(),
+        );
+        registry.register(
+            "escalations",
+            "Frames escalated to the detector",
+            m.escalations.clone(),
+        );
+        registry.register(
+            "published",
+            "Messages published, by kind",
+            m.published.clone(),
+        );
+        registry.register(
+            "rejected",
+            "Messages rejected by consumers, by reason",
+            m.rejected.clone(),
+        );
+        registry.register(
+            "inferences",
+            "Frames run through the detector",
+            m.inferences.clone(),
+        );
+        registry.register(
+            "stage_latency_seconds",
+            "Per-stage latency",
+            m.stage_latency.clone(),
+        );
+        registry.register("workers", "Running inference workers", m.workers.clone());
+        registry.register(
+            "backlog",
+            "Frames sent and not yet answered",
+            m.backlog.clone(),
+        );
+        registry.register("provider", "Execution provider in use", m.provider.clone());
+        registry.register(
+            "worker_memory_bytes",
+            "Resident memory per worker",
+            m.worker_memory.clone(),
+        );
+        registry.register(
+            "process_memory_bytes",
+            "Resident memory of the agent",
+            m.process_memory.clone(),
+        );
+        registry.register(
+            "process_cpu_percent",
+            "CPU use of the agent, percent of one core",
+            m.process_cpu.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("encoding to a String cannot fail");
+        out
+    }
+}
+
+/// The process-wide metrics.
+pub fn metrics() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(Metrics::new)
+}
+
+/// Label helpers.
+pub fn camera(id: &str) -> Labels {
+    vec![("camera", id.to_string())]
+}
+pub fn reason(place: &str, why: &str) -> Labels {
+    vec![("place", place.to_string()), ("reason", why.to_string())]
+}
+pub fn kind(k: &str) -> Labels {
+    vec![("kind", k.to_string())]
+}
+pub fn stage(s: &str) -> Labels {
+    vec![("stage", s.to_string())]
+}
+
+/// Logs at most once per `every` for a given key, so a counted drop or error is
+/// visible in the log without flooding it. Returns true when the caller should log.
+pub fn should_log(key: &str, every: std::time::Duration) -> bool {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use std::time::Instant;
+    static LAST: OnceLock<Mutex<HashMap<String, Instant>>> = OnceLock::new();
+    let mut map = LAST
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let now = Instant::now();
+    match map.get(key) {
+        Some(t) if now.duration_since(*t) < every => false,
+        _ => {
+            map.insert(key.to_string(), now);
+            true
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_show_up_in_the_exposition_with_the_prefix() {
+        metrics()
+            .frames
+            .get_or_create(&camera("unit-cam"))
+            .inc_by(3);
+        metrics()
+            .stage_latency
+            .get_or_create(&stage("inference"))
+            .observe(0.05);
+        let text = metrics().encode();
+        assert!(
+            text.contains("edge_agent_frames_total{camera=\"unit-cam\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "edge_agent_stage_latency_seconds_bucket{le=\"0.05\",stage=\"inference\"}"
+            ) || text.contains("stage=\"inference\""),
+            "{text}"
+        );
+    }
+}
