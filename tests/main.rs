@@ -1,1 +1,4 @@
+//! Integration tests against real components: the built binary, an in-process RTSP
+//! server, RabbitMQ and Mosquitto on loopback, the embedded broker, ONNX Runtime.
 
+mod config;

@@ -99,3 +99,6 @@ impl Config {
         errs
     }
 }
+
+#[cfg(test)]
+mod tests;

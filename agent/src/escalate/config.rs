@@ -132,7 +132,8 @@ fn default_mqtt_url() -> SecretUrl<MqttSchemes> {
     SecretUrl::parse("mqtt://127.0.0.1:1883").expect("valid default")
 }
 fn default_amqp_url() -> SecretUrl<AmqpSchemes> {
-    SecretUrl::parse("amqp://guest:guest@127.0.0.1:5672/%2f").expect("valid default")
+    // No credentials: the AMQP client then uses RabbitMQ's default guest/guest.
+    SecretUrl::parse("amqp://127.0.0.1:5672/%2f").expect("valid default")
 }
 fn default_embedded_port() -> IntIn<0, 65535> {
     IntIn::lit(0)

@@ -1,0 +1,215 @@
+//! Table-driven tests of bad configurations (each with the exact error it must give),
+//! layering, camera merge by id, interpolation, secrets from files and redaction.
+
+use super::load::load_texts;
+use super::render::render;
+use super::*;
+
+const BASE: &str = "[device]\nid = \"box-1\"\n\n[[cameras]]\nid = \"gate\"\nurl = \"rtsp://cam/stream\"\n";
+
+fn errors_of(files: &[(&str, &str)], env: &[(&str, &str)]) -> Vec<String> {
+    let texts: Vec<(String, String)> = files.iter().map(|(n, t)| (n.to_string(), t.to_string())).collect();
+    let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    match load_texts(&texts, &env, None) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.0.iter().map(ToString::to_string).collect(),
+    }
+}
+
+fn ok(files: &[(&str, &str)], env: &[(&str, &str)]) -> Loaded {
+    let texts: Vec<(String, String)> = files.iter().map(|(n, t)| (n.to_string(), t.to_string())).collect();
+    let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    load_texts(&texts, &env, None).unwrap_or_else(|e| panic!("config should load: {e}"))
+}
+
+#[test]
+fn bad_configs_give_the_exact_located_error() {
+    let cam = |extra: &str| format!("[device]\nid = \"box-1\"\n\n[[cameras]]\nid = \"gate\"\nurl = \"rtsp://cam/s\"\n{extra}");
+    let rows: Vec<(String, &str)> = vec![
+        (cam("motion.threshold = 300\n"), "site.toml:7: cameras[gate].motion.threshold: must be 1..=255, got 300"),
+        (cam("motion.threshold = 0\n"), "site.toml:7: cameras[gate].motion.threshold: must be 1..=255, got 0"),
+        (
+            cam("colour = true\n"),
+            "site.toml:7: cameras[gate].colour: unknown key \"colour\"; expected one of `id`, `url`, `password_file`, `enabled`, `decode`, `protocol`, `latency`, `analysis_width`, `analysis_fps`, `detect_width`, `ring_frames`, `stall_timeout`, `backoff`, `motion`, `escalation`",
+        ),
+        (cam("decode = \"gpu\"\n"), "site.toml:7: cameras[gate].decode: unknown variant `gpu`, expected one of `auto`, `software`, `nvidia`"),
+        (cam("analysis_fps = \"fast\"\n"), "site.toml:7: cameras[gate].analysis_fps: invalid type: string \"fast\", expected i64"),
+        (
+            cam("stall_timeout = \"10 parsecs\"\n"),
+            "site.toml:7: cameras[gate].stall_timeout: invalid duration \"10 parsecs\": unknown time unit \"parsecs\", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations) (write e.g. \"500ms\" or \"5s\")",
+        ),
+        (
+            cam("[[cameras]]\nid = \"gate\"\nurl = \"rtsp://other/s\"\n"),
+            "site.toml:7: cameras[gate]: duplicate camera id \"gate\" (first defined at line 4)",
+        ),
+        (
+            "[device]\nid = \"box-1\"\n[[cameras]]\nid = \"gate\"\nurl = \"ftp://cam/s\"\n".into(),
+            "site.toml:5: cameras[gate].url: URL scheme \"ftp\" is not allowed here (expected one of rtsp, rtsps, rtspt, file, http, https, demo), got \"ftp://cam/s\"",
+        ),
+        (
+            "[device]\nid = \"box-1\"\n[[cameras]]\nid = \"gate\"\n".into(),
+            "site.toml:3: cameras[gate].url: missing required key \"url\"",
+        ),
+        (
+            "[device]\nid = \"box 1\"\n".into(),
+            "site.toml:2: device.id: may hold only letters, digits, '-' and '_', got \"box 1\"",
+        ),
+        ("[[cameras]]\nid = \"gate\"\nurl = \"rtsp://cam/s\"\n".into(), "device: missing required key \"device\""),
+        (
+            format!("{BASE}[transport]\nkind = \"amqp\"\namqp_url = \"mqtt://broker\"\n"),
+            "site.toml:9: transport.amqp_url: URL scheme \"mqtt\" is not allowed here (expected one of amqp, amqps), got \"mqtt://broker\"",
+        ),
+        (
+            format!("{BASE}[transport]\nkind = \"kafka\"\n"),
+            "site.toml:8: transport.kind: unknown variant `kafka`, expected one of `embedded`, `mqtt`, `amqp`",
+        ),
+        (
+            format!("{BASE}[inference]\nconfidence = 1.5\n"),
+            "site.toml:8: inference.confidence: must be 0.0..=1.0, got 1.5",
+        ),
+        (
+            format!("{BASE}[inference]\nproviders = [\"cpu\", \"npu\"]\n"),
+            "site.toml:8: inference.providers[1]: unknown variant `npu`, expected one of `tensorrt`, `cuda`, `cpu`",
+        ),
+        (
+            format!("{BASE}[scaling]\nmin_workers = 3\nmax_workers = 2\n"),
+            "site.toml:8: scaling.min_workers: must not exceed max_workers (2), got 3",
+        ),
+        (
+            format!("{BASE}[telemetry]\nmetrics_listen = \"everywhere\"\n"),
+            "site.toml:8: telemetry.metrics_listen: must be host:port such as \"127.0.0.1:9464\", got \"everywhere\"",
+        ),
+        (
+            cam("motion.min_area = 0.5\nmotion.max_area = 0.1\n"),
+            "site.toml:7: cameras[gate].motion.min_area: must not exceed max_area (0.1), got 0.5",
+        ),
+        (
+            cam("backoff = { min = \"10s\", max = \"1s\" }\n"),
+            "site.toml:7: cameras[gate].backoff.min: must not exceed backoff.max (1s), got 10s",
+        ),
+        ("[device\nid = 1\n".into(), "site.toml:1: TOML syntax error: unclosed table, expected `]`"),
+        (
+            "[device]\nid = \"box-1\"\n[[cameras]]\nid = \"gate\"\nurl = \"rtsp://${CAM_HOST}/s\"\n".into(),
+            "site.toml:5: cameras[gate].url: environment variable CAM_HOST is not set (write ${CAM_HOST:-default} to give a default)",
+        ),
+        (
+            format!("{BASE}[inference]\nmodel = \"/nonexistent/yolov4.onnx\"\n"),
+            "site.toml:8: inference.model: file not found: /nonexistent/yolov4.onnx",
+        ),
+        (
+            format!("{BASE}[inference]\ninput_size = 400\n"),
+            "site.toml:8: inference.input_size: must be a multiple of 32 (YOLO stride), got 400",
+        ),
+    ];
+    assert!(rows.len() >= 15);
+    for (text, want) in &rows {
+        let got = errors_of(&[("site.toml", text)], &[]);
+        assert_eq!(got, vec![want.to_string()], "config:\n{text}");
+    }
+}
+
+#[test]
+fn every_error_is_reported_at_once() {
+    let text = "[device]\nid = \"box-1\"\n\n[[cameras]]\nid = \"gate\"\nurl = \"rtsp://cam/s\"\nmotion.threshold = 300\nbogus = 1\n\n[[cameras]]\nid = \"yard\"\nurl = \"rtsp://cam/y\"\ndecode = \"gpu\"\n\n[scaling]\npolling_interval = \"soon\"\n";
+    let got = errors_of(&[("site.toml", text)], &[]);
+    let keys: Vec<&str> = got.iter().map(|e| e.split(": ").nth(1).unwrap_or("")).collect();
+    assert_eq!(got.len(), 4, "{got:#?}");
+    for key in ["cameras[gate].bogus", "cameras[gate].motion.threshold", "cameras[yard].decode", "scaling.polling_interval"] {
+        assert!(keys.contains(&key), "missing {key} in {got:#?}");
+    }
+}
+
+const FLEET: &str = "[device]\nid = \"unset\"\n\n[transport]\nkind = \"mqtt\"\nmqtt_url = \"mqtt://fleet-broker:1883\"\n\n[scaling]\nmax_workers = 2\ncooldown_period = \"60s\"\n";
+const SITE: &str = "[device]\nsite = \"north\"\n\n[transport]\nmqtt_url = \"mqtt://north-broker:1883\"\n\n[[cameras]]\nid = \"gate\"\nurl = \"rtsp://gate.north/stream\"\nmotion.threshold = 30\n\n[[cameras]]\nid = \"yard\"\nurl = \"rtsp://yard.north/stream\"\n";
+const DEVICE: &str = "[device]\nid = \"north-07\"\n\n[[cameras]]\nid = \"gate\"\nmotion.threshold = 40\n\n[[cameras]]\nid = \"dock\"\nurl = \"rtsp://dock.north/stream\"\n";
+
+#[test]
+fn layers_override_in_order_fleet_site_device_env() {
+    let files = [("fleet.toml", FLEET), ("site.toml", SITE), ("device.toml", DEVICE)];
+    let l = ok(&files, &[("EDGE_AGENT__SCALING__MAX_WORKERS", "3")]);
+    let c = &l.config;
+    assert_eq!(c.device.id.as_str(), "north-07");
+    assert_eq!(c.device.site.as_deref(), Some("north"));
+    assert_eq!(c.transport.kind, crate::escalate::TransportKind::Mqtt);
+    assert_eq!(c.transport.mqtt_url.expose(), "mqtt://north-broker:1883");
+    assert_eq!(c.scaling.max_workers.get(), 3, "env overrides the fleet file");
+    assert_eq!(c.scaling.cooldown_period.get().as_secs(), 60, "fleet value survives");
+    let explained = render(c, &l.tree, true);
+    assert!(explained.contains("max_workers = 3  # env EDGE_AGENT__SCALING__MAX_WORKERS"), "{explained}");
+    assert!(explained.contains("cooldown_period = \"1m\"  # fleet.toml:10"), "{explained}");
+    assert!(explained.contains("id = \"north-07\"  # device.toml:2"), "{explained}");
+    assert!(explained.contains("min_workers = 0  # default"), "{explained}");
+}
+
+#[test]
+fn cameras_merge_by_id_across_layers() {
+    let files = [("fleet.toml", FLEET), ("site.toml", SITE), ("device.toml", DEVICE)];
+    let c = ok(&files, &[("EDGE_AGENT__CAMERAS__YARD__ENABLED", "false")]).config;
+    let ids: Vec<&str> = c.cameras.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, ["gate", "yard", "dock"]);
+    let gate = &c.cameras[0];
+    assert_eq!(gate.url.expose(), "rtsp://gate.north/stream", "the site's url is kept");
+    assert_eq!(gate.motion.threshold.get(), 40, "the device overrides one key");
+    assert!(!c.cameras[1].enabled, "env reaches a camera by id");
+    assert!(c.cameras[2].enabled);
+}
+
+#[test]
+fn strings_are_interpolated_from_the_environment() {
+    let text = "[device]\nid = \"${DEVICE_ID}\"\nsite = \"${SITE:-nowhere}\"\n[[cameras]]\nid = \"gate\"\nurl = \"rtsp://${CAM_HOST}:554/s\"\n";
+    let c = ok(&[("a.toml", text)], &[("DEVICE_ID", "box-9"), ("CAM_HOST", "10.1.2.3")]).config;
+    assert_eq!(c.device.id.as_str(), "box-9");
+    assert_eq!(c.device.site.as_deref(), Some("nowhere"));
+    assert_eq!(c.cameras[0].url.expose(), "rtsp://10.1.2.3:554/s");
+}
+
+#[test]
+fn secrets_come_from_files_and_credentials_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("gate-password"), "s3cr3t!\n").unwrap();
+    std::fs::write(dir.path().join("broker"), "brokerpw").unwrap();
+    let text = "[device]\nid = \"box\"\n[[cameras]]\nid = \"gate\"\nurl = \"rtsp://admin@gate/s\"\npassword_file = \"gate-password\"\n[transport]\nkind = \"amqp\"\namqp_url = \"amqp://edge@rabbit:5672/%2f\"\npassword_file = \"broker\"\n";
+    let creds = dir.path().display().to_string();
+    let l = ok(&[("a.toml", text)], &[("CREDENTIALS_DIRECTORY", &creds)]);
+    assert_eq!(l.config.cameras[0].url.expose(), "rtsp://admin:s3cr3t!@gate/s");
+    assert_eq!(l.config.transport.amqp_url.expose(), "amqp://edge:brokerpw@rabbit:5672/%2f");
+    let printed = render(&l.config, &l.tree, false);
+    assert!(!printed.contains("s3cr3t") && !printed.contains("brokerpw"), "{printed}");
+    assert!(printed.contains("rtsp://admin:***@gate/s"), "{printed}");
+    assert!(!format!("{:?}", l.config).contains("s3cr3t"), "Debug redacts too");
+
+    let missing = errors_of(&[("a.toml", "[device]\nid = \"box\"\n[[cameras]]\nid = \"gate\"\nurl = \"rtsp://admin@gate/s\"\npassword_file = \"/nonexistent/pw\"\n")], &[]);
+    assert_eq!(missing.len(), 1);
+    assert!(missing[0].starts_with("a.toml:6: cameras[gate].password_file: cannot read secret file; tried /nonexistent/pw"), "{missing:?}");
+}
+
+#[test]
+fn passwords_in_urls_never_reach_the_printed_config() {
+    let text = "[device]\nid = \"box\"\n[[cameras]]\nid = \"gate\"\nurl = \"rtsp://admin:hunter2@gate/s\"\n[transport]\nmqtt_url = \"mqtts://u:topsecret@broker:8883\"\n";
+    let l = ok(&[("a.toml", text)], &[]);
+    for explain in [false, true] {
+        let out = render(&l.config, &l.tree, explain);
+        assert!(!out.contains("hunter2") && !out.contains("topsecret"), "{out}");
+        assert!(out.contains("mqtts://u:***@broker:8883"), "{out}");
+    }
+}
+
+#[test]
+fn the_embedded_demo_and_a_minimal_config_are_complete() {
+    let demo = Config::from_toml_str("demo.toml", DEMO_TOML).unwrap();
+    assert_eq!(demo.cameras.len(), 1);
+    let minimal = Config::from_toml_str("m.toml", BASE).unwrap();
+    assert_eq!(minimal.transport.kind, crate::escalate::TransportKind::Embedded);
+    assert_eq!(minimal.scaling.min_workers.get(), 0);
+    assert_eq!(minimal.cameras[0].analysis_width.get(), 320);
+    assert_eq!(minimal.cameras[0].analysis_fps.get(), 5);
+}
+
+#[test]
+fn printed_config_loads_back_to_the_same_config() {
+    let files = [("fleet.toml", FLEET), ("site.toml", SITE), ("device.toml", DEVICE)];
+    let c = ok(&files, &[]).config;
+    let printed = render(&c, &ok(&files, &[]).tree, false);
+    let again = Config::from_toml_str("printed.toml", &printed).unwrap_or_else(|e| panic!("{e}\n{printed}"));
+    assert_eq!(again, c);
+}
