@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
 }
 
 fn edge_agent() -> Command {
@@ -21,27 +24,58 @@ fn edge_agent() -> Command {
 
 #[test]
 fn the_shipped_default_config_directory_validates() {
-    let out = edge_agent().args(["validate", "--config-dir", "systemd"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = edge_agent()
+        .args(["validate", "--config-dir", "systemd"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("[device]") && text.contains("[[cameras]]"), "{text}");
+    assert!(
+        text.contains("[device]") && text.contains("[[cameras]]"),
+        "{text}"
+    );
 }
 
 #[test]
 fn the_fleet_example_validates_for_each_device_with_secrets_redacted() {
     for device in ["90-device-north-01.toml", "90-device-north-02.toml"] {
         let out = edge_agent()
-            .env("CREDENTIALS_DIRECTORY", repo().join("systemd/fleet/credentials"))
+            .env(
+                "CREDENTIALS_DIRECTORY",
+                repo().join("systemd/fleet/credentials"),
+            )
             .args(["validate", "--explain"])
-            .args(["-c", "systemd/fleet/00-fleet.toml", "-c", "systemd/fleet/50-site-north.toml"])
+            .args([
+                "-c",
+                "systemd/fleet/00-fleet.toml",
+                "-c",
+                "systemd/fleet/50-site-north.toml",
+            ])
             .args(["-c", &format!("systemd/fleet/{device}")])
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{device}: {}", String::from_utf8_lossy(&out.stderr));
-        assert!(!text.contains("example-camera-password") && !text.contains("example-broker-password"), "{text}");
-        assert!(text.contains("amqp://edge:***@rabbit.north.example:5672/%2f"), "{text}");
-        assert!(text.contains("# systemd/fleet/50-site-north.toml:"), "explain names the site file: {text}");
+        assert!(
+            out.status.success(),
+            "{device}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !text.contains("example-camera-password") && !text.contains("example-broker-password"),
+            "{text}"
+        );
+        assert!(
+            text.contains("amqp://edge:***@rabbit.north.example:5672/%2f"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# systemd/fleet/50-site-north.toml:"),
+            "explain names the site file: {text}"
+        );
     }
 }
 
@@ -54,12 +88,26 @@ fn a_bad_file_fails_with_exit_code_78_naming_file_line_and_key() {
         "[device]\nid = \"box\"\n\n[[cameras]]\nid = \"gate\"\nurl = \"rtsp://admin:pw@cam/s\"\nmotion.threshold = 300\n\n[transport]\nkind = \"smoke-signals\"\n",
     )
     .unwrap();
-    let out = edge_agent().args(["validate", "-c"]).arg(&bad).output().unwrap();
+    let out = edge_agent()
+        .args(["validate", "-c"])
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(78));
     let err = String::from_utf8_lossy(&out.stderr);
     let name = bad.display().to_string();
-    assert!(err.contains(&format!("{name}:7: cameras[gate].motion.threshold: must be 1..=255, got 300")), "{err}");
-    assert!(err.contains(&format!("{name}:10: transport.kind: unknown variant `smoke-signals`")), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{name}:7: cameras[gate].motion.threshold: must be 1..=255, got 300"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{name}:10: transport.kind: unknown variant `smoke-signals`"
+        )),
+        "{err}"
+    );
     assert!(!err.contains(":pw@"), "{err}");
 }
 
@@ -70,9 +118,16 @@ fn environment_overrides_apply_and_are_explained() {
         .args(["validate", "--explain", "--config-dir", "systemd"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("max_workers = 4  # env EDGE_AGENT__SCALING__MAX_WORKERS"), "{text}");
+    assert!(
+        text.contains("max_workers = 4  # env EDGE_AGENT__SCALING__MAX_WORKERS"),
+        "{text}"
+    );
 }
 
 #[test]

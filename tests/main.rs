@@ -2,3 +2,4 @@
 //! server, RabbitMQ and Mosquitto on loopback, the embedded broker, ONNX Runtime.
 
 mod config;
+mod scale;

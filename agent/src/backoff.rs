@@ -48,6 +48,11 @@ impl Backoff {
         half + Duration::from_millis(jitter)
     }
 
+    /// True after a failure and until [`Backoff::reset`].
+    pub fn failing(&self) -> bool {
+        self.attempt > 0
+    }
+
     /// Called once the thing runs well again: the next failure starts from `min`.
     pub fn reset(&mut self) {
         self.attempt = 0;

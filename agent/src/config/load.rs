@@ -231,9 +231,18 @@ fn deserialize_all(tree: &mut Node, errors: &mut Vec<ConfigError>) -> Option<Con
             tree.display_path(&full)
         };
         // A value removed after its own error then shows up as missing: say it once.
-        let full_missing = missing.as_ref().map(|f| [path.clone(), vec![Seg::Key(f.clone())]].concat());
-        if !full_missing.as_ref().is_some_and(|m| seen_paths.contains(m)) {
-            errors.push(ConfigError { origin: tree.origin_of(&path), key, message });
+        let full_missing = missing
+            .as_ref()
+            .map(|f| [path.clone(), vec![Seg::Key(f.clone())]].concat());
+        if !full_missing
+            .as_ref()
+            .is_some_and(|m| seen_paths.contains(m))
+        {
+            errors.push(ConfigError {
+                origin: tree.origin_of(&path),
+                key,
+                message,
+            });
         }
         if seen_paths.contains(&path) {
             return None;

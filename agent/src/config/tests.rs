@@ -5,11 +5,18 @@ use super::load::load_texts;
 use super::render::render;
 use super::*;
 
-const BASE: &str = "[device]\nid = \"box-1\"\n\n[[cameras]]\nid = \"gate\"\nurl = \"rtsp://cam/stream\"\n";
+const BASE: &str =
+    "[device]\nid = \"box-1\"\n\n[[cameras]]\nid = \"gate\"\nurl = \"rtsp://cam/stream\"\n";
 
 fn errors_of(files: &[(&str, &str)], env: &[(&str, &str)]) -> Vec<String> {
-    let texts: Vec<(String, String)> = files.iter().map(|(n, t)| (n.to_string(), t.to_string())).collect();
-    let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let texts: Vec<(String, String)> = files
+        .iter()
+        .map(|(n, t)| (n.to_string(), t.to_string()))
+        .collect();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     match load_texts(&texts, &env, None) {
         Ok(_) => Vec::new(),
         Err(e) => e.0.iter().map(ToString::to_string).collect(),
@@ -17,14 +24,22 @@ fn errors_of(files: &[(&str, &str)], env: &[(&str, &str)]) -> Vec<String> {
 }
 
 fn ok(files: &[(&str, &str)], env: &[(&str, &str)]) -> Loaded {
-    let texts: Vec<(String, String)> = files.iter().map(|(n, t)| (n.to_string(), t.to_string())).collect();
-    let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let texts: Vec<(String, String)> = files
+        .iter()
+        .map(|(n, t)| (n.to_string(), t.to_string()))
+        .collect();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     load_texts(&texts, &env, None).unwrap_or_else(|e| panic!("config should load: {e}"))
 }
 
 #[test]
 fn bad_configs_give_the_exact_located_error() {
-    let cam = |extra: &str| format!("[device]\nid = \"box-1\"\n\n[[cameras]]\nid = \"gate\"\nurl = \"rtsp://cam/s\"\n{extra}");
+    let cam = |extra: &str| {
+        format!("[device]\nid = \"box-1\"\n\n[[cameras]]\nid = \"gate\"\nurl = \"rtsp://cam/s\"\n{extra}")
+    };
     let rows: Vec<(String, &str)> = vec![
         (cam("motion.threshold = 300\n"), "site.toml:7: cameras[gate].motion.threshold: must be 1..=255, got 300"),
         (cam("motion.threshold = 0\n"), "site.toml:7: cameras[gate].motion.threshold: must be 1..=255, got 0"),
@@ -112,9 +127,17 @@ fn bad_configs_give_the_exact_located_error() {
 fn every_error_is_reported_at_once() {
     let text = "[device]\nid = \"box-1\"\n\n[[cameras]]\nid = \"gate\"\nurl = \"rtsp://cam/s\"\nmotion.threshold = 300\nbogus = 1\n\n[[cameras]]\nid = \"yard\"\nurl = \"rtsp://cam/y\"\ndecode = \"gpu\"\n\n[scaling]\npolling_interval = \"soon\"\n";
     let got = errors_of(&[("site.toml", text)], &[]);
-    let keys: Vec<&str> = got.iter().map(|e| e.split(": ").nth(1).unwrap_or("")).collect();
+    let keys: Vec<&str> = got
+        .iter()
+        .map(|e| e.split(": ").nth(1).unwrap_or(""))
+        .collect();
     assert_eq!(got.len(), 4, "{got:#?}");
-    for key in ["cameras[gate].bogus", "cameras[gate].motion.threshold", "cameras[yard].decode", "scaling.polling_interval"] {
+    for key in [
+        "cameras[gate].bogus",
+        "cameras[gate].motion.threshold",
+        "cameras[yard].decode",
+        "scaling.polling_interval",
+    ] {
         assert!(keys.contains(&key), "missing {key} in {got:#?}");
     }
 }
@@ -125,31 +148,67 @@ const DEVICE: &str = "[device]\nid = \"north-07\"\n\n[[cameras]]\nid = \"gate\"\
 
 #[test]
 fn layers_override_in_order_fleet_site_device_env() {
-    let files = [("fleet.toml", FLEET), ("site.toml", SITE), ("device.toml", DEVICE)];
+    let files = [
+        ("fleet.toml", FLEET),
+        ("site.toml", SITE),
+        ("device.toml", DEVICE),
+    ];
     let l = ok(&files, &[("EDGE_AGENT__SCALING__MAX_WORKERS", "3")]);
     let c = &l.config;
     assert_eq!(c.device.id.as_str(), "north-07");
     assert_eq!(c.device.site.as_deref(), Some("north"));
     assert_eq!(c.transport.kind, crate::escalate::TransportKind::Mqtt);
     assert_eq!(c.transport.mqtt_url.expose(), "mqtt://north-broker:1883");
-    assert_eq!(c.scaling.max_workers.get(), 3, "env overrides the fleet file");
-    assert_eq!(c.scaling.cooldown_period.get().as_secs(), 60, "fleet value survives");
+    assert_eq!(
+        c.scaling.max_workers.get(),
+        3,
+        "env overrides the fleet file"
+    );
+    assert_eq!(
+        c.scaling.cooldown_period.get().as_secs(),
+        60,
+        "fleet value survives"
+    );
     let explained = render(c, &l.tree, true);
-    assert!(explained.contains("max_workers = 3  # env EDGE_AGENT__SCALING__MAX_WORKERS"), "{explained}");
-    assert!(explained.contains("cooldown_period = \"1m\"  # fleet.toml:10"), "{explained}");
-    assert!(explained.contains("id = \"north-07\"  # device.toml:2"), "{explained}");
-    assert!(explained.contains("min_workers = 0  # default"), "{explained}");
+    assert!(
+        explained.contains("max_workers = 3  # env EDGE_AGENT__SCALING__MAX_WORKERS"),
+        "{explained}"
+    );
+    assert!(
+        explained.contains("cooldown_period = \"1m\"  # fleet.toml:10"),
+        "{explained}"
+    );
+    assert!(
+        explained.contains("id = \"north-07\"  # device.toml:2"),
+        "{explained}"
+    );
+    assert!(
+        explained.contains("min_workers = 0  # default"),
+        "{explained}"
+    );
 }
 
 #[test]
 fn cameras_merge_by_id_across_layers() {
-    let files = [("fleet.toml", FLEET), ("site.toml", SITE), ("device.toml", DEVICE)];
+    let files = [
+        ("fleet.toml", FLEET),
+        ("site.toml", SITE),
+        ("device.toml", DEVICE),
+    ];
     let c = ok(&files, &[("EDGE_AGENT__CAMERAS__YARD__ENABLED", "false")]).config;
     let ids: Vec<&str> = c.cameras.iter().map(|c| c.id.as_str()).collect();
     assert_eq!(ids, ["gate", "yard", "dock"]);
     let gate = &c.cameras[0];
-    assert_eq!(gate.url.expose(), "rtsp://gate.north/stream", "the site's url is kept");
-    assert_eq!(gate.motion.threshold.get(), 40, "the device overrides one key");
+    assert_eq!(
+        gate.url.expose(),
+        "rtsp://gate.north/stream",
+        "the site's url is kept"
+    );
+    assert_eq!(
+        gate.motion.threshold.get(),
+        40,
+        "the device overrides one key"
+    );
     assert!(!c.cameras[1].enabled, "env reaches a camera by id");
     assert!(c.cameras[2].enabled);
 }
@@ -157,7 +216,11 @@ fn cameras_merge_by_id_across_layers() {
 #[test]
 fn strings_are_interpolated_from_the_environment() {
     let text = "[device]\nid = \"${DEVICE_ID}\"\nsite = \"${SITE:-nowhere}\"\n[[cameras]]\nid = \"gate\"\nurl = \"rtsp://${CAM_HOST}:554/s\"\n";
-    let c = ok(&[("a.toml", text)], &[("DEVICE_ID", "box-9"), ("CAM_HOST", "10.1.2.3")]).config;
+    let c = ok(
+        &[("a.toml", text)],
+        &[("DEVICE_ID", "box-9"), ("CAM_HOST", "10.1.2.3")],
+    )
+    .config;
     assert_eq!(c.device.id.as_str(), "box-9");
     assert_eq!(c.device.site.as_deref(), Some("nowhere"));
     assert_eq!(c.cameras[0].url.expose(), "rtsp://10.1.2.3:554/s");
@@ -171,16 +234,33 @@ fn secrets_come_from_files_and_credentials_directory() {
     let text = "[device]\nid = \"box\"\n[[cameras]]\nid = \"gate\"\nurl = \"rtsp://admin@gate/s\"\npassword_file = \"gate-password\"\n[transport]\nkind = \"amqp\"\namqp_url = \"amqp://edge@rabbit:5672/%2f\"\npassword_file = \"broker\"\n";
     let creds = dir.path().display().to_string();
     let l = ok(&[("a.toml", text)], &[("CREDENTIALS_DIRECTORY", &creds)]);
-    assert_eq!(l.config.cameras[0].url.expose(), "rtsp://admin:s3cr3t!@gate/s");
-    assert_eq!(l.config.transport.amqp_url.expose(), "amqp://edge:brokerpw@rabbit:5672/%2f");
+    assert_eq!(
+        l.config.cameras[0].url.expose(),
+        "rtsp://admin:s3cr3t!@gate/s"
+    );
+    assert_eq!(
+        l.config.transport.amqp_url.expose(),
+        "amqp://edge:brokerpw@rabbit:5672/%2f"
+    );
     let printed = render(&l.config, &l.tree, false);
-    assert!(!printed.contains("s3cr3t") && !printed.contains("brokerpw"), "{printed}");
+    assert!(
+        !printed.contains("s3cr3t") && !printed.contains("brokerpw"),
+        "{printed}"
+    );
     assert!(printed.contains("rtsp://admin:***@gate/s"), "{printed}");
-    assert!(!format!("{:?}", l.config).contains("s3cr3t"), "Debug redacts too");
+    assert!(
+        !format!("{:?}", l.config).contains("s3cr3t"),
+        "Debug redacts too"
+    );
 
     let missing = errors_of(&[("a.toml", "[device]\nid = \"box\"\n[[cameras]]\nid = \"gate\"\nurl = \"rtsp://admin@gate/s\"\npassword_file = \"/nonexistent/pw\"\n")], &[]);
     assert_eq!(missing.len(), 1);
-    assert!(missing[0].starts_with("a.toml:6: cameras[gate].password_file: cannot read secret file; tried /nonexistent/pw"), "{missing:?}");
+    assert!(
+        missing[0].starts_with(
+            "a.toml:6: cameras[gate].password_file: cannot read secret file; tried /nonexistent/pw"
+        ),
+        "{missing:?}"
+    );
 }
 
 #[test]
@@ -189,7 +269,10 @@ fn passwords_in_urls_never_reach_the_printed_config() {
     let l = ok(&[("a.toml", text)], &[]);
     for explain in [false, true] {
         let out = render(&l.config, &l.tree, explain);
-        assert!(!out.contains("hunter2") && !out.contains("topsecret"), "{out}");
+        assert!(
+            !out.contains("hunter2") && !out.contains("topsecret"),
+            "{out}"
+        );
         assert!(out.contains("mqtts://u:***@broker:8883"), "{out}");
     }
 }
@@ -199,7 +282,10 @@ fn the_embedded_demo_and_a_minimal_config_are_complete() {
     let demo = Config::from_toml_str("demo.toml", DEMO_TOML).unwrap();
     assert_eq!(demo.cameras.len(), 1);
     let minimal = Config::from_toml_str("m.toml", BASE).unwrap();
-    assert_eq!(minimal.transport.kind, crate::escalate::TransportKind::Embedded);
+    assert_eq!(
+        minimal.transport.kind,
+        crate::escalate::TransportKind::Embedded
+    );
     assert_eq!(minimal.scaling.min_workers.get(), 0);
     assert_eq!(minimal.cameras[0].analysis_width.get(), 320);
     assert_eq!(minimal.cameras[0].analysis_fps.get(), 5);
@@ -207,9 +293,14 @@ fn the_embedded_demo_and_a_minimal_config_are_complete() {
 
 #[test]
 fn printed_config_loads_back_to_the_same_config() {
-    let files = [("fleet.toml", FLEET), ("site.toml", SITE), ("device.toml", DEVICE)];
+    let files = [
+        ("fleet.toml", FLEET),
+        ("site.toml", SITE),
+        ("device.toml", DEVICE),
+    ];
     let c = ok(&files, &[]).config;
     let printed = render(&c, &ok(&files, &[]).tree, false);
-    let again = Config::from_toml_str("printed.toml", &printed).unwrap_or_else(|e| panic!("{e}\n{printed}"));
+    let again = Config::from_toml_str("printed.toml", &printed)
+        .unwrap_or_else(|e| panic!("{e}\n{printed}"));
     assert_eq!(again, c);
 }

@@ -1,0 +1,152 @@
+//! The scaling decision, KEDA's semantics in plain data: backlog in, worker count out.
+//!
+//! - Activation: from zero, workers start only once the backlog reaches
+//!   `activation_backlog`.
+//! - Target: `ceil(backlog / backlog_per_worker)`, clamped to `min_workers..=max_workers`.
+//! - Scale-out is immediate; scale-in follows the highest target seen during the last
+//!   `cooldown_period` (HPA's stabilisation window), so a short lull does not stop a
+//!   worker that has just loaded its model, and the count reaches `min_workers` (zero
+//!   by default) only after `cooldown_period` without work.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use super::ScalingConfig;
+
+#[derive(Debug, Clone)]
+pub struct Decider {
+    min: u32,
+    max: u32,
+    activation: u64,
+    per_worker: u64,
+    cooldown: Duration,
+    /// Targets computed within the cooldown window, oldest first.
+    window: VecDeque<(Instant, u32)>,
+}
+
+impl Decider {
+    pub fn new(cfg: &ScalingConfig) -> Self {
+        Self {
+            min: cfg.min_workers.get() as u32,
+            max: cfg.max_workers.get() as u32,
+            activation: cfg.activation_backlog.get() as u64,
+            per_worker: cfg.backlog_per_worker.get() as u64,
+            cooldown: cfg.cooldown_period.get(),
+            window: VecDeque::new(),
+        }
+    }
+
+    /// The instantaneous target for a backlog, before the cooldown window.
+    pub fn raw_target(&self, backlog: u64, current: u32) -> u32 {
+        if current == 0 && backlog < self.activation {
+            return self.min;
+        }
+        let want = backlog.div_ceil(self.per_worker).min(u64::from(u32::MAX)) as u32;
+        want.clamp(self.min, self.max)
+    }
+
+    /// The worker count to run now, given the backlog (frames waiting plus frames
+    /// being processed) and the current count.
+    pub fn decide(&mut self, now: Instant, backlog: u64, current: u32) -> u32 {
+        let raw = self.raw_target(backlog, current);
+        while let Some(&(t, _)) = self.window.front() {
+            if now.duration_since(t) > self.cooldown {
+                self.window.pop_front();
+            } else {
+                break;
+            }
+        }
+        self.window.push_back((now, raw));
+        let held = self.window.iter().map(|&(_, n)| n).max().unwrap_or(raw);
+        // Without anything waiting, never start workers just to honour the window.
+        if current == 0 && raw == self.min {
+            return self.min;
+        }
+        held.clamp(self.min, self.max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::types::{Dur, IntIn};
+
+    fn cfg(min: i64, max: i64, activation: i64, per_worker: i64, cooldown_s: u64) -> ScalingConfig {
+        ScalingConfig {
+            min_workers: IntIn::new(min).unwrap(),
+            max_workers: IntIn::new(max).unwrap(),
+            activation_backlog: IntIn::new(activation).unwrap(),
+            backlog_per_worker: IntIn::new(per_worker).unwrap(),
+            cooldown_period: Dur::secs(cooldown_s),
+            ..ScalingConfig::default()
+        }
+    }
+
+    #[test]
+    fn target_is_backlog_over_per_worker_rounded_up_and_clamped() {
+        let d = Decider::new(&cfg(0, 4, 1, 4, 30));
+        let rows = [
+            (0, 0, 0),
+            (1, 0, 1),
+            (4, 1, 1),
+            (5, 1, 2),
+            (16, 2, 4),
+            (100, 4, 4),
+            (0, 3, 0),
+        ];
+        for (backlog, current, want) in rows {
+            assert_eq!(
+                d.raw_target(backlog, current),
+                want,
+                "backlog {backlog} current {current}"
+            );
+        }
+        let floor = Decider::new(&cfg(1, 3, 1, 2, 30));
+        assert_eq!(floor.raw_target(0, 1), 1, "min_workers is a floor");
+    }
+
+    #[test]
+    fn activation_backlog_gates_the_start_from_zero_only() {
+        let d = Decider::new(&cfg(0, 4, 3, 1, 30));
+        assert_eq!(d.raw_target(2, 0), 0, "below activation: stay at zero");
+        assert_eq!(d.raw_target(3, 0), 3);
+        assert_eq!(
+            d.raw_target(2, 1),
+            2,
+            "once active, the plain target applies"
+        );
+    }
+
+    #[test]
+    fn scale_in_waits_for_the_cooldown_and_scale_out_is_immediate() {
+        let mut d = Decider::new(&cfg(0, 4, 1, 1, 10));
+        let t0 = Instant::now();
+        assert_eq!(d.decide(t0, 3, 0), 3, "scale out at once");
+        assert_eq!(
+            d.decide(t0 + Duration::from_secs(1), 0, 3),
+            3,
+            "a lull keeps the workers"
+        );
+        assert_eq!(d.decide(t0 + Duration::from_secs(9), 1, 3), 3);
+        assert_eq!(
+            d.decide(t0 + Duration::from_secs(11), 1, 3),
+            1,
+            "the burst left the window"
+        );
+        assert_eq!(
+            d.decide(t0 + Duration::from_secs(15), 0, 1),
+            1,
+            "still within cooldown of the last work"
+        );
+        assert_eq!(
+            d.decide(t0 + Duration::from_secs(22), 0, 1),
+            0,
+            "back to zero after the cooldown"
+        );
+        assert_eq!(
+            d.decide(t0 + Duration::from_secs(23), 0, 0),
+            0,
+            "and stays there"
+        );
+    }
+}

@@ -1,0 +1,392 @@
+//! Worker process supervision: keeps the number of `edge-agent worker` child processes
+//! at the target the scaler sets.
+//!
+//! - A worker says it is ready by printing [`READY_LINE`] on stdout once its model is
+//!   loaded and it consumes frames; its stderr goes to our log and its last lines are
+//!   kept as the reason when it dies.
+//! - Scale-in is graceful: SIGTERM, the worker finishes and acks what it holds, and
+//!   after `grace` it is killed.
+//! - A worker that exits before it is ready failed to start (bad model, missing
+//!   runtime): the pool backs off (the shared [`Backoff`]) and reports why, so a broken
+//!   worker never turns into a fork bomb. A crash after ready is restarted the same way.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::backoff::Backoff;
+use crate::telemetry::metrics::metrics;
+
+/// The line a worker prints on stdout when it is ready for frames.
+pub const READY_LINE: &str = "EDGE_AGENT_WORKER_READY";
+
+/// How to start one worker.
+#[derive(Clone, Debug)]
+pub struct WorkerSpec {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    pub env: Vec<(String, String)>,
+}
+
+impl WorkerSpec {
+    /// This same binary, `worker` subcommand, with the given extra arguments.
+    pub fn this_binary(args: Vec<OsString>) -> std::io::Result<Self> {
+        let program = std::env::current_exe()?;
+        let mut all = vec![OsString::from("worker")];
+        all.extend(args);
+        Ok(Self {
+            program,
+            args: all,
+            env: Vec::new(),
+        })
+    }
+}
+
+/// What the pool is doing, for status and tests.
+#[derive(Clone, Debug, Default)]
+pub struct PoolStatus {
+    pub target: u32,
+    /// Processes alive and not asked to stop.
+    pub running: u32,
+    pub ready: u32,
+    pub pids: Vec<u32>,
+    pub started: u64,
+    pub start_failures: u64,
+    pub crashes: u64,
+    /// Why the last worker failed, with the tail of its stderr.
+    pub last_failure: Option<String>,
+    /// Until when no new worker is started (backing off after a failure).
+    pub backing_off: bool,
+}
+
+#[derive(Clone)]
+pub struct PoolHandle {
+    target: watch::Sender<u32>,
+    status: Arc<Mutex<PoolStatus>>,
+    done: watch::Receiver<bool>,
+}
+
+impl PoolHandle {
+    pub fn set_target(&self, n: u32) {
+        self.target.send_if_modified(|t| {
+            let changed = *t != n;
+            *t = n;
+            changed
+        });
+    }
+    pub fn status(&self) -> PoolStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+    /// Waits until the pool has stopped every worker after shutdown.
+    pub async fn stopped(&self) {
+        let mut done = self.done.clone();
+        let _ = done.wait_for(|d| *d).await;
+    }
+}
+
+enum Event {
+    Ready(u32),
+    Exited(u32, std::io::Result<ExitStatus>),
+}
+
+struct Worker {
+    pid: u32,
+    started: Instant,
+    ready: bool,
+    /// Set once SIGTERM was sent: kill at this deadline.
+    stopping: Option<Instant>,
+    stderr_tail: Arc<Mutex<VecDeque<String>>>,
+}
+
+/// Starts the pool task on the current runtime.
+pub fn spawn_pool(
+    spec: WorkerSpec,
+    grace: Duration,
+    backoff: Backoff,
+    shutdown: CancellationToken,
+) -> PoolHandle {
+    let (target_tx, target_rx) = watch::channel(0u32);
+    let (done_tx, done_rx) = watch::channel(false);
+    let status = Arc::new(Mutex::new(PoolStatus::default()));
+    let pool = Pool {
+        spec,
+        grace,
+        backoff,
+        workers: Vec::new(),
+        next_start: Instant::now(),
+        status: status.clone(),
+        counters: PoolStatus::default(),
+    };
+    tokio::spawn(async move {
+        pool.run(target_rx, shutdown).await;
+        let _ = done_tx.send(true);
+    });
+    PoolHandle {
+        target: target_tx,
+        status,
+        done: done_rx,
+    }
+}
+
+struct Pool {
+    spec: WorkerSpec,
+    grace: Duration,
+    backoff: Backoff,
+    workers: Vec<Worker>,
+    next_start: Instant,
+    status: Arc<Mutex<PoolStatus>>,
+    counters: PoolStatus,
+}
+
+impl Pool {
+    async fn run(mut self, mut target_rx: watch::Receiver<u32>, shutdown: CancellationToken) {
+        let (ev_tx, mut ev_rx) = mpsc::channel::<Event>(64);
+        let mut stopping_all = false;
+        loop {
+            let target = if stopping_all {
+                0
+            } else {
+                *target_rx.borrow_and_update()
+            };
+            let now = Instant::now();
+            self.reconcile(target, now, &ev_tx);
+            self.publish(target, now);
+            if stopping_all && self.workers.is_empty() {
+                break;
+            }
+            let wake = self.next_wake(target, now);
+            tokio::select! {
+                changed = target_rx.changed(), if !stopping_all => {
+                    if changed.is_err() { stopping_all = true; }
+                }
+                Some(ev) = ev_rx.recv() => self.on_event(ev),
+                _ = tokio::time::sleep_until(wake.into()) => {}
+                _ = shutdown.cancelled(), if !stopping_all => {
+                    info!(workers = self.workers.len(), "Stopping workers for shutdown.");
+                    stopping_all = true;
+                }
+            }
+        }
+        self.publish(0, Instant::now());
+    }
+
+    fn alive(&self) -> u32 {
+        self.workers.iter().filter(|w| w.stopping.is_none()).count() as u32
+    }
+
+    fn reconcile(&mut self, target: u32, now: Instant, ev_tx: &mpsc::Sender<Event>) {
+        // Kill whoever outlived the grace period after SIGTERM.
+        for w in &self.workers {
+            if w.stopping.is_some_and(|deadline| now >= deadline) {
+                warn!(pid = w.pid, grace = ?self.grace, "Worker did not stop in time; killing it.");
+                signal(w.pid, libc::SIGKILL);
+            }
+        }
+        let alive = self.alive();
+        // While failing, probe with one worker at a time: wait for it to be ready or die.
+        let probing = self.backoff.failing()
+            && self
+                .workers
+                .iter()
+                .any(|w| !w.ready && w.stopping.is_none());
+        if alive < target && now >= self.next_start && !probing {
+            // One start per pass while backing off protects against a fork bomb; a
+            // healthy pool starts what it needs at once.
+            let n = if self.backoff.failing() {
+                1
+            } else {
+                target - alive
+            };
+            for _ in 0..n {
+                if let Err(e) = self.start(ev_tx) {
+                    let delay = self.backoff.next_delay(format!("spawn failed: {e}"));
+                    warn!(program = %self.spec.program.display(), error = %e, retry_in = ?delay, "Cannot start a worker.");
+                    self.counters.start_failures += 1;
+                    self.counters.last_failure = Some(format!("spawn failed: {e}"));
+                    self.next_start = now + delay;
+                    break;
+                }
+            }
+        } else if alive > target {
+            // Stop the youngest first: not-ready ones have done the least work.
+            let mut order: Vec<usize> = (0..self.workers.len())
+                .filter(|&i| self.workers[i].stopping.is_none())
+                .collect();
+            order.sort_by_key(|&i| {
+                (
+                    self.workers[i].ready,
+                    std::cmp::Reverse(self.workers[i].started),
+                )
+            });
+            for &i in order.iter().take((alive - target) as usize) {
+                let w = &mut self.workers[i];
+                info!(pid = w.pid, "Scaling in: asking worker to finish and exit.");
+                signal(w.pid, libc::SIGTERM);
+                w.stopping = Some(now + self.grace);
+            }
+        }
+    }
+
+    fn start(&mut self, ev_tx: &mpsc::Sender<Event>) -> std::io::Result<()> {
+        let mut cmd = Command::new(&self.spec.program);
+        cmd.args(&self.spec.args)
+            .envs(self.spec.env.iter().cloned())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn()?;
+        let pid = child.id().unwrap_or(0);
+        let tail = Arc::new(Mutex::new(VecDeque::with_capacity(8)));
+        if let Some(out) = child.stdout.take() {
+            let tx = ev_tx.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(out).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if line.trim() == READY_LINE {
+                        let _ = tx.send(Event::Ready(pid)).await;
+                    } else {
+                        info!(worker = pid, "{line}");
+                    }
+                }
+            });
+        }
+        if let Some(err) = child.stderr.take() {
+            let tail = tail.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(err).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    // Worker logs already carry their own level and fields.
+                    eprintln!("[worker {pid}] {line}");
+                    let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
+                    if t.len() == 8 {
+                        t.pop_front();
+                    }
+                    t.push_back(line);
+                }
+            });
+        }
+        let tx = ev_tx.clone();
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            let _ = tx.send(Event::Exited(pid, status)).await;
+        });
+        info!(pid, "Worker started.");
+        self.counters.started += 1;
+        self.workers.push(Worker {
+            pid,
+            started: Instant::now(),
+            ready: false,
+            stopping: None,
+            stderr_tail: tail,
+        });
+        Ok(())
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::Ready(pid) => {
+                if let Some(w) = self.workers.iter_mut().find(|w| w.pid == pid) {
+                    w.ready = true;
+                    info!(pid, startup = ?w.started.elapsed(), "Worker ready.");
+                    self.backoff.reset();
+                }
+            }
+            Event::Exited(pid, status) => {
+                let Some(i) = self.workers.iter().position(|w| w.pid == pid) else {
+                    return;
+                };
+                let w = self.workers.remove(i);
+                let status = match status {
+                    Ok(s) => s.to_string(),
+                    Err(e) => format!("wait failed: {e}"),
+                };
+                if w.stopping.is_some() {
+                    info!(pid, %status, "Worker stopped.");
+                    return;
+                }
+                let tail: Vec<String> = w
+                    .stderr_tail
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .cloned()
+                    .collect();
+                let phase = if w.ready {
+                    "crashed"
+                } else {
+                    "failed to start"
+                };
+                let reason = format!(
+                    "worker {phase} ({status}): {}",
+                    tail.last().map(String::as_str).unwrap_or("no output")
+                );
+                let delay = self.backoff.next_delay(reason.clone());
+                self.next_start = Instant::now() + delay;
+                if w.ready {
+                    self.counters.crashes += 1;
+                } else {
+                    self.counters.start_failures += 1;
+                }
+                metrics()
+                    .dropped
+                    .get_or_create(&crate::telemetry::metrics::reason(
+                        "workers",
+                        if w.ready { "crash" } else { "start_failure" },
+                    ))
+                    .inc();
+                warn!(pid, %status, retry_in = ?delay, stderr = %tail.join(" | "), "Worker {phase}; backing off.");
+                self.counters.last_failure = Some(reason);
+            }
+        }
+    }
+
+    fn next_wake(&self, target: u32, now: Instant) -> Instant {
+        let mut wake = now + Duration::from_secs(5);
+        for w in &self.workers {
+            if let Some(d) = w.stopping {
+                wake = wake.min(d);
+            }
+        }
+        if self.alive() < target {
+            wake = wake.min(self.next_start.max(now));
+        }
+        wake
+    }
+
+    fn publish(&self, target: u32, now: Instant) {
+        let mut s = self.counters.clone();
+        s.target = target;
+        s.running = self.alive();
+        s.ready = self
+            .workers
+            .iter()
+            .filter(|w| w.ready && w.stopping.is_none())
+            .count() as u32;
+        s.pids = self.workers.iter().map(|w| w.pid).collect();
+        s.backing_off = now < self.next_start;
+        metrics().workers.set(self.workers.len() as i64);
+        *self.status.lock().unwrap_or_else(|e| e.into_inner()) = s;
+    }
+}
+
+fn signal(pid: u32, sig: i32) {
+    if pid > 0 {
+        // SAFETY: kill(2) has no memory effects; a stale pid at worst gets ESRCH.
+        unsafe {
+            libc::kill(pid as i32, sig);
+        }
+    }
+}
