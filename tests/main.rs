@@ -2,4 +2,5 @@
 //! server, RabbitMQ and Mosquitto on loopback, the embedded broker, ONNX Runtime.
 
 mod config;
+mod package;
 mod scale;
