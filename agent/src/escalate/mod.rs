@@ -2,5 +2,6 @@
 //! broker and the bounded buffers that hold messages while a broker is away.
 
 pub mod config;
+pub mod policy;
 
 pub use config::{EscalationConfig, TransportConfig, TransportKind};

@@ -16,7 +16,11 @@ use super::metrics::metrics;
 pub type HealthFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
 /// Binds and serves until shutdown; returns the bound address (port 0 picks one).
-pub async fn serve(listen: &str, health: HealthFn, shutdown: CancellationToken) -> std::io::Result<SocketAddr> {
+pub async fn serve(
+    listen: &str,
+    health: HealthFn,
+    shutdown: CancellationToken,
+) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
