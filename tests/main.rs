@@ -1,6 +1,8 @@
 //! Integration tests against real components: the built binary, an in-process RTSP
 //! server, RabbitMQ and Mosquitto on loopback, the embedded broker, ONNX Runtime.
 
+mod common;
 mod config;
+mod ingest;
 mod package;
 mod scale;

@@ -1,6 +1,320 @@
 //! Ingest: one GStreamer pipeline per camera, supervised by a restart state machine.
-//! Produces small grey frames for motion and keeps a ring of colour frames for escalation.
+//! Produces small grey frames for motion and keeps a ring of decoded frames from which
+//! colour frames at detection size are made on demand for escalation.
+//!
+//! Boundaries: GStreamer threads end at the appsink callback and the bus sync handler;
+//! everything they hand over goes through a bounded channel (grey frames, dropped and
+//! counted when full) or a small lock (ring, counters). Supervision runs on tokio.
 
 pub mod config;
+mod frames;
+mod pipeline;
+mod supervisor;
+pub mod synthetic;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gstreamer as gst;
+use gstreamer_video as gst_video;
+
+use gst_video::prelude::*;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 pub use config::{BackoffConfig, CameraConfig, Decode, RtspProtocol};
+pub use frames::{downscale_plane, scaled_size, ColourFrame, GreyFrame};
+
+use frames::{Kept, Ring};
+use pipeline::lock;
+
+/// Everything that can end a camera's pipeline run. Messages name the camera and never
+/// hold a password.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum IngestError {
+    #[error("camera {camera}: GStreamer element {element:?} is not installed")]
+    MissingElement { camera: String, element: String },
+    #[error("camera {camera}: decode = \"nvidia\" but nvv4l2decoder/nvvidconv are not installed")]
+    NoNvidiaDecoder { camera: String },
+    #[error("camera {camera}: could not build the pipeline: {message}")]
+    Build { camera: String, message: String },
+    #[error("camera {camera}: {message}")]
+    Pipeline { camera: String, message: String },
+    #[error("camera {camera}: the stream has no video (found {found})")]
+    NotVideo { camera: String, found: String },
+    #[error("camera {camera}: unsupported video {what}; H.264 and H.265 are supported")]
+    Unsupported { camera: String, what: String },
+    #[error("camera {camera}: end of stream")]
+    EndOfStream { camera: String },
+    #[error("camera {camera}: stalled, no frame for {after:?}")]
+    Stalled { camera: String, after: Duration },
+    #[error("camera {camera}: stopped by shutdown")]
+    Cancelled { camera: String },
+}
+
+impl IngestError {
+    /// Short label for metrics (`camera_restarts{reason=...}`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            IngestError::MissingElement { .. } | IngestError::NoNvidiaDecoder { .. } => {
+                "missing_element"
+            }
+            IngestError::Build { .. } => "build",
+            IngestError::Pipeline { .. } => "error",
+            IngestError::NotVideo { .. } => "not_video",
+            IngestError::Unsupported { .. } => "unsupported",
+            IngestError::EndOfStream { .. } => "eos",
+            IngestError::Stalled { .. } => "stall",
+            IngestError::Cancelled { .. } => "shutdown",
+        }
+    }
+}
+
+/// Where a camera's supervisor is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CameraState {
+    /// Pipeline built and starting; no frame yet.
+    Connecting,
+    /// Frames are arriving.
+    Streaming,
+    /// Waiting before the next try.
+    BackingOff,
+    /// Shut down; the pipeline is NULL.
+    Stopped,
+}
+
+/// A snapshot of one camera for status output.
+#[derive(Clone, Debug)]
+pub struct CameraStatus {
+    pub camera: Arc<str>,
+    /// The URL with its password redacted.
+    pub url: String,
+    pub state: CameraState,
+    pub restarts: u64,
+    /// Why the last restart happened (redacted).
+    pub last_reason: Option<String>,
+    /// The decoder in use, once chosen.
+    pub decoder: Option<String>,
+    /// Source size of the last frame.
+    pub source_size: Option<(u32, u32)>,
+    /// Decoded frames received.
+    pub frames: u64,
+    /// Grey frames handed to motion (or dropped because its queue was full).
+    pub sampled: u64,
+    /// Frames skipped to keep the analysis rate.
+    pub sampled_out: u64,
+    /// Frames lost: motion queue full plus appsink queue overflow.
+    pub dropped: u64,
+}
+
+/// State shared by a camera's supervisor, its pipeline callbacks and its handle.
+pub(crate) struct Shared {
+    pub(crate) id: Arc<str>,
+    url: String,
+    detect_width: u32,
+    pub(crate) frames: AtomicU64,
+    pub(crate) delivered: AtomicU64,
+    pub(crate) sampled_out: AtomicU64,
+    pub(crate) queue_full: AtomicU64,
+    pub(crate) sink_in: AtomicU64,
+    pub(crate) sink_pulled: AtomicU64,
+    /// Next frame sequence number; never reset, so seqs stay unique across restarts.
+    pub(crate) seq: AtomicU64,
+    pub(crate) ring: Mutex<Ring<gst::Sample>>,
+    pub(crate) status: Mutex<StatusFields>,
+    converter: Mutex<Option<CachedConverter>>,
+}
+
+pub(crate) struct StatusFields {
+    pub(crate) state: CameraState,
+    pub(crate) restarts: u64,
+    pub(crate) last_reason: Option<String>,
+    pub(crate) decoder: Option<String>,
+    pub(crate) source_size: Option<(u32, u32)>,
+}
+
+struct CachedConverter {
+    input: gst_video::VideoInfo,
+    output: gst_video::VideoInfo,
+    converter: gst_video::VideoConverter,
+}
+
+impl Shared {
+    fn new(cfg: &CameraConfig) -> Self {
+        Self {
+            id: Arc::from(cfg.id.as_str()),
+            url: cfg.url.to_string(),
+            detect_width: cfg.detect_width.as_u32(),
+            frames: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            sampled_out: AtomicU64::new(0),
+            queue_full: AtomicU64::new(0),
+            sink_in: AtomicU64::new(0),
+            sink_pulled: AtomicU64::new(0),
+            seq: AtomicU64::new(0),
+            ring: Mutex::new(Ring::new(cfg.ring_frames.as_usize())),
+            status: Mutex::new(StatusFields {
+                state: CameraState::Connecting,
+                restarts: 0,
+                last_reason: None,
+                decoder: None,
+                source_size: None,
+            }),
+            converter: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn set_state(&self, state: CameraState) {
+        lock(&self.status).state = state;
+    }
+
+    fn status(&self) -> CameraStatus {
+        let s = lock(&self.status);
+        let sink_dropped = self
+            .sink_in
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.sink_pulled.load(Ordering::Relaxed));
+        CameraStatus {
+            camera: self.id.clone(),
+            url: self.url.clone(),
+            state: s.state,
+            restarts: s.restarts,
+            last_reason: s.last_reason.clone(),
+            decoder: s.decoder.clone(),
+            source_size: s.source_size,
+            frames: self.frames.load(Ordering::Relaxed),
+            sampled: self.delivered.load(Ordering::Relaxed),
+            sampled_out: self.sampled_out.load(Ordering::Relaxed),
+            dropped: self.queue_full.load(Ordering::Relaxed) + sink_dropped,
+        }
+    }
+
+    /// Converts a kept decoded frame to packed RGB at detection size.
+    fn colour(&self, kept: Kept<gst::Sample>) -> Option<ColourFrame> {
+        let caps = kept.frame.caps()?;
+        let input = gst_video::VideoInfo::from_caps(caps).ok()?;
+        let (w, h) = scaled_size(input.width(), input.height(), self.detect_width);
+        let output = gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgb, w, h)
+            .fps(input.fps())
+            .interlace_mode(input.interlace_mode())
+            .build()
+            .ok()?;
+        let mut cache = lock(&self.converter);
+        let reuse = matches!(&*cache, Some(c) if c.input == input && c.output == output);
+        if !reuse {
+            let converter = gst_video::VideoConverter::new(&input, &output, None).ok()?;
+            *cache = Some(CachedConverter {
+                input: input.clone(),
+                output: output.clone(),
+                converter,
+            });
+        }
+        let conv = &cache.as_ref()?.converter;
+        let src = gst_video::VideoFrameRef::from_buffer_ref_readable(kept.frame.buffer()?, &input)
+            .ok()?;
+        let mut out = gst::Buffer::with_size(output.size()).ok()?;
+        let row = w as usize * 3;
+        let mut rgb = Vec::with_capacity(row * h as usize);
+        {
+            let out_ref = out.get_mut()?;
+            let mut dst =
+                gst_video::VideoFrameRef::from_buffer_ref_writable(out_ref, &output).ok()?;
+            conv.frame_ref(&src, &mut dst);
+            let stride = dst.plane_stride()[0] as usize;
+            let data = dst.plane_data(0).ok()?;
+            for r in data.chunks(stride).take(h as usize) {
+                rgb.extend_from_slice(r.get(..row)?);
+            }
+        }
+        Some(ColourFrame {
+            camera: self.id.clone(),
+            seq: kept.seq,
+            captured: kept.captured,
+            width: w,
+            height: h,
+            rgb,
+        })
+    }
+}
+
+/// The handle the rest of the agent holds for one camera.
+pub struct CameraHandle {
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CameraHandle {
+    /// The colour frame with `seq`, or the nearest newer one still kept, converted to RGB
+    /// at detection size now. `None` when every kept frame is older than `seq`.
+    pub fn colour_frame(&self, seq: u64) -> Option<ColourFrame> {
+        let kept = lock(&self.shared.ring).at_or_after(seq)?;
+        self.shared.colour(kept)
+    }
+
+    /// The newest kept colour frame.
+    pub fn latest_colour(&self) -> Option<ColourFrame> {
+        let kept = lock(&self.shared.ring).latest()?;
+        self.shared.colour(kept)
+    }
+
+    pub fn status(&self) -> CameraStatus {
+        self.shared.status()
+    }
+
+    pub fn id(&self) -> &Arc<str> {
+        &self.shared.id
+    }
+
+    /// Stops this camera (if the shutdown token has not already) and waits until its
+    /// pipeline is NULL and its task has ended.
+    pub async fn stopped(self) {
+        self.stop.cancel();
+        if let Err(e) = self.task.await {
+            tracing::error!(camera = %self.shared.id, error = %e, "Camera task ended abnormally.");
+        }
+    }
+}
+
+/// Starts supervision of one camera on the current tokio runtime; never blocks on the
+/// camera. Grey frames go to `grey_tx` (dropped and counted when it is full).
+pub fn spawn_camera(
+    cfg: CameraConfig,
+    grey_tx: mpsc::Sender<GreyFrame>,
+    shutdown: CancellationToken,
+) -> CameraHandle {
+    let shared = Arc::new(Shared::new(&cfg));
+    let stop = shutdown.child_token();
+    let task = tokio::spawn(supervisor::supervise(
+        cfg,
+        shared.clone(),
+        grey_tx,
+        stop.clone(),
+    ));
+    CameraHandle { shared, stop, task }
+}
+
+/// How a replay ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplaySummary {
+    /// Decoded frames.
+    pub frames: u64,
+    /// Grey frames delivered.
+    pub delivered: u64,
+    /// Source size.
+    pub source_size: Option<(u32, u32)>,
+}
+
+/// Runs a file (or any source) once through the same pipeline as a camera, as fast as
+/// possible: no clock sync, no restart, and no frame lost, since it waits for the
+/// receiver instead of dropping. Every decoded frame is delivered unless
+/// `sample_to_analysis_fps` is set. Returns at the end of the stream.
+pub async fn replay(
+    cfg: CameraConfig,
+    sample_to_analysis_fps: bool,
+    grey_tx: mpsc::Sender<GreyFrame>,
+    shutdown: CancellationToken,
+) -> Result<ReplaySummary, IngestError> {
+    supervisor::replay(cfg, sample_to_analysis_fps, grey_tx, shutdown).await
+}

@@ -1,0 +1,243 @@
+//! The per-camera state machine: connecting → streaming → (error, EOS or stall) →
+//! backing off → connecting... Each run gets a fresh pipeline; a finished one is set to
+//! NULL (on a blocking thread, since rtspsrc may wait on its socket) before it is dropped.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gstreamer as gst;
+
+use gst::prelude::*;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::frames::GreyFrame;
+use super::pipeline::{self, lock, Attempt, Mode};
+use super::{CameraConfig, CameraState, IngestError, ReplaySummary, Shared};
+use crate::backoff::Backoff;
+use crate::telemetry::metrics::{self, metrics};
+
+/// A camera that streamed this long is healthy again: the next failure backs off from
+/// the minimum. Shorter runs keep growing the delay, so a flapping camera is not hammered.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
+
+pub(crate) async fn supervise(
+    cfg: CameraConfig,
+    shared: Arc<Shared>,
+    grey_tx: mpsc::Sender<GreyFrame>,
+    stop: CancellationToken,
+) {
+    let span = tracing::info_span!("camera", camera = %shared.id);
+    run(cfg, shared, grey_tx, stop).instrument(span).await
+}
+
+async fn run(
+    cfg: CameraConfig,
+    shared: Arc<Shared>,
+    grey_tx: mpsc::Sender<GreyFrame>,
+    stop: CancellationToken,
+) {
+    let mut backoff = Backoff::new(cfg.backoff.min.get(), cfg.backoff.max.get());
+    let up = metrics()
+        .camera_up
+        .get_or_create(&metrics::camera(&shared.id))
+        .clone();
+    tracing::info!(url = %cfg.url, "Camera starting.");
+    loop {
+        shared.set_state(CameraState::Connecting);
+        let attempt = Arc::new(Attempt::new());
+        let outcome = match pipeline::build(&cfg, Mode::Live, &shared, &attempt, grey_tx.clone()) {
+            Ok(built) => {
+                lock(&shared.status).decoder = Some(built.decoder.clone());
+                let outcome = watch(
+                    &cfg,
+                    &shared,
+                    &attempt,
+                    &built.pipeline,
+                    &built.decoder,
+                    &mut backoff,
+                    &stop,
+                )
+                .await;
+                up.set(0);
+                attempt.cancel.cancel();
+                teardown(built.pipeline).await;
+                outcome
+            }
+            Err(e) => Err(e),
+        };
+        let err = match outcome {
+            Ok(()) => break,
+            Err(e) => e,
+        };
+        let reason = err.to_string();
+        let delay = backoff.next_delay(reason.clone());
+        {
+            let mut s = lock(&shared.status);
+            s.restarts = backoff.restarts;
+            s.last_reason = Some(reason.clone());
+            s.state = CameraState::BackingOff;
+        }
+        metrics()
+            .camera_restarts
+            .get_or_create(&vec![
+                ("camera", shared.id.to_string()),
+                ("reason", err.label().to_string()),
+            ])
+            .inc();
+        tracing::warn!(
+            url = %cfg.url,
+            reason = %reason,
+            label = err.label(),
+            retry_in = ?delay,
+            restarts = backoff.restarts,
+            "Camera restarting."
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.cancelled() => break,
+        }
+    }
+    shared.set_state(CameraState::Stopped);
+    up.set(0);
+    tracing::info!("Camera stopped.");
+}
+
+/// Watches one pipeline run. `Ok(())` means shutdown; `Err` says why the run ended.
+async fn watch(
+    cfg: &CameraConfig,
+    shared: &Shared,
+    attempt: &Attempt,
+    pipeline: &gst::Pipeline,
+    decoder: &str,
+    backoff: &mut Backoff,
+    stop: &CancellationToken,
+) -> Result<(), IngestError> {
+    if let Err(e) = pipeline.set_state(gst::State::Playing) {
+        // The bus usually says why; give it a moment to arrive.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        return Err(attempt
+            .take_fault()
+            .unwrap_or_else(|| IngestError::Pipeline {
+                camera: shared.id.to_string(),
+                message: format!("could not start the pipeline: {e}"),
+            }));
+    }
+    let stall = cfg.stall_timeout.get().max(Duration::from_millis(100));
+    let mut tick = tokio::time::interval((stall / 4).min(Duration::from_millis(250)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut streaming_since: Option<Instant> = None;
+    let up = metrics()
+        .camera_up
+        .get_or_create(&metrics::camera(&shared.id))
+        .clone();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = attempt.notify.notified() => {}
+            _ = tick.tick() => {}
+        }
+        if let Some(fault) = attempt.take_fault() {
+            return Err(fault);
+        }
+        let frames = attempt.frames.load(std::sync::atomic::Ordering::Relaxed);
+        if frames > 0 && streaming_since.is_none() {
+            streaming_since = Some(Instant::now());
+            let size = *lock(&attempt.size);
+            {
+                let mut s = lock(&shared.status);
+                s.state = CameraState::Streaming;
+                s.source_size = size;
+            }
+            up.set(1);
+            let decoder = lock(&attempt.decoder)
+                .clone()
+                .unwrap_or_else(|| decoder.to_string());
+            lock(&shared.status).decoder = Some(decoder.clone());
+            tracing::info!(decoder = %decoder, size = ?size, "Camera streaming.");
+        }
+        if let Some(since) = streaming_since {
+            if since.elapsed() >= STABLE_AFTER {
+                backoff.reset();
+            }
+            if let Some(size) = *lock(&attempt.size) {
+                lock(&shared.status).source_size = Some(size);
+            }
+        }
+        let quiet = attempt.since_last_frame();
+        if quiet >= stall {
+            return Err(IngestError::Stalled {
+                camera: shared.id.to_string(),
+                after: quiet,
+            });
+        }
+    }
+}
+
+/// Sets the pipeline to NULL off the runtime threads and drops it there.
+async fn teardown(pipeline: gst::Pipeline) {
+    let done = tokio::task::spawn_blocking(move || {
+        let _ = pipeline.set_state(gst::State::Null);
+        drop(pipeline);
+    })
+    .await;
+    if let Err(e) = done {
+        tracing::error!(error = %e, "Pipeline teardown panicked.");
+    }
+}
+
+pub(crate) async fn replay(
+    cfg: CameraConfig,
+    sample: bool,
+    grey_tx: mpsc::Sender<GreyFrame>,
+    shutdown: CancellationToken,
+) -> Result<ReplaySummary, IngestError> {
+    let shared = Arc::new(Shared::new(&cfg));
+    let span = tracing::info_span!("replay", camera = %shared.id);
+    async move {
+        let attempt = Arc::new(Attempt::new());
+        let built = pipeline::build(&cfg, Mode::Replay { sample }, &shared, &attempt, grey_tx)?;
+        tracing::info!(url = %cfg.url, decoder = %built.decoder, "Replay starting.");
+        let result = async {
+            built.pipeline.set_state(gst::State::Playing).map_err(|e| {
+                attempt
+                    .take_fault()
+                    .unwrap_or_else(|| IngestError::Pipeline {
+                        camera: shared.id.to_string(),
+                        message: format!("could not start the pipeline: {e}"),
+                    })
+            })?;
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Err(IngestError::Cancelled {
+                        camera: shared.id.to_string(),
+                    }),
+                    _ = attempt.notify.notified() => {}
+                }
+                match attempt.take_fault() {
+                    Some(IngestError::EndOfStream { .. }) => return Ok(()),
+                    Some(e) => return Err(e),
+                    None => {}
+                }
+            }
+        }
+        .await;
+        attempt.cancel.cancel();
+        teardown(built.pipeline).await;
+        result?;
+        let summary = ReplaySummary {
+            frames: shared.frames.load(std::sync::atomic::Ordering::Relaxed),
+            delivered: shared.delivered.load(std::sync::atomic::Ordering::Relaxed),
+            source_size: *lock(&attempt.size),
+        };
+        tracing::info!(
+            frames = summary.frames,
+            delivered = summary.delivered,
+            "Replay ended."
+        );
+        Ok(summary)
+    }
+    .instrument(span)
+    .await
+}
