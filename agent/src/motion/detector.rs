@@ -1,0 +1,926 @@
+//! The frame-difference detector. Pure: a grey frame in, boxes out; no I/O, no clock.
+//!
+//! Per frame, in one pass over the rows: optional contrast table, 3x3 Gaussian blur,
+//! absolute difference against the background, threshold, mask, background update
+//! (running average, u16 with 8 fractional bits), and the count of changed pixels per
+//! grid cell. Then, unless the change is global: square dilation and connected
+//! components into boxes, filtered by area. All buffers are sized in `new`; the hot
+//! loops work on whole rows with iterators the compiler vectorises (SSE2 on x86-64,
+//! NEON on aarch64) and have no bounds checks inside.
+
+use serde::{Deserialize, Serialize};
+
+use super::config::MotionConfig;
+use super::contrast::Contrast;
+use super::label::{Component, Labeler};
+use super::mask;
+use super::MotionError;
+
+/// A box in analysis-frame pixels.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MotionBox {
+    pub x: u32,
+    pub y: u32,
+    pub w: u32,
+    pub h: u32,
+}
+
+/// A box in fractions of the frame (0..=1), for consumers working at another size.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NormBox {
+    pub x: f32,
+    pub y: f32,
+    pub w: f32,
+    pub h: f32,
+}
+
+impl MotionBox {
+    pub fn area(&self) -> u64 {
+        self.w as u64 * self.h as u64
+    }
+
+    /// The smallest box holding both (an empty box is the identity).
+    pub fn union(&self, o: &MotionBox) -> MotionBox {
+        if self.area() == 0 {
+            return *o;
+        }
+        if o.area() == 0 {
+            return *self;
+        }
+        let (x0, y0) = (self.x.min(o.x), self.y.min(o.y));
+        let x1 = (self.x + self.w).max(o.x + o.w);
+        let y1 = (self.y + self.h).max(o.y + o.h);
+        MotionBox {
+            x: x0,
+            y: y0,
+            w: x1 - x0,
+            h: y1 - y0,
+        }
+    }
+
+    /// Intersection over union (0 when either is empty).
+    pub fn iou(&self, o: &MotionBox) -> f64 {
+        let ix = (self.x + self.w)
+            .min(o.x + o.w)
+            .saturating_sub(self.x.max(o.x)) as u64;
+        let iy = (self.y + self.h)
+            .min(o.y + o.h)
+            .saturating_sub(self.y.max(o.y)) as u64;
+        let inter = ix * iy;
+        let uni = self.area() + o.area() - inter;
+        if uni == 0 {
+            0.0
+        } else {
+            inter as f64 / uni as f64
+        }
+    }
+
+    /// The box in fractions of a `width` x `height` frame.
+    pub fn normalised(&self, width: u32, height: u32) -> NormBox {
+        let (fw, fh) = (width.max(1) as f32, height.max(1) as f32);
+        NormBox {
+            x: self.x as f32 / fw,
+            y: self.y as f32 / fh,
+            w: self.w as f32 / fw,
+            h: self.h as f32 / fh,
+        }
+    }
+}
+
+/// What one frame showed.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FrameMotion {
+    /// Moving regions after the area filter; empty on a global change.
+    pub boxes: Vec<MotionBox>,
+    /// Fraction of the unmasked pixels that changed (before dilation).
+    pub changed_fraction: f32,
+    /// Fraction of the grid cells that show change.
+    pub spread: f32,
+    /// The whole scene changed (light, rain, IR switch, camera moved, scene cut): the
+    /// background was re-seeded and the frame must raise no event.
+    pub global_change: bool,
+    /// The background was (re-)seeded from this frame: first frame or global change.
+    pub reseeded: bool,
+}
+
+impl FrameMotion {
+    /// Motion that counts towards an event.
+    pub fn has_motion(&self) -> bool {
+        !self.global_change && !self.boxes.is_empty()
+    }
+}
+
+/// Grid used by the spread (camera moved, rain) guard.
+const GRID: usize = 8;
+/// Fractional bits of the background.
+const FRAC: u32 = 8;
+
+pub struct Detector {
+    w: usize,
+    h: usize,
+    threshold: u8,
+    /// Background weight of a new frame, in 1/65536 (u16 so that the update is a
+    /// 16x16-bit multiply the compiler vectorises).
+    rate: u16,
+    blur: bool,
+    radius: usize,
+    min_area: u32,
+    max_area: u32,
+    global_change: f32,
+    global_spread: f32,
+    cell_change: f32,
+    /// 1 where change counts, 0 in masked areas.
+    active: Vec<u8>,
+    active_count: u32,
+    /// Column where each grid cell starts (GRID + 1 entries) and active pixels per cell.
+    cell_x: [usize; GRID + 1],
+    cell_active: [u32; GRID * GRID],
+    cell_changed: [u32; GRID * GRID],
+    /// Cells that are at least half unmasked: the ones the spread guard looks at.
+    cells_eligible: u32,
+    contrast: Option<Contrast>,
+    /// Frame after the contrast table (only used with contrast on).
+    stretched: Vec<u8>,
+    /// Running-average background, grey << FRAC.
+    bg: Vec<u16>,
+    seeded: bool,
+    /// Changed pixels (0/1) before and after dilation.
+    fg: Vec<u8>,
+    dilated: Vec<u8>,
+    /// Row scratch: vertical blur sums, blurred row, dilation rows.
+    vsum: Vec<u16>,
+    row: Vec<u8>,
+    hdil: Vec<u8>,
+    labeler: Labeler,
+    components: Vec<Component>,
+    out: FrameMotion,
+}
+
+impl Detector {
+    /// A detector for `width` x `height` grey frames; mask polygons are rasterised here.
+    pub fn new(cfg: &MotionConfig, width: u32, height: u32) -> Self {
+        let (w, h) = (width.max(1) as usize, height.max(1) as usize);
+        let n = w * h;
+        let frame_area = n as f64;
+        let active = mask::rasterise(&cfg.masks, w as u32, h as u32);
+        let mut cell_x = [0usize; GRID + 1];
+        for (i, c) in cell_x.iter_mut().enumerate() {
+            *c = i * w / GRID;
+        }
+        let mut cell_active = [0u32; GRID * GRID];
+        for (y, row) in active.chunks_exact(w).enumerate() {
+            let cy = y * GRID / h;
+            for cx in 0..GRID {
+                cell_active[cy * GRID + cx] += count(&row[cell_x[cx]..cell_x[cx + 1]]);
+            }
+        }
+        let cells_eligible = (0..GRID * GRID)
+            .filter(|&i| {
+                let cy = i / GRID;
+                let rows = (cy + 1) * h / GRID - cy * h / GRID;
+                let cols = cell_x[i % GRID + 1] - cell_x[i % GRID];
+                cell_active[i] > 0 && 2 * cell_active[i] as usize >= rows * cols
+            })
+            .count() as u32;
+        Self {
+            w,
+            h,
+            threshold: cfg.threshold.get().clamp(1, 255) as u8,
+            rate: ((cfg.background_rate.get() * 65536.0).round() as u32).clamp(1, 65535) as u16,
+            blur: cfg.blur,
+            radius: cfg.dilate_radius.as_usize(),
+            min_area: (cfg.min_area.get() * frame_area).ceil() as u32,
+            max_area: (cfg.max_area.get() * frame_area).floor() as u32,
+            global_change: cfg.global_change.get() as f32,
+            global_spread: cfg.global_spread.get() as f32,
+            cell_change: cfg.cell_change.get() as f32,
+            active_count: count(&active),
+            active,
+            cell_x,
+            cell_active,
+            cell_changed: [0; GRID * GRID],
+            cells_eligible,
+            contrast: cfg.contrast.enabled.then(|| Contrast::new(&cfg.contrast)),
+            stretched: if cfg.contrast.enabled {
+                vec![0; n]
+            } else {
+                Vec::new()
+            },
+            bg: vec![0; n],
+            seeded: false,
+            fg: vec![0; n],
+            dilated: vec![0; n],
+            vsum: vec![0; w],
+            row: vec![0; w],
+            hdil: vec![0; n],
+            labeler: Labeler::default(),
+            components: Vec::new(),
+            out: FrameMotion::default(),
+        }
+    }
+
+    pub fn width(&self) -> u32 {
+        self.w as u32
+    }
+    pub fn height(&self) -> u32 {
+        self.h as u32
+    }
+    /// 1 where change counts, 0 in masked areas (for debug images).
+    pub fn active(&self) -> &[u8] {
+        &self.active
+    }
+    /// Changed pixels (0/1) of the last frame, before dilation.
+    pub fn changed(&self) -> &[u8] {
+        &self.fg
+    }
+    /// The last result.
+    pub fn last(&self) -> &FrameMotion {
+        &self.out
+    }
+
+    /// Runs one frame. `grey` holds `width * height` bytes, rows without padding.
+    pub fn process(&mut self, grey: &[u8]) -> Result<&FrameMotion, MotionError> {
+        if grey.len() != self.w * self.h {
+            return Err(MotionError::FrameSize {
+                width: self.w as u32,
+                height: self.h as u32,
+                got: grey.len(),
+            });
+        }
+        self.out.boxes.clear();
+        self.out.global_change = false;
+        self.out.reseeded = false;
+        self.out.changed_fraction = 0.0;
+        self.out.spread = 0.0;
+        let reset_contrast = !self.seeded;
+        self.stretch(grey, reset_contrast);
+        if !self.seeded {
+            self.reseed(grey);
+            return Ok(&self.out);
+        }
+        let changed = self.difference(grey);
+        self.out.changed_fraction = if self.active_count == 0 {
+            0.0
+        } else {
+            changed as f32 / self.active_count as f32
+        };
+        self.out.spread = self.spread();
+        if self.out.changed_fraction > self.global_change
+            || (self.global_spread < 1.0 && self.out.spread >= self.global_spread)
+        {
+            self.out.global_change = true;
+            if self.contrast.is_some() {
+                self.stretch(grey, true);
+            }
+            self.reseed(grey);
+            return Ok(&self.out);
+        }
+        if changed == 0 {
+            return Ok(&self.out);
+        }
+        let img = if self.radius > 0 {
+            dilate(
+                &self.fg,
+                &mut self.hdil,
+                &mut self.dilated,
+                self.w,
+                self.h,
+                self.radius,
+            );
+            &self.dilated
+        } else {
+            &self.fg
+        };
+        self.labeler
+            .label(img, self.w, self.h, &mut self.components);
+        let r = self.radius as u32;
+        let (wmax, hmax) = (self.w as u32 - 1, self.h as u32 - 1);
+        for c in &self.components {
+            if c.area < self.min_area || c.area > self.max_area {
+                continue;
+            }
+            // Dilation grew the box by exactly r on each side (unless clipped by the
+            // frame edge): shrink it back to the changed pixels.
+            let (x0, y0) = ((c.x0 + r).min(c.x1), (c.y0 + r).min(c.y1));
+            let x0 = if c.x0 == 0 { 0 } else { x0 };
+            let y0 = if c.y0 == 0 { 0 } else { y0 };
+            let x1 = if c.x1 == wmax {
+                wmax
+            } else {
+                c.x1.saturating_sub(r).max(x0)
+            };
+            let y1 = if c.y1 == hmax {
+                hmax
+            } else {
+                c.y1.saturating_sub(r).max(y0)
+            };
+            self.out.boxes.push(MotionBox {
+                x: x0,
+                y: y0,
+                w: x1 - x0 + 1,
+                h: y1 - y0 + 1,
+            });
+        }
+        Ok(&self.out)
+    }
+
+    /// Updates the contrast table from `grey` and writes the stretched frame.
+    fn stretch(&mut self, grey: &[u8], reset: bool) {
+        if let Some(c) = &mut self.contrast {
+            c.update(grey, self.w, reset);
+            for (o, &v) in self.stretched.iter_mut().zip(grey) {
+                *o = c.lut[v as usize];
+            }
+        }
+    }
+
+    /// The frame the detector works on: stretched when contrast is on.
+    fn input<'a>(&'a self, grey: &'a [u8]) -> &'a [u8] {
+        if self.contrast.is_some() {
+            &self.stretched
+        } else {
+            grey
+        }
+    }
+
+    fn reseed(&mut self, grey: &[u8]) {
+        let (w, h, blur) = (self.w, self.h, self.blur);
+        let mut vsum = std::mem::take(&mut self.vsum);
+        let mut row = std::mem::take(&mut self.row);
+        let mut bg = std::mem::take(&mut self.bg);
+        let src = self.input(grey);
+        for (y, bg_row) in bg.chunks_exact_mut(w).enumerate() {
+            let cur = smooth_row(src, w, h, y, blur, &mut vsum, &mut row);
+            for (b, &c) in bg_row.iter_mut().zip(cur) {
+                *b = (c as u16) << FRAC;
+            }
+        }
+        (self.vsum, self.row, self.bg) = (vsum, row, bg);
+        self.fg.fill(0);
+        self.seeded = true;
+        self.out.reseeded = true;
+    }
+
+    /// Difference, threshold, mask and background update, row by row. Returns the
+    /// number of changed pixels and fills the per-cell counts.
+    fn difference(&mut self, grey: &[u8]) -> u32 {
+        let (w, h, blur) = (self.w, self.h, self.blur);
+        let thr = self.threshold;
+        let a = self.rate;
+        let keep = (65536 - a as u32) as u16;
+        let mut vsum = std::mem::take(&mut self.vsum);
+        let mut row = std::mem::take(&mut self.row);
+        let mut bg = std::mem::take(&mut self.bg);
+        let mut fg = std::mem::take(&mut self.fg);
+        let src = self.input(grey);
+        let mut total = 0u32;
+        let mut cells = [0u32; GRID * GRID];
+        let rows = bg
+            .chunks_exact_mut(w)
+            .zip(fg.chunks_exact_mut(w))
+            .zip(self.active.chunks_exact(w));
+        for (y, ((bg_row, fg_row), act_row)) in rows.enumerate() {
+            let cur = smooth_row(src, w, h, y, blur, &mut vsum, &mut row);
+            for (((b, f), &c), &m) in bg_row
+                .iter_mut()
+                .zip(fg_row.iter_mut())
+                .zip(cur)
+                .zip(act_row)
+            {
+                let bv = ((*b as u32 + (1 << (FRAC - 1))) >> FRAC) as u8;
+                *f = u8::from(c.abs_diff(bv) > thr) & m;
+                // bg' = bg (1 - a) + cur a, rounded; fits u32 since bg <= 255 << 8.
+                *b = ((*b as u32 * keep as u32 + ((c as u32) << FRAC) * a as u32 + 32768) >> 16)
+                    as u16;
+            }
+            let cy = y * GRID / h;
+            for cx in 0..GRID {
+                let n = count(&fg_row[self.cell_x[cx]..self.cell_x[cx + 1]]);
+                cells[cy * GRID + cx] += n;
+                total += n;
+            }
+        }
+        (self.vsum, self.row, self.bg, self.fg) = (vsum, row, bg, fg);
+        self.cell_changed = cells;
+        total
+    }
+
+    fn spread(&self) -> f32 {
+        if self.cells_eligible == 0 {
+            return 0.0;
+        }
+        let on = self
+            .cell_changed
+            .iter()
+            .zip(&self.cell_active)
+            .filter(|(&c, &a)| a > 0 && c as f32 >= self.cell_change * a as f32 && c > 0)
+            .count();
+        (on as f32 / self.cells_eligible as f32).min(1.0)
+    }
+}
+
+/// Number of non-zero bytes in a 0/1 slice.
+fn count(v: &[u8]) -> u32 {
+    // Sums in u8 lanes over blocks of 255 so the compiler can use byte adds.
+    v.chunks(255)
+        .map(|c| c.iter().fold(0u8, |s, &x| s.wrapping_add(x & 1)) as u32)
+        .sum()
+}
+
+/// Row `y` of `src` after the 3x3 Gaussian blur ([1 2 1] x [1 2 1] / 16, rounded,
+/// edges mirrored without repeating the edge pixel like OpenCV's default border),
+/// or the row itself without blur.
+fn smooth_row<'a>(
+    src: &'a [u8],
+    w: usize,
+    h: usize,
+    y: usize,
+    blur: bool,
+    vsum: &mut [u16],
+    out: &'a mut [u8],
+) -> &'a [u8] {
+    let cur = &src[y * w..(y + 1) * w];
+    if !blur {
+        return cur;
+    }
+    let above = if y > 0 { y - 1 } else { (y + 1).min(h - 1) };
+    let below = if y + 1 < h {
+        y + 1
+    } else {
+        y.saturating_sub(1)
+    };
+    let (a, b) = (
+        &src[above * w..(above + 1) * w],
+        &src[below * w..(below + 1) * w],
+    );
+    for (((s, &p), &q), &r) in vsum.iter_mut().zip(a).zip(cur).zip(b) {
+        *s = p as u16 + 2 * q as u16 + r as u16;
+    }
+    if w < 3 {
+        for (x, o) in out.iter_mut().enumerate() {
+            let l = vsum[if x > 0 { x - 1 } else { (x + 1).min(w - 1) }];
+            let r = vsum[if x + 1 < w {
+                x + 1
+            } else {
+                x.saturating_sub(1)
+            }];
+            *o = ((l + 2 * vsum[x] + r + 8) >> 4) as u8;
+        }
+        return out;
+    }
+    out[0] = ((2 * vsum[1] + 2 * vsum[0] + 8) >> 4) as u8;
+    out[w - 1] = ((2 * vsum[w - 2] + 2 * vsum[w - 1] + 8) >> 4) as u8;
+    let inner = &mut out[1..w - 1];
+    for (((o, &l), &c), &r) in inner
+        .iter_mut()
+        .zip(&vsum[..w - 2])
+        .zip(&vsum[1..w - 1])
+        .zip(&vsum[2..])
+    {
+        *o = ((l + 2 * c + r + 8) >> 4) as u8;
+    }
+    out
+}
+
+/// Square dilation of radius `r` of a 0/1 image: a horizontal then a vertical max
+/// (max of a window is separable for a square).
+fn dilate(src: &[u8], tmp: &mut [u8], dst: &mut [u8], w: usize, h: usize, r: usize) {
+    for (s, t) in src.chunks_exact(w).zip(tmp.chunks_exact_mut(w)) {
+        t.copy_from_slice(s);
+        for k in 1..=r.min(w - 1) {
+            for (o, &v) in t[..w - k].iter_mut().zip(&s[k..]) {
+                *o |= v;
+            }
+            for (o, &v) in t[k..].iter_mut().zip(&s[..w - k]) {
+                *o |= v;
+            }
+        }
+    }
+    for (y, d) in dst.chunks_exact_mut(w).enumerate() {
+        let (lo, hi) = (y.saturating_sub(r), (y + r).min(h - 1));
+        d.copy_from_slice(&tmp[lo * w..(lo + 1) * w]);
+        for t in tmp[(lo + 1) * w..(hi + 1) * w].chunks_exact(w) {
+            for (o, &v) in d.iter_mut().zip(t) {
+                *o |= v;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::config::types::{Fraction, IntIn};
+    use crate::motion::{EventTracker, MotionTransition};
+
+    const W: usize = 320;
+    const H: usize = 180;
+
+    /// Deterministic synthetic frames: a smooth background, squares, sensor noise.
+    struct Scene {
+        seed: u64,
+        base: Vec<u8>,
+    }
+
+    impl Scene {
+        fn new() -> Self {
+            // A gentle gradient with soft bumps, 70..=140.
+            let base = (0..W * H)
+                .map(|i| {
+                    let (x, y) = ((i % W) as f64, (i / W) as f64);
+                    (100.0 + 0.1 * x - 0.1 * y + 10.0 * (x / 23.0).sin() * (y / 17.0).cos()) as u8
+                })
+                .collect();
+            Self { seed: 7, base }
+        }
+
+        /// Gaussian-ish noise of standard deviation `sigma` (sum of four uniforms).
+        fn noise(&mut self, sigma: f64) -> f64 {
+            let mut s = 0.0;
+            for _ in 0..4 {
+                self.seed = self
+                    .seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                s += (self.seed >> 40) as f64 / (1u64 << 24) as f64 - 0.5;
+            }
+            // Var of a sum of 4 uniforms on [-0.5, 0.5] is 1/3.
+            s * sigma * 3f64.sqrt()
+        }
+
+        /// The background plus `offset`, squares `(x, y, side, grey)` and noise.
+        fn frame(
+            &mut self,
+            offset: f64,
+            squares: &[(usize, usize, usize, u8)],
+            sigma: f64,
+        ) -> Vec<u8> {
+            let mut f: Vec<u8> = self
+                .base
+                .iter()
+                .map(|&v| (v as f64 + offset).clamp(0.0, 255.0) as u8)
+                .collect();
+            for &(sx, sy, side, g) in squares {
+                for y in sy..(sy + side).min(H) {
+                    for x in sx..(sx + side).min(W) {
+                        f[y * W + x] = g;
+                    }
+                }
+            }
+            if sigma > 0.0 {
+                for v in f.iter_mut() {
+                    *v = (*v as f64 + self.noise(sigma)).round().clamp(0.0, 255.0) as u8;
+                }
+            }
+            f
+        }
+    }
+
+    fn t(i: usize) -> SystemTime {
+        SystemTime::UNIX_EPOCH
+            + Duration::from_secs(1_700_000_000)
+            + Duration::from_millis(200 * i as u64)
+    }
+
+    /// Runs frames through detector and tracker; returns per-frame results and
+    /// (frame index, transition) pairs.
+    fn run(
+        cfg: &MotionConfig,
+        frames: impl IntoIterator<Item = Vec<u8>>,
+    ) -> (Vec<FrameMotion>, Vec<(usize, MotionTransition)>) {
+        let mut det = Detector::new(cfg, W as u32, H as u32);
+        let mut tr = EventTracker::new(cfg, "test");
+        let (mut per_frame, mut transitions) = (Vec::new(), Vec::new());
+        for (i, f) in frames.into_iter().enumerate() {
+            let m = det.process(&f).expect("frame size");
+            if let Some(x) = tr.update(t(i), m) {
+                transitions.push((i, x));
+            }
+            per_frame.push(m.clone());
+        }
+        if let Some(x) = tr.finish() {
+            transitions.push((per_frame.len(), x));
+        }
+        (per_frame, transitions)
+    }
+
+    fn starts(tr: &[(usize, MotionTransition)]) -> usize {
+        tr.iter()
+            .filter(|(_, x)| matches!(x, MotionTransition::Started(_)))
+            .count()
+    }
+
+    /// A 40 px square of grey 180 moving right by 8 px per frame from frame 5 on.
+    fn square_at(i: usize) -> Option<(usize, usize, usize, u8)> {
+        (5..30)
+            .contains(&i)
+            .then(|| (20 + 8 * (i - 5), 60, 40, 180))
+    }
+
+    #[test]
+    fn a_moving_square_gives_a_box_that_matches_it() {
+        let cfg = MotionConfig::default();
+        let mut scene = Scene::new();
+        let frames: Vec<Vec<u8>> = (0..30)
+            .map(|i| scene.frame(0.0, &square_at(i).into_iter().collect::<Vec<_>>(), 2.0))
+            .collect();
+        let (per_frame, _) = run(&cfg, frames);
+        for (i, m) in per_frame.iter().enumerate().skip(6) {
+            let (x, y, side, _) = square_at(i).unwrap();
+            let truth = MotionBox {
+                x: x as u32,
+                y: y as u32,
+                w: side as u32,
+                h: side as u32,
+            };
+            let best = m.boxes.iter().map(|b| b.iou(&truth)).fold(0.0, f64::max);
+            assert!(
+                best >= 0.8,
+                "frame {i}: best IoU {best:.2}, boxes {:?}, truth {truth:?}",
+                m.boxes
+            );
+            assert_eq!(m.boxes.len(), 1, "frame {i}: {:?}", m.boxes);
+        }
+    }
+
+    #[test]
+    fn sensor_noise_below_the_threshold_gives_no_event() {
+        // (blur, noise sigma): blurred noise is ~0.4 sigma; without blur single pixels
+        // may pass the threshold but stay under the minimum area.
+        for (blur, sigma) in [(true, 8.0), (false, 5.0)] {
+            let cfg = MotionConfig {
+                blur,
+                ..MotionConfig::default()
+            };
+            let mut scene = Scene::new();
+            let frames: Vec<Vec<u8>> = (0..60).map(|_| scene.frame(0.0, &[], sigma)).collect();
+            let (per_frame, tr) = run(&cfg, frames);
+            assert!(tr.is_empty(), "blur {blur} sigma {sigma}: {tr:?}");
+            assert!(per_frame
+                .iter()
+                .all(|m| m.boxes.is_empty() && !m.global_change));
+            let worst = per_frame
+                .iter()
+                .map(|m| m.changed_fraction)
+                .fold(0.0, f32::max);
+            assert!(worst < 0.001, "blur {blur} sigma {sigma}: changed {worst}");
+        }
+    }
+
+    #[test]
+    fn light_changes_give_no_event() {
+        // (name, brightness offset of frame i)
+        let rows: &[(&str, fn(usize) -> f64)] = &[
+            ("a step up by 60", |i| if i >= 20 { 60.0 } else { 0.0 }),
+            ("a step down by 50", |i| if i >= 20 { -50.0 } else { 0.0 }),
+            ("a slow ramp of 0.5 per frame", |i| 0.5 * i as f64),
+            ("a flicker every 10 frames", |i| {
+                if i % 10 == 9 {
+                    40.0
+                } else {
+                    0.0
+                }
+            }),
+        ];
+        for (name, offset) in rows {
+            let mut scene = Scene::new();
+            let frames: Vec<Vec<u8>> = (0..80).map(|i| scene.frame(offset(i), &[], 2.0)).collect();
+            let (per_frame, tr) = run(&MotionConfig::default(), frames);
+            assert!(tr.is_empty(), "{name}: {tr:?}");
+            assert!(per_frame.iter().all(|m| m.boxes.is_empty()), "{name}");
+            if name.starts_with("a step") {
+                assert!(
+                    per_frame[20].global_change && per_frame[20].reseeded,
+                    "{name}"
+                );
+                assert!(
+                    !per_frame[21].global_change && per_frame[21].changed_fraction < 0.001,
+                    "{name}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_shaken_camera_is_a_global_change_even_when_little_of_the_frame_changes() {
+        // Thin dark lines every 16 px: shifting them changes about a third of the
+        // pixels, but in every cell of the grid.
+        let grid = |dx: usize| -> Vec<u8> {
+            (0..W * H)
+                .map(|i| {
+                    let (x, y) = (i % W + dx, i / W);
+                    if x % 16 < 3 || y % 16 < 3 {
+                        40
+                    } else {
+                        160
+                    }
+                })
+                .collect()
+        };
+        let frames = vec![grid(0), grid(0), grid(4), grid(4), grid(4), grid(4)];
+        let (per_frame, tr) = run(&MotionConfig::default(), frames);
+        let m = &per_frame[2];
+        assert!(m.changed_fraction < 0.5, "changed {}", m.changed_fraction);
+        assert!(m.global_change && m.spread >= 0.85, "{m:?}");
+        assert!(per_frame[3..]
+            .iter()
+            .all(|m| m.boxes.is_empty() && !m.global_change));
+        assert!(tr.is_empty(), "{tr:?}");
+    }
+
+    #[test]
+    fn motion_inside_a_mask_gives_no_event_and_outside_it_does() {
+        let mask = vec![vec![[0.0, 0.2], [0.9, 0.2], [0.9, 0.7], [0.0, 0.7]]];
+        let frames = |scene: &mut Scene, y: usize| -> Vec<Vec<u8>> {
+            (0..30)
+                .map(|i| {
+                    scene.frame(
+                        0.0,
+                        &square_at(i)
+                            .map(|(x, _, s, g)| (x, y, s, g))
+                            .into_iter()
+                            .collect::<Vec<_>>(),
+                        2.0,
+                    )
+                })
+                .collect()
+        };
+        let cfg = MotionConfig {
+            masks: mask,
+            ..MotionConfig::default()
+        };
+        // Rows 60..100 lie inside the mask (36..126); rows 130..170 outside.
+        let (per_frame, tr) = run(&cfg, frames(&mut Scene::new(), 60));
+        assert!(tr.is_empty(), "{tr:?}");
+        assert!(per_frame
+            .iter()
+            .all(|m| m.boxes.is_empty() && m.changed_fraction == 0.0));
+        let (_, tr) = run(&cfg, frames(&mut Scene::new(), 130));
+        assert_eq!(starts(&tr), 1, "{tr:?}");
+    }
+
+    #[test]
+    fn the_event_starts_within_k_frames_and_ends_after_the_quiet_period() {
+        for k in [1, 2, 4] {
+            let cfg = MotionConfig {
+                start_frames: IntIn::lit(k),
+                ..MotionConfig::default()
+            };
+            let mut scene = Scene::new();
+            // Motion in frames 5..30, then 30 quiet frames (6 s at 5 fps).
+            let frames: Vec<Vec<u8>> = (0..60)
+                .map(|i| scene.frame(0.0, &square_at(i).into_iter().collect::<Vec<_>>(), 2.0))
+                .collect();
+            let (per_frame, tr) = run(&cfg, frames);
+            let last_motion = per_frame.iter().rposition(|m| m.has_motion()).unwrap();
+            assert!(last_motion == 29, "K={k}: last motion at {last_motion}");
+            let started: Vec<_> = tr
+                .iter()
+                .filter(|(_, x)| matches!(x, MotionTransition::Started(_)))
+                .collect();
+            assert_eq!(started.len(), 1, "K={k}: {tr:?}");
+            let (at, ev) = (started[0].0, started[0].1.event());
+            // The square appears at frame 5; frame 5 differs from the background already.
+            assert!(
+                (5..5 + k as usize).contains(&at),
+                "K={k}: started at frame {at}"
+            );
+            assert_eq!(ev.start, t(5), "K={k}");
+            let (end_at, MotionTransition::Ended(ended)) = tr.last().unwrap().clone() else {
+                panic!("K={k}: no end in {tr:?}");
+            };
+            // Quiet period 3 s = 15 frames after the last motion.
+            assert_eq!(end_at, last_motion + 15, "K={k}");
+            assert_eq!(ended.end, Some(t(last_motion)), "K={k}");
+        }
+    }
+
+    #[test]
+    fn contrast_normalisation_finds_faint_motion_in_a_dark_scene() {
+        // A dark scene (levels ~10..30) with a square only 15 levels brighter.
+        let dark = |scene: &mut Scene, i: usize| -> Vec<u8> {
+            let sq: Vec<_> = square_at(i)
+                .map(|(x, y, s, _)| (x, y, s, 0))
+                .into_iter()
+                .collect();
+            let mut f = scene.frame(-80.0, &[], 0.0);
+            for &(sx, sy, side, _) in &sq {
+                for y in sy..sy + side {
+                    for x in sx..(sx + side).min(W) {
+                        f[y * W + x] = f[y * W + x].saturating_add(15);
+                    }
+                }
+            }
+            f.iter()
+                .map(|&v| (v as f64 + scene.noise(1.0)).round().clamp(0.0, 255.0) as u8)
+                .collect()
+        };
+        let mut on = MotionConfig::default();
+        on.contrast.enabled = true;
+        for (cfg, want) in [(MotionConfig::default(), 0), (on, 1)] {
+            let mut scene = Scene::new();
+            let frames: Vec<Vec<u8>> = (0..40).map(|i| dark(&mut scene, i)).collect();
+            let (_, tr) = run(&cfg, frames);
+            assert_eq!(
+                starts(&tr),
+                want,
+                "contrast {}: {tr:?}",
+                cfg.contrast.enabled
+            );
+        }
+    }
+
+    #[test]
+    fn boxes_are_filtered_by_area() {
+        // The blur widens each square by a pixel per side, dilation by two more: a 3 px
+        // square makes 81 px (< 116, min_area), a 15 px one 289, a 30 px one 1296
+        // (> 576, max_area).
+        let cfg = MotionConfig {
+            min_area: Fraction::lit(0.002),
+            max_area: Fraction::lit(0.01),
+            ..MotionConfig::default()
+        };
+        let mut scene = Scene::new();
+        let f0 = scene.frame(0.0, &[], 0.0);
+        let f1 = scene.frame(
+            0.0,
+            &[(10, 10, 3, 250), (100, 100, 30, 250), (200, 20, 15, 250)],
+            0.0,
+        );
+        let (per_frame, _) = run(&cfg, [f0, f1]);
+        assert_eq!(
+            per_frame[1].boxes,
+            vec![MotionBox {
+                x: 199,
+                y: 19,
+                w: 17,
+                h: 17
+            }]
+        );
+    }
+
+    #[test]
+    fn a_frame_of_the_wrong_size_is_an_error() {
+        let mut det = Detector::new(&MotionConfig::default(), 8, 4);
+        let err = det.process(&[0; 31]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "grey frame has 31 bytes, expected 8x4 = 32"
+        );
+    }
+
+    #[test]
+    fn the_blur_matches_the_3x3_gaussian_with_mirrored_edges() {
+        let (w, h) = (5, 3);
+        let src: Vec<u8> = (0..15).map(|i| (i * 17 % 256) as u8).collect();
+        let mirror = |i: isize, n: isize| if i < 0 { -i } else if i >= n { 2 * n - 2 - i } else { i } as usize;
+        let (mut vsum, mut row) = (vec![0u16; w], vec![0u8; w]);
+        for y in 0..h {
+            let got = smooth_row(&src, w, h, y, true, &mut vsum, &mut row).to_vec();
+            for x in 0..w {
+                let mut s = 0u32;
+                for (dy, ky) in [(-1, 1), (0, 2), (1, 1)] {
+                    for (dx, kx) in [(-1, 1), (0, 2), (1, 1)] {
+                        let (yy, xx) = (
+                            mirror(y as isize + dy, h as isize),
+                            mirror(x as isize + dx, w as isize),
+                        );
+                        s += ky * kx * src[yy * w + xx] as u32;
+                    }
+                }
+                assert_eq!(got[x] as u32, (s + 8) >> 4, "at ({x}, {y})");
+            }
+        }
+    }
+
+    #[test]
+    fn the_background_follows_a_constant_frame_without_drift() {
+        let cfg = MotionConfig {
+            global_change: Fraction::lit(1.0),
+            global_spread: Fraction::lit(1.0),
+            ..MotionConfig::default()
+        };
+        let mut det = Detector::new(&cfg, 16, 16);
+        det.process(&[0; 256]).unwrap();
+        let f = [200u8; 256];
+        for _ in 0..100 {
+            det.process(&f).unwrap();
+        }
+        // (1 - 0.05)^100 leaves 0.6% of the 200 step: about one grey level.
+        assert!(
+            det.bg.iter().all(|&b| (b >> FRAC).abs_diff(199) <= 1),
+            "{:?}",
+            &det.bg[..4]
+        );
+        for _ in 0..200 {
+            det.process(&f).unwrap();
+        }
+        assert!(
+            det.bg.iter().all(|&b| b.abs_diff(200 << FRAC) <= 20),
+            "{:?}",
+            &det.bg[..4]
+        );
+    }
+}

@@ -1,0 +1,321 @@
+//! Building blocks of the operator's tuning tool `edge-agent motion SOURCE`: frames
+//! from a replay go through the same detector and event state machine as in the agent;
+//! each ended event becomes one JSON line, and with a debug directory a few annotated
+//! frames are written as PNG (masked area tinted blue, changed pixels red, boxes green,
+//! a yellow frame around global changes) so a person can see why something did or did
+//! not trigger. Reading the source is left to the caller (ingest).
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use super::{
+    Detector, EventTracker, FrameMotion, MotionBox, MotionConfig, MotionError, MotionTransition,
+};
+
+/// What a replay saw.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplaySummary {
+    pub frames: u64,
+    pub events: u64,
+    pub global_changes: u64,
+    pub debug_frames: u32,
+}
+
+/// Runs frames through detector and tracker and writes ended events as JSON lines.
+pub struct Replay<W: Write> {
+    cfg: MotionConfig,
+    detector: Option<Detector>,
+    tracker: EventTracker,
+    out: W,
+    debug: Option<DebugFrames>,
+    summary: ReplaySummary,
+}
+
+impl<W: Write> Replay<W> {
+    /// `debug_dir` (created if missing) receives annotated PNG frames.
+    pub fn new(
+        cfg: &MotionConfig,
+        camera: &str,
+        out: W,
+        debug_dir: Option<&Path>,
+    ) -> Result<Self, MotionError> {
+        let debug = match debug_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|source| MotionError::DebugFrame {
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
+                Some(DebugFrames::new(
+                    dir,
+                    camera,
+                    cfg.start_frames.as_usize() + 1,
+                ))
+            }
+            None => None,
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            detector: None,
+            tracker: EventTracker::new(cfg, camera),
+            out,
+            debug,
+            summary: ReplaySummary::default(),
+        })
+    }
+
+    /// Feeds one grey frame captured at `at`. A change of size starts a new detector.
+    pub fn frame(
+        &mut self,
+        at: SystemTime,
+        width: u32,
+        height: u32,
+        grey: &[u8],
+    ) -> Result<Option<MotionTransition>, MotionError> {
+        let fresh =
+            !matches!(&self.detector, Some(d) if d.width() == width && d.height() == height);
+        if fresh {
+            self.detector = Some(Detector::new(&self.cfg, width, height));
+        }
+        let Some(det) = self.detector.as_mut() else {
+            return Ok(None);
+        };
+        det.process(grey)?;
+        let det = &*det;
+        let m = det.last();
+        let transition = self.tracker.update(at, m);
+        let index = self.summary.frames;
+        self.summary.frames += 1;
+        self.summary.global_changes += u64::from(m.global_change);
+        if let Some(dbg) = &mut self.debug {
+            dbg.frame(index, grey, det, m, transition.as_ref())?;
+            self.summary.debug_frames = dbg.written;
+        }
+        if let Some(MotionTransition::Ended(e)) = &transition {
+            self.write_event(e)?;
+        }
+        Ok(transition)
+    }
+
+    /// Ends the open event, flushes the output and returns what was seen.
+    pub fn finish(mut self) -> Result<ReplaySummary, MotionError> {
+        if let Some(MotionTransition::Ended(e)) = self.tracker.finish() {
+            self.write_event(&e)?;
+        }
+        self.out.flush().map_err(MotionError::Output)?;
+        Ok(self.summary)
+    }
+
+    fn write_event(&mut self, e: &super::MotionEvent) -> Result<(), MotionError> {
+        self.summary.events += 1;
+        let line = serde_json::to_string(e).map_err(|e| MotionError::Output(e.into()))?;
+        writeln!(self.out, "{line}").map_err(MotionError::Output)
+    }
+}
+
+/// Replays owned frames `(capture time, width, height, grey)`; see [`Replay`].
+pub fn replay<W, I>(
+    cfg: &MotionConfig,
+    camera: &str,
+    frames: I,
+    out: W,
+    debug_dir: Option<&Path>,
+) -> Result<ReplaySummary, MotionError>
+where
+    W: Write,
+    I: IntoIterator<Item = (SystemTime, u32, u32, Vec<u8>)>,
+{
+    let mut r = Replay::new(cfg, camera, out, debug_dir)?;
+    for (at, w, h, grey) in frames {
+        r.frame(at, w, h, &grey)?;
+    }
+    r.finish()
+}
+
+/// Most PNGs one replay writes.
+const MAX_DEBUG_FRAMES: u32 = 60;
+/// Frames written after an event start.
+const AFTER_START: u32 = 2;
+
+/// Chooses and writes debug frames: the frames leading to each event start, two after
+/// it, the first frame after the background was seeded and after each event end
+/// (quiet frames), and global changes.
+struct DebugFrames {
+    dir: PathBuf,
+    camera: String,
+    /// Recent annotated frames not yet written: (index, width, height, RGB).
+    ring: VecDeque<(u64, u32, u32, Vec<u8>)>,
+    ring_len: usize,
+    after_start: u32,
+    want_quiet: bool,
+    written: u32,
+}
+
+impl DebugFrames {
+    fn new(dir: &Path, camera: &str, ring_len: usize) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            camera: camera.to_string(),
+            ring: VecDeque::new(),
+            ring_len,
+            after_start: 0,
+            want_quiet: false,
+            written: 0,
+        }
+    }
+
+    fn frame(
+        &mut self,
+        index: u64,
+        grey: &[u8],
+        det: &Detector,
+        m: &FrameMotion,
+        t: Option<&MotionTransition>,
+    ) -> Result<(), MotionError> {
+        if self.written >= MAX_DEBUG_FRAMES {
+            return Ok(());
+        }
+        let (w, h) = (det.width(), det.height());
+        // Reuse the buffer of the frame that falls out of the ring.
+        let mut rgb = if self.ring.len() >= self.ring_len {
+            self.ring.pop_front().map(|f| f.3).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        annotate(
+            &mut rgb,
+            grey,
+            w,
+            h,
+            det.active(),
+            det.changed(),
+            &m.boxes,
+            m.global_change,
+        );
+        let quiet = !m.has_motion() && !m.global_change;
+        let tag = match t {
+            Some(MotionTransition::Started(_)) => Some("start"),
+            Some(MotionTransition::Ended(_)) => Some("end"),
+            _ if m.global_change => Some("global"),
+            _ if self.after_start > 0 => Some("after-start"),
+            _ if self.want_quiet && quiet && !m.reseeded => Some("quiet"),
+            _ => None,
+        };
+        if m.reseeded {
+            // The next quiet frame shows the settled background.
+            self.want_quiet = true;
+        }
+        match tag {
+            Some("start") => {
+                for (i, fw, fh, img) in std::mem::take(&mut self.ring) {
+                    self.write(i, "before-start", fw, fh, &img)?;
+                }
+                self.write(index, "start", w, h, &rgb)?;
+                self.after_start = AFTER_START;
+            }
+            Some(tag) => {
+                self.write(index, tag, w, h, &rgb)?;
+                match tag {
+                    "after-start" => self.after_start -= 1,
+                    "quiet" => self.want_quiet = false,
+                    "end" => self.want_quiet = true,
+                    _ => {}
+                }
+            }
+            None => self.ring.push_back((index, w, h, rgb)),
+        }
+        Ok(())
+    }
+
+    fn write(
+        &mut self,
+        index: u64,
+        tag: &str,
+        w: u32,
+        h: u32,
+        rgb: &[u8],
+    ) -> Result<(), MotionError> {
+        if self.written >= MAX_DEBUG_FRAMES {
+            return Ok(());
+        }
+        let path = self
+            .dir
+            .join(format!("{}-{index:06}-{tag}.png", self.camera));
+        write_png(&path, w, h, rgb).map_err(|source| MotionError::DebugFrame { path, source })?;
+        self.written += 1;
+        Ok(())
+    }
+}
+
+/// Draws the grey frame with the mask tinted blue, changed pixels red, boxes green and,
+/// on a global change, a yellow border.
+#[allow(clippy::too_many_arguments)]
+pub fn annotate(
+    rgb: &mut Vec<u8>,
+    grey: &[u8],
+    w: u32,
+    h: u32,
+    active: &[u8],
+    changed: &[u8],
+    boxes: &[MotionBox],
+    global: bool,
+) {
+    let (wu, hu) = (w as usize, h as usize);
+    rgb.clear();
+    rgb.reserve(wu * hu * 3);
+    for ((&g, &a), &c) in grey.iter().zip(active).zip(changed) {
+        let px = if c != 0 {
+            [255, g / 3, g / 3]
+        } else if a == 0 {
+            [g / 2, g / 2, (g / 2).saturating_add(100)]
+        } else {
+            [g, g, g]
+        };
+        rgb.extend_from_slice(&px);
+    }
+    rgb.resize(wu * hu * 3, 0);
+    let mut put = |x: usize, y: usize, c: [u8; 3]| {
+        if x < wu && y < hu {
+            let i = (y * wu + x) * 3;
+            rgb[i..i + 3].copy_from_slice(&c);
+        }
+    };
+    for b in boxes {
+        let (x0, y0) = (b.x as usize, b.y as usize);
+        let (x1, y1) = (x0 + b.w.max(1) as usize - 1, y0 + b.h.max(1) as usize - 1);
+        for x in x0..=x1 {
+            put(x, y0, [0, 255, 0]);
+            put(x, y1, [0, 255, 0]);
+        }
+        for y in y0..=y1 {
+            put(x0, y, [0, 255, 0]);
+            put(x1, y, [0, 255, 0]);
+        }
+    }
+    if global {
+        for x in 0..wu {
+            for y in [0, 1, hu.saturating_sub(2), hu.saturating_sub(1)] {
+                put(x, y, [255, 255, 0]);
+            }
+        }
+        for y in 0..hu {
+            for x in [0, 1, wu.saturating_sub(2), wu.saturating_sub(1)] {
+                put(x, y, [255, 255, 0]);
+            }
+        }
+    }
+}
+
+fn write_png(path: &Path, w: u32, h: u32, rgb: &[u8]) -> std::io::Result<()> {
+    let file = BufWriter::new(File::create(path)?);
+    let mut enc = png::Encoder::new(file, w, h);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    let mut writer = enc.write_header().map_err(std::io::Error::other)?;
+    writer
+        .write_image_data(rgb)
+        .map_err(std::io::Error::other)?;
+    writer.finish().map_err(std::io::Error::other)
+}
