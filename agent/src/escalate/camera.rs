@@ -1,0 +1,117 @@
+//! The per-camera loop between ingest and the transport: grey frames through the motion
+//! detector and event state machine; motion transitions and the frames chosen by the
+//! [`EscalationPolicy`] go out as [`Escalation`]s on a bounded channel to the one task
+//! that owns the transport. No transport code here, so it is testable on its own.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::policy::EscalationPolicy;
+use crate::ingest::{CameraConfig, CameraHandle, ColourFrame, GreyFrame};
+use crate::motion::{Detector, EventTracker, MotionTransition, NormBox};
+use crate::telemetry::metrics::{self, metrics};
+
+/// What the motion stage hands to the escalator.
+#[derive(Debug)]
+pub enum Escalation {
+    /// A motion event started, grew or ended.
+    Motion(MotionTransition),
+    /// A frame of a motion event, to be sent to the detector.
+    Frame(EscalatedFrame),
+}
+
+#[derive(Debug)]
+pub struct EscalatedFrame {
+    pub event_id: String,
+    pub colour: ColourFrame,
+    /// Motion boxes of the triggering analysis frame, normalised.
+    pub boxes: Vec<NormBox>,
+    pub jpeg_quality: u8,
+    /// When motion analysis of the frame finished.
+    pub motion_at: SystemTime,
+}
+
+/// Runs until the grey channel closes or shutdown. `out` is bounded: when it is full
+/// a frame is dropped and counted (motion transitions wait for room, they are small
+/// and must not be lost).
+pub async fn run(
+    cam: CameraConfig,
+    handle: Arc<CameraHandle>,
+    mut grey: mpsc::Receiver<GreyFrame>,
+    out: mpsc::Sender<Escalation>,
+    shutdown: CancellationToken,
+) {
+    let id = cam.id.to_string();
+    let mut detector: Option<Detector> = None;
+    let mut tracker = EventTracker::new(&cam.motion, &id);
+    let mut policy = EscalationPolicy::new(&cam.escalation);
+    let quality = cam.escalation.jpeg_quality.get() as u8;
+    let labels = metrics::camera(&id);
+    loop {
+        let frame = tokio::select! {
+            f = grey.recv() => match f { Some(f) => f, None => break },
+            _ = shutdown.cancelled() => break,
+        };
+        if !cam.motion.enabled {
+            continue;
+        }
+        let fresh = !matches!(&detector, Some(d) if d.width() == frame.width && d.height() == frame.height);
+        if fresh {
+            debug!(camera = %id, width = frame.width, height = frame.height, "Motion detector (re)initialised.");
+            detector = Some(Detector::new(&cam.motion, frame.width, frame.height));
+        }
+        let Some(det) = detector.as_mut() else { continue };
+        let m = match det.process(&frame.data) {
+            Ok(m) => m.clone(),
+            Err(e) => {
+                if metrics::should_log(&format!("motion-{id}"), Duration::from_secs(60)) {
+                    warn!(camera = %id, error = %e, "Frame rejected by the motion detector.");
+                }
+                metrics().dropped.get_or_create(&metrics::reason(&id, "motion_error")).inc();
+                continue;
+            }
+        };
+        let motion_at = SystemTime::now();
+        if let Ok(d) = motion_at.duration_since(frame.captured) {
+            metrics().stage_latency.get_or_create(&metrics::stage("capture_to_motion")).observe(d.as_secs_f64());
+        }
+        if let Some(t) = tracker.update(frame.captured, &m) {
+            if let MotionTransition::Started(e) = &t {
+                metrics().motion_events.get_or_create(&labels).inc();
+                info!(camera = %id, event = %e.id, "Motion started.");
+            } else if let MotionTransition::Ended(e) = &t {
+                info!(camera = %id, event = %e.id, frames = e.frames, "Motion ended.");
+            }
+            if out.send(Escalation::Motion(t)).await.is_err() {
+                break;
+            }
+        }
+        let Some(event) = tracker.current() else { continue };
+        if !m.has_motion() || !policy.should_send(&event.id, frame.captured) {
+            continue;
+        }
+        let Some(colour) = handle.colour_frame(frame.seq) else {
+            metrics().dropped.get_or_create(&metrics::reason(&id, "colour_frame_gone")).inc();
+            continue;
+        };
+        let boxes = m.boxes.iter().map(|b| b.normalised(frame.width, frame.height)).collect();
+        let item = Escalation::Frame(EscalatedFrame { event_id: event.id.clone(), colour, boxes, jpeg_quality: quality, motion_at });
+        match out.try_send(item) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                metrics().dropped.get_or_create(&metrics::reason(&id, "escalation_queue_full")).inc();
+                if metrics::should_log(&format!("escalate-full-{id}"), Duration::from_secs(30)) {
+                    warn!(camera = %id, "Escalation queue full: frame dropped.");
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => break,
+        }
+    }
+    if let Some(t) = tracker.finish() {
+        let _ = out.try_send(Escalation::Motion(t));
+    }
+}
