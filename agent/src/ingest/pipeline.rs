@@ -28,7 +28,7 @@ use super::frames::{downscale_plane, scaled_size, GreyFrame, Kept, Sampler};
 use super::synthetic::Scene;
 use super::{CameraConfig, Decode, IngestError, RtspProtocol, Shared};
 use crate::config::secret::redact_text;
-use crate::telemetry::metrics::{self, metrics};
+use crate::telemetry::metrics;
 
 /// How frames leave the pipeline.
 #[derive(Clone, Debug)]
@@ -234,10 +234,9 @@ pub(crate) fn build(
     convert.link(&appsink).map_err(|e| build_err(&e))?;
 
     let decoder = if scheme == "demo" {
-        let frames = (!live).then(|| Scene::default().period);
-        let src = Scene::default()
-            .source(live, frames)
-            .map_err(|e| build_err(&e))?;
+        let scene = Scene::from_demo_url(cfg.url.expose());
+        let frames = (!live).then_some(scene.period);
+        let src = scene.source(live, frames).map_err(|e| build_err(&e))?;
         pipeline.add(&src).map_err(|e| build_err(&e))?;
         src.link(&convert).map_err(|e| build_err(&e))?;
         attempt.video_linked.store(true, Ordering::Relaxed);
@@ -628,24 +627,11 @@ fn on_sample(
     let captured = SystemTime::now();
     shared.sink_pulled.fetch_add(1, Ordering::Relaxed);
     shared.frames.fetch_add(1, Ordering::Relaxed);
-    metrics()
-        .frames
-        .get_or_create(&metrics::camera(&shared.id))
-        .inc();
+    shared.frames_metric.inc();
     attempt.touch();
-    if attempt.frames.fetch_add(1, Ordering::Relaxed) == 0 {
-        attempt.notify.notify_one();
-    }
     let seq = shared.seq.fetch_add(1, Ordering::Relaxed);
 
     let buffer = sample.buffer()?;
-    let pts = buffer.pts().map(|t| Duration::from_nanos(t.nseconds()));
-    let t = pts.unwrap_or_else(|| attempt.started.elapsed());
-    if !state.sampler.take(t) {
-        shared.sampled_out.fetch_add(1, Ordering::Relaxed);
-        return None;
-    }
-
     let caps = sample.caps()?;
     let fresh = match &state.info {
         Some((c, _)) => c.as_ptr() != caps.as_ptr() && c != caps,
@@ -656,6 +642,17 @@ fn on_sample(
         *lock(&attempt.size) = Some((info.width(), info.height()));
         state.info = Some((caps.to_owned(), info));
     }
+    if attempt.frames.fetch_add(1, Ordering::Relaxed) == 0 {
+        attempt.notify.notify_one();
+    }
+
+    let pts = buffer.pts().map(|t| Duration::from_nanos(t.nseconds()));
+    let t = pts.unwrap_or_else(|| attempt.started.elapsed());
+    if !state.sampler.take(t) {
+        shared.sampled_out.fetch_add(1, Ordering::Relaxed);
+        return None;
+    }
+
     let (_, info) = state.info.as_ref()?;
     let (gw, gh) = scaled_size(info.width(), info.height(), analysis_width);
     let data = {
@@ -696,10 +693,7 @@ fn deliver_live(shared: &Shared, tx: &mpsc::Sender<GreyFrame>, grey: GreyFrame) 
         Ok(()) => {}
         Err(mpsc::error::TrySendError::Full(_)) => {
             shared.queue_full.fetch_add(1, Ordering::Relaxed);
-            metrics()
-                .dropped
-                .get_or_create(&metrics::reason(&shared.id, "motion_queue_full"))
-                .inc();
+            shared.queue_full_metric.inc();
             if metrics::should_log(
                 &format!("ingest-queue-full-{}", shared.id),
                 Duration::from_secs(10),
