@@ -141,6 +141,28 @@ async fn h265_streams_are_decoded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asking_for_the_nvidia_decoder_where_there_is_none_is_a_clear_error() {
+    logs::capture();
+    if gstreamer::ElementFactory::find("nvv4l2decoder").is_some() {
+        eprintln!("SKIPPED: this machine has nvv4l2decoder");
+        return;
+    }
+    let mut cfg = camera("cam-nv", "rtsp://127.0.0.1:9/none");
+    cfg.decode = ingest::Decode::Nvidia;
+    let (tx, rx) = mpsc::channel(4);
+    let cam = ingest::spawn_camera(cfg, tx, CancellationToken::new());
+    wait_for("a restart", Duration::from_secs(10), || {
+        cam.status().restarts >= 1
+    })
+    .await;
+    assert_eq!(
+        cam.status().last_reason.as_deref(),
+        Some("camera cam-nv: decode = \"nvidia\" but nvv4l2decoder/nvvidconv are not installed")
+    );
+    stop_and_check_closed(cam, rx).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_transport_is_selectable() {
     logs::capture();
     let srv = RtspTestServer::start(Scene::sized(320, 180, 15));

@@ -82,6 +82,40 @@ fn main() {
         b,
         a / b
     );
+    colour_cost(&clip);
+}
+
+/// Cost of one on-demand colour frame (1280x720 I420 to 640x360 RGB), in-process.
+fn colour_cost(clip: &Path) {
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    rt.block_on(async {
+        let cfg: CameraConfig = toml::from_str(&format!(
+            "id = \"colour\"\nurl = \"file://{}\"\n",
+            clip.display()
+        ))
+        .expect("config");
+        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+        let cam = ingest::spawn_camera(cfg, tx, tokio_util::sync::CancellationToken::new());
+        for _ in 0..3 {
+            let _ = tokio::time::timeout(Duration::from_secs(20), rx.recv()).await;
+        }
+        let n = 30;
+        let start = Instant::now();
+        let mut size = (0, 0);
+        for _ in 0..n {
+            if let Some(c) = cam.latest_colour() {
+                size = (c.width, c.height);
+            }
+        }
+        println!(
+            "colour_frame on demand: {:.2} ms per call ({}x{} RGB from 1280x720)",
+            start.elapsed().as_secs_f64() * 1000.0 / n as f64,
+            size.0,
+            size.1
+        );
+        drop(rx);
+        cam.stopped().await;
+    });
 }
 
 struct Run {
