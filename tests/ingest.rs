@@ -444,6 +444,48 @@ async fn four_cameras_stream_at_once_and_one_resumes_by_itself_after_a_five_seco
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_camera_offline_at_start_is_retried_and_never_delays_another() {
+    logs::capture();
+    let srv = RtspTestServer::start(Scene::sized(320, 180, 15));
+    let url = srv.url("/later");
+    srv.stop();
+    let stop = CancellationToken::new();
+    let (tx_off, rx_off) = mpsc::channel(16);
+    let (tx_on, rx_on) = mpsc::channel(16);
+    let offline = ingest::spawn_camera(camera("cam-later", &url), tx_off, stop.clone());
+    let online = ingest::spawn_camera(
+        camera("cam-now", "demo://x?width=320&height=180"),
+        tx_on,
+        stop.clone(),
+    );
+    let (later, now) = (record_arrivals(rx_off), record_arrivals(rx_on));
+    wait_for("the online camera", Duration::from_secs(10), || {
+        now.lock().unwrap().len() >= 5
+    })
+    .await;
+    wait_for(
+        "retries of the offline one",
+        Duration::from_secs(10),
+        || offline.status().restarts >= 3,
+    )
+    .await;
+    assert!(later.lock().unwrap().is_empty());
+    srv.restart();
+    let back = Instant::now();
+    wait_for(
+        "the offline camera to come up",
+        BACKOFF_MAX + Duration::from_secs(5),
+        || !later.lock().unwrap().is_empty(),
+    )
+    .await;
+    eprintln!("cam-later up {:?} after its server started", back.elapsed());
+    assert_eq!(online.status().restarts, 0);
+    stop.cancel();
+    offline.stopped().await;
+    online.stopped().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_stream_is_restarted_by_the_stall_watchdog_and_resumes() {
     logs::capture();
     let srv = RtspTestServer::start(Scene::sized(320, 180, 15));
