@@ -22,6 +22,8 @@ fn camera(id: &str, url: &str) -> CameraConfig {
     .expect("test camera config parses")
 }
 
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
 async fn next(rx: &mut mpsc::Receiver<GreyFrame>, within: Duration) -> GreyFrame {
     timeout(within, rx.recv())
         .await
@@ -58,6 +60,7 @@ async fn stop_and_check_closed(cam: CameraHandle, mut rx: mpsc::Receiver<GreyFra
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grey_frames_arrive_with_the_configured_size_and_rate_and_colour_frames_on_demand() {
+    logs::capture();
     let srv = RtspTestServer::start(Scene::default());
     let mut cfg = camera("cam-rate", &srv.url("/rate"));
     cfg.analysis_width = IntIn::new(160).unwrap();
@@ -123,6 +126,7 @@ async fn grey_frames_arrive_with_the_configured_size_and_rate_and_colour_frames_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h265_streams_are_decoded() {
+    logs::capture();
     let srv = RtspTestServer::start(Media::Scene(Scene::sized(320, 180, 15), Codec::H265));
     let (tx, mut rx) = mpsc::channel(32);
     let cam = ingest::spawn_camera(
@@ -137,7 +141,43 @@ async fn h265_streams_are_decoded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asking_for_the_nvidia_decoder_where_there_is_none_is_a_clear_error() {
+    logs::capture();
+    if gstreamer::ElementFactory::find("nvv4l2decoder").is_some() {
+        eprintln!("SKIPPED: this machine has nvv4l2decoder");
+        return;
+    }
+    let mut cfg = camera("cam-nv", "rtsp://127.0.0.1:9/none");
+    cfg.decode = ingest::Decode::Nvidia;
+    let (tx, rx) = mpsc::channel(4);
+    let cam = ingest::spawn_camera(cfg, tx, CancellationToken::new());
+    wait_for("a restart", Duration::from_secs(10), || {
+        cam.status().restarts >= 1
+    })
+    .await;
+    assert_eq!(
+        cam.status().last_reason.as_deref(),
+        Some("camera cam-nv: decode = \"nvidia\" but nvv4l2decoder/nvvidconv are not installed")
+    );
+    stop_and_check_closed(cam, rx).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_transport_is_selectable() {
+    logs::capture();
+    let srv = RtspTestServer::start(Scene::sized(320, 180, 15));
+    let mut cfg = camera("cam-udp", &srv.url("/udp"));
+    cfg.protocol = ingest::RtspProtocol::Udp;
+    let (tx, mut rx) = mpsc::channel(32);
+    let cam = ingest::spawn_camera(cfg, tx, CancellationToken::new());
+    let f = next(&mut rx, Duration::from_secs(20)).await;
+    assert_eq!((f.width, f.height), (320, 180));
+    stop_and_check_closed(cam, rx).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replaying_the_synthetic_scene_shows_motion_exactly_at_the_known_frames() {
+    logs::capture();
     let scene = Scene::default();
     let cfg = camera("demo-replay", "demo://moving-square");
     let (tx, mut rx) = mpsc::channel(4);
@@ -161,6 +201,7 @@ async fn replaying_the_synthetic_scene_shows_motion_exactly_at_the_known_frames(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bikes_clip_replays_every_frame_and_reports_its_end() {
+    logs::capture();
     let Some(bikes) = common::bikes_mp4() else {
         return;
     };
@@ -188,6 +229,7 @@ async fn the_bikes_clip_replays_every_frame_and_reports_its_end() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bikes_clip_plays_as_a_camera_by_file_and_through_rtsp() {
+    logs::capture();
     let Some(bikes) = common::bikes_mp4() else {
         return;
     };
@@ -275,4 +317,278 @@ async fn a_stream_that_is_not_video_is_reported_naming_the_camera() {
         "not in the log"
     );
     stop_and_check_closed(cam, rx).await;
+}
+
+/// Arrival times of one camera's grey frames, recorded by a task that drains its channel.
+fn record_arrivals(
+    mut rx: mpsc::Receiver<GreyFrame>,
+) -> std::sync::Arc<std::sync::Mutex<Vec<Instant>>> {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = seen.clone();
+    tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            s.lock().unwrap().push(Instant::now());
+        }
+    });
+    seen
+}
+
+async fn wait_for(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < within,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_cameras_stream_at_once_and_one_resumes_by_itself_after_a_five_second_outage() {
+    logs::capture();
+    let flaky = RtspTestServer::start(Scene::sized(320, 180, 15));
+    let steady = RtspTestServer::start(Scene::sized(320, 180, 15));
+    let stop = CancellationToken::new();
+    let mut cams = Vec::new();
+    let mut arrivals = Vec::new();
+    for (i, url) in [
+        flaky.url("/flaky"),
+        steady.url("/steady"),
+        steady.url("/steady"),
+        steady.url("/steady"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let (tx, rx) = mpsc::channel(16);
+        cams.push(ingest::spawn_camera(
+            camera(&format!("cam{i}"), url),
+            tx,
+            stop.clone(),
+        ));
+        arrivals.push(record_arrivals(rx));
+    }
+    wait_for(
+        "all four cameras to stream",
+        Duration::from_secs(20),
+        || arrivals.iter().all(|a| a.lock().unwrap().len() >= 3),
+    )
+    .await;
+    assert!(cams
+        .iter()
+        .all(|c| c.status().state == CameraState::Streaming));
+
+    flaky.stop();
+    let stopped_at = Instant::now();
+    wait_for("cam0 to notice the outage", Duration::from_secs(5), || {
+        cams[0].status().restarts >= 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5).saturating_sub(stopped_at.elapsed())).await;
+    let st = cams[0].status();
+    assert_ne!(st.state, CameraState::Streaming, "{st:?}");
+    assert!(st.restarts >= 2, "retried during the outage: {st:?}");
+    flaky.restart();
+    let restarted_at = Instant::now();
+
+    // Resumes within its backoff cap plus the time to connect and see a key frame (1 s).
+    wait_for(
+        "cam0 to resume",
+        BACKOFF_MAX + Duration::from_secs(5),
+        || {
+            arrivals[0]
+                .lock()
+                .unwrap()
+                .last()
+                .is_some_and(|t| *t > restarted_at)
+        },
+    )
+    .await;
+    let resumed_after = arrivals[0]
+        .lock()
+        .unwrap()
+        .last()
+        .unwrap()
+        .duration_since(restarted_at);
+    eprintln!("cam0 resumed {resumed_after:?} after the server came back");
+    assert_eq!(cams[0].status().state, CameraState::Streaming);
+    assert!(cams[0].status().last_reason.is_some());
+
+    // The other three never stopped: no gap over 1.5 s at 5 fps, and no restart.
+    for (i, a) in arrivals.iter().enumerate().skip(1) {
+        let times = a.lock().unwrap().clone();
+        let window: Vec<&Instant> = times
+            .iter()
+            .filter(|t| **t > stopped_at - Duration::from_secs(1))
+            .collect();
+        let max_gap = window
+            .windows(2)
+            .map(|w| w[1].duration_since(*w[0]))
+            .max()
+            .unwrap();
+        assert!(window.len() >= 20, "cam{i}: {} frames", window.len());
+        assert!(
+            max_gap < Duration::from_millis(1500),
+            "cam{i} paused {max_gap:?}"
+        );
+        assert_eq!(cams[i].status().restarts, 0, "cam{i}");
+    }
+
+    stop.cancel();
+    for c in cams {
+        timeout(Duration::from_secs(10), c.stopped())
+            .await
+            .expect("cameras stop within 10 s");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_camera_offline_at_start_is_retried_and_never_delays_another() {
+    logs::capture();
+    let srv = RtspTestServer::start(Scene::sized(320, 180, 15));
+    let url = srv.url("/later");
+    srv.stop();
+    let stop = CancellationToken::new();
+    let (tx_off, rx_off) = mpsc::channel(16);
+    let (tx_on, rx_on) = mpsc::channel(16);
+    let offline = ingest::spawn_camera(camera("cam-later", &url), tx_off, stop.clone());
+    let online = ingest::spawn_camera(
+        camera("cam-now", "demo://x?width=320&height=180"),
+        tx_on,
+        stop.clone(),
+    );
+    let (later, now) = (record_arrivals(rx_off), record_arrivals(rx_on));
+    wait_for("the online camera", Duration::from_secs(10), || {
+        now.lock().unwrap().len() >= 5
+    })
+    .await;
+    wait_for(
+        "retries of the offline one",
+        Duration::from_secs(10),
+        || offline.status().restarts >= 3,
+    )
+    .await;
+    assert!(later.lock().unwrap().is_empty());
+    srv.restart();
+    let back = Instant::now();
+    wait_for(
+        "the offline camera to come up",
+        BACKOFF_MAX + Duration::from_secs(5),
+        || !later.lock().unwrap().is_empty(),
+    )
+    .await;
+    eprintln!("cam-later up {:?} after its server started", back.elapsed());
+    assert_eq!(online.status().restarts, 0);
+    stop.cancel();
+    offline.stopped().await;
+    online.stopped().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_stream_is_restarted_by_the_stall_watchdog_and_resumes() {
+    logs::capture();
+    let srv = RtspTestServer::start(Scene::sized(320, 180, 15));
+    let mut cfg = camera("cam-freeze", &srv.url("/freeze"));
+    cfg.stall_timeout = edge_agent::config::types::Dur::secs(1);
+    let (tx, rx) = mpsc::channel(16);
+    let cam = ingest::spawn_camera(cfg, tx, CancellationToken::new());
+    let arrivals = record_arrivals(rx);
+    wait_for("streaming", Duration::from_secs(20), || {
+        arrivals.lock().unwrap().len() >= 3
+    })
+    .await;
+    srv.freeze(true);
+    wait_for("a stall restart", Duration::from_secs(10), || {
+        cam.status().restarts >= 1
+    })
+    .await;
+    let reason = cam.status().last_reason.unwrap();
+    assert!(
+        reason.starts_with("camera cam-freeze: stalled, no frame for"),
+        "{reason}"
+    );
+    srv.freeze(false);
+    let thawed = Instant::now();
+    wait_for("frames after the thaw", Duration::from_secs(10), || {
+        arrivals.lock().unwrap().last().is_some_and(|t| *t > thawed)
+    })
+    .await;
+    cam.stopped().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_motion_queue_drops_and_counts_frames_without_stalling_the_camera() {
+    logs::capture();
+    let (tx, rx) = mpsc::channel(1);
+    let cam = ingest::spawn_camera(
+        camera("cam-full", "demo://moving-square"),
+        tx,
+        CancellationToken::new(),
+    );
+    wait_for("drops", Duration::from_secs(15), || {
+        cam.status().dropped >= 5
+    })
+    .await;
+    let st = cam.status();
+    assert_eq!(st.state, CameraState::Streaming);
+    assert_eq!(st.decoder.as_deref(), Some("none (synthetic scene)"));
+    let frames = st.frames;
+    wait_for("frames keep coming", Duration::from_secs(5), || {
+        cam.status().frames > frames + 10
+    })
+    .await;
+    let text = edge_agent::telemetry::metrics::metrics().encode();
+    assert!(
+        text.contains("edge_agent_dropped_total{place=\"cam-full\",reason=\"motion_queue_full\"}"),
+        "{text}"
+    );
+    drop(rx);
+    cam.stopped().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_in_the_url_never_appears_in_logs_errors_or_status() {
+    logs::capture();
+    const SECRET: &str = "hunter2secret";
+    let srv = RtspTestServer::start(Scene::sized(320, 180, 15));
+    let good = srv
+        .url("/pw")
+        .replace("rtsp://", &format!("rtsp://admin:{SECRET}@"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dead = format!("rtsp://admin:{SECRET}@127.0.0.1:{port}/pw");
+    let stop = CancellationToken::new();
+    let (tx, mut rx) = mpsc::channel(16);
+    let ok_cam = ingest::spawn_camera(camera("cam-pw-ok", &good), tx.clone(), stop.clone());
+    let dead_cam = ingest::spawn_camera(camera("cam-pw-dead", &dead), tx, stop.clone());
+    next(&mut rx, Duration::from_secs(20)).await;
+    wait_for("retries", Duration::from_secs(10), || {
+        dead_cam.status().restarts >= 2
+    })
+    .await;
+    srv.stop();
+    wait_for(
+        "the lost stream to be noticed",
+        Duration::from_secs(10),
+        || ok_cam.status().restarts >= 1,
+    )
+    .await;
+
+    let statuses = format!("{:?} {:?}", ok_cam.status(), dead_cam.status());
+    let logged = logs::text();
+    for (what, text) in [("status", &statuses), ("logs", &logged)] {
+        assert!(!text.contains(SECRET), "password in {what}: {text}");
+    }
+    assert!(
+        logged.contains("admin:***@127.0.0.1"),
+        "the URL is logged, redacted"
+    );
+    assert!(ok_cam.status().url.contains("admin:***@"));
+    stop.cancel();
+    ok_cam.stopped().await;
+    dead_cam.stopped().await;
 }

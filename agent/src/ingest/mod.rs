@@ -27,6 +27,9 @@ pub use config::{BackoffConfig, CameraConfig, Decode, RtspProtocol};
 pub use frames::{downscale_plane, scaled_size, ColourFrame, GreyFrame};
 
 use frames::{Kept, Ring};
+use prometheus_client::metrics::counter::Counter;
+
+use crate::telemetry::metrics::{self, metrics};
 use pipeline::lock;
 
 /// Everything that can end a camera's pipeline run. Messages name the camera and never
@@ -124,6 +127,9 @@ pub(crate) struct Shared {
     pub(crate) ring: Mutex<Ring<gst::Sample>>,
     pub(crate) status: Mutex<StatusFields>,
     converter: Mutex<Option<CachedConverter>>,
+    /// This camera's metric series, looked up once rather than per frame.
+    pub(crate) frames_metric: Counter,
+    pub(crate) queue_full_metric: Counter,
 }
 
 pub(crate) struct StatusFields {
@@ -162,6 +168,14 @@ impl Shared {
                 source_size: None,
             }),
             converter: Mutex::new(None),
+            frames_metric: metrics()
+                .frames
+                .get_or_create(&metrics::camera(cfg.id.as_str()))
+                .clone(),
+            queue_full_metric: metrics()
+                .dropped
+                .get_or_create(&metrics::reason(cfg.id.as_str(), "motion_queue_full"))
+                .clone(),
         }
     }
 

@@ -28,7 +28,7 @@ use super::frames::{downscale_plane, scaled_size, GreyFrame, Kept, Sampler};
 use super::synthetic::Scene;
 use super::{CameraConfig, Decode, IngestError, RtspProtocol, Shared};
 use crate::config::secret::redact_text;
-use crate::telemetry::metrics::{self, metrics};
+use crate::telemetry::metrics;
 
 /// How frames leave the pipeline.
 #[derive(Clone, Debug)]
@@ -191,17 +191,19 @@ pub(crate) fn build(
     tx: mpsc::Sender<GreyFrame>,
 ) -> Result<Built, IngestError> {
     let id = shared.id.clone();
-    let build_err = |e: &dyn std::fmt::Display| IngestError::Build {
-        camera: id.to_string(),
-        message: redact_text(&e.to_string()),
-    };
+    let build_err = |e: &dyn std::fmt::Display| build_error(&id, e);
     gst::init().map_err(|e| build_err(&e))?;
     let scheme = cfg.url.scheme().to_ascii_lowercase();
-    let kind = resolve_decoder(cfg.decode, nvidia_present()).ok_or_else(|| {
-        IngestError::NoNvidiaDecoder {
-            camera: id.to_string(),
-        }
-    })?;
+    // The synthetic scene is raw video: no decoder to choose.
+    let kind = if scheme == "demo" {
+        DecoderKind::Software
+    } else {
+        resolve_decoder(cfg.decode, nvidia_present()).ok_or_else(|| {
+            IngestError::NoNvidiaDecoder {
+                camera: id.to_string(),
+            }
+        })?
+    };
     let live = matches!(mode, Mode::Live);
     let sync = live && !scheme.starts_with("rtsp");
 
@@ -234,10 +236,9 @@ pub(crate) fn build(
     convert.link(&appsink).map_err(|e| build_err(&e))?;
 
     let decoder = if scheme == "demo" {
-        let frames = (!live).then(|| Scene::default().period);
-        let src = Scene::default()
-            .source(live, frames)
-            .map_err(|e| build_err(&e))?;
+        let scene = Scene::from_demo_url(cfg.url.expose());
+        let frames = (!live).then_some(scene.period);
+        let src = scene.source(live, frames).map_err(|e| build_err(&e))?;
         pipeline.add(&src).map_err(|e| build_err(&e))?;
         src.link(&convert).map_err(|e| build_err(&e))?;
         attempt.video_linked.store(true, Ordering::Relaxed);
@@ -253,6 +254,14 @@ pub(crate) fn build(
     install_sample_handler(&appsink, cfg, mode, kind, shared, attempt, tx);
     install_bus_handler(&pipeline, shared, attempt);
     Ok(Built { pipeline, decoder })
+}
+
+/// A pipeline-building failure of `camera`; GStreamer messages may quote the URL.
+fn build_error(camera: &str, e: impl std::fmt::Display) -> IngestError {
+    IngestError::Build {
+        camera: camera.to_string(),
+        message: redact_text(&e.to_string()),
+    }
 }
 
 fn make(camera: &str, factory: &str) -> Result<gst::Element, IngestError> {
@@ -313,10 +322,7 @@ fn add_decoder(
             chain.push(filter);
         }
     }
-    let err = |e: &dyn std::fmt::Display| IngestError::Build {
-        camera: camera.to_string(),
-        message: e.to_string(),
-    };
+    let err = |e: &dyn std::fmt::Display| build_error(camera, e);
     pipeline.add_many(&chain).map_err(|e| err(&e))?;
     gst::Element::link_many(&chain).map_err(|e| err(&e))?;
     for e in &chain {
@@ -351,10 +357,7 @@ fn add_rtsp_source(
             RtspProtocol::Udp => "udp",
         },
     );
-    pipeline.add(&src).map_err(|e| IngestError::Build {
-        camera: id.to_string(),
-        message: e.to_string(),
-    })?;
+    pipeline.add(&src).map_err(|e| build_error(&id, e))?;
 
     // Set up only the first H.264/H.265 video stream; remember what else was offered.
     let chosen = Arc::new(AtomicBool::new(false));
@@ -395,17 +398,12 @@ fn add_rtsp_source(
         }
         let linked =
             add_decoder(&id, &pipeline, kind, codec, true, &a).and_then(|(first, last)| {
-                last.link(&conv).map_err(|e| IngestError::Build {
-                    camera: id.to_string(),
-                    message: e.to_string(),
-                })?;
-                let sink = first.static_pad("sink").ok_or_else(|| IngestError::Build {
-                    camera: id.to_string(),
-                    message: "depayloader without a sink pad".into(),
-                })?;
-                pad.link(&sink).map_err(|e| IngestError::Build {
-                    camera: id.to_string(),
-                    message: format!("linking the RTSP video stream: {e:?}"),
+                last.link(&conv).map_err(|e| build_error(&id, e))?;
+                let sink = first
+                    .static_pad("sink")
+                    .ok_or_else(|| build_error(&id, "depayloader without a sink pad"))?;
+                pad.link(&sink).map_err(|e| {
+                    build_error(&id, format!("linking the RTSP video stream: {e:?}"))
                 })?;
                 Ok(())
             });
@@ -448,10 +446,7 @@ fn add_uri_source(
             .any(|p| name.starts_with(p));
         Some((!stop).to_value())
     });
-    pipeline.add(&src).map_err(|e| IngestError::Build {
-        camera: id.to_string(),
-        message: e.to_string(),
-    })?;
+    pipeline.add(&src).map_err(|e| build_error(&id, e))?;
 
     let weak = pipeline.downgrade();
     let conv = convert.clone();
@@ -500,10 +495,7 @@ fn link_uri_video(
     kind: DecoderKind,
     attempt: &Attempt,
 ) -> Result<(), IngestError> {
-    let err = |m: String| IngestError::Build {
-        camera: camera.to_string(),
-        message: m,
-    };
+    let err = |m: String| build_error(camera, m);
     let target = match Codec::from_name(name) {
         Some(codec) => {
             let (first, last) = add_decoder(camera, pipeline, kind, codec, false, attempt)?;
@@ -534,10 +526,7 @@ fn link_to_fakesink(
     let sink = make(camera, "fakesink")?;
     sink.set_property("sync", false);
     sink.set_property("async", false);
-    let err = |m: String| IngestError::Build {
-        camera: camera.to_string(),
-        message: m,
-    };
+    let err = |m: String| build_error(camera, m);
     pipeline.add(&sink).map_err(|e| err(e.to_string()))?;
     sink.sync_state_with_parent()
         .map_err(|e| err(e.to_string()))?;
@@ -628,24 +617,11 @@ fn on_sample(
     let captured = SystemTime::now();
     shared.sink_pulled.fetch_add(1, Ordering::Relaxed);
     shared.frames.fetch_add(1, Ordering::Relaxed);
-    metrics()
-        .frames
-        .get_or_create(&metrics::camera(&shared.id))
-        .inc();
+    shared.frames_metric.inc();
     attempt.touch();
-    if attempt.frames.fetch_add(1, Ordering::Relaxed) == 0 {
-        attempt.notify.notify_one();
-    }
     let seq = shared.seq.fetch_add(1, Ordering::Relaxed);
 
     let buffer = sample.buffer()?;
-    let pts = buffer.pts().map(|t| Duration::from_nanos(t.nseconds()));
-    let t = pts.unwrap_or_else(|| attempt.started.elapsed());
-    if !state.sampler.take(t) {
-        shared.sampled_out.fetch_add(1, Ordering::Relaxed);
-        return None;
-    }
-
     let caps = sample.caps()?;
     let fresh = match &state.info {
         Some((c, _)) => c.as_ptr() != caps.as_ptr() && c != caps,
@@ -656,6 +632,25 @@ fn on_sample(
         *lock(&attempt.size) = Some((info.width(), info.height()));
         state.info = Some((caps.to_owned(), info));
     }
+    if attempt.frames.fetch_add(1, Ordering::Relaxed) == 0 {
+        // Status is right before the first frame can reach anyone.
+        let decoder = lock(&attempt.decoder).clone();
+        let mut status = lock(&shared.status);
+        status.source_size = *lock(&attempt.size);
+        if decoder.is_some() {
+            status.decoder = decoder;
+        }
+        drop(status);
+        attempt.notify.notify_one();
+    }
+
+    let pts = buffer.pts().map(|t| Duration::from_nanos(t.nseconds()));
+    let t = pts.unwrap_or_else(|| attempt.started.elapsed());
+    if !state.sampler.take(t) {
+        shared.sampled_out.fetch_add(1, Ordering::Relaxed);
+        return None;
+    }
+
     let (_, info) = state.info.as_ref()?;
     let (gw, gh) = scaled_size(info.width(), info.height(), analysis_width);
     let data = {
@@ -696,10 +691,7 @@ fn deliver_live(shared: &Shared, tx: &mpsc::Sender<GreyFrame>, grey: GreyFrame) 
         Ok(()) => {}
         Err(mpsc::error::TrySendError::Full(_)) => {
             shared.queue_full.fetch_add(1, Ordering::Relaxed);
-            metrics()
-                .dropped
-                .get_or_create(&metrics::reason(&shared.id, "motion_queue_full"))
-                .inc();
+            shared.queue_full_metric.inc();
             if metrics::should_log(
                 &format!("ingest-queue-full-{}", shared.id),
                 Duration::from_secs(10),

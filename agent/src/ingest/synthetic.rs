@@ -60,6 +60,25 @@ impl Scene {
         .or(d)
     }
 
+    /// The scene a `demo://` URL asks for: `demo://anything?width=1280&height=720&fps=30`
+    /// (each optional; unknown or invalid values keep the defaults).
+    pub fn from_demo_url(url: &str) -> Self {
+        let d = Self::default();
+        let (mut w, mut h, mut fps) = (d.width, d.height, d.fps);
+        if let Ok(u) = url::Url::parse(url) {
+            for (k, v) in u.query_pairs() {
+                let Ok(n) = v.parse::<u32>() else { continue };
+                match k.as_ref() {
+                    "width" if (16..=7680).contains(&n) => w = n & !1,
+                    "height" if (16..=4320).contains(&n) => h = n & !1,
+                    "fps" if (1..=120).contains(&n) => fps = n,
+                    _ => {}
+                }
+            }
+        }
+        Self::sized(w, h, fps)
+    }
+
     fn or(self, fallback: Self) -> Self {
         if self.width < 16 || self.height < 16 || self.fps == 0 {
             fallback
@@ -263,6 +282,20 @@ mod tests {
         assert_ne!(s.object_at(0), s.object_at(75));
         let (x, y) = s.object_at(75);
         assert!(x + s.object_size() <= s.width && y + s.object_size() <= s.height);
+    }
+
+    #[test]
+    fn demo_urls_choose_size_and_rate_and_ignore_nonsense() {
+        let rows = [
+            ("demo://x", (640, 360, 30)),
+            ("demo://x?width=1280&height=720&fps=25", (1280, 720, 25)),
+            ("demo://x?width=3&fps=abc&colour=red", (640, 360, 30)),
+            ("demo://x?fps=10", (640, 360, 10)),
+        ];
+        for (url, (w, h, fps)) in rows {
+            let s = Scene::from_demo_url(url);
+            assert_eq!((s.width, s.height, s.fps), (w, h, fps), "{url}");
+        }
     }
 
     #[test]
