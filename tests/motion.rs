@@ -12,7 +12,7 @@ use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 use gstreamer_video::VideoFrameExt;
 
-use edge_agent::motion::tool::replay;
+use edge_agent::motion::tool::{replay, GreyFrame};
 use edge_agent::motion::{Detector, EventTracker, MotionConfig, MotionEvent, MotionTransition};
 
 fn bikes_path() -> Option<PathBuf> {
@@ -30,7 +30,7 @@ fn bikes_path() -> Option<PathBuf> {
 }
 
 /// Grey frames (capture time, width, height, pixels) of a video file.
-fn grey_frames(path: &Path, width: u32, fps: i32) -> Result<Vec<(SystemTime, u32, u32, Vec<u8>)>> {
+fn grey_frames(path: &Path, width: u32, fps: i32) -> Result<Vec<GreyFrame>> {
     gst::init()?;
     let desc = format!(
         "filesrc name=src ! decodebin ! videoconvert ! videoscale ! videorate ! \

@@ -754,7 +754,8 @@ mod tests {
     #[test]
     fn light_changes_give_no_event() {
         // (name, brightness offset of frame i)
-        let rows: &[(&str, fn(usize) -> f64)] = &[
+        type Offset = fn(usize) -> f64;
+        let rows: &[(&str, Offset)] = &[
             ("a step up by 60", |i| if i >= 20 { 60.0 } else { 0.0 }),
             ("a step down by 50", |i| if i >= 20 { -50.0 } else { 0.0 }),
             ("a slow ramp of 0.5 per frame", |i| 0.5 * i as f64),
@@ -969,7 +970,7 @@ mod tests {
             let (mut vsum, mut row) = (vec![0u16; w + 2], vec![0u8; w]);
             for y in 0..h {
                 let got = smooth_row(&src, w, h, y, true, &mut vsum, &mut row).to_vec();
-                for x in 0..w {
+                for (x, &g) in got.iter().enumerate() {
                     let mut s = 0u32;
                     for (dy, ky) in [(-1, 1), (0, 2), (1, 1)] {
                         for (dx, kx) in [(-1, 1), (0, 2), (1, 1)] {
@@ -978,7 +979,7 @@ mod tests {
                             s += ky * kx * src[yy * w + xx] as u32;
                         }
                     }
-                    assert_eq!(got[x] as u32, (s + 8) >> 4, "{w}x{h} at ({x}, {y})");
+                    assert_eq!(g as u32, (s + 8) >> 4, "{w}x{h} at ({x}, {y})");
                 }
             }
         }

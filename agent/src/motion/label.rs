@@ -189,7 +189,8 @@ mod tests {
 
     #[test]
     fn components_are_eight_connected_with_boxes_and_areas() {
-        let rows: &[(&[&str], &[(u32, u32, u32, u32, u32)])] = &[
+        type Row<'a> = (&'a [&'a str], &'a [(u32, u32, u32, u32, u32)]);
+        let rows: &[Row] = &[
             (&["....", "...."], &[]),
             (&["##..", "..##"], &[(0, 0, 3, 1, 4)]),
             (&["#.#", ".#.", "#.#"], &[(0, 0, 2, 2, 5)]),
