@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use edge_agent::motion::{Detector, EventTracker, MotionConfig, MotionTransition};
 
-const REPEATS: usize = 5;
+const REPEATS: usize = 7;
 
 fn main() {
     let cfg = MotionConfig::default();
@@ -33,7 +33,11 @@ fn main() {
         "{:>10} {:>7} {:>12} {:>12} {:>8} {:>14}",
         "size", "frames", "rust ns/px", "opencv ns/px", "ratio", "boxes agree"
     );
-    for (w, h, n) in [(640usize, 360usize, 100usize), (1920, 1080, 30)] {
+    for (w, h, n) in [
+        (320usize, 180usize, 100usize),
+        (640, 360, 100),
+        (1920, 1080, 30),
+    ] {
         let frames = synthetic(w, h, n);
         let raw = dir.path().join(format!("frames-{w}x{h}.raw"));
         if let Err(e) = std::fs::write(&raw, frames.concat()) {
