@@ -6,3 +6,4 @@ mod config;
 mod ingest;
 mod package;
 mod scale;
+mod motion;

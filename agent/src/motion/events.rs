@@ -281,7 +281,8 @@ mod tests {
     #[test]
     fn events_start_after_k_frames_and_end_after_the_quiet_period() {
         // (pattern, K, quiet ms, expected transitions (frame, kind))
-        let rows: &[(&str, i64, u64, &[(usize, &str)])] = &[
+        type Row<'a> = (&'a str, i64, u64, &'a [(usize, &'a str)]);
+        let rows: &[Row] = &[
             ("..MMM......", 2, 600, &[(3, "start"), (7, "end")]),
             ("..MMM......", 3, 600, &[(4, "start"), (7, "end")]),
             ("..M.M.M....", 2, 600, &[]),

@@ -31,15 +31,25 @@ pub struct Labeler {
 
 impl Labeler {
     /// Labels `img` (non-zero = set) and appends the components to `out` (cleared first),
-    /// in the order of their first pixel in raster order.
-    pub fn label(&mut self, img: &[u8], width: usize, height: usize, out: &mut Vec<Component>) {
+    /// in the order of their first pixel in raster order. Rows whose entry in `rows` is
+    /// false are known to be empty and are not scanned (an empty `rows` scans all).
+    pub fn label(
+        &mut self,
+        img: &[u8],
+        width: usize,
+        height: usize,
+        rows: &[bool],
+        out: &mut Vec<Component>,
+    ) {
         out.clear();
         self.runs.clear();
         self.parent.clear();
         let mut prev = 0..0;
         for (y, row) in img.chunks_exact(width).take(height).enumerate() {
             let start = self.runs.len();
-            find_runs(row, y as u32, &mut self.runs);
+            if rows.get(y).copied().unwrap_or(true) {
+                find_runs(row, y as u32, &mut self.runs);
+            }
             let cur = start..self.runs.len();
             // Join each run with the runs of the row above that touch it (8-connected:
             // [p0, p1) touches [x0, x1) when p0 <= x1 and p1 >= x0).
@@ -113,32 +123,45 @@ const ROOT: u32 = 1 << 31;
 
 /// Appends the runs of non-zero bytes of `row`.
 fn find_runs(row: &[u8], y: u32, runs: &mut Vec<Run>) {
-    let n = row.len();
-    let mut x = 0;
-    while x < n {
-        // Skip zeros, a word at a time.
-        while x + 8 <= n && u64::from_ne_bytes(row[x..x + 8].try_into().unwrap_or([0; 8])) == 0 {
+    let mut open: Option<u32> = None;
+    let mut words = row.chunks_exact(8);
+    let mut x = 0u32;
+    for word in &mut words {
+        let mut b8 = [0u8; 8];
+        b8.copy_from_slice(word);
+        let v = u64::from_ne_bytes(b8);
+        // Whole words of zeros (the common case) or of set bytes need no byte loop.
+        if v == 0 && open.is_none() {
             x += 8;
+            continue;
         }
-        while x < n && row[x] == 0 {
+        if open.is_some() && word.iter().all(|&b| b != 0) {
+            x += 8;
+            continue;
+        }
+        for &b in word {
+            step(b, x, y, &mut open, runs);
             x += 1;
         }
-        if x >= n {
-            break;
+    }
+    for &b in words.remainder() {
+        step(b, x, y, &mut open, runs);
+        x += 1;
+    }
+    if let Some(x0) = open {
+        runs.push(Run { y, x0, x1: x });
+    }
+}
+
+#[inline(always)]
+fn step(b: u8, x: u32, y: u32, open: &mut Option<u32>, runs: &mut Vec<Run>) {
+    match (*open, b != 0) {
+        (None, true) => *open = Some(x),
+        (Some(x0), false) => {
+            runs.push(Run { y, x0, x1: x });
+            *open = None;
         }
-        let x0 = x;
-        // Skip set bytes, a word at a time when all eight are set.
-        while x + 8 <= n && row[x..x + 8].iter().all(|&v| v != 0) {
-            x += 8;
-        }
-        while x < n && row[x] != 0 {
-            x += 1;
-        }
-        runs.push(Run {
-            y,
-            x0: x0 as u32,
-            x1: x as u32,
-        });
+        _ => {}
     }
 }
 
@@ -158,7 +181,7 @@ mod tests {
     fn boxes(pic: &[&str]) -> Vec<(u32, u32, u32, u32, u32)> {
         let (img, w, h) = parse(pic);
         let mut out = Vec::new();
-        Labeler::default().label(&img, w, h, &mut out);
+        Labeler::default().label(&img, w, h, &[], &mut out);
         out.iter()
             .map(|c| (c.x0, c.y0, c.x1, c.y1, c.area))
             .collect()
@@ -166,7 +189,8 @@ mod tests {
 
     #[test]
     fn components_are_eight_connected_with_boxes_and_areas() {
-        let rows: &[(&[&str], &[(u32, u32, u32, u32, u32)])] = &[
+        type Row<'a> = (&'a [&'a str], &'a [(u32, u32, u32, u32, u32)]);
+        let rows: &[Row] = &[
             (&["....", "...."], &[]),
             (&["##..", "..##"], &[(0, 0, 3, 1, 4)]),
             (&["#.#", ".#.", "#.#"], &[(0, 0, 2, 2, 5)]),
@@ -211,7 +235,8 @@ mod tests {
                     u8::from(seed >> 24 < 90)
                 })
                 .collect();
-            lab.label(&img, w, h, &mut out);
+            let rows: Vec<bool> = img.chunks(w).map(|r| r.iter().any(|&v| v != 0)).collect();
+            lab.label(&img, w, h, &rows, &mut out);
             let mut got: Vec<_> = out
                 .iter()
                 .map(|c| (c.y0, c.x0, c.x1, c.y1, c.area))

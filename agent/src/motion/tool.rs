@@ -115,7 +115,10 @@ impl<W: Write> Replay<W> {
     }
 }
 
-/// Replays owned frames `(capture time, width, height, grey)`; see [`Replay`].
+/// An owned grey frame: capture time, width, height, pixels (rows without padding).
+pub type GreyFrame = (SystemTime, u32, u32, Vec<u8>);
+
+/// Replays owned frames; see [`Replay`].
 pub fn replay<W, I>(
     cfg: &MotionConfig,
     camera: &str,
@@ -125,7 +128,7 @@ pub fn replay<W, I>(
 ) -> Result<ReplaySummary, MotionError>
 where
     W: Write,
-    I: IntoIterator<Item = (SystemTime, u32, u32, Vec<u8>)>,
+    I: IntoIterator<Item = GreyFrame>,
 {
     let mut r = Replay::new(cfg, camera, out, debug_dir)?;
     for (at, w, h, grey) in frames {
@@ -318,4 +321,88 @@ fn write_png(path: &Path, w: u32, h: u32, rgb: &[u8]) -> std::io::Result<()> {
         .write_image_data(rgb)
         .map_err(std::io::Error::other)?;
     writer.finish().map_err(std::io::Error::other)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// 64x48 frames: a square moving in frames 3..10, a light step at frame 28.
+    fn frames() -> Vec<GreyFrame> {
+        let (w, h) = (64usize, 48usize);
+        (0..40)
+            .map(|i| {
+                let level = if i >= 28 { 160 } else { 100 };
+                let mut f = vec![level; w * h];
+                if (3..10).contains(&i) {
+                    let x0 = 4 + 4 * (i - 3);
+                    for y in 10..22 {
+                        f[y * w + x0..y * w + x0 + 12].fill(220);
+                    }
+                }
+                let at = SystemTime::UNIX_EPOCH + Duration::from_millis(200 * i as u64);
+                (at, w as u32, h as u32, f)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_replay_prints_one_json_line_per_event_and_writes_annotated_pngs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut out = Vec::new();
+        let summary = replay(
+            &MotionConfig::default(),
+            "yard",
+            frames(),
+            &mut out,
+            Some(dir.path()),
+        )
+        .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        let e = &lines[0];
+        assert_eq!(e["camera"], "yard");
+        assert_eq!(e["start"], "1970-01-01T00:00:00.600Z");
+        assert_eq!(e["end"], "1970-01-01T00:00:01.800Z");
+        assert!(e["id"].as_str().unwrap().starts_with("yard-600-"));
+        assert!(!e["boxes"].as_array().unwrap().is_empty());
+        assert_eq!(summary.events, 1);
+        assert_eq!(summary.frames, 40);
+        assert_eq!(summary.global_changes, 1);
+
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        for want in [
+            "yard-000001-quiet.png",
+            "yard-000003-before-start.png",
+            "yard-000004-start.png",
+            "yard-000005-after-start.png",
+            "yard-000024-end.png",
+            "yard-000028-global.png",
+        ] {
+            assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
+        }
+        assert_eq!(names.len() as u32, summary.debug_frames);
+        // The start frame is a real PNG of the frame size, with red changed pixels and
+        // a green box drawn on it.
+        let file = File::open(dir.path().join("yard-000004-start.png")).unwrap();
+        let mut reader = png::Decoder::new(std::io::BufReader::new(file))
+            .read_info()
+            .unwrap();
+        let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+        let info = reader.next_frame(&mut buf).unwrap();
+        assert_eq!((info.width, info.height), (64, 48));
+        let px: Vec<&[u8]> = buf.chunks_exact(3).collect();
+        assert!(px.contains(&&[0u8, 255, 0][..]));
+        assert!(px.iter().any(|p| p[0] == 255 && p[1] < 100));
+    }
 }
