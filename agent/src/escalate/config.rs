@@ -53,6 +53,18 @@ pub struct TransportConfig {
     /// Unacknowledged frames a worker holds at once.
     #[serde(default = "default_prefetch")]
     pub prefetch: IntIn<1, 1000>,
+    /// MQTT: a frame with no result after this long is published again (a worker died).
+    #[serde(default = "default_redeliver_after")]
+    pub redeliver_after: Dur,
+    /// MQTT: how many times one frame is published again at most.
+    #[serde(default = "default_redeliver_max")]
+    pub redeliver_max: IntIn<0, 10>,
+    /// MQTT shared-subscription group the workers join (`$share/<group>/...`).
+    #[serde(default = "default_worker_group")]
+    pub worker_group: String,
+    /// Messages published and not yet confirmed by the broker, at most.
+    #[serde(default = "default_window")]
+    pub publish_window: IntIn<1, 1000>,
 }
 
 impl Default for TransportConfig {
@@ -72,6 +84,10 @@ impl Default for TransportConfig {
             max_queue_length: default_max_queue(),
             max_payload: default_max_payload(),
             prefetch: default_prefetch(),
+            redeliver_after: default_redeliver_after(),
+            redeliver_max: default_redeliver_max(),
+            worker_group: default_worker_group(),
+            publish_window: default_window(),
         }
     }
 }
@@ -82,6 +98,7 @@ impl TransportConfig {
         for (key, v) in [
             ("topic_prefix", &self.topic_prefix),
             ("frames_queue", &self.frames_queue),
+            ("worker_group", &self.worker_group),
         ] {
             if v.is_empty() || v.contains(['#', '+', ' ']) {
                 errs.push((
@@ -92,6 +109,18 @@ impl TransportConfig {
         }
         if self.events_exchange.is_empty() {
             errs.push(("events_exchange".into(), "must not be empty".into()));
+        }
+        if self.worker_group.contains('/') {
+            errs.push((
+                "worker_group".into(),
+                format!("must not contain '/', got {:?}", self.worker_group),
+            ));
+        }
+        if self.redeliver_after.get() < std::time::Duration::from_millis(100) {
+            errs.push((
+                "redeliver_after".into(),
+                format!("must be at least 100ms, got {:?}", self.redeliver_after),
+            ));
         }
         errs
     }
@@ -160,6 +189,18 @@ fn default_max_payload() -> IntIn<1024, 67_108_864> {
 }
 fn default_prefetch() -> IntIn<1, 1000> {
     IntIn::lit(2)
+}
+fn default_redeliver_after() -> Dur {
+    Dur::secs(10)
+}
+fn default_redeliver_max() -> IntIn<0, 10> {
+    IntIn::lit(2)
+}
+fn default_worker_group() -> String {
+    "edge-workers".into()
+}
+fn default_window() -> IntIn<1, 1000> {
+    IntIn::lit(32)
 }
 fn default_max_frames() -> IntIn<1, 1000> {
     IntIn::lit(5)

@@ -1,6 +1,20 @@
 //! Escalation: the frame message format, the AMQP and MQTT transports, the embedded
 //! broker and the bounded buffers that hold messages while a broker is away.
 
+pub mod amqp;
+pub mod buffer;
 pub mod config;
+pub mod embedded;
+pub mod jpeg;
+pub mod message;
+pub mod mqtt;
+pub mod tls;
+pub mod transport;
 
 pub use config::{EscalationConfig, TransportConfig, TransportKind};
+pub use embedded::EmbeddedBroker;
+pub use message::{FrameHeader, FrameMessage, MessageError, Stamp};
+pub use transport::{
+    Backlog, Delivery, Frames, ResultMessage, Results, Role, Transport, TransportError,
+    TransportStats,
+};

@@ -1,0 +1,339 @@
+//! MQTT link (rumqttc, MQTT 3.1.1, QoS 1) for Mosquitto and the embedded broker.
+//!
+//! One task owns the rumqttc event loop. Publishing is ours, not rumqttc's: messages
+//! go from the outbox to the event loop only while connected and within the publish
+//! window; each one is tracked from its packet id to its PUBACK, and on a lost
+//! connection every unacknowledged message goes back to the outbox (rumqttc's own
+//! retransmission list is cleared so nothing is sent twice by two mechanisms).
+//!
+//! Workers share frames through `$share/<group>/<prefix>/<device>/frames` with manual
+//! acks; a frame whose worker died is published again by the agent (see
+//! [`super::buffer::Unanswered`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS,
+    TlsConfiguration,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::buffer::Class;
+use super::message::MAX_HEADER_LEN;
+use super::tls;
+use super::transport::{
+    log_link_error, Acker, Delivery, Incoming, Out, ResultMessage, Role, Shared, State,
+    TransportError,
+};
+use crate::backoff::Backoff;
+use crate::config::secret::redact_url;
+
+#[derive(Clone)]
+pub(crate) struct MqttLink {
+    client: AsyncClient,
+    window: usize,
+}
+
+impl MqttLink {
+    /// Hands messages from the outbox to the event loop while the window allows.
+    pub fn pump(&self, st: &mut State, shared: &Shared) {
+        while st.connected && st.submitted.len() + st.inflight.len() < self.window {
+            let Some((class, mut out)) = st.outbox.pop() else {
+                break;
+            };
+            match self.client.try_publish(
+                out.key.clone(),
+                QoS::AtLeastOnce,
+                out.retain,
+                out.payload.to_vec(),
+            ) {
+                Ok(()) => {
+                    st.order += 1;
+                    out.order = st.order;
+                    st.submitted.push_back(out);
+                }
+                Err(e) => {
+                    st.outbox.push_front(class, out);
+                    if matches!(e, rumqttc::ClientError::TryRequest(_)) {
+                        shared.stats.bump("publish_channel_full");
+                    }
+                    break;
+                }
+            }
+        }
+    }
+
+    pub async fn disconnect(&self) {
+        let _ = self.client.disconnect().await;
+    }
+}
+
+fn url_err(url: &str, why: impl std::fmt::Display) -> TransportError {
+    TransportError::Url {
+        url: redact_url(url),
+        why: why.to_string(),
+    }
+}
+
+fn status_topic(shared: &Shared) -> String {
+    format!("{}/{}/status", shared.cfg.topic_prefix, shared.device)
+}
+
+/// Builds the options and starts the task that owns the connection.
+pub(crate) fn start(
+    shared: Arc<Shared>,
+    url: &str,
+    cancel: CancellationToken,
+    frames_tx: Option<mpsc::Sender<Delivery>>,
+    results_tx: Option<mpsc::Sender<ResultMessage>>,
+) -> Result<MqttLink, TransportError> {
+    let parsed = url::Url::parse(url).map_err(|e| url_err(url, e))?;
+    let tls = match parsed.scheme() {
+        "mqtt" | "tcp" => false,
+        "mqtts" | "ssl" => true,
+        other => return Err(url_err(url, format!("scheme {other:?} is not MQTT"))),
+    };
+    let host = parsed
+        .host_str()
+        .ok_or_else(|| url_err(url, "no host"))?
+        .to_string();
+    let port = parsed.port().unwrap_or(if tls { 8883 } else { 1883 });
+    let cfg = &shared.cfg;
+    let client_id = match shared.role {
+        Role::Agent => format!("edge-agent-{}", shared.device),
+        Role::Worker => format!(
+            "edge-worker-{}-{}-{:08x}",
+            shared.device.replace('+', "any"),
+            std::process::id(),
+            rand::random::<u32>()
+        ),
+    };
+    let mut opts = MqttOptions::new(client_id, host, port);
+    opts.set_keep_alive(Duration::from_secs(10));
+    // The agent's session survives reconnects (results queued meanwhile); workers are
+    // ephemeral (scaled to zero), the agent redelivers what they lose.
+    opts.set_clean_session(shared.role == Role::Worker);
+    let max = cfg.max_payload.as_usize();
+    // Incoming room above the cap, so an oversized frame is read and rejected with a
+    // reason instead of breaking the connection.
+    opts.set_max_packet_size(2 * max + MAX_HEADER_LEN + 4096, max + MAX_HEADER_LEN + 4096);
+    opts.set_inflight(100);
+    let window = cfg.publish_window.as_usize().min(90);
+    opts.set_request_channel_capacity(window * 2 + 64);
+    opts.set_manual_acks(shared.role == Role::Worker);
+    if !parsed.username().is_empty() {
+        let user = percent_decode(parsed.username());
+        let pass = percent_decode(parsed.password().unwrap_or(""));
+        opts.set_credentials(user, pass);
+    }
+    if shared.role == Role::Agent {
+        opts.set_last_will(LastWill::new(
+            status_topic(&shared),
+            &b"offline"[..],
+            QoS::AtLeastOnce,
+            true,
+        ));
+    }
+    if tls {
+        let config = tls::rustls_client_config(cfg.ca_file.as_deref())?;
+        opts.set_transport(rumqttc::Transport::tls_with_config(
+            TlsConfiguration::Rustls(config),
+        ));
+    }
+    let (client, mut eventloop) = AsyncClient::new(opts, window * 2 + 64);
+    let mut net = eventloop.network_options();
+    net.set_tcp_nodelay(true);
+    net.set_connection_timeout(5);
+    eventloop.set_network_options(net);
+
+    let subs: Vec<String> = match shared.role {
+        Role::Worker => vec![format!(
+            "$share/{}/{}/{}/frames",
+            cfg.worker_group, cfg.topic_prefix, shared.device
+        )],
+        Role::Agent => vec![
+            format!("{}/{}/+/detections", cfg.topic_prefix, shared.device),
+            format!("{}/{}/+/events/+", cfg.topic_prefix, shared.device),
+        ],
+    };
+    let link = MqttLink { client, window };
+    let owner = Owner {
+        shared,
+        link: link.clone(),
+        subs,
+        frames_tx,
+        results_tx,
+        redacted: redact_url(url),
+    };
+    tokio::spawn(owner.run(eventloop, cancel));
+    Ok(link)
+}
+
+fn percent_decode(s: &str) -> String {
+    url::form_urlencoded::parse(format!("x={s}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+struct Owner {
+    shared: Arc<Shared>,
+    link: MqttLink,
+    subs: Vec<String>,
+    frames_tx: Option<mpsc::Sender<Delivery>>,
+    results_tx: Option<mpsc::Sender<ResultMessage>>,
+    redacted: String,
+}
+
+impl Owner {
+    async fn run(self, mut eventloop: EventLoop, cancel: CancellationToken) {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(3));
+        loop {
+            let ev = tokio::select! {
+                _ = cancel.cancelled() => break,
+                ev = eventloop.poll() => ev,
+            };
+            match ev {
+                Ok(ev) => {
+                    if let Event::Incoming(Packet::ConnAck(_)) = ev {
+                        backoff.reset();
+                    }
+                    self.handle(ev).await;
+                }
+                Err(e) => {
+                    self.lost(&mut eventloop, &e);
+                    let delay = backoff.next_delay(e.to_string());
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+        self.shared.state().connected = false;
+    }
+
+    /// The connection dropped: everything not acknowledged goes back to the outbox.
+    fn lost(&self, eventloop: &mut EventLoop, e: &ConnectionError) {
+        let mut st = self.shared.state();
+        let was_connected = st.connected;
+        st.connected = false;
+        // Requests queued in rumqttc after its own clean-up go to `pending` too.
+        eventloop.clean();
+        eventloop.pending.clear();
+        st.requeue_unconfirmed(Vec::new());
+        drop(st);
+        if was_connected {
+            self.shared.stats.bump("reconnects");
+            log_link_error(&self.redacted, e);
+        }
+    }
+
+    async fn handle(&self, ev: Event) {
+        match ev {
+            Event::Incoming(Packet::ConnAck(_)) => {
+                for s in &self.subs {
+                    let _ = self.link.client.try_subscribe(s.clone(), QoS::AtLeastOnce);
+                }
+                let mut st = self.shared.state();
+                st.connected = true;
+                if self.shared.role == Role::Agent {
+                    st.outbox.push_front(
+                        Class::Event,
+                        Out {
+                            class: Class::Event,
+                            kind: "status",
+                            exchange: String::new(),
+                            key: status_topic(&self.shared),
+                            retain: true,
+                            payload: bytes::Bytes::from_static(b"online"),
+                            confirm: None,
+                            order: 0,
+                        },
+                    );
+                }
+                self.link.pump(&mut st, &self.shared);
+                tracing::info!(broker = %self.redacted, "MQTT connected.");
+            }
+            Event::Outgoing(Outgoing::Publish(pkid)) => {
+                let mut st = self.shared.state();
+                if let Some(out) = st.submitted.pop_front() {
+                    st.inflight.insert(pkid, out);
+                }
+            }
+            Event::Incoming(Packet::PubAck(ack)) => {
+                let mut st = self.shared.state();
+                if let Some(out) = st.inflight.remove(&ack.pkid) {
+                    crate::telemetry::metrics::metrics()
+                        .published
+                        .get_or_create(&crate::telemetry::metrics::kind(out.kind))
+                        .inc();
+                    if let Some(c) = out.confirm {
+                        let _ = c.send(());
+                    }
+                }
+                self.link.pump(&mut st, &self.shared);
+            }
+            Event::Incoming(Packet::Publish(p)) => self.incoming(p).await,
+            _ => {}
+        }
+    }
+
+    async fn incoming(&self, p: rumqttc::Publish) {
+        let prefix = &self.shared.cfg.topic_prefix;
+        let Some(rest) = p
+            .topic
+            .strip_prefix(prefix.as_str())
+            .and_then(|r| r.strip_prefix('/'))
+        else {
+            return;
+        };
+        let parts: Vec<&str> = rest.split('/').collect();
+        match (parts.as_slice(), &self.frames_tx, &self.results_tx) {
+            ([_device, "frames"], Some(tx), _) => {
+                let acker = Acker::Mqtt {
+                    client: self.link.client.clone(),
+                    publish: p.clone(),
+                };
+                match self.shared.accept_frame(p.payload.clone()) {
+                    Incoming::Frame(msg) => {
+                        let d = Delivery {
+                            msg,
+                            redelivered: p.dup,
+                            acker,
+                            shared: self.shared.clone(),
+                        };
+                        // Full policy: block. The broker's in-flight window (manual
+                        // acks) bounds how many frames can wait here.
+                        let _ = tx.send(d).await;
+                    }
+                    Incoming::Rejected | Incoming::Duplicate => {
+                        let _ = self.link.client.try_ack(&p);
+                    }
+                }
+            }
+            ([device, camera, "detections"], _, Some(tx)) => {
+                let r = self
+                    .shared
+                    .accept_result(device, camera, "detections".into(), p.payload);
+                self.forward(tx, r);
+            }
+            ([device, camera, "events", class], _, Some(tx)) => {
+                let r =
+                    self.shared
+                        .accept_result(device, camera, format!("events/{class}"), p.payload);
+                self.forward(tx, r);
+            }
+            _ => {}
+        }
+    }
+
+    fn forward(&self, tx: &mpsc::Sender<ResultMessage>, r: ResultMessage) {
+        // Full policy: drop the newest and count (the agent stopped reading).
+        if tx.try_send(r).is_err() {
+            self.shared.count_dropped("results_overflow");
+        }
+    }
+}
