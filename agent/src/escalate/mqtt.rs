@@ -251,6 +251,7 @@ impl Owner {
                             payload: bytes::Bytes::from_static(b"online"),
                             confirm: None,
                             order: 0,
+                            frame: None,
                         },
                     );
                 }

@@ -236,6 +236,8 @@ pub(crate) struct Out {
     pub confirm: Option<oneshot::Sender<()>>,
     /// Submission order, to put unconfirmed messages back in order.
     pub order: u64,
+    /// (camera, seq) of a frame, to forget it when it is dropped unsent.
+    pub frame: Option<(String, u64)>,
 }
 
 impl Out {
@@ -249,6 +251,7 @@ impl Out {
             payload: self.payload.clone(),
             confirm: None,
             order: 0,
+            frame: self.frame.clone(),
         }
     }
 }
@@ -419,16 +422,30 @@ impl Shared {
     /// Adds a message to the outbox (drop policy applied and counted).
     fn enqueue(&self, out: Out, link: &Link) {
         let mut st = self.state();
-        if let Some((class, dropped)) = st.outbox.push(out.class, out) {
-            drop(dropped); // a confirm waiter sees Dropped
-            self.count_dropped(match class {
-                Class::Frame => "frame_overflow",
-                Class::Event => "event_overflow",
-            });
-        }
+        let dropped = push_out(&mut st, out);
         link.kick(&mut st, self);
         drop(st);
         self.wake.notify_one();
+        if let Some(class) = dropped {
+            self.count_dropped(overflow_reason(class));
+        }
+    }
+}
+
+/// Pushes into the outbox; a frame dropped unsent is forgotten (no redelivery), a
+/// dropped confirm waiter sees [`TransportError::Dropped`]. Returns the dropped class.
+fn push_out(st: &mut State, out: Out) -> Option<Class> {
+    let (class, dropped) = st.outbox.push(out.class, out)?;
+    if let Some((camera, seq)) = &dropped.frame {
+        st.unanswered.answer(camera, *seq);
+    }
+    Some(class)
+}
+
+fn overflow_reason(class: Class) -> &'static str {
+    match class {
+        Class::Frame => "frame_overflow",
+        Class::Event => "event_overflow",
     }
 }
 
@@ -609,6 +626,7 @@ impl Transport {
             payload: message::encode(&msg),
             confirm: None,
             order: 0,
+            frame: Some((h.camera.clone(), h.seq)),
         };
         if self.shared.role == Role::Agent {
             let mut st = self.shared.state();
@@ -718,6 +736,7 @@ impl Transport {
             payload,
             confirm: None,
             order: 0,
+            frame: None,
         })
     }
 
@@ -862,9 +881,7 @@ fn spawn_ticker(shared: Arc<Shared>, link: &Link, cancel: CancellationToken) {
             let mut dropped = Vec::new();
             for out in due.resend {
                 shared.stats.bump("redelivered");
-                if let Some((class, _)) = st.outbox.push(Class::Frame, out) {
-                    dropped.push(class);
-                }
+                dropped.extend(push_out(&mut st, out));
             }
             if let Some(m) = &pump {
                 m.pump(&mut st, &shared);
@@ -874,8 +891,8 @@ fn spawn_ticker(shared: Arc<Shared>, link: &Link, cancel: CancellationToken) {
             for _ in 0..due.expired {
                 shared.count_dropped("unanswered_expired");
             }
-            for _ in dropped {
-                shared.count_dropped("frame_overflow");
+            for class in dropped {
+                shared.count_dropped(overflow_reason(class));
             }
         }
     });
