@@ -10,16 +10,13 @@ use edge_agent::config::types::{Dur, IntIn, SecretUrl};
 use edge_agent::escalate::amqp::{dead_letter_names, declare_topology};
 use edge_agent::escalate::jpeg::encode_rgb;
 use edge_agent::escalate::message::{encode, unix_ns_now, FrameHeader, FrameMessage, VERSION};
-use edge_agent::escalate::{Role, Transport, TransportConfig, TransportKind};
-use lapin::options::{
-    BasicGetOptions, BasicPublishOptions, ExchangeDeleteOptions, QueueBindOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
-};
+use edge_agent::escalate::{Frames, Role, Transport, TransportConfig, TransportKind};
+use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 
 use crate::common::broker::{
-    amqp_url, eventually, mqtt_url, rabbit_serial, rabbitmqctl, unique, Mosquitto,
+    amqp_url, eventually, mqtt_url, rabbit_serial, rabbitmqctl, unique, Mosquitto, TestPki,
 };
 
 const DEVICE: &str = "dev-t";
@@ -56,18 +53,7 @@ async fn amqp_cleanup(cfg: &TransportConfig) {
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
-    let (dlx, dead) = dead_letter_names(&cfg.frames_queue);
-    let results = edge_agent::escalate::amqp::results_queue_name(cfg, DEVICE);
-    for q in [&cfg.frames_queue, &dead, &results] {
-        let _ = ch
-            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-            .await;
-    }
-    for x in [&cfg.events_exchange, &dlx] {
-        let _ = ch
-            .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
-            .await;
-    }
+    edge_agent::escalate::amqp::delete_topology(&ch, cfg, DEVICE).await;
     let _ = conn.close(200, "OK".into()).await;
 }
 
@@ -115,13 +101,14 @@ fn serve(worker: Transport) -> (Arc<Mutex<Vec<u64>>>, tokio::task::JoinHandle<()
         let mut frames = worker.frames().unwrap();
         while let Some(d) = frames.next().await {
             let h = d.msg.header.clone();
+            // Recorded before the answer goes out, so a test that saw the answer sees it.
+            out.lock().unwrap().push(h.seq);
             let body = format!("{{\"seq\":{},\"detections\":[]}}", h.seq);
             worker
                 .publish_result_confirmed(&h.device, &h.camera, "detections", Bytes::from(body))
                 .await
                 .unwrap();
             d.ack().await.unwrap();
-            out.lock().unwrap().push(h.seq);
         }
     });
     (seen, task)
@@ -389,6 +376,20 @@ fn bad_messages(cfg: &TransportConfig, jpeg: &Bytes) -> Vec<Vec<u8>> {
     ]
 }
 
+/// The good frame (seq 9) is the only one delivered; the three bad ones are counted.
+async fn expect_only_the_good_frame(frames: &mut Frames, worker: &Transport) {
+    let d = tokio::time::timeout(WAIT, frames.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        d.msg.header.seq, 9,
+        "only the good frame reaches the worker"
+    );
+    d.ack().await.unwrap();
+    assert_rejections(worker);
+}
+
 fn assert_rejections(worker: &Transport) {
     let s = worker.stats();
     assert_eq!(s.get("rejected.bad_magic"), 1, "{:?}", s.snapshot());
@@ -423,16 +424,7 @@ async fn bad_frames_are_dead_lettered_with_a_counted_reason_and_the_consumer_goe
         .await
         .unwrap();
     }
-    let d = tokio::time::timeout(WAIT, frames.next())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        d.msg.header.seq, 9,
-        "only the good frame reaches the worker"
-    );
-    d.ack().await.unwrap();
-    assert_rejections(&worker);
+    expect_only_the_good_frame(&mut frames, &worker).await;
     let (_, dead) = dead_letter_names(&cfg.frames_queue);
     let mut dead_letters = Vec::new();
     for _ in 0..50 {
@@ -478,16 +470,7 @@ async fn bad_frames_dropped_on_mqtt(cfg: TransportConfig, url: Option<String>) {
     msgs.push(encode(&frame("cam-b", 9, &jpeg)).to_vec());
     let topic = format!("{}/{DEVICE}/frames", cfg.topic_prefix);
     raw_mqtt_publish(&url, &topic, msgs).await;
-    let d = tokio::time::timeout(WAIT, frames.next())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        d.msg.header.seq, 9,
-        "only the good frame reaches the worker"
-    );
-    d.ack().await.unwrap();
-    assert_rejections(&worker);
+    expect_only_the_good_frame(&mut frames, &worker).await;
 }
 
 /// Publishes raw payloads with a plain rumqttc client, QoS 1, and waits for the acks.
@@ -770,4 +753,18 @@ async fn the_agent_status_is_online_and_its_last_will_says_offline_on_mosquitto(
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_and_results_round_trip_over_mqtts_with_a_custom_ca() {
+    let pki = TestPki::new();
+    let broker = Mosquitto::start_tls(&pki);
+    let mut cfg = mqtt_cfg(&format!("mqtts://localhost:{}", broker.port));
+    cfg.ca_file = Some(pki.ca());
+    round_trip(cfg.clone()).await;
+    // A client that does not trust this CA never connects.
+    cfg.ca_file = None;
+    let stranger = Transport::connect(&cfg, DEVICE, Role::Agent).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!stranger.is_connected());
 }

@@ -54,6 +54,8 @@ pub struct Mosquitto {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Extra configuration lines (TLS).
+    extra: String,
 }
 
 impl Mosquitto {
@@ -62,6 +64,10 @@ impl Mosquitto {
     }
 
     pub fn start_on(port: u16) -> Mosquitto {
+        Self::start_with(port, String::new())
+    }
+
+    fn start_with(port: u16, extra: String) -> Mosquitto {
         let dir = tempfile::tempdir().expect("temp dir");
         // Mosquitto started as root drops to its own user: let it write its database.
         use std::os::unix::fs::PermissionsExt;
@@ -70,6 +76,7 @@ impl Mosquitto {
             port,
             dir,
             child: None,
+            extra,
         };
         m.spawn();
         m
@@ -82,9 +89,10 @@ impl Mosquitto {
             format!(
                 "listener {} 127.0.0.1\nallow_anonymous true\npersistence true\n\
                  persistence_location {}/\nset_tcp_nodelay true\nmessage_size_limit 0\n\
-                 max_queued_messages 10000\nlog_dest none\n",
+                 max_queued_messages 10000\nlog_dest none\n{}",
                 self.port,
-                self.dir.path().display()
+                self.dir.path().display(),
+                self.extra
             ),
         )
         .unwrap();
@@ -141,5 +149,104 @@ pub async fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bo
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A CA and a server certificate for `localhost`/127.0.0.1 made with the openssl tool.
+pub struct TestPki {
+    pub dir: tempfile::TempDir,
+}
+
+impl TestPki {
+    pub fn new() -> TestPki {
+        let dir = tempfile::tempdir().expect("temp dir");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let d = dir.path();
+        std::fs::write(
+            d.join("ext.cnf"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        )
+        .unwrap();
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(d)
+                .output()
+                .expect("openssl runs");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=edge test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ]);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "server.pem",
+        ]);
+        for f in ["ca.pem", "server.pem", "server.key"] {
+            std::fs::set_permissions(d.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        TestPki { dir }
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+}
+
+impl Mosquitto {
+    /// A private Mosquitto serving MQTT over TLS only, with the test PKI.
+    pub fn start_tls(pki: &TestPki) -> Mosquitto {
+        let p = pki.dir.path();
+        Self::start_with(
+            free_port(),
+            format!(
+                "cafile {}\ncertfile {}\nkeyfile {}\n",
+                p.join("ca.pem").display(),
+                p.join("server.pem").display(),
+                p.join("server.key").display()
+            ),
+        )
     }
 }

@@ -181,6 +181,24 @@ pub async fn declare_topology(ch: &Channel, cfg: &TransportConfig) -> lapin::Res
     Ok(())
 }
 
+/// Deletes what [`declare_topology`] and an agent of `device` declared (tests,
+/// benchmarks, decommissioning a site). Errors are ignored: some may not exist.
+pub async fn delete_topology(ch: &Channel, cfg: &TransportConfig, device: &str) {
+    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+    let (dlx, dead) = dead_letter_names(&cfg.frames_queue);
+    let results = results_queue_name(cfg, device);
+    for q in [&cfg.frames_queue, &dead, &results] {
+        let _ = ch
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    for x in [&cfg.events_exchange, &dlx] {
+        let _ = ch
+            .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
+            .await;
+    }
+}
+
 pub(crate) fn start(
     shared: Arc<Shared>,
     cancel: CancellationToken,
@@ -441,15 +459,7 @@ impl Owner {
                             self.shared.stats.bump("nacked");
                             self.shared.state().outbox.push_front(out.class, out);
                         }
-                        Ok(_) => {
-                            crate::telemetry::metrics::metrics()
-                                .published
-                                .get_or_create(&crate::telemetry::metrics::kind(out.kind))
-                                .inc();
-                            if let Some(c) = out.confirm {
-                                let _ = c.send(());
-                            }
-                        }
+                        Ok(_) => out.confirmed(),
                         Err(e) => {
                             orphans.push(out);
                             return lost("publisher confirm", e);

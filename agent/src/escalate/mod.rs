@@ -15,6 +15,6 @@ pub use config::{EscalationConfig, TransportConfig, TransportKind};
 pub use embedded::EmbeddedBroker;
 pub use message::{FrameHeader, FrameMessage, MessageError, Stamp};
 pub use transport::{
-    Backlog, Delivery, Frames, ResultMessage, Results, Role, Transport, TransportError,
+    Backlog, Delivery, Frames, Inbound, ResultMessage, Results, Role, Transport, TransportError,
     TransportStats,
 };

@@ -102,7 +102,9 @@ pub(crate) fn start(
     let port = parsed.port().unwrap_or(if tls { 8883 } else { 1883 });
     let cfg = &shared.cfg;
     let client_id = match shared.role {
-        Role::Agent => format!("edge-agent-{}", shared.device),
+        // Unique per agent and prefix: two agents with one id would take over each
+        // other's session in a loop.
+        Role::Agent => format!("edge-agent-{}-{}", cfg.topic_prefix, shared.device),
         Role::Worker => format!(
             "edge-worker-{}-{}-{:08x}",
             shared.device.replace('+', "any"),
@@ -267,13 +269,7 @@ impl Owner {
             Event::Incoming(Packet::PubAck(ack)) => {
                 let mut st = self.shared.state();
                 if let Some(out) = st.inflight.remove(&ack.pkid) {
-                    crate::telemetry::metrics::metrics()
-                        .published
-                        .get_or_create(&crate::telemetry::metrics::kind(out.kind))
-                        .inc();
-                    if let Some(c) = out.confirm {
-                        let _ = c.send(());
-                    }
+                    out.confirmed();
                 }
                 self.link.pump(&mut st, &self.shared);
             }

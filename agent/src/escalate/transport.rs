@@ -185,42 +185,30 @@ async fn settle(acker: Acker, reject: bool) -> Result<(), TransportError> {
     }
 }
 
-/// A stream of frames for a worker.
-pub struct Frames {
-    rx: mpsc::Receiver<Delivery>,
+/// Messages coming in from the broker, as a stream; bounded (see each producer's
+/// full policy).
+pub struct Inbound<T> {
+    rx: mpsc::Receiver<T>,
 }
 
-impl Frames {
-    /// The next frame; None once the transport is closed.
-    pub async fn next(&mut self) -> Option<Delivery> {
+impl<T> Inbound<T> {
+    /// The next message; None once the transport is closed.
+    pub async fn next(&mut self) -> Option<T> {
         self.rx.recv().await
     }
 }
 
-impl futures::Stream for Frames {
-    type Item = Delivery;
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
+impl<T> futures::Stream for Inbound<T> {
+    type Item = T;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
         self.rx.poll_recv(cx)
     }
 }
 
-/// A stream of results for the agent.
-pub struct Results {
-    rx: mpsc::Receiver<ResultMessage>,
-}
-
-impl Results {
-    pub async fn next(&mut self) -> Option<ResultMessage> {
-        self.rx.recv().await
-    }
-}
-
-impl futures::Stream for Results {
-    type Item = ResultMessage;
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<ResultMessage>> {
-        self.rx.poll_recv(cx)
-    }
-}
+/// The frames of a worker.
+pub type Frames = Inbound<Delivery>;
+/// The results coming back to an agent.
+pub type Results = Inbound<ResultMessage>;
 
 /// A message waiting for, or on its way to, the broker.
 pub(crate) struct Out {
@@ -252,6 +240,19 @@ impl Out {
             confirm: None,
             order: 0,
             frame: self.frame.clone(),
+        }
+    }
+}
+
+impl Out {
+    /// The broker confirmed it: count it and wake a waiter.
+    pub fn confirmed(self) {
+        metrics()
+            .published
+            .get_or_create(&metrics::kind(self.kind))
+            .inc();
+        if let Some(c) = self.confirm {
+            let _ = c.send(());
         }
     }
 }
@@ -750,24 +751,27 @@ impl Transport {
 
     /// The frames for this worker (once).
     pub fn frames(&self) -> Result<Frames, TransportError> {
-        if self.shared.role != Role::Worker {
-            return Err(TransportError::WrongRole("frames()", Role::Worker));
-        }
-        lock(&self.frames)
-            .take()
-            .map(|rx| Frames { rx })
-            .ok_or(TransportError::AlreadyTaken("frames()"))
+        self.take_inbound(&self.frames, "frames()", Role::Worker)
     }
 
     /// Detections and events coming back to this agent (once).
     pub fn results(&self) -> Result<Results, TransportError> {
-        if self.shared.role != Role::Agent {
-            return Err(TransportError::WrongRole("results()", Role::Agent));
+        self.take_inbound(&self.results, "results()", Role::Agent)
+    }
+
+    fn take_inbound<T>(
+        &self,
+        slot: &Mutex<Option<mpsc::Receiver<T>>>,
+        what: &'static str,
+        role: Role,
+    ) -> Result<Inbound<T>, TransportError> {
+        if self.shared.role != role {
+            return Err(TransportError::WrongRole(what, role));
         }
-        lock(&self.results)
+        lock(slot)
             .take()
-            .map(|rx| Results { rx })
-            .ok_or(TransportError::AlreadyTaken("results()"))
+            .map(|rx| Inbound { rx })
+            .ok_or(TransportError::AlreadyTaken(what))
     }
 
     /// The backlog for the scaler.
