@@ -305,27 +305,89 @@ async fn amqp_publisher_reconnects_after_rabbitmq_restart_and_every_buffered_fra
     amqp_cleanup(&cfg).await;
 }
 
+/// The transport settings a child worker process needs, as TOML (URLs unredacted).
+fn child_toml(c: &TransportConfig) -> String {
+    let kind = match c.kind {
+        TransportKind::Embedded => "embedded",
+        TransportKind::Mqtt => "mqtt",
+        TransportKind::Amqp => "amqp",
+    };
+    format!(
+        "kind = {kind:?}\nmqtt_url = {:?}\namqp_url = {:?}\ntopic_prefix = {:?}\n\
+         frames_queue = {:?}\nevents_exchange = {:?}\nembedded_port = {}\nmax_payload = {}\n",
+        c.mqtt_url.expose(),
+        c.amqp_url.expose(),
+        c.topic_prefix,
+        c.frames_queue,
+        c.events_exchange,
+        c.embedded_port.get(),
+        c.max_payload.get()
+    )
+}
+
+/// Not a test on its own: the worker process that the redelivery tests SIGKILL while
+/// it holds a frame. It prints `GOT <seq>` and then waits, never acking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "child process of the redelivery tests"]
+async fn child_worker_that_holds_one_frame() {
+    let Ok(text) = std::env::var("EDGE_TEST_CHILD_TRANSPORT") else {
+        return;
+    };
+    let cfg: TransportConfig = toml::from_str(&text).unwrap();
+    let worker = Transport::connect(&cfg, DEVICE, Role::Worker)
+        .await
+        .unwrap();
+    let mut frames = worker.frames().unwrap();
+    let d = frames.next().await.unwrap();
+    println!("GOT {}", d.msg.header.seq);
+    std::future::pending::<()>().await;
+}
+
+/// Starts [`child_worker_that_holds_one_frame`] and returns it with its stdout lines.
+fn spawn_child_worker(
+    cfg: &TransportConfig,
+) -> (
+    std::process::Child,
+    std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "transport::child_worker_that_holds_one_frame",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("EDGE_TEST_CHILD_TRANSPORT", child_toml(cfg))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    (child, lines)
+}
+
 async fn redelivery_after_worker_death(cfg: TransportConfig) {
     let agent = Transport::connect(&cfg, DEVICE, Role::Agent).await.unwrap();
     let wcfg = worker_cfg(&cfg, &agent);
     let answered = collect_answers(&agent);
-    let first = Transport::connect(&wcfg, DEVICE, Role::Worker)
-        .await
-        .unwrap();
-    let mut frames = first.frames().unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (mut child, mut lines) = spawn_child_worker(&wcfg);
+    // Publish until the child is subscribed and holds the frame (MQTT keeps nothing
+    // for a subscriber that is not there yet; the agent's redelivery covers it).
     agent
         .publish_frame(frame("cam-k", 7, &small_jpeg()))
         .unwrap();
-    let d = tokio::time::timeout(WAIT, frames.next())
+    let got = tokio::task::spawn_blocking(move || {
+        lines.find_map(|l| l.ok().filter(|l| l.starts_with("GOT ")))
+    });
+    let got = tokio::time::timeout(WAIT, got)
         .await
-        .expect("first worker gets the frame")
+        .expect("the child worker gets the frame")
         .unwrap();
-    assert_eq!(d.msg.header.seq, 7);
-    // The worker dies holding the frame: no ack, no result, connection gone.
-    drop(d);
-    drop(frames);
-    drop(first);
+    assert_eq!(got.as_deref(), Some("GOT 7"));
+    // The worker dies holding the frame: no ack, no result, no goodbye.
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
     let second = Transport::connect(&wcfg, DEVICE, Role::Worker)
         .await
         .unwrap();
@@ -341,7 +403,7 @@ async fn redelivery_after_worker_death(cfg: TransportConfig) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_frame_is_redelivered_when_its_worker_dies_before_acking_on_rabbitmq() {
+async fn a_frame_is_redelivered_when_its_worker_is_sigkilled_before_acking_on_rabbitmq() {
     let _serial = rabbit_serial().await;
     let cfg = amqp_cfg();
     redelivery_after_worker_death(cfg.clone()).await;
@@ -349,12 +411,13 @@ async fn a_frame_is_redelivered_when_its_worker_dies_before_acking_on_rabbitmq()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_frame_is_republished_when_its_worker_dies_before_answering_on_mosquitto() {
+async fn a_frame_is_republished_when_its_worker_is_sigkilled_before_answering_on_mosquitto() {
     redelivery_after_worker_death(mqtt_cfg(&mqtt_url())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_frame_is_republished_when_its_worker_dies_before_answering_on_the_embedded_broker() {
+async fn a_frame_is_republished_when_its_worker_is_sigkilled_before_answering_on_the_embedded_broker(
+) {
     redelivery_after_worker_death(base(TransportKind::Embedded)).await;
 }
 
@@ -715,7 +778,7 @@ async fn while_the_broker_is_away_the_buffer_keeps_events_and_the_newest_frames(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_agent_status_is_online_and_its_last_will_says_offline_on_mosquitto() {
+async fn the_agent_status_says_offline_at_a_clean_close_and_by_last_will_on_mosquitto() {
     let cfg = mqtt_cfg(&mqtt_url());
     let u = url::Url::parse(&mqtt_url()).unwrap();
     let opts = rumqttc::MqttOptions::new(unique("st"), u.host_str().unwrap(), u.port().unwrap());
@@ -737,16 +800,15 @@ async fn the_agent_status_is_online_and_its_last_will_says_offline_on_mosquitto(
         }
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
+    let count = |what: &str| seen.lock().unwrap().iter().filter(|s| *s == what).count();
     let agent = Transport::connect(&cfg, DEVICE, Role::Agent).await.unwrap();
-    eventually("online", WAIT, || {
-        seen.lock().unwrap().contains(&"online".into())
-    })
-    .await;
-    drop(agent); // no DISCONNECT: the broker sends the will
-    eventually("offline", WAIT, || {
-        seen.lock().unwrap().contains(&"offline".into())
-    })
-    .await;
+    eventually("online", WAIT, || count("online") == 1).await;
+    agent.close(WAIT).await; // a clean close says offline itself
+    eventually("offline", WAIT, || count("offline") == 1).await;
+    let agent = Transport::connect(&cfg, DEVICE, Role::Agent).await.unwrap();
+    eventually("online again", WAIT, || count("online") == 2).await;
+    drop(agent); // vanishes without DISCONNECT: the broker sends the will
+    eventually("offline by will", WAIT, || count("offline") == 2).await;
     // Clear the retained status so the broker keeps nothing of the test.
     client
         .publish(&topic, rumqttc::QoS::AtLeastOnce, true, Vec::new())

@@ -211,3 +211,67 @@ fn default_interval() -> Dur {
 fn default_quality() -> IntIn<1, 100> {
     IntIn::lit(85)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Change = Box<dyn Fn(&mut TransportConfig)>;
+
+    #[test]
+    fn transport_checks_name_each_bad_field() {
+        let rows: Vec<(&str, Change, &str)> = vec![
+            (
+                "prefix with '+'",
+                Box::new(|c| c.topic_prefix = "a/+".into()),
+                "topic_prefix",
+            ),
+            (
+                "empty queue",
+                Box::new(|c| c.frames_queue = String::new()),
+                "frames_queue",
+            ),
+            (
+                "empty exchange",
+                Box::new(|c| c.events_exchange = String::new()),
+                "events_exchange",
+            ),
+            (
+                "group with '/'",
+                Box::new(|c| c.worker_group = "a/b".into()),
+                "worker_group",
+            ),
+            (
+                "group with '#'",
+                Box::new(|c| c.worker_group = "#".into()),
+                "worker_group",
+            ),
+            (
+                "redelivery too eager",
+                Box::new(|c| c.redeliver_after = Dur::ms(10)),
+                "redeliver_after",
+            ),
+        ];
+        assert!(TransportConfig::default().check().is_empty());
+        for (name, change, key) in rows {
+            let mut c = TransportConfig::default();
+            change(&mut c);
+            let errs = c.check();
+            assert_eq!(errs.len(), 1, "{name}: {errs:?}");
+            assert_eq!(errs[0].0, key, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_transport_section_parses_with_defaults_and_refuses_unknown_keys() {
+        let c: TransportConfig = toml::from_str(
+            "kind = \"amqp\"\namqp_url = \"amqps://u:p@rabbit/%2f\"\nredeliver_after = \"3s\"",
+        )
+        .unwrap();
+        assert_eq!(c.kind, TransportKind::Amqp);
+        assert_eq!(c.frames_queue, "edge.frames");
+        assert_eq!(c.redeliver_after, Dur::secs(3));
+        assert!(toml::from_str::<TransportConfig>("buffer = 3").is_err());
+        assert!(toml::from_str::<TransportConfig>("mqtt_url = \"amqp://x\"").is_err());
+    }
+}

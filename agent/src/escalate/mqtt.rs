@@ -81,6 +81,22 @@ fn status_topic(shared: &Shared) -> String {
     format!("{}/{}/status", shared.cfg.topic_prefix, shared.device)
 }
 
+/// The agent's retained status message (`online`, or `offline` at a clean close; the
+/// last will says `offline` when the agent vanishes).
+pub(crate) fn status_out(shared: &Shared, status: &'static [u8]) -> Out {
+    Out {
+        class: Class::Event,
+        kind: "status",
+        exchange: String::new(),
+        key: status_topic(shared),
+        retain: true,
+        payload: bytes::Bytes::from_static(status),
+        confirm: None,
+        order: 0,
+        frame: None,
+    }
+}
+
 /// Builds the options and starts the task that owns the connection.
 pub(crate) fn start(
     shared: Arc<Shared>,
@@ -242,20 +258,8 @@ impl Owner {
                 let mut st = self.shared.state();
                 st.connected = true;
                 if self.shared.role == Role::Agent {
-                    st.outbox.push_front(
-                        Class::Event,
-                        Out {
-                            class: Class::Event,
-                            kind: "status",
-                            exchange: String::new(),
-                            key: status_topic(&self.shared),
-                            retain: true,
-                            payload: bytes::Bytes::from_static(b"online"),
-                            confirm: None,
-                            order: 0,
-                            frame: None,
-                        },
-                    );
+                    st.outbox
+                        .push_front(Class::Event, status_out(&self.shared, b"online"));
                 }
                 self.link.pump(&mut st, &self.shared);
                 tracing::info!(broker = %self.redacted, "MQTT connected.");

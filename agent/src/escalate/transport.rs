@@ -812,8 +812,13 @@ impl Transport {
         }
     }
 
-    /// Flushes for at most `timeout`, then closes the connection.
+    /// Flushes for at most `timeout`, then closes the connection. An MQTT agent says
+    /// `offline` on its status topic first.
     pub async fn close(self, timeout: Duration) {
+        if let (Link::Mqtt(_), Role::Agent) = (&self.link, self.shared.role) {
+            self.shared
+                .enqueue(mqtt::status_out(&self.shared, b"offline"), &self.link);
+        }
         self.flush(timeout).await;
         match &self.link {
             Link::Mqtt(m) => m.disconnect().await,
