@@ -139,14 +139,21 @@ async fn round_trip(cfg: TransportConfig) {
     let (seen, _task) = serve(worker);
     // Let the worker subscribe before the first frame (MQTT has no queue before it).
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // A burst larger than the brokers' in-flight windows: the worker must keep
+    // answering while more frames than it can hold arrive.
+    let n = 200;
     let jpeg = small_jpeg();
-    for seq in 0..10 {
+    for seq in 0..n {
         agent.publish_frame(frame("cam-a", seq, &jpeg)).unwrap();
     }
-    eventually("10 answers", WAIT, || answered.lock().unwrap().len() == 10).await;
+    eventually("every answer", WAIT, || {
+        answered.lock().unwrap().len() == n as usize
+    })
+    .await;
     let mut got = seen.lock().unwrap().clone();
     got.sort();
-    assert_eq!(got, (0..10).collect::<Vec<_>>());
+    assert_eq!(got, (0..n).collect::<Vec<_>>());
+    assert_eq!(agent.stats().get("redelivered"), 0);
     let backlog = agent.backlog().await.unwrap();
     assert_eq!(backlog.unanswered, 0, "{backlog:?}");
     if cfg.kind == TransportKind::Amqp {

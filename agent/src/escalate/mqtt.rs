@@ -10,6 +10,7 @@
 //! acks; a frame whose worker died is published again by the agent (see
 //! [`super::buffer::Unanswered`]).
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -97,7 +98,20 @@ pub(crate) fn status_out(shared: &Shared, status: &'static [u8]) -> Out {
     }
 }
 
-/// Builds the options and starts the task that owns the connection.
+/// What one MQTT connection is for.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Duty {
+    /// Publishes from the outbox; the agent's also reads results back.
+    Publish,
+    /// A worker's frames, with manual acks. A connection of its own: rumqttd 0.20
+    /// holds back every ack to a client (PUBACKs, PINGRESP) while that client has
+    /// its maximum of unacknowledged messages, so a worker that waits for its
+    /// result's PUBACK before acking a frame would deadlock on one connection.
+    Consume,
+}
+
+/// Builds the options and starts the task(s) that own the connection(s): one for an
+/// agent, two for a worker (publishing, consuming).
 pub(crate) fn start(
     shared: Arc<Shared>,
     url: &str,
@@ -105,6 +119,56 @@ pub(crate) fn start(
     frames_tx: Option<mpsc::Sender<Delivery>>,
     results_tx: Option<mpsc::Sender<ResultMessage>>,
 ) -> Result<MqttLink, TransportError> {
+    let cfg = &shared.cfg;
+    let window = cfg.publish_window.as_usize().min(90);
+    let (client, eventloop) = connection(&shared, url, Duty::Publish, window)?;
+    let link = MqttLink { client, window };
+    let subs = match shared.role {
+        Role::Worker => Vec::new(),
+        Role::Agent => vec![
+            format!("{}/{}/+/detections", cfg.topic_prefix, shared.device),
+            format!("{}/{}/+/events/+", cfg.topic_prefix, shared.device),
+        ],
+    };
+    let owner = Owner {
+        shared: shared.clone(),
+        duty: Duty::Publish,
+        link: link.clone(),
+        subs,
+        frames_tx: None,
+        results_tx,
+        redacted: redact_url(url),
+        generation: Arc::new(AtomicU64::new(0)),
+        connected: AtomicBool::new(false),
+    };
+    tokio::spawn(owner.run(eventloop, cancel.clone()));
+    if shared.role == Role::Worker {
+        let (client, eventloop) = connection(&shared, url, Duty::Consume, window)?;
+        let owner = Owner {
+            shared: shared.clone(),
+            duty: Duty::Consume,
+            link: MqttLink { client, window },
+            subs: vec![format!(
+                "$share/{}/{}/{}/frames",
+                cfg.worker_group, cfg.topic_prefix, shared.device
+            )],
+            frames_tx,
+            results_tx: None,
+            redacted: redact_url(url),
+            generation: Arc::new(AtomicU64::new(0)),
+            connected: AtomicBool::new(false),
+        };
+        tokio::spawn(owner.run(eventloop, cancel));
+    }
+    Ok(link)
+}
+
+fn connection(
+    shared: &Shared,
+    url: &str,
+    duty: Duty,
+    window: usize,
+) -> Result<(AsyncClient, EventLoop), TransportError> {
     let parsed = url::Url::parse(url).map_err(|e| url_err(url, e))?;
     let tls = match parsed.scheme() {
         "mqtt" | "tcp" => false,
@@ -117,19 +181,22 @@ pub(crate) fn start(
         .to_string();
     let port = parsed.port().unwrap_or(if tls { 8883 } else { 1883 });
     let cfg = &shared.cfg;
-    let client_id = match shared.role {
+    let client_id = match (shared.role, duty) {
         // Unique per agent and prefix: two agents with one id would take over each
         // other's session in a loop.
-        Role::Agent => format!("edge-agent-{}-{}", cfg.topic_prefix, shared.device),
-        Role::Worker => format!(
-            "edge-worker-{}-{}-{:08x}",
+        (Role::Agent, _) => format!("edge-agent-{}-{}", cfg.topic_prefix, shared.device),
+        (Role::Worker, _) => format!(
+            "edge-worker-{}-{}-{:08x}-{}",
             shared.device.replace('+', "any"),
             std::process::id(),
-            rand::random::<u32>()
+            rand::random::<u32>(),
+            if duty == Duty::Consume { "c" } else { "p" }
         ),
     };
     let mut opts = MqttOptions::new(client_id, host, port);
-    opts.set_keep_alive(Duration::from_secs(10));
+    // Long enough for a worker busy with a full in-flight window on rumqttd (which
+    // answers no PINGREQ meanwhile, see `Duty::Consume`).
+    opts.set_keep_alive(Duration::from_secs(30));
     // The agent's session survives reconnects (results queued meanwhile); workers are
     // ephemeral (scaled to zero), the agent redelivers what they lose.
     opts.set_clean_session(shared.role == Role::Worker);
@@ -138,9 +205,8 @@ pub(crate) fn start(
     // reason instead of breaking the connection.
     opts.set_max_packet_size(2 * max + MAX_HEADER_LEN + 4096, max + MAX_HEADER_LEN + 4096);
     opts.set_inflight(100);
-    let window = cfg.publish_window.as_usize().min(90);
     opts.set_request_channel_capacity(window * 2 + 64);
-    opts.set_manual_acks(shared.role == Role::Worker);
+    opts.set_manual_acks(duty == Duty::Consume);
     if !parsed.username().is_empty() {
         let user = percent_decode(parsed.username());
         let pass = percent_decode(parsed.password().unwrap_or(""));
@@ -148,7 +214,7 @@ pub(crate) fn start(
     }
     if shared.role == Role::Agent {
         opts.set_last_will(LastWill::new(
-            status_topic(&shared),
+            status_topic(shared),
             &b"offline"[..],
             QoS::AtLeastOnce,
             true,
@@ -165,28 +231,7 @@ pub(crate) fn start(
     net.set_tcp_nodelay(true);
     net.set_connection_timeout(5);
     eventloop.set_network_options(net);
-
-    let subs: Vec<String> = match shared.role {
-        Role::Worker => vec![format!(
-            "$share/{}/{}/{}/frames",
-            cfg.worker_group, cfg.topic_prefix, shared.device
-        )],
-        Role::Agent => vec![
-            format!("{}/{}/+/detections", cfg.topic_prefix, shared.device),
-            format!("{}/{}/+/events/+", cfg.topic_prefix, shared.device),
-        ],
-    };
-    let link = MqttLink { client, window };
-    let owner = Owner {
-        shared,
-        link: link.clone(),
-        subs,
-        frames_tx,
-        results_tx,
-        redacted: redact_url(url),
-    };
-    tokio::spawn(owner.run(eventloop, cancel));
-    Ok(link)
+    Ok((client, eventloop))
 }
 
 fn percent_decode(s: &str) -> String {
@@ -198,11 +243,17 @@ fn percent_decode(s: &str) -> String {
 
 struct Owner {
     shared: Arc<Shared>,
+    duty: Duty,
     link: MqttLink,
     subs: Vec<String>,
     frames_tx: Option<mpsc::Sender<Delivery>>,
     results_tx: Option<mpsc::Sender<ResultMessage>>,
     redacted: String,
+    /// Connections made so far: an ack for a frame of an older connection is not
+    /// sent (that session is gone; rumqttd would drop us for an unknown packet id).
+    generation: Arc<AtomicU64>,
+    /// Up state of a consuming connection (a publishing one keeps it in `State`).
+    connected: AtomicBool,
 }
 
 impl Owner {
@@ -218,7 +269,7 @@ impl Owner {
                     if let Event::Incoming(Packet::ConnAck(_)) = ev {
                         backoff.reset();
                     }
-                    self.handle(ev).await;
+                    self.handle(ev);
                 }
                 Err(e) => {
                     self.lost(&mut eventloop, &e);
@@ -230,39 +281,57 @@ impl Owner {
                 }
             }
         }
-        self.shared.state().connected = false;
+        if self.duty == Duty::Publish {
+            self.shared.state().connected = false;
+        }
     }
 
     /// The connection dropped: everything not acknowledged goes back to the outbox.
     fn lost(&self, eventloop: &mut EventLoop, e: &ConnectionError) {
-        let mut st = self.shared.state();
-        let was_connected = st.connected;
-        st.connected = false;
         // Requests queued in rumqttc after its own clean-up go to `pending` too.
         eventloop.clean();
         eventloop.pending.clear();
-        st.requeue_unconfirmed(Vec::new());
-        drop(st);
+        let was_connected = match self.duty {
+            Duty::Consume => self.connected.swap(false, Ordering::AcqRel),
+            Duty::Publish => {
+                let mut st = self.shared.state();
+                let was = st.connected;
+                st.connected = false;
+                st.requeue_unconfirmed(Vec::new());
+                was
+            }
+        };
         if was_connected {
             self.shared.stats.bump("reconnects");
             log_link_error(&self.redacted, e);
         }
     }
 
-    async fn handle(&self, ev: Event) {
+    fn handle(&self, ev: Event) {
         match ev {
             Event::Incoming(Packet::ConnAck(_)) => {
                 for s in &self.subs {
                     let _ = self.link.client.try_subscribe(s.clone(), QoS::AtLeastOnce);
                 }
-                let mut st = self.shared.state();
-                st.connected = true;
-                if self.shared.role == Role::Agent {
-                    st.outbox
-                        .push_front(Class::Event, status_out(&self.shared, b"online"));
+                self.generation.fetch_add(1, Ordering::AcqRel);
+                if self.duty == Duty::Consume {
+                    self.connected.store(true, Ordering::Release);
+                } else {
+                    let mut st = self.shared.state();
+                    st.connected = true;
+                    if self.shared.role == Role::Agent {
+                        st.outbox
+                            .push_front(Class::Event, status_out(&self.shared, b"online"));
+                    }
+                    self.link.pump(&mut st, &self.shared);
                 }
-                self.link.pump(&mut st, &self.shared);
-                tracing::info!(broker = %self.redacted, "MQTT connected.");
+                tracing::info!(broker = %self.redacted, duty = ?self.duty, "MQTT connected.");
+            }
+            // Only a publishing connection publishes (its PUBACKs settle the outbox).
+            _ if self.duty == Duty::Consume => {
+                if let Event::Incoming(Packet::Publish(p)) = ev {
+                    self.incoming(p);
+                }
             }
             Event::Outgoing(Outgoing::Publish(pkid)) => {
                 let mut st = self.shared.state();
@@ -277,12 +346,12 @@ impl Owner {
                 }
                 self.link.pump(&mut st, &self.shared);
             }
-            Event::Incoming(Packet::Publish(p)) => self.incoming(p).await,
+            Event::Incoming(Packet::Publish(p)) => self.incoming(p),
             _ => {}
         }
     }
 
-    async fn incoming(&self, p: rumqttc::Publish) {
+    fn incoming(&self, p: rumqttc::Publish) {
         let prefix = &self.shared.cfg.topic_prefix;
         let Some(rest) = p
             .topic
@@ -297,6 +366,8 @@ impl Owner {
                 let acker = Acker::Mqtt {
                     client: self.link.client.clone(),
                     publish: p.clone(),
+                    generation: self.generation.load(Ordering::Acquire),
+                    current: self.generation.clone(),
                 };
                 match self.shared.accept_frame(p.payload.clone()) {
                     Incoming::Frame(msg) => {
@@ -306,9 +377,16 @@ impl Owner {
                             acker,
                             shared: self.shared.clone(),
                         };
-                        // Full policy: block. The broker's in-flight window (manual
-                        // acks) bounds how many frames can wait here.
-                        let _ = tx.send(d).await;
+                        // Full policy: drop, ack and count; the agent publishes an
+                        // unanswered frame again. The broker's in-flight window (20 on
+                        // Mosquitto, 100 on rumqttd) keeps it from filling.
+                        if let Err(mpsc::error::TrySendError::Full(d)) = tx.try_send(d) {
+                            let Acker::Mqtt { publish, .. } = &d.acker else {
+                                return;
+                            };
+                            let _ = self.link.client.try_ack(publish);
+                            self.shared.count_dropped("worker_inbox_full");
+                        }
                     }
                     Incoming::Rejected | Incoming::Duplicate => {
                         let _ = self.link.client.try_ack(&p);

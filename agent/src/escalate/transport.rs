@@ -127,6 +127,9 @@ pub(crate) enum Acker {
     Mqtt {
         client: rumqttc::AsyncClient,
         publish: rumqttc::Publish,
+        /// The connection it came on, and the current one.
+        generation: u64,
+        current: Arc<std::sync::atomic::AtomicU64>,
     },
     Amqp(lapin::Acker),
 }
@@ -159,7 +162,16 @@ impl Delivery {
 
 async fn settle(acker: Acker, reject: bool) -> Result<(), TransportError> {
     match acker {
-        Acker::Mqtt { client, publish } => {
+        Acker::Mqtt {
+            client,
+            publish,
+            generation,
+            current,
+        } => {
+            if current.load(std::sync::atomic::Ordering::Acquire) != generation {
+                // Its session is gone (clean session): nothing to ack.
+                return Ok(());
+            }
             // try first: the event loop drains this channel, never block it needlessly.
             if client.try_ack(&publish).is_err() {
                 client
@@ -359,7 +371,7 @@ impl Shared {
         self.stats.bump(&format!("rejected.{why}"));
         metrics()
             .rejected
-            .get_or_create(&vec![("reason", why.to_string())])
+            .get_or_create(&metrics::reason("transport", why))
             .inc();
         if metrics::should_log(
             &format!("transport-rejected-{why}"),
@@ -523,7 +535,9 @@ impl Transport {
         let cancel = CancellationToken::new();
         let (frames_tx, frames_rx) = match role {
             Role::Worker => {
-                let (tx, rx) = mpsc::channel(cfg.prefetch.as_usize().max(32));
+                // AMQP: the prefetch limit bounds it. MQTT: the broker's in-flight
+                // window (20 on Mosquitto, 100 on the embedded broker) does.
+                let (tx, rx) = mpsc::channel(cfg.prefetch.as_usize().max(256));
                 (Some(tx), Some(rx))
             }
             Role::Agent => (None, None),
