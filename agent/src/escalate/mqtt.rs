@@ -288,13 +288,24 @@ impl Owner {
 
     /// The connection dropped: everything not acknowledged goes back to the outbox.
     fn lost(&self, eventloop: &mut EventLoop, e: &ConnectionError) {
-        // Requests queued in rumqttc after its own clean-up go to `pending` too.
-        eventloop.clean();
-        eventloop.pending.clear();
         let was_connected = match self.duty {
-            Duty::Consume => self.connected.swap(false, Ordering::AcqRel),
+            Duty::Consume => {
+                eventloop.clean();
+                eventloop.pending.clear();
+                self.connected.swap(false, Ordering::AcqRel)
+            }
             Duty::Publish => {
+                // Under the lock, so no publish slips into rumqttc's channel between
+                // its clean-up and ours (it would be sent twice and shift the
+                // packet-id bookkeeping). Requests still queued in rumqttc go to its
+                // `pending`, which is cleared: the outbox has them all.
                 let mut st = self.shared.state();
+                eventloop.clean();
+                eventloop.pending.clear();
+                // Events of the dead connection (an Outgoing::Publish whose write
+                // failed) would pair a later packet id with the wrong message.
+                eventloop.state.events.clear();
+                eventloop.state.collision = None;
                 let was = st.connected;
                 st.connected = false;
                 st.requeue_unconfirmed(Vec::new());

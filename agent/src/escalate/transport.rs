@@ -569,7 +569,16 @@ impl Transport {
                     Role::Agent => {
                         let max_packet = 2 * cfg.max_payload.as_usize() + (1 << 20);
                         let port = cfg.embedded_port.get() as u16;
-                        let b = EmbeddedBroker::start_with(port, max_packet)?;
+                        // It waits (blocking) for the broker's listener.
+                        let b = tokio::task::spawn_blocking(move || {
+                            EmbeddedBroker::start_with(port, max_packet)
+                        })
+                        .await
+                        .map_err(|e| {
+                            TransportError::Embedded(EmbeddedError::Thread(std::io::Error::other(
+                                e.to_string(),
+                            )))
+                        })??;
                         let url = b.url();
                         broker = Some(b);
                         url
@@ -900,7 +909,9 @@ fn spawn_ticker(shared: Arc<Shared>, link: &Link, cancel: CancellationToken) {
             }
             let mut st = shared.state();
             let due = st.unanswered.due(Instant::now());
-            metrics().backlog.set(st.unanswered.len() as i64);
+            if shared.role == Role::Agent {
+                metrics().backlog.set(st.unanswered.len() as i64);
+            }
             let mut dropped = Vec::new();
             for out in due.resend {
                 shared.stats.bump("redelivered");
