@@ -117,7 +117,9 @@ pub struct ResultMessage {
 /// A frame handed to a worker. Ack it after its results are published.
 pub struct Delivery {
     pub msg: FrameMessage,
-    /// The broker (AMQP) delivered it before, or the agent published it again (MQTT).
+    /// AMQP: the broker delivered it before (its worker died). MQTT: the DUP flag of a
+    /// retransmission; a frame the agent publishes again is a new message, not flagged
+    /// (workers drop copies they already acked).
     pub redelivered: bool,
     pub(crate) acker: Acker,
     pub(crate) shared: Arc<Shared>,
