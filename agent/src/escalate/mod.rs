@@ -4,5 +4,19 @@
 pub mod camera;
 pub mod config;
 pub mod policy;
+pub mod amqp;
+pub mod buffer;
+pub mod embedded;
+pub mod jpeg;
+pub mod message;
+pub mod mqtt;
+pub mod tls;
+pub mod transport;
 
 pub use config::{EscalationConfig, TransportConfig, TransportKind};
+pub use embedded::EmbeddedBroker;
+pub use message::{FrameHeader, FrameMessage, MessageError, Stamp};
+pub use transport::{
+    Backlog, Delivery, Frames, Inbound, ResultMessage, Results, Role, Transport, TransportError,
+    TransportStats,
+};

@@ -1,0 +1,566 @@
+//! AMQP link (lapin) for RabbitMQ.
+//!
+//! Topology, declared with the same arguments by every side (a second declaration with
+//! other arguments would close the channel):
+//! - `<frames_queue>`: durable, persistent messages, `x-message-ttl` = frame_ttl,
+//!   `x-max-length` with `drop-head` overflow (backpressure drops the oldest), and
+//!   `<frames_queue>.dlx` as dead-letter exchange;
+//! - `<frames_queue>.dlx` (fanout) → `<frames_queue>.dead`, bounded: rejected,
+//!   expired and overflowed frames;
+//! - `<events_exchange>` (topic): results and events with routing key
+//!   `{device}.{camera}.{kind}` (kind: motion, detections or an event class;
+//!   snapshots use `{device}.{camera}.snapshot.{event_id}` so `*.*.*` skips them);
+//! - the agent's results queue `<events_exchange>.<device>.results`, bound to
+//!   `{device}.*.*`.
+//!
+//! One task owns the connection: it publishes from the outbox with publisher confirms
+//! (a window of unconfirmed messages, put back in the outbox if the link drops),
+//! consumes with a prefetch limit, and reconnects with backoff. Redelivery of frames
+//! whose worker died is the broker's: unacked messages return to the queue.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+    PublisherConfirm,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::config::TransportConfig;
+use super::tls;
+use super::transport::{
+    lock, log_link_error, Acker, Delivery, Incoming, Out, ResultMessage, Role, Shared,
+    TransportError,
+};
+use crate::backoff::Backoff;
+use crate::config::secret::redact_url;
+
+#[derive(Clone)]
+pub(crate) struct AmqpLink {
+    conn: Arc<Mutex<Option<Arc<Connection>>>>,
+}
+
+fn amqp_err(what: impl Into<String>, e: impl std::fmt::Display) -> TransportError {
+    TransportError::Amqp {
+        what: what.into(),
+        why: e.to_string(),
+    }
+}
+
+impl AmqpLink {
+    /// Ready messages and consumers of `queue` (passive declare on a channel of its
+    /// own, since a failed passive declare closes the channel).
+    pub async fn queue_counts(&self, queue: &str) -> Result<(u64, u64), TransportError> {
+        let conn = lock(&self.conn)
+            .clone()
+            .ok_or_else(|| amqp_err(format!("backlog of queue {queue}"), "not connected"))?;
+        let what = || format!("backlog of queue {queue}");
+        let ch = conn
+            .create_channel()
+            .await
+            .map_err(|e| amqp_err(what(), e))?;
+        let q = ch
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| amqp_err(what(), e))?;
+        let _ = ch.close(200, "OK".into()).await;
+        Ok((q.message_count() as u64, q.consumer_count() as u64))
+    }
+
+    pub async fn close(&self) {
+        let conn = lock(&self.conn).take();
+        if let Some(c) = conn {
+            let _ = c.close(200, "OK".into()).await;
+        }
+    }
+}
+
+/// The dead-letter exchange and queue of a frames queue.
+pub fn dead_letter_names(frames_queue: &str) -> (String, String) {
+    (
+        format!("{frames_queue}.dlx"),
+        format!("{frames_queue}.dead"),
+    )
+}
+
+/// The agent's results queue.
+pub fn results_queue_name(cfg: &TransportConfig, device: &str) -> String {
+    format!("{}.{device}.results", cfg.events_exchange)
+}
+
+fn durable_queue() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    }
+}
+
+fn args(pairs: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in pairs {
+        t.insert((*k).into(), v.clone());
+    }
+    t
+}
+
+/// Declares the frames queue, its dead-letter pair and the events exchange.
+pub async fn declare_topology(ch: &Channel, cfg: &TransportConfig) -> lapin::Result<()> {
+    let durable_ex = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.exchange_declare(
+        cfg.events_exchange.as_str().into(),
+        ExchangeKind::Topic,
+        durable_ex,
+        FieldTable::default(),
+    )
+    .await?;
+    let (dlx, dead) = dead_letter_names(&cfg.frames_queue);
+    ch.exchange_declare(
+        dlx.as_str().into(),
+        ExchangeKind::Fanout,
+        durable_ex,
+        FieldTable::default(),
+    )
+    .await?;
+    ch.queue_declare(
+        dead.as_str().into(),
+        durable_queue(),
+        args(&[(
+            "x-max-length",
+            AMQPValue::LongLongInt(cfg.max_queue_length.get()),
+        )]),
+    )
+    .await?;
+    ch.queue_bind(
+        dead.as_str().into(),
+        dlx.as_str().into(),
+        "".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    ch.queue_declare(
+        cfg.frames_queue.as_str().into(),
+        durable_queue(),
+        args(&[
+            (
+                "x-message-ttl",
+                AMQPValue::LongLongInt(cfg.frame_ttl.get().as_millis() as i64),
+            ),
+            (
+                "x-max-length",
+                AMQPValue::LongLongInt(cfg.max_queue_length.get()),
+            ),
+            ("x-overflow", AMQPValue::LongString("drop-head".into())),
+            (
+                "x-dead-letter-exchange",
+                AMQPValue::LongString(dlx.as_str().into()),
+            ),
+        ]),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Deletes what [`declare_topology`] and an agent of `device` declared (tests,
+/// benchmarks, decommissioning a site). Errors are ignored: some may not exist.
+pub async fn delete_topology(ch: &Channel, cfg: &TransportConfig, device: &str) {
+    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+    let (dlx, dead) = dead_letter_names(&cfg.frames_queue);
+    let results = results_queue_name(cfg, device);
+    for q in [&cfg.frames_queue, &dead, &results] {
+        let _ = ch
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    for x in [&cfg.events_exchange, &dlx] {
+        let _ = ch
+            .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
+            .await;
+    }
+}
+
+pub(crate) fn start(
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+    frames_tx: Option<mpsc::Sender<Delivery>>,
+    results_tx: Option<mpsc::Sender<ResultMessage>>,
+) -> Result<AmqpLink, TransportError> {
+    let url = shared.cfg.amqp_url.expose().to_string();
+    let parsed = url::Url::parse(&url).map_err(|e| TransportError::Url {
+        url: redact_url(&url),
+        why: e.to_string(),
+    })?;
+    let tls = if parsed.scheme() == "amqps" {
+        Some(tls::amqp_tls_config(shared.cfg.ca_file.as_deref())?)
+    } else {
+        None
+    };
+    let link = AmqpLink {
+        conn: Arc::new(Mutex::new(None)),
+    };
+    let owner = Owner {
+        shared,
+        link: link.clone(),
+        url,
+        tls,
+        frames_tx,
+        results_tx,
+    };
+    tokio::spawn(owner.run(cancel));
+    Ok(link)
+}
+
+type Window = VecDeque<(Out, Pin<Box<PublisherConfirm>>)>;
+
+struct Owner {
+    shared: Arc<Shared>,
+    link: AmqpLink,
+    url: String,
+    tls: Option<lapin::tcp::OwnedTLSConfig>,
+    frames_tx: Option<mpsc::Sender<Delivery>>,
+    results_tx: Option<mpsc::Sender<ResultMessage>>,
+}
+
+/// Why a session ended.
+enum End {
+    Cancelled,
+    Lost(TransportError),
+}
+
+impl Owner {
+    async fn run(self, cancel: CancellationToken) {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(3));
+        let redacted = redact_url(&self.url);
+        let mut window: Window = VecDeque::new();
+        let mut orphans = Vec::new();
+        loop {
+            let end = self
+                .session(&cancel, &mut window, &mut orphans, &mut backoff)
+                .await;
+            let was_connected = {
+                let mut st = self.shared.state();
+                let was = st.connected;
+                st.connected = false;
+                let mut outs: Vec<Out> = window.drain(..).map(|(o, _)| o).collect();
+                outs.append(&mut orphans);
+                st.requeue_unconfirmed(outs);
+                st.unconfirmed = 0;
+                was
+            };
+            let conn = lock(&self.link.conn).take();
+            match end {
+                End::Cancelled => {
+                    if let Some(c) = conn {
+                        let _ = c.close(200, "OK".into()).await;
+                    }
+                    return;
+                }
+                End::Lost(e) => {
+                    drop(conn);
+                    if was_connected {
+                        self.shared.stats.bump("reconnects");
+                    }
+                    log_link_error(&redacted, &e);
+                    let delay = backoff.next_delay(e.to_string());
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn connect(&self) -> lapin::Result<Connection> {
+        let props = ConnectionProperties::default().with_connection_name(
+            format!("edge-{:?}-{}", self.shared.role, self.shared.device).into(),
+        );
+        match &self.tls {
+            Some(tls) if tls.cert_chain.is_some() => {
+                Connection::connect_with_config(
+                    &self.url,
+                    props,
+                    tls.clone(),
+                    lapin::runtime::default_runtime()?,
+                )
+                .await
+            }
+            _ => Connection::connect(&self.url, props).await,
+        }
+    }
+
+    async fn session(
+        &self,
+        cancel: &CancellationToken,
+        window: &mut Window,
+        orphans: &mut Vec<Out>,
+        backoff: &mut Backoff,
+    ) -> End {
+        let lost = |what: &str, e: lapin::Error| End::Lost(amqp_err(what, e));
+        let cfg = &self.shared.cfg;
+        let conn = tokio::select! {
+            _ = cancel.cancelled() => return End::Cancelled,
+            c = self.connect() => match c {
+                Ok(c) => Arc::new(c),
+                Err(e) => return lost("connect", e),
+            },
+        };
+        let ch = match conn.create_channel().await {
+            Ok(c) => c,
+            Err(e) => return lost("channel", e),
+        };
+        if let Err(e) = declare_topology(&ch, cfg).await {
+            return lost(&format!("declare queue {}", cfg.frames_queue), e);
+        }
+        if let Err(e) = ch.confirm_select(ConfirmSelectOptions::default()).await {
+            return lost("confirm_select", e);
+        }
+        let mut frames = None;
+        let mut results = None;
+        match self.shared.role {
+            Role::Worker => {
+                let cch = match conn.create_channel().await {
+                    Ok(c) => c,
+                    Err(e) => return lost("channel", e),
+                };
+                if let Err(e) = cch
+                    .basic_qos(cfg.prefetch.get() as u16, BasicQosOptions::default())
+                    .await
+                {
+                    return lost("basic_qos", e);
+                }
+                match cch
+                    .basic_consume(
+                        cfg.frames_queue.as_str().into(),
+                        "".into(),
+                        BasicConsumeOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+                {
+                    Ok(c) => frames = Some(c),
+                    Err(e) => return lost(&format!("consume {}", cfg.frames_queue), e),
+                }
+            }
+            Role::Agent => {
+                let q = results_queue_name(cfg, &self.shared.device);
+                let rch = match conn.create_channel().await {
+                    Ok(c) => c,
+                    Err(e) => return lost("channel", e),
+                };
+                let declared = async {
+                    rch.queue_declare(
+                        q.as_str().into(),
+                        durable_queue(),
+                        args(&[(
+                            "x-max-length",
+                            AMQPValue::LongLongInt(cfg.buffer_size.get()),
+                        )]),
+                    )
+                    .await?;
+                    rch.queue_bind(
+                        q.as_str().into(),
+                        cfg.events_exchange.as_str().into(),
+                        format!("{}.*.*", self.shared.device).into(),
+                        QueueBindOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await?;
+                    rch.basic_qos(64, BasicQosOptions::default()).await?;
+                    rch.basic_consume(
+                        q.as_str().into(),
+                        "".into(),
+                        BasicConsumeOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+                };
+                match declared.await {
+                    Ok(c) => results = Some(c),
+                    Err(e) => return lost(&format!("results queue {q}"), e),
+                }
+            }
+        }
+        *lock(&self.link.conn) = Some(conn.clone());
+        self.shared.state().connected = true;
+        backoff.reset();
+        tracing::info!(broker = %redact_url(&self.url), role = ?self.shared.role, "AMQP connected.");
+
+        let limit = cfg.publish_window.as_usize();
+        let mut check = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            // Publish what the window allows.
+            while window.len() < limit {
+                let Some((class, out)) = ({
+                    let mut st = self.shared.state();
+                    st.order += 1;
+                    let order = st.order;
+                    st.outbox.pop().map(|(c, mut o)| {
+                        o.order = order;
+                        (c, o)
+                    })
+                }) else {
+                    break;
+                };
+                match publish(&ch, &out).await {
+                    Ok(confirm) => window.push_back((out, Box::pin(confirm))),
+                    Err(e) => {
+                        self.shared.state().outbox.push_front(class, out);
+                        return lost("publish", e);
+                    }
+                }
+            }
+            self.shared.state().unconfirmed = window.len();
+            let room = window.len() < limit;
+            let oldest = async {
+                match window.front_mut() {
+                    Some((_, c)) => c.as_mut().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let next_frame = async {
+                match frames.as_mut() {
+                    Some(c) => c.next().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let next_result = async {
+                match results.as_mut() {
+                    Some(c) => c.next().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => return End::Cancelled,
+                confirm = oldest => {
+                    let Some((out, _)) = window.pop_front() else { continue };
+                    match confirm {
+                        Ok(Confirmation::Nack(_)) => {
+                            self.shared.stats.bump("nacked");
+                            self.shared.state().outbox.push_front(out.class, out);
+                        }
+                        Ok(_) => out.confirmed(),
+                        Err(e) => {
+                            orphans.push(out);
+                            return lost("publisher confirm", e);
+                        }
+                    }
+                }
+                _ = self.shared.wake.notified(), if room => {}
+                d = next_frame => match d {
+                    Some(Ok(d)) => self.frame(d).await,
+                    Some(Err(e)) => return lost("consume frames", e),
+                    None => return End::Lost(amqp_err("consume frames", "consumer cancelled by the broker")),
+                },
+                d = next_result => match d {
+                    Some(Ok(d)) => self.result(d).await,
+                    Some(Err(e)) => return lost("consume results", e),
+                    None => return End::Lost(amqp_err("consume results", "consumer cancelled by the broker")),
+                },
+                _ = check.tick() => {
+                    if !conn.status().connected() {
+                        return End::Lost(amqp_err("connection", "closed"));
+                    }
+                }
+            }
+        }
+    }
+
+    async fn frame(&self, d: lapin::message::Delivery) {
+        let Some(tx) = &self.frames_tx else { return };
+        let lapin::message::Delivery {
+            data,
+            acker,
+            redelivered,
+            ..
+        } = d;
+        match self.shared.accept_frame(bytes::Bytes::from(data)) {
+            Incoming::Frame(msg) => {
+                let d = Delivery {
+                    msg,
+                    redelivered,
+                    acker: Acker::Amqp(acker),
+                    shared: self.shared.clone(),
+                };
+                // Full policy: block; the prefetch limit bounds what waits here.
+                let _ = tx.send(d).await;
+            }
+            Incoming::Rejected => {
+                let _ = acker.reject(BasicRejectOptions { requeue: false }).await;
+            }
+            Incoming::Duplicate => {
+                let _ = acker.ack(BasicAckOptions::default()).await;
+            }
+        }
+    }
+
+    async fn result(&self, d: lapin::message::Delivery) {
+        let key = d.routing_key.as_str().to_string();
+        let parts: Vec<&str> = key.split('.').collect();
+        if let (Some(tx), [device, camera, kind]) = (&self.results_tx, parts.as_slice()) {
+            let kind = match *kind {
+                "motion" => None,
+                "detections" => Some("detections".to_string()),
+                class => Some(format!("events/{class}")),
+            };
+            if let Some(kind) = kind {
+                let r = self
+                    .shared
+                    .accept_result(device, camera, kind, bytes::Bytes::from(d.data));
+                if tx.try_send(r).is_err() {
+                    self.shared.count_dropped("results_overflow");
+                }
+            }
+        }
+        let _ = d.acker.ack(BasicAckOptions::default()).await;
+    }
+}
+
+async fn publish(ch: &Channel, out: &Out) -> lapin::Result<PublisherConfirm> {
+    let props = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type(
+            if out.kind == "frames" {
+                "application/x-edge-frame"
+            } else if out.kind == "snapshot" {
+                "image/jpeg"
+            } else {
+                "application/json"
+            }
+            .into(),
+        )
+        .with_timestamp(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        );
+    ch.basic_publish(
+        out.exchange.as_str().into(),
+        out.key.as_str().into(),
+        BasicPublishOptions::default(),
+        &out.payload,
+        props,
+    )
+    .await
+}

@@ -1,0 +1,115 @@
+//! The embedded MQTT broker (rumqttd) for `transport.kind = "embedded"`: the agent and
+//! its local workers need no outside service. Loopback only, MQTT 3.1.1.
+//!
+//! rumqttd 0.20 has no shutdown call and `Broker::start` blocks for ever, so the broker
+//! runs on its own thread for the life of the process. Every `RouterConfig` field is set
+//! (zeros are not safe defaults there).
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use rumqttd::{Config, ConnectionSettings, RouterConfig, ServerSettings};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmbeddedError {
+    #[error("embedded MQTT broker: no free loopback port: {0}")]
+    NoPort(std::io::Error),
+    #[error("embedded MQTT broker: could not start its thread: {0}")]
+    Thread(std::io::Error),
+    #[error(
+        "embedded MQTT broker did not accept connections on {addr} within {waited:?} (port taken?)"
+    )]
+    NotListening { addr: SocketAddr, waited: Duration },
+}
+
+/// A running embedded broker. It lives until the process exits.
+#[derive(Debug, Clone)]
+pub struct EmbeddedBroker {
+    addr: SocketAddr,
+}
+
+/// Largest MQTT packet the embedded broker accepts by default (frames are < 4 MiB).
+pub const DEFAULT_MAX_PACKET: usize = 16 * 1024 * 1024;
+
+impl EmbeddedBroker {
+    /// Starts a broker on `127.0.0.1:port` (0 picks a free port).
+    pub fn start(port: u16) -> Result<EmbeddedBroker, EmbeddedError> {
+        Self::start_with(port, DEFAULT_MAX_PACKET)
+    }
+
+    /// Starts a broker accepting packets up to `max_packet` bytes.
+    pub fn start_with(port: u16, max_packet: usize) -> Result<EmbeddedBroker, EmbeddedError> {
+        let port = if port == 0 {
+            // rumqttd cannot report the port it bound, so pick one first.
+            let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(EmbeddedError::NoPort)?;
+            l.local_addr().map_err(EmbeddedError::NoPort)?.port()
+        } else {
+            port
+        };
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let config = broker_config(addr, max_packet);
+        std::thread::Builder::new()
+            .name("edge-mqtt-broker".into())
+            .spawn(move || {
+                let mut broker = rumqttd::Broker::new(config);
+                if let Err(e) = broker.start() {
+                    tracing::error!(error = %e, %addr, "Embedded MQTT broker stopped.");
+                }
+            })
+            .map_err(EmbeddedError::Thread)?;
+        let waited = Duration::from_secs(5);
+        let deadline = Instant::now() + waited;
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            if Instant::now() > deadline {
+                return Err(EmbeddedError::NotListening { addr, waited });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        tracing::info!(%addr, "Embedded MQTT broker listening.");
+        Ok(EmbeddedBroker { addr })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The URL clients connect to.
+    pub fn url(&self) -> String {
+        format!("mqtt://{}", self.addr)
+    }
+}
+
+fn broker_config(addr: SocketAddr, max_packet: usize) -> Config {
+    let router = RouterConfig {
+        max_connections: 1000,
+        // Messages queued towards one connection before it is marked slow.
+        max_outgoing_packet_count: 200,
+        // The commitlog per topic: 4 x 16 MiB holds ~600 frames of 100 KB.
+        max_segment_size: 16 * 1024 * 1024,
+        max_segment_count: 4,
+        custom_segment: None,
+        initialized_filters: None,
+        shared_subscriptions_strategy: rumqttd::Strategy::RoundRobin,
+    };
+    let server = ServerSettings {
+        name: "edge-embedded-v4".into(),
+        listen: addr,
+        tls: None,
+        next_connection_delay_ms: 1,
+        connections: ConnectionSettings {
+            connection_timeout_ms: 10_000,
+            max_payload_size: max_packet,
+            max_inflight_count: 100,
+            auth: None,
+            external_auth: None,
+            dynamic_filters: true,
+        },
+    };
+    Config {
+        id: 0,
+        router,
+        v4: Some(HashMap::from([("1".to_string(), server)])),
+        ..Default::default()
+    }
+}

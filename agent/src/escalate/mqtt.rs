@@ -1,0 +1,429 @@
+//! MQTT link (rumqttc, MQTT 3.1.1, QoS 1) for Mosquitto and the embedded broker.
+//!
+//! One task owns the rumqttc event loop. Publishing is ours, not rumqttc's: messages
+//! go from the outbox to the event loop only while connected and within the publish
+//! window; each one is tracked from its packet id to its PUBACK, and on a lost
+//! connection every unacknowledged message goes back to the outbox (rumqttc's own
+//! retransmission list is cleared so nothing is sent twice by two mechanisms).
+//!
+//! Workers share frames through `$share/<group>/<prefix>/<device>/frames` with manual
+//! acks; a frame whose worker died is published again by the agent (see
+//! [`super::buffer::Unanswered`]).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS,
+    TlsConfiguration,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::buffer::Class;
+use super::message::MAX_HEADER_LEN;
+use super::tls;
+use super::transport::{
+    log_link_error, Acker, Delivery, Incoming, Out, ResultMessage, Role, Shared, State,
+    TransportError,
+};
+use crate::backoff::Backoff;
+use crate::config::secret::redact_url;
+
+#[derive(Clone)]
+pub(crate) struct MqttLink {
+    client: AsyncClient,
+    window: usize,
+}
+
+impl MqttLink {
+    /// Hands messages from the outbox to the event loop while the window allows.
+    pub fn pump(&self, st: &mut State, shared: &Shared) {
+        while st.connected && st.submitted.len() + st.inflight.len() < self.window {
+            let Some((class, mut out)) = st.outbox.pop() else {
+                break;
+            };
+            match self.client.try_publish(
+                out.key.clone(),
+                QoS::AtLeastOnce,
+                out.retain,
+                out.payload.to_vec(),
+            ) {
+                Ok(()) => {
+                    st.order += 1;
+                    out.order = st.order;
+                    st.submitted.push_back(out);
+                }
+                Err(e) => {
+                    st.outbox.push_front(class, out);
+                    if matches!(e, rumqttc::ClientError::TryRequest(_)) {
+                        shared.stats.bump("publish_channel_full");
+                    }
+                    break;
+                }
+            }
+        }
+    }
+
+    pub async fn disconnect(&self) {
+        let _ = self.client.disconnect().await;
+    }
+}
+
+fn url_err(url: &str, why: impl std::fmt::Display) -> TransportError {
+    TransportError::Url {
+        url: redact_url(url),
+        why: why.to_string(),
+    }
+}
+
+fn status_topic(shared: &Shared) -> String {
+    format!("{}/{}/status", shared.cfg.topic_prefix, shared.device)
+}
+
+/// The agent's retained status message (`online`, or `offline` at a clean close; the
+/// last will says `offline` when the agent vanishes).
+pub(crate) fn status_out(shared: &Shared, status: &'static [u8]) -> Out {
+    Out {
+        class: Class::Event,
+        kind: "status",
+        exchange: String::new(),
+        key: status_topic(shared),
+        retain: true,
+        payload: bytes::Bytes::from_static(status),
+        confirm: None,
+        order: 0,
+        frame: None,
+    }
+}
+
+/// What one MQTT connection is for.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Duty {
+    /// Publishes from the outbox; the agent's also reads results back.
+    Publish,
+    /// A worker's frames, with manual acks. A connection of its own: rumqttd 0.20
+    /// holds back every ack to a client (PUBACKs, PINGRESP) while that client has
+    /// its maximum of unacknowledged messages, so a worker that waits for its
+    /// result's PUBACK before acking a frame would deadlock on one connection.
+    Consume,
+}
+
+/// Builds the options and starts the task(s) that own the connection(s): one for an
+/// agent, two for a worker (publishing, consuming).
+pub(crate) fn start(
+    shared: Arc<Shared>,
+    url: &str,
+    cancel: CancellationToken,
+    frames_tx: Option<mpsc::Sender<Delivery>>,
+    results_tx: Option<mpsc::Sender<ResultMessage>>,
+) -> Result<MqttLink, TransportError> {
+    let cfg = &shared.cfg;
+    let window = cfg.publish_window.as_usize().min(90);
+    let (client, eventloop) = connection(&shared, url, Duty::Publish, window)?;
+    let link = MqttLink { client, window };
+    let subs = match shared.role {
+        Role::Worker => Vec::new(),
+        Role::Agent => vec![
+            format!("{}/{}/+/detections", cfg.topic_prefix, shared.device),
+            format!("{}/{}/+/events/+", cfg.topic_prefix, shared.device),
+        ],
+    };
+    let owner = Owner {
+        shared: shared.clone(),
+        duty: Duty::Publish,
+        link: link.clone(),
+        subs,
+        frames_tx: None,
+        results_tx,
+        redacted: redact_url(url),
+        generation: Arc::new(AtomicU64::new(0)),
+        connected: AtomicBool::new(false),
+    };
+    tokio::spawn(owner.run(eventloop, cancel.clone()));
+    if shared.role == Role::Worker {
+        let (client, eventloop) = connection(&shared, url, Duty::Consume, window)?;
+        let owner = Owner {
+            shared: shared.clone(),
+            duty: Duty::Consume,
+            link: MqttLink { client, window },
+            subs: vec![format!(
+                "$share/{}/{}/{}/frames",
+                cfg.worker_group, cfg.topic_prefix, shared.device
+            )],
+            frames_tx,
+            results_tx: None,
+            redacted: redact_url(url),
+            generation: Arc::new(AtomicU64::new(0)),
+            connected: AtomicBool::new(false),
+        };
+        tokio::spawn(owner.run(eventloop, cancel));
+    }
+    Ok(link)
+}
+
+fn connection(
+    shared: &Shared,
+    url: &str,
+    duty: Duty,
+    window: usize,
+) -> Result<(AsyncClient, EventLoop), TransportError> {
+    let parsed = url::Url::parse(url).map_err(|e| url_err(url, e))?;
+    let tls = match parsed.scheme() {
+        "mqtt" | "tcp" => false,
+        "mqtts" | "ssl" => true,
+        other => return Err(url_err(url, format!("scheme {other:?} is not MQTT"))),
+    };
+    let host = parsed
+        .host_str()
+        .ok_or_else(|| url_err(url, "no host"))?
+        .to_string();
+    let port = parsed.port().unwrap_or(if tls { 8883 } else { 1883 });
+    let cfg = &shared.cfg;
+    let client_id = match (shared.role, duty) {
+        // Unique per agent and prefix: two agents with one id would take over each
+        // other's session in a loop.
+        (Role::Agent, _) => format!("edge-agent-{}-{}", cfg.topic_prefix, shared.device),
+        (Role::Worker, _) => format!(
+            "edge-worker-{}-{}-{:08x}-{}",
+            shared.device.replace('+', "any"),
+            std::process::id(),
+            rand::random::<u32>(),
+            if duty == Duty::Consume { "c" } else { "p" }
+        ),
+    };
+    let mut opts = MqttOptions::new(client_id, host, port);
+    // Long enough for a worker busy with a full in-flight window on rumqttd (which
+    // answers no PINGREQ meanwhile, see `Duty::Consume`).
+    opts.set_keep_alive(Duration::from_secs(30));
+    // The agent's session survives reconnects (results queued meanwhile); workers are
+    // ephemeral (scaled to zero), the agent redelivers what they lose.
+    opts.set_clean_session(shared.role == Role::Worker);
+    let max = cfg.max_payload.as_usize();
+    // Incoming room above the cap, so an oversized frame is read and rejected with a
+    // reason instead of breaking the connection.
+    opts.set_max_packet_size(2 * max + MAX_HEADER_LEN + 4096, max + MAX_HEADER_LEN + 4096);
+    opts.set_inflight(100);
+    opts.set_request_channel_capacity(window * 2 + 64);
+    opts.set_manual_acks(duty == Duty::Consume);
+    if !parsed.username().is_empty() {
+        let user = percent_decode(parsed.username());
+        let pass = percent_decode(parsed.password().unwrap_or(""));
+        opts.set_credentials(user, pass);
+    }
+    if shared.role == Role::Agent {
+        opts.set_last_will(LastWill::new(
+            status_topic(shared),
+            &b"offline"[..],
+            QoS::AtLeastOnce,
+            true,
+        ));
+    }
+    if tls {
+        let config = tls::rustls_client_config(cfg.ca_file.as_deref())?;
+        opts.set_transport(rumqttc::Transport::tls_with_config(
+            TlsConfiguration::Rustls(config),
+        ));
+    }
+    let (client, mut eventloop) = AsyncClient::new(opts, window * 2 + 64);
+    let mut net = eventloop.network_options();
+    net.set_tcp_nodelay(true);
+    net.set_connection_timeout(5);
+    eventloop.set_network_options(net);
+    Ok((client, eventloop))
+}
+
+fn percent_decode(s: &str) -> String {
+    url::form_urlencoded::parse(format!("x={s}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+struct Owner {
+    shared: Arc<Shared>,
+    duty: Duty,
+    link: MqttLink,
+    subs: Vec<String>,
+    frames_tx: Option<mpsc::Sender<Delivery>>,
+    results_tx: Option<mpsc::Sender<ResultMessage>>,
+    redacted: String,
+    /// Connections made so far: an ack for a frame of an older connection is not
+    /// sent (that session is gone; rumqttd would drop us for an unknown packet id).
+    generation: Arc<AtomicU64>,
+    /// Up state of a consuming connection (a publishing one keeps it in `State`).
+    connected: AtomicBool,
+}
+
+impl Owner {
+    async fn run(self, mut eventloop: EventLoop, cancel: CancellationToken) {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(3));
+        loop {
+            let ev = tokio::select! {
+                _ = cancel.cancelled() => break,
+                ev = eventloop.poll() => ev,
+            };
+            match ev {
+                Ok(ev) => {
+                    if let Event::Incoming(Packet::ConnAck(_)) = ev {
+                        backoff.reset();
+                    }
+                    self.handle(ev);
+                }
+                Err(e) => {
+                    self.lost(&mut eventloop, &e);
+                    let delay = backoff.next_delay(e.to_string());
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+        if self.duty == Duty::Publish {
+            self.shared.state().connected = false;
+        }
+    }
+
+    /// The connection dropped: everything not acknowledged goes back to the outbox.
+    fn lost(&self, eventloop: &mut EventLoop, e: &ConnectionError) {
+        let was_connected = match self.duty {
+            Duty::Consume => {
+                eventloop.clean();
+                eventloop.pending.clear();
+                self.connected.swap(false, Ordering::AcqRel)
+            }
+            Duty::Publish => {
+                // Under the lock, so no publish slips into rumqttc's channel between
+                // its clean-up and ours (it would be sent twice and shift the
+                // packet-id bookkeeping). Requests still queued in rumqttc go to its
+                // `pending`, which is cleared: the outbox has them all.
+                let mut st = self.shared.state();
+                eventloop.clean();
+                eventloop.pending.clear();
+                // Events of the dead connection (an Outgoing::Publish whose write
+                // failed) would pair a later packet id with the wrong message.
+                eventloop.state.events.clear();
+                eventloop.state.collision = None;
+                let was = st.connected;
+                st.connected = false;
+                st.requeue_unconfirmed(Vec::new());
+                was
+            }
+        };
+        if was_connected {
+            self.shared.stats.bump("reconnects");
+            log_link_error(&self.redacted, e);
+        }
+    }
+
+    fn handle(&self, ev: Event) {
+        match ev {
+            Event::Incoming(Packet::ConnAck(_)) => {
+                for s in &self.subs {
+                    let _ = self.link.client.try_subscribe(s.clone(), QoS::AtLeastOnce);
+                }
+                self.generation.fetch_add(1, Ordering::AcqRel);
+                if self.duty == Duty::Consume {
+                    self.connected.store(true, Ordering::Release);
+                } else {
+                    let mut st = self.shared.state();
+                    st.connected = true;
+                    if self.shared.role == Role::Agent {
+                        st.outbox
+                            .push_front(Class::Event, status_out(&self.shared, b"online"));
+                    }
+                    self.link.pump(&mut st, &self.shared);
+                }
+                tracing::info!(broker = %self.redacted, duty = ?self.duty, "MQTT connected.");
+            }
+            // Only a publishing connection publishes (its PUBACKs settle the outbox).
+            _ if self.duty == Duty::Consume => {
+                if let Event::Incoming(Packet::Publish(p)) = ev {
+                    self.incoming(p);
+                }
+            }
+            Event::Outgoing(Outgoing::Publish(pkid)) => {
+                let mut st = self.shared.state();
+                if let Some(out) = st.submitted.pop_front() {
+                    st.inflight.insert(pkid, out);
+                }
+            }
+            Event::Incoming(Packet::PubAck(ack)) => {
+                let mut st = self.shared.state();
+                if let Some(out) = st.inflight.remove(&ack.pkid) {
+                    out.confirmed();
+                }
+                self.link.pump(&mut st, &self.shared);
+            }
+            Event::Incoming(Packet::Publish(p)) => self.incoming(p),
+            _ => {}
+        }
+    }
+
+    fn incoming(&self, p: rumqttc::Publish) {
+        let prefix = &self.shared.cfg.topic_prefix;
+        let Some(rest) = p
+            .topic
+            .strip_prefix(prefix.as_str())
+            .and_then(|r| r.strip_prefix('/'))
+        else {
+            return;
+        };
+        let parts: Vec<&str> = rest.split('/').collect();
+        match (parts.as_slice(), &self.frames_tx, &self.results_tx) {
+            ([_device, "frames"], Some(tx), _) => {
+                let acker = Acker::Mqtt {
+                    client: self.link.client.clone(),
+                    publish: p.clone(),
+                    generation: self.generation.load(Ordering::Acquire),
+                    current: self.generation.clone(),
+                };
+                match self.shared.accept_frame(p.payload.clone()) {
+                    Incoming::Frame(msg) => {
+                        let d = Delivery {
+                            msg,
+                            redelivered: p.dup,
+                            acker,
+                            shared: self.shared.clone(),
+                        };
+                        // Full policy: drop, ack and count; the agent publishes an
+                        // unanswered frame again. The broker's in-flight window (20 on
+                        // Mosquitto, 100 on rumqttd) keeps it from filling.
+                        if let Err(mpsc::error::TrySendError::Full(d)) = tx.try_send(d) {
+                            let Acker::Mqtt { publish, .. } = &d.acker else {
+                                return;
+                            };
+                            let _ = self.link.client.try_ack(publish);
+                            self.shared.count_dropped("worker_inbox_full");
+                        }
+                    }
+                    Incoming::Rejected | Incoming::Duplicate => {
+                        let _ = self.link.client.try_ack(&p);
+                    }
+                }
+            }
+            ([device, camera, "detections"], _, Some(tx)) => {
+                let r = self
+                    .shared
+                    .accept_result(device, camera, "detections".into(), p.payload);
+                self.forward(tx, r);
+            }
+            ([device, camera, "events", class], _, Some(tx)) => {
+                let r =
+                    self.shared
+                        .accept_result(device, camera, format!("events/{class}"), p.payload);
+                self.forward(tx, r);
+            }
+            _ => {}
+        }
+    }
+
+    fn forward(&self, tx: &mpsc::Sender<ResultMessage>, r: ResultMessage) {
+        // Full policy: drop the newest and count (the agent stopped reading).
+        if tx.try_send(r).is_err() {
+            self.shared.count_dropped("results_overflow");
+        }
+    }
+}

@@ -1,0 +1,974 @@
+//! The transport handle: the same API over MQTT (embedded broker or Mosquitto) and AMQP
+//! (RabbitMQ), for the agent (publishes frames and events, reads results back) and for
+//! workers (consume frames, publish results).
+//!
+//! One task owns each connection (the rumqttc event loop, the lapin connection); the
+//! handle only touches shared state under a short lock. Outgoing messages wait in a
+//! bounded outbox while the broker is away (events kept and sent before frames, oldest
+//! frames dropped and counted), and messages not yet confirmed by the broker go back to
+//! the front of it when the connection drops: delivery is at least once, and consumers
+//! drop duplicates by (device, camera, seq, capture time).
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio_util::sync::CancellationToken;
+
+use super::buffer::{Class, Outbox, Unanswered};
+use super::config::{TransportConfig, TransportKind};
+use super::embedded::{EmbeddedBroker, EmbeddedError};
+use super::message::{self, FrameMessage};
+use super::{amqp, mqtt};
+use crate::config::secret::redact_text;
+use crate::telemetry::metrics::{self, metrics};
+
+/// Which side of the link this process is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Publishes frames, motion and events; reads results back.
+    Agent,
+    /// Consumes frames; publishes detections and events.
+    Worker,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("transport URL {url}: {why}")]
+    Url { url: String, why: String },
+    #[error("TLS for {what}: {why}")]
+    Tls { what: String, why: String },
+    #[error(transparent)]
+    Embedded(#[from] EmbeddedError),
+    #[error(
+        "a worker on the embedded broker needs transport.embedded_port (the agent's broker port)"
+    )]
+    EmbeddedPortUnknown,
+    #[error("AMQP {what}: {why}")]
+    Amqp { what: String, why: String },
+    #[error("{what} is not valid in a topic or routing key: {value:?}")]
+    BadName { what: &'static str, value: String },
+    #[error("frame {camera}/{seq}: JPEG of {size} bytes exceeds transport.max_payload ({max})")]
+    Oversized {
+        camera: String,
+        seq: u64,
+        size: usize,
+        max: usize,
+    },
+    #[error("message dropped from the full outbound buffer before the broker confirmed it")]
+    Dropped,
+    #[error("{0} is only available to the {1:?} role")]
+    WrongRole(&'static str, Role),
+    #[error("{0} was already taken from this transport")]
+    AlreadyTaken(&'static str),
+    #[error("the transport is closed")]
+    Closed,
+}
+
+/// Counters of one transport (also mirrored into the process metrics), so a test or
+/// status output can read what this link dropped, rejected and redelivered.
+#[derive(Debug, Default)]
+pub struct TransportStats {
+    counts: Mutex<BTreeMap<String, u64>>,
+}
+
+impl TransportStats {
+    pub fn get(&self, name: &str) -> u64 {
+        lock(&self.counts).get(name).copied().unwrap_or(0)
+    }
+    pub fn snapshot(&self) -> BTreeMap<String, u64> {
+        lock(&self.counts).clone()
+    }
+    pub(crate) fn bump(&self, name: &str) {
+        *lock(&self.counts).entry(name.to_string()).or_default() += 1;
+    }
+}
+
+/// Backlog as the scaler sees it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// Frames ready in the broker queue (AMQP passive declare; None on MQTT).
+    pub ready: Option<u64>,
+    /// Consumers on the frames queue (AMQP only).
+    pub consumers: Option<u64>,
+    /// Frames this agent sent that have no result yet (covers unacked frames too).
+    pub unanswered: u64,
+}
+
+/// A result (detections or an event) read back by the agent.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResultMessage {
+    pub device: String,
+    pub camera: String,
+    /// `detections` or `events/<class>`.
+    pub kind: String,
+    pub payload: Bytes,
+    /// The frame answered, from the payload's `"seq"` field.
+    pub seq: Option<u64>,
+    /// True for the first answer of a frame this agent is waiting for.
+    pub first_answer: bool,
+}
+
+/// A frame handed to a worker. Ack it after its results are published.
+pub struct Delivery {
+    pub msg: FrameMessage,
+    /// AMQP: the broker delivered it before (its worker died). MQTT: the DUP flag of a
+    /// retransmission; a frame the agent publishes again is a new message, not flagged
+    /// (workers drop copies they already acked).
+    pub redelivered: bool,
+    pub(crate) acker: Acker,
+    pub(crate) shared: Arc<Shared>,
+}
+
+pub(crate) enum Acker {
+    Mqtt {
+        client: rumqttc::AsyncClient,
+        publish: rumqttc::Publish,
+        /// The connection it came on, and the current one.
+        generation: u64,
+        current: Arc<std::sync::atomic::AtomicU64>,
+    },
+    Amqp(lapin::Acker),
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("camera", &self.msg.header.camera)
+            .field("seq", &self.msg.header.seq)
+            .field("redelivered", &self.redelivered)
+            .finish()
+    }
+}
+
+impl Delivery {
+    /// Acknowledges the frame: the broker forgets it, and this worker will drop a
+    /// later copy of it as a duplicate.
+    pub async fn ack(self) -> Result<(), TransportError> {
+        lock(&self.shared.recent).insert(frame_key(&self.msg));
+        settle(self.acker, false).await
+    }
+
+    /// Refuses the frame for `reason` (a metric label): dead-lettered on AMQP, dropped
+    /// on MQTT, counted either way.
+    pub async fn reject(self, reason: &'static str) -> Result<(), TransportError> {
+        self.shared.count_rejected(reason);
+        settle(self.acker, true).await
+    }
+}
+
+async fn settle(acker: Acker, reject: bool) -> Result<(), TransportError> {
+    match acker {
+        Acker::Mqtt {
+            client,
+            publish,
+            generation,
+            current,
+        } => {
+            if current.load(std::sync::atomic::Ordering::Acquire) != generation {
+                // Its session is gone (clean session): nothing to ack.
+                return Ok(());
+            }
+            // try first: the event loop drains this channel, never block it needlessly.
+            if client.try_ack(&publish).is_err() {
+                client
+                    .ack(&publish)
+                    .await
+                    .map_err(|_| TransportError::Closed)?;
+            }
+            Ok(())
+        }
+        Acker::Amqp(acker) => {
+            let r = if reject {
+                acker
+                    .reject(lapin::options::BasicRejectOptions { requeue: false })
+                    .await
+            } else {
+                acker.ack(lapin::options::BasicAckOptions::default()).await
+            };
+            r.map(|_| ()).map_err(|e| TransportError::Amqp {
+                what: "ack".into(),
+                why: e.to_string(),
+            })
+        }
+    }
+}
+
+/// Messages coming in from the broker, as a stream; bounded (see each producer's
+/// full policy).
+pub struct Inbound<T> {
+    rx: mpsc::Receiver<T>,
+}
+
+impl<T> Inbound<T> {
+    /// The next message; None once the transport is closed.
+    pub async fn next(&mut self) -> Option<T> {
+        self.rx.recv().await
+    }
+}
+
+impl<T> futures::Stream for Inbound<T> {
+    type Item = T;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+/// The frames of a worker.
+pub type Frames = Inbound<Delivery>;
+/// The results coming back to an agent.
+pub type Results = Inbound<ResultMessage>;
+
+/// A message waiting for, or on its way to, the broker.
+pub(crate) struct Out {
+    pub class: Class,
+    /// Metric label: frames, detections, events, motion, snapshot, status.
+    pub kind: &'static str,
+    /// AMQP exchange ("" = default exchange); unused on MQTT.
+    pub exchange: String,
+    /// MQTT topic or AMQP routing key.
+    pub key: String,
+    pub retain: bool,
+    pub payload: Bytes,
+    pub confirm: Option<oneshot::Sender<()>>,
+    /// Submission order, to put unconfirmed messages back in order.
+    pub order: u64,
+    /// (camera, seq) of a frame, to forget it when it is dropped unsent.
+    pub frame: Option<(String, u64)>,
+}
+
+impl Out {
+    fn copy(&self) -> Out {
+        Out {
+            class: self.class,
+            kind: self.kind,
+            exchange: self.exchange.clone(),
+            key: self.key.clone(),
+            retain: self.retain,
+            payload: self.payload.clone(),
+            confirm: None,
+            order: 0,
+            frame: self.frame.clone(),
+        }
+    }
+}
+
+impl Out {
+    /// The broker confirmed it: count it and wake a waiter.
+    pub fn confirmed(self) {
+        metrics()
+            .published
+            .get_or_create(&metrics::kind(self.kind))
+            .inc();
+        if let Some(c) = self.confirm {
+            let _ = c.send(());
+        }
+    }
+}
+
+impl Clone for Out {
+    fn clone(&self) -> Self {
+        self.copy()
+    }
+}
+
+pub(crate) struct State {
+    pub connected: bool,
+    pub outbox: Outbox<Out>,
+    pub unanswered: Unanswered<Out>,
+    /// MQTT: handed to the event loop, waiting for a packet id.
+    pub submitted: VecDeque<Out>,
+    /// MQTT: waiting for PUBACK, by packet id. AMQP: unused (the owner task holds them).
+    pub inflight: HashMap<u16, Out>,
+    /// AMQP: published, waiting for the broker's confirm.
+    pub unconfirmed: usize,
+    pub order: u64,
+}
+
+impl State {
+    /// Puts every message not yet confirmed back at the front of the outbox, in order.
+    pub fn requeue_unconfirmed(&mut self, mut extra: Vec<Out>) {
+        extra.extend(self.submitted.drain(..));
+        extra.extend(self.inflight.drain().map(|(_, o)| o));
+        extra.sort_by_key(|o| std::cmp::Reverse(o.order));
+        for o in extra {
+            self.outbox.push_front(o.class, o);
+        }
+    }
+}
+
+/// Recently acknowledged frames, to drop redelivered copies (bounded FIFO set).
+#[derive(Default)]
+pub(crate) struct Recent {
+    order: VecDeque<FrameKey>,
+    set: HashSet<FrameKey>,
+}
+
+type FrameKey = (String, String, u64, u64);
+
+const RECENT_CAP: usize = 4096;
+
+impl Recent {
+    fn insert(&mut self, key: FrameKey) {
+        if self.set.insert(key.clone()) {
+            self.order.push_back(key);
+            if self.order.len() > RECENT_CAP {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
+    fn contains(&self, key: &FrameKey) -> bool {
+        self.set.contains(key)
+    }
+}
+
+fn frame_key(m: &FrameMessage) -> FrameKey {
+    let h = &m.header;
+    (h.device.clone(), h.camera.clone(), h.seq, h.captured)
+}
+
+/// Everything the handle and the owner task share.
+pub(crate) struct Shared {
+    pub cfg: TransportConfig,
+    pub device: String,
+    pub role: Role,
+    pub state: Mutex<State>,
+    /// Wakes the AMQP owner task when the outbox gains a message.
+    pub wake: Notify,
+    pub stats: TransportStats,
+    pub recent: Mutex<Recent>,
+}
+
+/// What a consumer does with an incoming frame.
+pub(crate) enum Incoming {
+    Frame(FrameMessage),
+    Rejected,
+    Duplicate,
+}
+
+impl Shared {
+    pub fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    pub fn count_dropped(&self, why: &'static str) {
+        self.stats.bump(&format!("dropped.{why}"));
+        metrics()
+            .dropped
+            .get_or_create(&metrics::reason("transport", why))
+            .inc();
+        if metrics::should_log(&format!("transport-dropped-{why}"), Duration::from_secs(10)) {
+            tracing::warn!(device = %self.device, reason = why, "Transport dropped a message.");
+        }
+    }
+
+    pub fn count_rejected(&self, why: &'static str) {
+        self.stats.bump(&format!("rejected.{why}"));
+        metrics()
+            .rejected
+            .get_or_create(&metrics::reason("transport", why))
+            .inc();
+        if metrics::should_log(
+            &format!("transport-rejected-{why}"),
+            Duration::from_secs(10),
+        ) {
+            tracing::warn!(device = %self.device, reason = why, "Rejected a frame message.");
+        }
+    }
+
+    /// Decodes an incoming frame and checks it against the recent acks.
+    pub fn accept_frame(&self, data: Bytes) -> Incoming {
+        match message::decode_bytes(data, self.cfg.max_payload.as_usize()) {
+            Err(e) => {
+                self.count_rejected(e.reason());
+                Incoming::Rejected
+            }
+            Ok(m) => {
+                if lock(&self.recent).contains(&frame_key(&m)) {
+                    self.stats.bump("duplicate_frame");
+                    Incoming::Duplicate
+                } else {
+                    Incoming::Frame(m)
+                }
+            }
+        }
+    }
+
+    /// Turns an incoming result into a [`ResultMessage`], clearing the frame's entry.
+    pub fn accept_result(
+        &self,
+        device: &str,
+        camera: &str,
+        kind: String,
+        payload: Bytes,
+    ) -> ResultMessage {
+        let seq = serde_json::from_slice::<serde_json::Value>(&payload)
+            .ok()
+            .and_then(|v| v.get("seq").and_then(|s| s.as_u64()));
+        let first_answer = match seq {
+            Some(seq) if device == self.device => {
+                let mut st = self.state();
+                let cleared = st.unanswered.answer(camera, seq);
+                metrics().backlog.set(st.unanswered.len() as i64);
+                cleared
+            }
+            _ => false,
+        };
+        if seq.is_some() && !first_answer {
+            self.stats.bump("duplicate_result");
+        }
+        ResultMessage {
+            device: device.to_string(),
+            camera: camera.to_string(),
+            kind,
+            payload,
+            seq,
+            first_answer,
+        }
+    }
+
+    /// Adds a message to the outbox (drop policy applied and counted).
+    fn enqueue(&self, out: Out, link: &Link) {
+        let mut st = self.state();
+        let dropped = push_out(&mut st, out);
+        link.kick(&mut st, self);
+        drop(st);
+        self.wake.notify_one();
+        if let Some(class) = dropped {
+            self.count_dropped(overflow_reason(class));
+        }
+    }
+}
+
+/// Pushes into the outbox; a frame dropped unsent is forgotten (no redelivery), a
+/// dropped confirm waiter sees [`TransportError::Dropped`]. Returns the dropped class.
+fn push_out(st: &mut State, out: Out) -> Option<Class> {
+    let (class, dropped) = st.outbox.push(out.class, out)?;
+    if let Some((camera, seq)) = &dropped.frame {
+        st.unanswered.answer(camera, *seq);
+    }
+    Some(class)
+}
+
+fn overflow_reason(class: Class) -> &'static str {
+    match class {
+        Class::Frame => "frame_overflow",
+        Class::Event => "event_overflow",
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(crate) enum Link {
+    Mqtt(mqtt::MqttLink),
+    Amqp(amqp::AmqpLink),
+}
+
+impl Link {
+    fn kick(&self, st: &mut State, shared: &Shared) {
+        if let Link::Mqtt(m) = self {
+            m.pump(st, shared);
+        }
+    }
+}
+
+/// The transport handle.
+pub struct Transport {
+    shared: Arc<Shared>,
+    link: Link,
+    frames: Mutex<Option<mpsc::Receiver<Delivery>>>,
+    results: Mutex<Option<mpsc::Receiver<ResultMessage>>>,
+    broker: Option<EmbeddedBroker>,
+    cancel: CancellationToken,
+}
+
+impl Drop for Transport {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+impl Transport {
+    /// Connects (in the background: the first connection and every reconnection are
+    /// made by the owner task, so this returns at once unless the settings are bad).
+    /// With `kind = "embedded"`, the agent starts the broker here.
+    pub async fn connect(
+        cfg: &TransportConfig,
+        device: &str,
+        role: Role,
+    ) -> Result<Transport, TransportError> {
+        check_name("device", device, role == Role::Worker)?;
+        let unanswered = match cfg.kind {
+            TransportKind::Amqp => {
+                Unanswered::new(cfg.buffer_size.as_usize(), cfg.frame_ttl.get(), 0)
+            }
+            _ => Unanswered::new(
+                cfg.buffer_size.as_usize(),
+                cfg.redeliver_after.get(),
+                cfg.redeliver_max.get() as u32,
+            ),
+        };
+        let shared = Arc::new(Shared {
+            cfg: cfg.clone(),
+            device: device.to_string(),
+            role,
+            state: Mutex::new(State {
+                connected: false,
+                outbox: Outbox::new(cfg.buffer_size.as_usize()),
+                unanswered,
+                submitted: VecDeque::new(),
+                inflight: HashMap::new(),
+                unconfirmed: 0,
+                order: 0,
+            }),
+            wake: Notify::new(),
+            stats: TransportStats::default(),
+            recent: Mutex::new(Recent::default()),
+        });
+        let cancel = CancellationToken::new();
+        let (frames_tx, frames_rx) = match role {
+            Role::Worker => {
+                // AMQP: the prefetch limit bounds it. MQTT: the broker's in-flight
+                // window (20 on Mosquitto, 100 on the embedded broker) does.
+                let (tx, rx) = mpsc::channel(cfg.prefetch.as_usize().max(256));
+                (Some(tx), Some(rx))
+            }
+            Role::Agent => (None, None),
+        };
+        let (results_tx, results_rx) = match role {
+            Role::Agent => {
+                let (tx, rx) = mpsc::channel(cfg.buffer_size.as_usize());
+                (Some(tx), Some(rx))
+            }
+            Role::Worker => (None, None),
+        };
+        let mut broker = None;
+        let link = match cfg.kind {
+            TransportKind::Amqp => Link::Amqp(amqp::start(
+                shared.clone(),
+                cancel.clone(),
+                frames_tx,
+                results_tx,
+            )?),
+            TransportKind::Mqtt => Link::Mqtt(mqtt::start(
+                shared.clone(),
+                cfg.mqtt_url.expose(),
+                cancel.clone(),
+                frames_tx,
+                results_tx,
+            )?),
+            TransportKind::Embedded => {
+                let url = match role {
+                    Role::Agent => {
+                        let max_packet = 2 * cfg.max_payload.as_usize() + (1 << 20);
+                        let port = cfg.embedded_port.get() as u16;
+                        // It waits (blocking) for the broker's listener.
+                        let b = tokio::task::spawn_blocking(move || {
+                            EmbeddedBroker::start_with(port, max_packet)
+                        })
+                        .await
+                        .map_err(|e| {
+                            TransportError::Embedded(EmbeddedError::Thread(std::io::Error::other(
+                                e.to_string(),
+                            )))
+                        })??;
+                        let url = b.url();
+                        broker = Some(b);
+                        url
+                    }
+                    Role::Worker if cfg.embedded_port.get() == 0 => {
+                        return Err(TransportError::EmbeddedPortUnknown)
+                    }
+                    Role::Worker => format!("mqtt://127.0.0.1:{}", cfg.embedded_port.get()),
+                };
+                Link::Mqtt(mqtt::start(
+                    shared.clone(),
+                    &url,
+                    cancel.clone(),
+                    frames_tx,
+                    results_tx,
+                )?)
+            }
+        };
+        spawn_ticker(shared.clone(), &link, cancel.clone());
+        Ok(Transport {
+            shared,
+            link,
+            frames: Mutex::new(frames_rx),
+            results: Mutex::new(results_rx),
+            broker,
+            cancel,
+        })
+    }
+
+    /// The embedded broker's address when this agent runs one.
+    pub fn broker_addr(&self) -> Option<SocketAddr> {
+        self.broker.as_ref().map(|b| b.addr())
+    }
+
+    pub fn stats(&self) -> &TransportStats {
+        &self.shared.stats
+    }
+
+    /// True while the broker connection is up.
+    pub fn is_connected(&self) -> bool {
+        self.shared.state().connected
+    }
+
+    /// Publishes a frame for the workers; returns once it is buffered. On a full
+    /// buffer the oldest frame is dropped and counted.
+    pub fn publish_frame(&self, msg: FrameMessage) -> Result<(), TransportError> {
+        let h = &msg.header;
+        let max = self.shared.cfg.max_payload.as_usize();
+        if msg.jpeg.len() > max {
+            self.shared.count_dropped("frame_oversized");
+            return Err(TransportError::Oversized {
+                camera: h.camera.clone(),
+                seq: h.seq,
+                size: msg.jpeg.len(),
+                max,
+            });
+        }
+        check_name("camera", &h.camera, false)?;
+        let (exchange, key) = match &self.link {
+            Link::Mqtt(_) => (String::new(), self.mqtt_topic(&h.device, None, "frames")),
+            Link::Amqp(_) => (String::new(), self.shared.cfg.frames_queue.clone()),
+        };
+        let out = Out {
+            class: Class::Frame,
+            kind: "frames",
+            exchange,
+            key,
+            retain: false,
+            payload: message::encode(&msg),
+            confirm: None,
+            order: 0,
+            frame: Some((h.camera.clone(), h.seq)),
+        };
+        if self.shared.role == Role::Agent {
+            let mut st = self.shared.state();
+            if st
+                .unanswered
+                .insert(&h.camera, h.seq, out.copy(), Instant::now())
+            {
+                drop(st);
+                self.shared.count_dropped("unanswered_evicted");
+            } else {
+                metrics().backlog.set(st.unanswered.len() as i64);
+            }
+        }
+        self.shared.enqueue(out, &self.link);
+        Ok(())
+    }
+
+    /// Publishes a result or event for `camera` of this device. `kind` is `motion`,
+    /// `detections`, `events/<class>` or a bare class. Returns once buffered.
+    pub fn publish_result(
+        &self,
+        camera: &str,
+        kind: &str,
+        payload: Bytes,
+    ) -> Result<(), TransportError> {
+        let out = self.result_out(&self.shared.device, camera, kind, payload)?;
+        self.shared.enqueue(out, &self.link);
+        Ok(())
+    }
+
+    /// Like [`Transport::publish_result`] for another device's camera (a worker
+    /// serving several devices answers for the frame's device).
+    pub fn publish_result_for(
+        &self,
+        device: &str,
+        camera: &str,
+        kind: &str,
+        payload: Bytes,
+    ) -> Result<(), TransportError> {
+        let out = self.result_out(device, camera, kind, payload)?;
+        self.shared.enqueue(out, &self.link);
+        Ok(())
+    }
+
+    /// Like [`Transport::publish_result_for`], returning once the broker confirmed it.
+    pub async fn publish_result_confirmed(
+        &self,
+        device: &str,
+        camera: &str,
+        kind: &str,
+        payload: Bytes,
+    ) -> Result<(), TransportError> {
+        let out = self.result_out(device, camera, kind, payload)?;
+        self.confirmed(out).await
+    }
+
+    /// Publishes an event snapshot and returns once the broker confirmed it, so the
+    /// event that refers to it can follow.
+    pub async fn publish_snapshot(
+        &self,
+        camera: &str,
+        event_id: u64,
+        jpeg: Bytes,
+    ) -> Result<(), TransportError> {
+        let out = self.result_out(
+            &self.shared.device.clone(),
+            camera,
+            &format!("snapshots/{event_id}"),
+            jpeg,
+        )?;
+        self.confirmed(out).await
+    }
+
+    async fn confirmed(&self, mut out: Out) -> Result<(), TransportError> {
+        let (tx, rx) = oneshot::channel();
+        out.confirm = Some(tx);
+        self.shared.enqueue(out, &self.link);
+        rx.await.map_err(|_| TransportError::Dropped)
+    }
+
+    fn result_out(
+        &self,
+        device: &str,
+        camera: &str,
+        kind: &str,
+        payload: Bytes,
+    ) -> Result<Out, TransportError> {
+        check_name("device", device, false)?;
+        check_name("camera", camera, false)?;
+        let (label, mqtt_suffix, amqp_suffix) = result_kind(kind)?;
+        let (exchange, key) = match &self.link {
+            Link::Mqtt(_) => (
+                String::new(),
+                self.mqtt_topic(device, Some(camera), &mqtt_suffix),
+            ),
+            Link::Amqp(_) => (
+                self.shared.cfg.events_exchange.clone(),
+                format!("{device}.{camera}.{amqp_suffix}"),
+            ),
+        };
+        Ok(Out {
+            class: Class::Event,
+            kind: label,
+            exchange,
+            key,
+            retain: false,
+            payload,
+            confirm: None,
+            order: 0,
+            frame: None,
+        })
+    }
+
+    fn mqtt_topic(&self, device: &str, camera: Option<&str>, suffix: &str) -> String {
+        let prefix = &self.shared.cfg.topic_prefix;
+        match camera {
+            Some(c) => format!("{prefix}/{device}/{c}/{suffix}"),
+            None => format!("{prefix}/{device}/{suffix}"),
+        }
+    }
+
+    /// The frames for this worker (once).
+    pub fn frames(&self) -> Result<Frames, TransportError> {
+        self.take_inbound(&self.frames, "frames()", Role::Worker)
+    }
+
+    /// Detections and events coming back to this agent (once).
+    pub fn results(&self) -> Result<Results, TransportError> {
+        self.take_inbound(&self.results, "results()", Role::Agent)
+    }
+
+    fn take_inbound<T>(
+        &self,
+        slot: &Mutex<Option<mpsc::Receiver<T>>>,
+        what: &'static str,
+        role: Role,
+    ) -> Result<Inbound<T>, TransportError> {
+        if self.shared.role != role {
+            return Err(TransportError::WrongRole(what, role));
+        }
+        lock(slot)
+            .take()
+            .map(|rx| Inbound { rx })
+            .ok_or(TransportError::AlreadyTaken(what))
+    }
+
+    /// The backlog for the scaler.
+    pub async fn backlog(&self) -> Result<Backlog, TransportError> {
+        let unanswered = self.shared.state().unanswered.len() as u64;
+        let (ready, consumers) = match &self.link {
+            Link::Amqp(a) => {
+                let (r, c) = a.queue_counts(&self.shared.cfg.frames_queue).await?;
+                (Some(r), Some(c))
+            }
+            Link::Mqtt(_) => (None, None),
+        };
+        Ok(Backlog {
+            ready,
+            consumers,
+            unanswered,
+        })
+    }
+
+    /// Waits until every buffered message is confirmed by the broker; false on timeout.
+    pub async fn flush(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            {
+                let st = self.shared.state();
+                if st.outbox.is_empty()
+                    && st.submitted.is_empty()
+                    && st.inflight.is_empty()
+                    && st.unconfirmed == 0
+                {
+                    return true;
+                }
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Flushes for at most `timeout`, then closes the connection. An MQTT agent says
+    /// `offline` on its status topic first.
+    pub async fn close(self, timeout: Duration) {
+        if let (Link::Mqtt(_), Role::Agent) = (&self.link, self.shared.role) {
+            self.shared
+                .enqueue(mqtt::status_out(&self.shared, b"offline"), &self.link);
+        }
+        self.flush(timeout).await;
+        match &self.link {
+            Link::Mqtt(m) => m.disconnect().await,
+            Link::Amqp(a) => a.close().await,
+        }
+        self.cancel.cancel();
+    }
+}
+
+/// Validates a name used in topics and routing keys. Workers may serve every device
+/// (`+`).
+fn check_name(what: &'static str, value: &str, wildcard_ok: bool) -> Result<(), TransportError> {
+    if wildcard_ok && value == "+" {
+        return Ok(());
+    }
+    crate::config::types::Ident::new(value)
+        .map(|_| ())
+        .map_err(|_| TransportError::BadName {
+            what,
+            value: value.to_string(),
+        })
+}
+
+/// Maps a result kind to (metric label, MQTT topic suffix, AMQP routing-key suffix).
+fn result_kind(kind: &str) -> Result<(&'static str, String, String), TransportError> {
+    let bad = || TransportError::BadName {
+        what: "result kind",
+        value: kind.to_string(),
+    };
+    let ident = |s: &str| crate::config::types::Ident::new(s).map_err(|_| bad());
+    match kind {
+        "motion" => Ok(("motion", "motion".into(), "motion".into())),
+        "detections" => Ok(("detections", "detections".into(), "detections".into())),
+        k if k.starts_with("snapshots/") => {
+            let id = &k["snapshots/".len()..];
+            ident(id)?;
+            Ok(("snapshot", k.to_string(), format!("snapshot.{id}")))
+        }
+        k => {
+            let class = k.strip_prefix("events/").unwrap_or(k);
+            ident(class)?;
+            if matches!(class, "snapshots" | "snapshot" | "frames" | "status") {
+                return Err(bad());
+            }
+            Ok(("events", format!("events/{class}"), class.to_string()))
+        }
+    }
+}
+
+/// Redelivery (MQTT) and expiry of unanswered frames, on a timer.
+fn spawn_ticker(shared: Arc<Shared>, link: &Link, cancel: CancellationToken) {
+    let every = (shared.cfg.redeliver_after.get() / 4)
+        .clamp(Duration::from_millis(25), Duration::from_secs(1));
+    let pump = match link {
+        Link::Mqtt(m) => Some(m.clone()),
+        Link::Amqp(_) => None,
+    };
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let mut st = shared.state();
+            let due = st.unanswered.due(Instant::now());
+            if shared.role == Role::Agent {
+                metrics().backlog.set(st.unanswered.len() as i64);
+            }
+            let mut dropped = Vec::new();
+            for out in due.resend {
+                shared.stats.bump("redelivered");
+                dropped.extend(push_out(&mut st, out));
+            }
+            if let Some(m) = &pump {
+                m.pump(&mut st, &shared);
+            }
+            drop(st);
+            shared.wake.notify_one();
+            for _ in 0..due.expired {
+                shared.count_dropped("unanswered_expired");
+            }
+            for class in dropped {
+                shared.count_dropped(overflow_reason(class));
+            }
+        }
+    });
+}
+
+/// Logs a connection problem once in a while, without secrets.
+pub(crate) fn log_link_error(what: &str, err: &dyn std::fmt::Display) {
+    if metrics::should_log(&format!("transport-link-{what}"), Duration::from_secs(10)) {
+        tracing::warn!(link = what, error = %redact_text(&err.to_string()), "Broker connection lost; reconnecting.");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn result_kinds_map_to_topics_and_routing_keys() {
+        let rows = [
+            ("motion", Some(("motion", "motion", "motion"))),
+            (
+                "detections",
+                Some(("detections", "detections", "detections")),
+            ),
+            ("fire", Some(("events", "events/fire", "fire"))),
+            ("events/gun", Some(("events", "events/gun", "gun"))),
+            (
+                "snapshots/42",
+                Some(("snapshot", "snapshots/42", "snapshot.42")),
+            ),
+            ("events/a.b", None),
+            ("events/#", None),
+            ("", None),
+            ("snapshots/x/y", None),
+            ("frames", None),
+        ];
+        for (kind, want) in rows {
+            let got = result_kind(kind).ok();
+            let got = got.as_ref().map(|(a, b, c)| (*a, b.as_str(), c.as_str()));
+            assert_eq!(got, want, "kind {kind:?}");
+        }
+    }
+}

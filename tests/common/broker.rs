@@ -1,0 +1,252 @@
+//! Brokers for integration tests: the system RabbitMQ and Mosquitto on loopback
+//! (addresses from `EDGE_TEST_AMQP_URL` / `EDGE_TEST_MQTT_URL`), private Mosquitto
+//! processes that a test may stop and restart, and unique names per test.
+#![allow(dead_code)]
+
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn amqp_url() -> String {
+    std::env::var("EDGE_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+pub fn mqtt_url() -> String {
+    std::env::var("EDGE_TEST_MQTT_URL").unwrap_or_else(|_| "mqtt://127.0.0.1:1883".into())
+}
+
+/// A name no other test uses: letters, digits and '-', valid as topic, queue and id.
+pub fn unique(tag: &str) -> String {
+    format!("t-{tag}-{:08x}", rand::random::<u32>())
+}
+
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind a free port");
+    l.local_addr().unwrap().port()
+}
+
+/// Tests that restart or depend on the shared RabbitMQ take this lock, so a
+/// `rabbitmqctl stop_app` never cuts another test's connection.
+pub async fn rabbit_serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
+/// Runs `rabbitmqctl <args>` and panics with its output on failure.
+pub fn rabbitmqctl(args: &[&str]) {
+    let out = Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl runs");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A private Mosquitto on a loopback port, with persistence in a temporary directory
+/// (so sessions survive a restart, as with the packaged service).
+pub struct Mosquitto {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    /// Extra configuration lines (TLS).
+    extra: String,
+}
+
+impl Mosquitto {
+    pub fn start() -> Mosquitto {
+        Self::start_on(free_port())
+    }
+
+    pub fn start_on(port: u16) -> Mosquitto {
+        Self::start_with(port, String::new())
+    }
+
+    fn start_with(port: u16, extra: String) -> Mosquitto {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // Mosquitto started as root drops to its own user: let it write its database.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let mut m = Mosquitto {
+            port,
+            dir,
+            child: None,
+            extra,
+        };
+        m.spawn();
+        m
+    }
+
+    fn conf(&self) -> PathBuf {
+        let conf = self.dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+                 persistence_location {}/\nset_tcp_nodelay true\nmessage_size_limit 0\n\
+                 max_queued_messages 10000\nlog_dest none\n{}",
+                self.port,
+                self.dir.path().display(),
+                self.extra
+            ),
+        )
+        .unwrap();
+        conf
+    }
+
+    fn spawn(&mut self) {
+        let conf = self.conf();
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto starts");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "mosquitto did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops it with SIGTERM (it saves its sessions) and waits for the exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Waits until `f` holds, polling; panics with `what` after `timeout`.
+pub async fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A CA and a server certificate for `localhost`/127.0.0.1 made with the openssl tool.
+pub struct TestPki {
+    pub dir: tempfile::TempDir,
+}
+
+impl TestPki {
+    pub fn new() -> TestPki {
+        let dir = tempfile::tempdir().expect("temp dir");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let d = dir.path();
+        std::fs::write(
+            d.join("ext.cnf"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        )
+        .unwrap();
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(d)
+                .output()
+                .expect("openssl runs");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=edge test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ]);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "server.pem",
+        ]);
+        for f in ["ca.pem", "server.pem", "server.key"] {
+            std::fs::set_permissions(d.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        TestPki { dir }
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+}
+
+impl Mosquitto {
+    /// A private Mosquitto serving MQTT over TLS only, with the test PKI.
+    pub fn start_tls(pki: &TestPki) -> Mosquitto {
+        let p = pki.dir.path();
+        Self::start_with(
+            free_port(),
+            format!(
+                "cafile {}\ncertfile {}\nkeyfile {}\n",
+                p.join("ca.pem").display(),
+                p.join("server.pem").display(),
+                p.join("server.key").display()
+            ),
+        )
+    }
+}
