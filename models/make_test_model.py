@@ -15,11 +15,12 @@ detected as `fire` with a score of about 0.998 and a box on the square.
 Layouts (both are what real YOLOv4 exports look like, see models/README.md):
 
   pytorch (default)  input `input` [N,3,S,S]; outputs `boxes` [N,K,1,4] and `confs`
-                     [N,K,3], one candidate per 32x32 grid cell (K = (S/32)^2). A cell's
-                     class score is the sigmoid of 12*(colour score - 0.5) max-pooled
-                     over the cell; its box is the extent of the active pixels within
-                     the cell and its 8 neighbours, so every cell touching a square up
-                     to 32 px reports the same box (NMS keeps one).
+                     [N,K,3], one candidate per class and 32x32 grid cell
+                     (K = 3*(S/32)^2). A candidate's score is the sigmoid of
+                     12*(colour score - 0.5) max-pooled over the cell; its box is the
+                     extent of the class's active pixels within the cell and its 8
+                     neighbours, so every cell touching a square up to 32 px reports
+                     the same box (NMS keeps one).
   zoo                input `input_1:0` [N,S,S,3]; three raw heads [N,G,G,3,8] at strides
                      8, 16 and 32. Only the stride-32 head fires: its box is the cell
                      (x,y raw 0, w,h = log(32/anchor)), objectness 1 and class
@@ -71,7 +72,7 @@ class G:
 
 
 def class_maps(g, x):
-    """x [N,3,S,S] -> (scores [N,C,S,S] in 0..1, mask [N,1,S,S] of active pixels)."""
+    """x [N,3,S,S] -> (scores [N,C,S,S] in 0..1, active [N,C,S,S] in {0,1})."""
     lin = g.op(
         "Conv",
         [x, g.const(W.reshape(len(CLASSES), 3, 1, 1)), g.const(B)],
@@ -80,8 +81,7 @@ def class_maps(g, x):
     centred = g.op("Sub", [lin, g.const(np.float32(0.5))])
     scores = g.op("Sigmoid", [g.op("Mul", [centred, g.const(np.float32(SHARPNESS))])])
     active = g.op("Cast", [g.op("Greater", [lin, g.const(np.float32(0.5))])], to=TensorProto.FLOAT)
-    mask = g.op("ReduceMax", [active], axes=[1], keepdims=1)
-    return scores, mask
+    return scores, active
 
 
 def cell_max(g, t):
@@ -112,31 +112,37 @@ def build(layout, size, fixed_batch):
     else:
         inp = helper.make_tensor_value_info("input_1:0", TensorProto.FLOAT, [batch, size, size, 3])
         x = g.op("Transpose", ["input_1:0"], perm=[0, 3, 1, 2])
-    scores, mask = class_maps(g, x)
+    scores, active = class_maps(g, x)
     cell_scores = cell_max(g, scores)  # [N,C,G,G]
     conf = g.op("Reshape", [cell_scores, g.const(np.array([0, len(CLASSES), k], np.int64))])
     conf = g.op("Transpose", [conf], perm=[0, 2, 1])  # [N,K,C]
     outputs = []
     if layout == "pytorch":
+        # One candidate per (class, cell): its box comes from that class's pixels only.
+        c = len(CLASSES)
         xs = np.tile(np.arange(size, dtype=np.float32), (size, 1))[None, None]
         ys = xs.transpose(0, 1, 3, 2).copy()
-        inv = g.op("Sub", [g.const(np.float32(1)), mask])
+        inv = g.op("Sub", [g.const(np.float32(1)), active])
         far = g.const(np.float32(size))
 
         def extent(coord):
-            hi = window_max(g, g.op("Mul", [mask, g.op("Add", [g.const(coord), g.const(np.float32(1))])]))
-            lo_in = g.op("Add", [g.op("Mul", [mask, g.const(coord)]), g.op("Mul", [inv, far])])
+            hi = window_max(g, g.op("Mul", [active, g.op("Add", [g.const(coord), g.const(np.float32(1))])]))
+            lo_in = g.op("Add", [g.op("Mul", [active, g.const(coord)]), g.op("Mul", [inv, far])])
             lo = g.op("Neg", [window_max(g, g.op("Neg", [lo_in]))])
-            return lo, hi
+            return lo, hi  # [N,C,G,G] each
 
         x1, x2 = extent(xs)
         y1, y2 = extent(ys)
-        box = g.op("Concat", [x1, y1, x2, y2], axis=1)  # [N,4,G,G] pixels
+        parts = [g.op("Unsqueeze", [t, g.const(np.array([1], np.int64))]) for t in (x1, y1, x2, y2)]
+        box = g.op("Concat", parts, axis=1)  # [N,4,C,G,G] pixels
         box = g.op("Div", [box, g.const(np.float32(size))])
-        box = g.op("Reshape", [box, g.const(np.array([0, 4, k], np.int64))])
+        box = g.op("Reshape", [box, g.const(np.array([0, 4, c * k], np.int64))])
         box = g.op("Transpose", [box], perm=[0, 2, 1])
         g.op("Unsqueeze", [box, g.const(np.array([2], np.int64))], out="boxes")
-        g.op("Identity", [conf], out="confs")
+        flat = g.op("Reshape", [cell_scores, g.const(np.array([0, c * k, 1], np.int64))])
+        onehot = np.repeat(np.eye(c, dtype=np.float32), k, axis=0)  # [C*K, C]
+        g.op("Mul", [flat, g.const(onehot)], out="confs")
+        k = c * k
         outputs = [
             helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [batch, k, 1, 4]),
             helper.make_tensor_value_info("confs", TensorProto.FLOAT, [batch, k, len(CLASSES)]),

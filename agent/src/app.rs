@@ -21,7 +21,9 @@ pub fn main(cli: Cli) -> i32 {
         Command::Worker { config } => with_config(&config, false, |_loaded| not_yet("worker")),
         Command::Scaler { config } => with_config(&config, false, |_loaded| not_yet("scaler")),
         Command::Motion { config, .. } => with_config(&config, true, |_loaded| not_yet("motion")),
-        Command::Detect { config, .. } => with_config(&config, true, |_loaded| not_yet("detect")),
+        Command::Detect { config, images } => with_config(&config, true, |loaded| {
+            crate::infer::detect::detect_command(&loaded.config, &images)
+        }),
     }
 }
 
