@@ -197,9 +197,41 @@ def build(layout, size, fixed_batch):
     return model
 
 
+def build_bad(variant, size):
+    """Models that the worker must refuse: a grey input, or outputs of no YOLO layout."""
+    g = G()
+    if variant == "bad-input":
+        inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 1, size, size])
+        k = (size // STRIDE) ** 2
+        pooled = g.op("MaxPool", ["input"], kernel_shape=[STRIDE, STRIDE], strides=[STRIDE, STRIDE])
+        flat = g.op("Reshape", [pooled, g.const(np.array([1, k, 1], np.int64))])
+        g.op("Tile", [flat, g.const(np.array([1, 1, 3], np.int64))], out="confs")
+        g.op("Unsqueeze", [g.op("Tile", [flat, g.const(np.array([1, 1, 4], np.int64))]), g.const(np.array([2], np.int64))], out="boxes")
+        outputs = [
+            helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, k, 1, 4]),
+            helper.make_tensor_value_info("confs", TensorProto.FLOAT, [1, k, 3]),
+        ]
+    else:
+        inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, size, size])
+        pooled = g.op("GlobalAveragePool", ["input"])
+        g.op("Reshape", [pooled, g.const(np.array([1, 3], np.int64))], out="logits")
+        outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3])]
+    graph = helper.make_graph(g.nodes, f"edge-agent-{variant}", [inp], outputs, g.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layout", choices=["pytorch", "zoo"], default="pytorch")
+    ap.add_argument(
+        "--variant",
+        choices=["good", "bad-input", "unknown-layout"],
+        default="good",
+        help="bad-input / unknown-layout: models the worker must refuse (tests)",
+    )
     ap.add_argument("--size", type=int, default=160)
     ap.add_argument("--fixed-batch", type=int, default=0, help="fixed batch size (default: dynamic)")
     ap.add_argument("-o", "--output")
@@ -208,7 +240,12 @@ def main():
         HERE, "generated", "test-yolov4.onnx" if a.layout == "pytorch" else "test-yolov4-zoo.onnx"
     )
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    model = build(a.layout, a.size, a.fixed_batch)
+    if a.variant == "good":
+        model = build(a.layout, a.size, a.fixed_batch)
+    else:
+        if not a.output:
+            ap.error("--variant needs -o")
+        model = build_bad(a.variant, a.size)
     tmp = out + ".tmp"
     onnx.save(model, tmp)
     os.replace(tmp, out)  # tests run this concurrently: never leave a half-written file
