@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use edge_agent::config::types::{Fraction, IntIn};
-use edge_agent::infer::config::{InferenceConfig, Provider};
+use edge_agent::infer::config::{ChannelOrder, InferenceConfig, Provider, ResizeMode};
 use edge_agent::infer::image::{decode_jpeg, encode_jpeg, RgbImage};
 use edge_agent::infer::worker::{
     self, AckOutcome, DetectionsMessage, EventMessage, FrameMeta, ResultSink, Snapshot, WorkItem,
@@ -233,15 +233,33 @@ fn compare(what: &str, rust: &[Detection], py: &[RefDet]) {
     }
 }
 
-fn differential(
-    model: &Path,
-    labels: Option<&str>,
-    images: &[RgbImage],
-    resize_impl: &str,
-) -> usize {
+/// Options passed to both sides of a differential run.
+#[derive(Clone, Copy)]
+struct Opts {
+    bgr: bool,
+    stretch: bool,
+}
+const PLAIN: Opts = Opts {
+    bgr: false,
+    stretch: false,
+};
+
+fn differential(model: &Path, labels: Option<&str>, images: &[RgbImage], o: Opts) -> usize {
     let dir = tempfile::tempdir().unwrap();
     let mut c = cfg(model, labels);
     c.confidence = Fraction::new(0.3).unwrap();
+    // One per-class threshold, so that both sides apply them.
+    let coco = labels == Some("models/coco.names");
+    c.class_thresholds.insert(
+        if coco { "person" } else { "knife" }.into(),
+        Fraction::new(0.5).unwrap(),
+    );
+    if o.bgr {
+        c.channel_order = ChannelOrder::Bgr;
+    }
+    if o.stretch {
+        c.resize = ResizeMode::Stretch;
+    }
     let mut p = Pipeline::new(&c).unwrap();
     let mut args: Vec<String> = vec![
         "scripts/infer_ref.py".into(),
@@ -249,10 +267,16 @@ fn differential(
         model.display().to_string(),
         "--confidence".into(),
         "0.3".into(),
+        "--class-threshold".into(),
+        if coco { "0=0.5" } else { "2=0.5" }.into(),
         "--threads".into(),
         "2".into(),
         "--resize-impl".into(),
-        resize_impl.into(),
+        "numpy".into(),
+        "--channel-order".into(),
+        if o.bgr { "bgr" } else { "rgb" }.into(),
+        "--resize".into(),
+        if o.stretch { "stretch" } else { "letterbox" }.into(),
     ];
     let mut rust = Vec::new();
     for (i, img) in images.iter().enumerate() {
@@ -292,26 +316,17 @@ fn detections_match_the_python_reference_for_both_layouts_and_real_architectures
         scene(96, 160, &[(10, 100, 40, BLUE), (50, 10, 30, RED)]),
         textured(160, 128),
     ];
-    let n1 = differential(&test_model(), Some("models/test.names"), &small, "numpy");
-    let n2 = differential(
-        &test_model_zoo(),
-        Some("models/test.names"),
-        &small,
-        "numpy",
-    );
+    let n1 = differential(&test_model(), Some("models/test.names"), &small, PLAIN);
+    let n2 = differential(&test_model_zoo(), Some("models/test.names"), &small, PLAIN);
     let big = [textured(416, 256), textured(256, 416)];
     let n3 = differential(
         &tiny_random("pytorch"),
         Some("models/coco.names"),
         &big,
-        "numpy",
+        PLAIN,
     );
-    let n4 = differential(
-        &tiny_random("zoo"),
-        Some("models/coco.names"),
-        &big,
-        "numpy",
-    );
+    let n4 = differential(&tiny_random("zoo"), Some("models/coco.names"), &big, PLAIN);
+    eprintln!("detections compared: test {n1}, test zoo {n2}, tiny {n3}, tiny zoo {n4}");
     assert!(
         n1 >= 4 && n2 >= 4,
         "the test model found too little: {n1}, {n2}"
@@ -323,15 +338,30 @@ fn detections_match_the_python_reference_for_both_layouts_and_real_architectures
 }
 
 #[test]
-fn detections_match_the_python_reference_on_resized_frames() {
+fn detections_match_the_python_reference_on_resized_frames_in_every_mode() {
     // Frames that need a 2x downscale: fast_image_resize's bilinear against the
-    // reference's numpy bilinear, same pixel-centre convention.
+    // reference's numpy bilinear, same pixel-centre convention; letterbox and stretch,
+    // RGB and BGR (BGR turns the red square into a blue one: fire becomes knife).
     let frames = [
         scene(320, 200, &[(40, 40, 60, RED), (200, 80, 64, WHITE)]),
         scene(200, 320, &[(20, 200, 64, BLUE)]),
     ];
-    let n = differential(&test_model(), Some("models/test.names"), &frames, "numpy");
-    assert!(n >= 3, "{n}");
+    for (bgr, stretch) in [(false, false), (true, false), (false, true), (true, true)] {
+        let o = Opts { bgr, stretch };
+        let n = differential(&test_model(), Some("models/test.names"), &frames, o);
+        assert!(n >= 3, "bgr {bgr} stretch {stretch}: {n}");
+    }
+}
+
+#[test]
+fn channel_order_bgr_swaps_what_the_model_sees() {
+    let mut c = cfg(&test_model(), Some("models/test.names"));
+    c.channel_order = ChannelOrder::Bgr;
+    let mut p = Pipeline::new(&c).unwrap();
+    let img = scene(160, 160, &[(64, 32, 32, RED)]);
+    let d = p.run_rgb(&img.data, 160, 160).unwrap();
+    assert_eq!(d.items.len(), 1);
+    assert_box(&d.items[0], "knife", [64.0, 32.0, 32.0, 32.0], 0.01);
 }
 
 // ---------------------------------------------------------------- bad inputs
@@ -862,4 +892,101 @@ fn ort_library_is_found_past_a_missing_configured_path() {
         }
         Err(e) => panic!("{e}"),
     }
+}
+
+/// A sink whose events fail: the frame must be requeued, not acked.
+#[derive(Clone, Default)]
+struct FailingEvents(Arc<Mutex<Vec<String>>>);
+
+impl ResultSink for FailingEvents {
+    async fn detections(&self, m: &DetectionsMessage) -> Result<(), String> {
+        self.0.lock().unwrap().push(format!("det{}", m.meta.seq));
+        Ok(())
+    }
+    async fn snapshot(&self, s: &Snapshot) -> Result<(), String> {
+        self.0.lock().unwrap().push(format!("snap{}", s.meta.seq));
+        Ok(())
+    }
+    async fn event(&self, _: &EventMessage) -> Result<(), String> {
+        Err("broker away".into())
+    }
+}
+
+#[tokio::test]
+async fn frame_is_requeued_when_its_event_cannot_be_handed_over() {
+    let pipeline = Pipeline::new(&cfg(&test_model(), Some("models/test.names"))).unwrap();
+    let (tx, rx) = mpsc::channel(4);
+    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
+    let sink = FailingEvents::default();
+    let task = tokio::spawn(worker::run(
+        pipeline,
+        EventsConfig::default(),
+        rx,
+        sink.clone(),
+        CancellationToken::new(),
+    ));
+    let frame = jpeg_of(&scene(320, 240, &[(100, 60, 40, RED)]));
+    tx.send(item(1, frame, &ack_tx)).await.unwrap();
+    let (seq, outcome) = tokio::time::timeout(Duration::from_secs(30), ack_rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(seq, 1);
+    assert_eq!(outcome, AckOutcome::Requeue("broker away".into()));
+    assert_eq!(
+        *sink.0.lock().unwrap(),
+        vec!["det1".to_string(), "snap1".to_string()]
+    );
+    drop(tx);
+    task.await.unwrap().unwrap();
+}
+
+#[test]
+fn detect_command_prints_one_json_line_per_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("scene.jpg");
+    std::fs::write(&img, jpeg_of(&scene(640, 480, &[(300, 200, 64, RED)]))).unwrap();
+    let junk = dir.path().join("junk.jpg");
+    std::fs::write(&junk, b"GIF89a not a jpeg").unwrap();
+    let conf = dir.path().join("agent.toml");
+    let toml = format!(
+        "[device]\nid = \"t\"\n[inference]\nmodel = \"{}\"\nlabels = \"{}\"\nproviders = [\"cpu\"]\n",
+        test_model().display(),
+        root().join("models/test.names").display()
+    );
+    std::fs::write(&conf, toml).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_edge-agent"))
+        .args(["detect", "--config"])
+        .arg(&conf)
+        .arg(&img)
+        .arg(&junk)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    let d = &lines[0];
+    assert_eq!(d["provider"], "cpu");
+    assert_eq!(d["width"], 640);
+    let det = &d["detections"][0];
+    assert_eq!(det["class"], "fire");
+    for (k, want) in [("x", 300.0), ("y", 200.0), ("w", 64.0), ("h", 64.0)] {
+        assert!((det[k].as_f64().unwrap() - want).abs() <= 1.0, "{d}");
+    }
+    for stage in [
+        "decode_ms",
+        "preprocess_ms",
+        "inference_ms",
+        "postprocess_ms",
+        "total_ms",
+    ] {
+        assert!(d["timings"][stage].as_f64().unwrap() >= 0.0, "{d}");
+    }
+    let err = lines[1]["error"].as_str().unwrap();
+    assert!(err.contains("not a decodable image"), "{stdout}");
 }

@@ -155,7 +155,14 @@ impl Pipeline {
                 }
                 l
             }
-            None => (0..spec.classes).map(|i| format!("class{i}")).collect(),
+            // No labels file: names stored in the model (the generated test model has
+            // them), else numbers.
+            None => match opened.metadata.get("edge_agent.labels") {
+                Some(names) if names.split(',').count() == spec.classes => {
+                    names.split(',').map(|n| n.trim().to_string()).collect()
+                }
+                _ => (0..spec.classes).map(|i| format!("class{i}")).collect(),
+            },
         };
         let labels_name = labels_path
             .as_ref()
