@@ -59,7 +59,13 @@ fn model(name: &str, args: &[&str]) -> PathBuf {
     static LOCK: Mutex<()> = Mutex::new(());
     let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let path = root().join("models/generated").join(name);
-    if !path.is_file() {
+    // Regenerate when the generating script changed since.
+    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let stale = match (mtime(&path), mtime(&root().join(args[0]))) {
+        (Some(model), Some(script)) => script > model,
+        _ => true,
+    };
+    if stale {
         let out = path.to_str().unwrap().to_string();
         let mut full: Vec<&str> = args.to_vec();
         full.extend(["-o", &out]);

@@ -193,13 +193,16 @@ fn main() {
     let mut images = frames(dir.path());
     let mut cases = vec![(
         "YOLOv4-tiny 416",
-        model("models/cfg/yolov4-tiny.cfg", "yolov4-tiny-random.onnx"),
+        model(
+            "models/cfg/yolov4-tiny.cfg",
+            "yolov4-tiny-random-pytorch.onnx",
+        ),
         tiny_repeat,
     )];
     if full_repeat > 0 {
         cases.push((
             "YOLOv4 416",
-            model("models/cfg/yolov4.cfg", "yolov4-random.onnx"),
+            model("models/cfg/yolov4.cfg", "yolov4-random-pytorch.onnx"),
             full_repeat,
         ));
     }

@@ -181,3 +181,53 @@ fn default_event_classes() -> Vec<String> {
 fn default_snapshot_quality() -> IntIn<1, 100> {
     IntIn::lit(85)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inference_check_reports_each_bad_key() {
+        let cases: Vec<(InferenceConfig, &str, &str)> = vec![
+            (
+                InferenceConfig {
+                    providers: vec![],
+                    ..InferenceConfig::default()
+                },
+                "providers",
+                "must list at least one provider",
+            ),
+            (
+                InferenceConfig {
+                    input_size: IntIn::lit(400),
+                    ..InferenceConfig::default()
+                },
+                "input_size",
+                "must be a multiple of 32 (YOLO stride), got 400",
+            ),
+            (
+                InferenceConfig {
+                    labels: "coco.names".into(),
+                    ..InferenceConfig::default()
+                },
+                "labels",
+                "is set but model is not",
+            ),
+            (
+                InferenceConfig {
+                    pixel_scale: Fraction::lit(0.0),
+                    ..InferenceConfig::default()
+                },
+                "pixel_scale",
+                "must be greater than 0",
+            ),
+        ];
+        for (cfg, key, msg) in cases {
+            let errs = cfg.check();
+            assert_eq!(errs.len(), 1, "{errs:?}");
+            assert_eq!(errs[0].0, key);
+            assert!(errs[0].1.contains(msg), "{errs:?}");
+        }
+        assert!(InferenceConfig::default().check().is_empty());
+    }
+}
