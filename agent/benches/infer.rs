@@ -4,8 +4,10 @@
 //! Models: YOLOv4-tiny and YOLOv4 at 416 from models/darknet2onnx.py with random weights.
 //!
 //! `cargo bench -p edge-agent --bench infer`
+//! Rust and Python passes over the frames alternate (one Python process per pass, one
+//! warm-up frame each), so that both see the same load on a shared machine.
 //! Env: BENCH_THREADS (default 2), BENCH_TINY_REPEAT (default 10 passes over the
-//! frames), BENCH_FULL_REPEAT (default 1; 0 skips YOLOv4), EDGE_AGENT_PYTHON.
+//! frames), BENCH_FULL_REPEAT (default 2; 0 skips YOLOv4), EDGE_AGENT_PYTHON.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -104,53 +106,65 @@ print("bikes" if src else "synthetic")
     (0..8).map(|i| dir.join(format!("frame{i}.jpg"))).collect()
 }
 
+/// Per-frame samples of one side: (whole step ms, session.run ms), and stage sums.
 #[derive(Default, Debug)]
 struct Figures {
-    total_ms: f64,
-    run_ms: f64,
+    samples: Vec<(f64, f64)>,
     /// Sums of decode, preprocess, postprocess.
     stages: [f64; 3],
-    frames: usize,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        0.0
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 impl Figures {
-    fn per_frame(&self) -> f64 {
-        self.total_ms / self.frames as f64
+    fn frames(&self) -> usize {
+        self.samples.len()
     }
-    fn outside(&self) -> f64 {
-        (self.total_ms - self.run_ms) / self.frames as f64
+    fn mean_step(&self) -> f64 {
+        self.samples.iter().map(|s| s.0).sum::<f64>() / self.frames() as f64
+    }
+    fn mean_run(&self) -> f64 {
+        self.samples.iter().map(|s| s.1).sum::<f64>() / self.frames() as f64
+    }
+    fn mean_outside(&self) -> f64 {
+        self.mean_step() - self.mean_run()
+    }
+    fn median_step(&self) -> f64 {
+        median(self.samples.iter().map(|s| s.0).collect())
+    }
+    fn median_outside(&self) -> f64 {
+        median(self.samples.iter().map(|s| s.0 - s.1).collect())
+    }
+    fn stage(&self, i: usize) -> f64 {
+        self.stages[i] / self.frames() as f64
     }
 }
 
-fn rust(model: &Path, jpegs: &[Vec<u8>], threads: usize, repeat: usize) -> Figures {
-    let cfg = InferenceConfig {
-        model: model.to_path_buf(),
-        labels: root().join("models/coco.names"),
-        providers: vec![Provider::Cpu],
-        threads: IntIn::new(threads as i64).unwrap(),
-        ..InferenceConfig::default()
-    };
-    let mut p = Pipeline::new(&cfg).expect("pipeline");
-    for j in jpegs {
-        p.run_jpeg(j).unwrap(); // warm-up, like the reference
-    }
-    let mut f = Figures::default();
+fn rust_pass(p: &mut Pipeline, jpegs: &[Vec<u8>], repeat: usize, f: &mut Figures) {
     for _ in 0..repeat {
         for j in jpegs {
             let t = Instant::now();
             let d = p.run_jpeg(j).unwrap();
-            f.total_ms += t.elapsed().as_secs_f64() * 1e3;
-            f.run_ms += d.timings.inference_ms;
+            let total = t.elapsed().as_secs_f64() * 1e3;
+            f.samples.push((total, d.timings.inference_ms));
             f.stages[0] += d.timings.decode_ms;
             f.stages[1] += d.timings.preprocess_ms;
             f.stages[2] += d.timings.postprocess_ms;
-            f.frames += 1;
         }
     }
-    f
 }
 
-fn python_ref(model: &Path, images: &[PathBuf], threads: usize, repeat: usize) -> Figures {
+fn python_pass(model: &Path, images: &[PathBuf], threads: usize, repeat: usize, f: &mut Figures) {
     let mut args: Vec<String> = vec![
         "scripts/infer_ref.py".into(),
         "--model".into(),
@@ -165,14 +179,42 @@ fn python_ref(model: &Path, images: &[PathBuf], threads: usize, repeat: usize) -
     let out = py(&argv);
     let v: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
     let s = &v["summary"];
-    let frames = s["frames"].as_u64().unwrap() as usize;
-    Figures {
-        total_ms: s["total_ms"].as_f64().unwrap() * frames as f64,
-        run_ms: s["inference_ms"].as_f64().unwrap() * frames as f64,
-        stages: ["decode_ms", "preprocess_ms", "postprocess_ms"]
-            .map(|k| s[k].as_f64().unwrap() * frames as f64),
-        frames,
+    let frames = s["frames"].as_u64().unwrap() as f64;
+    for (i, k) in ["decode_ms", "preprocess_ms", "postprocess_ms"]
+        .iter()
+        .enumerate()
+    {
+        f.stages[i] += s[k].as_f64().unwrap() * frames;
     }
+    for pair in s["per_frame"].as_array().unwrap() {
+        f.samples
+            .push((pair[0].as_f64().unwrap(), pair[1].as_f64().unwrap()));
+    }
+}
+
+/// Alternates Rust and Python passes so that both sides see the same machine load.
+fn compare(
+    model: &Path,
+    images: &[PathBuf],
+    jpegs: &[Vec<u8>],
+    threads: usize,
+    rounds: usize,
+) -> (Figures, Figures) {
+    let cfg = InferenceConfig {
+        model: model.to_path_buf(),
+        labels: root().join("models/coco.names"),
+        providers: vec![Provider::Cpu],
+        threads: IntIn::new(threads as i64).unwrap(),
+        ..InferenceConfig::default()
+    };
+    let mut p = Pipeline::new(&cfg).expect("pipeline");
+    p.run_jpeg(&jpegs[0]).unwrap(); // warm-up, like the reference
+    let (mut r, mut py) = (Figures::default(), Figures::default());
+    for _ in 0..rounds {
+        rust_pass(&mut p, jpegs, 1, &mut r);
+        python_pass(model, images, threads, 1, &mut py);
+    }
+    (r, py)
 }
 
 fn main() {
@@ -187,7 +229,7 @@ fn main() {
     let full_repeat = if quick {
         0
     } else {
-        env_usize("BENCH_FULL_REPEAT", 1)
+        env_usize("BENCH_FULL_REPEAT", 2)
     };
     let dir = tempfile::tempdir().unwrap();
     let mut images = frames(dir.path());
@@ -219,33 +261,42 @@ fn main() {
         "{:<16} {:>10} {:>10} {:>8} | {:>12} {:>12} {:>8}",
         "model", "rust step", "py step", "ratio", "rust outside", "py outside", "ratio"
     );
-    for (name, path, repeat) in cases {
-        let r = rust(&path, &jpegs, threads, repeat);
-        let p = python_ref(&path, &images, threads, repeat);
+    for (name, path, rounds) in cases {
+        let (r, p) = compare(&path, &images, &jpegs, threads, rounds);
         println!(
             "{:<16} {:>10.2} {:>10.2} {:>8.3} | {:>12.2} {:>12.2} {:>8.3}   (session.run: rust {:.2}, py {:.2}; {} frames each)",
             name,
-            r.per_frame(),
-            p.per_frame(),
-            r.per_frame() / p.per_frame(),
-            r.outside(),
-            p.outside(),
-            r.outside() / p.outside(),
-            r.run_ms / r.frames as f64,
-            p.run_ms / p.frames as f64,
-            r.frames,
+            r.mean_step(),
+            p.mean_step(),
+            r.mean_step() / p.mean_step(),
+            r.mean_outside(),
+            p.mean_outside(),
+            r.mean_outside() / p.mean_outside(),
+            r.mean_run(),
+            p.mean_run(),
+            r.frames(),
         );
-        let per = |f: &Figures, i: usize| f.stages[i] / f.frames as f64;
+        println!(
+            "{:<16} medians: step {:.2} / {:.2} (ratio {:.3}), outside session.run {:.2} / {:.2} (ratio {:.3})",
+            "",
+            r.median_step(),
+            p.median_step(),
+            r.median_step() / p.median_step(),
+            r.median_outside(),
+            p.median_outside(),
+            r.median_outside() / p.median_outside(),
+        );
         println!(
             "{:<16} decode {:.2} / {:.2}, letterbox {:.2} / {:.2}, decode+NMS {:.2} / {:.2} (rust / python)",
             "",
-            per(&r, 0),
-            per(&p, 0),
-            per(&r, 1),
-            per(&p, 1),
-            per(&r, 2),
-            per(&p, 2),
+            r.stage(0),
+            p.stage(0),
+            r.stage(1),
+            p.stage(1),
+            r.stage(2),
+            p.stage(2),
         );
     }
     println!("ratio = rust / python (lower is better; goal: step < 1, outside session.run <= 0.5)");
+    println!("session.run is the same ONNX Runtime library on both sides: its difference is machine noise");
 }
