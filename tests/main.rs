@@ -9,3 +9,4 @@ mod scale;
 mod motion;
 //! The one integration test target: every stage's tests against real components.
 mod transport;
+mod infer;

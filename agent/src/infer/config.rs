@@ -68,6 +68,13 @@ pub struct InferenceConfig {
     pub engine_cache: Option<PathBuf>,
     #[serde(default)]
     pub fp16: bool,
+    /// Factor from 0..255 pixel values to the model's input range (darknet: 1/255).
+    #[serde(default = "default_pixel_scale")]
+    pub pixel_scale: Fraction,
+    /// Most frames run in one session call when several wait and the model's batch
+    /// dimension allows.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: IntIn<1, 64>,
 }
 
 impl Default for InferenceConfig {
@@ -86,6 +93,8 @@ impl Default for InferenceConfig {
             ort_library: None,
             engine_cache: None,
             fp16: false,
+            pixel_scale: default_pixel_scale(),
+            max_batch: default_max_batch(),
         }
     }
 }
@@ -104,6 +113,15 @@ impl InferenceConfig {
             errs.push((
                 "input_size".into(),
                 format!("must be a multiple of 32 (YOLO stride), got {size}"),
+            ));
+        }
+        if self.pixel_scale.get() <= 0.0 {
+            errs.push(("pixel_scale".into(), "must be greater than 0".into()));
+        }
+        if !self.labels.as_os_str().is_empty() && self.model.as_os_str().is_empty() {
+            errs.push((
+                "labels".into(),
+                "is set but model is not (the generated test model brings its own labels)".into(),
             ));
         }
         errs
@@ -146,6 +164,12 @@ fn default_confidence() -> Fraction {
 fn default_nms() -> Fraction {
     Fraction::lit(0.45)
 }
+fn default_pixel_scale() -> Fraction {
+    Fraction::lit(1.0 / 255.0)
+}
+fn default_max_batch() -> IntIn<1, 64> {
+    IntIn::lit(4)
+}
 fn default_threads() -> IntIn<0, 256> {
     IntIn::lit(0)
 }
@@ -156,4 +180,54 @@ fn default_event_classes() -> Vec<String> {
 }
 fn default_snapshot_quality() -> IntIn<1, 100> {
     IntIn::lit(85)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inference_check_reports_each_bad_key() {
+        let cases: Vec<(InferenceConfig, &str, &str)> = vec![
+            (
+                InferenceConfig {
+                    providers: vec![],
+                    ..InferenceConfig::default()
+                },
+                "providers",
+                "must list at least one provider",
+            ),
+            (
+                InferenceConfig {
+                    input_size: IntIn::lit(400),
+                    ..InferenceConfig::default()
+                },
+                "input_size",
+                "must be a multiple of 32 (YOLO stride), got 400",
+            ),
+            (
+                InferenceConfig {
+                    labels: "coco.names".into(),
+                    ..InferenceConfig::default()
+                },
+                "labels",
+                "is set but model is not",
+            ),
+            (
+                InferenceConfig {
+                    pixel_scale: Fraction::lit(0.0),
+                    ..InferenceConfig::default()
+                },
+                "pixel_scale",
+                "must be greater than 0",
+            ),
+        ];
+        for (cfg, key, msg) in cases {
+            let errs = cfg.check();
+            assert_eq!(errs.len(), 1, "{errs:?}");
+            assert_eq!(errs[0].0, key);
+            assert!(errs[0].1.contains(msg), "{errs:?}");
+        }
+        assert!(InferenceConfig::default().check().is_empty());
+    }
 }

@@ -1,6 +1,82 @@
 //! Inference: the worker loop, preprocessing, YOLOv4 model layouts, NMS, snapshots
 //! and privacy blur.
+//!
+//! A frame's way through here: JPEG bytes → [`image`] decode → [`preprocess`]
+//! (letterbox or stretch into the model tensor) → ONNX Runtime ([`session`]) →
+//! [`decode`] (per model [`layout`]) → class-aware NMS → boxes mapped back to the
+//! original frame → [`pipeline::Detections`]. [`worker`] runs that for frames from any
+//! transport, hands detections, snapshots ([`snapshot`]) and events to a sink, and acks
+//! a frame only after that. [`detect`] runs the same pipeline on image files.
+//! The pure parts (layout detection, decoding, NMS, letterbox maths, drawing) take plain
+//! data and are unit-tested without a model.
 
 pub mod config;
+pub mod decode;
+pub mod detect;
+pub mod image;
+pub mod layout;
+pub mod pipeline;
+pub mod preprocess;
+pub mod session;
+pub mod snapshot;
+pub mod worker;
+
+use std::path::PathBuf;
 
 pub use config::{EventsConfig, InferenceConfig};
+pub use pipeline::{Detection, Detections, Pipeline, Timings};
+
+/// Errors of the inference stage. Every message names the file or payload concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum InferError {
+    #[error("ONNX Runtime library not found; set inference.ort_library or ORT_DYLIB_PATH. Looked in: {}", .searched.join(", "))]
+    OrtNotFound { searched: Vec<String> },
+    #[error("ONNX Runtime library {path} could not be loaded: {reason}")]
+    OrtLoad { path: PathBuf, reason: String },
+    #[error("model file {path} not found{hint}")]
+    ModelMissing { path: PathBuf, hint: String },
+    #[error("model {path} could not be loaded (corrupt or not an ONNX model?): {reason}")]
+    ModelInvalid { path: PathBuf, reason: String },
+    #[error("model {path}: unknown output layout. Expected either the pytorch-YOLOv4 layout (outputs boxes [N,K,1,4] and confs [N,K,C]) or the ONNX model-zoo layout (2 or 3 outputs [N,G,G,A,5+C]); found outputs {found}")]
+    UnknownLayout { path: PathBuf, found: String },
+    #[error("model {path}: wrong input: expected {expected}, found {found}")]
+    InputShape {
+        path: PathBuf,
+        expected: String,
+        found: String,
+    },
+    #[error("labels file {path}: {reason}")]
+    Labels { path: PathBuf, reason: String },
+    #[error("labels file {labels} has {count} classes but model {model} outputs {classes}")]
+    LabelCount {
+        labels: PathBuf,
+        model: PathBuf,
+        count: usize,
+        classes: usize,
+    },
+    #[error("inference.class_thresholds names class {class:?}, which is not in {labels} (classes: {known})")]
+    UnknownClass {
+        class: String,
+        labels: String,
+        known: String,
+    },
+    #[error("no execution provider could run model {path}: {}", .attempts.join("; "))]
+    NoProvider {
+        path: PathBuf,
+        attempts: Vec<String>,
+    },
+    #[error("payload is not a decodable image ({bytes} bytes): {reason}")]
+    BadImage { bytes: usize, reason: String },
+    #[error("inference on model {path} failed: {reason}")]
+    Run { path: PathBuf, reason: String },
+    #[error("snapshot could not be encoded: {0}")]
+    Snapshot(String),
+}
+
+impl InferError {
+    /// True for errors of one frame (the worker rejects the frame and goes on);
+    /// false for errors of the model or runtime.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(self, InferError::BadImage { .. })
+    }
+}

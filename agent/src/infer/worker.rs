@@ -1,0 +1,309 @@
+//! The worker loop, independent of the transport: frames (JPEG bytes, their camera and
+//! sequence number, and an ack callback) come in on a bounded channel; detections,
+//! snapshots and events go out through a [`ResultSink`]; a frame is acked only after
+//! everything it produced was handed over. A snapshot is always handed over before the
+//! event that names it, so a consumer that fetches it on the event finds it.
+//!
+//! When several frames wait, up to [`Pipeline::max_batch`] run in one session call.
+//! A payload that is not a JPEG is rejected and the loop goes on; a failing model
+//! requeues what it holds and stops the loop with the error.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use super::config::EventsConfig;
+use super::image::{self, RgbImage};
+use super::pipeline::{Detection, Detections, Pipeline};
+use super::snapshot;
+use super::InferError;
+use crate::shutdown::Shutdown;
+use crate::telemetry::metrics::{self, metrics};
+
+/// What the worker needs to know about a frame besides its pixels.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FrameMeta {
+    pub camera: String,
+    pub seq: u64,
+    /// Capture time, milliseconds since the Unix epoch.
+    pub captured_ms: u64,
+}
+
+/// How a frame's message ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AckOutcome {
+    /// Handled: detections (and event) handed over.
+    Done,
+    /// Never handle again (not a JPEG).
+    Reject(String),
+    /// Could not be finished now (sink or model failure); deliver again.
+    Requeue(String),
+}
+
+pub type Acker = Box<dyn FnOnce(AckOutcome) + Send>;
+
+pub struct WorkItem {
+    pub meta: FrameMeta,
+    pub jpeg: bytes::Bytes,
+    pub ack: Acker,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DetectionsMessage {
+    #[serde(flatten)]
+    pub meta: FrameMeta,
+    pub detections: Detections,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EventMessage {
+    #[serde(flatten)]
+    pub meta: FrameMeta,
+    /// Event classes present, sorted.
+    pub classes: Vec<String>,
+    pub detections: Vec<Detection>,
+    /// Name of the snapshot handed over just before this event.
+    pub snapshot: String,
+    /// Where it was stored, with `events.snapshot_dir`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot_path: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Snapshot {
+    pub name: String,
+    pub meta: FrameMeta,
+    pub jpeg: Vec<u8>,
+}
+
+/// Where results go (the transport implements it). Errors are reasons in words; the
+/// frame is then requeued.
+pub trait ResultSink: Send + Sync + 'static {
+    fn detections(
+        &self,
+        msg: &DetectionsMessage,
+    ) -> impl Future<Output = Result<(), String>> + Send;
+    fn snapshot(&self, snap: &Snapshot) -> impl Future<Output = Result<(), String>> + Send;
+    fn event(&self, ev: &EventMessage) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// Snapshot file name for a frame.
+pub fn snapshot_name(meta: &FrameMeta) -> String {
+    format!("{}-{}-{}.jpg", meta.camera, meta.captured_ms, meta.seq)
+}
+
+/// The outputs of one frame, before they are handed over.
+struct Output {
+    detections: Detections,
+    event: Option<(Vec<String>, Vec<u8>)>,
+}
+
+/// Runs until the channel closes or `shutdown` fires. Returns the pipeline's error if
+/// the model fails (after requeueing the frames it held).
+pub async fn run<S: ResultSink>(
+    pipeline: Pipeline,
+    events: EventsConfig,
+    mut rx: mpsc::Receiver<WorkItem>,
+    sink: S,
+    shutdown: Shutdown,
+) -> Result<(), InferError> {
+    let mut pipeline = Some(pipeline);
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return Ok(()),
+            item = rx.recv() => match item { Some(i) => i, None => return Ok(()) },
+        };
+        let max = pipeline.as_ref().map_or(1, Pipeline::max_batch);
+        let mut batch = vec![first];
+        while batch.len() < max {
+            match rx.try_recv() {
+                Ok(i) => batch.push(i),
+                Err(_) => break,
+            }
+        }
+        let (metas, jpegs): (Vec<FrameMeta>, Vec<bytes::Bytes>) = batch
+            .iter()
+            .map(|i| (i.meta.clone(), i.jpeg.clone()))
+            .unzip();
+        let mut acks: Vec<Option<Acker>> = batch.into_iter().map(|i| Some(i.ack)).collect();
+        let p = pipeline
+            .take()
+            .expect("pipeline is returned after every batch");
+        let events_cfg = events.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let mut p = p;
+            let r = process(&mut p, &jpegs, &events_cfg);
+            (p, r)
+        })
+        .await;
+        let (p, results) = match joined {
+            Ok(v) => v,
+            Err(e) => {
+                for a in acks.iter_mut().filter_map(Option::take) {
+                    a(AckOutcome::Requeue("worker task failed".into()));
+                }
+                return Err(InferError::Run {
+                    path: PathBuf::new(),
+                    reason: format!("inference task failed: {e}"),
+                });
+            }
+        };
+        pipeline = Some(p);
+        let results = match results {
+            Ok(r) => r,
+            Err(e) => {
+                for a in acks.iter_mut().filter_map(Option::take) {
+                    a(AckOutcome::Requeue(e.to_string()));
+                }
+                tracing::error!(error = %e, "Inference failed; worker stops.");
+                return Err(e);
+            }
+        };
+        for ((meta, result), ack) in metas.into_iter().zip(results).zip(acks) {
+            let ack = ack.expect("each frame is acked once");
+            match result {
+                Err(e) => {
+                    let why = if e.is_bad_input() {
+                        "not_jpeg"
+                    } else {
+                        "snapshot"
+                    };
+                    metrics()
+                        .rejected
+                        .get_or_create(&metrics::reason("worker", why))
+                        .inc();
+                    if metrics::should_log("worker-not-jpeg", std::time::Duration::from_secs(10)) {
+                        tracing::warn!(camera = %meta.camera, seq = meta.seq, error = %e, "Frame rejected.");
+                    }
+                    ack(AckOutcome::Reject(e.to_string()));
+                }
+                Ok(out) => match hand_over(&sink, &events, meta, out).await {
+                    Ok(()) => ack(AckOutcome::Done),
+                    Err(reason) => {
+                        tracing::warn!(%reason, "Results not handed over; frame requeued.");
+                        ack(AckOutcome::Requeue(reason));
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// Decodes and runs a batch. The outer error is the model's (stop); inner errors are
+/// the frames' (reject).
+fn process(
+    p: &mut Pipeline,
+    jpegs: &[bytes::Bytes],
+    events: &EventsConfig,
+) -> Result<Vec<Result<Output, InferError>>, InferError> {
+    let mut decoded: Vec<Result<(RgbImage, f64), InferError>> = Vec::with_capacity(jpegs.len());
+    for j in jpegs {
+        let t = Instant::now();
+        decoded.push(image::decode_jpeg(j).map(|img| (img, t.elapsed().as_secs_f64() * 1e3)));
+    }
+    let good: Vec<&RgbImage> = decoded
+        .iter()
+        .filter_map(|d| d.as_ref().ok().map(|(i, _)| i))
+        .collect();
+    let mut dets = p.run_images(&good)?.into_iter();
+    let quality = events.snapshot_quality.as_u32() as u8;
+    let mut out = Vec::with_capacity(jpegs.len());
+    for d in decoded {
+        out.push(match d {
+            Err(e) => Err(e),
+            Ok((img, decode_ms)) => {
+                let mut detections = dets.next().expect("one result per decoded frame");
+                detections.timings.decode_ms = decode_ms;
+                detections.timings.total_ms += decode_ms;
+                let mut classes: Vec<String> = detections
+                    .items
+                    .iter()
+                    .filter(|d| events.classes.contains(&d.class))
+                    .map(|d| d.class.clone())
+                    .collect();
+                classes.sort();
+                classes.dedup();
+                if classes.is_empty() {
+                    Ok(Output {
+                        detections,
+                        event: None,
+                    })
+                } else {
+                    snapshot::snapshot_jpeg(
+                        &img,
+                        &detections.items,
+                        &events.privacy_classes,
+                        quality,
+                    )
+                    .map(|jpeg| Output {
+                        detections,
+                        event: Some((classes, jpeg)),
+                    })
+                }
+            }
+        });
+    }
+    Ok(out)
+}
+
+async fn hand_over<S: ResultSink>(
+    sink: &S,
+    events: &EventsConfig,
+    meta: FrameMeta,
+    out: Output,
+) -> Result<(), String> {
+    let msg = DetectionsMessage {
+        meta: meta.clone(),
+        detections: out.detections,
+    };
+    sink.detections(&msg).await?;
+    metrics()
+        .published
+        .get_or_create(&metrics::kind("detections"))
+        .inc();
+    let Some((classes, jpeg)) = out.event else {
+        return Ok(());
+    };
+    let name = snapshot_name(&meta);
+    let mut snapshot_path = None;
+    if let Some(dir) = &events.snapshot_dir {
+        let path = dir.join(&name);
+        write_atomically(&path, &jpeg)
+            .await
+            .map_err(|e| format!("snapshot {}: {e}", path.display()))?;
+        snapshot_path = Some(path);
+    }
+    let snap = Snapshot {
+        name: name.clone(),
+        meta: meta.clone(),
+        jpeg,
+    };
+    sink.snapshot(&snap).await?;
+    let ev = EventMessage {
+        meta,
+        classes,
+        detections: msg.detections.items,
+        snapshot: name,
+        snapshot_path,
+    };
+    sink.event(&ev).await?;
+    metrics()
+        .published
+        .get_or_create(&metrics::kind("events"))
+        .inc();
+    Ok(())
+}
+
+/// Writes to a temporary name and renames, so a reader never sees half a file.
+async fn write_atomically(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        tokio::fs::create_dir_all(dir).await?;
+    }
+    let tmp = path.with_extension("jpg.part");
+    tokio::fs::write(&tmp, data).await?;
+    tokio::fs::rename(&tmp, path).await
+}
