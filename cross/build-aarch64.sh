@@ -4,6 +4,7 @@
 #   cross/build-aarch64.sh             install what is missing, build, check
 #   cross/build-aarch64.sh --fast      the same with a cheaper profile (no LTO, more codegen units)
 #   cross/build-aarch64.sh --check BIN only check an existing binary (tests call this)
+#   cross/build-aarch64.sh --max-glibc BIN  print the highest GLIBC version BIN needs
 #
 # Output: target/aarch64-unknown-linux-gnu/release/edge-agent (under $CARGO_TARGET_DIR if set).
 #
@@ -100,9 +101,13 @@ case "${1:-}" in
     check "${2:-$out}"
     exit 0
     ;;
+  --max-glibc)
+    max_glibc "${2:?--max-glibc BINARY}"
+    exit 0
+    ;;
   --fast) fast=1 ;;
   "") ;;
-  -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
+  -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
   *) die "unknown option $1 (see --help)" ;;
 esac
 
