@@ -14,8 +14,9 @@
 # assembly are compiled by zig cc. ONNX Runtime is loaded at run time, so it is not linked.
 #
 # Checks, each fatal: `file` says aarch64; the highest GLIBC_x.y the binary itself needs is
-# at most $MAX_GLIBC; `edge-agent --version` and `edge-agent validate --config-dir systemd`
-# run under qemu-aarch64-static with the sysroot as their root (a real glibc 2.31).
+# at most 2.31 (EDGE_AGENT_MAX_GLIBC overrides); `edge-agent --version` and `edge-agent
+# validate --config-dir systemd` run under qemu-aarch64-static with the sysroot as their
+# root (a real glibc 2.31; Rust links with -z now, so every GStreamer symbol must resolve).
 #
 # Idempotent: apt packages, the Rust target, the .venv tools and the sysroot are installed
 # only when missing. Tools live in .venv at the repository root (override with VENV=).
@@ -24,7 +25,7 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 
 TARGET=aarch64-unknown-linux-gnu
-MAX_GLIBC=2.31
+MAX_GLIBC=${EDGE_AGENT_MAX_GLIBC:-2.31}
 ZIGBUILD_VERSION=0.24.0
 ZIG_VERSION=0.17.1
 VENV=${VENV:-$repo/.venv}

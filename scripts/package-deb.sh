@@ -14,6 +14,9 @@
 # The binary is stripped of debug info (symbols stay for backtraces). `$auto` in depends
 # becomes libc6 (>= the highest GLIBC_x.y the binary needs), computed by the same code
 # that checks the aarch64 build (cross/build-aarch64.sh --max-glibc).
+
+# The package fields are assigned by an eval of what python3 prints from the manifest.
+# shellcheck disable=SC2154
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
@@ -117,6 +120,7 @@ if [ -n "$scripts" ]; then
   done
 fi
 [ -n "$conffiles" ] && printf '%s\n' "$conffiles" >"$root/DEBIAN/conffiles"
+# shellcheck disable=SC2016 # a literal $auto
 if [[ "$depends" == *'$auto'* ]]; then
   glibc=$("$repo/cross/build-aarch64.sh" --max-glibc "$binary")
   [ -n "$glibc" ] || die "could not read the GLIBC versions $binary needs"
@@ -134,8 +138,8 @@ fi
   echo "Section: $section"
   echo "Priority: $priority"
   echo "Description: $summary"
-  # Extended description: one paragraph, each line indented by a space.
-  printf '%s\n' "$extended" | fold -s -w 78 | sed 's/ *$//; s/^/ /'
+  # Extended description: lines indented by a space, an empty line written " .".
+  printf '%s\n' "$extended" | fold -s -w 78 | sed 's/ *$//; s/^$/./; s/^/ /'
 } >"$root/DEBIAN/control"
 
 mkdir -p "$out"

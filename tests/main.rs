@@ -3,6 +3,8 @@
 
 mod common;
 mod config;
+mod cross;
+mod deb;
 mod ingest;
 mod package;
 mod scale;
