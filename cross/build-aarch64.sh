@@ -113,12 +113,13 @@ case "${1:-}" in
 esac
 
 # 1. Host packages: qemu for the smoke test, file/readelf for the checks, apt/dpkg-deb for
-#    the sysroot, venv for the Python-packaged zig.
+#    the sysroot, venv for the Python-packaged zig, aarch64 strip for the arm64 package.
 SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 install_host_packages() {
   local p missing=()
-  for p in qemu-user-static file binutils python3-venv debian-archive-keyring ca-certificates; do
+  for p in qemu-user-static file binutils binutils-aarch64-linux-gnu python3-venv debian-archive-keyring \
+    ca-certificates; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   if [ "${#missing[@]}" -gt 0 ]; then
