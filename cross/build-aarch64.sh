@@ -169,6 +169,18 @@ fi
 say "building $out (glibc $MAX_GLIBC) with $(cargo --version)"
 timed build cargo-zigbuild zigbuild --locked --release -p edge-agent --bin edge-agent --target "$TARGET.$MAX_GLIBC"
 
-# 5. The checks.
+# 5. The checks. First the GStreamer API level: gstreamer-rs only declares functions newer
+#    than 1.14 behind v1_16, v1_18, ... features, so none above v1_16 in the build's feature
+#    graph means the binary calls nothing JetPack 5's GStreamer 1.16 lacks.
+gst_api_check() {
+  local features
+  features=$(cargo tree --locked --offline -p edge-agent -e features,normal --target "$TARGET" 2>/dev/null \
+    | grep -o 'gstreamer[a-z-]* feature "v1_[0-9_]*"' | sort -u || true)
+  if printf '%s\n' "$features" | grep -Eq '"v1_(1[89]|[2-9][0-9])'; then
+    die "GStreamer API newer than 1.16 is enabled (JetPack 5 has 1.16): $features"
+  fi
+  say "GStreamer API features: ${features:-none (1.14 API)}"
+}
+timed gst-api gst_api_check
 timed checks check "$out"
 say "timings: ${timings[*]}; total $(($(now) - t_all))s"
