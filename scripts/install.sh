@@ -59,7 +59,7 @@ else
   step install -D -m 0644 "$repo/systemd/agent.toml" "$dest/etc/edge-agent/agent.toml"
 fi
 # User edge-agent (groups video, render), state/cache/config directories, unit enabled.
-step env ${dest:+DPKG_ROOT="$dest"} sh "$repo/cross/debian/postinst" configure
+step env DPKG_ROOT="$dest" sh "$repo/cross/debian/postinst" configure
 
 if [ -n "$dest" ]; then
   say "installed into $dest; the running systemd was not touched"
