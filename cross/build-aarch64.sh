@@ -29,8 +29,9 @@ MAX_GLIBC=${EDGE_AGENT_MAX_GLIBC:-2.31}
 ZIGBUILD_VERSION=0.24.0
 ZIG_VERSION=0.17.1
 VENV=${VENV:-$repo/.venv}
-SYSROOT=${EDGE_AGENT_SYSROOT:-$repo/target/sysroot-bullseye-arm64}
 target_dir=${CARGO_TARGET_DIR:-$repo/target}
+# Next to the binary it was built for, so `--check` finds both in the same target dir.
+SYSROOT=${EDGE_AGENT_SYSROOT:-$target_dir/sysroot-bullseye-arm64}
 out="$target_dir/$TARGET/release/edge-agent"
 
 say() { printf 'cross: %s\n' "$*"; }

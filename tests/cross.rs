@@ -11,14 +11,19 @@ pub(crate) fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
 }
 
-/// The cross-built binary in the target directory these tests were built in (which
-/// follows `CARGO_TARGET_DIR`), or `None` with a message saying why the caller skips.
+/// The target directory these tests were built in (which follows `CARGO_TARGET_DIR`):
+/// .../target/debug/edge-agent -> .../target.
+fn target_dir() -> &'static Path {
+    let bin = Path::new(env!("CARGO_BIN_EXE_edge-agent"));
+    bin.parent()
+        .and_then(Path::parent)
+        .expect("the binary is in <target>/<profile>/")
+}
+
+/// The cross-built binary in that target directory, or `None` with a message saying why
+/// the caller skips.
 pub(crate) fn aarch64_binary() -> Option<PathBuf> {
-    // .../target/debug/edge-agent -> .../target
-    let target = Path::new(env!("CARGO_BIN_EXE_edge-agent"))
-        .parent()?
-        .parent()?;
-    let bin = target.join("aarch64-unknown-linux-gnu/release/edge-agent");
+    let bin = target_dir().join("aarch64-unknown-linux-gnu/release/edge-agent");
     if bin.is_file() {
         Some(bin)
     } else {
@@ -32,7 +37,8 @@ pub(crate) fn aarch64_binary() -> Option<PathBuf> {
 
 fn build_script(args: &[&str], max_glibc: Option<&str>) -> Output {
     let mut cmd = Command::new(repo().join("cross/build-aarch64.sh"));
-    cmd.args(args);
+    // The script looks for its sysroot in the target dir, next to the binary it built.
+    cmd.args(args).env("CARGO_TARGET_DIR", target_dir());
     if let Some(v) = max_glibc {
         cmd.env("EDGE_AGENT_MAX_GLIBC", v);
     }
