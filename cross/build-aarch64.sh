@@ -14,9 +14,11 @@
 # assembly are compiled by zig cc. ONNX Runtime is loaded at run time, so it is not linked.
 #
 # Checks, each fatal: `file` says aarch64; the highest GLIBC_x.y the binary itself needs is
-# at most 2.31 (EDGE_AGENT_MAX_GLIBC overrides); `edge-agent --version` and `edge-agent
-# validate --config-dir systemd` run under qemu-aarch64-static with the sysroot as their
-# root (a real glibc 2.31; Rust links with -z now, so every GStreamer symbol must resolve).
+# at most 2.31 (EDGE_AGENT_MAX_GLIBC overrides); `edge-agent --version`, `edge-agent
+# validate --config-dir systemd` and `edge-agent motion demo://moving-square` (a GStreamer
+# pipeline through ingest and motion) run under qemu-aarch64-static with the sysroot as
+# their root: a real glibc 2.31 and GStreamer 1.18 (Rust links with -z now, so every
+# GStreamer symbol must resolve at load).
 #
 # Idempotent: apt packages, the Rust target, the .venv tools and the sysroot are installed
 # only when missing. Tools live in .venv at the repository root (override with VENV=).
@@ -81,19 +83,34 @@ check() {
   fi
   say "shared libraries: $(LC_ALL=C readelf -d "$bin" | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p' | tr '\n' ' ')"
 
-  # The sysroot is the guest's root: its loader, glibc 2.31 and GStreamer 1.18 libraries.
-  # The plugin registry goes to a scratch cache so it never mixes with the host's.
-  local scratch rc=0
+  # The sysroot is the guest's root: its loader, glibc 2.31 and GStreamer 1.18 libraries
+  # and base plugins. The plugin registry goes to a scratch cache so it never mixes with the
+  # host's, and plugins load in-process (the aarch64 plugin scanner cannot be spawned).
+  local scratch rc=0 replay
   scratch=$(mktemp -d)
-  run_arm() { env QEMU_LD_PREFIX="$SYSROOT" XDG_CACHE_HOME="$scratch" HOME="$scratch" qemu-aarch64-static "$bin" "$@"; }
+  run_arm() {
+    timeout 120 env QEMU_LD_PREFIX="$SYSROOT" XDG_CACHE_HOME="$scratch" HOME="$scratch" \
+      GST_REGISTRY_FORK=no qemu-aarch64-static "$bin" "$@"
+  }
   say "qemu: edge-agent --version"
   run_arm --version || rc=$?
   [ "$rc" = 0 ] || { rm -rf "$scratch"; die "edge-agent --version exited $rc under qemu-aarch64-static"; }
   say "qemu: edge-agent validate --quiet --config-dir systemd"
   run_arm validate --quiet --config-dir "$repo/systemd" || rc=$?
-  rm -rf "$scratch"
-  [ "$rc" = 0 ] || die "edge-agent validate exited $rc under qemu-aarch64-static"
+  [ "$rc" = 0 ] || { rm -rf "$scratch"; die "edge-agent validate exited $rc under qemu-aarch64-static"; }
   say "qemu: validate exited 0"
+  # A real GStreamer pipeline on the arm64 libraries: the demo camera through ingest and
+  # motion detection, to its end (one 5 s scene, as fast as the pipeline runs).
+  say "qemu: edge-agent motion demo://moving-square"
+  replay=$(run_arm motion demo://moving-square 2>"$scratch/motion.log") || rc=$?
+  if [ "$rc" != 0 ] || [ -z "$replay" ]; then
+    cat "$scratch/motion.log" >&2
+    rm -rf "$scratch"
+    die "edge-agent motion demo://moving-square exited $rc with ${#replay} bytes of events under qemu-aarch64-static"
+  fi
+  printf '%s\n' "$replay"
+  tail -n 1 "$scratch/motion.log"
+  rm -rf "$scratch"
   say "checks passed for $bin"
 }
 

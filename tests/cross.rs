@@ -1,8 +1,8 @@
 //! The aarch64 build. cross/build-aarch64.sh takes minutes, so CI decides whether to run it
 //! before the tests; when its binary exists, these tests run the script's own checks on it
-//! (`--check`: `file` says aarch64, no GLIBC symbol version above 2.31, `--version` and
-//! `validate` under qemu-aarch64-static on a Debian 11 arm64 root). Without the binary they
-//! say that they skipped and why.
+//! (`--check`: `file` says aarch64, no GLIBC symbol version above 2.31, `--version`,
+//! `validate` and the demo camera's pipeline through `motion` under qemu-aarch64-static on
+//! a Debian 11 arm64 root). Without the binary they say that they skipped and why.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -67,6 +67,10 @@ fn the_aarch64_binary_is_arm64_needs_glibc_2_31_at_most_and_runs_under_qemu() {
         "--version under qemu printed no version:\n{log}"
     );
     assert!(log.contains("validate exited 0"), "{log}");
+    assert!(
+        log.contains("qemu: edge-agent motion demo://moving-square"),
+        "the GStreamer pipeline did not run under qemu:\n{log}"
+    );
     assert!(
         log.contains("libgstreamer-1.0.so.0"),
         "not linked to GStreamer:\n{log}"
