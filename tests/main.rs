@@ -3,10 +3,11 @@
 
 mod common;
 mod config;
+mod cross;
+mod deb;
+mod infer;
 mod ingest;
+mod motion;
 mod package;
 mod scale;
-mod motion;
-//! The one integration test target: every stage's tests against real components.
 mod transport;
-mod infer;
