@@ -9,5 +9,6 @@ mod infer;
 mod ingest;
 mod motion;
 mod package;
+mod pipeline;
 mod scale;
 mod transport;

@@ -79,7 +79,7 @@ fn frame(camera: &str, seq: u64, jpeg: &Bytes) -> FrameMessage {
             version: VERSION,
             device: DEVICE.into(),
             camera: camera.into(),
-            event_id: 1,
+            event_id: "cam-1-1".into(),
             seq,
             captured: unix_ns_now(),
             width: 32,
@@ -585,7 +585,9 @@ async fn bad_frames_are_dropped_with_a_counted_reason_and_the_consumer_goes_on_o
 
 /// Publishes every kind of result and event of two cameras.
 async fn publish_mixed_events(t: &Transport) {
-    t.publish_snapshot("cam-1", 5, small_jpeg()).await.unwrap();
+    t.publish_snapshot("cam-1", "5", small_jpeg())
+        .await
+        .unwrap();
     for (camera, kind) in [
         ("cam-1", "motion"),
         ("cam-1", "detections"),

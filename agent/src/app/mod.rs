@@ -1,6 +1,9 @@
 //! Builds the stages from config, wires them and runs until shutdown. Maps errors to
 //! exit codes: 78 for configuration errors, 1 for anything else.
 
+mod run;
+mod worker;
+
 use crate::cli::{Cli, Command, ConfigArgs};
 use crate::config::{self, render::render, ConfigErrors, Loaded, Sources, EXIT_CONFIG};
 use crate::telemetry::{logging, LogFormat};
@@ -17,8 +20,8 @@ pub fn main(cli: Cli) -> i32 {
             explain,
             quiet,
         } => validate(&config, explain, quiet),
-        Command::Run { config } => with_config(&config, true, |_loaded| not_yet("run")),
-        Command::Worker { config } => with_config(&config, false, |_loaded| not_yet("worker")),
+        Command::Run { config } => with_config(&config, true, |loaded| run::run(loaded, &config)),
+        Command::Worker { config } => with_config(&config, true, worker::run),
         Command::Scaler { config } => with_config(&config, false, |_loaded| not_yet("scaler")),
         Command::Motion {
             source,

@@ -1,0 +1,443 @@
+//! `edge-agent run`: builds every stage from the configuration, wires them with bounded
+//! channels and runs until shutdown.
+//!
+//! cameras (ingest) → per-camera motion loop → escalator (owns the transport handle)
+//! → broker → workers (child processes, started by the scaler) → results back here.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context;
+use bytes::Bytes;
+use tokio::sync::{mpsc, Notify};
+use tracing::{error, info, warn};
+
+use crate::backoff::Backoff;
+use crate::cli::ConfigArgs;
+use crate::config::Loaded;
+use crate::escalate::camera::{self as camera_loop, EscalatedFrame, Escalation};
+use crate::escalate::message::{FrameHeader, FrameMessage, Stamp};
+use crate::escalate::transport::{Role, Transport};
+use crate::escalate::{jpeg, TransportKind};
+use crate::ingest::{spawn_camera, CameraConfig, CameraHandle};
+use crate::motion::MotionTransition;
+use crate::scale::{run_scaler, spawn_pool, WorkerSpec};
+use crate::shutdown::{install_signal_handlers, Shutdown};
+use crate::telemetry::metrics::{self, metrics};
+use crate::telemetry::{http, notify, process};
+
+/// How long shutdown waits for stages to finish what they hold.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(20);
+
+struct Camera {
+    cfg: CameraConfig,
+    handle: Arc<CameraHandle>,
+    stop: Shutdown,
+    motion: tokio::task::JoinHandle<()>,
+}
+
+pub fn run(loaded: Loaded, args: &ConfigArgs) -> i32 {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("edge-agent")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(error = %e, "Cannot start the async runtime.");
+            return 1;
+        }
+    };
+    match rt.block_on(run_agent(loaded, args.clone())) {
+        Ok(code) => code,
+        Err(e) => {
+            error!(error = %crate::config::secret::redact_text(&format!("{e:#}")), "The agent stopped on an error.");
+            1
+        }
+    }
+}
+
+async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
+    let cfg = loaded.config.clone();
+    let device = cfg.device.id.to_string();
+    let shutdown = Shutdown::new();
+    install_signal_handlers(shutdown.clone());
+    info!(device = %device, version = crate::VERSION, cameras = cfg.cameras.len(), transport = ?cfg.transport.kind, "edge-agent starting.");
+
+    let transport = Arc::new(
+        Transport::connect(&cfg.transport, &device, Role::Agent)
+            .await
+            .with_context(|| format!("transport {:?}", cfg.transport.kind))?,
+    );
+    if let Some(addr) = transport.broker_addr() {
+        info!(%addr, "Embedded MQTT broker listening on loopback.");
+    }
+
+    // Workers: this binary's `worker` subcommand with the same configuration, pointed
+    // at the embedded broker when there is one.
+    let wake = Arc::new(Notify::new());
+    let mut worker_args: Vec<OsString> = Vec::new();
+    if let Some(dir) = &args.config_dir {
+        worker_args.extend(["--config-dir".into(), dir.clone().into_os_string()]);
+    }
+    for f in &args.files {
+        worker_args.extend(["--config".into(), f.clone().into_os_string()]);
+    }
+    let mut spec = WorkerSpec::this_binary(worker_args)
+        .context("cannot find this executable to start workers")?;
+    if let (TransportKind::Embedded, Some(addr)) = (cfg.transport.kind, transport.broker_addr()) {
+        spec.env.push((
+            "EDGE_AGENT__TRANSPORT__EMBEDDED_PORT".into(),
+            addr.port().to_string(),
+        ));
+    }
+    let pool = spawn_pool(
+        spec,
+        cfg.scaling.grace_period.get(),
+        Backoff::new(Duration::from_millis(500), Duration::from_secs(60)),
+        shutdown.clone(),
+    );
+    {
+        let t = transport.clone();
+        tokio::spawn(run_scaler(
+            cfg.scaling.clone(),
+            pool.clone(),
+            move || {
+                let t = t.clone();
+                async move {
+                    match t.backlog().await {
+                        Ok(b) => {
+                            metrics().backlog.set(b.unanswered as i64);
+                            Some(b.unanswered.max(b.ready.unwrap_or(0)))
+                        }
+                        Err(e) => {
+                            if metrics::should_log("backlog", Duration::from_secs(60)) {
+                                warn!(error = %e, "Cannot read the backlog.");
+                            }
+                            None
+                        }
+                    }
+                }
+            },
+            wake.clone(),
+            shutdown.clone(),
+        ));
+    }
+
+    // Cameras and their motion loops; the escalator owns publishing.
+    let (esc_tx, esc_rx) = mpsc::channel::<Escalation>(64);
+    let mut cameras: BTreeMap<String, Camera> = BTreeMap::new();
+    for cam in cfg.cameras.iter().filter(|c| c.enabled) {
+        cameras.insert(
+            cam.id.to_string(),
+            start_camera(cam.clone(), esc_tx.clone(), &shutdown),
+        );
+    }
+    let escalator = tokio::spawn(escalate(
+        esc_rx,
+        transport.clone(),
+        device.clone(),
+        wake.clone(),
+        pool.clone(),
+    ));
+    let results = tokio::spawn(read_results(transport.clone(), shutdown.clone()));
+
+    // Telemetry endpoint.
+    if !cfg.telemetry.metrics_listen.is_empty() {
+        let cams: Vec<(String, Arc<CameraHandle>)> = cameras
+            .iter()
+            .map(|(k, c)| (k.clone(), c.handle.clone()))
+            .collect();
+        let p = pool.clone();
+        let t = transport.clone();
+        let health: http::HealthFn = Arc::new(move || {
+            let cams: serde_json::Map<String, serde_json::Value> = cams
+                .iter()
+                .map(|(id, h)| {
+                    let s = h.status();
+                    (id.clone(), serde_json::json!({ "state": format!("{:?}", s.state), "restarts": s.restarts, "last_reason": s.last_reason }))
+                })
+                .collect();
+            let w = p.status();
+            serde_json::json!({ "version": crate::VERSION, "broker_connected": t.is_connected(), "cameras": cams,
+                "workers": { "running": w.running, "ready": w.ready, "target": w.target, "last_failure": w.last_failure } })
+        });
+        match http::serve(&cfg.telemetry.metrics_listen, health, shutdown.clone()).await {
+            Ok(addr) => info!(%addr, "Metrics on http://{addr}/metrics, health on /health."),
+            Err(e) => {
+                warn!(listen = %cfg.telemetry.metrics_listen, error = %e, "Cannot serve metrics; going on without.")
+            }
+        }
+    }
+
+    notify::ready(&format!("{} cameras", cameras.len()));
+    info!(cameras = cameras.len(), "edge-agent running.");
+
+    // Main loop: watchdog pings, heartbeat, resource sampling, reload on SIGHUP.
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("SIGHUP handler")?;
+    let watchdog = notify::watchdog_interval();
+    let tick = watchdog
+        .unwrap_or(Duration::from_secs(1))
+        .min(Duration::from_secs(1));
+    let mut sampler = process::Sampler::default();
+    let mut last_sample = Instant::now() - process::SAMPLE_EVERY;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = hup.recv() => {
+                notify::reloading();
+                reload(&args, &mut cameras, &esc_tx, &shutdown).await;
+                notify::ready(&format!("{} cameras", cameras.len()));
+            }
+            _ = shutdown.cancelled() => break,
+        }
+        notify::watchdog();
+        if last_sample.elapsed() >= process::SAMPLE_EVERY {
+            sampler.sample(&pool.status().pids);
+            last_sample = Instant::now();
+        }
+    }
+
+    info!("Stopping: cameras, then workers, then the transport.");
+    notify::stopping();
+    let stop = async {
+        for (_, cam) in std::mem::take(&mut cameras) {
+            stop_camera(cam).await;
+        }
+        drop(esc_tx);
+        let _ = escalator.await;
+        pool.stopped().await;
+        results.abort();
+    };
+    if tokio::time::timeout(SHUTDOWN_DEADLINE, stop).await.is_err() {
+        warn!(deadline = ?SHUTDOWN_DEADLINE, "Shutdown deadline passed; exiting anyway.");
+    }
+    if let Ok(t) = Arc::try_unwrap(transport) {
+        t.close(Duration::from_secs(3)).await;
+    }
+    info!("edge-agent stopped.");
+    Ok(0)
+}
+
+fn start_camera(
+    cam: CameraConfig,
+    esc_tx: mpsc::Sender<Escalation>,
+    shutdown: &Shutdown,
+) -> Camera {
+    let stop = shutdown.child_token();
+    let (grey_tx, grey_rx) = mpsc::channel(4);
+    let handle = Arc::new(spawn_camera(cam.clone(), grey_tx, stop.clone()));
+    let motion = tokio::spawn(camera_loop::run(
+        cam.clone(),
+        handle.clone(),
+        grey_rx,
+        esc_tx,
+        stop.clone(),
+    ));
+    Camera {
+        cfg: cam,
+        handle,
+        stop,
+        motion,
+    }
+}
+
+async fn stop_camera(cam: Camera) {
+    cam.stop.cancel();
+    let _ = cam.motion.await;
+    match Arc::try_unwrap(cam.handle) {
+        Ok(h) => h.stopped().await,
+        Err(_) => {
+            warn!(camera = %cam.cfg.id, "Camera handle still shared at stop; its pipeline stops with its token.")
+        }
+    }
+}
+
+/// Re-reads the configuration: unchanged cameras keep streaming, changed ones restart,
+/// removed ones stop, new ones start. Other sections need a restart and say so.
+async fn reload(
+    args: &ConfigArgs,
+    cameras: &mut BTreeMap<String, Camera>,
+    esc_tx: &mpsc::Sender<Escalation>,
+    shutdown: &Shutdown,
+) {
+    let loaded = match super::load_config(args, true) {
+        Ok(l) => l,
+        Err(e) => {
+            error!(errors = %e, "Reload refused: the new configuration is invalid; keeping the running one.");
+            return;
+        }
+    };
+    let wanted: BTreeMap<String, CameraConfig> = loaded
+        .config
+        .cameras
+        .into_iter()
+        .filter(|c| c.enabled)
+        .map(|c| (c.id.to_string(), c))
+        .collect();
+    let (mut kept, mut restarted, mut started, mut stopped) = (0, 0, 0, 0);
+    let ids: Vec<String> = cameras.keys().cloned().collect();
+    for id in ids {
+        let same = wanted
+            .get(&id)
+            .is_some_and(|w| cameras.get(&id).is_some_and(|c| &c.cfg == w));
+        if same {
+            kept += 1;
+        } else if let Some(cam) = cameras.remove(&id) {
+            stop_camera(cam).await;
+            if wanted.contains_key(&id) {
+                restarted += 1;
+            } else {
+                stopped += 1;
+            }
+        }
+    }
+    for (id, cfg) in wanted {
+        if let std::collections::btree_map::Entry::Vacant(slot) = cameras.entry(id) {
+            slot.insert(start_camera(cfg, esc_tx.clone(), shutdown));
+            started += 1;
+        }
+    }
+    started -= restarted.min(started);
+    info!(kept, restarted, started, stopped, "Configuration reloaded.");
+}
+
+/// Owns publishing: motion transitions become motion messages, escalated frames are
+/// encoded and published as frame messages, and the scaler is woken at once.
+async fn escalate(
+    mut rx: mpsc::Receiver<Escalation>,
+    transport: Arc<Transport>,
+    device: String,
+    wake: Arc<Notify>,
+    pool: crate::scale::PoolHandle,
+) {
+    while let Some(item) = rx.recv().await {
+        match item {
+            Escalation::Motion(t) => {
+                let (state, e) = match &t {
+                    MotionTransition::Started(e) => ("start", e),
+                    MotionTransition::Continued(e) => ("update", e),
+                    MotionTransition::Ended(e) => ("end", e),
+                };
+                let mut v = serde_json::to_value(e).unwrap_or_default();
+                v["state"] = state.into();
+                v["device"] = device.clone().into();
+                if let Err(e) =
+                    transport.publish_result(&e.camera, "motion", Bytes::from(v.to_string()))
+                {
+                    warn!(camera = %e_camera(&t), error = %e, "Motion message not published.");
+                }
+            }
+            Escalation::Frame(f) => {
+                let cold = pool.status().ready == 0;
+                let camera = f.colour.camera.to_string();
+                match tokio::task::spawn_blocking(move || encode_frame(f, cold)).await {
+                    Ok(Ok(mut msg)) => {
+                        msg.header.device = device.clone();
+                        msg.header.stamp("published");
+                        if let Some(d) = msg
+                            .header
+                            .stamps
+                            .iter()
+                            .find(|s| s.stage == "motion")
+                            .map(|s| s.at_unix_ns)
+                        {
+                            let now = crate::escalate::message::unix_ns_now();
+                            metrics()
+                                .stage_latency
+                                .get_or_create(&metrics::stage("motion_to_publish"))
+                                .observe(now.saturating_sub(d) as f64 / 1e9);
+                        }
+                        match transport.publish_frame(msg) {
+                            Ok(()) => {
+                                metrics()
+                                    .escalations
+                                    .get_or_create(&metrics::camera(&camera))
+                                    .inc();
+                                wake.notify_one();
+                            }
+                            Err(e) => warn!(camera = %camera, error = %e, "Frame not escalated."),
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        warn!(camera = %camera, error = %e, "Frame could not be encoded.")
+                    }
+                    Err(e) => warn!(camera = %camera, error = %e, "Encoder task failed."),
+                }
+            }
+        }
+    }
+}
+
+fn e_camera(t: &MotionTransition) -> &str {
+    &t.event().camera
+}
+
+fn encode_frame(f: EscalatedFrame, cold_start: bool) -> Result<FrameMessage, jpeg::JpegError> {
+    let c = &f.colour;
+    let data = jpeg::encode_rgb(&c.rgb, c.width, c.height, f.jpeg_quality)?;
+    let ns = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+    };
+    let mut header = FrameHeader {
+        version: crate::escalate::message::VERSION,
+        device: String::new(),
+        camera: c.camera.to_string(),
+        event_id: f.event_id.clone(),
+        seq: c.seq,
+        captured: ns(c.captured),
+        width: c.width,
+        height: c.height,
+        boxes: f.boxes.iter().map(|b| [b.x, b.y, b.w, b.h]).collect(),
+        stamps: vec![Stamp {
+            stage: "motion".into(),
+            at_unix_ns: ns(f.motion_at),
+        }],
+        cold_start,
+    };
+    header.stamp("encoded");
+    Ok(FrameMessage {
+        header,
+        jpeg: Bytes::from(data),
+    })
+}
+
+/// Reads results back: counts answered frames and records end-to-end latency.
+async fn read_results(transport: Arc<Transport>, shutdown: Shutdown) {
+    let mut results = match transport.results() {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(error = %e, "No result stream; end-to-end latency will not be measured.");
+            return;
+        }
+    };
+    loop {
+        let r = tokio::select! {
+            r = results.next() => match r { Some(r) => r, None => break },
+            _ = shutdown.cancelled() => break,
+        };
+        if r.kind == "detections" && r.first_answer {
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&r.payload) {
+                if let Some(captured) = v["captured_ms"].as_u64() {
+                    let now = crate::escalate::message::unix_ns_now() / 1_000_000;
+                    metrics()
+                        .stage_latency
+                        .get_or_create(&metrics::stage("end_to_end"))
+                        .observe(now.saturating_sub(captured) as f64 / 1e3);
+                }
+                let n = v["detections"]["items"]
+                    .as_array()
+                    .map(|a| a.len())
+                    .unwrap_or(0);
+                info!(camera = %r.camera, seq = ?r.seq, detections = n, "Detections received.");
+            }
+        } else if r.kind.starts_with("events/") {
+            info!(camera = %r.camera, kind = %r.kind, "Event published.");
+        }
+    }
+}

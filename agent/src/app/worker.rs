@@ -1,0 +1,153 @@
+//! `edge-agent worker`: one inference worker. Loads the model, connects as a consumer,
+//! prints the ready line the scaler waits for, then runs frames through the pipeline;
+//! a frame is acked only after its detections (and snapshot, then event) are handed to
+//! the transport. SIGTERM: stop taking frames, finish those held, exit 0.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+use crate::config::Loaded;
+use crate::escalate::transport::{Role, Transport};
+use crate::infer::pipeline::Pipeline;
+use crate::infer::worker::{
+    self, AckOutcome, DetectionsMessage, EventMessage, FrameMeta, ResultSink, Snapshot, WorkItem,
+};
+use crate::scale::READY_LINE;
+use crate::shutdown::{install_signal_handlers, Shutdown};
+
+pub fn run(loaded: Loaded) -> i32 {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(error = %e, "Cannot start the async runtime.");
+            return 1;
+        }
+    };
+    match rt.block_on(run_worker(loaded)) {
+        Ok(()) => 0,
+        Err(e) => {
+            error!(error = %crate::config::secret::redact_text(&format!("{e:#}")), "Worker stopped on an error.");
+            1
+        }
+    }
+}
+
+struct Sink {
+    transport: Arc<Transport>,
+}
+
+fn json(v: &impl serde::Serialize) -> Result<Bytes, String> {
+    serde_json::to_vec(v)
+        .map(Bytes::from)
+        .map_err(|e| e.to_string())
+}
+
+impl ResultSink for Sink {
+    async fn detections(&self, msg: &DetectionsMessage) -> Result<(), String> {
+        self.transport
+            .publish_result(&msg.meta.camera, "detections", json(msg)?)
+            .map_err(|e| e.to_string())
+    }
+    async fn snapshot(&self, snap: &Snapshot) -> Result<(), String> {
+        let id = snap.name.trim_end_matches(".jpg").replace('.', "_");
+        let publish =
+            self.transport
+                .publish_snapshot(&snap.meta.camera, &id, Bytes::from(snap.jpeg.clone()));
+        match tokio::time::timeout(Duration::from_secs(10), publish).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err("snapshot not confirmed by the broker within 10 s".into()),
+        }
+    }
+    async fn event(&self, ev: &EventMessage) -> Result<(), String> {
+        let body = json(ev)?;
+        for class in &ev.classes {
+            self.transport
+                .publish_result(&ev.meta.camera, &format!("events/{class}"), body.clone())
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
+
+async fn run_worker(loaded: Loaded) -> anyhow::Result<()> {
+    let cfg = loaded.config;
+    let shutdown = Shutdown::new();
+    install_signal_handlers(shutdown.clone());
+    let inference = cfg.inference.clone();
+    let started = std::time::Instant::now();
+    let pipeline = tokio::task::spawn_blocking(move || Pipeline::new(&inference))
+        .await
+        .context("model loading task")??;
+    info!(provider = %pipeline.provider(), load = ?started.elapsed(), "Model loaded.");
+    let transport = Arc::new(
+        Transport::connect(&cfg.transport, cfg.device.id.as_str(), Role::Worker)
+            .await
+            .context("transport")?,
+    );
+    let mut frames = transport.frames().context("frames stream")?;
+    let (tx, rx) = mpsc::channel::<WorkItem>(cfg.transport.prefetch.as_usize().max(1));
+    // The loop ends when the channel closes, so frames already taken are finished.
+    let loop_token = Shutdown::new();
+    let work = tokio::spawn(worker::run(
+        pipeline,
+        cfg.events.clone(),
+        rx,
+        Sink {
+            transport: transport.clone(),
+        },
+        loop_token,
+    ));
+    println!("{READY_LINE}");
+    let _ = std::io::stdout().flush();
+    info!("Worker ready.");
+    loop {
+        let d = tokio::select! {
+            d = frames.next() => match d { Some(d) => d, None => break },
+            _ = shutdown.cancelled() => break,
+        };
+        let h = &d.msg.header;
+        let meta = FrameMeta {
+            camera: h.camera.clone(),
+            seq: h.seq,
+            captured_ms: h.captured / 1_000_000,
+        };
+        let jpeg = d.msg.jpeg.clone();
+        let ack: worker::Acker = Box::new(move |outcome| {
+            tokio::spawn(async move {
+                let r = match outcome {
+                    AckOutcome::Done => d.ack().await,
+                    AckOutcome::Reject(_) => d.reject("not_jpeg").await,
+                    // Not acked: the broker (AMQP, on our exit) or the agent (MQTT,
+                    // after transport.redeliver_after) delivers it again.
+                    AckOutcome::Requeue(why) => {
+                        warn!(reason = %why, "Frame left for redelivery.");
+                        Ok(())
+                    }
+                };
+                if let Err(e) = r {
+                    warn!(error = %e, "Ack failed; the frame may be delivered again.");
+                }
+            });
+        });
+        if tx.send(WorkItem { meta, jpeg, ack }).await.is_err() {
+            break;
+        }
+    }
+    info!("Worker stopping: finishing the frames it holds.");
+    drop(tx);
+    let result = work.await.context("worker loop")?;
+    if let Ok(t) = Arc::try_unwrap(transport) {
+        t.close(Duration::from_secs(5)).await;
+    }
+    result.map_err(anyhow::Error::from)
+}

@@ -1,0 +1,101 @@
+//! The whole agent as a user runs it: `edge-agent run` with no configuration (the
+//! embedded demo: synthetic camera, in-process MQTT broker, generated model on CPU).
+//! Motion starts a worker from zero, detections and a fire event come back, and after
+//! the cooldown no worker process is left (counted in /proc, not read from a flag).
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut kids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        // Fields after the command name, which is in parentheses: state, ppid, ...
+        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let ppid: u32 = after
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        if ppid == pid {
+            kids.push(p);
+        }
+    }
+    kids
+}
+
+#[test]
+fn demo_runs_the_full_cycle_motion_worker_from_zero_detections_and_back_to_zero() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edge-agent"))
+        .arg("run")
+        .current_dir(repo)
+        .env("EDGE_AGENT_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info,rumqttd=warn")
+        .env("EDGE_AGENT__SCALING__COOLDOWN_PERIOD", "3s")
+        .env("EDGE_AGENT__TELEMETRY__METRICS_LISTEN", "127.0.0.1:0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel::<serde_json::Value>();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    let want = [
+        "Motion started.",
+        "Worker ready.",
+        "Detections received.",
+        "Event published.",
+        "Scaling in: asking worker to finish and exit.",
+        "Worker stopped.",
+    ];
+    let mut seen: Vec<&str> = Vec::new();
+    let mut detections = 0;
+    let mut peak_workers = 0;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while seen.len() < want.len() && Instant::now() < deadline {
+        peak_workers = peak_workers.max(children_of(pid).len());
+        let Ok(v) = rx.recv_timeout(Duration::from_millis(200)) else {
+            continue;
+        };
+        let msg = v["message"].as_str().unwrap_or("");
+        if msg == "Detections received." {
+            detections += v["detections"].as_u64().unwrap_or(0);
+        }
+        if let Some(w) = want.iter().find(|w| **w == msg) {
+            if !seen.contains(w) {
+                seen.push(w);
+            }
+        }
+    }
+    let missing: Vec<&&str> = want.iter().filter(|w| !seen.contains(w)).collect();
+    let leftover = children_of(pid);
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(missing.is_empty(), "never saw {missing:?} (saw {seen:?})");
+    assert!(
+        detections > 0,
+        "the demo model finds the red square as fire"
+    );
+    assert_eq!(peak_workers, 1, "one worker started from zero");
+    assert!(
+        leftover.is_empty(),
+        "worker processes left after the cooldown: {leftover:?}"
+    );
+    assert!(status.success(), "agent exit on SIGTERM: {status:?}");
+}
