@@ -11,4 +11,5 @@ mod motion;
 mod package;
 mod pipeline;
 mod scale;
+mod telemetry;
 mod transport;
