@@ -8,31 +8,25 @@ use super::*;
 const BASE: &str =
     "[device]\nid = \"box-1\"\n\n[[cameras]]\nid = \"gate\"\nurl = \"rtsp://cam/stream\"\n";
 
+fn load(files: &[(&str, &str)], env: &[(&str, &str)]) -> Result<Loaded, ConfigErrors> {
+    let owned = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    };
+    load_texts(&owned(files), &owned(env), None)
+}
+
 fn errors_of(files: &[(&str, &str)], env: &[(&str, &str)]) -> Vec<String> {
-    let texts: Vec<(String, String)> = files
-        .iter()
-        .map(|(n, t)| (n.to_string(), t.to_string()))
-        .collect();
-    let env: Vec<(String, String)> = env
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    match load_texts(&texts, &env, None) {
+    match load(files, env) {
         Ok(_) => Vec::new(),
         Err(e) => e.0.iter().map(ToString::to_string).collect(),
     }
 }
 
 fn ok(files: &[(&str, &str)], env: &[(&str, &str)]) -> Loaded {
-    let texts: Vec<(String, String)> = files
-        .iter()
-        .map(|(n, t)| (n.to_string(), t.to_string()))
-        .collect();
-    let env: Vec<(String, String)> = env
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    load_texts(&texts, &env, None).unwrap_or_else(|e| panic!("config should load: {e}"))
+    load(files, env).unwrap_or_else(|e| panic!("config should load: {e}"))
 }
 
 #[test]
