@@ -67,6 +67,7 @@ fn demo_runs_the_full_cycle_motion_worker_from_zero_detections_and_back_to_zero(
     let mut seen: Vec<&str> = Vec::new();
     let mut detections = 0;
     let mut peak_workers = 0;
+    let mut metrics_addr: Option<String> = None;
     let deadline = Instant::now() + Duration::from_secs(90);
     while seen.len() < want.len() && Instant::now() < deadline {
         peak_workers = peak_workers.max(children_of(pid).len());
@@ -74,6 +75,9 @@ fn demo_runs_the_full_cycle_motion_worker_from_zero_detections_and_back_to_zero(
             continue;
         };
         let msg = v["message"].as_str().unwrap_or("");
+        if msg.starts_with("Metrics on") {
+            metrics_addr = v["addr"].as_str().map(str::to_string);
+        }
         if msg == "Detections received." {
             detections += v["detections"].as_u64().unwrap_or(0);
         }
@@ -85,6 +89,7 @@ fn demo_runs_the_full_cycle_motion_worker_from_zero_detections_and_back_to_zero(
     }
     let missing: Vec<&&str> = want.iter().filter(|w| !seen.contains(w)).collect();
     let leftover = children_of(pid);
+    let scraped = metrics_addr.as_deref().map(scrape).unwrap_or_default();
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
     assert!(missing.is_empty(), "never saw {missing:?} (saw {seen:?})");
@@ -98,4 +103,28 @@ fn demo_runs_the_full_cycle_motion_worker_from_zero_detections_and_back_to_zero(
         "worker processes left after the cooldown: {leftover:?}"
     );
     assert!(status.success(), "agent exit on SIGTERM: {status:?}");
+    // The metrics moved with the frames.
+    for name in [
+        "edge_agent_frames_total{camera=\"demo\"}",
+        "edge_agent_escalations_total{camera=\"demo\"}",
+        "edge_agent_motion_events_total{camera=\"demo\"}",
+    ] {
+        let value = scraped
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        assert!(value > 0.0, "{name} = {value} in:\n{scraped}");
+    }
+}
+
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
 }
