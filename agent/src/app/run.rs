@@ -146,15 +146,17 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
 
     // Telemetry endpoint.
     if !cfg.telemetry.metrics_listen.is_empty() {
-        let cams: Vec<(String, Arc<CameraHandle>)> = cameras
+        // Weak: the endpoint must not keep a camera alive past its stop (shutdown).
+        let cams: Vec<(String, std::sync::Weak<CameraHandle>)> = cameras
             .iter()
-            .map(|(k, c)| (k.clone(), c.handle.clone()))
+            .map(|(k, c)| (k.clone(), Arc::downgrade(&c.handle)))
             .collect();
         let p = pool.clone();
         let t = transport.clone();
         let health: http::HealthFn = Arc::new(move || {
             let cams: serde_json::Map<String, serde_json::Value> = cams
                 .iter()
+                .filter_map(|(id, h)| h.upgrade().map(|h| (id, h)))
                 .map(|(id, h)| {
                     let s = h.status();
                     (id.clone(), serde_json::json!({ "state": format!("{:?}", s.state), "restarts": s.restarts, "last_reason": s.last_reason }))

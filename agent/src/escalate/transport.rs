@@ -678,9 +678,8 @@ impl Transport {
         kind: &str,
         payload: Bytes,
     ) -> Result<(), TransportError> {
-        let out = self.result_out(&self.shared.device, camera, kind, payload)?;
-        self.shared.enqueue(out, &self.link);
-        Ok(())
+        let device = self.shared.device.clone();
+        self.publish_result_for(&device, camera, kind, payload)
     }
 
     /// Like [`Transport::publish_result`] for another device's camera (a worker
