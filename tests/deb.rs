@@ -247,6 +247,21 @@ fn check_user(root: &Path) {
         (0, 0o700),
         "credentials dir"
     );
+    // systemd refuses to start a unit whose LoadCredential= file is missing: every one the
+    // unit names exists (an empty root-only placeholder until the operator fills it).
+    let unit = std::fs::read_to_string(repo().join("systemd/edge-agent.service")).unwrap();
+    let named: Vec<&str> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("LoadCredential="))
+        .filter_map(|l| l.split_once(':').map(|(_, path)| path))
+        .collect();
+    assert!(!named.is_empty(), "the unit loads no credentials");
+    for path in named {
+        let f = root.join(path.trim_start_matches('/'));
+        let m = std::fs::metadata(&f)
+            .unwrap_or_else(|e| panic!("{path} named by LoadCredential= is missing: {e}"));
+        assert_eq!((m.uid(), m.mode() & 0o777), (0, 0o600), "{path}");
+    }
 }
 
 #[test]
@@ -292,9 +307,16 @@ fn installing_the_package_creates_the_user_enables_the_unit_and_keeps_a_changed_
     let mut changed = std::fs::read_to_string(&config).unwrap();
     changed.push_str("\n# changed on the box\n");
     std::fs::write(&config, &changed).unwrap();
+    let secret = r.join("etc/edge-agent/credentials/broker");
+    std::fs::write(&secret, "s3cret\n").unwrap();
     dpkg(r, &["--install", deb]);
     check_user(r);
     assert_eq!(std::fs::read_to_string(&config).unwrap(), changed);
+    assert_eq!(
+        std::fs::read_to_string(&secret).unwrap(),
+        "s3cret\n",
+        "a filled credential was replaced"
+    );
     let users = std::fs::read_to_string(r.join("etc/passwd")).unwrap();
     let entries = users.lines().filter(|l| l.starts_with("edge-agent:"));
     assert_eq!(entries.count(), 1, "{users}");
