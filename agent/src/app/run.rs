@@ -409,6 +409,32 @@ fn encode_frame(f: EscalatedFrame, cold_start: bool) -> Result<FrameMessage, jpe
     })
 }
 
+/// Exports a detections message's per-stage latency (the worker's `latency` object)
+/// as histograms, plus `result_delivery`: its hand-over at the worker to its arrival
+/// here. Cold-start time is observed only for frames that waited for a worker.
+fn observe_stages(latency: &serde_json::Value) {
+    let Ok(l) = serde_json::from_value::<crate::telemetry::latency::Latency>(latency.clone())
+    else {
+        return;
+    };
+    let observe = |stage: &str, ms: f64| {
+        metrics()
+            .stage_latency
+            .get_or_create(&metrics::stage(stage))
+            .observe(ms / 1e3);
+    };
+    for (stage, ms) in l.stages.iter() {
+        if stage != "cold_start" || l.cold_start {
+            observe(stage, ms);
+        }
+    }
+    let now = crate::escalate::message::unix_ns_now();
+    observe(
+        "result_delivery",
+        now.saturating_sub(l.result_at_unix_ns) as f64 / 1e6,
+    );
+}
+
 /// Reads results back: counts answered frames and records end-to-end latency.
 async fn read_results(transport: Arc<Transport>, shutdown: Shutdown) {
     let mut results = match transport.results() {
@@ -432,6 +458,7 @@ async fn read_results(transport: Arc<Transport>, shutdown: Shutdown) {
                         .get_or_create(&metrics::stage("end_to_end"))
                         .observe(now.saturating_sub(captured) as f64 / 1e3);
                 }
+                observe_stages(&v["latency"]);
                 let n = v["detections"]["items"]
                     .as_array()
                     .map(|a| a.len())

@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod http;
+pub mod latency;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
