@@ -12,5 +12,6 @@ mod motion;
 mod package;
 mod pipeline;
 mod scale;
+mod status;
 mod telemetry;
 mod transport;

@@ -7,5 +7,6 @@ pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod process;
+pub mod status;
 
 pub use config::{LogFormat, TelemetryConfig};
