@@ -11,6 +11,7 @@ mod ingest;
 mod motion;
 mod package;
 mod pipeline;
+mod reload;
 mod scale;
 mod status;
 mod telemetry;
