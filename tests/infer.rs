@@ -499,6 +499,7 @@ fn item(seq: u64, jpeg: Vec<u8>, acks: &mpsc::UnboundedSender<(u64, AckOutcome)>
         ack: Box::new(move |o| {
             let _ = tx.send((seq, o));
         }),
+        marks: None,
     }
 }
 
@@ -753,6 +754,7 @@ async fn frame_published_on_mosquitto_comes_back_as_detections_event_and_snapsho
                             ack: Box::new(move |o| {
                                 let _ = ack.send(o);
                             }),
+                            marks: None,
                         })
                         .await;
                 }

@@ -2,6 +2,7 @@
 //! and the locations of test media.
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod broker;
 pub mod logs;
 pub mod rtsp_server;

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
@@ -144,34 +144,46 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
     ));
     let results = tokio::spawn(read_results(transport.clone(), shutdown.clone()));
 
-    // Telemetry endpoint.
-    if !cfg.telemetry.metrics_listen.is_empty() {
-        // Weak: the endpoint must not keep a camera alive past its stop (shutdown).
-        let cams: Vec<(String, std::sync::Weak<CameraHandle>)> = cameras
-            .iter()
-            .map(|(k, c)| (k.clone(), Arc::downgrade(&c.handle)))
-            .collect();
+    // Health, as /health and the heartbeat report it. Cameras are held weakly (the
+    // report must not keep a camera alive past its stop) and refreshed on reload.
+    let watched = Arc::new(std::sync::Mutex::new(watch_list(&cameras)));
+    let health: http::HealthFn = {
+        let watched = watched.clone();
         let p = pool.clone();
         let t = transport.clone();
-        let health: http::HealthFn = Arc::new(move || {
-            let cams: serde_json::Map<String, serde_json::Value> = cams
+        Arc::new(move || {
+            let cams: serde_json::Map<String, serde_json::Value> = watched
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
                 .iter()
                 .filter_map(|(id, h)| h.upgrade().map(|h| (id, h)))
                 .map(|(id, h)| {
                     let s = h.status();
-                    (id.clone(), serde_json::json!({ "state": format!("{:?}", s.state), "restarts": s.restarts, "last_reason": s.last_reason }))
+                    (id.clone(), serde_json::json!({ "state": format!("{:?}", s.state), "restarts": s.restarts, "last_reason": s.last_reason, "frames": s.frames }))
                 })
                 .collect();
             let w = p.status();
             serde_json::json!({ "version": crate::VERSION, "broker_connected": t.is_connected(), "cameras": cams,
                 "workers": { "running": w.running, "ready": w.ready, "target": w.target, "last_failure": w.last_failure } })
-        });
-        match http::serve(&cfg.telemetry.metrics_listen, health, shutdown.clone()).await {
+        })
+    };
+    if !cfg.telemetry.metrics_listen.is_empty() {
+        match http::serve(
+            &cfg.telemetry.metrics_listen,
+            health.clone(),
+            shutdown.clone(),
+        )
+        .await
+        {
             Ok(addr) => info!(%addr, "Metrics on http://{addr}/metrics, health on /health."),
             Err(e) => {
                 warn!(listen = %cfg.telemetry.metrics_listen, error = %e, "Cannot serve metrics; going on without.")
             }
         }
+    }
+    let mut discovered: Vec<String> = Vec::new();
+    if cfg.telemetry.home_assistant {
+        discovered = announce(&transport, &cfg, &cameras, &discovered);
     }
 
     notify::ready(&format!("{} cameras", cameras.len()));
@@ -186,17 +198,42 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
         .min(Duration::from_secs(1));
     let mut sampler = process::Sampler::default();
     let mut last_sample = Instant::now() - process::SAMPLE_EVERY;
+    let started_at = Instant::now();
+    let heartbeat_every = cfg.telemetry.heartbeat_interval.get();
+    let mut last_heartbeat: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(tick) => {}
             _ = hup.recv() => {
                 notify::reloading();
                 reload(&args, &mut cameras, &esc_tx, &shutdown).await;
+                *watched.lock().unwrap_or_else(|e| e.into_inner()) = watch_list(&cameras);
+                if cfg.telemetry.home_assistant {
+                    discovered = announce(&transport, &cfg, &cameras, &discovered);
+                }
+                last_heartbeat = None;
                 notify::ready(&format!("{} cameras", cameras.len()));
             }
             _ = shutdown.cancelled() => break,
         }
         notify::watchdog();
+        if !heartbeat_every.is_zero()
+            && last_heartbeat.is_none_or(|t| t.elapsed() >= heartbeat_every)
+        {
+            last_heartbeat = Some(Instant::now());
+            let beat = crate::telemetry::status::heartbeat(
+                &device,
+                health(),
+                started_at.elapsed(),
+                heartbeat_every,
+                crate::escalate::message::unix_ns_now() / 1_000_000,
+            );
+            if let Err(e) = transport.publish_device("health", Bytes::from(beat.to_string())) {
+                if metrics::should_log("heartbeat", Duration::from_secs(300)) {
+                    warn!(error = %e, "Heartbeat not published.");
+                }
+            }
+        }
         if last_sample.elapsed() >= process::SAMPLE_EVERY {
             sampler.sample(&pool.status().pids);
             last_sample = Instant::now();
@@ -222,6 +259,51 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
     }
     info!("edge-agent stopped.");
     Ok(0)
+}
+
+fn watch_list(cameras: &BTreeMap<String, Camera>) -> Vec<(String, Weak<CameraHandle>)> {
+    cameras
+        .iter()
+        .map(|(k, c)| (k.clone(), Arc::downgrade(&c.handle)))
+        .collect()
+}
+
+/// Publishes Home Assistant discovery for the running cameras and clears it for those
+/// announced before and gone now; returns the ids announced. MQTT transports only.
+fn announce(
+    transport: &Transport,
+    cfg: &crate::config::Config,
+    cameras: &BTreeMap<String, Camera>,
+    before: &[String],
+) -> Vec<String> {
+    if !transport.is_mqtt() {
+        warn!("telemetry.home_assistant needs an MQTT transport (embedded or mqtt); no discovery published.");
+        return Vec::new();
+    }
+    let device = cfg.device.id.as_str();
+    let prefix = &cfg.transport.topic_prefix;
+    let mut published = 0;
+    for id in before.iter().filter(|id| !cameras.contains_key(*id)) {
+        for (topic, _) in crate::telemetry::status::discovery(prefix, device, id) {
+            published += transport.publish_retained(&topic, Bytes::new()).is_ok() as usize;
+        }
+    }
+    for id in cameras.keys() {
+        for (topic, config) in crate::telemetry::status::discovery(prefix, device, id) {
+            match transport.publish_retained(&topic, Bytes::from(config.to_string())) {
+                Ok(()) => published += 1,
+                Err(e) => {
+                    warn!(camera = %id, error = %e, "Home Assistant discovery not published.")
+                }
+            }
+        }
+    }
+    info!(
+        cameras = cameras.len(),
+        messages = published,
+        "Home Assistant discovery published."
+    );
+    cameras.keys().cloned().collect()
 }
 
 fn start_camera(
@@ -409,6 +491,32 @@ fn encode_frame(f: EscalatedFrame, cold_start: bool) -> Result<FrameMessage, jpe
     })
 }
 
+/// Exports a detections message's per-stage latency (the worker's `latency` object)
+/// as histograms, plus `result_delivery`: its hand-over at the worker to its arrival
+/// here. Cold-start time is observed only for frames that waited for a worker.
+fn observe_stages(latency: &serde_json::Value) {
+    let Ok(l) = serde_json::from_value::<crate::telemetry::latency::Latency>(latency.clone())
+    else {
+        return;
+    };
+    let observe = |stage: &str, ms: f64| {
+        metrics()
+            .stage_latency
+            .get_or_create(&metrics::stage(stage))
+            .observe(ms / 1e3);
+    };
+    for (stage, ms) in l.stages.iter() {
+        if stage != "cold_start" || l.cold_start {
+            observe(stage, ms);
+        }
+    }
+    let now = crate::escalate::message::unix_ns_now();
+    observe(
+        "result_delivery",
+        now.saturating_sub(l.result_at_unix_ns) as f64 / 1e6,
+    );
+}
+
 /// Reads results back: counts answered frames and records end-to-end latency.
 async fn read_results(transport: Arc<Transport>, shutdown: Shutdown) {
     let mut results = match transport.results() {
@@ -432,6 +540,7 @@ async fn read_results(transport: Arc<Transport>, shutdown: Shutdown) {
                         .get_or_create(&metrics::stage("end_to_end"))
                         .observe(now.saturating_sub(captured) as f64 / 1e3);
                 }
+                observe_stages(&v["latency"]);
                 let n = v["detections"]["items"]
                     .as_array()
                     .map(|a| a.len())

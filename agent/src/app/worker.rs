@@ -20,6 +20,7 @@ use crate::infer::worker::{
 };
 use crate::scale::READY_LINE;
 use crate::shutdown::{install_signal_handlers, Shutdown};
+use crate::telemetry::latency::Marks;
 
 pub fn run(loaded: Loaded) -> i32 {
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -107,6 +108,7 @@ async fn run_worker(loaded: Loaded) -> anyhow::Result<()> {
         },
         loop_token,
     ));
+    let ready_at = crate::escalate::message::unix_ns_now();
     println!("{READY_LINE}");
     let _ = std::io::stdout().flush();
     info!("Worker ready.");
@@ -116,6 +118,9 @@ async fn run_worker(loaded: Loaded) -> anyhow::Result<()> {
             _ = shutdown.cancelled() => break,
         };
         let h = &d.msg.header;
+        let mut marks = Marks::from_header(h.captured, &h.stamps, h.cold_start);
+        marks.received = crate::escalate::message::unix_ns_now();
+        marks.worker_ready = ready_at;
         let meta = FrameMeta {
             camera: h.camera.clone(),
             seq: h.seq,
@@ -139,7 +144,13 @@ async fn run_worker(loaded: Loaded) -> anyhow::Result<()> {
                 }
             });
         });
-        if tx.send(WorkItem { meta, jpeg, ack }).await.is_err() {
+        let item = WorkItem {
+            meta,
+            jpeg,
+            ack,
+            marks: Some(marks),
+        };
+        if tx.send(item).await.is_err() {
             break;
         }
     }

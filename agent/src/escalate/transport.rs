@@ -68,6 +68,8 @@ pub enum TransportError {
     AlreadyTaken(&'static str),
     #[error("the transport is closed")]
     Closed,
+    #[error("{0} needs an MQTT transport (embedded or mqtt)")]
+    MqttOnly(&'static str),
 }
 
 /// Counters of one transport (also mirrored into the process metrics), so a test or
@@ -763,6 +765,61 @@ impl Transport {
             order: 0,
             frame: None,
         })
+    }
+
+    /// Device-level telemetry such as the heartbeat: MQTT `{prefix}/{device}/{name}`,
+    /// retained so a dashboard that connects later sees the last one; AMQP the events
+    /// exchange with routing key `{device}.{name}` (two words, so the `*.*.class`
+    /// bindings of event consumers and the agent's own results queue never match it).
+    pub fn publish_device(&self, name: &str, payload: Bytes) -> Result<(), TransportError> {
+        check_name("telemetry name", name, false)?;
+        let device = self.shared.device.clone();
+        let (exchange, key, retain) = match &self.link {
+            Link::Mqtt(_) => (String::new(), self.mqtt_topic(&device, None, name), true),
+            Link::Amqp(_) => (
+                self.shared.cfg.events_exchange.clone(),
+                format!("{device}.{name}"),
+                false,
+            ),
+        };
+        self.enqueue_event(exchange, key, retain, payload);
+        Ok(())
+    }
+
+    /// MQTT only: a retained message on a topic outside this agent's prefix (Home
+    /// Assistant discovery under `homeassistant/`). An empty payload clears it.
+    pub fn publish_retained(&self, topic: &str, payload: Bytes) -> Result<(), TransportError> {
+        if matches!(self.link, Link::Amqp(_)) {
+            return Err(TransportError::MqttOnly("a retained message"));
+        }
+        if topic.is_empty() || topic.contains(['+', '#', '\0']) {
+            return Err(TransportError::BadName {
+                what: "topic",
+                value: topic.to_string(),
+            });
+        }
+        self.enqueue_event(String::new(), topic.to_string(), true, payload);
+        Ok(())
+    }
+
+    /// True when this transport speaks MQTT (embedded broker or an external one).
+    pub fn is_mqtt(&self) -> bool {
+        matches!(self.link, Link::Mqtt(_))
+    }
+
+    fn enqueue_event(&self, exchange: String, key: String, retain: bool, payload: Bytes) {
+        let out = Out {
+            class: Class::Event,
+            kind: "status",
+            exchange,
+            key,
+            retain,
+            payload,
+            confirm: None,
+            order: 0,
+            frame: None,
+        };
+        self.shared.enqueue(out, &self.link);
     }
 
     fn mqtt_topic(&self, device: &str, camera: Option<&str>, suffix: &str) -> String {

@@ -20,7 +20,9 @@ use super::image::{self, RgbImage};
 use super::pipeline::{Detection, Detections, Pipeline};
 use super::snapshot;
 use super::InferError;
+use crate::escalate::message::unix_ns_now;
 use crate::shutdown::Shutdown;
+use crate::telemetry::latency::{Latency, Marks};
 use crate::telemetry::metrics::{self, metrics};
 
 /// What the worker needs to know about a frame besides its pixels.
@@ -49,6 +51,9 @@ pub struct WorkItem {
     pub meta: FrameMeta,
     pub jpeg: bytes::Bytes,
     pub ack: Acker,
+    /// The frame's latency marks so far (agent stamps, worker receipt); with them
+    /// the detections carry a per-stage `latency` object.
+    pub marks: Option<Marks>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -56,6 +61,9 @@ pub struct DetectionsMessage {
     #[serde(flatten)]
     pub meta: FrameMeta,
     pub detections: Detections,
+    /// Per-stage latency from capture to this message (frames from the agent only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency: Option<Latency>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -129,6 +137,8 @@ pub async fn run<S: ResultSink>(
             .iter()
             .map(|i| (i.meta.clone(), i.jpeg.clone()))
             .unzip();
+        let started = unix_ns_now();
+        let mut marks: Vec<Option<Marks>> = batch.iter_mut().map(|i| i.marks.take()).collect();
         let mut acks: Vec<Option<Acker>> = batch.into_iter().map(|i| Some(i.ack)).collect();
         let p = pipeline
             .take()
@@ -153,6 +163,11 @@ pub async fn run<S: ResultSink>(
             }
         };
         pipeline = Some(p);
+        let processed = unix_ns_now();
+        for m in marks.iter_mut().flatten() {
+            m.started = started;
+            m.processed = processed;
+        }
         let results = match results {
             Ok(r) => r,
             Err(e) => {
@@ -163,7 +178,7 @@ pub async fn run<S: ResultSink>(
                 return Err(e);
             }
         };
-        for ((meta, result), ack) in metas.into_iter().zip(results).zip(acks) {
+        for (((meta, result), ack), marks) in metas.into_iter().zip(results).zip(acks).zip(marks) {
             let ack = ack.expect("each frame is acked once");
             match result {
                 Err(e) => {
@@ -181,7 +196,7 @@ pub async fn run<S: ResultSink>(
                     }
                     ack(AckOutcome::Reject(e.to_string()));
                 }
-                Ok(out) => match hand_over(&sink, &events, meta, out).await {
+                Ok(out) => match hand_over(&sink, &events, meta, out, marks).await {
                     Ok(()) => ack(AckOutcome::Done),
                     Err(reason) => {
                         tracing::warn!(%reason, "Results not handed over; frame requeued.");
@@ -255,10 +270,21 @@ async fn hand_over<S: ResultSink>(
     events: &EventsConfig,
     meta: FrameMeta,
     out: Output,
+    marks: Option<Marks>,
 ) -> Result<(), String> {
+    let latency = marks.map(|mut m| {
+        let t = &out.detections.timings;
+        m.decode_ms = t.decode_ms;
+        m.preprocess_ms = t.preprocess_ms;
+        m.inference_ms = t.inference_ms;
+        m.postprocess_ms = t.postprocess_ms;
+        m.result_at = unix_ns_now();
+        Latency::compute(&m)
+    });
     let msg = DetectionsMessage {
         meta: meta.clone(),
         detections: out.detections,
+        latency,
     };
     sink.detections(&msg).await?;
     metrics()

@@ -2,9 +2,11 @@
 
 pub mod config;
 pub mod http;
+pub mod latency;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod process;
+pub mod status;
 
 pub use config::{LogFormat, TelemetryConfig};

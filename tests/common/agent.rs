@@ -1,0 +1,208 @@
+//! `edge-agent run` as a child process for tests: its JSON log lines collected as they
+//! come, its worker processes counted in /proc, its /metrics and /health scraped.
+//! Dropping it stops the agent (SIGTERM, then SIGKILL) and any worker left behind.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The repository root (the agent runs there, so the default model path resolves).
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Process ids whose parent is `pid`, read from /proc.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut kids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        // Fields after the command name, which is in parentheses: state, ppid, ...
+        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let ppid: u32 = after
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        if ppid == pid {
+            kids.push(p);
+        }
+    }
+    kids
+}
+
+pub struct Agent {
+    child: Option<Child>,
+    pub pid: u32,
+    logs: Arc<Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Agent {
+    /// Starts `edge-agent run ARGS` in the repository root with JSON logs.
+    pub fn start(args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> Agent {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_edge-agent"));
+        cmd.arg("run")
+            .args(args)
+            .current_dir(repo())
+            .env("EDGE_AGENT_LOG_FORMAT", "json")
+            .env("RUST_LOG", "info,rumqttd=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("edge-agent starts");
+        let logs: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+        let sink = logs.clone();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let v = serde_json::from_str::<serde_json::Value>(&line)
+                    .unwrap_or_else(|_| serde_json::json!({ "message": line }));
+                sink.lock().unwrap().push(v);
+            }
+        });
+        Agent {
+            pid: child.id(),
+            child: Some(child),
+            logs,
+        }
+    }
+
+    /// Every log line so far.
+    pub fn logs(&self) -> Vec<serde_json::Value> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Log lines with this message.
+    pub fn logged(&self, message: &str) -> Vec<serde_json::Value> {
+        self.logs()
+            .into_iter()
+            .filter(|v| v["message"] == message)
+            .collect()
+    }
+
+    /// Waits for the `n`th log line with `message`; panics with the log after `timeout`.
+    pub fn wait_log(&self, message: &str, n: usize, timeout: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = self.logged(message).into_iter().nth(n - 1) {
+                return v;
+            }
+            if Instant::now() > deadline || !self.alive() {
+                panic!(
+                    "no {n}x {message:?} within {timeout:?}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        self.logs()
+            .iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn alive(&self) -> bool {
+        std::fs::metadata(format!("/proc/{}", self.pid)).is_ok()
+            && !std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
+                .unwrap_or_default()
+                .rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+    }
+
+    /// The metrics address from the "Metrics on ..." line.
+    pub fn metrics_addr(&self, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found = self.logs().into_iter().find_map(|v| {
+                v["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("Metrics on"))
+                    .then(|| v["addr"].as_str().map(str::to_string))
+                    .flatten()
+            });
+            if let Some(a) = found {
+                return a;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no metrics address; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe { libc::kill(self.pid as i32, sig) };
+    }
+
+    /// SIGTERM and wait for the exit.
+    pub fn stop(mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        let mut child = self.child.take().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return child.wait().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let kids = children_of(self.pid);
+            let _ = c.kill();
+            let _ = c.wait();
+            for k in kids {
+                unsafe { libc::kill(k as i32, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+/// GET `path` from `addr` (HTTP/1.1, connection closed by the server); the body.
+pub fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or(out)
+}
+
+/// The value of the first sample line starting with `name` (metric and labels).
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}

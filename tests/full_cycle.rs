@@ -1,0 +1,417 @@
+//! The full cycle through each transport, as a downstream service sees it: the
+//! `edge-agent run` binary watches an in-process RTSP camera whose red square moves
+//! once; a test client subscribed to the agent's topics (embedded broker, Mosquitto)
+//! or bound to its events exchange (RabbitMQ) sees the motion event, the detections
+//! with their per-stage latency, a snapshot that decodes, then the `fire` event that
+//! names it. Workers are counted in /proc: none before the motion, one started from
+//! zero, none again after the cooldown.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use edge_agent::ingest::synthetic::Scene;
+
+use crate::common::agent::{children_of, http_get, metric, Agent};
+use crate::common::broker::{amqp_url, free_port, mqtt_url, rabbit_serial, unique};
+use crate::common::rtsp_server::RtspTestServer;
+
+/// One message as a downstream service got it: the part of the topic or routing key
+/// after device and camera (`motion`, `detections`, `snapshots/ID`, `events/CLASS`),
+/// the camera, and the payload.
+#[derive(Clone, Debug)]
+struct Seen {
+    camera: String,
+    kind: String,
+    payload: Bytes,
+}
+
+type Inbox = Arc<Mutex<Vec<Seen>>>;
+
+/// The scene: still for 4 s, the square moves for 3 s, then still for hours, so the
+/// worker has nothing to do after the one event and must go back to zero.
+// One window of movement, on purpose.
+#[allow(clippy::single_range_in_vec_init)]
+fn scene() -> Scene {
+    Scene {
+        width: 640,
+        height: 360,
+        fps: 10,
+        period: 1_000_000,
+        moves: vec![40..70],
+    }
+}
+
+fn config(device: &str, camera_url: &str, transport: &str) -> String {
+    format!(
+        r#"
+[device]
+id = "{device}"
+
+[[cameras]]
+id = "gate"
+url = "{camera_url}"
+
+[transport]
+{transport}
+
+[scaling]
+max_workers = 1
+cooldown_period = "3s"
+polling_interval = "250ms"
+
+[telemetry]
+metrics_listen = "127.0.0.1:0"
+"#
+    )
+}
+
+/// MQTT subscriber on `{prefix}/{device}/#`; resolves once the broker acknowledged it.
+async fn mqtt_subscribe(port: u16, prefix: &str, device: &str) -> (Inbox, rumqttc::AsyncClient) {
+    let mut opts = rumqttc::MqttOptions::new(unique("sub"), "127.0.0.1", port);
+    opts.set_max_packet_size(16 << 20, 16 << 20);
+    let (client, mut el) = rumqttc::AsyncClient::new(opts, 64);
+    client
+        .subscribe(format!("{prefix}/{device}/#"), rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let inbox: Inbox = Arc::default();
+    let sink = inbox.clone();
+    let strip = format!("{prefix}/{device}/");
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut tx = Some(tx);
+        loop {
+            match el.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                    if let Some(t) = tx.take() {
+                        let _ = t.send(());
+                    }
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                    let rest = p.topic.strip_prefix(&strip).unwrap_or(&p.topic);
+                    if let Some((camera, kind)) = rest.split_once('/') {
+                        sink.lock().unwrap().push(Seen {
+                            camera: camera.into(),
+                            kind: kind.into(),
+                            payload: p.payload,
+                        });
+                    }
+                }
+                Ok(_) => {}
+                // The embedded broker goes away with the agent.
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), rx)
+        .await
+        .expect("subscription acknowledged")
+        .unwrap();
+    (inbox, client)
+}
+
+/// A queue bound to `{device}.#` on the events exchange, consumed into the inbox.
+async fn amqp_subscribe(
+    cfg: &edge_agent::escalate::TransportConfig,
+    device: &str,
+) -> (Inbox, lapin::Connection) {
+    use futures::StreamExt;
+    use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+    let conn = lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    edge_agent::escalate::amqp::declare_topology(&ch, cfg)
+        .await
+        .unwrap();
+    let q = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    ch.queue_bind(
+        q.name().clone(),
+        cfg.events_exchange.as_str().into(),
+        format!("{device}.#").as_str().into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let mut consumer = ch
+        .basic_consume(
+            q.name().clone(),
+            "full-cycle".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let inbox: Inbox = Arc::default();
+    let sink = inbox.clone();
+    let strip = format!("{device}.");
+    tokio::spawn(async move {
+        while let Some(Ok(d)) = consumer.next().await {
+            let key = d.routing_key.to_string();
+            let rest = key.strip_prefix(&strip).unwrap_or(&key);
+            let Some((camera, suffix)) = rest.split_once('.') else {
+                continue;
+            };
+            let kind = match suffix {
+                "motion" | "detections" => suffix.to_string(),
+                s if s.starts_with("snapshot.") => format!("snapshots/{}", &s[9..]),
+                class => format!("events/{class}"),
+            };
+            sink.lock().unwrap().push(Seen {
+                camera: camera.into(),
+                kind,
+                payload: Bytes::from(d.data),
+            });
+        }
+    });
+    (inbox, conn)
+}
+
+fn json(p: &Bytes) -> serde_json::Value {
+    serde_json::from_slice(p).unwrap_or_else(|e| panic!("not JSON ({e}): {p:?}"))
+}
+
+/// Runs the cycle and checks what the downstream client saw. `subscribe` is called
+/// once the agent is up (the embedded broker exists only then).
+async fn full_cycle<F, Fut>(device: &str, transport: &str, subscribe: F)
+where
+    F: FnOnce(&Agent) -> Fut,
+    Fut: std::future::Future<Output = (Inbox, Box<dyn std::any::Any + Send>)>,
+{
+    let srv = RtspTestServer::start(scene());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("agent.toml");
+    std::fs::write(&file, config(device, &srv.url("/gate"), transport)).unwrap();
+    let agent = Agent::start(&["--config".as_ref(), file.as_os_str()], &[]);
+    let (inbox, _keep) = subscribe(&agent).await;
+    let metrics_addr = agent.metrics_addr(Duration::from_secs(30));
+
+    // Watch workers and messages until the event is out and the workers are gone.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (mut zero_before_motion, mut peak, mut back_to_zero) = (false, 0, false);
+    loop {
+        let kids = children_of(agent.pid).len();
+        let seen = inbox.lock().unwrap().clone();
+        let motion = seen.iter().any(|s| s.kind == "motion");
+        let event = seen.iter().any(|s| s.kind == "events/fire");
+        if !motion && peak == 0 && kids == 0 {
+            zero_before_motion = true;
+        }
+        peak = peak.max(kids);
+        if event && kids == 0 && !agent.logged("Worker stopped.").is_empty() {
+            back_to_zero = true;
+            break;
+        }
+        if Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let scraped = http_get(&metrics_addr, "/metrics");
+    let seen = inbox.lock().unwrap().clone();
+    let kinds: Vec<&str> = seen.iter().map(|s| s.kind.as_str()).collect();
+    let log = agent.log_text();
+    let status = agent.stop();
+    assert!(status.success(), "agent exit on SIGTERM: {status:?}");
+
+    // Motion event from the camera.
+    let motion: Vec<serde_json::Value> = seen
+        .iter()
+        .filter(|s| s.kind == "motion")
+        .map(|s| json(&s.payload))
+        .collect();
+    assert!(
+        motion
+            .iter()
+            .any(|m| m["state"] == "start" && m["camera"] == "gate"),
+        "no motion start in {motion:?}\nkinds: {kinds:?}\nlog:\n{log}"
+    );
+    // A worker from zero, and back.
+    assert!(zero_before_motion, "workers before any motion");
+    assert_eq!(peak, 1, "one worker started from zero (log:\n{log})");
+    assert!(
+        back_to_zero,
+        "workers never back to zero after the event; kinds {kinds:?}\nlog:\n{log}"
+    );
+
+    // Detections, with the fire class and a consistent latency breakdown.
+    let dets: Vec<serde_json::Value> = seen
+        .iter()
+        .filter(|s| s.kind == "detections" && s.camera == "gate")
+        .map(|s| json(&s.payload))
+        .collect();
+    assert!(!dets.is_empty(), "no detections; kinds {kinds:?}");
+    assert!(
+        dets.iter().any(|d| d["detections"]["items"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|i| i["class"] == "fire"))),
+        "the red square is detected as fire: {dets:?}"
+    );
+    let mut cold = 0;
+    for d in &dets {
+        let l = &d["latency"];
+        let stages = l["stages"]
+            .as_object()
+            .unwrap_or_else(|| panic!("no latency stages in {d}"));
+        for name in [
+            "capture_to_motion",
+            "motion_to_publish",
+            "cold_start",
+            "queue_wait",
+            "worker_wait",
+            "decode",
+            "preprocess",
+            "inference",
+            "postprocess",
+            "batch_other",
+            "result_publish",
+        ] {
+            let v = stages[name].as_f64().unwrap_or(-1.0);
+            assert!(v >= 0.0, "stage {name} = {v} in {l}");
+        }
+        let sum: f64 = stages.values().filter_map(|v| v.as_f64()).sum();
+        let total = l["total_ms"].as_f64().unwrap();
+        assert!(total > 0.0, "{l}");
+        assert!(
+            (sum - total).abs() < 0.01,
+            "stages sum {sum} vs total {total}: {l}"
+        );
+        assert!(stages["inference"].as_f64().unwrap() > 0.0, "{l}");
+        // Only a frame sent while no worker was ready has a cold-start share (it may
+        // be 0 if the worker became ready while the frame was being encoded).
+        let share = stages["cold_start"].as_f64().unwrap();
+        if l["cold_start"] != true {
+            assert_eq!(share, 0.0, "{l}");
+        } else if share > 0.0 {
+            cold += 1;
+        }
+        eprintln!("latency: {l}");
+    }
+    // The first frame is published before the scaler is woken, so it waits.
+    assert!(
+        cold >= 1,
+        "no frame waited for the worker from zero: {dets:?}"
+    );
+
+    // The fire event names a snapshot that came before it and decodes as a JPEG.
+    let ev_at = kinds.iter().position(|k| *k == "events/fire").unwrap();
+    let ev = json(&seen[ev_at].payload);
+    assert_eq!(ev["classes"][0], "fire", "{ev}");
+    let snap_id = ev["snapshot"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches(".jpg")
+        .replace('.', "_");
+    let snap_at = kinds
+        .iter()
+        .position(|k| *k == format!("snapshots/{snap_id}"))
+        .unwrap_or_else(|| panic!("snapshot {snap_id} never seen; kinds {kinds:?}"));
+    assert!(snap_at < ev_at, "snapshot after its event: {kinds:?}");
+    let img = edge_agent::infer::image::decode_jpeg(&seen[snap_at].payload)
+        .expect("the snapshot decodes as a JPEG");
+    assert_eq!((img.width, img.height), (640, 360));
+
+    // The agent exported the stages it read back.
+    for stage in [
+        "capture_to_motion",
+        "queue_wait",
+        "inference",
+        "result_publish",
+    ] {
+        let name = format!("edge_agent_stage_latency_seconds_count{{stage=\"{stage}\"}}");
+        let n = metric(&scraped, &name).unwrap_or(0.0);
+        assert!(n >= 1.0, "{name} = {n}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_cycle_over_the_embedded_broker() {
+    let device = unique("fc-emb");
+    let port = free_port();
+    let transport = format!("kind = \"embedded\"\nembedded_port = {port}");
+    full_cycle(&device, &transport, |agent| {
+        let device = device.clone();
+        let ready = agent.wait_log(
+            "Embedded MQTT broker listening on loopback.",
+            1,
+            Duration::from_secs(30),
+        );
+        assert!(ready["addr"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!(":{port}")));
+        async move {
+            let (inbox, client) = mqtt_subscribe(port, "edge", &device).await;
+            (inbox, Box::new(client) as Box<dyn std::any::Any + Send>)
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_cycle_over_mosquitto() {
+    let device = unique("fc-mqtt");
+    let prefix = unique("edge");
+    let url = url::Url::parse(&mqtt_url()).unwrap();
+    let port = url.port().unwrap_or(1883);
+    // Subscribed before the agent starts: nothing it publishes is missed.
+    let (inbox, client) = mqtt_subscribe(port, &prefix, &device).await;
+    let transport = format!(
+        "kind = \"mqtt\"\nmqtt_url = \"{}\"\ntopic_prefix = \"{prefix}\"",
+        mqtt_url()
+    );
+    let keep: Box<dyn std::any::Any + Send> = Box::new(client);
+    let slot = Mutex::new(Some((inbox, keep)));
+    full_cycle(&device, &transport, |_| {
+        let v = slot.lock().unwrap().take().unwrap();
+        async move { v }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_cycle_over_rabbitmq() {
+    let _serial = rabbit_serial().await;
+    let device = unique("fc-amqp");
+    let transport = format!(
+        "kind = \"amqp\"\namqp_url = \"{}\"\nframes_queue = \"{}\"\nevents_exchange = \"{}\"",
+        amqp_url(),
+        unique("frames"),
+        unique("events")
+    );
+    let cfg = edge_agent::config::Config::from_toml_str(
+        "test",
+        &config(&device, "rtsp://127.0.0.1:1/x", &transport),
+    )
+    .unwrap()
+    .transport;
+    let (inbox, conn) = amqp_subscribe(&cfg, &device).await;
+    let keep: Box<dyn std::any::Any + Send> = Box::new(conn);
+    let slot = Mutex::new(Some((inbox, keep)));
+    full_cycle(&device, &transport, |_| {
+        let v = slot.lock().unwrap().take().unwrap();
+        async move { v }
+    })
+    .await;
+    let conn = lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    edge_agent::escalate::amqp::delete_topology(&ch, &cfg, &device).await;
+}
