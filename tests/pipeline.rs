@@ -9,28 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-fn children_of(pid: u32) -> Vec<u32> {
-    let mut kids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-            continue;
-        };
-        // Fields after the command name, which is in parentheses: state, ppid, ...
-        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let ppid: u32 = after
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        if ppid == pid {
-            kids.push(p);
-        }
-    }
-    kids
-}
+use crate::common::procs::children_of;
 
 #[test]
 fn demo_runs_the_full_cycle_motion_worker_from_zero_detections_and_back_to_zero() {

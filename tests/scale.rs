@@ -52,3 +52,294 @@ async fn a_worker_that_fails_at_start_makes_the_pool_back_off_and_report_without
     pool.stopped().await;
     assert!(pool.status().pids.is_empty());
 }
+
+// ---------------------------------------------------------------------------------
+// `edge-agent scaler` on a shared RabbitMQ queue.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Instant;
+
+use bytes::Bytes;
+use edge_agent::escalate::jpeg::encode_rgb;
+use edge_agent::escalate::message::{unix_ns_now, VERSION};
+use edge_agent::escalate::{FrameHeader, FrameMessage, Role, Transport, TransportConfig};
+
+use crate::common::broker::{amqp_url, unique};
+use crate::common::models::{root, tiny_random};
+use crate::common::procs::Running;
+
+/// A scaler configuration on random queue and exchange names.
+struct Names {
+    queue: String,
+    exchange: String,
+}
+
+impl Names {
+    fn new() -> Self {
+        Self {
+            queue: unique("frames"),
+            exchange: unique("events"),
+        }
+    }
+
+    fn transport_toml(&self) -> String {
+        format!(
+            "[transport]\nkind = \"amqp\"\namqp_url = \"{}\"\nframes_queue = \"{}\"\nevents_exchange = \"{}\"\nframe_ttl = \"300s\"\n",
+            amqp_url(),
+            self.queue,
+            self.exchange
+        )
+    }
+
+    fn transport(&self) -> TransportConfig {
+        toml::from_str::<toml::Value>(&self.transport_toml()).unwrap()["transport"]
+            .clone()
+            .try_into()
+            .unwrap()
+    }
+}
+
+fn write_config(dir: &Path, text: &str) -> String {
+    let p = dir.join("scaler.toml");
+    std::fs::write(&p, text).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+/// A small JPEG with a red square (the demo model calls it fire).
+fn red_square_jpeg() -> Bytes {
+    let (w, h) = (160u32, 120u32);
+    let mut rgb = vec![40u8; (w * h * 3) as usize];
+    for y in 40..80 {
+        for x in 60..100 {
+            let p = ((y * w + x) * 3) as usize;
+            rgb[p..p + 3].copy_from_slice(&[230, 20, 20]);
+        }
+    }
+    Bytes::from(encode_rgb(&rgb, w, h, 85).unwrap())
+}
+
+fn frame(device: &str, camera: &str, seq: u64, jpeg: &Bytes) -> FrameMessage {
+    FrameMessage {
+        header: FrameHeader {
+            version: VERSION,
+            device: device.into(),
+            camera: camera.into(),
+            event_id: format!("{camera}-1"),
+            seq,
+            captured: unix_ns_now(),
+            width: 160,
+            height: 120,
+            boxes: vec![],
+            stamps: vec![],
+            cold_start: false,
+        },
+        jpeg: jpeg.clone(),
+    }
+}
+
+/// Reads detections for `agents` until every (device, seq) in `want` is answered or
+/// the deadline passes, pumping the scaler's log meanwhile; returns how many answers
+/// each frame got, and the peak worker count seen in /proc.
+async fn collect(
+    scaler: &mut Running,
+    agents: &mut [(String, edge_agent::escalate::Results)],
+    want: &BTreeSet<(String, u64)>,
+    timeout: Duration,
+) -> (BTreeMap<(String, u64), u32>, usize) {
+    let mut got: BTreeMap<(String, u64), u32> = BTreeMap::new();
+    let mut peak = 0;
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline && !want.iter().all(|k| got.contains_key(k)) {
+        peak = peak.max(scaler.children().len());
+        scaler.pump(Duration::from_millis(1));
+        for (device, results) in agents.iter_mut() {
+            while let Ok(Some(r)) =
+                tokio::time::timeout(Duration::from_millis(20), results.next()).await
+            {
+                assert_eq!(&r.device, device, "results reach the frame's device");
+                if r.kind == "detections" {
+                    *got.entry((r.device.clone(), r.seq.unwrap())).or_default() += 1;
+                }
+            }
+        }
+    }
+    (got, peak)
+}
+
+async fn wait_for_no_workers(scaler: &mut Running, timeout: Duration) -> Vec<u32> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        scaler.pump(Duration::from_millis(100));
+        let kids = scaler.children();
+        if kids.is_empty() || Instant::now() > deadline {
+            return kids;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaler_serves_a_shared_amqp_queue_from_zero_workers_and_returns_to_zero() {
+    let names = Names::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[device]\nid = \"gpu-server\"\n{}[scaling]\nmax_workers = 2\nbacklog_per_worker = 4\npolling_interval = \"100ms\"\ncooldown_period = \"2s\"\n",
+            names.transport_toml()
+        ),
+    );
+    let mut scaler = Running::start(&["scaler", "--config", &config], &[]);
+    assert!(
+        scaler
+            .wait_for("edge-agent scaler running.", Duration::from_secs(20))
+            .is_some(),
+        "scaler did not start: {:?}",
+        scaler.seen
+    );
+    // Idle: no worker at all while the queue is empty.
+    scaler.pump(Duration::from_millis(800));
+    assert!(
+        scaler.children().is_empty(),
+        "a worker started for an empty queue"
+    );
+
+    // Two boxes share the queue; each must get its own answers back.
+    let cfg = names.transport();
+    let jpeg = red_square_jpeg();
+    let mut agents = Vec::new();
+    let mut want = BTreeSet::new();
+    let mut transports = Vec::new();
+    for device in ["box-a", "box-b"] {
+        let t = Transport::connect(&cfg, device, Role::Agent).await.unwrap();
+        agents.push((device.to_string(), t.results().unwrap()));
+        transports.push(t);
+    }
+    // Let the agents' result queues bind before anything is answered.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (t, (device, _)) in transports.iter().zip(&agents) {
+        for seq in 1..=10 {
+            t.publish_frame(frame(device, "gate", seq, &jpeg)).unwrap();
+            want.insert((device.clone(), seq));
+        }
+        assert!(t.flush(Duration::from_secs(10)).await);
+    }
+    let (got, peak) = collect(&mut scaler, &mut agents, &want, Duration::from_secs(60)).await;
+    let missing: Vec<_> = want.iter().filter(|k| !got.contains_key(k)).collect();
+    assert!(missing.is_empty(), "unanswered frames: {missing:?}");
+    assert!((1..=2).contains(&peak), "peak workers {peak}");
+    let metrics = scaler.get("/metrics");
+    assert!(
+        metrics.contains("edge_agent_workers "),
+        "metrics endpoint serves the worker count:\n{metrics}"
+    );
+
+    // After the cooldown, no worker process is left.
+    let left = wait_for_no_workers(&mut scaler, Duration::from_secs(30)).await;
+    assert!(left.is_empty(), "workers left after the cooldown: {left:?}");
+    let status = scaler.stop();
+    assert!(status.success(), "scaler exit on SIGTERM: {status:?}");
+    for t in transports {
+        t.close(Duration::from_secs(2)).await;
+    }
+}
+
+#[test]
+fn scaler_refuses_a_transport_other_than_amqp_naming_transport_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "[device]\nid = \"gpu-server\"\n[transport]\nkind = \"mqtt\"\n",
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edge-agent"))
+        .args(["scaler", "--config", &config])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(
+        err.contains("transport.kind") && err.contains("\"mqtt\""),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_killed_mid_inference_has_its_frame_redelivered_and_is_replaced() {
+    let names = Names::new();
+    let model = tiny_random("pytorch");
+    let dir = tempfile::tempdir().unwrap();
+    // One worker holding up to 4 frames, on a model slow enough (~45 ms a frame) that
+    // it always holds some while the queue is long.
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[device]\nid = \"gpu-server\"\n{}prefetch = 4\n[scaling]\nmax_workers = 1\npolling_interval = \"100ms\"\ncooldown_period = \"2s\"\n[inference]\nmodel = \"{}\"\nlabels = \"{}\"\nthreads = 1\nconfidence = 0.99\n",
+            names.transport_toml(),
+            model.display(),
+            root().join("models/coco.names").display()
+        ),
+    );
+    let mut scaler = Running::start(&["scaler", "--config", &config], &[]);
+    assert!(scaler
+        .wait_for("edge-agent scaler running.", Duration::from_secs(20))
+        .is_some());
+    let cfg = names.transport();
+    let t = Transport::connect(&cfg, "box-k", Role::Agent)
+        .await
+        .unwrap();
+    let mut agents = vec![("box-k".to_string(), t.results().unwrap())];
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let jpeg = red_square_jpeg();
+    let n = 80;
+    let want: BTreeSet<(String, u64)> = (1..=n).map(|s| ("box-k".to_string(), s)).collect();
+    for seq in 1..=n {
+        t.publish_frame(frame("box-k", "gate", seq, &jpeg)).unwrap();
+    }
+    assert!(t.flush(Duration::from_secs(10)).await);
+
+    // Wait until the worker says it holds frames, then SIGKILL it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let victim = loop {
+        scaler.pump(Duration::from_millis(20));
+        let h = scaler.health();
+        let held = h["workers"]["held"].as_u64().unwrap_or(0);
+        let pids = scaler.children();
+        if held >= 2 && pids.len() == 1 {
+            break pids[0];
+        }
+        assert!(Instant::now() < deadline, "worker never held frames: {h}");
+    };
+    unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+
+    let (got, _) = collect(&mut scaler, &mut agents, &want, Duration::from_secs(120)).await;
+    let missing: Vec<_> = want.iter().filter(|k| !got.contains_key(k)).collect();
+    assert!(
+        missing.is_empty(),
+        "frames lost with the killed worker: {missing:?}"
+    );
+    // The replacement said it got frames the killed one had taken.
+    let redelivered: Vec<u64> = scaler
+        .seen
+        .iter()
+        .filter(|l| l.worker.is_some_and(|w| w != victim))
+        .filter(|l| l.message().starts_with("Frame redelivered"))
+        .filter_map(|l| l.v["seq"].as_u64())
+        .collect();
+    assert!(
+        !redelivered.is_empty(),
+        "no frame was redelivered after the SIGKILL"
+    );
+    let h = scaler.health();
+    assert_eq!(h["workers"]["crashes"].as_u64(), Some(1), "{h}");
+    assert!(h["workers"]["started"].as_u64().unwrap_or(0) >= 2, "{h}");
+    assert!(
+        scaler.seen.iter().any(|l| l.worker.is_none()
+            && l.message() == "Worker ready."
+            && l.v["pid"].as_u64().is_some_and(|p| p as u32 != victim)),
+        "no replacement worker became ready"
+    );
+    let left = wait_for_no_workers(&mut scaler, Duration::from_secs(30)).await;
+    assert!(left.is_empty(), "workers left: {left:?}");
+    assert!(scaler.stop().success());
+    t.close(Duration::from_secs(2)).await;
+}

@@ -4,6 +4,8 @@
 
 pub mod broker;
 pub mod logs;
+pub mod models;
+pub mod procs;
 pub mod rtsp_server;
 
 use std::path::PathBuf;

@@ -26,7 +26,7 @@ use crate::motion::MotionTransition;
 use crate::scale::{run_scaler, spawn_pool, WorkerSpec};
 use crate::shutdown::{install_signal_handlers, Shutdown};
 use crate::telemetry::metrics::{self, metrics};
-use crate::telemetry::{http, notify, process};
+use crate::telemetry::{gpu, http, notify, process};
 
 /// How long shutdown waits for stages to finish what they hold.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(20);
@@ -78,14 +78,7 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
     // Workers: this binary's `worker` subcommand with the same configuration, pointed
     // at the embedded broker when there is one.
     let wake = Arc::new(Notify::new());
-    let mut worker_args: Vec<OsString> = Vec::new();
-    if let Some(dir) = &args.config_dir {
-        worker_args.extend(["--config-dir".into(), dir.clone().into_os_string()]);
-    }
-    for f in &args.files {
-        worker_args.extend(["--config".into(), f.clone().into_os_string()]);
-    }
-    let mut spec = WorkerSpec::this_binary(worker_args)
+    let mut spec = WorkerSpec::this_binary(config_args(&args))
         .context("cannot find this executable to start workers")?;
     if let (TransportKind::Embedded, Some(addr)) = (cfg.transport.kind, transport.broker_addr()) {
         spec.env.push((
@@ -185,6 +178,7 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
         .unwrap_or(Duration::from_secs(1))
         .min(Duration::from_secs(1));
     let mut sampler = process::Sampler::default();
+    let mut gpus = gpu::GpuSampler::detect();
     let mut last_sample = Instant::now() - process::SAMPLE_EVERY;
     loop {
         tokio::select! {
@@ -198,7 +192,9 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
         }
         notify::watchdog();
         if last_sample.elapsed() >= process::SAMPLE_EVERY {
-            sampler.sample(&pool.status().pids);
+            let pids = pool.status().pids;
+            sampler.sample(&pids);
+            gpus.sample(&pids).await;
             last_sample = Instant::now();
         }
     }
@@ -222,6 +218,18 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
     }
     info!("edge-agent stopped.");
     Ok(0)
+}
+
+/// The command-line arguments that give a worker the same configuration sources.
+pub(super) fn config_args(args: &ConfigArgs) -> Vec<OsString> {
+    let mut out: Vec<OsString> = Vec::new();
+    if let Some(dir) = &args.config_dir {
+        out.extend(["--config-dir".into(), dir.clone().into_os_string()]);
+    }
+    for f in &args.files {
+        out.extend(["--config".into(), f.clone().into_os_string()]);
+    }
+    out
 }
 
 fn start_camera(

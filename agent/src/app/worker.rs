@@ -4,6 +4,7 @@
 //! the transport. SIGTERM: stop taking frames, finish those held, exit 0.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use crate::infer::pipeline::Pipeline;
 use crate::infer::worker::{
     self, AckOutcome, DetectionsMessage, EventMessage, FrameMeta, ResultSink, Snapshot, WorkItem,
 };
-use crate::scale::READY_LINE;
+use crate::scale::{HELD_PREFIX, READY_LINE};
 use crate::shutdown::{install_signal_handlers, Shutdown};
 
 pub fn run(loaded: Loaded) -> i32 {
@@ -44,6 +45,7 @@ pub fn run(loaded: Loaded) -> i32 {
 
 struct Sink {
     transport: Arc<Transport>,
+    device: String,
 }
 
 fn json(v: &impl serde::Serialize) -> Result<Bytes, String> {
@@ -52,17 +54,31 @@ fn json(v: &impl serde::Serialize) -> Result<Bytes, String> {
         .map_err(|e| e.to_string())
 }
 
+/// The device a result goes to: the frame's sender, else this worker's own.
+fn device_of<'a>(meta: &'a FrameMeta, own: &'a str) -> &'a str {
+    if meta.device.is_empty() {
+        own
+    } else {
+        &meta.device
+    }
+}
+
 impl ResultSink for Sink {
     async fn detections(&self, msg: &DetectionsMessage) -> Result<(), String> {
+        let device = device_of(&msg.meta, &self.device);
         self.transport
-            .publish_result(&msg.meta.camera, "detections", json(msg)?)
+            .publish_result_for(device, &msg.meta.camera, "detections", json(msg)?)
             .map_err(|e| e.to_string())
     }
     async fn snapshot(&self, snap: &Snapshot) -> Result<(), String> {
         let id = snap.name.trim_end_matches(".jpg").replace('.', "_");
-        let publish =
-            self.transport
-                .publish_snapshot(&snap.meta.camera, &id, Bytes::from(snap.jpeg.clone()));
+        let device = device_of(&snap.meta, &self.device);
+        let publish = self.transport.publish_snapshot_for(
+            device,
+            &snap.meta.camera,
+            &id,
+            Bytes::from(snap.jpeg.clone()),
+        );
         match tokio::time::timeout(Duration::from_secs(10), publish).await {
             Ok(r) => r.map_err(|e| e.to_string()),
             Err(_) => Err("snapshot not confirmed by the broker within 10 s".into()),
@@ -70,13 +86,42 @@ impl ResultSink for Sink {
     }
     async fn event(&self, ev: &EventMessage) -> Result<(), String> {
         let body = json(ev)?;
+        let device = device_of(&ev.meta, &self.device);
         for class in &ev.classes {
             self.transport
-                .publish_result(&ev.meta.camera, &format!("events/{class}"), body.clone())
+                .publish_result_for(
+                    device,
+                    &ev.meta.camera,
+                    &format!("events/{class}"),
+                    body.clone(),
+                )
                 .map_err(|e| e.to_string())?;
         }
         Ok(())
     }
+}
+
+/// Frames this worker holds (delivered, not yet settled), reported on stdout as
+/// `HELD_PREFIX n` whenever the count changes: the scaler adds it to the broker's ready
+/// count, since a passive queue declare does not count delivered-unacked messages.
+#[derive(Clone, Default)]
+struct Held(Arc<AtomicU64>);
+
+impl Held {
+    fn add(&self) {
+        let n = self.0.fetch_add(1, Ordering::AcqRel) + 1;
+        report_held(n);
+    }
+    fn done(&self) {
+        let n = self.0.fetch_sub(1, Ordering::AcqRel).saturating_sub(1);
+        report_held(n);
+    }
+}
+
+fn report_held(n: u64) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{HELD_PREFIX} {n}");
+    let _ = out.flush();
 }
 
 async fn run_worker(loaded: Loaded) -> anyhow::Result<()> {
@@ -104,9 +149,11 @@ async fn run_worker(loaded: Loaded) -> anyhow::Result<()> {
         rx,
         Sink {
             transport: transport.clone(),
+            device: cfg.device.id.to_string(),
         },
         loop_token,
     ));
+    let held = Held::default();
     println!("{READY_LINE}");
     let _ = std::io::stdout().flush();
     info!("Worker ready.");
@@ -116,13 +163,20 @@ async fn run_worker(loaded: Loaded) -> anyhow::Result<()> {
             _ = shutdown.cancelled() => break,
         };
         let h = &d.msg.header;
+        if d.redelivered {
+            info!(device = %h.device, camera = %h.camera, seq = h.seq, "Frame redelivered: a worker before this one took it and did not finish.");
+        }
+        held.add();
+        let held_now = held.clone();
         let meta = FrameMeta {
+            device: h.device.clone(),
             camera: h.camera.clone(),
             seq: h.seq,
             captured_ms: h.captured / 1_000_000,
         };
         let jpeg = d.msg.jpeg.clone();
         let ack: worker::Acker = Box::new(move |outcome| {
+            held_now.done();
             tokio::spawn(async move {
                 let r = match outcome {
                     AckOutcome::Done => d.ack().await,

@@ -716,12 +716,20 @@ impl Transport {
         snapshot_id: &str,
         jpeg: Bytes,
     ) -> Result<(), TransportError> {
-        let out = self.result_out(
-            &self.shared.device.clone(),
-            camera,
-            &format!("snapshots/{snapshot_id}"),
-            jpeg,
-        )?;
+        let device = self.shared.device.clone();
+        self.publish_snapshot_for(&device, camera, snapshot_id, jpeg)
+            .await
+    }
+
+    /// Like [`Transport::publish_snapshot`] for another device's camera.
+    pub async fn publish_snapshot_for(
+        &self,
+        device: &str,
+        camera: &str,
+        snapshot_id: &str,
+        jpeg: Bytes,
+    ) -> Result<(), TransportError> {
+        let out = self.result_out(device, camera, &format!("snapshots/{snapshot_id}"), jpeg)?;
         self.confirmed(out).await
     }
 
