@@ -343,3 +343,357 @@ async fn worker_killed_mid_inference_has_its_frame_redelivered_and_is_replaced()
     assert!(scaler.stop().success());
     t.close(Duration::from_secs(2)).await;
 }
+
+/// A queue of the test's own on the events exchange, receiving every detections
+/// message for `device` (not only the first answer, so duplicates show).
+async fn detections_tap(exchange: &str, device: &str) -> (lapin::Connection, lapin::Consumer) {
+    use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+    let conn = lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    // The exchange as the transport declares it (durable topic), in case we are first.
+    ch.exchange_declare(
+        exchange.into(),
+        lapin::ExchangeKind::Topic,
+        lapin::options::ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let q = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    ch.queue_bind(
+        q.name().as_str().into(),
+        exchange.into(),
+        format!("{device}.*.detections").into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let consumer = ch
+        .basic_consume(
+            q.name().as_str().into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    (conn, consumer)
+}
+
+/// Drains what the tap has now into `got` ((camera, seq) -> answers).
+async fn drain_tap(tap: &mut lapin::Consumer, got: &mut BTreeMap<(String, u64), u32>) {
+    use futures::StreamExt;
+    while let Ok(Some(Ok(d))) = tokio::time::timeout(Duration::from_millis(20), tap.next()).await {
+        let v: serde_json::Value = serde_json::from_slice(&d.data).unwrap();
+        let key = (
+            v["camera"].as_str().unwrap().to_string(),
+            v["seq"].as_u64().unwrap(),
+        );
+        *got.entry(key).or_default() += 1;
+    }
+}
+
+fn cameras_toml(n: usize, enabled: bool) -> String {
+    (1..=n)
+        .map(|i| {
+            format!(
+                "[[cameras]]\nid = \"cam{i}\"\nurl = \"demo://moving-square\"\nenabled = {enabled}\n[cameras.escalation]\nmax_frames = 15\nmin_interval = \"100ms\"\n"
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_from_several_cameras_scales_out_to_max_workers_drains_and_returns_to_zero() {
+    const CAMERAS: usize = 4;
+    const MAX: usize = 3;
+    let names = Names::new();
+    let device = unique("burst");
+    let model = tiny_random("pytorch");
+    let dir = tempfile::tempdir().unwrap();
+    let base = format!(
+        "[device]\nid = \"{device}\"\n{}prefetch = 1\n[scaling]\nmax_workers = {MAX}\nbacklog_per_worker = 2\npolling_interval = \"100ms\"\ncooldown_period = \"3s\"\n[inference]\nmodel = \"{}\"\nlabels = \"{}\"\nthreads = 1\nconfidence = 0.99\n",
+        names.transport_toml(),
+        model.display(),
+        root().join("models/coco.names").display()
+    );
+    let config = write_config(dir.path(), &(base.clone() + &cameras_toml(CAMERAS, true)));
+    let (_tap_conn, mut tap) = detections_tap(&names.exchange, &device).await;
+    let mut agent = Running::start(&["run", "--config", &config], &[]);
+    assert!(
+        agent
+            .wait_for("edge-agent running.", Duration::from_secs(30))
+            .is_some(),
+        "agent did not start: {:?}",
+        agent.seen
+    );
+    let mut got: BTreeMap<(String, u64), u32> = BTreeMap::new();
+    let mut peak = 0;
+    let mut peak_backlog = 0.0f64;
+    // The burst: until the pool has reached max_workers (or a minute passed).
+    let started = Instant::now();
+    while peak < MAX && started.elapsed() < Duration::from_secs(60) {
+        agent.pump(Duration::from_millis(50));
+        peak = peak.max(agent.children().len());
+        drain_tap(&mut tap, &mut got).await;
+        let m = agent.get("/metrics");
+        peak_backlog = peak_backlog
+            .max(crate::common::procs::metric(&m, "edge_agent_backlog ").unwrap_or(0.0));
+    }
+    let to_peak = started.elapsed();
+    // Cameras off (reload): no new frames; the backlog must drain.
+    std::fs::write(&config, base + &cameras_toml(CAMERAS, false)).unwrap();
+    unsafe { libc::kill(agent.pid as i32, libc::SIGHUP) };
+    let stopped_at = Instant::now();
+    assert!(agent
+        .wait_for("Configuration reloaded.", Duration::from_secs(20))
+        .is_some());
+    // Drain: every escalated frame answered, and then no worker left. Frames still in
+    // the agent's escalation channel at the reload go out after it, so only the state
+    // where both hold is final.
+    let s = settle(&mut agent, &mut tap, &mut got, CAMERAS, &mut |a| {
+        peak = peak.max(a.children().len())
+    })
+    .await;
+    let (esc, left) = (s.escalated, s.left);
+    let drain = s.drained.map(|t| t - stopped_at);
+    let to_zero = s.zero.map(|t| t - stopped_at);
+    let total: u64 = esc.values().sum();
+    eprintln!(
+        "burst: {CAMERAS} cameras, {total} frames escalated, peak {peak} workers after {to_peak:?}, peak backlog {peak_backlog}, drained {drain:?} after the cameras stopped, zero workers after {to_zero:?}"
+    );
+    assert_eq!(peak, MAX, "workers scale out to max_workers, never beyond");
+    assert!(total > 0);
+    assert_eq!(
+        answered_per_camera(&got, CAMERAS),
+        esc,
+        "every escalated frame answered"
+    );
+    let twice: Vec<_> = got.iter().filter(|(_, &n)| n > 1).collect();
+    let story: Vec<String> = agent
+        .seen
+        .iter()
+        .filter(|l| {
+            let m = l.message();
+            m.starts_with("Frame redelivered")
+                || m.starts_with("Scaling")
+                || m.starts_with("Worker")
+                || l.v["level"] != "INFO"
+        })
+        .map(|l| format!("{:?} {}", l.worker, l.v))
+        .collect();
+    assert!(
+        twice.is_empty(),
+        "frames processed more than once: {twice:?}\n{}",
+        story.join("\n")
+    );
+    assert!(left.is_empty(), "workers left after the cooldown: {left:?}");
+    let status = agent.stop();
+    let warnings: Vec<&serde_json::Value> = agent
+        .seen
+        .iter()
+        .filter(|l| l.v["level"] != "INFO")
+        .map(|l| &l.v)
+        .collect();
+    assert!(
+        status.success(),
+        "agent exit {status:?}; warnings: {warnings:#?}"
+    );
+}
+
+struct Settled {
+    escalated: BTreeMap<String, u64>,
+    /// When every frame escalated so far was first seen answered.
+    drained: Option<Instant>,
+    /// When, after that, no worker process was left.
+    zero: Option<Instant>,
+    left: Vec<u32>,
+}
+
+/// Waits (two minutes at most) until every frame the agent escalated is answered and
+/// no worker process is left, calling `tick` as it goes.
+async fn settle(
+    agent: &mut Running,
+    tap: &mut lapin::Consumer,
+    got: &mut BTreeMap<(String, u64), u32>,
+    cameras: usize,
+    tick: &mut dyn FnMut(&Running),
+) -> Settled {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut out = Settled {
+        escalated: BTreeMap::new(),
+        drained: None,
+        zero: None,
+        left: Vec::new(),
+    };
+    loop {
+        agent.pump(Duration::from_millis(50));
+        tick(agent);
+        drain_tap(tap, got).await;
+        out.escalated = escalated_per_camera(agent, cameras);
+        let all = answered_per_camera(got, cameras) == out.escalated;
+        if !all {
+            out.drained = None;
+            out.zero = None;
+        } else if out.drained.is_none() {
+            out.drained = Some(Instant::now());
+        }
+        out.left = agent.children();
+        if all && out.left.is_empty() {
+            out.zero.get_or_insert_with(Instant::now);
+            return out;
+        }
+        if Instant::now() > deadline {
+            return out;
+        }
+    }
+}
+
+/// Escalations per camera from the agent's /metrics.
+fn escalated_per_camera(agent: &Running, cameras: usize) -> BTreeMap<String, u64> {
+    let m = agent.get("/metrics");
+    (1..=cameras)
+        .map(|i| {
+            let cam = format!("cam{i}");
+            let name = format!("edge_agent_escalations_total{{camera=\"{cam}\"}}");
+            let n = crate::common::procs::metric(&m, &name).unwrap_or(0.0) as u64;
+            (cam, n)
+        })
+        .collect()
+}
+
+/// Distinct frames answered per camera.
+fn answered_per_camera(
+    got: &BTreeMap<(String, u64), u32>,
+    cameras: usize,
+) -> BTreeMap<String, u64> {
+    let mut per: BTreeMap<String, u64> = (1..=cameras).map(|i| (format!("cam{i}"), 0)).collect();
+    for (cam, _) in got.keys() {
+        *per.entry(cam.clone()).or_default() += 1;
+    }
+    per
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_are_offloaded_to_the_remote_queue_only_while_local_workers_are_saturated() {
+    const CAMERAS: usize = 4;
+    let names = Names::new();
+    let remote_queue = unique("remote");
+    let device = unique("edge");
+    let dir = tempfile::tempdir().unwrap();
+    // The centre: a scaler on the remote queue, with the fast demo model.
+    let remote_cfg = dir.path().join("centre.toml");
+    let remote_names = Names {
+        queue: remote_queue.clone(),
+        exchange: names.exchange.clone(),
+    };
+    std::fs::write(
+        &remote_cfg,
+        format!(
+            "[device]\nid = \"centre\"\n{}[scaling]\nmax_workers = 1\npolling_interval = \"100ms\"\ncooldown_period = \"2s\"\n",
+            remote_names.transport_toml()
+        ),
+    )
+    .unwrap();
+    let mut centre = Running::start(&["scaler", "--config", remote_cfg.to_str().unwrap()], &[]);
+    assert!(centre
+        .wait_for("edge-agent scaler running.", Duration::from_secs(20))
+        .is_some());
+
+    // The edge: one slow local worker at most, offloading above a backlog of 2.
+    let model = tiny_random("pytorch");
+    let base = format!(
+        "[device]\nid = \"{device}\"\n{}prefetch = 1\n[scaling]\nmax_workers = 1\nbacklog_per_worker = 1\noffload_backlog = 2\nremote_queue = \"{remote_queue}\"\npolling_interval = \"100ms\"\ncooldown_period = \"3s\"\n[inference]\nmodel = \"{}\"\nlabels = \"{}\"\nthreads = 1\nconfidence = 0.99\n",
+        names.transport_toml(),
+        model.display(),
+        root().join("models/coco.names").display()
+    );
+    let config = write_config(dir.path(), &(base.clone() + &cameras_toml(CAMERAS, true)));
+    let (_tap_conn, mut tap) = detections_tap(&names.exchange, &device).await;
+    let mut agent = Running::start(&["run", "--config", &config], &[]);
+    assert!(agent
+        .wait_for("edge-agent running.", Duration::from_secs(30))
+        .is_some());
+    let mut got: BTreeMap<(String, u64), u32> = BTreeMap::new();
+    let (mut local_peak, mut remote_peak) = (0, 0);
+    let offloaded = |agent: &Running| -> f64 {
+        agent
+            .get("/metrics")
+            .lines()
+            .filter(|l| l.starts_with("edge_agent_offloaded_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let started = Instant::now();
+    while offloaded(&agent) < 3.0 && started.elapsed() < Duration::from_secs(60) {
+        agent.pump(Duration::from_millis(50));
+        centre.pump(Duration::from_millis(1));
+        local_peak = local_peak.max(agent.children().len());
+        remote_peak = remote_peak.max(centre.children().len());
+        drain_tap(&mut tap, &mut got).await;
+    }
+    std::fs::write(&config, base + &cameras_toml(CAMERAS, false)).unwrap();
+    unsafe { libc::kill(agent.pid as i32, libc::SIGHUP) };
+    assert!(agent
+        .wait_for("Configuration reloaded.", Duration::from_secs(20))
+        .is_some());
+    let s = settle(&mut agent, &mut tap, &mut got, CAMERAS, &mut |a| {
+        local_peak = local_peak.max(a.children().len());
+        centre.pump(Duration::from_millis(1));
+        remote_peak = remote_peak.max(centre.children().len());
+    })
+    .await;
+    let esc = s.escalated;
+    let sent_remote = offloaded(&agent);
+    let total: u64 = esc.values().sum();
+    eprintln!("offload: {total} frames escalated, {sent_remote} offloaded, local peak {local_peak} worker(s), remote peak {remote_peak}");
+    assert!(sent_remote >= 1.0, "nothing was offloaded");
+    assert!((sent_remote as u64) < total, "local workers took none");
+    assert_eq!(local_peak, 1, "local workers stay within max_workers");
+    assert!(
+        remote_peak >= 1,
+        "the centre's scaler never started a worker"
+    );
+    assert_eq!(
+        answered_per_camera(&got, CAMERAS),
+        esc,
+        "every frame answered, local or remote"
+    );
+    // Every switch to remote happened with local workers at max and the backlog above
+    // the threshold.
+    let switches: Vec<&serde_json::Value> = agent
+        .seen
+        .iter()
+        .filter(|l| l.worker.is_none() && l.message() == "Offloading frames to the remote queue.")
+        .map(|l| &l.v)
+        .collect();
+    assert!(!switches.is_empty());
+    for v in &switches {
+        assert_eq!(v["reason"], "local_saturated", "{v}");
+        assert_eq!(v["workers"].as_u64(), Some(1), "{v}");
+        assert!(v["backlog"].as_u64().unwrap() > 2, "{v}");
+    }
+    assert!(agent.stop().success());
+    assert!(centre.stop().success());
+}

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -23,6 +24,7 @@ use crate::escalate::transport::{Role, Transport};
 use crate::escalate::{jpeg, TransportKind};
 use crate::ingest::{spawn_camera, CameraConfig, CameraHandle};
 use crate::motion::MotionTransition;
+use crate::scale::offload::{self, Offload};
 use crate::scale::{run_scaler, spawn_pool, WorkerSpec};
 use crate::shutdown::{install_signal_handlers, Shutdown};
 use crate::telemetry::metrics::{self, metrics};
@@ -92,17 +94,46 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
         Backoff::new(Duration::from_millis(500), Duration::from_secs(60)),
         shutdown.clone(),
     );
+    // Frames waiting for local workers and held by them (AMQP: the local queue's ready
+    // count plus what the workers report holding; MQTT: frames not yet answered), for
+    // the offload decision; the escalator adds the frames it sends between two polls.
+    let local_backlog = Arc::new(AtomicU64::new(0));
+    // The remote queue, declared (same arguments as its consumers) before a frame goes
+    // there, and polled for the log.
+    let remote_probe = match &cfg.scaling.remote_queue {
+        Some(q) => {
+            let mut remote_cfg = cfg.transport.clone();
+            remote_cfg.frames_queue = q.clone();
+            Some(Arc::new(tokio::sync::Mutex::new(
+                crate::escalate::amqp::QueueProbe::new(&remote_cfg).context("remote queue")?,
+            )))
+        }
+        None => None,
+    };
     {
         let t = transport.clone();
+        let (local, p, remote) = (local_backlog.clone(), pool.clone(), remote_probe.clone());
         tokio::spawn(run_scaler(
             cfg.scaling.clone(),
             pool.clone(),
             move || {
-                let t = t.clone();
+                let (t, local, p, remote) = (t.clone(), local.clone(), p.clone(), remote.clone());
                 async move {
+                    if let Some(r) = remote {
+                        if let Err(e) = r.lock().await.counts().await {
+                            if metrics::should_log("remote-queue", Duration::from_secs(60)) {
+                                warn!(error = %e, "Cannot reach the remote queue; offloaded frames wait in the outbox.");
+                            }
+                        }
+                    }
                     match t.backlog().await {
                         Ok(b) => {
                             metrics().backlog.set(b.unanswered as i64);
+                            let here = match b.ready {
+                                Some(ready) => ready + p.status().held,
+                                None => b.unanswered,
+                            };
+                            local.store(here, Ordering::Relaxed);
                             Some(b.unanswered.max(b.ready.unwrap_or(0)))
                         }
                         Err(e) => {
@@ -134,6 +165,11 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
         device.clone(),
         wake.clone(),
         pool.clone(),
+        Offloader {
+            cfg: cfg.scaling.clone(),
+            local_backlog: local_backlog.clone(),
+            last: None,
+        },
     ));
     let results = tokio::spawn(read_results(transport.clone(), shutdown.clone()));
 
@@ -323,6 +359,7 @@ async fn escalate(
     device: String,
     wake: Arc<Notify>,
     pool: crate::scale::PoolHandle,
+    mut offloader: Offloader,
 ) {
     while let Some(item) = rx.recv().await {
         match item {
@@ -361,13 +398,17 @@ async fn escalate(
                                 .get_or_create(&metrics::stage("motion_to_publish"))
                                 .observe(now.saturating_sub(d) as f64 / 1e9);
                         }
-                        match transport.publish_frame(msg) {
+                        let queue = offloader.route(&pool.status());
+                        match transport.publish_frame_to(msg, queue.as_deref()) {
                             Ok(()) => {
                                 metrics()
                                     .escalations
                                     .get_or_create(&metrics::camera(&camera))
                                     .inc();
-                                wake.notify_one();
+                                offloader.sent(&camera);
+                                if queue.is_none() {
+                                    wake.notify_one();
+                                }
                             }
                             Err(e) => warn!(camera = %camera, error = %e, "Frame not escalated."),
                         }
@@ -377,6 +418,59 @@ async fn escalate(
                     }
                     Err(e) => warn!(camera = %camera, error = %e, "Encoder task failed."),
                 }
+            }
+        }
+    }
+}
+
+/// Local first, remote when needed (`scale::offload`), for the escalator.
+struct Offloader {
+    cfg: crate::scale::ScalingConfig,
+    local_backlog: Arc<AtomicU64>,
+    /// The decision for the last frame, to log changes only.
+    last: Option<Offload>,
+}
+
+impl Offloader {
+    /// The queue for the next frame: None for the local one.
+    fn route(&mut self, pool: &crate::scale::PoolStatus) -> Option<String> {
+        let backlog = self.local_backlog.load(Ordering::Relaxed);
+        let now = offload::decide(&self.cfg, pool, backlog);
+        if now != self.last {
+            match now {
+                Some(why) => info!(
+                    reason = why.label(),
+                    workers = pool.running,
+                    ready = pool.ready,
+                    backlog,
+                    offload_backlog = self.cfg.offload_backlog.get(),
+                    "Offloading frames to the remote queue."
+                ),
+                None => info!(
+                    workers = pool.running,
+                    backlog, "Frames go to local workers again."
+                ),
+            }
+            self.last = now;
+        }
+        now.and(self.cfg.remote_queue.clone())
+    }
+
+    /// Counts a frame sent where [`Offloader::route`] said.
+    fn sent(&self, camera: &str) {
+        match self.last {
+            Some(why) => {
+                metrics()
+                    .offloaded
+                    .get_or_create(&vec![
+                        ("camera", camera.to_string()),
+                        ("reason", why.label().to_string()),
+                    ])
+                    .inc();
+            }
+            // Until the next poll, a frame sent locally is local backlog.
+            None => {
+                self.local_backlog.fetch_add(1, Ordering::Relaxed);
             }
         }
     }

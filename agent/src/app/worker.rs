@@ -108,6 +108,9 @@ impl ResultSink for Sink {
 struct Held(Arc<AtomicU64>);
 
 impl Held {
+    fn count(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
     fn add(&self) {
         let n = self.0.fetch_add(1, Ordering::AcqRel) + 1;
         report_held(n);
@@ -176,7 +179,6 @@ async fn run_worker(loaded: Loaded) -> anyhow::Result<()> {
         };
         let jpeg = d.msg.jpeg.clone();
         let ack: worker::Acker = Box::new(move |outcome| {
-            held_now.done();
             tokio::spawn(async move {
                 let r = match outcome {
                     AckOutcome::Done => d.ack().await,
@@ -191,6 +193,8 @@ async fn run_worker(loaded: Loaded) -> anyhow::Result<()> {
                 if let Err(e) = r {
                     warn!(error = %e, "Ack failed; the frame may be delivered again.");
                 }
+                // Only now: the connection must not close before the ack is sent.
+                held_now.done();
             });
         });
         if tx.send(WorkItem { meta, jpeg, ack }).await.is_err() {
@@ -200,6 +204,22 @@ async fn run_worker(loaded: Loaded) -> anyhow::Result<()> {
     info!("Worker stopping: finishing the frames it holds.");
     drop(tx);
     let result = work.await.context("worker loop")?;
+    // The acks run in tasks of their own; closing before they are sent would hand the
+    // frames back to the broker and another worker would process them again.
+    let acks = async {
+        while held.count() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(5), acks)
+        .await
+        .is_err()
+    {
+        warn!(
+            held = held.count(),
+            "Acks still pending at exit; those frames will be delivered again."
+        );
+    }
     if let Ok(t) = Arc::try_unwrap(transport) {
         t.close(Duration::from_secs(5)).await;
     }

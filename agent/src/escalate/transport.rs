@@ -627,6 +627,17 @@ impl Transport {
     /// Publishes a frame for the workers; returns once it is buffered. On a full
     /// buffer the oldest frame is dropped and counted.
     pub fn publish_frame(&self, msg: FrameMessage) -> Result<(), TransportError> {
+        self.publish_frame_to(msg, None)
+    }
+
+    /// Like [`Transport::publish_frame`], to another frames queue of the same AMQP
+    /// broker (`scaling.remote_queue`: offload). The frame is tracked as unanswered
+    /// like any other; its result comes back the same way. Ignored on MQTT.
+    pub fn publish_frame_to(
+        &self,
+        msg: FrameMessage,
+        queue: Option<&str>,
+    ) -> Result<(), TransportError> {
         let h = &msg.header;
         let max = self.shared.cfg.max_payload.as_usize();
         if msg.jpeg.len() > max {
@@ -641,7 +652,12 @@ impl Transport {
         check_name("camera", &h.camera, false)?;
         let (exchange, key) = match &self.link {
             Link::Mqtt(_) => (String::new(), self.mqtt_topic(&h.device, None, "frames")),
-            Link::Amqp(_) => (String::new(), self.shared.cfg.frames_queue.clone()),
+            Link::Amqp(_) => (
+                String::new(),
+                queue
+                    .unwrap_or(self.shared.cfg.frames_queue.as_str())
+                    .to_string(),
+            ),
         };
         let out = Out {
             class: Class::Frame,

@@ -72,6 +72,8 @@ pub struct PoolStatus {
     pub last_failure: Option<String>,
     /// Until when no new worker is started (backing off after a failure).
     pub backing_off: bool,
+    /// The last worker failed (to start, or crashed) and none became ready since.
+    pub failing: bool,
 }
 
 #[derive(Clone)]
@@ -398,6 +400,7 @@ impl Pool {
         s.pids = self.workers.iter().map(|w| w.pid).collect();
         s.held = self.workers.iter().map(|w| w.held).sum();
         s.backing_off = now < self.next_start;
+        s.failing = self.backoff.failing();
         metrics().workers.set(self.workers.len() as i64);
         *self.status.lock().unwrap_or_else(|e| e.into_inner()) = s;
     }
