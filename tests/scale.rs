@@ -100,6 +100,18 @@ impl Names {
     }
 }
 
+/// Deletes the durable queues and exchanges a test declared on the shared RabbitMQ.
+async fn cleanup(names: &Names, devices: &[&str]) {
+    let conn = lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    for d in devices {
+        edge_agent::escalate::amqp::delete_topology(&ch, &names.transport(), d).await;
+    }
+    let _ = conn.close(200, "OK".into()).await;
+}
+
 fn write_config(dir: &Path, text: &str) -> String {
     let p = dir.join("scaler.toml");
     std::fs::write(&p, text).unwrap();
@@ -242,6 +254,7 @@ async fn scaler_serves_a_shared_amqp_queue_from_zero_workers_and_returns_to_zero
     for t in transports {
         t.close(Duration::from_secs(2)).await;
     }
+    cleanup(&names, &["box-a", "box-b", "gpu-server"]).await;
 }
 
 #[test]
@@ -342,6 +355,7 @@ async fn worker_killed_mid_inference_has_its_frame_redelivered_and_is_replaced()
     assert!(left.is_empty(), "workers left: {left:?}");
     assert!(scaler.stop().success());
     t.close(Duration::from_secs(2)).await;
+    cleanup(&names, &["box-k", "gpu-server"]).await;
 }
 
 /// A queue of the test's own on the events exchange, receiving every detections
@@ -520,6 +534,7 @@ async fn a_burst_from_several_cameras_scales_out_to_max_workers_drains_and_retur
         status.success(),
         "agent exit {status:?}; warnings: {warnings:#?}"
     );
+    cleanup(&names, &[&device]).await;
 }
 
 struct Settled {
@@ -696,4 +711,6 @@ async fn frames_are_offloaded_to_the_remote_queue_only_while_local_workers_are_s
     }
     assert!(agent.stop().success());
     assert!(centre.stop().success());
+    cleanup(&names, &[&device]).await;
+    cleanup(&remote_names, &["centre"]).await;
 }
