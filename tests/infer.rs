@@ -2,7 +2,7 @@
 //! the end-to-end path over Mosquitto, the differential test against the Python
 //! reference (scripts/infer_ref.py), bad inputs, batching, snapshots and privacy.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,86 +17,7 @@ use edge_agent::infer::{Detection, EventsConfig, InferError, Pipeline};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// The project's Python: `EDGE_AGENT_PYTHON`, else a `.venv` up from the repository or
-/// the test binary, else `python3`.
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("EDGE_AGENT_PYTHON") {
-        return p.into();
-    }
-    let exe = std::env::current_exe().unwrap();
-    root()
-        .ancestors()
-        .chain(exe.ancestors())
-        .map(|a| a.join(".venv/bin/python"))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| "python3".into())
-}
-
-fn run_python(args: &[&str]) -> String {
-    let out = Command::new(python())
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "python {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Generates a model once per test run (the scripts write atomically, so concurrent
-/// test binaries are safe).
-fn model(name: &str, args: &[&str]) -> PathBuf {
-    static LOCK: Mutex<()> = Mutex::new(());
-    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let path = root().join("models/generated").join(name);
-    // Regenerate when the generating script changed since.
-    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let stale = match (mtime(&path), mtime(&root().join(args[0]))) {
-        (Some(model), Some(script)) => script > model,
-        _ => true,
-    };
-    if stale {
-        let out = path.to_str().unwrap().to_string();
-        let mut full: Vec<&str> = args.to_vec();
-        full.extend(["-o", &out]);
-        run_python(&full);
-    }
-    path
-}
-
-fn test_model() -> PathBuf {
-    model("test-yolov4.onnx", &["models/make_test_model.py"])
-}
-fn test_model_zoo() -> PathBuf {
-    model(
-        "test-yolov4-zoo.onnx",
-        &["models/make_test_model.py", "--layout", "zoo"],
-    )
-}
-fn tiny_random(layout: &str) -> PathBuf {
-    model(
-        &format!("yolov4-tiny-random-{layout}.onnx"),
-        &[
-            "models/darknet2onnx.py",
-            "models/cfg/yolov4-tiny.cfg",
-            "--random-weights",
-            "--size",
-            "416",
-            "--layout",
-            layout,
-        ],
-    )
-}
+use crate::common::models::{root, run_python, test_model, test_model_zoo, tiny_random};
 
 fn cfg(model: &Path, labels: Option<&str>) -> InferenceConfig {
     InferenceConfig {
@@ -491,6 +412,7 @@ fn item(seq: u64, jpeg: Vec<u8>, acks: &mpsc::UnboundedSender<(u64, AckOutcome)>
     let tx = acks.clone();
     WorkItem {
         meta: FrameMeta {
+            device: String::new(),
             camera: "cam1".into(),
             seq,
             captured_ms: 1_700_000_000_000 + seq,
@@ -811,6 +733,7 @@ async fn frame_published_on_mosquitto_comes_back_as_detections_event_and_snapsho
 
     let frame = scene(640, 480, &[(300, 200, 64, RED)]);
     let meta = FrameMeta {
+        device: String::new(),
         camera: "cam1".into(),
         seq: 7,
         captured_ms: 1_700_000_000_007,

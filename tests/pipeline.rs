@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::common::agent::children_of;
+use crate::common::procs::children_of;
 
 #[test]
 fn demo_runs_the_full_cycle_motion_worker_from_zero_detections_and_back_to_zero() {

@@ -52,3 +52,665 @@ async fn a_worker_that_fails_at_start_makes_the_pool_back_off_and_report_without
     pool.stopped().await;
     assert!(pool.status().pids.is_empty());
 }
+
+// ---------------------------------------------------------------------------------
+// `edge-agent scaler` on a shared RabbitMQ queue.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Instant;
+
+use bytes::Bytes;
+use edge_agent::escalate::jpeg::encode_rgb;
+use edge_agent::escalate::message::{unix_ns_now, VERSION};
+use edge_agent::escalate::{FrameHeader, FrameMessage, Role, Transport, TransportConfig};
+
+use crate::common::broker::{amqp_url, unique};
+use crate::common::models::{root, tiny_random};
+use crate::common::procs::Running;
+
+/// A scaler configuration on random queue and exchange names.
+struct Names {
+    queue: String,
+    exchange: String,
+}
+
+impl Names {
+    fn new() -> Self {
+        Self {
+            queue: unique("frames"),
+            exchange: unique("events"),
+        }
+    }
+
+    fn transport_toml(&self) -> String {
+        format!(
+            "[transport]\nkind = \"amqp\"\namqp_url = \"{}\"\nframes_queue = \"{}\"\nevents_exchange = \"{}\"\nframe_ttl = \"300s\"\n",
+            amqp_url(),
+            self.queue,
+            self.exchange
+        )
+    }
+
+    fn transport(&self) -> TransportConfig {
+        toml::from_str::<toml::Value>(&self.transport_toml()).unwrap()["transport"]
+            .clone()
+            .try_into()
+            .unwrap()
+    }
+}
+
+/// Deletes the durable queues and exchanges a test declared on the shared RabbitMQ.
+async fn cleanup(names: &Names, devices: &[&str]) {
+    let conn = lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    for d in devices {
+        edge_agent::escalate::amqp::delete_topology(&ch, &names.transport(), d).await;
+    }
+    let _ = conn.close(200, "OK".into()).await;
+}
+
+fn write_config(dir: &Path, text: &str) -> String {
+    let p = dir.join("scaler.toml");
+    std::fs::write(&p, text).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+/// A small JPEG with a red square (the demo model calls it fire).
+fn red_square_jpeg() -> Bytes {
+    let (w, h) = (160u32, 120u32);
+    let mut rgb = vec![40u8; (w * h * 3) as usize];
+    for y in 40..80 {
+        for x in 60..100 {
+            let p = ((y * w + x) * 3) as usize;
+            rgb[p..p + 3].copy_from_slice(&[230, 20, 20]);
+        }
+    }
+    Bytes::from(encode_rgb(&rgb, w, h, 85).unwrap())
+}
+
+fn frame(device: &str, camera: &str, seq: u64, jpeg: &Bytes) -> FrameMessage {
+    FrameMessage {
+        header: FrameHeader {
+            version: VERSION,
+            device: device.into(),
+            camera: camera.into(),
+            event_id: format!("{camera}-1"),
+            seq,
+            captured: unix_ns_now(),
+            width: 160,
+            height: 120,
+            boxes: vec![],
+            stamps: vec![],
+            cold_start: false,
+        },
+        jpeg: jpeg.clone(),
+    }
+}
+
+/// Reads detections for `agents` until every (device, seq) in `want` is answered or
+/// the deadline passes, pumping the scaler's log meanwhile; returns how many answers
+/// each frame got, and the peak worker count seen in /proc.
+async fn collect(
+    scaler: &mut Running,
+    agents: &mut [(String, edge_agent::escalate::Results)],
+    want: &BTreeSet<(String, u64)>,
+    timeout: Duration,
+) -> (BTreeMap<(String, u64), u32>, usize) {
+    let mut got: BTreeMap<(String, u64), u32> = BTreeMap::new();
+    let mut peak = 0;
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline && !want.iter().all(|k| got.contains_key(k)) {
+        peak = peak.max(scaler.children().len());
+        scaler.pump(Duration::from_millis(1));
+        for (device, results) in agents.iter_mut() {
+            while let Ok(Some(r)) =
+                tokio::time::timeout(Duration::from_millis(20), results.next()).await
+            {
+                assert_eq!(&r.device, device, "results reach the frame's device");
+                if r.kind == "detections" {
+                    *got.entry((r.device.clone(), r.seq.unwrap())).or_default() += 1;
+                }
+            }
+        }
+    }
+    (got, peak)
+}
+
+async fn wait_for_no_workers(scaler: &mut Running, timeout: Duration) -> Vec<u32> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        scaler.pump(Duration::from_millis(100));
+        let kids = scaler.children();
+        if kids.is_empty() || Instant::now() > deadline {
+            return kids;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaler_serves_a_shared_amqp_queue_from_zero_workers_and_returns_to_zero() {
+    let names = Names::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[device]\nid = \"gpu-server\"\n{}[scaling]\nmax_workers = 2\nbacklog_per_worker = 4\npolling_interval = \"100ms\"\ncooldown_period = \"2s\"\n",
+            names.transport_toml()
+        ),
+    );
+    let mut scaler = Running::start(&["scaler", "--config", &config], &[]);
+    assert!(
+        scaler
+            .wait_for("edge-agent scaler running.", Duration::from_secs(20))
+            .is_some(),
+        "scaler did not start: {:?}",
+        scaler.seen
+    );
+    // Idle: no worker at all while the queue is empty.
+    scaler.pump(Duration::from_millis(800));
+    assert!(
+        scaler.children().is_empty(),
+        "a worker started for an empty queue"
+    );
+
+    // Two boxes share the queue; each must get its own answers back.
+    let cfg = names.transport();
+    let jpeg = red_square_jpeg();
+    let mut agents = Vec::new();
+    let mut want = BTreeSet::new();
+    let mut transports = Vec::new();
+    for device in ["box-a", "box-b"] {
+        let t = Transport::connect(&cfg, device, Role::Agent).await.unwrap();
+        agents.push((device.to_string(), t.results().unwrap()));
+        transports.push(t);
+    }
+    // Let the agents' result queues bind before anything is answered.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (t, (device, _)) in transports.iter().zip(&agents) {
+        for seq in 1..=10 {
+            t.publish_frame(frame(device, "gate", seq, &jpeg)).unwrap();
+            want.insert((device.clone(), seq));
+        }
+        assert!(t.flush(Duration::from_secs(10)).await);
+    }
+    let (got, peak) = collect(&mut scaler, &mut agents, &want, Duration::from_secs(60)).await;
+    let missing: Vec<_> = want.iter().filter(|k| !got.contains_key(k)).collect();
+    assert!(missing.is_empty(), "unanswered frames: {missing:?}");
+    assert!((1..=2).contains(&peak), "peak workers {peak}");
+    let metrics = scaler.get("/metrics");
+    assert!(
+        metrics.contains("edge_agent_workers "),
+        "metrics endpoint serves the worker count:\n{metrics}"
+    );
+
+    // After the cooldown, no worker process is left.
+    let left = wait_for_no_workers(&mut scaler, Duration::from_secs(30)).await;
+    assert!(left.is_empty(), "workers left after the cooldown: {left:?}");
+    let status = scaler.stop();
+    assert!(status.success(), "scaler exit on SIGTERM: {status:?}");
+    for t in transports {
+        t.close(Duration::from_secs(2)).await;
+    }
+    cleanup(&names, &["box-a", "box-b", "gpu-server"]).await;
+}
+
+#[test]
+fn scaler_refuses_a_transport_other_than_amqp_naming_transport_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "[device]\nid = \"gpu-server\"\n[transport]\nkind = \"mqtt\"\n",
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edge-agent"))
+        .args(["scaler", "--config", &config])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(
+        err.contains("transport.kind") && err.contains("\"mqtt\""),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_killed_mid_inference_has_its_frame_redelivered_and_is_replaced() {
+    let names = Names::new();
+    let model = tiny_random("pytorch");
+    let dir = tempfile::tempdir().unwrap();
+    // One worker holding up to 4 frames, on a model slow enough (~45 ms a frame) that
+    // it always holds some while the queue is long.
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[device]\nid = \"gpu-server\"\n{}prefetch = 4\n[scaling]\nmax_workers = 1\npolling_interval = \"100ms\"\ncooldown_period = \"2s\"\n[inference]\nmodel = \"{}\"\nlabels = \"{}\"\nthreads = 1\nconfidence = 0.99\n",
+            names.transport_toml(),
+            model.display(),
+            root().join("models/coco.names").display()
+        ),
+    );
+    let mut scaler = Running::start(&["scaler", "--config", &config], &[]);
+    assert!(scaler
+        .wait_for("edge-agent scaler running.", Duration::from_secs(20))
+        .is_some());
+    let cfg = names.transport();
+    let t = Transport::connect(&cfg, "box-k", Role::Agent)
+        .await
+        .unwrap();
+    let mut agents = vec![("box-k".to_string(), t.results().unwrap())];
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let jpeg = red_square_jpeg();
+    let n = 80;
+    let want: BTreeSet<(String, u64)> = (1..=n).map(|s| ("box-k".to_string(), s)).collect();
+    for seq in 1..=n {
+        t.publish_frame(frame("box-k", "gate", seq, &jpeg)).unwrap();
+    }
+    assert!(t.flush(Duration::from_secs(10)).await);
+
+    // Wait until the worker says it holds frames, then SIGKILL it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let victim = loop {
+        scaler.pump(Duration::from_millis(20));
+        let h = scaler.health();
+        let held = h["workers"]["held"].as_u64().unwrap_or(0);
+        let pids = scaler.children();
+        if held >= 2 && pids.len() == 1 {
+            break pids[0];
+        }
+        assert!(Instant::now() < deadline, "worker never held frames: {h}");
+    };
+    unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+
+    let (got, _) = collect(&mut scaler, &mut agents, &want, Duration::from_secs(120)).await;
+    let missing: Vec<_> = want.iter().filter(|k| !got.contains_key(k)).collect();
+    assert!(
+        missing.is_empty(),
+        "frames lost with the killed worker: {missing:?}"
+    );
+    // The replacement said it got frames the killed one had taken.
+    let redelivered: Vec<u64> = scaler
+        .seen
+        .iter()
+        .filter(|l| l.worker.is_some_and(|w| w != victim))
+        .filter(|l| l.message().starts_with("Frame redelivered"))
+        .filter_map(|l| l.v["seq"].as_u64())
+        .collect();
+    assert!(
+        !redelivered.is_empty(),
+        "no frame was redelivered after the SIGKILL"
+    );
+    let h = scaler.health();
+    assert_eq!(h["workers"]["crashes"].as_u64(), Some(1), "{h}");
+    assert!(h["workers"]["started"].as_u64().unwrap_or(0) >= 2, "{h}");
+    assert!(
+        scaler.seen.iter().any(|l| l.worker.is_none()
+            && l.message() == "Worker ready."
+            && l.v["pid"].as_u64().is_some_and(|p| p as u32 != victim)),
+        "no replacement worker became ready"
+    );
+    let left = wait_for_no_workers(&mut scaler, Duration::from_secs(30)).await;
+    assert!(left.is_empty(), "workers left: {left:?}");
+    assert!(scaler.stop().success());
+    t.close(Duration::from_secs(2)).await;
+    cleanup(&names, &["box-k", "gpu-server"]).await;
+}
+
+/// A queue of the test's own on the events exchange, receiving every detections
+/// message for `device` (not only the first answer, so duplicates show).
+async fn detections_tap(exchange: &str, device: &str) -> (lapin::Connection, lapin::Consumer) {
+    use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+    let conn = lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    // The exchange as the transport declares it (durable topic), in case we are first.
+    ch.exchange_declare(
+        exchange.into(),
+        lapin::ExchangeKind::Topic,
+        lapin::options::ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let q = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    ch.queue_bind(
+        q.name().as_str().into(),
+        exchange.into(),
+        format!("{device}.*.detections").into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let consumer = ch
+        .basic_consume(
+            q.name().as_str().into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    (conn, consumer)
+}
+
+/// Drains what the tap has now into `got` ((camera, seq) -> answers).
+async fn drain_tap(tap: &mut lapin::Consumer, got: &mut BTreeMap<(String, u64), u32>) {
+    use futures::StreamExt;
+    while let Ok(Some(Ok(d))) = tokio::time::timeout(Duration::from_millis(20), tap.next()).await {
+        let v: serde_json::Value = serde_json::from_slice(&d.data).unwrap();
+        let key = (
+            v["camera"].as_str().unwrap().to_string(),
+            v["seq"].as_u64().unwrap(),
+        );
+        *got.entry(key).or_default() += 1;
+    }
+}
+
+fn cameras_toml(n: usize, enabled: bool) -> String {
+    (1..=n)
+        .map(|i| {
+            format!(
+                "[[cameras]]\nid = \"cam{i}\"\nurl = \"demo://moving-square\"\nenabled = {enabled}\n[cameras.escalation]\nmax_frames = 15\nmin_interval = \"100ms\"\n"
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_from_several_cameras_scales_out_to_max_workers_drains_and_returns_to_zero() {
+    const CAMERAS: usize = 4;
+    const MAX: usize = 3;
+    let names = Names::new();
+    let device = unique("burst");
+    let model = tiny_random("pytorch");
+    let dir = tempfile::tempdir().unwrap();
+    let base = format!(
+        "[device]\nid = \"{device}\"\n{}prefetch = 1\n[scaling]\nmax_workers = {MAX}\nbacklog_per_worker = 2\npolling_interval = \"100ms\"\ncooldown_period = \"3s\"\n[inference]\nmodel = \"{}\"\nlabels = \"{}\"\nthreads = 1\nconfidence = 0.99\n",
+        names.transport_toml(),
+        model.display(),
+        root().join("models/coco.names").display()
+    );
+    let config = write_config(dir.path(), &(base.clone() + &cameras_toml(CAMERAS, true)));
+    let (_tap_conn, mut tap) = detections_tap(&names.exchange, &device).await;
+    let mut agent = Running::start(&["run", "--config", &config], &[]);
+    assert!(
+        agent
+            .wait_for("edge-agent running.", Duration::from_secs(30))
+            .is_some(),
+        "agent did not start: {:?}",
+        agent.seen
+    );
+    let mut got: BTreeMap<(String, u64), u32> = BTreeMap::new();
+    let mut peak = 0;
+    let mut peak_backlog = 0.0f64;
+    // The burst: until the pool has reached max_workers (or a minute passed).
+    let started = Instant::now();
+    while peak < MAX && started.elapsed() < Duration::from_secs(60) {
+        agent.pump(Duration::from_millis(50));
+        peak = peak.max(agent.children().len());
+        drain_tap(&mut tap, &mut got).await;
+        let m = agent.get("/metrics");
+        peak_backlog = peak_backlog
+            .max(crate::common::procs::metric(&m, "edge_agent_backlog ").unwrap_or(0.0));
+    }
+    let to_peak = started.elapsed();
+    // Cameras off (reload): no new frames; the backlog must drain.
+    std::fs::write(&config, base + &cameras_toml(CAMERAS, false)).unwrap();
+    unsafe { libc::kill(agent.pid as i32, libc::SIGHUP) };
+    let stopped_at = Instant::now();
+    assert!(agent
+        .wait_for("Configuration reloaded.", Duration::from_secs(20))
+        .is_some());
+    // Drain: every escalated frame answered, and then no worker left. Frames still in
+    // the agent's escalation channel at the reload go out after it, so only the state
+    // where both hold is final.
+    let s = settle(&mut agent, &mut tap, &mut got, CAMERAS, &mut |a| {
+        peak = peak.max(a.children().len())
+    })
+    .await;
+    let (esc, left) = (s.escalated, s.left);
+    let drain = s.drained.map(|t| t - stopped_at);
+    let to_zero = s.zero.map(|t| t - stopped_at);
+    let total: u64 = esc.values().sum();
+    eprintln!(
+        "burst: {CAMERAS} cameras, {total} frames escalated, peak {peak} workers after {to_peak:?}, peak backlog {peak_backlog}, drained {drain:?} after the cameras stopped, zero workers after {to_zero:?}"
+    );
+    assert_eq!(peak, MAX, "workers scale out to max_workers, never beyond");
+    assert!(total > 0);
+    assert_eq!(
+        answered_per_camera(&got, CAMERAS),
+        esc,
+        "every escalated frame answered"
+    );
+    let twice: Vec<_> = got.iter().filter(|(_, &n)| n > 1).collect();
+    let story: Vec<String> = agent
+        .seen
+        .iter()
+        .filter(|l| {
+            let m = l.message();
+            m.starts_with("Frame redelivered")
+                || m.starts_with("Scaling")
+                || m.starts_with("Worker")
+                || l.v["level"] != "INFO"
+        })
+        .map(|l| format!("{:?} {}", l.worker, l.v))
+        .collect();
+    assert!(
+        twice.is_empty(),
+        "frames processed more than once: {twice:?}\n{}",
+        story.join("\n")
+    );
+    assert!(left.is_empty(), "workers left after the cooldown: {left:?}");
+    let status = agent.stop();
+    let warnings: Vec<&serde_json::Value> = agent
+        .seen
+        .iter()
+        .filter(|l| l.v["level"] != "INFO")
+        .map(|l| &l.v)
+        .collect();
+    assert!(
+        status.success(),
+        "agent exit {status:?}; warnings: {warnings:#?}"
+    );
+    cleanup(&names, &[&device]).await;
+}
+
+struct Settled {
+    escalated: BTreeMap<String, u64>,
+    /// When every frame escalated so far was first seen answered.
+    drained: Option<Instant>,
+    /// When, after that, no worker process was left.
+    zero: Option<Instant>,
+    left: Vec<u32>,
+}
+
+/// Waits (two minutes at most) until every frame the agent escalated is answered and
+/// no worker process is left, calling `tick` as it goes.
+async fn settle(
+    agent: &mut Running,
+    tap: &mut lapin::Consumer,
+    got: &mut BTreeMap<(String, u64), u32>,
+    cameras: usize,
+    tick: &mut dyn FnMut(&Running),
+) -> Settled {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut out = Settled {
+        escalated: BTreeMap::new(),
+        drained: None,
+        zero: None,
+        left: Vec::new(),
+    };
+    loop {
+        agent.pump(Duration::from_millis(50));
+        tick(agent);
+        drain_tap(tap, got).await;
+        out.escalated = escalated_per_camera(agent, cameras);
+        let all = answered_per_camera(got, cameras) == out.escalated;
+        if !all {
+            out.drained = None;
+            out.zero = None;
+        } else if out.drained.is_none() {
+            out.drained = Some(Instant::now());
+        }
+        out.left = agent.children();
+        if all && out.left.is_empty() {
+            out.zero.get_or_insert_with(Instant::now);
+            return out;
+        }
+        if Instant::now() > deadline {
+            return out;
+        }
+    }
+}
+
+/// Escalations per camera from the agent's /metrics.
+fn escalated_per_camera(agent: &Running, cameras: usize) -> BTreeMap<String, u64> {
+    let m = agent.get("/metrics");
+    (1..=cameras)
+        .map(|i| {
+            let cam = format!("cam{i}");
+            let name = format!("edge_agent_escalations_total{{camera=\"{cam}\"}}");
+            let n = crate::common::procs::metric(&m, &name).unwrap_or(0.0) as u64;
+            (cam, n)
+        })
+        .collect()
+}
+
+/// Distinct frames answered per camera.
+fn answered_per_camera(
+    got: &BTreeMap<(String, u64), u32>,
+    cameras: usize,
+) -> BTreeMap<String, u64> {
+    let mut per: BTreeMap<String, u64> = (1..=cameras).map(|i| (format!("cam{i}"), 0)).collect();
+    for (cam, _) in got.keys() {
+        *per.entry(cam.clone()).or_default() += 1;
+    }
+    per
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_are_offloaded_to_the_remote_queue_only_while_local_workers_are_saturated() {
+    const CAMERAS: usize = 4;
+    let names = Names::new();
+    let remote_queue = unique("remote");
+    let device = unique("edge");
+    let dir = tempfile::tempdir().unwrap();
+    // The centre: a scaler on the remote queue, with the fast demo model.
+    let remote_cfg = dir.path().join("centre.toml");
+    let remote_names = Names {
+        queue: remote_queue.clone(),
+        exchange: names.exchange.clone(),
+    };
+    std::fs::write(
+        &remote_cfg,
+        format!(
+            "[device]\nid = \"centre\"\n{}[scaling]\nmax_workers = 1\npolling_interval = \"100ms\"\ncooldown_period = \"2s\"\n",
+            remote_names.transport_toml()
+        ),
+    )
+    .unwrap();
+    let mut centre = Running::start(&["scaler", "--config", remote_cfg.to_str().unwrap()], &[]);
+    assert!(centre
+        .wait_for("edge-agent scaler running.", Duration::from_secs(20))
+        .is_some());
+
+    // The edge: one slow local worker at most, offloading above a backlog of 2.
+    let model = tiny_random("pytorch");
+    let base = format!(
+        "[device]\nid = \"{device}\"\n{}prefetch = 1\n[scaling]\nmax_workers = 1\nbacklog_per_worker = 1\noffload_backlog = 2\nremote_queue = \"{remote_queue}\"\npolling_interval = \"100ms\"\ncooldown_period = \"3s\"\n[inference]\nmodel = \"{}\"\nlabels = \"{}\"\nthreads = 1\nconfidence = 0.99\n",
+        names.transport_toml(),
+        model.display(),
+        root().join("models/coco.names").display()
+    );
+    let config = write_config(dir.path(), &(base.clone() + &cameras_toml(CAMERAS, true)));
+    let (_tap_conn, mut tap) = detections_tap(&names.exchange, &device).await;
+    let mut agent = Running::start(&["run", "--config", &config], &[]);
+    assert!(agent
+        .wait_for("edge-agent running.", Duration::from_secs(30))
+        .is_some());
+    let mut got: BTreeMap<(String, u64), u32> = BTreeMap::new();
+    let (mut local_peak, mut remote_peak) = (0, 0);
+    let offloaded = |agent: &Running| -> f64 {
+        agent
+            .get("/metrics")
+            .lines()
+            .filter(|l| l.starts_with("edge_agent_offloaded_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let started = Instant::now();
+    while offloaded(&agent) < 3.0 && started.elapsed() < Duration::from_secs(60) {
+        agent.pump(Duration::from_millis(50));
+        centre.pump(Duration::from_millis(1));
+        local_peak = local_peak.max(agent.children().len());
+        remote_peak = remote_peak.max(centre.children().len());
+        drain_tap(&mut tap, &mut got).await;
+    }
+    std::fs::write(&config, base + &cameras_toml(CAMERAS, false)).unwrap();
+    unsafe { libc::kill(agent.pid as i32, libc::SIGHUP) };
+    assert!(agent
+        .wait_for("Configuration reloaded.", Duration::from_secs(20))
+        .is_some());
+    let s = settle(&mut agent, &mut tap, &mut got, CAMERAS, &mut |a| {
+        local_peak = local_peak.max(a.children().len());
+        centre.pump(Duration::from_millis(1));
+        remote_peak = remote_peak.max(centre.children().len());
+    })
+    .await;
+    let esc = s.escalated;
+    let sent_remote = offloaded(&agent);
+    let total: u64 = esc.values().sum();
+    eprintln!("offload: {total} frames escalated, {sent_remote} offloaded, local peak {local_peak} worker(s), remote peak {remote_peak}");
+    assert!(sent_remote >= 1.0, "nothing was offloaded");
+    assert!((sent_remote as u64) < total, "local workers took none");
+    assert_eq!(local_peak, 1, "local workers stay within max_workers");
+    assert!(
+        remote_peak >= 1,
+        "the centre's scaler never started a worker"
+    );
+    assert_eq!(
+        answered_per_camera(&got, CAMERAS),
+        esc,
+        "every frame answered, local or remote"
+    );
+    // Every switch to remote happened with local workers at max and the backlog above
+    // the threshold.
+    let switches: Vec<&serde_json::Value> = agent
+        .seen
+        .iter()
+        .filter(|l| l.worker.is_none() && l.message() == "Offloading frames to the remote queue.")
+        .map(|l| &l.v)
+        .collect();
+    assert!(!switches.is_empty());
+    for v in &switches {
+        assert_eq!(v["reason"], "local_saturated", "{v}");
+        assert_eq!(v["workers"].as_u64(), Some(1), "{v}");
+        assert!(v["backlog"].as_u64().unwrap() > 2, "{v}");
+    }
+    assert!(agent.stop().success());
+    assert!(centre.stop().success());
+    cleanup(&names, &[&device]).await;
+    cleanup(&remote_names, &["centre"]).await;
+}

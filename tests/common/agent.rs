@@ -16,29 +16,7 @@ pub fn repo() -> PathBuf {
         .to_path_buf()
 }
 
-/// Process ids whose parent is `pid`, read from /proc.
-pub fn children_of(pid: u32) -> Vec<u32> {
-    let mut kids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-            continue;
-        };
-        // Fields after the command name, which is in parentheses: state, ppid, ...
-        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let ppid: u32 = after
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        if ppid == pid {
-            kids.push(p);
-        }
-    }
-    kids
-}
+pub use super::procs::{children_of, http_get, metric};
 
 pub struct Agent {
     child: Option<Child>,
@@ -180,29 +158,4 @@ impl Drop for Agent {
             }
         }
     }
-}
-
-/// GET `path` from `addr` (HTTP/1.1, connection closed by the server); the body.
-pub fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or(out)
-}
-
-/// The value of the first sample line starting with `name` (metric and labels).
-pub fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }

@@ -5,6 +5,8 @@
 pub mod agent;
 pub mod broker;
 pub mod logs;
+pub mod models;
+pub mod procs;
 pub mod rtsp_server;
 
 use std::path::PathBuf;

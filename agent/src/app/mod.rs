@@ -2,14 +2,12 @@
 //! exit codes: 78 for configuration errors, 1 for anything else.
 
 mod run;
+mod scaler;
 mod worker;
 
 use crate::cli::{Cli, Command, ConfigArgs};
 use crate::config::{self, render::render, ConfigErrors, Loaded, Sources, EXIT_CONFIG};
 use crate::telemetry::{logging, LogFormat};
-
-/// Exit code of a command that a later part of the product fills in.
-pub const EXIT_UNAVAILABLE: i32 = 69;
 
 pub fn main(cli: Cli) -> i32 {
     let format = cli.log_format.or_else(env_log_format).unwrap_or_default();
@@ -22,7 +20,9 @@ pub fn main(cli: Cli) -> i32 {
         } => validate(&config, explain, quiet),
         Command::Run { config } => with_config(&config, true, |loaded| run::run(loaded, &config)),
         Command::Worker { config } => with_config(&config, true, worker::run),
-        Command::Scaler { config } => with_config(&config, false, |_loaded| not_yet("scaler")),
+        Command::Scaler { config } => {
+            with_config(&config, false, |loaded| scaler::run(loaded, &config))
+        }
         Command::Motion {
             source,
             config,
@@ -44,11 +44,6 @@ fn env_log_format() -> Option<LogFormat> {
         "text" => Some(LogFormat::Text),
         _ => None,
     }
-}
-
-fn not_yet(what: &str) -> i32 {
-    eprintln!("edge-agent {what}: not built yet; see the project's open issues.");
-    EXIT_UNAVAILABLE
 }
 
 /// Loads configuration from the command line's sources; with none and `demo_ok`,

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -23,10 +24,11 @@ use crate::escalate::transport::{Role, Transport};
 use crate::escalate::{jpeg, TransportKind};
 use crate::ingest::{spawn_camera, CameraConfig, CameraHandle};
 use crate::motion::MotionTransition;
+use crate::scale::offload::{self, Offload};
 use crate::scale::{run_scaler, spawn_pool, WorkerSpec};
 use crate::shutdown::{install_signal_handlers, Shutdown};
 use crate::telemetry::metrics::{self, metrics};
-use crate::telemetry::{http, notify, process};
+use crate::telemetry::{gpu, http, notify, process};
 
 /// How long shutdown waits for stages to finish what they hold.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(20);
@@ -78,14 +80,7 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
     // Workers: this binary's `worker` subcommand with the same configuration, pointed
     // at the embedded broker when there is one.
     let wake = Arc::new(Notify::new());
-    let mut worker_args: Vec<OsString> = Vec::new();
-    if let Some(dir) = &args.config_dir {
-        worker_args.extend(["--config-dir".into(), dir.clone().into_os_string()]);
-    }
-    for f in &args.files {
-        worker_args.extend(["--config".into(), f.clone().into_os_string()]);
-    }
-    let mut spec = WorkerSpec::this_binary(worker_args)
+    let mut spec = WorkerSpec::this_binary(config_args(&args))
         .context("cannot find this executable to start workers")?;
     if let (TransportKind::Embedded, Some(addr)) = (cfg.transport.kind, transport.broker_addr()) {
         spec.env.push((
@@ -99,17 +94,46 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
         Backoff::new(Duration::from_millis(500), Duration::from_secs(60)),
         shutdown.clone(),
     );
+    // Frames waiting for local workers and held by them (AMQP: the local queue's ready
+    // count plus what the workers report holding; MQTT: frames not yet answered), for
+    // the offload decision; the escalator adds the frames it sends between two polls.
+    let local_backlog = Arc::new(AtomicU64::new(0));
+    // The remote queue, declared (same arguments as its consumers) before a frame goes
+    // there, and polled for the log.
+    let remote_probe = match &cfg.scaling.remote_queue {
+        Some(q) => {
+            let mut remote_cfg = cfg.transport.clone();
+            remote_cfg.frames_queue = q.clone();
+            Some(Arc::new(tokio::sync::Mutex::new(
+                crate::escalate::amqp::QueueProbe::new(&remote_cfg).context("remote queue")?,
+            )))
+        }
+        None => None,
+    };
     {
         let t = transport.clone();
+        let (local, p, remote) = (local_backlog.clone(), pool.clone(), remote_probe.clone());
         tokio::spawn(run_scaler(
             cfg.scaling.clone(),
             pool.clone(),
             move || {
-                let t = t.clone();
+                let (t, local, p, remote) = (t.clone(), local.clone(), p.clone(), remote.clone());
                 async move {
+                    if let Some(r) = remote {
+                        if let Err(e) = r.lock().await.counts().await {
+                            if metrics::should_log("remote-queue", Duration::from_secs(60)) {
+                                warn!(error = %e, "Cannot reach the remote queue; offloaded frames wait in the outbox.");
+                            }
+                        }
+                    }
                     match t.backlog().await {
                         Ok(b) => {
                             metrics().backlog.set(b.unanswered as i64);
+                            let here = match b.ready {
+                                Some(ready) => ready + p.status().held,
+                                None => b.unanswered,
+                            };
+                            local.store(here, Ordering::Relaxed);
                             Some(b.unanswered.max(b.ready.unwrap_or(0)))
                         }
                         Err(e) => {
@@ -141,6 +165,11 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
         device.clone(),
         wake.clone(),
         pool.clone(),
+        Offloader {
+            cfg: cfg.scaling.clone(),
+            local_backlog: local_backlog.clone(),
+            last: None,
+        },
     ));
     let results = tokio::spawn(read_results(transport.clone(), shutdown.clone()));
 
@@ -197,6 +226,7 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
         .unwrap_or(Duration::from_secs(1))
         .min(Duration::from_secs(1));
     let mut sampler = process::Sampler::default();
+    let mut gpus = gpu::GpuSampler::detect();
     let mut last_sample = Instant::now() - process::SAMPLE_EVERY;
     let started_at = Instant::now();
     let heartbeat_every = cfg.telemetry.heartbeat_interval.get();
@@ -235,7 +265,9 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
             }
         }
         if last_sample.elapsed() >= process::SAMPLE_EVERY {
-            sampler.sample(&pool.status().pids);
+            let pids = pool.status().pids;
+            sampler.sample(&pids);
+            gpus.sample(&pids).await;
             last_sample = Instant::now();
         }
     }
@@ -304,6 +336,18 @@ fn announce(
         "Home Assistant discovery published."
     );
     cameras.keys().cloned().collect()
+}
+
+/// The command-line arguments that give a worker the same configuration sources.
+pub(super) fn config_args(args: &ConfigArgs) -> Vec<OsString> {
+    let mut out: Vec<OsString> = Vec::new();
+    if let Some(dir) = &args.config_dir {
+        out.extend(["--config-dir".into(), dir.clone().into_os_string()]);
+    }
+    for f in &args.files {
+        out.extend(["--config".into(), f.clone().into_os_string()]);
+    }
+    out
 }
 
 fn start_camera(
@@ -397,6 +441,7 @@ async fn escalate(
     device: String,
     wake: Arc<Notify>,
     pool: crate::scale::PoolHandle,
+    mut offloader: Offloader,
 ) {
     while let Some(item) = rx.recv().await {
         match item {
@@ -435,13 +480,17 @@ async fn escalate(
                                 .get_or_create(&metrics::stage("motion_to_publish"))
                                 .observe(now.saturating_sub(d) as f64 / 1e9);
                         }
-                        match transport.publish_frame(msg) {
+                        let queue = offloader.route(&pool.status());
+                        match transport.publish_frame_to(msg, queue.as_deref()) {
                             Ok(()) => {
                                 metrics()
                                     .escalations
                                     .get_or_create(&metrics::camera(&camera))
                                     .inc();
-                                wake.notify_one();
+                                offloader.sent(&camera);
+                                if queue.is_none() {
+                                    wake.notify_one();
+                                }
                             }
                             Err(e) => warn!(camera = %camera, error = %e, "Frame not escalated."),
                         }
@@ -451,6 +500,59 @@ async fn escalate(
                     }
                     Err(e) => warn!(camera = %camera, error = %e, "Encoder task failed."),
                 }
+            }
+        }
+    }
+}
+
+/// Local first, remote when needed (`scale::offload`), for the escalator.
+struct Offloader {
+    cfg: crate::scale::ScalingConfig,
+    local_backlog: Arc<AtomicU64>,
+    /// The decision for the last frame, to log changes only.
+    last: Option<Offload>,
+}
+
+impl Offloader {
+    /// The queue for the next frame: None for the local one.
+    fn route(&mut self, pool: &crate::scale::PoolStatus) -> Option<String> {
+        let backlog = self.local_backlog.load(Ordering::Relaxed);
+        let now = offload::decide(&self.cfg, pool, backlog);
+        if now != self.last {
+            match now {
+                Some(why) => info!(
+                    reason = why.label(),
+                    workers = pool.running,
+                    ready = pool.ready,
+                    backlog,
+                    offload_backlog = self.cfg.offload_backlog.get(),
+                    "Offloading frames to the remote queue."
+                ),
+                None => info!(
+                    workers = pool.running,
+                    backlog, "Frames go to local workers again."
+                ),
+            }
+            self.last = now;
+        }
+        now.and(self.cfg.remote_queue.clone())
+    }
+
+    /// Counts a frame sent where [`Offloader::route`] said.
+    fn sent(&self, camera: &str) {
+        match self.last {
+            Some(why) => {
+                metrics()
+                    .offloaded
+                    .get_or_create(&vec![
+                        ("camera", camera.to_string()),
+                        ("reason", why.label().to_string()),
+                    ])
+                    .inc();
+            }
+            // Until the next poll, a frame sent locally is local backlog.
+            None => {
+                self.local_backlog.fetch_add(1, Ordering::Relaxed);
             }
         }
     }

@@ -4,6 +4,7 @@
 //! the transport. SIGTERM: stop taking frames, finish those held, exit 0.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use crate::infer::pipeline::Pipeline;
 use crate::infer::worker::{
     self, AckOutcome, DetectionsMessage, EventMessage, FrameMeta, ResultSink, Snapshot, WorkItem,
 };
-use crate::scale::READY_LINE;
+use crate::scale::{HELD_PREFIX, READY_LINE};
 use crate::shutdown::{install_signal_handlers, Shutdown};
 use crate::telemetry::latency::Marks;
 
@@ -45,6 +46,7 @@ pub fn run(loaded: Loaded) -> i32 {
 
 struct Sink {
     transport: Arc<Transport>,
+    device: String,
 }
 
 fn json(v: &impl serde::Serialize) -> Result<Bytes, String> {
@@ -53,17 +55,31 @@ fn json(v: &impl serde::Serialize) -> Result<Bytes, String> {
         .map_err(|e| e.to_string())
 }
 
+/// The device a result goes to: the frame's sender, else this worker's own.
+fn device_of<'a>(meta: &'a FrameMeta, own: &'a str) -> &'a str {
+    if meta.device.is_empty() {
+        own
+    } else {
+        &meta.device
+    }
+}
+
 impl ResultSink for Sink {
     async fn detections(&self, msg: &DetectionsMessage) -> Result<(), String> {
+        let device = device_of(&msg.meta, &self.device);
         self.transport
-            .publish_result(&msg.meta.camera, "detections", json(msg)?)
+            .publish_result_for(device, &msg.meta.camera, "detections", json(msg)?)
             .map_err(|e| e.to_string())
     }
     async fn snapshot(&self, snap: &Snapshot) -> Result<(), String> {
         let id = snap.name.trim_end_matches(".jpg").replace('.', "_");
-        let publish =
-            self.transport
-                .publish_snapshot(&snap.meta.camera, &id, Bytes::from(snap.jpeg.clone()));
+        let device = device_of(&snap.meta, &self.device);
+        let publish = self.transport.publish_snapshot_for(
+            device,
+            &snap.meta.camera,
+            &id,
+            Bytes::from(snap.jpeg.clone()),
+        );
         match tokio::time::timeout(Duration::from_secs(10), publish).await {
             Ok(r) => r.map_err(|e| e.to_string()),
             Err(_) => Err("snapshot not confirmed by the broker within 10 s".into()),
@@ -71,13 +87,45 @@ impl ResultSink for Sink {
     }
     async fn event(&self, ev: &EventMessage) -> Result<(), String> {
         let body = json(ev)?;
+        let device = device_of(&ev.meta, &self.device);
         for class in &ev.classes {
             self.transport
-                .publish_result(&ev.meta.camera, &format!("events/{class}"), body.clone())
+                .publish_result_for(
+                    device,
+                    &ev.meta.camera,
+                    &format!("events/{class}"),
+                    body.clone(),
+                )
                 .map_err(|e| e.to_string())?;
         }
         Ok(())
     }
+}
+
+/// Frames this worker holds (delivered, not yet settled), reported on stdout as
+/// `HELD_PREFIX n` whenever the count changes: the scaler adds it to the broker's ready
+/// count, since a passive queue declare does not count delivered-unacked messages.
+#[derive(Clone, Default)]
+struct Held(Arc<AtomicU64>);
+
+impl Held {
+    fn count(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+    fn add(&self) {
+        let n = self.0.fetch_add(1, Ordering::AcqRel) + 1;
+        report_held(n);
+    }
+    fn done(&self) {
+        let n = self.0.fetch_sub(1, Ordering::AcqRel).saturating_sub(1);
+        report_held(n);
+    }
+}
+
+fn report_held(n: u64) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{HELD_PREFIX} {n}");
+    let _ = out.flush();
 }
 
 async fn run_worker(loaded: Loaded) -> anyhow::Result<()> {
@@ -105,10 +153,12 @@ async fn run_worker(loaded: Loaded) -> anyhow::Result<()> {
         rx,
         Sink {
             transport: transport.clone(),
+            device: cfg.device.id.to_string(),
         },
         loop_token,
     ));
     let ready_at = crate::escalate::message::unix_ns_now();
+    let held = Held::default();
     println!("{READY_LINE}");
     let _ = std::io::stdout().flush();
     info!("Worker ready.");
@@ -121,7 +171,13 @@ async fn run_worker(loaded: Loaded) -> anyhow::Result<()> {
         let mut marks = Marks::from_header(h.captured, &h.stamps, h.cold_start);
         marks.received = crate::escalate::message::unix_ns_now();
         marks.worker_ready = ready_at;
+        if d.redelivered {
+            info!(device = %h.device, camera = %h.camera, seq = h.seq, "Frame redelivered: a worker before this one took it and did not finish.");
+        }
+        held.add();
+        let held_now = held.clone();
         let meta = FrameMeta {
+            device: h.device.clone(),
             camera: h.camera.clone(),
             seq: h.seq,
             captured_ms: h.captured / 1_000_000,
@@ -142,6 +198,8 @@ async fn run_worker(loaded: Loaded) -> anyhow::Result<()> {
                 if let Err(e) = r {
                     warn!(error = %e, "Ack failed; the frame may be delivered again.");
                 }
+                // Only now: the connection must not close before the ack is sent.
+                held_now.done();
             });
         });
         let item = WorkItem {
@@ -157,6 +215,22 @@ async fn run_worker(loaded: Loaded) -> anyhow::Result<()> {
     info!("Worker stopping: finishing the frames it holds.");
     drop(tx);
     let result = work.await.context("worker loop")?;
+    // The acks run in tasks of their own; closing before they are sent would hand the
+    // frames back to the broker and another worker would process them again.
+    let acks = async {
+        while held.count() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(5), acks)
+        .await
+        .is_err()
+    {
+        warn!(
+            held = held.count(),
+            "Acks still pending at exit; those frames will be delivered again."
+        );
+    }
     if let Ok(t) = Arc::try_unwrap(transport) {
         t.close(Duration::from_secs(5)).await;
     }

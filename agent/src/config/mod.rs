@@ -85,6 +85,22 @@ impl Config {
         nest("inference", self.inference.check());
         nest("scaling", self.scaling.check());
         nest("telemetry", self.telemetry.check());
+        if let Some(q) = &self.scaling.remote_queue {
+            if self.transport.kind != crate::escalate::TransportKind::Amqp {
+                errs.push((
+                    "scaling.remote_queue".into(),
+                    format!(
+                        "offloading to {q:?} needs transport.kind = \"amqp\" (the remote queue is on the same broker), got {:?}",
+                        format!("{:?}", self.transport.kind).to_lowercase()
+                    ),
+                ));
+            } else if q == &self.transport.frames_queue {
+                errs.push((
+                    "scaling.remote_queue".into(),
+                    format!("must differ from transport.frames_queue, both are {q:?}"),
+                ));
+            }
+        }
         for (key, path) in [
             ("inference.model", &self.inference.model),
             ("inference.labels", &self.inference.labels),

@@ -85,6 +85,18 @@ fn bad_configs_give_the_exact_located_error() {
             "site.toml:8: scaling.min_workers: must not exceed max_workers (2), got 3",
         ),
         (
+            format!("{BASE}[scaling]\nremote_queue = \"centre\"\n"),
+            "site.toml:8: scaling.remote_queue: offloading to \"centre\" needs transport.kind = \"amqp\" (the remote queue is on the same broker), got \"embedded\"",
+        ),
+        (
+            format!("{BASE}[transport]\nkind = \"amqp\"\n[scaling]\nremote_queue = \"edge.frames\"\n"),
+            "site.toml:10: scaling.remote_queue: must differ from transport.frames_queue, both are \"edge.frames\"",
+        ),
+        (
+            format!("{BASE}[transport]\nkind = \"amqp\"\n[scaling]\nremote_queue = \"a b\"\n"),
+            "site.toml:10: scaling.remote_queue: must be non-empty without '#', '+' or spaces, got \"a b\"",
+        ),
+        (
             format!("{BASE}[telemetry]\nmetrics_listen = \"everywhere\"\n"),
             "site.toml:8: telemetry.metrics_listen: must be host:port such as \"127.0.0.1:9464\", got \"everywhere\"",
         ),

@@ -92,6 +92,99 @@ impl AmqpLink {
     }
 }
 
+/// Reads a frames queue's counts for a scaler that is neither agent nor worker: one
+/// connection, made lazily and again after any error, that declares the topology (same
+/// arguments as everyone, so the queue exists before the first frame) and then answers
+/// passive declares.
+pub struct QueueProbe {
+    cfg: TransportConfig,
+    url: String,
+    tls: Option<lapin::tcp::OwnedTLSConfig>,
+    conn: Option<Connection>,
+}
+
+impl QueueProbe {
+    pub fn new(cfg: &TransportConfig) -> Result<Self, TransportError> {
+        let url = cfg.amqp_url.expose().to_string();
+        let parsed = url::Url::parse(&url).map_err(|e| TransportError::Url {
+            url: redact_url(&url),
+            why: e.to_string(),
+        })?;
+        let tls = if parsed.scheme() == "amqps" {
+            Some(tls::amqp_tls_config(cfg.ca_file.as_deref())?)
+        } else {
+            None
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            url,
+            tls,
+            conn: None,
+        })
+    }
+
+    /// (ready messages, consumers) of the frames queue.
+    pub async fn counts(&mut self) -> Result<(u64, u64), TransportError> {
+        let queue = self.cfg.frames_queue.clone();
+        let what = || format!("backlog of queue {queue}");
+        if self.conn.as_ref().is_none_or(|c| !c.status().connected()) {
+            let props = ConnectionProperties::default()
+                .with_connection_name("edge-scaler".to_string().into());
+            let conn = match &self.tls {
+                Some(tls) if tls.cert_chain.is_some() => {
+                    Connection::connect_with_config(
+                        &self.url,
+                        props,
+                        tls.clone(),
+                        lapin::runtime::default_runtime().map_err(|e| amqp_err(what(), e))?,
+                    )
+                    .await
+                }
+                _ => Connection::connect(&self.url, props).await,
+            }
+            .map_err(|e| amqp_err(what(), e))?;
+            let ch = conn
+                .create_channel()
+                .await
+                .map_err(|e| amqp_err(what(), e))?;
+            declare_topology(&ch, &self.cfg)
+                .await
+                .map_err(|e| amqp_err(format!("declare queue {queue}"), e))?;
+            let _ = ch.close(200, "OK".into()).await;
+            self.conn = Some(conn);
+        }
+        let Some(conn) = self.conn.as_ref() else {
+            return Err(amqp_err(what(), "not connected"));
+        };
+        let r = async {
+            let ch = conn.create_channel().await?;
+            let q = ch
+                .queue_declare(
+                    queue.as_str().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            let _ = ch.close(200, "OK".into()).await;
+            lapin::Result::Ok((q.message_count() as u64, q.consumer_count() as u64))
+        }
+        .await;
+        if r.is_err() {
+            self.conn = None;
+        }
+        r.map_err(|e| amqp_err(what(), e))
+    }
+
+    pub async fn close(&mut self) {
+        if let Some(c) = self.conn.take() {
+            let _ = c.close(200, "OK".into()).await;
+        }
+    }
+}
+
 /// The dead-letter exchange and queue of a frames queue.
 pub fn dead_letter_names(frames_queue: &str) -> (String, String) {
     (

@@ -629,6 +629,17 @@ impl Transport {
     /// Publishes a frame for the workers; returns once it is buffered. On a full
     /// buffer the oldest frame is dropped and counted.
     pub fn publish_frame(&self, msg: FrameMessage) -> Result<(), TransportError> {
+        self.publish_frame_to(msg, None)
+    }
+
+    /// Like [`Transport::publish_frame`], to another frames queue of the same AMQP
+    /// broker (`scaling.remote_queue`: offload). The frame is tracked as unanswered
+    /// like any other; its result comes back the same way. Ignored on MQTT.
+    pub fn publish_frame_to(
+        &self,
+        msg: FrameMessage,
+        queue: Option<&str>,
+    ) -> Result<(), TransportError> {
         let h = &msg.header;
         let max = self.shared.cfg.max_payload.as_usize();
         if msg.jpeg.len() > max {
@@ -643,7 +654,12 @@ impl Transport {
         check_name("camera", &h.camera, false)?;
         let (exchange, key) = match &self.link {
             Link::Mqtt(_) => (String::new(), self.mqtt_topic(&h.device, None, "frames")),
-            Link::Amqp(_) => (String::new(), self.shared.cfg.frames_queue.clone()),
+            Link::Amqp(_) => (
+                String::new(),
+                queue
+                    .unwrap_or(self.shared.cfg.frames_queue.as_str())
+                    .to_string(),
+            ),
         };
         let out = Out {
             class: Class::Frame,
@@ -718,12 +734,20 @@ impl Transport {
         snapshot_id: &str,
         jpeg: Bytes,
     ) -> Result<(), TransportError> {
-        let out = self.result_out(
-            &self.shared.device.clone(),
-            camera,
-            &format!("snapshots/{snapshot_id}"),
-            jpeg,
-        )?;
+        let device = self.shared.device.clone();
+        self.publish_snapshot_for(&device, camera, snapshot_id, jpeg)
+            .await
+    }
+
+    /// Like [`Transport::publish_snapshot`] for another device's camera.
+    pub async fn publish_snapshot_for(
+        &self,
+        device: &str,
+        camera: &str,
+        snapshot_id: &str,
+        jpeg: Bytes,
+    ) -> Result<(), TransportError> {
+        let out = self.result_out(device, camera, &format!("snapshots/{snapshot_id}"), jpeg)?;
         self.confirmed(out).await
     }
 

@@ -28,6 +28,10 @@ use crate::telemetry::metrics::{self, metrics};
 /// What the worker needs to know about a frame besides its pixels.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FrameMeta {
+    /// The device that sent the frame; its results go back to it (a worker behind
+    /// `edge-agent scaler` serves many devices). Empty: the worker's own device.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub device: String,
     pub camera: String,
     pub seq: u64,
     /// Capture time, milliseconds since the Unix epoch.

@@ -25,10 +25,14 @@ pub struct ScalingConfig {
     /// Time a worker gets to finish after SIGTERM before it is killed.
     #[serde(default = "default_grace")]
     pub grace_period: Dur,
-    /// Offload to this remote AMQP queue when local capacity runs out (empty: never).
+    /// Offload to this queue, on the same AMQP broker, when local workers cannot start
+    /// or are all busy (unset: never). An `edge-agent scaler` (or the KEDA deployment)
+    /// on a GPU server consumes it with `transport.frames_queue` set to this name;
+    /// results come back on the events exchange like local ones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote_queue: Option<String>,
-    /// Backlog above which frames go remote once local workers are at `max_workers`.
+    /// Local backlog (frames waiting and held by local workers) above which frames go
+    /// remote once local workers are at `max_workers`.
     #[serde(default = "default_offload")]
     pub offload_backlog: IntIn<1, 1_000_000>,
 }
@@ -61,6 +65,14 @@ impl ScalingConfig {
                     self.min_workers.get()
                 ),
             ));
+        }
+        if let Some(q) = &self.remote_queue {
+            if q.is_empty() || q.contains(['#', '+', ' ']) {
+                errs.push((
+                    "remote_queue".into(),
+                    format!("must be non-empty without '#', '+' or spaces, got {q:?}"),
+                ));
+            }
         }
         if self.polling_interval.get().is_zero() {
             errs.push(("polling_interval".into(), "must be greater than 0".into()));

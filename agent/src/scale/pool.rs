@@ -29,6 +29,10 @@ use crate::telemetry::metrics::metrics;
 /// The line a worker prints on stdout when it is ready for frames.
 pub const READY_LINE: &str = "EDGE_AGENT_WORKER_READY";
 
+/// A worker prints `HELD_PREFIX n` on stdout when the number of frames it holds
+/// (delivered, not yet acked) changes.
+pub const HELD_PREFIX: &str = "EDGE_AGENT_WORKER_HELD";
+
 /// How to start one worker.
 #[derive(Clone, Debug)]
 pub struct WorkerSpec {
@@ -59,6 +63,8 @@ pub struct PoolStatus {
     pub running: u32,
     pub ready: u32,
     pub pids: Vec<u32>,
+    /// Frames the live workers report holding (delivered to them, not yet acked).
+    pub held: u64,
     pub started: u64,
     pub start_failures: u64,
     pub crashes: u64,
@@ -66,6 +72,8 @@ pub struct PoolStatus {
     pub last_failure: Option<String>,
     /// Until when no new worker is started (backing off after a failure).
     pub backing_off: bool,
+    /// The last worker failed (to start, or crashed) and none became ready since.
+    pub failing: bool,
 }
 
 #[derive(Clone)]
@@ -98,6 +106,7 @@ impl PoolHandle {
 
 enum Event {
     Ready(u32),
+    Held(u32, u64),
     Exited(u32, std::io::Result<ExitStatus>),
 }
 
@@ -105,6 +114,7 @@ struct Worker {
     pid: u32,
     started: Instant,
     ready: bool,
+    held: u64,
     /// Set once SIGTERM was sent: kill at this deadline.
     stopping: Option<Instant>,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
@@ -255,8 +265,14 @@ impl Pool {
             tokio::spawn(async move {
                 let mut lines = BufReader::new(out).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
-                    if line.trim() == READY_LINE {
+                    let line = line.trim();
+                    if line == READY_LINE {
                         let _ = tx.send(Event::Ready(pid)).await;
+                    } else if let Some(n) = line
+                        .strip_prefix(HELD_PREFIX)
+                        .and_then(|n| n.trim().parse::<u64>().ok())
+                    {
+                        let _ = tx.send(Event::Held(pid, n)).await;
                     } else {
                         info!(worker = pid, "{line}");
                     }
@@ -289,6 +305,7 @@ impl Pool {
             pid,
             started: Instant::now(),
             ready: false,
+            held: 0,
             stopping: None,
             stderr_tail: tail,
         });
@@ -302,6 +319,11 @@ impl Pool {
                     w.ready = true;
                     info!(pid, startup = ?w.started.elapsed(), "Worker ready.");
                     self.backoff.reset();
+                }
+            }
+            Event::Held(pid, n) => {
+                if let Some(w) = self.workers.iter_mut().find(|w| w.pid == pid) {
+                    w.held = n;
                 }
             }
             Event::Exited(pid, status) => {
@@ -376,7 +398,9 @@ impl Pool {
             .filter(|w| w.ready && w.stopping.is_none())
             .count() as u32;
         s.pids = self.workers.iter().map(|w| w.pid).collect();
+        s.held = self.workers.iter().map(|w| w.held).sum();
         s.backing_off = now < self.next_start;
+        s.failing = self.backoff.failing();
         metrics().workers.set(self.workers.len() as i64);
         *self.status.lock().unwrap_or_else(|e| e.into_inner()) = s;
     }

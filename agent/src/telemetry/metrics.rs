@@ -1,6 +1,7 @@
 //! The one place every metric is defined. Names are prefixed `edge_agent_`.
 //! Stages count through [`metrics()`]; the Prometheus endpoint encodes the registry.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::OnceLock;
 
 use prometheus_client::encoding::text::encode;
@@ -51,6 +52,14 @@ pub struct Metrics {
     pub provider: Family<Labels, Gauge>,
     /// Resident memory of each worker in bytes.
     pub worker_memory: Family<Labels, Gauge>,
+    /// GPU memory of each worker in bytes (NVIDIA only; absent without a GPU).
+    pub worker_gpu_memory: Family<Labels, Gauge>,
+    /// GPU utilisation in percent, by GPU (absent without a GPU).
+    pub gpu_utilization: Family<Labels, Gauge<f64, AtomicU64>>,
+    /// GPU memory in use in bytes, by GPU (NVIDIA only; absent without a GPU).
+    pub gpu_memory: Family<Labels, Gauge>,
+    /// Frames sent to the remote queue because local workers were saturated or absent.
+    pub offloaded: Family<Labels, Counter>,
     pub process_memory: Gauge,
     /// Process CPU use in percent of one core.
     pub process_cpu: Gauge,
@@ -74,6 +83,10 @@ impl Metrics {
             backlog: Gauge::default(),
             provider: Family::default(),
             worker_memory: Family::default(),
+            worker_gpu_memory: Family::default(),
+            gpu_utilization: Family::default(),
+            gpu_memory: Family::default(),
+            offloaded: Family::default(),
             process_memory: Gauge::default(),
             process_cpu: Gauge::default(),
             registry: Registry::default(),
@@ -135,6 +148,26 @@ impl Metrics {
             "worker_memory_bytes",
             "Resident memory per worker",
             m.worker_memory.clone(),
+        );
+        registry.register(
+            "worker_gpu_memory_bytes",
+            "GPU memory per worker (NVIDIA)",
+            m.worker_gpu_memory.clone(),
+        );
+        registry.register(
+            "gpu_utilization_percent",
+            "GPU utilisation by GPU",
+            m.gpu_utilization.clone(),
+        );
+        registry.register(
+            "gpu_memory_used_bytes",
+            "GPU memory in use by GPU (NVIDIA)",
+            m.gpu_memory.clone(),
+        );
+        registry.register(
+            "offloaded",
+            "Frames offloaded to the remote queue",
+            m.offloaded.clone(),
         );
         registry.register(
             "process_memory_bytes",

@@ -1,6 +1,7 @@
 //! Telemetry: logging set-up, metrics, status heartbeat and systemd notification.
 
 pub mod config;
+pub mod gpu;
 pub mod http;
 pub mod latency;
 pub mod logging;
