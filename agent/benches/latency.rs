@@ -844,8 +844,11 @@ fn memory_part(full: &ModelCase, figures: &Path) {
         .map(|s| s.agent_pss + s.workers_pss)
         .max()
         .unwrap_or(0);
+    // Idle before the burst: the last sample before a worker appeared.
     let first = series
-        .first()
+        .iter()
+        .take_while(|s| s.workers == 0)
+        .last()
         .map(|s| s.agent_pss + s.workers_pss)
         .unwrap_or(0);
     let last = series
@@ -855,7 +858,7 @@ fn memory_part(full: &ModelCase, figures: &Path) {
     println!("### Memory through a burst and back to zero");
     println!();
     println!(
-        "{} samples every 250 ms: total PSS {:.0} MiB before motion, peak {:.0} MiB with the \
+        "{} samples every 250 ms: total PSS {:.0} MiB just before the worker started, peak {:.0} MiB with the \
          {} worker, {:.0} MiB at the end; worker gone {} (cooldown 5 s).",
         series.len(),
         mib(first),
