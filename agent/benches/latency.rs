@@ -1,0 +1,1164 @@
+//! Benchmark (not a test): escalation latency of the whole agent, and its idle memory.
+//!
+//! The real release `edge-agent run` binary watches one 640x360 H.264 camera served by an
+//! in-process gst-rtsp-server. The scene is still except for a red square that moves for
+//! 2 s at the start of every period, so motion starts at a known rhythm. The transport is
+//! the embedded MQTT broker; this bench subscribes to the agent's `motion` and
+//! `detections` topics like any consumer would.
+//!
+//! **Latency measured**: from the motion event's `start` (the wall-clock capture time of
+//! the first frame the detector flagged, carried in the `motion` message) to the moment
+//! this bench's MQTT client receives the first `detections` message of a frame of that
+//! event (`captured_ms >= start`). The detections message is published for every frame,
+//! even when it holds no box, and random-weight models rarely find anything, so this is
+//! "first detector answer published", not "first box". The table says how many answers
+//! held boxes.
+//!
+//! - cold: `min_workers = 0`; a sample counts only if no worker process existed in the
+//!   500 ms before motion start (checked in /proc), so the worker is started and loads the
+//!   model inside the measured time.
+//! - warm: `min_workers = 1`; a sample counts only if the worker was ready before motion
+//!   start.
+//!
+//! Models: YOLOv4 and YOLOv4-tiny at 416, random weights from models/darknet2onnx.py
+//! (cached in models/generated/), CPU.
+//!
+//! **Memory**: PSS and RSS from /proc/PID/smaps_rollup of the agent and its worker
+//! children, in the same run: idle (camera streaming, no motion, zero workers) against
+//! always-on (`min_workers = 1`, YOLOv4 loaded), then a time series through one burst of
+//! motion (worker from zero, back to zero after the cooldown), written as CSV and SVG.
+//!
+//! `cargo bench -p edge-agent --bench latency`. Environment: BENCH_EVENTS (samples per
+//! model and mode, default 10), BENCH_MODELS (`tiny,full`), BENCH_PARTS
+//! (`latency,memory`), BENCH_FIGURES_DIR (default agent/benches/figures).
+
+// The scene takes a list of frame windows; one window is what we want here.
+#![allow(clippy::single_range_in_vec_init)]
+
+#[path = "../../tests/common/rtsp_server.rs"]
+#[allow(dead_code)]
+mod rtsp_server;
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use edge_agent::ingest::synthetic::Scene;
+use rtsp_server::{Codec, Media, RtspTestServer};
+
+const FPS: u32 = 15;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("EDGE_AGENT_PYTHON") {
+        return p.into();
+    }
+    root().join(".venv/bin/python")
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn env_list(name: &str, default: &str) -> Vec<String> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.into())
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// The same cached files as the infer bench.
+fn model(cfg: &str, name: &str) -> PathBuf {
+    let path = root().join("models/generated").join(name);
+    if !path.is_file() {
+        eprintln!("building {name} (random weights)...");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let out = Command::new(python())
+            .args([
+                "models/darknet2onnx.py",
+                cfg,
+                "--random-weights",
+                "--size",
+                "416",
+                "-o",
+                path.to_str().unwrap(),
+            ])
+            .current_dir(root())
+            .output()
+            .expect("python runs");
+        if !out.status.success() {
+            panic!(
+                "darknet2onnx {cfg}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    path
+}
+
+struct ModelCase {
+    name: &'static str,
+    path: PathBuf,
+    /// Seconds between motion starts when cold: room for the worker start, the drain,
+    /// the redelivery of a frame the cold worker missed (`redeliver_after`, 10 s) and
+    /// the cooldown, so the worker is gone before the next start.
+    cold_period_s: u64,
+    /// Seconds between motion starts when warm: the event ends (2 s motion, 3 s quiet).
+    warm_period_s: u64,
+}
+
+/// A figure's path as the report links it: relative to the repository root.
+fn link(p: &Path) -> String {
+    p.strip_prefix(root()).unwrap_or(p).display().to_string()
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+// ---------------------------------------------------------------- processes and /proc
+
+/// Worker processes of the agent: its children whose command line says `worker`.
+fn workers_of(pid: u32) -> Vec<u32> {
+    let mut kids = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return kids;
+    };
+    for entry in dir.flatten() {
+        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let ppid: u32 = after
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        if ppid != pid {
+            continue;
+        }
+        let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+        if cmd.split(|&b| b == 0).any(|a| a == b"worker") {
+            kids.push(p);
+        }
+    }
+    kids
+}
+
+/// (RSS, PSS) in KiB from smaps_rollup; zeros when the process is gone.
+fn mem_kib(pid: u32) -> (u64, u64) {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) else {
+        return (0, 0);
+    };
+    let field = |name: &str| {
+        s.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (field("Rss:"), field("Pss:"))
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct MemSample {
+    /// Seconds since the series started.
+    t: f64,
+    workers: usize,
+    agent_rss: u64,
+    agent_pss: u64,
+    workers_rss: u64,
+    workers_pss: u64,
+}
+
+fn sample_mem(pid: u32, t: f64) -> MemSample {
+    let (agent_rss, agent_pss) = mem_kib(pid);
+    let ws = workers_of(pid);
+    let (mut workers_rss, mut workers_pss) = (0, 0);
+    for w in &ws {
+        let (r, p) = mem_kib(*w);
+        workers_rss += r;
+        workers_pss += p;
+    }
+    MemSample {
+        t,
+        workers: ws.len(),
+        agent_rss,
+        agent_pss,
+        workers_rss,
+        workers_pss,
+    }
+}
+
+// ---------------------------------------------------------------- the agent under test
+
+struct Agent {
+    child: Child,
+    pid: u32,
+    logs: mpsc::Receiver<serde_json::Value>,
+    broker_port: u16,
+    _dir: tempfile::TempDir,
+}
+
+struct AgentSpec<'a> {
+    camera_url: &'a str,
+    model: &'a Path,
+    min_workers: u32,
+    cooldown: &'a str,
+}
+
+impl Agent {
+    fn start(spec: &AgentSpec) -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!(
+            r#"[device]
+id = "bench"
+
+[[cameras]]
+id = "cam"
+url = "{url}"
+[cameras.escalation]
+max_frames = 3
+
+[transport]
+kind = "embedded"
+
+[inference]
+model = "{model}"
+labels = "{labels}"
+
+[scaling]
+min_workers = {min}
+max_workers = 1
+polling_interval = "100ms"
+cooldown_period = "{cooldown}"
+grace_period = "5s"
+
+[telemetry]
+metrics_listen = ""
+"#,
+            url = spec.camera_url,
+            model = spec.model.display(),
+            labels = root().join("models/coco.names").display(),
+            min = spec.min_workers,
+            cooldown = spec.cooldown,
+        );
+        let file = dir.path().join("agent.toml");
+        std::fs::write(&file, config).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_edge-agent"))
+            .arg("run")
+            .arg("--config")
+            .arg(&file)
+            .current_dir(root())
+            .env("EDGE_AGENT_LOG_FORMAT", "json")
+            .env("RUST_LOG", "info,rumqttd=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start edge-agent run");
+        let pid = child.id();
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    let _ = tx.send(v);
+                }
+            }
+        });
+        let mut agent = Agent {
+            child,
+            pid,
+            logs: rx,
+            broker_port: 0,
+            _dir: dir,
+        };
+        let v = agent
+            .wait_log(
+                "Embedded MQTT broker listening on loopback.",
+                Duration::from_secs(30),
+            )
+            .expect("the agent starts its embedded broker");
+        agent.broker_port = v["addr"]
+            .as_str()
+            .and_then(|a| a.rsplit(':').next())
+            .and_then(|p| p.parse().ok())
+            .expect("broker address in the log");
+        agent
+    }
+
+    /// Waits for a log line with this message; lines before it are dropped.
+    fn wait_log(&mut self, message: &str, timeout: Duration) -> Option<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            match self.logs.recv_timeout(Duration::from_millis(200)) {
+                Ok(v) if v["message"] == message => return Some(v),
+                Ok(v) if v["level"] == "ERROR" && v["target"] != "rumqttd::server::broker" => {
+                    eprintln!("agent: {v}")
+                }
+                Ok(_) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Ok(Some(st)) = self.child.try_wait() {
+                        panic!("edge-agent exited early: {st}");
+                    }
+                }
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+
+    /// The pool's "Worker ready." line (it has the pid; the worker's own does not).
+    fn wait_worker_ready(&mut self, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let v = self.wait_log("Worker ready.", deadline - Instant::now())?;
+            if v["pid"].is_number() {
+                return Some(v["startup"].as_str().unwrap_or("?").to_string());
+            }
+        }
+        None
+    }
+
+    /// Drains log lines and returns the pool's worker startup times seen.
+    fn startups(&mut self) -> Vec<String> {
+        self.logs
+            .try_iter()
+            .filter(|v| v["message"] == "Worker ready." && v["pid"].is_number())
+            .map(|v| v["startup"].as_str().unwrap_or("?").to_string())
+            .collect()
+    }
+
+    fn stop(mut self) {
+        unsafe { libc::kill(self.pid as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Messages from the agent's broker: (receive time, topic, payload).
+fn subscribe(port: u16, topics: &[String]) -> (rumqttc::Client, mpsc::Receiver<Received>) {
+    let mut opts = rumqttc::MqttOptions::new(
+        format!("latency-bench-{}", std::process::id()),
+        "127.0.0.1",
+        port,
+    );
+    opts.set_max_packet_size(16 << 20, 1 << 16);
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (client, mut conn) = rumqttc::Client::new(opts, 64);
+    for t in topics {
+        client
+            .subscribe(t, rumqttc::QoS::AtLeastOnce)
+            .expect("subscribe");
+    }
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for ev in conn.iter() {
+            match ev {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                    let r = Received {
+                        at: SystemTime::now(),
+                        topic: p.topic.clone(),
+                        payload: serde_json::from_slice(&p.payload).unwrap_or_default(),
+                    };
+                    if tx.send(r).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    });
+    (client, rx)
+}
+
+struct Received {
+    at: SystemTime,
+    topic: String,
+    payload: serde_json::Value,
+}
+
+/// Records the number of worker processes every 50 ms, with wall-clock times.
+struct WorkerWatch {
+    log: Arc<Mutex<VecDeque<(SystemTime, usize)>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl WorkerWatch {
+    fn start(pid: u32) -> Self {
+        let log: Arc<Mutex<VecDeque<(SystemTime, usize)>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (l, s) = (log.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let n = workers_of(pid).len();
+                let mut l = l.lock().unwrap();
+                l.push_back((SystemTime::now(), n));
+                while l.len() > 2000 {
+                    l.pop_front();
+                }
+                drop(l);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        Self { log, stop }
+    }
+
+    /// Worker counts seen in the window before `t`; None when there is no sample there.
+    fn counts_before(&self, t: SystemTime, window: Duration) -> Option<(usize, usize)> {
+        let from = t - window;
+        let l = self.log.lock().unwrap();
+        let seen: Vec<usize> = l
+            .iter()
+            .filter(|(at, _)| *at >= from && *at <= t)
+            .map(|(_, n)| *n)
+            .collect();
+        Some((*seen.iter().min()?, *seen.iter().max()?))
+    }
+}
+
+impl Drop for WorkerWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+// ---------------------------------------------------------------- latency
+
+fn moving_scene(period_s: u64) -> Scene {
+    let fps = FPS as u64;
+    Scene {
+        period: period_s * fps,
+        moves: vec![fps..3 * fps],
+        ..Scene::sized(640, 360, FPS)
+    }
+}
+
+struct Sample {
+    latency_ms: f64,
+    boxes: usize,
+    /// A frame of the event captured earlier than the one first answered was answered
+    /// later (it was lost and redelivered, or overtaken).
+    overtaken: bool,
+}
+
+struct LatencyRow {
+    model: &'static str,
+    mode: &'static str,
+    samples: Vec<Sample>,
+    rejected: usize,
+    startups: Vec<String>,
+}
+
+fn latency_phase(case: &ModelCase, warm: bool, n: usize) -> LatencyRow {
+    let mode = if warm { "warm" } else { "cold" };
+    eprintln!("latency: {} {mode}, {n} events...", case.name);
+    let period_s = if warm {
+        case.warm_period_s
+    } else {
+        case.cold_period_s
+    };
+    let server = RtspTestServer::start(Media::Scene(moving_scene(period_s), Codec::H264));
+    let url = server.url("/latency");
+    let mut agent = Agent::start(&AgentSpec {
+        camera_url: &url,
+        model: &case.path,
+        min_workers: warm as u32,
+        cooldown: "1s",
+    });
+    let mut startups = Vec::new();
+    if warm {
+        let s = agent
+            .wait_worker_ready(Duration::from_secs(180))
+            .expect("the always-on worker becomes ready");
+        startups.push(s);
+    }
+    let watch = WorkerWatch::start(agent.pid);
+    let (_client, rx) = subscribe(
+        agent.broker_port,
+        &[
+            "edge/bench/+/motion".to_string(),
+            "edge/bench/+/detections".to_string(),
+        ],
+    );
+    let mut samples: Vec<Sample> = Vec::new();
+    let mut rejected = 0;
+    // (start time, wanted mode at start)
+    let mut pending: Option<(SystemTime, bool)> = None;
+    // The last sample's event: (start ms, captured ms of its first answer, sample index).
+    let mut answered: Option<(u64, u64, usize)> = None;
+    let deadline = Instant::now() + Duration::from_secs(period_s * (n as u64 * 2 + 4) + 60);
+    while samples.len() < n && Instant::now() < deadline {
+        let Ok(r) = rx.recv_timeout(Duration::from_millis(500)) else {
+            continue;
+        };
+        if r.topic.ends_with("/motion") {
+            if r.payload["state"] != "start" {
+                continue;
+            }
+            let Some(start) = r.payload["start"]
+                .as_str()
+                .and_then(|s| humantime::parse_rfc3339_weak(s).ok())
+            else {
+                continue;
+            };
+            // Give the watcher a moment to have sampled up to the start.
+            std::thread::sleep(Duration::from_millis(60));
+            let ok = match watch.counts_before(start, Duration::from_millis(500)) {
+                Some((lo, hi)) if warm => lo >= 1 && hi >= 1,
+                Some((_, hi)) => hi == 0,
+                None => false,
+            };
+            if pending.is_some() {
+                rejected += 1; // the previous event never got an answer
+            }
+            pending = Some((start, ok));
+        } else if r.topic.ends_with("/detections") {
+            let captured = r.payload["captured_ms"].as_u64().unwrap_or(0);
+            if let Some((start_ms, first, i)) = answered {
+                if captured >= start_ms && captured < first {
+                    samples[i].overtaken = true;
+                }
+            }
+            let Some((start, ok)) = pending else { continue };
+            if captured < unix_ms(start) {
+                continue;
+            }
+            pending = None;
+            if !ok {
+                rejected += 1;
+                continue;
+            }
+            let latency_ms =
+                r.at.duration_since(start)
+                    .map(|d| d.as_secs_f64() * 1e3)
+                    .unwrap_or(0.0);
+            let boxes = r.payload["detections"]["items"]
+                .as_array()
+                .map(|a| a.len())
+                .unwrap_or(0);
+            eprintln!("  {mode} sample {}: {latency_ms:.0} ms", samples.len() + 1);
+            answered = Some((unix_ms(start), captured, samples.len()));
+            samples.push(Sample {
+                latency_ms,
+                boxes,
+                overtaken: false,
+            });
+        }
+    }
+    drop(watch);
+    startups.extend(agent.startups());
+    agent.stop();
+    drop(server);
+    LatencyRow {
+        model: case.name,
+        mode,
+        samples,
+        rejected,
+        startups,
+    }
+}
+
+/// Nearest-rank percentile.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted[rank.min(sorted.len()) - 1]
+}
+
+fn sorted_ms(r: &LatencyRow) -> Vec<f64> {
+    let mut v: Vec<f64> = r.samples.iter().map(|s| s.latency_ms).collect();
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+fn print_latency(rows: &[LatencyRow]) {
+    println!("### Motion start to first detections message (CPU, embedded MQTT)");
+    println!();
+    println!(
+        "From the motion event's `start` (capture time of the first frame flagged as motion) \
+         to the receipt, by an MQTT subscriber, of the first `detections` message for a frame \
+         of that event. That message is published for every answered frame, boxes or not \
+         (random-weight models; see \"with boxes\"). Cold: no worker process in the 500 ms \
+         before motion start, so the time includes starting `edge-agent worker` and loading \
+         the model; warm: `min_workers = 1`, worker ready. p95 is nearest-rank: with fewer \
+         than 20 samples it is the maximum. \"first frame late\": samples whose event had \
+         an earlier frame answered after the first answer (seen only until the next \
+         motion start; typically the cold worker missed the first frame and it came back \
+         by redelivery)."
+    );
+    println!();
+    println!("| model | workers at motion start | samples | p50 ms | p95 ms | min ms | max ms | with boxes | first frame late | discarded | worker startup (pool log) |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    for r in rows {
+        let v = sorted_ms(r);
+        let boxes = r.samples.iter().filter(|s| s.boxes > 0).count();
+        let late = r.samples.iter().filter(|s| s.overtaken).count();
+        let startup = if r.startups.is_empty() {
+            "-".to_string()
+        } else {
+            let mut s: Vec<String> = r.startups.iter().take(3).cloned().collect();
+            if r.startups.len() > 3 {
+                s.push("...".into());
+            }
+            s.join(", ")
+        };
+        println!(
+            "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} |",
+            r.model,
+            if r.mode == "cold" {
+                "0 (cold)"
+            } else {
+                "1 (warm)"
+            },
+            v.len(),
+            percentile(&v, 50.0),
+            percentile(&v, 95.0),
+            v.first().copied().unwrap_or(f64::NAN),
+            v.last().copied().unwrap_or(f64::NAN),
+            boxes,
+            late,
+            r.rejected,
+            startup
+        );
+    }
+    for m in ["YOLOv4 416", "YOLOv4-tiny 416"] {
+        let get = |mode: &str| {
+            rows.iter()
+                .find(|r| r.model == m && r.mode == mode)
+                .map(|r| percentile(&sorted_ms(r), 50.0))
+        };
+        if let (Some(c), Some(w)) = (get("cold"), get("warm")) {
+            println!();
+            println!(
+                "{m}: cold p50 / warm p50 = {:.1}x (cold-start share of the cold p50: {:.0} ms)",
+                c / w,
+                c - w
+            );
+        }
+    }
+    println!();
+}
+
+// ---------------------------------------------------------------- memory
+
+fn median_mem(v: &[MemSample]) -> MemSample {
+    let med = |f: &dyn Fn(&MemSample) -> u64| {
+        let mut x: Vec<u64> = v.iter().map(f).collect();
+        x.sort();
+        x.get(x.len() / 2).copied().unwrap_or(0)
+    };
+    MemSample {
+        t: 0.0,
+        workers: v.iter().map(|s| s.workers).max().unwrap_or(0),
+        agent_rss: med(&|s| s.agent_rss),
+        agent_pss: med(&|s| s.agent_pss),
+        workers_rss: med(&|s| s.workers_rss),
+        workers_pss: med(&|s| s.workers_pss),
+    }
+}
+
+fn steady_memory(url: &str, model: &Path, min_workers: u32) -> MemSample {
+    let mut agent = Agent::start(&AgentSpec {
+        camera_url: url,
+        model,
+        min_workers,
+        cooldown: "30s",
+    });
+    if min_workers > 0 {
+        agent
+            .wait_worker_ready(Duration::from_secs(180))
+            .expect("the always-on worker becomes ready");
+    } else {
+        agent.wait_log("edge-agent running.", Duration::from_secs(30));
+    }
+    // Settle: the camera connects and streams; allocators reach their working size.
+    std::thread::sleep(Duration::from_secs(10));
+    let t0 = Instant::now();
+    let mut v = Vec::new();
+    while t0.elapsed() < Duration::from_secs(10) {
+        v.push(sample_mem(agent.pid, t0.elapsed().as_secs_f64()));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    agent.stop();
+    median_mem(&v)
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn memory_part(full: &ModelCase, figures: &Path) {
+    eprintln!("memory: idle vs always-on...");
+    let still = Scene {
+        moves: vec![],
+        ..Scene::sized(640, 360, FPS)
+    };
+    let server = RtspTestServer::start(Media::Scene(still, Codec::H264));
+    let idle = steady_memory(&server.url("/idle"), &full.path, 0);
+    let on = steady_memory(&server.url("/always-on"), &full.path, 1);
+    drop(server);
+    println!("### Idle memory: scale-to-zero against an always-on worker");
+    println!();
+    println!(
+        "One 640x360 {FPS} fps RTSP camera streaming a still scene (no motion), embedded \
+         broker; medians of 20 samples over 10 s after 10 s of settling. PSS counts shared \
+         pages once across the agent and its worker; RSS counts them in each. MiB."
+    );
+    println!();
+    println!("| configuration | workers | agent RSS | agent PSS | worker RSS | worker PSS | total RSS | total PSS |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (name, m) in [
+        ("scale to zero (min_workers = 0), idle", &idle),
+        (
+            &*format!("always-on worker (min_workers = 1), {}", full.name),
+            &on,
+        ),
+    ] {
+        println!(
+            "| {name} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            m.workers,
+            mib(m.agent_rss),
+            mib(m.agent_pss),
+            mib(m.workers_rss),
+            mib(m.workers_pss),
+            mib(m.agent_rss + m.workers_rss),
+            mib(m.agent_pss + m.workers_pss)
+        );
+    }
+    let (a, b) = (
+        idle.agent_pss + idle.workers_pss,
+        on.agent_pss + on.workers_pss,
+    );
+    println!();
+    println!(
+        "always-on / idle (total PSS) = {:.1}x; scale to zero saves {:.0} MiB while nothing moves.",
+        b as f64 / a.max(1) as f64,
+        mib(b.saturating_sub(a))
+    );
+    println!();
+
+    // Memory through one burst of motion and back to zero.
+    eprintln!("memory: series through a burst...");
+    let period = 60;
+    let server = RtspTestServer::start(Media::Scene(
+        Scene {
+            period: period * FPS as u64,
+            moves: vec![10 * FPS as u64..13 * FPS as u64],
+            ..Scene::sized(640, 360, FPS)
+        },
+        Codec::H264,
+    ));
+    let url = server.url("/burst");
+    let agent = Agent::start(&AgentSpec {
+        camera_url: &url,
+        model: &full.path,
+        min_workers: 0,
+        cooldown: "5s",
+    });
+    let (_client, rx) = subscribe(agent.broker_port, &["edge/bench/+/motion".to_string()]);
+    let t0 = Instant::now();
+    let t0_wall = SystemTime::now();
+    let mut series = Vec::new();
+    let mut marks: Vec<(f64, String)> = Vec::new();
+    let mut had_worker = false;
+    let mut back_to_zero_at = None;
+    while t0.elapsed() < Duration::from_secs(period) {
+        let s = sample_mem(agent.pid, t0.elapsed().as_secs_f64());
+        had_worker |= s.workers > 0;
+        if had_worker && s.workers == 0 && back_to_zero_at.is_none() {
+            back_to_zero_at = Some(s.t);
+        }
+        series.push(s);
+        for r in rx.try_iter() {
+            if let (Some(state), Some(start)) = (
+                r.payload["state"].as_str(),
+                r.payload["start"]
+                    .as_str()
+                    .and_then(|s| humantime::parse_rfc3339_weak(s).ok()),
+            ) {
+                if state == "start" {
+                    let t = start
+                        .duration_since(t0_wall)
+                        .map(|d| d.as_secs_f64())
+                        .unwrap_or(0.0);
+                    marks.push((t, "motion start".into()));
+                }
+            }
+        }
+        // Stop once the worker has gone and idle has been recorded for a while.
+        if back_to_zero_at.is_some_and(|z| s.t > z + 8.0) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    agent.stop();
+    drop(server);
+    let csv = figures.join("memory-burst.csv");
+    let mut text =
+        String::from("t_s,workers,agent_rss_kib,agent_pss_kib,workers_rss_kib,workers_pss_kib\n");
+    for s in &series {
+        let _ = writeln!(
+            text,
+            "{:.2},{},{},{},{},{}",
+            s.t, s.workers, s.agent_rss, s.agent_pss, s.workers_rss, s.workers_pss
+        );
+    }
+    std::fs::write(&csv, text).unwrap();
+    let svg = figures.join("memory-burst.svg");
+    std::fs::write(&svg, memory_svg(&series, &marks, full.name)).unwrap();
+    let peak = series
+        .iter()
+        .map(|s| s.agent_pss + s.workers_pss)
+        .max()
+        .unwrap_or(0);
+    // Idle before the burst: the last sample before a worker appeared.
+    let first = series
+        .iter()
+        .take_while(|s| s.workers == 0)
+        .last()
+        .map(|s| s.agent_pss + s.workers_pss)
+        .unwrap_or(0);
+    let last = series
+        .last()
+        .map(|s| s.agent_pss + s.workers_pss)
+        .unwrap_or(0);
+    println!("### Memory through a burst and back to zero");
+    println!();
+    println!(
+        "{} samples every 250 ms: total PSS {:.0} MiB just before the worker started, peak {:.0} MiB with the \
+         {} worker, {:.0} MiB at the end; worker gone {} (cooldown 5 s).",
+        series.len(),
+        mib(first),
+        mib(peak),
+        full.name,
+        mib(last),
+        match back_to_zero_at {
+            Some(t) => format!("at t = {t:.1} s"),
+            None => "never within the window".into(),
+        }
+    );
+    println!();
+    println!("![memory through a burst]({})", link(&svg));
+    println!();
+}
+
+// ---------------------------------------------------------------- figures (hand-written SVG)
+
+const SVG_W: f64 = 720.0;
+const SVG_H: f64 = 360.0;
+const ML: f64 = 70.0;
+const MR: f64 = 20.0;
+const MT: f64 = 40.0;
+const MB: f64 = 50.0;
+
+fn svg_open(title: &str) -> String {
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{SVG_W}\" height=\"{SVG_H}\" \
+         font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{}\" y=\"22\" text-anchor=\"middle\" font-size=\"14\">{}</text>\n",
+        SVG_W / 2.0,
+        xml(title)
+    )
+}
+
+fn xml(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// A "nice" axis maximum and step.
+fn nice(max: f64) -> (f64, f64) {
+    let max = max.max(1e-9);
+    let raw = max / 5.0;
+    let mag = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 2.5, 5.0, 10.0]
+        .iter()
+        .map(|m| m * mag)
+        .find(|s| *s >= raw)
+        .unwrap_or(10.0 * mag);
+    ((max / step).ceil() * step, step)
+}
+
+fn axes(svg: &mut String, xmax: f64, xstep: f64, ymax: f64, ystep: f64, xl: &str, yl: &str) {
+    let (pw, ph) = (SVG_W - ML - MR, SVG_H - MT - MB);
+    let mut y = 0.0;
+    while y <= ymax + 1e-9 {
+        let py = MT + ph - y / ymax * ph;
+        let _ = writeln!(
+            svg,
+            "<line x1=\"{ML}\" x2=\"{}\" y1=\"{py:.1}\" y2=\"{py:.1}\" stroke=\"#ddd\"/>\
+             <text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
+            ML + pw,
+            ML - 6.0,
+            py + 4.0,
+            y
+        );
+        y += ystep;
+    }
+    let mut x = 0.0;
+    while x <= xmax + 1e-9 {
+        let px = ML + x / xmax * pw;
+        let _ = writeln!(
+            svg,
+            "<line x1=\"{px:.1}\" x2=\"{px:.1}\" y1=\"{}\" y2=\"{}\" stroke=\"#999\"/>\
+             <text x=\"{px:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
+            MT + ph,
+            MT + ph + 5.0,
+            MT + ph + 18.0,
+            x
+        );
+        x += xstep;
+    }
+    let _ = writeln!(
+        svg,
+        "<rect x=\"{ML}\" y=\"{MT}\" width=\"{pw}\" height=\"{ph}\" fill=\"none\" stroke=\"#333\"/>\
+         <text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>\
+         <text transform=\"translate(16,{}) rotate(-90)\" text-anchor=\"middle\">{}</text>",
+        ML + pw / 2.0,
+        SVG_H - 10.0,
+        xml(xl),
+        MT + ph / 2.0,
+        xml(yl)
+    );
+}
+
+fn memory_svg(series: &[MemSample], marks: &[(f64, String)], model: &str) -> String {
+    let mut svg = svg_open(&format!(
+        "Agent + worker memory (PSS) through a burst of motion, {model}, CPU"
+    ));
+    let tmax = series.last().map(|s| s.t).unwrap_or(1.0);
+    let peak = series
+        .iter()
+        .map(|s| mib(s.agent_pss + s.workers_pss))
+        .fold(0.0, f64::max);
+    let (xmax, xstep) = nice(tmax);
+    let (ymax, ystep) = nice(peak * 1.1);
+    axes(&mut svg, xmax, xstep, ymax, ystep, "time (s)", "PSS (MiB)");
+    let (pw, ph) = (SVG_W - ML - MR, SVG_H - MT - MB);
+    let px = |t: f64| ML + t / xmax * pw;
+    let py = |m: f64| MT + ph - m / ymax * ph;
+    // Shade where a worker process existed.
+    let mut start: Option<f64> = None;
+    for s in series.iter().chain(std::iter::once(&MemSample {
+        t: tmax,
+        ..Default::default()
+    })) {
+        match (start, s.workers > 0) {
+            (None, true) => start = Some(s.t),
+            (Some(a), false) => {
+                let _ = writeln!(
+                    svg,
+                    "<rect x=\"{:.1}\" y=\"{MT}\" width=\"{:.1}\" height=\"{ph}\" fill=\"#fde7c8\"/>",
+                    px(a),
+                    px(s.t) - px(a)
+                );
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    for (name, colour, f) in [
+        (
+            "total (agent + worker)",
+            "#d62728",
+            &(|s: &MemSample| mib(s.agent_pss + s.workers_pss)) as &dyn Fn(&MemSample) -> f64,
+        ),
+        ("agent", "#1f77b4", &|s: &MemSample| mib(s.agent_pss)),
+    ] {
+        let pts: Vec<String> = series
+            .iter()
+            .map(|s| format!("{:.1},{:.1}", px(s.t), py(f(s))))
+            .collect();
+        let _ = writeln!(
+            svg,
+            "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{}\"/>",
+            pts.join(" ")
+        );
+        let _ = name;
+    }
+    for (t, label) in marks {
+        let _ = writeln!(
+            svg,
+            "<line x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"{MT}\" y2=\"{1}\" stroke=\"#2ca02c\" stroke-dasharray=\"4 3\"/>\
+             <text x=\"{2:.1}\" y=\"{3}\" fill=\"#2ca02c\">{4}</text>",
+            px(*t),
+            MT + ph,
+            px(*t) + 4.0,
+            MT + 14.0,
+            xml(label)
+        );
+    }
+    let lx = ML + 10.0;
+    let _ = writeln!(
+        svg,
+        "<rect x=\"{lx}\" y=\"{}\" width=\"12\" height=\"3\" fill=\"#d62728\"/><text x=\"{}\" y=\"{}\">total PSS (agent + worker)</text>\
+         <rect x=\"{lx}\" y=\"{}\" width=\"12\" height=\"3\" fill=\"#1f77b4\"/><text x=\"{}\" y=\"{}\">agent PSS</text>\
+         <rect x=\"{lx}\" y=\"{}\" width=\"12\" height=\"8\" fill=\"#fde7c8\"/><text x=\"{}\" y=\"{}\">worker process alive</text>",
+        MT + 30.0, lx + 16.0, MT + 35.0,
+        MT + 48.0, lx + 16.0, MT + 53.0,
+        MT + 63.0, lx + 16.0, MT + 71.0,
+    );
+    svg.push_str("</svg>\n");
+    svg
+}
+
+fn latency_svg(rows: &[LatencyRow]) -> String {
+    let mut svg = svg_open("Motion start to first detections message, each sample (CPU)");
+    let max = rows
+        .iter()
+        .flat_map(|r| r.samples.iter().map(|s| s.latency_ms))
+        .fold(0.0, f64::max);
+    let (xmax, xstep) = nice(max * 1.05);
+    let n = rows.len().max(1) as f64;
+    // Rows as categories on the y axis: draw axes with a y range of 0..n, no numbers.
+    let (pw, ph) = (SVG_W - ML - MR, SVG_H - MT - MB);
+    let left = 150.0;
+    let pw2 = pw - (left - ML);
+    let px = |ms: f64| left + ms / xmax * pw2;
+    let mut x = 0.0;
+    while x <= xmax + 1e-9 {
+        let _ = writeln!(
+            svg,
+            "<line x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"{MT}\" y2=\"{1}\" stroke=\"#ddd\"/>\
+             <text x=\"{0:.1}\" y=\"{2}\" text-anchor=\"middle\">{3}</text>",
+            px(x),
+            MT + ph,
+            MT + ph + 18.0,
+            x
+        );
+        x += xstep;
+    }
+    let _ = writeln!(
+        svg,
+        "<rect x=\"{left}\" y=\"{MT}\" width=\"{pw2}\" height=\"{ph}\" fill=\"none\" stroke=\"#333\"/>\
+         <text x=\"{}\" y=\"{}\" text-anchor=\"middle\">latency (ms); | = p50, ! = p95</text>",
+        left + pw2 / 2.0,
+        SVG_H - 10.0
+    );
+    for (i, r) in rows.iter().enumerate() {
+        let cy = MT + ph * (i as f64 + 0.5) / n;
+        let colour = if r.mode == "cold" {
+            "#d62728"
+        } else {
+            "#1f77b4"
+        };
+        let _ = writeln!(
+            svg,
+            "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{} {}</text>",
+            left - 6.0,
+            cy + 4.0,
+            xml(r.model),
+            r.mode
+        );
+        for (j, s) in r.samples.iter().enumerate() {
+            let jitter = ((j * 7919) % 21) as f64 - 10.0;
+            let _ = writeln!(
+                svg,
+                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3.5\" fill=\"{colour}\" fill-opacity=\"0.6\"/>",
+                px(s.latency_ms),
+                cy + jitter
+            );
+        }
+        let v = sorted_ms(r);
+        if !v.is_empty() {
+            for (p, dash) in [(50.0, ""), (95.0, " stroke-dasharray=\"3 2\"")] {
+                let x = px(percentile(&v, p));
+                let _ = writeln!(
+                    svg,
+                    "<line x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"black\" stroke-width=\"2\"{dash}/>",
+                    cy - 16.0,
+                    cy + 16.0
+                );
+            }
+        }
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing to parse.
+    gstreamer::init().expect("GStreamer initialises");
+    let n = env_usize("BENCH_EVENTS", 10);
+    let models = env_list("BENCH_MODELS", "tiny,full");
+    let parts = env_list("BENCH_PARTS", "latency,memory");
+    let figures = std::env::var_os("BENCH_FIGURES_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("agent/benches/figures"));
+    std::fs::create_dir_all(&figures).unwrap();
+    let full = ModelCase {
+        name: "YOLOv4 416",
+        path: model("models/cfg/yolov4.cfg", "yolov4-random-pytorch.onnx"),
+        cold_period_s: 24,
+        warm_period_s: 10,
+    };
+    let tiny = ModelCase {
+        name: "YOLOv4-tiny 416",
+        path: model(
+            "models/cfg/yolov4-tiny.cfg",
+            "yolov4-tiny-random-pytorch.onnx",
+        ),
+        cold_period_s: 16,
+        warm_period_s: 8,
+    };
+    println!(
+        "edge-agent run (release) with one 640x360 {FPS} fps H.264 RTSP camera (in-process \
+         gst-rtsp-server), embedded MQTT broker, random-weight models on CPU, {} cores.",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!();
+    if parts.iter().any(|p| p == "latency") {
+        let mut rows = Vec::new();
+        for m in &models {
+            let case = match m.as_str() {
+                "full" => &full,
+                "tiny" => &tiny,
+                other => panic!("BENCH_MODELS: unknown model {other:?} (tiny, full)"),
+            };
+            rows.push(latency_phase(case, false, n));
+            rows.push(latency_phase(case, true, n));
+        }
+        print_latency(&rows);
+        let svg = figures.join("latency.svg");
+        std::fs::write(&svg, latency_svg(&rows)).unwrap();
+        println!("![latency samples]({})", link(&svg));
+        println!();
+    }
+    if parts.iter().any(|p| p == "memory") {
+        memory_part(&full, &figures);
+    }
+}
