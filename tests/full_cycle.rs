@@ -54,6 +54,10 @@ url = "{camera_url}"
 
 [transport]
 {transport}
+# A frame the broker dropped would only come back after this: the cycle must not need it
+# (MQTT keeps nothing published before the first worker subscribed; the agent resends
+# such frames when that worker is ready).
+redeliver_after = "10m"
 
 [scaling]
 max_workers = 1
@@ -326,6 +330,19 @@ where
     let img = edge_agent::infer::image::decode_jpeg(&seen[snap_at].payload)
         .expect("the snapshot decodes as a JPEG");
     assert_eq!((img.width, img.height), (640, 360));
+
+    // Every escalated frame was answered (none waited for `redeliver_after`).
+    let escalated =
+        metric(&scraped, "edge_agent_escalations_total{camera=\"gate\"}").unwrap_or(0.0);
+    let mut answered: Vec<u64> = dets.iter().filter_map(|d| d["seq"].as_u64()).collect();
+    answered.sort_unstable();
+    answered.dedup();
+    assert!(escalated >= 1.0, "nothing escalated:\n{scraped}");
+    assert_eq!(
+        answered.len() as f64,
+        escalated,
+        "frames answered {answered:?} vs escalated {escalated}"
+    );
 
     // The agent exported the stages it read back.
     for stage in [

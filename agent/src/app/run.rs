@@ -150,6 +150,27 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
         ));
     }
 
+    // MQTT keeps no frame published while no worker is subscribed: when the first
+    // worker is ready (from zero), frames waiting for an answer go out again at once
+    // rather than after `redeliver_after`.
+    {
+        let t = transport.clone();
+        let mut ready = pool.ready_changes();
+        tokio::spawn(async move {
+            let mut before = 0;
+            while ready.changed().await.is_ok() {
+                let now = *ready.borrow_and_update();
+                if before == 0 && now > 0 {
+                    let n = t.resend_unanswered();
+                    if n > 0 {
+                        info!(frames = n, "First worker ready: frames published while none was subscribed sent again.");
+                    }
+                }
+                before = now;
+            }
+        });
+    }
+
     // Cameras and their motion loops; the escalator owns publishing.
     let (esc_tx, esc_rx) = mpsc::channel::<Escalation>(64);
     let mut cameras: BTreeMap<String, Camera> = BTreeMap::new();

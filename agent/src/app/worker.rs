@@ -128,6 +128,9 @@ fn report_held(n: u64) {
     let _ = out.flush();
 }
 
+/// How long a worker waits for its broker subscription before it says it is ready.
+const CONSUMING_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn run_worker(loaded: Loaded) -> anyhow::Result<()> {
     let cfg = loaded.config;
     let shutdown = Shutdown::new();
@@ -157,6 +160,10 @@ async fn run_worker(loaded: Loaded) -> anyhow::Result<()> {
         },
         loop_token,
     ));
+    // Ready means subscribed: on MQTT a frame published before the SUBACK is lost.
+    if !transport.consuming(CONSUMING_TIMEOUT).await {
+        warn!(timeout = ?CONSUMING_TIMEOUT, "No subscription acknowledged yet; announcing ready anyway (the agent resends what is lost).");
+    }
     let ready_at = crate::escalate::message::unix_ns_now();
     let held = Held::default();
     println!("{READY_LINE}");

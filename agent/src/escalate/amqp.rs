@@ -594,6 +594,7 @@ impl Owner {
                     redelivered,
                     acker: Acker::Amqp(acker),
                     shared: self.shared.clone(),
+                    _held: None,
                 };
                 // Full policy: block; the prefetch limit bounds what waits here.
                 let _ = tx.send(d).await;

@@ -159,6 +159,17 @@ impl<T: Clone> Unanswered<T> {
         }
     }
 
+    /// Every unanswered frame, to publish again now (counted as an attempt; those out of
+    /// attempts are given up on). For frames published while no consumer was subscribed:
+    /// an MQTT broker does not keep them, and waiting `after` would waste seconds.
+    pub fn resend_all(&mut self, now: Instant) -> Due<T> {
+        let before = self.after;
+        self.after = Duration::ZERO;
+        let out = self.due(now);
+        self.after = before;
+        out
+    }
+
     /// Frames whose answer is overdue at `now`.
     pub fn due(&mut self, now: Instant) -> Due<T> {
         let mut out = Due {
@@ -239,6 +250,22 @@ mod tests {
         let last = u.due(t0 + 3 * s);
         assert!(last.resend.is_empty());
         assert_eq!(last.expired, 1);
+        assert!(u.is_empty());
+    }
+
+    #[test]
+    fn resend_all_sends_every_unanswered_frame_at_once_within_the_attempt_limit() {
+        let t0 = Instant::now();
+        let mut u = Unanswered::new(8, Duration::from_secs(10), 1);
+        u.insert("cam", 1, "f1", t0);
+        u.insert("cam", 2, "f2", t0 + Duration::from_millis(5));
+        let d = u.resend_all(t0 + Duration::from_millis(10));
+        assert_eq!((d.resend, d.expired), (vec!["f1", "f2"], 0));
+        // The deadline still holds for the normal path, restarted from the resend.
+        assert!(u.due(t0 + Duration::from_secs(9)).resend.is_empty());
+        // Out of attempts (max 1): a second resend_all gives them up.
+        let d = u.resend_all(t0 + Duration::from_millis(20));
+        assert_eq!((d.resend.len(), d.expired), (0, 2));
         assert!(u.is_empty());
     }
 

@@ -25,7 +25,7 @@ use super::buffer::Class;
 use super::message::MAX_HEADER_LEN;
 use super::tls;
 use super::transport::{
-    log_link_error, Acker, Delivery, Incoming, Out, ResultMessage, Role, Shared, State,
+    log_link_error, Acker, Delivery, HeldFrame, Incoming, Out, ResultMessage, Role, Shared, State,
     TransportError,
 };
 use crate::backoff::Backoff;
@@ -290,6 +290,7 @@ impl Owner {
     fn lost(&self, eventloop: &mut EventLoop, e: &ConnectionError) {
         let was_connected = match self.duty {
             Duty::Consume => {
+                self.shared.subscribed.send_replace(false);
                 eventloop.clean();
                 eventloop.pending.clear();
                 self.connected.swap(false, Ordering::AcqRel)
@@ -350,6 +351,9 @@ impl Owner {
                     st.inflight.insert(pkid, out);
                 }
             }
+            Event::Incoming(Packet::SubAck(_)) if self.duty == Duty::Consume => {
+                self.shared.subscribed.send_replace(true);
+            }
             Event::Incoming(Packet::PubAck(ack)) => {
                 let mut st = self.shared.state();
                 if let Some(out) = st.inflight.remove(&ack.pkid) {
@@ -382,11 +386,18 @@ impl Owner {
                 };
                 match self.shared.accept_frame(p.payload.clone()) {
                     Incoming::Frame(msg) => {
+                        let Some(held) = HeldFrame::take(&self.shared, &msg) else {
+                            // A copy of a frame this worker is working on.
+                            self.shared.stats.bump("duplicate_frame");
+                            let _ = self.link.client.try_ack(&p);
+                            return;
+                        };
                         let d = Delivery {
                             msg,
                             redelivered: p.dup,
                             acker,
                             shared: self.shared.clone(),
+                            _held: Some(held),
                         };
                         // Full policy: drop, ack and count; the agent publishes an
                         // unanswered frame again. The broker's in-flight window (20 on

@@ -125,6 +125,32 @@ pub struct Delivery {
     pub redelivered: bool,
     pub(crate) acker: Acker,
     pub(crate) shared: Arc<Shared>,
+    /// MQTT: marks the frame as held by this worker until it is settled or dropped, so a
+    /// copy published again meanwhile (see [`Transport::resend_unanswered`]) is dropped.
+    pub(crate) _held: Option<HeldFrame>,
+}
+
+/// A frame this worker holds; forgotten when dropped (acked, rejected or abandoned).
+pub(crate) struct HeldFrame {
+    shared: Arc<Shared>,
+    key: FrameKey,
+}
+
+impl HeldFrame {
+    /// Marks `m` as held; `None` when this worker already holds a copy of it.
+    pub(crate) fn take(shared: &Arc<Shared>, m: &FrameMessage) -> Option<HeldFrame> {
+        let key = frame_key(m);
+        lock(&shared.held).insert(key.clone()).then(|| HeldFrame {
+            shared: shared.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for HeldFrame {
+    fn drop(&mut self) {
+        lock(&self.shared.held).remove(&self.key);
+    }
 }
 
 pub(crate) enum Acker {
@@ -346,6 +372,10 @@ pub(crate) struct Shared {
     pub wake: Notify,
     pub stats: TransportStats,
     pub recent: Mutex<Recent>,
+    /// Frames a worker holds now (MQTT consumers; see [`HeldFrame`]).
+    pub held: Mutex<HashSet<FrameKey>>,
+    /// A consuming MQTT connection has its subscription acknowledged (SUBACK).
+    pub subscribed: tokio::sync::watch::Sender<bool>,
 }
 
 /// What a consumer does with an incoming frame.
@@ -535,6 +565,8 @@ impl Transport {
             wake: Notify::new(),
             stats: TransportStats::default(),
             recent: Mutex::new(Recent::default()),
+            held: Mutex::new(HashSet::new()),
+            subscribed: tokio::sync::watch::Sender::new(false),
         });
         let cancel = CancellationToken::new();
         let (frames_tx, frames_rx) = match role {
@@ -877,6 +909,48 @@ impl Transport {
             .take()
             .map(|rx| Inbound { rx })
             .ok_or(TransportError::AlreadyTaken(what))
+    }
+
+    /// Worker: waits until this transport receives frames. MQTT drops a frame published
+    /// while no consumer is subscribed, so a worker announces itself ready only after its
+    /// SUBACK; an AMQP queue keeps frames, so there is nothing to wait for. False on
+    /// timeout.
+    pub async fn consuming(&self, timeout: Duration) -> bool {
+        if !matches!(self.link, Link::Mqtt(_)) || self.shared.role != Role::Worker {
+            return true;
+        }
+        let mut rx = self.shared.subscribed.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|s| *s))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Agent on MQTT: publishes every unanswered frame again now, for when a worker
+    /// becomes ready after none was: the broker dropped what was published meanwhile,
+    /// and waiting for `redeliver_after` would add seconds to a cold start. A copy that
+    /// did reach a worker is dropped by it (it still holds or already acked the frame).
+    /// Returns how many were sent again; AMQP (whose queue kept them) sends none.
+    pub fn resend_unanswered(&self) -> usize {
+        if !matches!(self.link, Link::Mqtt(_)) || self.shared.role != Role::Agent {
+            return 0;
+        }
+        let mut st = self.shared.state();
+        let due = st.unanswered.resend_all(Instant::now());
+        let n = due.resend.len();
+        let mut dropped = Vec::new();
+        for out in due.resend {
+            self.shared.stats.bump("resent_on_ready");
+            dropped.extend(push_out(&mut st, out));
+        }
+        self.link.kick(&mut st, &self.shared);
+        drop(st);
+        for _ in 0..due.expired {
+            self.shared.count_dropped("unanswered_expired");
+        }
+        for class in dropped {
+            self.shared.count_dropped(overflow_reason(class));
+        }
+        n
     }
 
     /// The backlog for the scaler.

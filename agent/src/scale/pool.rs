@@ -81,6 +81,7 @@ pub struct PoolHandle {
     target: watch::Sender<u32>,
     status: Arc<Mutex<PoolStatus>>,
     done: watch::Receiver<bool>,
+    ready: watch::Receiver<u32>,
 }
 
 impl PoolHandle {
@@ -96,6 +97,10 @@ impl PoolHandle {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+    /// The number of ready workers, as it changes.
+    pub fn ready_changes(&self) -> watch::Receiver<u32> {
+        self.ready.clone()
     }
     /// Waits until the pool has stopped every worker after shutdown.
     pub async fn stopped(&self) {
@@ -130,7 +135,9 @@ pub fn spawn_pool(
     let (target_tx, target_rx) = watch::channel(0u32);
     let (done_tx, done_rx) = watch::channel(false);
     let status = Arc::new(Mutex::new(PoolStatus::default()));
+    let (ready_tx, ready_rx) = watch::channel(0u32);
     let pool = Pool {
+        ready_tx,
         spec,
         grace,
         backoff,
@@ -147,10 +154,14 @@ pub fn spawn_pool(
         target: target_tx,
         status,
         done: done_rx,
+        ready: ready_rx,
     }
 }
 
 struct Pool {
+    /// The ready count (workers ready and not asked to stop), for those who act on a
+    /// change at once (the agent resends MQTT frames when the first worker is ready).
+    ready_tx: watch::Sender<u32>,
     spec: WorkerSpec,
     grace: Duration,
     backoff: Backoff,
@@ -402,7 +413,10 @@ impl Pool {
         s.backing_off = now < self.next_start;
         s.failing = self.backoff.failing();
         metrics().workers.set(self.workers.len() as i64);
+        let ready = s.ready;
         *self.status.lock().unwrap_or_else(|e| e.into_inner()) = s;
+        self.ready_tx
+            .send_if_modified(|r| std::mem::replace(r, ready) != ready);
     }
 }
 
