@@ -53,6 +53,8 @@ fi
 step install -D -m 0755 "$binary" "$dest/usr/bin/edge-agent"
 # A locally installed unit lives in /etc/systemd/system; the package's goes to /lib.
 step install -D -m 0644 "$repo/systemd/edge-agent.service" "$dest/etc/systemd/system/edge-agent.service"
+# The GPU server's scaler unit comes along, not enabled (see README, "Scaling to zero").
+step install -D -m 0644 "$repo/systemd/edge-agent-scaler.service" "$dest/etc/systemd/system/edge-agent-scaler.service"
 if [ -e "$dest/etc/edge-agent/agent.toml" ]; then
   say "keeping the existing $dest/etc/edge-agent/agent.toml"
 else

@@ -141,6 +141,10 @@ fn check_package(deb: &Path, arch: &str) {
             "lib/systemd/system/edge-agent.service",
             "systemd/edge-agent.service",
         ),
+        (
+            "lib/systemd/system/edge-agent-scaler.service",
+            "systemd/edge-agent-scaler.service",
+        ),
         ("etc/edge-agent/agent.toml", "systemd/agent.toml"),
     ] {
         assert_eq!(
