@@ -331,6 +331,11 @@ where
         .expect("the snapshot decodes as a JPEG");
     assert_eq!((img.width, img.height), (640, 360));
 
+    // The worker said it was ready once subscribed, not after giving up waiting.
+    assert!(
+        !log.contains("No subscription acknowledged yet"),
+        "the worker never saw its SUBACK:\n{log}"
+    );
     // Every escalated frame was answered (none waited for `redeliver_after`).
     let escalated =
         metric(&scraped, "edge_agent_escalations_total{camera=\"gate\"}").unwrap_or(0.0);

@@ -339,6 +339,9 @@ impl Owner {
                 }
                 tracing::info!(broker = %self.redacted, duty = ?self.duty, "MQTT connected.");
             }
+            Event::Incoming(Packet::SubAck(_)) if self.duty == Duty::Consume => {
+                self.shared.subscribed.send_replace(true);
+            }
             // Only a publishing connection publishes (its PUBACKs settle the outbox).
             _ if self.duty == Duty::Consume => {
                 if let Event::Incoming(Packet::Publish(p)) = ev {
@@ -350,9 +353,6 @@ impl Owner {
                 if let Some(out) = st.submitted.pop_front() {
                     st.inflight.insert(pkid, out);
                 }
-            }
-            Event::Incoming(Packet::SubAck(_)) if self.duty == Duty::Consume => {
-                self.shared.subscribed.send_replace(true);
             }
             Event::Incoming(Packet::PubAck(ack)) => {
                 let mut st = self.shared.state();
