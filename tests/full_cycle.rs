@@ -13,7 +13,7 @@ use bytes::Bytes;
 use edge_agent::ingest::synthetic::Scene;
 
 use crate::common::agent::{children_of, http_get, metric, Agent};
-use crate::common::broker::{amqp_url, free_port, mqtt_url, rabbit_serial, unique};
+use crate::common::broker::{amqp_tap, amqp_url, free_port, mqtt_url, rabbit_serial, unique};
 use crate::common::rtsp_server::RtspTestServer;
 
 /// One message as a downstream service got it: the part of the topic or routing key
@@ -121,47 +121,7 @@ async fn amqp_subscribe(
     device: &str,
 ) -> (Inbox, lapin::Connection) {
     use futures::StreamExt;
-    use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-    use lapin::types::FieldTable;
-    let conn = lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    edge_agent::escalate::amqp::declare_topology(&ch, cfg)
-        .await
-        .unwrap();
-    let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    ch.queue_bind(
-        q.name().clone(),
-        cfg.events_exchange.as_str().into(),
-        format!("{device}.#").as_str().into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    let mut consumer = ch
-        .basic_consume(
-            q.name().clone(),
-            "full-cycle".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let (conn, mut consumer) = amqp_tap(cfg, &format!("{device}.#"), "full-cycle").await;
     let inbox: Inbox = Arc::default();
     let sink = inbox.clone();
     let strip = format!("{device}.");

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::common::agent::Agent;
-use crate::common::broker::{amqp_url, mqtt_url, rabbit_serial, unique};
+use crate::common::broker::{amqp_tap, amqp_url, mqtt_url, rabbit_serial, unique};
 
 #[derive(Clone, Debug)]
 struct Msg {
@@ -239,8 +239,6 @@ async fn heartbeat_and_home_assistant_discovery_are_retained_on_mosquitto() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeat_goes_to_the_events_exchange_on_rabbitmq() {
     use futures::StreamExt;
-    use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-    use lapin::types::FieldTable;
     let _serial = rabbit_serial().await;
     let device = unique("hb");
     let transport = format!(
@@ -253,45 +251,7 @@ async fn heartbeat_goes_to_the_events_exchange_on_rabbitmq() {
     let cfg = edge_agent::config::Config::from_toml_str("test", &text)
         .unwrap()
         .transport;
-    let conn = lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    edge_agent::escalate::amqp::declare_topology(&ch, &cfg)
-        .await
-        .unwrap();
-    let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    ch.queue_bind(
-        q.name().clone(),
-        cfg.events_exchange.as_str().into(),
-        format!("{device}.health").as_str().into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    let mut consumer = ch
-        .basic_consume(
-            q.name().clone(),
-            "hb".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let (conn, mut consumer) = amqp_tap(&cfg, &format!("{device}.health"), "hb").await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("agent.toml");
     std::fs::write(&file, text).unwrap();
@@ -306,6 +266,7 @@ async fn heartbeat_goes_to_the_events_exchange_on_rabbitmq() {
     .await;
     let log = agent.log_text();
     let status = agent.stop();
+    let ch = conn.create_channel().await.unwrap();
     edge_agent::escalate::amqp::delete_topology(&ch, &cfg, &device).await;
     assert!(r.is_ok(), "no two heartbeats; log:\n{log}");
     for h in &beats {

@@ -250,3 +250,55 @@ impl Mosquitto {
         )
     }
 }
+
+/// A downstream service's view of an agent on AMQP: the agent's topology declared, an
+/// exclusive queue bound to `key` on its events exchange, consumed without acks. Keep the
+/// connection alive as long as the consumer is read.
+pub async fn amqp_tap(
+    cfg: &edge_agent::escalate::TransportConfig,
+    key: &str,
+    tag: &str,
+) -> (lapin::Connection, lapin::Consumer) {
+    use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+    let conn = lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    edge_agent::escalate::amqp::declare_topology(&ch, cfg)
+        .await
+        .unwrap();
+    let q = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    ch.queue_bind(
+        q.name().clone(),
+        cfg.events_exchange.as_str().into(),
+        key.into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let consumer = ch
+        .basic_consume(
+            q.name().clone(),
+            tag.into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    (conn, consumer)
+}
