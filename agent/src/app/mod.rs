@@ -205,3 +205,29 @@ fn motion_replay(
     );
     Ok(0)
 }
+
+/// Runs a long-lived command on its own multi-threaded runtime (`threads`: worker
+/// threads, or one per core); its error is logged redacted, as `stopped`, and exits 1.
+fn run_on_runtime<F>(name: &str, threads: Option<usize>, stopped: &str, main: F) -> i32
+where
+    F: std::future::Future<Output = anyhow::Result<i32>>,
+{
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = threads {
+        builder.worker_threads(n);
+    }
+    let rt = match builder.enable_all().thread_name(name).build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "Cannot start the async runtime.");
+            return 1;
+        }
+    };
+    match rt.block_on(main) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!(error = %config::secret::redact_text(&format!("{e:#}")), "{stopped}");
+            1
+        }
+    }
+}

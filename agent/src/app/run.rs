@@ -41,24 +41,12 @@ struct Camera {
 }
 
 pub fn run(loaded: Loaded, args: &ConfigArgs) -> i32 {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("edge-agent")
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            error!(error = %e, "Cannot start the async runtime.");
-            return 1;
-        }
-    };
-    match rt.block_on(run_agent(loaded, args.clone())) {
-        Ok(code) => code,
-        Err(e) => {
-            error!(error = %crate::config::secret::redact_text(&format!("{e:#}")), "The agent stopped on an error.");
-            1
-        }
-    }
+    super::run_on_runtime(
+        "edge-agent",
+        None,
+        "The agent stopped on an error.",
+        run_agent(loaded, args.clone()),
+    )
 }
 
 async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::sync::{Mutex, Notify};
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::backoff::Backoff;
 use crate::cli::ConfigArgs;
@@ -53,25 +53,12 @@ pub fn run(loaded: Loaded, args: &ConfigArgs) -> i32 {
         eprint!("{e}");
         return EXIT_CONFIG;
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .thread_name("edge-scaler")
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            error!(error = %e, "Cannot start the async runtime.");
-            return 1;
-        }
-    };
-    match rt.block_on(run_scaler_cmd(loaded, args.clone())) {
-        Ok(code) => code,
-        Err(e) => {
-            error!(error = %crate::config::secret::redact_text(&format!("{e:#}")), "The scaler stopped on an error.");
-            1
-        }
-    }
+    super::run_on_runtime(
+        "edge-scaler",
+        Some(2),
+        "The scaler stopped on an error.",
+        run_scaler_cmd(loaded, args.clone()),
+    )
 }
 
 async fn run_scaler_cmd(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {

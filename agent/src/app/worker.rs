@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use tokio::sync::mpsc;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::config::Loaded;
 use crate::escalate::transport::{Role, Transport};
@@ -24,24 +24,12 @@ use crate::shutdown::{install_signal_handlers, Shutdown};
 use crate::telemetry::latency::Marks;
 
 pub fn run(loaded: Loaded) -> i32 {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            error!(error = %e, "Cannot start the async runtime.");
-            return 1;
-        }
-    };
-    match rt.block_on(run_worker(loaded)) {
-        Ok(()) => 0,
-        Err(e) => {
-            error!(error = %crate::config::secret::redact_text(&format!("{e:#}")), "Worker stopped on an error.");
-            1
-        }
-    }
+    super::run_on_runtime(
+        "edge-worker",
+        Some(2),
+        "Worker stopped on an error.",
+        async { run_worker(loaded).await.map(|()| 0) },
+    )
 }
 
 struct Sink {
