@@ -14,5 +14,6 @@ mod pipeline;
 mod reload;
 mod scale;
 mod status;
+mod stop;
 mod telemetry;
 mod transport;

@@ -1,7 +1,7 @@
 //! The agent's status as a fleet dashboard or Home Assistant sees it on a real
 //! Mosquitto (or RabbitMQ): the retained `online` status, a heartbeat with health at
 //! `telemetry.heartbeat_interval`, retained discovery configs per camera, `offline`
-//! at the stop.
+//! at the stop (and no last will: the agent disconnects cleanly).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -217,6 +217,7 @@ async fn heartbeat_and_home_assistant_discovery_are_retained_on_mosquitto() {
         assert!(m.retain, "{} not retained", m.topic);
     }
 
+    let log = agent.log_text();
     let status = agent.stop();
     assert!(status.success(), "{status:?}");
     tokio::time::timeout(Duration::from_secs(10), async {
@@ -225,7 +226,36 @@ async fn heartbeat_and_home_assistant_discovery_are_retained_on_mosquitto() {
         }
     })
     .await
-    .expect("offline status at the stop");
+    .unwrap_or_else(|_| {
+        panic!(
+            "no clean offline status at the stop (statuses: {:?}); log:\n{}",
+            of(&status_topic),
+            log
+        )
+    });
+    // A message of ours after the agent's exit: whatever the broker did on the agent's
+    // disconnect (a will) is delivered before it.
+    let marker = format!("{prefix}/{device}/marker");
+    _c.publish(&marker, rumqttc::QoS::AtLeastOnce, false, "x")
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while of(&marker).is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("our own marker message");
+    let statuses: Vec<Bytes> = of(&status_topic).into_iter().map(|m| m.payload).collect();
+    assert_eq!(
+        statuses.last().map(|b| &b[..]),
+        Some(&b"offline"[..]),
+        "the agent did not say goodbye (DISCONNECT) and the broker published its will: {statuses:?}"
+    );
+    assert!(
+        !statuses.iter().any(|p| p == "lost"),
+        "last will published at a clean stop: {statuses:?}"
+    );
 
     // Leave no retained messages behind on the shared broker.
     for t in late_filters {

@@ -787,7 +787,7 @@ async fn while_the_broker_is_away_the_buffer_keeps_events_and_the_newest_frames(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_agent_status_says_offline_at_a_clean_close_and_by_last_will_on_mosquitto() {
+async fn the_agent_status_says_offline_at_a_clean_close_and_lost_by_last_will_on_mosquitto() {
     let cfg = mqtt_cfg(&mqtt_url());
     let u = url::Url::parse(&mqtt_url()).unwrap();
     let opts = rumqttc::MqttOptions::new(unique("st"), u.host_str().unwrap(), u.port().unwrap());
@@ -812,12 +812,20 @@ async fn the_agent_status_says_offline_at_a_clean_close_and_by_last_will_on_mosq
     let count = |what: &str| seen.lock().unwrap().iter().filter(|s| *s == what).count();
     let agent = Transport::connect(&cfg, DEVICE, Role::Agent).await.unwrap();
     eventually("online", WAIT, || count("online") == 1).await;
-    agent.close(WAIT).await; // a clean close says offline itself
+    // A clean close says offline itself and sends DISCONNECT: no will.
+    assert!(agent.close(WAIT).await, "the close was not clean");
     eventually("offline", WAIT, || count("offline") == 1).await;
+    drop(agent);
     let agent = Transport::connect(&cfg, DEVICE, Role::Agent).await.unwrap();
     eventually("online again", WAIT, || count("online") == 2).await;
     drop(agent); // vanishes without DISCONNECT: the broker sends the will
-    eventually("offline by will", WAIT, || count("offline") == 2).await;
+    eventually("lost by will", WAIT, || count("lost") == 1).await;
+    // In order: the will of the second connection is the only one.
+    assert_eq!(
+        *seen.lock().unwrap(),
+        ["online", "offline", "online", "lost"],
+        "a clean close must not leave a will behind"
+    );
     // Clear the retained status so the broker keeps nothing of the test.
     client
         .publish(&topic, rumqttc::QoS::AtLeastOnce, true, Vec::new())

@@ -1,26 +1,69 @@
 //! One cancellation signal for every task. The first SIGINT/SIGTERM cancels the token
 //! (tasks stop taking work and finish what they hold); a second one exits at once.
+//!
+//! Signals are watched from a thread of their own (with a small runtime of its own), not
+//! from a task of the main runtime: once the main runtime is shutting down its tasks
+//! are gone, and a second SIGTERM must still end the process, at any point of a stop.
+
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 pub type Shutdown = CancellationToken;
 
+/// The exit status after a second signal.
+pub const EXIT_SECOND_SIGNAL: i32 = 130;
+
 /// Cancels `token` on the first SIGINT or SIGTERM and exits the process on the second.
+/// Returns once the handlers are installed, so a signal sent after it is never lost.
 pub fn install_signal_handlers(token: Shutdown) {
-    tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            tracing::error!("Could not install signal handlers; shutdown only by kill.");
-            return;
-        };
-        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-        tracing::info!("Shutting down; a second signal exits at once.");
-        token.cancel();
-        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-        tracing::warn!("Second signal: exiting now.");
-        std::process::exit(130);
-    });
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("edge-signals".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "Could not install signal handlers; shutdown only by kill.");
+                    let _ = ready_tx.send(());
+                    return;
+                }
+            };
+            rt.block_on(watch(token, ready_tx));
+        });
+    match spawned {
+        Ok(_) => {
+            let _ = ready_rx.recv_timeout(Duration::from_secs(5));
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "Could not start the signal thread; shutdown only by kill.")
+        }
+    }
 }
+
+async fn watch(token: Shutdown, ready: std::sync::mpsc::Sender<()>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("Could not install signal handlers; shutdown only by kill.");
+        let _ = ready.send(());
+        return;
+    };
+    let _ = ready.send(());
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    tracing::info!("Shutting down; a second signal exits at once.");
+    token.cancel();
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    tracing::warn!("Second signal: exiting now.");
+    std::process::exit(EXIT_SECOND_SIGNAL);
+}
+
+/// The exit status of a stop that had to abandon something (a camera whose pipeline
+/// did not reach NULL in time, workers still running at the deadline, a transport that
+/// did not flush), each logged by name where it happened.
+pub const EXIT_UNCLEAN_STOP: i32 = 1;

@@ -129,6 +129,21 @@ impl Agent {
         unsafe { libc::kill(self.pid as i32, sig) };
     }
 
+    /// Waits up to `timeout` for the exit; None while it still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut().expect("agent still owned");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return Some(s);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGTERM and wait for the exit.
     pub fn stop(mut self) -> ExitStatus {
         self.signal(libc::SIGTERM);

@@ -56,6 +56,8 @@ pub struct Mosquitto {
     child: Option<Child>,
     /// Extra configuration lines (TLS).
     extra: String,
+    /// Every packet logged to `mosquitto.log` in `dir` (see [`Mosquitto::log`]).
+    logging: bool,
 }
 
 impl Mosquitto {
@@ -64,10 +66,21 @@ impl Mosquitto {
     }
 
     pub fn start_on(port: u16) -> Mosquitto {
-        Self::start_with(port, String::new())
+        Self::start_with(port, String::new(), false)
     }
 
-    fn start_with(port: u16, extra: String) -> Mosquitto {
+    /// One that logs every packet it receives, so a test sees what clients sent
+    /// (a DISCONNECT, or a connection that just closed).
+    pub fn start_logging() -> Mosquitto {
+        Self::start_with(free_port(), String::new(), true)
+    }
+
+    /// Its log so far (empty unless started with [`Mosquitto::start_logging`]).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+
+    fn start_with(port: u16, extra: String, logging: bool) -> Mosquitto {
         let dir = tempfile::tempdir().expect("temp dir");
         // Mosquitto started as root drops to its own user: let it write its database.
         use std::os::unix::fs::PermissionsExt;
@@ -77,6 +90,7 @@ impl Mosquitto {
             dir,
             child: None,
             extra,
+            logging,
         };
         m.spawn();
         m
@@ -84,12 +98,20 @@ impl Mosquitto {
 
     fn conf(&self) -> PathBuf {
         let conf = self.dir.path().join("mosquitto.conf");
+        let log = if self.logging {
+            format!(
+                "log_dest file {}/mosquitto.log\nlog_type all\n",
+                self.dir.path().display()
+            )
+        } else {
+            String::new()
+        };
         std::fs::write(
             &conf,
             format!(
                 "listener {} 127.0.0.1\nallow_anonymous true\npersistence true\n\
                  persistence_location {}/\nset_tcp_nodelay true\nmessage_size_limit 0\n\
-                 max_queued_messages 10000\nlog_dest none\n{}",
+                 max_queued_messages 10000\nlog_dest none\n{log}{}",
                 self.port,
                 self.dir.path().display(),
                 self.extra
@@ -120,6 +142,15 @@ impl Mosquitto {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
 
+    /// SIGSTOP (`true`): connections stay open and nothing is answered, a hung broker;
+    /// SIGCONT (`false`).
+    pub fn freeze(&self, frozen: bool) {
+        if let Some(c) = &self.child {
+            let sig = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
+            unsafe { libc::kill(c.id() as i32, sig) };
+        }
+    }
+
     /// Stops it with SIGTERM (it saves its sessions) and waits for the exit.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -136,6 +167,7 @@ impl Mosquitto {
 
 impl Drop for Mosquitto {
     fn drop(&mut self) {
+        self.freeze(false);
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -247,6 +279,7 @@ impl Mosquitto {
                 p.join("server.pem").display(),
                 p.join("server.key").display()
             ),
+            false,
         )
     }
 }

@@ -7,6 +7,7 @@ pub mod broker;
 pub mod logs;
 pub mod models;
 pub mod procs;
+pub mod rtsp_process;
 pub mod rtsp_server;
 
 use std::path::PathBuf;

@@ -208,6 +208,10 @@ fn motion_replay(
 
 /// Runs a long-lived command on its own multi-threaded runtime (`threads`: worker
 /// threads, or one per core); its error is logged redacted, as `stopped`, and exits 1.
+///
+/// The runtime is left with a short bound: dropping it would wait for every blocking
+/// task, and one stuck on a frozen camera or broker would keep the process alive after
+/// its stop. `main` then exits the process, whatever threads are left.
 fn run_on_runtime<F>(name: &str, threads: Option<usize>, stopped: &str, main: F) -> i32
 where
     F: std::future::Future<Output = anyhow::Result<i32>>,
@@ -223,11 +227,16 @@ where
             return 1;
         }
     };
-    match rt.block_on(main) {
+    let code = match rt.block_on(main) {
         Ok(code) => code,
         Err(e) => {
             tracing::error!(error = %config::secret::redact_text(&format!("{e:#}")), "{stopped}");
             1
         }
-    }
+    };
+    rt.shutdown_timeout(RUNTIME_EXIT_BOUND);
+    code
 }
+
+/// How long leaving the runtime may wait for its tasks after the command returned.
+const RUNTIME_EXIT_BOUND: std::time::Duration = std::time::Duration::from_millis(500);

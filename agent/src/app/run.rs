@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Context;
 use bytes::Bytes;
 use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
 use crate::backoff::Backoff;
@@ -30,8 +31,13 @@ use crate::shutdown::{install_signal_handlers, Shutdown};
 use crate::telemetry::metrics::{self, metrics};
 use crate::telemetry::{gpu, http, notify, process};
 
-/// How long shutdown waits for stages to finish what they hold.
-const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(20);
+/// The part of the stop deadline kept for the transport's flush and goodbye (at most a
+/// quarter of the deadline).
+const TRANSPORT_RESERVE: Duration = Duration::from_secs(3);
+
+/// How long a camera stopped by a reload may take; past it, it is abandoned (its
+/// pipeline teardown has its own, shorter bound).
+const RETIRE_BOUND: Duration = Duration::from_secs(10);
 
 struct Camera {
     cfg: CameraConfig,
@@ -98,7 +104,7 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
         }
         None => None,
     };
-    {
+    let scaler = {
         let t = transport.clone();
         let (local, p, remote) = (local_backlog.clone(), pool.clone(), remote_probe.clone());
         tokio::spawn(run_scaler(
@@ -135,13 +141,13 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
             },
             wake.clone(),
             shutdown.clone(),
-        ));
-    }
+        ))
+    };
 
     // MQTT keeps no frame published while no worker is subscribed: when the first
     // worker is ready (from zero), frames waiting for an answer go out again at once
     // rather than after `redeliver_after`.
-    {
+    let ready_watcher = {
         let t = transport.clone();
         let mut ready = pool.ready_changes();
         tokio::spawn(async move {
@@ -156,8 +162,8 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
                 }
                 before = now;
             }
-        });
-    }
+        })
+    };
 
     // Cameras and their motion loops; the escalator owns publishing.
     let (esc_tx, esc_rx) = mpsc::channel::<Escalation>(64);
@@ -240,12 +246,20 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
     let started_at = Instant::now();
     let heartbeat_every = cfg.telemetry.heartbeat_interval.get();
     let mut last_heartbeat: Option<Instant> = None;
+    // Cameras a reload stopped, stopping in the background: a camera whose server is
+    // frozen must not hold up this loop (and its watchdog pings) or the other cameras.
+    let mut retiring: JoinSet<Option<String>> = JoinSet::new();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(tick) => {}
+            Some(done) = retiring.join_next(), if !retiring.is_empty() => {
+                if let Ok(Some(name)) = done {
+                    warn!(camera = %name, "Camera stopped by the reload was abandoned; its pipeline is left behind.");
+                }
+            }
             _ = hup.recv() => {
                 notify::reloading();
-                reload(&args, &mut cameras, &esc_tx, &shutdown).await;
+                reload(&args, &mut cameras, &esc_tx, &shutdown, &mut retiring);
                 *watched.lock().unwrap_or_else(|e| e.into_inner()) = watch_list(&cameras);
                 if cfg.telemetry.home_assistant {
                     discovered = announce(&transport, &cfg, &cameras, &discovered);
@@ -255,7 +269,14 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
             }
             _ = shutdown.cancelled() => break,
         }
-        notify::watchdog();
+        if watchdog.is_some() {
+            notify::watchdog_if_progress(
+                cameras
+                    .iter()
+                    .map(|(id, c)| (id.as_str(), c.handle.beat()))
+                    .chain([("transport", transport.beat())]),
+            );
+        }
         if !heartbeat_every.is_zero()
             && last_heartbeat.is_none_or(|t| t.elapsed() >= heartbeat_every)
         {
@@ -281,25 +302,88 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
         }
     }
 
-    info!("Stopping: cameras, then workers, then the transport.");
+    let stop_timeout = cfg.device.stop_timeout.get();
+    info!(deadline = ?stop_timeout, cameras = cameras.len(), "Stopping: cameras, then workers, then the transport.");
     notify::stopping();
-    let stop = async {
-        for (_, cam) in std::mem::take(&mut cameras) {
-            stop_camera(cam).await;
+    let deadline = tokio::time::Instant::now() + stop_timeout;
+    // Everything before the transport must be done by `stages_until`; the transport
+    // gets the rest.
+    let stages_until = deadline - TRANSPORT_RESERVE.min(stop_timeout / 4);
+    let mut abandoned: Vec<String> = Vec::new();
+
+    // Cameras, all at once, each with its own bound; and those a reload was stopping.
+    let stops = std::mem::take(&mut cameras)
+        .into_values()
+        .map(|cam| stop_camera(cam, stages_until));
+    abandoned.extend(futures::future::join_all(stops).await.into_iter().flatten());
+    while !retiring.is_empty() {
+        match tokio::time::timeout_at(stages_until, retiring.join_next()).await {
+            Ok(Some(Ok(Some(name)))) => abandoned.push(format!("camera {name}")),
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(_) => {
+                abandoned.push(format!("{} camera(s) stopped by a reload", retiring.len()));
+                retiring.abort_all();
+                break;
+            }
         }
-        drop(esc_tx);
-        let _ = escalator.await;
-        pool.stopped().await;
-        results.abort();
-    };
-    if tokio::time::timeout(SHUTDOWN_DEADLINE, stop).await.is_err() {
-        warn!(deadline = ?SHUTDOWN_DEADLINE, "Shutdown deadline passed; exiting anyway.");
     }
-    if let Ok(t) = Arc::try_unwrap(transport) {
-        t.close(Duration::from_secs(3)).await;
+    // The escalator ends when the motion loops (gone now) dropped their senders.
+    drop(esc_tx);
+    let mut escalator = escalator;
+    if tokio::time::timeout_at(stages_until, &mut escalator)
+        .await
+        .is_err()
+    {
+        escalator.abort();
+        warn!("The escalator did not finish in time; frames it held are not sent.");
+        abandoned.push("escalator".into());
     }
-    info!("edge-agent stopped.");
-    Ok(0)
+    // Workers finish what they hold within `scaling.grace_period` (the pool kills them
+    // after it); whoever is left at the deadline is killed now.
+    if tokio::time::timeout_at(stages_until, pool.stopped())
+        .await
+        .is_err()
+    {
+        let pids = pool.status().pids;
+        warn!(pids = ?pids, "Workers still running at the stop deadline; killing them (their frames are delivered again).");
+        kill_workers(&pids);
+        metrics()
+            .abandoned
+            .get_or_create(&metrics::abandoned("workers", "pool"))
+            .inc();
+        abandoned.push(format!("workers {pids:?}"));
+    }
+    results.abort();
+    scaler.abort();
+    ready_watcher.abort();
+    // Whatever is left of the deadline, for the flush and a clean DISCONNECT.
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    if !transport.close(left).await {
+        warn!(within = ?left, "The transport did not flush and close in time; unsent messages are lost.");
+        metrics()
+            .abandoned
+            .get_or_create(&metrics::abandoned("transport", "broker"))
+            .inc();
+        abandoned.push("transport".into());
+    }
+    if abandoned.is_empty() {
+        info!("edge-agent stopped.");
+        Ok(0)
+    } else {
+        warn!(abandoned = ?abandoned, "edge-agent stopped; some stages were abandoned.");
+        Ok(crate::shutdown::EXIT_UNCLEAN_STOP)
+    }
+}
+
+/// SIGKILL for worker processes still running at the stop deadline.
+pub(super) fn kill_workers(pids: &[u32]) {
+    for &pid in pids {
+        // SAFETY: kill(2) has no memory effects; these are our unreaped children.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGKILL);
+        }
+    }
 }
 
 fn watch_list(cameras: &BTreeMap<String, Camera>) -> Vec<(String, Weak<CameraHandle>)> {
@@ -382,24 +466,40 @@ fn start_camera(
     }
 }
 
-async fn stop_camera(cam: Camera) {
+/// Stops one camera: its motion loop, then its pipeline (whose teardown has its own
+/// bound); gives up at `until`. The camera's name when it had to be abandoned.
+async fn stop_camera(cam: Camera, until: tokio::time::Instant) -> Option<String> {
+    let id = cam.cfg.id.to_string();
     cam.stop.cancel();
-    let _ = cam.motion.await;
-    match Arc::try_unwrap(cam.handle) {
-        Ok(h) => h.stopped().await,
+    let stop = async {
+        let _ = cam.motion.await;
+        match Arc::try_unwrap(cam.handle) {
+            Ok(h) => h.stopped().await,
+            Err(_) => {
+                warn!(camera = %id, "Camera handle still shared at stop; its pipeline stops with its token.");
+                false
+            }
+        }
+    };
+    match tokio::time::timeout_at(until, stop).await {
+        Ok(true) => None,
+        Ok(false) => Some(id),
         Err(_) => {
-            warn!(camera = %cam.cfg.id, "Camera handle still shared at stop; its pipeline stops with its token.")
+            warn!(camera = %id, "Camera did not stop in time; abandoned.");
+            Some(id)
         }
     }
 }
 
 /// Re-reads the configuration: unchanged cameras keep streaming, changed ones restart,
-/// removed ones stop, new ones start. Other sections need a restart and say so.
-async fn reload(
+/// removed ones stop, new ones start. Other sections need a restart and say so. Never
+/// waits on a camera: those it stops go to `retiring`.
+fn reload(
     args: &ConfigArgs,
     cameras: &mut BTreeMap<String, Camera>,
     esc_tx: &mpsc::Sender<Escalation>,
     shutdown: &Shutdown,
+    retiring: &mut JoinSet<Option<String>>,
 ) {
     let loaded = match super::load_config(args, true) {
         Ok(l) => l,
@@ -424,7 +524,8 @@ async fn reload(
         if same {
             kept += 1;
         } else if let Some(cam) = cameras.remove(&id) {
-            stop_camera(cam).await;
+            // In the background: a new camera with this id starts at once.
+            retiring.spawn(stop_camera(cam, tokio::time::Instant::now() + RETIRE_BOUND));
             if wanted.contains_key(&id) {
                 restarted += 1;
             } else {

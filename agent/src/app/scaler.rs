@@ -34,8 +34,8 @@ use crate::shutdown::{install_signal_handlers, Shutdown};
 use crate::telemetry::metrics::{self, metrics};
 use crate::telemetry::{gpu, http, notify, process};
 
-/// How long shutdown waits for workers to finish what they hold.
-const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
+/// Time for the queue probe's goodbye after the workers stopped.
+const CLOSE_BOUND: Duration = Duration::from_secs(2);
 
 /// The configuration error when the transport is not AMQP, or None.
 pub fn transport_error(kind: TransportKind) -> Option<String> {
@@ -154,18 +154,35 @@ async fn run_scaler_cmd(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32>
         }
     }
 
-    info!("Stopping: workers finish the frames they hold.");
+    // Workers get `grace_period` (then the pool kills them); the stop ends after it
+    // whatever happens, with a non-zero status when something was left.
+    let stop_timeout = cfg.scaling.grace_period.get() + CLOSE_BOUND;
+    info!(deadline = ?stop_timeout, "Stopping: workers finish the frames they hold.");
     notify::stopping();
-    let stop = async {
-        let _ = scaler.await;
-        pool.stopped().await;
-    };
-    if tokio::time::timeout(SHUTDOWN_DEADLINE, stop).await.is_err() {
-        warn!(deadline = ?SHUTDOWN_DEADLINE, "Shutdown deadline passed; exiting anyway.");
+    let deadline = tokio::time::Instant::now() + stop_timeout;
+    let mut clean = true;
+    scaler.abort();
+    if tokio::time::timeout_at(deadline - CLOSE_BOUND / 2, pool.stopped())
+        .await
+        .is_err()
+    {
+        let pids = pool.status().pids;
+        warn!(pids = ?pids, "Workers still running at the stop deadline; killing them (their frames are delivered again).");
+        super::run::kill_workers(&pids);
+        clean = false;
     }
-    probe.lock().await.close().await;
-    info!("edge-agent scaler stopped.");
-    Ok(0)
+    let close = async { probe.lock().await.close().await };
+    if tokio::time::timeout_at(deadline, close).await.is_err() {
+        warn!(queue = %queue, "The queue connection did not close in time.");
+        clean = false;
+    }
+    if clean {
+        info!("edge-agent scaler stopped.");
+        Ok(0)
+    } else {
+        warn!("edge-agent scaler stopped; some stages were abandoned.");
+        Ok(crate::shutdown::EXIT_UNCLEAN_STOP)
+    }
 }
 
 #[cfg(test)]

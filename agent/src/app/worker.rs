@@ -1,7 +1,9 @@
 //! `edge-agent worker`: one inference worker. Loads the model, connects as a consumer,
 //! prints the ready line the scaler waits for, then runs frames through the pipeline;
 //! a frame is acked only after its detections (and snapshot, then event) are handed to
-//! the transport. SIGTERM: stop taking frames, finish those held, exit 0.
+//! the transport. SIGTERM: stop taking frames, finish those held, exit 0; a worker that
+//! cannot finish them within `scaling.grace_period` exits anyway (non-zero), before the
+//! pool's SIGKILL, and the frames it held are delivered again.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,7 +30,7 @@ pub fn run(loaded: Loaded) -> i32 {
         "edge-worker",
         Some(2),
         "Worker stopped on an error.",
-        async { run_worker(loaded).await.map(|()| 0) },
+        run_worker(loaded),
     )
 }
 
@@ -119,8 +121,13 @@ fn report_held(n: u64) {
 /// How long a worker waits for its broker subscription before it says it is ready.
 const CONSUMING_TIMEOUT: Duration = Duration::from_secs(10);
 
-async fn run_worker(loaded: Loaded) -> anyhow::Result<()> {
+/// The part of `grace_period` a stopping worker uses: it exits by itself before the
+/// pool kills it, so it still closes its connection cleanly.
+const GRACE_USED: f32 = 0.8;
+
+async fn run_worker(loaded: Loaded) -> anyhow::Result<i32> {
     let cfg = loaded.config;
+    let grace = cfg.scaling.grace_period.get();
     let shutdown = Shutdown::new();
     install_signal_handlers(shutdown.clone());
     let inference = cfg.inference.clone();
@@ -207,9 +214,21 @@ async fn run_worker(loaded: Loaded) -> anyhow::Result<()> {
             break;
         }
     }
-    info!("Worker stopping: finishing the frames it holds.");
+    info!(within = ?grace.mul_f32(GRACE_USED), "Worker stopping: finishing the frames it holds.");
+    let deadline = tokio::time::Instant::now() + grace.mul_f32(GRACE_USED);
+    let stages_until = deadline - Duration::from_secs(2).min(grace / 4);
+    let mut clean = true;
     drop(tx);
-    let result = work.await.context("worker loop")?;
+    let mut work = work;
+    let result = match tokio::time::timeout_at(stages_until, &mut work).await {
+        Ok(r) => r.context("worker loop")?,
+        Err(_) => {
+            work.abort();
+            warn!(held = held.count(), grace = ?grace, "Frames not finished within scaling.grace_period; exiting anyway, they will be delivered again.");
+            clean = false;
+            Ok(())
+        }
+    };
     // The acks run in tasks of their own; closing before they are sent would hand the
     // frames back to the broker and another worker would process them again.
     let acks = async {
@@ -217,17 +236,21 @@ async fn run_worker(loaded: Loaded) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     };
-    if tokio::time::timeout(Duration::from_secs(5), acks)
-        .await
-        .is_err()
-    {
+    if clean && tokio::time::timeout_at(stages_until, acks).await.is_err() {
         warn!(
             held = held.count(),
             "Acks still pending at exit; those frames will be delivered again."
         );
     }
-    if let Ok(t) = Arc::try_unwrap(transport) {
-        t.close(Duration::from_secs(5)).await;
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    if !transport.close(left).await {
+        warn!(within = ?left, "The transport did not flush and close in time.");
+        clean = false;
     }
-    result.map_err(anyhow::Error::from)
+    result.map_err(anyhow::Error::from)?;
+    Ok(if clean {
+        0
+    } else {
+        crate::shutdown::EXIT_UNCLEAN_STOP
+    })
 }

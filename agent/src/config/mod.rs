@@ -51,6 +51,15 @@ pub struct DeviceConfig {
     pub id: Ident,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub site: Option<String>,
+    /// The longest a stop (SIGTERM) takes: cameras, workers and the transport are
+    /// stopped within it, and whatever is not done by then is abandoned and the exit
+    /// status says so. systemd's `TimeoutStopSec` must be above it.
+    #[serde(default = "default_stop_timeout")]
+    pub stop_timeout: types::Dur,
+}
+
+fn default_stop_timeout() -> types::Dur {
+    types::Dur::secs(20)
 }
 
 impl Config {
@@ -80,6 +89,18 @@ impl Config {
                     )],
                 );
             }
+        }
+        if self.device.stop_timeout.get() < std::time::Duration::from_secs(1) {
+            nest(
+                "device",
+                vec![(
+                    "stop_timeout".into(),
+                format!(
+                    "must be at least 1s (cameras, workers and the transport stop within it), got {:?}",
+                        self.device.stop_timeout.get()
+                    ),
+                )],
+            );
         }
         nest("transport", self.transport.check());
         nest("inference", self.inference.check());

@@ -35,6 +35,10 @@ use crate::config::secret::redact_url;
 pub(crate) struct MqttLink {
     client: AsyncClient,
     window: usize,
+    /// A worker's consuming connection (see [`Duty::Consume`]).
+    consume: Option<AsyncClient>,
+    /// DISCONNECT packets written so far, by any of this link's connections.
+    disconnects: Arc<tokio::sync::watch::Sender<usize>>,
 }
 
 impl MqttLink {
@@ -66,8 +70,20 @@ impl MqttLink {
         }
     }
 
-    pub async fn disconnect(&self) {
-        let _ = self.client.disconnect().await;
+    /// Sends DISCONNECT on every connection of this link (so the broker drops the last
+    /// will) and waits, at most `timeout`, until each was written; then the owner
+    /// tasks end. False when one was not written in time (the broker was unreachable).
+    pub async fn disconnect(&self, timeout: Duration) -> bool {
+        let clients: Vec<&AsyncClient> =
+            std::iter::once(&self.client).chain(&self.consume).collect();
+        let mut sent = self.disconnects.subscribe();
+        let before = *sent.borrow_and_update();
+        for c in &clients {
+            let _ = c.try_disconnect();
+        }
+        let want = before + clients.len();
+        let done = tokio::time::timeout(timeout, sent.wait_for(|n| *n >= want)).await;
+        matches!(done, Ok(Ok(_)))
     }
 }
 
@@ -78,12 +94,16 @@ fn url_err(url: &str, why: impl std::fmt::Display) -> TransportError {
     }
 }
 
+/// The last will's status: the agent went away without saying `offline` (crash, kill,
+/// lost network), so a dashboard tells it from a clean stop.
+pub const STATUS_LOST: &[u8] = b"lost";
+
 fn status_topic(shared: &Shared) -> String {
     format!("{}/{}/status", shared.cfg.topic_prefix, shared.device)
 }
 
 /// The agent's retained status message (`online`, or `offline` at a clean close; the
-/// last will says `offline` when the agent vanishes).
+/// last will says [`STATUS_LOST`] when the agent vanishes without a DISCONNECT).
 pub(crate) fn status_out(shared: &Shared, status: &'static [u8]) -> Out {
     Out {
         class: Class::Event,
@@ -122,7 +142,16 @@ pub(crate) fn start(
     let cfg = &shared.cfg;
     let window = cfg.publish_window.as_usize().min(90);
     let (client, eventloop) = connection(&shared, url, Duty::Publish, window)?;
-    let link = MqttLink { client, window };
+    let consumer = match shared.role {
+        Role::Worker => Some(connection(&shared, url, Duty::Consume, window)?),
+        Role::Agent => None,
+    };
+    let link = MqttLink {
+        client,
+        window,
+        consume: consumer.as_ref().map(|(c, _)| c.clone()),
+        disconnects: Arc::new(tokio::sync::watch::Sender::new(0)),
+    };
     let subs = match shared.role {
         Role::Worker => Vec::new(),
         Role::Agent => vec![
@@ -142,12 +171,15 @@ pub(crate) fn start(
         connected: AtomicBool::new(false),
     };
     tokio::spawn(owner.run(eventloop, cancel.clone()));
-    if shared.role == Role::Worker {
-        let (client, eventloop) = connection(&shared, url, Duty::Consume, window)?;
+    if let Some((client, eventloop)) = consumer {
         let owner = Owner {
             shared: shared.clone(),
             duty: Duty::Consume,
-            link: MqttLink { client, window },
+            link: MqttLink {
+                client,
+                consume: None,
+                ..link.clone()
+            },
             subs: vec![format!(
                 "$share/{}/{}/{}/frames",
                 cfg.worker_group, cfg.topic_prefix, shared.device
@@ -215,7 +247,7 @@ fn connection(
     if shared.role == Role::Agent {
         opts.set_last_will(LastWill::new(
             status_topic(shared),
-            &b"offline"[..],
+            STATUS_LOST,
             QoS::AtLeastOnce,
             true,
         ));
@@ -265,6 +297,12 @@ impl Owner {
                 ev = eventloop.poll() => ev,
             };
             match ev {
+                // Written and flushed: the broker drops the last will. Ending here
+                // closes the socket before rumqttc reads the broker's close as an error.
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                    self.link.disconnects.send_modify(|n| *n += 1);
+                    break;
+                }
                 Ok(ev) => {
                     if let Event::Incoming(Packet::ConnAck(_)) = ev {
                         backoff.reset();

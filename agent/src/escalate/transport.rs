@@ -376,6 +376,8 @@ pub(crate) struct Shared {
     pub held: Mutex<HashSet<FrameKey>>,
     /// A consuming MQTT connection has its subscription acknowledged (SUBACK).
     pub subscribed: tokio::sync::watch::Sender<bool>,
+    /// The ticker's sign of life (it takes the state lock every turn), for the watchdog.
+    pub beat: crate::telemetry::notify::Beat,
 }
 
 /// What a consumer does with an incoming frame.
@@ -567,6 +569,7 @@ impl Transport {
             recent: Mutex::new(Recent::default()),
             held: Mutex::new(HashSet::new()),
             subscribed: tokio::sync::watch::Sender::new(false),
+            beat: Default::default(),
         });
         let cancel = CancellationToken::new();
         let (frames_tx, frames_rx) = match role {
@@ -651,6 +654,12 @@ impl Transport {
 
     pub fn stats(&self) -> &TransportStats {
         &self.shared.stats
+    }
+
+    /// The transport's sign of life: it beats while its ticker turns (connected or
+    /// reconnecting), not while its state is stuck.
+    pub fn beat(&self) -> &crate::telemetry::notify::Beat {
+        &self.shared.beat
     }
 
     /// True while the broker connection is up.
@@ -991,19 +1000,26 @@ impl Transport {
         }
     }
 
-    /// Flushes for at most `timeout`, then closes the connection. An MQTT agent says
-    /// `offline` on its status topic first.
-    pub async fn close(self, timeout: Duration) {
+    /// Flushes, then closes the connection (MQTT: DISCONNECT, so the broker does not
+    /// publish the last will), all within `timeout`. An MQTT agent says `offline` on
+    /// its status topic first. Takes `&self`: other holders of the handle (health,
+    /// scaler) need not be gone; what they publish afterwards fails. True when
+    /// everything buffered was confirmed and the connection closed cleanly.
+    pub async fn close(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
         if let (Link::Mqtt(_), Role::Agent) = (&self.link, self.shared.role) {
             self.shared
                 .enqueue(mqtt::status_out(&self.shared, b"offline"), &self.link);
         }
-        self.flush(timeout).await;
-        match &self.link {
-            Link::Mqtt(m) => m.disconnect().await,
-            Link::Amqp(a) => a.close().await,
-        }
+        // Most of the time for the flush; the rest for the goodbye.
+        let flushed = self.flush(timeout.mul_f32(0.8)).await;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let closed = match &self.link {
+            Link::Mqtt(m) => m.disconnect(left).await,
+            Link::Amqp(a) => tokio::time::timeout(left, a.close()).await.is_ok(),
+        };
         self.cancel.cancel();
+        flushed && closed
     }
 }
 
@@ -1077,6 +1093,7 @@ fn spawn_ticker(shared: Arc<Shared>, link: &Link, cancel: CancellationToken) {
                 m.pump(&mut st, &shared);
             }
             drop(st);
+            shared.beat.beat();
             shared.wake.notify_one();
             for _ in 0..due.expired {
                 shared.count_dropped("unanswered_expired");

@@ -127,6 +127,8 @@ pub(crate) struct Shared {
     pub(crate) ring: Mutex<Ring<gst::Sample>>,
     pub(crate) status: Mutex<StatusFields>,
     converter: Mutex<Option<CachedConverter>>,
+    /// The supervisor's sign of life, for the watchdog.
+    pub(crate) beat: crate::telemetry::notify::Beat,
     /// This camera's metric series, looked up once rather than per frame.
     pub(crate) frames_metric: Counter,
     pub(crate) queue_full_metric: Counter,
@@ -168,6 +170,7 @@ impl Shared {
                 source_size: None,
             }),
             converter: Mutex::new(None),
+            beat: Default::default(),
             frames_metric: metrics()
                 .frames
                 .get_or_create(&metrics::camera(cfg.id.as_str()))
@@ -256,7 +259,7 @@ impl Shared {
 pub struct CameraHandle {
     shared: Arc<Shared>,
     stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<bool>,
 }
 
 impl CameraHandle {
@@ -281,12 +284,24 @@ impl CameraHandle {
         &self.shared.id
     }
 
+    /// The supervisor's sign of life: it beats while the camera is supervised
+    /// (streaming, reconnecting or backing off), not while it is stuck.
+    pub fn beat(&self) -> &crate::telemetry::notify::Beat {
+        &self.shared.beat
+    }
+
     /// Stops this camera (if the shutdown token has not already) and waits until its
-    /// pipeline is NULL and its task has ended.
-    pub async fn stopped(self) {
+    /// pipeline is NULL and its task has ended. The wait is bounded: a pipeline that
+    /// does not reach NULL in time is abandoned (logged and counted) and this returns
+    /// false.
+    pub async fn stopped(self) -> bool {
         self.stop.cancel();
-        if let Err(e) = self.task.await {
-            tracing::error!(camera = %self.shared.id, error = %e, "Camera task ended abnormally.");
+        match self.task.await {
+            Ok(clean) => clean,
+            Err(e) => {
+                tracing::error!(camera = %self.shared.id, error = %e, "Camera task ended abnormally.");
+                false
+            }
         }
     }
 }

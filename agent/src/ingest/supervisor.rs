@@ -1,6 +1,9 @@
 //! The per-camera state machine: connecting → streaming → (error, EOS or stall) →
 //! backing off → connecting... Each run gets a fresh pipeline; a finished one is set to
-//! NULL (on a blocking thread, since rtspsrc may wait on its socket) before it is dropped.
+//! NULL (on a thread of its own, since rtspsrc may wait on its socket) before it is
+//! dropped. That wait is bounded: a pipeline that does not reach NULL within
+//! [`TEARDOWN_TIMEOUT`] is abandoned (left to its thread, logged and counted), so a hung
+//! camera never holds up a restart, a reload or a stop.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,29 +25,35 @@ use crate::telemetry::metrics::{self, metrics};
 /// the minimum. Shorter runs keep growing the delay, so a flapping camera is not hammered.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
 
+/// How long a pipeline may take to reach NULL before it is abandoned.
+pub(crate) const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
 pub(crate) async fn supervise(
     cfg: CameraConfig,
     shared: Arc<Shared>,
     grey_tx: mpsc::Sender<GreyFrame>,
     stop: CancellationToken,
-) {
+) -> bool {
     let span = tracing::info_span!("camera", camera = %shared.id);
     run(cfg, shared, grey_tx, stop).instrument(span).await
 }
 
+/// Runs until `stop`; true when the last pipeline reached NULL (false: abandoned).
 async fn run(
     cfg: CameraConfig,
     shared: Arc<Shared>,
     grey_tx: mpsc::Sender<GreyFrame>,
     stop: CancellationToken,
-) {
+) -> bool {
     let mut backoff = Backoff::new(cfg.backoff.min.get(), cfg.backoff.max.get());
     let up = metrics()
         .camera_up
         .get_or_create(&metrics::camera(&shared.id))
         .clone();
     tracing::info!(url = %cfg.url, "Camera starting.");
+    let mut clean = true;
     loop {
+        shared.beat.beat();
         shared.set_state(CameraState::Connecting);
         let attempt = Arc::new(Attempt::new());
         let outcome = match pipeline::build(&cfg, Mode::Live, &shared, &attempt, grey_tx.clone()) {
@@ -62,7 +71,7 @@ async fn run(
                 .await;
                 up.set(0);
                 attempt.cancel.cancel();
-                teardown(built.pipeline).await;
+                clean = teardown(&shared.id, built.pipeline).await;
                 outcome
             }
             Err(e) => Err(e),
@@ -94,14 +103,34 @@ async fn run(
             restarts = backoff.restarts,
             "Camera restarting."
         );
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = stop.cancelled() => break,
+        if !back_off(&shared, delay, &stop).await {
+            break;
         }
     }
     shared.set_state(CameraState::Stopped);
     up.set(0);
-    tracing::info!("Camera stopped.");
+    if clean {
+        tracing::info!("Camera stopped.");
+    }
+    clean
+}
+
+/// Waits `delay` before the next try, beating meanwhile; false when stopped.
+async fn back_off(shared: &Shared, delay: Duration, stop: &CancellationToken) -> bool {
+    let until = tokio::time::Instant::now() + delay;
+    loop {
+        shared.beat.beat();
+        let step = until
+            .saturating_duration_since(tokio::time::Instant::now())
+            .min(Duration::from_secs(1));
+        if step.is_zero() {
+            return true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(step) => {}
+            _ = stop.cancelled() => return false,
+        }
+    }
 }
 
 /// Watches one pipeline run. `Ok(())` means shutdown; `Err` says why the run ended.
@@ -138,6 +167,7 @@ async fn watch(
             _ = attempt.notify.notified() => {}
             _ = tick.tick() => {}
         }
+        shared.beat.beat();
         if let Some(fault) = attempt.take_fault() {
             return Err(fault);
         }
@@ -175,16 +205,42 @@ async fn watch(
     }
 }
 
-/// Sets the pipeline to NULL off the runtime threads and drops it there.
-async fn teardown(pipeline: gst::Pipeline) {
-    let done = tokio::task::spawn_blocking(move || {
-        let _ = pipeline.set_state(gst::State::Null);
-        drop(pipeline);
-    })
-    .await;
-    if let Err(e) = done {
-        tracing::error!(error = %e, "Pipeline teardown panicked.");
+/// Sets the pipeline to NULL on a thread of its own and drops it there; waits at most
+/// [`TEARDOWN_TIMEOUT`]. True when it reached NULL; false when it was abandoned (the
+/// thread keeps trying; the pipeline's threads and socket stay until it gives up).
+///
+/// A plain thread, not `spawn_blocking`: the runtime waits for its blocking tasks when
+/// it shuts down, and a teardown stuck on a frozen camera must not hold the process.
+async fn teardown(camera: &str, pipeline: gst::Pipeline) -> bool {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name(format!("teardown-{camera}"))
+        .spawn(move || {
+            let _ = pipeline.set_state(gst::State::Null);
+            drop(pipeline);
+            let _ = done_tx.send(());
+        });
+    let reached = match spawned {
+        Ok(_) => matches!(
+            tokio::time::timeout(TEARDOWN_TIMEOUT, done_rx).await,
+            Ok(Ok(()))
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "Cannot start the pipeline teardown thread.");
+            false
+        }
+    };
+    if !reached {
+        metrics()
+            .abandoned
+            .get_or_create(&metrics::abandoned("camera_teardown", camera))
+            .inc();
+        tracing::warn!(
+            timeout = ?TEARDOWN_TIMEOUT,
+            "Camera pipeline did not reach NULL in time; abandoned."
+        );
     }
+    reached
 }
 
 pub(crate) async fn replay(
@@ -224,7 +280,7 @@ pub(crate) async fn replay(
         }
         .await;
         attempt.cancel.cancel();
-        teardown(built.pipeline).await;
+        teardown(&shared.id, built.pipeline).await;
         result?;
         let summary = ReplaySummary {
             frames: shared.frames.load(std::sync::atomic::Ordering::Relaxed),

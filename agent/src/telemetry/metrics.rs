@@ -60,6 +60,10 @@ pub struct Metrics {
     pub gpu_memory: Family<Labels, Gauge>,
     /// Frames sent to the remote queue because local workers were saturated or absent.
     pub offloaded: Family<Labels, Counter>,
+    /// What a stop or restart gave up waiting for, by kind and name: a camera pipeline
+    /// that did not reach NULL in time (`camera_teardown`), workers still running at
+    /// the deadline (`workers`), a transport that did not flush (`transport`).
+    pub abandoned: Family<Labels, Counter>,
     pub process_memory: Gauge,
     /// Process CPU use in percent of one core.
     pub process_cpu: Gauge,
@@ -87,6 +91,7 @@ impl Metrics {
             gpu_utilization: Family::default(),
             gpu_memory: Family::default(),
             offloaded: Family::default(),
+            abandoned: Family::default(),
             process_memory: Gauge::default(),
             process_cpu: Gauge::default(),
             registry: Registry::default(),
@@ -170,6 +175,11 @@ impl Metrics {
             m.offloaded.clone(),
         );
         registry.register(
+            "abandoned",
+            "What a stop or restart gave up waiting for, by kind and name",
+            m.abandoned.clone(),
+        );
+        registry.register(
             "process_memory_bytes",
             "Resident memory of the agent",
             m.process_memory.clone(),
@@ -208,6 +218,9 @@ pub fn kind(k: &str) -> Labels {
 }
 pub fn stage(s: &str) -> Labels {
     vec![("stage", s.to_string())]
+}
+pub fn abandoned(kind: &str, name: &str) -> Labels {
+    vec![("kind", kind.to_string()), ("name", name.to_string())]
 }
 
 /// Logs at most once per `every` for a given key, so a counted drop or error is

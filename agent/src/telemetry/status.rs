@@ -1,9 +1,10 @@
 //! What the agent says about itself on the broker, built as plain data (the agent's
 //! main loop publishes it):
 //!
-//! - `{prefix}/{device}/status`: retained `online`, `offline` at a clean stop and by
-//!   last will (the transport owns it; plain words, so Home Assistant's default
-//!   availability payloads match).
+//! - `{prefix}/{device}/status`: retained `online`, `offline` at a clean stop, `lost`
+//!   by last will when the agent vanished without a goodbye (the transport owns it;
+//!   plain words, so a dashboard tells a stop from a crash; the discovery configs map
+//!   anything but `online` to Home Assistant's `offline`).
 //! - `{prefix}/{device}/health`: the heartbeat, retained JSON every
 //!   `telemetry.heartbeat_interval`: version, uptime, cameras and their state,
 //!   workers, broker link. On AMQP the same JSON goes to the events exchange with
@@ -59,6 +60,8 @@ pub fn discovery(prefix: &str, device: &str, camera: &str) -> Vec<(String, Value
             "availability_topic": availability,
             "payload_available": "online",
             "payload_not_available": "offline",
+            // `lost` (the last will) is unavailable too.
+            "availability_template": "{{ 'online' if value == 'online' else 'offline' }}",
             "device": ha_device,
         });
         (topic, v.take())
