@@ -105,15 +105,7 @@ pub async fn run(
         if !m.has_motion() || !policy.should_send(&event.id, frame.captured) {
             continue;
         }
-        // A full-size colour conversion (milliseconds at 720p): off the runtime's
-        // worker threads, which every camera, the transport and the watchdog share.
-        let h = handle.clone();
-        let seq = frame.seq;
-        let colour = tokio::task::spawn_blocking(move || h.colour_frame(seq))
-            .await
-            .ok()
-            .flatten();
-        let Some(colour) = colour else {
+        let Some(colour) = handle.colour_frame_off_runtime(frame.seq).await else {
             metrics()
                 .dropped
                 .get_or_create(&metrics::reason(&id, "colour_frame_gone"))

@@ -270,6 +270,17 @@ impl CameraHandle {
         self.shared.colour(kept)
     }
 
+    /// [`CameraHandle::colour_frame`] on a blocking thread: a full-size conversion
+    /// (milliseconds at 720p) must not hold a runtime worker thread, which every
+    /// camera, the transport and the watchdog share.
+    pub async fn colour_frame_off_runtime(self: &Arc<Self>, seq: u64) -> Option<ColourFrame> {
+        let h = self.clone();
+        tokio::task::spawn_blocking(move || h.colour_frame(seq))
+            .await
+            .ok()
+            .flatten()
+    }
+
     /// The newest kept colour frame.
     pub fn latest_colour(&self) -> Option<ColourFrame> {
         let kept = lock(&self.shared.ring).latest()?;
@@ -346,4 +357,63 @@ pub async fn replay(
     shutdown: CancellationToken,
 ) -> Result<ReplaySummary, IngestError> {
     supervisor::replay(cfg, sample_to_analysis_fps, grey_tx, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unreachable_camera() -> CameraConfig {
+        let text =
+            "[device]\nid = \"t\"\n[[cameras]]\nid = \"cam\"\nurl = \"rtsp://127.0.0.1:9/none\"\n";
+        crate::config::Config::from_toml_str("test", text)
+            .unwrap()
+            .cameras
+            .remove(0)
+    }
+
+    /// One runtime thread only: while a colour conversion waits (here on the ring's
+    /// lock, held by this test), another task on the runtime must still run.
+    #[test]
+    fn a_colour_conversion_never_holds_the_runtime_thread() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let (held_tx, held_rx) = std::sync::mpsc::channel::<()>();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let runner = std::thread::spawn(move || {
+            rt.block_on(async move {
+                let stop = CancellationToken::new();
+                let (tx, _rx) = mpsc::channel(1);
+                let cam = Arc::new(spawn_camera(unreachable_camera(), tx, stop.clone()));
+                let shared = cam.shared.clone();
+                // Hold the ring from another thread, as a long conversion would.
+                std::thread::spawn(move || {
+                    let _ring = lock(&shared.ring);
+                    held_tx.send(()).unwrap();
+                    let _ = release_rx.recv();
+                });
+                held_rx.recv().unwrap();
+                let colour = tokio::spawn({
+                    let cam = cam.clone();
+                    async move { cam.colour_frame_off_runtime(0).await }
+                });
+                // Runs only if the conversion left the runtime thread free.
+                tokio::task::yield_now().await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                done_tx.send(()).unwrap();
+                assert!(colour.await.unwrap().is_none(), "no frame was kept");
+                stop.cancel();
+            })
+        });
+        let free = done_rx.recv_timeout(Duration::from_secs(20));
+        release_tx.send(()).unwrap();
+        runner.join().unwrap();
+        assert!(
+            free.is_ok(),
+            "the runtime thread was blocked by a colour conversion"
+        );
+    }
 }

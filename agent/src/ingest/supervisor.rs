@@ -297,3 +297,51 @@ pub(crate) async fn replay(
     .instrument(span)
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pipeline whose streaming thread is stuck (in a pad probe this test holds, as
+    /// rtspsrc can be on a dead socket) cannot reach NULL: the teardown gives up after
+    /// its bound, counts it, and the caller goes on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pipeline_that_cannot_reach_null_is_abandoned_after_the_bound() {
+        gst::init().unwrap();
+        let pipeline = gst::parse::launch("videotestsrc is-live=true ! fakesink name=sink")
+            .unwrap()
+            .downcast::<gst::Pipeline>()
+            .unwrap();
+        let sink = pipeline.by_name("sink").unwrap();
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let gate = std::sync::Mutex::new(Some((entered_tx, release_rx)));
+        sink.static_pad("sink")
+            .unwrap()
+            .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+                if let Some((entered, release)) = lock(&gate).take() {
+                    let _ = entered.send(());
+                    let _ = release.recv();
+                }
+                gst::PadProbeReturn::Ok
+            });
+        pipeline.set_state(gst::State::Playing).unwrap();
+        entered_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("a buffer reaches the sink");
+
+        let name = "teardown-unit-test";
+        let before = metrics()
+            .abandoned
+            .get_or_create(&metrics::abandoned("camera_teardown", name))
+            .get();
+        let outcome = tokio::time::timeout(TEARDOWN_TIMEOUT * 4, teardown(name, pipeline)).await;
+        release_tx.send(()).unwrap();
+        assert_eq!(outcome, Ok(false), "the teardown was not bounded");
+        let after = metrics()
+            .abandoned
+            .get_or_create(&metrics::abandoned("camera_teardown", name))
+            .get();
+        assert_eq!(after, before + 1);
+    }
+}
