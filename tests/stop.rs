@@ -317,3 +317,98 @@ fn a_clean_stop_disconnects_the_agent_and_its_workers_so_mosquitto_sends_no_will
         );
     }
 }
+
+/// `TimeoutStopSec=` of a unit file, in seconds.
+fn timeout_stop_sec(unit: &str) -> u64 {
+    let path = crate::common::agent::repo().join("systemd").join(unit);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let value = text
+        .lines()
+        .find_map(|l| l.strip_prefix("TimeoutStopSec="))
+        .unwrap_or_else(|| panic!("no TimeoutStopSec in {}", path.display()));
+    value
+        .strip_suffix('s')
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("TimeoutStopSec={value} is not whole seconds"))
+}
+
+#[test]
+fn systemd_waits_longer_than_the_agent_and_the_scaler_take_to_stop() {
+    let cfg = edge_agent::config::Config::from_toml_str(
+        "defaults",
+        "[device]\nid = \"x\"\n[[cameras]]\nid = \"c\"\nurl = \"demo://x\"\n",
+    )
+    .unwrap();
+    let agent = cfg.device.stop_timeout.get() + EXIT_SLACK;
+    let scaler = cfg.scaling.grace_period.get() + Duration::from_secs(2) + EXIT_SLACK;
+    assert!(
+        Duration::from_secs(timeout_stop_sec("edge-agent.service")) > agent,
+        "edge-agent.service must wait longer than {agent:?}"
+    );
+    assert!(
+        Duration::from_secs(timeout_stop_sec("edge-agent-scaler.service")) > scaler,
+        "edge-agent-scaler.service must wait longer than {scaler:?}"
+    );
+}
+
+#[test]
+fn systemd_hears_ready_watchdog_pings_while_stages_progress_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    write(
+        dir.path(),
+        STOP,
+        "",
+        &camera("demo", "demo://x?width=160&height=90&fps=5"),
+    );
+    let mut agent = Agent::start(
+        &["--config-dir".as_ref(), dir.path().as_os_str()],
+        &[
+            ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
+            // Pings every 0.5 s.
+            ("WATCHDOG_USEC", "1000000"),
+        ],
+    );
+    let mut heard: Vec<String> = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut recv = |heard: &mut Vec<String>| {
+        if let Ok(n) = sock.recv(&mut buf) {
+            heard.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    };
+    let pings = |heard: &[String]| heard.iter().filter(|m| m.contains("WATCHDOG=1")).count();
+    let deadline = Instant::now() + WAIT;
+    while pings(&heard) < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "systemd heard {heard:?}; log:\n{}",
+            agent.log_text()
+        );
+        recv(&mut heard);
+    }
+    assert!(
+        heard.iter().any(|m| m.contains("READY=1")),
+        "no READY=1 before the pings: {heard:?}"
+    );
+    assert!(agent
+        .logged("Watchdog not pinged: a stage makes no progress.")
+        .is_empty());
+    let status = sigterm_and_exit(&mut agent, STOP + EXIT_SLACK);
+    assert!(status.success(), "{status:?}");
+    // Everything the agent sent is queued on our socket by now.
+    loop {
+        let n = heard.len();
+        recv(&mut heard);
+        if heard.len() == n {
+            break;
+        }
+    }
+    assert!(
+        heard.iter().any(|m| m.contains("STOPPING=1")),
+        "no STOPPING=1 at the stop: {heard:?}"
+    );
+}
