@@ -714,3 +714,92 @@ async fn frames_are_offloaded_to_the_remote_queue_only_while_local_workers_are_s
     cleanup(&names, &[&device]).await;
     cleanup(&remote_names, &["centre"]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_cannot_finish_within_the_grace_period_exits_anyway_and_its_frames_come_back()
+{
+    let names = Names::new();
+    let model = tiny_random("pytorch");
+    let dir = tempfile::tempdir().unwrap();
+    // Four frames held at ~45 ms each cannot be finished in a 100 ms grace period.
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[device]\nid = \"gpu-server\"\n{}prefetch = 4\n[scaling]\ngrace_period = \"100ms\"\n[inference]\nmodel = \"{}\"\nlabels = \"{}\"\nthreads = 1\nconfidence = 0.99\n",
+            names.transport_toml(),
+            model.display(),
+            root().join("models/coco.names").display()
+        ),
+    );
+    let mut worker = Running::start(&["worker", "--config", &config], &[]);
+    assert!(
+        worker
+            .wait_for("Worker ready.", Duration::from_secs(60))
+            .is_some(),
+        "worker not ready: {:?}",
+        worker.seen
+    );
+    let cfg = names.transport();
+    let t = Transport::connect(&cfg, "box-g", Role::Agent)
+        .await
+        .unwrap();
+    let mut results = t.results().unwrap();
+    let jpeg = red_square_jpeg();
+    let n = 40u64;
+    for seq in 1..=n {
+        t.publish_frame(frame("box-g", "gate", seq, &jpeg)).unwrap();
+    }
+    assert!(t.flush(Duration::from_secs(10)).await);
+    let mut answered = BTreeSet::new();
+    let first = tokio::time::timeout(Duration::from_secs(60), results.next())
+        .await
+        .expect("a first answer")
+        .unwrap();
+    answered.insert(first.seq);
+
+    unsafe { libc::kill(worker.pid as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = worker.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "worker still running after SIGTERM"
+        );
+        worker.pump(Duration::from_millis(20));
+    };
+    worker.pump(Duration::from_millis(300));
+    assert_eq!(status.code(), Some(1), "{status:?}: {:?}", worker.seen);
+    assert!(
+        worker.seen.iter().any(|l| l
+            .message()
+            .starts_with("Frames not finished within scaling.grace_period")),
+        "{:?}",
+        worker.seen
+    );
+
+    // Nothing is lost: every frame is answered or back in the queue for another worker.
+    let mut probe = edge_agent::escalate::amqp::QueueProbe::new(&cfg).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        while let Ok(Some(r)) =
+            tokio::time::timeout(Duration::from_millis(20), results.next()).await
+        {
+            answered.insert(r.seq);
+        }
+        let (ready, consumers) = probe.counts().await.unwrap();
+        if consumers == 0 && ready + answered.len() as u64 >= n {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "frames lost: {ready} back in the queue, {} answered of {n}",
+            answered.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    probe.close().await;
+    t.close(Duration::from_secs(2)).await;
+    cleanup(&names, &["box-g", "gpu-server"]).await;
+}
