@@ -98,7 +98,7 @@ fn check_stop_report(agent: &Agent, status: ExitStatus, ids: &[String]) {
         .unwrap_or_default();
     for id in ids {
         assert!(
-            stopped.contains(id) || abandoned.contains(&format!("\"{id}\"")),
+            stopped.contains(id) || abandoned.contains(&format!("\"camera {id}\"")),
             "camera {id} neither stopped nor reported abandoned; log:\n{log}"
         );
     }

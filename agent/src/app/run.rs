@@ -315,7 +315,8 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
     let stops = std::mem::take(&mut cameras)
         .into_values()
         .map(|cam| stop_camera(cam, stages_until));
-    abandoned.extend(futures::future::join_all(stops).await.into_iter().flatten());
+    let not_stopped = futures::future::join_all(stops).await.into_iter().flatten();
+    abandoned.extend(not_stopped.map(|id| format!("camera {id}")));
     while !retiring.is_empty() {
         match tokio::time::timeout_at(stages_until, retiring.join_next()).await {
             Ok(Some(Ok(Some(name)))) => abandoned.push(format!("camera {name}")),
