@@ -48,6 +48,9 @@ use crate::config::secret::redact_url;
 #[derive(Clone)]
 pub(crate) struct AmqpLink {
     conn: Arc<Mutex<Option<Arc<Connection>>>>,
+    /// Set by [`AmqpLink::close`]: the owner task takes the end of its connection for
+    /// what it is and does not connect again (a worker would take more frames).
+    closing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn amqp_err(what: impl Into<String>, e: impl std::fmt::Display) -> TransportError {
@@ -84,11 +87,18 @@ impl AmqpLink {
         Ok((q.message_count() as u64, q.consumer_count() as u64))
     }
 
-    pub async fn close(&self) {
-        let conn = lock(&self.conn).take();
-        if let Some(c) = conn {
-            let _ = c.close(200, "OK".into()).await;
-        }
+    /// Closes the connection within `timeout`, for good: the owner task does not
+    /// connect again. True when closed in time.
+    pub async fn close(&self, timeout: std::time::Duration) -> bool {
+        self.closing
+            .store(true, std::sync::atomic::Ordering::Release);
+        let Some(c) = lock(&self.conn).take() else {
+            return true;
+        };
+        matches!(
+            tokio::time::timeout(timeout, c.close(200, "OK".into())).await,
+            Ok(Ok(()))
+        )
     }
 }
 
@@ -310,6 +320,7 @@ pub(crate) fn start(
     };
     let link = AmqpLink {
         conn: Arc::new(Mutex::new(None)),
+        closing: Default::default(),
     };
     let owner = Owner {
         shared,
@@ -347,6 +358,9 @@ impl Owner {
         let mut window: Window = VecDeque::new();
         let mut orphans = Vec::new();
         loop {
+            if self.link.closing.load(std::sync::atomic::Ordering::Acquire) {
+                return;
+            }
             let end = self
                 .session(&cancel, &mut window, &mut orphans, &mut backoff)
                 .await;
@@ -366,6 +380,9 @@ impl Owner {
                     if let Some(c) = conn {
                         let _ = c.close(200, "OK".into()).await;
                     }
+                    return;
+                }
+                End::Lost(_) if self.link.closing.load(std::sync::atomic::Ordering::Acquire) => {
                     return;
                 }
                 End::Lost(e) => {

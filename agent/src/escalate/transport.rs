@@ -1015,8 +1015,9 @@ impl Transport {
         let flushed = self.flush(timeout.mul_f32(0.8)).await;
         let left = deadline.saturating_duration_since(Instant::now());
         let closed = match &self.link {
+            // The owner tasks write the DISCONNECT, then end by themselves.
             Link::Mqtt(m) => m.disconnect(left).await,
-            Link::Amqp(a) => tokio::time::timeout(left, a.close()).await.is_ok(),
+            Link::Amqp(a) => a.close(left).await,
         };
         self.cancel.cancel();
         flushed && closed
