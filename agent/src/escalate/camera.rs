@@ -51,6 +51,9 @@ pub async fn run(
     let mut policy = EscalationPolicy::new(&cam.escalation);
     let quality = cam.escalation.jpeg_quality.get() as u8;
     let labels = metrics::camera(&id);
+    // The newest colour frame sent: when analysis lags behind the ring, two analysed
+    // frames can resolve to the same kept frame, which must not go out twice.
+    let mut last_sent: Option<u64> = None;
     loop {
         let frame = tokio::select! {
             f = grey.recv() => match f { Some(f) => f, None => break },
@@ -112,11 +115,19 @@ pub async fn run(
                 .inc();
             continue;
         };
+        if last_sent.is_some_and(|s| colour.seq <= s) {
+            metrics()
+                .dropped
+                .get_or_create(&metrics::reason(&id, "colour_frame_repeat"))
+                .inc();
+            continue;
+        }
         let boxes = m
             .boxes
             .iter()
             .map(|b| b.normalised(frame.width, frame.height))
             .collect();
+        let colour_seq = colour.seq;
         let item = Escalation::Frame(EscalatedFrame {
             event_id: event.id.clone(),
             colour,
@@ -125,7 +136,7 @@ pub async fn run(
             motion_at,
         });
         match out.try_send(item) {
-            Ok(()) => {}
+            Ok(()) => last_sent = Some(colour_seq),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 metrics()
                     .dropped
