@@ -836,6 +836,44 @@ async fn frames_and_results_round_trip_over_mqtts_with_a_custom_ca() {
     // A client that does not trust this CA never connects.
     cfg.ca_file = None;
     let stranger = Transport::connect(&cfg, DEVICE, Role::Agent).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    eventually("a refused handshake", WAIT, || {
+        stranger.stats().get("connect_failures") >= 1
+    })
+    .await;
     assert!(!stranger.is_connected());
+}
+
+/// A broker password with every character that URLs and form encoding treat specially,
+/// given through `transport.password_file`, opens a private Mosquitto that lets in only
+/// that user; a wrong password is refused and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_file_with_url_special_characters_logs_in_to_mosquitto() {
+    let password = "p+a&s%25s @w:o/rd#?";
+    let broker = Mosquitto::start_with_password("edge", password);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("broker-pw"), format!("{password}\n")).unwrap();
+    let text = format!(
+        "[device]\nid = \"{DEVICE}\"\n[[cameras]]\nid = \"gate\"\nurl = \"rtsp://gate/s\"\n\
+         [transport]\nkind = \"mqtt\"\nmqtt_url = \"mqtt://edge@127.0.0.1:{}\"\n\
+         password_file = \"broker-pw\"\n",
+        broker.port
+    );
+    let loaded = edge_agent::config::load::load_texts(
+        &[("agent.toml".into(), text)],
+        &[],
+        Some(dir.path().to_path_buf()),
+    )
+    .unwrap_or_else(|e| panic!("config loads: {e}"));
+    let mut cfg = mqtt_cfg("mqtt://unused");
+    cfg.mqtt_url = loaded.config.transport.mqtt_url.clone();
+    round_trip(cfg.clone()).await;
+
+    cfg.mqtt_url =
+        SecretUrl::parse(&format!("mqtt://edge:wrong@127.0.0.1:{}", broker.port)).unwrap();
+    let refused = Transport::connect(&cfg, DEVICE, Role::Agent).await.unwrap();
+    eventually("a refused connection", WAIT, || {
+        refused.stats().get("connect_failures") >= 1
+    })
+    .await;
+    assert!(!refused.is_connected());
 }

@@ -269,6 +269,40 @@ fn secrets_come_from_files_and_credentials_directory() {
     );
 }
 
+/// Passwords with URL-special characters survive the trip into the URL and back out
+/// as the brokers' clients read it; `password_file` goes to the broker in use only.
+#[test]
+fn broker_password_files_keep_every_character_and_go_to_the_broker_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = "p+a&s%25s @w:o/rd#?é";
+    std::fs::write(dir.path().join("broker"), format!("{pw}\n")).unwrap();
+    let creds = dir.path().display().to_string();
+    let env = [("CREDENTIALS_DIRECTORY", creds.as_str())];
+    let head = "[device]\nid = \"box\"\n[[cameras]]\nid = \"gate\"\nurl = \"rtsp://gate/s\"\n";
+    // MQTT: the AMQP URL has no user name and must not matter.
+    let mqtt = format!("{head}[transport]\nkind = \"mqtt\"\nmqtt_url = \"mqtt://edge@broker:1883\"\npassword_file = \"broker\"\n");
+    let t = ok(&[("a.toml", &mqtt)], &env).config.transport;
+    let u = url::Url::parse(t.mqtt_url.expose()).unwrap();
+    assert_eq!(u.username(), "edge");
+    let decoded = percent_encoding::percent_decode_str(u.password().unwrap())
+        .decode_utf8()
+        .unwrap();
+    assert_eq!(decoded, pw, "{}", t.mqtt_url.expose());
+    assert_eq!(t.amqp_url.expose(), "amqp://127.0.0.1:5672/%2f");
+    // AMQP: lapin's own URI parser reads the same password back.
+    let amqp = format!("{head}[transport]\nkind = \"amqp\"\namqp_url = \"amqp://edge@rabbit:5672/%2f\"\nmqtt_url = \"mqtt://other@broker\"\npassword_file = \"broker\"\n");
+    let t = ok(&[("a.toml", &amqp)], &env).config.transport;
+    let uri: lapin::uri::AMQPUri = t.amqp_url.expose().parse().unwrap();
+    assert_eq!(uri.authority.userinfo.password, pw);
+    assert_eq!(t.mqtt_url.expose(), "mqtt://other@broker");
+    // The embedded broker takes none: a setting that would do nothing is an error.
+    let embedded = format!("{head}[transport]\npassword_file = \"broker\"\n");
+    assert_eq!(
+        errors_of(&[("a.toml", &embedded)], &env),
+        vec!["a.toml:7: transport.password_file: the embedded broker takes no password: set kind = \"mqtt\" or \"amqp\", or remove password_file".to_string()]
+    );
+}
+
 #[test]
 fn passwords_in_urls_never_reach_the_printed_config() {
     let text = "[device]\nid = \"box\"\n[[cameras]]\nid = \"gate\"\nurl = \"rtsp://admin:hunter2@gate/s\"\n[transport]\nmqtt_url = \"mqtts://u:topsecret@broker:8883\"\n";
