@@ -605,9 +605,10 @@ impl Transport {
                     Role::Agent => {
                         let max_packet = 2 * cfg.max_payload.as_usize() + (1 << 20);
                         let port = cfg.embedded_port.get() as u16;
+                        let log_size = cfg.embedded_log_size.as_usize();
                         // It waits (blocking) for the broker's listener.
                         let b = tokio::task::spawn_blocking(move || {
-                            EmbeddedBroker::start_with(port, max_packet)
+                            EmbeddedBroker::start_with(port, max_packet, log_size)
                         })
                         .await
                         .map_err(|e| {
