@@ -92,6 +92,13 @@ fn frame(camera: &str, seq: u64, jpeg: &Bytes) -> FrameMessage {
     }
 }
 
+/// A worker connected and subscribed to the frames (its SUBACK arrived).
+async fn subscribed_worker(cfg: &TransportConfig) -> Transport {
+    let worker = Transport::connect(cfg, DEVICE, Role::Worker).await.unwrap();
+    assert!(worker.consuming(WAIT).await, "worker subscribed");
+    worker
+}
+
 /// A worker that answers every frame with detections carrying its seq, publishes
 /// them confirmed, then acks. Returns the seqs it processed.
 fn serve(worker: Transport) -> (Arc<Mutex<Vec<u64>>>, tokio::task::JoinHandle<()>) {
@@ -132,13 +139,9 @@ fn collect_answers(agent: &Transport) -> Arc<Mutex<BTreeSet<u64>>> {
 async fn round_trip(cfg: TransportConfig) {
     let agent = Transport::connect(&cfg, DEVICE, Role::Agent).await.unwrap();
     let wcfg = worker_cfg(&cfg, &agent);
-    let worker = Transport::connect(&wcfg, DEVICE, Role::Worker)
-        .await
-        .unwrap();
     let answered = collect_answers(&agent);
-    let (seen, _task) = serve(worker);
-    // Let the worker subscribe before the first frame (MQTT has no queue before it).
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The worker subscribes before the first frame (MQTT has no queue before it).
+    let (seen, _task) = serve(subscribed_worker(&wcfg).await);
     // A burst larger than the brokers' in-flight windows: the worker must keep
     // answering while more frames than it can hold arrive.
     let n = 200;
@@ -183,17 +186,8 @@ async fn shared_subscription(cfg: TransportConfig) {
     let agent = Transport::connect(&cfg, DEVICE, Role::Agent).await.unwrap();
     let wcfg = worker_cfg(&cfg, &agent);
     let answered = collect_answers(&agent);
-    let (seen1, _t1) = serve(
-        Transport::connect(&wcfg, DEVICE, Role::Worker)
-            .await
-            .unwrap(),
-    );
-    let (seen2, _t2) = serve(
-        Transport::connect(&wcfg, DEVICE, Role::Worker)
-            .await
-            .unwrap(),
-    );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (seen1, _t1) = serve(subscribed_worker(&wcfg).await);
+    let (seen2, _t2) = serve(subscribed_worker(&wcfg).await);
     let jpeg = small_jpeg();
     for seq in 0..20 {
         agent.publish_frame(frame("cam-a", seq, &jpeg)).unwrap();
@@ -236,13 +230,8 @@ async fn mqtt_agent_reconnects_after_a_mosquitto_restart_and_every_buffered_fram
     cfg.redeliver_max = IntIn::new(10).unwrap();
     let agent = Transport::connect(&cfg, DEVICE, Role::Agent).await.unwrap();
     let answered = collect_answers(&agent);
-    let (_seen, _task) = serve(
-        Transport::connect(&cfg, DEVICE, Role::Worker)
-            .await
-            .unwrap(),
-    );
+    let (_seen, _task) = serve(subscribed_worker(&cfg).await);
     eventually("agent connected", WAIT, || agent.is_connected()).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let jpeg = small_jpeg();
     for seq in 0..10 {
         agent.publish_frame(frame("cam-a", seq, &jpeg)).unwrap();
@@ -534,7 +523,7 @@ async fn bad_frames_dropped_on_mqtt(cfg: TransportConfig, url: Option<String>) {
         .await
         .unwrap();
     let mut frames = worker.frames().unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(worker.consuming(WAIT).await, "worker subscribed");
     let jpeg = small_jpeg();
     let mut msgs = bad_messages(&cfg, &jpeg);
     msgs.push(encode(&frame("cam-b", 9, &jpeg)).to_vec());
