@@ -140,3 +140,20 @@ fn broker_config(addr: SocketAddr, max_packet: usize, log_size: usize) -> Config
         ..Default::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_commit_log_per_filter_is_the_configured_size_in_four_segments() {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 1883));
+        for (log_size, segment) in [(16 << 20, 4 << 20), (1 << 20, 256 << 10), (6, 1)] {
+            let c = broker_config(addr, 8 << 20, log_size);
+            assert_eq!(c.router.max_segment_count, SEGMENTS);
+            assert_eq!(c.router.max_segment_size, segment, "log size {log_size}");
+        }
+        let default = crate::escalate::TransportConfig::default().embedded_log_size;
+        assert_eq!(default.as_usize(), 16 << 20);
+    }
+}
