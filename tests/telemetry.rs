@@ -205,7 +205,9 @@ fn metrics_pass_promtool_in_the_format_their_content_type_names() {
         );
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert!(dropped.ends_with(" 1"), "{dropped}");
+    // The refused one, and any retry above that came before the slots were free.
+    let n: f64 = dropped.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(n >= 1.0, "{dropped}");
 }
 
 /// The first log line of `edge-agent run --config FILE EXTRA...` with no log format in
