@@ -261,7 +261,8 @@ impl Pool {
         for i in hung {
             let w = &mut self.workers[i];
             w.signal(Signal::Kill);
-            w.stopping = Some(now);
+            // Killed already; the grace deadline only repeats that if it lingers.
+            w.stopping = Some(now + self.grace);
             let pid = w.pid;
             let delay = self.failed(
                 Failure::ReadyTimeout,
