@@ -3,8 +3,8 @@
 //! (`--check`: `file` says aarch64, no GLIBC symbol version above 2.31, `--version`,
 //! `validate` and the demo camera's pipeline through `motion` under qemu-aarch64-static on
 //! a Debian 11 arm64 root). Without the binary they say that they skipped and why, unless
-//! `EDGE_AGENT_REQUIRE_CROSS=1` (set by `.ci/run`, which builds it first): then a missing
-//! binary fails them.
+//! `EDGE_AGENT_REQUIRE_ALL=1` (set by `.ci/run`, which builds it first) or
+//! `EDGE_AGENT_REQUIRE_CROSS=1`: then a missing binary fails them.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -28,16 +28,17 @@ pub(crate) fn aarch64_binary() -> Option<PathBuf> {
     let bin = target_dir().join("aarch64-unknown-linux-gnu/release/edge-agent");
     if bin.is_file() {
         Some(bin)
-    } else if std::env::var("EDGE_AGENT_REQUIRE_CROSS").is_ok_and(|v| v == "1") {
-        panic!(
+    } else {
+        assert_ne!(
+            std::env::var("EDGE_AGENT_REQUIRE_CROSS").as_deref(),
+            Ok("1"),
             "EDGE_AGENT_REQUIRE_CROSS=1 but there is no aarch64 build at {}",
             bin.display()
         );
-    } else {
-        eprintln!(
-            "SKIPPED: no aarch64 build at {} (run cross/build-aarch64.sh first)",
+        crate::common::skip(&format!(
+            "no aarch64 build at {} (run cross/build-aarch64.sh first)",
             bin.display()
-        );
+        ));
         None
     }
 }

@@ -187,8 +187,8 @@ fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
     if !root {
-        eprintln!(
-            "SKIPPED: installing into a scratch root needs root (useradd --prefix, dpkg --root)"
+        crate::common::skip(
+            "installing into a scratch root needs root (useradd --prefix, dpkg --root)",
         );
     }
     root

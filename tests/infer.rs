@@ -921,3 +921,98 @@ fn detect_command_prints_one_json_line_per_image() {
     let err = lines[1]["error"].as_str().unwrap();
     assert!(err.contains("not a decodable image"), "{stdout}");
 }
+
+/// Bounded fuzzing of the worker loop with a seeded generator: random bytes, JPEG
+/// markers around garbage and valid JPEGs with flipped, overwritten or cut bytes. Every
+/// frame is acked exactly once, as done or rejected (never requeued, which is what a
+/// panic in the decoder would turn into), rejections are counted, and the loop ends
+/// cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_loop_rejects_and_counts_arbitrary_payloads_and_never_panics() {
+    use edge_agent::telemetry::metrics::{metrics, reason};
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    let pipeline = Pipeline::new(&cfg(&test_model(), Some("models/test.names"))).unwrap();
+    let valid = jpeg_of(&scene(96, 64, &[(20, 10, 24, RED)]));
+    let mut rng = StdRng::seed_from_u64(0x0b5e_55ed);
+    let n = 150u64;
+    let payloads: Vec<Vec<u8>> = (0..n)
+        .map(|_| match rng.random_range(0..4) {
+            0 => {
+                let mut b = vec![0u8; rng.random_range(0..400)];
+                rng.fill(&mut b[..]);
+                b
+            }
+            1 => {
+                let mut b = vec![0u8; rng.random_range(4..400)];
+                rng.fill(&mut b[..]);
+                b[..2].copy_from_slice(&[0xFF, 0xD8]);
+                let k = b.len();
+                b[k - 2..].copy_from_slice(&[0xFF, 0xD9]);
+                b
+            }
+            2 => {
+                let mut b = valid.clone();
+                for _ in 0..rng.random_range(1..8) {
+                    let i = rng.random_range(0..b.len());
+                    b[i] = rng.random();
+                }
+                b
+            }
+            _ => {
+                let cut = rng.random_range(0..valid.len());
+                valid[..cut].to_vec()
+            }
+        })
+        .collect();
+    let counted = || {
+        metrics()
+            .rejected
+            .get_or_create(&reason("worker", "not_jpeg"))
+            .get()
+    };
+    let before = counted();
+    let (tx, rx) = mpsc::channel(8);
+    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(worker::run(
+        pipeline,
+        EventsConfig::default(),
+        rx,
+        Recorder::default(),
+        CancellationToken::new(),
+    ));
+    let feeder = tokio::spawn(async move {
+        for (seq, p) in payloads.into_iter().enumerate() {
+            tx.send(item(seq as u64, p, &ack_tx)).await.unwrap();
+        }
+    });
+    let mut outcomes = std::collections::BTreeMap::new();
+    while outcomes.len() < n as usize {
+        let (seq, o) = tokio::time::timeout(Duration::from_secs(60), ack_rx.recv())
+            .await
+            .expect("every frame is acked")
+            .unwrap();
+        assert!(outcomes.insert(seq, o).is_none(), "frame {seq} acked twice");
+    }
+    feeder.await.unwrap();
+    task.await.unwrap().expect("the loop ends without an error");
+    let mut rejected = 0;
+    for (seq, o) in &outcomes {
+        match o {
+            AckOutcome::Done => {}
+            AckOutcome::Reject(why) => {
+                assert!(!why.is_empty(), "frame {seq}: rejected without a reason");
+                rejected += 1;
+            }
+            other => panic!("frame {seq}: {other:?}"),
+        }
+    }
+    assert!(rejected >= n / 2, "only {rejected} of {n} rejected");
+    // Other tests in this process may count too, never fewer.
+    assert!(
+        counted() - before >= rejected,
+        "{} counted, {rejected} rejected",
+        counted() - before
+    );
+}

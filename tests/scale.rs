@@ -28,6 +28,7 @@ async fn a_worker_that_fails_at_start_makes_the_pool_back_off_and_report_without
     let pool = spawn_pool(
         spec,
         Duration::from_secs(2),
+        Duration::from_secs(60),
         Backoff::new(Duration::from_millis(200), Duration::from_secs(1)),
         shutdown.clone(),
     );
@@ -51,6 +52,105 @@ async fn a_worker_that_fails_at_start_makes_the_pool_back_off_and_report_without
     shutdown.cancel();
     pool.stopped().await;
     assert!(pool.status().pids.is_empty());
+}
+
+/// Whether `pid` names a live process (a zombie is dead, only not yet reaped).
+fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().to_string()))
+        .is_some_and(|r| !r.starts_with('Z'))
+}
+
+#[tokio::test]
+async fn a_worker_that_hangs_while_loading_is_killed_after_the_ready_timeout_and_the_pool_backs_off(
+) {
+    // A real worker that blocks while loading: its labels file is a FIFO nobody writes.
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("labels.names");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let cfg = dir.path().join("hang.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[device]\nid = \"box\"\n[inference]\nmodel = \"{}\"\nlabels = \"{}\"\n",
+            root().join("models/generated/test-yolov4.onnx").display(),
+            fifo.display()
+        ),
+    )
+    .unwrap();
+    let shutdown = CancellationToken::new();
+    let pool = spawn_pool(
+        worker_with_args(&["worker", "--config", cfg.to_str().unwrap()]),
+        Duration::from_secs(2),
+        Duration::from_secs(2),
+        Backoff::new(Duration::from_secs(5), Duration::from_secs(10)),
+        shutdown.clone(),
+    );
+    pool.set_target(1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let first = loop {
+        if let Some(&pid) = pool.status().pids.first() {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "no worker started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let s = loop {
+        let s = pool.status();
+        if s.start_failures >= 1 {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the hung worker was never given up: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let reason = s.last_failure.clone().unwrap_or_default();
+    assert!(
+        reason.contains("failed to start: not ready within 2s"),
+        "reason: {reason}"
+    );
+    assert!(s.backing_off && s.failing, "{s:?}");
+    assert_eq!((s.ready, s.started), (0, 1), "{s:?}");
+    assert!(!process_alive(first), "the hung worker {first} was killed");
+    shutdown.cancel();
+    pool.stopped().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_die_with_an_agent_that_is_sigkilled() {
+    let mut agent = Running::start(&["run"], &[("EDGE_AGENT__SCALING__MIN_WORKERS", "1")]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let worker = loop {
+        agent.pump(Duration::from_millis(50));
+        let h = agent.health();
+        let kids = agent.children();
+        if h["workers"]["ready"].as_u64() == Some(1) && kids.len() == 1 {
+            break kids[0];
+        }
+        assert!(Instant::now() < deadline, "no ready worker: {h}");
+    };
+    // Whatever happens below, no worker is left behind by this test.
+    struct Reap(u32);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+        }
+    }
+    let _reap = Reap(worker);
+    unsafe { libc::kill(agent.pid as i32, libc::SIGKILL) };
+    agent.child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while process_alive(worker) {
+        assert!(
+            Instant::now() < deadline,
+            "worker {worker} outlived its SIGKILLed agent"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 // ---------------------------------------------------------------------------------

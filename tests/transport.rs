@@ -92,6 +92,13 @@ fn frame(camera: &str, seq: u64, jpeg: &Bytes) -> FrameMessage {
     }
 }
 
+/// A worker connected and subscribed to the frames (its SUBACK arrived).
+async fn subscribed_worker(cfg: &TransportConfig) -> Transport {
+    let worker = Transport::connect(cfg, DEVICE, Role::Worker).await.unwrap();
+    assert!(worker.consuming(WAIT).await, "worker subscribed");
+    worker
+}
+
 /// A worker that answers every frame with detections carrying its seq, publishes
 /// them confirmed, then acks. Returns the seqs it processed.
 fn serve(worker: Transport) -> (Arc<Mutex<Vec<u64>>>, tokio::task::JoinHandle<()>) {
@@ -132,13 +139,9 @@ fn collect_answers(agent: &Transport) -> Arc<Mutex<BTreeSet<u64>>> {
 async fn round_trip(cfg: TransportConfig) {
     let agent = Transport::connect(&cfg, DEVICE, Role::Agent).await.unwrap();
     let wcfg = worker_cfg(&cfg, &agent);
-    let worker = Transport::connect(&wcfg, DEVICE, Role::Worker)
-        .await
-        .unwrap();
     let answered = collect_answers(&agent);
-    let (seen, _task) = serve(worker);
-    // Let the worker subscribe before the first frame (MQTT has no queue before it).
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The worker subscribes before the first frame (MQTT has no queue before it).
+    let (seen, _task) = serve(subscribed_worker(&wcfg).await);
     // A burst larger than the brokers' in-flight windows: the worker must keep
     // answering while more frames than it can hold arrive.
     let n = 200;
@@ -183,17 +186,8 @@ async fn shared_subscription(cfg: TransportConfig) {
     let agent = Transport::connect(&cfg, DEVICE, Role::Agent).await.unwrap();
     let wcfg = worker_cfg(&cfg, &agent);
     let answered = collect_answers(&agent);
-    let (seen1, _t1) = serve(
-        Transport::connect(&wcfg, DEVICE, Role::Worker)
-            .await
-            .unwrap(),
-    );
-    let (seen2, _t2) = serve(
-        Transport::connect(&wcfg, DEVICE, Role::Worker)
-            .await
-            .unwrap(),
-    );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (seen1, _t1) = serve(subscribed_worker(&wcfg).await);
+    let (seen2, _t2) = serve(subscribed_worker(&wcfg).await);
     let jpeg = small_jpeg();
     for seq in 0..20 {
         agent.publish_frame(frame("cam-a", seq, &jpeg)).unwrap();
@@ -236,13 +230,8 @@ async fn mqtt_agent_reconnects_after_a_mosquitto_restart_and_every_buffered_fram
     cfg.redeliver_max = IntIn::new(10).unwrap();
     let agent = Transport::connect(&cfg, DEVICE, Role::Agent).await.unwrap();
     let answered = collect_answers(&agent);
-    let (_seen, _task) = serve(
-        Transport::connect(&cfg, DEVICE, Role::Worker)
-            .await
-            .unwrap(),
-    );
+    let (_seen, _task) = serve(subscribed_worker(&cfg).await);
     eventually("agent connected", WAIT, || agent.is_connected()).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let jpeg = small_jpeg();
     for seq in 0..10 {
         agent.publish_frame(frame("cam-a", seq, &jpeg)).unwrap();
@@ -534,7 +523,7 @@ async fn bad_frames_dropped_on_mqtt(cfg: TransportConfig, url: Option<String>) {
         .await
         .unwrap();
     let mut frames = worker.frames().unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(worker.consuming(WAIT).await, "worker subscribed");
     let jpeg = small_jpeg();
     let mut msgs = bad_messages(&cfg, &jpeg);
     msgs.push(encode(&frame("cam-b", 9, &jpeg)).to_vec());
@@ -844,6 +833,44 @@ async fn frames_and_results_round_trip_over_mqtts_with_a_custom_ca() {
     // A client that does not trust this CA never connects.
     cfg.ca_file = None;
     let stranger = Transport::connect(&cfg, DEVICE, Role::Agent).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    eventually("a refused handshake", WAIT, || {
+        stranger.stats().get("connect_failures") >= 1
+    })
+    .await;
     assert!(!stranger.is_connected());
+}
+
+/// A broker password with every character that URLs and form encoding treat specially,
+/// given through `transport.password_file`, opens a private Mosquitto that lets in only
+/// that user; a wrong password is refused and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_file_with_url_special_characters_logs_in_to_mosquitto() {
+    let password = "p+a&s%25s @w:o/rd#?";
+    let broker = Mosquitto::start_with_password("edge", password);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("broker-pw"), format!("{password}\n")).unwrap();
+    let text = format!(
+        "[device]\nid = \"{DEVICE}\"\n[[cameras]]\nid = \"gate\"\nurl = \"rtsp://gate/s\"\n\
+         [transport]\nkind = \"mqtt\"\nmqtt_url = \"mqtt://edge@127.0.0.1:{}\"\n\
+         password_file = \"broker-pw\"\n",
+        broker.port
+    );
+    let loaded = edge_agent::config::load::load_texts(
+        &[("agent.toml".into(), text)],
+        &[],
+        Some(dir.path().to_path_buf()),
+    )
+    .unwrap_or_else(|e| panic!("config loads: {e}"));
+    let mut cfg = mqtt_cfg("mqtt://unused");
+    cfg.mqtt_url = loaded.config.transport.mqtt_url.clone();
+    round_trip(cfg.clone()).await;
+
+    cfg.mqtt_url =
+        SecretUrl::parse(&format!("mqtt://edge:wrong@127.0.0.1:{}", broker.port)).unwrap();
+    let refused = Transport::connect(&cfg, DEVICE, Role::Agent).await.unwrap();
+    eventually("a refused connection", WAIT, || {
+        refused.stats().get("connect_failures") >= 1
+    })
+    .await;
+    assert!(!refused.is_connected());
 }

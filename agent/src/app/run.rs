@@ -85,6 +85,7 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
     let pool = spawn_pool(
         spec,
         cfg.scaling.grace_period.get(),
+        cfg.scaling.worker_ready_timeout.get(),
         Backoff::new(Duration::from_millis(500), Duration::from_secs(60)),
         shutdown.clone(),
     );

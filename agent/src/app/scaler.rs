@@ -76,6 +76,7 @@ async fn run_scaler_cmd(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32>
     let pool = spawn_pool(
         spec,
         cfg.scaling.grace_period.get(),
+        cfg.scaling.worker_ready_timeout.get(),
         Backoff::new(Duration::from_millis(500), Duration::from_secs(60)),
         shutdown.clone(),
     );

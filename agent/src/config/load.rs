@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use super::tree::{ConfigError, ConfigErrors, Kind, Node, Origin, Seg};
 use super::Config;
+use crate::escalate::TransportKind;
 
 /// Prefix of environment overrides: `EDGE_AGENT__TRANSPORT__KIND=amqp`,
 /// `EDGE_AGENT__CAMERAS__GATE__MOTION__THRESHOLD=30`.
@@ -433,20 +434,19 @@ fn apply_secrets(
             Seg::Key("password_file".into()),
         ];
         let t = &mut config.transport;
-        let result = read_secret(&file, creds, base).and_then(|pw| {
-            let mqtt = if t.mqtt_url.expose().contains('@') {
-                t.mqtt_url.with_password(&pw)?
-            } else {
-                t.mqtt_url.clone()
-            };
-            let amqp = t.amqp_url.with_password(&pw)?;
-            Ok((mqtt, amqp))
+        // The password belongs to the broker in use: the other URL may well have no
+        // user name, and must not make a valid MQTT setup fail (or the reverse).
+        let result = read_secret(&file, creds, base).and_then(|pw| match t.kind {
+            TransportKind::Mqtt => t.mqtt_url.with_password(&pw).map(|u| t.mqtt_url = u),
+            TransportKind::Amqp => t.amqp_url.with_password(&pw).map(|u| t.amqp_url = u),
+            TransportKind::Embedded => Err(
+                "the embedded broker takes no password: set kind = \"mqtt\" or \"amqp\", \
+                 or remove password_file"
+                    .into(),
+            ),
         });
         match result {
-            Ok((mqtt, amqp)) => {
-                t.mqtt_url = mqtt;
-                t.amqp_url = amqp;
-            }
+            Ok(()) => {}
             Err(message) => errors.push(ConfigError {
                 origin: tree.origin_of(&path),
                 key: tree.display_path(&path),

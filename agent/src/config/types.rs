@@ -222,7 +222,20 @@ impl<S: Schemes> SecretUrl<S> {
                 "a password_file needs a user name in the URL (scheme://user@host/...)".into(),
             );
         }
-        u.set_password(Some(password))
+        // `set_password` leaves `% + &` as they are, so a password holding them would
+        // not read back as itself: escape all but letters, digits and marks that every
+        // reader (rumqttc's caller, lapin, rtspsrc) takes literally.
+        const PASSWORD: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+            .remove(b'-')
+            .remove(b'.')
+            .remove(b'_')
+            .remove(b'~')
+            .remove(b'!')
+            .remove(b'*')
+            .remove(b'(')
+            .remove(b')');
+        let escaped = percent_encoding::utf8_percent_encode(password, PASSWORD).to_string();
+        u.set_password(Some(&escaped))
             .map_err(|_| "this URL cannot carry a password".to_string())?;
         Ok(Self {
             raw: u.to_string(),

@@ -32,6 +32,11 @@ pub struct TransportConfig {
     /// Loopback port of the embedded broker (0 picks a free one).
     #[serde(default = "default_embedded_port")]
     pub embedded_port: IntIn<0, 65535>,
+    /// Bytes the embedded broker keeps per topic filter (its commit log, in 4 segments),
+    /// which bounds its memory: a frame older than that, not yet read by a worker, is
+    /// dropped there and published again by the agent after `redeliver_after`.
+    #[serde(default = "default_embedded_log_size")]
+    pub embedded_log_size: IntIn<1_048_576, 1_073_741_824>,
     #[serde(default = "default_prefix")]
     pub topic_prefix: String,
     #[serde(default = "default_frames_queue")]
@@ -76,6 +81,7 @@ impl Default for TransportConfig {
             password_file: None,
             ca_file: None,
             embedded_port: default_embedded_port(),
+            embedded_log_size: default_embedded_log_size(),
             topic_prefix: default_prefix(),
             frames_queue: default_frames_queue(),
             events_exchange: default_events_exchange(),
@@ -166,6 +172,11 @@ fn default_amqp_url() -> SecretUrl<AmqpSchemes> {
 }
 fn default_embedded_port() -> IntIn<0, 65535> {
     IntIn::lit(0)
+}
+fn default_embedded_log_size() -> IntIn<1_048_576, 1_073_741_824> {
+    // 4 segments of 4 MiB: room for a frame of the largest default payload, and a small
+    // part of an 8 GiB box (rumqttd 0.20's example keeps 4 x 100 MiB).
+    IntIn::lit(16 * 1024 * 1024)
 }
 fn default_prefix() -> String {
     "edge".into()

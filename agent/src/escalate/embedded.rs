@@ -29,17 +29,17 @@ pub struct EmbeddedBroker {
     addr: SocketAddr,
 }
 
-/// Largest MQTT packet the embedded broker accepts by default (frames are < 4 MiB).
-pub const DEFAULT_MAX_PACKET: usize = 16 * 1024 * 1024;
+/// Segments of the commit log per topic filter.
+const SEGMENTS: usize = 4;
 
 impl EmbeddedBroker {
-    /// Starts a broker on `127.0.0.1:port` (0 picks a free port).
-    pub fn start(port: u16) -> Result<EmbeddedBroker, EmbeddedError> {
-        Self::start_with(port, DEFAULT_MAX_PACKET)
-    }
-
-    /// Starts a broker accepting packets up to `max_packet` bytes.
-    pub fn start_with(port: u16, max_packet: usize) -> Result<EmbeddedBroker, EmbeddedError> {
+    /// Starts a broker on `127.0.0.1:port` (0 picks a free port) accepting packets up to
+    /// `max_packet` bytes and keeping about `log_size` bytes per topic filter.
+    pub fn start_with(
+        port: u16,
+        max_packet: usize,
+        log_size: usize,
+    ) -> Result<EmbeddedBroker, EmbeddedError> {
         let port = if port == 0 {
             // rumqttd cannot report the port it bound, so pick one first.
             let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(EmbeddedError::NoPort)?;
@@ -48,7 +48,7 @@ impl EmbeddedBroker {
             port
         };
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let config = broker_config(addr, max_packet);
+        let config = broker_config(addr, max_packet, log_size);
         std::thread::Builder::new()
             .name("edge-mqtt-broker".into())
             .spawn(move || {
@@ -60,7 +60,7 @@ impl EmbeddedBroker {
             .map_err(EmbeddedError::Thread)?;
         let waited = Duration::from_secs(5);
         let deadline = Instant::now() + waited;
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        while !speaks_mqtt(addr) {
             if Instant::now() > deadline {
                 return Err(EmbeddedError::NotListening { addr, waited });
             }
@@ -80,14 +80,41 @@ impl EmbeddedBroker {
     }
 }
 
-fn broker_config(addr: SocketAddr, max_packet: usize) -> Config {
+/// The readiness probe: an MQTT 3.1.1 CONNECT answered by an accepting CONNACK. A bare
+/// TCP connect that closes at once made rumqttd log an ERROR ("Error while handling MQTT
+/// connect packet ... connection closed by peer") on every healthy start. The probe then
+/// just closes (rumqttd logs that at INFO); a DISCONNECT would make it log `router-drop`.
+fn speaks_mqtt(addr: SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    // CONNECT: protocol "MQTT" level 4, clean session, keep-alive 10 s, client id
+    // "edge-agent-probe".
+    const ID: &[u8] = b"edge-agent-probe";
+    let mut connect = vec![0x10, (10 + 2 + ID.len()) as u8];
+    connect.extend_from_slice(&[0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 10]);
+    connect.extend_from_slice(&[0, ID.len() as u8]);
+    connect.extend_from_slice(ID);
+    let probe = || -> std::io::Result<bool> {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200))?;
+        s.set_read_timeout(Some(Duration::from_secs(1)))?;
+        s.write_all(&connect)?;
+        let mut connack = [0u8; 4];
+        s.read_exact(&mut connack)?;
+        // Accepted: CONNACK, length 2, no session, return code 0.
+        Ok(connack == [0x20, 2, 0, 0])
+    };
+    probe().unwrap_or(false)
+}
+
+fn broker_config(addr: SocketAddr, max_packet: usize, log_size: usize) -> Config {
     let router = RouterConfig {
         max_connections: 1000,
         // Messages queued towards one connection before it is marked slow.
         max_outgoing_packet_count: 200,
-        // The commitlog per topic: 4 x 16 MiB holds ~600 frames of 100 KB.
-        max_segment_size: 16 * 1024 * 1024,
-        max_segment_count: 4,
+        // The commit log per filter: a full segment is closed and the oldest dropped
+        // beyond the count, so memory per filter stays near `log_size` (plus one
+        // message a segment may overshoot by).
+        max_segment_size: (log_size / SEGMENTS).max(1),
+        max_segment_count: SEGMENTS,
         custom_segment: None,
         initialized_filters: None,
         shared_subscriptions_strategy: rumqttd::Strategy::RoundRobin,
@@ -111,5 +138,22 @@ fn broker_config(addr: SocketAddr, max_packet: usize) -> Config {
         router,
         v4: Some(HashMap::from([("1".to_string(), server)])),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_commit_log_per_filter_is_the_configured_size_in_four_segments() {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 1883));
+        for (log_size, segment) in [(16 << 20, 4 << 20), (1 << 20, 256 << 10), (6, 1)] {
+            let c = broker_config(addr, 8 << 20, log_size);
+            assert_eq!(c.router.max_segment_count, SEGMENTS);
+            assert_eq!(c.router.max_segment_size, segment, "log size {log_size}");
+        }
+        let default = crate::escalate::TransportConfig::default().embedded_log_size;
+        assert_eq!(default.as_usize(), 16 << 20);
     }
 }

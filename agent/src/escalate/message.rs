@@ -354,3 +354,110 @@ pub(crate) mod tests {
         }
     }
 }
+
+/// Bounded fuzzing with a seeded generator (reproducible, part of `cargo test`): the
+/// decoder meets random bytes and mutations of valid messages; it never panics, and
+/// every rejection has a reason.
+#[cfg(test)]
+pub(crate) mod fuzz {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::tests::sample;
+    use super::*;
+
+    const REASONS: [&str; 7] = [
+        "bad_magic",
+        "unsupported_version",
+        "truncated",
+        "header_invalid",
+        "oversized",
+        "not_jpeg",
+        "trailing_bytes",
+    ];
+
+    /// One random change: flip, overwrite, insert, delete, truncate, or a length field
+    /// set to an extreme.
+    pub(crate) fn mutate(rng: &mut StdRng, data: &mut Vec<u8>) {
+        let pos = |rng: &mut StdRng, len: usize| rng.random_range(0..len.max(1));
+        match rng.random_range(0..7) {
+            0 if !data.is_empty() => {
+                let i = pos(rng, data.len());
+                data[i] ^= 1 << rng.random_range(0..8);
+            }
+            1 if !data.is_empty() => {
+                let i = pos(rng, data.len());
+                data[i] = rng.random();
+            }
+            2 => {
+                let i = rng.random_range(0..=data.len());
+                data.insert(i, rng.random());
+            }
+            3 if !data.is_empty() => {
+                let i = pos(rng, data.len());
+                data.remove(i);
+            }
+            4 => {
+                let n = rng.random_range(0..=data.len());
+                data.truncate(n);
+            }
+            5 if data.len() >= PREFIX_LEN => {
+                // The header or JPEG length field.
+                let at = if rng.random() { 6 } else { 10 };
+                let v: u32 = match rng.random_range(0..3) {
+                    0 => u32::MAX,
+                    1 => 0,
+                    _ => rng.random(),
+                };
+                data[at..at + 4].copy_from_slice(&v.to_be_bytes());
+            }
+            _ => {
+                // Garbage inside the JSON header, where serde meets it.
+                if data.len() > PREFIX_LEN + 2 {
+                    let i = rng.random_range(PREFIX_LEN..data.len());
+                    const JUNK: &[u8] = b"{}[]\",:\\0-e9\xff";
+                    data[i] = JUNK[rng.random_range(0..JUNK.len())];
+                }
+            }
+        }
+    }
+
+    fn check(data: &[u8]) {
+        match decode(data, 64 * 1024) {
+            Ok(m) => {
+                // Whatever decodes re-encodes to the same bytes' meaning.
+                assert_eq!(decode(&encode(&m), 64 * 1024).unwrap(), m);
+            }
+            Err(e) => assert!(REASONS.contains(&e.reason()), "{e}"),
+        }
+    }
+
+    #[test]
+    fn random_bytes_and_mutated_messages_never_panic_and_every_rejection_has_a_reason() {
+        let mut rng = StdRng::seed_from_u64(0x5eed_f4a3);
+        for _ in 0..3000 {
+            let len = rng.random_range(0..200);
+            let mut data = vec![0u8; len];
+            rng.fill(&mut data[..]);
+            if rng.random_bool(0.3) && len >= 4 {
+                data[..4].copy_from_slice(MAGIC);
+            }
+            check(&data);
+        }
+        let valid = encode(&sample(7, 300)).to_vec();
+        let mut rejected = 0;
+        for _ in 0..5000 {
+            let mut data = valid.clone();
+            for _ in 0..rng.random_range(1..4) {
+                mutate(&mut rng, &mut data);
+            }
+            check(&data);
+            rejected += usize::from(decode(&data, 64 * 1024).is_err());
+        }
+        // The mutations reach past the prefix checks (most, not all, are rejected).
+        assert!(
+            rejected > 2500 && rejected < 5000,
+            "{rejected} of 5000 rejected"
+        );
+    }
+}

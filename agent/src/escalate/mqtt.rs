@@ -240,8 +240,8 @@ fn connection(
     opts.set_request_channel_capacity(window * 2 + 64);
     opts.set_manual_acks(duty == Duty::Consume);
     if !parsed.username().is_empty() {
-        let user = percent_decode(parsed.username());
-        let pass = percent_decode(parsed.password().unwrap_or(""));
+        let user = userinfo_decode(parsed.username());
+        let pass = userinfo_decode(parsed.password().unwrap_or(""));
         opts.set_credentials(user, pass);
     }
     if shared.role == Role::Agent {
@@ -266,11 +266,12 @@ fn connection(
     Ok((client, eventloop))
 }
 
-fn percent_decode(s: &str) -> String {
-    url::form_urlencoded::parse(format!("x={s}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
+/// The user name or password as written in a URL's userinfo: `%XX` escapes decoded,
+/// nothing else touched (`+` and `&` are themselves there, not form encoding).
+fn userinfo_decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 struct Owner {
@@ -351,10 +352,14 @@ impl Owner {
                 was
             }
         };
-        if was_connected {
-            self.shared.stats.bump("reconnects");
-            log_link_error(&self.redacted, e);
-        }
+        // A link that never came up (broker down, refused credentials, untrusted
+        // certificate) is logged too, or a wrong password looks like a slow broker.
+        self.shared.stats.bump(if was_connected {
+            "reconnects"
+        } else {
+            "connect_failures"
+        });
+        log_link_error(&self.redacted, e);
     }
 
     fn handle(&self, ev: Event) {

@@ -388,6 +388,39 @@ pub(crate) enum Incoming {
 }
 
 impl Shared {
+    fn new(cfg: &TransportConfig, device: &str, role: Role) -> Shared {
+        let unanswered = match cfg.kind {
+            TransportKind::Amqp => {
+                Unanswered::new(cfg.buffer_size.as_usize(), cfg.frame_ttl.get(), 0)
+            }
+            _ => Unanswered::new(
+                cfg.buffer_size.as_usize(),
+                cfg.redeliver_after.get(),
+                cfg.redeliver_max.get() as u32,
+            ),
+        };
+        Shared {
+            cfg: cfg.clone(),
+            device: device.to_string(),
+            role,
+            state: Mutex::new(State {
+                connected: false,
+                outbox: Outbox::new(cfg.buffer_size.as_usize()),
+                unanswered,
+                submitted: VecDeque::new(),
+                inflight: HashMap::new(),
+                unconfirmed: 0,
+                order: 0,
+            }),
+            wake: Notify::new(),
+            stats: TransportStats::default(),
+            recent: Mutex::new(Recent::default()),
+            held: Mutex::new(HashSet::new()),
+            subscribed: tokio::sync::watch::Sender::new(false),
+            beat: Default::default(),
+        }
+    }
+
     pub fn state(&self) -> MutexGuard<'_, State> {
         lock(&self.state)
     }
@@ -541,36 +574,7 @@ impl Transport {
         role: Role,
     ) -> Result<Transport, TransportError> {
         check_name("device", device, role == Role::Worker)?;
-        let unanswered = match cfg.kind {
-            TransportKind::Amqp => {
-                Unanswered::new(cfg.buffer_size.as_usize(), cfg.frame_ttl.get(), 0)
-            }
-            _ => Unanswered::new(
-                cfg.buffer_size.as_usize(),
-                cfg.redeliver_after.get(),
-                cfg.redeliver_max.get() as u32,
-            ),
-        };
-        let shared = Arc::new(Shared {
-            cfg: cfg.clone(),
-            device: device.to_string(),
-            role,
-            state: Mutex::new(State {
-                connected: false,
-                outbox: Outbox::new(cfg.buffer_size.as_usize()),
-                unanswered,
-                submitted: VecDeque::new(),
-                inflight: HashMap::new(),
-                unconfirmed: 0,
-                order: 0,
-            }),
-            wake: Notify::new(),
-            stats: TransportStats::default(),
-            recent: Mutex::new(Recent::default()),
-            held: Mutex::new(HashSet::new()),
-            subscribed: tokio::sync::watch::Sender::new(false),
-            beat: Default::default(),
-        });
+        let shared = Arc::new(Shared::new(cfg, device, role));
         let cancel = CancellationToken::new();
         let (frames_tx, frames_rx) = match role {
             Role::Worker => {
@@ -608,9 +612,10 @@ impl Transport {
                     Role::Agent => {
                         let max_packet = 2 * cfg.max_payload.as_usize() + (1 << 20);
                         let port = cfg.embedded_port.get() as u16;
+                        let log_size = cfg.embedded_log_size.as_usize();
                         // It waits (blocking) for the broker's listener.
                         let b = tokio::task::spawn_blocking(move || {
-                            EmbeddedBroker::start_with(port, max_packet)
+                            EmbeddedBroker::start_with(port, max_packet, log_size)
                         })
                         .await
                         .map_err(|e| {
@@ -1142,5 +1147,58 @@ mod tests {
             let got = got.as_ref().map(|(a, b, c)| (*a, b.as_str(), c.as_str()));
             assert_eq!(got, want, "kind {kind:?}");
         }
+    }
+}
+
+/// The transport's side of fuzzing: whatever arrives as a frame is either accepted or
+/// rejected with exactly one counted reason.
+#[cfg(test)]
+mod fuzz {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    #[test]
+    fn every_rejected_frame_is_counted_once_with_its_reason() {
+        let shared = Shared::new(&TransportConfig::default(), "dev-1", Role::Worker);
+        let mut rng = StdRng::seed_from_u64(0xf4a3_5eed);
+        let valid = message::encode(&message::tests::sample(1, 200)).to_vec();
+        let (mut rejected, mut accepted) = (0u64, 0u64);
+        for _ in 0..2000 {
+            let mut data = if rng.random_bool(0.5) {
+                valid.clone()
+            } else {
+                let mut d = vec![0u8; rng.random_range(0..100)];
+                rng.fill(&mut d[..]);
+                d
+            };
+            for _ in 0..rng.random_range(0..3) {
+                message::fuzz::mutate(&mut rng, &mut data);
+            }
+            let before: u64 = rejected_total(&shared);
+            match shared.accept_frame(Bytes::from(data)) {
+                Incoming::Rejected => {
+                    rejected += 1;
+                    assert_eq!(rejected_total(&shared), before + 1);
+                }
+                Incoming::Frame(_) | Incoming::Duplicate => {
+                    accepted += 1;
+                    assert_eq!(rejected_total(&shared), before);
+                }
+            }
+        }
+        assert_eq!(rejected_total(&shared), rejected);
+        assert!(rejected > 0 && accepted > 0, "{rejected} / {accepted}");
+    }
+
+    fn rejected_total(shared: &Shared) -> u64 {
+        shared
+            .stats
+            .snapshot()
+            .iter()
+            .filter(|(k, _)| k.starts_with("rejected."))
+            .map(|(_, v)| v)
+            .sum()
     }
 }

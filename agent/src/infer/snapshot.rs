@@ -258,14 +258,33 @@ mod tests {
     }
 
     #[test]
-    fn boxes_outside_or_across_the_edge_do_not_panic() {
-        let img = checker(20, 10);
+    fn boxes_outside_or_across_the_edge_do_not_panic_and_the_clipped_privacy_box_is_pixelated() {
+        let img = checker(64, 48);
         let dets = [
             det("fire", 0, -50.0, -50.0, 10.0, 10.0),
-            det("fire", 0, 15.0, 5.0, 100.0, 100.0),
-            det("person", 1, -5.0, -5.0, 30.0, 30.0),
+            det("fire", 0, 40.0, 30.0, 100.0, 100.0),
+            det("person", 1, -16.0, -16.0, 48.0, 40.0),
         ];
-        let jpeg = snapshot_jpeg(&img, &dets, &["person".into()], 80).unwrap();
-        assert!(jpeg.starts_with(&[0xFF, 0xD8]));
+        let jpeg = snapshot_jpeg(&img, &dets, &["person".into()], 90).unwrap();
+        let out = crate::infer::image::decode_jpeg(&jpeg).unwrap();
+        assert_eq!((out.width, out.height), (64, 48));
+        // Grey spread (max - min of the red channel) over a region of the decoded JPEG.
+        let spread = |x0: u32, y0: u32, x1: u32, y1: u32| {
+            let vals: Vec<u8> = (y0..y1)
+                .flat_map(|y| (x0..x1).map(move |x| (x, y)))
+                .map(|(x, y)| out.data[((y * 64 + x) * 3) as usize])
+                .collect();
+            vals.iter().max().unwrap() - vals.iter().min().unwrap()
+        };
+        // The part of the person inside the picture (0..32 x 0..24), away from its
+        // outline and label: flat blocks, where the checkerboard spans 0..255.
+        let inside = spread(8, 12, 28, 20);
+        assert!(inside < 60, "privacy region not pixelated: spread {inside}");
+        // The checkerboard outside every box survives.
+        let outside = spread(44, 4, 60, 20);
+        assert!(
+            outside > 150,
+            "untouched region lost its detail: spread {outside}"
+        );
     }
 }

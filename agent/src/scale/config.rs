@@ -25,6 +25,11 @@ pub struct ScalingConfig {
     /// Time a worker gets to finish after SIGTERM before it is killed.
     #[serde(default = "default_grace")]
     pub grace_period: Dur,
+    /// A worker that has not said it is ready this long after its start (hung while
+    /// loading its model) is killed and the pool backs off. A first TensorRT engine
+    /// build on a Jetson can take minutes: raise it there.
+    #[serde(default = "default_ready_timeout")]
+    pub worker_ready_timeout: Dur,
     /// Offload to this queue, on the same AMQP broker, when local workers cannot start
     /// or are all busy (unset: never). An `edge-agent scaler` (or the KEDA deployment)
     /// on a GPU server consumes it with `transport.frames_queue` set to this name;
@@ -47,6 +52,7 @@ impl Default for ScalingConfig {
             polling_interval: default_polling(),
             cooldown_period: default_cooldown(),
             grace_period: default_grace(),
+            worker_ready_timeout: default_ready_timeout(),
             remote_queue: None,
             offload_backlog: default_offload(),
         }
@@ -77,6 +83,12 @@ impl ScalingConfig {
         if self.polling_interval.get().is_zero() {
             errs.push(("polling_interval".into(), "must be greater than 0".into()));
         }
+        if self.worker_ready_timeout.get().is_zero() {
+            errs.push((
+                "worker_ready_timeout".into(),
+                "must be greater than 0".into(),
+            ));
+        }
         errs
     }
 }
@@ -98,6 +110,9 @@ fn default_cooldown() -> Dur {
 }
 fn default_grace() -> Dur {
     Dur::secs(10)
+}
+fn default_ready_timeout() -> Dur {
+    Dur::secs(300)
 }
 fn default_offload() -> IntIn<1, 1_000_000> {
     IntIn::lit(16)

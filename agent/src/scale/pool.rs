@@ -8,7 +8,13 @@
 //!   after `grace` it is killed.
 //! - A worker that exits before it is ready failed to start (bad model, missing
 //!   runtime): the pool backs off (the shared [`Backoff`]) and reports why, so a broken
-//!   worker never turns into a fork bomb. A crash after ready is restarted the same way.
+//!   worker never turns into a fork bomb. A crash after ready is restarted the same way;
+//!   so is a worker not ready within the readiness timeout (hung while loading), which
+//!   is killed first.
+//! - Signals go through the task that owns the `Child`, never to a bare pid: once a
+//!   child is reaped its pid may name another process.
+//! - A worker dies with the agent (`PR_SET_PDEATHSIG`), even when the agent is
+//!   SIGKILLed outside systemd, so no orphan keeps a GPU or the broker busy.
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -115,6 +121,21 @@ enum Event {
     Exited(u32, std::io::Result<ExitStatus>),
 }
 
+/// Why a worker was given up, for the counters and `edge_dropped_total`.
+#[derive(Clone, Copy)]
+enum Failure {
+    Start,
+    ReadyTimeout,
+    Crash,
+}
+
+/// A signal for a worker, delivered by the task that owns its `Child`.
+#[derive(Clone, Copy, Debug)]
+enum Signal {
+    Term,
+    Kill,
+}
+
 struct Worker {
     pid: u32,
     started: Instant,
@@ -123,12 +144,22 @@ struct Worker {
     /// Set once SIGTERM was sent: kill at this deadline.
     stopping: Option<Instant>,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    signals: mpsc::Sender<Signal>,
+}
+
+impl Worker {
+    fn signal(&self, sig: Signal) {
+        // Full only if signals pile up faster than the owner runs; the next pass
+        // sends again.
+        let _ = self.signals.try_send(sig);
+    }
 }
 
 /// Starts the pool task on the current runtime.
 pub fn spawn_pool(
     spec: WorkerSpec,
     grace: Duration,
+    ready_timeout: Duration,
     backoff: Backoff,
     shutdown: CancellationToken,
 ) -> PoolHandle {
@@ -140,6 +171,7 @@ pub fn spawn_pool(
         ready_tx,
         spec,
         grace,
+        ready_timeout,
         backoff,
         workers: Vec::new(),
         next_start: Instant::now(),
@@ -164,6 +196,8 @@ struct Pool {
     ready_tx: watch::Sender<u32>,
     spec: WorkerSpec,
     grace: Duration,
+    /// A worker not ready this long after its start is taken as hung and killed.
+    ready_timeout: Duration,
     backoff: Backoff,
     workers: Vec<Worker>,
     next_start: Instant,
@@ -212,8 +246,29 @@ impl Pool {
         for w in &self.workers {
             if w.stopping.is_some_and(|deadline| now >= deadline) {
                 warn!(pid = w.pid, grace = ?self.grace, "Worker did not stop in time; killing it.");
-                signal(w.pid, libc::SIGKILL);
+                w.signal(Signal::Kill);
             }
+        }
+        // Whoever is not ready within the readiness timeout hangs while loading: it
+        // would count as starting forever and hold back the workers that replace it.
+        let timeout = self.ready_timeout;
+        let hung: Vec<usize> = (0..self.workers.len())
+            .filter(|&i| {
+                let w = &self.workers[i];
+                !w.ready && w.stopping.is_none() && now >= w.started + timeout
+            })
+            .collect();
+        for i in hung {
+            let w = &mut self.workers[i];
+            w.signal(Signal::Kill);
+            // Killed already; the grace deadline only repeats that if it lingers.
+            w.stopping = Some(now + self.grace);
+            let pid = w.pid;
+            let delay = self.failed(
+                Failure::ReadyTimeout,
+                format!("worker failed to start: not ready within {timeout:?}, killed"),
+            );
+            warn!(pid, ?timeout, retry_in = ?delay, "Worker not ready in time; killed it, backing off.");
         }
         let alive = self.alive();
         // While failing, probe with one worker at a time: wait for it to be ready or die.
@@ -232,11 +287,8 @@ impl Pool {
             };
             for _ in 0..n {
                 if let Err(e) = self.start(ev_tx) {
-                    let delay = self.backoff.next_delay(format!("spawn failed: {e}"));
+                    let delay = self.failed(Failure::Start, format!("spawn failed: {e}"));
                     warn!(program = %self.spec.program.display(), error = %e, retry_in = ?delay, "Cannot start a worker.");
-                    self.counters.start_failures += 1;
-                    self.counters.last_failure = Some(format!("spawn failed: {e}"));
-                    self.next_start = now + delay;
                     break;
                 }
             }
@@ -254,7 +306,7 @@ impl Pool {
             for &i in order.iter().take((alive - target) as usize) {
                 let w = &mut self.workers[i];
                 info!(pid = w.pid, "Scaling in: asking worker to finish and exit.");
-                signal(w.pid, libc::SIGTERM);
+                w.signal(Signal::Term);
                 w.stopping = Some(now + self.grace);
             }
         }
@@ -268,6 +320,7 @@ impl Pool {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        die_with_parent(&mut cmd);
         let mut child = cmd.spawn()?;
         let pid = child.id().unwrap_or(0);
         let tail = Arc::new(Mutex::new(VecDeque::with_capacity(8)));
@@ -306,8 +359,14 @@ impl Pool {
             });
         }
         let tx = ev_tx.clone();
+        let (signals, mut signal_rx) = mpsc::channel::<Signal>(4);
         tokio::spawn(async move {
-            let status = child.wait().await;
+            let status = loop {
+                tokio::select! {
+                    status = child.wait() => break status,
+                    Some(sig) = signal_rx.recv() => deliver(&mut child, sig),
+                }
+            };
             let _ = tx.send(Event::Exited(pid, status)).await;
         });
         info!(pid, "Worker started.");
@@ -319,6 +378,7 @@ impl Pool {
             held: 0,
             stopping: None,
             stderr_tail: tail,
+            signals,
         });
         Ok(())
     }
@@ -357,40 +417,46 @@ impl Pool {
                     .iter()
                     .cloned()
                     .collect();
-                let phase = if w.ready {
-                    "crashed"
+                let why = tail.last().map(String::as_str).unwrap_or("no output");
+                let (kind, label) = if w.ready {
+                    (Failure::Crash, "crashed")
                 } else {
-                    "failed to start"
+                    (Failure::Start, "failed to start")
                 };
-                let reason = format!(
-                    "worker {phase} ({status}): {}",
-                    tail.last().map(String::as_str).unwrap_or("no output")
-                );
-                let delay = self.backoff.next_delay(reason.clone());
-                self.next_start = Instant::now() + delay;
-                if w.ready {
-                    self.counters.crashes += 1;
-                } else {
-                    self.counters.start_failures += 1;
-                }
-                metrics()
-                    .dropped
-                    .get_or_create(&crate::telemetry::metrics::reason(
-                        "workers",
-                        if w.ready { "crash" } else { "start_failure" },
-                    ))
-                    .inc();
-                warn!(pid, %status, retry_in = ?delay, stderr = %tail.join(" | "), "Worker {phase}; backing off.");
-                self.counters.last_failure = Some(reason);
+                let delay = self.failed(kind, format!("worker {label} ({status}): {why}"));
+                warn!(pid, %status, retry_in = ?delay, stderr = %tail.join(" | "), "Worker {label}; backing off.");
             }
         }
+    }
+
+    /// Counts a failure, says why in the status and backs off; returns the delay.
+    fn failed(&mut self, kind: Failure, reason: String) -> Duration {
+        let delay = self.backoff.next_delay(reason.clone());
+        self.next_start = Instant::now() + delay;
+        match kind {
+            Failure::Crash => self.counters.crashes += 1,
+            Failure::Start | Failure::ReadyTimeout => self.counters.start_failures += 1,
+        }
+        let label = match kind {
+            Failure::Crash => "crash",
+            Failure::Start => "start_failure",
+            Failure::ReadyTimeout => "ready_timeout",
+        };
+        metrics()
+            .dropped
+            .get_or_create(&crate::telemetry::metrics::reason("workers", label))
+            .inc();
+        self.counters.last_failure = Some(reason);
+        delay
     }
 
     fn next_wake(&self, target: u32, now: Instant) -> Instant {
         let mut wake = now + Duration::from_secs(5);
         for w in &self.workers {
-            if let Some(d) = w.stopping {
-                wake = wake.min(d);
+            match w.stopping {
+                Some(d) => wake = wake.min(d),
+                None if !w.ready => wake = wake.min(w.started + self.ready_timeout),
+                None => {}
             }
         }
         if self.alive() < target {
@@ -420,11 +486,53 @@ impl Pool {
     }
 }
 
-fn signal(pid: u32, sig: i32) {
-    if pid > 0 {
-        // SAFETY: kill(2) has no memory effects; a stale pid at worst gets ESRCH.
-        unsafe {
-            libc::kill(pid as i32, sig);
+/// Signals a child we own and have not reaped: `child.id()` is `None` once it is
+/// reaped, and until then its pid cannot be reused (a zombie keeps it).
+fn deliver(child: &mut tokio::process::Child, sig: Signal) {
+    match sig {
+        Signal::Kill => {
+            let _ = child.start_kill();
         }
+        Signal::Term => {
+            if let Some(pid) = child.id() {
+                // SAFETY: kill(2) has no memory effects; the pid is our unreaped child.
+                unsafe {
+                    libc::kill(pid as i32, libc::SIGTERM);
+                }
+            }
+        }
+    }
+}
+
+/// Makes the child get SIGKILL when the agent dies, however it dies. SIGKILL rather
+/// than SIGTERM: with the agent gone nobody reads the results of a graceful finish
+/// (the broker redelivers what the worker held), and a worker hung while loading
+/// would ignore anything less.
+///
+/// Linux sends the signal when the *thread* that forked the child exits; the pool
+/// starts workers from a runtime worker thread, which lives as long as the runtime.
+fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: getpid(2) is async-signal-safe.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: the closure runs between fork and exec and calls only async-signal-safe
+    // functions (prctl, getppid, raise); it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The agent may have died between fork and prctl: then nobody will signal us.
+            if libc::getppid() != parent {
+                libc::raise(libc::SIGKILL);
+            }
+            Ok(())
+        });
     }
 }

@@ -192,12 +192,58 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
-    /// Prometheus text exposition of every metric.
+    /// OpenMetrics exposition of every metric (ends with `# EOF`).
     pub fn encode(&self) -> String {
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("encoding to a String cannot fail");
         out
     }
+
+    /// Prometheus text format 0.0.4 of every metric, for scrapers that do not ask for
+    /// OpenMetrics.
+    pub fn encode_text(&self) -> String {
+        openmetrics_to_text(&self.encode())
+    }
+}
+
+/// Rewrites OpenMetrics as the Prometheus text format: a counter's `HELP` and `TYPE`
+/// name the `_total` sample, an info family becomes a gauge named `_info`, and
+/// `# UNIT` and `# EOF`, which the text format does not have, go.
+fn openmetrics_to_text(open: &str) -> String {
+    let mut suffix = std::collections::HashMap::new();
+    for rest in open.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+        match rest.split_once(' ') {
+            Some((name, "counter")) if !name.ends_with("_total") => suffix.insert(name, "_total"),
+            Some((name, "info")) => suffix.insert(name, "_info"),
+            _ => None,
+        };
+    }
+    let mut out = String::with_capacity(open.len());
+    for line in open.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|tag| line.strip_prefix(tag).map(|rest| (tag, rest)));
+        match meta {
+            Some((tag, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let tail = if tag == "# TYPE " && tail == "info" {
+                    "gauge"
+                } else {
+                    tail
+                };
+                let sfx = suffix.get(name).copied().unwrap_or("");
+                out.push_str(&format!("{tag}{name}{sfx} {tail}\n"));
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
 }
 
 /// The process-wide metrics.
@@ -254,20 +300,39 @@ mod tests {
             .frames
             .get_or_create(&camera("unit-cam"))
             .inc_by(3);
+        // A stage of its own: the registry is shared by every test in this process.
         metrics()
             .stage_latency
-            .get_or_create(&stage("inference"))
+            .get_or_create(&stage("unit-stage"))
             .observe(0.05);
         let text = metrics().encode();
         assert!(
-            text.contains("edge_agent_frames_total{camera=\"unit-cam\"} 3"),
+            text.contains("edge_agent_frames_total{camera=\"unit-cam\"} 3\n"),
             "{text}"
         );
+        // Buckets are cumulative: 0.05 s falls in le=0.05 and every bucket above.
+        for (le, n) in [("0.02", 0), ("0.05", 1), ("0.1", 1), ("+Inf", 1)] {
+            let line = format!(
+                "edge_agent_stage_latency_seconds_bucket{{le=\"{le}\",stage=\"unit-stage\"}} {n}\n"
+            );
+            assert!(text.contains(&line), "no {line:?} in\n{text}");
+        }
         assert!(
-            text.contains(
-                "edge_agent_stage_latency_seconds_bucket{le=\"0.05\",stage=\"inference\"}"
-            ) || text.contains("stage=\"inference\""),
+            text.contains("edge_agent_stage_latency_seconds_count{stage=\"unit-stage\"} 1\n"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn the_text_format_names_counters_by_their_samples_and_has_no_openmetrics_lines() {
+        let open = "# HELP a_frames Frames.\n# TYPE a_frames counter\n# UNIT a_frames frames\n\
+                    a_frames_total{camera=\"x\"} 3\n# HELP a_up Up.\n# TYPE a_up gauge\na_up 1\n\
+                    # HELP a_build Build.\n# TYPE a_build info\na_build_info{v=\"1\"} 1\n# EOF\n";
+        assert_eq!(
+            openmetrics_to_text(open),
+            "# HELP a_frames_total Frames.\n# TYPE a_frames_total counter\n\
+             a_frames_total{camera=\"x\"} 3\n# HELP a_up Up.\n# TYPE a_up gauge\na_up 1\n\
+             # HELP a_build_info Build.\n# TYPE a_build_info gauge\na_build_info{v=\"1\"} 1\n"
         );
     }
 }
