@@ -12,6 +12,7 @@ mod motion;
 mod package;
 mod pipeline;
 mod reload;
+mod runtime;
 mod scale;
 mod status;
 mod telemetry;

@@ -202,7 +202,7 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
                 .collect();
             let w = p.status();
             serde_json::json!({ "version": crate::VERSION, "broker_connected": t.is_connected(), "cameras": cams,
-                "workers": { "running": w.running, "ready": w.ready, "target": w.target, "last_failure": w.last_failure } })
+                "workers": { "running": w.running, "ready": w.ready, "target": w.target, "providers": w.providers, "last_failure": w.last_failure } })
         })
     };
     if !cfg.telemetry.metrics_listen.is_empty() {

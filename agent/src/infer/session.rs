@@ -13,6 +13,7 @@ use ort::environment::Environment;
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::session::Session;
 
+use super::cache;
 use super::config::{InferenceConfig, Provider};
 use super::layout::TensorDecl;
 use super::InferError;
@@ -92,6 +93,72 @@ fn venv_library(lib: &Path) -> Option<PathBuf> {
     None
 }
 
+/// The oldest ONNX Runtime this build accepts: `ort`'s `api-17` floor (JetPack 5 and 6
+/// boxes ship 1.16 to 1.25).
+pub const MIN_ORT_VERSION: &str = "1.17";
+
+static ORT_VERSION: OnceLock<String> = OnceLock::new();
+
+/// The version of the ONNX Runtime library this process loaded, once it is loaded.
+pub fn loaded_version() -> Option<&'static str> {
+    ORT_VERSION.get().map(String::as_str)
+}
+
+/// `OrtGetApiBase()->GetVersionString()` of the library at `path`, read without
+/// initialising anything, so an old or foreign library is refused with a clear reason.
+pub fn library_version(path: &Path) -> Result<String, InferError> {
+    #[repr(C)]
+    struct OrtApiBase {
+        get_api: unsafe extern "C" fn(u32) -> *const std::ffi::c_void,
+        get_version_string: unsafe extern "C" fn() -> *const std::ffi::c_char,
+    }
+    let load = |reason: String| InferError::OrtLoad {
+        path: path.to_path_buf(),
+        reason,
+    };
+    // SAFETY: loading runs the library's initialisers; that is what loading ONNX Runtime
+    // means, and `ort` loads the same file right after (dlopen shares the handle).
+    let lib = unsafe { libloading::Library::new(path) }.map_err(|e| load(e.to_string()))?;
+    // SAFETY: the symbol's type is the C API's `const OrtApiBase* OrtGetApiBase(void)`.
+    let base = unsafe {
+        let getter = lib
+            .get::<unsafe extern "C" fn() -> *const OrtApiBase>(b"OrtGetApiBase\0")
+            .map_err(|_| {
+                load("it does not export OrtGetApiBase: not an ONNX Runtime library".into())
+            })?;
+        getter()
+    };
+    if base.is_null() {
+        return Err(load("OrtGetApiBase returned nothing".into()));
+    }
+    // SAFETY: `base` points to the library's static OrtApiBase; the version string is a
+    // static NUL-terminated string of the library, copied before `lib` is dropped.
+    let version = unsafe {
+        let s = ((*base).get_version_string)();
+        if s.is_null() {
+            return Err(load("GetVersionString returned nothing".into()));
+        }
+        std::ffi::CStr::from_ptr(s).to_string_lossy().into_owned()
+    };
+    // Kept loaded: `ort` opens the same library next, and unloading ONNX Runtime is
+    // not something it supports.
+    std::mem::forget(lib);
+    Ok(version)
+}
+
+/// Whether `version` ("1.19.2") is at least [`MIN_ORT_VERSION`]. A version that does
+/// not parse is refused.
+fn at_least_minimum(version: &str) -> bool {
+    let parse = |v: &str| -> Option<(u32, u32)> {
+        let mut it = v.trim().split('.');
+        Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+    };
+    match (parse(version), parse(MIN_ORT_VERSION)) {
+        (Some(found), Some(min)) => found >= min,
+        _ => false,
+    }
+}
+
 /// The process-wide ONNX Runtime environment (ONNX Runtime allows one per process and
 /// loads the library once: the first caller's library wins).
 pub fn environment(cfg: &InferenceConfig) -> Result<Environment, InferError> {
@@ -102,6 +169,16 @@ pub fn environment(cfg: &InferenceConfig) -> Result<Environment, InferError> {
         return Ok(env.clone());
     }
     let path = find_library(cfg.ort_library.as_deref())?;
+    // Checked here rather than by `ort`, so the error names the version and the floor.
+    let version = library_version(&path)?;
+    if !at_least_minimum(&version) {
+        return Err(InferError::OrtTooOld {
+            path,
+            found: version,
+            minimum: MIN_ORT_VERSION,
+        });
+    }
+    let _ = ORT_VERSION.set(version.clone());
     let env = ort::init_from(&path)
         .map_err(|e| InferError::OrtLoad {
             path: path.clone(),
@@ -113,7 +190,7 @@ pub fn environment(cfg: &InferenceConfig) -> Result<Environment, InferError> {
             path: path.clone(),
             reason: e.to_string(),
         })?;
-    tracing::info!(library = %path.display(), "ONNX Runtime loaded.");
+    tracing::info!(library = %path.display(), %version, "ONNX Runtime loaded.");
     *guard = Some(env.clone());
     Ok(env)
 }
@@ -140,6 +217,15 @@ fn base_builder(env: &Environment, cfg: &InferenceConfig) -> Result<SessionBuild
         .map_err(|e| e.to_string())?
         .with_optimization_level(GraphOptimizationLevel::All)
         .map_err(|e| e.to_string())?;
+    // ONNX Runtime 1.19's GatherSliceToSplitFusion breaks darknet-exported YOLOv4-tiny
+    // ("two nodes with same node name"); 1.19 and 1.20 are what JetPack 6.1 boxes run.
+    // The fusion is an optional rewrite, so it is off on every version.
+    b = b
+        .with_config_entry(
+            "optimization.disable_specified_optimizers",
+            "GatherSliceToSplitFusion",
+        )
+        .map_err(|e| e.to_string())?;
     let threads = cfg.threads.as_usize();
     if threads > 0 {
         b = b.with_intra_threads(threads).map_err(|e| e.to_string())?;
@@ -147,41 +233,92 @@ fn base_builder(env: &Environment, cfg: &InferenceConfig) -> Result<SessionBuild
     Ok(b)
 }
 
+/// The TensorRT cache directory for `model`, locked for this process while the session
+/// is created; None (with a log line) when the cache is off or unusable.
+#[cfg(feature = "tensorrt")]
+fn tensorrt_cache(model: &Path, cfg: &InferenceConfig) -> Option<(PathBuf, cache::BuildLock)> {
+    let root = cache::root(cfg.engine_cache.as_deref())?;
+    let hash = match cache::model_hash(model) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(model = %model.display(), error = %e, "Cannot hash the model; TensorRT runs without an engine cache.");
+            return None;
+        }
+    };
+    let dir = cache::key_dir(
+        &root,
+        model,
+        hash,
+        loaded_version().unwrap_or("unknown"),
+        cache::tensorrt_version(),
+        cache::gpu_name().as_deref(),
+    );
+    match cache::BuildLock::acquire(&dir) {
+        Ok(lock) => Some((dir, lock)),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "Cannot use the TensorRT engine cache; every start builds the engine.");
+            None
+        }
+    }
+}
+
+/// The EP-context model ONNX Runtime writes next to the engine: a worker that loads it
+/// skips parsing and partitioning the original model. TensorRT's EP-context options are
+/// used only from ONNX Runtime 1.18 on (older ones may reject them and lose TensorRT).
+#[cfg(feature = "tensorrt")]
+fn ep_context_model(dir: &Path) -> Option<PathBuf> {
+    let v = loaded_version()?;
+    let minor: u32 = v.split('.').nth(1)?.parse().ok()?;
+    (minor >= 18).then(|| dir.join("model_ctx.onnx"))
+}
+
 fn with_provider(
     b: SessionBuilder,
     p: Provider,
     cfg: &InferenceConfig,
+    trt_dir: Option<&Path>,
 ) -> Result<SessionBuilder, String> {
     match p {
         Provider::Cpu => Ok(b),
         #[cfg(feature = "cuda")]
-        Provider::Cuda => b
-            .with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])
-            .map_err(|e| e.to_string()),
+        Provider::Cuda => {
+            // Heuristic: the first frames do not wait for an exhaustive benchmark of
+            // every convolution algorithm (seconds per layer shape on a Jetson).
+            let cuda = ort::ep::CUDA::default()
+                .with_conv_algorithm_search(ort::ep::cuda::ConvAlgorithmSearch::Heuristic);
+            b.with_execution_providers([cuda.build().error_on_failure()])
+                .map_err(|e| e.to_string())
+        }
         #[cfg(not(feature = "cuda"))]
         Provider::Cuda => Err("not compiled in (build with --features cuda)".into()),
         #[cfg(feature = "tensorrt")]
         Provider::Tensorrt => {
             let mut trt = ort::ep::TensorRT::default().with_fp16(cfg.fp16);
-            if let Some(dir) = &cfg.engine_cache {
+            if let Some(dir) = trt_dir {
                 trt = trt
                     .with_engine_cache(true)
                     .with_engine_cache_path(dir.display())
                     .with_timing_cache(true)
                     .with_timing_cache_path(dir.display());
+                if let Some(ctx) = ep_context_model(dir).filter(|c| !c.is_file()) {
+                    trt = trt
+                        .with_dump_ep_context_model(true)
+                        .with_ep_context_file_path(ctx.display());
+                }
             }
             b.with_execution_providers([trt.build().error_on_failure()])
                 .map_err(|e| e.to_string())
         }
         #[cfg(not(feature = "tensorrt"))]
         Provider::Tensorrt => {
-            let _ = cfg;
+            let _ = (cfg, trt_dir);
             Err("not compiled in (build with --features tensorrt)".into())
         }
     }
 }
 
-/// Opens `model` on the first provider of `cfg.providers` that works.
+/// Opens `model` on the first provider of `cfg.providers` that works (the CPU only
+/// when `inference.require_gpu` is off).
 pub fn open(model: &Path, cfg: &InferenceConfig) -> Result<Opened, InferError> {
     if !model.is_file() {
         return Err(InferError::ModelMissing {
@@ -192,10 +329,19 @@ pub fn open(model: &Path, cfg: &InferenceConfig) -> Result<Opened, InferError> {
     let env = environment(cfg)?;
     let mut attempts = Vec::new();
     for &p in &cfg.providers {
-        let built = base_builder(&env, cfg)
-            .and_then(|b| with_provider(b, p, cfg))
-            .map_err(|e| (e, false))
-            .and_then(|mut b| b.commit_from_file(model).map_err(|e| (e.to_string(), true)));
+        if p == Provider::Cpu && cfg.require_gpu {
+            attempts.push("cpu: not tried (inference.require_gpu = true)".to_string());
+            continue;
+        }
+        // Held until the session exists: the engine is built (or loaded) under it.
+        #[cfg(feature = "tensorrt")]
+        let trt_cache = (p == Provider::Tensorrt)
+            .then(|| tensorrt_cache(model, cfg))
+            .flatten();
+        #[cfg(not(feature = "tensorrt"))]
+        let trt_cache: Option<(PathBuf, ())> = None;
+        let trt_dir = trt_cache.as_ref().map(|(d, _)| d.as_path());
+        let built = commit(&env, cfg, p, trt_dir, model);
         match built {
             Ok(session) => {
                 if !attempts.is_empty() {
@@ -205,6 +351,9 @@ pub fn open(model: &Path, cfg: &InferenceConfig) -> Result<Opened, InferError> {
                         skipped = %attempts.join("; "),
                         "Preferred execution providers unavailable; using a later one."
                     );
+                }
+                if let Some(dir) = trt_dir {
+                    tracing::info!(cache = %dir.display(), "TensorRT engine cache in use.");
                 }
                 return Ok(describe(session, p));
             }
@@ -221,10 +370,44 @@ pub fn open(model: &Path, cfg: &InferenceConfig) -> Result<Opened, InferError> {
             }
         }
     }
-    Err(InferError::NoProvider {
-        path: model.to_path_buf(),
-        attempts,
+    let path = model.to_path_buf();
+    Err(if cfg.require_gpu {
+        InferError::GpuRequired { path, attempts }
+    } else {
+        InferError::NoProvider { path, attempts }
     })
+}
+
+/// One provider's session: from the cached EP-context model when there is one (falling
+/// back to the model itself if it does not load), else from the model. The error's flag
+/// says whether the provider was set up and the model then failed to load.
+fn commit(
+    env: &Environment,
+    cfg: &InferenceConfig,
+    p: Provider,
+    trt_dir: Option<&Path>,
+    model: &Path,
+) -> Result<Session, (String, bool)> {
+    let build = || {
+        base_builder(env, cfg)
+            .and_then(|b| with_provider(b, p, cfg, trt_dir))
+            .map_err(|e| (e, false))
+    };
+    #[cfg(feature = "tensorrt")]
+    if let Some(ctx) = trt_dir.and_then(ep_context_model).filter(|c| c.is_file()) {
+        match build()?.commit_from_file(&ctx) {
+            Ok(s) => {
+                tracing::info!(model = %ctx.display(), "Loaded the cached EP-context model.");
+                return Ok(s);
+            }
+            Err(e) => {
+                tracing::warn!(model = %ctx.display(), error = %e, "Cached EP-context model did not load; using the model itself.");
+            }
+        }
+    }
+    build()?
+        .commit_from_file(model)
+        .map_err(|e| (e.to_string(), true))
 }
 
 fn is_model_error(reason: &str) -> bool {
@@ -268,5 +451,37 @@ fn describe(session: Session, provider: Provider) -> Opened {
         inputs,
         outputs,
         metadata,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_below_the_floor_or_unreadable_are_refused() {
+        for (v, ok) in [
+            ("1.17.0", true),
+            ("1.19.2", true),
+            ("1.32.0", true),
+            ("2.0.0", true),
+            ("1.16.3", false),
+            ("1.9.0", false),
+            ("0.99", false),
+            ("", false),
+            ("1", false),
+            ("one.seventeen", false),
+        ] {
+            assert_eq!(at_least_minimum(v), ok, "{v:?}");
+        }
+    }
+
+    #[test]
+    fn a_file_that_is_not_onnx_runtime_is_refused_with_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("libonnxruntime.so");
+        std::fs::write(&f, b"not a library").unwrap();
+        let e = library_version(&f).unwrap_err().to_string();
+        assert!(e.contains(&f.display().to_string()), "{e}");
     }
 }

@@ -50,6 +50,8 @@ pub struct Metrics {
     pub backlog: Gauge,
     /// Execution provider in use (label provider) = 1.
     pub provider: Family<Labels, Gauge>,
+    /// Ready workers by the execution provider their session runs on.
+    pub worker_providers: Family<Labels, Gauge>,
     /// Resident memory of each worker in bytes.
     pub worker_memory: Family<Labels, Gauge>,
     /// GPU memory of each worker in bytes (NVIDIA only; absent without a GPU).
@@ -82,6 +84,7 @@ impl Metrics {
             workers: Gauge::default(),
             backlog: Gauge::default(),
             provider: Family::default(),
+            worker_providers: Family::default(),
             worker_memory: Family::default(),
             worker_gpu_memory: Family::default(),
             gpu_utilization: Family::default(),
@@ -144,6 +147,11 @@ impl Metrics {
             m.backlog.clone(),
         );
         registry.register("provider", "Execution provider in use", m.provider.clone());
+        registry.register(
+            "worker_providers",
+            "Ready inference workers by execution provider",
+            m.worker_providers.clone(),
+        );
         registry.register(
             "worker_memory_bytes",
             "Resident memory per worker",

@@ -1,0 +1,126 @@
+//! ONNX Runtime versions: the build accepts 1.17 and up (JetPack 5 and 6 boxes have
+//! 1.17 to 1.25), gives the same detections on the oldest PyPI library (1.19.2) as on
+//! the current one, and refuses an older library with its version and the floor.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::common::detect;
+
+fn edge_agent() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_edge-agent"))
+}
+
+#[test]
+fn detect_gives_the_same_detections_on_onnx_runtime_1_19_and_the_current_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = detect::images(dir.path());
+    let old = detect::ort_library("1.19.2", "x86_64");
+    let new = detect::current_library();
+    let mut compared = 0;
+    for (i, model) in detect::models().iter().enumerate() {
+        let a = detect::run(
+            edge_agent(),
+            &detect::config(dir.path(), &format!("old-{i}.toml"), model, &old),
+            &images,
+        );
+        let b = detect::run(
+            edge_agent(),
+            &detect::config(dir.path(), &format!("new-{i}.toml"), model, &new),
+            &images,
+        );
+        compared += detect::assert_same(&format!("model {i}, 1.19.2 vs current"), &a, &b);
+    }
+    // The comparison means something only if both models found things.
+    assert!(compared >= 4, "only {compared} detections compared");
+}
+
+/// A stand-in for an ONNX Runtime older than the floor (no PyPI wheel before 1.19
+/// ships the C library): it exports only `OrtGetApiBase`, reporting 1.16.3.
+fn old_library(dir: &Path) -> std::path::PathBuf {
+    let src = dir.join("old_ort.c");
+    std::fs::write(
+        &src,
+        r#"typedef struct {
+    const void *(*GetApi)(unsigned version);
+    const char *(*GetVersionString)(void);
+} OrtApiBase;
+static const void *get_api(unsigned version) { (void)version; return 0; }
+static const char *version(void) { return "1.16.3"; }
+static const OrtApiBase base = { get_api, version };
+const OrtApiBase *OrtGetApiBase(void) { return &base; }
+"#,
+    )
+    .unwrap();
+    let lib = dir.join("libonnxruntime.so.1.16.3");
+    let out = Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&lib)
+        .arg(&src)
+        .output()
+        .expect("cc runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    lib
+}
+
+#[test]
+fn a_library_older_than_1_17_is_refused_naming_its_version_and_the_minimum() {
+    let dir = tempfile::tempdir().unwrap();
+    let lib = old_library(dir.path());
+    let images = detect::images(dir.path());
+    let conf = detect::config(dir.path(), "old.toml", &detect::models()[0], &lib);
+    let out = edge_agent()
+        .args(["detect", "--config"])
+        .arg(&conf)
+        .arg(&images[0])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "ONNX Runtime library {} is version 1.16.3; edge-agent needs 1.17 or newer",
+            lib.display()
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn require_gpu_refuses_to_fall_back_to_the_cpu_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = detect::images(dir.path());
+    // This machine's ONNX Runtime has no CUDA provider, as a Jetson without its GPU
+    // libraries would not.
+    let model = format!("{}require_gpu = true\n", detect::models()[0]);
+    let conf = dir.path().join("gpu.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[device]\nid = \"t\"\n[inference]\n{model}providers = [\"cuda\", \"cpu\"]\nort_library = \"{}\"\n",
+            detect::current_library().display()
+        ),
+    )
+    .unwrap();
+    let out = edge_agent()
+        .args(["detect", "--config"])
+        .arg(&conf)
+        .arg(&images[0])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr
+            .contains("inference.require_gpu is set and no GPU execution provider could run model")
+            && stderr.contains("cuda: ")
+            && stderr.contains("cpu: not tried (inference.require_gpu = true)"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "no detections without a GPU");
+}
