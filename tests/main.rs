@@ -5,6 +5,7 @@ mod common;
 mod config;
 mod cross;
 mod deb;
+mod decode;
 mod full_cycle;
 mod infer;
 mod ingest;

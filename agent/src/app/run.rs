@@ -197,7 +197,7 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
                 .filter_map(|(id, h)| h.upgrade().map(|h| (id, h)))
                 .map(|(id, h)| {
                     let s = h.status();
-                    (id.clone(), serde_json::json!({ "state": format!("{:?}", s.state), "restarts": s.restarts, "last_reason": s.last_reason, "frames": s.frames }))
+                    (id.clone(), serde_json::json!({ "state": format!("{:?}", s.state), "restarts": s.restarts, "last_reason": s.last_reason, "frames": s.frames, "decoder": s.decoder, "decoder_fallback": s.decoder_fallback }))
                 })
                 .collect();
             let w = p.status();

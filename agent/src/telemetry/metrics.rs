@@ -30,6 +30,8 @@ pub struct Metrics {
     pub dropped: Family<Labels, Counter>,
     /// Camera pipeline restarts by reason.
     pub camera_restarts: Family<Labels, Counter>,
+    /// Cameras switched from the hardware decoder to software, by camera and reason.
+    pub decoder_fallbacks: Family<Labels, Counter>,
     /// 1 while a camera is streaming.
     pub camera_up: Family<Labels, Gauge>,
     pub motion_events: Family<Labels, Counter>,
@@ -75,6 +77,7 @@ impl Metrics {
             dropped: Family::default(),
             camera_restarts: Family::default(),
             camera_up: Family::default(),
+            decoder_fallbacks: Family::default(),
             motion_events: Family::default(),
             escalations: Family::default(),
             published: Family::default(),
@@ -109,6 +112,11 @@ impl Metrics {
             "camera_up",
             "1 while the camera streams",
             m.camera_up.clone(),
+        );
+        registry.register(
+            "decoder_fallbacks",
+            "Cameras switched from the hardware decoder to software decode, by camera and reason",
+            m.decoder_fallbacks.clone(),
         );
         registry.register(
             "motion_events",
