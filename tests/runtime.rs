@@ -124,3 +124,47 @@ fn require_gpu_refuses_to_fall_back_to_the_cpu_and_says_why() {
     );
     assert!(out.stdout.is_empty(), "no detections without a GPU");
 }
+
+/// `edge-agent prepare` with `providers` as given; (exit code, its JSON line).
+fn prepare(dir: &Path, providers: &str) -> (Option<i32>, serde_json::Value) {
+    let conf = dir.join(format!("prepare-{}.toml", providers.len()));
+    std::fs::write(
+        &conf,
+        format!(
+            "[device]\nid = \"t\"\n[inference]\n{}providers = {providers}\nort_library = \"{}\"\nengine_cache = \"{}\"\n",
+            detect::models()[0],
+            detect::current_library().display(),
+            dir.join("engines").display()
+        ),
+    )
+    .unwrap();
+    let out = edge_agent()
+        .args(["prepare", "--config"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.code(), line)
+}
+
+#[test]
+fn prepare_reports_nothing_to_do_without_tensorrt_and_fails_clearly_when_it_cannot_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, line) = prepare(dir.path(), r#"["cpu"]"#);
+    assert_eq!(code, Some(0), "{line}");
+    assert_eq!(line["prepared"], false, "{line}");
+    assert_eq!(line["reason"], "tensorrt is not in inference.providers");
+    // This machine's ONNX Runtime has no TensorRT: prepare says so and fails, and
+    // leaves no half-built cache behind.
+    let (code, line) = prepare(dir.path(), r#"["tensorrt", "cpu"]"#);
+    assert_eq!(code, Some(1), "{line}");
+    assert_eq!(line["prepared"], false, "{line}");
+    let reason = line["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("no execution provider could run model") && reason.contains("tensorrt: "),
+        "{reason}"
+    );
+    assert!(!dir.path().join("engines").exists());
+}

@@ -237,6 +237,11 @@ fn base_builder(env: &Environment, cfg: &InferenceConfig) -> Result<SessionBuild
 /// is created; None (with a log line) when the cache is off or unusable.
 #[cfg(feature = "tensorrt")]
 fn tensorrt_cache(model: &Path, cfg: &InferenceConfig) -> Option<(PathBuf, cache::BuildLock)> {
+    use ort::ep::ExecutionProvider;
+    // A library without TensorRT (the CPU wheel) fails the provider at once: no hashing.
+    if !ort::ep::TensorRT::is_available().unwrap_or(false) {
+        return None;
+    }
     let root = cache::root(cfg.engine_cache.as_deref())?;
     let hash = match cache::model_hash(model) {
         Ok(h) => h,
