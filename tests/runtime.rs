@@ -168,3 +168,53 @@ fn prepare_reports_nothing_to_do_without_tensorrt_and_fails_clearly_when_it_cann
     );
     assert!(!dir.path().join("engines").exists());
 }
+
+#[test]
+fn a_cpu_session_saves_its_optimised_model_once_and_the_next_one_loads_it_with_the_same_detections()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let images = detect::images(dir.path());
+    let cache = dir.path().join("engines");
+    let model = format!(
+        "{}engine_cache = \"{}\"\n",
+        detect::models()[1],
+        cache.display()
+    );
+    let conf = detect::config(
+        dir.path(),
+        "cached.toml",
+        &model,
+        &detect::current_library(),
+    );
+    let first = detect::run(edge_agent(), &conf, &images);
+    // One directory per model content, runtime and CPU, holding the optimised graph.
+    let saved: Vec<_> = walk(&cache)
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n == "optimized.onnx"))
+        .collect();
+    assert_eq!(saved.len(), 1, "{saved:?}");
+    let key = saved[0].parent().unwrap().to_string_lossy().to_string();
+    assert!(key.contains("yolov4-tiny-random-pytorch-"), "{key}");
+    assert!(key.contains("-cpu-"), "{key}");
+    let stamp = std::fs::metadata(&saved[0]).unwrap().modified().unwrap();
+    let second = detect::run(edge_agent(), &conf, &images);
+    assert_eq!(
+        std::fs::metadata(&saved[0]).unwrap().modified().unwrap(),
+        stamp,
+        "the cached model was written again instead of loaded"
+    );
+    assert!(detect::assert_same("optimised model from the cache", &first, &second) >= 2);
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

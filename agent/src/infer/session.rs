@@ -213,9 +213,17 @@ pub fn provider_name(p: Provider) -> &'static str {
 }
 
 fn base_builder(env: &Environment, cfg: &InferenceConfig) -> Result<SessionBuilder, String> {
+    builder_at(env, cfg, GraphOptimizationLevel::All)
+}
+
+fn builder_at(
+    env: &Environment,
+    cfg: &InferenceConfig,
+    level: GraphOptimizationLevel,
+) -> Result<SessionBuilder, String> {
     let mut b = Session::builder(env)
         .map_err(|e| e.to_string())?
-        .with_optimization_level(GraphOptimizationLevel::All)
+        .with_optimization_level(level)
         .map_err(|e| e.to_string())?;
     // ONNX Runtime 1.19's GatherSliceToSplitFusion breaks darknet-exported YOLOv4-tiny
     // ("two nodes with same node name"); 1.19 and 1.20 are what JetPack 6.1 boxes run.
@@ -346,7 +354,14 @@ pub fn open(model: &Path, cfg: &InferenceConfig) -> Result<Opened, InferError> {
         #[cfg(not(feature = "tensorrt"))]
         let trt_cache: Option<(PathBuf, ())> = None;
         let trt_dir = trt_cache.as_ref().map(|(d, _)| d.as_path());
-        let built = commit(&env, cfg, p, trt_dir, model);
+        let built = if p == Provider::Cpu {
+            match cpu_cache(model, cfg) {
+                Some((dir, _lock)) => commit_cpu_cached(&env, cfg, &dir, model),
+                None => commit(&env, cfg, p, None, model),
+            }
+        } else {
+            commit(&env, cfg, p, trt_dir, model)
+        };
         match built {
             Ok(session) => {
                 if !attempts.is_empty() {
@@ -381,6 +396,75 @@ pub fn open(model: &Path, cfg: &InferenceConfig) -> Result<Opened, InferError> {
     } else {
         InferError::NoProvider { path, attempts }
     })
+}
+
+/// The CPU provider's cache directory for `model`, locked while the session is created.
+fn cpu_cache(model: &Path, cfg: &InferenceConfig) -> Option<(PathBuf, cache::BuildLock)> {
+    let root = cache::root(cfg.engine_cache.as_deref())?;
+    let hash = cache::model_hash(model).ok()?;
+    let dir = cache::cpu_key_dir(
+        &root,
+        model,
+        hash,
+        loaded_version().unwrap_or("unknown"),
+        &cache::cpu_name(),
+    );
+    match cache::BuildLock::acquire(&dir) {
+        Ok(lock) => Some((dir, lock)),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "Cannot use the optimised-model cache.");
+            None
+        }
+    }
+}
+
+/// A CPU session from the optimised model cached in `dir`, loaded with the graph
+/// optimisations already applied (YOLOv4-416: about a third of the session creation
+/// time, see BENCHMARKS.md); without one, from the model, saving the optimised graph.
+fn commit_cpu_cached(
+    env: &Environment,
+    cfg: &InferenceConfig,
+    dir: &Path,
+    model: &Path,
+) -> Result<Session, (String, bool)> {
+    let optimised = dir.join("optimized.onnx");
+    if optimised.is_file() {
+        let loaded = builder_at(env, cfg, GraphOptimizationLevel::Disable)
+            .map_err(|e| (e, false))?
+            .commit_from_file(&optimised);
+        match loaded {
+            Ok(s) => {
+                tracing::debug!(model = %optimised.display(), "Loaded the cached optimised model.");
+                return Ok(s);
+            }
+            Err(e) => {
+                tracing::warn!(model = %optimised.display(), error = %e, "Cached optimised model did not load; optimising the model again.");
+                let _ = std::fs::remove_file(&optimised);
+            }
+        }
+    }
+    // Written beside, then renamed: a reader never sees half a model.
+    let partial = dir.join(format!("optimized.onnx.{}.part", std::process::id()));
+    let session = base_builder(env, cfg)
+        .and_then(|b| {
+            b.with_optimized_model_path(&partial)
+                .map_err(|e| e.to_string())
+        })
+        .map_err(|e| (e, false))?
+        .commit_from_file(model)
+        .map_err(|e| (e.to_string(), true));
+    match &session {
+        Ok(_) => {
+            if let Err(e) = std::fs::rename(&partial, &optimised) {
+                tracing::warn!(model = %optimised.display(), error = %e, "Cannot keep the optimised model.");
+                let _ = std::fs::remove_file(&partial);
+            }
+        }
+        Err(_) => {
+            let _ = std::fs::remove_file(&partial);
+        }
+    }
+    session
 }
 
 /// One provider's session: from the cached EP-context model when there is one (falling
