@@ -457,6 +457,7 @@ fn install_sh_into_a_destdir_sets_up_the_box_and_never_overwrites_the_config() {
     };
     install();
     check_user(r);
+    check_fresh_install(r);
     let bin = std::fs::metadata(r.join("usr/bin/edge-agent")).unwrap();
     assert_eq!(bin.mode() & 0o777, 0o755);
     assert_eq!(

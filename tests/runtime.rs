@@ -218,3 +218,24 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn the_models_image_input_is_read_from_the_onnx_file_for_tensorrts_profile() {
+    use edge_agent::infer::model_input;
+    let input = model_input::read(&crate::common::models::test_model()).unwrap();
+    assert_eq!(input.name, "input");
+    assert_eq!(input.dims, vec![None, Some(3), Some(160), Some(160)]);
+    let tiny = model_input::read(&crate::common::models::tiny_random("pytorch")).unwrap();
+    assert_eq!(
+        tiny.profile(4, 0).unwrap(),
+        (
+            "input:1x3x416x416".to_string(),
+            "input:4x3x416x416".to_string(),
+            "input:4x3x416x416".to_string()
+        )
+    );
+    assert_eq!(
+        model_input::read(std::path::Path::new("/nonexistent.onnx")),
+        None
+    );
+}

@@ -16,6 +16,7 @@ pub mod decode;
 pub mod detect;
 pub mod image;
 pub mod layout;
+pub mod model_input;
 pub mod pipeline;
 pub mod preprocess;
 pub mod session;

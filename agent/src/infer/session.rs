@@ -290,6 +290,7 @@ fn with_provider(
     p: Provider,
     cfg: &InferenceConfig,
     trt_dir: Option<&Path>,
+    model: &Path,
 ) -> Result<SessionBuilder, String> {
     match p {
         Provider::Cpu => Ok(b),
@@ -307,6 +308,17 @@ fn with_provider(
         #[cfg(feature = "tensorrt")]
         Provider::Tensorrt => {
             let mut trt = ort::ep::TensorRT::default().with_fp16(cfg.fp16);
+            // A symbolic batch (or side) gets a fixed range, so the engine is built once,
+            // at session creation, for every batch size up to max_batch.
+            let profile = super::model_input::read(model)
+                .filter(|i| i.dims.iter().any(Option::is_none))
+                .and_then(|i| i.profile(cfg.max_batch.as_usize(), cfg.input_size.as_usize()));
+            if let Some((min, opt, max)) = profile {
+                trt = trt
+                    .with_profile_min_shapes(min)
+                    .with_profile_opt_shapes(opt)
+                    .with_profile_max_shapes(max);
+            }
             if let Some(dir) = trt_dir {
                 trt = trt
                     .with_engine_cache(true)
@@ -324,7 +336,7 @@ fn with_provider(
         }
         #[cfg(not(feature = "tensorrt"))]
         Provider::Tensorrt => {
-            let _ = (cfg, trt_dir);
+            let _ = (cfg, trt_dir, model);
             Err("not compiled in (build with --features tensorrt)".into())
         }
     }
@@ -479,7 +491,7 @@ fn commit(
 ) -> Result<Session, (String, bool)> {
     let build = || {
         base_builder(env, cfg)
-            .and_then(|b| with_provider(b, p, cfg, trt_dir))
+            .and_then(|b| with_provider(b, p, cfg, trt_dir, model))
             .map_err(|e| (e, false))
     };
     #[cfg(feature = "tensorrt")]
