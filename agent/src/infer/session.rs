@@ -20,7 +20,8 @@ use super::InferError;
 
 /// Finds `libonnxruntime.so`: `inference.ort_library`, then `ORT_DYLIB_PATH`, then a
 /// project virtualenv (`.venv/lib/python3*/site-packages/onnxruntime/capi/`) under the
-/// current directory, its ancestors, or the executable's ancestors.
+/// current directory, its ancestors, or the executable's ancestors, then where Jetson
+/// builds install it (jetson-containers: `/usr/local/lib`) and the system library dir.
 pub fn find_library(configured: Option<&Path>) -> Result<PathBuf, InferError> {
     let mut searched = Vec::new();
     if let Some(p) = configured {
@@ -57,6 +58,19 @@ pub fn find_library(configured: Option<&Path>) -> Result<PathBuf, InferError> {
         if let Some(found) = venv_library(&lib) {
             return Ok(found);
         }
+    }
+    let system = [
+        "/usr/local/lib/libonnxruntime.so".to_string(),
+        format!(
+            "/usr/lib/{}-linux-gnu/libonnxruntime.so",
+            std::env::consts::ARCH
+        ),
+    ];
+    for p in system {
+        if Path::new(&p).is_file() {
+            return Ok(PathBuf::from(p));
+        }
+        searched.push(p);
     }
     Err(InferError::OrtNotFound { searched })
 }
