@@ -11,6 +11,21 @@ fn edge_agent() -> Command {
     Command::new(env!("CARGO_BIN_EXE_edge-agent"))
 }
 
+/// `detect` on one image that must fail to start the detector (exit 1, no panic); its
+/// stderr and stdout.
+fn detect_fails(conf: &Path, image: &Path) -> (String, Vec<u8>) {
+    let out = edge_agent()
+        .args(["detect", "--config"])
+        .arg(conf)
+        .arg(image)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    (stderr, out.stdout)
+}
+
 #[test]
 fn detect_gives_the_same_detections_on_onnx_runtime_1_19_and_the_current_one() {
     let dir = tempfile::tempdir().unwrap();
@@ -73,14 +88,7 @@ fn a_library_older_than_1_17_is_refused_naming_its_version_and_the_minimum() {
     let lib = old_library(dir.path());
     let images = detect::images(dir.path());
     let conf = detect::config(dir.path(), "old.toml", &detect::models()[0], &lib);
-    let out = edge_agent()
-        .args(["detect", "--config"])
-        .arg(&conf)
-        .arg(&images[0])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (stderr, _) = detect_fails(&conf, &images[0]);
     assert!(
         stderr.contains(&format!(
             "ONNX Runtime library {} is version 1.16.3; edge-agent needs 1.17 or newer",
@@ -88,7 +96,6 @@ fn a_library_older_than_1_17_is_refused_naming_its_version_and_the_minimum() {
         )),
         "{stderr}"
     );
-    assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 #[test]
@@ -107,14 +114,7 @@ fn require_gpu_refuses_to_fall_back_to_the_cpu_and_says_why() {
         ),
     )
     .unwrap();
-    let out = edge_agent()
-        .args(["detect", "--config"])
-        .arg(&conf)
-        .arg(&images[0])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (stderr, stdout) = detect_fails(&conf, &images[0]);
     assert!(
         stderr
             .contains("inference.require_gpu is set and no GPU execution provider could run model")
@@ -122,7 +122,7 @@ fn require_gpu_refuses_to_fall_back_to_the_cpu_and_says_why() {
             && stderr.contains("cpu: not tried (inference.require_gpu = true)"),
         "{stderr}"
     );
-    assert!(out.stdout.is_empty(), "no detections without a GPU");
+    assert!(stdout.is_empty(), "no detections without a GPU");
 }
 
 /// `edge-agent prepare` with `providers` as given; (exit code, its JSON line).

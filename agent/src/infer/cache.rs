@@ -227,14 +227,9 @@ mod tests {
     fn the_key_changes_with_model_runtime_tensorrt_and_gpu() {
         let root = Path::new("/var/lib/edge-agent/engines");
         let model = Path::new("/opt/models/YOLOv4 416.onnx");
-        let base = key_dir(
-            root,
-            model,
-            0xab,
-            "1.19.2",
-            Some(8601),
-            Some("NVIDIA Jetson AGX Orin"),
-        );
+        let orin = Some("NVIDIA Jetson AGX Orin");
+        let key = |hash, ort, trt, gpu| key_dir(root, model, hash, ort, trt, gpu);
+        let base = key(0xab, "1.19.2", Some(8601), orin);
         assert_eq!(
             base,
             Path::new(
@@ -242,44 +237,20 @@ mod tests {
             )
         );
         let others = [
-            key_dir(
-                root,
-                model,
-                0xac,
-                "1.19.2",
-                Some(8601),
-                Some("NVIDIA Jetson AGX Orin"),
-            ),
-            key_dir(
-                root,
-                model,
-                0xab,
-                "1.20.0",
-                Some(8601),
-                Some("NVIDIA Jetson AGX Orin"),
-            ),
-            key_dir(
-                root,
-                model,
-                0xab,
-                "1.19.2",
-                Some(100300),
-                Some("NVIDIA Jetson AGX Orin"),
-            ),
-            key_dir(
-                root,
-                model,
-                0xab,
-                "1.19.2",
-                Some(8601),
-                Some("NVIDIA Jetson Orin Nano"),
-            ),
-            key_dir(root, model, 0xab, "1.19.2", None, None),
+            key(0xac, "1.19.2", Some(8601), orin),
+            key(0xab, "1.20.0", Some(8601), orin),
+            key(0xab, "1.19.2", Some(100300), orin),
+            key(0xab, "1.19.2", Some(8601), Some("NVIDIA Jetson Orin Nano")),
+            key(0xab, "1.19.2", None, None),
         ];
         for o in &others {
             assert_ne!(o, &base);
         }
         assert!(others[4].ends_with("ort1.19.2-trtnone-gpu-unknown"));
+        assert!(
+            cpu_key_dir(root, model, 0xab, "1.19.2", "x86_64 Some CPU @ 2GHz")
+                .ends_with("yolov4-416-00000000000000ab/ort1.19.2-cpu-x86-64-some-cpu-2ghz")
+        );
     }
 
     #[test]
