@@ -290,7 +290,12 @@ fn check_fresh_install(r: &Path) {
     .unwrap();
     let edge_agent = |args: &[&str], camera: Option<&str>| {
         let mut cmd = Command::new(&bin);
-        cmd.args(args).arg("--config-dir").arg(&conf).current_dir(r);
+        cmd.args(args)
+            .arg("--config-dir")
+            .arg(&conf)
+            .current_dir(r)
+            // The box's ONNX Runtime: this checkout's, found from here, not from r.
+            .env("ORT_DYLIB_PATH", crate::common::detect::current_library());
         if let Some(url) = camera {
             cmd.env("EDGE_AGENT_CAMERA_URL", url);
         }
