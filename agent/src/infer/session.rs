@@ -299,6 +299,14 @@ fn ep_context_model(dir: &Path) -> Option<PathBuf> {
     (minor >= 18).then(|| dir.join("model_ctx.onnx"))
 }
 
+/// Heuristic convolution-algorithm search: the first frames do not wait for an
+/// exhaustive benchmark of every algorithm (seconds per layer shape on a Jetson).
+#[cfg(feature = "cuda")]
+fn cuda_provider() -> ort::ep::CUDA {
+    ort::ep::CUDA::default()
+        .with_conv_algorithm_search(ort::ep::cuda::ConvAlgorithmSearch::Heuristic)
+}
+
 fn with_provider(
     b: SessionBuilder,
     p: Provider,
@@ -309,14 +317,9 @@ fn with_provider(
     match p {
         Provider::Cpu => Ok(b),
         #[cfg(feature = "cuda")]
-        Provider::Cuda => {
-            // Heuristic: the first frames do not wait for an exhaustive benchmark of
-            // every convolution algorithm (seconds per layer shape on a Jetson).
-            let cuda = ort::ep::CUDA::default()
-                .with_conv_algorithm_search(ort::ep::cuda::ConvAlgorithmSearch::Heuristic);
-            b.with_execution_providers([cuda.build().error_on_failure()])
-                .map_err(|e| e.to_string())
-        }
+        Provider::Cuda => b
+            .with_execution_providers([cuda_provider().build().error_on_failure()])
+            .map_err(|e| e.to_string()),
         #[cfg(not(feature = "cuda"))]
         Provider::Cuda => Err("not compiled in (build with --features cuda)".into()),
         #[cfg(feature = "tensorrt")]
@@ -345,8 +348,14 @@ fn with_provider(
                         .with_ep_context_file_path(ctx.display());
                 }
             }
-            b.with_execution_providers([trt.build().error_on_failure()])
-                .map_err(|e| e.to_string())
+            // Nodes TensorRT does not take run on CUDA rather than the CPU (ONNX
+            // Runtime's advice for the TensorRT provider); CUDA is optional here.
+            let eps = vec![
+                trt.build().error_on_failure(),
+                #[cfg(feature = "cuda")]
+                cuda_provider().build(),
+            ];
+            b.with_execution_providers(eps).map_err(|e| e.to_string())
         }
         #[cfg(not(feature = "tensorrt"))]
         Provider::Tensorrt => {
