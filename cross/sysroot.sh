@@ -9,8 +9,9 @@
 # these libraries means a GStreamer symbol newer than 1.18 fails the link, and running the
 # binary under qemu with DIR as its root runs it on a real glibc 2.31.
 #
-# DIR gets the runtime closure of glibc, GStreamer core/base and the base plugins (for qemu:
-# the demo camera's videotestsrc ! videoconvert ! appsink), plus the -dev
+# DIR gets the runtime closure of glibc, libstdc++ (ONNX Runtime's library needs it for
+# `detect` under qemu), GStreamer core/base and the base plugins (for qemu: the demo
+# camera's videotestsrc ! videoconvert ! appsink), plus the -dev
 # packages of GStreamer and GLib without their dependencies: only their pkg-config files
 # and .so links are needed, nothing is compiled against the headers. Idempotent: a stamp
 # lists what DIR holds; a second run with the same list does nothing.
@@ -24,7 +25,7 @@ mirror=${SYSROOT_MIRROR:-http://deb.debian.org/debian}
 security=${SYSROOT_SECURITY_MIRROR:-}
 keyring=/usr/share/keyrings/debian-archive-keyring.gpg
 # With dependencies: what the binary loads at run time, and the plugins a demo camera uses.
-runtime=(libc6 libgcc-s1 libgstreamer1.0-0 libgstreamer-plugins-base1.0-0 gstreamer1.0-plugins-base)
+runtime=(libc6 libgcc-s1 libstdc++6 libgstreamer1.0-0 libgstreamer-plugins-base1.0-0 gstreamer1.0-plugins-base)
 # Without dependencies: pkg-config files and the unversioned .so links the linker wants.
 devel=(libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libglib2.0-dev
   libpcre3-dev libffi-dev libunwind-dev libdw-dev libelf-dev zlib1g-dev liblzma-dev liborc-0.4-dev

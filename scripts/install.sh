@@ -60,6 +60,10 @@ if [ -e "$dest/etc/edge-agent/agent.toml" ]; then
 else
   step install -D -m 0644 "$repo/systemd/agent.toml" "$dest/etc/edge-agent/agent.toml"
 fi
+# The demo camera's detector, as the package ships it (scripts/setup.sh generates it).
+[ -f "$repo/models/generated/test-yolov4.onnx" ] || die "no models/generated/test-yolov4.onnx: run scripts/setup.sh first"
+step install -D -m 0644 "$repo/models/generated/test-yolov4.onnx" "$dest/usr/share/edge-agent/models/test-yolov4.onnx"
+step install -D -m 0644 "$repo/models/test.names" "$dest/usr/share/edge-agent/models/test.names"
 # User edge-agent (groups video, render), state/cache/config directories, unit enabled.
 step env DPKG_ROOT="$dest" sh "$repo/cross/debian/postinst" configure
 

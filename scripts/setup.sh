@@ -3,11 +3,15 @@
 # Idempotent: every step checks first and says what it did.
 #   scripts/setup.sh           build dependencies, ONNX Runtime venv, test model, aarch64 target
 #   scripts/setup.sh --test    also the brokers the integration tests use (RabbitMQ, Mosquitto)
-#                              and promtool (Debian package prometheus)
+#                              promtool (Debian package prometheus)
+#                              and the extra ONNX Runtime libraries of the runtime tests (.ort/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ORT_VERSION=1.32.0
+# The oldest PyPI wheel that ships capi/libonnxruntime.so: the floor the tests check
+# (the build accepts 1.17 and up; JetPack boxes have 1.17 to 1.25).
+ORT_OLD_VERSION=1.19.2
 want_test=0
 for a in "$@"; do
   case "$a" in
@@ -70,7 +74,40 @@ if [ -f models/make_test_model.py ]; then
   fi
 fi
 
-# 4. Rust: the aarch64 target for cross builds.
+# 4. (--test) ONNX Runtime libraries of other versions and architectures, for the tests that
+#    run `edge-agent detect` on each: the C library is taken out of the PyPI wheel (pip only
+#    downloads; nothing is installed into a Python). .ort/onnxruntime-VERSION-ARCH/
+fetch_ort() { # fetch_ort VERSION ARCH PLATFORM
+  local v=$1 arch=$2 plat=$3 dir=.ort/onnxruntime-$1-$2 tmp
+  if [ -f "$dir/libonnxruntime.so.$v" ]; then
+    say "ONNX Runtime $v ($arch) already in $dir"
+    return
+  fi
+  say "fetching ONNX Runtime $v ($arch) into $dir"
+  tmp=$(mktemp -d)
+  .venv/bin/pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \
+    --platform "$plat" --python-version 3.11 -d "$tmp" "onnxruntime==$v"
+  mkdir -p "$dir"
+  .venv/bin/python - "$tmp"/onnxruntime-*.whl "$dir" <<'PY'
+import os, sys, zipfile
+whl, out = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(whl) as z:
+    for n in z.namelist():
+        base = os.path.basename(n)
+        if n.startswith("onnxruntime/capi/") and base.startswith("libonnxruntime"):
+            with z.open(n) as src, open(os.path.join(out, base), "wb") as dst:
+                dst.write(src.read())
+PY
+  rm -rf "$tmp"
+  [ -f "$dir/libonnxruntime.so.$v" ] || { say "no libonnxruntime.so.$v in the $v wheel" >&2; exit 1; }
+}
+if [ "$want_test" = 1 ]; then
+  fetch_ort "$ORT_OLD_VERSION" x86_64 manylinux_2_28_x86_64
+  # For the aarch64 build under qemu (Debian 11 root, glibc 2.31: manylinux_2_28 loads).
+  fetch_ort "$ORT_OLD_VERSION" aarch64 manylinux_2_28_aarch64
+fi
+
+# 5. Rust: the aarch64 target for cross builds.
 if command -v rustup >/dev/null; then
   if rustup target list --installed | grep -q aarch64-unknown-linux-gnu; then
     say "Rust target aarch64-unknown-linux-gnu already installed"

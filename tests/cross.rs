@@ -126,3 +126,52 @@ fn the_glibc_reader_reports_the_host_binarys_needs() {
     // destructors alone (__cxa_thread_atexit_impl) need 2.18.
     assert!(minor >= 18, "implausible GLIBC_{v}");
 }
+
+/// ONNX Runtime on the Jetson's architecture: the aarch64 binary's `detect` under qemu,
+/// on the Debian 11 root (glibc 2.31, libstdc++ of GCC 10) with the aarch64 library of
+/// the PyPI wheel, finds the same boxes as this build with the x86-64 library of the
+/// same version on the same images (MLAS has other kernels on each: float noise only).
+#[test]
+fn the_aarch64_binary_detects_the_same_as_the_host_build_under_qemu() {
+    use crate::common::detect;
+    let Some(bin) = aarch64_binary() else { return };
+    let sysroot = target_dir().join("sysroot-bullseye-arm64");
+    assert!(
+        sysroot
+            .join("usr/lib/aarch64-linux-gnu/libstdc++.so.6")
+            .exists(),
+        "no libstdc++ in {}: run cross/build-aarch64.sh (cross/sysroot.sh) again",
+        sysroot.display()
+    );
+    let arm_lib = detect::ort_library("1.19.2", "aarch64");
+    let host_lib = detect::ort_library("1.19.2", "x86_64");
+    let dir = tempfile::tempdir().unwrap();
+    // Emulated inference is slow: one picture of each kind (squares, busy texture).
+    let all = detect::images(dir.path());
+    let images = [all[0].clone(), all[2].clone()];
+    let mut compared = 0;
+    for (i, model) in detect::models().iter().enumerate() {
+        let mut qemu = Command::new("timeout");
+        qemu.arg("300")
+            .arg("qemu-aarch64-static")
+            .arg(&bin)
+            .env("QEMU_LD_PREFIX", &sysroot)
+            .env("HOME", dir.path())
+            .env("XDG_CACHE_HOME", dir.path())
+            .env("GST_REGISTRY_FORK", "no")
+            .env_remove("ORT_DYLIB_PATH");
+        let arm = detect::run(
+            qemu,
+            &detect::config(dir.path(), &format!("arm-{i}.toml"), model, &arm_lib),
+            &images,
+        );
+        assert!(arm.iter().all(|l| l["provider"] == "cpu"), "{arm:?}");
+        let host = detect::run(
+            Command::new(env!("CARGO_BIN_EXE_edge-agent")),
+            &detect::config(dir.path(), &format!("host-{i}.toml"), model, &host_lib),
+            &images,
+        );
+        compared += detect::assert_same(&format!("model {i}, aarch64 vs x86-64"), &arm, &host);
+    }
+    assert!(compared >= 4, "only {compared} detections compared");
+}

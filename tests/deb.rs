@@ -98,6 +98,8 @@ fn check_package(deb: &Path, arch: &str) {
     for path in [
         "./lib/systemd/system/edge-agent.service",
         "./etc/edge-agent/agent.toml",
+        "./usr/share/edge-agent/models/test-yolov4.onnx",
+        "./usr/share/edge-agent/models/test.names",
         "./usr/share/doc/edge-agent/copyright",
     ] {
         assert_eq!(entry(&rows, path).0, "-rw-r--r--", "{path} mode");
@@ -268,6 +270,54 @@ fn check_user(root: &Path) {
     }
 }
 
+/// What a fresh install does with its shipped configuration: the demo camera's detector
+/// is in the package and finds the demo's red square; a real camera without
+/// `inference.model` stops `validate` and `run` with exit 78 naming the key, so systemd
+/// never loops on it. Run from inside the scratch root, away from this checkout's model.
+fn check_fresh_install(r: &Path) {
+    let bin = r.join("usr/bin/edge-agent");
+    let conf = r.join("etc/edge-agent");
+    let img = r.join("tmp/red.jpg");
+    std::fs::create_dir_all(img.parent().unwrap()).unwrap();
+    std::fs::write(
+        &img,
+        crate::infer::jpeg_of(&crate::infer::scene(
+            640,
+            480,
+            &[(300, 200, 64, crate::infer::RED)],
+        )),
+    )
+    .unwrap();
+    let edge_agent = |args: &[&str], camera: Option<&str>| {
+        let mut cmd = Command::new(&bin);
+        cmd.args(args)
+            .arg("--config-dir")
+            .arg(&conf)
+            .current_dir(r)
+            // The box's ONNX Runtime: this checkout's, found from here, not from r.
+            .env("ORT_DYLIB_PATH", crate::common::detect::current_library());
+        if let Some(url) = camera {
+            cmd.env("EDGE_AGENT_CAMERA_URL", url);
+        }
+        cmd
+    };
+    let line = stdout(edge_agent(&["detect"], None).arg(&img));
+    let d: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    assert_eq!(d["detections"][0]["class"], "fire", "{line}");
+    run(&mut edge_agent(&["validate", "--quiet"], None));
+    for cmd in [&["validate"][..], &["run"][..]] {
+        let out = edge_agent(cmd, Some("rtsp://192.0.2.10/stream"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{cmd:?}: {stderr}");
+        assert!(
+            stderr.contains("inference.model") && stderr.contains("\"cam1\" is a real camera"),
+            "{cmd:?}: {stderr}"
+        );
+    }
+}
+
 #[test]
 fn the_host_package_carries_binary_unit_config_and_maintainer_scripts() {
     let out = tempfile::tempdir().unwrap();
@@ -305,6 +355,7 @@ fn installing_the_package_creates_the_user_enables_the_unit_and_keeps_a_changed_
     );
     let version = stdout(Command::new(r.join("usr/bin/edge-agent")).arg("--version"));
     assert!(version.contains(env!("CARGO_PKG_VERSION")), "{version}");
+    check_fresh_install(r);
 
     // Reinstall (the upgrade path): the postinst runs again, the admin's config stays.
     let config = r.join("etc/edge-agent/agent.toml");
@@ -411,6 +462,7 @@ fn install_sh_into_a_destdir_sets_up_the_box_and_never_overwrites_the_config() {
     };
     install();
     check_user(r);
+    check_fresh_install(r);
     let bin = std::fs::metadata(r.join("usr/bin/edge-agent")).unwrap();
     assert_eq!(bin.mode() & 0o777, 0o755);
     assert_eq!(

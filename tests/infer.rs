@@ -30,7 +30,7 @@ fn cfg(model: &Path, labels: Option<&str>) -> InferenceConfig {
 }
 
 /// Dark background (40) with filled squares (x, y, side, rgb).
-fn scene(w: u32, h: u32, squares: &[(u32, u32, u32, [u8; 3])]) -> RgbImage {
+pub(crate) fn scene(w: u32, h: u32, squares: &[(u32, u32, u32, [u8; 3])]) -> RgbImage {
     let mut data = vec![40u8; (w * h * 3) as usize];
     for &(x, y, s, c) in squares {
         for yy in y..(y + s).min(h) {
@@ -43,9 +43,9 @@ fn scene(w: u32, h: u32, squares: &[(u32, u32, u32, [u8; 3])]) -> RgbImage {
     RgbImage::new(w, h, data).unwrap()
 }
 
-const RED: [u8; 3] = [230, 20, 20];
-const WHITE: [u8; 3] = [250, 250, 250];
-const BLUE: [u8; 3] = [20, 30, 240];
+pub(crate) const RED: [u8; 3] = [230, 20, 20];
+pub(crate) const WHITE: [u8; 3] = [250, 250, 250];
+pub(crate) const BLUE: [u8; 3] = [20, 30, 240];
 
 fn assert_box(d: &Detection, class: &str, b: [f32; 4], tol: f32) {
     assert_eq!(d.class, class, "{d:?}");
@@ -95,7 +95,7 @@ fn write_ppm(img: &RgbImage, path: &Path) {
 }
 
 /// A busy deterministic picture: gradients, stripes and coloured squares.
-fn textured(w: u32, h: u32) -> RgbImage {
+pub(crate) fn textured(w: u32, h: u32) -> RgbImage {
     let mut data = Vec::with_capacity((w * h * 3) as usize);
     for y in 0..h {
         for x in 0..w {
@@ -425,7 +425,7 @@ fn item(seq: u64, jpeg: Vec<u8>, acks: &mpsc::UnboundedSender<(u64, AckOutcome)>
     }
 }
 
-fn jpeg_of(img: &RgbImage) -> Vec<u8> {
+pub(crate) fn jpeg_of(img: &RgbImage) -> Vec<u8> {
     encode_jpeg(img, 95).unwrap()
 }
 

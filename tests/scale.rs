@@ -156,6 +156,75 @@ async fn workers_die_with_an_agent_that_is_sigkilled() {
 // ---------------------------------------------------------------------------------
 // `edge-agent scaler` on a shared RabbitMQ queue.
 
+#[tokio::test]
+async fn workers_report_their_provider_and_require_gpu_fails_a_cpu_only_worker_at_start() {
+    let names = Names::new();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = |name: &str, extra: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(
+            &p,
+            format!(
+                "[device]\nid = \"box\"\n[inference]\nproviders = [\"cuda\", \"cpu\"]\n{extra}{}",
+                names.transport_toml()
+            ),
+        )
+        .unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let cpu_ok = conf("cpu.toml", "");
+    let gpu_only = conf("gpu.toml", "require_gpu = true\n");
+    let shutdown = CancellationToken::new();
+    let backoff = || Backoff::new(Duration::from_millis(200), Duration::from_secs(1));
+    let ok = spawn_pool(
+        worker_with_args(&["worker", "--config", &cpu_ok]),
+        Duration::from_secs(5),
+        backoff(),
+        shutdown.clone(),
+    );
+    let gpu = spawn_pool(
+        worker_with_args(&["worker", "--config", &gpu_only]),
+        Duration::from_secs(5),
+        backoff(),
+        shutdown.clone(),
+    );
+    ok.set_target(1);
+    gpu.set_target(1);
+    eventually("a ready CPU worker", Duration::from_secs(60), || {
+        ok.status().ready == 1
+    })
+    .await;
+    eventually("a failed GPU-only worker", Duration::from_secs(60), || {
+        gpu.status().start_failures >= 1
+    })
+    .await;
+    // This machine has no CUDA: the worker says it runs on the CPU, and so do the
+    // pool's status (what /health shows) and the metric.
+    let s = ok.status();
+    assert_eq!(
+        s.providers,
+        BTreeMap::from([("cpu".to_string(), 1)]),
+        "{s:?}"
+    );
+    let text = edge_agent::telemetry::metrics::metrics().encode();
+    assert!(
+        text.contains("edge_agent_worker_providers{provider=\"cpu\"} 1"),
+        "{text}"
+    );
+    let g = gpu.status();
+    assert_eq!(g.ready, 0, "{g:?}");
+    assert!(g.failing, "{g:?}");
+    let reason = g.last_failure.clone().unwrap_or_default();
+    assert!(
+        reason.contains("failed to start") && reason.contains("inference.require_gpu is set"),
+        "reason: {reason}"
+    );
+    shutdown.cancel();
+    ok.stopped().await;
+    gpu.stopped().await;
+    cleanup(&names, &["box"]).await;
+}
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Instant;
@@ -165,7 +234,7 @@ use edge_agent::escalate::jpeg::encode_rgb;
 use edge_agent::escalate::message::{unix_ns_now, VERSION};
 use edge_agent::escalate::{FrameHeader, FrameMessage, Role, Transport, TransportConfig};
 
-use crate::common::broker::{amqp_url, unique};
+use crate::common::broker::{amqp_url, eventually, unique};
 use crate::common::models::{root, tiny_random};
 use crate::common::procs::Running;
 

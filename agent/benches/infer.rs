@@ -6,7 +6,9 @@
 //! `cargo bench -p edge-agent --bench infer`
 //! Rust and Python passes over the frames alternate (one Python process per pass, one
 //! warm-up frame each), so that both see the same load on a shared machine.
-//! Env: BENCH_THREADS (default 2), BENCH_TINY_REPEAT (default 10 passes over the
+//! BENCH_PARTS=session measures YOLOv4-416 session creation with and without the cached
+//! optimised model instead (see `session_cold_start`).
+//! Env: BENCH_PARTS (`step`, `session`; default `step`), BENCH_THREADS (default 2), BENCH_TINY_REPEAT (default 10 passes over the
 //! frames), BENCH_FULL_REPEAT (default 2; 0 skips YOLOv4), EDGE_AGENT_PYTHON.
 
 use std::path::{Path, PathBuf};
@@ -220,6 +222,80 @@ fn compare(
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` runs this too: keep it short.
     let quick = !std::env::args().any(|a| a == "--bench");
+    let parts = std::env::var("BENCH_PARTS").unwrap_or_else(|_| "step".into());
+    if parts.split(',').any(|p| p == "step") {
+        worker_step(quick);
+    }
+    if parts.split(',').any(|p| p == "session") {
+        session_cold_start(quick);
+    }
+}
+
+/// Worker cold start on the CPU (BENCH_PARTS=session): YOLOv4-416 session creation from
+/// the model itself (every graph optimisation applied at load, the baseline) against
+/// loading the optimised graph the first session cached (`inference.engine_cache`),
+/// alternating so both see the same load. BENCH_SESSION_REPEAT sessions each (5).
+fn session_cold_start(quick: bool) {
+    use edge_agent::infer::session;
+    let model = if quick {
+        model(
+            "models/cfg/yolov4-tiny.cfg",
+            "yolov4-tiny-random-pytorch.onnx",
+        )
+    } else {
+        model("models/cfg/yolov4.cfg", "yolov4-random-pytorch.onnx")
+    };
+    let repeat = if quick {
+        1
+    } else {
+        env_usize("BENCH_SESSION_REPEAT", 5)
+    };
+    let cache = tempfile::tempdir().unwrap();
+    let cfg = |cache_dir: &Path| InferenceConfig {
+        model: model.clone(),
+        providers: vec![Provider::Cpu],
+        threads: IntIn::new(env_usize("BENCH_THREADS", 2) as i64).unwrap(),
+        engine_cache: Some(cache_dir.to_path_buf()),
+        ..InferenceConfig::default()
+    };
+    let plain = cfg(Path::new(""));
+    let cached = cfg(cache.path());
+    let open = |c: &InferenceConfig| {
+        let t = Instant::now();
+        let s = session::open(&model, c).expect("session opens");
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        drop(s);
+        ms
+    };
+    // Loads ONNX Runtime, then fills the cache (the one-off cost, reported apart).
+    open(&plain);
+    let first = open(&cached);
+    let (mut base, mut warm) = (Vec::new(), Vec::new());
+    for _ in 0..repeat {
+        base.push(open(&plain));
+        warm.push(open(&cached));
+    }
+    let (b, w) = (median(base), median(warm));
+    println!(
+        "{} (random weights, {} MB), CPU provider, {repeat} sessions each, alternating; ONNX Runtime {}.",
+        model.file_name().unwrap().to_string_lossy(),
+        std::fs::metadata(&model).map(|m| m.len() >> 20).unwrap_or(0),
+        session::loaded_version().unwrap_or("?")
+    );
+    println!();
+    println!("| session creation | median ms | vs baseline |");
+    println!("|---|---:|---:|");
+    println!("| from the model, all optimisations at load (baseline) | {b:.0} | 1.00x |");
+    println!(
+        "| from the cached optimised model (`inference.engine_cache`) | {w:.0} | {:.2}x faster |",
+        b / w
+    );
+    println!(
+        "| first session: optimising and saving the model (once per model, runtime and CPU) | {first:.0} | |"
+    );
+}
+
+fn worker_step(quick: bool) {
     let threads = env_usize("BENCH_THREADS", 2);
     let tiny_repeat = if quick {
         1

@@ -75,6 +75,13 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         debug_dir: Option<PathBuf>,
     },
+    /// Build the TensorRT engine, timing cache and EP-context model of `inference.model`
+    /// once, so workers started from zero load them instead of building (the agent runs
+    /// this at start when ONNX Runtime has TensorRT). Prints one JSON line.
+    Prepare {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
     /// Run the worker's detection pipeline on image files; print one JSON line per image.
     Detect {
         #[command(flatten)]

@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod broker;
+pub mod detect;
 pub mod logs;
 pub mod models;
 pub mod procs;

@@ -40,6 +40,9 @@ pub fn main(cli: Cli) -> i32 {
             plain();
             motion_command(&source, &config, camera.as_deref(), debug_dir.as_deref())
         }
+        Command::Prepare { config } => with_config(&config, true, flag, |loaded| {
+            crate::infer::detect::prepare_command(&loaded.config.inference)
+        }),
         Command::Detect { config, images } => with_config(&config, true, flag, |loaded| {
             crate::infer::detect::detect_command(&loaded.config, &images)
         }),

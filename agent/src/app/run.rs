@@ -82,6 +82,7 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
             addr.port().to_string(),
         ));
     }
+    prepare_engines(&spec, &cfg.inference);
     let pool = spawn_pool(
         spec,
         cfg.scaling.grace_period.get(),
@@ -204,12 +205,12 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
                 .filter_map(|(id, h)| h.upgrade().map(|h| (id, h)))
                 .map(|(id, h)| {
                     let s = h.status();
-                    (id.clone(), serde_json::json!({ "state": format!("{:?}", s.state), "restarts": s.restarts, "last_reason": s.last_reason, "frames": s.frames }))
+                    (id.clone(), serde_json::json!({ "state": format!("{:?}", s.state), "restarts": s.restarts, "last_reason": s.last_reason, "frames": s.frames, "decoder": s.decoder, "decoder_fallback": s.decoder_fallback }))
                 })
                 .collect();
             let w = p.status();
             serde_json::json!({ "version": crate::VERSION, "broker_connected": t.is_connected(), "cameras": cams,
-                "workers": { "running": w.running, "ready": w.ready, "target": w.target, "last_failure": w.last_failure } })
+                "workers": { "running": w.running, "ready": w.ready, "target": w.target, "providers": w.providers, "last_failure": w.last_failure } })
         })
     };
     if !cfg.telemetry.metrics_listen.is_empty() {
@@ -434,6 +435,47 @@ fn announce(
 }
 
 /// The command-line arguments that give a worker the same configuration sources.
+/// Starts `edge-agent prepare` in the background when ONNX Runtime has TensorRT (its
+/// provider library lies next to libonnxruntime.so), so the engine is built at boot and
+/// not by the first worker after the first motion. It holds the engine cache's lock
+/// while it builds: a worker started meanwhile waits for it, then loads the engine.
+fn prepare_engines(spec: &WorkerSpec, inference: &crate::infer::InferenceConfig) {
+    use crate::infer::config::Provider;
+    if !inference.providers.contains(&Provider::Tensorrt) {
+        return;
+    }
+    let Ok(lib) = crate::infer::session::find_library(inference.ort_library.as_deref()) else {
+        return;
+    };
+    let has_trt = lib
+        .parent()
+        .is_some_and(|d| d.join("libonnxruntime_providers_tensorrt.so").is_file());
+    if !has_trt {
+        return;
+    }
+    let mut cmd = tokio::process::Command::new(&spec.program);
+    // The worker's arguments with the subcommand swapped: same configuration.
+    cmd.arg("prepare")
+        .args(spec.args.iter().skip(1))
+        .envs(spec.env.iter().cloned())
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    tokio::spawn(async move {
+        let started = Instant::now();
+        match cmd.output().await {
+            Ok(out) => {
+                let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                if out.status.success() {
+                    info!(result = %line, took = ?started.elapsed(), "TensorRT engine prepared.");
+                } else {
+                    warn!(result = %line, status = %out.status, "TensorRT engine not prepared; workers build or skip it.");
+                }
+            }
+            Err(e) => warn!(error = %e, "Cannot run edge-agent prepare."),
+        }
+    });
+}
+
 pub(super) fn config_args(args: &ConfigArgs) -> Vec<OsString> {
     let mut out: Vec<OsString> = Vec::new();
     if let Some(dir) = &args.config_dir {

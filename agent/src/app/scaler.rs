@@ -120,7 +120,7 @@ async fn run_scaler_cmd(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32>
         let health: http::HealthFn = Arc::new(move || {
             let w = p.status();
             serde_json::json!({ "version": crate::VERSION, "queue": q, "backlog": last.load(Ordering::Relaxed),
-                "workers": { "running": w.running, "ready": w.ready, "target": w.target, "held": w.held,
+                "workers": { "running": w.running, "ready": w.ready, "target": w.target, "held": w.held, "providers": w.providers,
                     "pids": w.pids, "started": w.started, "crashes": w.crashes, "start_failures": w.start_failures,
                     "last_failure": w.last_failure } })
         });

@@ -21,7 +21,7 @@ use crate::infer::pipeline::Pipeline;
 use crate::infer::worker::{
     self, AckOutcome, DetectionsMessage, EventMessage, FrameMeta, ResultSink, Snapshot, WorkItem,
 };
-use crate::scale::{HELD_PREFIX, READY_LINE};
+use crate::scale::{HELD_PREFIX, PROVIDER_PREFIX, READY_LINE};
 use crate::shutdown::{install_signal_handlers, Shutdown};
 use crate::telemetry::latency::Marks;
 
@@ -135,7 +135,8 @@ async fn run_worker(loaded: Loaded) -> anyhow::Result<i32> {
     let pipeline = tokio::task::spawn_blocking(move || Pipeline::new(&inference))
         .await
         .context("model loading task")??;
-    info!(provider = %pipeline.provider(), load = ?started.elapsed(), "Model loaded.");
+    let provider = pipeline.provider();
+    info!(provider, load = ?started.elapsed(), "Model loaded.");
     let transport = Arc::new(
         Transport::connect(&cfg.transport, cfg.device.id.as_str(), Role::Worker)
             .await
@@ -161,6 +162,7 @@ async fn run_worker(loaded: Loaded) -> anyhow::Result<i32> {
     }
     let ready_at = crate::escalate::message::unix_ns_now();
     let held = Held::default();
+    println!("{PROVIDER_PREFIX} {provider}");
     println!("{READY_LINE}");
     let _ = std::io::stdout().flush();
     info!("Worker ready.");

@@ -122,6 +122,25 @@ impl Config {
                 ));
             }
         }
+        // The bundled test model finds only the demo's coloured squares: on a real camera
+        // it would raise nonsense events, so a fresh install with real cameras stops here
+        // (exit 78) instead of starting workers. A project checkout is a development
+        // setup whose test cameras are RTSP servers as well.
+        if self.inference.model.as_os_str().is_empty()
+            && crate::infer::pipeline::project_test_model().is_none()
+        {
+            if let Some(cam) = self.cameras.iter().find(|c| c.url.scheme() != "demo") {
+                errs.push((
+                    "inference.model".into(),
+                    format!(
+                        "is not set, and camera {:?} is a real camera: the bundled test model only \
+                         finds the demo's coloured squares. Set inference.model to your YOLOv4 ONNX \
+                         model (and inference.labels to its class names)",
+                        cam.id.as_str()
+                    ),
+                ));
+            }
+        }
         for (key, path) in [
             ("inference.model", &self.inference.model),
             ("inference.labels", &self.inference.labels),

@@ -63,11 +63,19 @@ pub struct InferenceConfig {
     /// Path of `libonnxruntime.so`; else `ORT_DYLIB_PATH`, else the project's virtualenv.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ort_library: Option<PathBuf>,
-    /// TensorRT engine cache directory.
+    /// Root of the TensorRT engine, timing-cache and EP-context cache. Unset: the unit's
+    /// state directory (`$STATE_DIRECTORY/engines`, i.e. /var/lib/edge-agent/engines),
+    /// else `$XDG_CACHE_HOME/edge-agent/engines` or `~/.cache/edge-agent/engines`.
+    /// Empty (`""`): no cache, every session builds its engine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub engine_cache: Option<PathBuf>,
-    #[serde(default)]
+    /// TensorRT FP16 kernels (Jetsons are built for them; off only to compare accuracy).
+    #[serde(default = "default_true")]
     pub fp16: bool,
+    /// A worker that gets no GPU provider (TensorRT or CUDA) fails to start instead of
+    /// running on the CPU: the pool backs off and frames go to `scaling.remote_queue`.
+    #[serde(default)]
+    pub require_gpu: bool,
     /// Factor from 0..255 pixel values to the model's input range (darknet: 1/255).
     #[serde(default = "default_pixel_scale")]
     pub pixel_scale: Fraction,
@@ -92,7 +100,8 @@ impl Default for InferenceConfig {
             threads: default_threads(),
             ort_library: None,
             engine_cache: None,
-            fp16: false,
+            fp16: true,
+            require_gpu: false,
             pixel_scale: default_pixel_scale(),
             max_batch: default_max_batch(),
         }
@@ -113,6 +122,12 @@ impl InferenceConfig {
             errs.push((
                 "input_size".into(),
                 format!("must be a multiple of 32 (YOLO stride), got {size}"),
+            ));
+        }
+        if self.require_gpu && !self.providers.iter().any(|p| *p != Provider::Cpu) {
+            errs.push((
+                "require_gpu".into(),
+                "is true but providers lists no GPU provider (add \"tensorrt\" or \"cuda\")".into(),
             ));
         }
         if self.pixel_scale.get() <= 0.0 {
@@ -157,6 +172,9 @@ impl Default for EventsConfig {
 
 fn default_providers() -> Vec<Provider> {
     vec![Provider::Tensorrt, Provider::Cuda, Provider::Cpu]
+}
+fn default_true() -> bool {
+    true
 }
 fn default_confidence() -> Fraction {
     Fraction::lit(0.4)
@@ -212,6 +230,15 @@ mod tests {
                 },
                 "labels",
                 "is set but model is not",
+            ),
+            (
+                InferenceConfig {
+                    providers: vec![Provider::Cpu],
+                    require_gpu: true,
+                    ..InferenceConfig::default()
+                },
+                "require_gpu",
+                "is true but providers lists no GPU provider",
             ),
             (
                 InferenceConfig {

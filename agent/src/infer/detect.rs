@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use super::config::{InferenceConfig, Provider};
 use super::image;
 use super::pipeline::{Detection, Pipeline, Timings};
 use crate::config::Config;
@@ -51,6 +52,47 @@ pub fn detect_command(cfg: &Config, images: &[PathBuf]) -> i32 {
         }
     }
     code
+}
+
+/// `edge-agent prepare`: opens the model on TensorRT alone (under the engine cache's
+/// lock, so a worker starting meanwhile waits and then loads the result) and runs one
+/// frame, which builds the engine where the model's input shape is dynamic.
+/// Exit codes: 0 prepared or nothing to prepare (TensorRT not configured), 1 TensorRT
+/// could not build the engine.
+pub fn prepare_command(cfg: &InferenceConfig) -> i32 {
+    let say = |v: serde_json::Value| println!("{v}");
+    if !cfg.providers.contains(&Provider::Tensorrt) {
+        say(
+            serde_json::json!({ "prepared": false, "reason": "tensorrt is not in inference.providers" }),
+        );
+        return 0;
+    }
+    let only_trt = InferenceConfig {
+        providers: vec![Provider::Tensorrt],
+        require_gpu: false,
+        ..cfg.clone()
+    };
+    let t = Instant::now();
+    let result = Pipeline::new(&only_trt).and_then(|mut p| {
+        let spec = p.spec();
+        let (w, h) = (spec.width as u32, spec.height as u32);
+        let grey = image::RgbImage::new(w, h, vec![114; (w * h * 3) as usize])?;
+        p.run_images(&[&grey])?;
+        Ok(())
+    });
+    match result {
+        Ok(()) => {
+            say(
+                serde_json::json!({ "prepared": true, "provider": "tensorrt",
+                "seconds": t.elapsed().as_secs_f64() }),
+            );
+            0
+        }
+        Err(e) => {
+            say(serde_json::json!({ "prepared": false, "reason": e.to_string() }));
+            1
+        }
+    }
 }
 
 fn detect_one(p: &mut Pipeline, path: &Path) -> Result<String, String> {

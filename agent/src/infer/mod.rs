@@ -10,11 +10,13 @@
 //! The pure parts (layout detection, decoding, NMS, letterbox maths, drawing) take plain
 //! data and are unit-tested without a model.
 
+pub mod cache;
 pub mod config;
 pub mod decode;
 pub mod detect;
 pub mod image;
 pub mod layout;
+pub mod model_input;
 pub mod pipeline;
 pub mod preprocess;
 pub mod session;
@@ -33,6 +35,12 @@ pub enum InferError {
     OrtNotFound { searched: Vec<String> },
     #[error("ONNX Runtime library {path} could not be loaded: {reason}")]
     OrtLoad { path: PathBuf, reason: String },
+    #[error("ONNX Runtime library {path} is version {found}; edge-agent needs {minimum} or newer (JetPack 5: onnxruntime-gpu 1.17 or 1.18 from jetson-containers or the Jetson Zoo; JetPack 6: 1.19 and up)")]
+    OrtTooOld {
+        path: PathBuf,
+        found: String,
+        minimum: &'static str,
+    },
     #[error("model file {path} not found{hint}")]
     ModelMissing { path: PathBuf, hint: String },
     #[error("model {path} could not be loaded (corrupt or not an ONNX model?): {reason}")]
@@ -62,6 +70,11 @@ pub enum InferError {
     },
     #[error("no execution provider could run model {path}: {}", .attempts.join("; "))]
     NoProvider {
+        path: PathBuf,
+        attempts: Vec<String>,
+    },
+    #[error("inference.require_gpu is set and no GPU execution provider could run model {path}: {}", .attempts.join("; "))]
+    GpuRequired {
         path: PathBuf,
         attempts: Vec<String>,
     },

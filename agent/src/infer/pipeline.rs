@@ -20,6 +20,8 @@ use crate::telemetry::metrics::{metrics, stage};
 /// The generated test model and its labels, used when `inference.model` is empty.
 pub const DEFAULT_MODEL: &str = "models/generated/test-yolov4.onnx";
 pub const DEFAULT_LABELS: &str = "models/test.names";
+/// Where the package puts the test model, under the binary's prefix (`/usr`).
+pub const PACKAGED_MODEL: &str = "share/edge-agent/models/test-yolov4.onnx";
 
 /// One detected object, box in frame pixels (top-left corner and size).
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -91,19 +93,36 @@ pub fn resolve_paths(cfg: &InferenceConfig) -> Result<(PathBuf, Option<PathBuf>)
         let labels = (!cfg.labels.as_os_str().is_empty()).then(|| cfg.labels.clone());
         return Ok((cfg.model.clone(), labels));
     }
-    let model = find_upwards(DEFAULT_MODEL).ok_or_else(|| InferError::ModelMissing {
-        path: PathBuf::from(DEFAULT_MODEL),
-        hint: " (inference.model is empty, so the generated test model is used: run \
+    let model = project_test_model()
+        .or_else(packaged_test_model)
+        .ok_or_else(|| InferError::ModelMissing {
+            path: PathBuf::from(DEFAULT_MODEL),
+            hint: " (inference.model is empty, so the generated test model is used: run \
                `python models/make_test_model.py` from the project root, or set inference.model)"
-            .into(),
-    })?;
-    let labels = model
-        .parent()
-        .and_then(Path::parent)
+                .into(),
+        })?;
+    // Next to the packaged model; one level up from models/generated/ in the project.
+    let labels = [model.parent(), model.parent().and_then(Path::parent)]
+        .into_iter()
+        .flatten()
         .map(|m| m.join("test.names"))
-        .filter(|p| p.is_file())
+        .find(|p| p.is_file())
         .or_else(|| find_upwards(DEFAULT_LABELS));
     Ok((model, labels))
+}
+
+/// The generated test model in a project checkout (up from the working directory or
+/// the executable): the development setup, where test cameras are RTSP servers too.
+pub fn project_test_model() -> Option<PathBuf> {
+    find_upwards(DEFAULT_MODEL)
+}
+
+/// The test model the package installs for the demo camera
+/// (`/usr/share/edge-agent/models/`, found from `/usr/bin/edge-agent`).
+pub fn packaged_test_model() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let prefix = exe.parent()?.parent()?;
+    Some(prefix.join(PACKAGED_MODEL)).filter(|p| p.is_file())
 }
 
 /// Reads a names file: one class per line; blank lines at the end are ignored.

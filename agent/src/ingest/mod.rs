@@ -7,6 +7,7 @@
 //! counted when full) or a small lock (ring, counters). Supervision runs on tokio.
 
 pub mod config;
+mod fallback;
 mod frames;
 mod pipeline;
 mod supervisor;
@@ -99,6 +100,9 @@ pub struct CameraStatus {
     pub last_reason: Option<String>,
     /// The decoder in use, once chosen.
     pub decoder: Option<String>,
+    /// Why the camera decodes in software although a hardware decoder exists (it failed
+    /// twice in a row); cleared when the hardware is tried again.
+    pub decoder_fallback: Option<String>,
     /// Source size of the last frame.
     pub source_size: Option<(u32, u32)>,
     /// Decoded frames received.
@@ -139,6 +143,7 @@ pub(crate) struct StatusFields {
     pub(crate) restarts: u64,
     pub(crate) last_reason: Option<String>,
     pub(crate) decoder: Option<String>,
+    pub(crate) decoder_fallback: Option<String>,
     pub(crate) source_size: Option<(u32, u32)>,
 }
 
@@ -167,6 +172,7 @@ impl Shared {
                 restarts: 0,
                 last_reason: None,
                 decoder: None,
+                decoder_fallback: None,
                 source_size: None,
             }),
             converter: Mutex::new(None),
@@ -199,6 +205,7 @@ impl Shared {
             restarts: s.restarts,
             last_reason: s.last_reason.clone(),
             decoder: s.decoder.clone(),
+            decoder_fallback: s.decoder_fallback.clone(),
             source_size: s.source_size,
             frames: self.frames.load(Ordering::Relaxed),
             sampled: self.delivered.load(Ordering::Relaxed),

@@ -76,7 +76,21 @@ pub(crate) fn resolve_decoder(decode: Decode, nvidia_present: bool) -> Option<De
     }
 }
 
+/// Test-only: a gst-launch fragment used as the "hardware" decoder in place of
+/// `nvv4l2decoder ! nvvidconv`, so the fallback can be tested where no Jetson decoder
+/// exists (e.g. `identity`, which passes H.264 on and fails to negotiate at run time).
+pub(crate) const TEST_HW_DECODER_ENV: &str = "EDGE_AGENT_TEST_HW_DECODER";
+
+fn test_hw_decoder() -> Option<String> {
+    std::env::var(TEST_HW_DECODER_ENV)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+}
+
 fn nvidia_present() -> bool {
+    if test_hw_decoder().is_some() {
+        return true;
+    }
     gst::ElementFactory::find("nvv4l2decoder").is_some()
         && gst::ElementFactory::find("nvvidconv").is_some()
 }
@@ -180,6 +194,8 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub(crate) struct Built {
     pub(crate) pipeline: gst::Pipeline,
     pub(crate) decoder: String,
+    /// The pipeline decodes on the hardware decoder.
+    pub(crate) hardware: bool,
 }
 
 /// Builds (but does not start) the pipeline of one camera.
@@ -189,6 +205,7 @@ pub(crate) fn build(
     shared: &Arc<Shared>,
     attempt: &Arc<Attempt>,
     tx: mpsc::Sender<GreyFrame>,
+    allow_hw: bool,
 ) -> Result<Built, IngestError> {
     let id = shared.id.clone();
     let build_err = |e: &dyn std::fmt::Display| build_error(&id, e);
@@ -198,10 +215,14 @@ pub(crate) fn build(
     let kind = if scheme == "demo" {
         DecoderKind::Software
     } else {
-        resolve_decoder(cfg.decode, nvidia_present()).ok_or_else(|| {
-            IngestError::NoNvidiaDecoder {
-                camera: id.to_string(),
-            }
+        // After repeated hardware failures `auto` means software for a while; an
+        // explicit `nvidia` stays on the hardware decoder.
+        let decode = match cfg.decode {
+            Decode::Auto if !allow_hw => Decode::Software,
+            d => d,
+        };
+        resolve_decoder(decode, nvidia_present()).ok_or_else(|| IngestError::NoNvidiaDecoder {
+            camera: id.to_string(),
         })?
     };
     let live = matches!(mode, Mode::Live);
@@ -253,7 +274,11 @@ pub(crate) fn build(
 
     install_sample_handler(&appsink, cfg, mode, kind, shared, attempt, tx);
     install_bus_handler(&pipeline, shared, attempt);
-    Ok(Built { pipeline, decoder })
+    Ok(Built {
+        pipeline,
+        decoder,
+        hardware: kind == DecoderKind::Nvidia && scheme != "demo",
+    })
 }
 
 /// A pipeline-building failure of `camera`; GStreamer messages may quote the URL.
@@ -293,13 +318,17 @@ fn add_decoder(
             },
         )?);
     }
-    chain.push(make(
+    let parse = make(
         camera,
         match codec {
             Codec::H264 => "h264parse",
             Codec::H265 => "h265parse",
         },
-    )?);
+    )?;
+    // SPS/PPS (and VPS) before every IDR frame: a decoder that starts mid-stream, or
+    // is restarted, gets its parameters with the next keyframe (nvv4l2decoder needs it).
+    parse.set_property("config-interval", -1i32);
+    chain.push(parse);
     match kind {
         DecoderKind::Software => chain.push(make(
             camera,
@@ -308,6 +337,12 @@ fn add_decoder(
                 Codec::H265 => "avdec_h265",
             },
         )?),
+        DecoderKind::Nvidia if test_hw_decoder().is_some() => {
+            let desc = test_hw_decoder().unwrap_or_default();
+            let bin = gst::parse::bin_from_description(&desc, true)
+                .map_err(|e| build_error(camera, format!("{TEST_HW_DECODER_ENV}={desc}: {e}")))?;
+            chain.push(bin.upcast());
+        }
         DecoderKind::Nvidia => {
             chain.push(make(camera, "nvv4l2decoder")?);
             chain.push(make(camera, "nvvidconv")?);

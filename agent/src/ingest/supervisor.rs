@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::fallback::{Change, HwFallback};
 use super::frames::GreyFrame;
 use super::pipeline::{self, lock, Attempt, Mode};
 use super::{CameraConfig, CameraState, IngestError, ReplaySummary, Shared};
@@ -52,12 +53,28 @@ async fn run(
         .clone();
     tracing::info!(url = %cfg.url, "Camera starting.");
     let mut clean = true;
+    let mut hw = HwFallback::default();
     loop {
         shared.beat.beat();
         shared.set_state(CameraState::Connecting);
         let attempt = Arc::new(Attempt::new());
-        let outcome = match pipeline::build(&cfg, Mode::Live, &shared, &attempt, grey_tx.clone()) {
+        let (allow_hw, change) = hw.hardware_allowed(Instant::now());
+        if change == Change::Retrying {
+            lock(&shared.status).decoder_fallback = None;
+            tracing::info!("Trying the hardware decoder again.");
+        }
+        let mut hardware = false;
+        let built = pipeline::build(
+            &cfg,
+            Mode::Live,
+            &shared,
+            &attempt,
+            grey_tx.clone(),
+            allow_hw,
+        );
+        let outcome = match built {
             Ok(built) => {
+                hardware = built.hardware;
                 lock(&shared.status).decoder = Some(built.decoder.clone());
                 let outcome = watch(
                     &cfg,
@@ -76,6 +93,27 @@ async fn run(
             }
             Err(e) => Err(e),
         };
+        if hardware {
+            let decoded = attempt.frames.load(std::sync::atomic::Ordering::Relaxed) > 0;
+            // Only a stream that reached the decoder says anything about the decoder.
+            let reached = lock(&attempt.decoder).is_some();
+            let failure = match &outcome {
+                Err(e) if reached && !decoded => Some((e.to_string(), e.label())),
+                _ => None,
+            };
+            let label = failure.as_ref().map(|f| f.1);
+            if let Change::FellBack(why) = hw.record(failure.map(|f| f.0), Instant::now()) {
+                tracing::warn!(reason = %why, "Hardware decoder failed; decoding in software.");
+                lock(&shared.status).decoder_fallback = Some(why);
+                metrics()
+                    .decoder_fallbacks
+                    .get_or_create(&vec![
+                        ("camera", shared.id.to_string()),
+                        ("reason", label.unwrap_or("error").to_string()),
+                    ])
+                    .inc();
+            }
+        }
         let err = match outcome {
             Ok(()) => break,
             Err(e) => e,
@@ -253,7 +291,14 @@ pub(crate) async fn replay(
     let span = tracing::info_span!("replay", camera = %shared.id);
     async move {
         let attempt = Arc::new(Attempt::new());
-        let built = pipeline::build(&cfg, Mode::Replay { sample }, &shared, &attempt, grey_tx)?;
+        let built = pipeline::build(
+            &cfg,
+            Mode::Replay { sample },
+            &shared,
+            &attempt,
+            grey_tx,
+            true,
+        )?;
         tracing::info!(url = %cfg.url, decoder = %built.decoder, "Replay starting.");
         let result = async {
             built.pipeline.set_state(gst::State::Playing).map_err(|e| {

@@ -16,7 +16,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use decide::Decider;
-pub use pool::{spawn_pool, PoolHandle, PoolStatus, WorkerSpec, HELD_PREFIX, READY_LINE};
+pub use pool::{
+    spawn_pool, PoolHandle, PoolStatus, WorkerSpec, HELD_PREFIX, PROVIDER_PREFIX, READY_LINE,
+};
 
 /// Polls the backlog every `polling_interval` (or at once when `wake` is notified, as
 /// the escalator does for each frame so a worker starts without waiting for the next

@@ -35,6 +35,10 @@ use crate::telemetry::metrics::metrics;
 /// The line a worker prints on stdout when it is ready for frames.
 pub const READY_LINE: &str = "EDGE_AGENT_WORKER_READY";
 
+/// A worker prints `PROVIDER_PREFIX name` on stdout before [`READY_LINE`]: the
+/// execution provider its session really runs on (tensorrt, cuda or cpu).
+pub const PROVIDER_PREFIX: &str = "EDGE_AGENT_WORKER_PROVIDER";
+
 /// A worker prints `HELD_PREFIX n` on stdout when the number of frames it holds
 /// (delivered, not yet acked) changes.
 pub const HELD_PREFIX: &str = "EDGE_AGENT_WORKER_HELD";
@@ -71,6 +75,8 @@ pub struct PoolStatus {
     pub pids: Vec<u32>,
     /// Frames the live workers report holding (delivered to them, not yet acked).
     pub held: u64,
+    /// Ready workers by the execution provider they run on.
+    pub providers: std::collections::BTreeMap<String, u32>,
     pub started: u64,
     pub start_failures: u64,
     pub crashes: u64,
@@ -118,6 +124,7 @@ impl PoolHandle {
 enum Event {
     Ready(u32),
     Held(u32, u64),
+    Provider(u32, String),
     Exited(u32, std::io::Result<ExitStatus>),
 }
 
@@ -141,6 +148,7 @@ struct Worker {
     started: Instant,
     ready: bool,
     held: u64,
+    provider: Option<String>,
     /// Set once SIGTERM was sent: kill at this deadline.
     stopping: Option<Instant>,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
@@ -177,6 +185,7 @@ pub fn spawn_pool(
         next_start: Instant::now(),
         status: status.clone(),
         counters: PoolStatus::default(),
+        seen_providers: Default::default(),
     };
     tokio::spawn(async move {
         pool.run(target_rx, shutdown).await;
@@ -203,6 +212,7 @@ struct Pool {
     next_start: Instant,
     status: Arc<Mutex<PoolStatus>>,
     counters: PoolStatus,
+    seen_providers: std::collections::BTreeSet<String>,
 }
 
 impl Pool {
@@ -337,6 +347,8 @@ impl Pool {
                         .and_then(|n| n.trim().parse::<u64>().ok())
                     {
                         let _ = tx.send(Event::Held(pid, n)).await;
+                    } else if let Some(p) = line.strip_prefix(PROVIDER_PREFIX) {
+                        let _ = tx.send(Event::Provider(pid, p.trim().to_string())).await;
                     } else {
                         info!(worker = pid, "{line}");
                     }
@@ -376,6 +388,7 @@ impl Pool {
             started: Instant::now(),
             ready: false,
             held: 0,
+            provider: None,
             stopping: None,
             stderr_tail: tail,
             signals,
@@ -388,8 +401,14 @@ impl Pool {
             Event::Ready(pid) => {
                 if let Some(w) = self.workers.iter_mut().find(|w| w.pid == pid) {
                     w.ready = true;
-                    info!(pid, startup = ?w.started.elapsed(), "Worker ready.");
+                    info!(pid, provider = w.provider.as_deref().unwrap_or("unknown"), startup = ?w.started.elapsed(), "Worker ready.");
                     self.backoff.reset();
+                }
+            }
+            Event::Provider(pid, p) => {
+                if let Some(w) = self.workers.iter_mut().find(|w| w.pid == pid) {
+                    self.seen_providers.insert(p.clone());
+                    w.provider = Some(p);
                 }
             }
             Event::Held(pid, n) => {
@@ -465,7 +484,7 @@ impl Pool {
         wake
     }
 
-    fn publish(&self, target: u32, now: Instant) {
+    fn publish(&mut self, target: u32, now: Instant) {
         let mut s = self.counters.clone();
         s.target = target;
         s.running = self.alive();
@@ -476,6 +495,23 @@ impl Pool {
             .count() as u32;
         s.pids = self.workers.iter().map(|w| w.pid).collect();
         s.held = self.workers.iter().map(|w| w.held).sum();
+        for w in self
+            .workers
+            .iter()
+            .filter(|w| w.ready && w.stopping.is_none())
+        {
+            let p = w.provider.clone().unwrap_or_else(|| "unknown".into());
+            *s.providers.entry(p).or_default() += 1;
+        }
+        // Every provider this pool has seen stays in the metric, at 0 once none runs on
+        // it, so a fall from tensorrt to cpu shows as one line going down.
+        let m = metrics();
+        for p in &self.seen_providers {
+            let n = s.providers.get(p).copied().unwrap_or(0);
+            m.worker_providers
+                .get_or_create(&vec![("provider", p.clone())])
+                .set(i64::from(n));
+        }
         s.backing_off = now < self.next_start;
         s.failing = self.backoff.failing();
         metrics().workers.set(self.workers.len() as i64);

@@ -30,6 +30,8 @@ pub struct Metrics {
     pub dropped: Family<Labels, Counter>,
     /// Camera pipeline restarts by reason.
     pub camera_restarts: Family<Labels, Counter>,
+    /// Cameras switched from the hardware decoder to software, by camera and reason.
+    pub decoder_fallbacks: Family<Labels, Counter>,
     /// 1 while a camera is streaming.
     pub camera_up: Family<Labels, Gauge>,
     pub motion_events: Family<Labels, Counter>,
@@ -50,6 +52,8 @@ pub struct Metrics {
     pub backlog: Gauge,
     /// Execution provider in use (label provider) = 1.
     pub provider: Family<Labels, Gauge>,
+    /// Ready workers by the execution provider their session runs on.
+    pub worker_providers: Family<Labels, Gauge>,
     /// Resident memory of each worker in bytes.
     pub worker_memory: Family<Labels, Gauge>,
     /// GPU memory of each worker in bytes (NVIDIA only; absent without a GPU).
@@ -77,6 +81,7 @@ impl Metrics {
             dropped: Family::default(),
             camera_restarts: Family::default(),
             camera_up: Family::default(),
+            decoder_fallbacks: Family::default(),
             motion_events: Family::default(),
             escalations: Family::default(),
             published: Family::default(),
@@ -86,6 +91,7 @@ impl Metrics {
             workers: Gauge::default(),
             backlog: Gauge::default(),
             provider: Family::default(),
+            worker_providers: Family::default(),
             worker_memory: Family::default(),
             worker_gpu_memory: Family::default(),
             gpu_utilization: Family::default(),
@@ -111,6 +117,11 @@ impl Metrics {
             "camera_up",
             "1 while the camera streams",
             m.camera_up.clone(),
+        );
+        registry.register(
+            "decoder_fallbacks",
+            "Cameras switched from the hardware decoder to software decode, by camera and reason",
+            m.decoder_fallbacks.clone(),
         );
         registry.register(
             "motion_events",
@@ -149,6 +160,11 @@ impl Metrics {
             m.backlog.clone(),
         );
         registry.register("provider", "Execution provider in use", m.provider.clone());
+        registry.register(
+            "worker_providers",
+            "Ready inference workers by execution provider",
+            m.worker_providers.clone(),
+        );
         registry.register(
             "worker_memory_bytes",
             "Resident memory per worker",

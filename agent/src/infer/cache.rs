@@ -1,0 +1,305 @@
+//! Where TensorRT keeps what it built, so a worker started from zero loads an engine
+//! instead of building one (minutes on a Jetson).
+//!
+//! One directory per (model content, ONNX Runtime version, TensorRT version, GPU): a
+//! changed model, an upgraded runtime or a moved SD card never loads a stale engine,
+//! since none of them can find the old directory. Inside it ONNX Runtime writes the
+//! engine, the timing cache and the EP-context model. Building happens under an
+//! exclusive lock on the directory, so two workers (or `edge-agent prepare` and a
+//! worker) never build the same engine at once: the second waits and then loads it.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// The cache root when `inference.engine_cache` is unset: the systemd unit's state
+/// directory (`StateDirectory=edge-agent` sets `STATE_DIRECTORY`), else the user's cache.
+pub fn default_root() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("STATE_DIRECTORY").filter(|d| !d.is_empty()) {
+        // systemd may pass several directories separated by ':'; ours is the first.
+        let first = dir.to_string_lossy().split(':').next()?.to_string();
+        return Some(PathBuf::from(first).join("engines"));
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(dir).join("edge-agent/engines"));
+    }
+    std::env::var_os("HOME")
+        .filter(|d| !d.is_empty())
+        .map(|h| PathBuf::from(h).join(".cache/edge-agent/engines"))
+}
+
+/// The cache root from the setting: unset → [`default_root`], empty → no cache.
+pub fn root(configured: Option<&Path>) -> Option<PathBuf> {
+    match configured {
+        Some(p) if p.as_os_str().is_empty() => None,
+        Some(p) => Some(p.to_path_buf()),
+        None => default_root(),
+    }
+}
+
+/// A 64-bit FNV-1a-style hash of the model file over little-endian 8-byte words (and
+/// the length): stable across builds and platforms (unlike std's hasher), and fast
+/// enough (memory speed) that a 250 MB model costs a fraction of a CPU session creation.
+pub fn model_hash(model: &Path) -> std::io::Result<u64> {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut f = File::open(model)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut len: u64 = 0;
+    let mut carry: Vec<u8> = Vec::with_capacity(8);
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        len += n as u64;
+        let mut data = &buf[..n];
+        // Complete a word left over from the last read.
+        while !carry.is_empty() && !data.is_empty() {
+            carry.push(data[0]);
+            data = &data[1..];
+            if carry.len() == 8 {
+                h = (h ^ u64::from_le_bytes(carry[..].try_into().unwrap_or_default()))
+                    .wrapping_mul(PRIME);
+                carry.clear();
+            }
+        }
+        let mut words = data.chunks_exact(8);
+        for w in &mut words {
+            h = (h ^ u64::from_le_bytes(w.try_into().unwrap_or_default())).wrapping_mul(PRIME);
+        }
+        carry.extend_from_slice(words.remainder());
+    }
+    for &b in &carry {
+        h = (h ^ u64::from(b)).wrapping_mul(PRIME);
+    }
+    if len > 0 {
+        h = (h ^ len).wrapping_mul(PRIME);
+    }
+    Ok(h)
+}
+
+/// The CPU's name for the CPU provider's cache key: an optimised model may hold layout
+/// rewrites for this CPU's vector width (ONNX Runtime's NCHWc), so it is not portable.
+pub fn cpu_name() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|t| {
+        t.lines().find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|r| r.trim_start_matches([' ', '\t', ':']).trim().to_string())
+        })
+    });
+    let model = model
+        .or_else(|| std::fs::read_to_string("/proc/device-tree/model").ok())
+        .map(|m| m.trim_end_matches('\0').trim().to_string())
+        .unwrap_or_default();
+    format!("{} {model}", std::env::consts::ARCH)
+}
+
+/// The CPU provider's directory for one model on this runtime and CPU, under `root`.
+pub fn cpu_key_dir(root: &Path, model: &Path, hash: u64, ort: &str, cpu: &str) -> PathBuf {
+    let stem = model
+        .file_stem()
+        .map(|s| slug(&s.to_string_lossy()))
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "model".into());
+    root.join(format!("{stem}-{hash:016x}"))
+        .join(format!("ort{}-cpu-{}", slug(ort), slug(cpu)))
+}
+
+/// TensorRT's own version number (`getInferLibVersion()`: 8601 for 8.6.1, 100300 for
+/// 10.3.0), from the library the TensorRT provider will load; None when absent.
+pub fn tensorrt_version() -> Option<i32> {
+    for name in ["libnvinfer.so.10", "libnvinfer.so.8", "libnvinfer.so"] {
+        // SAFETY: loading libnvinfer runs its initialisers, as the TensorRT provider's
+        // own load of the same library does.
+        let Ok(lib) = (unsafe { libloading::Library::new(name) }) else {
+            continue;
+        };
+        // SAFETY: `int32_t getInferLibVersion() noexcept` is TensorRT's C entry point.
+        let v = unsafe {
+            lib.get::<unsafe extern "C" fn() -> i32>(b"getInferLibVersion\0")
+                .ok()
+                .map(|f| f())
+        };
+        // Unloading libnvinfer while ONNX Runtime may load it next gains nothing.
+        std::mem::forget(lib);
+        if v.is_some() {
+            return v;
+        }
+    }
+    None
+}
+
+/// The GPU's name: the NVIDIA driver's first GPU on a desktop or server, the board's
+/// model on a Jetson (whose GPU is part of the SoC).
+pub fn gpu_name() -> Option<String> {
+    if let Ok(dirs) = std::fs::read_dir("/proc/driver/nvidia/gpus") {
+        let mut infos: Vec<PathBuf> = dirs
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("information"))
+            .collect();
+        infos.sort();
+        for info in infos {
+            if let Ok(text) = std::fs::read_to_string(&info) {
+                if let Some(m) = text.lines().find_map(|l| l.strip_prefix("Model:")) {
+                    return Some(m.trim().to_string());
+                }
+            }
+        }
+    }
+    std::fs::read_to_string("/proc/device-tree/model")
+        .ok()
+        .map(|m| m.trim_end_matches('\0').trim().to_string())
+        .filter(|m| !m.is_empty())
+}
+
+/// Lower-case letters, digits, '.' and '-' only, so any name is one path component.
+fn slug(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_ascii_alphanumeric() || c == '.' {
+            out.push(c.to_ascii_lowercase());
+        } else if !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    out.trim_matches('-').to_string()
+}
+
+/// The directory for one model on this runtime and GPU, under `root`.
+pub fn key_dir(
+    root: &Path,
+    model: &Path,
+    hash: u64,
+    ort: &str,
+    trt: Option<i32>,
+    gpu: Option<&str>,
+) -> PathBuf {
+    let stem = model
+        .file_stem()
+        .map(|s| slug(&s.to_string_lossy()))
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "model".into());
+    let trt = trt.map_or_else(|| "none".to_string(), |v| v.to_string());
+    let gpu = gpu.map(slug).filter(|g| !g.is_empty());
+    root.join(format!("{stem}-{hash:016x}")).join(format!(
+        "ort{}-trt{trt}-{}",
+        slug(ort),
+        gpu.as_deref().unwrap_or("gpu-unknown")
+    ))
+}
+
+/// An exclusive lock on a cache directory, held while an engine is built or loaded;
+/// released on drop (and by the kernel if the process dies).
+pub struct BuildLock {
+    _file: File,
+}
+
+impl BuildLock {
+    /// Creates `dir` and blocks until this process holds its lock.
+    pub fn acquire(dir: &Path) -> std::io::Result<BuildLock> {
+        std::fs::create_dir_all(dir)?;
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(".lock"))?;
+        loop {
+            // SAFETY: flock on a descriptor this function owns.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+            if rc == 0 {
+                return Ok(BuildLock { _file: file });
+            }
+            let err = std::io::Error::last_os_error();
+            if err.kind() != std::io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_changes_with_model_runtime_tensorrt_and_gpu() {
+        let root = Path::new("/var/lib/edge-agent/engines");
+        let model = Path::new("/opt/models/YOLOv4 416.onnx");
+        let orin = Some("NVIDIA Jetson AGX Orin");
+        let key = |hash, ort, trt, gpu| key_dir(root, model, hash, ort, trt, gpu);
+        let base = key(0xab, "1.19.2", Some(8601), orin);
+        assert_eq!(
+            base,
+            Path::new(
+                "/var/lib/edge-agent/engines/yolov4-416-00000000000000ab/ort1.19.2-trt8601-nvidia-jetson-agx-orin"
+            )
+        );
+        let others = [
+            key(0xac, "1.19.2", Some(8601), orin),
+            key(0xab, "1.20.0", Some(8601), orin),
+            key(0xab, "1.19.2", Some(100300), orin),
+            key(0xab, "1.19.2", Some(8601), Some("NVIDIA Jetson Orin Nano")),
+            key(0xab, "1.19.2", None, None),
+        ];
+        for o in &others {
+            assert_ne!(o, &base);
+        }
+        assert!(others[4].ends_with("ort1.19.2-trtnone-gpu-unknown"));
+        assert!(
+            cpu_key_dir(root, model, 0xab, "1.19.2", "x86_64 Some CPU @ 2GHz")
+                .ends_with("yolov4-416-00000000000000ab/ort1.19.2-cpu-x86-64-some-cpu-2ghz")
+        );
+    }
+
+    #[test]
+    fn an_empty_setting_turns_the_cache_off_and_a_path_is_kept() {
+        assert_eq!(root(Some(Path::new(""))), None);
+        assert_eq!(
+            root(Some(Path::new("/data/engines"))),
+            Some(PathBuf::from("/data/engines"))
+        );
+    }
+
+    #[test]
+    fn the_model_hash_follows_the_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.onnx");
+        std::fs::write(&a, b"model one").unwrap();
+        let h1 = model_hash(&a).unwrap();
+        std::fs::write(&a, b"model two").unwrap();
+        assert_ne!(model_hash(&a).unwrap(), h1);
+        // Across the 1 MiB read boundary, a word split between two reads still counts.
+        let mut big = vec![7u8; (1 << 20) + 13];
+        std::fs::write(&a, &big).unwrap();
+        let h2 = model_hash(&a).unwrap();
+        big[(1 << 20) + 2] = 8;
+        std::fs::write(&a, &big).unwrap();
+        assert_ne!(model_hash(&a).unwrap(), h2);
+        big.push(0);
+        std::fs::write(&a, &big).unwrap();
+        assert_ne!(model_hash(&a).unwrap(), h2);
+        // FNV-1a 64 of the empty input is its offset basis.
+        std::fs::write(&a, b"").unwrap();
+        assert_eq!(model_hash(&a).unwrap(), 0xcbf2_9ce4_8422_2325);
+    }
+
+    #[test]
+    fn a_second_lock_on_the_same_directory_waits_for_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = BuildLock::acquire(dir.path()).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let d = dir.path().to_path_buf();
+        let t = std::thread::spawn(move || {
+            let _second = BuildLock::acquire(&d).unwrap();
+            tx.send(()).unwrap();
+        });
+        assert!(rx
+            .recv_timeout(std::time::Duration::from_millis(200))
+            .is_err());
+        drop(first);
+        rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+        t.join().unwrap();
+    }
+}
