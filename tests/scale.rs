@@ -714,3 +714,60 @@ async fn frames_are_offloaded_to_the_remote_queue_only_while_local_workers_are_s
     cleanup(&names, &[&device]).await;
     cleanup(&remote_names, &["centre"]).await;
 }
+
+/// A camera whose motion is never confirmed as an event (`start_frames` far beyond the
+/// test): its first frame with motion starts a worker all the same, no frame is
+/// escalated, and the worker goes again after the cooldown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_motion_candidate_starts_a_worker_that_goes_after_the_cooldown_without_an_event() {
+    let device = unique("prewarm");
+    let port = crate::common::broker::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[device]\nid = \"{device}\"\n[transport]\nkind = \"embedded\"\nembedded_port = {port}\n[scaling]\npolling_interval = \"100ms\"\ncooldown_period = \"2s\"\n[inference]\nmodel = \"{}\"\nlabels = \"{}\"\nthreads = 1\n[[cameras]]\nid = \"cam1\"\nurl = \"demo://moving-square\"\nanalysis_fps = 2\n[cameras.motion]\nstart_frames = 100\n",
+            tiny_random("pytorch").display(),
+            root().join("models/coco.names").display()
+        ),
+    );
+    let mut agent = Running::start(&["run", "--config", &config], &[]);
+    assert!(
+        agent
+            .wait_for("edge-agent running.", Duration::from_secs(30))
+            .is_some(),
+        "agent did not start: {:?}",
+        agent.seen
+    );
+    let metric = |a: &Running, name: &str| {
+        crate::common::procs::metric(&a.get("/metrics"), name).unwrap_or(0.0)
+    };
+    let prewarm = "edge_agent_prewarm_starts_total{camera=\"cam1\"}";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(metric(&agent, prewarm) >= 1.0 && agent.health()["workers"]["ready"] == 1) {
+        assert!(
+            Instant::now() < deadline,
+            "no worker ready for the candidate: {prewarm} = {}, health {}",
+            metric(&agent, prewarm),
+            agent.health()
+        );
+        agent.pump(Duration::from_millis(100));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while agent.health()["workers"]["running"] != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the worker outlived the cooldown: {}",
+            agent.health()
+        );
+        agent.pump(Duration::from_millis(100));
+    }
+    assert_eq!(metric(&agent, prewarm), 1.0, "one start for one candidate");
+    assert_eq!(
+        metric(&agent, "edge_agent_escalations_total{camera=\"cam1\"}"),
+        0.0,
+        "nothing escalated: the motion was never confirmed"
+    );
+    assert!(agent.wait_for("Motion started.", Duration::ZERO).is_none());
+    assert!(agent.stop().success());
+}

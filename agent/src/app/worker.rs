@@ -125,15 +125,28 @@ async fn run_worker(loaded: Loaded) -> anyhow::Result<()> {
     install_signal_handlers(shutdown.clone());
     let inference = cfg.inference.clone();
     let started = std::time::Instant::now();
-    let pipeline = tokio::task::spawn_blocking(move || Pipeline::new(&inference))
-        .await
-        .context("model loading task")??;
-    info!(provider = %pipeline.provider(), load = ?started.elapsed(), "Model loaded.");
-    let transport = Arc::new(
-        Transport::connect(&cfg.transport, cfg.device.id.as_str(), Role::Worker)
+    // A cold start is model load plus broker link plus subscription: the link does not
+    // need the model, so both run at once and the worker is ready after the slower.
+    let load = async {
+        let pipeline = tokio::task::spawn_blocking(move || Pipeline::new(&inference))
             .await
-            .context("transport")?,
-    );
+            .context("model loading task")??;
+        anyhow::Ok((pipeline, started.elapsed()))
+    };
+    let link = async {
+        let transport = Transport::connect(&cfg.transport, cfg.device.id.as_str(), Role::Worker)
+            .await
+            .context("transport")?;
+        // Ready means subscribed: on MQTT a frame published before the SUBACK is lost.
+        let subscribed = transport.consuming(CONSUMING_TIMEOUT).await;
+        anyhow::Ok((transport, subscribed, started.elapsed()))
+    };
+    let ((pipeline, loaded_in), (transport, subscribed, linked_in)) = tokio::try_join!(load, link)?;
+    info!(provider = %pipeline.provider(), load = ?loaded_in, "Model loaded.");
+    if !subscribed {
+        warn!(timeout = ?CONSUMING_TIMEOUT, "No subscription acknowledged yet; announcing ready anyway (the agent resends what is lost).");
+    }
+    let transport = Arc::new(transport);
     let mut frames = transport.frames().context("frames stream")?;
     let (tx, rx) = mpsc::channel::<WorkItem>(cfg.transport.prefetch.as_usize().max(1));
     // The loop ends when the channel closes, so frames already taken are finished.
@@ -148,15 +161,11 @@ async fn run_worker(loaded: Loaded) -> anyhow::Result<()> {
         },
         loop_token,
     ));
-    // Ready means subscribed: on MQTT a frame published before the SUBACK is lost.
-    if !transport.consuming(CONSUMING_TIMEOUT).await {
-        warn!(timeout = ?CONSUMING_TIMEOUT, "No subscription acknowledged yet; announcing ready anyway (the agent resends what is lost).");
-    }
     let ready_at = crate::escalate::message::unix_ns_now();
     let held = Held::default();
     println!("{READY_LINE}");
     let _ = std::io::stdout().flush();
-    info!("Worker ready.");
+    info!(model = ?loaded_in, subscribed = ?linked_in, "Worker ready.");
     loop {
         let d = tokio::select! {
             d = frames.next() => match d { Some(d) => d, None => break },

@@ -22,6 +22,18 @@ pub enum Escalation {
     Motion(MotionTransition),
     /// A frame of a motion event, to be sent to the detector.
     Frame(EscalatedFrame),
+    /// A motion candidate appeared or went (see [`Candidate`]).
+    Candidate { camera: String, change: Candidate },
+}
+
+/// A candidate is motion seen while no event is open, not yet confirmed by
+/// `motion.start_frames`: the scaler starts a worker for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Candidate {
+    /// The first frame with motion boxes.
+    Seen,
+    /// Motion stopped before the event was confirmed.
+    Dropped,
 }
 
 #[derive(Debug)]
@@ -88,7 +100,23 @@ pub async fn run(
                 .get_or_create(&metrics::stage("capture_to_motion"))
                 .observe(d.as_secs_f64());
         }
-        if let Some(t) = tracker.update(frame.captured, &m) {
+        let was_pending = tracker.pending() > 0;
+        let transition = tracker.update(frame.captured, &m);
+        let change = match (was_pending, tracker.pending() > 0) {
+            (false, true) => Some(Candidate::Seen),
+            (true, false) if tracker.current().is_none() => Some(Candidate::Dropped),
+            _ => None,
+        };
+        if let Some(change) = change {
+            let c = Escalation::Candidate {
+                camera: id.clone(),
+                change,
+            };
+            if out.send(c).await.is_err() {
+                break;
+            }
+        }
+        if let Some(t) = transition {
             if let MotionTransition::Started(e) = &t {
                 metrics().motion_events.get_or_create(&labels).inc();
                 info!(camera = %id, event = %e.id, "Motion started.");

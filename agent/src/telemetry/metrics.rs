@@ -60,6 +60,10 @@ pub struct Metrics {
     pub gpu_memory: Family<Labels, Gauge>,
     /// Frames sent to the remote queue because local workers were saturated or absent.
     pub offloaded: Family<Labels, Counter>,
+    /// Workers started for a motion candidate, before the event was confirmed.
+    pub prewarm_starts: Family<Labels, Counter>,
+    /// Of those, the ones whose motion stopped before it became an event.
+    pub false_starts: Family<Labels, Counter>,
     pub process_memory: Gauge,
     /// Process CPU use in percent of one core.
     pub process_cpu: Gauge,
@@ -87,6 +91,8 @@ impl Metrics {
             gpu_utilization: Family::default(),
             gpu_memory: Family::default(),
             offloaded: Family::default(),
+            prewarm_starts: Family::default(),
+            false_starts: Family::default(),
             process_memory: Gauge::default(),
             process_cpu: Gauge::default(),
             registry: Registry::default(),
@@ -168,6 +174,16 @@ impl Metrics {
             "offloaded",
             "Frames offloaded to the remote queue",
             m.offloaded.clone(),
+        );
+        registry.register(
+            "prewarm_starts",
+            "Workers started for a motion candidate, before the event was confirmed",
+            m.prewarm_starts.clone(),
+        );
+        registry.register(
+            "false_starts",
+            "Workers started for a motion candidate that never became an event",
+            m.false_starts.clone(),
         );
         registry.register(
             "process_memory_bytes",
