@@ -63,6 +63,9 @@ pub async fn run(
     let mut policy = EscalationPolicy::new(&cam.escalation);
     let quality = cam.escalation.jpeg_quality.get() as u8;
     let labels = metrics::camera(&id);
+    // Idle decode: since when the camera has shown nothing (no motion, no candidate, no
+    // event); idle after the motion quiet period of that.
+    let mut still_since: Option<SystemTime> = None;
     loop {
         let frame = tokio::select! {
             f = grey.recv() => match f { Some(f) => f, None => break },
@@ -115,6 +118,21 @@ pub async fn run(
             if out.send(c).await.is_err() {
                 break;
             }
+        }
+        let still = !m.has_motion() && tracker.current().is_none() && tracker.pending() == 0;
+        let since = *still_since.get_or_insert(frame.captured);
+        if !still {
+            still_since = None;
+        }
+        let idle = still
+            && frame.captured.duration_since(since).unwrap_or_default()
+                >= cam.motion.quiet_period.get();
+        if handle.set_idle(idle) {
+            metrics()
+                .camera_idle
+                .get_or_create(&labels)
+                .set(i64::from(idle));
+            debug!(camera = %id, idle, "Decode mode changed (idle: key frames only).");
         }
         if let Some(t) = transition {
             if let MotionTransition::Started(e) = &t {

@@ -60,6 +60,8 @@ pub struct Metrics {
     pub gpu_memory: Family<Labels, Gauge>,
     /// Frames sent to the remote queue because local workers were saturated or absent.
     pub offloaded: Family<Labels, Counter>,
+    /// 1 while a camera decodes key frames only (idle decode, no motion).
+    pub camera_idle: Family<Labels, Gauge>,
     /// Workers started for a motion candidate, before the event was confirmed.
     pub prewarm_starts: Family<Labels, Counter>,
     /// Of those, the ones whose motion stopped before it became an event.
@@ -91,6 +93,7 @@ impl Metrics {
             gpu_utilization: Family::default(),
             gpu_memory: Family::default(),
             offloaded: Family::default(),
+            camera_idle: Family::default(),
             prewarm_starts: Family::default(),
             false_starts: Family::default(),
             process_memory: Gauge::default(),
@@ -174,6 +177,11 @@ impl Metrics {
             "offloaded",
             "Frames offloaded to the remote queue",
             m.offloaded.clone(),
+        );
+        registry.register(
+            "camera_idle",
+            "1 while the camera decodes key frames only (idle decode)",
+            m.camera_idle.clone(),
         );
         registry.register(
             "prewarm_starts",
