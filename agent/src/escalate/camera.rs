@@ -58,6 +58,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let id = cam.id.to_string();
+    let motion = cam.motion.at_fps(cam.analysis_fps.as_u32());
     let mut detector: Option<Detector> = None;
     let mut tracker = EventTracker::new(&cam.motion, &id);
     let mut policy = EscalationPolicy::new(&cam.escalation);
@@ -78,7 +79,7 @@ pub async fn run(
             !matches!(&detector, Some(d) if d.width() == frame.width && d.height() == frame.height);
         if fresh {
             debug!(camera = %id, width = frame.width, height = frame.height, "Motion detector (re)initialised.");
-            detector = Some(Detector::new(&cam.motion, frame.width, frame.height));
+            detector = Some(Detector::new(&motion, frame.width, frame.height));
         }
         let Some(det) = detector.as_mut() else {
             continue;
