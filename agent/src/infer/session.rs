@@ -102,6 +102,7 @@ pub fn environment(cfg: &InferenceConfig) -> Result<Environment, InferError> {
         return Ok(env.clone());
     }
     let path = find_library(cfg.ort_library.as_deref())?;
+    let started = std::time::Instant::now();
     let env = ort::init_from(&path)
         .map_err(|e| InferError::OrtLoad {
             path: path.clone(),
@@ -113,7 +114,7 @@ pub fn environment(cfg: &InferenceConfig) -> Result<Environment, InferError> {
             path: path.clone(),
             reason: e.to_string(),
         })?;
-    tracing::info!(library = %path.display(), "ONNX Runtime loaded.");
+    tracing::info!(library = %path.display(), took = ?started.elapsed(), "ONNX Runtime loaded.");
     *guard = Some(env.clone());
     Ok(env)
 }
