@@ -21,6 +21,8 @@
 //! `cargo bench -p edge-agent --bench density` (env: BENCH_DENSITY_N, the steps,
 //! default `1,2,3,4,6,8,10,12`; BENCH_DENSITY_MODES, default `decode,agent,frigate,idle`).
 
+#[path = "common/decode.rs"]
+mod decode;
 #[path = "../../tests/common/rtsp_server.rs"]
 #[allow(dead_code)]
 mod rtsp_server;
@@ -274,18 +276,9 @@ fn run_decode(urls: &[String], secs: Duration) -> Sample {
     let counts: Arc<Mutex<Vec<(u64, u64)>>> = Arc::new(Mutex::new(vec![(0, 0); urls.len()]));
     for (i, url) in urls.iter().enumerate() {
         let mut c = Command::new("gst-launch-1.0")
+            .arg("-v")
+            .args(decode::rtsp_decode_args(url))
             .args([
-                "-v",
-                "rtspsrc",
-                &format!("location={url}"),
-                "protocols=tcp",
-                "latency=200",
-                "!",
-                "rtph264depay",
-                "!",
-                "h264parse",
-                "!",
-                "avdec_h264",
                 "!",
                 "fpsdisplaysink",
                 "video-sink=fakesink",
@@ -426,18 +419,9 @@ fn run_frigate(urls: &[String], secs: Duration) -> Sample {
     let mut stats = Vec::new();
     for (i, url) in urls.iter().enumerate() {
         let mut dec = Command::new("gst-launch-1.0")
+            .arg("-q")
+            .args(decode::rtsp_decode_args(url))
             .args([
-                "-q",
-                "rtspsrc",
-                &format!("location={url}"),
-                "protocols=tcp",
-                "latency=200",
-                "!",
-                "rtph264depay",
-                "!",
-                "h264parse",
-                "!",
-                "avdec_h264",
                 "!",
                 "videorate",
                 "drop-only=true",

@@ -12,6 +12,8 @@
 //! agent's detector and event tracker on every analysis frame) at `analysis_fps` 5, 10
 //! and 15 (BENCH_FPS), rounds alternating, against the same decode-only baseline.
 
+#[path = "common/decode.rs"]
+mod decode;
 #[path = "../../tests/common/rtsp_server.rs"]
 #[allow(dead_code)]
 mod rtsp_server;
@@ -89,21 +91,9 @@ fn main() {
 /// `gst-launch-1.0` decoding `url` to `fakesink`: the decode-only baseline.
 fn decode_only(url: &str) -> Command {
     let mut c = Command::new("gst-launch-1.0");
-    c.args([
-        "-q",
-        "rtspsrc",
-        &format!("location={url}"),
-        "protocols=tcp",
-        "latency=200",
-        "!",
-        "rtph264depay",
-        "!",
-        "h264parse",
-        "!",
-        "avdec_h264",
-        "!",
-        "fakesink",
-    ]);
+    c.arg("-q")
+        .args(decode::rtsp_decode_args(url))
+        .args(["!", "fakesink"]);
     c
 }
 
