@@ -15,6 +15,7 @@ use tracing::{info, warn};
 
 use crate::config::Loaded;
 use crate::escalate::transport::{Role, Transport};
+use crate::escalate::TransportKind;
 use crate::infer::pipeline::Pipeline;
 use crate::infer::worker::{
     self, AckOutcome, DetectionsMessage, EventMessage, FrameMeta, ResultSink, Snapshot, WorkItem,
@@ -126,7 +127,11 @@ async fn run_worker(loaded: Loaded) -> anyhow::Result<()> {
     let inference = cfg.inference.clone();
     let started = std::time::Instant::now();
     // A cold start is model load plus broker link plus subscription: the link does not
-    // need the model, so both run at once and the worker is ready after the slower.
+    // need the model, so on MQTT both run at once and the worker is ready after the
+    // slower. Not on AMQP: its consumer starts with the connection and would take frames
+    // (up to the prefetch) that it cannot report as held while the model loads, so the
+    // scaler would see no backlog and could scale in a worker that is still loading.
+    let overlap = cfg.transport.kind != TransportKind::Amqp;
     let load = async {
         let pipeline = tokio::task::spawn_blocking(move || Pipeline::new(&inference))
             .await
@@ -141,7 +146,12 @@ async fn run_worker(loaded: Loaded) -> anyhow::Result<()> {
         let subscribed = transport.consuming(CONSUMING_TIMEOUT).await;
         anyhow::Ok((transport, subscribed, started.elapsed()))
     };
-    let ((pipeline, loaded_in), (transport, subscribed, linked_in)) = tokio::try_join!(load, link)?;
+    let ((pipeline, loaded_in), (transport, subscribed, linked_in)) = if overlap {
+        tokio::try_join!(load, link)?
+    } else {
+        let loaded = load.await?;
+        (loaded, link.await?)
+    };
     info!(provider = %pipeline.provider(), load = ?loaded_in, "Model loaded.");
     if !subscribed {
         warn!(timeout = ?CONSUMING_TIMEOUT, "No subscription acknowledged yet; announcing ready anyway (the agent resends what is lost).");
