@@ -114,8 +114,8 @@ fn default_analysis_width() -> IntIn<32, 1920> {
     IntIn::lit(320)
 }
 /// 15 fps: the event confirmation (`motion.start_frames` = 2 frames) takes 67 ms instead
-/// of 200 ms at 5 fps, for well under one percent of a core more per camera (decode is the
-/// cost; BENCHMARKS.md, "analysis_fps").
+/// of 200 ms at 5 fps; motion on a 320 px frame costs tens of microseconds against
+/// milliseconds of decoding per source frame (`scripts/bench --only analysis_fps`).
 fn default_analysis_fps() -> IntIn<1, 60> {
     IntIn::lit(15)
 }
