@@ -11,6 +11,10 @@ machine (K consecutive frames start, quiet period ends).
   motion_ref.py bikes --raw-out FILE --params JSON [--video PATH]
       decodes bikes.mp4 to grey frames 320 px wide at 5 fps, writes them raw to FILE,
       runs the detector and event machine on them and prints one JSON object.
+  motion_ref.py stream --width W --height H --params JSON --stats FILE
+      the Frigate-style camera of the density benchmark: reads raw I420 frames of WxH
+      from stdin (a GStreamer decoder piping into Python), runs the detector on each
+      frame's luma and keeps the frame count in FILE (rewritten every second).
 
 Input frames are raw GRAY8, frame after frame, no header.
 """
@@ -202,6 +206,31 @@ def cmd_bikes(a):
     return 0
 
 
+def cmd_stream(a):
+    cv2.setNumThreads(1)
+    p = json.loads(a.params)
+    w, h = a.width, a.height
+    size = w * h * 3 // 2
+    det = RefDetector(p, w, h)
+    n, last = 0, time.monotonic()
+    stdin = sys.stdin.buffer
+    while True:
+        buf = stdin.read(size)
+        if len(buf) < size:
+            break
+        y = np.frombuffer(buf, np.uint8, w * h).reshape(h, w)
+        det.process(y)
+        n += 1
+        if time.monotonic() - last >= 1.0:
+            last = time.monotonic()
+            with open(a.stats + ".tmp", "w") as f:
+                f.write(str(n))
+            os.replace(a.stats + ".tmp", a.stats)
+    with open(a.stats, "w") as f:
+        f.write(str(n))
+    return 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -218,8 +247,13 @@ def main():
     k.add_argument("--video")
     k.add_argument("--width", type=int, default=320)
     k.add_argument("--fps", type=float, default=5.0)
+    s = sub.add_parser("stream")
+    s.add_argument("--width", type=int, required=True)
+    s.add_argument("--height", type=int, required=True)
+    s.add_argument("--params", required=True)
+    s.add_argument("--stats", required=True)
     a = ap.parse_args()
-    return cmd_bench(a) if a.cmd == "bench" else cmd_bikes(a)
+    return {"bench": cmd_bench, "bikes": cmd_bikes, "stream": cmd_stream}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -61,6 +61,9 @@ redeliver_after = "10m"
 
 [scaling]
 max_workers = 1
+# The cycle checks the cold-start share of a frame that waits for the worker it started;
+# pre-warm (tests/scale.rs) would start that worker at the motion candidate instead.
+prewarm_on_motion = false
 cooldown_period = "3s"
 polling_interval = "250ms"
 

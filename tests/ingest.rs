@@ -594,3 +594,89 @@ async fn a_password_in_the_url_never_appears_in_logs_errors_or_status() {
     ok_cam.stopped().await;
     dead_cam.stopped().await;
 }
+
+/// `idle_decode = "keyframes"`: once the scene has been still for the quiet period,
+/// only key frames are decoded (one a second here); when the object starts moving the
+/// camera leaves idle at a key frame, decodes every frame again and the event starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::single_range_in_vec_init)] // one window of motion
+async fn idle_decode_keeps_key_frames_only_while_still_and_wakes_at_motion() {
+    use edge_agent::escalate::camera::{self as camera_loop, Escalation};
+    use edge_agent::motion::MotionTransition;
+    use edge_agent::telemetry::metrics::{self, metrics};
+
+    const FPS: u64 = 15;
+    // Still for 7 s, then moving for 7 s; one key frame a second (key-int-max = fps).
+    let scene = Scene {
+        period: 16 * FPS,
+        moves: vec![7 * FPS..14 * FPS],
+        ..Scene::sized(320, 180, FPS as u32)
+    };
+    let srv = RtspTestServer::start(scene);
+    let id = format!("idle-{}", std::process::id());
+    let url = srv.url("/idle");
+    let mut cfg = camera(&id, &url);
+    cfg.idle_decode = ingest::IdleDecode::Keyframes;
+    cfg.motion.quiet_period = edge_agent::config::types::Dur::secs(1);
+    let stop = CancellationToken::new();
+    let (grey_tx, grey_rx) = mpsc::channel(4);
+    let handle = std::sync::Arc::new(ingest::spawn_camera(cfg.clone(), grey_tx, stop.clone()));
+    let (out_tx, mut out_rx) = mpsc::channel(64);
+    let motion = tokio::spawn(camera_loop::run(
+        cfg,
+        handle.clone(),
+        grey_rx,
+        out_tx,
+        stop.clone(),
+    ));
+    let idle = || {
+        metrics()
+            .camera_idle
+            .get_or_create(&metrics::camera(&id))
+            .get()
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while idle() != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the still camera never went idle"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The gate closes at the next key frame (within a second); from then on about one
+    // decoded frame a second instead of fifteen.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let before = handle.status().frames;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_frames = handle.status().frames - before;
+    assert!(
+        (1..=4).contains(&idle_frames),
+        "{idle_frames} frames decoded in 2 s of idle (15 fps source, one key frame a second)"
+    );
+    // The object moves from 7 s to 14 s: the event starts and full decoding is back.
+    let started = timeout(Duration::from_secs(15), async {
+        loop {
+            match out_rx.recv().await {
+                Some(Escalation::Motion(MotionTransition::Started(e))) => return e,
+                Some(_) => {}
+                None => panic!("the motion loop ended"),
+            }
+        }
+    })
+    .await
+    .expect("the event starts after the object moves");
+    assert_eq!(idle(), 0, "not idle while the event runs");
+    let before = handle.status().frames;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let busy_frames = handle.status().frames - before;
+    assert!(
+        busy_frames >= 10,
+        "{busy_frames} frames decoded in 1 s of motion: full decoding should be back"
+    );
+    assert!(started.frames >= 2);
+    stop.cancel();
+    let _ = motion.await;
+    if let Ok(h) = std::sync::Arc::try_unwrap(handle) {
+        h.stopped().await;
+    }
+}

@@ -972,3 +972,82 @@ async fn a_worker_that_cannot_finish_within_the_grace_period_exits_anyway_and_it
     t.close(Duration::from_secs(2)).await;
     cleanup(&names, &["box-g", "gpu-server"]).await;
 }
+
+/// A camera whose motion is never confirmed as an event (`start_frames` = 100 at one
+/// analysis frame a second, far beyond the test): its first frame with motion starts a
+/// worker all the same, no frame is escalated, and the worker goes again after the
+/// cooldown (whether or not it finished loading its model).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::single_range_in_vec_init)] // one window of motion
+async fn a_motion_candidate_starts_a_worker_that_goes_after_the_cooldown_without_an_event() {
+    use crate::common::rtsp_server::RtspTestServer;
+    use edge_agent::ingest::synthetic::Scene;
+    // The object never rests: one candidate that stays pending for the whole test.
+    let srv = RtspTestServer::start(Scene {
+        period: 150,
+        moves: vec![0..150],
+        ..Scene::default()
+    });
+    let url = srv.url("/prewarm");
+    let device = unique("prewarm");
+    let port = crate::common::broker::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[device]\nid = \"{device}\"\n[transport]\nkind = \"embedded\"\nembedded_port = {port}\n[scaling]\npolling_interval = \"100ms\"\ncooldown_period = \"2s\"\n[inference]\nmodel = \"{}\"\nlabels = \"{}\"\nthreads = 1\n[[cameras]]\nid = \"cam1\"\nurl = \"{url}\"\nanalysis_fps = 1\n[cameras.motion]\nstart_frames = 100\n",
+            tiny_random("pytorch").display(),
+            root().join("models/coco.names").display()
+        ),
+    );
+    let mut agent = Running::start(&["run", "--config", &config], &[]);
+    assert!(
+        agent
+            .wait_for("edge-agent running.", Duration::from_secs(30))
+            .is_some(),
+        "agent did not start: {:?}",
+        agent.seen
+    );
+    let metric = |a: &Running, name: &str| {
+        crate::common::procs::metric(&a.get("/metrics"), name).unwrap_or(0.0)
+    };
+    let prewarm = "edge_agent_prewarm_starts_total{camera=\"cam1\"}";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(metric(&agent, prewarm) >= 1.0 && agent.health()["workers"]["running"] == 1) {
+        assert!(
+            Instant::now() < deadline,
+            "no worker started for the candidate: {prewarm} = {}, health {}",
+            metric(&agent, prewarm),
+            agent.health()
+        );
+        agent.pump(Duration::from_millis(100));
+    }
+    assert_eq!(
+        metric(&agent, "edge_agent_escalations_total{camera=\"cam1\"}"),
+        0.0,
+        "a worker runs before any frame was escalated"
+    );
+    // Cooldown 2 s, then SIGTERM; a worker still loading exits once loaded (grace 10 s).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while agent.health()["workers"]["running"] != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the worker outlived the cooldown: {}",
+            agent.health()
+        );
+        agent.pump(Duration::from_millis(100));
+    }
+    assert_eq!(metric(&agent, prewarm), 1.0, "one start for one candidate");
+    assert_eq!(
+        metric(&agent, "edge_agent_false_starts_total{camera=\"cam1\"}"),
+        0.0,
+        "the candidate is still pending: not (yet) a false start"
+    );
+    assert_eq!(
+        metric(&agent, "edge_agent_escalations_total{camera=\"cam1\"}"),
+        0.0,
+        "nothing escalated: the motion was never confirmed"
+    );
+    assert!(agent.wait_for("Motion started.", Duration::ZERO).is_none());
+    assert!(agent.stop().success());
+}

@@ -7,7 +7,13 @@
 //! CPU time comes from `wait4`. Rounds alternate baseline and agent.
 //!
 //! `cargo bench -p edge-agent --bench ingest` (env: BENCH_ROUNDS, default 3).
+//!
+//! With `BENCH_PARTS=fps`: the CPU per camera of ingest plus motion analysis (the
+//! agent's detector and event tracker on every analysis frame) at `analysis_fps` 5, 10
+//! and 15 (BENCH_FPS), rounds alternating, against the same decode-only baseline.
 
+#[path = "common/decode.rs"]
+mod decode;
 #[path = "../../tests/common/rtsp_server.rs"]
 #[allow(dead_code)]
 mod rtsp_server;
@@ -17,11 +23,14 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use edge_agent::ingest::{self, synthetic::Scene, CameraConfig};
+use edge_agent::motion::{Detector, EventTracker};
 use gst::prelude::*;
 use gstreamer as gst;
 use rtsp_server::{Media, RtspTestServer};
 
 const CHILD_ENV: &str = "EDGE_BENCH_INGEST_URL";
+/// Set in the child: run motion analysis at this many analysis frames per second.
+const FPS_ENV: &str = "EDGE_BENCH_INGEST_FPS";
 
 fn main() {
     if let Ok(url) = std::env::var(CHILD_ENV) {
@@ -37,6 +46,10 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
     let srv = RtspTestServer::start(Media::File(clip.clone()));
+    if std::env::var("BENCH_PARTS").is_ok_and(|p| p.split(',').any(|p| p == "fps")) {
+        fps_part(&srv, &source, rounds);
+        return;
+    }
     println!("ingest benchmark: 1280x720 H.264 30 fps from {source}, {rounds} rounds");
     println!(
         "{:<10} {:>6} {:>9} {:>9} {:>10} {:>8}",
@@ -46,27 +59,17 @@ fn main() {
     for round in 1..=rounds {
         // A new path per run: a fresh media that starts at the beginning of the clip.
         let url = srv.url(&format!("/base{round}"));
-        let b = measure(Command::new("gst-launch-1.0").args([
-            "-q",
-            "rtspsrc",
-            &format!("location={url}"),
-            "protocols=tcp",
-            "latency=200",
-            "!",
-            "rtph264depay",
-            "!",
-            "h264parse",
-            "!",
-            "avdec_h264",
-            "!",
-            "fakesink",
-        ]));
+        let b = measure(&mut decode_only(&url));
         report("gst-launch", round, &b, None);
         base.push(b);
         let url = srv.url(&format!("/agent{round}"));
         let exe = std::env::current_exe().expect("own path");
         let a = measure(Command::new(exe).env(CHILD_ENV, &url));
-        let frames = a.stdout.trim().parse::<u64>().ok();
+        let frames = a
+            .stdout
+            .split_whitespace()
+            .next()
+            .and_then(|s| s.parse::<u64>().ok());
         report("agent", round, &a, frames);
         agent.push(a);
     }
@@ -83,6 +86,76 @@ fn main() {
         a / b
     );
     colour_cost(&clip);
+}
+
+/// `gst-launch-1.0` decoding `url` to `fakesink`: the decode-only baseline.
+fn decode_only(url: &str) -> Command {
+    let mut c = Command::new("gst-launch-1.0");
+    c.arg("-q")
+        .args(decode::rtsp_decode_args(url))
+        .args(["!", "fakesink"]);
+    c
+}
+
+/// CPU per camera of ingest plus motion at each analysis rate, next to decode-only.
+fn fps_part(srv: &RtspTestServer, source: &str, rounds: usize) {
+    let rates: Vec<u32> = std::env::var("BENCH_FPS")
+        .unwrap_or_else(|_| "5,10,15".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    println!(
+        "1280x720 H.264 30 fps from {source} over RTSP, played to its end; ingest and motion analysis (detector and event tracker, defaults) per analysis rate; {rounds} rounds, each round runs every configuration once"
+    );
+    println!();
+    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); rates.len() + 1];
+    let mut analysed = vec![0u64; rates.len()];
+    let exe = std::env::current_exe().expect("own path");
+    for round in 1..=rounds {
+        let b = measure(&mut decode_only(&srv.url(&format!("/fps-base{round}"))));
+        cpu[0].push(b.cpu.as_secs_f64() / b.wall.as_secs_f64());
+        for (i, fps) in rates.iter().enumerate() {
+            let url = srv.url(&format!("/fps{fps}-{round}"));
+            let a = measure(
+                Command::new(&exe)
+                    .env(CHILD_ENV, &url)
+                    .env(FPS_ENV, fps.to_string()),
+            );
+            cpu[i + 1].push(a.cpu.as_secs_f64() / a.wall.as_secs_f64());
+            analysed[i] = a
+                .stdout
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+        }
+    }
+    let median = |v: &[f64]| {
+        let mut c = v.to_vec();
+        c.sort_by(f64::total_cmp);
+        c[c.len() / 2]
+    };
+    let base = median(&cpu[0]);
+    println!("| configuration | analysis frames (last round) | CPU % of a core, median | vs decode-only | rounds (% core) |");
+    println!("|---|---:|---:|---:|---|");
+    let row = |name: &str, frames: String, v: &[f64]| {
+        let m = median(v);
+        let all: Vec<String> = v.iter().map(|c| format!("{:.1}", 100.0 * c)).collect();
+        println!(
+            "| {name} | {frames} | {:.1} | {:.3} | {} |",
+            100.0 * m,
+            m / base,
+            all.join(", ")
+        );
+    };
+    row("gst-launch decode-only (baseline)", "-".into(), &cpu[0]);
+    for (i, fps) in rates.iter().enumerate() {
+        row(
+            &format!("agent ingest + motion, analysis_fps {fps}"),
+            analysed[i].to_string(),
+            &cpu[i + 1],
+        );
+    }
 }
 
 /// Cost of one on-demand colour frame (1280x720 I420 to 640x360 RGB), in-process.
@@ -166,25 +239,40 @@ fn measure(cmd: &mut Command) -> Run {
     }
 }
 
-/// The agent's ingest of one camera until the clip ends; prints the frames decoded.
+/// The agent's ingest of one camera until the clip ends; prints the frames decoded
+/// (and, with [`FPS_ENV`], the frames analysed, after motion analysis of each).
 fn agent_child(url: &str) -> i32 {
+    let fps: Option<u32> = std::env::var(FPS_ENV).ok().and_then(|s| s.parse().ok());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("tokio runtime");
     rt.block_on(async {
+        let rate = fps
+            .map(|f| format!("analysis_fps = {f}\n"))
+            .unwrap_or_default();
         let cfg: CameraConfig = toml::from_str(&format!(
-            "id = \"bench\"\nurl = \"{url}\"\n[backoff]\nmin = \"10s\"\nmax = \"10s\"\n"
+            "id = \"bench\"\nurl = \"{url}\"\n{rate}[backoff]\nmin = \"10s\"\nmax = \"10s\"\n"
         ))
         .expect("bench camera config");
-        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+        let motion = cfg.motion.clone();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<ingest::GreyFrame>(8);
         let stop = tokio_util::sync::CancellationToken::new();
         let cam = ingest::spawn_camera(cfg, tx, stop.clone());
         let consumer = tokio::spawn(async move {
             let mut n = 0u64;
-            while rx.recv().await.is_some() {
+            let mut det: Option<Detector> = None;
+            let mut tracker = EventTracker::new(&motion, "bench");
+            while let Some(f) = rx.recv().await {
                 n += 1;
+                if fps.is_some() {
+                    let d = det.get_or_insert_with(|| Detector::new(&motion, f.width, f.height));
+                    if let Ok(m) = d.process(&f.data) {
+                        let m = m.clone();
+                        tracker.update(f.captured, &m);
+                    }
+                }
             }
             n
         });
@@ -196,8 +284,8 @@ fn agent_child(url: &str) -> i32 {
         let frames = cam.status().frames;
         stop.cancel();
         cam.stopped().await;
-        let _ = consumer.await;
-        println!("{frames}");
+        let analysed = consumer.await.unwrap_or(0);
+        println!("{frames} {analysed}");
     });
     0
 }

@@ -218,6 +218,9 @@ struct Agent {
     child: Child,
     pid: u32,
     logs: mpsc::Receiver<serde_json::Value>,
+    /// The workers' own timing lines ("ONNX Runtime loaded.", "Worker ready."), which the
+    /// pool relays on its stderr as `[worker PID] {json}`.
+    worker_logs: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
     broker_port: u16,
     _dir: tempfile::TempDir,
 }
@@ -281,9 +284,21 @@ metrics_listen = ""
         let pid = child.id();
         let (tx, rx) = mpsc::channel();
         let stderr = child.stderr.take().unwrap();
+        let worker_logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let wl = worker_logs.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                if let Some((_, json)) = line
+                    .strip_prefix("[worker ")
+                    .and_then(|r| r.split_once("] "))
+                {
+                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(json) {
+                        if v["message"] == "ONNX Runtime loaded." || v["message"] == "Worker ready."
+                        {
+                            wl.lock().unwrap().push(v);
+                        }
+                    }
+                } else if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
                     let _ = tx.send(v);
                 }
             }
@@ -292,6 +307,7 @@ metrics_listen = ""
             child,
             pid,
             logs: rx,
+            worker_logs,
             broker_port: 0,
             _dir: dir,
         };
@@ -478,6 +494,9 @@ struct LatencyRow {
     samples: Vec<Sample>,
     rejected: usize,
     startups: Vec<String>,
+    /// Per worker start, ms: (ONNX Runtime load, model loaded, subscribed), each from
+    /// the start of the worker's main task, as the worker logs them.
+    phases: Vec<(f64, f64, f64)>,
 }
 
 fn latency_phase(case: &ModelCase, warm: bool, n: usize) -> LatencyRow {
@@ -578,6 +597,7 @@ fn latency_phase(case: &ModelCase, warm: bool, n: usize) -> LatencyRow {
     }
     drop(watch);
     startups.extend(agent.startups());
+    let phases = worker_phases(&agent.worker_logs.lock().unwrap());
     agent.stop();
     drop(server);
     LatencyRow {
@@ -586,7 +606,85 @@ fn latency_phase(case: &ModelCase, warm: bool, n: usize) -> LatencyRow {
         samples,
         rejected,
         startups,
+        phases,
     }
+}
+
+/// A `Debug`-formatted duration ("232.00012ms", "1.4772s", "950µs") in ms.
+fn debug_ms(v: &serde_json::Value) -> Option<f64> {
+    let s = v.as_str()?;
+    let (num, unit) = s.split_at(s.find(|c: char| c.is_alphabetic() || c == 'µ')?);
+    let n: f64 = num.parse().ok()?;
+    Some(match unit {
+        "s" => n * 1e3,
+        "ms" => n,
+        "µs" => n / 1e3,
+        "ns" => n / 1e6,
+        _ => return None,
+    })
+}
+
+/// (ONNX Runtime load, model loaded, subscribed) per worker, from its own log lines:
+/// each "ONNX Runtime loaded." pairs with the next "Worker ready.".
+fn worker_phases(lines: &[serde_json::Value]) -> Vec<(f64, f64, f64)> {
+    let mut out = Vec::new();
+    let mut ort = None;
+    for v in lines {
+        if v["message"] == "ONNX Runtime loaded." {
+            ort = debug_ms(&v["took"]);
+        } else if let (Some(model), Some(sub)) = (debug_ms(&v["model"]), debug_ms(&v["subscribed"]))
+        {
+            out.push((ort.take().unwrap_or(f64::NAN), model, sub));
+        }
+    }
+    out
+}
+
+/// Where a cold start's time goes, medians over the worker starts of the cold rows.
+fn print_cold_breakdown(rows: &[LatencyRow]) {
+    println!("### Where a cold start goes");
+    println!();
+    println!(
+        "Medians over the worker starts of each cold row. Spawn to ready: the pool's own \
+         measure, from starting the process to reading its ready line. Inside the worker, \
+         from the start of its main task: ONNX Runtime load (the shared library and its \
+         environment), model loaded (that plus session creation and the model's layout), \
+         broker link and subscription (run at the same time as the model load since this \
+         change); the rest is process start, runtime and configuration."
+    );
+    println!();
+    println!("| model | worker starts | spawn to ready ms | ONNX Runtime load ms | model loaded ms | broker link + subscription ms | process start and config ms |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let med = |mut v: Vec<f64>| {
+        v.retain(|x| x.is_finite());
+        v.sort_by(f64::total_cmp);
+        if v.is_empty() {
+            f64::NAN
+        } else {
+            v[v.len() / 2]
+        }
+    };
+    for r in rows.iter().filter(|r| r.mode == "cold") {
+        let spawn = med(r
+            .startups
+            .iter()
+            .filter_map(|s| debug_ms(&serde_json::Value::from(s.as_str())))
+            .collect());
+        let ort = med(r.phases.iter().map(|p| p.0).collect());
+        let model = med(r.phases.iter().map(|p| p.1).collect());
+        let sub = med(r.phases.iter().map(|p| p.2).collect());
+        println!(
+            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            r.model,
+            r.phases.len(),
+            spawn,
+            ort,
+            model,
+            sub,
+            spawn - model.max(sub)
+        );
+    }
+    println!();
 }
 
 /// Nearest-rank percentile.
@@ -1153,6 +1251,7 @@ fn main() {
             rows.push(latency_phase(case, true, n));
         }
         print_latency(&rows);
+        print_cold_breakdown(&rows);
         let svg = figures.join("latency.svg");
         std::fs::write(&svg, latency_svg(&rows)).unwrap();
         println!("![latency samples]({})", link(&svg));

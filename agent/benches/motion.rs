@@ -7,6 +7,9 @@
 //! Run: `cargo bench -p edge-agent --bench motion`. Without Python or OpenCV it says
 //! so and prints the Rust figures only.
 
+#[path = "common/motion_ref.rs"]
+mod motion_ref;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
@@ -62,7 +65,7 @@ fn main() {
                     "--repeats",
                     &REPEATS.to_string(),
                     "--params",
-                    &params(&cfg),
+                    &motion_ref::params(&cfg),
                 ],
             )
         });
@@ -146,24 +149,6 @@ fn run_json(py: &Path, script: &Path, args: &[&str]) -> Option<serde_json::Value
     }
 }
 
-/// The detector settings the reference needs, from the same config.
-fn params(cfg: &MotionConfig) -> String {
-    serde_json::json!({
-        "blur": cfg.blur,
-        "threshold": cfg.threshold.get(),
-        "background_rate": cfg.background_rate.get(),
-        "dilate_radius": cfg.dilate_radius.get(),
-        "min_area": cfg.min_area.get(),
-        "max_area": cfg.max_area.get(),
-        "global_change": cfg.global_change.get(),
-        "global_spread": cfg.global_spread.get(),
-        "cell_change": cfg.cell_change.get(),
-        "start_frames": cfg.start_frames.get(),
-        "quiet_period_s": cfg.quiet_period.get().as_secs_f64(),
-    })
-    .to_string()
-}
-
 /// Time of the whole per-frame step in ns per pixel, with the number of boxes per
 /// frame. Per frame, the best of `REPEATS` runs (each run starts a fresh detector, so
 /// frame i sees the same state every time): robust against a busy machine. The
@@ -237,7 +222,7 @@ fn compare_bikes(py: &Path, script: &Path, cfg: &MotionConfig, dir: &Path) {
             "--raw-out",
             &raw.to_string_lossy(),
             "--params",
-            &params(cfg),
+            &motion_ref::params(cfg),
         ],
     ) else {
         println!("bikes.mp4 comparison skipped (see the message above).");

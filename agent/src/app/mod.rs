@@ -185,7 +185,7 @@ fn motion_replay(
     cam.url = url;
     let is_file = cam.url.scheme() == "file";
     let id = cam.id.to_string();
-    let motion = cam.motion.clone();
+    let motion = cam.motion.at_fps(cam.analysis_fps.as_u32());
 
     let rt = tokio::runtime::Runtime::new().context("tokio runtime")?;
     let summary = rt.block_on(async move {

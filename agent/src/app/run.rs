@@ -12,21 +12,22 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use bytes::Bytes;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
 use crate::backoff::Backoff;
 use crate::cli::ConfigArgs;
 use crate::config::Loaded;
-use crate::escalate::camera::{self as camera_loop, EscalatedFrame, Escalation};
+use crate::escalate::camera::{self as camera_loop, Candidate, EscalatedFrame, Escalation};
 use crate::escalate::message::{FrameHeader, FrameMessage, Stamp};
 use crate::escalate::transport::{Role, Transport};
 use crate::escalate::{jpeg, TransportKind};
 use crate::ingest::{spawn_camera, CameraConfig, CameraHandle};
 use crate::motion::MotionTransition;
 use crate::scale::offload::{self, Offload};
-use crate::scale::{run_scaler, spawn_pool, WorkerSpec};
+use crate::scale::prewarm::CandidateStarts;
+use crate::scale::{run_scaler, spawn_pool, Wake, WorkerSpec};
 use crate::shutdown::{install_signal_handlers, Shutdown};
 use crate::telemetry::metrics::{self, metrics};
 use crate::telemetry::{gpu, http, notify, process};
@@ -73,7 +74,7 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
 
     // Workers: this binary's `worker` subcommand with the same configuration, pointed
     // at the embedded broker when there is one.
-    let wake = Arc::new(Notify::new());
+    let wake = Arc::new(Wake::default());
     let mut spec = WorkerSpec::this_binary(config_args(&args))
         .context("cannot find this executable to start workers")?;
     if let (TransportKind::Embedded, Some(addr)) = (cfg.transport.kind, transport.broker_addr()) {
@@ -181,6 +182,7 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
         transport.clone(),
         device.clone(),
         wake.clone(),
+        cfg.scaling.prewarm_on_motion,
         pool.clone(),
         Offloader {
             cfg: cfg.scaling.clone(),
@@ -593,13 +595,38 @@ async fn escalate(
     mut rx: mpsc::Receiver<Escalation>,
     transport: Arc<Transport>,
     device: String,
-    wake: Arc<Notify>,
+    wake: Arc<Wake>,
+    prewarm: bool,
     pool: crate::scale::PoolHandle,
     mut offloader: Offloader,
 ) {
+    let mut starts = CandidateStarts::default();
     while let Some(item) = rx.recv().await {
         match item {
+            Escalation::Candidate { camera, change } if prewarm => match change {
+                Candidate::Seen => {
+                    if starts.seen(&camera, pool.status().running) {
+                        metrics()
+                            .prewarm_starts
+                            .get_or_create(&metrics::camera(&camera))
+                            .inc();
+                    }
+                    wake.candidate();
+                }
+                Candidate::Dropped => {
+                    if starts.dropped(&camera) {
+                        metrics()
+                            .false_starts
+                            .get_or_create(&metrics::camera(&camera))
+                            .inc();
+                    }
+                }
+            },
+            Escalation::Candidate { .. } => {}
             Escalation::Motion(t) => {
+                if let MotionTransition::Started(e) = &t {
+                    starts.confirmed(&e.camera);
+                }
                 let (state, e) = match &t {
                     MotionTransition::Started(e) => ("start", e),
                     MotionTransition::Continued(e) => ("update", e),
@@ -643,7 +670,7 @@ async fn escalate(
                                     .inc();
                                 offloader.sent(&camera);
                                 if queue.is_none() {
-                                    wake.notify_one();
+                                    wake.frame();
                                 }
                             }
                             Err(e) => warn!(camera = %camera, error = %e, "Frame not escalated."),

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use crate::backoff::Backoff;
@@ -29,7 +29,7 @@ use crate::cli::ConfigArgs;
 use crate::config::{Loaded, EXIT_CONFIG};
 use crate::escalate::amqp::QueueProbe;
 use crate::escalate::TransportKind;
-use crate::scale::{run_scaler, spawn_pool, WorkerSpec};
+use crate::scale::{run_scaler, spawn_pool, Wake, WorkerSpec};
 use crate::shutdown::{install_signal_handlers, Shutdown};
 use crate::telemetry::metrics::{self, metrics};
 use crate::telemetry::{gpu, http, notify, process};
@@ -109,7 +109,7 @@ async fn run_scaler_cmd(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32>
                 }
             },
             // Nothing escalates here: the poll is the only trigger.
-            Arc::new(Notify::new()),
+            Arc::new(Wake::default()),
             shutdown.clone(),
         ))
     };

@@ -17,6 +17,7 @@ use tracing::{info, warn};
 
 use crate::config::Loaded;
 use crate::escalate::transport::{Role, Transport};
+use crate::escalate::TransportKind;
 use crate::infer::pipeline::Pipeline;
 use crate::infer::worker::{
     self, AckOutcome, DetectionsMessage, EventMessage, FrameMeta, ResultSink, Snapshot, WorkItem,
@@ -132,16 +133,38 @@ async fn run_worker(loaded: Loaded) -> anyhow::Result<i32> {
     install_signal_handlers(shutdown.clone());
     let inference = cfg.inference.clone();
     let started = std::time::Instant::now();
-    let pipeline = tokio::task::spawn_blocking(move || Pipeline::new(&inference))
-        .await
-        .context("model loading task")??;
-    let provider = pipeline.provider();
-    info!(provider, load = ?started.elapsed(), "Model loaded.");
-    let transport = Arc::new(
-        Transport::connect(&cfg.transport, cfg.device.id.as_str(), Role::Worker)
+    // A cold start is model load plus broker link plus subscription: the link does not
+    // need the model, so on MQTT both run at once and the worker is ready after the
+    // slower. Not on AMQP: its consumer starts with the connection and would take frames
+    // (up to the prefetch) that it cannot report as held while the model loads, so the
+    // scaler would see no backlog and could scale in a worker that is still loading.
+    let overlap = cfg.transport.kind != TransportKind::Amqp;
+    let load = async {
+        let pipeline = tokio::task::spawn_blocking(move || Pipeline::new(&inference))
             .await
-            .context("transport")?,
-    );
+            .context("model loading task")??;
+        anyhow::Ok((pipeline, started.elapsed()))
+    };
+    let link = async {
+        let transport = Transport::connect(&cfg.transport, cfg.device.id.as_str(), Role::Worker)
+            .await
+            .context("transport")?;
+        // Ready means subscribed: on MQTT a frame published before the SUBACK is lost.
+        let subscribed = transport.consuming(CONSUMING_TIMEOUT).await;
+        anyhow::Ok((transport, subscribed, started.elapsed()))
+    };
+    let ((pipeline, loaded_in), (transport, subscribed, linked_in)) = if overlap {
+        tokio::try_join!(load, link)?
+    } else {
+        let loaded = load.await?;
+        (loaded, link.await?)
+    };
+    let provider = pipeline.provider().to_string();
+    info!(provider = %provider, load = ?loaded_in, "Model loaded.");
+    if !subscribed {
+        warn!(timeout = ?CONSUMING_TIMEOUT, "No subscription acknowledged yet; announcing ready anyway (the agent resends what is lost).");
+    }
+    let transport = Arc::new(transport);
     let mut frames = transport.frames().context("frames stream")?;
     let (tx, rx) = mpsc::channel::<WorkItem>(cfg.transport.prefetch.as_usize().max(1));
     // The loop ends when the channel closes, so frames already taken are finished.
@@ -156,16 +179,12 @@ async fn run_worker(loaded: Loaded) -> anyhow::Result<i32> {
         },
         loop_token,
     ));
-    // Ready means subscribed: on MQTT a frame published before the SUBACK is lost.
-    if !transport.consuming(CONSUMING_TIMEOUT).await {
-        warn!(timeout = ?CONSUMING_TIMEOUT, "No subscription acknowledged yet; announcing ready anyway (the agent resends what is lost).");
-    }
     let ready_at = crate::escalate::message::unix_ns_now();
     let held = Held::default();
     println!("{PROVIDER_PREFIX} {provider}");
     println!("{READY_LINE}");
     let _ = std::io::stdout().flush();
-    info!("Worker ready.");
+    info!(model = ?loaded_in, subscribed = ?linked_in, "Worker ready.");
     loop {
         let d = tokio::select! {
             d = frames.next() => match d { Some(d) => d, None => break },

@@ -41,7 +41,7 @@ fn bad_configs_give_the_exact_located_error() {
         (cam("[scaling]\nworker_ready_timeout = \"0s\"\n"), "site.toml:8: scaling.worker_ready_timeout: must be greater than 0"),
         (
             cam("colour = true\n"),
-            "site.toml:7: cameras[gate].colour: unknown key \"colour\"; expected one of `id`, `url`, `password_file`, `enabled`, `decode`, `protocol`, `latency`, `analysis_width`, `analysis_fps`, `detect_width`, `ring_frames`, `stall_timeout`, `backoff`, `motion`, `escalation`",
+            "site.toml:7: cameras[gate].colour: unknown key \"colour\"; expected one of `id`, `url`, `password_file`, `enabled`, `decode`, `protocol`, `latency`, `analysis_width`, `analysis_fps`, `detect_width`, `ring_frames`, `stall_timeout`, `backoff`, `motion`, `escalation`, `idle_decode`",
         ),
         (cam("decode = \"gpu\"\n"), "site.toml:7: cameras[gate].decode: unknown variant `gpu`, expected one of `auto`, `software`, `nvidia`"),
         (cam("analysis_fps = \"fast\"\n"), "site.toml:7: cameras[gate].analysis_fps: invalid type: string \"fast\", expected i64"),
@@ -330,7 +330,7 @@ fn the_embedded_demo_and_a_minimal_config_are_complete() {
     );
     assert_eq!(minimal.scaling.min_workers.get(), 0);
     assert_eq!(minimal.cameras[0].analysis_width.get(), 320);
-    assert_eq!(minimal.cameras[0].analysis_fps.get(), 5);
+    assert_eq!(minimal.cameras[0].analysis_fps.get(), 15);
 }
 
 #[test]

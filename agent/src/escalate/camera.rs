@@ -22,6 +22,18 @@ pub enum Escalation {
     Motion(MotionTransition),
     /// A frame of a motion event, to be sent to the detector.
     Frame(EscalatedFrame),
+    /// A motion candidate appeared or went (see [`Candidate`]).
+    Candidate { camera: String, change: Candidate },
+}
+
+/// A candidate is motion seen while no event is open, not yet confirmed by
+/// `motion.start_frames`: the scaler starts a worker for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Candidate {
+    /// The first frame with motion boxes.
+    Seen,
+    /// Motion stopped before the event was confirmed.
+    Dropped,
 }
 
 #[derive(Debug)]
@@ -46,6 +58,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let id = cam.id.to_string();
+    let motion = cam.motion.at_fps(cam.analysis_fps.as_u32());
     let mut detector: Option<Detector> = None;
     let mut tracker = EventTracker::new(&cam.motion, &id);
     let mut policy = EscalationPolicy::new(&cam.escalation);
@@ -54,6 +67,9 @@ pub async fn run(
     // The newest colour frame sent: when analysis lags behind the ring, two analysed
     // frames can resolve to the same kept frame, which must not go out twice.
     let mut last_sent: Option<u64> = None;
+    // Idle decode: since when the camera has shown nothing (no motion, no candidate, no
+    // event); idle after the motion quiet period of that.
+    let mut still_since: Option<SystemTime> = None;
     loop {
         let frame = tokio::select! {
             f = grey.recv() => match f { Some(f) => f, None => break },
@@ -66,7 +82,7 @@ pub async fn run(
             !matches!(&detector, Some(d) if d.width() == frame.width && d.height() == frame.height);
         if fresh {
             debug!(camera = %id, width = frame.width, height = frame.height, "Motion detector (re)initialised.");
-            detector = Some(Detector::new(&cam.motion, frame.width, frame.height));
+            detector = Some(Detector::new(&motion, frame.width, frame.height));
         }
         let Some(det) = detector.as_mut() else {
             continue;
@@ -91,7 +107,38 @@ pub async fn run(
                 .get_or_create(&metrics::stage("capture_to_motion"))
                 .observe(d.as_secs_f64());
         }
-        if let Some(t) = tracker.update(frame.captured, &m) {
+        let was_pending = tracker.pending() > 0;
+        let transition = tracker.update(frame.captured, &m);
+        let change = match (was_pending, tracker.pending() > 0) {
+            (false, true) => Some(Candidate::Seen),
+            (true, false) if tracker.current().is_none() => Some(Candidate::Dropped),
+            _ => None,
+        };
+        if let Some(change) = change {
+            let c = Escalation::Candidate {
+                camera: id.clone(),
+                change,
+            };
+            if out.send(c).await.is_err() {
+                break;
+            }
+        }
+        let still = !m.has_motion() && tracker.current().is_none() && tracker.pending() == 0;
+        let since = *still_since.get_or_insert(frame.captured);
+        if !still {
+            still_since = None;
+        }
+        let idle = still
+            && frame.captured.duration_since(since).unwrap_or_default()
+                >= cam.motion.quiet_period.get();
+        if handle.set_idle(idle) {
+            metrics()
+                .camera_idle
+                .get_or_create(&labels)
+                .set(i64::from(idle));
+            debug!(camera = %id, idle, "Decode mode changed (idle: key frames only).");
+        }
+        if let Some(t) = transition {
             if let MotionTransition::Started(e) = &t {
                 metrics().motion_events.get_or_create(&labels).inc();
                 info!(camera = %id, event = %e.id, "Motion started.");

@@ -193,6 +193,7 @@ pub fn environment(cfg: &InferenceConfig) -> Result<Environment, InferError> {
         });
     }
     let _ = ORT_VERSION.set(version.clone());
+    let started = std::time::Instant::now();
     let env = ort::init_from(&path)
         .map_err(|e| InferError::OrtLoad {
             path: path.clone(),
@@ -204,7 +205,7 @@ pub fn environment(cfg: &InferenceConfig) -> Result<Environment, InferError> {
             path: path.clone(),
             reason: e.to_string(),
         })?;
-    tracing::info!(library = %path.display(), %version, "ONNX Runtime loaded.");
+    tracing::info!(library = %path.display(), %version, took = ?started.elapsed(), "ONNX Runtime loaded.");
     *guard = Some(env.clone());
     Ok(env)
 }

@@ -47,6 +47,24 @@ pub struct CameraConfig {
     pub motion: MotionConfig,
     #[serde(default)]
     pub escalation: EscalationConfig,
+    /// What to decode while the camera shows no motion (no motion boxes for the motion
+    /// quiet period, no event open).
+    #[serde(default)]
+    pub idle_decode: IdleDecode,
+}
+
+/// Idle decode trades detection delay for CPU: with `keyframes`, only key frames reach
+/// the decoder while the camera is idle, so motion is seen at the next key frame at the
+/// latest and full decoding resumes at the key frame after that (a delay of up to two
+/// key-frame intervals); the decoder then costs a fraction of a full decode.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum IdleDecode {
+    /// Every frame, always.
+    #[default]
+    Full,
+    /// Key frames only while idle.
+    Keyframes,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -95,8 +113,11 @@ fn default_latency() -> Dur {
 fn default_analysis_width() -> IntIn<32, 1920> {
     IntIn::lit(320)
 }
+/// 15 fps: the event confirmation (`motion.start_frames` = 2 frames) takes 67 ms instead
+/// of 200 ms at 5 fps; motion on a 320 px frame costs tens of microseconds against
+/// milliseconds of decoding per source frame (`scripts/bench --only analysis_fps`).
 fn default_analysis_fps() -> IntIn<1, 60> {
-    IntIn::lit(5)
+    IntIn::lit(15)
 }
 fn default_detect_width() -> IntIn<0, 7680> {
     IntIn::lit(640)

@@ -13,7 +13,7 @@ mod pipeline;
 mod supervisor;
 pub mod synthetic;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,7 +24,7 @@ use gst_video::prelude::*;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{BackoffConfig, CameraConfig, Decode, RtspProtocol};
+pub use config::{BackoffConfig, CameraConfig, Decode, IdleDecode, RtspProtocol};
 pub use frames::{downscale_plane, scaled_size, ColourFrame, GreyFrame};
 
 use frames::{Kept, Ring};
@@ -133,6 +133,10 @@ pub(crate) struct Shared {
     converter: Mutex<Option<CachedConverter>>,
     /// The supervisor's sign of life, for the watchdog.
     pub(crate) beat: crate::telemetry::notify::Beat,
+    /// Idle decode: set by the motion loop while nothing moves; read by the pipeline's
+    /// key-frame gate (only installed with `idle_decode = "keyframes"`).
+    pub(crate) idle: Arc<AtomicBool>,
+    idle_decode: IdleDecode,
     /// This camera's metric series, looked up once rather than per frame.
     pub(crate) frames_metric: Counter,
     pub(crate) queue_full_metric: Counter,
@@ -177,6 +181,8 @@ impl Shared {
             }),
             converter: Mutex::new(None),
             beat: Default::default(),
+            idle: Arc::new(AtomicBool::new(false)),
+            idle_decode: cfg.idle_decode,
             frames_metric: metrics()
                 .frames
                 .get_or_create(&metrics::camera(cfg.id.as_str()))
@@ -296,6 +302,14 @@ impl CameraHandle {
 
     pub fn status(&self) -> CameraStatus {
         self.shared.status()
+    }
+
+    /// Tells the pipeline whether the camera is idle (no motion); with
+    /// `idle_decode = "keyframes"` it then decodes key frames only. Returns true when
+    /// the decode mode changed.
+    pub fn set_idle(&self, idle: bool) -> bool {
+        self.shared.idle_decode == IdleDecode::Keyframes
+            && self.shared.idle.swap(idle, Ordering::Relaxed) != idle
     }
 
     pub fn id(&self) -> &Arc<str> {

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::frames::{downscale_plane, scaled_size, GreyFrame, Kept, Sampler};
 use super::synthetic::Scene;
-use super::{CameraConfig, Decode, IngestError, RtspProtocol, Shared};
+use super::{CameraConfig, Decode, IdleDecode, IngestError, RtspProtocol, Shared};
 use crate::config::secret::redact_text;
 use crate::telemetry::metrics;
 
@@ -272,6 +272,9 @@ pub(crate) fn build(
         kind.family().to_string()
     };
 
+    if cfg.idle_decode == IdleDecode::Keyframes {
+        install_keyframe_gate(&pipeline, shared.idle.clone());
+    }
     install_sample_handler(&appsink, cfg, mode, kind, shared, attempt, tx);
     install_bus_handler(&pipeline, shared, attempt);
     Ok(Built {
@@ -279,6 +282,37 @@ pub(crate) fn build(
         decoder,
         hardware: kind == DecoderKind::Nvidia && scheme != "demo",
     })
+}
+
+/// Idle decode: while `idle` is set, only key frames leave the H.264/H.265 parser for
+/// the decoder. The gate opens and closes at key frames only, so the decoder never gets
+/// a delta frame whose reference it did not see (no corrupt frames, no false motion).
+/// Parsers are added as the stream's codec becomes known, hence the element-added hook.
+fn install_keyframe_gate(pipeline: &gst::Pipeline, idle: Arc<AtomicBool>) {
+    pipeline.connect_deep_element_added(move |_, _, element| {
+        let parser = element
+            .factory()
+            .is_some_and(|f| matches!(f.name().as_str(), "h264parse" | "h265parse"));
+        let Some(pad) = parser.then(|| element.static_pad("src")).flatten() else {
+            return;
+        };
+        let idle = idle.clone();
+        let skipping = AtomicBool::new(false);
+        pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+            let Some(buf) = info.buffer() else {
+                return gst::PadProbeReturn::Ok;
+            };
+            if !buf.flags().contains(gst::BufferFlags::DELTA_UNIT) {
+                skipping.store(idle.load(Ordering::Relaxed), Ordering::Relaxed);
+                return gst::PadProbeReturn::Ok;
+            }
+            if skipping.load(Ordering::Relaxed) {
+                gst::PadProbeReturn::Drop
+            } else {
+                gst::PadProbeReturn::Ok
+            }
+        });
+    });
 }
 
 /// A pipeline-building failure of `camera`; GStreamer messages may quote the URL.

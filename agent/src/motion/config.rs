@@ -114,6 +114,17 @@ impl Default for MotionConfig {
 }
 
 impl MotionConfig {
+    /// The settings for a detector fed `fps` analysis frames a second: the background
+    /// rate is set per 200 ms (one frame at 5 fps, the rate it was tuned at), so the
+    /// background follows light at the same speed in seconds whatever the rate.
+    pub fn at_fps(&self, fps: u32) -> MotionConfig {
+        let per_frame = 1.0 - (1.0 - self.background_rate.get()).powf(5.0 / f64::from(fps.max(1)));
+        MotionConfig {
+            background_rate: Fraction::new(per_frame).unwrap_or(self.background_rate),
+            ..self.clone()
+        }
+    }
+
     /// Checks between fields; returns (key relative to this section, message).
     pub fn check(&self) -> Vec<(String, String)> {
         let mut errs = Vec::new();
@@ -176,7 +187,8 @@ fn yes() -> bool {
 fn default_threshold() -> IntIn<1, 255> {
     IntIn::lit(25)
 }
-/// 0.05 per frame at 5 fps: half-life of ~2.7 s, so a light ramp over a few seconds is
+/// 0.05 per 200 ms (a frame at 5 fps; [`MotionConfig::at_fps`] scales it to the analysis
+/// rate): half-life of ~2.7 s, so a light ramp over a few seconds is
 /// followed, while a walking person (one to two seconds over a spot) stays foreground.
 fn default_rate() -> Fraction {
     Fraction::lit(0.05)
@@ -209,7 +221,8 @@ fn default_global_spread() -> Fraction {
 fn default_cell_change() -> Fraction {
     Fraction::lit(0.05)
 }
-/// 2 frames (0.4 s at 5 fps): one-frame flickers never start an event.
+/// 2 frames (0.13 s at the default 15 fps, 0.4 s at 5 fps): one-frame flickers never
+/// start an event.
 fn default_start_frames() -> IntIn<1, 100> {
     IntIn::lit(2)
 }
@@ -234,6 +247,22 @@ fn default_window() -> IntIn<1, 1000> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_background_rate_is_per_200_ms_whatever_the_analysis_rate() {
+        let cfg = MotionConfig::default();
+        let r5 = cfg.background_rate.get();
+        assert!((cfg.at_fps(5).background_rate.get() - r5).abs() < 1e-12);
+        // Three frames at 15 fps leave as much of the old background as one at 5 fps.
+        let r15 = cfg.at_fps(15).background_rate.get();
+        assert!(((1.0 - r15).powi(3) - (1.0 - r5)).abs() < 1e-12, "{r15}");
+        assert!(cfg.at_fps(1).background_rate.get() > r5);
+        assert_eq!(
+            cfg.at_fps(15).threshold,
+            cfg.threshold,
+            "nothing else changes"
+        );
+    }
 
     fn check_toml(text: &str) -> Vec<(String, String)> {
         let cfg: MotionConfig = toml::from_str(text).expect("parses");

@@ -89,6 +89,15 @@ impl EventTracker {
         }
     }
 
+    /// Consecutive frames with motion seen while no event is open: above zero, the
+    /// camera has a candidate (motion that may become an event after `start_frames`).
+    pub fn pending(&self) -> u32 {
+        match &self.state {
+            State::Idle { run, .. } => *run,
+            State::Active { .. } => 0,
+        }
+    }
+
     /// Feeds one frame; `at` is its capture time.
     pub fn update(&mut self, at: SystemTime, m: &FrameMotion) -> Option<MotionTransition> {
         let motion = m.has_motion();
@@ -299,6 +308,35 @@ mod tests {
                 .map(|(i, kind, _)| (*i, *kind))
                 .collect();
             assert_eq!(&got, want, "pattern {pattern:?} K={k} quiet={quiet}ms");
+        }
+    }
+
+    #[test]
+    fn a_candidate_is_pending_until_it_becomes_an_event_or_motion_stops() {
+        let cfg = MotionConfig {
+            start_frames: IntIn::lit(3),
+            ..MotionConfig::default()
+        };
+        let mut tr = EventTracker::new(&cfg, "gate");
+        // (motion?, pending after the frame, event open after the frame)
+        let rows = [
+            (false, 0, false),
+            (true, 1, false),
+            (false, 0, false), // the candidate dropped without an event
+            (true, 1, false),
+            (true, 2, false),
+            (true, 0, true), // confirmed: the event is open, nothing pending
+            (true, 0, true),
+        ];
+        for (i, (motion, pending, open)) in rows.into_iter().enumerate() {
+            let m = if motion {
+                frame(&[B], false)
+            } else {
+                frame(&[], false)
+            };
+            tr.update(t(i as u64), &m);
+            assert_eq!(tr.pending(), pending, "frame {i}");
+            assert_eq!(tr.current().is_some(), open, "frame {i}");
         }
     }
 

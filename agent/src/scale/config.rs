@@ -22,6 +22,12 @@ pub struct ScalingConfig {
     /// Idle time before scaling back to `min_workers`.
     #[serde(default = "default_cooldown")]
     pub cooldown_period: Dur,
+    /// Start a worker at a camera's first frame with motion, while the event is still
+    /// being confirmed (`motion.start_frames`), so that the worker's start overlaps the
+    /// confirmation; a worker started for motion that never became an event goes again
+    /// after `cooldown_period`. Off: workers start at the first escalated frame.
+    #[serde(default = "yes")]
+    pub prewarm_on_motion: bool,
     /// Time a worker gets to finish after SIGTERM before it is killed.
     #[serde(default = "default_grace")]
     pub grace_period: Dur,
@@ -51,6 +57,7 @@ impl Default for ScalingConfig {
             backlog_per_worker: default_per_worker(),
             polling_interval: default_polling(),
             cooldown_period: default_cooldown(),
+            prewarm_on_motion: true,
             grace_period: default_grace(),
             worker_ready_timeout: default_ready_timeout(),
             remote_queue: None,
@@ -93,6 +100,9 @@ impl ScalingConfig {
     }
 }
 
+fn yes() -> bool {
+    true
+}
 fn default_max() -> IntIn<1, 64> {
     IntIn::lit(1)
 }

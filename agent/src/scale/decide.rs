@@ -7,6 +7,10 @@
 //!   `cooldown_period` (HPA's stabilisation window), so a short lull does not stop a
 //!   worker that has just loaded its model, and the count reaches `min_workers` (zero
 //!   by default) only after `cooldown_period` without work.
+//! - Pre-warm: a motion candidate (motion not yet confirmed as an event) asks for at
+//!   least one worker, activation or not, so the worker loads its model while the
+//!   event is being confirmed; it counts as work for the cooldown window, so a worker
+//!   started for a candidate that never became an event goes after `cooldown_period`.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -46,9 +50,13 @@ impl Decider {
     }
 
     /// The worker count to run now, given the backlog (frames waiting plus frames
-    /// being processed) and the current count.
-    pub fn decide(&mut self, now: Instant, backlog: u64, current: u32) -> u32 {
-        let raw = self.raw_target(backlog, current);
+    /// being processed), the current count and whether a motion candidate was seen
+    /// since the last decision.
+    pub fn decide(&mut self, now: Instant, backlog: u64, current: u32, candidate: bool) -> u32 {
+        let mut raw = self.raw_target(backlog, current);
+        if candidate {
+            raw = raw.max(1).min(self.max);
+        }
         while let Some(&(t, _)) = self.window.front() {
             if now.duration_since(t) > self.cooldown {
                 self.window.pop_front();
@@ -121,32 +129,68 @@ mod tests {
     fn scale_in_waits_for_the_cooldown_and_scale_out_is_immediate() {
         let mut d = Decider::new(&cfg(0, 4, 1, 1, 10));
         let t0 = Instant::now();
-        assert_eq!(d.decide(t0, 3, 0), 3, "scale out at once");
+        assert_eq!(d.decide(t0, 3, 0, false), 3, "scale out at once");
         assert_eq!(
-            d.decide(t0 + Duration::from_secs(1), 0, 3),
+            d.decide(t0 + Duration::from_secs(1), 0, 3, false),
             3,
             "a lull keeps the workers"
         );
-        assert_eq!(d.decide(t0 + Duration::from_secs(9), 1, 3), 3);
+        assert_eq!(d.decide(t0 + Duration::from_secs(9), 1, 3, false), 3);
         assert_eq!(
-            d.decide(t0 + Duration::from_secs(11), 1, 3),
+            d.decide(t0 + Duration::from_secs(11), 1, 3, false),
             1,
             "the burst left the window"
         );
         assert_eq!(
-            d.decide(t0 + Duration::from_secs(15), 0, 1),
+            d.decide(t0 + Duration::from_secs(15), 0, 1, false),
             1,
             "still within cooldown of the last work"
         );
         assert_eq!(
-            d.decide(t0 + Duration::from_secs(22), 0, 1),
+            d.decide(t0 + Duration::from_secs(22), 0, 1, false),
             0,
             "back to zero after the cooldown"
         );
         assert_eq!(
-            d.decide(t0 + Duration::from_secs(23), 0, 0),
+            d.decide(t0 + Duration::from_secs(23), 0, 0, false),
             0,
             "and stays there"
+        );
+    }
+
+    #[test]
+    fn a_candidate_starts_one_worker_and_it_goes_after_the_cooldown() {
+        // activation_backlog 3: frames alone would not start a worker from zero.
+        let mut d = Decider::new(&cfg(0, 4, 3, 1, 10));
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert_eq!(d.decide(t0, 0, 0, false), 0, "nothing moves: zero");
+        assert_eq!(
+            d.decide(at(1), 0, 0, true),
+            1,
+            "a candidate starts one worker"
+        );
+        assert_eq!(
+            d.decide(at(2), 0, 1, false),
+            1,
+            "the candidate never became an event: the worker waits out the cooldown"
+        );
+        assert_eq!(
+            d.decide(at(11), 0, 1, false),
+            1,
+            "still within the cooldown"
+        );
+        assert_eq!(d.decide(at(12), 0, 1, false), 0, "then it goes");
+        assert_eq!(
+            d.decide(at(13), 8, 2, true),
+            4,
+            "with a backlog, the plain target"
+        );
+        let mut capped = Decider::new(&cfg(2, 2, 1, 1, 10));
+        assert_eq!(
+            capped.decide(t0, 0, 2, true),
+            2,
+            "min_workers above one is kept"
         );
     }
 }

@@ -5,10 +5,12 @@ pub mod config;
 pub mod decide;
 pub mod offload;
 pub mod pool;
+pub mod prewarm;
 
 pub use config::ScalingConfig;
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,14 +22,41 @@ pub use pool::{
     spawn_pool, PoolHandle, PoolStatus, WorkerSpec, HELD_PREFIX, PROVIDER_PREFIX, READY_LINE,
 };
 
+/// What makes the scaler look again before its next poll: a frame escalated, or a
+/// motion candidate (a camera's first frame with motion boxes, before the event is
+/// confirmed), which asks for a worker at once so that its start overlaps the
+/// confirmation window instead of following it.
+#[derive(Debug, Default)]
+pub struct Wake {
+    notify: Notify,
+    candidate: AtomicBool,
+}
+
+impl Wake {
+    /// A frame was published to the local queue.
+    pub fn frame(&self) {
+        self.notify.notify_one();
+    }
+
+    /// A motion candidate: start a worker now if none runs (`prewarm_on_motion`).
+    pub fn candidate(&self) {
+        self.candidate.store(true, Ordering::Release);
+        self.notify.notify_one();
+    }
+
+    fn take_candidate(&self) -> bool {
+        self.candidate.swap(false, Ordering::AcqRel)
+    }
+}
+
 /// Polls the backlog every `polling_interval` (or at once when `wake` is notified, as
-/// the escalator does for each frame so a worker starts without waiting for the next
-/// poll) and sets the pool's target.
+/// the escalator does for each frame and each motion candidate, so a worker starts
+/// without waiting for the next poll) and sets the pool's target.
 pub async fn run_scaler<F, Fut>(
     cfg: ScalingConfig,
     pool: PoolHandle,
     mut backlog: F,
-    wake: Arc<Notify>,
+    wake: Arc<Wake>,
     shutdown: CancellationToken,
 ) where
     F: FnMut() -> Fut,
@@ -38,16 +67,23 @@ pub async fn run_scaler<F, Fut>(
     loop {
         if let Some(b) = backlog().await {
             let current = pool.status().running;
-            let target = decider.decide(Instant::now(), b, current);
+            let candidate = wake.take_candidate() && cfg.prewarm_on_motion;
+            let target = decider.decide(Instant::now(), b, current, candidate);
             if target != last_target {
-                tracing::info!(backlog = b, workers = current, target, "Scaling workers.");
+                tracing::info!(
+                    backlog = b,
+                    workers = current,
+                    target,
+                    candidate,
+                    "Scaling workers."
+                );
                 last_target = target;
             }
             pool.set_target(target);
         }
         tokio::select! {
             _ = tokio::time::sleep(cfg.polling_interval.get()) => {}
-            _ = wake.notified() => {}
+            _ = wake.notify.notified() => {}
             _ = shutdown.cancelled() => break,
         }
     }

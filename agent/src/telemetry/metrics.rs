@@ -68,6 +68,12 @@ pub struct Metrics {
     /// that did not reach NULL in time (`camera_teardown`), workers still running at
     /// the deadline (`workers`), a transport that did not flush (`transport`).
     pub abandoned: Family<Labels, Counter>,
+    /// 1 while a camera decodes key frames only (idle decode, no motion).
+    pub camera_idle: Family<Labels, Gauge>,
+    /// Workers started for a motion candidate, before the event was confirmed.
+    pub prewarm_starts: Family<Labels, Counter>,
+    /// Of those, the ones whose motion stopped before it became an event.
+    pub false_starts: Family<Labels, Counter>,
     pub process_memory: Gauge,
     /// Process CPU use in percent of one core.
     pub process_cpu: Gauge,
@@ -98,6 +104,9 @@ impl Metrics {
             gpu_memory: Family::default(),
             offloaded: Family::default(),
             abandoned: Family::default(),
+            camera_idle: Family::default(),
+            prewarm_starts: Family::default(),
+            false_starts: Family::default(),
             process_memory: Gauge::default(),
             process_cpu: Gauge::default(),
             registry: Registry::default(),
@@ -194,6 +203,21 @@ impl Metrics {
             "abandoned",
             "What a stop or restart gave up waiting for, by kind and name",
             m.abandoned.clone(),
+        );
+        registry.register(
+            "camera_idle",
+            "1 while the camera decodes key frames only (idle decode)",
+            m.camera_idle.clone(),
+        );
+        registry.register(
+            "prewarm_starts",
+            "Workers started for a motion candidate, before the event was confirmed",
+            m.prewarm_starts.clone(),
+        );
+        registry.register(
+            "false_starts",
+            "Workers started for a motion candidate that never became an event",
+            m.false_starts.clone(),
         );
         registry.register(
             "process_memory_bytes",
