@@ -12,7 +12,7 @@ use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 use gstreamer_video::VideoFrameExt;
 
-use edge_agent::motion::tool::{replay, GreyFrame};
+use edge_agent::motion::tool::{replay, GreyFrame, ReplayOptions};
 use edge_agent::motion::{Detector, EventTracker, MotionConfig, MotionEvent, MotionTransition};
 
 fn bikes_path() -> Option<PathBuf> {
@@ -118,7 +118,11 @@ fn motion_events_appear_while_the_bikes_move() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let dir = keep.unwrap_or_else(|| tmp.path().to_path_buf());
     let mut out = Vec::new();
-    let summary = replay(&cfg, "bikes", frames, &mut out, Some(&dir))?;
+    let opts = ReplayOptions {
+        debug_dir: Some(dir.clone()),
+        ..ReplayOptions::default()
+    };
+    let summary = replay(&cfg, "bikes", frames, &mut out, &opts)?;
     let lines: Vec<MotionEvent> = String::from_utf8(out)?
         .lines()
         .map(serde_json::from_str)
