@@ -54,6 +54,8 @@ struct FrameLine<'a> {
     boxes: &'a [MotionBox],
     global_change: bool,
     event: Option<&'a str>,
+    /// Camera shake compensated on this frame (see `FrameMotion::shift`).
+    shift: (i32, i32),
 }
 
 /// An event line: the event and the analysis size its boxes are in.
@@ -166,6 +168,7 @@ impl<W: Write> Replay<W> {
                 boxes: &m.boxes,
                 global_change: m.global_change,
                 event: self.tracker.current().map(|e| e.id.as_str()),
+                shift: m.shift,
             };
             write_json(&mut self.out, &line)?;
         }
@@ -433,6 +436,15 @@ mod tests {
 
     use super::*;
 
+    /// The flat frames' light step is a global change only when the exposure is not
+    /// followed.
+    fn light_step_is_global() -> MotionConfig {
+        MotionConfig {
+            follow_exposure: false,
+            ..MotionConfig::default()
+        }
+    }
+
     /// 64x48 frames: a square moving in frames 3..10, a light step at frame 28.
     fn frames() -> Vec<GreyFrame> {
         let (w, h) = (64usize, 48usize);
@@ -457,7 +469,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut out = Vec::new();
         let summary = replay(
-            &MotionConfig::default(),
+            &light_step_is_global(),
             "yard",
             frames(),
             &mut out,
@@ -523,7 +535,7 @@ mod tests {
             frame_lines: true,
             grey_out: Some(dir.path().join("grey.raw")),
         };
-        let summary = replay(&MotionConfig::default(), "yard", frames(), &mut out, &opts).unwrap();
+        let summary = replay(&light_step_is_global(), "yard", frames(), &mut out, &opts).unwrap();
         let lines: Vec<serde_json::Value> = String::from_utf8(out)
             .unwrap()
             .lines()
