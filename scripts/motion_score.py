@@ -210,6 +210,248 @@ def cmd_score(a):
 
 
 # ------------------------------------------------------------------- synthetic scenes
+#
+# Each scene is 12 s at 10 fps, 320x240, made from real CDnet frames: a background
+# without traffic (the per-pixel median of a dev clip), a real person cut out of
+# pedestrians-dev with its ground-truth mask, walking across from 4 s to 10 s (so the
+# first and last seconds have no object: alarms there are false), sensor noise, and
+# the nuisance. Ground truth: 255 on the person, 50 on shadows, 0 elsewhere.
+
+FPS, SECONDS, SW, SH = 10, 12, 320, 240
+WALK = (40, 100)  # frames during which the person crosses
+
+
+def _frames(data, clip, every=20):
+    d = os.path.join(data, clip, "input")
+    fs = sorted(os.listdir(d))[::every]
+    return [cv2.resize(cv2.imread(os.path.join(d, f)), (SW, SH), interpolation=cv2.INTER_AREA) for f in fs]
+
+
+def _background(data, clip):
+    return np.median(np.stack(_frames(data, clip)), axis=0).astype(np.float32)
+
+
+def _person(data):
+    """RGB crop and mask of a walking person (pedestrians-dev frame 360), 60 px tall."""
+    d = os.path.join(data, "pedestrians-dev")
+    img = cv2.imread(os.path.join(d, "input", "in000360.jpg"))
+    gt = cv2.imread(os.path.join(d, "groundtruth", "gt000360.png"), cv2.IMREAD_GRAYSCALE)
+    if img is None or gt is None:
+        raise SystemExit(f"motion_score: cannot read the person of {d}")
+    x, y, w, h = 113, 62, 40, 94
+    crop, mask = img[y : y + h, x : x + w], gt[y : y + h, x : x + w] == 255
+    s = 60 / h
+    size = (max(1, int(w * s)), 60)
+    crop = cv2.resize(crop, size, interpolation=cv2.INTER_AREA).astype(np.float32)
+    mask = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+    return crop, mask
+
+
+def _smooth_field(rng, scale, shape=(SH, SW)):
+    """Smooth random field in -1..1 with features about `scale` px across."""
+    small = rng.uniform(-1, 1, (max(2, shape[0] // scale), max(2, shape[1] // scale))).astype(np.float32)
+    f = cv2.resize(small, (shape[1], shape[0]), interpolation=cv2.INTER_CUBIC)
+    return f / max(1e-6, np.abs(f).max())
+
+
+def _warp(img, dx, dy):
+    gx, gy = np.meshgrid(np.arange(SW, dtype=np.float32), np.arange(SH, dtype=np.float32))
+    return cv2.remap(img, gx + dx, gy + dy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+
+
+def _paste_person(frame, gt, person, t, y_feet=225, shadow=False):
+    crop, mask = person
+    a, b = WALK
+    if not (a <= t < b):
+        return
+    h, w = mask.shape
+    x = int(-w + (SW + w) * (t - a) / (b - a))
+    y = y_feet - h
+    if shadow:
+        # A cast shadow: the silhouette sheared along the ground to the right, dimmed
+        # to 0.6 of the background.
+        sm = cv2.warpAffine(mask.astype(np.uint8), np.float32([[1, 1.6, 0], [0, 0.35, 0]]), (w + 100, h))
+        sh, sw = sm.shape
+        ys, xs = y_feet - sh // 1, x
+        for yy in range(sh):
+            for_y = ys + yy + int(h * 0.65)
+            if not (0 <= for_y < SH):
+                continue
+            row = sm[yy] > 0
+            x0, x1 = max(0, xs), min(SW, xs + sw)
+            if x0 >= x1:
+                continue
+            seg = row[x0 - xs : x1 - xs]
+            frame[for_y, x0:x1][seg] *= 0.6
+            gt[for_y, x0:x1][seg & (gt[for_y, x0:x1] == 0)] = 50
+    x0, x1 = max(0, x), min(SW, x + w)
+    if x0 >= x1:
+        return
+    m = mask[:, x0 - x : x1 - x]
+    frame[y : y + h, x0:x1][m] = crop[:, x0 - x : x1 - x][m]
+    gt[y : y + h, x0:x1][m] = 255
+
+
+def scene_leaves(data, rng, t, state):
+    """The highway's real tree canopy swaying in wind: a smooth displacement field
+    (branches, 1.5-3 px, periods 1.2-2.5 s) plus leaf flutter (1 px, 0.3-0.5 s)."""
+    if not state:
+        bg = _background(data, "highway-dev")
+        col = bg.astype(np.float32)
+        green = (col[..., 1] > col[..., 2] + 8) & (col[..., 1] > col[..., 0])
+        region = np.zeros((SH, SW), np.float32)
+        region[:140, :160] = 1.0
+        canopy = cv2.GaussianBlur((green.astype(np.float32) * region), (0, 0), 3)
+        state.update(
+            bg=bg,
+            canopy=np.clip(canopy * 1.5, 0, 1),
+            phase=_smooth_field(rng, 40) * np.pi,
+            phase2=_smooth_field(rng, 8) * np.pi,
+            amp=1.5 + 1.5 * (0.5 + 0.5 * _smooth_field(rng, 60)),
+        )
+    s = state
+    secs = t / FPS
+    dx = s["amp"] * np.sin(2 * np.pi * secs / 1.7 + s["phase"]) + 1.0 * np.sin(2 * np.pi * secs / 0.4 + s["phase2"])
+    dy = 0.6 * s["amp"] * np.sin(2 * np.pi * secs / 2.3 + s["phase"] * 0.7) + 0.8 * np.cos(
+        2 * np.pi * secs / 0.33 + s["phase2"]
+    )
+    k = s["canopy"]
+    moved = _warp(s["bg"], (dx * k).astype(np.float32), (dy * k).astype(np.float32))
+    return moved, np.zeros((SH, SW), np.uint8), {"y_feet": 200}
+
+
+def scene_water(data, rng, t, state):
+    """The lower half of the park is water: ripples travelling across it (wavelengths
+    12-40 px, periods 0.6-1.5 s, 1-2 px of refraction) and sparkling glints."""
+    if not state:
+        bg = _background(data, "pedestrians-dev")
+        waves = [(rng.uniform(0, 2 * np.pi), rng.uniform(12, 40), rng.uniform(0.6, 1.5), rng.uniform(0.6, 1.4)) for _ in range(5)]
+        state.update(bg=bg, waves=waves)
+    s = state
+    gx, gy = np.meshgrid(np.arange(SW, dtype=np.float32), np.arange(SH, dtype=np.float32))
+    secs = t / FPS
+    dx = np.zeros((SH, SW), np.float32)
+    dy = np.zeros((SH, SW), np.float32)
+    for ang, lam, per, amp in s["waves"]:
+        ph = 2 * np.pi * ((gx * np.cos(ang) + gy * np.sin(ang)) / lam - secs / per)
+        dx += amp * np.sin(ph)
+        dy += amp * np.cos(ph) * 0.5
+    water = (gy >= 150).astype(np.float32)
+    img = _warp(s["bg"], dx * water, dy * water)
+    glint = np.clip(dx / 3.0, 0, 1) ** 6 * 70 * water
+    img = img + glint[..., None]
+    return img, np.zeros((SH, SW), np.uint8), {"y_feet": 140}
+
+
+def scene_rain(data, rng, t, state):
+    """Heavy rain: ~400 bright streaks per frame (6-16 px, slanted), at new places in
+    every frame, over a slightly darkened scene."""
+    if not state:
+        state.update(bg=_background(data, "highway-dev") * 0.85)
+    img = state["bg"].copy()
+    layer = np.zeros((SH, SW), np.float32)
+    for _ in range(400):
+        x, y = rng.uniform(0, SW), rng.uniform(0, SH)
+        length, slant = rng.uniform(6, 16), rng.uniform(0.15, 0.35)
+        cv2.line(layer, (int(x), int(y)), (int(x + slant * length), int(y + length)), float(rng.uniform(25, 60)), 1, cv2.LINE_AA)
+    img = img + layer[..., None]
+    return img, np.zeros((SH, SW), np.uint8), {"y_feet": 200}
+
+
+def scene_snow(data, rng, t, state):
+    """Snowfall: 250 flakes (1-3 px) falling 2-6 px per frame and drifting."""
+    if not state:
+        n = 250
+        state.update(
+            bg=_background(data, "pedestrians-dev") * 0.9,
+            flakes=np.stack([rng.uniform(0, SW, n), rng.uniform(0, SH, n), rng.uniform(1, 3, n), rng.uniform(2, 6, n)], 1),
+        )
+    f = state["flakes"]
+    f[:, 1] += f[:, 3]
+    f[:, 0] += rng.normal(0, 1.0, len(f))
+    wrap = f[:, 1] >= SH
+    f[wrap, 1] -= SH
+    f[:, 0] %= SW
+    img = state["bg"].copy()
+    for x, y, r, _ in f:
+        cv2.circle(img, (int(x), int(y)), int(round(r)), (245, 245, 245), -1, cv2.LINE_AA)
+    return img, np.zeros((SH, SW), np.uint8), {"y_feet": 140}
+
+
+def scene_shadow(data, rng, t, state):
+    """A cloud's soft shadow (down to 0.7 of the light) drifting across the park, and the
+    person's own cast shadow on the ground; both are ground-truth shadow (50)."""
+    if not state:
+        state.update(bg=_background(data, "pedestrians-dev"), cloud=0.5 + 0.5 * _smooth_field(rng, 90, (SH, 2 * SW)))
+    c = state["cloud"]
+    off = int(t * 3)  # 30 px/s
+    cover = c[:, off % SW : off % SW + SW]
+    gain = 1.0 - 0.3 * np.clip((cover - 0.5) * 3, 0, 1)
+    img = state["bg"] * gain[..., None]
+    gt = np.where(gain < 0.95, 50, 0).astype(np.uint8)
+    return img, gt, {"y_feet": 140, "shadow": True}
+
+
+def scene_ir(data, rng, t, state):
+    """Day/night switch of an IR camera at 6 s: the picture turns to the infrared look
+    (foliage bright, lower contrast, more noise) while the person walks on."""
+    if not state:
+        state.update(bg=_background(data, "pedestrians-dev"))
+    img = state["bg"].copy()
+    return img, np.zeros((SH, SW), np.uint8), {"y_feet": 140, "ir": t >= 60}
+
+
+SCENES = {
+    "leaves": scene_leaves,
+    "water": scene_water,
+    "rain": scene_rain,
+    "snow": scene_snow,
+    "shadow": scene_shadow,
+    "ir": scene_ir,
+}
+
+
+def _ir_look(img):
+    b, g, r = img[..., 0], img[..., 1], img[..., 2]
+    ir = 0.25 * r + 0.15 * b + 0.9 * g  # foliage reflects near infrared
+    ir = 60 + 0.6 * ir
+    return np.repeat(np.clip(ir, 0, 255)[..., None], 3, axis=2)
+
+
+def cmd_scene(a):
+    rng = np.random.default_rng(15)
+    os.makedirs(os.path.join(a.out, "groundtruth"), exist_ok=True)
+    person = _person(a.data)
+    state = {}
+    name = os.path.basename(os.path.normpath(a.out))
+    video = os.path.join(a.out, f"{name}.mp4")
+    enc = subprocess.Popen(
+        [
+            "gst-launch-1.0", "-q", "fdsrc", "fd=0", "!",
+            f"rawvideoparse", f"width={SW}", f"height={SH}", "format=bgr", f"framerate={FPS}/1", "!",
+            "videoconvert", "!", "video/x-raw,format=I420", "!",
+            "x264enc", "pass=qual", "quantizer=18", "tune=zerolatency", "key-int-max=30", "threads=1", "!",
+            "h264parse", "!", "mp4mux", "!", "filesink", f"location={video}",
+        ],
+        stdin=subprocess.PIPE,
+    )
+    for t in range(FPS * SECONDS):
+        img, gt, opts = SCENES[a.kind](a.data, rng, t, state)
+        img = img.astype(np.float32).copy()
+        _paste_person(img, gt, person, t, y_feet=opts.get("y_feet", 200), shadow=opts.get("shadow", False))
+        sigma = 2.0
+        if opts.get("ir"):
+            img = _ir_look(img)
+            sigma = 4.0
+        img = img + rng.normal(0, sigma, img.shape)
+        enc.stdin.write(np.clip(img, 0, 255).astype(np.uint8).tobytes())
+        cv2.imwrite(os.path.join(a.out, "groundtruth", f"gt{t:06d}.png"), gt)
+    enc.stdin.close()
+    if enc.wait() != 0:
+        raise SystemExit(f"motion_score: encoding {video} failed")
+    print(json.dumps({"scene": a.kind, "dir": a.out, "frames": FPS * SECONDS}))
+    return 0
+
 
 
 def main():
@@ -228,8 +470,6 @@ def main():
     a = ap.parse_args()
     return cmd_score(a) if a.cmd == "score" else cmd_scene(a)
 
-
-SCENES = {}
 
 if __name__ == "__main__":
     sys.exit(main() or 0)

@@ -165,6 +165,16 @@ pub struct Detector {
     /// Shadow test: a pixel darker than the background, but at least this fraction of
     /// it (in 1/256), is a shadow, not a change (0: off).
     shadow: u16,
+    /// Persistence: a changed pixel counts only when a changed pixel lay within this
+    /// many pixels of it in the previous frame (0: off). `prev` holds the previous
+    /// frame's changed pixels, `near` them dilated and then the ones that persist.
+    persist: usize,
+    prev: Vec<u8>,
+    prev_rows: Vec<bool>,
+    near: Vec<u8>,
+    near_rows: Vec<bool>,
+    /// `near` holds this frame's result (else `fg` does).
+    near_is_result: bool,
     /// Largest camera shake compensated, in analysis pixels (0: off).
     shake: usize,
     /// Shake estimate scratch: coarse (1/`coarse` size) gradient images of the frame
@@ -248,6 +258,12 @@ impl Detector {
             dev: vec![0; n],
             noise_factor: cfg.noise_factor.get() as u16,
             shadow: (cfg.shadow_ratio.get() * 256.0).round().clamp(0.0, 256.0) as u16,
+            persist: cfg.persist_radius.as_usize(),
+            prev: vec![0; n],
+            prev_rows: vec![false; h],
+            near: vec![0; n],
+            near_rows: vec![false; h],
+            near_is_result: false,
             shake: cfg.shake_radius.as_usize().min(w / 4).min(h / 4),
             coarse: (w / 80).max(1),
             grad_cur: Vec::new(),
@@ -279,7 +295,11 @@ impl Detector {
     }
     /// Changed pixels (0/1) of the last frame, before dilation.
     pub fn changed(&self) -> &[u8] {
-        &self.fg
+        if self.near_is_result {
+            &self.near
+        } else {
+            &self.fg
+        }
     }
     /// The last result.
     pub fn last(&self) -> &FrameMotion {
@@ -301,6 +321,7 @@ impl Detector {
         self.out.changed_fraction = 0.0;
         self.out.spread = 0.0;
         self.out.shift = (0, 0);
+        self.near_is_result = false;
         let reset_contrast = !self.seeded;
         self.stretch(grey, reset_contrast);
         self.smooth(grey);
@@ -327,16 +348,26 @@ impl Detector {
                 self.smooth(grey);
             }
             self.reseed();
+            clear(&mut self.prev, &mut self.prev_rows, self.w);
             return Ok(&self.out);
         }
         if changed == 0 {
+            clear(&mut self.prev, &mut self.prev_rows, self.w);
             return Ok(&self.out);
         }
+        if self.persist > 0 {
+            self.persistence();
+        }
+        let (src, src_rows) = if self.near_is_result {
+            (&self.near, &self.near_rows)
+        } else {
+            (&self.fg, &self.fg_rows)
+        };
         let (img, rows) = if self.radius > 0 {
             dilate(
                 Plane {
-                    px: &self.fg,
-                    rows: &self.fg_rows,
+                    px: src,
+                    rows: src_rows,
                 },
                 PlaneMut {
                     px: &mut self.hdil,
@@ -351,7 +382,7 @@ impl Detector {
             );
             (&self.dilated, &self.dilated_rows)
         } else {
-            (&self.fg, &self.fg_rows)
+            (src, src_rows)
         };
         self.labeler
             .label(img, self.w, self.h, rows, &mut self.components);
@@ -411,6 +442,50 @@ impl Detector {
         }
     }
 
+    /// Keeps, in `near`, the changed pixels of this frame that lie within `persist`
+    /// pixels of a changed pixel of the previous frame; this frame's changed pixels
+    /// become the previous ones. Rain, snow and glints land somewhere new every frame;
+    /// a person or a car overlaps itself.
+    fn persistence(&mut self) {
+        let w = self.w;
+        dilate(
+            Plane {
+                px: &self.prev,
+                rows: &self.prev_rows,
+            },
+            PlaneMut {
+                px: &mut self.hdil,
+                rows: &mut self.hdil_rows,
+            },
+            PlaneMut {
+                px: &mut self.near,
+                rows: &mut self.near_rows,
+            },
+            w,
+            self.persist,
+        );
+        let rows = self.near.chunks_exact_mut(w).zip(self.fg.chunks_exact(w));
+        for ((n, f), (n_any, &f_any)) in rows.zip(self.near_rows.iter_mut().zip(&self.fg_rows)) {
+            if !*n_any {
+                continue;
+            }
+            if !f_any {
+                n.fill(0);
+                *n_any = false;
+                continue;
+            }
+            let mut any = 0u8;
+            for (a, &b) in n.iter_mut().zip(f) {
+                *a &= b;
+                any |= *a;
+            }
+            *n_any = any != 0;
+        }
+        std::mem::swap(&mut self.prev, &mut self.fg);
+        std::mem::swap(&mut self.prev_rows, &mut self.fg_rows);
+        self.near_is_result = true;
+    }
+
     /// Blurs (or copies) the detector's input into `cur`.
     fn smooth(&mut self, grey: &[u8]) {
         let (w, h, blur) = (self.w, self.h, self.blur);
@@ -450,7 +525,7 @@ impl Detector {
     /// coarse gradient images (gradients ignore the exposure changes that come with a
     /// shaking view) proposes it when it lowers their difference by a tenth; a search
     /// of +-2 px around it (or around no shift) on the gradients of a sparse sample of
-    /// full-size pixels refines it, and it must lower that difference by a tenth too.
+    /// full-size pixels refines it, and it must fit better in most parts of the view.
     fn estimate_shift(&mut self) -> (isize, isize) {
         if self.shake == 0 {
             return (0, 0);
@@ -508,10 +583,11 @@ impl Detector {
         };
         let lim = self.shake as isize;
         let still = self.sample_sad((0, 0));
+        let total = |c: &[u64; 16]| c.iter().sum::<u64>();
         let mut best_sad = if (bx, by) == (0, 0) {
-            still
+            total(&still)
         } else {
-            self.sample_sad((bx, by))
+            total(&self.sample_sad((bx, by)))
         };
         for step in [2isize, 1] {
             let (cx, cy) = (bx, by);
@@ -521,14 +597,31 @@ impl Detector {
                     if (dx, dy) == (0, 0) || x.abs() > lim || y.abs() > lim {
                         continue;
                     }
-                    let s = self.sample_sad((x, y));
+                    let s = total(&self.sample_sad((x, y)));
                     if s < best_sad {
                         (best_sad, bx, by) = (s, x, y);
                     }
                 }
             }
         }
-        if 10 * best_sad < 9 * still {
+        if (bx, by) == (0, 0) {
+            return (0, 0);
+        }
+        // A shaken camera moves the whole view: the shift must fit better in most
+        // cells of the grid and worse in few. An object's edges on a plain scene
+        // favour a shift only in the cells it covers.
+        let moved = self.sample_sad((bx, by));
+        let better = moved
+            .iter()
+            .zip(&still)
+            .filter(|(m, s)| **m * 10 < **s * 8)
+            .count();
+        let worse = moved
+            .iter()
+            .zip(&still)
+            .filter(|(m, s)| **m * 10 > **s * 12)
+            .count();
+        if better >= 8 && worse <= 2 {
             (bx, by)
         } else {
             (0, 0)
@@ -563,22 +656,24 @@ impl Detector {
             .min(u16::MAX as u32) as u16
     }
 
-    /// Sum of |gradient of frame(x + dx, y + dy) - gradient of background(x, y)| over
-    /// a sparse grid of about 2000 pixels inside the shake margin.
-    fn sample_sad(&self, (dx, dy): (isize, isize)) -> u64 {
+    /// Sums of |gradient of frame(x + dx, y + dy) - gradient of background(x, y)| over
+    /// a sparse grid of about 2000 pixels inside the shake margin, per cell of a 4x4
+    /// grid.
+    fn sample_sad(&self, (dx, dy): (isize, isize)) -> [u64; 16] {
         let (w, h, r) = (self.w, self.h, self.shake);
-        let inner = (w - 2 * r - 1) * (h - 2 * r - 1);
-        let step = ((inner as f64 / 2000.0).sqrt() as usize).max(1);
+        let (iw, ih) = (w - 2 * r - 1, h - 2 * r - 1);
+        let step = (((iw * ih) as f64 / 2000.0).sqrt() as usize).max(1);
         let bgv = |i: usize| (self.bg[i] + (1 << (FRAC - 1))) >> FRAC;
-        let mut sad = 0u64;
+        let mut sad = [0u64; 16];
         for y in (r..h - r - 1).step_by(step) {
             let yy = (y as isize + dy) as usize;
+            let cy = (y - r) * 4 / ih;
             for x in (r..w - r - 1).step_by(step) {
                 let (p, q) = (y * w + x, yy * w + (x as isize + dx) as usize);
                 let c = |i: usize| self.cur[i] as u16;
                 let gc = c(q + 1).abs_diff(c(q)) + c(q + w).abs_diff(c(q));
                 let gb = bgv(p + 1).abs_diff(bgv(p)) + bgv(p + w).abs_diff(bgv(p));
-                sad += gc.abs_diff(gb) as u64;
+                sad[cy * 4 + (x - r) * 4 / iw] += gc.abs_diff(gb) as u64;
             }
         }
         sad
@@ -662,6 +757,16 @@ impl Detector {
             .filter(|(&c, &a)| a > 0 && c as f32 >= self.cell_change * a as f32 && c > 0)
             .count();
         (on as f32 / self.cells_eligible as f32).min(1.0)
+    }
+}
+
+/// Zeroes the rows of a 0/1 image that may hold a set pixel.
+fn clear(px: &mut [u8], rows: &mut [bool], w: usize) {
+    for (row, any) in px.chunks_exact_mut(w).zip(rows.iter_mut()) {
+        if *any {
+            row.fill(0);
+            *any = false;
+        }
     }
 }
 
@@ -1009,6 +1114,7 @@ mod tests {
                 m.boxes
             );
             assert_eq!(m.boxes.len(), 1, "frame {i}: {:?}", m.boxes);
+            eprintln!("frame {i}: {m:?}");
         }
     }
 
