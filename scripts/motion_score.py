@@ -16,7 +16,7 @@ Per clip and detector:
                mean over the analysed frames.
   empty alarms analysed frames with no object pixel (255) at all that have a box.
 
-  motion_score.py score [--bin EDGE_AGENT] [--config FILE] [--json] [--only NAME...] CLIP...
+  motion_score.py score [--bin EDGE_AGENT] [--config FILE] [--json] [--only NAME,...] CLIP...
       prints a Markdown table (or one JSON object per line with --json).
   motion_score.py scene KIND --out DIR [--data REALCAM_DEV]
       writes a synthetic clip (video and ground truth) made from real frames; KIND is
@@ -454,6 +454,14 @@ def cmd_scene(a):
 
 
 
+def _detectors(text):
+    names = [n for n in text.split(",") if n]
+    bad = [n for n in names if n not in ("edge-agent", "opencv-recipe", "opencv-mog2")]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"unknown detector(s) {bad}: use edge-agent, opencv-recipe, opencv-mog2")
+    return names
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -462,7 +470,7 @@ def main():
     s.add_argument("--bin")
     s.add_argument("--config", action="append")
     s.add_argument("--json", action="store_true")
-    s.add_argument("--only", nargs="+", choices=["edge-agent", "opencv-recipe", "opencv-mog2"])
+    s.add_argument("--only", type=_detectors, help="comma-separated: edge-agent,opencv-recipe,opencv-mog2")
     g = sub.add_parser("scene")
     g.add_argument("kind", choices=sorted(SCENES))
     g.add_argument("--out", required=True)
