@@ -50,15 +50,6 @@ pub struct MotionConfig {
     /// flips, so a passing object barely raises it. 0 turns it off.
     #[serde(default = "default_noise_factor")]
     pub noise_factor: IntIn<0, 16>,
-    /// Persistence: a changed pixel counts only when a changed pixel lay within this
-    /// many analysis pixels of it in the previous analysed frame too. Rain, snow,
-    /// glints on water and flicker land somewhere new in every frame and are dropped;
-    /// a person or a car overlaps its last position. Costs: motion shows one frame
-    /// later (an event starts after `start_frames` + 1 frames), and an object that
-    /// jumps farther than its own size between analysed frames is seen only where it
-    /// overlaps. 0 turns it off.
-    #[serde(default = "default_persist_radius")]
-    pub persist_radius: IntIn<0, 16>,
     /// Camera shake compensation: each frame is aligned with the background by the
     /// whole-pixel shift up to this many analysis pixels that fits best (0 turns it
     /// off). Larger shakes are a global change.
@@ -140,7 +131,6 @@ impl Default for MotionConfig {
             cell_change: default_cell_change(),
             noise_factor: default_noise_factor(),
             shake_radius: default_shake_radius(),
-            persist_radius: default_persist_radius(),
             follow_exposure: true,
             shadow_ratio: default_shadow_ratio(),
             start_frames: default_start_frames(),
@@ -261,12 +251,6 @@ fn default_noise_factor() -> IntIn<0, 16> {
 /// (recall 0.92 against 0.96).
 fn default_shadow_ratio() -> Fraction {
     Fraction::lit(0.7)
-}
-/// Off: at 5 fps a walking person moves 10-20 px between analysed frames at 320 wide,
-/// more than the width of its body, so a radius that drops rain and snow (2 px) lost
-/// four fifths of the people in the synthetic scenes; it suits higher analysis rates.
-fn default_persist_radius() -> IntIn<0, 16> {
-    IntIn::lit(0)
 }
 /// 16 px at 320 wide (5 % of the width): a pole-mounted camera in wind, sampled at a
 /// few frames per second, is anywhere within its swing; CDnet's cameraJitter/traffic

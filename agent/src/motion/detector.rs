@@ -165,16 +165,6 @@ pub struct Detector {
     /// Shadow test: a pixel darker than the background, but at least this fraction of
     /// it (in 1/256), is a shadow, not a change (0: off).
     shadow: u16,
-    /// Persistence: a changed pixel counts only when a changed pixel lay within this
-    /// many pixels of it in the previous frame (0: off). `prev` holds the previous
-    /// frame's changed pixels, `near` them dilated and then the ones that persist.
-    persist: usize,
-    prev: Vec<u8>,
-    prev_rows: Vec<bool>,
-    near: Vec<u8>,
-    near_rows: Vec<bool>,
-    /// `near` holds this frame's result (else `fg` does).
-    near_is_result: bool,
     /// Largest camera shake compensated, in analysis pixels (0: off).
     shake: usize,
     /// Shake estimate scratch: coarse (1/`coarse` size) gradient images of the frame
@@ -258,12 +248,6 @@ impl Detector {
             dev: vec![0; n],
             noise_factor: cfg.noise_factor.get() as u16,
             shadow: (cfg.shadow_ratio.get() * 256.0).round().clamp(0.0, 256.0) as u16,
-            persist: cfg.persist_radius.as_usize(),
-            prev: vec![0; n],
-            prev_rows: vec![false; h],
-            near: vec![0; n],
-            near_rows: vec![false; h],
-            near_is_result: false,
             shake: cfg.shake_radius.as_usize().min(w / 4).min(h / 4),
             coarse: (w / 80).max(1),
             grad_cur: Vec::new(),
@@ -295,11 +279,7 @@ impl Detector {
     }
     /// Changed pixels (0/1) of the last frame, before dilation.
     pub fn changed(&self) -> &[u8] {
-        if self.near_is_result {
-            &self.near
-        } else {
-            &self.fg
-        }
+        &self.fg
     }
     /// The last result.
     pub fn last(&self) -> &FrameMotion {
@@ -321,7 +301,6 @@ impl Detector {
         self.out.changed_fraction = 0.0;
         self.out.spread = 0.0;
         self.out.shift = (0, 0);
-        self.near_is_result = false;
         let reset_contrast = !self.seeded;
         self.stretch(grey, reset_contrast);
         self.smooth(grey);
@@ -348,26 +327,16 @@ impl Detector {
                 self.smooth(grey);
             }
             self.reseed();
-            clear(&mut self.prev, &mut self.prev_rows, self.w);
             return Ok(&self.out);
         }
         if changed == 0 {
-            clear(&mut self.prev, &mut self.prev_rows, self.w);
             return Ok(&self.out);
         }
-        if self.persist > 0 {
-            self.persistence();
-        }
-        let (src, src_rows) = if self.near_is_result {
-            (&self.near, &self.near_rows)
-        } else {
-            (&self.fg, &self.fg_rows)
-        };
         let (img, rows) = if self.radius > 0 {
             dilate(
                 Plane {
-                    px: src,
-                    rows: src_rows,
+                    px: &self.fg,
+                    rows: &self.fg_rows,
                 },
                 PlaneMut {
                     px: &mut self.hdil,
@@ -382,7 +351,7 @@ impl Detector {
             );
             (&self.dilated, &self.dilated_rows)
         } else {
-            (src, src_rows)
+            (&self.fg, &self.fg_rows)
         };
         self.labeler
             .label(img, self.w, self.h, rows, &mut self.components);
@@ -440,50 +409,6 @@ impl Detector {
         } else {
             grey
         }
-    }
-
-    /// Keeps, in `near`, the changed pixels of this frame that lie within `persist`
-    /// pixels of a changed pixel of the previous frame; this frame's changed pixels
-    /// become the previous ones. Rain, snow and glints land somewhere new every frame;
-    /// a person or a car overlaps itself.
-    fn persistence(&mut self) {
-        let w = self.w;
-        dilate(
-            Plane {
-                px: &self.prev,
-                rows: &self.prev_rows,
-            },
-            PlaneMut {
-                px: &mut self.hdil,
-                rows: &mut self.hdil_rows,
-            },
-            PlaneMut {
-                px: &mut self.near,
-                rows: &mut self.near_rows,
-            },
-            w,
-            self.persist,
-        );
-        let rows = self.near.chunks_exact_mut(w).zip(self.fg.chunks_exact(w));
-        for ((n, f), (n_any, &f_any)) in rows.zip(self.near_rows.iter_mut().zip(&self.fg_rows)) {
-            if !*n_any {
-                continue;
-            }
-            if !f_any {
-                n.fill(0);
-                *n_any = false;
-                continue;
-            }
-            let mut any = 0u8;
-            for (a, &b) in n.iter_mut().zip(f) {
-                *a &= b;
-                any |= *a;
-            }
-            *n_any = any != 0;
-        }
-        std::mem::swap(&mut self.prev, &mut self.fg);
-        std::mem::swap(&mut self.prev_rows, &mut self.fg_rows);
-        self.near_is_result = true;
     }
 
     /// Blurs (or copies) the detector's input into `cur`.
@@ -760,16 +685,6 @@ impl Detector {
     }
 }
 
-/// Zeroes the rows of a 0/1 image that may hold a set pixel.
-fn clear(px: &mut [u8], rows: &mut [bool], w: usize) {
-    for (row, any) in px.chunks_exact_mut(w).zip(rows.iter_mut()) {
-        if *any {
-            row.fill(0);
-            *any = false;
-        }
-    }
-}
-
 /// Number of non-zero bytes in a 0/1 slice.
 fn count(v: &[u8]) -> u32 {
     // Sums in u8 lanes over blocks of 255 so the compiler can use byte adds.
@@ -889,7 +804,7 @@ fn update_row(
         let raw = u8::from(d > thr);
         // A shadow darkens by a factor: cur in [ratio * bg, bg). bv <= 255 and the ratio
         // <= 256, so both sides fit in u16.
-        let shadow = u8::from(c < bv && (c << 8) >= bv * p.shadow);
+        let shadow = u8::from(c < bv && (c << 8) >= bv * p.shadow) & u8::from(p.shadow > 0);
         let now = raw & !shadow & m;
         *f = now;
         differ += (raw & m) as u32;
@@ -1250,6 +1165,35 @@ mod tests {
         assert!(m.changed_fraction < 0.5, "changed {}", m.changed_fraction);
         assert!(m.global_change && m.spread >= 0.9, "{m:?}");
         assert!(tr.is_empty(), "{tr:?}");
+    }
+
+    #[test]
+    fn a_shadow_is_not_motion_but_a_dark_object_is() {
+        // A 40 px square dimmed to `factor` of the background (130..200), crossing from
+        // frame 5.
+        let dimmed = |scene: &mut Scene, i: usize, factor: f64| -> Vec<u8> {
+            let mut f = scene.frame(60.0, &[], 2.0);
+            if let Some((sx, sy, side, _)) = square_at(i) {
+                for y in sy..sy + side {
+                    for x in sx..(sx + side).min(W) {
+                        f[y * W + x] = (f[y * W + x] as f64 * factor) as u8;
+                    }
+                }
+            }
+            f
+        };
+        // (dimming factor, shadow_ratio, events expected)
+        for (factor, ratio, want) in [(0.75, 0.7, 0), (0.4, 0.7, 1), (0.75, 0.0, 1)] {
+            let cfg = MotionConfig {
+                shadow_ratio: Fraction::lit(ratio),
+                ..MotionConfig::default()
+            };
+            let mut scene = Scene::new();
+            let frames: Vec<Vec<u8>> = (0..40).map(|i| dimmed(&mut scene, i, factor)).collect();
+            let (per_frame, tr) = run(&cfg, frames);
+            assert_eq!(starts(&tr), want, "factor {factor}, ratio {ratio}: {tr:?}");
+            assert!(per_frame.iter().all(|m| !m.global_change));
+        }
     }
 
     #[test]
