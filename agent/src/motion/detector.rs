@@ -119,7 +119,7 @@ const GRID: usize = 8;
 /// Fractional bits of the background.
 const FRAC: u32 = 8;
 /// Fractional bits of the exposure gain.
-const GAIN_BITS: u32 = 8;
+const GAIN_BITS: u32 = 12;
 
 pub struct Detector {
     w: usize,
@@ -174,6 +174,8 @@ pub struct Detector {
     grad_bg: Vec<u8>,
     small: Vec<u8>,
     sums: Vec<u32>,
+    /// Shake refinement samples: (pixel index, background gradient, 4x4 cell).
+    samples: Vec<(u32, u16, u8)>,
     /// Changed pixels (0/1) before and after dilation.
     fg: Vec<u8>,
     dilated: Vec<u8>,
@@ -254,6 +256,7 @@ impl Detector {
             grad_bg: Vec::new(),
             small: Vec::new(),
             sums: Vec::new(),
+            samples: Vec::new(),
             fg: vec![0; n],
             dilated: vec![0; n],
             fg_rows: vec![false; h],
@@ -467,37 +470,59 @@ impl Detector {
         let mut gb = std::mem::take(&mut self.grad_bg);
         let ri = r as isize;
         let (cur, bg) = (&self.cur, &self.bg);
-        let cur_row = |y: usize| cur[y * w..(y + 1) * w].iter().map(|&v| v as u32);
+        let n = cw * k;
+        let cur_row = |y: usize, acc: &mut [u32]| {
+            for (a, &v) in acc.iter_mut().zip(&cur[y * w..y * w + n]) {
+                *a += v as u32;
+            }
+        };
         downscale(cur_row, k, cw, ch, &mut sums, &mut small);
         gradient(&small, cw, ch, &mut g);
-        let bg_row = |y: usize| bg[y * w..(y + 1) * w].iter().map(|&v| (v >> FRAC) as u32);
+        let bg_row = |y: usize, acc: &mut [u32]| {
+            for (a, &v) in acc.iter_mut().zip(&bg[y * w..y * w + n]) {
+                *a += (v >> FRAC) as u32;
+            }
+        };
         downscale(bg_row, k, cw, ch, &mut sums, &mut small);
         gradient(&small, cw, ch, &mut gb);
         let (gw, gh) = (cw - 1, ch - 1);
-        let mut best = (u64::MAX, 0isize, 0isize);
-        let mut still = u64::MAX;
-        for dy in -ri..=ri {
-            for dx in -ri..=ri {
-                let mut sad = 0u64;
-                for y in r..gh - r {
+        let sad_at = |dx: isize, dy: isize| -> u64 {
+            let xs = (r as isize + dx) as usize;
+            (r..gh - r)
+                .map(|y| {
                     let yy = (y as isize + dy) as usize;
                     let a = &gb[y * gw + r..y * gw + gw - r];
-                    let xs = (r as isize + dx) as usize;
                     let c = &g[yy * gw + xs..yy * gw + xs + (gw - 2 * r)];
-                    sad += a
-                        .iter()
+                    a.iter()
                         .zip(c)
                         .map(|(&p, &q)| p.abs_diff(q) as u32)
-                        .sum::<u32>() as u64;
-                }
-                if (dx, dy) == (0, 0) {
-                    still = sad;
-                }
-                // No shift wins ties, then the smaller one.
-                let key = (sad, dx.abs() + dy.abs());
-                if key < (best.0, best.1.abs() + best.2.abs()) {
-                    best = (sad, dx, dy);
-                }
+                        .sum::<u32>() as u64
+                })
+                .sum()
+        };
+        // Every other offset, then the neighbours of the best: a third of the work of
+        // a full search, and gradients of box-averaged images are smooth enough.
+        let still = sad_at(0, 0);
+        let mut best = (still, 0isize, 0isize);
+        let consider = |dx: isize, dy: isize, best: &mut (u64, isize, isize)| {
+            if dx.abs() > ri || dy.abs() > ri || (dx, dy) == (0, 0) {
+                return;
+            }
+            let sad = sad_at(dx, dy);
+            // No shift wins ties, then the smaller one.
+            if (sad, dx.abs() + dy.abs()) < (best.0, best.1.abs() + best.2.abs()) {
+                *best = (sad, dx, dy);
+            }
+        };
+        for dy in (-ri..=ri).step_by(2) {
+            for dx in (-ri..=ri).step_by(2) {
+                consider(dx, dy, &mut best);
+            }
+        }
+        let (cx, cy) = (best.1, best.2);
+        for dy in -1..=1 {
+            for dx in -1..=1 {
+                consider(cx + dx, cy + dy, &mut best);
             }
         }
         (self.small, self.sums, self.grad_cur, self.grad_bg) = (small, sums, g, gb);
@@ -507,6 +532,7 @@ impl Detector {
             (0, 0)
         };
         let lim = self.shake as isize;
+        self.pick_samples();
         let still = self.sample_sad((0, 0));
         let total = |c: &[u64; 16]| c.iter().sum::<u64>();
         let mut best_sad = if (bx, by) == (0, 0) {
@@ -514,7 +540,9 @@ impl Detector {
         } else {
             total(&self.sample_sad((bx, by)))
         };
-        for step in [2isize, 1] {
+        // Around no shift, only +-1: the coarse search would have seen more.
+        let steps: &[isize] = if (bx, by) == (0, 0) { &[1] } else { &[2, 1] };
+        for &step in steps {
             let (cx, cy) = (bx, by);
             for dy in [-step, 0, step] {
                 for dx in [-step, 0, step] {
@@ -577,29 +605,41 @@ impl Detector {
         }
         let mid = self.ratios.len() / 2;
         let (_, &mut g, _) = self.ratios.select_nth_unstable(mid);
-        g.clamp(1 << (GAIN_BITS - 2), 4 << GAIN_BITS)
+        g.clamp(1 << (GAIN_BITS - 2), (4 << GAIN_BITS) - 1)
             .min(u16::MAX as u32) as u16
     }
 
-    /// Sums of |gradient of frame(x + dx, y + dy) - gradient of background(x, y)| over
-    /// a sparse grid of about 2000 pixels inside the shake margin, per cell of a 4x4
-    /// grid.
-    fn sample_sad(&self, (dx, dy): (isize, isize)) -> [u64; 16] {
+    /// Picks a sparse grid of about 500 pixels inside the shake margin and keeps, for
+    /// each, its index, the background's gradient there and its cell of a 4x4 grid.
+    fn pick_samples(&mut self) {
         let (w, h, r) = (self.w, self.h, self.shake);
         let (iw, ih) = (w - 2 * r - 1, h - 2 * r - 1);
-        let step = (((iw * ih) as f64 / 2000.0).sqrt() as usize).max(1);
-        let bgv = |i: usize| (self.bg[i] + (1 << (FRAC - 1))) >> FRAC;
-        let mut sad = [0u64; 16];
+        let step = (((iw * ih) as f64 / 500.0).sqrt() as usize).max(1);
+        let bg = &self.bg;
+        let bgv = |i: usize| (bg[i] + (1 << (FRAC - 1))) >> FRAC;
+        self.samples.clear();
         for y in (r..h - r - 1).step_by(step) {
-            let yy = (y as isize + dy) as usize;
             let cy = (y - r) * 4 / ih;
             for x in (r..w - r - 1).step_by(step) {
-                let (p, q) = (y * w + x, yy * w + (x as isize + dx) as usize);
-                let c = |i: usize| self.cur[i] as u16;
-                let gc = c(q + 1).abs_diff(c(q)) + c(q + w).abs_diff(c(q));
+                let p = y * w + x;
                 let gb = bgv(p + 1).abs_diff(bgv(p)) + bgv(p + w).abs_diff(bgv(p));
-                sad[cy * 4 + (x - r) * 4 / iw] += gc.abs_diff(gb) as u64;
+                let cell = (cy * 4 + (x - r) * 4 / iw) as u8;
+                self.samples.push((p as u32, gb, cell));
             }
+        }
+    }
+
+    /// Sums of |gradient of frame(x + dx, y + dy) - gradient of background(x, y)| over
+    /// the samples, per cell of a 4x4 grid.
+    fn sample_sad(&self, (dx, dy): (isize, isize)) -> [u64; 16] {
+        let (w, cur) = (self.w, &self.cur);
+        let off = dy * w as isize + dx;
+        let c = |i: usize| cur[i] as u16;
+        let mut sad = [0u64; 16];
+        for &(p, gb, cell) in &self.samples {
+            let q = (p as isize + off) as usize;
+            let gc = c(q + 1).abs_diff(c(q)) + c(q + w).abs_diff(c(q));
+            sad[cell as usize & 15] += gc.abs_diff(gb) as u64;
         }
         sad
     }
@@ -622,9 +662,16 @@ impl Detector {
                 1 << GAIN_BITS
             },
         };
+        // When shifted, the edge pixels of either frame (blurred with mirrored
+        // neighbours) are not compared with inner ones.
+        let (ex, ey) = (isize::from(dx != 0), isize::from(dy != 0));
         let (x0, x1) = (
-            (-dx).max(0) as usize,
-            (w as isize - dx).min(w as isize) as usize,
+            (-dx).max(0).max(ex - dx).max(ex) as usize,
+            (w as isize - dx)
+                .min(w as isize)
+                .min(w as isize - ex - dx)
+                .min(w as isize - ex)
+                .max(0) as usize,
         );
         let mut total = 0u32;
         let mut differ = 0u32;
@@ -637,7 +684,8 @@ impl Detector {
             .zip(self.active.chunks_exact(w));
         for (y, (((bg_row, fg_row), dev_row), act_row)) in rows.enumerate() {
             let ys = y as isize + dy;
-            if ys < 0 || ys >= h as isize || x0 >= x1 {
+            let edge = ey != 0 && (y == 0 || y == h - 1 || ys == 0 || ys == h as isize - 1);
+            if ys < 0 || ys >= h as isize || x0 >= x1 || edge {
                 if self.fg_rows[y] {
                     fg_row.fill(0);
                 }
@@ -737,29 +785,27 @@ struct RowParams {
     gain: u16,
 }
 
-/// Box-average downscale by `k` of a plane of `w`-long rows (`row(y)` gives row `y`'s
-/// grey levels) to `cw` x `ch`.
-fn downscale<'a, I: Iterator<Item = u32> + 'a>(
-    row: impl Fn(usize) -> I,
+/// Box-average downscale by `k` of a plane of `w`-long rows (`add(y, acc)` adds row
+/// `y`'s grey levels to `acc`) to `cw` x `ch`. Rows are summed whole (vectorised), then
+/// each run of `k` columns.
+fn downscale(
+    add: impl Fn(usize, &mut [u32]),
     k: usize,
     cw: usize,
     ch: usize,
-    sums: &mut Vec<u32>,
+    acc: &mut Vec<u32>,
     out: &mut Vec<u8>,
 ) {
     out.resize(cw * ch, 0);
-    sums.resize(cw, 0);
+    acc.resize(cw * k, 0);
     let div = (k * k) as u32;
     for (y, o) in out.chunks_exact_mut(cw).enumerate() {
-        sums.fill(0);
+        acc.fill(0);
         for yy in y * k..(y + 1) * k {
-            let mut it = row(yy);
-            for s in sums.iter_mut() {
-                *s += it.by_ref().take(k).sum::<u32>();
-            }
+            add(yy, acc);
         }
-        for (o, &s) in o.iter_mut().zip(sums.iter()) {
-            *o = (s / div).min(255) as u8;
+        for (o, run) in o.iter_mut().zip(acc.chunks_exact(k)) {
+            *o = (run.iter().sum::<u32>() / div).min(255) as u8;
         }
     }
 }
@@ -795,16 +841,17 @@ fn update_row(
     let pix = bg.iter_mut().zip(fg.iter_mut()).zip(dev.iter_mut());
     for ((((b, f), dv), &m), &c) in pix.zip(active).zip(cur) {
         let c = c as u16;
-        // Background grey at the frame's exposure, rounded: bg <= (255 << 8) + 2 and
-        // gain < 4 << 8, so bg * gain >> 16 fits in u16.
-        let bv = (((*b as u32 * p.gain as u32) + (1 << (FRAC + GAIN_BITS - 1)))
-            >> (FRAC + GAIN_BITS)) as u16;
+        // Background grey at the frame's exposure, rounded, as a 16x16-bit high
+        // multiply (bg is grey << 8, gain < 4 << 12): (bg * gain) >> 16 is 16 x grey x
+        // gain and fits in u16.
+        let bv = ((((*b as u32 * p.gain as u32) >> 16) as u16) + 8) >> 4;
         let d = c.abs_diff(bv);
         let thr = p.thr.max(((*dv >> 2) * p.factor) >> 2);
         let raw = u8::from(d > thr);
         // A shadow darkens by a factor: cur in [ratio * bg, bg). bv <= 255 and the ratio
         // <= 256, so both sides fit in u16.
-        let shadow = u8::from(c < bv && (c << 8) >= bv * p.shadow) & u8::from(p.shadow > 0);
+        let shadow =
+            u8::from(c < bv && (c << 8) >= bv.min(255) * p.shadow) & u8::from(p.shadow > 0);
         let now = raw & !shadow & m;
         *f = now;
         differ += (raw & m) as u32;
@@ -1109,7 +1156,8 @@ mod tests {
         }
     }
 
-    /// Thin dark lines every 16 px, shifted right by `dx`, with a square at `sq`.
+    /// Thin dark lines every 40 px (a period beyond the shake radius, so the shift is
+    /// not ambiguous), shifted right by `dx`, with a square at `sq`.
     fn lines(dx: usize, sq: Option<(usize, usize)>) -> Vec<u8> {
         (0..W * H)
             .map(|i| {
@@ -1118,7 +1166,7 @@ mod tests {
                     (sx..sx + 20).contains(&x) && (sy..sy + 20).contains(&y)
                 }) {
                     250
-                } else if (x + 64 - dx) % 16 < 3 || y % 16 < 3 {
+                } else if (x + 80 - dx) % 40 < 3 || y % 40 < 3 {
                     40
                 } else {
                     160
@@ -1141,7 +1189,11 @@ mod tests {
         let (per_frame, tr) = run(&MotionConfig::default(), frames.clone());
         // Compensated: no change but the square, which is found where it is.
         assert_eq!(per_frame[2].shift, (4, 0), "{:?}", per_frame[2]);
-        assert!(per_frame[2].boxes.is_empty() && !per_frame[2].global_change);
+        assert!(
+            per_frame[2].boxes.is_empty() && !per_frame[2].global_change,
+            "{:?}",
+            per_frame[2]
+        );
         for (i, x) in [(3, 100), (4, 120)] {
             let m = &per_frame[i];
             assert!(!m.global_change, "frame {i}: {m:?}");
