@@ -1,6 +1,9 @@
-//! Motion detector benchmark: the Rust detector against the same steps in OpenCV
-//! (scripts/motion_ref.py, single thread) on the same frames, at 640x360 and
-//! 1920x1080; prints ns per pixel of the whole per-frame step and the ratio. Then
+//! Motion detector benchmark: the Rust detector against OpenCV's running-average recipe
+//! (scripts/motion_ref.py, single thread) on the same frames, at 320x180, 640x360 and
+//! 1920x1080; prints ns per pixel of the whole per-frame step and the ratio. The Rust
+//! step does more than the recipe (shake compensation, exposure, per-pixel noise level,
+//! shadow test), so "boxes agree" counts frames where both found as many boxes, not a
+//! correctness check; `scripts/motion_score.py` scores both against ground truth. Then
 //! compares the events both produce on bikes.mp4 (grey, 320 px wide, 5 fps, decoded
 //! by OpenCV in the script so both see identical frames).
 //!

@@ -63,6 +63,8 @@ pub enum Command {
         quiet: bool,
     },
     /// Replay a file or URL through ingest and the motion detector; print one JSON line per motion event.
+    ///
+    /// Event lines carry `width` and `height`: the analysis frame their boxes are in.
     Motion {
         /// A file path or URL (file://, rtsp://).
         source: String,
@@ -74,6 +76,19 @@ pub enum Command {
         /// Write a few annotated frames (mask, changed pixels, boxes) as PNG here.
         #[arg(long, value_name = "DIR")]
         debug_dir: Option<PathBuf>,
+        /// With --debug-dir: write every analysed frame whose index is in A..B (B
+        /// excluded; `A..` runs to the end) instead of a few chosen ones.
+        #[arg(long, value_name = "A..B", value_parser = parse_frame_range, requires = "debug_dir")]
+        debug_frames: Option<std::ops::Range<u64>>,
+        /// Also print one JSON line per analysed frame: {"frame", "pts_ms", "width",
+        /// "height", "boxes", "global_change", "event"}; `frame` counts decoded frames
+        /// of the source from 0.
+        #[arg(long)]
+        frames: bool,
+        /// Write the analysed grey frames, raw (GRAY8, no header), to FILE: other
+        /// detectors can then be scored on the very same pixels.
+        #[arg(long, value_name = "FILE")]
+        grey_out: Option<PathBuf>,
     },
     /// Build the TensorRT engine, timing cache and EP-context model of `inference.model`
     /// once, so workers started from zero load them instead of building (the agent runs
@@ -90,4 +105,21 @@ pub enum Command {
         #[arg(required = true)]
         images: Vec<PathBuf>,
     },
+}
+
+/// `A..B` (B excluded) or `A..` (to the end) as a range of frame indices.
+pub fn parse_frame_range(s: &str) -> Result<std::ops::Range<u64>, String> {
+    let bad = || format!("expected a frame range A..B or A.. (e.g. 100..200), got {s:?}");
+    let (a, b) = s.split_once("..").ok_or_else(bad)?;
+    let a: u64 = a.trim().parse().map_err(|_| bad())?;
+    let b: u64 = match b.trim() {
+        "" => u64::MAX,
+        b => b.parse().map_err(|_| bad())?,
+    };
+    if b <= a {
+        return Err(format!(
+            "the frame range {s:?} is empty (B must be above A)"
+        ));
+    }
+    Ok(a..b)
 }

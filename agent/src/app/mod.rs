@@ -36,9 +36,18 @@ pub fn main(cli: Cli) -> i32 {
             config,
             camera,
             debug_dir,
+            debug_frames,
+            frames,
+            grey_out,
         } => {
             plain();
-            motion_command(&source, &config, camera.as_deref(), debug_dir.as_deref())
+            let opts = crate::motion::tool::ReplayOptions {
+                debug_dir,
+                debug_frames,
+                frame_lines: frames,
+                grey_out,
+            };
+            motion_command(&source, &config, camera.as_deref(), &opts)
         }
         Command::Prepare { config } => with_config(&config, true, flag, |loaded| {
             crate::infer::detect::prepare_command(&loaded.config.inference)
@@ -108,16 +117,16 @@ fn validate(args: &ConfigArgs, explain: bool, quiet: bool) -> i32 {
 }
 
 /// `edge-agent motion SOURCE`: replays a file or URL through the same ingest pipeline
-/// and detector as the agent and prints one JSON line per motion event. For files,
-/// event times are positions in the file (counted from the Unix epoch, so
-/// `1970-01-01T00:00:03.200Z` is 3.2 s in).
+/// and detector as the agent and prints one JSON line per motion event (and with
+/// `--frames` one per analysed frame). For files, event times are positions in the file
+/// (counted from the Unix epoch, so `1970-01-01T00:00:03.200Z` is 3.2 s in).
 fn motion_command(
     source: &str,
     args: &ConfigArgs,
     camera: Option<&str>,
-    debug_dir: Option<&std::path::Path>,
+    opts: &crate::motion::tool::ReplayOptions,
 ) -> i32 {
-    match motion_replay(source, args, camera, debug_dir) {
+    match motion_replay(source, args, camera, opts) {
         Ok(code) => code,
         Err(e) => {
             eprintln!(
@@ -133,7 +142,7 @@ fn motion_replay(
     source: &str,
     args: &ConfigArgs,
     camera: Option<&str>,
-    debug_dir: Option<&std::path::Path>,
+    opts: &crate::motion::tool::ReplayOptions,
 ) -> anyhow::Result<i32> {
     use anyhow::Context;
 
@@ -194,13 +203,13 @@ fn motion_replay(
         let (tx, mut rx) = tokio::sync::mpsc::channel(8);
         let ingest = tokio::spawn(crate::ingest::replay(cam, true, tx, shutdown.clone()));
         let stdout = std::io::stdout();
-        let mut replay = crate::motion::tool::Replay::new(&motion, &id, stdout.lock(), debug_dir)?;
+        let mut replay = crate::motion::tool::Replay::new(&motion, &id, stdout.lock(), opts)?;
         while let Some(f) = rx.recv().await {
             let at = match (is_file, f.pts) {
                 (true, Some(pts)) => std::time::UNIX_EPOCH + pts,
                 _ => f.captured,
             };
-            replay.frame(at, f.width, f.height, &f.data)?;
+            replay.frame(f.seq, f.pts, at, f.width, f.height, &f.data)?;
         }
         let ingest = ingest
             .await
@@ -216,7 +225,7 @@ fn motion_replay(
         seen.frames,
         seen.events,
         seen.global_changes,
-        debug_dir.map(|d| format!(", {} debug frames in {}", seen.debug_frames, d.display())).unwrap_or_default()
+        opts.debug_dir.as_ref().map(|d| format!(", {} debug frames in {}", seen.debug_frames, d.display())).unwrap_or_default()
     );
     Ok(0)
 }

@@ -92,13 +92,17 @@ impl MotionBox {
 pub struct FrameMotion {
     /// Moving regions after the area filter; empty on a global change.
     pub boxes: Vec<MotionBox>,
-    /// Fraction of the unmasked pixels that changed (before dilation).
+    /// Fraction of the unmasked pixels over the threshold (before dilation, shadows
+    /// included).
     pub changed_fraction: f32,
     /// Fraction of the grid cells that show change.
     pub spread: f32,
     /// The whole scene changed (light, rain, IR switch, camera moved, scene cut): the
     /// background was re-seeded and the frame must raise no event.
     pub global_change: bool,
+    /// Camera shake compensated on this frame: the frame content at (x + dx, y + dy)
+    /// was compared with the background at (x, y). Boxes are in frame pixels.
+    pub shift: (i32, i32),
     /// The background was (re-)seeded from this frame: first frame or global change.
     pub reseeded: bool,
 }
@@ -114,6 +118,8 @@ impl FrameMotion {
 const GRID: usize = 8;
 /// Fractional bits of the background.
 const FRAC: u32 = 8;
+/// Fractional bits of the exposure gain.
+const GAIN_BITS: u32 = 12;
 
 pub struct Detector {
     w: usize,
@@ -145,6 +151,31 @@ pub struct Detector {
     /// Running-average background, grey << FRAC.
     bg: Vec<u16>,
     seeded: bool,
+    /// Follow the camera's exposure: the background is scaled by the frame's gain.
+    exposure: bool,
+    /// Ratio scratch for the gain estimate.
+    ratios: Vec<u32>,
+    /// The frame after blur (and contrast), the one compared with the background.
+    cur: Vec<u8>,
+    /// Per-pixel recent mean difference from the background, in 1/16 grey levels,
+    /// learnt where the pixel is quiet or flips (leaves, water, rain): where the scene
+    /// always moves, the threshold rises to `noise_factor` times it.
+    dev: Vec<u16>,
+    noise_factor: u16,
+    /// Shadow test: a pixel darker than the background, but at least this fraction of
+    /// it (in 1/256), is a shadow, not a change (0: off).
+    shadow: u16,
+    /// Largest camera shake compensated, in analysis pixels (0: off).
+    shake: usize,
+    /// Shake estimate scratch: coarse (1/`coarse` size) gradient images of the frame
+    /// and of the background, and a coarse row of sums.
+    coarse: usize,
+    grad_cur: Vec<u8>,
+    grad_bg: Vec<u8>,
+    small: Vec<u8>,
+    sums: Vec<u32>,
+    /// Shake refinement samples: (pixel index, background gradient, 4x4 cell).
+    samples: Vec<(u32, u16, u8)>,
     /// Changed pixels (0/1) before and after dilation.
     fg: Vec<u8>,
     dilated: Vec<u8>,
@@ -153,9 +184,8 @@ pub struct Detector {
     fg_rows: Vec<bool>,
     hdil_rows: Vec<bool>,
     dilated_rows: Vec<bool>,
-    /// Row scratch: vertical blur sums, blurred row, dilation rows.
+    /// Row scratch: vertical blur sums; dilation rows.
     vsum: Vec<u16>,
-    row: Vec<u8>,
     hdil: Vec<u8>,
     labeler: Labeler,
     components: Vec<Component>,
@@ -214,13 +244,25 @@ impl Detector {
             },
             bg: vec![0; n],
             seeded: false,
+            exposure: cfg.follow_exposure,
+            ratios: Vec::new(),
+            cur: vec![0; n],
+            dev: vec![0; n],
+            noise_factor: cfg.noise_factor.get() as u16,
+            shadow: (cfg.shadow_ratio.get() * 256.0).round().clamp(0.0, 256.0) as u16,
+            shake: cfg.shake_radius.as_usize().min(w / 4).min(h / 4),
+            coarse: (w / 80).max(1),
+            grad_cur: Vec::new(),
+            grad_bg: Vec::new(),
+            small: Vec::new(),
+            sums: Vec::new(),
+            samples: Vec::new(),
             fg: vec![0; n],
             dilated: vec![0; n],
             fg_rows: vec![false; h],
             hdil_rows: vec![false; h],
             dilated_rows: vec![false; h],
             vsum: vec![0; w + 2],
-            row: vec![0; w],
             hdil: vec![0; n],
             labeler: Labeler::default(),
             components: Vec::new(),
@@ -261,17 +303,22 @@ impl Detector {
         self.out.reseeded = false;
         self.out.changed_fraction = 0.0;
         self.out.spread = 0.0;
+        self.out.shift = (0, 0);
         let reset_contrast = !self.seeded;
         self.stretch(grey, reset_contrast);
+        self.smooth(grey);
         if !self.seeded {
-            self.reseed(grey);
+            self.reseed();
             return Ok(&self.out);
         }
-        let changed = self.difference(grey);
+        let shift = self.estimate_shift();
+        self.out.shift = (shift.0 as i32, shift.1 as i32);
+        let (changed, differ) = self.difference(shift);
+        // The global guard counts shadows too: a whole scene that darkens is light.
         self.out.changed_fraction = if self.active_count == 0 {
             0.0
         } else {
-            changed as f32 / self.active_count as f32
+            differ as f32 / self.active_count as f32
         };
         self.out.spread = self.spread();
         if self.out.changed_fraction > self.global_change
@@ -280,8 +327,9 @@ impl Detector {
             self.out.global_change = true;
             if self.contrast.is_some() {
                 self.stretch(grey, true);
+                self.smooth(grey);
             }
-            self.reseed(grey);
+            self.reseed();
             return Ok(&self.out);
         }
         if changed == 0 {
@@ -331,11 +379,17 @@ impl Detector {
             } else {
                 c.y1.saturating_sub(r).max(y0)
             };
+            // Background coordinates back to frame coordinates.
+            let (sx, sy) = (shift.0 as i64, shift.1 as i64);
+            let fx0 = (x0 as i64 + sx).clamp(0, wmax as i64) as u32;
+            let fy0 = (y0 as i64 + sy).clamp(0, hmax as i64) as u32;
+            let fx1 = (x1 as i64 + sx).clamp(fx0 as i64, wmax as i64) as u32;
+            let fy1 = (y1 as i64 + sy).clamp(fy0 as i64, hmax as i64) as u32;
             self.out.boxes.push(MotionBox {
-                x: x0,
-                y: y0,
-                w: x1 - x0 + 1,
-                h: y1 - y0 + 1,
+                x: fx0,
+                y: fy0,
+                w: fx1 - fx0 + 1,
+                h: fy1 - fy0 + 1,
             });
         }
         Ok(&self.out)
@@ -360,53 +414,297 @@ impl Detector {
         }
     }
 
-    fn reseed(&mut self, grey: &[u8]) {
+    /// Blurs (or copies) the detector's input into `cur`.
+    fn smooth(&mut self, grey: &[u8]) {
         let (w, h, blur) = (self.w, self.h, self.blur);
         let mut vsum = std::mem::take(&mut self.vsum);
-        let mut row = std::mem::take(&mut self.row);
-        let mut bg = std::mem::take(&mut self.bg);
+        let mut cur = std::mem::take(&mut self.cur);
         let src = self.input(grey);
-        for (y, bg_row) in bg.chunks_exact_mut(w).enumerate() {
-            let cur = smooth_row(src, w, h, y, blur, &mut vsum, &mut row);
-            for (b, &c) in bg_row.iter_mut().zip(cur) {
-                *b = (c as u16) << FRAC;
+        for (y, out) in cur.chunks_exact_mut(w).enumerate() {
+            if blur {
+                vertical(src, w, h, y, &mut vsum);
+                for (o, v) in out.iter_mut().zip(horizontal(&vsum, w)) {
+                    *o = v as u8;
+                }
+            } else {
+                out.copy_from_slice(&src[y * w..(y + 1) * w]);
             }
         }
-        (self.vsum, self.row, self.bg) = (vsum, row, bg);
+        (self.vsum, self.cur) = (vsum, cur);
+    }
+
+    fn reseed(&mut self) {
+        for (b, &c) in self.bg.iter_mut().zip(&self.cur) {
+            *b = (c as u16) << FRAC;
+        }
         if !self.seeded {
             self.fg.fill(0);
             self.fg_rows.fill(false);
+            self.dev.fill(0);
         }
-        // On a global change the changed pixels stay, for debug images.
+        // On a global change the changed pixels stay, for debug images; what the scene
+        // taught about its noise stays too (rain and leaves go on after a light change).
         self.seeded = true;
         self.out.reseeded = true;
     }
 
-    /// Difference, threshold, mask and background update, row by row. Returns the
-    /// number of changed pixels and fills the per-cell counts.
-    fn difference(&mut self, grey: &[u8]) -> u32 {
-        let (w, h, blur) = (self.w, self.h, self.blur);
-        let (thr, rate) = (self.threshold as u16, self.rate);
-        let mut vsum = std::mem::take(&mut self.vsum);
-        let mut bg = std::mem::take(&mut self.bg);
-        let mut fg = std::mem::take(&mut self.fg);
-        let mut fg_rows = std::mem::take(&mut self.fg_rows);
-        let src = self.input(grey);
-        let mut total = 0u32;
-        let mut cells = [0u32; GRID * GRID];
-        let rows = bg
-            .chunks_exact_mut(w)
-            .zip(fg.chunks_exact_mut(w))
-            .zip(self.active.chunks_exact(w));
-        for (y, ((bg_row, fg_row), act_row)) in rows.enumerate() {
-            // The blur's horizontal pass feeds the update directly: no row is stored.
-            if blur {
-                vertical(src, w, h, y, &mut vsum);
-                update_row(bg_row, fg_row, act_row, horizontal(&vsum, w), thr, rate);
-            } else {
-                let cur = src[y * w..(y + 1) * w].iter().map(|&c| c as u16);
-                update_row(bg_row, fg_row, act_row, cur, thr, rate);
+    /// The whole-pixel shift (dx, dy), within the shake radius, that best aligns the
+    /// frame with the background; (0, 0) unless it fits clearly better. A search over
+    /// coarse gradient images (gradients ignore the exposure changes that come with a
+    /// shaking view) proposes it when it lowers their difference by a tenth; a search
+    /// of +-2 px around it (or around no shift) on the gradients of a sparse sample of
+    /// full-size pixels refines it, and it must fit better in most parts of the view.
+    fn estimate_shift(&mut self) -> (isize, isize) {
+        if self.shake == 0 {
+            return (0, 0);
+        }
+        let (k, w, h) = (self.coarse, self.w, self.h);
+        let (cw, ch) = (w / k, h / k);
+        let r = self.shake.div_ceil(k).min(cw / 4).min(ch / 4);
+        if r == 0 || cw < 4 || ch < 4 {
+            return (0, 0);
+        }
+        let mut small = std::mem::take(&mut self.small);
+        let mut sums = std::mem::take(&mut self.sums);
+        let mut g = std::mem::take(&mut self.grad_cur);
+        let mut gb = std::mem::take(&mut self.grad_bg);
+        let ri = r as isize;
+        let (cur, bg) = (&self.cur, &self.bg);
+        let n = cw * k;
+        let cur_row = |y: usize, acc: &mut [u32]| {
+            for (a, &v) in acc.iter_mut().zip(&cur[y * w..y * w + n]) {
+                *a += v as u32;
             }
+        };
+        downscale(cur_row, k, cw, ch, &mut sums, &mut small);
+        gradient(&small, cw, ch, &mut g);
+        let bg_row = |y: usize, acc: &mut [u32]| {
+            for (a, &v) in acc.iter_mut().zip(&bg[y * w..y * w + n]) {
+                *a += (v >> FRAC) as u32;
+            }
+        };
+        downscale(bg_row, k, cw, ch, &mut sums, &mut small);
+        gradient(&small, cw, ch, &mut gb);
+        let (gw, gh) = (cw - 1, ch - 1);
+        let sad_at = |dx: isize, dy: isize| -> u64 {
+            let xs = (r as isize + dx) as usize;
+            (r..gh - r)
+                .map(|y| {
+                    let yy = (y as isize + dy) as usize;
+                    let a = &gb[y * gw + r..y * gw + gw - r];
+                    let c = &g[yy * gw + xs..yy * gw + xs + (gw - 2 * r)];
+                    a.iter()
+                        .zip(c)
+                        .map(|(&p, &q)| p.abs_diff(q) as u32)
+                        .sum::<u32>() as u64
+                })
+                .sum()
+        };
+        // Every other offset, then the neighbours of the best: a third of the work of
+        // a full search, and gradients of box-averaged images are smooth enough.
+        let still = sad_at(0, 0);
+        let mut best = (still, 0isize, 0isize);
+        let consider = |dx: isize, dy: isize, best: &mut (u64, isize, isize)| {
+            if dx.abs() > ri || dy.abs() > ri || (dx, dy) == (0, 0) {
+                return;
+            }
+            let sad = sad_at(dx, dy);
+            // No shift wins ties, then the smaller one.
+            if (sad, dx.abs() + dy.abs()) < (best.0, best.1.abs() + best.2.abs()) {
+                *best = (sad, dx, dy);
+            }
+        };
+        for dy in (-ri..=ri).step_by(2) {
+            for dx in (-ri..=ri).step_by(2) {
+                consider(dx, dy, &mut best);
+            }
+        }
+        let (cx, cy) = (best.1, best.2);
+        for dy in -1..=1 {
+            for dx in -1..=1 {
+                consider(cx + dx, cy + dy, &mut best);
+            }
+        }
+        (self.small, self.sums, self.grad_cur, self.grad_bg) = (small, sums, g, gb);
+        let (mut bx, mut by) = if 10 * best.0 < 9 * still {
+            (best.1 * k as isize, best.2 * k as isize)
+        } else {
+            (0, 0)
+        };
+        let lim = self.shake as isize;
+        self.pick_samples();
+        let still = self.sample_sad((0, 0));
+        let total = |c: &[u64; 16]| c.iter().sum::<u64>();
+        let mut best_sad = if (bx, by) == (0, 0) {
+            total(&still)
+        } else {
+            total(&self.sample_sad((bx, by)))
+        };
+        // Around no shift, only +-1: the coarse search would have seen more.
+        let steps: &[isize] = if (bx, by) == (0, 0) { &[1] } else { &[2, 1] };
+        for &step in steps {
+            let (cx, cy) = (bx, by);
+            for dy in [-step, 0, step] {
+                for dx in [-step, 0, step] {
+                    let (x, y) = (cx + dx, cy + dy);
+                    if (dx, dy) == (0, 0) || x.abs() > lim || y.abs() > lim {
+                        continue;
+                    }
+                    let s = total(&self.sample_sad((x, y)));
+                    if s < best_sad {
+                        (best_sad, bx, by) = (s, x, y);
+                    }
+                }
+            }
+        }
+        if (bx, by) == (0, 0) {
+            return (0, 0);
+        }
+        // A shaken camera moves the whole view: the shift must fit better in most
+        // cells of the grid and worse in few. An object's edges on a plain scene
+        // favour a shift only in the cells it covers.
+        let moved = self.sample_sad((bx, by));
+        let better = moved
+            .iter()
+            .zip(&still)
+            .filter(|(m, s)| **m * 10 < **s * 8)
+            .count();
+        let worse = moved
+            .iter()
+            .zip(&still)
+            .filter(|(m, s)| **m * 10 > **s * 12)
+            .count();
+        if better >= 8 && worse <= 2 {
+            (bx, by)
+        } else {
+            (0, 0)
+        }
+    }
+
+    /// The camera's exposure change against the background, in 1/2^GAIN_BITS: the
+    /// median of frame / background over a sparse grid of about 1000 pixels (a median,
+    /// so that an object covering a third of the view does not move it). Dark pixels
+    /// say little and are left out; 1 when too few are left.
+    fn gain(&mut self, (dx, dy): (isize, isize)) -> u16 {
+        let (w, h, r) = (self.w, self.h, self.shake);
+        let inner = (w - 2 * r) * (h - 2 * r);
+        let step = ((inner as f64 / 1000.0).sqrt() as usize).max(1);
+        self.ratios.clear();
+        for y in (r..h - r).step_by(step) {
+            let yy = (y as isize + dy) as usize;
+            for x in (r..w - r).step_by(step) {
+                let c = self.cur[yy * w + (x as isize + dx) as usize] as u32;
+                let b = self.bg[y * w + x] as u32;
+                if b >= 16 << FRAC {
+                    self.ratios.push((c << (FRAC + GAIN_BITS)) / b);
+                }
+            }
+        }
+        if self.ratios.len() < 50 {
+            return 1 << GAIN_BITS;
+        }
+        let mid = self.ratios.len() / 2;
+        let (_, &mut g, _) = self.ratios.select_nth_unstable(mid);
+        g.clamp(1 << (GAIN_BITS - 2), (4 << GAIN_BITS) - 1)
+            .min(u16::MAX as u32) as u16
+    }
+
+    /// Picks a sparse grid of about 500 pixels inside the shake margin and keeps, for
+    /// each, its index, the background's gradient there and its cell of a 4x4 grid.
+    fn pick_samples(&mut self) {
+        let (w, h, r) = (self.w, self.h, self.shake);
+        let (iw, ih) = (w - 2 * r - 1, h - 2 * r - 1);
+        let step = (((iw * ih) as f64 / 500.0).sqrt() as usize).max(1);
+        let bg = &self.bg;
+        let bgv = |i: usize| (bg[i] + (1 << (FRAC - 1))) >> FRAC;
+        self.samples.clear();
+        for y in (r..h - r - 1).step_by(step) {
+            let cy = (y - r) * 4 / ih;
+            for x in (r..w - r - 1).step_by(step) {
+                let p = y * w + x;
+                let gb = bgv(p + 1).abs_diff(bgv(p)) + bgv(p + w).abs_diff(bgv(p));
+                let cell = (cy * 4 + (x - r) * 4 / iw) as u8;
+                self.samples.push((p as u32, gb, cell));
+            }
+        }
+    }
+
+    /// Sums of |gradient of frame(x + dx, y + dy) - gradient of background(x, y)| over
+    /// the samples, per cell of a 4x4 grid.
+    fn sample_sad(&self, (dx, dy): (isize, isize)) -> [u64; 16] {
+        let (w, cur) = (self.w, &self.cur);
+        let off = dy * w as isize + dx;
+        let c = |i: usize| cur[i] as u16;
+        let mut sad = [0u64; 16];
+        for &(p, gb, cell) in &self.samples {
+            let q = (p as isize + off) as usize;
+            let gc = c(q + 1).abs_diff(c(q)) + c(q + w).abs_diff(c(q));
+            sad[cell as usize & 15] += gc.abs_diff(gb) as u64;
+        }
+        sad
+    }
+
+    /// Difference, threshold, mask and background update, row by row, comparing the
+    /// background at (x, y) with the frame at (x + dx, y + dy); pixels whose partner
+    /// lies outside the frame neither change nor learn. Returns the number of changed
+    /// pixels and of those over the threshold (shadows included), and fills the
+    /// per-cell counts.
+    fn difference(&mut self, (dx, dy): (isize, isize)) -> (u32, u32) {
+        let (w, h) = (self.w, self.h);
+        let p = RowParams {
+            thr: self.threshold as u16,
+            factor: self.noise_factor,
+            shadow: self.shadow,
+            rate: self.rate,
+            gain: if self.exposure {
+                self.gain((dx, dy))
+            } else {
+                1 << GAIN_BITS
+            },
+        };
+        // When shifted, the edge pixels of either frame (blurred with mirrored
+        // neighbours) are not compared with inner ones.
+        let (ex, ey) = (isize::from(dx != 0), isize::from(dy != 0));
+        let (x0, x1) = (
+            (-dx).max(0).max(ex - dx).max(ex) as usize,
+            (w as isize - dx)
+                .min(w as isize)
+                .min(w as isize - ex - dx)
+                .min(w as isize - ex)
+                .max(0) as usize,
+        );
+        let mut total = 0u32;
+        let mut differ = 0u32;
+        let mut cells = [0u32; GRID * GRID];
+        let rows = self
+            .bg
+            .chunks_exact_mut(w)
+            .zip(self.fg.chunks_exact_mut(w))
+            .zip(self.dev.chunks_exact_mut(w))
+            .zip(self.active.chunks_exact(w));
+        for (y, (((bg_row, fg_row), dev_row), act_row)) in rows.enumerate() {
+            let ys = y as isize + dy;
+            let edge = ey != 0 && (y == 0 || y == h - 1 || ys == 0 || ys == h as isize - 1);
+            if ys < 0 || ys >= h as isize || x0 >= x1 || edge {
+                if self.fg_rows[y] {
+                    fg_row.fill(0);
+                }
+                self.fg_rows[y] = false;
+                continue;
+            }
+            let ys = ys as usize;
+            let cur = &self.cur
+                [ys * w + (x0 as isize + dx) as usize..ys * w + (x1 as isize + dx) as usize];
+            fg_row[..x0].fill(0);
+            fg_row[x1..].fill(0);
+            differ += update_row(
+                &mut bg_row[x0..x1],
+                &mut fg_row[x0..x1],
+                &mut dev_row[x0..x1],
+                &act_row[x0..x1],
+                cur,
+                p,
+            );
             let cy = y * GRID / h;
             let mut in_row = 0;
             for cx in 0..GRID {
@@ -414,12 +712,11 @@ impl Detector {
                 cells[cy * GRID + cx] += n;
                 in_row += n;
             }
-            fg_rows[y] = in_row > 0;
+            self.fg_rows[y] = in_row > 0;
             total += in_row;
         }
-        (self.vsum, self.bg, self.fg, self.fg_rows) = (vsum, bg, fg, fg_rows);
         self.cell_changed = cells;
-        total
+        (total, differ)
     }
 
     fn spread(&self) -> f32 {
@@ -477,49 +774,104 @@ fn horizontal(vp: &[u16], w: usize) -> impl Iterator<Item = u16> + '_ {
         .map(|((&l, &c), &r)| (l + 2 * c + r + 8) >> 4)
 }
 
-/// Row `y` of `src` after the 3x3 Gaussian blur ([1 2 1] x [1 2 1] / 16, rounded),
-/// or the row itself without blur.
-fn smooth_row<'a>(
-    src: &'a [u8],
-    w: usize,
-    h: usize,
-    y: usize,
-    blur: bool,
-    vp: &mut [u16],
-    out: &'a mut [u8],
-) -> &'a [u8] {
-    if !blur {
-        return &src[y * w..(y + 1) * w];
-    }
-    vertical(src, w, h, y, vp);
-    for (o, v) in out.iter_mut().zip(horizontal(vp, w)) {
-        *o = v as u8;
-    }
-    out
+/// Per-frame constants of `update_row`.
+#[derive(Clone, Copy)]
+struct RowParams {
+    thr: u16,
+    factor: u16,
+    shadow: u16,
+    rate: u16,
+    /// Exposure of the frame against the background, in 1/2^GAIN_BITS.
+    gain: u16,
 }
 
-/// Difference, threshold, mask and background update of one row, in u16 lanes.
+/// Box-average downscale by `k` of a plane of `w`-long rows (`add(y, acc)` adds row
+/// `y`'s grey levels to `acc`) to `cw` x `ch`. Rows are summed whole (vectorised), then
+/// each run of `k` columns.
+fn downscale(
+    add: impl Fn(usize, &mut [u32]),
+    k: usize,
+    cw: usize,
+    ch: usize,
+    acc: &mut Vec<u32>,
+    out: &mut Vec<u8>,
+) {
+    out.resize(cw * ch, 0);
+    acc.resize(cw * k, 0);
+    let div = (k * k) as u32;
+    for (y, o) in out.chunks_exact_mut(cw).enumerate() {
+        acc.fill(0);
+        for yy in y * k..(y + 1) * k {
+            add(yy, acc);
+        }
+        for (o, run) in o.iter_mut().zip(acc.chunks_exact(k)) {
+            *o = (run.iter().sum::<u32>() / div).min(255) as u8;
+        }
+    }
+}
+
+/// |horizontal| + |vertical| forward difference, (cw - 1) x (ch - 1), halved to fit u8.
+fn gradient(src: &[u8], cw: usize, ch: usize, out: &mut Vec<u8>) {
+    let gw = cw - 1;
+    out.resize(gw * (ch - 1), 0);
+    for (y, o) in out.chunks_exact_mut(gw).enumerate() {
+        let (a, b) = (&src[y * cw..(y + 1) * cw], &src[(y + 1) * cw..(y + 2) * cw]);
+        for (x, o) in o.iter_mut().enumerate() {
+            let gx = a[x + 1].abs_diff(a[x]) as u16;
+            let gy = b[x].abs_diff(a[x]) as u16;
+            *o = ((gx + gy) >> 1) as u8;
+        }
+    }
+}
+
+/// Difference, threshold (raised where the pixel keeps changing), shadow test, mask,
+/// noise and background update of one row, in u16 lanes. Returns the number of
+/// pixels over the threshold, shadows included.
 #[inline(always)]
 fn update_row(
     bg: &mut [u16],
     fg: &mut [u8],
+    dev: &mut [u16],
     active: &[u8],
-    cur: impl Iterator<Item = u16>,
-    thr: u16,
-    rate: u16,
-) {
-    let keep = (65536 - rate as u32) as u16;
-    for (((b, f), &m), c) in bg.iter_mut().zip(fg.iter_mut()).zip(active).zip(cur) {
-        // Background grey, rounded (bg <= (255 << 8) + 2).
-        let bv = b.wrapping_add(1 << (FRAC - 1)) >> FRAC;
-        *f = u8::from(c.abs_diff(bv) > thr) & m;
+    cur: &[u8],
+    p: RowParams,
+) -> u32 {
+    let keep = (65536 - p.rate as u32) as u16;
+    let mut differ = 0u32;
+    let pix = bg.iter_mut().zip(fg.iter_mut()).zip(dev.iter_mut());
+    for ((((b, f), dv), &m), &c) in pix.zip(active).zip(cur) {
+        let c = c as u16;
+        // Background grey at the frame's exposure, rounded, as a 16x16-bit high
+        // multiply (bg is grey << 8, gain < 4 << 12): (bg * gain) >> 16 is 16 x grey x
+        // gain and fits in u16.
+        let bv = ((((*b as u32 * p.gain as u32) >> 16) as u16) + 8) >> 4;
+        let d = c.abs_diff(bv);
+        let thr = p.thr.max(((*dv >> 2) * p.factor) >> 2);
+        let raw = u8::from(d > thr);
+        // A shadow darkens by a factor: cur in [ratio * bg, bg). bv <= 255 and the ratio
+        // <= 256, so both sides fit in u16.
+        let shadow =
+            u8::from(c < bv && (c << 8) >= bv.min(255) * p.shadow) & u8::from(p.shadow > 0);
+        let now = raw & !shadow & m;
+        *f = now;
+        differ += (raw & m) as u32;
+        // The noise level learns only while the pixel is within the threshold (not from
+        // shadows either), so a passing
+        // object does not raise it; where leaves or water make the difference wide,
+        // the threshold climbs until most of their changes fall below it (about twice
+        // their amplitude). 1/8 per frame, in 1/16 grey levels: dev' = dev - dev/8 + 2d.
+        let learn = u16::from(raw ^ 1);
+        let next = (*dv - (*dv >> 3)).wrapping_add(d << 1);
+        let mask = 0u16.wrapping_sub(learn);
+        *dv = (next & mask) | (*dv & !mask);
         // bg' = bg (1 - a) + (cur << 8) a as two truncating high multiplies; the +1
         // makes up for the two truncations (their fractions sum to one when a is
         // odd), so a constant frame is a fixed point: no drift.
         let keep_part = ((*b as u32 * keep as u32) >> 16) as u16;
-        let cur_part = (((c << FRAC) as u32 * rate as u32) >> 16) as u16;
+        let cur_part = (((c << FRAC) as u32 * p.rate as u32) >> 16) as u16;
         *b = keep_part.wrapping_add(cur_part).wrapping_add(1);
     }
+    differ
 }
 
 /// A 0/1 image and which of its rows may hold a set pixel (the others are all zero).
@@ -724,6 +1076,7 @@ mod tests {
                 m.boxes
             );
             assert_eq!(m.boxes.len(), 1, "frame {i}: {:?}", m.boxes);
+            eprintln!("frame {i}: {m:?}");
         }
     }
 
@@ -767,50 +1120,132 @@ mod tests {
                 }
             }),
         ];
-        for (name, offset) in rows {
-            let mut scene = Scene::new();
-            let frames: Vec<Vec<u8>> = (0..80).map(|i| scene.frame(offset(i), &[], 2.0)).collect();
-            let (per_frame, tr) = run(&MotionConfig::default(), frames);
-            assert!(tr.is_empty(), "{name}: {tr:?}");
-            assert!(per_frame.iter().all(|m| m.boxes.is_empty()), "{name}");
-            if name.starts_with("a step") {
+        for follow in [true, false] {
+            let cfg = MotionConfig {
+                follow_exposure: follow,
+                ..MotionConfig::default()
+            };
+            for (name, offset) in rows {
+                let mut scene = Scene::new();
+                let frames: Vec<Vec<u8>> =
+                    (0..80).map(|i| scene.frame(offset(i), &[], 2.0)).collect();
+                let (per_frame, tr) = run(&cfg, frames);
+                assert!(tr.is_empty(), "{name}, follow {follow}: {tr:?}");
                 assert!(
-                    per_frame[20].global_change && per_frame[20].reseeded,
-                    "{name}"
+                    per_frame.iter().all(|m| m.boxes.is_empty()),
+                    "{name}, follow {follow}"
                 );
-                assert!(
-                    !per_frame[21].global_change && per_frame[21].changed_fraction < 0.001,
-                    "{name}"
-                );
+                if !name.starts_with("a step") {
+                    continue;
+                }
+                let (at, after) = (&per_frame[20], &per_frame[21]);
+                if follow {
+                    // The exposure is followed: no reseed, few changed pixels.
+                    assert!(
+                        !at.global_change && at.changed_fraction < 0.02,
+                        "{name}: {at:?}"
+                    );
+                } else {
+                    assert!(at.global_change && at.reseeded, "{name}");
+                    assert!(
+                        !after.global_change && after.changed_fraction < 0.001,
+                        "{name}"
+                    );
+                }
             }
         }
     }
 
+    /// Thin dark lines every 40 px (a period beyond the shake radius, so the shift is
+    /// not ambiguous), shifted right by `dx`, with a square at `sq`.
+    fn lines(dx: usize, sq: Option<(usize, usize)>) -> Vec<u8> {
+        (0..W * H)
+            .map(|i| {
+                let (x, y) = (i % W, i / W);
+                if sq.is_some_and(|(sx, sy)| {
+                    (sx..sx + 20).contains(&x) && (sy..sy + 20).contains(&y)
+                }) {
+                    250
+                } else if (x + 80 - dx) % 40 < 3 || y % 40 < 3 {
+                    40
+                } else {
+                    160
+                }
+            })
+            .collect()
+    }
+
     #[test]
-    fn a_shaken_camera_is_a_global_change_even_when_little_of_the_frame_changes() {
-        // Thin dark lines every 16 px: shifting them changes about a third of the
-        // pixels, but in every cell of the grid.
-        let grid = |dx: usize| -> Vec<u8> {
-            (0..W * H)
-                .map(|i| {
-                    let (x, y) = (i % W + dx, i / W);
-                    if x % 16 < 3 || y % 16 < 3 {
-                        40
-                    } else {
-                        160
-                    }
-                })
-                .collect()
+    fn a_shaken_camera_is_compensated_within_the_shake_radius_and_global_beyond_it() {
+        // Shifting the lines changes about a third of the pixels, in every grid cell.
+        let frames = vec![
+            lines(0, None),
+            lines(0, None),
+            lines(4, None),
+            lines(4, Some((100, 100))),
+            lines(1, Some((120, 100))),
+            lines(0, None),
+        ];
+        let (per_frame, tr) = run(&MotionConfig::default(), frames.clone());
+        // Compensated: no change but the square, which is found where it is.
+        assert_eq!(per_frame[2].shift, (4, 0), "{:?}", per_frame[2]);
+        assert!(
+            per_frame[2].boxes.is_empty() && !per_frame[2].global_change,
+            "{:?}",
+            per_frame[2]
+        );
+        for (i, x) in [(3, 100), (4, 120)] {
+            let m = &per_frame[i];
+            assert!(!m.global_change, "frame {i}: {m:?}");
+            assert_eq!(m.boxes.len(), 1, "frame {i}: {m:?}");
+            let b = m.boxes[0];
+            assert!(
+                b.x.abs_diff(x) <= 2 && b.y.abs_diff(100) <= 2 && b.w.abs_diff(20) <= 3,
+                "frame {i}: {b:?}"
+            );
+        }
+        assert!(per_frame[5].boxes.is_empty(), "{:?}", per_frame[5]);
+        assert_eq!(tr.len(), 2, "one event, started and ended: {tr:?}");
+
+        // Without compensation the shift is a global change, spread over the grid.
+        let cfg = MotionConfig {
+            shake_radius: IntIn::lit(0),
+            ..MotionConfig::default()
         };
-        let frames = vec![grid(0), grid(0), grid(4), grid(4), grid(4), grid(4)];
-        let (per_frame, tr) = run(&MotionConfig::default(), frames);
+        let (per_frame, tr) = run(&cfg, frames[..3].to_vec());
         let m = &per_frame[2];
         assert!(m.changed_fraction < 0.5, "changed {}", m.changed_fraction);
         assert!(m.global_change && m.spread >= 0.9, "{m:?}");
-        assert!(per_frame[3..]
-            .iter()
-            .all(|m| m.boxes.is_empty() && !m.global_change));
         assert!(tr.is_empty(), "{tr:?}");
+    }
+
+    #[test]
+    fn a_shadow_is_not_motion_but_a_dark_object_is() {
+        // A 40 px square dimmed to `factor` of the background (130..200), crossing from
+        // frame 5.
+        let dimmed = |scene: &mut Scene, i: usize, factor: f64| -> Vec<u8> {
+            let mut f = scene.frame(60.0, &[], 2.0);
+            if let Some((sx, sy, side, _)) = square_at(i) {
+                for y in sy..sy + side {
+                    for x in sx..(sx + side).min(W) {
+                        f[y * W + x] = (f[y * W + x] as f64 * factor) as u8;
+                    }
+                }
+            }
+            f
+        };
+        // (dimming factor, shadow_ratio, events expected)
+        for (factor, ratio, want) in [(0.75, 0.7, 0), (0.4, 0.7, 1), (0.75, 0.0, 1)] {
+            let cfg = MotionConfig {
+                shadow_ratio: Fraction::lit(ratio),
+                ..MotionConfig::default()
+            };
+            let mut scene = Scene::new();
+            let frames: Vec<Vec<u8>> = (0..40).map(|i| dimmed(&mut scene, i, factor)).collect();
+            let (per_frame, tr) = run(&cfg, frames);
+            assert_eq!(starts(&tr), want, "factor {factor}, ratio {ratio}: {tr:?}");
+            assert!(per_frame.iter().all(|m| !m.global_change));
+        }
     }
 
     #[test]
@@ -967,9 +1402,10 @@ mod tests {
                     i
                 }) as usize
             };
-            let (mut vsum, mut row) = (vec![0u16; w + 2], vec![0u8; w]);
+            let mut det = Detector::new(&MotionConfig::default(), w as u32, h as u32);
+            det.smooth(&src);
             for y in 0..h {
-                let got = smooth_row(&src, w, h, y, true, &mut vsum, &mut row).to_vec();
+                let got = &det.cur[y * w..(y + 1) * w];
                 for (x, &g) in got.iter().enumerate() {
                     let mut s = 0u32;
                     for (dy, ky) in [(-1, 1), (0, 2), (1, 1)] {

@@ -23,6 +23,12 @@ pub enum MotionError {
     FrameSize { width: u32, height: u32, got: usize },
     #[error("cannot write motion events: {0}")]
     Output(#[source] std::io::Error),
+    #[error("cannot write grey frames to {}: {source}", path.display())]
+    GreyOut {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot write debug frame {}: {source}", path.display())]
     DebugFrame {
         path: PathBuf,

@@ -1,18 +1,23 @@
 //! Building blocks of the operator's tuning tool `edge-agent motion SOURCE`: frames
 //! from a replay go through the same detector and event state machine as in the agent;
-//! each ended event becomes one JSON line, and with a debug directory a few annotated
-//! frames are written as PNG (masked area tinted blue, changed pixels red, boxes green,
-//! a yellow frame around global changes) so a person can see why something did or did
-//! not trigger. Reading the source is left to the caller (ingest).
+//! each ended event becomes one JSON line (with the analysis size its boxes are in),
+//! optionally one JSON line per analysed frame (for scoring against ground truth, see
+//! `scripts/motion_score.py`), and with a debug directory annotated frames are written
+//! as PNG (masked area tinted blue, changed pixels red, boxes green, a yellow frame
+//! around global changes) so a person can see why something did or did not trigger:
+//! a few chosen ones by default, or every frame of a range. Reading the source is left
+//! to the caller (ingest).
 
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufWriter, Write};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use super::{
-    Detector, EventTracker, FrameMotion, MotionBox, MotionConfig, MotionError, MotionTransition,
+    Detector, EventTracker, FrameMotion, MotionBox, MotionConfig, MotionError, MotionEvent,
+    MotionTransition,
 };
 
 /// What a replay saw.
@@ -24,25 +29,64 @@ pub struct ReplaySummary {
     pub debug_frames: u32,
 }
 
+/// What a replay writes besides the event lines.
+#[derive(Clone, Debug, Default)]
+pub struct ReplayOptions {
+    /// Annotated PNG frames go here (created if missing).
+    pub debug_dir: Option<PathBuf>,
+    /// With `debug_dir`: every frame whose index lies in this range, instead of a few
+    /// chosen ones.
+    pub debug_frames: Option<Range<u64>>,
+    /// One JSON line per analysed frame, besides the event lines.
+    pub frame_lines: bool,
+    /// The analysed grey frames, raw (GRAY8, frame after frame, no header), so that
+    /// other detectors can be run on exactly the same pixels.
+    pub grey_out: Option<PathBuf>,
+}
+
+/// One analysed frame as `--frames` prints it.
+#[derive(serde::Serialize)]
+struct FrameLine<'a> {
+    frame: u64,
+    pts_ms: Option<u64>,
+    width: u32,
+    height: u32,
+    boxes: &'a [MotionBox],
+    global_change: bool,
+    event: Option<&'a str>,
+    /// Camera shake compensated on this frame (see `FrameMotion::shift`).
+    shift: (i32, i32),
+}
+
+/// An event line: the event and the analysis size its boxes are in.
+#[derive(serde::Serialize)]
+struct EventLine<'a> {
+    #[serde(flatten)]
+    event: &'a MotionEvent,
+    width: u32,
+    height: u32,
+}
+
 /// Runs frames through detector and tracker and writes ended events as JSON lines.
 pub struct Replay<W: Write> {
     cfg: MotionConfig,
     detector: Option<Detector>,
     tracker: EventTracker,
     out: W,
+    frame_lines: bool,
+    grey_out: Option<(PathBuf, BufWriter<File>)>,
     debug: Option<DebugFrames>,
     summary: ReplaySummary,
 }
 
 impl<W: Write> Replay<W> {
-    /// `debug_dir` (created if missing) receives annotated PNG frames.
     pub fn new(
         cfg: &MotionConfig,
         camera: &str,
         out: W,
-        debug_dir: Option<&Path>,
+        opts: &ReplayOptions,
     ) -> Result<Self, MotionError> {
-        let debug = match debug_dir {
+        let debug = match &opts.debug_dir {
             Some(dir) => {
                 std::fs::create_dir_all(dir).map_err(|source| MotionError::DebugFrame {
                     path: dir.to_path_buf(),
@@ -52,7 +96,18 @@ impl<W: Write> Replay<W> {
                     dir,
                     camera,
                     cfg.start_frames.as_usize() + 1,
+                    opts.debug_frames.clone(),
                 ))
+            }
+            None => None,
+        };
+        let grey_out = match &opts.grey_out {
+            Some(path) => {
+                let f = File::create(path).map_err(|source| MotionError::GreyOut {
+                    path: path.clone(),
+                    source,
+                })?;
+                Some((path.clone(), BufWriter::new(f)))
             }
             None => None,
         };
@@ -61,14 +116,20 @@ impl<W: Write> Replay<W> {
             detector: None,
             tracker: EventTracker::new(cfg, camera),
             out,
+            frame_lines: opts.frame_lines,
+            grey_out,
             debug,
             summary: ReplaySummary::default(),
         })
     }
 
-    /// Feeds one grey frame captured at `at`. A change of size starts a new detector.
+    /// Feeds one grey frame captured at `at`; `index` is its position among the
+    /// decoded frames of the source and `pts` its stream time, when known. A change of
+    /// size starts a new detector.
     pub fn frame(
         &mut self,
+        index: u64,
+        pts: Option<Duration>,
         at: SystemTime,
         width: u32,
         height: u32,
@@ -86,15 +147,34 @@ impl<W: Write> Replay<W> {
         let det = &*det;
         let m = det.last();
         let transition = self.tracker.update(at, m);
-        let index = self.summary.frames;
         self.summary.frames += 1;
         self.summary.global_changes += u64::from(m.global_change);
+        if let Some((path, f)) = &mut self.grey_out {
+            f.write_all(grey).map_err(|source| MotionError::GreyOut {
+                path: path.clone(),
+                source,
+            })?;
+        }
         if let Some(dbg) = &mut self.debug {
             dbg.frame(index, grey, det, m, transition.as_ref())?;
             self.summary.debug_frames = dbg.written;
         }
+        if self.frame_lines {
+            let line = FrameLine {
+                frame: index,
+                pts_ms: pts.map(|p| p.as_millis() as u64),
+                width,
+                height,
+                boxes: &m.boxes,
+                global_change: m.global_change,
+                event: self.tracker.current().map(|e| e.id.as_str()),
+                shift: m.shift,
+            };
+            write_json(&mut self.out, &line)?;
+        }
         if let Some(MotionTransition::Ended(e)) = &transition {
-            self.write_event(e)?;
+            write_event(&mut self.out, e, width, height)?;
+            self.summary.events += 1;
         }
         Ok(transition)
     }
@@ -102,37 +182,64 @@ impl<W: Write> Replay<W> {
     /// Ends the open event, flushes the output and returns what was seen.
     pub fn finish(mut self) -> Result<ReplaySummary, MotionError> {
         if let Some(MotionTransition::Ended(e)) = self.tracker.finish() {
-            self.write_event(&e)?;
+            let (w, h) = self
+                .detector
+                .as_ref()
+                .map(|d| (d.width(), d.height()))
+                .unwrap_or_default();
+            write_event(&mut self.out, &e, w, h)?;
+            self.summary.events += 1;
+        }
+        if let Some((path, f)) = &mut self.grey_out {
+            f.flush().map_err(|source| MotionError::GreyOut {
+                path: path.clone(),
+                source,
+            })?;
         }
         self.out.flush().map_err(MotionError::Output)?;
         Ok(self.summary)
     }
+}
 
-    fn write_event(&mut self, e: &super::MotionEvent) -> Result<(), MotionError> {
-        self.summary.events += 1;
-        let line = serde_json::to_string(e).map_err(|e| MotionError::Output(e.into()))?;
-        writeln!(self.out, "{line}").map_err(MotionError::Output)
-    }
+fn write_event(
+    out: &mut impl Write,
+    event: &MotionEvent,
+    width: u32,
+    height: u32,
+) -> Result<(), MotionError> {
+    write_json(
+        out,
+        &EventLine {
+            event,
+            width,
+            height,
+        },
+    )
+}
+
+fn write_json(out: &mut impl Write, v: &impl serde::Serialize) -> Result<(), MotionError> {
+    let line = serde_json::to_string(v).map_err(|e| MotionError::Output(e.into()))?;
+    writeln!(out, "{line}").map_err(MotionError::Output)
 }
 
 /// An owned grey frame: capture time, width, height, pixels (rows without padding).
 pub type GreyFrame = (SystemTime, u32, u32, Vec<u8>);
 
-/// Replays owned frames; see [`Replay`].
+/// Replays owned frames (indexed from 0, no stream time); see [`Replay`].
 pub fn replay<W, I>(
     cfg: &MotionConfig,
     camera: &str,
     frames: I,
     out: W,
-    debug_dir: Option<&Path>,
+    opts: &ReplayOptions,
 ) -> Result<ReplaySummary, MotionError>
 where
     W: Write,
     I: IntoIterator<Item = GreyFrame>,
 {
-    let mut r = Replay::new(cfg, camera, out, debug_dir)?;
-    for (at, w, h, grey) in frames {
-        r.frame(at, w, h, &grey)?;
+    let mut r = Replay::new(cfg, camera, out, opts)?;
+    for (i, (at, w, h, grey)) in frames.into_iter().enumerate() {
+        r.frame(i as u64, None, at, w, h, &grey)?;
     }
     r.finish()
 }
@@ -154,10 +261,12 @@ struct DebugFrames {
     after_start: u32,
     want_quiet: bool,
     written: u32,
+    /// Every frame of this range (by index), and no chosen ones.
+    range: Option<Range<u64>>,
 }
 
 impl DebugFrames {
-    fn new(dir: &Path, camera: &str, ring_len: usize) -> Self {
+    fn new(dir: &Path, camera: &str, ring_len: usize, range: Option<Range<u64>>) -> Self {
         Self {
             dir: dir.to_path_buf(),
             camera: camera.to_string(),
@@ -166,6 +275,7 @@ impl DebugFrames {
             after_start: 0,
             want_quiet: false,
             written: 0,
+            range,
         }
     }
 
@@ -177,6 +287,21 @@ impl DebugFrames {
         m: &FrameMotion,
         t: Option<&MotionTransition>,
     ) -> Result<(), MotionError> {
+        if let Some(range) = &self.range {
+            if !range.contains(&index) {
+                return Ok(());
+            }
+            let mut rgb = Vec::new();
+            annotate(&mut rgb, grey, det, m);
+            let tag = match t {
+                Some(MotionTransition::Started(_)) => "start",
+                Some(MotionTransition::Ended(_)) => "end",
+                _ if m.global_change => "global",
+                _ if m.has_motion() => "motion",
+                _ => "quiet",
+            };
+            return self.write(index, tag, det.width(), det.height(), &rgb);
+        }
         if self.written >= MAX_DEBUG_FRAMES {
             return Ok(());
         }
@@ -187,16 +312,7 @@ impl DebugFrames {
         } else {
             Vec::new()
         };
-        annotate(
-            &mut rgb,
-            grey,
-            w,
-            h,
-            det.active(),
-            det.changed(),
-            &m.boxes,
-            m.global_change,
-        );
+        annotate(&mut rgb, grey, det, m);
         let quiet = !m.has_motion() && !m.global_change;
         let tag = match t {
             Some(MotionTransition::Started(_)) => Some("start"),
@@ -240,7 +356,7 @@ impl DebugFrames {
         h: u32,
         rgb: &[u8],
     ) -> Result<(), MotionError> {
-        if self.written >= MAX_DEBUG_FRAMES {
+        if self.range.is_none() && self.written >= MAX_DEBUG_FRAMES {
             return Ok(());
         }
         let path = self
@@ -254,18 +370,9 @@ impl DebugFrames {
 
 /// Draws the grey frame with the mask tinted blue, changed pixels red, boxes green and,
 /// on a global change, a yellow border.
-#[allow(clippy::too_many_arguments)]
-pub fn annotate(
-    rgb: &mut Vec<u8>,
-    grey: &[u8],
-    w: u32,
-    h: u32,
-    active: &[u8],
-    changed: &[u8],
-    boxes: &[MotionBox],
-    global: bool,
-) {
-    let (wu, hu) = (w as usize, h as usize);
+pub fn annotate(rgb: &mut Vec<u8>, grey: &[u8], det: &Detector, m: &FrameMotion) {
+    let (wu, hu) = (det.width() as usize, det.height() as usize);
+    let (active, changed, boxes, global) = (det.active(), det.changed(), &m.boxes, m.global_change);
     rgb.clear();
     rgb.reserve(wu * hu * 3);
     for ((&g, &a), &c) in grey.iter().zip(active).zip(changed) {
@@ -329,6 +436,15 @@ mod tests {
 
     use super::*;
 
+    /// The flat frames' light step is a global change only when the exposure is not
+    /// followed.
+    fn light_step_is_global() -> MotionConfig {
+        MotionConfig {
+            follow_exposure: false,
+            ..MotionConfig::default()
+        }
+    }
+
     /// 64x48 frames: a square moving in frames 3..10, a light step at frame 28.
     fn frames() -> Vec<GreyFrame> {
         let (w, h) = (64usize, 48usize);
@@ -353,11 +469,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut out = Vec::new();
         let summary = replay(
-            &MotionConfig::default(),
+            &light_step_is_global(),
             "yard",
             frames(),
             &mut out,
-            Some(dir.path()),
+            &ReplayOptions {
+                debug_dir: Some(dir.path().to_path_buf()),
+                ..ReplayOptions::default()
+            },
         )
         .unwrap();
         let text = String::from_utf8(out).unwrap();
@@ -404,5 +523,81 @@ mod tests {
         let px: Vec<&[u8]> = buf.chunks_exact(3).collect();
         assert!(px.contains(&&[0u8, 255, 0][..]));
         assert!(px.iter().any(|p| p[0] == 255 && p[1] < 100));
+    }
+
+    #[test]
+    fn frame_lines_carry_the_size_and_the_open_event_and_a_debug_range_writes_every_frame() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut out = Vec::new();
+        let opts = ReplayOptions {
+            debug_dir: Some(dir.path().to_path_buf()),
+            debug_frames: Some(2..6),
+            frame_lines: true,
+            grey_out: Some(dir.path().join("grey.raw")),
+        };
+        let summary = replay(&light_step_is_global(), "yard", frames(), &mut out, &opts).unwrap();
+        let lines: Vec<serde_json::Value> = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let (events, per_frame): (Vec<_>, Vec<_>) =
+            lines.iter().partition(|l| l.get("camera").is_some());
+        assert_eq!(events.len(), 1);
+        assert_eq!(
+            (events[0]["width"].as_u64(), events[0]["height"].as_u64()),
+            (Some(64), Some(48))
+        );
+        let id = events[0]["id"].as_str().unwrap();
+        assert_eq!(per_frame.len(), 40);
+        for (i, f) in per_frame.iter().enumerate() {
+            assert_eq!(f["frame"], i as u64);
+            assert_eq!(
+                (f["width"].as_u64(), f["height"].as_u64()),
+                (Some(64), Some(48))
+            );
+            assert!(f["pts_ms"].is_null());
+            // The event is open from its start (frame 4, the second motion frame)
+            // until the quiet period after frame 9 ran out (frame 24).
+            let want = if (4..24).contains(&i) {
+                serde_json::json!(id)
+            } else {
+                serde_json::Value::Null
+            };
+            assert_eq!(f["event"], want, "frame {i}");
+            assert_eq!(f["global_change"], i == 28, "frame {i}");
+            let boxes = f["boxes"].as_array().unwrap();
+            assert_eq!(
+                !boxes.is_empty(),
+                (3..10).contains(&i),
+                "frame {i}: {boxes:?}"
+            );
+        }
+        // The event line comes right after the frame that ended it.
+        let end_at = lines
+            .iter()
+            .position(|l| l.get("camera").is_some())
+            .unwrap();
+        assert_eq!(lines[end_at - 1]["frame"], 24);
+
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".png"))
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "yard-000002-quiet.png",
+                "yard-000003-motion.png",
+                "yard-000004-start.png",
+                "yard-000005-motion.png"
+            ]
+        );
+        assert_eq!(summary.debug_frames, 4);
+        let raw = std::fs::read(dir.path().join("grey.raw")).unwrap();
+        assert_eq!(raw.len(), 40 * 64 * 48);
+        assert_eq!(&raw[3 * 64 * 48..4 * 64 * 48], &frames()[3].3[..]);
     }
 }
