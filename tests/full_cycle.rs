@@ -2,9 +2,10 @@
 //! `edge-agent run` binary watches an in-process RTSP camera whose red square moves
 //! once; a test client subscribed to the agent's topics (embedded broker, Mosquitto)
 //! or bound to its events exchange (RabbitMQ) sees the motion event, the detections
-//! with their per-stage latency, a snapshot that decodes, then the `fire` event that
-//! names it. Workers are counted in /proc: none before the motion, one started from
-//! zero, none again after the cooldown.
+//! with their per-stage latency, a snapshot that decodes, then one `fire` incident: a
+//! `start` that names that snapshot and, once the square stops being seen, its `end`.
+//! Workers are counted in /proc: none before the motion, one started from zero, none
+//! again after the cooldown.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -63,6 +64,11 @@ redeliver_after = "10m"
 max_workers = 1
 cooldown_period = "3s"
 polling_interval = "250ms"
+
+[events.tracks]
+# The square rests after its move and no frame is escalated any more: its incident
+# ends this long after its last sighting.
+forget_after = "3s"
 
 [telemetry]
 metrics_listen = "127.0.0.1:0"
@@ -173,7 +179,9 @@ where
         let kids = children_of(agent.pid).len();
         let seen = inbox.lock().unwrap().clone();
         let motion = seen.iter().any(|s| s.kind == "motion");
-        let event = seen.iter().any(|s| s.kind == "events/fire");
+        let event = seen
+            .iter()
+            .any(|s| s.kind == "events/fire" && json(&s.payload)["state"] == "end");
         if !motion && peak == 0 && kids == 0 {
             zero_before_motion = true;
         }
@@ -273,23 +281,63 @@ where
         "no frame waited for the worker from zero: {dets:?}"
     );
 
-    // The fire event names a snapshot that came before it and decodes as a JPEG.
-    let ev_at = kinds.iter().position(|k| *k == "events/fire").unwrap();
-    let ev = json(&seen[ev_at].payload);
-    assert_eq!(ev["classes"][0], "fire", "{ev}");
-    let snap_id = ev["snapshot"]
-        .as_str()
-        .unwrap()
-        .trim_end_matches(".jpg")
-        .replace('.', "_");
-    let snap_at = kinds
+    // One incident: a start, then an end, for the one square; each names a snapshot
+    // that came before it and decodes as a JPEG.
+    let incident: Vec<(usize, serde_json::Value)> = seen
         .iter()
-        .position(|k| *k == format!("snapshots/{snap_id}"))
-        .unwrap_or_else(|| panic!("snapshot {snap_id} never seen; kinds {kinds:?}"));
-    assert!(snap_at < ev_at, "snapshot after its event: {kinds:?}");
-    let img = edge_agent::infer::image::decode_jpeg(&seen[snap_at].payload)
-        .expect("the snapshot decodes as a JPEG");
-    assert_eq!((img.width, img.height), (640, 360));
+        .enumerate()
+        .filter(|(_, s)| s.kind == "events/fire")
+        .map(|(i, s)| (i, json(&s.payload)))
+        .filter(|(_, v)| v["state"] != "update")
+        .collect();
+    let states: Vec<&str> = incident
+        .iter()
+        .map(|(_, v)| v["state"].as_str().unwrap_or("?"))
+        .collect();
+    let sightings: Vec<String> = dets
+        .iter()
+        .map(|d| {
+            let fires: Vec<String> = d["detections"]["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|i| i["class"] == "fire")
+                .map(|i| format!("{}+{}", i["x"], i["w"]))
+                .collect();
+            format!("{}:{}", d["captured_ms"], fires.join(","))
+        })
+        .collect();
+    assert_eq!(
+        states,
+        ["start", "end"],
+        "fire sightings (capture ms: x+w) {sightings:?}\n{incident:?}"
+    );
+    let (start, end) = (&incident[0].1, &incident[1].1);
+    assert_eq!(start["incident"], end["incident"]);
+    assert_eq!(
+        (&start["class"], &start["camera"], &start["version"]),
+        (&"fire".into(), &"gate".into(), &2.into())
+    );
+    assert_eq!(end["end_reason"], "forgotten", "{end}");
+    assert!(end["frames"].as_u64().unwrap() >= 2, "{end}");
+    assert!(end["best_score"].as_f64().unwrap() > 0.5, "{end}");
+    assert_eq!(
+        (&end["frame_width"], &end["frame_height"]),
+        (&640.into(), &360.into())
+    );
+    for (ev_at, ev) in &incident {
+        let snap_id = ev["snapshot"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no snapshot: {ev}"));
+        let snap_at = kinds
+            .iter()
+            .position(|k| *k == format!("snapshots/{snap_id}"))
+            .unwrap_or_else(|| panic!("snapshot {snap_id} never seen; kinds {kinds:?}"));
+        assert!(snap_at < *ev_at, "snapshot after its event: {kinds:?}");
+        let img = edge_agent::infer::image::decode_jpeg(&seen[snap_at].payload)
+            .expect("the snapshot decodes as a JPEG");
+        assert_eq!((img.width, img.height), (640, 360));
+    }
 
     // The worker said it was ready once subscribed, not after giving up waiting.
     assert!(

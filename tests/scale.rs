@@ -432,7 +432,7 @@ fn cameras_toml(n: usize, enabled: bool) -> String {
     (1..=n)
         .map(|i| {
             format!(
-                "[[cameras]]\nid = \"cam{i}\"\nurl = \"demo://moving-square\"\nenabled = {enabled}\n[cameras.escalation]\nmax_frames = 15\nmin_interval = \"100ms\"\n"
+                "[[cameras]]\nid = \"cam{i}\"\nurl = \"demo://moving-square\"\nenabled = {enabled}\n[cameras.escalation]\nbudget = 15\nmin_interval = \"100ms\"\n"
             )
         })
         .collect()
