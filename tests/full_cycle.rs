@@ -14,7 +14,9 @@ use bytes::Bytes;
 use edge_agent::ingest::synthetic::Scene;
 
 use crate::common::agent::{children_of, http_get, metric, Agent};
-use crate::common::broker::{amqp_tap, amqp_url, free_port, mqtt_url, rabbit_serial, unique};
+use crate::common::broker::{
+    amqp_tap, amqp_url, eventually, free_port, mqtt_url, rabbit_serial, unique,
+};
 use crate::common::rtsp_server::RtspTestServer;
 
 /// One message as a downstream service got it: the part of the topic or routing key
@@ -44,6 +46,11 @@ fn scene() -> Scene {
 }
 
 fn config(device: &str, camera_url: &str, transport: &str) -> String {
+    config_forgetting(device, camera_url, transport, "3s")
+}
+
+/// [`config`] with the tracks' `forget_after`.
+fn config_forgetting(device: &str, camera_url: &str, transport: &str, forget: &str) -> String {
     format!(
         r#"
 [device]
@@ -68,7 +75,7 @@ polling_interval = "250ms"
 [events.tracks]
 # The square rests after its move and no frame is escalated any more: its incident
 # ends this long after its last sighting.
-forget_after = "3s"
+forget_after = "{forget}"
 
 [telemetry]
 metrics_listen = "127.0.0.1:0"
@@ -153,6 +160,24 @@ async fn amqp_subscribe(
     (inbox, conn)
 }
 
+/// The square as detected, in arrival order (`captured_ms:x+w`), for failure messages.
+fn fire_sightings(seen: &[Seen]) -> Vec<String> {
+    seen.iter()
+        .filter(|s| s.kind == "detections")
+        .map(|s| {
+            let d = json(&s.payload);
+            let fires: Vec<String> = d["detections"]["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|i| i["class"] == "fire")
+                .map(|i| format!("{}+{}", i["x"], i["w"]))
+                .collect();
+            format!("{}:{}", d["captured_ms"], fires.join(","))
+        })
+        .collect()
+}
+
 fn json(p: &Bytes) -> serde_json::Value {
     serde_json::from_slice(p).unwrap_or_else(|e| panic!("not JSON ({e}): {p:?}"))
 }
@@ -201,6 +226,17 @@ where
     let log = agent.log_text();
     let status = agent.stop();
     assert!(status.success(), "agent exit on SIGTERM: {status:?}");
+
+    // Everything published follows its schema.
+    for s in &seen {
+        let schema = match s.kind.as_str() {
+            "motion" => "motion.v1.json",
+            "detections" => "detections.v1.json",
+            k if k.starts_with("events/") => "event.v2.json",
+            _ => continue,
+        };
+        crate::common::schema::check(schema, &json(&s.payload));
+    }
 
     // Motion event from the camera.
     let motion: Vec<serde_json::Value> = seen
@@ -294,19 +330,7 @@ where
         .iter()
         .map(|(_, v)| v["state"].as_str().unwrap_or("?"))
         .collect();
-    let sightings: Vec<String> = dets
-        .iter()
-        .map(|d| {
-            let fires: Vec<String> = d["detections"]["items"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|i| i["class"] == "fire")
-                .map(|i| format!("{}+{}", i["x"], i["w"]))
-                .collect();
-            format!("{}:{}", d["captured_ms"], fires.join(","))
-        })
-        .collect();
+    let sightings = fire_sightings(&seen);
     assert_eq!(
         states,
         ["start", "end"],
@@ -444,4 +468,104 @@ async fn full_cycle_over_rabbitmq() {
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
     edge_agent::escalate::amqp::delete_topology(&ch, &cfg, &device).await;
+}
+
+/// The square moves, rests (the worker scales in to zero), moves again (a worker starts
+/// again): tracks live in the agent, so it is one incident, and it ends when the agent
+/// stops, with every detection of the square counted in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_in_view_is_one_incident_across_scale_in_and_out_and_ends_at_stop() {
+    let device = unique("inc-mqtt");
+    let prefix = unique("edge");
+    let url = url::Url::parse(&mqtt_url()).unwrap();
+    let (inbox, _client) = mqtt_subscribe(url.port().unwrap_or(1883), &prefix, &device).await;
+    // 25 s apart: room for the first move's frames to be answered (slowly, on a
+    // loaded machine), motion to end and the cooldown to pass.
+    let srv = RtspTestServer::start(Scene {
+        moves: vec![40..70, 290..320],
+        ..scene()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("agent.toml");
+    let transport = format!(
+        "kind = \"mqtt\"\nmqtt_url = \"{}\"\ntopic_prefix = \"{prefix}\"",
+        mqtt_url()
+    );
+    // A small budget keeps the backlog of each move short.
+    let cfg = config_forgetting(&device, &srv.url("/gate"), &transport, "60s").replace(
+        "\nurl = \"rtsp",
+        "\nescalation = { budget = 4, budget_window = \"10s\" }\nurl = \"rtsp",
+    );
+    std::fs::write(&file, cfg).unwrap();
+    let agent = Agent::start(&["--config".as_ref(), file.as_os_str()], &[]);
+
+    // Worker counts as they change: 0, 1 (first move), 0 (rest), 1 (second move), 0.
+    let mut counts = vec![0];
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while counts != [0, 1, 0, 1, 0] && Instant::now() < deadline {
+        let kids = children_of(agent.pid).len();
+        if counts.last() != Some(&kids) {
+            counts.push(kids);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = agent.log_text();
+    assert_eq!(counts, [0, 1, 0, 1, 0], "workers over time\nlog:\n{log}");
+    let status = agent.stop();
+    assert!(status.success(), "agent exit on SIGTERM: {status:?}");
+    // Mosquitto delivers what the agent published before it stopped.
+    let ended = |seen: &[Seen]| {
+        seen.iter()
+            .any(|s| s.kind == "events/fire" && json(&s.payload)["state"] == "end")
+    };
+    eventually("the incident's end", Duration::from_secs(10), || {
+        ended(&inbox.lock().unwrap())
+    })
+    .await;
+
+    let seen = inbox.lock().unwrap().clone();
+    // Frames answered with the square in them (a frame answered twice counts once).
+    let mut fire_frames: Vec<u64> = seen
+        .iter()
+        .filter(|s| s.kind == "detections")
+        .map(|s| json(&s.payload))
+        .filter(|d| {
+            d["detections"]["items"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|i| i["class"] == "fire"))
+        })
+        .filter_map(|d| d["seq"].as_u64())
+        .collect();
+    fire_frames.sort_unstable();
+    fire_frames.dedup();
+    let fire_frames = fire_frames.len();
+    let incident: Vec<serde_json::Value> = seen
+        .iter()
+        .filter(|s| s.kind == "events/fire")
+        .map(|s| json(&s.payload))
+        .filter(|v| v["state"] != "update")
+        .collect();
+    for v in &incident {
+        crate::common::schema::check("event.v2.json", v);
+    }
+    let states: Vec<&str> = incident
+        .iter()
+        .map(|v| v["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        states,
+        ["start", "end"],
+        "fire sightings (capture ms: x+w) {:?}\n{incident:?}",
+        fire_sightings(&seen)
+    );
+    let end = &incident[1];
+    assert_eq!(end["incident"], incident[0]["incident"]);
+    assert_eq!(end["end_reason"], "agent_stopped", "{end}");
+    assert_eq!(
+        end["frames"].as_u64().unwrap() as usize,
+        fire_frames,
+        "every frame with the square counted in the one incident: {end}"
+    );
+    // It spans both moves, 25 s apart.
+    assert!(end["duration_ms"].as_u64().unwrap() > 20_000, "{end}");
 }

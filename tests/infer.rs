@@ -774,6 +774,7 @@ async fn frame_published_on_mosquitto_comes_back_as_snapshot_then_detections() {
         topics.push(kind);
     }
     let d = detections.unwrap();
+    crate::common::schema::check("detections.v1.json", &d);
     assert_eq!(d["camera"], "cam1");
     assert_eq!(d["seq"], 7);
     let items = d["detections"]["items"].as_array().unwrap();

@@ -16,5 +16,10 @@ pub mod scale;
 pub mod shutdown;
 pub mod telemetry;
 
+/// The message contract's checker, shared with the integration tests.
+#[cfg(test)]
+#[path = "../../tests/common/schema.rs"]
+pub(crate) mod schema;
+
 /// The version printed by `--version` and published in the status message.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -8,6 +8,7 @@ pub mod logs;
 pub mod models;
 pub mod procs;
 pub mod rtsp_server;
+pub mod schema;
 
 use std::path::PathBuf;
 

@@ -472,6 +472,8 @@ async fn escalate(
                 let mut v = serde_json::to_value(e).unwrap_or_default();
                 v["state"] = state.into();
                 v["device"] = device.clone().into();
+                // schemas/motion.v1.json
+                v["version"] = 1.into();
                 if let Err(e) =
                     transport.publish_result(&e.camera, "motion", Bytes::from(v.to_string()))
                 {

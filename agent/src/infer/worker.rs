@@ -62,8 +62,13 @@ pub struct WorkItem {
     pub marks: Option<Marks>,
 }
 
+/// Version of the detections message (`schemas/detections.v1.json`).
+pub const DETECTIONS_VERSION: u32 = 1;
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct DetectionsMessage {
+    /// [`DETECTIONS_VERSION`].
+    pub version: u32,
     #[serde(flatten)]
     pub meta: FrameMeta,
     pub detections: Detections,
@@ -301,6 +306,7 @@ async fn hand_over<S: ResultSink>(
         snapshot = Some(id);
     }
     let msg = DetectionsMessage {
+        version: DETECTIONS_VERSION,
         meta,
         detections: out.detections,
         latency,

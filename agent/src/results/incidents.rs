@@ -74,9 +74,11 @@ pub struct IncidentEvent {
     /// `snapshots/{id}` (MQTT) or routing key `{device}.{camera}.snapshot.{id}` (AMQP).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<String>,
-    /// The latest box.
+    /// The latest box, in pixels of the frame the worker saw.
     #[serde(rename = "box")]
     pub bbox: PixelBox,
+    /// The same box as fractions of the frame (0..=1): multiply by the camera's size.
+    pub box_norm: PixelBox,
     pub frame_width: u32,
     pub frame_height: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -137,6 +139,29 @@ fn ms(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// `b` as fractions of a `frame`-sized picture, clamped to it (zeros without a size).
+fn normalised(b: &BBox, frame: (u32, u32)) -> PixelBox {
+    let (fw, fh) = (frame.0 as f32, frame.1 as f32);
+    if fw <= 0.0 || fh <= 0.0 {
+        return PixelBox {
+            x: 0.0,
+            y: 0.0,
+            w: 0.0,
+            h: 0.0,
+        };
+    }
+    let x0 = (b.x / fw).clamp(0.0, 1.0);
+    let y0 = (b.y / fh).clamp(0.0, 1.0);
+    let x1 = ((b.x + b.w) / fw).clamp(0.0, 1.0);
+    let y1 = ((b.y + b.h) / fh).clamp(0.0, 1.0);
+    PixelBox {
+        x: x0,
+        y: y0,
+        w: x1 - x0,
+        h: y1 - y0,
+    }
 }
 
 impl Incidents {
@@ -311,6 +336,7 @@ impl Incidents {
                 w: t.bbox.w,
                 h: t.bbox.h,
             },
+            box_norm: normalised(&t.bbox, cam.frame),
             frame_width: cam.frame.0,
             frame_height: cam.frame.1,
             end_reason,
@@ -419,8 +445,12 @@ mod tests {
             end.snapshot.as_deref(),
             Some(format!("gate-{}-6", T0 + 3000).as_str())
         );
+        for e in &out {
+            crate::schema::check("event.v2.json", &serde_json::to_value(e).unwrap());
+        }
         let v = serde_json::to_value(end).unwrap();
         assert_eq!(v["box"]["w"], 50.0);
+        assert_eq!(v["box_norm"]["y"].as_f64().unwrap() as f32, 100.0 / 360.0);
         assert_eq!(v["end_reason"], "forgotten");
     }
 
@@ -455,6 +485,9 @@ mod tests {
         );
         assert_ne!(out[0].incident, out[1].incident);
         let ends = inc.finish(at(1000));
+        for e in out.iter().chain(&ends) {
+            crate::schema::check("event.v2.json", &serde_json::to_value(e).unwrap());
+        }
         assert_eq!(ends.len(), 3);
         assert!(ends
             .iter()

@@ -109,8 +109,7 @@ pub struct Track {
 const HISTORY: usize = 8;
 
 impl Track {
-    /// The sighting nearest in time to `at`, and the signed gap to it in seconds
-    /// (at most one second either way).
+    /// The sighting nearest in time to `at`, and the signed gap to it in seconds.
     fn nearest(&self, at: SystemTime) -> (BBox, f32) {
         let gap = |t: SystemTime| match at.duration_since(t) {
             Ok(d) => d.as_secs_f32(),
@@ -122,14 +121,18 @@ impl Track {
             .min_by(|a, b| gap(a.0).abs().total_cmp(&gap(b.0).abs()))
             .copied()
             .unwrap_or((self.last_seen, self.bbox));
-        (b, gap(t).clamp(-1.0, 1.0))
+        (b, gap(t))
     }
 
     /// How well box `b` seen at `at` continues this track: None when out of reach.
-    /// Tried where the velocity says it should be and where it last was (it may have
-    /// stopped or turned); the reach grows with the time gap.
+    /// Tried where the velocity says it should be (at most a second ahead) and where it
+    /// last was (it may have stopped or turned). The reach grows with the time gap:
+    /// two box diagonals per second unseen, so an object seen again after a while,
+    /// wherever it went meanwhile, is the same incident until it is forgotten; objects
+    /// seen together still pair with their nearest track first.
     fn similarity(&self, at: SystemTime, b: &BBox) -> Option<f32> {
-        let (near, dt) = self.nearest(at);
+        let (near, gap) = self.nearest(at);
+        let dt = gap.clamp(-1.0, 1.0);
         let moved = near.shifted(self.velocity.0 * dt, self.velocity.1 * dt);
         let mut best: Option<f32> = None;
         for p in [moved, near] {
@@ -139,7 +142,7 @@ impl Track {
             } else {
                 let (px, py) = p.centre();
                 let (bx, by) = b.centre();
-                let reach = p.diagonal().max(b.diagonal()) * (1.0 + 2.0 * dt.abs());
+                let reach = p.diagonal().max(b.diagonal()) * (1.0 + 2.0 * gap.abs());
                 let d = (px - bx).hypot(py - by);
                 (reach > 0.0 && d <= reach).then(|| 1.0 - d / reach)
             };
@@ -571,5 +574,26 @@ mod tests {
             changes.extend(tr.finish());
             assert_eq!(ids(&changes), [("start", 1), ("end", 1)], "order {order:?}");
         }
+    }
+
+    #[test]
+    fn an_object_seen_again_after_a_gap_far_from_where_it_was_is_the_same_track() {
+        // Sparse frames (a small budget): the square was last seen moving right at 336,
+        // turned unseen and is next seen back at rest at 80, 1.8 s later.
+        let mut tr = tracker();
+        let mut changes = Vec::new();
+        for (ms, x) in [
+            (0, 164.0),
+            (211, 208.0),
+            (447, 252.0),
+            (835, 336.0),
+            (2633, 80.0),
+        ] {
+            let mut square = s("fire", 0.9, x, 152.0);
+            (square.bbox.w, square.bbox.h) = (60.0, 56.0);
+            changes.extend(tr.observe(&frame(ms, vec![square])));
+        }
+        assert_eq!(ids(&changes), [("start", 1)]);
+        assert_eq!(tr.live().next().unwrap().frames, 5);
     }
 }
