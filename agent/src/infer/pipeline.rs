@@ -22,7 +22,7 @@ pub const DEFAULT_MODEL: &str = "models/generated/test-yolov4.onnx";
 pub const DEFAULT_LABELS: &str = "models/test.names";
 
 /// One detected object, box in frame pixels (top-left corner and size).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct Detection {
     pub class_id: usize,
     pub class: String,

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::track::{BBox, Change, ClassRules, Frame, Sighting, Track, Tracker};
 use super::TracksConfig;
+use crate::infer::pipeline::Detection;
 
 /// Version of the incident event message (`schemas/event.v2.json`).
 pub const EVENT_VERSION: u32 = 2;
@@ -97,19 +98,9 @@ pub struct DetectionsIn {
 
 #[derive(Debug, Deserialize)]
 pub struct DetectionsBody {
-    pub items: Vec<Item>,
+    pub items: Vec<Detection>,
     pub width: u32,
     pub height: u32,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct Item {
-    pub class: String,
-    pub score: f32,
-    pub x: f32,
-    pub y: f32,
-    pub w: f32,
-    pub h: f32,
 }
 
 type Rules = Box<dyn Fn(&str) -> Option<ClassRules> + Send>;
@@ -359,7 +350,8 @@ mod tests {
                 height: 360,
                 items: items
                     .iter()
-                    .map(|&(class, score, x)| Item {
+                    .map(|&(class, score, x)| Detection {
+                        class_id: 0,
                         class: class.into(),
                         score,
                         x,
