@@ -200,7 +200,26 @@ impl Incidents {
                 })
                 .collect(),
         };
+        let refused = cam.tracker.refused;
         let changes = cam.tracker.observe(&frame);
+        let more = cam.tracker.refused - refused;
+        if more > 0 {
+            crate::telemetry::metrics::metrics()
+                .dropped
+                .get_or_create(&crate::telemetry::metrics::reason(camera, "tracks_full"))
+                .inc_by(more);
+            if crate::telemetry::metrics::should_log(
+                &format!("tracks-full-{camera}"),
+                Duration::from_secs(60),
+            ) {
+                tracing::warn!(
+                    camera,
+                    refused = more,
+                    max = super::track::MAX_TRACKS,
+                    "Too many tracks: detections not tracked."
+                );
+            }
+        }
         self.report(camera, changes, frame.captured)
     }
 

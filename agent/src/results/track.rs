@@ -108,6 +108,10 @@ pub struct Track {
 /// Sightings kept per track for out-of-order frames.
 const HISTORY: usize = 8;
 
+/// Tracks one camera holds at most (confirmed or not); sightings that would start one
+/// more are refused and counted, so a flood of detections cannot grow memory.
+pub const MAX_TRACKS: usize = 256;
+
 impl Track {
     /// The sighting nearest in time to `at`, and the signed gap to it in seconds.
     fn nearest(&self, at: SystemTime) -> (BBox, f32) {
@@ -222,6 +226,8 @@ pub struct Tracker<R: Fn(&str) -> Option<ClassRules>> {
     rules: R,
     tracks: Vec<Track>,
     next_id: u64,
+    /// Sightings that would have started a track past [`MAX_TRACKS`].
+    pub refused: u64,
 }
 
 impl<R: Fn(&str) -> Option<ClassRules>> Tracker<R> {
@@ -230,6 +236,7 @@ impl<R: Fn(&str) -> Option<ClassRules>> Tracker<R> {
             rules,
             tracks: Vec::new(),
             next_id: 1,
+            refused: 0,
         }
     }
 
@@ -255,6 +262,10 @@ impl<R: Fn(&str) -> Option<ClassRules>> Tracker<R> {
         let left = self.associate(f, &high, &mut taken);
         self.associate(f, &low, &mut taken);
         for i in left {
+            if self.tracks.len() >= MAX_TRACKS {
+                self.refused += 1;
+                continue;
+            }
             let s = &f.sightings[i];
             taken.push(true);
             self.tracks.push(Track {
@@ -595,5 +606,16 @@ mod tests {
         }
         assert_eq!(ids(&changes), [("start", 1)]);
         assert_eq!(tr.live().next().unwrap().frames, 5);
+    }
+
+    #[test]
+    fn a_flood_of_detections_is_bounded_and_counted() {
+        let mut tr = tracker();
+        // 300 fires in a row, far apart: 256 tracks, 44 refused.
+        let flood: Vec<Sighting> = (0..300)
+            .map(|i| s("fire", 0.9, i as f32 * 1000.0, 0.0))
+            .collect();
+        tr.observe(&frame(0, flood));
+        assert_eq!((tr.tracks.len(), tr.refused), (MAX_TRACKS, 44));
     }
 }
