@@ -2,9 +2,10 @@
 //! `edge-agent run` binary watches an in-process RTSP camera whose red square moves
 //! once; a test client subscribed to the agent's topics (embedded broker, Mosquitto)
 //! or bound to its events exchange (RabbitMQ) sees the motion event, the detections
-//! with their per-stage latency, a snapshot that decodes, then the `fire` event that
-//! names it. Workers are counted in /proc: none before the motion, one started from
-//! zero, none again after the cooldown.
+//! with their per-stage latency, a snapshot that decodes, then one `fire` incident: a
+//! `start` that names that snapshot and, once the square stops being seen, its `end`.
+//! Workers are counted in /proc: none before the motion, one started from zero, none
+//! again after the cooldown.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,7 +14,9 @@ use bytes::Bytes;
 use edge_agent::ingest::synthetic::Scene;
 
 use crate::common::agent::{children_of, http_get, metric, Agent};
-use crate::common::broker::{amqp_tap, amqp_url, free_port, mqtt_url, rabbit_serial, unique};
+use crate::common::broker::{
+    amqp_tap, amqp_url, eventually, free_port, mqtt_url, rabbit_serial, unique,
+};
 use crate::common::rtsp_server::RtspTestServer;
 
 /// One message as a downstream service got it: the part of the topic or routing key
@@ -43,6 +46,11 @@ fn scene() -> Scene {
 }
 
 fn config(device: &str, camera_url: &str, transport: &str) -> String {
+    config_forgetting(device, camera_url, transport, "3s")
+}
+
+/// [`config`] with the tracks' `forget_after`.
+fn config_forgetting(device: &str, camera_url: &str, transport: &str, forget: &str) -> String {
     format!(
         r#"
 [device]
@@ -66,6 +74,11 @@ max_workers = 1
 prewarm_on_motion = false
 cooldown_period = "3s"
 polling_interval = "250ms"
+
+[events.tracks]
+# The square rests after its move and no frame is escalated any more: its incident
+# ends this long after its last sighting.
+forget_after = "{forget}"
 
 [telemetry]
 metrics_listen = "127.0.0.1:0"
@@ -150,6 +163,24 @@ async fn amqp_subscribe(
     (inbox, conn)
 }
 
+/// The square as detected, in arrival order (`captured_ms:x+w`), for failure messages.
+fn fire_sightings(seen: &[Seen]) -> Vec<String> {
+    seen.iter()
+        .filter(|s| s.kind == "detections")
+        .map(|s| {
+            let d = json(&s.payload);
+            let fires: Vec<String> = d["detections"]["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|i| i["class"] == "fire")
+                .map(|i| format!("{}+{}", i["x"], i["w"]))
+                .collect();
+            format!("{}:{}", d["captured_ms"], fires.join(","))
+        })
+        .collect()
+}
+
 fn json(p: &Bytes) -> serde_json::Value {
     serde_json::from_slice(p).unwrap_or_else(|e| panic!("not JSON ({e}): {p:?}"))
 }
@@ -176,7 +207,9 @@ where
         let kids = children_of(agent.pid).len();
         let seen = inbox.lock().unwrap().clone();
         let motion = seen.iter().any(|s| s.kind == "motion");
-        let event = seen.iter().any(|s| s.kind == "events/fire");
+        let event = seen
+            .iter()
+            .any(|s| s.kind == "events/fire" && json(&s.payload)["state"] == "end");
         if !motion && peak == 0 && kids == 0 {
             zero_before_motion = true;
         }
@@ -196,6 +229,17 @@ where
     let log = agent.log_text();
     let status = agent.stop();
     assert!(status.success(), "agent exit on SIGTERM: {status:?}");
+
+    // Everything published follows its schema.
+    for s in &seen {
+        let schema = match s.kind.as_str() {
+            "motion" => "motion.v1.json",
+            "detections" => "detections.v1.json",
+            k if k.starts_with("events/") => "event.v2.json",
+            _ => continue,
+        };
+        crate::common::schema::check(schema, &json(&s.payload));
+    }
 
     // Motion event from the camera.
     let motion: Vec<serde_json::Value> = seen
@@ -276,23 +320,51 @@ where
         "no frame waited for the worker from zero: {dets:?}"
     );
 
-    // The fire event names a snapshot that came before it and decodes as a JPEG.
-    let ev_at = kinds.iter().position(|k| *k == "events/fire").unwrap();
-    let ev = json(&seen[ev_at].payload);
-    assert_eq!(ev["classes"][0], "fire", "{ev}");
-    let snap_id = ev["snapshot"]
-        .as_str()
-        .unwrap()
-        .trim_end_matches(".jpg")
-        .replace('.', "_");
-    let snap_at = kinds
+    // One incident: a start, then an end, for the one square; each names a snapshot
+    // that came before it and decodes as a JPEG.
+    let incident: Vec<(usize, serde_json::Value)> = seen
         .iter()
-        .position(|k| *k == format!("snapshots/{snap_id}"))
-        .unwrap_or_else(|| panic!("snapshot {snap_id} never seen; kinds {kinds:?}"));
-    assert!(snap_at < ev_at, "snapshot after its event: {kinds:?}");
-    let img = edge_agent::infer::image::decode_jpeg(&seen[snap_at].payload)
-        .expect("the snapshot decodes as a JPEG");
-    assert_eq!((img.width, img.height), (640, 360));
+        .enumerate()
+        .filter(|(_, s)| s.kind == "events/fire")
+        .map(|(i, s)| (i, json(&s.payload)))
+        .filter(|(_, v)| v["state"] != "update")
+        .collect();
+    let states: Vec<&str> = incident
+        .iter()
+        .map(|(_, v)| v["state"].as_str().unwrap_or("?"))
+        .collect();
+    let sightings = fire_sightings(&seen);
+    assert_eq!(
+        states,
+        ["start", "end"],
+        "fire sightings (capture ms: x+w) {sightings:?}\n{incident:?}"
+    );
+    let (start, end) = (&incident[0].1, &incident[1].1);
+    assert_eq!(start["incident"], end["incident"]);
+    assert_eq!(
+        (&start["class"], &start["camera"], &start["version"]),
+        (&"fire".into(), &"gate".into(), &2.into())
+    );
+    assert_eq!(end["end_reason"], "forgotten", "{end}");
+    assert!(end["frames"].as_u64().unwrap() >= 2, "{end}");
+    assert!(end["best_score"].as_f64().unwrap() > 0.5, "{end}");
+    assert_eq!(
+        (&end["frame_width"], &end["frame_height"]),
+        (&640.into(), &360.into())
+    );
+    for (ev_at, ev) in &incident {
+        let snap_id = ev["snapshot"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no snapshot: {ev}"));
+        let snap_at = kinds
+            .iter()
+            .position(|k| *k == format!("snapshots/{snap_id}"))
+            .unwrap_or_else(|| panic!("snapshot {snap_id} never seen; kinds {kinds:?}"));
+        assert!(snap_at < *ev_at, "snapshot after its event: {kinds:?}");
+        let img = edge_agent::infer::image::decode_jpeg(&seen[snap_at].payload)
+            .expect("the snapshot decodes as a JPEG");
+        assert_eq!((img.width, img.height), (640, 360));
+    }
 
     // The worker said it was ready once subscribed, not after giving up waiting.
     assert!(
@@ -399,4 +471,104 @@ async fn full_cycle_over_rabbitmq() {
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
     edge_agent::escalate::amqp::delete_topology(&ch, &cfg, &device).await;
+}
+
+/// The square moves, rests (the worker scales in to zero), moves again (a worker starts
+/// again): tracks live in the agent, so it is one incident, and it ends when the agent
+/// stops, with every detection of the square counted in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_in_view_is_one_incident_across_scale_in_and_out_and_ends_at_stop() {
+    let device = unique("inc-mqtt");
+    let prefix = unique("edge");
+    let url = url::Url::parse(&mqtt_url()).unwrap();
+    let (inbox, _client) = mqtt_subscribe(url.port().unwrap_or(1883), &prefix, &device).await;
+    // 25 s apart: room for the first move's frames to be answered (slowly, on a
+    // loaded machine), motion to end and the cooldown to pass.
+    let srv = RtspTestServer::start(Scene {
+        moves: vec![40..70, 290..320],
+        ..scene()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("agent.toml");
+    let transport = format!(
+        "kind = \"mqtt\"\nmqtt_url = \"{}\"\ntopic_prefix = \"{prefix}\"",
+        mqtt_url()
+    );
+    // A small budget keeps the backlog of each move short.
+    let cfg = config_forgetting(&device, &srv.url("/gate"), &transport, "60s").replace(
+        "\nurl = \"rtsp",
+        "\nescalation = { budget = 4, budget_window = \"10s\" }\nurl = \"rtsp",
+    );
+    std::fs::write(&file, cfg).unwrap();
+    let agent = Agent::start(&["--config".as_ref(), file.as_os_str()], &[]);
+
+    // Worker counts as they change: 0, 1 (first move), 0 (rest), 1 (second move), 0.
+    let mut counts = vec![0];
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while counts != [0, 1, 0, 1, 0] && Instant::now() < deadline {
+        let kids = children_of(agent.pid).len();
+        if counts.last() != Some(&kids) {
+            counts.push(kids);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = agent.log_text();
+    assert_eq!(counts, [0, 1, 0, 1, 0], "workers over time\nlog:\n{log}");
+    let status = agent.stop();
+    assert!(status.success(), "agent exit on SIGTERM: {status:?}");
+    // Mosquitto delivers what the agent published before it stopped.
+    let ended = |seen: &[Seen]| {
+        seen.iter()
+            .any(|s| s.kind == "events/fire" && json(&s.payload)["state"] == "end")
+    };
+    eventually("the incident's end", Duration::from_secs(10), || {
+        ended(&inbox.lock().unwrap())
+    })
+    .await;
+
+    let seen = inbox.lock().unwrap().clone();
+    // Frames answered with the square in them (a frame answered twice counts once).
+    let mut fire_frames: Vec<u64> = seen
+        .iter()
+        .filter(|s| s.kind == "detections")
+        .map(|s| json(&s.payload))
+        .filter(|d| {
+            d["detections"]["items"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|i| i["class"] == "fire"))
+        })
+        .filter_map(|d| d["seq"].as_u64())
+        .collect();
+    fire_frames.sort_unstable();
+    fire_frames.dedup();
+    let fire_frames = fire_frames.len();
+    let incident: Vec<serde_json::Value> = seen
+        .iter()
+        .filter(|s| s.kind == "events/fire")
+        .map(|s| json(&s.payload))
+        .filter(|v| v["state"] != "update")
+        .collect();
+    for v in &incident {
+        crate::common::schema::check("event.v2.json", v);
+    }
+    let states: Vec<&str> = incident
+        .iter()
+        .map(|v| v["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        states,
+        ["start", "end"],
+        "fire sightings (capture ms: x+w) {:?}\n{incident:?}",
+        fire_sightings(&seen)
+    );
+    let end = &incident[1];
+    assert_eq!(end["incident"], incident[0]["incident"]);
+    assert_eq!(end["end_reason"], "agent_stopped", "{end}");
+    assert_eq!(
+        end["frames"].as_u64().unwrap() as usize,
+        fire_frames,
+        "every frame with the square counted in the one incident: {end}"
+    );
+    // It spans both moves, 25 s apart.
+    assert!(end["duration_ms"].as_u64().unwrap() > 20_000, "{end}");
 }

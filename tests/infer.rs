@@ -11,7 +11,7 @@ use edge_agent::config::types::{Fraction, IntIn};
 use edge_agent::infer::config::{ChannelOrder, InferenceConfig, Provider, ResizeMode};
 use edge_agent::infer::image::{decode_jpeg, encode_jpeg, RgbImage};
 use edge_agent::infer::worker::{
-    self, AckOutcome, DetectionsMessage, EventMessage, FrameMeta, ResultSink, Snapshot, WorkItem,
+    self, AckOutcome, DetectionsMessage, FrameMeta, ResultSink, Snapshot, WorkItem,
 };
 use edge_agent::infer::{Detection, EventsConfig, InferError, Pipeline};
 use tokio::sync::mpsc;
@@ -375,9 +375,8 @@ fn bad_models_and_labels_are_clear_errors() {
 
 #[derive(Debug, Clone)]
 enum Out {
-    Det(DetectionsMessage),
+    Det(Box<DetectionsMessage>),
     Snap(Snapshot),
-    Event(EventMessage),
 }
 
 #[derive(Clone, Default)]
@@ -385,25 +384,23 @@ struct Recorder(Arc<Mutex<Vec<Out>>>);
 
 impl ResultSink for Recorder {
     async fn detections(&self, m: &DetectionsMessage) -> Result<(), String> {
-        self.0.lock().unwrap().push(Out::Det(m.clone()));
+        // The snapshot the detections name must already be out.
+        if let Some(id) = &m.snapshot {
+            let seen = self
+                .0
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|o| matches!(o, Out::Snap(s) if &s.name == id));
+            if !seen {
+                return Err(format!("detections before their snapshot {id}"));
+            }
+        }
+        self.0.lock().unwrap().push(Out::Det(Box::new(m.clone())));
         Ok(())
     }
     async fn snapshot(&self, s: &Snapshot) -> Result<(), String> {
         self.0.lock().unwrap().push(Out::Snap(s.clone()));
-        Ok(())
-    }
-    async fn event(&self, e: &EventMessage) -> Result<(), String> {
-        // The snapshot the event names must already be out.
-        let seen = self
-            .0
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|o| matches!(o, Out::Snap(s) if s.name == e.snapshot));
-        if !seen {
-            return Err(format!("event before its snapshot {}", e.snapshot));
-        }
-        self.0.lock().unwrap().push(Out::Event(e.clone()));
         Ok(())
     }
 }
@@ -508,7 +505,13 @@ async fn worker_batches_waiting_frames_rejects_garbage_and_acks_after_results() 
     let outs = sink.0.lock().unwrap().clone();
     let dets: Vec<&DetectionsMessage> = outs
         .iter()
-        .filter_map(|o| if let Out::Det(d) = o { Some(d) } else { None })
+        .filter_map(|o| {
+            if let Out::Det(d) = o {
+                Some(&**d)
+            } else {
+                None
+            }
+        })
         .collect();
     assert_eq!(
         dets.iter().map(|d| d.meta.seq).collect::<Vec<_>>(),
@@ -530,26 +533,37 @@ async fn worker_batches_waiting_frames_rejects_garbage_and_acks_after_results() 
     assert!(dets[0].detections.items.iter().any(|d| d.class == "person"));
     assert!(dets[1].detections.items.is_empty());
 
-    // Events for frames 1 and 6, each right after its snapshot.
+    // Snapshots for frames 1 and 6 (a fire), each right before the detections that
+    // name it; none for the quiet frames. Workers publish no events.
     let order: Vec<String> = outs
         .iter()
         .map(|o| match o {
             Out::Det(d) => format!("det{}", d.meta.seq),
             Out::Snap(s) => format!("snap{}", s.meta.seq),
-            Out::Event(e) => format!("event{}", e.meta.seq),
         })
         .collect();
     let pos = |s: &str| order.iter().position(|o| o == s).unwrap();
     assert!(
-        pos("snap1") < pos("event1") && pos("snap6") < pos("event6"),
+        pos("snap1") + 1 == pos("det1") && pos("snap6") + 1 == pos("det6"),
         "{order:?}"
     );
-    let Some(Out::Event(ev)) = outs.iter().find(|o| matches!(o, Out::Event(_))) else {
-        panic!()
-    };
-    assert_eq!(ev.classes, vec!["fire".to_string()]);
-    let path = ev.snapshot_path.clone().expect("stored in snapshot_dir");
-    assert!(path.is_file(), "{path:?} written before the event");
+    assert_eq!(order.iter().filter(|o| o.starts_with("snap")).count(), 2);
+    let named: Vec<Option<&str>> = dets.iter().map(|d| d.snapshot.as_deref()).collect();
+    let snap1 = format!("cam1-{}-1", 1_700_000_000_001u64);
+    let snap6 = format!("cam1-{}-6", 1_700_000_000_006u64);
+    assert_eq!(
+        named,
+        [Some(snap1.as_str()), None, None, None, Some(snap6.as_str())]
+    );
+    let path = dets[0]
+        .snapshot_path
+        .clone()
+        .expect("stored in snapshot_dir");
+    assert!(path.is_file(), "{path:?} written before the detections");
+    assert_eq!(
+        path.file_name().unwrap().to_string_lossy(),
+        format!("{snap1}.jpg")
+    );
 
     // Privacy: the person's checkerboard is pixelated in the snapshot; the fire box is
     // drawn around the red square.
@@ -621,13 +635,6 @@ impl ResultSink for MqttSink {
         )
         .await
     }
-    async fn event(&self, e: &EventMessage) -> Result<(), String> {
-        self.send(
-            format!("{}/events", self.prefix),
-            serde_json::to_vec(e).unwrap(),
-        )
-        .await
-    }
 }
 
 fn mqtt_client(id: &str) -> (rumqttc::AsyncClient, rumqttc::EventLoop) {
@@ -639,7 +646,7 @@ fn mqtt_client(id: &str) -> (rumqttc::AsyncClient, rumqttc::EventLoop) {
 }
 
 #[tokio::test]
-async fn frame_published_on_mosquitto_comes_back_as_detections_event_and_snapshot() {
+async fn frame_published_on_mosquitto_comes_back_as_snapshot_then_detections() {
     use rumqttc::{Event, Packet, QoS};
     let prefix = format!("edge-agent-test/{}", rand::random::<u32>());
 
@@ -753,8 +760,7 @@ async fn frame_published_on_mosquitto_comes_back_as_detections_event_and_snapsho
 
     let mut topics = Vec::new();
     let mut detections = None;
-    let mut event = None;
-    while event.is_none() || detections.is_none() {
+    while detections.is_none() {
         let (topic, body) = tokio::time::timeout(Duration::from_secs(30), res_rx.recv())
             .await
             .expect("results arrive over MQTT")
@@ -762,14 +768,13 @@ async fn frame_published_on_mosquitto_comes_back_as_detections_event_and_snapsho
         let kind = topic.trim_start_matches(&format!("{prefix}/")).to_string();
         if kind.ends_with("/detections") || kind == "detections" {
             detections = Some(serde_json::from_slice::<serde_json::Value>(&body).unwrap());
-        } else if kind == "events" {
-            event = Some(serde_json::from_slice::<serde_json::Value>(&body).unwrap());
         } else if kind.starts_with("snapshots/") {
             assert!(decode_jpeg(&body).is_ok(), "snapshot is a JPEG");
         }
         topics.push(kind);
     }
     let d = detections.unwrap();
+    crate::common::schema::check("detections.v1.json", &d);
     assert_eq!(d["camera"], "cam1");
     assert_eq!(d["seq"], 7);
     let items = d["detections"]["items"].as_array().unwrap();
@@ -780,15 +785,13 @@ async fn frame_published_on_mosquitto_comes_back_as_detections_event_and_snapsho
         assert!((got - want).abs() <= 1.0, "{k}: {got} vs {want} in {d}");
     }
     assert!(items[0]["score"].as_f64().unwrap() > 0.9);
-    let e = event.unwrap();
-    assert_eq!(e["classes"][0], "fire");
-    let snap_topic = format!("snapshots/{}", e["snapshot"].as_str().unwrap());
+    let snap_topic = format!("snapshots/{}", d["snapshot"].as_str().unwrap());
     let snap_at = topics
         .iter()
         .position(|t| *t == snap_topic)
         .expect("snapshot published");
-    let event_at = topics.iter().position(|t| t == "events").unwrap();
-    assert!(snap_at < event_at, "snapshot before event: {topics:?}");
+    let det_at = topics.iter().position(|t| t == "detections").unwrap();
+    assert!(snap_at < det_at, "snapshot before detections: {topics:?}");
     let ack = tokio::time::timeout(Duration::from_secs(5), ack_rx.recv())
         .await
         .unwrap()
@@ -825,30 +828,26 @@ fn ort_library_is_found_past_a_missing_configured_path() {
     }
 }
 
-/// A sink whose events fail: the frame must be requeued, not acked.
+/// A sink whose detections fail: the frame must be requeued, not acked.
 #[derive(Clone, Default)]
-struct FailingEvents(Arc<Mutex<Vec<String>>>);
+struct FailingDetections(Arc<Mutex<Vec<String>>>);
 
-impl ResultSink for FailingEvents {
-    async fn detections(&self, m: &DetectionsMessage) -> Result<(), String> {
-        self.0.lock().unwrap().push(format!("det{}", m.meta.seq));
-        Ok(())
+impl ResultSink for FailingDetections {
+    async fn detections(&self, _: &DetectionsMessage) -> Result<(), String> {
+        Err("broker away".into())
     }
     async fn snapshot(&self, s: &Snapshot) -> Result<(), String> {
         self.0.lock().unwrap().push(format!("snap{}", s.meta.seq));
         Ok(())
     }
-    async fn event(&self, _: &EventMessage) -> Result<(), String> {
-        Err("broker away".into())
-    }
 }
 
 #[tokio::test]
-async fn frame_is_requeued_when_its_event_cannot_be_handed_over() {
+async fn frame_is_requeued_when_its_detections_cannot_be_handed_over() {
     let pipeline = Pipeline::new(&cfg(&test_model(), Some("models/test.names"))).unwrap();
     let (tx, rx) = mpsc::channel(4);
     let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
-    let sink = FailingEvents::default();
+    let sink = FailingDetections::default();
     let task = tokio::spawn(worker::run(
         pipeline,
         EventsConfig::default(),
@@ -864,10 +863,7 @@ async fn frame_is_requeued_when_its_event_cannot_be_handed_over() {
         .unwrap();
     assert_eq!(seq, 1);
     assert_eq!(outcome, AckOutcome::Requeue("broker away".into()));
-    assert_eq!(
-        *sink.0.lock().unwrap(),
-        vec!["det1".to_string(), "snap1".to_string()]
-    );
+    assert_eq!(*sink.0.lock().unwrap(), vec!["snap1".to_string()]);
     drop(tx);
     task.await.unwrap().unwrap();
 }

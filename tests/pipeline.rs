@@ -1,6 +1,6 @@
 //! The whole agent as a user runs it: `edge-agent run` with no configuration (the
 //! embedded demo: synthetic camera, in-process MQTT broker, generated model on CPU).
-//! Motion starts a worker from zero, detections and a fire event come back, and after
+//! Motion starts a worker from zero, detections and a fire incident come back, and after
 //! the cooldown no worker process is left (counted in /proc, not read from a flag).
 
 use std::io::{BufRead, BufReader};
@@ -20,6 +20,13 @@ fn demo_runs_the_full_cycle_motion_worker_from_zero_detections_and_back_to_zero(
         .env("EDGE_AGENT_LOG_FORMAT", "json")
         .env("RUST_LOG", "info,rumqttd=warn")
         .env("EDGE_AGENT__SCALING__COOLDOWN_PERIOD", "3s")
+        // The demo square moves every 5 s and escalation lasts as long as motion does:
+        // a small budget leaves the worker idle long enough to scale in.
+        .env("EDGE_AGENT__CAMERAS__DEMO__ESCALATION__BUDGET", "3")
+        .env(
+            "EDGE_AGENT__CAMERAS__DEMO__ESCALATION__BUDGET_WINDOW",
+            "60s",
+        )
         .env("EDGE_AGENT__TELEMETRY__METRICS_LISTEN", "127.0.0.1:0")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -39,7 +46,7 @@ fn demo_runs_the_full_cycle_motion_worker_from_zero_detections_and_back_to_zero(
         "Motion started.",
         "Worker ready.",
         "Detections received.",
-        "Event published.",
+        "Incident event published.",
         "Scaling in: asking worker to finish and exit.",
         "Worker stopped.",
     ];

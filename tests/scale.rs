@@ -597,11 +597,13 @@ async fn drain_tap(tap: &mut lapin::Consumer, got: &mut BTreeMap<(String, u64), 
     }
 }
 
+/// `n` demo cameras, each escalating a burst of 15 frames and then next to nothing (15
+/// per 10 minutes): a bounded burst, while the demo square keeps moving.
 fn cameras_toml(n: usize, enabled: bool) -> String {
     (1..=n)
         .map(|i| {
             format!(
-                "[[cameras]]\nid = \"cam{i}\"\nurl = \"demo://moving-square\"\nenabled = {enabled}\n[cameras.escalation]\nmax_frames = 15\nmin_interval = \"100ms\"\n"
+                "[[cameras]]\nid = \"cam{i}\"\nurl = \"demo://moving-square\"\nenabled = {enabled}\n[cameras.escalation]\nbudget = 15\nbudget_window = \"10m\"\nmin_interval = \"100ms\"\n"
             )
         })
         .collect()

@@ -243,7 +243,7 @@ id = "bench"
 id = "cam"
 url = "{url}"
 [cameras.escalation]
-max_frames = 3
+budget = 3
 
 [transport]
 kind = "embedded"

@@ -1,6 +1,6 @@
 //! edge-agent: on-device video-event agent.
 //!
-//! A frame flows ingest → motion → escalate → (broker) → infer → events, while scale
+//! A frame flows ingest → motion → escalate → (broker) → infer → (broker) → results (tracks, incident events), while scale
 //! watches the backlog and config and telemetry serve everyone. One module per stage.
 
 pub mod app;
@@ -11,9 +11,15 @@ pub mod escalate;
 pub mod infer;
 pub mod ingest;
 pub mod motion;
+pub mod results;
 pub mod scale;
 pub mod shutdown;
 pub mod telemetry;
+
+/// The message contract's checker, shared with the integration tests.
+#[cfg(test)]
+#[path = "../../tests/common/schema.rs"]
+pub(crate) mod schema;
 
 /// The version printed by `--version` and published in the status message.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

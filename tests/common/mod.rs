@@ -10,6 +10,7 @@ pub mod models;
 pub mod procs;
 pub mod rtsp_process;
 pub mod rtsp_server;
+pub mod schema;
 
 use std::path::PathBuf;
 

@@ -190,7 +190,15 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
             last: None,
         },
     ));
-    let results = tokio::spawn(read_results(transport.clone(), shutdown.clone()));
+    // Results outlive the workers at stop: the answers to their last frames still
+    // count, then live incidents end.
+    let results_stop = tokio_util::sync::CancellationToken::new();
+    let results = tokio::spawn(crate::results::run(
+        transport.clone(),
+        device.clone(),
+        cfg.events.clone(),
+        results_stop.clone(),
+    ));
 
     // Health, as /health and the heartbeat report it. Cameras are held weakly (the
     // report must not keep a camera alive past its stop) and refreshed on reload.
@@ -359,7 +367,18 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
             .inc();
         abandoned.push(format!("workers {pids:?}"));
     }
-    results.abort();
+    // Results end their live incidents (`end`, reason agent_stopped) before the
+    // transport closes.
+    results_stop.cancel();
+    let mut results = results;
+    if tokio::time::timeout_at(stages_until, &mut results)
+        .await
+        .is_err()
+    {
+        results.abort();
+        warn!("Results did not finish in time; live incidents were not ended.");
+        abandoned.push("results".into());
+    }
     scaler.abort();
     ready_watcher.abort();
     // Whatever is left of the deadline, for the flush and a clean DISCONNECT.
@@ -635,6 +654,8 @@ async fn escalate(
                 let mut v = serde_json::to_value(e).unwrap_or_default();
                 v["state"] = state.into();
                 v["device"] = device.clone().into();
+                // schemas/motion.v1.json
+                v["version"] = 1.into();
                 if let Err(e) =
                     transport.publish_result(&e.camera, "motion", Bytes::from(v.to_string()))
                 {
@@ -772,66 +793,4 @@ fn encode_frame(f: EscalatedFrame, cold_start: bool) -> Result<FrameMessage, jpe
         header,
         jpeg: Bytes::from(data),
     })
-}
-
-/// Exports a detections message's per-stage latency (the worker's `latency` object)
-/// as histograms, plus `result_delivery`: its hand-over at the worker to its arrival
-/// here. Cold-start time is observed only for frames that waited for a worker.
-fn observe_stages(latency: &serde_json::Value) {
-    let Ok(l) = serde_json::from_value::<crate::telemetry::latency::Latency>(latency.clone())
-    else {
-        return;
-    };
-    let observe = |stage: &str, ms: f64| {
-        metrics()
-            .stage_latency
-            .get_or_create(&metrics::stage(stage))
-            .observe(ms / 1e3);
-    };
-    for (stage, ms) in l.stages.iter() {
-        if stage != "cold_start" || l.cold_start {
-            observe(stage, ms);
-        }
-    }
-    let now = crate::escalate::message::unix_ns_now();
-    observe(
-        "result_delivery",
-        now.saturating_sub(l.result_at_unix_ns) as f64 / 1e6,
-    );
-}
-
-/// Reads results back: counts answered frames and records end-to-end latency.
-async fn read_results(transport: Arc<Transport>, shutdown: Shutdown) {
-    let mut results = match transport.results() {
-        Ok(r) => r,
-        Err(e) => {
-            warn!(error = %e, "No result stream; end-to-end latency will not be measured.");
-            return;
-        }
-    };
-    loop {
-        let r = tokio::select! {
-            r = results.next() => match r { Some(r) => r, None => break },
-            _ = shutdown.cancelled() => break,
-        };
-        if r.kind == "detections" && r.first_answer {
-            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&r.payload) {
-                if let Some(captured) = v["captured_ms"].as_u64() {
-                    let now = crate::escalate::message::unix_ns_now() / 1_000_000;
-                    metrics()
-                        .stage_latency
-                        .get_or_create(&metrics::stage("end_to_end"))
-                        .observe(now.saturating_sub(captured) as f64 / 1e3);
-                }
-                observe_stages(&v["latency"]);
-                let n = v["detections"]["items"]
-                    .as_array()
-                    .map(|a| a.len())
-                    .unwrap_or(0);
-                info!(camera = %r.camera, seq = ?r.seq, detections = n, "Detections received.");
-            }
-        } else if r.kind.starts_with("events/") {
-            info!(camera = %r.camera, kind = %r.kind, "Event published.");
-        }
-    }
 }

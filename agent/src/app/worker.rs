@@ -1,7 +1,7 @@
 //! `edge-agent worker`: one inference worker. Loads the model, connects as a consumer,
 //! prints the ready line the scaler waits for, then runs frames through the pipeline;
-//! a frame is acked only after its detections (and snapshot, then event) are handed to
-//! the transport. SIGTERM: stop taking frames, finish those held, exit 0; a worker that
+//! a frame is acked only after its snapshot (if any) and detections are handed to the
+//! transport. SIGTERM: stop taking frames, finish those held, exit 0; a worker that
 //! cannot finish them within `scaling.grace_period` exits anyway (non-zero), before the
 //! pool's SIGKILL, and the frames it held are delivered again.
 
@@ -20,7 +20,7 @@ use crate::escalate::transport::{Role, Transport};
 use crate::escalate::TransportKind;
 use crate::infer::pipeline::Pipeline;
 use crate::infer::worker::{
-    self, AckOutcome, DetectionsMessage, EventMessage, FrameMeta, ResultSink, Snapshot, WorkItem,
+    self, AckOutcome, DetectionsMessage, FrameMeta, ResultSink, Snapshot, WorkItem,
 };
 use crate::scale::{HELD_PREFIX, PROVIDER_PREFIX, READY_LINE};
 use crate::shutdown::{install_signal_handlers, Shutdown};
@@ -63,33 +63,17 @@ impl ResultSink for Sink {
             .map_err(|e| e.to_string())
     }
     async fn snapshot(&self, snap: &Snapshot) -> Result<(), String> {
-        let id = snap.name.trim_end_matches(".jpg").replace('.', "_");
         let device = device_of(&snap.meta, &self.device);
         let publish = self.transport.publish_snapshot_for(
             device,
             &snap.meta.camera,
-            &id,
+            &snap.name,
             Bytes::from(snap.jpeg.clone()),
         );
         match tokio::time::timeout(Duration::from_secs(10), publish).await {
             Ok(r) => r.map_err(|e| e.to_string()),
             Err(_) => Err("snapshot not confirmed by the broker within 10 s".into()),
         }
-    }
-    async fn event(&self, ev: &EventMessage) -> Result<(), String> {
-        let body = json(ev)?;
-        let device = device_of(&ev.meta, &self.device);
-        for class in &ev.classes {
-            self.transport
-                .publish_result_for(
-                    device,
-                    &ev.meta.camera,
-                    &format!("events/{class}"),
-                    body.clone(),
-                )
-                .map_err(|e| e.to_string())?;
-        }
-        Ok(())
     }
 }
 

@@ -77,6 +77,7 @@ impl Config {
         for cam in &self.cameras {
             let prefix = format!("cameras[{}]", cam.id);
             nest(&format!("{prefix}.motion"), cam.motion.check());
+            nest(&format!("{prefix}.escalation"), cam.escalation.check());
             if cam.backoff.min > cam.backoff.max {
                 nest(
                     &format!("{prefix}.backoff"),
@@ -106,6 +107,10 @@ impl Config {
         nest("inference", self.inference.check());
         nest("scaling", self.scaling.check());
         nest("telemetry", self.telemetry.check());
+        nest(
+            "events.tracks",
+            self.events.tracks.check(&self.events.classes),
+        );
         if let Some(q) = &self.scaling.remote_queue {
             if self.transport.kind != crate::escalate::TransportKind::Amqp {
                 errs.push((

@@ -47,6 +47,36 @@ pub struct EscalatedFrame {
     pub motion_at: SystemTime,
 }
 
+/// What became of a frame the policy wanted.
+#[derive(Debug, PartialEq, Eq)]
+enum Offered {
+    Sent,
+    /// Its colour copy had left the ring.
+    NoColour,
+    QueueFull,
+    Closed,
+}
+
+/// Hands a frame the policy wanted to the escalator; only one that went spends budget.
+fn offer(
+    policy: &mut EscalationPolicy,
+    captured: SystemTime,
+    item: Option<Escalation>,
+    out: &mpsc::Sender<Escalation>,
+) -> Offered {
+    let Some(item) = item else {
+        return Offered::NoColour;
+    };
+    match out.try_send(item) {
+        Ok(()) => {
+            policy.spent(captured);
+            Offered::Sent
+        }
+        Err(mpsc::error::TrySendError::Full(_)) => Offered::QueueFull,
+        Err(mpsc::error::TrySendError::Closed(_)) => Offered::Closed,
+    }
+}
+
 /// Runs until the grey channel closes or shutdown. `out` is bounded: when it is full
 /// a frame is dropped and counted (motion transitions wait for room, they are small
 /// and must not be lost).
@@ -152,51 +182,121 @@ pub async fn run(
         let Some(event) = tracker.current() else {
             continue;
         };
-        if !m.has_motion() || !policy.should_send(&event.id, frame.captured) {
+        if !m.has_motion() || !policy.wants(frame.captured) {
             continue;
         }
-        let Some(colour) = handle.colour_frame_off_runtime(frame.seq).await else {
-            metrics()
-                .dropped
-                .get_or_create(&metrics::reason(&id, "colour_frame_gone"))
-                .inc();
-            continue;
-        };
-        if last_sent.is_some_and(|s| colour.seq <= s) {
-            metrics()
-                .dropped
-                .get_or_create(&metrics::reason(&id, "colour_frame_repeat"))
-                .inc();
-            continue;
-        }
-        let boxes = m
-            .boxes
-            .iter()
-            .map(|b| b.normalised(frame.width, frame.height))
-            .collect();
-        let colour_seq = colour.seq;
-        let item = Escalation::Frame(EscalatedFrame {
-            event_id: event.id.clone(),
-            colour,
-            boxes,
-            jpeg_quality: quality,
-            motion_at,
-        });
-        match out.try_send(item) {
-            Ok(()) => last_sent = Some(colour_seq),
-            Err(mpsc::error::TrySendError::Full(_)) => {
+        // The colour copy is converted off the runtime's threads.
+        let colour = match handle.colour_frame_off_runtime(frame.seq).await {
+            // When analysis lags behind the ring, two analysed frames can resolve to the
+            // same kept frame, which must not go out twice.
+            Some(c) if last_sent.is_some_and(|s| c.seq <= s) => {
                 metrics()
                     .dropped
-                    .get_or_create(&metrics::reason(&id, "escalation_queue_full"))
+                    .get_or_create(&metrics::reason(&id, "colour_frame_repeat"))
                     .inc();
+                continue;
+            }
+            c => c,
+        };
+        let colour_seq = colour.as_ref().map(|c| c.seq);
+        let item = colour.map(|colour| {
+            let boxes = m
+                .boxes
+                .iter()
+                .map(|b| b.normalised(frame.width, frame.height))
+                .collect();
+            Escalation::Frame(EscalatedFrame {
+                event_id: event.id.clone(),
+                colour,
+                boxes,
+                jpeg_quality: quality,
+                motion_at,
+            })
+        });
+        let reason = match offer(&mut policy, frame.captured, item, &out) {
+            Offered::Sent => {
+                last_sent = colour_seq;
+                continue;
+            }
+            Offered::Closed => break,
+            Offered::NoColour => "colour_frame_gone",
+            Offered::QueueFull => {
                 if metrics::should_log(&format!("escalate-full-{id}"), Duration::from_secs(30)) {
                     warn!(camera = %id, "Escalation queue full: frame dropped.");
                 }
+                "escalation_queue_full"
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => break,
-        }
+        };
+        metrics()
+            .dropped
+            .get_or_create(&metrics::reason(&id, reason))
+            .inc();
     }
     if let Some(t) = tracker.finish() {
         let _ = out.try_send(Escalation::Motion(t));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::types::{Dur, IntIn};
+    use crate::escalate::EscalationConfig;
+
+    fn frame(seq: u64) -> Escalation {
+        Escalation::Frame(EscalatedFrame {
+            event_id: "gate-1".into(),
+            colour: ColourFrame {
+                camera: "gate".into(),
+                seq,
+                captured: SystemTime::UNIX_EPOCH,
+                width: 2,
+                height: 2,
+                rgb: vec![0; 12],
+            },
+            boxes: Vec::new(),
+            jpeg_quality: 80,
+            motion_at: SystemTime::UNIX_EPOCH,
+        })
+    }
+
+    #[test]
+    fn frames_that_never_went_spend_no_escalation_budget() {
+        // A budget of 2 frames a minute; the escalator is busy (queue of 1, full).
+        let mut policy = EscalationPolicy::new(&EscalationConfig {
+            budget: IntIn::new(2).unwrap(),
+            budget_window: Dur::secs(60),
+            min_interval: Dur::ms(0),
+            ..EscalationConfig::default()
+        });
+        let (tx, mut rx) = mpsc::channel(1);
+        tx.try_send(frame(0)).unwrap();
+        let at = |s: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(100 + s);
+        for s in 0..5 {
+            assert!(policy.wants(at(s)));
+            assert_eq!(
+                offer(&mut policy, at(s), Some(frame(s)), &tx),
+                Offered::QueueFull
+            );
+            assert!(policy.wants(at(s)));
+            assert_eq!(offer(&mut policy, at(s), None, &tx), Offered::NoColour);
+        }
+        // The escalator catches up: the whole budget is still there.
+        rx.try_recv().unwrap();
+        for s in [10, 11] {
+            assert!(policy.wants(at(s)), "frame at {s}s within the budget");
+            assert_eq!(
+                offer(&mut policy, at(s), Some(frame(s)), &tx),
+                Offered::Sent
+            );
+            rx.try_recv().unwrap();
+        }
+        assert!(!policy.wants(at(12)), "two sent: the budget is spent");
+        drop(rx);
+        assert!(policy.wants(at(200)));
+        assert_eq!(
+            offer(&mut policy, at(200), Some(frame(9)), &tx),
+            Offered::Closed
+        );
     }
 }

@@ -1,5 +1,7 @@
 //! Transport settings (`[transport]`) and per-camera escalation limits.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use crate::config::types::{AmqpSchemes, Dur, IntIn, MqttSchemes, SecretUrl};
@@ -132,15 +134,22 @@ impl TransportConfig {
     }
 }
 
-/// How much of an event travels to the detector.
+/// How much of an event travels to the detector: frames for as long as motion lasts,
+/// within a budget per time window.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct EscalationConfig {
     #[serde(default = "yes")]
     pub enabled: bool,
-    /// Frames sent per motion event at most.
-    #[serde(default = "default_max_frames")]
-    pub max_frames: IntIn<1, 1000>,
+    /// Frames one camera may escalate per `budget_window` (a burst of this many at
+    /// once, then this rate).
+    #[serde(default = "default_budget")]
+    pub budget: IntIn<1, 10_000>,
+    #[serde(default = "default_budget_window")]
+    pub budget_window: Dur,
+    /// Replaced by `budget` and `budget_window`; refused with a message saying so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_frames: Option<i64>,
     /// Least time between two escalated frames of one camera.
     #[serde(default = "default_interval")]
     pub min_interval: Dur,
@@ -153,10 +162,37 @@ impl Default for EscalationConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            max_frames: default_max_frames(),
+            budget: default_budget(),
+            budget_window: default_budget_window(),
+            max_frames: None,
             min_interval: default_interval(),
             jpeg_quality: default_quality(),
         }
+    }
+}
+
+impl EscalationConfig {
+    pub fn check(&self) -> Vec<(String, String)> {
+        let mut errs = Vec::new();
+        if let Some(n) = self.max_frames {
+            errs.push((
+                "max_frames".into(),
+                format!(
+                    "was replaced: escalation now goes on for as long as motion lasts, within \
+                     `budget` frames per `budget_window` (defaults {} per {:?}); remove \
+                     max_frames = {n} (budget = {n} keeps the same burst)",
+                    default_budget().get(),
+                    default_budget_window()
+                ),
+            ));
+        }
+        if self.budget_window.get() < Duration::from_millis(100) {
+            errs.push((
+                "budget_window".into(),
+                format!("must be at least 100ms, got {:?}", self.budget_window),
+            ));
+        }
+        errs
     }
 }
 
@@ -214,8 +250,11 @@ fn default_worker_group() -> String {
 fn default_window() -> IntIn<1, 1000> {
     IntIn::lit(32)
 }
-fn default_max_frames() -> IntIn<1, 1000> {
-    IntIn::lit(5)
+fn default_budget() -> IntIn<1, 10_000> {
+    IntIn::lit(10)
+}
+fn default_budget_window() -> Dur {
+    Dur::secs(5)
 }
 fn default_interval() -> Dur {
     Dur::ms(200)

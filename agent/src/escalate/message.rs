@@ -252,6 +252,13 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_header_follows_its_schema() {
+        let msg = sample(3, 100);
+        let header: serde_json::Value = serde_json::to_value(&msg.header).unwrap();
+        crate::schema::check("frame-header.v1.json", &header);
+    }
+
+    #[test]
     fn a_frame_survives_encode_and_decode() {
         let msg = sample(3, 1000);
         let back = decode(&encode(&msg), 4096).unwrap();

@@ -157,6 +157,9 @@ pub struct EventsConfig {
     pub snapshot_dir: Option<PathBuf>,
     #[serde(default = "default_snapshot_quality")]
     pub snapshot_quality: IntIn<1, 100>,
+    /// How detections become tracks and incidents (the agent's side).
+    #[serde(default)]
+    pub tracks: crate::results::TracksConfig,
 }
 
 impl Default for EventsConfig {
@@ -166,6 +169,7 @@ impl Default for EventsConfig {
             privacy_classes: Vec::new(),
             snapshot_dir: None,
             snapshot_quality: default_snapshot_quality(),
+            tracks: Default::default(),
         }
     }
 }

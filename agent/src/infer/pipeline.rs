@@ -24,7 +24,7 @@ pub const DEFAULT_LABELS: &str = "models/test.names";
 pub const PACKAGED_MODEL: &str = "share/edge-agent/models/test-yolov4.onnx";
 
 /// One detected object, box in frame pixels (top-left corner and size).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct Detection {
     pub class_id: usize,
     pub class: String,

@@ -1,8 +1,10 @@
 //! The worker loop, independent of the transport: frames (JPEG bytes, their camera and
-//! sequence number, and an ack callback) come in on a bounded channel; detections,
-//! snapshots and events go out through a [`ResultSink`]; a frame is acked only after
-//! everything it produced was handed over. A snapshot is always handed over before the
-//! event that names it, so a consumer that fetches it on the event finds it.
+//! sequence number, and an ack callback) come in on a bounded channel; detections and
+//! snapshots go out through a [`ResultSink`]; a frame is acked only after everything it
+//! produced was handed over. A frame with detections of an event class gets a snapshot
+//! (privacy classes pixelated), handed over before the detections that name it: the
+//! agent's incident events refer to it, so a consumer that fetches it finds it. Workers
+//! publish no events: incidents are the agent's (`crate::results`).
 //!
 //! When several frames wait, up to [`Pipeline::max_batch`] run in one session call.
 //! A payload that is not a JPEG is rejected and the loop goes on; a failing model
@@ -17,7 +19,7 @@ use tokio::sync::mpsc;
 
 use super::config::EventsConfig;
 use super::image::{self, RgbImage};
-use super::pipeline::{Detection, Detections, Pipeline};
+use super::pipeline::{Detections, Pipeline};
 use super::snapshot;
 use super::InferError;
 use crate::escalate::message::unix_ns_now;
@@ -60,25 +62,23 @@ pub struct WorkItem {
     pub marks: Option<Marks>,
 }
 
+/// Version of the detections message (`schemas/detections.v1.json`).
+pub const DETECTIONS_VERSION: u32 = 1;
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct DetectionsMessage {
+    /// [`DETECTIONS_VERSION`].
+    pub version: u32,
     #[serde(flatten)]
     pub meta: FrameMeta,
     pub detections: Detections,
     /// Per-stage latency from capture to this message (frames from the agent only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency: Option<Latency>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct EventMessage {
-    #[serde(flatten)]
-    pub meta: FrameMeta,
-    /// Event classes present, sorted.
-    pub classes: Vec<String>,
-    pub detections: Vec<Detection>,
-    /// Name of the snapshot handed over just before this event.
-    pub snapshot: String,
+    /// Id of this frame's snapshot, handed over just before (frames with detections of
+    /// an event class only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
     /// Where it was stored, with `events.snapshot_dir`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot_path: Option<PathBuf>,
@@ -86,6 +86,7 @@ pub struct EventMessage {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Snapshot {
+    /// Its id ([`snapshot_id`]); the file name adds `.jpg`.
     pub name: String,
     pub meta: FrameMeta,
     pub jpeg: Vec<u8>,
@@ -99,18 +100,19 @@ pub trait ResultSink: Send + Sync + 'static {
         msg: &DetectionsMessage,
     ) -> impl Future<Output = Result<(), String>> + Send;
     fn snapshot(&self, snap: &Snapshot) -> impl Future<Output = Result<(), String>> + Send;
-    fn event(&self, ev: &EventMessage) -> impl Future<Output = Result<(), String>> + Send;
 }
 
-/// Snapshot file name for a frame.
-pub fn snapshot_name(meta: &FrameMeta) -> String {
-    format!("{}-{}-{}.jpg", meta.camera, meta.captured_ms, meta.seq)
+/// A frame's snapshot id: unique per camera and frame, usable in a topic and a routing
+/// key (`[A-Za-z0-9_-]`).
+pub fn snapshot_id(meta: &FrameMeta) -> String {
+    format!("{}-{}-{}", meta.camera, meta.captured_ms, meta.seq).replace('.', "_")
 }
 
 /// The outputs of one frame, before they are handed over.
 struct Output {
     detections: Detections,
-    event: Option<(Vec<String>, Vec<u8>)>,
+    /// The snapshot JPEG, when an event class was detected.
+    snapshot: Option<Vec<u8>>,
 }
 
 /// Runs until the channel closes or `shutdown` fires. Returns the pipeline's error if
@@ -238,18 +240,14 @@ fn process(
                 let mut detections = dets.next().expect("one result per decoded frame");
                 detections.timings.decode_ms = decode_ms;
                 detections.timings.total_ms += decode_ms;
-                let mut classes: Vec<String> = detections
+                let eventful = detections
                     .items
                     .iter()
-                    .filter(|d| events.classes.contains(&d.class))
-                    .map(|d| d.class.clone())
-                    .collect();
-                classes.sort();
-                classes.dedup();
-                if classes.is_empty() {
+                    .any(|d| events.classes.contains(&d.class));
+                if !eventful {
                     Ok(Output {
                         detections,
-                        event: None,
+                        snapshot: None,
                     })
                 } else {
                     snapshot::snapshot_jpeg(
@@ -260,7 +258,7 @@ fn process(
                     )
                     .map(|jpeg| Output {
                         detections,
-                        event: Some((classes, jpeg)),
+                        snapshot: Some(jpeg),
                     })
                 }
             }
@@ -285,45 +283,40 @@ async fn hand_over<S: ResultSink>(
         m.result_at = unix_ns_now();
         Latency::compute(&m)
     });
+    let (mut snapshot, mut snapshot_path) = (None, None);
+    if let Some(jpeg) = out.snapshot {
+        let id = snapshot_id(&meta);
+        if let Some(dir) = &events.snapshot_dir {
+            let path = dir.join(format!("{id}.jpg"));
+            write_atomically(&path, &jpeg)
+                .await
+                .map_err(|e| format!("snapshot {}: {e}", path.display()))?;
+            snapshot_path = Some(path);
+        }
+        let snap = Snapshot {
+            name: id.clone(),
+            meta: meta.clone(),
+            jpeg,
+        };
+        sink.snapshot(&snap).await?;
+        metrics()
+            .published
+            .get_or_create(&metrics::kind("snapshots"))
+            .inc();
+        snapshot = Some(id);
+    }
     let msg = DetectionsMessage {
-        meta: meta.clone(),
+        version: DETECTIONS_VERSION,
+        meta,
         detections: out.detections,
         latency,
+        snapshot,
+        snapshot_path,
     };
     sink.detections(&msg).await?;
     metrics()
         .published
         .get_or_create(&metrics::kind("detections"))
-        .inc();
-    let Some((classes, jpeg)) = out.event else {
-        return Ok(());
-    };
-    let name = snapshot_name(&meta);
-    let mut snapshot_path = None;
-    if let Some(dir) = &events.snapshot_dir {
-        let path = dir.join(&name);
-        write_atomically(&path, &jpeg)
-            .await
-            .map_err(|e| format!("snapshot {}: {e}", path.display()))?;
-        snapshot_path = Some(path);
-    }
-    let snap = Snapshot {
-        name: name.clone(),
-        meta: meta.clone(),
-        jpeg,
-    };
-    sink.snapshot(&snap).await?;
-    let ev = EventMessage {
-        meta,
-        classes,
-        detections: msg.detections.items,
-        snapshot: name,
-        snapshot_path,
-    };
-    sink.event(&ev).await?;
-    metrics()
-        .published
-        .get_or_create(&metrics::kind("events"))
         .inc();
     Ok(())
 }

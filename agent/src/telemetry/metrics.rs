@@ -39,6 +39,8 @@ pub struct Metrics {
     pub escalations: Family<Labels, Counter>,
     /// Messages published by kind (frames, detections, events, motion, status).
     pub published: Family<Labels, Counter>,
+    /// Incident messages by camera, class and state (start, update, end).
+    pub incidents: Family<Labels, Counter>,
     /// Messages rejected by consumers, by reason (malformed, truncated, oversized...).
     pub rejected: Family<Labels, Counter>,
     /// Frames the workers ran inference on.
@@ -91,6 +93,7 @@ impl Metrics {
             motion_events: Family::default(),
             escalations: Family::default(),
             published: Family::default(),
+            incidents: Family::default(),
             rejected: Family::default(),
             inferences: Family::default(),
             stage_latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
@@ -146,6 +149,11 @@ impl Metrics {
             "published",
             "Messages published, by kind",
             m.published.clone(),
+        );
+        registry.register(
+            "incidents",
+            "Incident events published, by camera, class and state",
+            m.incidents.clone(),
         );
         registry.register(
             "rejected",

@@ -1,0 +1,138 @@
+//! Track and incident settings (`[events.tracks]`, per class under
+//! `[events.tracks.classes.NAME]`).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::track::ClassRules;
+use crate::config::types::{Dur, Fraction, IntIn};
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TracksConfig {
+    /// Frames a track is seen in before its incident starts.
+    #[serde(default = "default_confirm")]
+    pub confirm_frames: IntIn<1, 1000>,
+    /// A track not seen for this long ends its incident. Longer than the gaps between
+    /// escalated frames, and than a pause in motion that should not split an incident.
+    #[serde(default = "default_forget")]
+    pub forget_after: Dur,
+    /// Detections below this score start no track (down to half of it they continue one).
+    #[serde(default = "default_min_score")]
+    pub min_score: Fraction,
+    /// An `update` message per incident at most this often ("0s": none).
+    #[serde(default = "default_update")]
+    pub update_interval: Dur,
+    /// Overrides per class name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub classes: BTreeMap<String, ClassTracks>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClassTracks {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirm_frames: Option<IntIn<1, 1000>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forget_after: Option<Dur>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_score: Option<Fraction>,
+}
+
+impl Default for TracksConfig {
+    fn default() -> Self {
+        Self {
+            confirm_frames: default_confirm(),
+            forget_after: default_forget(),
+            min_score: default_min_score(),
+            update_interval: default_update(),
+            classes: BTreeMap::new(),
+        }
+    }
+}
+
+impl TracksConfig {
+    /// The rules of `class`: its overrides over the defaults.
+    pub fn rules(&self, class: &str) -> ClassRules {
+        let o = self.classes.get(class).cloned().unwrap_or_default();
+        ClassRules {
+            confirm_frames: o.confirm_frames.unwrap_or(self.confirm_frames).as_u32(),
+            forget_after: o.forget_after.unwrap_or(self.forget_after).get(),
+            min_score: o.min_score.unwrap_or(self.min_score).get() as f32,
+        }
+    }
+
+    /// `event_classes` are the classes tracked (`events.classes`).
+    pub fn check(&self, event_classes: &[String]) -> Vec<(String, String)> {
+        let mut errs = Vec::new();
+        for class in self.classes.keys() {
+            if !event_classes.contains(class) {
+                errs.push((
+                    format!("classes.{class}"),
+                    format!("{class:?} is not in events.classes {event_classes:?}: only event classes are tracked"),
+                ));
+            }
+        }
+        let forgets = std::iter::once(("forget_after".to_string(), self.forget_after)).chain(
+            self.classes.iter().filter_map(|(c, o)| {
+                o.forget_after
+                    .map(|f| (format!("classes.{c}.forget_after"), f))
+            }),
+        );
+        for (key, f) in forgets {
+            if f.get() < Duration::from_millis(500) {
+                errs.push((key, format!("must be at least 500ms, got {f:?}")));
+            }
+        }
+        errs
+    }
+}
+
+fn default_confirm() -> IntIn<1, 1000> {
+    IntIn::lit(2)
+}
+fn default_forget() -> Dur {
+    Dur::secs(15)
+}
+fn default_min_score() -> Fraction {
+    Fraction::lit(0.5)
+}
+fn default_update() -> Dur {
+    Dur::secs(30)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn class_overrides_apply_over_the_defaults() {
+        let c: TracksConfig = toml::from_str(
+            "forget_after = \"20s\"\n[classes.fire]\nconfirm_frames = 1\nmin_score = 0.7\n",
+        )
+        .unwrap();
+        let fire = c.rules("fire");
+        assert_eq!(
+            (fire.confirm_frames, fire.forget_after, fire.min_score),
+            (1, Duration::from_secs(20), 0.7)
+        );
+        let knife = c.rules("knife");
+        assert_eq!((knife.confirm_frames, knife.min_score), (2, 0.5));
+        assert!(c.check(&["fire".into()]).is_empty());
+    }
+
+    #[test]
+    fn bad_track_settings_are_named() {
+        let c: TracksConfig =
+            toml::from_str("forget_after = \"100ms\"\n[classes.cat]\nforget_after = \"1ms\"\n")
+                .unwrap();
+        let keys: Vec<String> = c.check(&["fire".into()]).into_iter().map(|e| e.0).collect();
+        assert_eq!(
+            keys,
+            ["classes.cat", "forget_after", "classes.cat.forget_after"]
+        );
+        assert!(toml::from_str::<TracksConfig>("[classes.fire]\nconfirm = 1").is_err());
+    }
+}

@@ -1,0 +1,535 @@
+//! Incidents: each camera's [`Tracker`] fed from `detections` messages, and the
+//! `events/{class}` messages its tracks make: `start` when a track is confirmed,
+//! rate-limited `update`s while it lives, `end` when it is forgotten or the agent stops.
+//! Pure: detections and times in, events out.
+//!
+//! When is a track forgotten? Results lag behind capture (queueing, a worker starting
+//! from zero, a slow model), so wall-clock time since a track's last sighting would end
+//! incidents whose frames are still on their way. A camera's clock is the capture time
+//! of the newest frame answered: a track ends once frames taken `forget_after` after its
+//! last sighting came back without it. When answers stop (no motion, nothing escalated)
+//! the wall clock takes over, less an allowance for the lag seen lately (twice the
+//! recent lag plus a second), so frames still in flight are waited for.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use super::track::{BBox, Change, ClassRules, Frame, Sighting, Track, Tracker};
+use super::TracksConfig;
+use crate::infer::pipeline::Detection;
+
+/// Version of the incident event message (`schemas/event.v2.json`).
+pub const EVENT_VERSION: u32 = 2;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Start,
+    Update,
+    End,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// Not seen for the class's `forget_after`.
+    Forgotten,
+    /// The agent stopped while the track was alive.
+    AgentStopped,
+}
+
+/// A box in the pixels of the frame the worker saw (`frame_width` x `frame_height`).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct PixelBox {
+    pub x: f32,
+    pub y: f32,
+    pub w: f32,
+    pub h: f32,
+}
+
+/// The `events/{class}` message.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct IncidentEvent {
+    pub version: u32,
+    pub state: State,
+    pub device: String,
+    pub camera: String,
+    pub class: String,
+    /// Unique per incident: camera, class, first sighting and track number.
+    pub incident: String,
+    /// Capture time of the first sighting, ms since the Unix epoch.
+    pub started_ms: u64,
+    /// Capture time of the latest sighting.
+    pub last_seen_ms: u64,
+    /// When the incident ended (end only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended_ms: Option<u64>,
+    /// First to latest sighting.
+    pub duration_ms: u64,
+    /// Frames the object was detected in.
+    pub frames: u32,
+    pub best_score: f32,
+    /// Id of the best frame's snapshot: published before this message on
+    /// `snapshots/{id}` (MQTT) or routing key `{device}.{camera}.snapshot.{id}` (AMQP).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    /// The latest box, in pixels of the frame the worker saw.
+    #[serde(rename = "box")]
+    pub bbox: PixelBox,
+    /// The same box as fractions of the frame (0..=1): multiply by the camera's size.
+    pub box_norm: PixelBox,
+    pub frame_width: u32,
+    pub frame_height: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end_reason: Option<EndReason>,
+}
+
+/// The part of a worker's `detections` message that tracking reads.
+#[derive(Debug, Deserialize)]
+pub struct DetectionsIn {
+    pub seq: u64,
+    pub captured_ms: u64,
+    #[serde(default)]
+    pub snapshot: Option<String>,
+    pub detections: DetectionsBody,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DetectionsBody {
+    pub items: Vec<Detection>,
+    pub width: u32,
+    pub height: u32,
+}
+
+type Rules = Box<dyn Fn(&str) -> Option<ClassRules> + Send>;
+
+struct Camera {
+    tracker: Tracker<Rules>,
+    /// Size of the frames its boxes are in.
+    frame: (u32, u32),
+    /// Per track: when its last message went, and its frame count then.
+    told: BTreeMap<u64, (SystemTime, u32)>,
+    /// Capture time of the newest frame answered.
+    looked_until: SystemTime,
+    /// Recent lag from capture to answer: the largest seen, decaying by a tenth per
+    /// answer.
+    lag: Duration,
+}
+
+/// Every camera's tracks and the events they make.
+pub struct Incidents {
+    device: String,
+    cfg: TracksConfig,
+    classes: Vec<String>,
+    cameras: BTreeMap<String, Camera>,
+}
+
+fn ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// `b` as fractions of a `frame`-sized picture, clamped to it (zeros without a size).
+fn normalised(b: &BBox, frame: (u32, u32)) -> PixelBox {
+    let (fw, fh) = (frame.0 as f32, frame.1 as f32);
+    if fw <= 0.0 || fh <= 0.0 {
+        return PixelBox {
+            x: 0.0,
+            y: 0.0,
+            w: 0.0,
+            h: 0.0,
+        };
+    }
+    let x0 = (b.x / fw).clamp(0.0, 1.0);
+    let y0 = (b.y / fh).clamp(0.0, 1.0);
+    let x1 = ((b.x + b.w) / fw).clamp(0.0, 1.0);
+    let y1 = ((b.y + b.h) / fh).clamp(0.0, 1.0);
+    PixelBox {
+        x: x0,
+        y: y0,
+        w: x1 - x0,
+        h: y1 - y0,
+    }
+}
+
+impl Incidents {
+    /// `classes`: the event classes, the only ones tracked.
+    pub fn new(device: &str, cfg: TracksConfig, classes: Vec<String>) -> Self {
+        Self {
+            device: device.to_string(),
+            cfg,
+            classes,
+            cameras: BTreeMap::new(),
+        }
+    }
+
+    /// Feeds one camera's detections message, arrived at `now`; returns the incidents
+    /// it started.
+    pub fn detections(
+        &mut self,
+        camera: &str,
+        d: &DetectionsIn,
+        now: SystemTime,
+    ) -> Vec<IncidentEvent> {
+        let captured = SystemTime::UNIX_EPOCH + Duration::from_millis(d.captured_ms);
+        let cam = self.camera(camera);
+        cam.frame = (d.detections.width, d.detections.height);
+        cam.looked_until = cam.looked_until.max(captured);
+        let lag = now.duration_since(captured).unwrap_or_default();
+        cam.lag = lag.max(cam.lag.mul_f32(0.9));
+        let frame = Frame {
+            captured,
+            seq: d.seq,
+            snapshot: d.snapshot.clone(),
+            sightings: d
+                .detections
+                .items
+                .iter()
+                .map(|i| Sighting {
+                    class: i.class.clone(),
+                    score: i.score,
+                    bbox: BBox {
+                        x: i.x,
+                        y: i.y,
+                        w: i.w,
+                        h: i.h,
+                    },
+                })
+                .collect(),
+        };
+        let refused = cam.tracker.refused;
+        let changes = cam.tracker.observe(&frame);
+        let more = cam.tracker.refused - refused;
+        if more > 0 {
+            crate::telemetry::metrics::metrics()
+                .dropped
+                .get_or_create(&crate::telemetry::metrics::reason(camera, "tracks_full"))
+                .inc_by(more);
+            if crate::telemetry::metrics::should_log(
+                &format!("tracks-full-{camera}"),
+                Duration::from_secs(60),
+            ) {
+                tracing::warn!(
+                    camera,
+                    refused = more,
+                    max = super::track::MAX_TRACKS,
+                    "Too many tracks: detections not tracked."
+                );
+            }
+        }
+        self.report(camera, changes, frame.captured)
+    }
+
+    /// Ends forgotten tracks and sends due updates at `now`.
+    pub fn tick(&mut self, now: SystemTime) -> Vec<IncidentEvent> {
+        let every = self.cfg.update_interval.get();
+        let mut out = Vec::new();
+        let ids: Vec<String> = self.cameras.keys().cloned().collect();
+        for id in ids {
+            let cam = self.camera(&id);
+            let allowance = cam.lag * 2 + Duration::from_secs(1);
+            let clock = cam
+                .looked_until
+                .max(now.checked_sub(allowance).unwrap_or(SystemTime::UNIX_EPOCH));
+            let ended = cam.tracker.expire(clock);
+            let mut due = Vec::new();
+            if !every.is_zero() {
+                for t in cam.tracker.live() {
+                    let fresh = cam.told.get(&t.id).is_none_or(|(at, frames)| {
+                        now.duration_since(*at).unwrap_or_default() >= every && t.frames > *frames
+                    });
+                    if fresh {
+                        due.push(t.clone());
+                    }
+                }
+            }
+            out.extend(self.report(&id, ended, now));
+            for t in due {
+                out.push(self.event(&id, &t, State::Update, now, None));
+            }
+        }
+        out
+    }
+
+    /// Ends every live incident (the agent stops).
+    pub fn finish(&mut self, now: SystemTime) -> Vec<IncidentEvent> {
+        let ids: Vec<String> = self.cameras.keys().cloned().collect();
+        let mut out = Vec::new();
+        for id in ids {
+            let ended = self.camera(&id).tracker.finish();
+            for c in ended {
+                if let Change::Ended(t) = c {
+                    out.push(self.event(&id, &t, State::End, now, Some(EndReason::AgentStopped)));
+                }
+            }
+        }
+        out
+    }
+
+    /// Live incidents of `camera`.
+    pub fn live(&self, camera: &str) -> usize {
+        self.cameras
+            .get(camera)
+            .map_or(0, |c| c.tracker.live().count())
+    }
+
+    fn camera(&mut self, id: &str) -> &mut Camera {
+        if !self.cameras.contains_key(id) {
+            let (cfg, classes) = (self.cfg.clone(), self.classes.clone());
+            let cam = Camera {
+                tracker: Tracker::new(Box::new(move |c: &str| {
+                    classes.iter().any(|k| k == c).then(|| cfg.rules(c))
+                })),
+                frame: (0, 0),
+                told: BTreeMap::new(),
+                looked_until: SystemTime::UNIX_EPOCH,
+                lag: Duration::ZERO,
+            };
+            self.cameras.insert(id.to_string(), cam);
+        }
+        self.cameras.get_mut(id).expect("inserted above")
+    }
+
+    fn report(
+        &mut self,
+        camera: &str,
+        changes: Vec<Change>,
+        now: SystemTime,
+    ) -> Vec<IncidentEvent> {
+        changes
+            .into_iter()
+            .map(|c| match c {
+                Change::Started(t) => self.event(camera, &t, State::Start, now, None),
+                Change::Ended(t) => {
+                    self.event(camera, &t, State::End, now, Some(EndReason::Forgotten))
+                }
+            })
+            .collect()
+    }
+
+    fn event(
+        &mut self,
+        camera: &str,
+        t: &Track,
+        state: State,
+        now: SystemTime,
+        end_reason: Option<EndReason>,
+    ) -> IncidentEvent {
+        let device = self.device.clone();
+        let cam = self.camera(camera);
+        if state == State::End {
+            cam.told.remove(&t.id);
+        } else {
+            cam.told.insert(t.id, (now, t.frames));
+        }
+        let (first, last) = (ms(t.first_seen), ms(t.last_seen));
+        IncidentEvent {
+            version: EVENT_VERSION,
+            state,
+            device,
+            camera: camera.to_string(),
+            class: t.class.clone(),
+            incident: format!("{camera}-{}-{first}-{}", t.class, t.id),
+            started_ms: first,
+            last_seen_ms: last,
+            ended_ms: (state == State::End).then(|| ms(now).max(last)),
+            duration_ms: last.saturating_sub(first),
+            frames: t.frames,
+            best_score: t.best_score,
+            snapshot: t.best_snapshot.clone(),
+            bbox: PixelBox {
+                x: t.bbox.x,
+                y: t.bbox.y,
+                w: t.bbox.w,
+                h: t.bbox.h,
+            },
+            box_norm: normalised(&t.bbox, cam.frame),
+            frame_width: cam.frame.0,
+            frame_height: cam.frame.1,
+            end_reason,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::types::Dur;
+
+    fn det(seq: u64, captured_ms: u64, items: &[(&str, f32, f32)]) -> DetectionsIn {
+        DetectionsIn {
+            seq,
+            captured_ms,
+            snapshot: Some(format!("gate-{captured_ms}-{seq}")),
+            detections: DetectionsBody {
+                width: 640,
+                height: 360,
+                items: items
+                    .iter()
+                    .map(|&(class, score, x)| Detection {
+                        class_id: 0,
+                        class: class.into(),
+                        score,
+                        x,
+                        y: 100.0,
+                        w: 50.0,
+                        h: 50.0,
+                    })
+                    .collect(),
+            },
+        }
+    }
+
+    fn incidents(update: Dur) -> Incidents {
+        let cfg = TracksConfig {
+            update_interval: update,
+            forget_after: Dur::secs(5),
+            ..TracksConfig::default()
+        };
+        Incidents::new("dev", cfg, vec!["fire".into(), "knife".into()])
+    }
+
+    const T0: u64 = 1_700_000_000_000;
+
+    fn at(ms: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_millis(T0 + ms)
+    }
+
+    #[test]
+    fn a_fire_in_view_makes_one_start_some_updates_and_one_end() {
+        let mut inc = incidents(Dur::secs(10));
+        let mut out = Vec::new();
+        for i in 0..60u64 {
+            let ms = i * 500;
+            out.extend(inc.detections(
+                "gate",
+                &det(
+                    i,
+                    T0 + ms,
+                    &[
+                        ("fire", 0.6 + (i % 7) as f32 * 0.05, 100.0),
+                        ("person", 0.9, 300.0),
+                    ],
+                ),
+                at(ms + 50),
+            ));
+            out.extend(inc.tick(at(ms + 100)));
+        }
+        assert_eq!(inc.live("gate"), 1);
+        // Nothing answered after the frame of 29.5 s (answers lagged 50 ms): the wall
+        // clock ends it 5 s later, plus 1.1 s for frames that may still be on their way.
+        out.extend(inc.tick(at(35_550)));
+        assert_eq!(inc.live("gate"), 1, "frames may still be on their way");
+        out.extend(inc.tick(at(35_650)));
+        let states: Vec<State> = out.iter().map(|e| e.state).collect();
+        assert_eq!(states.first(), Some(&State::Start));
+        assert_eq!(states.last(), Some(&State::End));
+        assert_eq!(states.iter().filter(|s| **s == State::Start).count(), 1);
+        assert_eq!(states.iter().filter(|s| **s == State::End).count(), 1);
+        let updates = states.iter().filter(|s| **s == State::Update).count();
+        assert!(
+            (2..=3).contains(&updates),
+            "an update every 10 s of 30: {states:?}"
+        );
+        let start = &out[0];
+        // The better of its two frames so far (0.65 over 0.6).
+        assert_eq!(
+            start.snapshot.as_deref(),
+            Some(format!("gate-{}-1", T0 + 500).as_str())
+        );
+        assert_eq!(
+            (start.frames, start.frame_width, start.frame_height),
+            (2, 640, 360)
+        );
+        let end = out.last().unwrap();
+        assert_eq!(end.incident, start.incident);
+        assert_eq!(end.frames, 60);
+        assert_eq!(end.duration_ms, 29_500);
+        assert_eq!(end.ended_ms, Some(T0 + 35_650));
+        assert_eq!(end.end_reason, Some(EndReason::Forgotten));
+        assert!((end.best_score - 0.9).abs() < 1e-6, "{end:?}");
+        // The best frame's snapshot (score 0.9 first at i = 6).
+        assert_eq!(
+            end.snapshot.as_deref(),
+            Some(format!("gate-{}-6", T0 + 3000).as_str())
+        );
+        for e in &out {
+            crate::schema::check("event.v2.json", &serde_json::to_value(e).unwrap());
+        }
+        let v = serde_json::to_value(end).unwrap();
+        assert_eq!(v["box"]["w"], 50.0);
+        assert_eq!(v["box_norm"]["y"].as_f64().unwrap() as f32, 100.0 / 360.0);
+        assert_eq!(v["end_reason"], "forgotten");
+    }
+
+    #[test]
+    fn two_objects_are_two_incidents_and_stop_ends_them() {
+        let mut inc = incidents(Dur::secs(0));
+        let mut out = Vec::new();
+        for i in 0..3u64 {
+            out.extend(inc.detections(
+                "gate",
+                &det(
+                    i,
+                    T0 + i * 200,
+                    &[("fire", 0.9, 10.0), ("fire", 0.9, 400.0)],
+                ),
+                at(i * 200),
+            ));
+            out.extend(inc.detections(
+                "yard",
+                &det(i, T0 + i * 200, &[("knife", 0.9, 10.0)]),
+                at(i * 200),
+            ));
+            out.extend(inc.tick(at(i * 200)));
+        }
+        let starts: Vec<(&str, &str)> = out
+            .iter()
+            .map(|e| (e.camera.as_str(), e.class.as_str()))
+            .collect();
+        assert_eq!(
+            starts,
+            [("gate", "fire"), ("gate", "fire"), ("yard", "knife")]
+        );
+        assert_ne!(out[0].incident, out[1].incident);
+        let ends = inc.finish(at(1000));
+        for e in out.iter().chain(&ends) {
+            crate::schema::check("event.v2.json", &serde_json::to_value(e).unwrap());
+        }
+        assert_eq!(ends.len(), 3);
+        assert!(ends
+            .iter()
+            .all(|e| e.state == State::End && e.end_reason == Some(EndReason::AgentStopped)));
+        assert_eq!(inc.live("gate"), 0);
+    }
+
+    #[test]
+    fn answers_that_lag_behind_capture_do_not_split_an_incident() {
+        // Every answer arrives 8 s after capture (forget_after is 5 s): the track is
+        // judged on the frames answered, not on the wall clock.
+        let mut inc = incidents(Dur::secs(0));
+        let mut out = Vec::new();
+        for i in 0..40u64 {
+            let ms = i * 500;
+            out.extend(inc.detections(
+                "gate",
+                &det(i, T0 + ms, &[("fire", 0.9, 100.0)]),
+                at(ms + 8_000),
+            ));
+            out.extend(inc.tick(at(ms + 8_100)));
+        }
+        // Then frames without the fire: answered 5 s of capture later, it is gone.
+        for i in 40..52u64 {
+            let ms = i * 500;
+            out.extend(inc.detections("gate", &det(i, T0 + ms, &[]), at(ms + 8_000)));
+            out.extend(inc.tick(at(ms + 8_100)));
+        }
+        let states: Vec<(State, u32)> = out.iter().map(|e| (e.state, e.frames)).collect();
+        assert_eq!(states, [(State::Start, 2), (State::End, 40)]);
+        // Frame 49 (19.5 s + 5 s) ended it, on its arrival 8 s later.
+        assert_eq!(out[1].ended_ms, Some(T0 + 32_600));
+    }
+}
