@@ -179,12 +179,14 @@ async fn workers_report_their_provider_and_require_gpu_fails_a_cpu_only_worker_a
     let ok = spawn_pool(
         worker_with_args(&["worker", "--config", &cpu_ok]),
         Duration::from_secs(5),
+        Duration::from_secs(60),
         backoff(),
         shutdown.clone(),
     );
     let gpu = spawn_pool(
         worker_with_args(&["worker", "--config", &gpu_only]),
         Duration::from_secs(5),
+        Duration::from_secs(60),
         backoff(),
         shutdown.clone(),
     );
