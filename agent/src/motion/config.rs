@@ -270,7 +270,7 @@ fn default_shadow_ratio() -> Fraction {
 fn default_shake_radius() -> IntIn<0, 32> {
     IntIn::lit(16)
 }
-/// 2 frames (0.13 s at the default 15 fps, 0.4 s at 5 fps): one-frame flickers never
+/// 2 frames (0.4 s at the default 5 fps, 0.13 s at 15 fps): one-frame flickers never
 /// start an event.
 fn default_start_frames() -> IntIn<1, 100> {
     IntIn::lit(2)
