@@ -66,6 +66,8 @@ fn process_alive(pid: u32) -> bool {
 async fn a_worker_that_hangs_while_loading_is_killed_after_the_ready_timeout_and_the_pool_backs_off(
 ) {
     // A real worker that blocks while loading: its labels file is a FIFO nobody writes.
+    // Its broker link is a real one (Mosquitto), so only the model load hangs: the
+    // worker links to the broker while the model loads.
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("labels.names");
     let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
@@ -74,7 +76,9 @@ async fn a_worker_that_hangs_while_loading_is_killed_after_the_ready_timeout_and
     std::fs::write(
         &cfg,
         format!(
-            "[device]\nid = \"box\"\n[inference]\nmodel = \"{}\"\nlabels = \"{}\"\n",
+            "[device]\nid = \"{}\"\n[transport]\nkind = \"mqtt\"\nmqtt_url = \"{}\"\n[inference]\nmodel = \"{}\"\nlabels = \"{}\"\n",
+            crate::common::broker::unique("hang"),
+            crate::common::broker::mqtt_url(),
             root().join("models/generated/test-yolov4.onnx").display(),
             fifo.display()
         ),
