@@ -898,11 +898,13 @@ async fn a_worker_that_cannot_finish_within_the_grace_period_exits_anyway_and_it
     let names = Names::new();
     let model = tiny_random("pytorch");
     let dir = tempfile::tempdir().unwrap();
-    // Four frames held at ~45 ms each cannot be finished in a 100 ms grace period.
+    // A frame takes ~45 ms through YOLOv4-tiny: with a 1 ms grace period the frames the
+    // worker holds at SIGTERM (up to the prefetch of 4) cannot be finished in time. (With
+    // 100 ms, a quiet machine sometimes finished them and the worker rightly exited 0.)
     let config = write_config(
         dir.path(),
         &format!(
-            "[device]\nid = \"gpu-server\"\n{}prefetch = 4\n[scaling]\ngrace_period = \"100ms\"\n[inference]\nmodel = \"{}\"\nlabels = \"{}\"\nthreads = 1\nconfidence = 0.99\n",
+            "[device]\nid = \"gpu-server\"\n{}prefetch = 4\n[scaling]\ngrace_period = \"1ms\"\n[inference]\nmodel = \"{}\"\nlabels = \"{}\"\nthreads = 1\nconfidence = 0.99\n",
             names.transport_toml(),
             model.display(),
             root().join("models/coco.names").display()
