@@ -454,18 +454,13 @@ fn scaler_refuses_a_transport_other_than_amqp_naming_transport_kind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_killed_mid_inference_has_its_frame_redelivered_and_is_replaced() {
     let names = Names::new();
-    let model = tiny_random("pytorch");
     let dir = tempfile::tempdir().unwrap();
     // One worker holding up to 4 frames, on a model slow enough (~45 ms a frame) that
     // it always holds some while the queue is long.
-    let config = write_config(
+    let config = gpu_server_config(
         dir.path(),
-        &format!(
-            "[device]\nid = \"gpu-server\"\n{}prefetch = 4\n[scaling]\nmax_workers = 1\npolling_interval = \"100ms\"\ncooldown_period = \"2s\"\n[inference]\nmodel = \"{}\"\nlabels = \"{}\"\nthreads = 1\nconfidence = 0.99\n",
-            names.transport_toml(),
-            model.display(),
-            root().join("models/coco.names").display()
-        ),
+        &names,
+        "max_workers = 1\npolling_interval = \"100ms\"\ncooldown_period = \"2s\"\n",
     );
     let mut scaler = Running::start(&["scaler", "--config", &config], &[]);
     assert!(scaler
@@ -896,20 +891,11 @@ async fn frames_are_offloaded_to_the_remote_queue_only_while_local_workers_are_s
 async fn a_worker_that_cannot_finish_within_the_grace_period_exits_anyway_and_its_frames_come_back()
 {
     let names = Names::new();
-    let model = tiny_random("pytorch");
     let dir = tempfile::tempdir().unwrap();
     // A frame takes ~45 ms through YOLOv4-tiny: with a 1 ms grace period the frames the
     // worker holds at SIGTERM (up to the prefetch of 4) cannot be finished in time. (With
     // 100 ms, a quiet machine sometimes finished them and the worker rightly exited 0.)
-    let config = write_config(
-        dir.path(),
-        &format!(
-            "[device]\nid = \"gpu-server\"\n{}prefetch = 4\n[scaling]\ngrace_period = \"1ms\"\n[inference]\nmodel = \"{}\"\nlabels = \"{}\"\nthreads = 1\nconfidence = 0.99\n",
-            names.transport_toml(),
-            model.display(),
-            root().join("models/coco.names").display()
-        ),
-    );
+    let config = gpu_server_config(dir.path(), &names, "grace_period = \"1ms\"\n");
     let mut worker = Running::start(&["worker", "--config", &config], &[]);
     assert!(
         worker
@@ -1060,4 +1046,19 @@ async fn a_motion_candidate_starts_a_worker_that_goes_after_the_cooldown_without
     );
     assert!(agent.wait_for("Motion started.", Duration::ZERO).is_none());
     assert!(agent.stop().success());
+}
+
+/// A GPU server's config on the test's AMQP names: YOLOv4-tiny with random weights
+/// (~45 ms a frame on one thread, no detection passes 0.99), prefetch 4, and the given
+/// `[scaling]` lines.
+fn gpu_server_config(dir: &std::path::Path, names: &Names, scaling: &str) -> String {
+    write_config(
+        dir,
+        &format!(
+            "[device]\nid = \"gpu-server\"\n{}prefetch = 4\n[scaling]\n{scaling}[inference]\nmodel = \"{}\"\nlabels = \"{}\"\nthreads = 1\nconfidence = 0.99\n",
+            names.transport_toml(),
+            tiny_random("pytorch").display(),
+            root().join("models/coco.names").display()
+        ),
+    )
 }
