@@ -3,7 +3,7 @@
 //! changed one restarts, the added one starts, the removed one stops; an invalid
 //! configuration is refused and the agent goes on with the running one.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::common::agent::{http_get, Agent};
 
@@ -41,16 +41,8 @@ fn frames(h: &serde_json::Value, camera: &str) -> u64 {
         .unwrap_or_else(|| panic!("no frames for {camera} in {h}"))
 }
 
-fn wait_until(agent: &Agent, what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !f() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; log:\n{}",
-            agent.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn wait_until(agent: &Agent, what: &str, f: impl FnMut() -> bool) {
+    agent.wait_until(what, WAIT, f);
 }
 
 #[test]

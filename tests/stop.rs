@@ -44,16 +44,8 @@ fn health(addr: &str) -> serde_json::Value {
     serde_json::from_str(&http_get(addr, "/health")).unwrap_or_default()
 }
 
-fn wait_until(agent: &Agent, what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !f() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; log:\n{}",
-            agent.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn wait_until(agent: &Agent, what: &str, f: impl FnMut() -> bool) {
+    agent.wait_until(what, WAIT, f);
 }
 
 fn frames(addr: &str, camera: &str) -> u64 {

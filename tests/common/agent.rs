@@ -86,6 +86,19 @@ impl Agent {
         }
     }
 
+    /// Polls `f` every 100 ms until it holds; fails after `within`, with the log.
+    pub fn wait_until(&self, what: &str, within: std::time::Duration, mut f: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + within;
+        while !f() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     pub fn log_text(&self) -> String {
         self.logs()
             .iter()
