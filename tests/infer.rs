@@ -11,7 +11,7 @@ use edge_agent::config::types::{Fraction, IntIn};
 use edge_agent::infer::config::{ChannelOrder, InferenceConfig, Provider, ResizeMode};
 use edge_agent::infer::image::{decode_jpeg, encode_jpeg, RgbImage};
 use edge_agent::infer::worker::{
-    self, AckOutcome, DetectionsMessage, FrameMeta, ResultSink, Snapshot, WorkItem,
+    self, AckOutcome, Confirmation, DetectionsMessage, FrameMeta, ResultSink, Snapshot, WorkItem,
 };
 use edge_agent::infer::{Detection, EventsConfig, InferError, Pipeline};
 use tokio::sync::mpsc;
@@ -383,7 +383,7 @@ enum Out {
 struct Recorder(Arc<Mutex<Vec<Out>>>);
 
 impl ResultSink for Recorder {
-    async fn detections(&self, m: &DetectionsMessage) -> Result<(), String> {
+    async fn detections(&self, m: &DetectionsMessage) -> Result<Confirmation, String> {
         // The snapshot the detections name must already be out.
         if let Some(id) = &m.snapshot {
             let seen = self
@@ -397,7 +397,7 @@ impl ResultSink for Recorder {
             }
         }
         self.0.lock().unwrap().push(Out::Det(Box::new(m.clone())));
-        Ok(())
+        Ok(Confirmation::done())
     }
     async fn snapshot(&self, s: &Snapshot) -> Result<(), String> {
         self.0.lock().unwrap().push(Out::Snap(s.clone()));
@@ -621,12 +621,13 @@ impl MqttSink {
 }
 
 impl ResultSink for MqttSink {
-    async fn detections(&self, m: &DetectionsMessage) -> Result<(), String> {
+    async fn detections(&self, m: &DetectionsMessage) -> Result<Confirmation, String> {
         self.send(
             format!("{}/detections", self.prefix),
             serde_json::to_vec(m).unwrap(),
         )
         .await
+        .map(|()| Confirmation::done())
     }
     async fn snapshot(&self, s: &Snapshot) -> Result<(), String> {
         self.send(
@@ -828,44 +829,64 @@ fn ort_library_is_found_past_a_missing_configured_path() {
     }
 }
 
-/// A sink whose detections fail: the frame must be requeued, not acked.
+/// A sink whose detections fail, when handed over or later when the broker would
+/// confirm them: either way the frame must be requeued, not acked.
 #[derive(Clone, Default)]
-struct FailingDetections(Arc<Mutex<Vec<String>>>);
+struct FailingDetections {
+    snapshots: Arc<Mutex<Vec<String>>>,
+    at_confirm: bool,
+}
 
 impl ResultSink for FailingDetections {
-    async fn detections(&self, _: &DetectionsMessage) -> Result<(), String> {
-        Err("broker away".into())
+    async fn detections(&self, _: &DetectionsMessage) -> Result<Confirmation, String> {
+        if self.at_confirm {
+            Ok(Confirmation::new(async { Err("connection lost".into()) }))
+        } else {
+            Err("broker away".into())
+        }
     }
     async fn snapshot(&self, s: &Snapshot) -> Result<(), String> {
-        self.0.lock().unwrap().push(format!("snap{}", s.meta.seq));
+        self.snapshots
+            .lock()
+            .unwrap()
+            .push(format!("snap{}", s.meta.seq));
         Ok(())
     }
 }
 
 #[tokio::test]
-async fn frame_is_requeued_when_its_detections_cannot_be_handed_over() {
-    let pipeline = Pipeline::new(&cfg(&test_model(), Some("models/test.names"))).unwrap();
-    let (tx, rx) = mpsc::channel(4);
-    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
-    let sink = FailingDetections::default();
-    let task = tokio::spawn(worker::run(
-        pipeline,
-        EventsConfig::default(),
-        rx,
-        sink.clone(),
-        CancellationToken::new(),
-    ));
-    let frame = jpeg_of(&scene(320, 240, &[(100, 60, 40, RED)]));
-    tx.send(item(1, frame, &ack_tx)).await.unwrap();
-    let (seq, outcome) = tokio::time::timeout(Duration::from_secs(30), ack_rx.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(seq, 1);
-    assert_eq!(outcome, AckOutcome::Requeue("broker away".into()));
-    assert_eq!(*sink.0.lock().unwrap(), vec!["snap1".to_string()]);
-    drop(tx);
-    task.await.unwrap().unwrap();
+async fn frame_is_requeued_when_its_detections_are_not_handed_over_or_not_confirmed() {
+    for (at_confirm, reason) in [(false, "broker away"), (true, "connection lost")] {
+        let pipeline = Pipeline::new(&cfg(&test_model(), Some("models/test.names"))).unwrap();
+        let (tx, rx) = mpsc::channel(4);
+        let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
+        let sink = FailingDetections {
+            at_confirm,
+            ..Default::default()
+        };
+        let task = tokio::spawn(worker::run(
+            pipeline,
+            EventsConfig::default(),
+            rx,
+            sink.clone(),
+            CancellationToken::new(),
+        ));
+        let frame = jpeg_of(&scene(320, 240, &[(100, 60, 40, RED)]));
+        tx.send(item(1, frame, &ack_tx)).await.unwrap();
+        let (seq, outcome) = tokio::time::timeout(Duration::from_secs(30), ack_rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(seq, 1);
+        assert_eq!(
+            outcome,
+            AckOutcome::Requeue(reason.into()),
+            "at_confirm {at_confirm}"
+        );
+        assert_eq!(*sink.snapshots.lock().unwrap(), vec!["snap1".to_string()]);
+        drop(tx);
+        task.await.unwrap().unwrap();
+    }
 }
 
 #[test]

@@ -888,7 +888,6 @@ async fn frames_are_offloaded_to_the_remote_queue_only_while_local_workers_are_s
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "found at the end of the session: a worker forced out by grace_period can lose one frame (acked, answer not yet flushed); 1 of 5 runs saw 39 of 40; fix the exit before re-enabling"]
 async fn a_worker_that_cannot_finish_within_the_grace_period_exits_anyway_and_its_frames_come_back()
 {
     let names = Names::new();

@@ -1,7 +1,6 @@
 //! `edge-agent worker`: one inference worker. Loads the model, connects as a consumer,
 //! prints the ready line the scaler waits for, then runs frames through the pipeline;
-//! a frame is acked only after its snapshot (if any) and detections are handed to the
-//! transport. SIGTERM: stop taking frames, finish those held, exit 0; a worker that
+//! a frame is acked only after the broker confirmed its snapshot (if any) and detections. SIGTERM: stop taking frames, finish those held, exit 0; a worker that
 //! cannot finish them within `scaling.grace_period` exits anyway (non-zero), before the
 //! pool's SIGKILL, and the frames it held are delivered again.
 
@@ -20,7 +19,7 @@ use crate::escalate::transport::{Role, Transport};
 use crate::escalate::TransportKind;
 use crate::infer::pipeline::Pipeline;
 use crate::infer::worker::{
-    self, AckOutcome, DetectionsMessage, FrameMeta, ResultSink, Snapshot, WorkItem,
+    self, AckOutcome, Confirmation, DetectionsMessage, FrameMeta, ResultSink, Snapshot, WorkItem,
 };
 use crate::scale::{HELD_PREFIX, PROVIDER_PREFIX, READY_LINE};
 use crate::shutdown::{install_signal_handlers, Shutdown};
@@ -56,11 +55,15 @@ fn device_of<'a>(meta: &'a FrameMeta, own: &'a str) -> &'a str {
 }
 
 impl ResultSink for Sink {
-    async fn detections(&self, msg: &DetectionsMessage) -> Result<(), String> {
+    async fn detections(&self, msg: &DetectionsMessage) -> Result<Confirmation, String> {
         let device = device_of(&msg.meta, &self.device);
-        self.transport
-            .publish_result_for(device, &msg.meta.camera, "detections", json(msg)?)
-            .map_err(|e| e.to_string())
+        let confirmed = self
+            .transport
+            .publish_result_then(device, &msg.meta.camera, "detections", json(msg)?)
+            .map_err(|e| e.to_string())?;
+        Ok(Confirmation::new(async move {
+            confirmed.await.map_err(|e| e.to_string())
+        }))
     }
     async fn snapshot(&self, snap: &Snapshot) -> Result<(), String> {
         let device = device_of(&snap.meta, &self.device);

@@ -10,6 +10,7 @@
 //! drop duplicates by (device, camera, seq, capture time).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -768,8 +769,23 @@ impl Transport {
         kind: &str,
         payload: Bytes,
     ) -> Result<(), TransportError> {
+        self.publish_result_then(device, camera, kind, payload)?
+            .await
+    }
+
+    /// Queues a result now (so results keep their order) and returns the broker's
+    /// confirmation to wait on later: a worker acks a frame only after its answer is
+    /// confirmed, without waiting a broker round trip before the next frame.
+    pub fn publish_result_then(
+        &self,
+        device: &str,
+        camera: &str,
+        kind: &str,
+        payload: Bytes,
+    ) -> Result<impl Future<Output = Result<(), TransportError>> + Send + 'static, TransportError>
+    {
         let out = self.result_out(device, camera, kind, payload)?;
-        self.confirmed(out).await
+        Ok(self.enqueue_confirmed(out))
     }
 
     /// Publishes an event snapshot and returns once the broker confirmed it, so the
@@ -797,11 +813,18 @@ impl Transport {
         self.confirmed(out).await
     }
 
-    async fn confirmed(&self, mut out: Out) -> Result<(), TransportError> {
+    async fn confirmed(&self, out: Out) -> Result<(), TransportError> {
+        self.enqueue_confirmed(out).await
+    }
+
+    fn enqueue_confirmed(
+        &self,
+        mut out: Out,
+    ) -> impl Future<Output = Result<(), TransportError>> + Send + 'static {
         let (tx, rx) = oneshot::channel();
         out.confirm = Some(tx);
         self.shared.enqueue(out, &self.link);
-        rx.await.map_err(|_| TransportError::Dropped)
+        async move { rx.await.map_err(|_| TransportError::Dropped) }
     }
 
     fn result_out(

@@ -1,7 +1,9 @@
 //! The worker loop, independent of the transport: frames (JPEG bytes, their camera and
 //! sequence number, and an ack callback) come in on a bounded channel; detections and
-//! snapshots go out through a [`ResultSink`]; a frame is acked only after everything it
-//! produced was handed over. A frame with detections of an event class gets a snapshot
+//! snapshots go out through a [`ResultSink`]; a frame is acked only after the broker
+//! confirmed its detections, so a worker that exits in between (forced out by its grace
+//! period) leaves the frame to be delivered again instead of acking an answer that never
+//! left. A frame with detections of an event class gets a snapshot
 //! (privacy classes pixelated), handed over before the detections that name it: the
 //! agent's incident events refer to it, so a consumer that fetches it finds it. Workers
 //! publish no events: incidents are the agent's (`crate::results`).
@@ -12,7 +14,8 @@
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -95,12 +98,47 @@ pub struct Snapshot {
 /// Where results go (the transport implements it). Errors are reasons in words; the
 /// frame is then requeued.
 pub trait ResultSink: Send + Sync + 'static {
+    /// Hands the detections over (in frame order) and returns the broker's confirmation,
+    /// which the frame's ack waits for while the next frames run.
     fn detections(
         &self,
         msg: &DetectionsMessage,
-    ) -> impl Future<Output = Result<(), String>> + Send;
+    ) -> impl Future<Output = Result<Confirmation, String>> + Send;
     fn snapshot(&self, snap: &Snapshot) -> impl Future<Output = Result<(), String>> + Send;
 }
+
+/// The broker's word that handed-over detections arrived.
+pub struct Confirmation(Pin<Box<dyn Future<Output = Result<(), String>> + Send>>);
+
+impl Confirmation {
+    pub fn new(f: impl Future<Output = Result<(), String>> + Send + 'static) -> Self {
+        Confirmation(Box::pin(f))
+    }
+    /// Already confirmed (a sink whose hand-over is its confirmation).
+    pub fn done() -> Self {
+        Confirmation::new(std::future::ready(Ok(())))
+    }
+    /// How the frame's message ends once the broker answered (or did not in time).
+    async fn outcome(self) -> AckOutcome {
+        match tokio::time::timeout(CONFIRM_TIMEOUT, self.0).await {
+            Ok(Ok(())) => AckOutcome::Done,
+            Ok(Err(reason)) => {
+                tracing::warn!(%reason, "Detections not confirmed by the broker; frame requeued.");
+                AckOutcome::Requeue(reason)
+            }
+            Err(_) => {
+                tracing::warn!(within = ?CONFIRM_TIMEOUT, "Detections not confirmed by the broker in time; frame requeued.");
+                AckOutcome::Requeue(format!(
+                    "detections not confirmed by the broker within {CONFIRM_TIMEOUT:?}"
+                ))
+            }
+        }
+    }
+}
+
+/// How long a frame's ack waits for the broker to confirm its detections before the
+/// frame is left for redelivery.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A frame's snapshot id: unique per camera and frame, usable in a topic and a routing
 /// key (`[A-Za-z0-9_-]`).
@@ -203,7 +241,9 @@ pub async fn run<S: ResultSink>(
                     ack(AckOutcome::Reject(e.to_string()));
                 }
                 Ok(out) => match hand_over(&sink, &events, meta, out, marks).await {
-                    Ok(()) => ack(AckOutcome::Done),
+                    Ok(confirmation) => {
+                        tokio::spawn(async move { ack(confirmation.outcome().await) });
+                    }
                     Err(reason) => {
                         tracing::warn!(%reason, "Results not handed over; frame requeued.");
                         ack(AckOutcome::Requeue(reason));
@@ -273,7 +313,7 @@ async fn hand_over<S: ResultSink>(
     meta: FrameMeta,
     out: Output,
     marks: Option<Marks>,
-) -> Result<(), String> {
+) -> Result<Confirmation, String> {
     let latency = marks.map(|mut m| {
         let t = &out.detections.timings;
         m.decode_ms = t.decode_ms;
@@ -299,10 +339,6 @@ async fn hand_over<S: ResultSink>(
             jpeg,
         };
         sink.snapshot(&snap).await?;
-        metrics()
-            .published
-            .get_or_create(&metrics::kind("snapshots"))
-            .inc();
         snapshot = Some(id);
     }
     let msg = DetectionsMessage {
@@ -313,12 +349,8 @@ async fn hand_over<S: ResultSink>(
         snapshot,
         snapshot_path,
     };
-    sink.detections(&msg).await?;
-    metrics()
-        .published
-        .get_or_create(&metrics::kind("detections"))
-        .inc();
-    Ok(())
+    // Counted by the transport when the broker confirms it, as every publish is.
+    sink.detections(&msg).await
 }
 
 /// Writes to a temporary name and renames, so a reader never sees half a file.
