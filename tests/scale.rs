@@ -11,6 +11,7 @@ fn worker_with_args(args: &[&str]) -> WorkerSpec {
         program: env!("CARGO_BIN_EXE_edge-agent").into(),
         args: args.iter().map(Into::into).collect(),
         env: vec![],
+        input: None,
     }
 }
 

@@ -40,6 +40,16 @@ impl Decider {
         }
     }
 
+    /// New bounds and thresholds (a reload); the targets seen within the cooldown
+    /// window still count, so a reload does not stop a worker early.
+    pub fn reconfigure(&mut self, cfg: &ScalingConfig) {
+        let window = std::mem::take(&mut self.window);
+        *self = Self {
+            window,
+            ..Self::new(cfg)
+        };
+    }
+
     /// The instantaneous target for a backlog, before the cooldown window.
     pub fn raw_target(&self, backlog: u64, current: u32) -> u32 {
         if current == 0 && backlog < self.activation {
