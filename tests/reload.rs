@@ -140,16 +140,14 @@ fn alive(pid: u32) -> bool {
         .is_some_and(|r| !r.starts_with('Z'))
 }
 
-/// Waits for exactly one ready worker other than those in `not`; its pid.
+/// Waits for exactly one worker process, ready and not one of `not`; its pid.
 fn ready_worker(agent: &Agent, addr: &str, not: &[u32]) -> u32 {
     let mut pid = 0;
     wait_until(agent, "one ready worker", || {
         let h = health(addr);
-        let kids: Vec<u32> = children_of(agent.pid)
-            .into_iter()
-            .filter(|k| !not.contains(k))
-            .collect();
-        if h["workers"]["ready"] == 1 && h["workers"]["draining"] == 0 && kids.len() == 1 {
+        // One child: no worker still draining either.
+        let kids = children_of(agent.pid);
+        if h["workers"]["ready"] == 1 && kids.len() == 1 && !not.contains(&kids[0]) {
             pid = kids[0];
             true
         } else {
