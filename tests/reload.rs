@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use crate::common::agent::{children_of, http_get, Agent};
+use crate::common::procs::alive;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -132,12 +133,15 @@ fn write_workers(dir: &std::path::Path, extra: &str) {
     std::fs::write(dir.join("agent.toml"), text).unwrap();
 }
 
-/// Whether `pid` names a live process (a zombie is dead, only not yet reaped).
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().to_string()))
-        .is_some_and(|r| !r.starts_with('Z'))
+/// An agent on [`write_workers`] with its first worker ready: the directory (kept for
+/// the test's edits), the agent, its /health address and the worker's pid.
+fn start_with_a_worker() -> (tempfile::TempDir, Agent, String, u32) {
+    let dir = tempfile::tempdir().unwrap();
+    write_workers(dir.path(), "");
+    let agent = Agent::start(&["--config-dir".as_ref(), dir.path().as_os_str()], &[]);
+    let addr = agent.metrics_addr(WAIT);
+    let first = ready_worker(&agent, &addr, &[]);
+    (dir, agent, addr, first)
 }
 
 /// Waits for exactly one worker process, ready and not one of `not`; its pid.
@@ -166,11 +170,7 @@ fn last_failure(h: &serde_json::Value) -> String {
 
 #[test]
 fn sighup_with_new_inference_settings_drains_the_running_worker_and_starts_new_ones_with_them() {
-    let dir = tempfile::tempdir().unwrap();
-    write_workers(dir.path(), "");
-    let agent = Agent::start(&["--config-dir".as_ref(), dir.path().as_os_str()], &[]);
-    let addr = agent.metrics_addr(WAIT);
-    let first = ready_worker(&agent, &addr, &[]);
+    let (dir, agent, addr, first) = start_with_a_worker();
 
     // A setting the worker acts on at start: with no GPU here, it refuses to start.
     write_workers(dir.path(), "[inference]\nrequire_gpu = true\n");
@@ -207,11 +207,7 @@ fn sighup_with_new_inference_settings_drains_the_running_worker_and_starts_new_o
 
 #[test]
 fn a_worker_started_after_a_file_edit_without_sighup_runs_on_the_agents_configuration() {
-    let dir = tempfile::tempdir().unwrap();
-    write_workers(dir.path(), "");
-    let agent = Agent::start(&["--config-dir".as_ref(), dir.path().as_os_str()], &[]);
-    let addr = agent.metrics_addr(WAIT);
-    let first = ready_worker(&agent, &addr, &[]);
+    let (dir, agent, addr, first) = start_with_a_worker();
 
     // Edited, not reloaded: a worker that read it could not start (no GPU here).
     write_workers(dir.path(), "[inference]\nrequire_gpu = true\n");
@@ -236,11 +232,7 @@ fn a_worker_started_after_a_file_edit_without_sighup_runs_on_the_agents_configur
 
 #[test]
 fn sighup_with_a_transport_change_reports_it_in_health_and_keeps_the_running_transport() {
-    let dir = tempfile::tempdir().unwrap();
-    write_workers(dir.path(), "");
-    let agent = Agent::start(&["--config-dir".as_ref(), dir.path().as_os_str()], &[]);
-    let addr = agent.metrics_addr(WAIT);
-    let first = ready_worker(&agent, &addr, &[]);
+    let (dir, agent, addr, first) = start_with_a_worker();
     let h = health(&addr);
     assert_eq!(h["restart_needed"], serde_json::json!([]), "{h}");
 
