@@ -124,6 +124,22 @@ mod tests {
     }
 
     #[test]
+    fn a_reload_applies_new_bounds_at_once_and_keeps_the_cooldown_window() {
+        let mut d = Decider::new(&cfg(0, 4, 1, 1, 10));
+        let t0 = Instant::now();
+        assert_eq!(d.decide(t0, 3, 0, false), 3);
+        // A lower maximum caps the very next decision; the burst still holds what is
+        // left of the window (no early scale-in because of the reload).
+        d.reconfigure(&cfg(0, 2, 1, 1, 10));
+        assert_eq!(d.decide(t0 + Duration::from_secs(1), 0, 3, false), 2);
+        d.reconfigure(&cfg(0, 4, 1, 1, 10));
+        assert_eq!(d.decide(t0 + Duration::from_secs(2), 0, 2, false), 3);
+        // A new floor applies with nothing waiting.
+        d.reconfigure(&cfg(1, 4, 1, 1, 1));
+        assert_eq!(d.decide(t0 + Duration::from_secs(20), 0, 0, false), 1);
+    }
+
+    #[test]
     fn activation_backlog_gates_the_start_from_zero_only() {
         let d = Decider::new(&cfg(0, 4, 3, 1, 30));
         assert_eq!(d.raw_target(2, 0), 0, "below activation: stay at zero");
