@@ -491,6 +491,7 @@ fn prepare_engines(spec: &WorkerSpec, inference: &crate::infer::InferenceConfig)
         .envs(spec.env.iter().cloned())
         .stdin(spec.stdin())
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
     let spec = spec.clone();
     tokio::spawn(async move {
