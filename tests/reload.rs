@@ -2,10 +2,15 @@
 //! unchanged camera keeps its pipeline (one start, its frame count only grows), the
 //! changed one restarts, the added one starts, the removed one stops; an invalid
 //! configuration is refused and the agent goes on with the running one.
+//!
+//! Workers run on the agent's configuration, never on the files: inference settings
+//! reloaded reach new workers and drain the old ones, a file edited without SIGHUP
+//! reaches no worker, and what only a restart applies is listed in /health.
 
 use std::time::Duration;
 
-use crate::common::agent::{http_get, Agent};
+use crate::common::agent::{children_of, http_get, Agent};
+use crate::common::procs::alive;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -112,6 +117,167 @@ fn sighup_keeps_the_unchanged_camera_restarts_the_changed_one_and_refuses_a_bad_
     assert_eq!(h["cameras"].as_object().unwrap().len(), 3, "{h}");
     assert_eq!(agent.logged("Configuration reloaded.").len(), 1);
     assert_eq!(count(&agent, "Camera starting.", "keep"), 1);
+    let status = agent.stop();
+    assert!(status.success(), "{status:?}");
+}
+
+// ---------------------------------------------------------------------------------
+// Workers and the settings a reload applies, or cannot.
+
+/// An agent with no camera and one worker always running (`min_workers = 1`), on the
+/// embedded broker; `extra` is appended.
+fn write_workers(dir: &std::path::Path, extra: &str) {
+    let text = format!(
+        "[device]\nid = \"reload-workers\"\n[telemetry]\nmetrics_listen = \"127.0.0.1:0\"\n[scaling]\nmin_workers = 1\ngrace_period = \"5s\"\n{extra}"
+    );
+    std::fs::write(dir.join("agent.toml"), text).unwrap();
+}
+
+/// An agent on [`write_workers`] with its first worker ready: the directory (kept for
+/// the test's edits), the agent, its /health address and the worker's pid.
+fn start_with_a_worker() -> (tempfile::TempDir, Agent, String, u32) {
+    let dir = tempfile::tempdir().unwrap();
+    write_workers(dir.path(), "");
+    let agent = Agent::start(&["--config-dir".as_ref(), dir.path().as_os_str()], &[]);
+    let addr = agent.metrics_addr(WAIT);
+    let first = ready_worker(&agent, &addr, &[]);
+    (dir, agent, addr, first)
+}
+
+/// Waits for exactly one worker process, ready and not one of `not`; its pid.
+fn ready_worker(agent: &Agent, addr: &str, not: &[u32]) -> u32 {
+    let mut pid = 0;
+    wait_until(agent, "one ready worker", || {
+        let h = health(addr);
+        // One child: no worker still draining either.
+        let kids = children_of(agent.pid);
+        if h["workers"]["ready"] == 1 && kids.len() == 1 && !not.contains(&kids[0]) {
+            pid = kids[0];
+            true
+        } else {
+            false
+        }
+    });
+    pid
+}
+
+fn last_failure(h: &serde_json::Value) -> String {
+    h["workers"]["last_failure"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn sighup_with_new_inference_settings_drains_the_running_worker_and_starts_new_ones_with_them() {
+    let (dir, agent, addr, first) = start_with_a_worker();
+
+    // A setting the worker acts on at start: with no GPU here, it refuses to start.
+    write_workers(dir.path(), "[inference]\nrequire_gpu = true\n");
+    agent.signal(libc::SIGHUP);
+    wait_until(
+        &agent,
+        "the first worker drained and its successor refusing the CPU",
+        || {
+            let h = health(&addr);
+            !alive(first)
+                && h["workers"]["ready"] == 0
+                && last_failure(&h).contains("inference.require_gpu is set")
+        },
+    );
+    let h = health(&addr);
+    assert_eq!(h["restart_needed"], serde_json::json!([]), "{h}");
+
+    // And back: the very next worker runs again, on the CPU.
+    write_workers(dir.path(), "[inference]\nrequire_gpu = false\n");
+    agent.signal(libc::SIGHUP);
+    let third = ready_worker(&agent, &addr, &[first]);
+    assert_ne!(third, first);
+    let h = health(&addr);
+    assert_eq!(h["workers"]["providers"]["cpu"], 1, "{h}");
+    // The drained worker finished cleanly: no crash counted for it.
+    assert!(
+        !last_failure(&h).contains("crashed"),
+        "{}",
+        last_failure(&h)
+    );
+    let status = agent.stop();
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn a_worker_started_after_a_file_edit_without_sighup_runs_on_the_agents_configuration() {
+    let (dir, agent, addr, first) = start_with_a_worker();
+
+    // Edited, not reloaded: a worker that read it could not start (no GPU here).
+    write_workers(dir.path(), "[inference]\nrequire_gpu = true\n");
+    unsafe { libc::kill(first as i32, libc::SIGKILL) };
+    let second = ready_worker(&agent, &addr, &[first]);
+    assert_ne!(second, first);
+    let h = health(&addr);
+    assert!(
+        !last_failure(&h).contains("require_gpu"),
+        "a worker read the edited file: {h}"
+    );
+    // It reads no file at all: its configuration comes from the agent, on stdin.
+    let cmdline = std::fs::read(format!("/proc/{second}/cmdline")).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    assert!(
+        !cmdline.contains(dir.path().to_str().unwrap()),
+        "worker command line names the configuration files: {cmdline}"
+    );
+    let status = agent.stop();
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn sighup_with_a_transport_change_reports_it_in_health_and_keeps_the_running_transport() {
+    let (dir, agent, addr, first) = start_with_a_worker();
+    let h = health(&addr);
+    assert_eq!(h["restart_needed"], serde_json::json!([]), "{h}");
+
+    // A broker nobody listens on: neither the agent nor a worker may switch to it.
+    let port = crate::common::broker::free_port();
+    write_workers(
+        dir.path(),
+        &format!("[transport]\nkind = \"mqtt\"\nmqtt_url = \"mqtt://127.0.0.1:{port}\"\n"),
+    );
+    agent.signal(libc::SIGHUP);
+    wait_until(
+        &agent,
+        "the transport change listed as needing a restart",
+        || {
+            health(&addr)["restart_needed"]
+                == serde_json::json!(["transport.kind", "transport.mqtt_url"])
+        },
+    );
+    let r = agent.wait_log("Reload: these settings need a restart.", 1, WAIT);
+    assert_eq!(
+        r["keys"].as_str().unwrap_or_default(),
+        r#"["transport.kind", "transport.mqtt_url"]"#,
+        "{r}"
+    );
+    // The worker was not replaced for it, and one started now still gets the running
+    // transport (the embedded broker) and becomes ready.
+    assert!(
+        alive(first),
+        "the worker was stopped for a setting it cannot take"
+    );
+    unsafe { libc::kill(first as i32, libc::SIGKILL) };
+    ready_worker(&agent, &addr, &[first]);
+    let h = health(&addr);
+    assert_eq!(h["broker_connected"], true, "{h}");
+
+    // The files back as they run: nothing needs a restart any more.
+    write_workers(dir.path(), "");
+    agent.signal(libc::SIGHUP);
+    wait_until(&agent, "nothing left needing a restart", || {
+        health(&addr)["restart_needed"] == serde_json::json!([])
+    });
+    assert_eq!(
+        agent.logged("Reload: these settings need a restart.").len(),
+        1
+    );
     let status = agent.stop();
     assert!(status.success(), "{status:?}");
 }

@@ -31,6 +31,11 @@ pub struct ConfigArgs {
     /// A configuration directory: agent.toml, then conf.d/*.toml in name order.
     #[arg(long, value_name = "DIR", env = "EDGE_AGENT_CONFIG_DIR")]
     pub config_dir: Option<PathBuf>,
+    /// Read the complete configuration from stdin, as the agent hands its own to the
+    /// workers it starts: taken as it is (no layering, environment overrides, `${VAR}`
+    /// or secret files), and the files and directory above are not read.
+    #[arg(long, hide = true)]
+    pub config_stdin: bool,
 }
 
 #[derive(Subcommand, Debug)]

@@ -31,6 +31,23 @@ pub fn children_of(pid: u32) -> Vec<u32> {
     kids
 }
 
+/// Whether `pid` names a live process (a zombie is dead, only not yet reaped).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().to_string()))
+        .is_some_and(|r| !r.starts_with('Z'))
+}
+
+/// Waits until `pid` is gone; panics with `what` after `within`.
+pub async fn wait_gone(pid: u32, within: Duration, what: &str) {
+    let deadline = Instant::now() + within;
+    while alive(pid) {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// `GET path` on `addr`; the body.
 pub fn http_get(addr: &str, path: &str) -> String {
     let Ok(mut s) = std::net::TcpStream::connect(addr) else {

@@ -24,13 +24,16 @@ pub fn main(cli: Cli) -> i32 {
             plain();
             validate(&config, explain, quiet)
         }
+        Command::Run { config } if config.config_stdin => {
+            plain();
+            eprintln!("--config-stdin is for the workers the agent starts: `run` reads its files again on SIGHUP, so give --config or --config-dir.");
+            EXIT_CONFIG
+        }
         Command::Run { config } => {
             with_config(&config, true, flag, |loaded| run::run(loaded, &config))
         }
         Command::Worker { config } => with_config(&config, true, flag, worker::run),
-        Command::Scaler { config } => {
-            with_config(&config, false, flag, |loaded| scaler::run(loaded, &config))
-        }
+        Command::Scaler { config } => with_config(&config, false, flag, scaler::run),
         Command::Motion {
             source,
             config,
@@ -61,6 +64,9 @@ pub fn main(cli: Cli) -> i32 {
 /// Loads configuration from the command line's sources; with none and `demo_ok`,
 /// the embedded demo.
 pub fn load_config(args: &ConfigArgs, demo_ok: bool) -> Result<Loaded, ConfigErrors> {
+    if args.config_stdin {
+        return config_from_stdin();
+    }
     let sources = Sources::from_process(args.config_dir.clone(), args.files.clone());
     if sources.is_empty() && demo_ok {
         return config::load::load_texts(
@@ -70,6 +76,21 @@ pub fn load_config(args: &ConfigArgs, demo_ok: bool) -> Result<Loaded, ConfigErr
         );
     }
     config::load(&sources)
+}
+
+/// The configuration the agent wrote on this worker's stdin (`--config-stdin`).
+fn config_from_stdin() -> Result<Loaded, ConfigErrors> {
+    use std::io::Read;
+    const NAME: &str = "the agent's configuration (stdin)";
+    let mut text = String::new();
+    if let Err(e) = std::io::stdin().read_to_string(&mut text) {
+        return Err(ConfigErrors(vec![config::ConfigError {
+            origin: None,
+            key: String::new(),
+            message: format!("cannot read {NAME}: {e}"),
+        }]));
+    }
+    config::load_resolved(NAME, &text)
 }
 
 /// Loads the configuration, starts logging in the format it asks for (unless the

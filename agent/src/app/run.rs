@@ -5,20 +5,20 @@
 //! → broker → workers (child processes, started by the scaler) → results back here.
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
 use crate::backoff::Backoff;
 use crate::cli::ConfigArgs;
-use crate::config::Loaded;
+use crate::config::resolved::{apply_live, restart_needed, workers_differ};
+use crate::config::{resolved_text, Config, Loaded};
 use crate::escalate::camera::{self as camera_loop, Candidate, EscalatedFrame, Escalation};
 use crate::escalate::message::{FrameHeader, FrameMessage, Stamp};
 use crate::escalate::transport::{Role, Transport};
@@ -27,7 +27,7 @@ use crate::ingest::{spawn_camera, CameraConfig, CameraHandle};
 use crate::motion::MotionTransition;
 use crate::scale::offload::{self, Offload};
 use crate::scale::prewarm::CandidateStarts;
-use crate::scale::{run_scaler, spawn_pool, Wake, WorkerSpec};
+use crate::scale::{run_scaler, spawn_pool, PoolHandle, ScalingConfig, Wake, WorkerSpec};
 use crate::shutdown::{install_signal_handlers, Shutdown};
 use crate::telemetry::metrics::{self, metrics};
 use crate::telemetry::{gpu, http, notify, process};
@@ -57,7 +57,10 @@ pub fn run(loaded: Loaded, args: &ConfigArgs) -> i32 {
 }
 
 async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
+    // `cfg` is the configuration at start, for what only a restart changes; `running`
+    // is what runs now, with what reloads applied (cameras, inference, scaling).
     let cfg = loaded.config.clone();
+    let mut running = loaded.config.clone();
     let device = cfg.device.id.to_string();
     let shutdown = Shutdown::new();
     install_signal_handlers(shutdown.clone());
@@ -72,17 +75,9 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
         info!(%addr, "Embedded MQTT broker listening on loopback.");
     }
 
-    // Workers: this binary's `worker` subcommand with the same configuration, pointed
-    // at the embedded broker when there is one.
+    // Workers: this binary's `worker` subcommand with the agent's own configuration.
     let wake = Arc::new(Wake::default());
-    let mut spec = WorkerSpec::this_binary(config_args(&args))
-        .context("cannot find this executable to start workers")?;
-    if let (TransportKind::Embedded, Some(addr)) = (cfg.transport.kind, transport.broker_addr()) {
-        spec.env.push((
-            "EDGE_AGENT__TRANSPORT__EMBEDDED_PORT".into(),
-            addr.port().to_string(),
-        ));
-    }
+    let spec = worker_spec(&running, &transport)?;
     prepare_engines(&spec, &cfg.inference);
     let pool = spawn_pool(
         spec,
@@ -107,11 +102,13 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
         }
         None => None,
     };
+    // Scaling settings as reloads change them, for the scaler and the escalator.
+    let (scaling_tx, scaling_rx) = watch::channel(cfg.scaling.clone());
     let scaler = {
         let t = transport.clone();
         let (local, p, remote) = (local_backlog.clone(), pool.clone(), remote_probe.clone());
         tokio::spawn(run_scaler(
-            cfg.scaling.clone(),
+            scaling_rx.clone(),
             pool.clone(),
             move || {
                 let (t, local, p, remote) = (t.clone(), local.clone(), p.clone(), remote.clone());
@@ -182,10 +179,10 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
         transport.clone(),
         device.clone(),
         wake.clone(),
-        cfg.scaling.prewarm_on_motion,
+        scaling_rx.clone(),
         pool.clone(),
         Offloader {
-            cfg: cfg.scaling.clone(),
+            cfg: scaling_rx.clone(),
             local_backlog: local_backlog.clone(),
             last: None,
         },
@@ -203,8 +200,11 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
     // Health, as /health and the heartbeat report it. Cameras are held weakly (the
     // report must not keep a camera alive past its stop) and refreshed on reload.
     let watched = Arc::new(std::sync::Mutex::new(watch_list(&cameras)));
+    // Settings changed in the files that only a restart applies, since the last reload.
+    let pending_restart: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
     let health: http::HealthFn = {
         let watched = watched.clone();
+        let pending = pending_restart.clone();
         let p = pool.clone();
         let t = transport.clone();
         Arc::new(move || {
@@ -219,8 +219,10 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
                 })
                 .collect();
             let w = p.status();
+            let restart = pending.lock().unwrap_or_else(|e| e.into_inner()).clone();
             serde_json::json!({ "version": crate::VERSION, "broker_connected": t.is_connected(), "cameras": cams,
-                "workers": { "running": w.running, "ready": w.ready, "target": w.target, "providers": w.providers, "last_failure": w.last_failure } })
+                "restart_needed": restart,
+                "workers": { "running": w.running, "ready": w.ready, "target": w.target, "draining": w.draining, "providers": w.providers, "last_failure": w.last_failure } })
         })
     };
     if !cfg.telemetry.metrics_listen.is_empty() {
@@ -271,7 +273,16 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
             }
             _ = hup.recv() => {
                 notify::reloading();
-                reload(&args, &mut cameras, &esc_tx, &shutdown, &mut retiring);
+                if let Some((next, restart)) = reload_config(&args, &running) {
+                    let cams = restart_cameras(&next.cameras, &mut cameras, &esc_tx, &shutdown, &mut retiring);
+                    let workers = apply_settings(&running, &next, &pool, &scaling_tx, &transport);
+                    info!(kept = cams.kept, restarted = cams.restarted, started = cams.started, stopped = cams.stopped, workers_replaced = workers, restart_needed = restart.len(), "Configuration reloaded.");
+                    if !restart.is_empty() {
+                        warn!(keys = ?restart, "Reload: these settings need a restart.");
+                    }
+                    *pending_restart.lock().unwrap_or_else(|e| e.into_inner()) = restart;
+                    running = next;
+                }
                 *watched.lock().unwrap_or_else(|e| e.into_inner()) = watch_list(&cameras);
                 if cfg.telemetry.home_assistant {
                     discovered = announce(&transport, &cfg, &cameras, &discovered);
@@ -455,7 +466,6 @@ fn announce(
     cameras.keys().cloned().collect()
 }
 
-/// The command-line arguments that give a worker the same configuration sources.
 /// Starts `edge-agent prepare` in the background when ONNX Runtime has TensorRT (its
 /// provider library lies next to libonnxruntime.so), so the engine is built at boot and
 /// not by the first worker after the first motion. It holds the engine cache's lock
@@ -479,11 +489,21 @@ fn prepare_engines(spec: &WorkerSpec, inference: &crate::infer::InferenceConfig)
     cmd.arg("prepare")
         .args(spec.args.iter().skip(1))
         .envs(spec.env.iter().cloned())
-        .stdin(std::process::Stdio::null())
+        .stdin(spec.stdin())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
+    let spec = spec.clone();
     tokio::spawn(async move {
         let started = Instant::now();
-        match cmd.output().await {
+        let out = match cmd.spawn() {
+            Ok(mut child) => {
+                spec.feed(&mut child);
+                child.wait_with_output().await
+            }
+            Err(e) => Err(e),
+        };
+        match out {
             Ok(out) => {
                 let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
                 if out.status.success() {
@@ -497,15 +517,15 @@ fn prepare_engines(spec: &WorkerSpec, inference: &crate::infer::InferenceConfig)
     });
 }
 
-pub(super) fn config_args(args: &ConfigArgs) -> Vec<OsString> {
-    let mut out: Vec<OsString> = Vec::new();
-    if let Some(dir) = &args.config_dir {
-        out.extend(["--config-dir".into(), dir.clone().into_os_string()]);
+/// How to start a worker on the configuration the agent runs: handed over on stdin
+/// (the worker reads no file), with the embedded broker's port filled in.
+pub(super) fn worker_spec(running: &Config, transport: &Transport) -> anyhow::Result<WorkerSpec> {
+    let mut c = running.clone();
+    if let (TransportKind::Embedded, Some(addr)) = (c.transport.kind, transport.broker_addr()) {
+        c.transport.embedded_port = crate::config::types::IntIn::lit(i64::from(addr.port()));
     }
-    for f in &args.files {
-        out.extend(["--config".into(), f.clone().into_os_string()]);
-    }
-    out
+    WorkerSpec::this_binary(resolved_text(&c))
+        .context("cannot find this executable to start workers")
 }
 
 fn start_camera(
@@ -556,29 +576,53 @@ async fn stop_camera(cam: Camera, until: tokio::time::Instant) -> Option<String>
     }
 }
 
-/// Re-reads the configuration: unchanged cameras keep streaming, changed ones restart,
-/// removed ones stop, new ones start. Other sections need a restart and say so. Never
-/// waits on a camera: those it stops go to `retiring`.
-fn reload(
-    args: &ConfigArgs,
+/// Re-reads the configuration for a reload: the configuration to run from now on
+/// (the new cameras, inference and scaling settings; the rest as it runs) and the keys
+/// that changed and need a restart. None when the new configuration is invalid.
+fn reload_config(args: &ConfigArgs, running: &Config) -> Option<(Config, Vec<String>)> {
+    let refuse = |errors: &dyn std::fmt::Display| {
+        error!(errors = %errors, "Reload refused: the new configuration is invalid; keeping the running one.");
+    };
+    let new = match super::load_config(args, true) {
+        Ok(l) => l.config,
+        Err(e) => {
+            refuse(&e);
+            return None;
+        }
+    };
+    let next = apply_live(running, &new);
+    // Valid on its own, the new configuration may still not fit what keeps running
+    // (new settings against the transport at start).
+    let errs = next.check();
+    if !errs.is_empty() {
+        let text: Vec<String> = errs.iter().map(|(k, m)| format!("{k}: {m}")).collect();
+        refuse(&text.join("; "));
+        return None;
+    }
+    Some((next, restart_needed(running, &new)))
+}
+
+/// What a reload did to the cameras.
+struct CameraChanges {
+    kept: usize,
+    restarted: usize,
+    started: usize,
+    stopped: usize,
+}
+
+/// Unchanged cameras keep streaming, changed ones restart, removed ones stop, new ones
+/// start. Never waits on a camera: those it stops go to `retiring`.
+fn restart_cameras(
+    new: &[CameraConfig],
     cameras: &mut BTreeMap<String, Camera>,
     esc_tx: &mpsc::Sender<Escalation>,
     shutdown: &Shutdown,
     retiring: &mut JoinSet<Option<String>>,
-) {
-    let loaded = match super::load_config(args, true) {
-        Ok(l) => l,
-        Err(e) => {
-            error!(errors = %e, "Reload refused: the new configuration is invalid; keeping the running one.");
-            return;
-        }
-    };
-    let wanted: BTreeMap<String, CameraConfig> = loaded
-        .config
-        .cameras
-        .into_iter()
+) -> CameraChanges {
+    let wanted: BTreeMap<String, CameraConfig> = new
+        .iter()
         .filter(|c| c.enabled)
-        .map(|c| (c.id.to_string(), c))
+        .map(|c| (c.id.to_string(), c.clone()))
         .collect();
     let (mut kept, mut restarted, mut started, mut stopped) = (0, 0, 0, 0);
     let ids: Vec<String> = cameras.keys().cloned().collect();
@@ -605,7 +649,51 @@ fn reload(
         }
     }
     started -= restarted.min(started);
-    info!(kept, restarted, started, stopped, "Configuration reloaded.");
+    CameraChanges {
+        kept,
+        restarted,
+        started,
+        stopped,
+    }
+}
+
+/// Applies a reload's scaling and inference settings: the scaler and escalator get the
+/// new scaling settings; workers started from now on get the whole new configuration,
+/// and when a setting they use changed, those running are drained and replaced.
+/// Whether workers are replaced.
+fn apply_settings(
+    running: &Config,
+    next: &Config,
+    pool: &PoolHandle,
+    scaling: &watch::Sender<ScalingConfig>,
+    transport: &Transport,
+) -> bool {
+    scaling.send_if_modified(|s| {
+        let changed = *s != next.scaling;
+        *s = next.scaling.clone();
+        changed
+    });
+    if running == next {
+        return false;
+    }
+    let spec = match worker_spec(next, transport) {
+        Ok(spec) => spec,
+        Err(e) => {
+            warn!(error = %e, "Workers keep the configuration they were started with.");
+            return false;
+        }
+    };
+    let replace = workers_differ(running, next);
+    if running.inference != next.inference {
+        prepare_engines(&spec, &next.inference);
+    }
+    pool.respec(
+        spec,
+        next.scaling.grace_period.get(),
+        next.scaling.worker_ready_timeout.get(),
+        replace,
+    );
+    replace
 }
 
 /// Owns publishing: motion transitions become motion messages, escalated frames are
@@ -615,32 +703,34 @@ async fn escalate(
     transport: Arc<Transport>,
     device: String,
     wake: Arc<Wake>,
-    prewarm: bool,
+    scaling: watch::Receiver<ScalingConfig>,
     pool: crate::scale::PoolHandle,
     mut offloader: Offloader,
 ) {
     let mut starts = CandidateStarts::default();
     while let Some(item) = rx.recv().await {
         match item {
-            Escalation::Candidate { camera, change } if prewarm => match change {
-                Candidate::Seen => {
-                    if starts.seen(&camera, pool.status().running) {
-                        metrics()
-                            .prewarm_starts
-                            .get_or_create(&metrics::camera(&camera))
-                            .inc();
+            Escalation::Candidate { camera, change } if scaling.borrow().prewarm_on_motion => {
+                match change {
+                    Candidate::Seen => {
+                        if starts.seen(&camera, pool.status().running) {
+                            metrics()
+                                .prewarm_starts
+                                .get_or_create(&metrics::camera(&camera))
+                                .inc();
+                        }
+                        wake.candidate();
                     }
-                    wake.candidate();
-                }
-                Candidate::Dropped => {
-                    if starts.dropped(&camera) {
-                        metrics()
-                            .false_starts
-                            .get_or_create(&metrics::camera(&camera))
-                            .inc();
+                    Candidate::Dropped => {
+                        if starts.dropped(&camera) {
+                            metrics()
+                                .false_starts
+                                .get_or_create(&metrics::camera(&camera))
+                                .inc();
+                        }
                     }
                 }
-            },
+            }
             Escalation::Candidate { .. } => {}
             Escalation::Motion(t) => {
                 if let MotionTransition::Started(e) = &t {
@@ -709,7 +799,8 @@ async fn escalate(
 
 /// Local first, remote when needed (`scale::offload`), for the escalator.
 struct Offloader {
-    cfg: crate::scale::ScalingConfig,
+    /// `remote_queue` in it never changes while running (a restart applies it).
+    cfg: watch::Receiver<ScalingConfig>,
     local_backlog: Arc<AtomicU64>,
     /// The decision for the last frame, to log changes only.
     last: Option<Offload>,
@@ -719,7 +810,8 @@ impl Offloader {
     /// The queue for the next frame: None for the local one.
     fn route(&mut self, pool: &crate::scale::PoolStatus) -> Option<String> {
         let backlog = self.local_backlog.load(Ordering::Relaxed);
-        let now = offload::decide(&self.cfg, pool, backlog);
+        let cfg = self.cfg.borrow().clone();
+        let now = offload::decide(&cfg, pool, backlog);
         if now != self.last {
             match now {
                 Some(why) => info!(
@@ -727,7 +819,7 @@ impl Offloader {
                     workers = pool.running,
                     ready = pool.ready,
                     backlog,
-                    offload_backlog = self.cfg.offload_backlog.get(),
+                    offload_backlog = cfg.offload_backlog.get(),
                     "Offloading frames to the remote queue."
                 ),
                 None => info!(
@@ -737,7 +829,7 @@ impl Offloader {
             }
             self.last = now;
         }
-        now.and(self.cfg.remote_queue.clone())
+        now.and(cfg.remote_queue)
     }
 
     /// Counts a frame sent where [`Offloader::route`] said.

@@ -25,7 +25,6 @@ use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use crate::backoff::Backoff;
-use crate::cli::ConfigArgs;
 use crate::config::{Loaded, EXIT_CONFIG};
 use crate::escalate::amqp::QueueProbe;
 use crate::escalate::TransportKind;
@@ -48,7 +47,7 @@ pub fn transport_error(kind: TransportKind) -> Option<String> {
     }
 }
 
-pub fn run(loaded: Loaded, args: &ConfigArgs) -> i32 {
+pub fn run(loaded: Loaded) -> i32 {
     if let Some(e) = transport_error(loaded.config.transport.kind) {
         eprint!("{e}");
         return EXIT_CONFIG;
@@ -57,11 +56,11 @@ pub fn run(loaded: Loaded, args: &ConfigArgs) -> i32 {
         "edge-scaler",
         Some(2),
         "The scaler stopped on an error.",
-        run_scaler_cmd(loaded, args.clone()),
+        run_scaler_cmd(loaded),
     )
 }
 
-async fn run_scaler_cmd(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
+async fn run_scaler_cmd(loaded: Loaded) -> anyhow::Result<i32> {
     let cfg = loaded.config;
     let shutdown = Shutdown::new();
     install_signal_handlers(shutdown.clone());
@@ -71,7 +70,8 @@ async fn run_scaler_cmd(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32>
         QueueProbe::new(&cfg.transport).context("transport")?,
     ));
 
-    let spec = WorkerSpec::this_binary(super::run::config_args(&args))
+    // Workers run on this scaler's configuration, handed over on stdin.
+    let spec = WorkerSpec::this_binary(crate::config::resolved_text(&cfg))
         .context("cannot find this executable to start workers")?;
     let pool = spawn_pool(
         spec,
@@ -86,7 +86,7 @@ async fn run_scaler_cmd(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32>
         let (probe, pool2, last) = (probe.clone(), pool.clone(), last_backlog.clone());
         let q = queue.clone();
         tokio::spawn(run_scaler(
-            cfg.scaling.clone(),
+            tokio::sync::watch::channel(cfg.scaling.clone()).1,
             pool.clone(),
             move || {
                 let (probe, pool, last, q) =

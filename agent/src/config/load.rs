@@ -155,6 +155,27 @@ pub fn load_texts(
         });
     }
 
+    let creds = vars.get("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+    finish(tree, errors, Some((creds.as_deref(), base.as_deref())))
+}
+
+/// Loads a configuration written by [`super::resolved_text`]: the agent's own, handed
+/// to a worker. Every value in it is final, so nothing is layered on it: no environment
+/// override, no `${VAR}`, no secret file (the URLs carry their passwords).
+pub fn load_resolved(name: &str, text: &str) -> Result<Loaded, ConfigErrors> {
+    match Node::parse(name, text) {
+        Ok(tree) => finish(tree, Vec::new(), None),
+        Err(e) => Err(ConfigErrors(e)),
+    }
+}
+
+/// Deserialises and checks a merged tree; `secrets` (credentials directory, base
+/// directory) reads the secret files.
+fn finish(
+    mut tree: Node,
+    mut errors: Vec<ConfigError>,
+    secrets: Option<(Option<&Path>, Option<&Path>)>,
+) -> Result<Loaded, ConfigErrors> {
     let config = deserialize_all(&mut tree, &mut errors);
     let Some(mut config) = config else {
         return Err(ConfigErrors(errors));
@@ -169,14 +190,9 @@ pub fn load_texts(
                 message,
             });
         }
-        let creds = vars.get("CREDENTIALS_DIRECTORY").map(PathBuf::from);
-        apply_secrets(
-            &mut config,
-            &tree,
-            creds.as_deref(),
-            base.as_deref(),
-            &mut errors,
-        );
+        if let Some((creds, base)) = secrets {
+            apply_secrets(&mut config, &tree, creds, base, &mut errors);
+        }
     }
     if errors.is_empty() {
         Ok(Loaded {

@@ -4,13 +4,15 @@
 
 pub mod load;
 pub mod render;
+pub mod resolved;
 pub mod secret;
 pub mod tree;
 pub mod types;
 
 use serde::{Deserialize, Serialize};
 
-pub use load::{load, Loaded, Sources};
+pub use load::{load, load_resolved, Loaded, Sources};
+pub use resolved::resolved_text;
 pub use tree::{ConfigError, ConfigErrors, Origin};
 
 use crate::escalate::TransportConfig;

@@ -1,4 +1,29 @@
-//! Secrets: the one redaction function every printed URL goes through.
+//! Secrets: the one redaction function every printed URL goes through, and the one
+//! scope in which serialising a configuration keeps them (to hand it to a worker).
+
+use std::cell::Cell;
+
+thread_local! {
+    static REVEAL: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with secrets serialised as they are (a [`super::types::SecretUrl`] keeps
+/// its password). Only for text that goes to a worker's stdin, never to a log.
+pub fn reveal<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            REVEAL.with(|r| r.set(self.0));
+        }
+    }
+    let _restore = Restore(REVEAL.with(|r| r.replace(true)));
+    f()
+}
+
+/// Whether [`reveal`] is running on this thread.
+pub(crate) fn revealing() -> bool {
+    REVEAL.with(Cell::get)
+}
 
 /// Replaces the password of a `scheme://user:password@host` URL with `***`.
 /// Works on text that is not a valid URL too, so that error messages are safe.

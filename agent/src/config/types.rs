@@ -178,7 +178,8 @@ impl Schemes for AmqpSchemes {
 }
 
 /// A URL that may carry a password. `Display`, `Debug` and `Serialize` redact it;
-/// only [`SecretUrl::expose`] gives the real text, for the one place that connects.
+/// only [`SecretUrl::expose`] gives the real text, for the one place that connects,
+/// and `Serialize` inside [`super::secret::reveal`], for the configuration a worker gets.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SecretUrl<S> {
     raw: String,
@@ -265,7 +266,11 @@ impl<'de, S: Schemes> Deserialize<'de> for SecretUrl<S> {
 
 impl<S> Serialize for SecretUrl<S> {
     fn serialize<Se: Serializer>(&self, s: Se) -> Result<Se::Ok, Se::Error> {
-        s.serialize_str(&redact_url(&self.raw))
+        if super::secret::revealing() {
+            s.serialize_str(&self.raw)
+        } else {
+            s.serialize_str(&redact_url(&self.raw))
+        }
     }
 }
 

@@ -40,6 +40,16 @@ impl Decider {
         }
     }
 
+    /// New bounds and thresholds (a reload); the targets seen within the cooldown
+    /// window still count, so a reload does not stop a worker early.
+    pub fn reconfigure(&mut self, cfg: &ScalingConfig) {
+        let window = std::mem::take(&mut self.window);
+        *self = Self {
+            window,
+            ..Self::new(cfg)
+        };
+    }
+
     /// The instantaneous target for a backlog, before the cooldown window.
     pub fn raw_target(&self, backlog: u64, current: u32) -> u32 {
         if current == 0 && backlog < self.activation {
@@ -111,6 +121,22 @@ mod tests {
         }
         let floor = Decider::new(&cfg(1, 3, 1, 2, 30));
         assert_eq!(floor.raw_target(0, 1), 1, "min_workers is a floor");
+    }
+
+    #[test]
+    fn a_reload_applies_new_bounds_at_once_and_keeps_the_cooldown_window() {
+        let mut d = Decider::new(&cfg(0, 4, 1, 1, 10));
+        let t0 = Instant::now();
+        assert_eq!(d.decide(t0, 3, 0, false), 3);
+        // A lower maximum caps the very next decision; the burst still holds what is
+        // left of the window (no early scale-in because of the reload).
+        d.reconfigure(&cfg(0, 2, 1, 1, 10));
+        assert_eq!(d.decide(t0 + Duration::from_secs(1), 0, 3, false), 2);
+        d.reconfigure(&cfg(0, 4, 1, 1, 10));
+        assert_eq!(d.decide(t0 + Duration::from_secs(2), 0, 2, false), 3);
+        // A new floor applies with nothing waiting.
+        d.reconfigure(&cfg(1, 4, 1, 1, 1));
+        assert_eq!(d.decide(t0 + Duration::from_secs(20), 0, 0, false), 1);
     }
 
     #[test]

@@ -52,8 +52,11 @@ impl Wake {
 /// Polls the backlog every `polling_interval` (or at once when `wake` is notified, as
 /// the escalator does for each frame and each motion candidate, so a worker starts
 /// without waiting for the next poll) and sets the pool's target.
+///
+/// `cfg` may change while it runs (a reload): the next decision uses the new bounds,
+/// keeping the cooldown window seen so far.
 pub async fn run_scaler<F, Fut>(
-    cfg: ScalingConfig,
+    mut cfg_rx: tokio::sync::watch::Receiver<ScalingConfig>,
     pool: PoolHandle,
     mut backlog: F,
     wake: Arc<Wake>,
@@ -62,9 +65,14 @@ pub async fn run_scaler<F, Fut>(
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<u64>>,
 {
+    let mut cfg = cfg_rx.borrow_and_update().clone();
     let mut decider = Decider::new(&cfg);
     let mut last_target = u32::MAX;
     loop {
+        if cfg_rx.has_changed().unwrap_or(false) {
+            cfg = cfg_rx.borrow_and_update().clone();
+            decider.reconfigure(&cfg);
+        }
         if let Some(b) = backlog().await {
             let current = pool.status().running;
             let candidate = wake.take_candidate() && cfg.prewarm_on_motion;

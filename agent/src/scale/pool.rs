@@ -15,6 +15,10 @@
 //!   child is reaped its pid may name another process.
 //! - A worker dies with the agent (`PR_SET_PDEATHSIG`), even when the agent is
 //!   SIGKILLed outside systemd, so no orphan keeps a GPU or the broker busy.
+//! - Workers get their configuration on stdin (the agent's own, resolved), never from
+//!   the files. A reload that changes what workers use hands the pool a new spec: new
+//!   workers start with it, and those started before are drained like a scale-in
+//!   (SIGTERM, finish what they hold), replaced at once as the target asks.
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -44,25 +48,70 @@ pub const PROVIDER_PREFIX: &str = "EDGE_AGENT_WORKER_PROVIDER";
 pub const HELD_PREFIX: &str = "EDGE_AGENT_WORKER_HELD";
 
 /// How to start one worker.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct WorkerSpec {
     pub program: PathBuf,
     pub args: Vec<OsString>,
     pub env: Vec<(String, String)>,
+    /// Written to the worker's stdin, which is then closed: the agent's resolved
+    /// configuration. It holds secrets, so it never goes on a command line or in a log.
+    pub input: Option<Arc<str>>,
+}
+
+impl std::fmt::Debug for WorkerSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerSpec")
+            .field("program", &self.program)
+            .field("args", &self.args)
+            .field("input", &self.input.as_ref().map(|i| i.len()))
+            .finish_non_exhaustive()
+    }
 }
 
 impl WorkerSpec {
-    /// This same binary, `worker` subcommand, with the given extra arguments.
-    pub fn this_binary(args: Vec<OsString>) -> std::io::Result<Self> {
-        let program = std::env::current_exe()?;
-        let mut all = vec![OsString::from("worker")];
-        all.extend(args);
+    /// This same binary, `worker --config-stdin`, fed `config` (from
+    /// [`crate::config::resolved_text`]).
+    pub fn this_binary(config: String) -> std::io::Result<Self> {
         Ok(Self {
-            program,
-            args: all,
+            program: std::env::current_exe()?,
+            args: vec!["worker".into(), "--config-stdin".into()],
             env: Vec::new(),
+            input: Some(Arc::from(config)),
         })
     }
+
+    /// Sets the child's stdin for [`WorkerSpec::feed`]: a pipe with an input, else null.
+    pub fn stdin(&self) -> Stdio {
+        match self.input {
+            Some(_) => Stdio::piped(),
+            None => Stdio::null(),
+        }
+    }
+
+    /// Writes the input to a child started with [`WorkerSpec::stdin`], then closes its
+    /// stdin. A child that stops reading early fails on its own (and says so).
+    pub fn feed(&self, child: &mut tokio::process::Child) {
+        let (Some(input), Some(mut stdin)) = (self.input.clone(), child.stdin.take()) else {
+            return;
+        };
+        let pid = child.id().unwrap_or(0);
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            if let Err(e) = stdin.write_all(input.as_bytes()).await {
+                warn!(pid, error = %e, "Cannot hand the configuration to a worker.");
+            }
+        });
+    }
+}
+
+/// What the pool starts workers with, replaced by [`PoolHandle::respec`].
+#[derive(Clone, Debug)]
+struct Settings {
+    spec: WorkerSpec,
+    grace: Duration,
+    ready_timeout: Duration,
+    /// Workers started with an older generation are drained.
+    generation: u64,
 }
 
 /// What the pool is doing, for status and tests.
@@ -86,11 +135,17 @@ pub struct PoolStatus {
     pub backing_off: bool,
     /// The last worker failed (to start, or crashed) and none became ready since.
     pub failing: bool,
+    /// Workers asked to stop (scale-in, or started with settings a reload replaced)
+    /// and still finishing.
+    pub draining: u32,
+    /// Workers drained because a reload replaced their settings.
+    pub replaced: u64,
 }
 
 #[derive(Clone)]
 pub struct PoolHandle {
     target: watch::Sender<u32>,
+    settings: watch::Sender<Settings>,
     status: Arc<Mutex<PoolStatus>>,
     done: watch::Receiver<bool>,
     ready: watch::Receiver<u32>,
@@ -102,6 +157,23 @@ impl PoolHandle {
             let changed = *t != n;
             *t = n;
             changed
+        });
+    }
+    /// Workers started from now on use `spec`, `grace` and `ready_timeout`; with
+    /// `replace`, those started before are drained (SIGTERM, they finish what they
+    /// hold) and new ones start in their place as the target asks.
+    pub fn respec(
+        &self,
+        spec: WorkerSpec,
+        grace: Duration,
+        ready_timeout: Duration,
+        replace: bool,
+    ) {
+        self.settings.send_modify(|s| {
+            s.spec = spec;
+            s.grace = grace;
+            s.ready_timeout = ready_timeout;
+            s.generation += u64::from(replace);
         });
     }
     pub fn status(&self) -> PoolStatus {
@@ -151,6 +223,8 @@ struct Worker {
     provider: Option<String>,
     /// Set once SIGTERM was sent: kill at this deadline.
     stopping: Option<Instant>,
+    /// The settings generation it was started with.
+    generation: u64,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
     signals: mpsc::Sender<Signal>,
 }
@@ -175,11 +249,16 @@ pub fn spawn_pool(
     let (done_tx, done_rx) = watch::channel(false);
     let status = Arc::new(Mutex::new(PoolStatus::default()));
     let (ready_tx, ready_rx) = watch::channel(0u32);
-    let pool = Pool {
-        ready_tx,
+    let settings = Settings {
         spec,
         grace,
         ready_timeout,
+        generation: 0,
+    };
+    let (settings_tx, settings_rx) = watch::channel(settings.clone());
+    let pool = Pool {
+        ready_tx,
+        settings,
         backoff,
         workers: Vec::new(),
         next_start: Instant::now(),
@@ -188,11 +267,12 @@ pub fn spawn_pool(
         seen_providers: Default::default(),
     };
     tokio::spawn(async move {
-        pool.run(target_rx, shutdown).await;
+        pool.run(target_rx, settings_rx, shutdown).await;
         let _ = done_tx.send(true);
     });
     PoolHandle {
         target: target_tx,
+        settings: settings_tx,
         status,
         done: done_rx,
         ready: ready_rx,
@@ -203,10 +283,9 @@ struct Pool {
     /// The ready count (workers ready and not asked to stop), for those who act on a
     /// change at once (the agent resends MQTT frames when the first worker is ready).
     ready_tx: watch::Sender<u32>,
-    spec: WorkerSpec,
-    grace: Duration,
-    /// A worker not ready this long after its start is taken as hung and killed.
-    ready_timeout: Duration,
+    /// How to start workers, their grace period after SIGTERM, and the readiness
+    /// timeout (a worker not ready this long after its start is taken as hung).
+    settings: Settings,
     backoff: Backoff,
     workers: Vec<Worker>,
     next_start: Instant,
@@ -216,9 +295,15 @@ struct Pool {
 }
 
 impl Pool {
-    async fn run(mut self, mut target_rx: watch::Receiver<u32>, shutdown: CancellationToken) {
+    async fn run(
+        mut self,
+        mut target_rx: watch::Receiver<u32>,
+        mut settings_rx: watch::Receiver<Settings>,
+        shutdown: CancellationToken,
+    ) {
         let (ev_tx, mut ev_rx) = mpsc::channel::<Event>(64);
         let mut stopping_all = false;
+        let mut settings_open = true;
         loop {
             let target = if stopping_all {
                 0
@@ -237,6 +322,13 @@ impl Pool {
                     if changed.is_err() { stopping_all = true; }
                 }
                 Some(ev) = ev_rx.recv() => self.on_event(ev),
+                changed = settings_rx.changed(), if settings_open => match changed {
+                    Ok(()) => {
+                        let new = settings_rx.borrow_and_update().clone();
+                        self.respec(new, Instant::now());
+                    }
+                    Err(_) => settings_open = false,
+                },
                 _ = tokio::time::sleep_until(wake.into()) => {}
                 _ = shutdown.cancelled(), if !stopping_all => {
                     info!(workers = self.workers.len(), "Stopping workers for shutdown.");
@@ -247,6 +339,31 @@ impl Pool {
         self.publish(0, Instant::now());
     }
 
+    /// New settings; workers of an older generation are drained.
+    fn respec(&mut self, new: Settings, now: Instant) {
+        let replace = new.generation != self.settings.generation;
+        self.settings = new;
+        if !replace {
+            return;
+        }
+        let generation = self.settings.generation;
+        let mut drained = 0;
+        for w in self
+            .workers
+            .iter_mut()
+            .filter(|w| w.stopping.is_none() && w.generation != generation)
+        {
+            w.signal(Signal::Term);
+            w.stopping = Some(now + self.settings.grace);
+            drained += 1;
+        }
+        self.counters.replaced += drained;
+        // A failure with the old settings says nothing about the new ones.
+        self.backoff.reset();
+        self.next_start = now;
+        info!(drained, generation, "Worker settings changed: workers started before finish what they hold and exit; new ones start with the new settings.");
+    }
+
     fn alive(&self) -> u32 {
         self.workers.iter().filter(|w| w.stopping.is_none()).count() as u32
     }
@@ -255,13 +372,13 @@ impl Pool {
         // Kill whoever outlived the grace period after SIGTERM.
         for w in &self.workers {
             if w.stopping.is_some_and(|deadline| now >= deadline) {
-                warn!(pid = w.pid, grace = ?self.grace, "Worker did not stop in time; killing it.");
+                warn!(pid = w.pid, grace = ?self.settings.grace, "Worker did not stop in time; killing it.");
                 w.signal(Signal::Kill);
             }
         }
         // Whoever is not ready within the readiness timeout hangs while loading: it
         // would count as starting forever and hold back the workers that replace it.
-        let timeout = self.ready_timeout;
+        let timeout = self.settings.ready_timeout;
         let hung: Vec<usize> = (0..self.workers.len())
             .filter(|&i| {
                 let w = &self.workers[i];
@@ -272,7 +389,7 @@ impl Pool {
             let w = &mut self.workers[i];
             w.signal(Signal::Kill);
             // Killed already; the grace deadline only repeats that if it lingers.
-            w.stopping = Some(now + self.grace);
+            w.stopping = Some(now + self.settings.grace);
             let pid = w.pid;
             let delay = self.failed(
                 Failure::ReadyTimeout,
@@ -298,7 +415,7 @@ impl Pool {
             for _ in 0..n {
                 if let Err(e) = self.start(ev_tx) {
                     let delay = self.failed(Failure::Start, format!("spawn failed: {e}"));
-                    warn!(program = %self.spec.program.display(), error = %e, retry_in = ?delay, "Cannot start a worker.");
+                    warn!(program = %self.settings.spec.program.display(), error = %e, retry_in = ?delay, "Cannot start a worker.");
                     break;
                 }
             }
@@ -317,21 +434,23 @@ impl Pool {
                 let w = &mut self.workers[i];
                 info!(pid = w.pid, "Scaling in: asking worker to finish and exit.");
                 w.signal(Signal::Term);
-                w.stopping = Some(now + self.grace);
+                w.stopping = Some(now + self.settings.grace);
             }
         }
     }
 
     fn start(&mut self, ev_tx: &mpsc::Sender<Event>) -> std::io::Result<()> {
-        let mut cmd = Command::new(&self.spec.program);
-        cmd.args(&self.spec.args)
-            .envs(self.spec.env.iter().cloned())
-            .stdin(Stdio::null())
+        let spec = &self.settings.spec;
+        let mut cmd = Command::new(&spec.program);
+        cmd.args(&spec.args)
+            .envs(spec.env.iter().cloned())
+            .stdin(spec.stdin())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         die_with_parent(&mut cmd);
         let mut child = cmd.spawn()?;
+        spec.feed(&mut child);
         let pid = child.id().unwrap_or(0);
         let tail = Arc::new(Mutex::new(VecDeque::with_capacity(8)));
         if let Some(out) = child.stdout.take() {
@@ -390,6 +509,7 @@ impl Pool {
             held: 0,
             provider: None,
             stopping: None,
+            generation: self.settings.generation,
             stderr_tail: tail,
             signals,
         });
@@ -474,7 +594,7 @@ impl Pool {
         for w in &self.workers {
             match w.stopping {
                 Some(d) => wake = wake.min(d),
-                None if !w.ready => wake = wake.min(w.started + self.ready_timeout),
+                None if !w.ready => wake = wake.min(w.started + self.settings.ready_timeout),
                 None => {}
             }
         }
@@ -494,6 +614,7 @@ impl Pool {
             .filter(|w| w.ready && w.stopping.is_none())
             .count() as u32;
         s.pids = self.workers.iter().map(|w| w.pid).collect();
+        s.draining = self.workers.iter().filter(|w| w.stopping.is_some()).count() as u32;
         s.held = self.workers.iter().map(|w| w.held).sum();
         for w in self
             .workers
