@@ -417,6 +417,7 @@ fn item(seq: u64, jpeg: Vec<u8>, acks: &mpsc::UnboundedSender<(u64, AckOutcome)>
         jpeg: jpeg.into(),
         ack: Box::new(move |o| {
             let _ = tx.send((seq, o));
+            Box::pin(async {})
         }),
         marks: None,
     }
@@ -683,6 +684,7 @@ async fn frame_published_on_mosquitto_comes_back_as_snapshot_then_detections() {
                             jpeg: p.payload.slice(nl + 1..),
                             ack: Box::new(move |o| {
                                 let _ = ack.send(o);
+                                Box::pin(async {})
                             }),
                             marks: None,
                         })
@@ -887,6 +889,56 @@ async fn frame_is_requeued_when_its_detections_are_not_handed_over_or_not_confir
         drop(tx);
         task.await.unwrap().unwrap();
     }
+}
+
+/// Confirms each frame's detections later than the next one's.
+#[derive(Clone, Default)]
+struct LateConfirms;
+
+impl ResultSink for LateConfirms {
+    async fn detections(&self, m: &DetectionsMessage) -> Result<Confirmation, String> {
+        let delay = Duration::from_millis(400u64.saturating_sub(m.meta.seq * 100));
+        Ok(Confirmation::new(async move {
+            tokio::time::sleep(delay).await;
+            Ok(())
+        }))
+    }
+    async fn snapshot(&self, _: &Snapshot) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// MQTT brokers take QoS 1 acks only in order (rumqttd drops a client that acks out of
+/// order), so frames are acked in the order they came, whenever their answers are
+/// confirmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_are_acked_in_the_order_they_came_whatever_order_their_answers_are_confirmed() {
+    let pipeline = Pipeline::new(&cfg(&test_model(), Some("models/test.names"))).unwrap();
+    let (tx, rx) = mpsc::channel(8);
+    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(worker::run(
+        pipeline,
+        EventsConfig::default(),
+        rx,
+        LateConfirms,
+        CancellationToken::new(),
+    ));
+    let frame = jpeg_of(&scene(320, 240, &[(100, 60, 40, RED)]));
+    for seq in 1..=4 {
+        tx.send(item(seq, frame.clone(), &ack_tx)).await.unwrap();
+    }
+    let mut acked = Vec::new();
+    while acked.len() < 4 {
+        let (seq, outcome) = tokio::time::timeout(Duration::from_secs(30), ack_rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(outcome, AckOutcome::Done);
+        acked.push(seq);
+    }
+    assert_eq!(acked, vec![1, 2, 3, 4]);
+    drop(tx);
+    task.await.unwrap().unwrap();
 }
 
 #[test]

@@ -194,7 +194,7 @@ async fn run_worker(loaded: Loaded) -> anyhow::Result<i32> {
         };
         let jpeg = d.msg.jpeg.clone();
         let ack: worker::Acker = Box::new(move |outcome| {
-            tokio::spawn(async move {
+            Box::pin(async move {
                 let r = match outcome {
                     AckOutcome::Done => d.ack().await,
                     AckOutcome::Reject(_) => d.reject("not_jpeg").await,
@@ -210,7 +210,7 @@ async fn run_worker(loaded: Loaded) -> anyhow::Result<i32> {
                 }
                 // Only now: the connection must not close before the ack is sent.
                 held_now.done();
-            });
+            })
         });
         let item = WorkItem {
             meta,

@@ -54,7 +54,9 @@ pub enum AckOutcome {
     Requeue(String),
 }
 
-pub type Acker = Box<dyn FnOnce(AckOutcome) + Send>;
+/// Settles a frame's message with the broker; awaited in frame order (see [`Settle`]).
+pub type Acker = Box<dyn FnOnce(AckOutcome) -> AckSent + Send>;
+pub type AckSent = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 pub struct WorkItem {
     pub meta: FrameMeta,
@@ -158,9 +160,53 @@ struct Output {
 pub async fn run<S: ResultSink>(
     pipeline: Pipeline,
     events: EventsConfig,
+    rx: mpsc::Receiver<WorkItem>,
+    sink: S,
+    shutdown: Shutdown,
+) -> Result<(), InferError> {
+    let (settle_tx, settle_rx) = mpsc::channel(SETTLE_QUEUE);
+    let settler = tokio::spawn(settle(settle_rx));
+    let result = run_frames(pipeline, events, rx, sink, shutdown, Settle(settle_tx)).await;
+    // The frames taken are settled before the loop counts as finished.
+    let _ = settler.await;
+    result
+}
+
+/// Frames whose outcome is known or awaited (the broker's confirmation), at most, before
+/// the loop waits for the oldest to settle.
+const SETTLE_QUEUE: usize = 64;
+
+type Pending = Pin<Box<dyn Future<Output = AckOutcome> + Send>>;
+
+/// Acks frames in the order they came in, each once its outcome is known: MQTT brokers
+/// take QoS 1 acks only in order (rumqttd drops a client that acks out of order), and
+/// the broker confirms results in order anyway, so nothing waits longer for it.
+#[derive(Clone)]
+struct Settle(mpsc::Sender<(Pending, Acker)>);
+
+impl Settle {
+    async fn now(&self, ack: Acker, outcome: AckOutcome) {
+        self.later(ack, Box::pin(std::future::ready(outcome))).await;
+    }
+    async fn later(&self, ack: Acker, outcome: Pending) {
+        // The settler ends only after this sender is dropped.
+        let _ = self.0.send((outcome, ack)).await;
+    }
+}
+
+async fn settle(mut rx: mpsc::Receiver<(Pending, Acker)>) {
+    while let Some((outcome, ack)) = rx.recv().await {
+        ack(outcome.await).await;
+    }
+}
+
+async fn run_frames<S: ResultSink>(
+    pipeline: Pipeline,
+    events: EventsConfig,
     mut rx: mpsc::Receiver<WorkItem>,
     sink: S,
     shutdown: Shutdown,
+    settle: Settle,
 ) -> Result<(), InferError> {
     let mut pipeline = Some(pipeline);
     loop {
@@ -198,7 +244,9 @@ pub async fn run<S: ResultSink>(
             Ok(v) => v,
             Err(e) => {
                 for a in acks.iter_mut().filter_map(Option::take) {
-                    a(AckOutcome::Requeue("worker task failed".into()));
+                    settle
+                        .now(a, AckOutcome::Requeue("worker task failed".into()))
+                        .await;
                 }
                 return Err(InferError::Run {
                     path: PathBuf::new(),
@@ -216,7 +264,7 @@ pub async fn run<S: ResultSink>(
             Ok(r) => r,
             Err(e) => {
                 for a in acks.iter_mut().filter_map(Option::take) {
-                    a(AckOutcome::Requeue(e.to_string()));
+                    settle.now(a, AckOutcome::Requeue(e.to_string())).await;
                 }
                 tracing::error!(error = %e, "Inference failed; worker stops.");
                 return Err(e);
@@ -238,15 +286,15 @@ pub async fn run<S: ResultSink>(
                     if metrics::should_log("worker-not-jpeg", std::time::Duration::from_secs(10)) {
                         tracing::warn!(camera = %meta.camera, seq = meta.seq, error = %e, "Frame rejected.");
                     }
-                    ack(AckOutcome::Reject(e.to_string()));
+                    settle.now(ack, AckOutcome::Reject(e.to_string())).await;
                 }
                 Ok(out) => match hand_over(&sink, &events, meta, out, marks).await {
                     Ok(confirmation) => {
-                        tokio::spawn(async move { ack(confirmation.outcome().await) });
+                        settle.later(ack, Box::pin(confirmation.outcome())).await;
                     }
                     Err(reason) => {
                         tracing::warn!(%reason, "Results not handed over; frame requeued.");
-                        ack(AckOutcome::Requeue(reason));
+                        settle.now(ack, AckOutcome::Requeue(reason)).await;
                     }
                 },
             }
