@@ -641,6 +641,7 @@ fn incidents(seen: &[Seen], class: &str) -> Vec<serde_json::Value> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::single_range_in_vec_init)] // one window of movement
 async fn two_objects_in_view_are_two_incidents_each_with_its_end() {
     // Two red squares, one above the other, moving right and back together.
     let lane = |y| edge_agent::ingest::synthetic::SceneObject {
@@ -706,6 +707,7 @@ async fn two_objects_in_view_are_two_incidents_each_with_its_end() {
 /// then to the 160-pixel model input, the spot is under a pixel and the whole frame
 /// misses it; a crop around the motion at camera resolution shows it whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::single_range_in_vec_init)] // one window of movement
 async fn a_small_object_the_whole_frame_misses_is_found_in_crops_around_motion() {
     use edge_agent::ingest::synthetic::{SceneObject, DARK_YUV, OBJECT_YUV};
     let carrier = |x, y, size, yuv| SceneObject {

@@ -248,7 +248,9 @@ mod tests {
 
     #[test]
     fn motion_boxes_become_squares_merged_where_they_overlap() {
-        let rows: Vec<(&str, Vec<[f32; 4]>, u32, Vec<Rect>)> = vec![
+        // Name, motion boxes, least side, squares wanted.
+        type Row = (&'static str, Vec<[f32; 4]>, u32, Vec<Rect>);
+        let rows: Vec<Row> = vec![
             ("no motion, no crop", vec![], 416, vec![]),
             (
                 "small box: the model's input size, centred",
@@ -340,7 +342,15 @@ mod tests {
 
     #[test]
     fn crops_lie_below_the_whole_frame_on_16_pixel_rows() {
-        let rows: Vec<(&str, (u32, u32), Vec<Rect>, Vec<[u32; 2]>, (u32, u32))> = vec![
+        // Name, whole frame, crops, their places wanted, payload size wanted.
+        type Row = (
+            &'static str,
+            (u32, u32),
+            Vec<Rect>,
+            Vec<[u32; 2]>,
+            (u32, u32),
+        );
+        let rows: Vec<Row> = vec![
             ("no crop", (640, 360), vec![], vec![], (640, 360)),
             (
                 "one crop wider than the frame",

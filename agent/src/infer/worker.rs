@@ -477,3 +477,132 @@ async fn write_atomically(path: &std::path::Path, data: &[u8]) -> std::io::Resul
     tokio::fs::write(&tmp, data).await?;
     tokio::fs::rename(&tmp, path).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::escalate::jpeg::encode_rgb;
+
+    fn rect(x: u32, y: u32, w: u32, h: u32) -> Rect {
+        Rect { x, y, w, h }
+    }
+
+    /// A 64x96 payload: a 64x32 whole frame on top, one 48x48 crop at row 48 of a
+    /// 256x128 camera frame.
+    fn payload(regions: Vec<Region>) -> (Vec<u8>, Payload) {
+        let jpeg = encode_rgb(&vec![90; 64 * 96 * 3], 64, 96, 90).unwrap();
+        (
+            jpeg,
+            Payload {
+                whole: (64, 32),
+                source: (256, 128),
+                regions,
+            },
+        )
+    }
+
+    #[test]
+    fn a_payload_is_cut_as_its_layout_says_and_a_layout_outside_it_is_a_bad_frame() {
+        let crop = Region {
+            frame: rect(100, 40, 48, 48),
+            at: [0, 48],
+        };
+        let (jpeg, p) = payload(vec![crop]);
+        let d = cut(&jpeg, &p).unwrap();
+        assert_eq!((d.whole.width, d.whole.height), (64, 32));
+        assert_eq!(d.source, (256, 128));
+        assert_eq!(d.inputs.len(), 1);
+        assert_eq!((d.inputs[0].0.width, d.inputs[0].0.height), (48, 48));
+        assert_eq!(d.inputs[0].1, Some(crop.frame));
+
+        // No regions: the whole frame is the model's input.
+        let (jpeg, p) = payload(Vec::new());
+        let d = cut(&jpeg, &p).unwrap();
+        assert_eq!(d.inputs.len(), 1);
+        assert_eq!(d.inputs[0].1, None);
+
+        let rows = [
+            (
+                "crop below the JPEG",
+                vec![Region {
+                    frame: rect(0, 0, 48, 48),
+                    at: [0, 60],
+                }],
+                (64, 32),
+                "region",
+            ),
+            (
+                "whole frame larger than the JPEG",
+                vec![],
+                (64, 128),
+                "whole frame",
+            ),
+        ];
+        for (name, regions, whole, says) in rows {
+            let (jpeg, mut p) = payload(regions);
+            p.whole = whole;
+            let err = cut(&jpeg, &p)
+                .err()
+                .unwrap_or_else(|| panic!("{name}: accepted"));
+            assert!(err.is_bad_input(), "{name}: {err}");
+            let msg = err.to_string();
+            assert!(msg.contains(says) && msg.contains("64x96"), "{name}: {msg}");
+        }
+    }
+
+    #[test]
+    fn boxes_of_crops_and_of_the_whole_frame_come_back_in_camera_pixels() {
+        let det = |x: f32| Detection {
+            class_id: 0,
+            class: "fire".into(),
+            score: 0.9,
+            x,
+            y: 4.0,
+            w: 8.0,
+            h: 6.0,
+        };
+        let dets = |items: Vec<Detection>, w, h| Detections {
+            items,
+            provider: "cpu",
+            width: w,
+            height: h,
+            regions: 0,
+            timings: Timings {
+                inference_ms: 2.0,
+                batch: 2,
+                ..Timings::default()
+            },
+        };
+        let img = |w, h| RgbImage::new(w, h, vec![0; (w * h * 3) as usize]).unwrap();
+        let d = Decoded {
+            whole: img(64, 32),
+            source: (256, 128),
+            inputs: vec![
+                (img(48, 48), Some(rect(100, 40, 48, 48))),
+                (img(48, 48), Some(rect(10, 20, 48, 48))),
+            ],
+            decode_ms: 1.0,
+        };
+        let got = to_camera(
+            &d,
+            vec![dets(vec![det(2.0)], 48, 48), dets(vec![det(30.0)], 48, 48)],
+        );
+        let boxes: Vec<[f32; 4]> = got.items.iter().map(|i| [i.x, i.y, i.w, i.h]).collect();
+        assert_eq!(boxes, [[102.0, 44.0, 8.0, 6.0], [40.0, 24.0, 8.0, 6.0]]);
+        assert_eq!((got.width, got.height, got.regions), (256, 128, 2));
+        assert_eq!(
+            got.timings.inference_ms, 4.0,
+            "the frame's share of both runs"
+        );
+        assert_eq!(got.timings.total_ms, 5.0);
+
+        let whole = Decoded {
+            inputs: vec![(img(64, 32), None)],
+            ..d
+        };
+        let got = to_camera(&whole, vec![dets(vec![det(2.0)], 64, 32)]);
+        let b = &got.items[0];
+        assert_eq!([b.x, b.y, b.w, b.h], [8.0, 16.0, 32.0, 24.0]);
+        assert_eq!(got.regions, 0);
+    }
+}

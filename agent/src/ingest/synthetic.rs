@@ -339,6 +339,37 @@ mod tests {
     }
 
     #[test]
+    fn listed_objects_replace_the_default_square_and_each_moves_in_its_own_windows() {
+        let o = |y, moves: Vec<Range<u64>>| SceneObject {
+            x: 10,
+            y,
+            size: 8,
+            travel: 100,
+            moves,
+            yuv: OBJECT_YUV,
+        };
+        let s = Scene {
+            objects: vec![o(20, vec![10..20]), o(60, vec![30..40])],
+            ..Scene::default()
+        };
+        let painted = s.painted();
+        assert_eq!(painted.len(), 2);
+        assert_eq!(painted[0].at(15, s.period), (110, 20), "first at its peak");
+        assert_eq!(painted[1].at(15, s.period), (10, 60), "second at rest");
+        assert_eq!(painted[1].at(35, s.period), (110, 60));
+        let moving: Vec<u64> = (0..50).filter(|&n| s.moving_at(n)).collect();
+        assert!(moving
+            .iter()
+            .all(|n| (11..=20).contains(n) || (31..=40).contains(n)));
+        assert!(moving.contains(&12) && moving.contains(&33), "{moving:?}");
+        // Without objects, the default square is the one painted.
+        assert_eq!(
+            Scene::default().painted()[0].size,
+            Scene::default().object_size()
+        );
+    }
+
+    #[test]
     fn demo_urls_choose_size_and_rate_and_ignore_nonsense() {
         let rows = [
             ("demo://x", (640, 360, 30)),
