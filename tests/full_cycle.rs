@@ -42,6 +42,7 @@ fn scene() -> Scene {
         fps: 10,
         period: 1_000_000,
         moves: vec![40..70],
+        objects: Vec::new(),
     }
 }
 
@@ -110,7 +111,14 @@ async fn mqtt_subscribe(port: u16, prefix: &str, device: &str) -> (Inbox, rumqtt
                 }
                 Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
                     let rest = p.topic.strip_prefix(&strip).unwrap_or(&p.topic);
-                    if let Some((camera, kind)) = rest.split_once('/') {
+                    // The frames to the workers, besides what they publish.
+                    if rest == "frames" {
+                        sink.lock().unwrap().push(Seen {
+                            camera: String::new(),
+                            kind: "frames".into(),
+                            payload: p.payload,
+                        });
+                    } else if let Some((camera, kind)) = rest.split_once('/') {
                         sink.lock().unwrap().push(Seen {
                             camera: camera.into(),
                             kind: kind.into(),
@@ -181,6 +189,16 @@ fn fire_sightings(seen: &[Seen]) -> Vec<String> {
         .collect()
 }
 
+/// A frame message as the agent publishes it: it decodes, and its header follows its
+/// schema. Returns the header.
+fn check_frame(p: &Bytes) -> edge_agent::escalate::FrameHeader {
+    let msg = edge_agent::escalate::message::decode(p, 64 << 20)
+        .unwrap_or_else(|e| panic!("frame message does not decode: {e}"));
+    let v = serde_json::to_value(&msg.header).unwrap();
+    crate::common::schema::check("frame-header.v2.json", &v);
+    msg.header
+}
+
 fn json(p: &Bytes) -> serde_json::Value {
     serde_json::from_slice(p).unwrap_or_else(|e| panic!("not JSON ({e}): {p:?}"))
 }
@@ -233,8 +251,12 @@ where
     // Everything published follows its schema.
     for s in &seen {
         let schema = match s.kind.as_str() {
+            "frames" => {
+                check_frame(&s.payload);
+                continue;
+            }
             "motion" => "motion.v1.json",
-            "detections" => "detections.v1.json",
+            "detections" => "detections.v2.json",
             k if k.starts_with("events/") => "event.v2.json",
             _ => continue,
         };
@@ -571,4 +593,226 @@ async fn an_object_in_view_is_one_incident_across_scale_in_and_out_and_ends_at_s
     );
     // It spans both moves, 25 s apart.
     assert!(end["duration_ms"].as_u64().unwrap() > 20_000, "{end}");
+}
+
+/// What a downstream service saw while the agent watched `scene` over Mosquitto, with
+/// `camera_keys` added to the camera's table, until `done` held for it (or two
+/// minutes), and the agent's log.
+async fn watch(
+    scene: Scene,
+    camera_keys: &str,
+    forget: &str,
+    done: impl Fn(&[Seen]) -> bool,
+) -> (Vec<Seen>, String) {
+    let device = unique("watch");
+    let prefix = unique("edge");
+    let url = url::Url::parse(&mqtt_url()).unwrap();
+    let (inbox, _client) = mqtt_subscribe(url.port().unwrap_or(1883), &prefix, &device).await;
+    let srv = RtspTestServer::start(scene);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("agent.toml");
+    let transport = format!(
+        "kind = \"mqtt\"\nmqtt_url = \"{}\"\ntopic_prefix = \"{prefix}\"",
+        mqtt_url()
+    );
+    let cfg = config_forgetting(&device, &srv.url("/gate"), &transport, forget)
+        .replace("\nurl = \"rtsp", &format!("\n{camera_keys}\nurl = \"rtsp"));
+    std::fs::write(&file, cfg).unwrap();
+    let agent = Agent::start(&["--config".as_ref(), file.as_os_str()], &[]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !done(&inbox.lock().unwrap()) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = agent.log_text();
+    let status = agent.stop();
+    assert!(status.success(), "agent exit on SIGTERM: {status:?}");
+    let seen = inbox.lock().unwrap().clone();
+    (seen, log)
+}
+
+/// The incident messages of `class`, start and end only, in arrival order.
+fn incidents(seen: &[Seen], class: &str) -> Vec<serde_json::Value> {
+    let kind = format!("events/{class}");
+    seen.iter()
+        .filter(|s| s.kind == kind)
+        .map(|s| json(&s.payload))
+        .filter(|v| v["state"] != "update")
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::single_range_in_vec_init)] // one window of movement
+async fn two_objects_in_view_are_two_incidents_each_with_its_end() {
+    // Two red squares, one above the other, moving right and back together.
+    let lane = |y| edge_agent::ingest::synthetic::SceneObject {
+        x: 60,
+        y,
+        size: 40,
+        travel: 200,
+        moves: vec![40..70],
+        yuv: edge_agent::ingest::synthetic::OBJECT_YUV,
+    };
+    let scene = Scene {
+        objects: vec![lane(60), lane(260)],
+        ..scene()
+    };
+    let ends = |seen: &[Seen]| {
+        incidents(seen, "fire")
+            .iter()
+            .filter(|v| v["state"] == "end")
+            .count()
+    };
+    let (seen, log) = watch(scene, "", "3s", |s| ends(s) >= 2).await;
+    let incident = incidents(&seen, "fire");
+    for v in &incident {
+        crate::common::schema::check("event.v2.json", v);
+    }
+    let sightings = fire_sightings(&seen);
+    let ids = |state: &str| {
+        let mut ids: Vec<String> = incident
+            .iter()
+            .filter(|v| v["state"] == state)
+            .map(|v| v["incident"].as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let (starts, ended) = (ids("start"), ids("end"));
+    assert_eq!(
+        starts.len(),
+        2,
+        "two incidents, one per square; sightings {sightings:?}\n{incident:?}\nlog:\n{log}"
+    );
+    assert_ne!(starts[0], starts[1]);
+    assert_eq!(ended, starts, "each incident ends: {incident:?}");
+    // One incident per lane: their boxes are in the two squares' rows.
+    let mut rows: Vec<f64> = incident
+        .iter()
+        .filter(|v| v["state"] == "end")
+        .map(|v| v["box"]["y"].as_f64().unwrap())
+        .collect();
+    rows.sort_by(f64::total_cmp);
+    assert!(
+        (rows[0] - 60.0).abs() < 12.0 && (rows[1] - 260.0).abs() < 12.0,
+        "incident rows {rows:?}: {incident:?}"
+    );
+    for v in incident.iter().filter(|v| v["state"] == "end") {
+        assert_eq!(v["end_reason"], "forgotten", "{v}");
+        assert!(v["frames"].as_u64().unwrap() >= 2, "{v}");
+    }
+}
+
+/// A 1280x720 camera: a dark square (which the test model does not find, but motion
+/// does) carries a 6-pixel red spot across the frame. Scaled to `detect_width` (640) and
+/// then to the 160-pixel model input, the spot is under a pixel and the whole frame
+/// misses it; a crop around the motion at camera resolution shows it whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::single_range_in_vec_init)] // one window of movement
+async fn a_small_object_the_whole_frame_misses_is_found_in_crops_around_motion() {
+    use edge_agent::ingest::synthetic::{SceneObject, DARK_YUV, OBJECT_YUV};
+    let carrier = |x, y, size, yuv| SceneObject {
+        x,
+        y,
+        size,
+        travel: 600,
+        moves: vec![40..70],
+        yuv,
+    };
+    let scene = Scene {
+        width: 1280,
+        height: 720,
+        objects: vec![
+            carrier(160, 336, 48, DARK_YUV),
+            carrier(180, 356, 6, OBJECT_YUV),
+        ],
+        ..scene()
+    };
+    // Motion ended, and every frame sent (a frame the agent sent again counts once)
+    // answered.
+    let answered = |seen: &[Seen]| {
+        let seqs = |kind: &str| {
+            let mut v: Vec<u64> = seen
+                .iter()
+                .filter(|s| s.kind == kind)
+                .filter_map(|s| match kind {
+                    "frames" => edge_agent::escalate::message::decode(&s.payload, 64 << 20)
+                        .ok()
+                        .map(|m| m.header.seq),
+                    _ => json(&s.payload)["seq"].as_u64(),
+                })
+                .collect();
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
+        let (sent, answered) = (seqs("frames"), seqs("detections"));
+        let ended = seen
+            .iter()
+            .any(|s| s.kind == "motion" && json(&s.payload)["state"] == "end");
+        ended && sent.len() >= 3 && sent.iter().all(|s| answered.contains(s))
+    };
+    let keys = "analysis_width = 640";
+    let crops = "escalation = { regions = \"motion\", crop_size = 160 }\nanalysis_width = 640";
+    let mut results = Vec::new();
+    for (name, keys) in [("whole", keys), ("crops", crops)] {
+        let (seen, log) = watch(scene.clone(), keys, "3s", answered).await;
+        let frames: Vec<_> = seen
+            .iter()
+            .filter(|s| s.kind == "frames")
+            .map(|s| check_frame(&s.payload))
+            .collect();
+        let dets: Vec<serde_json::Value> = seen
+            .iter()
+            .filter(|s| s.kind == "detections")
+            .map(|s| json(&s.payload))
+            .collect();
+        assert!(
+            answered(&seen),
+            "{name}: {} frames sent, {} answered\nlog:\n{log}",
+            frames.len(),
+            dets.len()
+        );
+        for h in &frames {
+            assert_eq!((h.width, h.height), (640, 360), "{name}");
+            assert_eq!((h.source_width, h.source_height), (1280, 720), "{name}");
+            assert_eq!(h.regions.is_empty(), name == "whole", "{name}: {h:?}");
+        }
+        for d in &dets {
+            crate::common::schema::check("detections.v2.json", d);
+            let d = &d["detections"];
+            assert_eq!((&d["width"], &d["height"]), (&1280.into(), &720.into()));
+        }
+        let fires: Vec<serde_json::Value> = dets
+            .iter()
+            .flat_map(|d| {
+                d["detections"]["items"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .filter(|i| i["class"] == "fire")
+            .collect();
+        results.push((name, fires, log));
+    }
+    let (_, whole, _) = &results[0];
+    assert!(
+        whole.is_empty(),
+        "the whole frame found the spot: {whole:?}"
+    );
+    let (_, crops, log) = &results[1];
+    assert!(!crops.is_empty(), "the crops missed the spot\nlog:\n{log}");
+    // In camera pixels, on the spot's path (row 356..362, columns 180..786).
+    for f in crops {
+        let (x, y, w, h) = (
+            f["x"].as_f64().unwrap(),
+            f["y"].as_f64().unwrap(),
+            f["w"].as_f64().unwrap(),
+            f["h"].as_f64().unwrap(),
+        );
+        assert!(
+            (y - 356.0).abs() < 6.0 && (h - 6.0).abs() < 6.0,
+            "spot row: {f}"
+        );
+        assert!(x > 170.0 && x + w < 796.0 && w < 12.0, "spot column: {f}");
+    }
 }

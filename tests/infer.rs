@@ -415,6 +415,7 @@ fn item(seq: u64, jpeg: Vec<u8>, acks: &mpsc::UnboundedSender<(u64, AckOutcome)>
             captured_ms: 1_700_000_000_000 + seq,
         },
         jpeg: jpeg.into(),
+        payload: Default::default(),
         ack: Box::new(move |o| {
             let _ = tx.send((seq, o));
             Box::pin(async {})
@@ -682,6 +683,7 @@ async fn frame_published_on_mosquitto_comes_back_as_snapshot_then_detections() {
                         .send(WorkItem {
                             meta,
                             jpeg: p.payload.slice(nl + 1..),
+                            payload: Default::default(),
                             ack: Box::new(move |o| {
                                 let _ = ack.send(o);
                                 Box::pin(async {})
@@ -777,7 +779,7 @@ async fn frame_published_on_mosquitto_comes_back_as_snapshot_then_detections() {
         topics.push(kind);
     }
     let d = detections.unwrap();
-    crate::common::schema::check("detections.v1.json", &d);
+    crate::common::schema::check("detections.v2.json", &d);
     assert_eq!(d["camera"], "cam1");
     assert_eq!(d["seq"], 7);
     let items = d["detections"]["items"].as_array().unwrap();

@@ -22,7 +22,7 @@ use crate::config::{resolved_text, Config, Loaded};
 use crate::escalate::camera::{self as camera_loop, Candidate, EscalatedFrame, Escalation};
 use crate::escalate::message::{FrameHeader, FrameMessage, Stamp};
 use crate::escalate::transport::{Role, Transport};
-use crate::escalate::{jpeg, TransportKind};
+use crate::escalate::{jpeg, regions, TransportKind};
 use crate::ingest::{spawn_camera, CameraConfig, CameraHandle};
 use crate::motion::MotionTransition;
 use crate::scale::offload::{self, Offload};
@@ -856,9 +856,18 @@ fn e_camera(t: &MotionTransition) -> &str {
     &t.event().camera
 }
 
+/// The frame message of an escalated frame: one JPEG holding the whole frame and, below
+/// it, its crops (`escalate::regions::layout`).
 fn encode_frame(f: EscalatedFrame, cold_start: bool) -> Result<FrameMessage, jpeg::JpegError> {
     let c = &f.colour;
-    let data = jpeg::encode_rgb(&c.rgb, c.width, c.height, f.jpeg_quality)?;
+    let (regions, data) = if c.crops.is_empty() {
+        let data = jpeg::encode_rgb(&c.rgb, c.width, c.height, f.jpeg_quality)?;
+        (Vec::new(), data)
+    } else {
+        let crops: Vec<_> = c.crops.iter().map(|k| (k.frame, &k.rgb[..])).collect();
+        let (regions, payload, (pw, ph)) = regions::compose(&c.rgb, (c.width, c.height), &crops);
+        (regions, jpeg::encode_rgb(&payload, pw, ph, f.jpeg_quality)?)
+    };
     let ns = |t: SystemTime| {
         t.duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -873,6 +882,9 @@ fn encode_frame(f: EscalatedFrame, cold_start: bool) -> Result<FrameMessage, jpe
         captured: ns(c.captured),
         width: c.width,
         height: c.height,
+        source_width: c.source_width,
+        source_height: c.source_height,
+        regions,
         boxes: f.boxes.iter().map(|b| [b.x, b.y, b.w, b.h]).collect(),
         stamps: vec![Stamp {
             stage: "motion".into(),

@@ -193,6 +193,7 @@ async fn run_worker(loaded: Loaded) -> anyhow::Result<i32> {
             captured_ms: h.captured / 1_000_000,
         };
         let jpeg = d.msg.jpeg.clone();
+        let payload = worker::Payload::of(h);
         let ack: worker::Acker = Box::new(move |outcome| {
             Box::pin(async move {
                 let r = match outcome {
@@ -215,6 +216,7 @@ async fn run_worker(loaded: Loaded) -> anyhow::Result<i32> {
         let item = WorkItem {
             meta,
             jpeg,
+            payload,
             ack,
             marks: Some(marks),
         };

@@ -606,6 +606,7 @@ impl Owner {
         } = d;
         match self.shared.accept_frame(bytes::Bytes::from(data)) {
             Incoming::Frame(msg) => {
+                let msg = *msg;
                 let d = Delivery {
                     msg,
                     redelivered,

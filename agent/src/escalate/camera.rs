@@ -10,8 +10,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::config::Regions;
 use super::policy::EscalationPolicy;
-use crate::ingest::{CameraConfig, CameraHandle, ColourFrame, GreyFrame};
+use crate::ingest::{CameraConfig, CameraHandle, ColourFrame, CropRequest, GreyFrame};
 use crate::motion::{Detector, EventTracker, MotionTransition, NormBox};
 use crate::telemetry::metrics::{self, metrics};
 
@@ -185,8 +186,17 @@ pub async fn run(
         if !m.has_motion() || !policy.wants(frame.captured) {
             continue;
         }
+        let boxes: Vec<NormBox> = m
+            .boxes
+            .iter()
+            .map(|b| b.normalised(frame.width, frame.height))
+            .collect();
+        let crops = (cam.escalation.regions == Regions::Motion).then(|| CropRequest {
+            boxes: boxes.iter().map(|b| [b.x, b.y, b.w, b.h]).collect(),
+            min_side: cam.escalation.crop_size.as_u32(),
+        });
         // The colour copy is converted off the runtime's threads.
-        let colour = match handle.colour_frame_off_runtime(frame.seq).await {
+        let colour = match handle.colour_frame_off_runtime(frame.seq, crops).await {
             // When analysis lags behind the ring, two analysed frames can resolve to the
             // same kept frame, which must not go out twice.
             Some(c) if last_sent.is_some_and(|s| c.seq <= s) => {
@@ -200,11 +210,6 @@ pub async fn run(
         };
         let colour_seq = colour.as_ref().map(|c| c.seq);
         let item = colour.map(|colour| {
-            let boxes = m
-                .boxes
-                .iter()
-                .map(|b| b.normalised(frame.width, frame.height))
-                .collect();
             Escalation::Frame(EscalatedFrame {
                 event_id: event.id.clone(),
                 colour,
@@ -253,6 +258,9 @@ mod tests {
                 width: 2,
                 height: 2,
                 rgb: vec![0; 12],
+                source_width: 2,
+                source_height: 2,
+                crops: Vec::new(),
             },
             boxes: Vec::new(),
             jpeg_quality: 80,

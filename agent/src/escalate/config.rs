@@ -156,6 +156,26 @@ pub struct EscalationConfig {
     /// JPEG quality of escalated frames.
     #[serde(default = "default_quality")]
     pub jpeg_quality: IntIn<1, 100>,
+    /// What the detector looks at: the whole frame scaled to `detect_width`, or crops
+    /// of the full-resolution frame around the motion boxes.
+    #[serde(default)]
+    pub regions: Regions,
+    /// Least side of a crop, in camera pixels: set it to the model's input size, so an
+    /// object is never shrunk on its way to the detector.
+    #[serde(default = "default_crop_size")]
+    pub crop_size: IntIn<32, 4096>,
+}
+
+/// What part of an escalated frame the detector sees.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Regions {
+    /// The whole frame at `detect_width`.
+    #[default]
+    Whole,
+    /// Square crops around motion at the camera's resolution (see `escalate::regions`);
+    /// the whole frame still travels for the snapshot.
+    Motion,
 }
 
 impl Default for EscalationConfig {
@@ -167,6 +187,8 @@ impl Default for EscalationConfig {
             max_frames: None,
             min_interval: default_interval(),
             jpeg_quality: default_quality(),
+            regions: Regions::default(),
+            crop_size: default_crop_size(),
         }
     }
 }
@@ -261,6 +283,10 @@ fn default_interval() -> Dur {
 }
 fn default_quality() -> IntIn<1, 100> {
     IntIn::lit(85)
+}
+/// YOLOv4's usual input size.
+fn default_crop_size() -> IntIn<32, 4096> {
+    IntIn::lit(416)
 }
 
 #[cfg(test)]

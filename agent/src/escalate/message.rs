@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! offset 0   4 bytes  magic "EDGF"
-//!        4   1 byte   format version (1)
+//!        4   1 byte   format version (2; 1 is still read)
 //!        5   1 byte   reserved (0)
 //!        6   4 bytes  header length, big endian
 //!       10   4 bytes  JPEG length, big endian
@@ -16,8 +16,15 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
-/// The format version this build writes and reads.
-pub const VERSION: u8 = 1;
+use super::regions::{Region, MAX_REGIONS};
+
+/// The format version this build writes. Version 2 added the camera frame's size and
+/// the crops (`source_width`, `source_height`, `regions`); a version 1 message is still
+/// read (it has neither: its JPEG is the whole frame, at the camera's size as far as
+/// anyone can tell).
+pub const VERSION: u8 = 2;
+/// The oldest version read.
+pub const MIN_VERSION: u8 = 1;
 const MAGIC: &[u8; 4] = b"EDGF";
 const PREFIX_LEN: usize = 14;
 /// A header longer than this is refused before parsing (boxes and stamps are few).
@@ -43,8 +50,21 @@ pub struct FrameHeader {
     pub seq: u64,
     /// Capture time, unix nanoseconds.
     pub captured: u64,
+    /// Size of the whole frame in the JPEG (at its top-left corner): the camera frame
+    /// scaled to `detect_width`.
     pub width: u32,
     pub height: u32,
+    /// Size of the camera frame, the pixels detections are given in (0 in version 1:
+    /// then `width` x `height`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub source_width: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub source_height: u32,
+    /// Crops of the camera frame at its full resolution, below the whole frame in the
+    /// JPEG (`escalation.regions = "motion"`); the worker detects on these instead of
+    /// the whole frame. Empty: detect on the whole frame.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub regions: Vec<Region>,
     /// Motion boxes, normalised `[x, y, w, h]` in 0..=1.
     #[serde(default)]
     pub boxes: Vec<[f32; 4]>,
@@ -55,7 +75,20 @@ pub struct FrameHeader {
     pub cold_start: bool,
 }
 
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
 impl FrameHeader {
+    /// The camera frame's size: what detections are given in.
+    pub fn source_size(&self) -> (u32, u32) {
+        if self.source_width == 0 || self.source_height == 0 {
+            (self.width, self.height)
+        } else {
+            (self.source_width, self.source_height)
+        }
+    }
+
     /// Records that `stage` happened now.
     pub fn stamp(&mut self, stage: &str) {
         self.stamps.push(Stamp {
@@ -76,7 +109,7 @@ pub struct FrameMessage {
 pub enum MessageError {
     #[error("bad magic: not an edge-agent frame message")]
     BadMagic,
-    #[error("unsupported format version {0} (this build reads {VERSION})")]
+    #[error("unsupported format version {0} (this build reads {MIN_VERSION} to {VERSION})")]
     UnsupportedVersion(u8),
     #[error("truncated: need {need} bytes, got {got}")]
     Truncated { need: usize, got: usize },
@@ -144,7 +177,7 @@ pub fn decode_bytes(data: Bytes, max_payload: usize) -> Result<FrameMessage, Mes
             got: data.len(),
         });
     }
-    if data[4] != VERSION {
+    if !(MIN_VERSION..=VERSION).contains(&data[4]) {
         return Err(MessageError::UnsupportedVersion(data[4]));
     }
     let header_len = u32::from_be_bytes([data[6], data[7], data[8], data[9]]) as usize;
@@ -172,7 +205,7 @@ pub fn decode_bytes(data: Bytes, max_payload: usize) -> Result<FrameMessage, Mes
     }
     let header: FrameHeader = serde_json::from_slice(&data[PREFIX_LEN..PREFIX_LEN + header_len])
         .map_err(|e| MessageError::HeaderInvalid(e.to_string()))?;
-    check_header(&header)?;
+    check_header(&header, data[4])?;
     let jpeg = data.slice(PREFIX_LEN + header_len..need);
     if jpeg.len() < 4 || jpeg[..2] != [0xFF, 0xD8] {
         return Err(MessageError::NotJpeg("no start-of-image marker"));
@@ -183,13 +216,16 @@ pub fn decode_bytes(data: Bytes, max_payload: usize) -> Result<FrameMessage, Mes
     Ok(FrameMessage { header, jpeg })
 }
 
-fn check_header(h: &FrameHeader) -> Result<(), MessageError> {
+fn check_header(h: &FrameHeader, framing: u8) -> Result<(), MessageError> {
     let bad = |m: String| Err(MessageError::HeaderInvalid(m));
-    if h.version != VERSION {
+    if h.version != framing {
         return bad(format!(
-            "header version {} differs from framing version {VERSION}",
+            "header version {} differs from framing version {framing}",
             h.version
         ));
+    }
+    if framing < 2 && (h.source_width != 0 || h.source_height != 0 || !h.regions.is_empty()) {
+        return bad("source size and regions need version 2".into());
     }
     for (name, v) in [("device", &h.device), ("camera", &h.camera)] {
         if crate::config::types::Ident::new(v).is_err() {
@@ -198,6 +234,28 @@ fn check_header(h: &FrameHeader) -> Result<(), MessageError> {
     }
     if h.width == 0 || h.height == 0 || h.width > 16384 || h.height > 16384 {
         return bad(format!("frame size {}x{} out of range", h.width, h.height));
+    }
+    let (sw, sh) = h.source_size();
+    if sw > 16384 || sh > 16384 || (h.source_width == 0) != (h.source_height == 0) {
+        return bad(format!(
+            "camera frame size {}x{} out of range",
+            h.source_width, h.source_height
+        ));
+    }
+    if h.regions.len() > MAX_REGIONS {
+        return bad(format!(
+            "{} regions, at most {MAX_REGIONS}",
+            h.regions.len()
+        ));
+    }
+    for r in &h.regions {
+        let payload = r.in_payload();
+        if !r.frame.within(sw, sh) || !payload.within(16384, 16384) {
+            return bad(format!(
+                "region {:?} at {:?} is not inside the {sw}x{sh} camera frame",
+                r.frame, r.at
+            ));
+        }
     }
     for b in &h.boxes {
         let ok = b.iter().all(|v| v.is_finite() && (0.0..=1.0).contains(v));
@@ -240,6 +298,17 @@ pub(crate) mod tests {
                 captured: 1_700_000_000_000_000_000,
                 width: 640,
                 height: 360,
+                source_width: 1920,
+                source_height: 1080,
+                regions: vec![Region {
+                    frame: crate::escalate::regions::Rect {
+                        x: 100,
+                        y: 200,
+                        w: 416,
+                        h: 416,
+                    },
+                    at: [0, 368],
+                }],
                 boxes: vec![[0.1, 0.2, 0.3, 0.4]],
                 stamps: vec![Stamp {
                     stage: "motion".into(),
@@ -255,7 +324,7 @@ pub(crate) mod tests {
     fn the_header_follows_its_schema() {
         let msg = sample(3, 100);
         let header: serde_json::Value = serde_json::to_value(&msg.header).unwrap();
-        crate::schema::check("frame-header.v1.json", &header);
+        crate::schema::check("frame-header.v2.json", &header);
     }
 
     #[test]
@@ -263,6 +332,22 @@ pub(crate) mod tests {
         let msg = sample(3, 1000);
         let back = decode(&encode(&msg), 4096).unwrap();
         assert_eq!(back, msg);
+    }
+
+    #[test]
+    fn a_version_1_message_is_still_read_as_the_whole_frame_at_its_own_size() {
+        let mut msg = sample(3, 100);
+        msg.header.version = 1;
+        msg.header.source_width = 0;
+        msg.header.source_height = 0;
+        msg.header.regions.clear();
+        let mut data = encode(&msg).to_vec();
+        data[4] = 1;
+        let json = String::from_utf8_lossy(&data[PREFIX_LEN..]).to_string();
+        assert!(!json.contains("source_width") && !json.contains("regions"));
+        let back = decode(&data, 4096).unwrap();
+        assert_eq!(back, msg);
+        assert_eq!(back.header.source_size(), (640, 360));
     }
 
     #[test]
@@ -295,6 +380,22 @@ pub(crate) mod tests {
             ("cut in header", good[..20].to_vec(), "truncated"),
             ("cut in jpeg", good[..good.len() - 1].to_vec(), "truncated"),
             ("version 9", with(&|v| v[4] = 9), "unsupported_version"),
+            ("version 0", with(&|v| v[4] = 0), "unsupported_version"),
+            (
+                "version 1 framing, version 2 header",
+                with(&|v| v[4] = 1),
+                "header_invalid",
+            ),
+            (
+                "region outside the camera frame",
+                reheader(&valid_json.replace("\"x\":100", "\"x\":1600")),
+                "header_invalid",
+            ),
+            (
+                "camera width without height",
+                reheader(&valid_json.replace(",\"source_height\":1080", "")),
+                "header_invalid",
+            ),
             (
                 "huge header length",
                 with(&|v| v[6..10].copy_from_slice(&u32::MAX.to_be_bytes())),

@@ -10,10 +10,11 @@ pub mod jpeg;
 pub mod message;
 pub mod mqtt;
 pub mod policy;
+pub mod regions;
 pub mod tls;
 pub mod transport;
 
-pub use config::{EscalationConfig, TransportConfig, TransportKind};
+pub use config::{EscalationConfig, Regions, TransportConfig, TransportKind};
 pub use embedded::EmbeddedBroker;
 pub use message::{FrameHeader, FrameMessage, MessageError, Stamp};
 pub use transport::{

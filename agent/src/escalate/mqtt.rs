@@ -429,6 +429,7 @@ impl Owner {
                 };
                 match self.shared.accept_frame(p.payload.clone()) {
                     Incoming::Frame(msg) => {
+                        let msg = *msg;
                         let Some(held) = HeldFrame::take(&self.shared, &msg) else {
                             // A copy of a frame this worker is working on.
                             self.shared.stats.bump("duplicate_frame");

@@ -381,9 +381,10 @@ pub(crate) struct Shared {
     pub beat: crate::telemetry::notify::Beat,
 }
 
-/// What a consumer does with an incoming frame.
+/// What a consumer does with an incoming frame (boxed: a header is much larger than
+/// the other variants).
 pub(crate) enum Incoming {
-    Frame(FrameMessage),
+    Frame(Box<FrameMessage>),
     Rejected,
     Duplicate,
 }
@@ -463,7 +464,7 @@ impl Shared {
                     self.stats.bump("duplicate_frame");
                     Incoming::Duplicate
                 } else {
-                    Incoming::Frame(m)
+                    Incoming::Frame(Box::new(m))
                 }
             }
         }

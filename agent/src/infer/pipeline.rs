@@ -52,8 +52,11 @@ pub struct Timings {
 pub struct Detections {
     pub items: Vec<Detection>,
     pub provider: &'static str,
+    /// The size of the frame the boxes are in.
     pub width: u32,
     pub height: u32,
+    /// Crops of the camera frame detected on (the worker's; 0: the whole frame).
+    pub regions: usize,
     pub timings: Timings,
 }
 
@@ -415,6 +418,7 @@ impl Pipeline {
                 provider: self.provider,
                 width: img.width,
                 height: img.height,
+                regions: 0,
                 timings: Timings::default(),
             });
         }

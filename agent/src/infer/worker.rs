@@ -22,10 +22,11 @@ use tokio::sync::mpsc;
 
 use super::config::EventsConfig;
 use super::image::{self, RgbImage};
-use super::pipeline::{Detections, Pipeline};
+use super::pipeline::{Detection, Detections, Pipeline, Timings};
 use super::snapshot;
 use super::InferError;
 use crate::escalate::message::unix_ns_now;
+use crate::escalate::regions::{self, Rect, Region};
 use crate::shutdown::Shutdown;
 use crate::telemetry::latency::{Latency, Marks};
 use crate::telemetry::metrics::{self, metrics};
@@ -58,17 +59,43 @@ pub enum AckOutcome {
 pub type Acker = Box<dyn FnOnce(AckOutcome) -> AckSent + Send>;
 pub type AckSent = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// How a frame's JPEG is laid out (from its header): the whole frame at its top-left,
+/// crops of the camera frame below it (`escalate::regions`). The default is a JPEG that
+/// is the whole frame, at the camera's size.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Payload {
+    /// Size of the whole frame in the JPEG; (0, 0): the whole JPEG.
+    pub whole: (u32, u32),
+    /// The camera frame's size, the pixels detections are given in; (0, 0): `whole`.
+    pub source: (u32, u32),
+    /// Crops to detect on instead of the whole frame.
+    pub regions: Vec<Region>,
+}
+
+impl Payload {
+    /// The layout a frame header describes.
+    pub fn of(h: &crate::escalate::FrameHeader) -> Self {
+        Self {
+            whole: (h.width, h.height),
+            source: h.source_size(),
+            regions: h.regions.clone(),
+        }
+    }
+}
+
 pub struct WorkItem {
     pub meta: FrameMeta,
     pub jpeg: bytes::Bytes,
+    pub payload: Payload,
     pub ack: Acker,
     /// The frame's latency marks so far (agent stamps, worker receipt); with them
     /// the detections carry a per-stage `latency` object.
     pub marks: Option<Marks>,
 }
 
-/// Version of the detections message (`schemas/detections.v1.json`).
-pub const DETECTIONS_VERSION: u32 = 1;
+/// Version of the detections message (`schemas/detections.v2.json`). Version 2 gives
+/// boxes in camera-frame pixels (version 1: in the frame scaled to `detect_width`).
+pub const DETECTIONS_VERSION: u32 = 2;
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct DetectionsMessage {
@@ -223,10 +250,11 @@ async fn run_frames<S: ResultSink>(
                 Err(_) => break,
             }
         }
-        let (metas, jpegs): (Vec<FrameMeta>, Vec<bytes::Bytes>) = batch
-            .iter()
-            .map(|i| (i.meta.clone(), i.jpeg.clone()))
-            .unzip();
+        let metas: Vec<FrameMeta> = batch.iter().map(|i| i.meta.clone()).collect();
+        let jpegs: Vec<(bytes::Bytes, Payload)> = batch
+            .iter_mut()
+            .map(|i| (i.jpeg.clone(), std::mem::take(&mut i.payload)))
+            .collect();
         let started = unix_ns_now();
         let mut marks: Vec<Option<Marks>> = batch.iter_mut().map(|i| i.marks.take()).collect();
         let mut acks: Vec<Option<Acker>> = batch.into_iter().map(|i| Some(i.ack)).collect();
@@ -302,32 +330,137 @@ async fn run_frames<S: ResultSink>(
     }
 }
 
+/// A decoded frame: the whole frame (for the snapshot) and what the model looks at.
+struct Decoded {
+    whole: RgbImage,
+    source: (u32, u32),
+    /// The model's inputs and where each lies in the camera frame (`None`: the whole
+    /// frame).
+    inputs: Vec<(RgbImage, Option<Rect>)>,
+    decode_ms: f64,
+}
+
+/// Decodes a frame's JPEG and cuts it as its [`Payload`] says; a layout that does not
+/// fit the JPEG is a bad frame.
+fn cut(jpeg: &[u8], payload: &Payload) -> Result<Decoded, InferError> {
+    let t = Instant::now();
+    let img = image::decode_jpeg(jpeg)?;
+    let whole = match payload.whole {
+        (0, 0) => (img.width, img.height),
+        s => s,
+    };
+    let source = match payload.source {
+        (0, 0) => whole,
+        s => s,
+    };
+    let bad = |what: String| InferError::BadImage {
+        bytes: jpeg.len(),
+        reason: format!("{what} is outside the {}x{} JPEG", img.width, img.height),
+    };
+    let part = |r: &Rect| -> Result<RgbImage, InferError> {
+        if !r.within(img.width, img.height) {
+            return Err(bad(format!("region {r:?}")));
+        }
+        RgbImage::new(r.w, r.h, regions::cut_rgb(&img.data, img.width, r))
+    };
+    let whole_rect = Rect {
+        x: 0,
+        y: 0,
+        w: whole.0,
+        h: whole.1,
+    };
+    let inputs = payload
+        .regions
+        .iter()
+        .map(|r| part(&r.in_payload()).map(|i| (i, Some(r.frame))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let whole = if whole == (img.width, img.height) {
+        img
+    } else {
+        part(&whole_rect).map_err(|_| bad(format!("whole frame {}x{}", whole.0, whole.1)))?
+    };
+    let inputs = if inputs.is_empty() {
+        vec![(whole.clone(), None)]
+    } else {
+        inputs
+    };
+    Ok(Decoded {
+        whole,
+        source,
+        inputs,
+        decode_ms: t.elapsed().as_secs_f64() * 1e3,
+    })
+}
+
+/// One frame's detections in camera pixels, from its inputs' detections: a crop's
+/// boxes are shifted by its place, the whole frame's scaled to the camera's size.
+fn to_camera(d: &Decoded, per_input: Vec<Detections>) -> Detections {
+    let mut items = Vec::new();
+    let mut timings = Timings::default();
+    let mut provider = "";
+    for (det, (img, frame)) in per_input.into_iter().zip(&d.inputs) {
+        provider = det.provider;
+        let t = &det.timings;
+        timings.preprocess_ms += t.preprocess_ms;
+        timings.inference_ms += t.inference_ms;
+        timings.postprocess_ms += t.postprocess_ms;
+        timings.batch = timings.batch.max(t.batch);
+        for mut i in det.items {
+            let b = [i.x, i.y, i.w, i.h];
+            let [x, y, w, h] = match frame {
+                Some(f) => regions::crop_to_camera(b, f),
+                None => regions::rescale(b, (img.width, img.height), d.source),
+            };
+            (i.x, i.y, i.w, i.h) = (x, y, w, h);
+            items.push(i);
+        }
+    }
+    timings.decode_ms = d.decode_ms;
+    timings.total_ms =
+        d.decode_ms + timings.preprocess_ms + timings.inference_ms + timings.postprocess_ms;
+    let regions = d.inputs.iter().filter(|(_, f)| f.is_some()).count();
+    Detections {
+        items,
+        provider,
+        width: d.source.0,
+        height: d.source.1,
+        regions,
+        timings,
+    }
+}
+
+/// Detects on one frame's JPEG laid out as `payload` says, boxes in camera pixels: what
+/// the worker does with a frame, without snapshot or hand-over (benchmarks use it).
+pub fn detect(p: &mut Pipeline, jpeg: &[u8], payload: &Payload) -> Result<Detections, InferError> {
+    let d = cut(jpeg, payload)?;
+    let inputs: Vec<&RgbImage> = d.inputs.iter().map(|(i, _)| i).collect();
+    let per_input = p.run_images(&inputs)?;
+    Ok(to_camera(&d, per_input))
+}
+
 /// Decodes and runs a batch. The outer error is the model's (stop); inner errors are
 /// the frames' (reject).
 fn process(
     p: &mut Pipeline,
-    jpegs: &[bytes::Bytes],
+    jpegs: &[(bytes::Bytes, Payload)],
     events: &EventsConfig,
 ) -> Result<Vec<Result<Output, InferError>>, InferError> {
-    let mut decoded: Vec<Result<(RgbImage, f64), InferError>> = Vec::with_capacity(jpegs.len());
-    for j in jpegs {
-        let t = Instant::now();
-        decoded.push(image::decode_jpeg(j).map(|img| (img, t.elapsed().as_secs_f64() * 1e3)));
-    }
-    let good: Vec<&RgbImage> = decoded
+    let decoded: Vec<Result<Decoded, InferError>> =
+        jpegs.iter().map(|(j, payload)| cut(j, payload)).collect();
+    let inputs: Vec<&RgbImage> = decoded
         .iter()
-        .filter_map(|d| d.as_ref().ok().map(|(i, _)| i))
+        .flatten()
+        .flat_map(|d| d.inputs.iter().map(|(i, _)| i))
         .collect();
-    let mut dets = p.run_images(&good)?.into_iter();
+    let mut dets = p.run_images(&inputs)?.into_iter();
     let quality = events.snapshot_quality.as_u32() as u8;
     let mut out = Vec::with_capacity(jpegs.len());
     for d in decoded {
         out.push(match d {
             Err(e) => Err(e),
-            Ok((img, decode_ms)) => {
-                let mut detections = dets.next().expect("one result per decoded frame");
-                detections.timings.decode_ms = decode_ms;
-                detections.timings.total_ms += decode_ms;
+            Ok(d) => {
+                let mine: Vec<Detections> = dets.by_ref().take(d.inputs.len()).collect();
+                let detections = to_camera(&d, mine);
                 let eventful = detections
                     .items
                     .iter()
@@ -338,16 +471,30 @@ fn process(
                         snapshot: None,
                     })
                 } else {
-                    snapshot::snapshot_jpeg(
-                        &img,
-                        &detections.items,
-                        &events.privacy_classes,
-                        quality,
-                    )
-                    .map(|jpeg| Output {
-                        detections,
-                        snapshot: Some(jpeg),
-                    })
+                    // The snapshot is the whole frame: boxes back to its size.
+                    let on_whole: Vec<Detection> = detections
+                        .items
+                        .iter()
+                        .map(|i| {
+                            let [x, y, w, h] = regions::rescale(
+                                [i.x, i.y, i.w, i.h],
+                                d.source,
+                                (d.whole.width, d.whole.height),
+                            );
+                            Detection {
+                                x,
+                                y,
+                                w,
+                                h,
+                                ..i.clone()
+                            }
+                        })
+                        .collect();
+                    snapshot::snapshot_jpeg(&d.whole, &on_whole, &events.privacy_classes, quality)
+                        .map(|jpeg| Output {
+                            detections,
+                            snapshot: Some(jpeg),
+                        })
                 }
             }
         });
@@ -409,4 +556,133 @@ async fn write_atomically(path: &std::path::Path, data: &[u8]) -> std::io::Resul
     let tmp = path.with_extension("jpg.part");
     tokio::fs::write(&tmp, data).await?;
     tokio::fs::rename(&tmp, path).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::escalate::jpeg::encode_rgb;
+
+    fn rect(x: u32, y: u32, w: u32, h: u32) -> Rect {
+        Rect { x, y, w, h }
+    }
+
+    /// A 64x96 payload: a 64x32 whole frame on top, one 48x48 crop at row 48 of a
+    /// 256x128 camera frame.
+    fn payload(regions: Vec<Region>) -> (Vec<u8>, Payload) {
+        let jpeg = encode_rgb(&vec![90; 64 * 96 * 3], 64, 96, 90).unwrap();
+        (
+            jpeg,
+            Payload {
+                whole: (64, 32),
+                source: (256, 128),
+                regions,
+            },
+        )
+    }
+
+    #[test]
+    fn a_payload_is_cut_as_its_layout_says_and_a_layout_outside_it_is_a_bad_frame() {
+        let crop = Region {
+            frame: rect(100, 40, 48, 48),
+            at: [0, 48],
+        };
+        let (jpeg, p) = payload(vec![crop]);
+        let d = cut(&jpeg, &p).unwrap();
+        assert_eq!((d.whole.width, d.whole.height), (64, 32));
+        assert_eq!(d.source, (256, 128));
+        assert_eq!(d.inputs.len(), 1);
+        assert_eq!((d.inputs[0].0.width, d.inputs[0].0.height), (48, 48));
+        assert_eq!(d.inputs[0].1, Some(crop.frame));
+
+        // No regions: the whole frame is the model's input.
+        let (jpeg, p) = payload(Vec::new());
+        let d = cut(&jpeg, &p).unwrap();
+        assert_eq!(d.inputs.len(), 1);
+        assert_eq!(d.inputs[0].1, None);
+
+        let rows = [
+            (
+                "crop below the JPEG",
+                vec![Region {
+                    frame: rect(0, 0, 48, 48),
+                    at: [0, 60],
+                }],
+                (64, 32),
+                "region",
+            ),
+            (
+                "whole frame larger than the JPEG",
+                vec![],
+                (64, 128),
+                "whole frame",
+            ),
+        ];
+        for (name, regions, whole, says) in rows {
+            let (jpeg, mut p) = payload(regions);
+            p.whole = whole;
+            let err = cut(&jpeg, &p)
+                .err()
+                .unwrap_or_else(|| panic!("{name}: accepted"));
+            assert!(err.is_bad_input(), "{name}: {err}");
+            let msg = err.to_string();
+            assert!(msg.contains(says) && msg.contains("64x96"), "{name}: {msg}");
+        }
+    }
+
+    #[test]
+    fn boxes_of_crops_and_of_the_whole_frame_come_back_in_camera_pixels() {
+        let det = |x: f32| Detection {
+            class_id: 0,
+            class: "fire".into(),
+            score: 0.9,
+            x,
+            y: 4.0,
+            w: 8.0,
+            h: 6.0,
+        };
+        let dets = |items: Vec<Detection>, w, h| Detections {
+            items,
+            provider: "cpu",
+            width: w,
+            height: h,
+            regions: 0,
+            timings: Timings {
+                inference_ms: 2.0,
+                batch: 2,
+                ..Timings::default()
+            },
+        };
+        let img = |w, h| RgbImage::new(w, h, vec![0; (w * h * 3) as usize]).unwrap();
+        let d = Decoded {
+            whole: img(64, 32),
+            source: (256, 128),
+            inputs: vec![
+                (img(48, 48), Some(rect(100, 40, 48, 48))),
+                (img(48, 48), Some(rect(10, 20, 48, 48))),
+            ],
+            decode_ms: 1.0,
+        };
+        let got = to_camera(
+            &d,
+            vec![dets(vec![det(2.0)], 48, 48), dets(vec![det(30.0)], 48, 48)],
+        );
+        let boxes: Vec<[f32; 4]> = got.items.iter().map(|i| [i.x, i.y, i.w, i.h]).collect();
+        assert_eq!(boxes, [[102.0, 44.0, 8.0, 6.0], [40.0, 24.0, 8.0, 6.0]]);
+        assert_eq!((got.width, got.height, got.regions), (256, 128, 2));
+        assert_eq!(
+            got.timings.inference_ms, 4.0,
+            "the frame's share of both runs"
+        );
+        assert_eq!(got.timings.total_ms, 5.0);
+
+        let whole = Decoded {
+            inputs: vec![(img(64, 32), None)],
+            ..d
+        };
+        let got = to_camera(&whole, vec![dets(vec![det(2.0)], 64, 32)]);
+        let b = &got.items[0];
+        assert_eq!([b.x, b.y, b.w, b.h], [8.0, 16.0, 32.0, 24.0]);
+        assert_eq!(got.regions, 0);
+    }
 }

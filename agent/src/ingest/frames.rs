@@ -24,7 +24,8 @@ pub struct GreyFrame {
     pub data: Vec<u8>,
 }
 
-/// A colour frame at detection size, made on demand from a kept decoded frame.
+/// A colour frame at detection size, made on demand from a kept decoded frame, with
+/// crops of it at full resolution when asked for.
 #[derive(Clone, Debug)]
 pub struct ColourFrame {
     pub camera: Arc<str>,
@@ -33,6 +34,19 @@ pub struct ColourFrame {
     pub width: u32,
     pub height: u32,
     /// Packed RGB24, `width * height * 3` bytes.
+    pub rgb: Vec<u8>,
+    /// The decoded (camera) frame's size.
+    pub source_width: u32,
+    pub source_height: u32,
+    pub crops: Vec<Crop>,
+}
+
+/// A part of the camera frame at its full resolution.
+#[derive(Clone, Debug)]
+pub struct Crop {
+    /// Where, in camera pixels.
+    pub frame: crate::escalate::regions::Rect,
+    /// Packed RGB24, `frame.w * frame.h * 3` bytes.
     pub rgb: Vec<u8>,
 }
 

