@@ -267,28 +267,18 @@ fn an_ir_switch_and_rain_meet_the_gating_goal() {
     }
 }
 
-/// Leaves, water, snow and a drifting cloud shadow: people are all found and less of
-/// the view is boxed falsely than with MOG2, but some frames without anyone still
-/// raise boxes (the goal on alarms is not met yet: bounds here catch regressions).
+/// Leaves and water (dynamic background), snow and a drifting cloud shadow: every person
+/// found, and false boxes and alarms on empty frames no worse than MOG2's (the warm-up
+/// learns the leaves and ripples, the speckle map the flakes and glints, the light test
+/// the ground a shadow leaves).
 #[test]
-fn leaves_water_snow_and_cloud_shadows_keep_recall_and_box_less_than_mog2() {
+fn leaves_water_snow_and_cloud_shadows_meet_the_gating_goal() {
     let tmp = tempfile::tempdir().unwrap();
     let kinds = ["leaves", "water", "snow", "shadow"];
     let clips: Vec<PathBuf> = kinds.iter().map(|k| scene(k, tmp.path())).collect();
-    for s in score(&clips) {
-        let (ours, mog2) = (&s.ours, &s.mog2);
-        assert!(f(ours, "recall") >= 0.90, "{}: {ours}", s.clip);
-        let (fa, fa_mog2) = (f(ours, "false_area_pct"), f(mog2, "false_area_pct"));
-        // Leaves: 0.70 % against MOG2's 0.50 %; the others below MOG2's.
-        let bound = if s.clip == "leaves" { 1.0 } else { fa_mog2 };
-        assert!(
-            fa <= bound,
-            "{}: false box area {fa} %, MOG2 {fa_mog2} %",
-            s.clip
-        );
-        // Leaves quieten once the noise level is learnt (the last 2 s have no alarm).
-        if s.clip == "leaves" {
-            assert!(alarm_rate(ours) <= 0.6, "{}: {ours}", s.clip);
-        }
+    let scored = score(&clips);
+    assert_eq!(scored.len(), kinds.len());
+    for s in &scored {
+        assert_goal(s);
     }
 }
