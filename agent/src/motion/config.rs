@@ -69,9 +69,10 @@ pub struct MotionConfig {
     /// An object replaces the texture, light only scales it. 1.0 turns the test off.
     #[serde(default = "default_light_texture")]
     pub light_texture: Fraction,
-    /// Analysed frames after the first one during which the detector only learns: the
-    /// per-pixel noise level is the plain mean of every difference seen (so leaves and
-    /// water are known from the start), and no box is reported. 0 turns it off.
+    /// Analysed frames after the first one during which the per-pixel noise level is
+    /// the plain mean of every difference seen, over the threshold too, so that leaves
+    /// and water are known within a second or two instead of climbing slowly from the
+    /// quiet frames only. Boxes are reported meanwhile. 0 turns it off.
     #[serde(default = "default_warmup_frames")]
     pub warmup_frames: IntIn<0, 100>,
     /// Where the scene sparkles (rain, snow, glints on water, leaf flutter), the many

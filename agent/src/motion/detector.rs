@@ -105,8 +105,8 @@ pub struct FrameMotion {
     pub shift: (i32, i32),
     /// The background was (re-)seeded from this frame: first frame or global change.
     pub reseeded: bool,
-    /// Warm-up (`warmup_frames` after the first frame): the detector is learning the
-    /// scene's noise and reports no box.
+    /// Warm-up (`warmup_frames` after the first frame): the noise level is still the
+    /// plain mean of every difference seen.
     pub learning: bool,
 }
 
@@ -364,8 +364,7 @@ impl Detector {
             differ as f32 / self.active_count as f32
         };
         self.out.spread = self.spread();
-        let learning = self.warmup_left > 0;
-        if learning {
+        if self.warmup_left > 0 {
             self.warmup_left -= 1;
             self.out.learning = true;
         }
@@ -419,7 +418,7 @@ impl Detector {
                 }
                 continue;
             }
-            if c.area > self.max_area || learning {
+            if c.area > self.max_area {
                 continue;
             }
             if self.speckle > 0.0 {
@@ -1748,14 +1747,14 @@ mod tests {
     }
 
     #[test]
-    fn swaying_leaves_are_learnt_in_the_warm_up_and_raise_no_box() {
+    fn swaying_leaves_are_learnt_in_the_warm_up_and_raise_few_boxes() {
         let off = MotionConfig {
             warmup_frames: IntIn::lit(0),
             ..MotionConfig::default()
         };
         let mut scores = Vec::new();
         for (name, cfg, most_alarms, least_alarms) in [
-            ("defaults", MotionConfig::default(), 6, 0),
+            ("defaults", MotionConfig::default(), 10, 0),
             ("no warm-up", off, 40, 15),
         ] {
             let (found, objects, alarms, empty) = nuisance_score(&cfg, 200, leaves);
@@ -1774,14 +1773,14 @@ mod tests {
     }
 
     #[test]
-    fn snow_flakes_raise_no_box_once_the_speckle_map_knows_them() {
+    fn snow_flakes_raise_few_boxes_once_the_speckle_map_knows_them() {
         let off = MotionConfig {
             speckle_factor: IntIn::lit(0),
             ..MotionConfig::default()
         };
         let mut scores = Vec::new();
         for (name, cfg, most_alarms, least_alarms) in [
-            ("defaults", MotionConfig::default(), 8, 0),
+            ("defaults", MotionConfig::default(), 10, 0),
             ("no speckle map", off, 40, 20),
         ] {
             let (found, objects, alarms, empty) = nuisance_score(&cfg, 200, snow);
