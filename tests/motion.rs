@@ -267,28 +267,30 @@ fn an_ir_switch_and_rain_meet_the_gating_goal() {
     }
 }
 
-/// Leaves, water, snow and a drifting cloud shadow: people are all found and less of
-/// the view is boxed falsely than with MOG2, but some frames without anyone still
-/// raise boxes (the goal on alarms is not met yet: bounds here catch regressions).
+/// Leaves (dynamic background), snow and a drifting cloud shadow meet the goal (the
+/// warm-up learns the leaves, the speckle map the flakes, the light test the ground a
+/// shadow leaves). Water finds every person and boxes less of the view than MOG2, but
+/// its glints still raise a box on most empty frames (30 of 31; MOG2 26, all after its
+/// own warm-up): the goal on alarms is not met there yet, so it is not asserted.
 #[test]
-fn leaves_water_snow_and_cloud_shadows_keep_recall_and_box_less_than_mog2() {
+fn leaves_snow_and_cloud_shadows_meet_the_gating_goal_and_water_boxes_less_than_mog2() {
     let tmp = tempfile::tempdir().unwrap();
     let kinds = ["leaves", "water", "snow", "shadow"];
     let clips: Vec<PathBuf> = kinds.iter().map(|k| scene(k, tmp.path())).collect();
-    for s in score(&clips) {
+    let scored = score(&clips);
+    assert_eq!(scored.len(), kinds.len());
+    for s in &scored {
+        if s.clip != "water" {
+            assert_goal(s);
+            continue;
+        }
         let (ours, mog2) = (&s.ours, &s.mog2);
         assert!(f(ours, "recall") >= 0.90, "{}: {ours}", s.clip);
-        let (fa, fa_mog2) = (f(ours, "false_area_pct"), f(mog2, "false_area_pct"));
-        // Leaves: 0.70 % against MOG2's 0.50 %; the others below MOG2's.
-        let bound = if s.clip == "leaves" { 1.0 } else { fa_mog2 };
+        let fa = f(ours, "false_area_pct");
         assert!(
-            fa <= bound,
-            "{}: false box area {fa} %, MOG2 {fa_mog2} %",
+            fa <= f(mog2, "false_area_pct"),
+            "{}: {fa} %, MOG2 {mog2}",
             s.clip
         );
-        // Leaves quieten once the noise level is learnt (the last 2 s have no alarm).
-        if s.clip == "leaves" {
-            assert!(alarm_rate(ours) <= 0.6, "{}: {ours}", s.clip);
-        }
     }
 }

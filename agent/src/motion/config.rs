@@ -62,6 +62,27 @@ pub struct MotionConfig {
     /// usually remain). 0 turns the test off.
     #[serde(default = "default_shadow_ratio")]
     pub shadow_ratio: Fraction,
+    /// Light test, the other side of the shadow test: a pixel brighter than the
+    /// background by at most 1 / `shadow_ratio` (a shadow leaving, a cloud passing on)
+    /// is light, not change, when its 3x3 neighbourhood still looks like the
+    /// background's (normalised correlation at least this; both flat counts as alike).
+    /// An object replaces the texture, light only scales it. 1.0 turns the test off.
+    #[serde(default = "default_light_texture")]
+    pub light_texture: Fraction,
+    /// Analysed frames after the first one during which the per-pixel noise level is
+    /// the plain mean of every difference seen, over the threshold too, so that leaves
+    /// and water are known within a second or two instead of climbing slowly from the
+    /// quiet frames only. Boxes are reported meanwhile. 0 turns it off.
+    #[serde(default = "default_warmup_frames")]
+    pub warmup_frames: IntIn<0, 100>,
+    /// Where the scene sparkles (rain, snow, glints on water, leaf flutter), the many
+    /// specks too small to be boxes are counted per block of the view (the fraction of
+    /// it they covered, averaged over recent frames), and a box there must be larger:
+    /// its area times (1 - this factor x that fraction, at least 0.1) must still reach
+    /// `min_area`. Specks join into blobs that pass `min_area`; objects are solid and
+    /// larger. 0 turns it off.
+    #[serde(default = "default_speckle_factor")]
+    pub speckle_factor: IntIn<0, 16>,
     /// Follow the camera's exposure: the background is compared at the frame's
     /// overall brightness (the median ratio of frame to background), so auto-exposure,
     /// clouds and dusk do not look like motion. Off: such changes are caught only by
@@ -133,6 +154,9 @@ impl Default for MotionConfig {
             shake_radius: default_shake_radius(),
             follow_exposure: true,
             shadow_ratio: default_shadow_ratio(),
+            light_texture: default_light_texture(),
+            warmup_frames: default_warmup_frames(),
+            speckle_factor: default_speckle_factor(),
             start_frames: default_start_frames(),
             quiet_period: default_quiet(),
             contrast: ContrastConfig::default(),
@@ -263,6 +287,21 @@ fn default_noise_factor() -> IntIn<0, 16> {
 /// (recall 0.92 against 0.96).
 fn default_shadow_ratio() -> Fraction {
     Fraction::lit(0.7)
+}
+/// 0.6: a shadow's edge moving off textured ground keeps a correlation of 0.8-1.0
+/// with the background; a person or a car over it falls well below. Lower takes more
+/// of an object's edge pixels for light.
+fn default_light_texture() -> Fraction {
+    Fraction::lit(0.6)
+}
+/// 8 frames (1.6 s at 5 fps): the noise level's own averaging time (1/8 per frame).
+fn default_warmup_frames() -> IntIn<0, 100> {
+    IntIn::lit(8)
+}
+/// 6: specks covering 5 % of a block per frame (light snow) double the area a box
+/// needs there; 15 % (a snowstorm, heavy rain) ten times it.
+fn default_speckle_factor() -> IntIn<0, 16> {
+    IntIn::lit(6)
 }
 /// 16 px at 320 wide (5 % of the width): a pole-mounted camera in wind, sampled at a
 /// few frames per second, is anywhere within its swing; CDnet's cameraJitter/traffic

@@ -105,6 +105,9 @@ pub struct FrameMotion {
     pub shift: (i32, i32),
     /// The background was (re-)seeded from this frame: first frame or global change.
     pub reseeded: bool,
+    /// Warm-up (`warmup_frames` after the first frame): the noise level is still the
+    /// plain mean of every difference seen.
+    pub learning: bool,
 }
 
 impl FrameMotion {
@@ -162,11 +165,30 @@ pub struct Detector {
     /// always moves, the threshold rises to `noise_factor` times it.
     dev: Vec<u16>,
     noise_factor: u16,
+    /// Warm-up frames still to learn, and how many were learnt (for the plain mean).
+    warmup_left: u32,
+    warmup_total: u32,
+    /// Light test: least 3x3 correlation with the background (None: off).
+    light_texture: Option<f32>,
+    /// Rows of `fg` holding light candidates (value 3) this frame.
+    light_rows: Vec<u32>,
+    /// Speckle map: per block of `block` x `block` pixels (`bw` x `bh` blocks), the
+    /// fraction of it covered by components under `min_area`, averaged over recent
+    /// frames (1/8 per frame), and this frame's sums.
+    speckle: f32,
+    block: usize,
+    bw: usize,
+    speckle_map: Vec<f32>,
+    speckle_now: Vec<f32>,
     /// Shadow test: a pixel darker than the background, but at least this fraction of
     /// it (in 1/256), is a shadow, not a change (0: off).
     shadow: u16,
     /// Largest camera shake compensated, in analysis pixels (0: off).
     shake: usize,
+    /// The last frame was shifted: the camera is shaking, search again.
+    shaking: bool,
+    /// The exposure gain already measured this frame, and at which shift.
+    gain_at: Option<((isize, isize), u16)>,
     /// Shake estimate scratch: coarse (1/`coarse` size) gradient images of the frame
     /// and of the background, and a coarse row of sums.
     coarse: usize,
@@ -197,6 +219,8 @@ impl Detector {
     pub fn new(cfg: &MotionConfig, width: u32, height: u32) -> Self {
         let (w, h) = (width.max(1) as usize, height.max(1) as usize);
         let n = w * h;
+        // 8 px at 320 wide: a few specks per block.
+        let block = (w / 40).max(4);
         let frame_area = n as f64;
         let active = mask::rasterise(&cfg.masks, w as u32, h as u32);
         let mut cell_x = [0usize; GRID + 1];
@@ -249,8 +273,20 @@ impl Detector {
             cur: vec![0; n],
             dev: vec![0; n],
             noise_factor: cfg.noise_factor.get() as u16,
+            warmup_left: 0,
+            warmup_total: cfg.warmup_frames.get() as u32,
+            light_texture: (cfg.light_texture.get() < 1.0 && cfg.shadow_ratio.get() > 0.0)
+                .then_some(cfg.light_texture.get() as f32),
+            light_rows: Vec::with_capacity(h),
+            speckle: cfg.speckle_factor.get() as f32,
+            block,
+            bw: w.div_ceil(block),
+            speckle_map: vec![0.0; w.div_ceil(block) * h.div_ceil(block)],
+            speckle_now: vec![0.0; w.div_ceil(block) * h.div_ceil(block)],
             shadow: (cfg.shadow_ratio.get() * 256.0).round().clamp(0.0, 256.0) as u16,
             shake: cfg.shake_radius.as_usize().min(w / 4).min(h / 4),
+            shaking: false,
+            gain_at: None,
             coarse: (w / 80).max(1),
             grad_cur: Vec::new(),
             grad_bg: Vec::new(),
@@ -304,6 +340,8 @@ impl Detector {
         self.out.changed_fraction = 0.0;
         self.out.spread = 0.0;
         self.out.shift = (0, 0);
+        self.out.learning = false;
+        self.gain_at = None;
         let reset_contrast = !self.seeded;
         self.stretch(grey, reset_contrast);
         self.smooth(grey);
@@ -311,7 +349,12 @@ impl Detector {
             self.reseed();
             return Ok(&self.out);
         }
-        let shift = self.estimate_shift();
+        let shift = if self.shaking || self.view_may_have_moved() {
+            self.estimate_shift()
+        } else {
+            (0, 0)
+        };
+        self.shaking = shift != (0, 0);
         self.out.shift = (shift.0 as i32, shift.1 as i32);
         let (changed, differ) = self.difference(shift);
         // The global guard counts shadows too: a whole scene that darkens is light.
@@ -321,6 +364,10 @@ impl Detector {
             differ as f32 / self.active_count as f32
         };
         self.out.spread = self.spread();
+        if self.warmup_left > 0 {
+            self.warmup_left -= 1;
+            self.out.learning = true;
+        }
         if self.out.changed_fraction > self.global_change
             || (self.global_spread < 1.0 && self.out.spread >= self.global_spread)
         {
@@ -333,6 +380,7 @@ impl Detector {
             return Ok(&self.out);
         }
         if changed == 0 {
+            self.learn_speckle();
             return Ok(&self.out);
         }
         let (img, rows) = if self.radius > 0 {
@@ -360,9 +408,32 @@ impl Detector {
             .label(img, self.w, self.h, rows, &mut self.components);
         let r = self.radius as u32;
         let (wmax, hmax) = (self.w as u32 - 1, self.h as u32 - 1);
+        let (block, bw) = (self.block as u32, self.bw);
         for c in &self.components {
-            if c.area < self.min_area || c.area > self.max_area {
+            if c.area < self.min_area {
+                if self.speckle > 0.0 {
+                    // A speck: counted where its middle is.
+                    let (bx, by) = ((c.x0 + c.x1) / 2 / block, (c.y0 + c.y1) / 2 / block);
+                    self.speckle_now[by as usize * bw + bx as usize] += c.area as f32;
+                }
                 continue;
+            }
+            if c.area > self.max_area {
+                continue;
+            }
+            if self.speckle > 0.0 {
+                let (mut sum, mut n) = (0.0f32, 0u32);
+                for by in c.y0 / block..=c.y1 / block {
+                    let row = &self.speckle_map[by as usize * bw..(by as usize + 1) * bw];
+                    sum += row[(c.x0 / block) as usize..=(c.x1 / block) as usize]
+                        .iter()
+                        .sum::<f32>();
+                    n += c.x1 / block - c.x0 / block + 1;
+                }
+                let keep = 1.0 - (self.speckle * sum / n as f32).min(0.9);
+                if (c.area as f32 * keep) < self.min_area as f32 {
+                    continue;
+                }
             }
             // Dilation grew the box by exactly r on each side (unless clipped by the
             // frame edge): shrink it back to the changed pixels.
@@ -392,7 +463,20 @@ impl Detector {
                 h: fy1 - fy0 + 1,
             });
         }
+        self.learn_speckle();
         Ok(&self.out)
+    }
+
+    /// Folds this frame's specks into the speckle map (1/8 per frame) and clears them.
+    fn learn_speckle(&mut self) {
+        if self.speckle == 0.0 {
+            return;
+        }
+        let per_px = 1.0 / (self.block * self.block) as f32;
+        for (m, now) in self.speckle_map.iter_mut().zip(&mut self.speckle_now) {
+            *m += (*now * per_px - *m) * 0.125;
+            *now = 0.0;
+        }
     }
 
     /// Updates the contrast table from `grey` and writes the stretched frame.
@@ -441,6 +525,7 @@ impl Detector {
             self.fg.fill(0);
             self.fg_rows.fill(false);
             self.dev.fill(0);
+            self.warmup_left = self.warmup_total;
         }
         // On a global change the changed pixels stay, for debug images; what the scene
         // taught about its noise stays too (rain and leaves go on after a light change).
@@ -609,6 +694,71 @@ impl Detector {
             .min(u16::MAX as u32) as u16
     }
 
+    fn gain_cached(&mut self, shift: (isize, isize)) -> u16 {
+        match self.gain_at {
+            Some((at, g)) if at == shift => g,
+            _ => {
+                let g = self.gain(shift);
+                self.gain_at = Some((shift, g));
+                g
+            }
+        }
+    }
+
+    /// Whether the camera may have moved, so that the shake search is worth its cost
+    /// (about as much as the rest of the step): a moved view changes at its edges all
+    /// over the frame, an object only where it is. Compares the frame with the
+    /// background, unshifted, on about 24 evenly spaced rows, each pixel against its
+    /// own threshold (the noise level included, so leaves and water do not count), and
+    /// says yes when a quarter of the grid cells show change in 2 % of their samples.
+    fn view_may_have_moved(&mut self) -> bool {
+        if self.shake == 0 || self.cells_eligible == 0 {
+            return false;
+        }
+        let (w, h) = (self.w, self.h);
+        let gain = if self.exposure {
+            self.gain_cached((0, 0))
+        } else {
+            1 << GAIN_BITS
+        };
+        let (thr, factor) = (self.threshold as u16, self.noise_factor);
+        let step = (h / (GRID * 3)).max(1);
+        let mut changed = [0u32; GRID * GRID];
+        let mut sampled = [0u32; GRID * GRID];
+        for y in (step / 2..h).step_by(step) {
+            let cy = y * GRID / h;
+            let row = y * w..(y + 1) * w;
+            let (bg, cur, dev, act) = (
+                &self.bg[row.clone()],
+                &self.cur[row.clone()],
+                &self.dev[row.clone()],
+                &self.active[row],
+            );
+            for cx in 0..GRID {
+                let span = self.cell_x[cx]..self.cell_x[cx + 1];
+                let n: u32 = bg[span.clone()]
+                    .iter()
+                    .zip(&cur[span.clone()])
+                    .zip(&dev[span.clone()])
+                    .zip(&act[span.clone()])
+                    .map(|(((&b, &c), &dv), &m)| {
+                        let bv = ((((b as u32 * gain as u32) >> 16) as u16) + 8) >> 4;
+                        let t = thr.max(((dv >> 2) * factor) >> 2);
+                        ((c as u16).abs_diff(bv) > t) as u32 & m as u32
+                    })
+                    .sum();
+                changed[cy * GRID + cx] += n;
+                sampled[cy * GRID + cx] += count(&act[span]);
+            }
+        }
+        let on = changed
+            .iter()
+            .zip(&sampled)
+            .filter(|(&c, &s)| s > 0 && c > 0 && 50 * c >= s)
+            .count() as u32;
+        4 * on >= self.cells_eligible
+    }
+
     /// Picks a sparse grid of about 500 pixels inside the shake margin and keeps, for
     /// each, its index, the background's gradient there and its cell of a 4x4 grid.
     fn pick_samples(&mut self) {
@@ -651,13 +801,22 @@ impl Detector {
     /// per-cell counts.
     fn difference(&mut self, (dx, dy): (isize, isize)) -> (u32, u32) {
         let (w, h) = (self.w, self.h);
+        // During warm-up the noise level is the plain mean of the differences so far:
+        // frame k of the warm-up weighs 1/k.
+        let warm_k = self.warmup_total - self.warmup_left + 1;
         let p = RowParams {
+            warm: if self.warmup_left > 0 {
+                (65536 / warm_k).min(65535) as u16
+            } else {
+                0
+            },
+            light: self.light_texture.is_some(),
             thr: self.threshold as u16,
             factor: self.noise_factor,
             shadow: self.shadow,
             rate: self.rate,
             gain: if self.exposure {
-                self.gain((dx, dy))
+                self.gain_cached((dx, dy))
             } else {
                 1 << GAIN_BITS
             },
@@ -676,6 +835,7 @@ impl Detector {
         let mut total = 0u32;
         let mut differ = 0u32;
         let mut cells = [0u32; GRID * GRID];
+        self.light_rows.clear();
         let rows = self
             .bg
             .chunks_exact_mut(w)
@@ -697,7 +857,7 @@ impl Detector {
                 [ys * w + (x0 as isize + dx) as usize..ys * w + (x1 as isize + dx) as usize];
             fg_row[..x0].fill(0);
             fg_row[x1..].fill(0);
-            differ += update_row(
+            let args = (
                 &mut bg_row[x0..x1],
                 &mut fg_row[x0..x1],
                 &mut dev_row[x0..x1],
@@ -705,6 +865,15 @@ impl Detector {
                 cur,
                 p,
             );
+            let (d, light) = if p.warm > 0 {
+                update_row::<true>(args.0, args.1, args.2, args.3, args.4, args.5)
+            } else {
+                update_row::<false>(args.0, args.1, args.2, args.3, args.4, args.5)
+            };
+            differ += d;
+            if light > 0 {
+                self.light_rows.push(y as u32);
+            }
             let cy = y * GRID / h;
             let mut in_row = 0;
             for cx in 0..GRID {
@@ -715,8 +884,84 @@ impl Detector {
             self.fg_rows[y] = in_row > 0;
             total += in_row;
         }
+        if let Some(t) = self.light_texture {
+            total -= self.light_pass((dx, dy), (x0, x1), p.gain, t, &mut cells);
+        }
         self.cell_changed = cells;
         (total, differ)
+    }
+
+    /// Settles the light candidates (fg = 3) that `update_row` left: light when the
+    /// 3x3 neighbourhood of the frame correlates with the background's (at the
+    /// frame's exposure) at least `t`, or both are flat; else change. Runs after the
+    /// row pass, so the background is this frame's (moved by `background_rate`
+    /// towards the frame, which only raises the correlation a little). Returns how
+    /// many candidates were light, taken off `cells`.
+    fn light_pass(
+        &mut self,
+        (dx, dy): (isize, isize),
+        (x0, x1): (usize, usize),
+        gain: u16,
+        t: f32,
+        cells: &mut [u32; GRID * GRID],
+    ) -> u32 {
+        let (w, h) = (self.w, self.h);
+        let bgv = |b: u16| ((((b as u32 * gain as u32) >> 16) as u16 + 8) >> 4) as i64;
+        let row_ok = |y: isize| y >= 0 && y < h as isize && y + dy >= 0 && y + dy < h as isize;
+        let t2 = (t as f64) * (t as f64);
+        let mut cleared = 0;
+        for &y in &self.light_rows {
+            let y = y as usize;
+            let cy = y * GRID / h;
+            let mut cx = 0;
+            let mut any = false;
+            for x in x0..x1 {
+                let i = y * w + x;
+                if self.fg[i] != 3 {
+                    any |= self.fg[i] != 0;
+                    continue;
+                }
+                let (mut n, mut sc, mut sb, mut scc, mut sbb, mut scb) = (0i64, 0, 0, 0, 0, 0);
+                for yy in y as isize - 1..=y as isize + 1 {
+                    if !row_ok(yy) {
+                        continue;
+                    }
+                    let ys = (yy + dy) as usize;
+                    for xx in x.saturating_sub(1).max(x0)..(x + 2).min(x1) {
+                        let b = bgv(self.bg[yy as usize * w + xx]);
+                        let c = self.cur[ys * w + (xx as isize + dx) as usize] as i64;
+                        n += 1;
+                        (sc, sb, scc, sbb, scb) =
+                            (sc + c, sb + b, scc + c * c, sbb + b * b, scb + c * b);
+                    }
+                }
+                let cov = n * scb - sc * sb;
+                let (vc, vb) = (n * scc - sc * sc, n * sbb - sb * sb);
+                // Both flat (a standard deviation under 2 grey levels) is light. Else light
+                // keeps the texture's shape (correlation at least `t`) and only scales it
+                // (by 1 / shadow ratio at most: the deviation at most doubles, counting a
+                // flat background as 2 levels); an object's edge over plain ground brings
+                // a texture that was not there.
+                let flat = 4 * n * n;
+                let light = (vc < flat && vb < flat)
+                    || (vc <= 4 * vb.max(flat)
+                        && cov > 0
+                        && (cov as f64) * (cov as f64) >= t2 * vc as f64 * vb as f64);
+                if light {
+                    self.fg[i] = 0;
+                    while self.cell_x[cx + 1] <= x {
+                        cx += 1;
+                    }
+                    cells[cy * GRID + cx] -= 1;
+                    cleared += 1;
+                } else {
+                    self.fg[i] = 1;
+                    any = true;
+                }
+            }
+            self.fg_rows[y] = any;
+        }
+        cleared
     }
 
     fn spread(&self) -> f32 {
@@ -777,6 +1022,10 @@ fn horizontal(vp: &[u16], w: usize) -> impl Iterator<Item = u16> + '_ {
 /// Per-frame constants of `update_row`.
 #[derive(Clone, Copy)]
 struct RowParams {
+    /// Warm-up: the weight of this frame in the noise level's plain mean, in 1/65536.
+    warm: u16,
+    /// Mark light candidates (brighter by at most 1 / shadow ratio) as 3 in `fg`.
+    light: bool,
     thr: u16,
     factor: u16,
     shadow: u16,
@@ -826,18 +1075,22 @@ fn gradient(src: &[u8], cw: usize, ch: usize, out: &mut Vec<u8>) {
 
 /// Difference, threshold (raised where the pixel keeps changing), shadow test, mask,
 /// noise and background update of one row, in u16 lanes. Returns the number of
-/// pixels over the threshold, shadows included.
+/// pixels over the threshold (shadows and light included) and of light candidates,
+/// left as 3 in `fg` for `Detector::light_pass`. `WARM`: the noise level learns the
+/// plain mean of every difference (warm-up) instead of the quiet ones only.
 #[inline(always)]
-fn update_row(
+fn update_row<const WARM: bool>(
     bg: &mut [u16],
     fg: &mut [u8],
     dev: &mut [u16],
     active: &[u8],
     cur: &[u8],
     p: RowParams,
-) -> u32 {
+) -> (u32, u32) {
     let keep = (65536 - p.rate as u32) as u16;
     let mut differ = 0u32;
+    let mut light = 0u32;
+    let light_on = u8::from(p.light && p.shadow > 0);
     let pix = bg.iter_mut().zip(fg.iter_mut()).zip(dev.iter_mut());
     for ((((b, f), dv), &m), &c) in pix.zip(active).zip(cur) {
         let c = c as u16;
@@ -853,17 +1106,27 @@ fn update_row(
         let shadow =
             u8::from(c < bv && (c << 8) >= bv.min(255) * p.shadow) & u8::from(p.shadow > 0);
         let now = raw & !shadow & m;
-        *f = now;
+        // The other side of the shadow test: brighter by at most 1 / ratio (cur *
+        // ratio <= bv), settled by the texture test later.
+        let lit = now & light_on & u8::from(c > bv && c * p.shadow <= bv.min(255) << 8);
+        *f = now | (lit << 1);
+        light += lit as u32;
         differ += (raw & m) as u32;
         // The noise level learns only while the pixel is within the threshold (not from
         // shadows either), so a passing
         // object does not raise it; where leaves or water make the difference wide,
         // the threshold climbs until most of their changes fall below it (about twice
         // their amplitude). 1/8 per frame, in 1/16 grey levels: dev' = dev - dev/8 + 2d.
-        let learn = u16::from(raw ^ 1);
-        let next = (*dv - (*dv >> 3)).wrapping_add(d << 1);
-        let mask = 0u16.wrapping_sub(learn);
-        *dv = (next & mask) | (*dv & !mask);
+        if WARM {
+            // dev + (16 d - dev) * warm / 65536, in i32.
+            let step = ((((d as i32) << 4) - *dv as i32) * p.warm as i32) >> 16;
+            *dv = (*dv as i32 + step).clamp(0, u16::MAX as i32) as u16;
+        } else {
+            let learn = u16::from(raw ^ 1);
+            let next = (*dv - (*dv >> 3)).wrapping_add(d << 1);
+            let mask = 0u16.wrapping_sub(learn);
+            *dv = (next & mask) | (*dv & !mask);
+        }
         // bg' = bg (1 - a) + (cur << 8) a as two truncating high multiplies; the +1
         // makes up for the two truncations (their fractions sum to one when a is
         // odd), so a constant frame is a fixed point: no drift.
@@ -871,7 +1134,7 @@ fn update_row(
         let cur_part = (((c << FRAC) as u32 * p.rate as u32) >> 16) as u16;
         *b = keep_part.wrapping_add(cur_part).wrapping_add(1);
     }
-    differ
+    (differ, light)
 }
 
 /// A 0/1 image and which of its rows may hold a set pixel (the others are all zero).
@@ -1040,6 +1303,15 @@ mod tests {
         (per_frame, transitions)
     }
 
+    /// The defaults without the warm-up, for tests whose motion starts in the first
+    /// frames (the warm-up has its own test).
+    fn no_warmup() -> MotionConfig {
+        MotionConfig {
+            warmup_frames: IntIn::lit(0),
+            ..MotionConfig::default()
+        }
+    }
+
     fn starts(tr: &[(usize, MotionTransition)]) -> usize {
         tr.iter()
             .filter(|(_, x)| matches!(x, MotionTransition::Started(_)))
@@ -1055,7 +1327,7 @@ mod tests {
 
     #[test]
     fn a_moving_square_gives_a_box_that_matches_it() {
-        let cfg = MotionConfig::default();
+        let cfg = no_warmup();
         let mut scene = Scene::new();
         let frames: Vec<Vec<u8>> = (0..30)
             .map(|i| scene.frame(0.0, &square_at(i).into_iter().collect::<Vec<_>>(), 2.0))
@@ -1186,7 +1458,7 @@ mod tests {
             lines(1, Some((120, 100))),
             lines(0, None),
         ];
-        let (per_frame, tr) = run(&MotionConfig::default(), frames.clone());
+        let (per_frame, tr) = run(&no_warmup(), frames.clone());
         // Compensated: no change but the square, which is found where it is.
         assert_eq!(per_frame[2].shift, (4, 0), "{:?}", per_frame[2]);
         assert!(
@@ -1210,7 +1482,7 @@ mod tests {
         // Without compensation the shift is a global change, spread over the grid.
         let cfg = MotionConfig {
             shake_radius: IntIn::lit(0),
-            ..MotionConfig::default()
+            ..no_warmup()
         };
         let (per_frame, tr) = run(&cfg, frames[..3].to_vec());
         let m = &per_frame[2];
@@ -1284,7 +1556,7 @@ mod tests {
         for k in [1, 2, 4] {
             let cfg = MotionConfig {
                 start_frames: IntIn::lit(k),
-                ..MotionConfig::default()
+                ..no_warmup()
             };
             let mut scene = Scene::new();
             // Motion in frames 5..30, then 30 quiet frames (6 s at 5 fps).
@@ -1350,6 +1622,210 @@ mod tests {
         }
     }
 
+    /// Nuisance scenes: 70 frames, a 30 px square (grey `grey`) walking right from
+    /// frame 30 to 59 on row 120, and `nuisance` drawn on every frame. Returns
+    /// (frames with the square that box it, frames with it, empty frames with a box,
+    /// empty frames).
+    fn nuisance_score(
+        cfg: &MotionConfig,
+        grey: u8,
+        nuisance: impl Fn(usize, &mut [u8], &mut u64),
+    ) -> (usize, usize, usize, usize) {
+        let walker = |i: usize| (30..60).contains(&i).then(|| (20 + 8 * (i - 30), 120));
+        let mut scene = Scene::new();
+        let mut rng = 0x5eed_u64;
+        let frames: Vec<Vec<u8>> = (0..70)
+            .map(|i| {
+                let mut f = scene.frame(0.0, &[], 2.0);
+                nuisance(i, &mut f, &mut rng);
+                if let Some((x, y)) = walker(i) {
+                    for row in f.chunks_exact_mut(W).skip(y).take(30) {
+                        row[x..x + 30].fill(grey);
+                    }
+                }
+                f
+            })
+            .collect();
+        let (per_frame, _) = run(cfg, frames);
+        let (mut found, mut objects, mut alarms, mut empty) = (0, 0, 0, 0);
+        let (mut missed, mut alarmed) = (Vec::new(), Vec::new());
+        for (i, m) in per_frame.iter().enumerate() {
+            match walker(i) {
+                Some((x, y)) => {
+                    // Found: boxes cover at least half of it (as the scorer's recall).
+                    let covered = (y..y + 30)
+                        .flat_map(|yy| (x..x + 30).map(move |xx| (xx as u32, yy as u32)))
+                        .filter(|&(xx, yy)| {
+                            m.boxes.iter().any(|b| {
+                                (b.x..b.x + b.w).contains(&xx) && (b.y..b.y + b.h).contains(&yy)
+                            })
+                        })
+                        .count();
+                    objects += 1;
+                    if 2 * covered >= 30 * 30 {
+                        found += 1;
+                    } else {
+                        missed.push(i);
+                    }
+                }
+                None => {
+                    empty += 1;
+                    if !m.boxes.is_empty() {
+                        alarms += 1;
+                        alarmed.push(i);
+                    }
+                }
+            }
+        }
+        eprintln!("missed frames {missed:?}, empty frames with a box {alarmed:?}");
+        (found, objects, alarms, empty)
+    }
+
+    type Score = (&'static str, usize, usize, usize, usize, usize, usize);
+
+    /// Each row: every square found but one at most, alarms within bounds.
+    fn assert_nuisance(scores: &[Score]) {
+        for &(name, found, objects, alarms, empty, most, least) in scores {
+            assert!(found + 1 >= objects, "{name}: found {found}/{objects}");
+            assert!(
+                (least..=most).contains(&alarms),
+                "{name}: {alarms}/{empty} empty frames with a box, expected {least}..={most}"
+            );
+        }
+    }
+
+    fn next(rng: &mut u64) -> u64 {
+        *rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        *rng >> 33
+    }
+
+    /// Swaying foliage: high-contrast stripes in the top-left corner jump by up to 2 px
+    /// every frame.
+    fn leaves(_: usize, f: &mut [u8], rng: &mut u64) {
+        let s = (next(rng) % 5) as usize;
+        for (y, row) in f.chunks_exact_mut(W).take(70).enumerate() {
+            for (x, v) in row[..140].iter_mut().enumerate() {
+                *v = if (x + s + y / 3) / 5 % 2 == 0 {
+                    60
+                } else {
+                    150
+                };
+            }
+        }
+    }
+
+    /// Snow: 80 flakes of 2x2 px at new random places every frame.
+    fn snow(_: usize, f: &mut [u8], rng: &mut u64) {
+        for _ in 0..80 {
+            let (x, y) = (next(rng) as usize % (W - 2), next(rng) as usize % (H - 2));
+            for row in f.chunks_exact_mut(W).skip(y).take(2) {
+                row[x..x + 2].fill(235);
+            }
+        }
+    }
+
+    /// Bright textured ground (a 6 px checker of +-20 over about 170..210) under a
+    /// cloud shadow: 0.72 of the light over 120 px, with 20 px soft edges, drifting
+    /// right 8 px per frame.
+    fn cloud(i: usize, f: &mut [u8], _: &mut u64) {
+        let centre = -40.0 + 8.0 * i as f64;
+        for (y, row) in f.chunks_exact_mut(W).enumerate() {
+            for (x, v) in row.iter_mut().enumerate() {
+                let checker = if (x / 6 + y / 6) % 2 == 0 {
+                    20.0
+                } else {
+                    -20.0
+                };
+                let ground = *v as f64 + 90.0 + checker;
+                let t = (((x as f64 - centre).abs() - 60.0) / 20.0).clamp(0.0, 1.0);
+                let light = 0.72 + 0.28 * t;
+                *v = (ground * light).round().clamp(0.0, 255.0) as u8;
+            }
+        }
+    }
+
+    #[test]
+    fn swaying_leaves_are_learnt_in_the_warm_up_and_raise_few_boxes() {
+        let off = MotionConfig {
+            warmup_frames: IntIn::lit(0),
+            ..MotionConfig::default()
+        };
+        let mut scores = Vec::new();
+        for (name, cfg, most_alarms, least_alarms) in [
+            ("defaults", MotionConfig::default(), 10, 0),
+            ("no warm-up", off, 40, 15),
+        ] {
+            let (found, objects, alarms, empty) = nuisance_score(&cfg, 200, leaves);
+            eprintln!("{name}: found {found}/{objects}, alarms {alarms}/{empty}");
+            scores.push((
+                name,
+                found,
+                objects,
+                alarms,
+                empty,
+                most_alarms,
+                least_alarms,
+            ));
+        }
+        assert_nuisance(&scores);
+    }
+
+    #[test]
+    fn snow_flakes_raise_few_boxes_once_the_speckle_map_knows_them() {
+        let off = MotionConfig {
+            speckle_factor: IntIn::lit(0),
+            ..MotionConfig::default()
+        };
+        let mut scores = Vec::new();
+        for (name, cfg, most_alarms, least_alarms) in [
+            ("defaults", MotionConfig::default(), 10, 0),
+            ("no speckle map", off, 40, 20),
+        ] {
+            let (found, objects, alarms, empty) = nuisance_score(&cfg, 200, snow);
+            eprintln!("{name}: found {found}/{objects}, alarms {alarms}/{empty}");
+            scores.push((
+                name,
+                found,
+                objects,
+                alarms,
+                empty,
+                most_alarms,
+                least_alarms,
+            ));
+        }
+        assert_nuisance(&scores);
+    }
+
+    #[test]
+    fn a_cloud_shadow_passing_is_light_but_a_slightly_brighter_object_is_not() {
+        let off = MotionConfig {
+            light_texture: Fraction::lit(1.0),
+            ..MotionConfig::default()
+        };
+        // The square is grey 240 on ground of 170..210 (less in the shadow): at most
+        // 1 / 0.7 brighter, but flat where the ground is checkered.
+        let mut scores = Vec::new();
+        for (name, cfg, most_alarms, least_alarms) in [
+            ("defaults", MotionConfig::default(), 5, 0),
+            ("no light test", off, 40, 12),
+        ] {
+            let (found, objects, alarms, empty) = nuisance_score(&cfg, 240, cloud);
+            eprintln!("{name}: found {found}/{objects}, alarms {alarms}/{empty}");
+            scores.push((
+                name,
+                found,
+                objects,
+                alarms,
+                empty,
+                most_alarms,
+                least_alarms,
+            ));
+        }
+        assert_nuisance(&scores);
+    }
+
     #[test]
     fn boxes_are_filtered_by_area() {
         // The blur widens each square by a pixel per side, dilation by two more: a 3 px
@@ -1358,7 +1834,7 @@ mod tests {
         let cfg = MotionConfig {
             min_area: Fraction::lit(0.002),
             max_area: Fraction::lit(0.01),
-            ..MotionConfig::default()
+            ..no_warmup()
         };
         let mut scene = Scene::new();
         let f0 = scene.frame(0.0, &[], 0.0);

@@ -438,9 +438,11 @@ mod tests {
 
     /// The flat frames' light step is a global change only when the exposure is not
     /// followed.
+    /// Without the warm-up too: the square moves from frame 3.
     fn light_step_is_global() -> MotionConfig {
         MotionConfig {
             follow_exposure: false,
+            warmup_frames: crate::config::types::IntIn::lit(0),
             ..MotionConfig::default()
         }
     }
