@@ -206,7 +206,7 @@ def main():
 
     w = s["warmup_s"] / 60
     win = (mv["win"] if mv else WINDOW_S) / 60
-    rep = f"""{s['minutes']} min planned ({t[-1] / 60 if t else 0:.1f} min sampled), started {s['started_utc']} on commit {s['commit']}{' (+ uncommitted changes)' if s.get('dirty') else ''}, release build, {s['machine']} (shared, loaded).
+    rep = f"""{s['minutes']} min planned ({t[-1] / 60 if t else 0:.1f} min sampled), started {s['started_utc']} on commit {s['commit']}{' (+ uncommitted changes)' if s.get('dirty') else ''}, {s.get('profile', 'release')} build, {s['machine']} (shared, loaded).
 {s['cameras']} RTSP cameras (640x360 15 fps H.264, object moving 3 s every 20 s), private Mosquitto (transport mqtt),
 YOLOv4-tiny 416 random weights on the CPU, scale to zero (max 2 workers, cooldown 10 s).
 
