@@ -10,6 +10,7 @@ pub mod config;
 pub mod escalate;
 pub mod infer;
 pub mod ingest;
+pub mod memory;
 pub mod motion;
 pub mod results;
 pub mod scale;

@@ -3,6 +3,8 @@
 use clap::Parser;
 
 fn main() {
+    // Before any thread exists (see `memory`).
+    edge_agent::memory::limit_arenas();
     let cli = edge_agent::cli::Cli::parse();
     std::process::exit(edge_agent::app::main(cli));
 }

@@ -256,6 +256,8 @@ async fn teardown(camera: &str, pipeline: gst::Pipeline) -> bool {
         .spawn(move || {
             let _ = pipeline.set_state(gst::State::Null);
             drop(pipeline);
+            // The pipeline's threads and buffers are gone: give their pages back.
+            crate::memory::release_free_memory();
             let _ = done_tx.send(());
         });
     let reached = match spawned {

@@ -47,6 +47,9 @@ pub const PROVIDER_PREFIX: &str = "EDGE_AGENT_WORKER_PROVIDER";
 /// (delivered, not yet acked) changes.
 pub const HELD_PREFIX: &str = "EDGE_AGENT_WORKER_HELD";
 
+/// How often SIGKILL is sent again to a killed worker whose exit was not seen yet.
+const KILL_REPEAT: Duration = Duration::from_secs(1);
+
 /// How to start one worker.
 #[derive(Clone)]
 pub struct WorkerSpec {
@@ -225,6 +228,8 @@ struct Worker {
     stopping: Option<Instant>,
     /// The settings generation it was started with.
     generation: u64,
+    /// SIGKILL sent; waiting for the exit to be seen.
+    killed: bool,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
     signals: mpsc::Sender<Signal>,
 }
@@ -369,11 +374,17 @@ impl Pool {
     }
 
     fn reconcile(&mut self, target: u32, now: Instant, ev_tx: &mpsc::Sender<Event>) {
-        // Kill whoever outlived the grace period after SIGTERM.
-        for w in &self.workers {
+        // Kill whoever outlived the grace period after SIGTERM. Until its exit is seen
+        // the kill is repeated once a second, not on every pass: a deadline left in the
+        // past made this loop spin (and log) until the process was reaped.
+        for w in &mut self.workers {
             if w.stopping.is_some_and(|deadline| now >= deadline) {
-                warn!(pid = w.pid, grace = ?self.settings.grace, "Worker did not stop in time; killing it.");
+                if !w.killed {
+                    warn!(pid = w.pid, grace = ?self.settings.grace, "Worker did not stop in time; killing it.");
+                }
                 w.signal(Signal::Kill);
+                w.killed = true;
+                w.stopping = Some(now + KILL_REPEAT);
             }
         }
         // Whoever is not ready within the readiness timeout hangs while loading: it
@@ -388,6 +399,7 @@ impl Pool {
         for i in hung {
             let w = &mut self.workers[i];
             w.signal(Signal::Kill);
+            w.killed = true;
             // Killed already; the grace deadline only repeats that if it lingers.
             w.stopping = Some(now + self.settings.grace);
             let pid = w.pid;
@@ -510,6 +522,7 @@ impl Pool {
             provider: None,
             stopping: None,
             generation: self.settings.generation,
+            killed: false,
             stderr_tail: tail,
             signals,
         });

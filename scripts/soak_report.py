@@ -1,0 +1,298 @@
+#!/usr/bin/env python3
+"""Verdicts and memory plot of one `scripts/soak` run (called by it; can be re-run).
+
+    soak_report.py OUT_DIR --alive 0|1 --agent-exit N [--benchmarks FILE --figures DIR]
+
+Reads OUT_DIR/{settings.json, memory.csv, metrics-final.txt, agent.log, timeline,
+orphans.txt}; writes OUT_DIR/report.md and OUT_DIR/memory.png (when matplotlib is
+installed). With --benchmarks, also replaces the `<!-- bench:soak -->` section of FILE
+(appends it when missing) and copies the plot and its CSV to DIR as soak-memory.*.
+Exits 1 when a verdict fails.
+
+Memory rule (issue 17): after the warm-up (10 minutes of an hour's run), agent RSS may
+grow at most 5 %. Windows of two camera-drop cycles (5 minutes by default; RSS falls while
+the cameras are down) right after the warm-up and at the end: the end window's mean at
+most 1.05 x the baseline window's mean, and the highest sample after the warm-up at most
+1.05 x the baseline window's highest. 2-minute windows are shown as a cross-check.
+"""
+import argparse
+import collections
+import csv
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+GROWTH_LIMIT = 0.05
+# Windows of two camera-drop cycles: RSS falls while the cameras are down (their pipelines
+# are freed), so a window must hold whole cycles for its mean and peak to compare.
+CYCLES_PER_WINDOW = 2
+# Frames given up on by the transport, each counted with its reason.
+FRAME_DROP_REASONS = ("frame_overflow", "frame_oversized", "unanswered_evicted", "unanswered_expired")
+
+
+def mean(xs):
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def parse_metrics(text):
+    """[(name, {label: value}, value)] of a Prometheus text exposition."""
+    out = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})?\s+(\S+)$", line)
+        if not m:
+            continue
+        labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(3) or ""))
+        try:
+            out.append((m.group(1), labels, float(m.group(4))))
+        except ValueError:
+            pass
+    return out
+
+
+def total(series, name, **want):
+    return sum(v for n, l, v in series if n == name and all(l.get(k) == w for k, w in want.items()))
+
+
+def memory_verdict(t, rss, warmup_s, window_s):
+    """Growth after the warm-up: mean against mean and peak against peak, over windows of
+    `window_s` right after the warm-up and at the end of the run."""
+    if not t or t[-1] <= warmup_s:
+        return None
+    win = min(window_s, (t[-1] - warmup_s) / 2)
+    base = [r for x, r in zip(t, rss) if warmup_s <= x < warmup_s + win]
+    end = [r for x, r in zip(t, rss) if x > t[-1] - win]
+    after = [(x, r) for x, r in zip(t, rss) if x >= warmup_s]
+    peak_t, peak = max(after, key=lambda p: p[1])
+    b = mean(base)
+    mt, mr = mean([x for x, _ in after]), mean([r for _, r in after])
+    var = sum((x - mt) ** 2 for x, _ in after) or 1.0
+    slope_h = sum((x - mt) * (r - mr) for x, r in after) / var * 3600
+    growth, peak_growth = mean(end) / b - 1, peak / max(base) - 1
+    return {
+        "win": win,
+        "base": b,
+        "base_peak": max(base),
+        "end": mean(end),
+        "peak": peak,
+        "peak_t": peak_t,
+        "growth": growth,
+        "peak_growth": peak_growth,
+        "slope_h": slope_h,
+        # Against the mean instead: how far the highest sample is above the baseline.
+        "peak_over_mean": peak / b - 1,
+        "flat": growth <= GROWTH_LIMIT and peak_growth <= GROWTH_LIMIT,
+    }
+
+
+def plot(path, t, cols, events, warmup_s, mv):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("soak_report: matplotlib is not installed; no memory plot", file=sys.stderr)
+        return False
+    mins = [x / 60 for x in t]
+    fig, ax = plt.subplots(figsize=(10, 4.8), dpi=110)
+    ax.plot(mins, cols["rss"], label="agent RSS", color="tab:blue", lw=1.4)
+    ax.plot(mins, cols["anon"], label="agent anonymous", color="tab:cyan", lw=1, alpha=0.8)
+    ax.plot(mins, cols["wrss"], label="workers RSS (sum)", color="tab:gray", lw=0.8, alpha=0.6)
+    ax.axvspan(0, warmup_s / 60, color="0.92", label="warm-up")
+    if mv:
+        ax.axhline(mv["base"], color="tab:green", lw=0.8, ls="--", label=f"baseline {mv['base']:.1f} MiB")
+        ax.axhline(mv["base"] * (1 + GROWTH_LIMIT), color="tab:red", lw=0.8, ls="--", label="baseline + 5 %")
+    styles = {"cameras stop": ("tab:orange", "camera drop"), "broker stop": ("tab:purple", "broker restart"),
+              "worker kill": ("tab:red", "worker SIGKILL")}
+    seen = set()
+    for at, what in events:
+        if what not in styles:
+            continue
+        colour, label = styles[what]
+        ax.axvline(at / 60, color=colour, lw=0.6, alpha=0.5, ymax=0.06 if what != "cameras stop" else 1,
+                   label=None if what in seen else label)
+        seen.add(what)
+    ax.set_xlabel("minutes")
+    ax.set_ylabel("MiB")
+    ax.set_ylim(bottom=0)
+    ax.set_title("edge-agent soak: memory every 5 s")
+    ax.legend(loc="lower right", fontsize=8, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    ap.add_argument("--alive", type=int, required=True)
+    ap.add_argument("--agent-exit", type=int, required=True)
+    ap.add_argument("--benchmarks")
+    ap.add_argument("--figures")
+    a = ap.parse_args()
+    out = Path(a.out)
+    s = json.loads((out / "settings.json").read_text())
+
+    rows = list(csv.DictReader(open(out / "memory.csv")))
+    t = [float(r["t_s"]) for r in rows]
+    mib = lambda key: [int(r.get(key) or 0) / 1024 for r in rows]
+    cols = {"rss": mib("agent_rss_kib"), "anon": mib("agent_anon_kib"), "wrss": mib("workers_rss_kib")}
+    threads = [int(r.get("agent_threads") or 0) for r in rows]
+    tot_pss = [(int(r["agent_pss_kib"]) + int(r["workers_pss_kib"])) / 1024 for r in rows]
+    window_s = CYCLES_PER_WINDOW * s["drop_every_s"]
+    mv = memory_verdict(t, cols["rss"], s["warmup_s"], window_s)
+    av = memory_verdict(t, cols["anon"], s["warmup_s"], window_s)
+    # The same with 2-minute windows, as a cross-check (not a verdict).
+    m2 = memory_verdict(t, cols["rss"], s["warmup_s"], 120)
+
+    series = parse_metrics((out / "metrics-final.txt").read_text())
+    escalated = int(total(series, "edge_agent_escalations_total"))
+    drops = {r: int(total(series, "edge_agent_dropped_total", place="transport", reason=r)) for r in FRAME_DROP_REASONS}
+    dropped = sum(drops.values())
+    other_drops = {f"{l.get('place')}/{l.get('reason')}": int(v) for n, l, v in series
+                   if n == "edge_agent_dropped_total" and v and not (l.get("place") == "transport" and l.get("reason") in FRAME_DROP_REASONS)}
+    backlog = total(series, "edge_agent_backlog")
+    motion = int(total(series, "edge_agent_motion_events_total"))
+    restarts = collections.Counter()
+    for n, l, v in series:
+        if n == "edge_agent_camera_restarts_total":
+            restarts[l.get("reason", "?")] += int(v)
+
+    answered, started, warns = set(), 0, collections.Counter()
+    for line in open(out / "agent.log", errors="replace"):
+        try:
+            v = json.loads(line)
+        except ValueError:
+            continue
+        f = v.get("fields", v)
+        m = f.get("message", "")
+        if m == "Detections received.":
+            answered.add((f.get("camera", v.get("camera")), f.get("seq", v.get("seq"))))
+        elif m == "Worker started.":
+            started += 1
+        if v.get("level") in ("WARN", "ERROR"):
+            warns[m] += 1
+    unaccounted = escalated - len(answered) - dropped
+    ok_frames = unaccounted <= 0 and backlog == 0 and escalated > 0
+
+    events = []
+    for line in (out / "timeline").read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 3:
+            events.append((int(parts[0]), " ".join(parts[1:3])))
+    count = collections.Counter(w for _, w in events)
+    orphans = [l for l in (out / "orphans.txt").read_text().splitlines() if l.strip()] if (out / "orphans.txt").exists() else ["(orphans.txt missing)"]
+    alive = a.alive == 1
+    clean_exit = a.agent_exit == 0
+
+    png = out / "memory.png"
+    # Timeline stamps are Unix seconds; memory.csv counts from the run's start.
+    t0 = start_of_run(events)
+    rel_events = [(at - t0, w) for at, w in events]
+    have_png = plot(png, t, cols, rel_events, s["warmup_s"], mv)
+
+    m_ok = bool(mv and mv["flat"])
+    verdicts = {
+        "memory flat (RSS +5 % at most after the warm-up)": m_ok,
+        "nothing lost": ok_frames,
+        "no orphaned processes": not orphans,
+        "agent alive to the end, clean exit on SIGTERM": alive and clean_exit,
+    }
+    ok = all(verdicts.values())
+
+    def mem_row(name, v):
+        if not v:
+            return f"| {name} | (run shorter than the warm-up) | | | | | | | | |"
+        return (f"| {name} | {v['base']:.1f} | {v['end']:.1f} | {v['growth'] * 100:+.1f} % | {v['base_peak']:.1f} "
+                f"| {v['peak']:.1f} (min {v['peak_t'] / 60:.1f}) | {v['peak_growth'] * 100:+.1f} % | {v['peak_over_mean'] * 100:+.1f} % "
+                f"| {v['slope_h']:+.2f} | {'flat' if v['flat'] else 'GROWING'} |")
+
+    w = s["warmup_s"] / 60
+    win = (mv["win"] if mv else window_s) / 60
+    rep = f"""{s['minutes']} min planned ({t[-1] / 60 if t else 0:.1f} min sampled), started {s['started_utc']} on commit {s['commit']}{' (+ uncommitted changes)' if s.get('dirty') else ''}, {s.get('profile', 'release')} build, {s['machine']} (shared, loaded).
+{s['cameras']} RTSP cameras (640x360 15 fps H.264, object moving 3 s every 20 s), private Mosquitto (transport mqtt),
+YOLOv4-tiny 416 random weights on the CPU, scale to zero (max 2 workers, cooldown 10 s).
+
+Trouble injected: all cameras dropped {count['cameras stop']} times (server down 10 s, every {s['drop_every_s']} s),
+broker stopped {count['broker stop']} times (5 s, every {s['broker_every_s']} s), {count['worker kill']} workers SIGKILLed (every {s['kill_every_s']} s).
+Camera restarts by reason: {dict(restarts) or 'none'}; motion events {motion}; workers started {started}.
+
+**Memory**, agent RSS and anonymous memory in MiB, sampled every 5 s ({len(rows)} samples). Rule (issue 17: at most 5 %
+growth after the first {w:.0f} minutes): the baseline window is minutes {w:.0f}-{w + win:.0f}, right after the warm-up, the end
+window the last {win:.0f} minutes, each {CYCLES_PER_WINDOW} camera-drop cycles long (RSS falls while the cameras are down, so
+windows hold whole cycles); the end window's mean may be at most 5 % above the baseline's mean, and the highest sample after
+the warm-up at most 5 % above the baseline window's highest.
+
+| | baseline mean | end mean | growth | baseline max | max after warm-up | max growth | max over baseline mean | slope (MiB/h) | verdict |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|---|
+{mem_row('agent RSS', mv)}
+{mem_row('agent anonymous', av)}
+
+Cross-check with 2-minute windows (minutes {w:.0f}-{w + 2:.0f} against the last 2): agent RSS mean {fmt_pct(m2, 'growth')}, highest sample
+{fmt_pct(m2, 'peak_over_mean')} over the baseline mean (that figure includes the camera-drop cycle's swing).
+
+RSS at {w:.0f} min: {nearest(t, cols['rss'], s['warmup_s']):.1f} MiB, at the end: {cols['rss'][-1] if rows else 0:.1f} MiB; agent threads
+{min(threads) if threads else 0}-{max(threads) if threads else 0}; peak total PSS (agent + workers) {max(tot_pss) if tot_pss else 0:.0f} MiB.
+
+**Frames**
+
+| escalated (accepted) | answered (distinct camera/seq) | dropped with a reason | unaccounted | backlog after drain | verdict |
+|---:|---:|---:|---:|---:|---|
+| {escalated} | {len(answered)} | {dropped} ({', '.join(f'{k} {v}' for k, v in drops.items() if v) or 'none'}) | {max(unaccounted, 0)} | {backlog:.0f} | {'nothing lost' if ok_frames else 'LOST FRAMES'} |
+
+Other drop counters (not escalated frames): {other_drops or 'none'}.
+Warnings and errors in the agent log (message: count): {dict(warns.most_common(10)) or 'none'}.
+
+**Verdicts**: {'; '.join(f"{k}: {'yes' if v else 'NO'}" for k, v in verdicts.items())}.
+Orphans after the agent exited: {'; '.join(orphans) if orphans else 'none'}.
+"""
+    (out / "report.md").write_text("# Soak report\n\n" + rep)
+    print(rep)
+
+    if a.benchmarks:
+        fig_dir = Path(a.figures)
+        fig_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copy(out / "memory.csv", fig_dir / "soak-memory.csv")
+        link = ""
+        if have_png:
+            shutil.copy(png, fig_dir / "soak-memory.png")
+            link = "\n![agent memory over the soak](agent/benches/figures/soak-memory.png)\n(data: `agent/benches/figures/soak-memory.csv`)\n"
+        section = (f"<!-- bench:soak -->\n## Soak: {s['minutes']} minutes with camera drops, broker restarts and worker SIGKILLs\n\n"
+                   f"`scripts/soak --minutes {s['minutes']}` (issue 17; not part of `scripts/bench`).\n\n"
+                   f"{rep}{link}\n<!-- /bench:soak -->")
+        bm = Path(a.benchmarks)
+        text = bm.read_text() if bm.exists() else ""
+        pat = re.compile(r"<!-- bench:soak -->.*?<!-- /bench:soak -->", re.S)
+        text = pat.sub(lambda _: section, text) if pat.search(text) else text.rstrip("\n") + "\n\n" + section + "\n"
+        bm.write_text(text)
+        print(f"soak_report: wrote the soak section of {bm}", file=sys.stderr)
+    sys.exit(0 if ok else 1)
+
+
+def start_of_run(events):
+    """Unix time of memory.csv's t=0, written by scripts/soak into the timeline."""
+    for at, w in events:
+        if w == "run start":
+            return at
+    return min((at for at, _ in events), default=0)
+
+
+def fmt_pct(v, key):
+    return f"{v[key] * 100:+.1f} %" if v else "n/a"
+
+
+def nearest(t, ys, at):
+    if not t:
+        return 0.0
+    i = min(range(len(t)), key=lambda k: abs(t[k] - at))
+    return ys[i]
+
+
+if __name__ == "__main__":
+    main()
