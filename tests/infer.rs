@@ -893,6 +893,104 @@ async fn frame_is_requeued_when_its_detections_are_not_handed_over_or_not_confir
     }
 }
 
+/// With crops the model sees only the crops, but the snapshot is the whole frame: a
+/// person outside every crop must be pixelated on it all the same.
+#[tokio::test]
+async fn with_crops_a_privacy_class_outside_every_crop_is_pixelated_on_the_snapshot() {
+    use edge_agent::escalate::regions::{Rect, Region};
+    use edge_agent::infer::worker::Payload;
+    let pipeline = Pipeline::new(&cfg(&test_model(), Some("models/test.names"))).unwrap();
+    let events = EventsConfig {
+        classes: vec!["fire".into()],
+        privacy_classes: vec!["person".into()],
+        ..EventsConfig::default()
+    };
+    // The whole frame (320x240) on top, one 96x96 crop around the fire below it.
+    let whole = with_person(scene(320, 240, &[(100, 60, 40, RED)]), 200, 120, 64);
+    let crop = Rect {
+        x: 80,
+        y: 40,
+        w: 96,
+        h: 96,
+    };
+    let mut data = whole.data.clone();
+    data.resize((320 * (240 + 96) * 3) as usize, 0);
+    for y in 0..crop.h {
+        for x in 0..crop.w {
+            let from = (((crop.y + y) * 320 + crop.x + x) * 3) as usize;
+            let to = (((240 + y) * 320 + x) * 3) as usize;
+            data.copy_within(from..from + 3, to);
+        }
+    }
+    let payload_img = RgbImage::new(320, 240 + 96, data).unwrap();
+    let mut it = item(1, jpeg_of(&payload_img), &mpsc::unbounded_channel().0);
+    it.payload = Payload {
+        whole: (320, 240),
+        source: (320, 240),
+        regions: vec![Region {
+            frame: crop,
+            at: [0, 240],
+        }],
+    };
+    let (tx, rx) = mpsc::channel(4);
+    let sink = Recorder::default();
+    let task = tokio::spawn(worker::run(
+        pipeline,
+        events,
+        rx,
+        sink.clone(),
+        CancellationToken::new(),
+    ));
+    tx.send(it).await.unwrap();
+    drop(tx);
+    task.await.unwrap().unwrap();
+
+    let outs = sink.0.lock().unwrap().clone();
+    let det = outs
+        .iter()
+        .find_map(|o| match o {
+            Out::Det(d) => Some(d.clone()),
+            _ => None,
+        })
+        .expect("detections");
+    assert_eq!(det.detections.regions, 1);
+    let classes: Vec<&str> = det
+        .detections
+        .items
+        .iter()
+        .map(|d| d.class.as_str())
+        .collect();
+    assert!(
+        classes.contains(&"fire") && !classes.contains(&"person"),
+        "only what the crop shows is published: {classes:?}"
+    );
+    let snap = outs
+        .iter()
+        .find_map(|o| match o {
+            Out::Snap(s) => Some(s.clone()),
+            _ => None,
+        })
+        .expect("a snapshot for the fire");
+    let img = decode_jpeg(&snap.jpeg).unwrap();
+    let spread = |img: &RgbImage| {
+        let (mut lo, mut hi) = (255u8, 0u8);
+        for y in 132..172u32 {
+            for x in 212..252u32 {
+                let v = img.data[((y * img.width + x) * 3) as usize];
+                lo = lo.min(v);
+                hi = hi.max(v);
+            }
+        }
+        hi - lo
+    };
+    assert!(spread(&whole) > 200);
+    assert!(
+        spread(&img) < 80,
+        "the person outside the crop is still detailed: spread {}",
+        spread(&img)
+    );
+}
+
 /// Confirms each frame's detections later than the next one's.
 #[derive(Clone, Default)]
 struct LateConfirms;

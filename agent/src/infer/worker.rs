@@ -490,6 +490,7 @@ fn process(
                             }
                         })
                         .collect();
+                    let on_whole = with_privacy_outside_crops(p, &d, on_whole, events)?;
                     snapshot::snapshot_jpeg(&d.whole, &on_whole, &events.privacy_classes, quality)
                         .map(|jpeg| Output {
                             detections,
@@ -500,6 +501,31 @@ fn process(
         });
     }
     Ok(out)
+}
+
+/// The snapshot is the whole frame, but with crops the model saw only the crops: a
+/// privacy-class object elsewhere was never looked for. So, for a snapshot with privacy
+/// classes set, the model also runs on the whole frame and what it finds of those
+/// classes is pixelated too (it is not published: the crops' detections are the
+/// frame's). One more run, on eventful frames only.
+fn with_privacy_outside_crops(
+    p: &mut Pipeline,
+    d: &Decoded,
+    mut on_whole: Vec<Detection>,
+    events: &EventsConfig,
+) -> Result<Vec<Detection>, InferError> {
+    let crops = d.inputs.iter().any(|(_, frame)| frame.is_some());
+    if !crops || events.privacy_classes.is_empty() {
+        return Ok(on_whole);
+    }
+    let whole = p.run_images(&[&d.whole])?;
+    on_whole.extend(
+        whole
+            .into_iter()
+            .flat_map(|det| det.items)
+            .filter(|i| events.privacy_classes.contains(&i.class)),
+    );
+    Ok(on_whole)
 }
 
 async fn hand_over<S: ResultSink>(
