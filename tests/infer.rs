@@ -428,6 +428,20 @@ pub(crate) fn jpeg_of(img: &RgbImage) -> Vec<u8> {
     encode_jpeg(img, 95).unwrap()
 }
 
+/// The range of the red channel over `[x0, y0, x1, y1)`: high on a checkerboard, low
+/// once it is pixelated.
+fn spread(img: &RgbImage, [x0, y0, x1, y1]: [u32; 4]) -> u8 {
+    let (mut lo, mut hi) = (255u8, 0u8);
+    for y in y0..y1 {
+        for x in x0..x1 {
+            let v = img.data[((y * img.width + x) * 3) as usize];
+            lo = lo.min(v);
+            hi = hi.max(v);
+        }
+    }
+    hi - lo
+}
+
 /// A person: a white/black checkerboard (white pixels detect as person), so that
 /// pixelation is visible.
 fn with_person(mut img: RgbImage, x0: u32, y0: u32, s: u32) -> RgbImage {
@@ -579,18 +593,13 @@ async fn worker_batches_waiting_frames_rejects_garbage_and_acks_after_results() 
         .iter()
         .find(|d| d.class == "person")
         .unwrap();
-    let spread = |img: &RgbImage| {
-        let mut lo = 255u8;
-        let mut hi = 0u8;
-        for y in (person.y as u32 + 12)..(person.y + person.h) as u32 - 12 {
-            for x in (person.x as u32 + 12)..(person.x + person.w) as u32 - 12 {
-                let v = img.data[((y * img.width + x) * 3) as usize];
-                lo = lo.min(v);
-                hi = hi.max(v);
-            }
-        }
-        hi - lo
-    };
+    let inner = [
+        person.x as u32 + 12,
+        person.y as u32 + 12,
+        (person.x + person.w) as u32 - 12,
+        (person.y + person.h) as u32 - 12,
+    ];
+    let spread = |img: &RgbImage| spread(img, inner);
     assert!(spread(&fire) > 200);
     assert!(
         spread(&img) < 80,
@@ -972,17 +981,7 @@ async fn with_crops_a_privacy_class_outside_every_crop_is_pixelated_on_the_snaps
         })
         .expect("a snapshot for the fire");
     let img = decode_jpeg(&snap.jpeg).unwrap();
-    let spread = |img: &RgbImage| {
-        let (mut lo, mut hi) = (255u8, 0u8);
-        for y in 132..172u32 {
-            for x in 212..252u32 {
-                let v = img.data[((y * img.width + x) * 3) as usize];
-                lo = lo.min(v);
-                hi = hi.max(v);
-            }
-        }
-        hi - lo
-    };
+    let spread = |img: &RgbImage| spread(img, [212, 132, 252, 172]);
     assert!(spread(&whole) > 200);
     assert!(
         spread(&img) < 80,

@@ -20,8 +20,7 @@
 //!
 //! Env: BENCH_CROPS_FRAMES (48), BENCH_THREADS (2), EDGE_AGENT_REALCAM_DEV.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::Instant;
 
 use edge_agent::config::types::IntIn;
@@ -37,34 +36,9 @@ const DETECT_WIDTH: u32 = 640;
 const ANALYSIS_WIDTH: u32 = 320;
 const QUALITY: u8 = 85;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn py(args: &[&str]) -> String {
-    let python = std::env::var_os("EDGE_AGENT_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join(".venv/bin/python"));
-    let out = Command::new(python)
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("python runs");
-    if !out.status.success() {
-        panic!("python {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+#[path = "common/tools.rs"]
+mod tools;
+use tools::{env_usize, py, root};
 
 /// A generated model (once per name).
 fn model(script_args: &[&str], name: &str) -> PathBuf {

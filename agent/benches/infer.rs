@@ -12,51 +12,15 @@
 //! frames), BENCH_FULL_REPEAT (default 2; 0 skips YOLOv4), EDGE_AGENT_PYTHON.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
 use edge_agent::config::types::IntIn;
 use edge_agent::infer::config::{InferenceConfig, Provider};
 use edge_agent::infer::Pipeline;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("EDGE_AGENT_PYTHON") {
-        return p.into();
-    }
-    let exe = std::env::current_exe().unwrap();
-    root()
-        .ancestors()
-        .chain(exe.ancestors())
-        .map(|a| a.join(".venv/bin/python"))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| "python3".into())
-}
-
-fn py(args: &[&str]) -> String {
-    let out = Command::new(python())
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("python runs");
-    if !out.status.success() {
-        panic!("python {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+#[path = "common/tools.rs"]
+mod tools;
+use tools::{env_usize, py, root};
 
 fn model(cfg: &str, name: &str) -> PathBuf {
     let path = root().join("models/generated").join(name);
