@@ -486,6 +486,9 @@ struct Sample {
     /// A frame of the event captured earlier than the one first answered was answered
     /// later (it was lost and redelivered, or overtaken).
     overtaken: bool,
+    /// The worker's own model run for the answered frame (`timings.inference_ms` of the
+    /// detections message), ms.
+    inference_ms: f64,
 }
 
 struct LatencyRow {
@@ -587,11 +590,15 @@ fn latency_phase(case: &ModelCase, warm: bool, n: usize) -> LatencyRow {
                 .map(|a| a.len())
                 .unwrap_or(0);
             eprintln!("  {mode} sample {}: {latency_ms:.0} ms", samples.len() + 1);
+            let inference_ms = r.payload["detections"]["timings"]["inference_ms"]
+                .as_f64()
+                .unwrap_or(f64::NAN);
             answered = Some((unix_ms(start), captured, samples.len()));
             samples.push(Sample {
                 latency_ms,
                 boxes,
                 overtaken: false,
+                inference_ms,
             });
         }
     }
@@ -711,7 +718,8 @@ fn print_latency(rows: &[LatencyRow]) {
          of that event. That message is published for every answered frame, boxes or not \
          (random-weight models; see \"with boxes\"). Cold: no worker process in the 500 ms \
          before motion start, so the time includes starting `edge-agent worker` and loading \
-         the model; warm: `min_workers = 1`, worker ready. p95 is nearest-rank: with fewer \
+         the model (with `scaling.prewarm_on_motion` at its default, on: the worker starts \
+         at the first motion candidate, the frame that becomes the event's `start`); warm: `min_workers = 1`, worker ready. p95 is nearest-rank: with fewer \
          than 20 samples it is the maximum. \"first frame late\": samples whose event had \
          an earlier frame answered after the first answer (seen only until the next \
          motion start; typically the cold worker missed the first frame and it came back \
@@ -766,6 +774,56 @@ fn print_latency(rows: &[LatencyRow]) {
                 c - w
             );
         }
+    }
+    println!();
+    print_goals(rows);
+}
+
+/// Median of the worker's own model run over a row's samples, ms.
+fn inference_p50(r: &LatencyRow) -> f64 {
+    let mut v: Vec<f64> = r
+        .samples
+        .iter()
+        .map(|s| s.inference_ms)
+        .filter(|x| x.is_finite())
+        .collect();
+    v.sort_by(f64::total_cmp);
+    percentile(&v, 50.0)
+}
+
+/// The goals of issue 18, judged on this run's figures only.
+fn print_goals(rows: &[LatencyRow]) {
+    let find = |m: &str, mode: &str| rows.iter().find(|r| r.model == m && r.mode == mode);
+    let p50 = |r: &LatencyRow| percentile(&sorted_ms(r), 50.0);
+    let verdict = |ok: bool| if ok { "met" } else { "**not met**" };
+    println!("Goals (issue 18), this run:");
+    println!();
+    if let (Some(c), Some(w)) = (
+        find("YOLOv4-tiny 416", "cold"),
+        find("YOLOv4-tiny 416", "warm"),
+    ) {
+        let (c, w) = (p50(c), p50(w));
+        println!(
+            "- YOLOv4-tiny cold p50 <= warm p50 + 50 ms: {c:.0} <= {:.0}: {}",
+            w + 50.0,
+            verdict(c <= w + 50.0)
+        );
+    }
+    if let Some(c) = find("YOLOv4 416", "cold") {
+        let c = p50(c);
+        println!(
+            "- YOLOv4-416 cold p50 <= 2000 ms: {c:.0}: {}",
+            verdict(c <= 2000.0)
+        );
+    }
+    for r in rows.iter().filter(|r| r.mode == "warm") {
+        let (w, inf) = (p50(r), inference_p50(r));
+        println!(
+            "- {} warm p50 <= one inference (median model run of the answered frames, {inf:.0} ms) + 120 ms: {w:.0} <= {:.0}: {}",
+            r.model,
+            inf + 120.0,
+            verdict(w <= inf + 120.0)
+        );
     }
     println!();
 }
