@@ -1684,6 +1684,22 @@ mod tests {
     type Score = (&'static str, usize, usize, usize, usize, usize, usize);
 
     /// Each row: every square found but one at most, alarms within bounds.
+    /// Scores the scene under each (name, config, most alarms, least alarms) row, then
+    /// checks every row's bounds.
+    fn assert_nuisance_rows<const N: usize>(
+        grey: u8,
+        nuisance: impl Fn(usize, &mut [u8], &mut u64) + Copy,
+        rows: [(&'static str, MotionConfig, usize, usize); N],
+    ) {
+        let mut scores = Vec::new();
+        for (name, cfg, most, least) in rows {
+            let (found, objects, alarms, empty) = nuisance_score(&cfg, grey, nuisance);
+            eprintln!("{name}: found {found}/{objects}, alarms {alarms}/{empty}");
+            scores.push((name, found, objects, alarms, empty, most, least));
+        }
+        assert_nuisance(&scores);
+    }
+
     fn assert_nuisance(scores: &[Score]) {
         for &(name, found, objects, alarms, empty, most, least) in scores {
             assert!(found + 1 >= objects, "{name}: found {found}/{objects}");
@@ -1752,24 +1768,14 @@ mod tests {
             warmup_frames: IntIn::lit(0),
             ..MotionConfig::default()
         };
-        let mut scores = Vec::new();
-        for (name, cfg, most_alarms, least_alarms) in [
-            ("defaults", MotionConfig::default(), 10, 0),
-            ("no warm-up", off, 40, 15),
-        ] {
-            let (found, objects, alarms, empty) = nuisance_score(&cfg, 200, leaves);
-            eprintln!("{name}: found {found}/{objects}, alarms {alarms}/{empty}");
-            scores.push((
-                name,
-                found,
-                objects,
-                alarms,
-                empty,
-                most_alarms,
-                least_alarms,
-            ));
-        }
-        assert_nuisance(&scores);
+        assert_nuisance_rows(
+            200,
+            leaves,
+            [
+                ("defaults", MotionConfig::default(), 10, 0),
+                ("no warm-up", off, 40, 15),
+            ],
+        );
     }
 
     #[test]
@@ -1778,24 +1784,14 @@ mod tests {
             speckle_factor: IntIn::lit(0),
             ..MotionConfig::default()
         };
-        let mut scores = Vec::new();
-        for (name, cfg, most_alarms, least_alarms) in [
-            ("defaults", MotionConfig::default(), 10, 0),
-            ("no speckle map", off, 40, 20),
-        ] {
-            let (found, objects, alarms, empty) = nuisance_score(&cfg, 200, snow);
-            eprintln!("{name}: found {found}/{objects}, alarms {alarms}/{empty}");
-            scores.push((
-                name,
-                found,
-                objects,
-                alarms,
-                empty,
-                most_alarms,
-                least_alarms,
-            ));
-        }
-        assert_nuisance(&scores);
+        assert_nuisance_rows(
+            200,
+            snow,
+            [
+                ("defaults", MotionConfig::default(), 10, 0),
+                ("no speckle map", off, 40, 20),
+            ],
+        );
     }
 
     #[test]
@@ -1806,24 +1802,14 @@ mod tests {
         };
         // The square is grey 240 on ground of 170..210 (less in the shadow): at most
         // 1 / 0.7 brighter, but flat where the ground is checkered.
-        let mut scores = Vec::new();
-        for (name, cfg, most_alarms, least_alarms) in [
-            ("defaults", MotionConfig::default(), 5, 0),
-            ("no light test", off, 40, 12),
-        ] {
-            let (found, objects, alarms, empty) = nuisance_score(&cfg, 240, cloud);
-            eprintln!("{name}: found {found}/{objects}, alarms {alarms}/{empty}");
-            scores.push((
-                name,
-                found,
-                objects,
-                alarms,
-                empty,
-                most_alarms,
-                least_alarms,
-            ));
-        }
-        assert_nuisance(&scores);
+        assert_nuisance_rows(
+            240,
+            cloud,
+            [
+                ("defaults", MotionConfig::default(), 5, 0),
+                ("no light test", off, 40, 12),
+            ],
+        );
     }
 
     #[test]
