@@ -1683,7 +1683,6 @@ mod tests {
 
     type Score = (&'static str, usize, usize, usize, usize, usize, usize);
 
-    /// Each row: every square found but one at most, alarms within bounds.
     /// Scores the scene under each (name, config, most alarms, least alarms) row, then
     /// checks every row's bounds.
     fn assert_nuisance_rows<const N: usize>(
@@ -1700,6 +1699,7 @@ mod tests {
         assert_nuisance(&scores);
     }
 
+    /// Each row: every square found but one at most, alarms within bounds.
     fn assert_nuisance(scores: &[Score]) {
         for &(name, found, objects, alarms, empty, most, least) in scores {
             assert!(found + 1 >= objects, "{name}: found {found}/{objects}");
