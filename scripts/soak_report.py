@@ -4,10 +4,16 @@
     soak_report.py OUT_DIR --alive 0|1 --agent-exit N [--benchmarks FILE --figures DIR]
 
 Reads OUT_DIR/{settings.json, memory.csv, metrics-final.txt, agent.log, timeline,
-orphans.txt}; writes OUT_DIR/report.md and OUT_DIR/memory.png (when matplotlib is
-installed). With --benchmarks, also replaces the `<!-- bench:soak -->` section of FILE
-(appends it when missing) and copies the plot and its CSV to DIR as soak-memory.*.
-Exits 1 when a verdict fails.
+orphans.txt} and, when the agent ran under heaptrack (`scripts/soak --wrap "heaptrack -o
+OUT_DIR/heap"`), OUT_DIR/heap*.zst; writes OUT_DIR/report.md and OUT_DIR/memory.png (when
+matplotlib is installed). With --benchmarks, also replaces the `<!-- bench:soak -->`
+section of FILE (appends it when missing; what follows a `<!-- soak:notes -->` line inside
+it, a person's reading of the runs, is kept) and copies the plot and its CSV to DIR as
+soak-memory.*. Exits 1 when a verdict fails.
+
+The live heap (bytes malloc'd and not yet freed, from heaptrack) tells a leak or a
+growing structure, which raises it, from the allocator keeping freed pages, which raises
+RSS and anonymous memory only.
 
 Memory rule (issue 17): after the warm-up (10 minutes of an hour's run), agent RSS may
 grow at most 5 %. Windows of two camera-drop cycles (5 minutes by default; RSS falls while
@@ -21,6 +27,7 @@ import csv
 import json
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -88,7 +95,35 @@ def memory_verdict(t, rss, warmup_s, window_s):
     }
 
 
-def plot(path, t, cols, events, warmup_s, mv):
+def live_heap(out):
+    """(times in s, live heap in MiB, leaked at exit in MiB) from heaptrack's data file in
+    `out`, or None when the agent did not run under heaptrack."""
+    files = sorted(out.glob("heap*.zst")) + sorted(out.glob("heap*.gz"))
+    if not files or not shutil.which("heaptrack_print"):
+        return None
+    massif = out / "heap.massif"
+    run = subprocess.run(["heaptrack_print", "-f", str(files[0]), "-p", "0", "-a", "0", "-T", "0",
+                          "-M", str(massif), "--massif-detailed-freq", "0"],
+                         capture_output=True, text=True)
+    if run.returncode != 0 or not massif.exists():
+        print(f"soak_report: heaptrack_print failed: {run.stderr.strip()[-300:]}", file=sys.stderr)
+        return None
+    leaked = re.search(r"total memory leaked: ([\d.]+)([KMG]?)", run.stdout)
+    scale = {"": 1 / 1048576, "K": 1 / 1024, "M": 1, "G": 1024}
+    leaked_mib = float(leaked.group(1)) * scale[leaked.group(2)] if leaked else float("nan")
+    # Snapshots come at every change; keep one mean per 5 s, the memory samples' period.
+    bins = collections.defaultdict(list)
+    at = None
+    for line in massif.read_text().splitlines():
+        if line.startswith("time="):
+            at = float(line[5:])
+        elif line.startswith("mem_heap_B=") and at is not None:
+            bins[int(at // 5) * 5].append(int(line[11:]) / 1048576)
+    t = sorted(bins)
+    return t, [mean(bins[k]) for k in t], leaked_mib
+
+
+def plot(path, t, cols, events, warmup_s, mv, heap=None):
     try:
         import matplotlib
 
@@ -102,6 +137,8 @@ def plot(path, t, cols, events, warmup_s, mv):
     ax.plot(mins, cols["rss"], label="agent RSS", color="tab:blue", lw=1.4)
     ax.plot(mins, cols["anon"], label="agent anonymous", color="tab:cyan", lw=1, alpha=0.8)
     ax.plot(mins, cols["wrss"], label="workers RSS (sum)", color="tab:gray", lw=0.8, alpha=0.6)
+    if heap:
+        ax.plot([x / 60 for x in heap[0]], heap[1], label="agent live heap (heaptrack)", color="tab:olive", lw=0.8)
     ax.axvspan(0, warmup_s / 60, color="0.92", label="warm-up")
     if mv:
         ax.axhline(mv["base"], color="tab:green", lw=0.8, ls="--", label=f"baseline {mv['base']:.1f} MiB")
@@ -150,6 +187,12 @@ def main():
     av = memory_verdict(t, cols["anon"], s["warmup_s"], window_s)
     # The same with 2-minute windows, as a cross-check (not a verdict).
     m2 = memory_verdict(t, cols["rss"], s["warmup_s"], 120)
+    heap = live_heap(out)
+    if heap and t:
+        # heaptrack goes on through the drain and the shutdown; keep the sampled run.
+        keep = [i for i, x in enumerate(heap[0]) if x <= t[-1]]
+        heap = ([heap[0][i] for i in keep], [heap[1][i] for i in keep], heap[2])
+    hv = memory_verdict(heap[0], heap[1], s["warmup_s"], window_s) if heap else None
 
     series = parse_metrics((out / "metrics-final.txt").read_text())
     escalated = int(total(series, "edge_agent_escalations_total"))
@@ -195,7 +238,7 @@ def main():
     # Timeline stamps are Unix seconds; memory.csv counts from the run's start.
     t0 = start_of_run(events)
     rel_events = [(at - t0, w) for at, w in events]
-    have_png = plot(png, t, cols, rel_events, s["warmup_s"], mv)
+    have_png = plot(png, t, cols, rel_events, s["warmup_s"], mv, heap)
 
     m_ok = bool(mv and mv["flat"])
     verdicts = {
@@ -233,6 +276,9 @@ the warm-up at most 5 % above the baseline window's highest.
 |---|---:|---:|---:|---:|---:|---:|---:|---:|---|
 {mem_row('agent RSS', mv)}
 {mem_row('agent anonymous', av)}
+{mem_row('agent live heap (heaptrack)', hv) if heap else ''}
+
+{heap_note(heap, hv)}
 
 Cross-check with 2-minute windows (minutes {w:.0f}-{w + 2:.0f} against the last 2): agent RSS mean {fmt_pct(m2, 'growth')}, highest sample
 {fmt_pct(m2, 'peak_over_mean')} over the baseline mean (that figure includes the camera-drop cycle's swing).
@@ -269,6 +315,10 @@ Orphans after the agent exited: {'; '.join(orphans) if orphans else 'none'}.
         bm = Path(a.benchmarks)
         text = bm.read_text() if bm.exists() else ""
         pat = re.compile(r"<!-- bench:soak -->.*?<!-- /bench:soak -->", re.S)
+        old = pat.search(text)
+        notes = re.search(r"^<!-- soak:notes -->\n.*?(?=<!-- /bench:soak -->)", old.group(0), re.S | re.M) if old else None
+        if notes:
+            section = section.replace("\n<!-- /bench:soak -->", "\n" + notes.group(0) + "<!-- /bench:soak -->")
         text = pat.sub(lambda _: section, text) if pat.search(text) else text.rstrip("\n") + "\n\n" + section + "\n"
         bm.write_text(text)
         print(f"soak_report: wrote the soak section of {bm}", file=sys.stderr)
@@ -281,6 +331,15 @@ def start_of_run(events):
         if w == "run start":
             return at
     return min((at for at, _ in events), default=0)
+
+
+def heap_note(heap, hv):
+    if not heap:
+        return "(The agent did not run under heaptrack: no live-heap row.)"
+    return (f"Live heap: bytes allocated and not yet freed, from heaptrack (5-s means of its snapshots); it ran "
+            f"{'flat' if hv and hv['flat'] else 'NOT flat'} while RSS and anonymous memory also count pages the allocator "
+            f"keeps. Left allocated at exit: {heap[2]:.2f} MiB (GStreamer's and GLib's one-time registries and types; "
+            f"`heaptrack_print -l` on the run's data lists them).")
 
 
 def fmt_pct(v, key):
