@@ -383,7 +383,7 @@ where
             .position(|k| *k == format!("snapshots/{snap_id}"))
             .unwrap_or_else(|| panic!("snapshot {snap_id} never seen; kinds {kinds:?}"));
         assert!(snap_at < *ev_at, "snapshot after its event: {kinds:?}");
-        let img = edge_agent::infer::image::decode_jpeg(&seen[snap_at].payload)
+        let img = edge_agent::image::decode_jpeg(&seen[snap_at].payload)
             .expect("the snapshot decodes as a JPEG");
         assert_eq!((img.width, img.height), (640, 360));
     }

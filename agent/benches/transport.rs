@@ -15,10 +15,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use edge_agent::clock::unix_ns_now;
 use edge_agent::config::types::{IntIn, SecretUrl};
-use edge_agent::escalate::jpeg::{decode_rgb, encode_rgb};
-use edge_agent::escalate::message::{unix_ns_now, FrameHeader, FrameMessage, VERSION};
+use edge_agent::escalate::message::{FrameHeader, FrameMessage, VERSION};
 use edge_agent::escalate::{Role, Transport, TransportConfig, TransportKind};
+use edge_agent::image::{decode_jpeg, encode_rgb};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
@@ -124,7 +125,7 @@ fn jpeg_bench() {
         std::hint::black_box(out);
     });
     let dec = time_per_iter(n, || {
-        std::hint::black_box(decode_rgb(&jpeg).unwrap());
+        std::hint::black_box(decode_jpeg(&jpeg).unwrap());
     });
     let raw_caps = gst::Caps::builder("video/x-raw")
         .field("format", "RGB")
@@ -362,7 +363,7 @@ async fn run_once(
 }
 
 async fn bench_transport(name: &str, cfg: TransportConfig, n: u64) -> Option<Figures> {
-    let agent = match Transport::connect(&cfg, "bench", Role::Agent).await {
+    let agent = match Transport::connect(&cfg, "bench", Role::Agent, &Default::default()).await {
         Ok(a) => a,
         Err(e) => {
             println!("{name}: skipped ({e})");
@@ -373,7 +374,7 @@ async fn bench_transport(name: &str, cfg: TransportConfig, n: u64) -> Option<Fig
     if let Some(addr) = agent.broker_addr() {
         wcfg.embedded_port = IntIn::new(addr.port() as i64).unwrap();
     }
-    let worker = Transport::connect(&wcfg, "bench", Role::Worker)
+    let worker = Transport::connect(&wcfg, "bench", Role::Worker, &Default::default())
         .await
         .ok()?;
     let mut frames = worker.frames().ok()?;

@@ -6,8 +6,10 @@
 pub mod app;
 pub mod backoff;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod escalate;
+pub mod image;
 pub mod infer;
 pub mod ingest;
 pub mod memory;
@@ -15,6 +17,7 @@ pub mod motion;
 pub mod results;
 pub mod scale;
 pub mod shutdown;
+pub mod sync;
 pub mod telemetry;
 
 /// The message contract's checker, shared with the integration tests.

@@ -17,18 +17,21 @@ use tracing::{error, info, warn};
 
 use crate::backoff::Backoff;
 use crate::cli::ConfigArgs;
+use crate::clock::Stamp;
 use crate::config::resolved::{apply_live, restart_needed, workers_differ};
 use crate::config::{resolved_text, Config, Loaded};
 use crate::escalate::camera::{self as camera_loop, Candidate, EscalatedFrame, Escalation};
-use crate::escalate::message::{FrameHeader, FrameMessage, Stamp};
+use crate::escalate::message::{FrameHeader, FrameMessage};
 use crate::escalate::transport::{Role, Transport};
-use crate::escalate::{jpeg, regions, TransportKind};
+use crate::escalate::{regions, TransportKind};
+use crate::image;
 use crate::ingest::{spawn_camera, CameraConfig, CameraHandle};
 use crate::motion::MotionTransition;
 use crate::scale::offload::{self, Offload};
 use crate::scale::prewarm::CandidateStarts;
 use crate::scale::{run_scaler, spawn_pool, PoolHandle, ScalingConfig, Wake, WorkerSpec};
-use crate::shutdown::{install_signal_handlers, Shutdown};
+use crate::shutdown::{Lifetime, Shutdown};
+use crate::sync::lock;
 use crate::telemetry::metrics::{self, metrics};
 use crate::telemetry::{gpu, http, notify, process};
 
@@ -62,12 +65,12 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
     let cfg = loaded.config.clone();
     let mut running = loaded.config.clone();
     let device = cfg.device.id.to_string();
-    let shutdown = Shutdown::new();
-    install_signal_handlers(shutdown.clone());
+    let lifetime = Lifetime::with_signals();
+    let shutdown = lifetime.shutdown().clone();
     info!(device = %device, version = crate::VERSION, cameras = cfg.cameras.len(), transport = ?cfg.transport.kind, "edge-agent starting.");
 
     let transport = Arc::new(
-        Transport::connect(&cfg.transport, &device, Role::Agent)
+        Transport::connect(&cfg.transport, &device, Role::Agent, lifetime.end())
             .await
             .with_context(|| format!("transport {:?}", cfg.transport.kind))?,
     );
@@ -208,9 +211,7 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
         let p = pool.clone();
         let t = transport.clone();
         Arc::new(move || {
-            let cams: serde_json::Map<String, serde_json::Value> = watched
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
+            let cams: serde_json::Map<String, serde_json::Value> = lock(&watched)
                 .iter()
                 .filter_map(|(id, h)| h.upgrade().map(|h| (id, h)))
                 .map(|(id, h)| {
@@ -219,7 +220,7 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
                 })
                 .collect();
             let w = p.status();
-            let restart = pending.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let restart = lock(&pending).clone();
             serde_json::json!({ "version": crate::VERSION, "broker_connected": t.is_connected(), "cameras": cams,
                 "restart_needed": restart,
                 "workers": { "running": w.running, "ready": w.ready, "target": w.target, "draining": w.draining, "providers": w.providers, "last_failure": w.last_failure } })
@@ -280,10 +281,10 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
                     if !restart.is_empty() {
                         warn!(keys = ?restart, "Reload: these settings need a restart.");
                     }
-                    *pending_restart.lock().unwrap_or_else(|e| e.into_inner()) = restart;
+                    *lock(&pending_restart) = restart;
                     running = next;
                 }
-                *watched.lock().unwrap_or_else(|e| e.into_inner()) = watch_list(&cameras);
+                *lock(&watched) = watch_list(&cameras);
                 if cfg.telemetry.home_assistant {
                     discovered = announce(&transport, &cfg, &cameras, &discovered);
                 }
@@ -309,7 +310,7 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
                 health(),
                 started_at.elapsed(),
                 heartbeat_every,
-                crate::escalate::message::unix_ns_now() / 1_000_000,
+                crate::clock::unix_ns_now() / 1_000_000,
             );
             if let Err(e) = transport.publish_device("health", Bytes::from(beat.to_string())) {
                 if metrics::should_log("heartbeat", Duration::from_secs(300)) {
@@ -766,7 +767,7 @@ async fn escalate(
                             .find(|s| s.stage == "motion")
                             .map(|s| s.at_unix_ns)
                         {
-                            let now = crate::escalate::message::unix_ns_now();
+                            let now = crate::clock::unix_ns_now();
                             metrics()
                                 .stage_latency
                                 .get_or_create(&metrics::stage("motion_to_publish"))
@@ -858,15 +859,18 @@ fn e_camera(t: &MotionTransition) -> &str {
 
 /// The frame message of an escalated frame: one JPEG holding the whole frame and, below
 /// it, its crops (`escalate::regions::layout`).
-fn encode_frame(f: EscalatedFrame, cold_start: bool) -> Result<FrameMessage, jpeg::JpegError> {
+fn encode_frame(f: EscalatedFrame, cold_start: bool) -> Result<FrameMessage, image::ImageError> {
     let c = &f.colour;
     let (regions, data) = if c.crops.is_empty() {
-        let data = jpeg::encode_rgb(&c.rgb, c.width, c.height, f.jpeg_quality)?;
+        let data = image::encode_rgb(&c.rgb, c.width, c.height, f.jpeg_quality)?;
         (Vec::new(), data)
     } else {
         let crops: Vec<_> = c.crops.iter().map(|k| (k.frame, &k.rgb[..])).collect();
         let (regions, payload, (pw, ph)) = regions::compose(&c.rgb, (c.width, c.height), &crops);
-        (regions, jpeg::encode_rgb(&payload, pw, ph, f.jpeg_quality)?)
+        (
+            regions,
+            image::encode_rgb(&payload, pw, ph, f.jpeg_quality)?,
+        )
     };
     let ns = |t: SystemTime| {
         t.duration_since(SystemTime::UNIX_EPOCH)

@@ -22,7 +22,7 @@ use crate::infer::worker::{
     self, AckOutcome, Confirmation, DetectionsMessage, FrameMeta, ResultSink, Snapshot, WorkItem,
 };
 use crate::scale::{HELD_PREFIX, PROVIDER_PREFIX, READY_LINE};
-use crate::shutdown::{install_signal_handlers, Shutdown};
+use crate::shutdown::{Lifetime, Shutdown};
 use crate::telemetry::latency::Marks;
 
 pub fn run(loaded: Loaded) -> i32 {
@@ -116,8 +116,8 @@ const GRACE_USED: f32 = 0.8;
 async fn run_worker(loaded: Loaded) -> anyhow::Result<i32> {
     let cfg = loaded.config;
     let grace = cfg.scaling.grace_period.get();
-    let shutdown = Shutdown::new();
-    install_signal_handlers(shutdown.clone());
+    let lifetime = Lifetime::with_signals();
+    let shutdown = lifetime.shutdown();
     let inference = cfg.inference.clone();
     let started = std::time::Instant::now();
     // A cold start is model load plus broker link plus subscription: the link does not
@@ -133,9 +133,14 @@ async fn run_worker(loaded: Loaded) -> anyhow::Result<i32> {
         anyhow::Ok((pipeline, started.elapsed()))
     };
     let link = async {
-        let transport = Transport::connect(&cfg.transport, cfg.device.id.as_str(), Role::Worker)
-            .await
-            .context("transport")?;
+        let transport = Transport::connect(
+            &cfg.transport,
+            cfg.device.id.as_str(),
+            Role::Worker,
+            lifetime.end(),
+        )
+        .await
+        .context("transport")?;
         // Ready means subscribed: on MQTT a frame published before the SUBACK is lost.
         let subscribed = transport.consuming(CONSUMING_TIMEOUT).await;
         anyhow::Ok((transport, subscribed, started.elapsed()))
@@ -166,7 +171,7 @@ async fn run_worker(loaded: Loaded) -> anyhow::Result<i32> {
         },
         loop_token,
     ));
-    let ready_at = crate::escalate::message::unix_ns_now();
+    let ready_at = crate::clock::unix_ns_now();
     let held = Held::default();
     println!("{PROVIDER_PREFIX} {provider}");
     println!("{READY_LINE}");
@@ -179,7 +184,7 @@ async fn run_worker(loaded: Loaded) -> anyhow::Result<i32> {
         };
         let h = &d.msg.header;
         let mut marks = Marks::from_header(h.captured, &h.stamps, h.cold_start);
-        marks.received = crate::escalate::message::unix_ns_now();
+        marks.received = crate::clock::unix_ns_now();
         marks.worker_ready = ready_at;
         if d.redelivered {
             info!(device = %h.device, camera = %h.camera, seq = h.seq, "Frame redelivered: a worker before this one took it and did not finish.");

@@ -6,7 +6,6 @@ pub mod buffer;
 pub mod camera;
 pub mod config;
 pub mod embedded;
-pub mod jpeg;
 pub mod message;
 pub mod mqtt;
 pub mod policy;
@@ -16,7 +15,7 @@ pub mod transport;
 
 pub use config::{EscalationConfig, Regions, TransportConfig, TransportKind};
 pub use embedded::EmbeddedBroker;
-pub use message::{FrameHeader, FrameMessage, MessageError, Stamp};
+pub use message::{FrameHeader, FrameMessage, MessageError};
 pub use transport::{
     Backlog, Delivery, Frames, Inbound, ResultMessage, Results, Role, Transport, TransportError,
     TransportStats,

@@ -533,9 +533,7 @@ fn overflow_reason(class: Class) -> &'static str {
     }
 }
 
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+pub(crate) use crate::sync::lock;
 
 pub(crate) enum Link {
     Mqtt(mqtt::MqttLink),
@@ -569,15 +567,18 @@ impl Drop for Transport {
 impl Transport {
     /// Connects (in the background: the first connection and every reconnection are
     /// made by the owner task, so this returns at once unless the settings are bad).
-    /// With `kind = "embedded"`, the agent starts the broker here.
+    /// With `kind = "embedded"`, the agent starts the broker here. The link's tasks
+    /// hang from `parent` (see [`crate::shutdown::Lifetime`]): cancelling it ends them
+    /// at once, without a flush; a graceful stop calls [`Transport::close`] first.
     pub async fn connect(
         cfg: &TransportConfig,
         device: &str,
         role: Role,
+        parent: &CancellationToken,
     ) -> Result<Transport, TransportError> {
         check_name("device", device, role == Role::Worker)?;
         let shared = Arc::new(Shared::new(cfg, device, role));
-        let cancel = CancellationToken::new();
+        let cancel = parent.child_token();
         let (frames_tx, frames_rx) = match role {
             Role::Worker => {
                 // AMQP: the prefetch limit bounds it. MQTT: the broker's in-flight

@@ -80,7 +80,7 @@ fn handle(incidents: &mut Incidents, r: ResultMessage) -> Vec<IncidentEvent> {
         return rejected(&r, "not JSON");
     };
     if let Some(captured) = v["captured_ms"].as_u64() {
-        let now = crate::escalate::message::unix_ns_now() / 1_000_000;
+        let now = crate::clock::unix_ns_now() / 1_000_000;
         metrics()
             .stage_latency
             .get_or_create(&metrics::stage("end_to_end"))
@@ -159,7 +159,7 @@ fn observe_stages(latency: &serde_json::Value) {
             observe(stage, ms);
         }
     }
-    let now = crate::escalate::message::unix_ns_now();
+    let now = crate::clock::unix_ns_now();
     observe(
         "result_delivery",
         now.saturating_sub(l.result_at_unix_ns) as f64 / 1e6,
