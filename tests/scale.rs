@@ -238,7 +238,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use edge_agent::clock::unix_ns_now;
 use edge_agent::escalate::message::VERSION;
-use edge_agent::escalate::{FrameHeader, FrameMessage, Role, Transport, TransportConfig};
+use edge_agent::escalate::{AgentTransport, FrameHeader, FrameMessage, TransportConfig};
 use edge_agent::image::encode_rgb;
 
 use crate::common::broker::{amqp_url, eventually, unique};
@@ -402,7 +402,7 @@ async fn scaler_serves_a_shared_amqp_queue_from_zero_workers_and_returns_to_zero
     let mut want = BTreeSet::new();
     let mut transports = Vec::new();
     for device in ["box-a", "box-b"] {
-        let t = Transport::connect(&cfg, device, Role::Agent, &Default::default())
+        let t = AgentTransport::connect(&cfg, device, &Default::default())
             .await
             .unwrap();
         agents.push((device.to_string(), t.results().unwrap()));
@@ -473,7 +473,7 @@ async fn worker_killed_mid_inference_has_its_frame_redelivered_and_is_replaced()
         .wait_for("edge-agent scaler running.", Duration::from_secs(20))
         .is_some());
     let cfg = names.transport();
-    let t = Transport::connect(&cfg, "box-k", Role::Agent, &Default::default())
+    let t = AgentTransport::connect(&cfg, "box-k", &Default::default())
         .await
         .unwrap();
     let mut agents = vec![("box-k".to_string(), t.results().unwrap())];
@@ -911,7 +911,7 @@ async fn a_worker_that_cannot_finish_within_the_grace_period_exits_anyway_and_it
         worker.seen
     );
     let cfg = names.transport();
-    let t = Transport::connect(&cfg, "box-g", Role::Agent, &Default::default())
+    let t = AgentTransport::connect(&cfg, "box-g", &Default::default())
         .await
         .unwrap();
     let mut results = t.results().unwrap();

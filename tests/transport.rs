@@ -10,7 +10,9 @@ use edge_agent::clock::unix_ns_now;
 use edge_agent::config::types::{Dur, IntIn, SecretUrl};
 use edge_agent::escalate::amqp::{dead_letter_names, declare_topology};
 use edge_agent::escalate::message::{encode, FrameHeader, FrameMessage, VERSION};
-use edge_agent::escalate::{Frames, Role, Transport, TransportConfig, TransportKind};
+use edge_agent::escalate::{
+    AgentTransport, Frames, TransportConfig, TransportKind, WorkerTransport,
+};
 use edge_agent::image::encode_rgb;
 use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
@@ -59,7 +61,7 @@ async fn amqp_cleanup(cfg: &TransportConfig) {
 }
 
 /// The worker's view of an agent on the embedded broker.
-fn worker_cfg(agent_cfg: &TransportConfig, agent: &Transport) -> TransportConfig {
+fn worker_cfg(agent_cfg: &TransportConfig, agent: &AgentTransport) -> TransportConfig {
     let mut c = agent_cfg.clone();
     if c.kind == TransportKind::Embedded {
         let port = agent.broker_addr().expect("agent runs the broker").port();
@@ -97,8 +99,8 @@ fn frame(camera: &str, seq: u64, jpeg: &Bytes) -> FrameMessage {
 }
 
 /// A worker connected and subscribed to the frames (its SUBACK arrived).
-async fn subscribed_worker(cfg: &TransportConfig) -> Transport {
-    let worker = Transport::connect(cfg, DEVICE, Role::Worker, &Default::default())
+async fn subscribed_worker(cfg: &TransportConfig) -> WorkerTransport {
+    let worker = WorkerTransport::connect(cfg, DEVICE, &Default::default())
         .await
         .unwrap();
     assert!(worker.consuming(WAIT).await, "worker subscribed");
@@ -107,7 +109,7 @@ async fn subscribed_worker(cfg: &TransportConfig) -> Transport {
 
 /// A worker that answers every frame with detections carrying its seq, publishes
 /// them confirmed, then acks. Returns the seqs it processed.
-fn serve(worker: Transport) -> (Arc<Mutex<Vec<u64>>>, tokio::task::JoinHandle<()>) {
+fn serve(worker: WorkerTransport) -> (Arc<Mutex<Vec<u64>>>, tokio::task::JoinHandle<()>) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let out = seen.clone();
     let task = tokio::spawn(async move {
@@ -128,7 +130,7 @@ fn serve(worker: Transport) -> (Arc<Mutex<Vec<u64>>>, tokio::task::JoinHandle<()
 }
 
 /// Collects the agent's results in the background: seqs answered for the first time.
-fn collect_answers(agent: &Transport) -> Arc<Mutex<BTreeSet<u64>>> {
+fn collect_answers(agent: &AgentTransport) -> Arc<Mutex<BTreeSet<u64>>> {
     let answered = Arc::new(Mutex::new(BTreeSet::new()));
     let out = answered.clone();
     let mut results = agent.results().unwrap();
@@ -143,7 +145,7 @@ fn collect_answers(agent: &Transport) -> Arc<Mutex<BTreeSet<u64>>> {
 }
 
 async fn round_trip(cfg: TransportConfig) {
-    let agent = Transport::connect(&cfg, DEVICE, Role::Agent, &Default::default())
+    let agent = AgentTransport::connect(&cfg, DEVICE, &Default::default())
         .await
         .unwrap();
     let wcfg = worker_cfg(&cfg, &agent);
@@ -191,7 +193,7 @@ async fn frames_and_results_round_trip_on_rabbitmq() {
 }
 
 async fn shared_subscription(cfg: TransportConfig) {
-    let agent = Transport::connect(&cfg, DEVICE, Role::Agent, &Default::default())
+    let agent = AgentTransport::connect(&cfg, DEVICE, &Default::default())
         .await
         .unwrap();
     let wcfg = worker_cfg(&cfg, &agent);
@@ -238,7 +240,7 @@ async fn mqtt_agent_reconnects_after_a_mosquitto_restart_and_every_buffered_fram
     // The worker is ephemeral (clean session): frames sent before it is back are
     // published again by the agent, as often as the restart needs.
     cfg.redeliver_max = IntIn::new(10).unwrap();
-    let agent = Transport::connect(&cfg, DEVICE, Role::Agent, &Default::default())
+    let agent = AgentTransport::connect(&cfg, DEVICE, &Default::default())
         .await
         .unwrap();
     let answered = collect_answers(&agent);
@@ -273,7 +275,7 @@ async fn amqp_publisher_reconnects_after_rabbitmq_restart_and_every_buffered_fra
     let _serial = rabbit_serial().await;
     let mut cfg = amqp_cfg();
     cfg.buffer_size = IntIn::new(64).unwrap();
-    let agent = Transport::connect(&cfg, DEVICE, Role::Agent, &Default::default())
+    let agent = AgentTransport::connect(&cfg, DEVICE, &Default::default())
         .await
         .unwrap();
     eventually("agent connected", WAIT, || agent.is_connected()).await;
@@ -302,7 +304,7 @@ async fn amqp_publisher_reconnects_after_rabbitmq_restart_and_every_buffered_fra
     // Every frame (durable queue, persistent messages) reaches a worker started now.
     let answered = collect_answers(&agent);
     let (seen, _task) = serve(
-        Transport::connect(&cfg, DEVICE, Role::Worker, &Default::default())
+        WorkerTransport::connect(&cfg, DEVICE, &Default::default())
             .await
             .unwrap(),
     );
@@ -344,7 +346,7 @@ async fn child_worker_that_holds_one_frame() {
         return;
     };
     let cfg: TransportConfig = toml::from_str(&text).unwrap();
-    let worker = Transport::connect(&cfg, DEVICE, Role::Worker, &Default::default())
+    let worker = WorkerTransport::connect(&cfg, DEVICE, &Default::default())
         .await
         .unwrap();
     let mut frames = worker.frames().unwrap();
@@ -378,7 +380,7 @@ fn spawn_child_worker(
 }
 
 async fn redelivery_after_worker_death(cfg: TransportConfig) {
-    let agent = Transport::connect(&cfg, DEVICE, Role::Agent, &Default::default())
+    let agent = AgentTransport::connect(&cfg, DEVICE, &Default::default())
         .await
         .unwrap();
     let wcfg = worker_cfg(&cfg, &agent);
@@ -400,7 +402,7 @@ async fn redelivery_after_worker_death(cfg: TransportConfig) {
     // The worker dies holding the frame: no ack, no result, no goodbye.
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    let second = Transport::connect(&wcfg, DEVICE, Role::Worker, &Default::default())
+    let second = WorkerTransport::connect(&wcfg, DEVICE, &Default::default())
         .await
         .unwrap();
     let (seen, _task) = serve(second);
@@ -452,7 +454,7 @@ fn bad_messages(cfg: &TransportConfig, jpeg: &Bytes) -> Vec<Vec<u8>> {
 }
 
 /// The good frame (seq 9) is the only one delivered; the three bad ones are counted.
-async fn expect_only_the_good_frame(frames: &mut Frames, worker: &Transport) {
+async fn expect_only_the_good_frame(frames: &mut Frames, worker: &WorkerTransport) {
     let d = tokio::time::timeout(WAIT, frames.next())
         .await
         .unwrap()
@@ -465,7 +467,7 @@ async fn expect_only_the_good_frame(frames: &mut Frames, worker: &Transport) {
     assert_rejections(worker);
 }
 
-fn assert_rejections(worker: &Transport) {
+fn assert_rejections(worker: &WorkerTransport) {
     let s = worker.stats();
     assert_eq!(s.get("rejected.bad_magic"), 1, "{:?}", s.snapshot());
     assert_eq!(s.get("rejected.truncated"), 1, "{:?}", s.snapshot());
@@ -476,7 +478,7 @@ fn assert_rejections(worker: &Transport) {
 async fn bad_frames_are_dead_lettered_with_a_counted_reason_and_the_consumer_goes_on_on_rabbitmq() {
     let _serial = rabbit_serial().await;
     let cfg = amqp_cfg();
-    let worker = Transport::connect(&cfg, DEVICE, Role::Worker, &Default::default())
+    let worker = WorkerTransport::connect(&cfg, DEVICE, &Default::default())
         .await
         .unwrap();
     let mut frames = worker.frames().unwrap();
@@ -525,7 +527,7 @@ async fn bad_frames_dropped_on_mqtt(cfg: TransportConfig, url: Option<String>) {
     // On the embedded broker an agent owns it; on Mosquitto the worker is enough.
     let agent = match cfg.kind {
         TransportKind::Embedded => Some(
-            Transport::connect(&cfg, DEVICE, Role::Agent, &Default::default())
+            AgentTransport::connect(&cfg, DEVICE, &Default::default())
                 .await
                 .unwrap(),
         ),
@@ -537,7 +539,7 @@ async fn bad_frames_dropped_on_mqtt(cfg: TransportConfig, url: Option<String>) {
     };
     let url =
         url.unwrap_or_else(|| format!("mqtt://{}", agent.as_ref().unwrap().broker_addr().unwrap()));
-    let worker = Transport::connect(&wcfg, DEVICE, Role::Worker, &Default::default())
+    let worker = WorkerTransport::connect(&wcfg, DEVICE, &Default::default())
         .await
         .unwrap();
     let mut frames = worker.frames().unwrap();
@@ -591,7 +593,7 @@ async fn bad_frames_are_dropped_with_a_counted_reason_and_the_consumer_goes_on_o
 }
 
 /// Publishes every kind of result and event of two cameras.
-async fn publish_mixed_events(t: &Transport) {
+async fn publish_mixed_events(t: &AgentTransport) {
     t.publish_snapshot("cam-1", "5", small_jpeg())
         .await
         .unwrap();
@@ -613,7 +615,7 @@ async fn publish_mixed_events(t: &Transport) {
 async fn a_queue_bound_to_fire_events_receives_only_fire_events_on_rabbitmq() {
     let _serial = rabbit_serial().await;
     let cfg = amqp_cfg();
-    let agent = Transport::connect(&cfg, DEVICE, Role::Agent, &Default::default())
+    let agent = AgentTransport::connect(&cfg, DEVICE, &Default::default())
         .await
         .unwrap();
     let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
@@ -664,7 +666,7 @@ async fn a_queue_bound_to_fire_events_receives_only_fire_events_on_rabbitmq() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_to_fire_events_receives_only_fire_events_on_mosquitto() {
     let cfg = mqtt_cfg(&mqtt_url());
-    let agent = Transport::connect(&cfg, DEVICE, Role::Agent, &Default::default())
+    let agent = AgentTransport::connect(&cfg, DEVICE, &Default::default())
         .await
         .unwrap();
     let u = url::Url::parse(&mqtt_url()).unwrap();
@@ -742,7 +744,7 @@ async fn while_the_broker_is_away_the_buffer_keeps_events_and_the_newest_frames(
     }
     drop(el);
     broker.stop();
-    let agent = Transport::connect(&cfg, DEVICE, Role::Agent, &Default::default())
+    let agent = AgentTransport::connect(&cfg, DEVICE, &Default::default())
         .await
         .unwrap();
     let jpeg = small_jpeg();
@@ -823,7 +825,7 @@ async fn the_agent_status_says_offline_at_a_clean_close_and_lost_by_last_will_on
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
     let count = |what: &str| seen.lock().unwrap().iter().filter(|s| *s == what).count();
-    let agent = Transport::connect(&cfg, DEVICE, Role::Agent, &Default::default())
+    let agent = AgentTransport::connect(&cfg, DEVICE, &Default::default())
         .await
         .unwrap();
     eventually("online", WAIT, || count("online") == 1).await;
@@ -831,7 +833,7 @@ async fn the_agent_status_says_offline_at_a_clean_close_and_lost_by_last_will_on
     assert!(agent.close(WAIT).await, "the close was not clean");
     eventually("offline", WAIT, || count("offline") == 1).await;
     drop(agent);
-    let agent = Transport::connect(&cfg, DEVICE, Role::Agent, &Default::default())
+    let agent = AgentTransport::connect(&cfg, DEVICE, &Default::default())
         .await
         .unwrap();
     eventually("online again", WAIT, || count("online") == 2).await;
@@ -860,7 +862,7 @@ async fn frames_and_results_round_trip_over_mqtts_with_a_custom_ca() {
     round_trip(cfg.clone()).await;
     // A client that does not trust this CA never connects.
     cfg.ca_file = None;
-    let stranger = Transport::connect(&cfg, DEVICE, Role::Agent, &Default::default())
+    let stranger = AgentTransport::connect(&cfg, DEVICE, &Default::default())
         .await
         .unwrap();
     eventually("a refused handshake", WAIT, || {
@@ -897,7 +899,7 @@ async fn a_password_file_with_url_special_characters_logs_in_to_mosquitto() {
 
     cfg.mqtt_url =
         SecretUrl::parse(&format!("mqtt://edge:wrong@127.0.0.1:{}", broker.port)).unwrap();
-    let refused = Transport::connect(&cfg, DEVICE, Role::Agent, &Default::default())
+    let refused = AgentTransport::connect(&cfg, DEVICE, &Default::default())
         .await
         .unwrap();
     eventually("a refused connection", WAIT, || {

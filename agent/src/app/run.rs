@@ -22,7 +22,7 @@ use crate::config::resolved::{apply_live, restart_needed, workers_differ};
 use crate::config::{resolved_text, Config, Loaded};
 use crate::escalate::camera::{self as camera_loop, Candidate, EscalatedFrame, Escalation};
 use crate::escalate::message::{FrameHeader, FrameMessage};
-use crate::escalate::transport::{Role, Transport};
+use crate::escalate::transport::AgentTransport;
 use crate::escalate::{regions, TransportKind};
 use crate::image;
 use crate::ingest::{spawn_camera, CameraConfig, CameraHandle};
@@ -70,7 +70,7 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
     info!(device = %device, version = crate::VERSION, cameras = cfg.cameras.len(), transport = ?cfg.transport.kind, "edge-agent starting.");
 
     let transport = Arc::new(
-        Transport::connect(&cfg.transport, &device, Role::Agent, lifetime.end())
+        AgentTransport::connect(&cfg.transport, &device, lifetime.end())
             .await
             .with_context(|| format!("transport {:?}", cfg.transport.kind))?,
     );
@@ -432,7 +432,7 @@ fn watch_list(cameras: &BTreeMap<String, Camera>) -> Vec<(String, Weak<CameraHan
 /// Publishes Home Assistant discovery for the running cameras and clears it for those
 /// announced before and gone now; returns the ids announced. MQTT transports only.
 fn announce(
-    transport: &Transport,
+    transport: &AgentTransport,
     cfg: &crate::config::Config,
     cameras: &BTreeMap<String, Camera>,
     before: &[String],
@@ -520,7 +520,10 @@ fn prepare_engines(spec: &WorkerSpec, inference: &crate::infer::InferenceConfig)
 
 /// How to start a worker on the configuration the agent runs: handed over on stdin
 /// (the worker reads no file), with the embedded broker's port filled in.
-pub(super) fn worker_spec(running: &Config, transport: &Transport) -> anyhow::Result<WorkerSpec> {
+pub(super) fn worker_spec(
+    running: &Config,
+    transport: &AgentTransport,
+) -> anyhow::Result<WorkerSpec> {
     let mut c = running.clone();
     if let (TransportKind::Embedded, Some(addr)) = (c.transport.kind, transport.broker_addr()) {
         c.transport.embedded_port = crate::config::types::IntIn::lit(i64::from(addr.port()));
@@ -667,7 +670,7 @@ fn apply_settings(
     next: &Config,
     pool: &PoolHandle,
     scaling: &watch::Sender<ScalingConfig>,
-    transport: &Transport,
+    transport: &AgentTransport,
 ) -> bool {
     scaling.send_if_modified(|s| {
         let changed = *s != next.scaling;
@@ -701,7 +704,7 @@ fn apply_settings(
 /// encoded and published as frame messages, and the scaler is woken at once.
 async fn escalate(
     mut rx: mpsc::Receiver<Escalation>,
-    transport: Arc<Transport>,
+    transport: Arc<AgentTransport>,
     device: String,
     wake: Arc<Wake>,
     scaling: watch::Receiver<ScalingConfig>,

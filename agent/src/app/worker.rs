@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::config::Loaded;
-use crate::escalate::transport::{Role, Transport};
+use crate::escalate::transport::WorkerTransport;
 use crate::escalate::TransportKind;
 use crate::infer::pipeline::Pipeline;
 use crate::infer::worker::{
@@ -35,7 +35,7 @@ pub fn run(loaded: Loaded) -> i32 {
 }
 
 struct Sink {
-    transport: Arc<Transport>,
+    transport: Arc<WorkerTransport>,
     device: String,
 }
 
@@ -133,14 +133,10 @@ async fn run_worker(loaded: Loaded) -> anyhow::Result<i32> {
         anyhow::Ok((pipeline, started.elapsed()))
     };
     let link = async {
-        let transport = Transport::connect(
-            &cfg.transport,
-            cfg.device.id.as_str(),
-            Role::Worker,
-            lifetime.end(),
-        )
-        .await
-        .context("transport")?;
+        let transport =
+            WorkerTransport::connect(&cfg.transport, cfg.device.id.as_str(), lifetime.end())
+                .await
+                .context("transport")?;
         // Ready means subscribed: on MQTT a frame published before the SUBACK is lost.
         let subscribed = transport.consuming(CONSUMING_TIMEOUT).await;
         anyhow::Ok((transport, subscribed, started.elapsed()))

@@ -10,6 +10,7 @@ pub mod message;
 pub mod mqtt;
 pub mod policy;
 pub mod regions;
+mod state;
 pub mod tls;
 pub mod transport;
 
@@ -17,6 +18,6 @@ pub use config::{EscalationConfig, Regions, TransportConfig, TransportKind};
 pub use embedded::EmbeddedBroker;
 pub use message::{FrameHeader, FrameMessage, MessageError};
 pub use transport::{
-    Backlog, Delivery, Frames, Inbound, ResultMessage, Results, Role, Transport, TransportError,
-    TransportStats,
+    AgentTransport, Backlog, Connection, Delivery, Frames, Inbound, ResultMessage, Results,
+    TransportError, TransportStats, WorkerTransport,
 };

@@ -18,7 +18,7 @@ use tracing::{info, warn};
 pub use config::TracksConfig;
 use incidents::{DetectionsIn, IncidentEvent, Incidents};
 
-use crate::escalate::transport::{ResultMessage, Transport};
+use crate::escalate::transport::{AgentTransport, ResultMessage};
 use crate::infer::EventsConfig;
 use crate::telemetry::metrics::{self, metrics};
 
@@ -29,7 +29,7 @@ const TICK: Duration = Duration::from_millis(250);
 /// their messages to leave. `stop` comes after the workers stopped, so the answers to
 /// the last frames still count.
 pub async fn run(
-    transport: Arc<Transport>,
+    transport: Arc<AgentTransport>,
     device: String,
     events: EventsConfig,
     stop: CancellationToken,
@@ -106,7 +106,7 @@ fn rejected(r: &ResultMessage, why: &str) -> Vec<IncidentEvent> {
     Vec::new()
 }
 
-fn publish(transport: &Transport, events: Vec<IncidentEvent>) {
+fn publish(transport: &AgentTransport, events: Vec<IncidentEvent>) {
     for e in events {
         let state = serde_json::to_value(e.state).unwrap_or_default();
         let state = state.as_str().unwrap_or("?");
