@@ -737,12 +737,14 @@ impl AgentTransport {
         let mut out = Out::new(Class::Frame, "frames", exchange, key);
         out.payload = message::encode(&msg);
         out.frame = Some((h.camera.clone(), h.seq));
-        let mut st = c.shared.state();
-        if st.expect_answer(&h.camera, h.seq, out.clone(), Instant::now()) {
-            drop(st);
-            c.shared.count_dropped("unanswered_evicted");
-        } else {
+        let evicted = {
+            let mut st = c.shared.state();
+            let evicted = st.expect_answer(&h.camera, h.seq, out.clone(), Instant::now());
             metrics().backlog.set(st.unanswered() as i64);
+            evicted
+        };
+        if evicted {
+            c.shared.count_dropped("unanswered_evicted");
         }
         c.enqueue(out);
         Ok(())
