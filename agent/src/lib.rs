@@ -5,6 +5,7 @@
 
 pub mod app;
 pub mod backoff;
+pub mod camera;
 pub mod cli;
 pub mod clock;
 pub mod config;

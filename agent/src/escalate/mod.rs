@@ -1,11 +1,13 @@
-//! Escalation: the frame message format, the AMQP and MQTT transports, the embedded
-//! broker and the bounded buffers that hold messages while a broker is away.
+//! Escalation: the escalator (the one task that publishes what the cameras hand it),
+//! the frame message format, the agent's and the worker's transport handles over AMQP
+//! and MQTT, the embedded broker and the bounded buffers that hold messages while a
+//! broker is away.
 
 pub mod amqp;
 pub mod buffer;
-pub mod camera;
 pub mod config;
 pub mod embedded;
+pub mod escalator;
 pub mod message;
 pub mod mqtt;
 pub mod policy;

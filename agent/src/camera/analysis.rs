@@ -1,0 +1,281 @@
+//! One camera's analysis loop, between its ingest pipeline and the escalator: grey
+//! frames through the motion detector and event state machine; motion transitions and
+//! the frames chosen by the [`EscalationPolicy`] go out as [`Escalation`]s on a bounded
+//! channel to the one task that owns publishing. No transport code here, so it is
+//! testable on its own.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::escalate::escalator::{Candidate, EscalatedFrame, Escalation};
+use crate::escalate::policy::EscalationPolicy;
+use crate::escalate::Regions;
+use crate::ingest::{CameraConfig, CameraHandle, CropRequest, GreyFrame};
+use crate::motion::{Detector, EventTracker, MotionTransition, NormBox};
+use crate::telemetry::metrics::{self, metrics};
+
+/// What became of a frame the policy wanted.
+#[derive(Debug, PartialEq, Eq)]
+enum Offered {
+    Sent,
+    /// Its colour copy had left the ring.
+    NoColour,
+    QueueFull,
+    Closed,
+}
+
+/// Hands a frame the policy wanted to the escalator; only one that went spends budget.
+fn offer(
+    policy: &mut EscalationPolicy,
+    captured: SystemTime,
+    item: Option<Escalation>,
+    out: &mpsc::Sender<Escalation>,
+) -> Offered {
+    let Some(item) = item else {
+        return Offered::NoColour;
+    };
+    match out.try_send(item) {
+        Ok(()) => {
+            policy.spent(captured);
+            Offered::Sent
+        }
+        Err(mpsc::error::TrySendError::Full(_)) => Offered::QueueFull,
+        Err(mpsc::error::TrySendError::Closed(_)) => Offered::Closed,
+    }
+}
+
+/// Runs until the grey channel closes or shutdown. `out` is bounded: when it is full
+/// a frame is dropped and counted (motion transitions wait for room, they are small
+/// and must not be lost).
+pub async fn run(
+    cam: CameraConfig,
+    handle: Arc<CameraHandle>,
+    mut grey: mpsc::Receiver<GreyFrame>,
+    out: mpsc::Sender<Escalation>,
+    shutdown: CancellationToken,
+) {
+    let id = cam.id.to_string();
+    let motion = cam.motion.at_fps(cam.analysis_fps.as_u32());
+    let mut detector: Option<Detector> = None;
+    let mut tracker = EventTracker::new(&cam.motion, &id);
+    let mut policy = EscalationPolicy::new(&cam.escalation);
+    let quality = cam.escalation.jpeg_quality.get() as u8;
+    let labels = metrics::camera(&id);
+    // The newest colour frame sent: when analysis lags behind the ring, two analysed
+    // frames can resolve to the same kept frame, which must not go out twice.
+    let mut last_sent: Option<u64> = None;
+    // Idle decode: since when the camera has shown nothing (no motion, no candidate, no
+    // event); idle after the motion quiet period of that.
+    let mut still_since: Option<SystemTime> = None;
+    loop {
+        let frame = tokio::select! {
+            f = grey.recv() => match f { Some(f) => f, None => break },
+            _ = shutdown.cancelled() => break,
+        };
+        if !cam.motion.enabled {
+            continue;
+        }
+        let fresh =
+            !matches!(&detector, Some(d) if d.width() == frame.width && d.height() == frame.height);
+        if fresh {
+            debug!(camera = %id, width = frame.width, height = frame.height, "Motion detector (re)initialised.");
+            detector = Some(Detector::new(&motion, frame.width, frame.height));
+        }
+        let Some(det) = detector.as_mut() else {
+            continue;
+        };
+        let m = match det.process(&frame.data) {
+            Ok(m) => m.clone(),
+            Err(e) => {
+                if metrics::should_log(&format!("motion-{id}"), Duration::from_secs(60)) {
+                    warn!(camera = %id, error = %e, "Frame rejected by the motion detector.");
+                }
+                metrics()
+                    .dropped
+                    .get_or_create(&metrics::reason(&id, "motion_error"))
+                    .inc();
+                continue;
+            }
+        };
+        let motion_at = SystemTime::now();
+        if let Ok(d) = motion_at.duration_since(frame.captured) {
+            metrics()
+                .stage_latency
+                .get_or_create(&metrics::stage("capture_to_motion"))
+                .observe(d.as_secs_f64());
+        }
+        let was_pending = tracker.pending() > 0;
+        let transition = tracker.update(frame.captured, &m);
+        let change = match (was_pending, tracker.pending() > 0) {
+            (false, true) => Some(Candidate::Seen),
+            (true, false) if tracker.current().is_none() => Some(Candidate::Dropped),
+            _ => None,
+        };
+        if let Some(change) = change {
+            let c = Escalation::Candidate {
+                camera: id.clone(),
+                change,
+            };
+            if out.send(c).await.is_err() {
+                break;
+            }
+        }
+        let still = !m.has_motion() && tracker.current().is_none() && tracker.pending() == 0;
+        let since = *still_since.get_or_insert(frame.captured);
+        if !still {
+            still_since = None;
+        }
+        let idle = still
+            && frame.captured.duration_since(since).unwrap_or_default()
+                >= cam.motion.quiet_period.get();
+        if handle.set_idle(idle) {
+            metrics()
+                .camera_idle
+                .get_or_create(&labels)
+                .set(i64::from(idle));
+            debug!(camera = %id, idle, "Decode mode changed (idle: key frames only).");
+        }
+        if let Some(t) = transition {
+            if let MotionTransition::Started(e) = &t {
+                metrics().motion_events.get_or_create(&labels).inc();
+                info!(camera = %id, event = %e.id, "Motion started.");
+            } else if let MotionTransition::Ended(e) = &t {
+                info!(camera = %id, event = %e.id, frames = e.frames, "Motion ended.");
+            }
+            if out.send(Escalation::Motion(t)).await.is_err() {
+                break;
+            }
+        }
+        let Some(event) = tracker.current() else {
+            continue;
+        };
+        if !m.has_motion() || !policy.wants(frame.captured) {
+            continue;
+        }
+        let boxes: Vec<NormBox> = m
+            .boxes
+            .iter()
+            .map(|b| b.normalised(frame.width, frame.height))
+            .collect();
+        let crops = (cam.escalation.regions == Regions::Motion).then(|| CropRequest {
+            boxes: boxes.iter().map(|b| [b.x, b.y, b.w, b.h]).collect(),
+            min_side: cam.escalation.crop_size.as_u32(),
+        });
+        // The colour copy is converted off the runtime's threads.
+        let colour = match handle.colour_frame_off_runtime(frame.seq, crops).await {
+            // When analysis lags behind the ring, two analysed frames can resolve to the
+            // same kept frame, which must not go out twice.
+            Some(c) if last_sent.is_some_and(|s| c.seq <= s) => {
+                metrics()
+                    .dropped
+                    .get_or_create(&metrics::reason(&id, "colour_frame_repeat"))
+                    .inc();
+                continue;
+            }
+            c => c,
+        };
+        let colour_seq = colour.as_ref().map(|c| c.seq);
+        let item = colour.map(|colour| {
+            Escalation::Frame(EscalatedFrame {
+                event_id: event.id.clone(),
+                colour,
+                boxes,
+                jpeg_quality: quality,
+                motion_at,
+            })
+        });
+        let reason = match offer(&mut policy, frame.captured, item, &out) {
+            Offered::Sent => {
+                last_sent = colour_seq;
+                continue;
+            }
+            Offered::Closed => break,
+            Offered::NoColour => "colour_frame_gone",
+            Offered::QueueFull => {
+                if metrics::should_log(&format!("escalate-full-{id}"), Duration::from_secs(30)) {
+                    warn!(camera = %id, "Escalation queue full: frame dropped.");
+                }
+                "escalation_queue_full"
+            }
+        };
+        metrics()
+            .dropped
+            .get_or_create(&metrics::reason(&id, reason))
+            .inc();
+    }
+    if let Some(t) = tracker.finish() {
+        let _ = out.try_send(Escalation::Motion(t));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::types::{Dur, IntIn};
+    use crate::escalate::EscalationConfig;
+    use crate::ingest::ColourFrame;
+
+    fn frame(seq: u64) -> Escalation {
+        Escalation::Frame(EscalatedFrame {
+            event_id: "gate-1".into(),
+            colour: ColourFrame {
+                camera: "gate".into(),
+                seq,
+                captured: SystemTime::UNIX_EPOCH,
+                width: 2,
+                height: 2,
+                rgb: vec![0; 12],
+                source_width: 2,
+                source_height: 2,
+                crops: Vec::new(),
+            },
+            boxes: Vec::new(),
+            jpeg_quality: 80,
+            motion_at: SystemTime::UNIX_EPOCH,
+        })
+    }
+
+    #[test]
+    fn frames_that_never_went_spend_no_escalation_budget() {
+        // A budget of 2 frames a minute; the escalator is busy (queue of 1, full).
+        let mut policy = EscalationPolicy::new(&EscalationConfig {
+            budget: IntIn::new(2).unwrap(),
+            budget_window: Dur::secs(60),
+            min_interval: Dur::ms(0),
+            ..EscalationConfig::default()
+        });
+        let (tx, mut rx) = mpsc::channel(1);
+        tx.try_send(frame(0)).unwrap();
+        let at = |s: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(100 + s);
+        for s in 0..5 {
+            assert!(policy.wants(at(s)));
+            assert_eq!(
+                offer(&mut policy, at(s), Some(frame(s)), &tx),
+                Offered::QueueFull
+            );
+            assert!(policy.wants(at(s)));
+            assert_eq!(offer(&mut policy, at(s), None, &tx), Offered::NoColour);
+        }
+        // The escalator catches up: the whole budget is still there.
+        rx.try_recv().unwrap();
+        for s in [10, 11] {
+            assert!(policy.wants(at(s)), "frame at {s}s within the budget");
+            assert_eq!(
+                offer(&mut policy, at(s), Some(frame(s)), &tx),
+                Offered::Sent
+            );
+            rx.try_recv().unwrap();
+        }
+        assert!(!policy.wants(at(12)), "two sent: the budget is spent");
+        drop(rx);
+        assert!(policy.wants(at(200)));
+        assert_eq!(
+            offer(&mut policy, at(200), Some(frame(9)), &tx),
+            Offered::Closed
+        );
+    }
+}
