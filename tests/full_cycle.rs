@@ -232,7 +232,7 @@ where
             zero_before_motion = true;
         }
         peak = peak.max(kids);
-        if event && kids == 0 && !agent.logged("Worker stopped.").is_empty() {
+        if event && kids == 0 && !agent.in_state("worker_stopped").is_empty() {
             back_to_zero = true;
             break;
         }
@@ -426,11 +426,7 @@ async fn full_cycle_over_the_embedded_broker() {
     let transport = format!("kind = \"embedded\"\nembedded_port = {port}");
     full_cycle(&device, &transport, |agent| {
         let device = device.clone();
-        let ready = agent.wait_log(
-            "Embedded MQTT broker listening on loopback.",
-            1,
-            Duration::from_secs(30),
-        );
+        let ready = agent.wait_state("broker_listening", 1, Duration::from_secs(30));
         assert!(ready["addr"]
             .as_str()
             .unwrap()

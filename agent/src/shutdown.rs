@@ -94,10 +94,13 @@ async fn watch(token: Shutdown, ready: std::sync::mpsc::Sender<()>) {
     };
     let _ = ready.send(());
     tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-    tracing::info!("Shutting down; a second signal exits at once.");
+    tracing::info!(
+        lifecycle = "signalled",
+        "Shutting down; a second signal exits at once."
+    );
     token.cancel();
     tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-    tracing::warn!("Second signal: exiting now.");
+    tracing::warn!(lifecycle = "exiting", "Second signal: exiting now.");
     std::process::exit(EXIT_SECOND_SIGNAL);
 }
 

@@ -53,7 +53,7 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
     let device = cfg.device.id.to_string();
     let lifetime = Lifetime::with_signals();
     let shutdown = lifetime.shutdown().clone();
-    info!(device = %device, version = crate::VERSION, cameras = cfg.cameras.len(), transport = ?cfg.transport.kind, "edge-agent starting.");
+    info!(lifecycle = "starting", device = %device, version = crate::VERSION, cameras = cfg.cameras.len(), transport = ?cfg.transport.kind, "edge-agent starting.");
 
     // The stages, in the order a frame meets them, and the channels between them.
     let transport = Arc::new(
@@ -62,7 +62,7 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
             .with_context(|| format!("transport {:?}", cfg.transport.kind))?,
     );
     if let Some(addr) = transport.broker_addr() {
-        info!(%addr, "Embedded MQTT broker listening on loopback.");
+        info!(lifecycle = "broker_listening", %addr, "Embedded MQTT broker listening on loopback.");
     }
     let workers = Workers::start(&cfg, &transport, &shutdown)?;
     let (escalations, escalations_rx) = mpsc::channel::<Escalation>(ESCALATIONS);
@@ -98,7 +98,11 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
     }
 
     notify::ready(&format!("{} cameras", cameras.len()));
-    info!(cameras = cameras.len(), "edge-agent running.");
+    info!(
+        lifecycle = "running",
+        cameras = cameras.len(),
+        "edge-agent running."
+    );
 
     // Main loop: watchdog pings, heartbeat, resource sampling, reload on SIGHUP.
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -118,9 +122,9 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
                 if let Some((next, restart)) = reload_config(&args, &running) {
                     let cams = cameras.reload(&next.cameras);
                     let replaced = workers.reload(&running, &next, &transport);
-                    info!(kept = cams.kept, restarted = cams.restarted, started = cams.started, stopped = cams.stopped, workers_replaced = replaced, restart_needed = restart.len(), "Configuration reloaded.");
+                    info!(lifecycle = "reloaded", kept = cams.kept, restarted = cams.restarted, started = cams.started, stopped = cams.stopped, workers_replaced = replaced, restart_needed = restart.len(), "Configuration reloaded.");
                     if !restart.is_empty() {
-                        warn!(keys = ?restart, "Reload: these settings need a restart.");
+                        warn!(lifecycle = "restart_needed", keys = ?restart, "Reload: these settings need a restart.");
                     }
                     *lock(&pending_restart) = restart;
                     running = next;
@@ -266,7 +270,7 @@ fn announce(
 /// that changed and need a restart. None when the new configuration is invalid.
 fn reload_config(args: &ConfigArgs, running: &Config) -> Option<(Config, Vec<String>)> {
     let refuse = |errors: &dyn std::fmt::Display| {
-        error!(errors = %errors, "Reload refused: the new configuration is invalid; keeping the running one.");
+        error!(lifecycle = "reload_refused", errors = %errors, "Reload refused: the new configuration is invalid; keeping the running one.");
     };
     let new = match super::load_config(args, true) {
         Ok(l) => l.config,

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::scale::{PoolHandle, PoolStatus};
+use crate::backoff::Backoff;
+use crate::scale::{spawn_pool, PoolHandle, PoolStatus, ScalingConfig, WorkerSpec};
 use crate::shutdown::Shutdown;
 use crate::telemetry::metrics::{self, metrics};
 use crate::telemetry::{gpu, http, notify, process};
@@ -20,9 +21,27 @@ pub(super) async fn serve_http(listen: &str, health: http::HealthFn, shutdown: &
         return;
     }
     match http::serve(listen, health, shutdown.clone()).await {
-        Ok(addr) => info!(%addr, "Metrics on http://{addr}/metrics, health on /health."),
+        Ok(addr) => {
+            info!(lifecycle = "serving", %addr, "Metrics on http://{addr}/metrics, health on /health.")
+        }
         Err(e) => warn!(listen = %listen, error = %e, "Cannot serve metrics; going on without."),
     }
+}
+
+/// The pool of `edge-agent worker` processes: none until the scaler asks, each given
+/// `scaling.grace_period` to finish at a stop, restarted with backoff after a failure.
+pub(super) fn spawn_workers(
+    spec: WorkerSpec,
+    scaling: &ScalingConfig,
+    shutdown: &Shutdown,
+) -> PoolHandle {
+    spawn_pool(
+        spec,
+        scaling.grace_period.get(),
+        scaling.worker_ready_timeout.get(),
+        Backoff::new(Duration::from_millis(500), Duration::from_secs(60)),
+        shutdown.clone(),
+    )
 }
 
 /// The worker pool in a health report (`/health`, the heartbeat).
@@ -88,7 +107,7 @@ impl Stop {
     /// Starts the stop of `name` within `total`, keeping `reserve` of it for the last
     /// step; logs `plan` and tells systemd.
     pub fn begin(name: &'static str, total: Duration, reserve: Duration, plan: &str) -> Stop {
-        info!(deadline = ?total, "{plan}");
+        info!(lifecycle = "stopping", deadline = ?total, "{plan}");
         notify::stopping();
         let deadline = tokio::time::Instant::now() + total;
         Stop {
@@ -149,10 +168,10 @@ impl Stop {
     /// Logs the end of the stop; the exit status.
     pub fn finish(self) -> i32 {
         if self.abandoned.is_empty() {
-            info!("{} stopped.", self.name);
+            info!(lifecycle = "stopped", "{} stopped.", self.name);
             0
         } else {
-            warn!(abandoned = ?self.abandoned, "{} stopped; some stages were abandoned.", self.name);
+            warn!(lifecycle = "stopped_unclean", abandoned = ?self.abandoned, "{} stopped; some stages were abandoned.", self.name);
             crate::shutdown::EXIT_UNCLEAN_STOP
         }
     }

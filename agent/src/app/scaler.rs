@@ -25,11 +25,10 @@ use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use super::scaffold::{self, Housekeeping, Stop};
-use crate::backoff::Backoff;
 use crate::config::{Loaded, EXIT_CONFIG};
 use crate::escalate::amqp::QueueProbe;
 use crate::escalate::TransportKind;
-use crate::scale::{run_scaler, spawn_pool, Wake, WorkerSpec};
+use crate::scale::{run_scaler, Wake, WorkerSpec};
 use crate::shutdown::Lifetime;
 use crate::telemetry::metrics::{self, metrics};
 use crate::telemetry::{http, notify};
@@ -66,7 +65,7 @@ async fn run_scaler_cmd(loaded: Loaded) -> anyhow::Result<i32> {
     let lifetime = Lifetime::with_signals();
     let shutdown = lifetime.shutdown().clone();
     let queue = cfg.transport.frames_queue.clone();
-    info!(version = crate::VERSION, queue = %queue, max_workers = cfg.scaling.max_workers.get(), "edge-agent scaler starting.");
+    info!(lifecycle = "starting", version = crate::VERSION, queue = %queue, max_workers = cfg.scaling.max_workers.get(), "edge-agent scaler starting.");
     let probe = Arc::new(Mutex::new(
         QueueProbe::new(&cfg.transport).context("transport")?,
     ));
@@ -74,13 +73,7 @@ async fn run_scaler_cmd(loaded: Loaded) -> anyhow::Result<i32> {
     // Workers run on this scaler's configuration, handed over on stdin.
     let spec = WorkerSpec::this_binary(crate::config::resolved_text(&cfg))
         .context("cannot find this executable to start workers")?;
-    let pool = spawn_pool(
-        spec,
-        cfg.scaling.grace_period.get(),
-        cfg.scaling.worker_ready_timeout.get(),
-        Backoff::new(Duration::from_millis(500), Duration::from_secs(60)),
-        shutdown.clone(),
-    );
+    let pool = scaffold::spawn_workers(spec, &cfg.scaling, &shutdown);
     // Last backlog seen, for /health.
     let last_backlog = Arc::new(AtomicU64::new(0));
     let scaler = {
@@ -126,7 +119,7 @@ async fn run_scaler_cmd(loaded: Loaded) -> anyhow::Result<i32> {
     scaffold::serve_http(&cfg.telemetry.metrics_listen, health, &shutdown).await;
 
     notify::ready(&format!("scaling workers on {queue}"));
-    info!(queue = %queue, "edge-agent scaler running.");
+    info!(lifecycle = "running", queue = %queue, "edge-agent scaler running.");
     let mut housekeeping = Housekeeping::new();
     loop {
         tokio::select! {

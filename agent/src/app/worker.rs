@@ -172,7 +172,7 @@ async fn run_worker(loaded: Loaded) -> anyhow::Result<i32> {
     println!("{PROVIDER_PREFIX} {provider}");
     println!("{READY_LINE}");
     let _ = std::io::stdout().flush();
-    info!(model = ?loaded_in, subscribed = ?linked_in, "Worker ready.");
+    info!(lifecycle = "ready", model = ?loaded_in, subscribed = ?linked_in, "Worker ready.");
     loop {
         let d = tokio::select! {
             d = frames.next() => match d { Some(d) => d, None => break },
@@ -183,7 +183,7 @@ async fn run_worker(loaded: Loaded) -> anyhow::Result<i32> {
         marks.received = crate::clock::unix_ns_now();
         marks.worker_ready = ready_at;
         if d.redelivered {
-            info!(device = %h.device, camera = %h.camera, seq = h.seq, "Frame redelivered: a worker before this one took it and did not finish.");
+            info!(lifecycle = "frame_redelivered", device = %h.device, camera = %h.camera, seq = h.seq, "Frame redelivered: a worker before this one took it and did not finish.");
         }
         held.add();
         let held_now = held.clone();
@@ -225,7 +225,7 @@ async fn run_worker(loaded: Loaded) -> anyhow::Result<i32> {
             break;
         }
     }
-    info!(within = ?grace.mul_f32(GRACE_USED), "Worker stopping: finishing the frames it holds.");
+    info!(lifecycle = "stopping", within = ?grace.mul_f32(GRACE_USED), "Worker stopping: finishing the frames it holds.");
     let deadline = tokio::time::Instant::now() + grace.mul_f32(GRACE_USED);
     let stages_until = deadline - Duration::from_secs(2).min(grace / 4);
     let mut clean = true;
@@ -235,7 +235,7 @@ async fn run_worker(loaded: Loaded) -> anyhow::Result<i32> {
         Ok(r) => r.context("worker loop")?,
         Err(_) => {
             work.abort();
-            warn!(held = held.count(), grace = ?grace, "Frames not finished within scaling.grace_period; exiting anyway, they will be delivered again.");
+            warn!(lifecycle = "grace_exceeded", held = held.count(), grace = ?grace, "Frames not finished within scaling.grace_period; exiting anyway, they will be delivered again.");
             clean = false;
             Ok(())
         }

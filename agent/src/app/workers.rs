@@ -11,14 +11,13 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use super::scaffold::Stop;
-use crate::backoff::Backoff;
+use super::scaffold::{self, Stop};
 use crate::config::resolved::workers_differ;
 use crate::config::{resolved_text, Config};
 use crate::escalate::escalator::Offloader;
 use crate::escalate::transport::AgentTransport;
 use crate::escalate::TransportKind;
-use crate::scale::{run_scaler, spawn_pool, PoolHandle, ScalingConfig, Wake, WorkerSpec};
+use crate::scale::{run_scaler, PoolHandle, ScalingConfig, Wake, WorkerSpec};
 use crate::shutdown::Shutdown;
 use crate::telemetry::metrics::{self, metrics};
 
@@ -49,13 +48,7 @@ impl Workers {
         let wake = Arc::new(Wake::default());
         let spec = worker_spec(cfg, transport)?;
         prepare_engines(&spec, &cfg.inference);
-        let pool = spawn_pool(
-            spec,
-            cfg.scaling.grace_period.get(),
-            cfg.scaling.worker_ready_timeout.get(),
-            Backoff::new(Duration::from_millis(500), Duration::from_secs(60)),
-            shutdown.clone(),
-        );
+        let pool = scaffold::spawn_workers(spec, &cfg.scaling, shutdown);
         let local_backlog = Arc::new(AtomicU64::new(0));
         // The remote queue, declared (same arguments as its consumers) before a frame
         // goes there, and polled for the log.

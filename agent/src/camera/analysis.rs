@@ -142,9 +142,9 @@ pub async fn run(
         if let Some(t) = transition {
             if let MotionTransition::Started(e) = &t {
                 metrics().motion_events.get_or_create(&labels).inc();
-                info!(camera = %id, event = %e.id, "Motion started.");
+                info!(lifecycle = "motion_started", camera = %id, event = %e.id, "Motion started.");
             } else if let MotionTransition::Ended(e) = &t {
-                info!(camera = %id, event = %e.id, frames = e.frames, "Motion ended.");
+                info!(lifecycle = "motion_ended", camera = %id, event = %e.id, frames = e.frames, "Motion ended.");
             }
             if out.send(Escalation::Motion(t)).await.is_err() {
                 break;

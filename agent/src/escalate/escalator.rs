@@ -176,6 +176,7 @@ impl Offloader {
         if now != self.last {
             match now {
                 Some(why) => info!(
+                    lifecycle = "offload_remote",
                     reason = why.label(),
                     workers = pool.running,
                     ready = pool.ready,
@@ -184,8 +185,10 @@ impl Offloader {
                     "Offloading frames to the remote queue."
                 ),
                 None => info!(
+                    lifecycle = "offload_local",
                     workers = pool.running,
-                    backlog, "Frames go to local workers again."
+                    backlog,
+                    "Frames go to local workers again."
                 ),
             }
             self.last = now;

@@ -91,7 +91,7 @@ fn handle(incidents: &mut Incidents, r: ResultMessage) -> Vec<IncidentEvent> {
         Ok(d) => d,
         Err(e) => return rejected(&r, &e.to_string()),
     };
-    info!(camera = %r.camera, seq = d.seq, detections = d.detections.items.len(), "Detections received.");
+    info!(lifecycle = "detections", camera = %r.camera, seq = d.seq, detections = d.detections.items.len(), "Detections received.");
     incidents.detections(&r.camera, &d, SystemTime::now())
 }
 
@@ -131,7 +131,7 @@ fn publish(transport: &AgentTransport, events: Vec<IncidentEvent>) {
                     .published
                     .get_or_create(&metrics::kind("events"))
                     .inc();
-                info!(camera = %e.camera, class = %e.class, incident = %e.incident, state, frames = e.frames, "Incident event published.");
+                info!(lifecycle = "incident", camera = %e.camera, class = %e.class, incident = %e.incident, state, frames = e.frames, "Incident event published.");
             }
             Err(err) => {
                 warn!(camera = %e.camera, class = %e.class, error = %err, "Incident event not published.")

@@ -442,7 +442,11 @@ impl Pool {
             });
             for &i in order.iter().take((alive - target) as usize) {
                 let w = &mut self.workers[i];
-                info!(pid = w.pid, "Scaling in: asking worker to finish and exit.");
+                info!(
+                    lifecycle = "worker_draining",
+                    pid = w.pid,
+                    "Scaling in: asking worker to finish and exit."
+                );
                 w.signal(Signal::Term);
                 w.stopping = Some(now + self.settings.grace);
             }
@@ -532,7 +536,7 @@ impl Pool {
             Event::Ready(pid) => {
                 if let Some(w) = self.workers.iter_mut().find(|w| w.pid == pid) {
                     w.ready = true;
-                    info!(pid, provider = w.provider.as_deref().unwrap_or("unknown"), startup = ?w.started.elapsed(), "Worker ready.");
+                    info!(lifecycle = "worker_ready", pid, provider = w.provider.as_deref().unwrap_or("unknown"), startup = ?w.started.elapsed(), "Worker ready.");
                     self.backoff.reset();
                 }
             }
@@ -557,7 +561,7 @@ impl Pool {
                     Err(e) => format!("wait failed: {e}"),
                 };
                 if w.stopping.is_some() {
-                    info!(pid, %status, "Worker stopped.");
+                    info!(lifecycle = "worker_stopped", pid, %status, "Worker stopped.");
                     return;
                 }
                 let tail: Vec<String> = lock(&w.stderr_tail).iter().cloned().collect();
