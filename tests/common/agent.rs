@@ -88,31 +88,6 @@ impl Agent {
         }
     }
 
-    /// Log lines with this message.
-    pub fn logged(&self, message: &str) -> Vec<serde_json::Value> {
-        self.logs()
-            .into_iter()
-            .filter(|v| v["message"] == message)
-            .collect()
-    }
-
-    /// Waits for the `n`th log line with `message`; panics with the log after `timeout`.
-    pub fn wait_log(&self, message: &str, n: usize, timeout: Duration) -> serde_json::Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(v) = self.logged(message).into_iter().nth(n - 1) {
-                return v;
-            }
-            if Instant::now() > deadline || !self.alive() {
-                panic!(
-                    "no {n}x {message:?} within {timeout:?}; log:\n{}",
-                    self.log_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
     /// Polls `f` every 100 ms until it holds; fails after `within`, with the log.
     pub fn wait_until(&self, what: &str, within: std::time::Duration, mut f: impl FnMut() -> bool) {
         let deadline = std::time::Instant::now() + within;
