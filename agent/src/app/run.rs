@@ -55,52 +55,28 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
     let shutdown = lifetime.shutdown().clone();
     info!(lifecycle = "starting", device = %device, version = crate::VERSION, cameras = cfg.cameras.len(), transport = ?cfg.transport.kind, "edge-agent starting.");
 
-    // The stages, in the order a frame meets them, and the channels between them.
-    let transport = Arc::new(
-        AgentTransport::connect(&cfg.transport, &device, lifetime.end())
-            .await
-            .with_context(|| format!("transport {:?}", cfg.transport.kind))?,
-    );
-    if let Some(addr) = transport.broker_addr() {
-        info!(lifecycle = "broker_listening", %addr, "Embedded MQTT broker listening on loopback.");
-    }
-    let workers = Workers::start(&cfg, &transport, &shutdown)?;
-    let (escalations, escalations_rx) = mpsc::channel::<Escalation>(ESCALATIONS);
-    let mut cameras = Cameras::start(&cfg.cameras, escalations, &shutdown);
-    let escalator = tokio::spawn(escalator::run(
-        escalations_rx,
-        transport.clone(),
-        device.clone(),
-        workers.wake.clone(),
-        workers.scaling(),
-        workers.pool.clone(),
-        workers.offloader(),
-    ));
-    // Results outlive the workers at stop (the answers to their last frames still
-    // count, then live incidents end): under the root token, stopped explicitly.
-    let results_stop = lifetime.end().child_token();
-    let results = tokio::spawn(crate::results::run(
-        transport.clone(),
-        device.clone(),
-        cfg.events.clone(),
-        results_stop.clone(),
-    ));
+    let mut stages = Stages::start(&cfg, &lifetime).await?;
 
     // Health, as /health and the heartbeat report it.
-    let watched = Arc::new(std::sync::Mutex::new(cameras.watch_list()));
+    let watched = Arc::new(std::sync::Mutex::new(stages.cameras.watch_list()));
     // Settings changed in the files that only a restart applies, since the last reload.
     let pending_restart: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
-    let health = health_report(&watched, &pending_restart, &workers.pool, &transport);
+    let health = health_report(
+        &watched,
+        &pending_restart,
+        &stages.workers.pool,
+        &stages.transport,
+    );
     scaffold::serve_http(&cfg.telemetry.metrics_listen, health.clone(), &shutdown).await;
     let mut discovered: Vec<String> = Vec::new();
     if cfg.telemetry.home_assistant {
-        discovered = announce(&transport, &cfg, &cameras, &discovered);
+        discovered = announce(&stages.transport, &cfg, &stages.cameras, &discovered);
     }
 
-    notify::ready(&format!("{} cameras", cameras.len()));
+    notify::ready(&format!("{} cameras", stages.cameras.len()));
     info!(
         lifecycle = "running",
-        cameras = cameras.len(),
+        cameras = stages.cameras.len(),
         "edge-agent running."
     );
 
@@ -108,20 +84,18 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("SIGHUP handler")?;
     let mut housekeeping = Housekeeping::new();
-    let started_at = Instant::now();
-    let heartbeat_every = cfg.telemetry.heartbeat_interval.get();
-    let mut last_heartbeat: Option<Instant> = None;
+    let mut heartbeat = Heartbeat::new(cfg.telemetry.heartbeat_interval.get());
     loop {
         tokio::select! {
             _ = tokio::time::sleep(housekeeping.tick()) => {}
-            name = cameras.next_abandoned() => {
+            name = stages.cameras.next_abandoned() => {
                 warn!(camera = %name, "Camera stopped by the reload was abandoned; its pipeline is left behind.");
             }
             _ = hup.recv() => {
                 notify::reloading();
                 if let Some((next, restart)) = reload_config(&args, &running) {
-                    let cams = cameras.reload(&next.cameras);
-                    let replaced = workers.reload(&running, &next, &transport);
+                    let cams = stages.cameras.reload(&next.cameras);
+                    let replaced = stages.workers.reload(&running, &next, &stages.transport);
                     info!(lifecycle = "reloaded", kept = cams.kept, restarted = cams.restarted, started = cams.started, stopped = cams.stopped, workers_replaced = replaced, restart_needed = restart.len(), "Configuration reloaded.");
                     if !restart.is_empty() {
                         warn!(lifecycle = "restart_needed", keys = ?restart, "Reload: these settings need a restart.");
@@ -129,77 +103,169 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
                     *lock(&pending_restart) = restart;
                     running = next;
                 }
-                *lock(&watched) = cameras.watch_list();
+                *lock(&watched) = stages.cameras.watch_list();
                 if cfg.telemetry.home_assistant {
-                    discovered = announce(&transport, &cfg, &cameras, &discovered);
+                    discovered = announce(&stages.transport, &cfg, &stages.cameras, &discovered);
                 }
-                last_heartbeat = None;
-                notify::ready(&format!("{} cameras", cameras.len()));
+                heartbeat.now();
+                notify::ready(&format!("{} cameras", stages.cameras.len()));
             }
             _ = shutdown.cancelled() => break,
         }
         if housekeeping.watchdog() {
-            notify::watchdog_if_progress(cameras.beats().chain([("transport", transport.beat())]));
-        }
-        if !heartbeat_every.is_zero()
-            && last_heartbeat.is_none_or(|t| t.elapsed() >= heartbeat_every)
-        {
-            last_heartbeat = Some(Instant::now());
-            let beat = crate::telemetry::status::heartbeat(
-                &device,
-                health(),
-                started_at.elapsed(),
-                heartbeat_every,
-                crate::clock::unix_ns_now() / 1_000_000,
+            notify::watchdog_if_progress(
+                stages
+                    .cameras
+                    .beats()
+                    .chain([("transport", stages.transport.beat())]),
             );
-            if let Err(e) = transport.publish_device("health", Bytes::from(beat.to_string())) {
-                if metrics::should_log("heartbeat", Duration::from_secs(300)) {
-                    warn!(error = %e, "Heartbeat not published.");
-                }
-            }
         }
-        housekeeping.sample(&workers.pool).await;
+        if heartbeat.due() {
+            heartbeat.publish(&stages.transport, &device, health());
+        }
+        housekeeping.sample(&stages.workers.pool).await;
     }
 
-    // The stop, in the order a frame flows: what feeds a stage stops before it.
-    let stop_timeout = cfg.device.stop_timeout.get();
-    let mut stop = Stop::begin(
-        "edge-agent",
-        stop_timeout,
-        TRANSPORT_RESERVE.min(stop_timeout / 4),
-        "Stopping: cameras, then workers, then the transport.",
-    );
-    for name in cameras.stop(stop.stages_until()).await {
-        stop.abandoned(name);
+    Ok(stages.stop(cfg.device.stop_timeout.get()).await)
+}
+
+/// The retained health message every `telemetry.heartbeat_interval` ("0s": none).
+struct Heartbeat {
+    every: Duration,
+    last: Option<Instant>,
+    started_at: Instant,
+}
+
+impl Heartbeat {
+    fn new(every: Duration) -> Heartbeat {
+        Heartbeat {
+            every,
+            last: None,
+            started_at: Instant::now(),
+        }
     }
-    // The escalator ends when the analysis loops (gone now) dropped their senders.
-    stop.join(
-        "escalator",
-        escalator,
-        "The escalator did not finish in time; frames it held are not sent.",
-    )
-    .await;
-    workers.stop(&mut stop).await;
-    // Results end their live incidents (`end`, reason agent_stopped) before the
-    // transport closes.
-    results_stop.cancel();
-    stop.join(
-        "results",
-        results,
-        "Results did not finish in time; live incidents were not ended.",
-    )
-    .await;
-    // Whatever is left of the deadline, for the flush and a clean DISCONNECT.
-    let left = stop.left();
-    if !transport.close(left).await {
-        warn!(within = ?left, "The transport did not flush and close in time; unsent messages are lost.");
-        metrics()
-            .abandoned
-            .get_or_create(&metrics::abandoned("transport", "broker"))
-            .inc();
-        stop.abandoned("transport");
+
+    /// The next turn sends one (after a reload: what runs changed).
+    fn now(&mut self) {
+        self.last = None;
     }
-    Ok(stop.finish())
+
+    fn due(&self) -> bool {
+        !self.every.is_zero() && self.last.is_none_or(|t| t.elapsed() >= self.every)
+    }
+
+    fn publish(&mut self, transport: &AgentTransport, device: &str, health: serde_json::Value) {
+        self.last = Some(Instant::now());
+        let beat = crate::telemetry::status::heartbeat(
+            device,
+            health,
+            self.started_at.elapsed(),
+            self.every,
+            crate::clock::unix_ns_now() / 1_000_000,
+        );
+        if let Err(e) = transport.publish_device("health", Bytes::from(beat.to_string())) {
+            if metrics::should_log("heartbeat", Duration::from_secs(300)) {
+                warn!(error = %e, "Heartbeat not published.");
+            }
+        }
+    }
+}
+
+/// The agent's stages, started in the order a frame meets them and stopped in the same
+/// order (what feeds a stage stops before it), and the channels between them.
+struct Stages {
+    /// The broker link, owned by one task; everyone else holds this handle.
+    transport: Arc<AgentTransport>,
+    workers: Workers,
+    cameras: Cameras,
+    escalator: tokio::task::JoinHandle<()>,
+    results: tokio::task::JoinHandle<()>,
+    /// Results outlive the workers at stop (the answers to their last frames still
+    /// count, then live incidents end): under the root token, stopped explicitly.
+    results_stop: tokio_util::sync::CancellationToken,
+}
+
+impl Stages {
+    async fn start(cfg: &Config, lifetime: &Lifetime) -> anyhow::Result<Stages> {
+        let device = cfg.device.id.to_string();
+        let shutdown = lifetime.shutdown();
+        let transport = Arc::new(
+            AgentTransport::connect(&cfg.transport, &device, lifetime.end())
+                .await
+                .with_context(|| format!("transport {:?}", cfg.transport.kind))?,
+        );
+        if let Some(addr) = transport.broker_addr() {
+            info!(lifecycle = "broker_listening", %addr, "Embedded MQTT broker listening on loopback.");
+        }
+        let workers = Workers::start(cfg, &transport, shutdown)?;
+        let (escalations, escalations_rx) = mpsc::channel::<Escalation>(ESCALATIONS);
+        let cameras = Cameras::start(&cfg.cameras, escalations, shutdown);
+        let escalator = tokio::spawn(escalator::run(
+            escalations_rx,
+            transport.clone(),
+            device.clone(),
+            workers.wake.clone(),
+            workers.scaling(),
+            workers.pool.clone(),
+            workers.offloader(),
+        ));
+        let results_stop = lifetime.end().child_token();
+        let results = tokio::spawn(crate::results::run(
+            transport.clone(),
+            device,
+            cfg.events.clone(),
+            results_stop.clone(),
+        ));
+        Ok(Stages {
+            transport,
+            workers,
+            cameras,
+            escalator,
+            results,
+            results_stop,
+        })
+    }
+
+    /// Stops every stage within `timeout`; the exit status.
+    async fn stop(self, timeout: Duration) -> i32 {
+        let mut stop = Stop::begin(
+            "edge-agent",
+            timeout,
+            TRANSPORT_RESERVE.min(timeout / 4),
+            "Stopping: cameras, then workers, then the transport.",
+        );
+        for name in self.cameras.stop(stop.stages_until()).await {
+            stop.abandoned(name);
+        }
+        // The escalator ends when the analysis loops (gone now) dropped their senders.
+        stop.join(
+            "escalator",
+            self.escalator,
+            "The escalator did not finish in time; frames it held are not sent.",
+        )
+        .await;
+        self.workers.stop(&mut stop).await;
+        // Results end their live incidents (`end`, reason agent_stopped) before the
+        // transport closes.
+        self.results_stop.cancel();
+        stop.join(
+            "results",
+            self.results,
+            "Results did not finish in time; live incidents were not ended.",
+        )
+        .await;
+        // Whatever is left of the deadline, for the flush and a clean DISCONNECT.
+        let left = stop.left();
+        if !self.transport.close(left).await {
+            warn!(within = ?left, "The transport did not flush and close in time; unsent messages are lost.");
+            metrics()
+                .abandoned
+                .get_or_create(&metrics::abandoned("transport", "broker"))
+                .inc();
+            stop.abandoned("transport");
+        }
+        stop.finish()
+    }
 }
 
 /// The agent's health report (`/health`, the heartbeat). Cameras are held weakly (the
