@@ -4,7 +4,7 @@
 //! cameras (ingest → analysis) → escalations → escalator → broker → workers (child
 //! processes, sized by the scaler) → broker → results (tracks, incidents) here.
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -14,13 +14,12 @@ use tracing::{error, info, warn};
 
 use super::scaffold::{self, Housekeeping, Stop};
 use super::workers::Workers;
-use crate::camera::Cameras;
+use crate::camera::{Cameras, WatchList};
 use crate::cli::ConfigArgs;
 use crate::config::resolved::{apply_live, restart_needed};
 use crate::config::{Config, Loaded};
 use crate::escalate::escalator::{self, Escalation};
 use crate::escalate::transport::AgentTransport;
-use crate::ingest::CameraHandle;
 use crate::scale::PoolHandle;
 use crate::shutdown::Lifetime;
 use crate::sync::lock;
@@ -271,7 +270,7 @@ impl Stages {
 /// The agent's health report (`/health`, the heartbeat). Cameras are held weakly (the
 /// report must not keep a camera alive past its stop) and refreshed on reload.
 fn health_report(
-    watched: &Arc<std::sync::Mutex<Vec<(String, Weak<CameraHandle>)>>>,
+    watched: &Arc<std::sync::Mutex<WatchList>>,
     pending_restart: &Arc<std::sync::Mutex<Vec<String>>>,
     pool: &PoolHandle,
     transport: &Arc<AgentTransport>,

@@ -42,6 +42,9 @@ pub struct CameraChanges {
     pub stopped: usize,
 }
 
+/// The cameras a health report reads, by id, held weakly (see [`Cameras::watch_list`]).
+pub type WatchList = Vec<(String, Weak<CameraHandle>)>;
+
 /// The running cameras, each under its own child of the shutdown token.
 pub struct Cameras {
     running: BTreeMap<String, Camera>,
@@ -92,7 +95,7 @@ impl Cameras {
 
     /// The cameras for a health report, held weakly: the report must not keep a camera
     /// alive past its stop.
-    pub fn watch_list(&self) -> Vec<(String, Weak<CameraHandle>)> {
+    pub fn watch_list(&self) -> WatchList {
         self.running
             .iter()
             .map(|(k, c)| (k.clone(), Arc::downgrade(&c.handle)))
