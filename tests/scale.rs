@@ -905,7 +905,7 @@ async fn a_worker_that_cannot_finish_within_the_grace_period_exits_anyway_and_it
     let mut worker = Running::start(&["worker", "--config", &config], &[]);
     assert!(
         worker
-            .wait_state("worker_ready", Duration::from_secs(60))
+            .wait_state("ready", Duration::from_secs(60))
             .is_some(),
         "worker not ready: {:?}",
         worker.seen

@@ -1,7 +1,10 @@
 //! edge-agent: on-device video-event agent.
 //!
 //! A frame flows ingest → motion → escalate → (broker) → infer → (broker) → results (tracks, incident events), while scale
-//! watches the backlog and config and telemetry serve everyone. One module per stage.
+//! watches the backlog and config and telemetry serve everyone. One module per stage;
+//! `camera` joins a camera's ingest pipeline and its analysis loop (motion, then what
+//! to escalate), `app` builds and wires the stages. `clock`, `image` and `sync` are
+//! leaves every stage may use.
 
 pub mod app;
 pub mod backoff;
