@@ -205,7 +205,7 @@ pub fn environment(cfg: &InferenceConfig) -> Result<Environment, InferError> {
             path: path.clone(),
             reason: e.to_string(),
         })?;
-    tracing::info!(library = %path.display(), %version, took = ?started.elapsed(), "ONNX Runtime loaded.");
+    tracing::info!(lifecycle = "runtime_loaded", library = %path.display(), %version, took = ?started.elapsed(), "ONNX Runtime loaded.");
     *guard = Some(env.clone());
     Ok(env)
 }
