@@ -232,7 +232,7 @@ where
             zero_before_motion = true;
         }
         peak = peak.max(kids);
-        if event && kids == 0 && !agent.logged("Worker stopped.").is_empty() {
+        if event && kids == 0 && !agent.in_state("worker_stopped").is_empty() {
             back_to_zero = true;
             break;
         }
@@ -383,7 +383,7 @@ where
             .position(|k| *k == format!("snapshots/{snap_id}"))
             .unwrap_or_else(|| panic!("snapshot {snap_id} never seen; kinds {kinds:?}"));
         assert!(snap_at < *ev_at, "snapshot after its event: {kinds:?}");
-        let img = edge_agent::infer::image::decode_jpeg(&seen[snap_at].payload)
+        let img = edge_agent::image::decode_jpeg(&seen[snap_at].payload)
             .expect("the snapshot decodes as a JPEG");
         assert_eq!((img.width, img.height), (640, 360));
     }
@@ -426,11 +426,7 @@ async fn full_cycle_over_the_embedded_broker() {
     let transport = format!("kind = \"embedded\"\nembedded_port = {port}");
     full_cycle(&device, &transport, |agent| {
         let device = device.clone();
-        let ready = agent.wait_log(
-            "Embedded MQTT broker listening on loopback.",
-            1,
-            Duration::from_secs(30),
-        );
+        let ready = agent.wait_state("broker_listening", 1, Duration::from_secs(30));
         assert!(ready["addr"]
             .as_str()
             .unwrap()

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use edge_agent::config::types::{Fraction, IntIn};
+use edge_agent::image::{decode_jpeg, encode_jpeg, RgbImage};
 use edge_agent::infer::config::{ChannelOrder, InferenceConfig, Provider, ResizeMode};
-use edge_agent::infer::image::{decode_jpeg, encode_jpeg, RgbImage};
 use edge_agent::infer::worker::{
     self, AckOutcome, Confirmation, DetectionsMessage, FrameMeta, ResultSink, Snapshot, WorkItem,
 };

@@ -601,7 +601,8 @@ async fn a_password_in_the_url_never_appears_in_logs_errors_or_status() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[allow(clippy::single_range_in_vec_init)] // one window of motion
 async fn idle_decode_keeps_key_frames_only_while_still_and_wakes_at_motion() {
-    use edge_agent::escalate::camera::{self as camera_loop, Escalation};
+    use edge_agent::camera::analysis as camera_loop;
+    use edge_agent::escalate::escalator::Escalation;
     use edge_agent::motion::MotionTransition;
     use edge_agent::telemetry::metrics::{self, metrics};
 

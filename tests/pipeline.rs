@@ -43,12 +43,12 @@ fn demo_runs_the_full_cycle_motion_worker_from_zero_detections_and_back_to_zero(
         }
     });
     let want = [
-        "Motion started.",
-        "Worker ready.",
-        "Detections received.",
-        "Incident event published.",
-        "Scaling in: asking worker to finish and exit.",
-        "Worker stopped.",
+        "motion_started",
+        "worker_ready",
+        "detections",
+        "incident",
+        "worker_draining",
+        "worker_stopped",
     ];
     let mut seen: Vec<&str> = Vec::new();
     let mut detections = 0;
@@ -60,14 +60,14 @@ fn demo_runs_the_full_cycle_motion_worker_from_zero_detections_and_back_to_zero(
         let Ok(v) = rx.recv_timeout(Duration::from_millis(200)) else {
             continue;
         };
-        let msg = v["message"].as_str().unwrap_or("");
-        if msg.starts_with("Metrics on") {
+        let state = v["lifecycle"].as_str().unwrap_or("");
+        if state == "serving" {
             metrics_addr = v["addr"].as_str().map(str::to_string);
         }
-        if msg == "Detections received." {
+        if state == "detections" {
             detections += v["detections"].as_u64().unwrap_or(0);
         }
-        if let Some(w) = want.iter().find(|w| **w == msg) {
+        if let Some(w) = want.iter().find(|w| **w == state) {
             if !seen.contains(w) {
                 seen.push(w);
             }

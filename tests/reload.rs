@@ -27,10 +27,10 @@ fn write(dir: &std::path::Path, cameras: &str) {
     std::fs::write(dir.join("agent.toml"), text).unwrap();
 }
 
-/// Log lines with `message` logged in the span of `camera`.
-fn count(agent: &Agent, message: &str, camera: &str) -> usize {
+/// Lifecycle lines in `state` logged in the span of `camera`.
+fn count(agent: &Agent, state: &str, camera: &str) -> usize {
     agent
-        .logged(message)
+        .in_state(state)
         .iter()
         .filter(|v| v["span"]["camera"] == camera)
         .count()
@@ -62,7 +62,7 @@ fn sighup_keeps_the_unchanged_camera_restarts_the_changed_one_and_refuses_a_bad_
     wait_until(&agent, "three cameras streaming", || {
         ["keep", "change", "drop"]
             .iter()
-            .all(|c| count(&agent, "Camera streaming.", c) == 1)
+            .all(|c| count(&agent, "camera_streaming", c) == 1)
     });
     wait_until(&agent, "frames from keep", || {
         frames(&health(&addr), "keep") > 0
@@ -75,15 +75,15 @@ fn sighup_keeps_the_unchanged_camera_restarts_the_changed_one_and_refuses_a_bad_
         &[camera("keep", 5), camera("change", 4), camera("fresh", 5)].concat(),
     );
     agent.signal(libc::SIGHUP);
-    let r = agent.wait_log("Configuration reloaded.", 1, WAIT);
+    let r = agent.wait_state("reloaded", 1, WAIT);
     assert_eq!(
         (&r["kept"], &r["restarted"], &r["started"], &r["stopped"]),
         (&1.into(), &1.into(), &1.into(), &1.into()),
         "{r}"
     );
     wait_until(&agent, "the changed and added cameras streaming", || {
-        count(&agent, "Camera streaming.", "change") == 2
-            && count(&agent, "Camera streaming.", "fresh") == 1
+        count(&agent, "camera_streaming", "change") == 2
+            && count(&agent, "camera_streaming", "fresh") == 1
     });
     let h = health(&addr);
     let mut ids: Vec<&String> = h["cameras"].as_object().unwrap().keys().collect();
@@ -91,11 +91,11 @@ fn sighup_keeps_the_unchanged_camera_restarts_the_changed_one_and_refuses_a_bad_
     assert_eq!(ids, ["change", "fresh", "keep"], "{h}");
     assert!(frames(&h, "keep") >= before, "keep restarted: {h}");
     assert_eq!(h["cameras"]["keep"]["restarts"], 0, "{h}");
-    assert_eq!(count(&agent, "Camera starting.", "keep"), 1);
-    assert_eq!(count(&agent, "Camera stopped.", "keep"), 0);
-    assert_eq!(count(&agent, "Camera starting.", "change"), 2);
-    assert_eq!(count(&agent, "Camera stopped.", "change"), 1);
-    assert_eq!(count(&agent, "Camera stopped.", "drop"), 1);
+    assert_eq!(count(&agent, "camera_starting", "keep"), 1);
+    assert_eq!(count(&agent, "camera_stopped", "keep"), 0);
+    assert_eq!(count(&agent, "camera_starting", "change"), 2);
+    assert_eq!(count(&agent, "camera_stopped", "change"), 1);
+    assert_eq!(count(&agent, "camera_stopped", "drop"), 1);
 
     // An invalid configuration is refused; the running one goes on.
     std::fs::write(
@@ -105,18 +105,14 @@ fn sighup_keeps_the_unchanged_camera_restarts_the_changed_one_and_refuses_a_bad_
     .unwrap();
     let after_reload = frames(&health(&addr), "keep");
     agent.signal(libc::SIGHUP);
-    agent.wait_log(
-        "Reload refused: the new configuration is invalid; keeping the running one.",
-        1,
-        WAIT,
-    );
+    agent.wait_state("reload_refused", 1, WAIT);
     wait_until(&agent, "keep still streaming", || {
         frames(&health(&addr), "keep") > after_reload
     });
     let h = health(&addr);
     assert_eq!(h["cameras"].as_object().unwrap().len(), 3, "{h}");
-    assert_eq!(agent.logged("Configuration reloaded.").len(), 1);
-    assert_eq!(count(&agent, "Camera starting.", "keep"), 1);
+    assert_eq!(agent.in_state("reloaded").len(), 1);
+    assert_eq!(count(&agent, "camera_starting", "keep"), 1);
     let status = agent.stop();
     assert!(status.success(), "{status:?}");
 }
@@ -251,7 +247,7 @@ fn sighup_with_a_transport_change_reports_it_in_health_and_keeps_the_running_tra
                 == serde_json::json!(["transport.kind", "transport.mqtt_url"])
         },
     );
-    let r = agent.wait_log("Reload: these settings need a restart.", 1, WAIT);
+    let r = agent.wait_state("restart_needed", 1, WAIT);
     assert_eq!(
         r["keys"].as_str().unwrap_or_default(),
         r#"["transport.kind", "transport.mqtt_url"]"#,
@@ -274,10 +270,7 @@ fn sighup_with_a_transport_change_reports_it_in_health_and_keeps_the_running_tra
     wait_until(&agent, "nothing left needing a restart", || {
         health(&addr)["restart_needed"] == serde_json::json!([])
     });
-    assert_eq!(
-        agent.logged("Reload: these settings need a restart.").len(),
-        1
-    );
+    assert_eq!(agent.in_state("restart_needed").len(), 1);
     let status = agent.stop();
     assert!(status.success(), "{status:?}");
 }

@@ -236,9 +236,10 @@ use std::path::Path;
 use std::time::Instant;
 
 use bytes::Bytes;
-use edge_agent::escalate::jpeg::encode_rgb;
-use edge_agent::escalate::message::{unix_ns_now, VERSION};
-use edge_agent::escalate::{FrameHeader, FrameMessage, Role, Transport, TransportConfig};
+use edge_agent::clock::unix_ns_now;
+use edge_agent::escalate::message::VERSION;
+use edge_agent::escalate::{AgentTransport, FrameHeader, FrameMessage, TransportConfig};
+use edge_agent::image::encode_rgb;
 
 use crate::common::broker::{amqp_url, eventually, unique};
 use crate::common::models::{root, tiny_random};
@@ -382,7 +383,7 @@ async fn scaler_serves_a_shared_amqp_queue_from_zero_workers_and_returns_to_zero
     let mut scaler = Running::start(&["scaler", "--config", &config], &[]);
     assert!(
         scaler
-            .wait_for("edge-agent scaler running.", Duration::from_secs(20))
+            .wait_state("running", Duration::from_secs(20))
             .is_some(),
         "scaler did not start: {:?}",
         scaler.seen
@@ -401,7 +402,9 @@ async fn scaler_serves_a_shared_amqp_queue_from_zero_workers_and_returns_to_zero
     let mut want = BTreeSet::new();
     let mut transports = Vec::new();
     for device in ["box-a", "box-b"] {
-        let t = Transport::connect(&cfg, device, Role::Agent).await.unwrap();
+        let t = AgentTransport::connect(&cfg, device, &Default::default())
+            .await
+            .unwrap();
         agents.push((device.to_string(), t.results().unwrap()));
         transports.push(t);
     }
@@ -467,10 +470,10 @@ async fn worker_killed_mid_inference_has_its_frame_redelivered_and_is_replaced()
     );
     let mut scaler = Running::start(&["scaler", "--config", &config], &[]);
     assert!(scaler
-        .wait_for("edge-agent scaler running.", Duration::from_secs(20))
+        .wait_state("running", Duration::from_secs(20))
         .is_some());
     let cfg = names.transport();
-    let t = Transport::connect(&cfg, "box-k", Role::Agent)
+    let t = AgentTransport::connect(&cfg, "box-k", &Default::default())
         .await
         .unwrap();
     let mut agents = vec![("box-k".to_string(), t.results().unwrap())];
@@ -508,7 +511,7 @@ async fn worker_killed_mid_inference_has_its_frame_redelivered_and_is_replaced()
         .seen
         .iter()
         .filter(|l| l.worker.is_some_and(|w| w != victim))
-        .filter(|l| l.message().starts_with("Frame redelivered"))
+        .filter(|l| l.lifecycle() == "frame_redelivered")
         .filter_map(|l| l.v["seq"].as_u64())
         .collect();
     assert!(
@@ -520,7 +523,7 @@ async fn worker_killed_mid_inference_has_its_frame_redelivered_and_is_replaced()
     assert!(h["workers"]["started"].as_u64().unwrap_or(0) >= 2, "{h}");
     assert!(
         scaler.seen.iter().any(|l| l.worker.is_none()
-            && l.message() == "Worker ready."
+            && l.lifecycle() == "worker_ready"
             && l.v["pid"].as_u64().is_some_and(|p| p as u32 != victim)),
         "no replacement worker became ready"
     );
@@ -632,7 +635,7 @@ async fn a_burst_from_several_cameras_scales_out_to_max_workers_drains_and_retur
     let mut agent = Running::start(&["run", "--config", &config], &[]);
     assert!(
         agent
-            .wait_for("edge-agent running.", Duration::from_secs(30))
+            .wait_state("running", Duration::from_secs(30))
             .is_some(),
         "agent did not start: {:?}",
         agent.seen
@@ -656,7 +659,7 @@ async fn a_burst_from_several_cameras_scales_out_to_max_workers_drains_and_retur
     unsafe { libc::kill(agent.pid as i32, libc::SIGHUP) };
     let stopped_at = Instant::now();
     assert!(agent
-        .wait_for("Configuration reloaded.", Duration::from_secs(20))
+        .wait_state("reloaded", Duration::from_secs(20))
         .is_some());
     // Drain: every escalated frame answered, and then no worker left. Frames still in
     // the agent's escalation channel at the reload go out after it, so only the state
@@ -808,7 +811,7 @@ async fn frames_are_offloaded_to_the_remote_queue_only_while_local_workers_are_s
     .unwrap();
     let mut centre = Running::start(&["scaler", "--config", remote_cfg.to_str().unwrap()], &[]);
     assert!(centre
-        .wait_for("edge-agent scaler running.", Duration::from_secs(20))
+        .wait_state("running", Duration::from_secs(20))
         .is_some());
 
     // The edge: one slow local worker at most, offloading above a backlog of 2.
@@ -823,7 +826,7 @@ async fn frames_are_offloaded_to_the_remote_queue_only_while_local_workers_are_s
     let (_tap_conn, mut tap) = detections_tap(&names.exchange, &device).await;
     let mut agent = Running::start(&["run", "--config", &config], &[]);
     assert!(agent
-        .wait_for("edge-agent running.", Duration::from_secs(30))
+        .wait_state("running", Duration::from_secs(30))
         .is_some());
     let mut got: BTreeMap<(String, u64), u32> = BTreeMap::new();
     let (mut local_peak, mut remote_peak) = (0, 0);
@@ -846,7 +849,7 @@ async fn frames_are_offloaded_to_the_remote_queue_only_while_local_workers_are_s
     std::fs::write(&config, base + &cameras_toml(CAMERAS, false)).unwrap();
     unsafe { libc::kill(agent.pid as i32, libc::SIGHUP) };
     assert!(agent
-        .wait_for("Configuration reloaded.", Duration::from_secs(20))
+        .wait_state("reloaded", Duration::from_secs(20))
         .is_some());
     let s = settle(&mut agent, &mut tap, &mut got, CAMERAS, &mut |a| {
         local_peak = local_peak.max(a.children().len());
@@ -875,7 +878,7 @@ async fn frames_are_offloaded_to_the_remote_queue_only_while_local_workers_are_s
     let switches: Vec<&serde_json::Value> = agent
         .seen
         .iter()
-        .filter(|l| l.worker.is_none() && l.message() == "Offloading frames to the remote queue.")
+        .filter(|l| l.worker.is_none() && l.lifecycle() == "offload_remote")
         .map(|l| &l.v)
         .collect();
     assert!(!switches.is_empty());
@@ -902,13 +905,13 @@ async fn a_worker_that_cannot_finish_within_the_grace_period_exits_anyway_and_it
     let mut worker = Running::start(&["worker", "--config", &config], &[]);
     assert!(
         worker
-            .wait_for("Worker ready.", Duration::from_secs(60))
+            .wait_state("ready", Duration::from_secs(60))
             .is_some(),
         "worker not ready: {:?}",
         worker.seen
     );
     let cfg = names.transport();
-    let t = Transport::connect(&cfg, "box-g", Role::Agent)
+    let t = AgentTransport::connect(&cfg, "box-g", &Default::default())
         .await
         .unwrap();
     let mut results = t.results().unwrap();
@@ -940,9 +943,10 @@ async fn a_worker_that_cannot_finish_within_the_grace_period_exits_anyway_and_it
     worker.pump(Duration::from_millis(300));
     assert_eq!(status.code(), Some(1), "{status:?}: {:?}", worker.seen);
     assert!(
-        worker.seen.iter().any(|l| l
-            .message()
-            .starts_with("Frames not finished within scaling.grace_period")),
+        worker
+            .seen
+            .iter()
+            .any(|l| l.lifecycle() == "grace_exceeded"),
         "{:?}",
         worker.seen
     );
@@ -1005,7 +1009,7 @@ async fn a_motion_candidate_starts_a_worker_that_goes_after_the_cooldown_without
     let mut agent = Running::start(&["run", "--config", &config], &[]);
     assert!(
         agent
-            .wait_for("edge-agent running.", Duration::from_secs(30))
+            .wait_state("running", Duration::from_secs(30))
             .is_some(),
         "agent did not start: {:?}",
         agent.seen
@@ -1050,7 +1054,7 @@ async fn a_motion_candidate_starts_a_worker_that_goes_after_the_cooldown_without
         0.0,
         "nothing escalated: the motion was never confirmed"
     );
-    assert!(agent.wait_for("Motion started.", Duration::ZERO).is_none());
+    assert!(agent.wait_state("motion_started", Duration::ZERO).is_none());
     assert!(agent.stop().success());
 }
 

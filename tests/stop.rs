@@ -20,8 +20,6 @@ const STOP: Duration = Duration::from_secs(10);
 const EXIT_SLACK: Duration = Duration::from_secs(5);
 const WAIT: Duration = Duration::from_secs(60);
 
-const STOPPING: &str = "Stopping: cameras, then workers, then the transport.";
-
 fn camera(id: &str, url: &str) -> String {
     format!("[[cameras]]\nid = \"{id}\"\nurl = \"{url}\"\nescalation = {{ enabled = false }}\n")
 }
@@ -79,12 +77,12 @@ fn sigterm_and_exit(agent: &mut Agent, within: Duration) -> ExitStatus {
 fn check_stop_report(agent: &Agent, status: ExitStatus, ids: &[String]) {
     let log = agent.log_text();
     let stopped: Vec<String> = agent
-        .logged("Camera stopped.")
+        .in_state("camera_stopped")
         .iter()
         .filter_map(|v| v["span"]["camera"].as_str().map(str::to_string))
         .collect();
     let abandoned = agent
-        .logged("edge-agent stopped; some stages were abandoned.")
+        .in_state("stopped_unclean")
         .first()
         .map(|v| v["abandoned"].to_string())
         .unwrap_or_default();
@@ -96,7 +94,7 @@ fn check_stop_report(agent: &Agent, status: ExitStatus, ids: &[String]) {
     }
     if status.success() {
         assert_eq!(
-            agent.logged("edge-agent stopped.").len(),
+            agent.in_state("stopped").len(),
             1,
             "a clean exit says so; log:\n{log}"
         );
@@ -132,7 +130,7 @@ fn six_streaming_cameras_stop_within_the_deadline_on_sigterm() {
     let status = sigterm_and_exit(&mut agent, STOP + EXIT_SLACK);
     assert!(status.success(), "{status:?}; log:\n{}", agent.log_text());
     check_stop_report(&agent, status, &ids);
-    assert_eq!(agent.logged("Camera stopped.").len(), 6);
+    assert_eq!(agent.in_state("camera_stopped").len(), 6);
 }
 
 #[test]
@@ -180,7 +178,7 @@ fn a_second_sigterm_during_a_stop_exits_at_once() {
     let stop = Duration::from_secs(120);
     let (mut agent, _broker, _dir) = agent_on_a_frozen_broker(stop);
     agent.signal(libc::SIGTERM);
-    agent.wait_log(STOPPING, 1, WAIT);
+    agent.wait_state("stopping", 1, WAIT);
     assert!(
         agent.wait_exit(Duration::from_millis(500)).is_none(),
         "the stop did not wait for the frozen broker; log:\n{}",
@@ -188,7 +186,7 @@ fn a_second_sigterm_during_a_stop_exits_at_once() {
     );
     let status = sigterm_and_exit(&mut agent, EXIT_SLACK);
     assert_eq!(status.code(), Some(130), "{status:?}");
-    assert_eq!(agent.logged("Second signal: exiting now.").len(), 1);
+    assert_eq!(agent.in_state("exiting").len(), 1);
 }
 
 #[test]
@@ -198,7 +196,7 @@ fn a_hung_broker_costs_the_deadline_and_a_non_zero_status_not_a_hung_process() {
     let status = sigterm_and_exit(&mut agent, stop + EXIT_SLACK);
     check_stop_report(&agent, status, &["demo".to_string()]);
     assert_eq!(status.code(), Some(1), "{status:?}");
-    let line = agent.wait_log("edge-agent stopped; some stages were abandoned.", 1, WAIT);
+    let line = agent.wait_state("stopped_unclean", 1, WAIT);
     assert!(
         line["abandoned"].to_string().contains("transport"),
         "{line}"
@@ -222,7 +220,7 @@ fn a_reload_that_removes_a_frozen_camera_blocks_nothing_and_the_others_keep_stre
     frozen.freeze();
     write(dir.path(), STOP, "", &camera("live", &live.url(0)));
     agent.signal(libc::SIGHUP);
-    let r = agent.wait_log("Configuration reloaded.", 1, WAIT);
+    let r = agent.wait_state("reloaded", 1, WAIT);
     assert_eq!((&r["kept"], &r["stopped"]), (&1.into(), &1.into()), "{r}");
     // The main loop answers and the other camera streams on while the frozen one stops.
     let before = frames(&addr, "live");
@@ -386,9 +384,7 @@ fn systemd_hears_ready_watchdog_pings_while_stages_progress_and_stopping() {
         heard.iter().any(|m| m.contains("READY=1")),
         "no READY=1 before the pings: {heard:?}"
     );
-    assert!(agent
-        .logged("Watchdog not pinged: a stage makes no progress.")
-        .is_empty());
+    assert!(agent.in_state("stalled").is_empty());
     let status = sigterm_and_exit(&mut agent, STOP + EXIT_SLACK);
     assert!(status.success(), "{status:?}");
     // Everything the agent sent is queued on our socket by now.

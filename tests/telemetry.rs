@@ -49,10 +49,7 @@ fn agent_sends_ready_and_watchdog_pings_and_serves_prometheus_metrics() {
     while addr.is_none() && Instant::now() < deadline {
         if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                if v["message"]
-                    .as_str()
-                    .is_some_and(|m| m.starts_with("Metrics on"))
-                {
+                if v["lifecycle"] == "serving" {
                     addr = v["addr"].as_str().map(str::to_string);
                 }
             }
@@ -263,14 +260,10 @@ fn a_healthy_demo_run_logs_no_error_from_start_through_scale_in() {
         &["run"],
         &[("EDGE_AGENT__SCALING__COOLDOWN_PERIOD", "1s")],
     );
-    for message in [
-        "Detections received.",
-        "Scaling in: asking worker to finish and exit.",
-        "Worker stopped.",
-    ] {
+    for state in ["detections", "worker_draining", "worker_stopped"] {
         assert!(
-            agent.wait_for(message, Duration::from_secs(90)).is_some(),
-            "no {message:?}; log:\n{}",
+            agent.wait_state(state, Duration::from_secs(90)).is_some(),
+            "no {state:?}; log:\n{}",
             agent
                 .seen
                 .iter()

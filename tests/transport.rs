@@ -6,11 +6,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use edge_agent::clock::unix_ns_now;
 use edge_agent::config::types::{Dur, IntIn, SecretUrl};
 use edge_agent::escalate::amqp::{dead_letter_names, declare_topology};
-use edge_agent::escalate::jpeg::encode_rgb;
-use edge_agent::escalate::message::{encode, unix_ns_now, FrameHeader, FrameMessage, VERSION};
-use edge_agent::escalate::{Frames, Role, Transport, TransportConfig, TransportKind};
+use edge_agent::escalate::message::{encode, FrameHeader, FrameMessage, VERSION};
+use edge_agent::escalate::{
+    AgentTransport, Frames, TransportConfig, TransportKind, WorkerTransport,
+};
+use edge_agent::image::encode_rgb;
 use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
@@ -58,7 +61,7 @@ async fn amqp_cleanup(cfg: &TransportConfig) {
 }
 
 /// The worker's view of an agent on the embedded broker.
-fn worker_cfg(agent_cfg: &TransportConfig, agent: &Transport) -> TransportConfig {
+fn worker_cfg(agent_cfg: &TransportConfig, agent: &AgentTransport) -> TransportConfig {
     let mut c = agent_cfg.clone();
     if c.kind == TransportKind::Embedded {
         let port = agent.broker_addr().expect("agent runs the broker").port();
@@ -96,15 +99,17 @@ fn frame(camera: &str, seq: u64, jpeg: &Bytes) -> FrameMessage {
 }
 
 /// A worker connected and subscribed to the frames (its SUBACK arrived).
-async fn subscribed_worker(cfg: &TransportConfig) -> Transport {
-    let worker = Transport::connect(cfg, DEVICE, Role::Worker).await.unwrap();
+async fn subscribed_worker(cfg: &TransportConfig) -> WorkerTransport {
+    let worker = WorkerTransport::connect(cfg, DEVICE, &Default::default())
+        .await
+        .unwrap();
     assert!(worker.consuming(WAIT).await, "worker subscribed");
     worker
 }
 
 /// A worker that answers every frame with detections carrying its seq, publishes
 /// them confirmed, then acks. Returns the seqs it processed.
-fn serve(worker: Transport) -> (Arc<Mutex<Vec<u64>>>, tokio::task::JoinHandle<()>) {
+fn serve(worker: WorkerTransport) -> (Arc<Mutex<Vec<u64>>>, tokio::task::JoinHandle<()>) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let out = seen.clone();
     let task = tokio::spawn(async move {
@@ -125,7 +130,7 @@ fn serve(worker: Transport) -> (Arc<Mutex<Vec<u64>>>, tokio::task::JoinHandle<()
 }
 
 /// Collects the agent's results in the background: seqs answered for the first time.
-fn collect_answers(agent: &Transport) -> Arc<Mutex<BTreeSet<u64>>> {
+fn collect_answers(agent: &AgentTransport) -> Arc<Mutex<BTreeSet<u64>>> {
     let answered = Arc::new(Mutex::new(BTreeSet::new()));
     let out = answered.clone();
     let mut results = agent.results().unwrap();
@@ -140,7 +145,9 @@ fn collect_answers(agent: &Transport) -> Arc<Mutex<BTreeSet<u64>>> {
 }
 
 async fn round_trip(cfg: TransportConfig) {
-    let agent = Transport::connect(&cfg, DEVICE, Role::Agent).await.unwrap();
+    let agent = AgentTransport::connect(&cfg, DEVICE, &Default::default())
+        .await
+        .unwrap();
     let wcfg = worker_cfg(&cfg, &agent);
     let answered = collect_answers(&agent);
     // The worker subscribes before the first frame (MQTT has no queue before it).
@@ -186,7 +193,9 @@ async fn frames_and_results_round_trip_on_rabbitmq() {
 }
 
 async fn shared_subscription(cfg: TransportConfig) {
-    let agent = Transport::connect(&cfg, DEVICE, Role::Agent).await.unwrap();
+    let agent = AgentTransport::connect(&cfg, DEVICE, &Default::default())
+        .await
+        .unwrap();
     let wcfg = worker_cfg(&cfg, &agent);
     let answered = collect_answers(&agent);
     let (seen1, _t1) = serve(subscribed_worker(&wcfg).await);
@@ -231,7 +240,9 @@ async fn mqtt_agent_reconnects_after_a_mosquitto_restart_and_every_buffered_fram
     // The worker is ephemeral (clean session): frames sent before it is back are
     // published again by the agent, as often as the restart needs.
     cfg.redeliver_max = IntIn::new(10).unwrap();
-    let agent = Transport::connect(&cfg, DEVICE, Role::Agent).await.unwrap();
+    let agent = AgentTransport::connect(&cfg, DEVICE, &Default::default())
+        .await
+        .unwrap();
     let answered = collect_answers(&agent);
     let (_seen, _task) = serve(subscribed_worker(&cfg).await);
     eventually("agent connected", WAIT, || agent.is_connected()).await;
@@ -264,7 +275,9 @@ async fn amqp_publisher_reconnects_after_rabbitmq_restart_and_every_buffered_fra
     let _serial = rabbit_serial().await;
     let mut cfg = amqp_cfg();
     cfg.buffer_size = IntIn::new(64).unwrap();
-    let agent = Transport::connect(&cfg, DEVICE, Role::Agent).await.unwrap();
+    let agent = AgentTransport::connect(&cfg, DEVICE, &Default::default())
+        .await
+        .unwrap();
     eventually("agent connected", WAIT, || agent.is_connected()).await;
     let jpeg = small_jpeg();
     for seq in 0..10 {
@@ -291,7 +304,7 @@ async fn amqp_publisher_reconnects_after_rabbitmq_restart_and_every_buffered_fra
     // Every frame (durable queue, persistent messages) reaches a worker started now.
     let answered = collect_answers(&agent);
     let (seen, _task) = serve(
-        Transport::connect(&cfg, DEVICE, Role::Worker)
+        WorkerTransport::connect(&cfg, DEVICE, &Default::default())
             .await
             .unwrap(),
     );
@@ -333,7 +346,7 @@ async fn child_worker_that_holds_one_frame() {
         return;
     };
     let cfg: TransportConfig = toml::from_str(&text).unwrap();
-    let worker = Transport::connect(&cfg, DEVICE, Role::Worker)
+    let worker = WorkerTransport::connect(&cfg, DEVICE, &Default::default())
         .await
         .unwrap();
     let mut frames = worker.frames().unwrap();
@@ -367,7 +380,9 @@ fn spawn_child_worker(
 }
 
 async fn redelivery_after_worker_death(cfg: TransportConfig) {
-    let agent = Transport::connect(&cfg, DEVICE, Role::Agent).await.unwrap();
+    let agent = AgentTransport::connect(&cfg, DEVICE, &Default::default())
+        .await
+        .unwrap();
     let wcfg = worker_cfg(&cfg, &agent);
     let answered = collect_answers(&agent);
     let (mut child, mut lines) = spawn_child_worker(&wcfg);
@@ -387,7 +402,7 @@ async fn redelivery_after_worker_death(cfg: TransportConfig) {
     // The worker dies holding the frame: no ack, no result, no goodbye.
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    let second = Transport::connect(&wcfg, DEVICE, Role::Worker)
+    let second = WorkerTransport::connect(&wcfg, DEVICE, &Default::default())
         .await
         .unwrap();
     let (seen, _task) = serve(second);
@@ -439,7 +454,7 @@ fn bad_messages(cfg: &TransportConfig, jpeg: &Bytes) -> Vec<Vec<u8>> {
 }
 
 /// The good frame (seq 9) is the only one delivered; the three bad ones are counted.
-async fn expect_only_the_good_frame(frames: &mut Frames, worker: &Transport) {
+async fn expect_only_the_good_frame(frames: &mut Frames, worker: &WorkerTransport) {
     let d = tokio::time::timeout(WAIT, frames.next())
         .await
         .unwrap()
@@ -452,7 +467,7 @@ async fn expect_only_the_good_frame(frames: &mut Frames, worker: &Transport) {
     assert_rejections(worker);
 }
 
-fn assert_rejections(worker: &Transport) {
+fn assert_rejections(worker: &WorkerTransport) {
     let s = worker.stats();
     assert_eq!(s.get("rejected.bad_magic"), 1, "{:?}", s.snapshot());
     assert_eq!(s.get("rejected.truncated"), 1, "{:?}", s.snapshot());
@@ -463,7 +478,7 @@ fn assert_rejections(worker: &Transport) {
 async fn bad_frames_are_dead_lettered_with_a_counted_reason_and_the_consumer_goes_on_on_rabbitmq() {
     let _serial = rabbit_serial().await;
     let cfg = amqp_cfg();
-    let worker = Transport::connect(&cfg, DEVICE, Role::Worker)
+    let worker = WorkerTransport::connect(&cfg, DEVICE, &Default::default())
         .await
         .unwrap();
     let mut frames = worker.frames().unwrap();
@@ -511,9 +526,11 @@ async fn bad_frames_are_dead_lettered_with_a_counted_reason_and_the_consumer_goe
 async fn bad_frames_dropped_on_mqtt(cfg: TransportConfig, url: Option<String>) {
     // On the embedded broker an agent owns it; on Mosquitto the worker is enough.
     let agent = match cfg.kind {
-        TransportKind::Embedded => {
-            Some(Transport::connect(&cfg, DEVICE, Role::Agent).await.unwrap())
-        }
+        TransportKind::Embedded => Some(
+            AgentTransport::connect(&cfg, DEVICE, &Default::default())
+                .await
+                .unwrap(),
+        ),
         _ => None,
     };
     let wcfg = match &agent {
@@ -522,7 +539,7 @@ async fn bad_frames_dropped_on_mqtt(cfg: TransportConfig, url: Option<String>) {
     };
     let url =
         url.unwrap_or_else(|| format!("mqtt://{}", agent.as_ref().unwrap().broker_addr().unwrap()));
-    let worker = Transport::connect(&wcfg, DEVICE, Role::Worker)
+    let worker = WorkerTransport::connect(&wcfg, DEVICE, &Default::default())
         .await
         .unwrap();
     let mut frames = worker.frames().unwrap();
@@ -576,7 +593,7 @@ async fn bad_frames_are_dropped_with_a_counted_reason_and_the_consumer_goes_on_o
 }
 
 /// Publishes every kind of result and event of two cameras.
-async fn publish_mixed_events(t: &Transport) {
+async fn publish_mixed_events(t: &AgentTransport) {
     t.publish_snapshot("cam-1", "5", small_jpeg())
         .await
         .unwrap();
@@ -598,7 +615,9 @@ async fn publish_mixed_events(t: &Transport) {
 async fn a_queue_bound_to_fire_events_receives_only_fire_events_on_rabbitmq() {
     let _serial = rabbit_serial().await;
     let cfg = amqp_cfg();
-    let agent = Transport::connect(&cfg, DEVICE, Role::Agent).await.unwrap();
+    let agent = AgentTransport::connect(&cfg, DEVICE, &Default::default())
+        .await
+        .unwrap();
     let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
         .await
         .unwrap();
@@ -647,7 +666,9 @@ async fn a_queue_bound_to_fire_events_receives_only_fire_events_on_rabbitmq() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_to_fire_events_receives_only_fire_events_on_mosquitto() {
     let cfg = mqtt_cfg(&mqtt_url());
-    let agent = Transport::connect(&cfg, DEVICE, Role::Agent).await.unwrap();
+    let agent = AgentTransport::connect(&cfg, DEVICE, &Default::default())
+        .await
+        .unwrap();
     let u = url::Url::parse(&mqtt_url()).unwrap();
     let opts = rumqttc::MqttOptions::new(unique("fire"), u.host_str().unwrap(), u.port().unwrap());
     let (client, mut el) = rumqttc::AsyncClient::new(opts, 16);
@@ -723,7 +744,9 @@ async fn while_the_broker_is_away_the_buffer_keeps_events_and_the_newest_frames(
     }
     drop(el);
     broker.stop();
-    let agent = Transport::connect(&cfg, DEVICE, Role::Agent).await.unwrap();
+    let agent = AgentTransport::connect(&cfg, DEVICE, &Default::default())
+        .await
+        .unwrap();
     let jpeg = small_jpeg();
     for seq in 0..4 {
         agent.publish_frame(frame("cam-a", seq, &jpeg)).unwrap();
@@ -802,13 +825,17 @@ async fn the_agent_status_says_offline_at_a_clean_close_and_lost_by_last_will_on
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
     let count = |what: &str| seen.lock().unwrap().iter().filter(|s| *s == what).count();
-    let agent = Transport::connect(&cfg, DEVICE, Role::Agent).await.unwrap();
+    let agent = AgentTransport::connect(&cfg, DEVICE, &Default::default())
+        .await
+        .unwrap();
     eventually("online", WAIT, || count("online") == 1).await;
     // A clean close says offline itself and sends DISCONNECT: no will.
     assert!(agent.close(WAIT).await, "the close was not clean");
     eventually("offline", WAIT, || count("offline") == 1).await;
     drop(agent);
-    let agent = Transport::connect(&cfg, DEVICE, Role::Agent).await.unwrap();
+    let agent = AgentTransport::connect(&cfg, DEVICE, &Default::default())
+        .await
+        .unwrap();
     eventually("online again", WAIT, || count("online") == 2).await;
     drop(agent); // vanishes without DISCONNECT: the broker sends the will
     eventually("lost by will", WAIT, || count("lost") == 1).await;
@@ -835,7 +862,9 @@ async fn frames_and_results_round_trip_over_mqtts_with_a_custom_ca() {
     round_trip(cfg.clone()).await;
     // A client that does not trust this CA never connects.
     cfg.ca_file = None;
-    let stranger = Transport::connect(&cfg, DEVICE, Role::Agent).await.unwrap();
+    let stranger = AgentTransport::connect(&cfg, DEVICE, &Default::default())
+        .await
+        .unwrap();
     eventually("a refused handshake", WAIT, || {
         stranger.stats().get("connect_failures") >= 1
     })
@@ -870,7 +899,9 @@ async fn a_password_file_with_url_special_characters_logs_in_to_mosquitto() {
 
     cfg.mqtt_url =
         SecretUrl::parse(&format!("mqtt://edge:wrong@127.0.0.1:{}", broker.port)).unwrap();
-    let refused = Transport::connect(&cfg, DEVICE, Role::Agent).await.unwrap();
+    let refused = AgentTransport::connect(&cfg, DEVICE, &Default::default())
+        .await
+        .unwrap();
     eventually("a refused connection", WAIT, || {
         refused.stats().get("connect_failures") >= 1
     })

@@ -3,7 +3,7 @@
 //! real objects pasted at known boxes (`scripts/crops_frames.py`, which says how and
 //! why the objects are recoloured for the test model).
 //!
-//! Each frame goes the agent's way (`escalate::regions`, `jpeg::encode_rgb` at the
+//! Each frame goes the agent's way (`escalate::regions`, `image::encode_rgb` at the
 //! default quality 85) and the worker's (`infer::worker::detect`: decode, cut, letterbox,
 //! run, boxes to camera pixels), three ways: the whole frame scaled to `detect_width`
 //! 640 into a 416 model, the same into a 608 model (about the time crops take), and
@@ -24,8 +24,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use edge_agent::config::types::IntIn;
-use edge_agent::escalate::jpeg;
 use edge_agent::escalate::regions::{self, Rect};
+use edge_agent::image;
 use edge_agent::infer::config::{InferenceConfig, Provider};
 use edge_agent::infer::worker::{self, Payload};
 use edge_agent::infer::{Detections, Pipeline};
@@ -220,7 +220,8 @@ fn main() {
 
     for f in truth["frames"].as_array().unwrap() {
         let bytes = std::fs::read(dir.path().join(f["file"].as_str().unwrap())).unwrap();
-        let (rgb, w, h) = jpeg::decode_rgb(&bytes).unwrap();
+        let img = image::decode_jpeg(&bytes).unwrap();
+        let (rgb, w, h) = (img.data, img.width, img.height);
         let boxes: Vec<[u32; 4]> = f["boxes"]
             .as_array()
             .unwrap()
@@ -257,7 +258,7 @@ fn main() {
                     source: (w, h),
                     regions: regs,
                 };
-                (jpeg::encode_rgb(&pic, pw, ph, QUALITY).unwrap(), payload)
+                (image::encode_rgb(&pic, pw, ph, QUALITY).unwrap(), payload)
             } else {
                 let payload = Payload {
                     whole: (dw, dh),
@@ -265,7 +266,7 @@ fn main() {
                     regions: Vec::new(),
                 };
                 (
-                    jpeg::encode_rgb(&small_frame, dw, dh, QUALITY).unwrap(),
+                    image::encode_rgb(&small_frame, dw, dh, QUALITY).unwrap(),
                     payload,
                 )
             };

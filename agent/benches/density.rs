@@ -610,7 +610,8 @@ fn idle_part(run_id: &mut usize) {
 /// loop's Started transition, for one camera in-process.
 #[allow(clippy::single_range_in_vec_init)] // one window of motion
 async fn detection_delay(idle: bool, k: usize) -> Option<f64> {
-    use edge_agent::escalate::camera::{self as camera_loop, Escalation};
+    use edge_agent::camera::analysis as camera_loop;
+    use edge_agent::escalate::escalator::Escalation;
     use edge_agent::ingest::synthetic::Scene;
     use edge_agent::ingest::{self, CameraConfig, IdleDecode};
     use edge_agent::motion::MotionTransition;

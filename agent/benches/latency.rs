@@ -218,7 +218,7 @@ struct Agent {
     child: Child,
     pid: u32,
     logs: mpsc::Receiver<serde_json::Value>,
-    /// The workers' own timing lines ("ONNX Runtime loaded.", "Worker ready."), which the
+    /// The workers' own timing lines (lifecycle `runtime_loaded`, `ready`), which the
     /// pool relays on its stderr as `[worker PID] {json}`.
     worker_logs: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
     broker_port: u16,
@@ -293,8 +293,7 @@ metrics_listen = ""
                     .and_then(|r| r.split_once("] "))
                 {
                     if let Ok(v) = serde_json::from_str::<serde_json::Value>(json) {
-                        if v["message"] == "ONNX Runtime loaded." || v["message"] == "Worker ready."
-                        {
+                        if v["lifecycle"] == "runtime_loaded" || v["lifecycle"] == "ready" {
                             wl.lock().unwrap().push(v);
                         }
                     }
@@ -312,10 +311,7 @@ metrics_listen = ""
             _dir: dir,
         };
         let v = agent
-            .wait_log(
-                "Embedded MQTT broker listening on loopback.",
-                Duration::from_secs(30),
-            )
+            .wait_state("broker_listening", Duration::from_secs(30))
             .expect("the agent starts its embedded broker");
         agent.broker_port = v["addr"]
             .as_str()
@@ -325,12 +321,13 @@ metrics_listen = ""
         agent
     }
 
-    /// Waits for a log line with this message; lines before it are dropped.
-    fn wait_log(&mut self, message: &str, timeout: Duration) -> Option<serde_json::Value> {
+    /// Waits for a lifecycle line in `state` (README, "Lifecycle lines"); lines before
+    /// it are dropped.
+    fn wait_state(&mut self, state: &str, timeout: Duration) -> Option<serde_json::Value> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             match self.logs.recv_timeout(Duration::from_millis(200)) {
-                Ok(v) if v["message"] == message => return Some(v),
+                Ok(v) if v["lifecycle"] == state => return Some(v),
                 Ok(v) if v["level"] == "ERROR" && v["target"] != "rumqttd::server::broker" => {
                     eprintln!("agent: {v}")
                 }
@@ -346,11 +343,11 @@ metrics_listen = ""
         None
     }
 
-    /// The pool's "Worker ready." line (it has the pid; the worker's own does not).
+    /// The pool's `worker_ready` line (it has the pid and the startup time).
     fn wait_worker_ready(&mut self, timeout: Duration) -> Option<String> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            let v = self.wait_log("Worker ready.", deadline - Instant::now())?;
+            let v = self.wait_state("worker_ready", deadline - Instant::now())?;
             if v["pid"].is_number() {
                 return Some(v["startup"].as_str().unwrap_or("?").to_string());
             }
@@ -362,7 +359,7 @@ metrics_listen = ""
     fn startups(&mut self) -> Vec<String> {
         self.logs
             .try_iter()
-            .filter(|v| v["message"] == "Worker ready." && v["pid"].is_number())
+            .filter(|v| v["lifecycle"] == "worker_ready" && v["pid"].is_number())
             .map(|v| v["startup"].as_str().unwrap_or("?").to_string())
             .collect()
     }
@@ -632,12 +629,12 @@ fn debug_ms(v: &serde_json::Value) -> Option<f64> {
 }
 
 /// (ONNX Runtime load, model loaded, subscribed) per worker, from its own log lines:
-/// each "ONNX Runtime loaded." pairs with the next "Worker ready.".
+/// each `runtime_loaded` pairs with the next `ready`.
 fn worker_phases(lines: &[serde_json::Value]) -> Vec<(f64, f64, f64)> {
     let mut out = Vec::new();
     let mut ort = None;
     for v in lines {
-        if v["message"] == "ONNX Runtime loaded." {
+        if v["lifecycle"] == "runtime_loaded" {
             ort = debug_ms(&v["took"]);
         } else if let (Some(model), Some(sub)) = (debug_ms(&v["model"]), debug_ms(&v["subscribed"]))
         {
@@ -858,7 +855,7 @@ fn steady_memory(url: &str, model: &Path, min_workers: u32) -> MemSample {
             .wait_worker_ready(Duration::from_secs(180))
             .expect("the always-on worker becomes ready");
     } else {
-        agent.wait_log("edge-agent running.", Duration::from_secs(30));
+        agent.wait_state("running", Duration::from_secs(30));
     }
     // Settle: the camera connects and streams; allocators reach their working size.
     std::thread::sleep(Duration::from_secs(10));

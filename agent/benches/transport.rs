@@ -5,7 +5,7 @@
 //! 2. Transports: frames/s and p50/p99 publish-to-consume latency for 100 KB frames on
 //!    the embedded broker, Mosquitto (the system one with its default config, and a
 //!    private one with `set_tcp_nodelay true`) and RabbitMQ, through the same
-//!    `Transport` API the agent and workers use. Ratios are against the embedded broker.
+//!    `AgentTransport`/`WorkerTransport` API the agent and workers use. Ratios are against the embedded broker.
 //!
 //! Environment: EDGE_TEST_MQTT_URL, EDGE_TEST_AMQP_URL (loopback defaults);
 //! EDGE_BENCH_FRAMES (throughput run, default 1000).
@@ -15,10 +15,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use edge_agent::clock::unix_ns_now;
 use edge_agent::config::types::{IntIn, SecretUrl};
-use edge_agent::escalate::jpeg::{decode_rgb, encode_rgb};
-use edge_agent::escalate::message::{unix_ns_now, FrameHeader, FrameMessage, VERSION};
-use edge_agent::escalate::{Role, Transport, TransportConfig, TransportKind};
+use edge_agent::escalate::message::{FrameHeader, FrameMessage, VERSION};
+use edge_agent::escalate::{AgentTransport, TransportConfig, TransportKind, WorkerTransport};
+use edge_agent::image::{decode_jpeg, encode_rgb};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
@@ -124,7 +125,7 @@ fn jpeg_bench() {
         std::hint::black_box(out);
     });
     let dec = time_per_iter(n, || {
-        std::hint::black_box(decode_rgb(&jpeg).unwrap());
+        std::hint::black_box(decode_jpeg(&jpeg).unwrap());
     });
     let raw_caps = gst::Caps::builder("video/x-raw")
         .field("format", "RGB")
@@ -324,7 +325,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// Publishes `n` frames (paced at `rate` per second, or as fast as possible) and
 /// returns (elapsed from first publish to last consume, sorted latencies in ms).
 async fn run_once(
-    agent: &Transport,
+    agent: &AgentTransport,
     frames: &mut edge_agent::escalate::Frames,
     n: u64,
     rate: Option<f64>,
@@ -362,7 +363,7 @@ async fn run_once(
 }
 
 async fn bench_transport(name: &str, cfg: TransportConfig, n: u64) -> Option<Figures> {
-    let agent = match Transport::connect(&cfg, "bench", Role::Agent).await {
+    let agent = match AgentTransport::connect(&cfg, "bench", &Default::default()).await {
         Ok(a) => a,
         Err(e) => {
             println!("{name}: skipped ({e})");
@@ -373,7 +374,7 @@ async fn bench_transport(name: &str, cfg: TransportConfig, n: u64) -> Option<Fig
     if let Some(addr) = agent.broker_addr() {
         wcfg.embedded_port = IntIn::new(addr.port() as i64).unwrap();
     }
-    let worker = Transport::connect(&wcfg, "bench", Role::Worker)
+    let worker = WorkerTransport::connect(&wcfg, "bench", &Default::default())
         .await
         .ok()?;
     let mut frames = worker.frames().ok()?;

@@ -11,6 +11,44 @@ use tokio_util::sync::CancellationToken;
 
 pub type Shutdown = CancellationToken;
 
+/// The token tree of a long-running command: one root, [`Lifetime::end`], that lasts
+/// until the command returns (cancelled when this is dropped), and under it the one
+/// shutdown token, [`Lifetime::shutdown`], that the first signal cancels. Stages hang
+/// from the shutdown token: they stop taking work at the signal. What must still work
+/// while they finish, the broker link that carries their last results and acks out,
+/// hangs from the root beside it and is closed by the stop itself, or ends with the
+/// command at the latest.
+pub struct Lifetime {
+    end: CancellationToken,
+    shutdown: Shutdown,
+}
+
+impl Lifetime {
+    /// A new tree, with the signal handlers installed on its shutdown token.
+    pub fn with_signals() -> Lifetime {
+        let end = CancellationToken::new();
+        let shutdown = end.child_token();
+        install_signal_handlers(shutdown.clone());
+        Lifetime { end, shutdown }
+    }
+
+    /// The root: parent of the broker link.
+    pub fn end(&self) -> &CancellationToken {
+        &self.end
+    }
+
+    /// The shutdown token: parent of every stage.
+    pub fn shutdown(&self) -> &Shutdown {
+        &self.shutdown
+    }
+}
+
+impl Drop for Lifetime {
+    fn drop(&mut self) {
+        self.end.cancel();
+    }
+}
+
 /// The exit status after a second signal.
 pub const EXIT_SECOND_SIGNAL: i32 = 130;
 
@@ -56,10 +94,13 @@ async fn watch(token: Shutdown, ready: std::sync::mpsc::Sender<()>) {
     };
     let _ = ready.send(());
     tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-    tracing::info!("Shutting down; a second signal exits at once.");
+    tracing::info!(
+        lifecycle = "signalled",
+        "Shutting down; a second signal exits at once."
+    );
     token.cancel();
     tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-    tracing::warn!("Second signal: exiting now.");
+    tracing::warn!(lifecycle = "exiting", "Second signal: exiting now.");
     std::process::exit(EXIT_SECOND_SIGNAL);
 }
 

@@ -61,24 +61,26 @@ impl Agent {
         self.logs.lock().unwrap().clone()
     }
 
-    /// Log lines with this message.
-    pub fn logged(&self, message: &str) -> Vec<serde_json::Value> {
+    /// Lifecycle lines (README, "Lifecycle lines": the `lifecycle` field) in `state`.
+    /// Tests wait on these, not on log sentences, which may change.
+    pub fn in_state(&self, state: &str) -> Vec<serde_json::Value> {
         self.logs()
             .into_iter()
-            .filter(|v| v["message"] == message)
+            .filter(|v| v["lifecycle"] == state)
             .collect()
     }
 
-    /// Waits for the `n`th log line with `message`; panics with the log after `timeout`.
-    pub fn wait_log(&self, message: &str, n: usize, timeout: Duration) -> serde_json::Value {
+    /// Waits for the `n`th lifecycle line in `state`; panics with the log after
+    /// `timeout`.
+    pub fn wait_state(&self, state: &str, n: usize, timeout: Duration) -> serde_json::Value {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(v) = self.logged(message).into_iter().nth(n - 1) {
+            if let Some(v) = self.in_state(state).into_iter().nth(n - 1) {
                 return v;
             }
             if Instant::now() > deadline || !self.alive() {
                 panic!(
-                    "no {n}x {message:?} within {timeout:?}; log:\n{}",
+                    "no {n}x lifecycle {state:?} within {timeout:?}; log:\n{}",
                     self.log_text()
                 );
             }
@@ -115,14 +117,12 @@ impl Agent {
                 .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
     }
 
-    /// The metrics address from the "Metrics on ..." line.
+    /// The metrics address from the `serving` lifecycle line.
     pub fn metrics_addr(&self, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
         loop {
             let found = self.logs().into_iter().find_map(|v| {
-                v["message"]
-                    .as_str()
-                    .is_some_and(|m| m.starts_with("Metrics on"))
+                (v["lifecycle"] == "serving")
                     .then(|| v["addr"].as_str().map(str::to_string))
                     .flatten()
             });

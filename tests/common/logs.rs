@@ -5,6 +5,8 @@
 use std::io::Write;
 use std::sync::{Mutex, OnceLock};
 
+use edge_agent::sync::lock;
+
 static LINES: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 static INSTALLED: OnceLock<bool> = OnceLock::new();
 
@@ -12,10 +14,7 @@ struct Capture;
 
 impl Write for Capture {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        LINES
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(buf);
+        lock(&LINES).extend_from_slice(buf);
         if std::env::var_os("EDGE_TEST_LOG").is_some() {
             let _ = std::io::stderr().write_all(buf);
         }
@@ -46,5 +45,5 @@ pub fn capture() {
 
 /// Everything logged so far.
 pub fn text() -> String {
-    String::from_utf8_lossy(&LINES.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+    String::from_utf8_lossy(&lock(&LINES)).into_owned()
 }

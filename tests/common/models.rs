@@ -44,7 +44,7 @@ pub fn run_python(args: &[&str]) -> String {
 /// test binaries are safe).
 pub fn model(name: &str, args: &[&str]) -> PathBuf {
     static LOCK: Mutex<()> = Mutex::new(());
-    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = edge_agent::sync::lock(&LOCK);
     let path = root().join("models/generated").join(name);
     // Regenerate when the generating script changed since.
     let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();

@@ -83,6 +83,11 @@ impl Line {
     pub fn message(&self) -> &str {
         self.v["message"].as_str().unwrap_or("")
     }
+
+    /// The lifecycle state this line marks (README, "Lifecycle lines"), or "".
+    pub fn lifecycle(&self) -> &str {
+        self.v["lifecycle"].as_str().unwrap_or("")
+    }
 }
 
 pub struct Running {
@@ -146,7 +151,7 @@ impl Running {
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
             match self.rx.recv_timeout(left) {
                 Ok(l) => {
-                    if l.worker.is_none() && l.message().starts_with("Metrics on") {
+                    if l.worker.is_none() && l.lifecycle() == "serving" {
                         self.metrics_addr = l.v["addr"].as_str().map(str::to_string);
                     }
                     self.seen.push(l.clone());
@@ -158,20 +163,17 @@ impl Running {
         new
     }
 
-    /// Waits up to `timeout` for a line of this process (not a worker's) with
-    /// `message`.
-    pub fn wait_for(&mut self, message: &str, timeout: Duration) -> Option<Line> {
-        if let Some(l) = self
-            .seen
-            .iter()
-            .find(|l| l.worker.is_none() && l.message() == message)
-        {
+    /// Waits up to `timeout` for a lifecycle line of this process (not a worker's) in
+    /// `state` (README, "Lifecycle lines").
+    pub fn wait_state(&mut self, state: &str, timeout: Duration) -> Option<Line> {
+        let mine = |l: &Line| l.worker.is_none() && l.lifecycle() == state;
+        if let Some(l) = self.seen.iter().find(|l| mine(l)) {
             return Some(l.clone());
         }
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             for l in self.pump(Duration::from_millis(100)) {
-                if l.worker.is_none() && l.message() == message {
+                if mine(&l) {
                     return Some(l);
                 }
             }

@@ -2,8 +2,10 @@
 //! exit codes: 78 for configuration errors, 1 for anything else.
 
 mod run;
+mod scaffold;
 mod scaler;
 mod worker;
+mod workers;
 
 use crate::cli::{Cli, Command, ConfigArgs};
 use crate::config::{self, render::render, ConfigErrors, Loaded, Sources, EXIT_CONFIG};

@@ -18,20 +18,20 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
-use crate::backoff::Backoff;
+use super::scaffold::{self, Housekeeping, Stop};
 use crate::config::{Loaded, EXIT_CONFIG};
 use crate::escalate::amqp::QueueProbe;
 use crate::escalate::TransportKind;
-use crate::scale::{run_scaler, spawn_pool, Wake, WorkerSpec};
-use crate::shutdown::{install_signal_handlers, Shutdown};
+use crate::scale::{run_scaler, Wake, WorkerSpec};
+use crate::shutdown::Lifetime;
 use crate::telemetry::metrics::{self, metrics};
-use crate::telemetry::{gpu, http, notify, process};
+use crate::telemetry::{http, notify};
 
 /// Time for the queue probe's goodbye after the workers stopped.
 const CLOSE_BOUND: Duration = Duration::from_secs(2);
@@ -62,10 +62,10 @@ pub fn run(loaded: Loaded) -> i32 {
 
 async fn run_scaler_cmd(loaded: Loaded) -> anyhow::Result<i32> {
     let cfg = loaded.config;
-    let shutdown = Shutdown::new();
-    install_signal_handlers(shutdown.clone());
+    let lifetime = Lifetime::with_signals();
+    let shutdown = lifetime.shutdown().clone();
     let queue = cfg.transport.frames_queue.clone();
-    info!(version = crate::VERSION, queue = %queue, max_workers = cfg.scaling.max_workers.get(), "edge-agent scaler starting.");
+    info!(lifecycle = "starting", version = crate::VERSION, queue = %queue, max_workers = cfg.scaling.max_workers.get(), "edge-agent scaler starting.");
     let probe = Arc::new(Mutex::new(
         QueueProbe::new(&cfg.transport).context("transport")?,
     ));
@@ -73,13 +73,7 @@ async fn run_scaler_cmd(loaded: Loaded) -> anyhow::Result<i32> {
     // Workers run on this scaler's configuration, handed over on stdin.
     let spec = WorkerSpec::this_binary(crate::config::resolved_text(&cfg))
         .context("cannot find this executable to start workers")?;
-    let pool = spawn_pool(
-        spec,
-        cfg.scaling.grace_period.get(),
-        cfg.scaling.worker_ready_timeout.get(),
-        Backoff::new(Duration::from_millis(500), Duration::from_secs(60)),
-        shutdown.clone(),
-    );
+    let pool = scaffold::spawn_workers(spec, &cfg.scaling, &shutdown);
     // Last backlog seen, for /health.
     let last_backlog = Arc::new(AtomicU64::new(0));
     let scaler = {
@@ -114,76 +108,48 @@ async fn run_scaler_cmd(loaded: Loaded) -> anyhow::Result<i32> {
         ))
     };
 
-    if !cfg.telemetry.metrics_listen.is_empty() {
+    let health: http::HealthFn = {
         let (p, last) = (pool.clone(), last_backlog.clone());
         let q = queue.clone();
-        let health: http::HealthFn = Arc::new(move || {
-            let w = p.status();
+        Arc::new(move || {
             serde_json::json!({ "version": crate::VERSION, "queue": q, "backlog": last.load(Ordering::Relaxed),
-                "workers": { "running": w.running, "ready": w.ready, "target": w.target, "held": w.held, "providers": w.providers,
-                    "pids": w.pids, "started": w.started, "crashes": w.crashes, "start_failures": w.start_failures,
-                    "last_failure": w.last_failure } })
-        });
-        match http::serve(&cfg.telemetry.metrics_listen, health, shutdown.clone()).await {
-            Ok(addr) => info!(%addr, "Metrics on http://{addr}/metrics, health on /health."),
-            Err(e) => {
-                warn!(listen = %cfg.telemetry.metrics_listen, error = %e, "Cannot serve metrics; going on without.")
-            }
-        }
-    }
+                "workers": scaffold::workers_health(&p.status()) })
+        })
+    };
+    scaffold::serve_http(&cfg.telemetry.metrics_listen, health, &shutdown).await;
 
     notify::ready(&format!("scaling workers on {queue}"));
-    info!(queue = %queue, "edge-agent scaler running.");
-    let watchdog = notify::watchdog_interval();
-    let tick = watchdog
-        .unwrap_or(Duration::from_secs(1))
-        .min(Duration::from_secs(1));
-    let mut sampler = process::Sampler::default();
-    let mut gpus = gpu::GpuSampler::detect();
-    let mut last_sample = Instant::now() - process::SAMPLE_EVERY;
+    info!(lifecycle = "running", queue = %queue, "edge-agent scaler running.");
+    let mut housekeeping = Housekeeping::new();
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(tick) => {}
+            _ = tokio::time::sleep(housekeeping.tick()) => {}
             _ = shutdown.cancelled() => break,
         }
         notify::watchdog();
-        if last_sample.elapsed() >= process::SAMPLE_EVERY {
-            let pids = pool.status().pids;
-            sampler.sample(&pids);
-            gpus.sample(&pids).await;
-            last_sample = Instant::now();
-        }
+        housekeeping.sample(&pool).await;
     }
 
     // Workers get `grace_period` (then the pool kills them); the stop ends after it
     // whatever happens, with a non-zero status when something was left.
-    let stop_timeout = cfg.scaling.grace_period.get() + CLOSE_BOUND;
-    info!(deadline = ?stop_timeout, "Stopping: workers finish the frames they hold.");
-    notify::stopping();
-    let deadline = tokio::time::Instant::now() + stop_timeout;
-    let mut clean = true;
+    let mut stop = Stop::begin(
+        "edge-agent scaler",
+        cfg.scaling.grace_period.get() + CLOSE_BOUND,
+        CLOSE_BOUND / 2,
+        "Stopping: workers finish the frames they hold.",
+    );
     scaler.abort();
-    if tokio::time::timeout_at(deadline - CLOSE_BOUND / 2, pool.stopped())
+    let until = stop.stages_until();
+    stop.workers(&pool, until).await;
+    let close = async { probe.lock().await.close().await };
+    if tokio::time::timeout_at(stop.deadline(), close)
         .await
         .is_err()
     {
-        let pids = pool.status().pids;
-        warn!(pids = ?pids, "Workers still running at the stop deadline; killing them (their frames are delivered again).");
-        super::run::kill_workers(&pids);
-        clean = false;
-    }
-    let close = async { probe.lock().await.close().await };
-    if tokio::time::timeout_at(deadline, close).await.is_err() {
         warn!(queue = %queue, "The queue connection did not close in time.");
-        clean = false;
+        stop.abandoned(format!("queue {queue}"));
     }
-    if clean {
-        info!("edge-agent scaler stopped.");
-        Ok(0)
-    } else {
-        warn!("edge-agent scaler stopped; some stages were abandoned.");
-        Ok(crate::shutdown::EXIT_UNCLEAN_STOP)
-    }
+    Ok(stop.finish())
 }
 
 #[cfg(test)]

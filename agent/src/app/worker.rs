@@ -15,14 +15,14 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::config::Loaded;
-use crate::escalate::transport::{Role, Transport};
+use crate::escalate::transport::WorkerTransport;
 use crate::escalate::TransportKind;
 use crate::infer::pipeline::Pipeline;
 use crate::infer::worker::{
     self, AckOutcome, Confirmation, DetectionsMessage, FrameMeta, ResultSink, Snapshot, WorkItem,
 };
 use crate::scale::{HELD_PREFIX, PROVIDER_PREFIX, READY_LINE};
-use crate::shutdown::{install_signal_handlers, Shutdown};
+use crate::shutdown::{Lifetime, Shutdown};
 use crate::telemetry::latency::Marks;
 
 pub fn run(loaded: Loaded) -> i32 {
@@ -35,7 +35,7 @@ pub fn run(loaded: Loaded) -> i32 {
 }
 
 struct Sink {
-    transport: Arc<Transport>,
+    transport: Arc<WorkerTransport>,
     device: String,
 }
 
@@ -116,8 +116,8 @@ const GRACE_USED: f32 = 0.8;
 async fn run_worker(loaded: Loaded) -> anyhow::Result<i32> {
     let cfg = loaded.config;
     let grace = cfg.scaling.grace_period.get();
-    let shutdown = Shutdown::new();
-    install_signal_handlers(shutdown.clone());
+    let lifetime = Lifetime::with_signals();
+    let shutdown = lifetime.shutdown();
     let inference = cfg.inference.clone();
     let started = std::time::Instant::now();
     // A cold start is model load plus broker link plus subscription: the link does not
@@ -133,9 +133,10 @@ async fn run_worker(loaded: Loaded) -> anyhow::Result<i32> {
         anyhow::Ok((pipeline, started.elapsed()))
     };
     let link = async {
-        let transport = Transport::connect(&cfg.transport, cfg.device.id.as_str(), Role::Worker)
-            .await
-            .context("transport")?;
+        let transport =
+            WorkerTransport::connect(&cfg.transport, cfg.device.id.as_str(), lifetime.end())
+                .await
+                .context("transport")?;
         // Ready means subscribed: on MQTT a frame published before the SUBACK is lost.
         let subscribed = transport.consuming(CONSUMING_TIMEOUT).await;
         anyhow::Ok((transport, subscribed, started.elapsed()))
@@ -166,12 +167,12 @@ async fn run_worker(loaded: Loaded) -> anyhow::Result<i32> {
         },
         loop_token,
     ));
-    let ready_at = crate::escalate::message::unix_ns_now();
+    let ready_at = crate::clock::unix_ns_now();
     let held = Held::default();
     println!("{PROVIDER_PREFIX} {provider}");
     println!("{READY_LINE}");
     let _ = std::io::stdout().flush();
-    info!(model = ?loaded_in, subscribed = ?linked_in, "Worker ready.");
+    info!(lifecycle = "ready", model = ?loaded_in, subscribed = ?linked_in, "Worker ready.");
     loop {
         let d = tokio::select! {
             d = frames.next() => match d { Some(d) => d, None => break },
@@ -179,10 +180,10 @@ async fn run_worker(loaded: Loaded) -> anyhow::Result<i32> {
         };
         let h = &d.msg.header;
         let mut marks = Marks::from_header(h.captured, &h.stamps, h.cold_start);
-        marks.received = crate::escalate::message::unix_ns_now();
+        marks.received = crate::clock::unix_ns_now();
         marks.worker_ready = ready_at;
         if d.redelivered {
-            info!(device = %h.device, camera = %h.camera, seq = h.seq, "Frame redelivered: a worker before this one took it and did not finish.");
+            info!(lifecycle = "frame_redelivered", device = %h.device, camera = %h.camera, seq = h.seq, "Frame redelivered: a worker before this one took it and did not finish.");
         }
         held.add();
         let held_now = held.clone();
@@ -224,7 +225,7 @@ async fn run_worker(loaded: Loaded) -> anyhow::Result<i32> {
             break;
         }
     }
-    info!(within = ?grace.mul_f32(GRACE_USED), "Worker stopping: finishing the frames it holds.");
+    info!(lifecycle = "stopping", within = ?grace.mul_f32(GRACE_USED), "Worker stopping: finishing the frames it holds.");
     let deadline = tokio::time::Instant::now() + grace.mul_f32(GRACE_USED);
     let stages_until = deadline - Duration::from_secs(2).min(grace / 4);
     let mut clean = true;
@@ -234,7 +235,7 @@ async fn run_worker(loaded: Loaded) -> anyhow::Result<i32> {
         Ok(r) => r.context("worker loop")?,
         Err(_) => {
             work.abort();
-            warn!(held = held.count(), grace = ?grace, "Frames not finished within scaling.grace_period; exiting anyway, they will be delivered again.");
+            warn!(lifecycle = "grace_exceeded", held = held.count(), grace = ?grace, "Frames not finished within scaling.grace_period; exiting anyway, they will be delivered again.");
             clean = false;
             Ok(())
         }

@@ -365,14 +365,9 @@ impl Owner {
                 .session(&cancel, &mut window, &mut orphans, &mut backoff)
                 .await;
             let was_connected = {
-                let mut st = self.shared.state();
-                let was = st.connected;
-                st.connected = false;
                 let mut outs: Vec<Out> = window.drain(..).map(|(o, _)| o).collect();
                 outs.append(&mut orphans);
-                st.requeue_unconfirmed(outs);
-                st.unconfirmed = 0;
-                was
+                self.shared.state().down(outs)
             };
             let conn = lock(&self.link.conn).take();
             match end {
@@ -512,7 +507,7 @@ impl Owner {
             }
         }
         *lock(&self.link.conn) = Some(conn.clone());
-        self.shared.state().connected = true;
+        self.shared.state().up();
         backoff.reset();
         tracing::info!(broker = %redact_url(&self.url), role = ?self.shared.role, "AMQP connected.");
 
@@ -521,26 +516,18 @@ impl Owner {
         loop {
             // Publish what the window allows.
             while window.len() < limit {
-                let Some((class, out)) = ({
-                    let mut st = self.shared.state();
-                    st.order += 1;
-                    let order = st.order;
-                    st.outbox.pop().map(|(c, mut o)| {
-                        o.order = order;
-                        (c, o)
-                    })
-                }) else {
+                let Some(out) = self.shared.state().next_numbered() else {
                     break;
                 };
                 match publish(&ch, &out).await {
                     Ok(confirm) => window.push_back((out, Box::pin(confirm))),
                     Err(e) => {
-                        self.shared.state().outbox.push_front(class, out);
+                        self.shared.state().put_back(out);
                         return lost("publish", e);
                     }
                 }
             }
-            self.shared.state().unconfirmed = window.len();
+            self.shared.state().set_unconfirmed(window.len());
             let room = window.len() < limit;
             let oldest = async {
                 match window.front_mut() {
@@ -567,7 +554,7 @@ impl Owner {
                     match confirm {
                         Ok(Confirmation::Nack(_)) => {
                             self.shared.stats.bump("nacked");
-                            self.shared.state().outbox.push_front(out.class, out);
+                            self.shared.state().put_back(out);
                         }
                         Ok(_) => out.confirmed(),
                         Err(e) => {

@@ -17,6 +17,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
 use super::regions::{Region, MAX_REGIONS};
+use crate::clock::Stamp;
 
 /// The format version this build writes. Version 2 added the camera frame's size and
 /// the crops (`source_width`, `source_height`, `regions`); a version 1 message is still
@@ -29,13 +30,6 @@ const MAGIC: &[u8; 4] = b"EDGF";
 const PREFIX_LEN: usize = 14;
 /// A header longer than this is refused before parsing (boxes and stamps are few).
 pub const MAX_HEADER_LEN: usize = 64 * 1024;
-
-/// One stage's wall-clock time, so latency can be followed across processes.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Stamp {
-    pub stage: String,
-    pub at_unix_ns: u64,
-}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -91,10 +85,7 @@ impl FrameHeader {
 
     /// Records that `stage` happened now.
     pub fn stamp(&mut self, stage: &str) {
-        self.stamps.push(Stamp {
-            stage: stage.to_string(),
-            at_unix_ns: unix_ns_now(),
-        });
+        self.stamps.push(Stamp::now(stage));
     }
 }
 
@@ -267,14 +258,6 @@ fn check_header(h: &FrameHeader, framing: u8) -> Result<(), MessageError> {
         return bad(format!("{} stamps, at most 64", h.stamps.len()));
     }
     Ok(())
-}
-
-/// Wall-clock now in unix nanoseconds (0 before 1970).
-pub fn unix_ns_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

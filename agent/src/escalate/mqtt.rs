@@ -3,15 +3,18 @@
 //! One task owns the rumqttc event loop. Publishing is ours, not rumqttc's: messages
 //! go from the outbox to the event loop only while connected and within the publish
 //! window; each one is tracked from its packet id to its PUBACK, and on a lost
-//! connection every unacknowledged message goes back to the outbox (rumqttc's own
-//! retransmission list is cleared so nothing is sent twice by two mechanisms).
+//! connection every unacknowledged message goes back to the outbox. Each connection
+//! gets a new client and event loop (rumqttc's public API only): nothing of a dead one
+//! (requests still in its channel, its retransmission list, packet ids, buffered
+//! events) carries over, so nothing is sent twice by two mechanisms and no later
+//! packet id is paired with a message of the old connection.
 //!
 //! Workers share frames through `$share/<group>/<prefix>/<device>/frames` with manual
 //! acks; a frame whose worker died is published again by the agent (see
 //! [`super::buffer::Unanswered`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rumqttc::{
@@ -25,18 +28,21 @@ use super::buffer::Class;
 use super::message::MAX_HEADER_LEN;
 use super::tls;
 use super::transport::{
-    log_link_error, Acker, Delivery, HeldFrame, Incoming, Out, ResultMessage, Role, Shared, State,
-    TransportError,
+    lock, log_link_error, Acker, Delivery, HeldFrame, Incoming, Out, ResultMessage, Role, Shared,
+    State, TransportError,
 };
 use crate::backoff::Backoff;
 use crate::config::secret::redact_url;
 
+/// The client of a connection's current event loop, replaced at each reconnection.
+type Slot = Arc<Mutex<AsyncClient>>;
+
 #[derive(Clone)]
 pub(crate) struct MqttLink {
-    client: AsyncClient,
+    client: Slot,
     window: usize,
     /// A worker's consuming connection (see [`Duty::Consume`]).
-    consume: Option<AsyncClient>,
+    consume: Option<Slot>,
     /// DISCONNECT packets written so far, by any of this link's connections.
     disconnects: Arc<tokio::sync::watch::Sender<usize>>,
 }
@@ -44,23 +50,19 @@ pub(crate) struct MqttLink {
 impl MqttLink {
     /// Hands messages from the outbox to the event loop while the window allows.
     pub fn pump(&self, st: &mut State, shared: &Shared) {
-        while st.connected && st.submitted.len() + st.inflight.len() < self.window {
-            let Some((class, mut out)) = st.outbox.pop() else {
-                break;
-            };
-            match self.client.try_publish(
+        // Under the state lock (callers hold it), so a reconnection cannot swap the
+        // client between our publish and the bookkeeping of it.
+        let client = lock(&self.client);
+        while let Some(out) = st.next_within(self.window) {
+            match client.try_publish(
                 out.key.clone(),
                 QoS::AtLeastOnce,
                 out.retain,
                 out.payload.to_vec(),
             ) {
-                Ok(()) => {
-                    st.order += 1;
-                    out.order = st.order;
-                    st.submitted.push_back(out);
-                }
+                Ok(()) => st.submitted(out),
                 Err(e) => {
-                    st.outbox.push_front(class, out);
+                    st.put_back(out);
                     if matches!(e, rumqttc::ClientError::TryRequest(_)) {
                         shared.stats.bump("publish_channel_full");
                     }
@@ -74,8 +76,10 @@ impl MqttLink {
     /// will) and waits, at most `timeout`, until each was written; then the owner
     /// tasks end. False when one was not written in time (the broker was unreachable).
     pub async fn disconnect(&self, timeout: Duration) -> bool {
-        let clients: Vec<&AsyncClient> =
-            std::iter::once(&self.client).chain(&self.consume).collect();
+        let clients: Vec<AsyncClient> = std::iter::once(&self.client)
+            .chain(&self.consume)
+            .map(|slot| lock(slot).clone())
+            .collect();
         let mut sent = self.disconnects.subscribe();
         let before = *sent.borrow_and_update();
         for c in &clients {
@@ -105,17 +109,10 @@ fn status_topic(shared: &Shared) -> String {
 /// The agent's retained status message (`online`, or `offline` at a clean close; the
 /// last will says [`STATUS_LOST`] when the agent vanishes without a DISCONNECT).
 pub(crate) fn status_out(shared: &Shared, status: &'static [u8]) -> Out {
-    Out {
-        class: Class::Event,
-        kind: "status",
-        exchange: String::new(),
-        key: status_topic(shared),
-        retain: true,
-        payload: bytes::Bytes::from_static(status),
-        confirm: None,
-        order: 0,
-        frame: None,
-    }
+    let mut out = Out::new(Class::Event, "status", String::new(), status_topic(shared));
+    out.retain = true;
+    out.payload = bytes::Bytes::from_static(status);
+    out
 }
 
 /// What one MQTT connection is for.
@@ -141,15 +138,21 @@ pub(crate) fn start(
 ) -> Result<MqttLink, TransportError> {
     let cfg = &shared.cfg;
     let window = cfg.publish_window.as_usize().min(90);
-    let (client, eventloop) = connection(&shared, url, Duty::Publish, window)?;
-    let consumer = match shared.role {
-        Role::Worker => Some(connection(&shared, url, Duty::Consume, window)?),
+    let cap = window * 2 + 64;
+    let opts = options(&shared, url, Duty::Publish, window)?;
+    let consume_opts = match shared.role {
+        Role::Worker => Some(options(&shared, url, Duty::Consume, window)?),
         Role::Agent => None,
     };
+    let (client, eventloop) = open(&opts, cap);
+    let consumer = consume_opts.map(|o| {
+        let (c, el) = open(&o, cap);
+        (Arc::new(Mutex::new(c)), el, o)
+    });
     let link = MqttLink {
-        client,
+        client: Arc::new(Mutex::new(client)),
         window,
-        consume: consumer.as_ref().map(|(c, _)| c.clone()),
+        consume: consumer.as_ref().map(|(c, _, _)| c.clone()),
         disconnects: Arc::new(tokio::sync::watch::Sender::new(0)),
     };
     let subs = match shared.role {
@@ -163,6 +166,9 @@ pub(crate) fn start(
         shared: shared.clone(),
         duty: Duty::Publish,
         link: link.clone(),
+        slot: link.client.clone(),
+        opts,
+        cap,
         subs,
         frames_tx: None,
         results_tx,
@@ -171,15 +177,14 @@ pub(crate) fn start(
         connected: AtomicBool::new(false),
     };
     tokio::spawn(owner.run(eventloop, cancel.clone()));
-    if let Some((client, eventloop)) = consumer {
+    if let Some((slot, eventloop, opts)) = consumer {
         let owner = Owner {
             shared: shared.clone(),
             duty: Duty::Consume,
-            link: MqttLink {
-                client,
-                consume: None,
-                ..link.clone()
-            },
+            link: link.clone(),
+            slot,
+            opts,
+            cap,
             subs: vec![format!(
                 "$share/{}/{}/{}/frames",
                 cfg.worker_group, cfg.topic_prefix, shared.device
@@ -195,12 +200,13 @@ pub(crate) fn start(
     Ok(link)
 }
 
-fn connection(
+/// The options of one connection, checked once: every reconnection uses them again.
+fn options(
     shared: &Shared,
     url: &str,
     duty: Duty,
     window: usize,
-) -> Result<(AsyncClient, EventLoop), TransportError> {
+) -> Result<MqttOptions, TransportError> {
     let parsed = url::Url::parse(url).map_err(|e| url_err(url, e))?;
     let tls = match parsed.scheme() {
         "mqtt" | "tcp" => false,
@@ -258,12 +264,17 @@ fn connection(
             TlsConfiguration::Rustls(config),
         ));
     }
-    let (client, mut eventloop) = AsyncClient::new(opts, window * 2 + 64);
+    Ok(opts)
+}
+
+/// A new client and event loop for one connection (made by its first poll).
+fn open(opts: &MqttOptions, cap: usize) -> (AsyncClient, EventLoop) {
+    let (client, mut eventloop) = AsyncClient::new(opts.clone(), cap);
     let mut net = eventloop.network_options();
     net.set_tcp_nodelay(true);
     net.set_connection_timeout(5);
     eventloop.set_network_options(net);
-    Ok((client, eventloop))
+    (client, eventloop)
 }
 
 /// The user name or password as written in a URL's userinfo: `%XX` escapes decoded,
@@ -278,6 +289,11 @@ struct Owner {
     shared: Arc<Shared>,
     duty: Duty,
     link: MqttLink,
+    /// This connection's client (the link's publishing or consuming one).
+    slot: Slot,
+    opts: MqttOptions,
+    /// The request channel's capacity.
+    cap: usize,
     subs: Vec<String>,
     frames_tx: Option<mpsc::Sender<Delivery>>,
     results_tx: Option<mpsc::Sender<ResultMessage>>,
@@ -311,7 +327,7 @@ impl Owner {
                     self.handle(ev);
                 }
                 Err(e) => {
-                    self.lost(&mut eventloop, &e);
+                    eventloop = self.lost(&e);
                     let delay = backoff.next_delay(e.to_string());
                     tokio::select! {
                         _ = cancel.cancelled() => break,
@@ -321,35 +337,26 @@ impl Owner {
             }
         }
         if self.duty == Duty::Publish {
-            self.shared.state().connected = false;
+            self.shared.state().ended();
         }
     }
 
-    /// The connection dropped: everything not acknowledged goes back to the outbox.
-    fn lost(&self, eventloop: &mut EventLoop, e: &ConnectionError) {
-        let was_connected = match self.duty {
+    /// The connection dropped: everything not acknowledged goes back to the outbox,
+    /// and the next connection gets a new client and event loop (returned).
+    fn lost(&self, e: &ConnectionError) -> EventLoop {
+        let (eventloop, was_connected) = match self.duty {
             Duty::Consume => {
-                self.shared.subscribed.send_replace(false);
-                eventloop.clean();
-                eventloop.pending.clear();
-                self.connected.swap(false, Ordering::AcqRel)
+                self.shared.set_subscribed(false);
+                let eventloop = self.renew();
+                (eventloop, self.connected.swap(false, Ordering::AcqRel))
             }
             Duty::Publish => {
-                // Under the lock, so no publish slips into rumqttc's channel between
-                // its clean-up and ours (it would be sent twice and shift the
-                // packet-id bookkeeping). Requests still queued in rumqttc go to its
-                // `pending`, which is cleared: the outbox has them all.
+                // Under the lock, so no publish slips into the old client between the
+                // swap and the requeue (it would be lost with the old event loop
+                // without going back to the outbox).
                 let mut st = self.shared.state();
-                eventloop.clean();
-                eventloop.pending.clear();
-                // Events of the dead connection (an Outgoing::Publish whose write
-                // failed) would pair a later packet id with the wrong message.
-                eventloop.state.events.clear();
-                eventloop.state.collision = None;
-                let was = st.connected;
-                st.connected = false;
-                st.requeue_unconfirmed(Vec::new());
-                was
+                let eventloop = self.renew();
+                (eventloop, st.down(Vec::new()))
             }
         };
         // A link that never came up (broker down, refused credentials, untrusted
@@ -360,30 +367,40 @@ impl Owner {
             "connect_failures"
         });
         log_link_error(&self.redacted, e);
+        eventloop
+    }
+
+    /// Replaces this connection's client and event loop with new ones.
+    fn renew(&self) -> EventLoop {
+        let (client, eventloop) = open(&self.opts, self.cap);
+        *lock(&self.slot) = client;
+        eventloop
     }
 
     fn handle(&self, ev: Event) {
         match ev {
             Event::Incoming(Packet::ConnAck(_)) => {
-                for s in &self.subs {
-                    let _ = self.link.client.try_subscribe(s.clone(), QoS::AtLeastOnce);
+                {
+                    let client = lock(&self.slot);
+                    for s in &self.subs {
+                        let _ = client.try_subscribe(s.clone(), QoS::AtLeastOnce);
+                    }
                 }
                 self.generation.fetch_add(1, Ordering::AcqRel);
                 if self.duty == Duty::Consume {
                     self.connected.store(true, Ordering::Release);
                 } else {
                     let mut st = self.shared.state();
-                    st.connected = true;
+                    st.up();
                     if self.shared.role == Role::Agent {
-                        st.outbox
-                            .push_front(Class::Event, status_out(&self.shared, b"online"));
+                        st.put_back(status_out(&self.shared, b"online"));
                     }
                     self.link.pump(&mut st, &self.shared);
                 }
                 tracing::info!(broker = %self.redacted, duty = ?self.duty, "MQTT connected.");
             }
             Event::Incoming(Packet::SubAck(_)) if self.duty == Duty::Consume => {
-                self.shared.subscribed.send_replace(true);
+                self.shared.set_subscribed(true);
             }
             // Only a publishing connection publishes (its PUBACKs settle the outbox).
             _ if self.duty == Duty::Consume => {
@@ -391,15 +408,10 @@ impl Owner {
                     self.incoming(p);
                 }
             }
-            Event::Outgoing(Outgoing::Publish(pkid)) => {
-                let mut st = self.shared.state();
-                if let Some(out) = st.submitted.pop_front() {
-                    st.inflight.insert(pkid, out);
-                }
-            }
+            Event::Outgoing(Outgoing::Publish(pkid)) => self.shared.state().sent(pkid),
             Event::Incoming(Packet::PubAck(ack)) => {
                 let mut st = self.shared.state();
-                if let Some(out) = st.inflight.remove(&ack.pkid) {
+                if let Some(out) = st.acked(ack.pkid) {
                     out.confirmed();
                 }
                 self.link.pump(&mut st, &self.shared);
@@ -419,10 +431,11 @@ impl Owner {
             return;
         };
         let parts: Vec<&str> = rest.split('/').collect();
+        let client = lock(&self.slot).clone();
         match (parts.as_slice(), &self.frames_tx, &self.results_tx) {
             ([_device, "frames"], Some(tx), _) => {
                 let acker = Acker::Mqtt {
-                    client: self.link.client.clone(),
+                    client: client.clone(),
                     publish: p.clone(),
                     generation: self.generation.load(Ordering::Acquire),
                     current: self.generation.clone(),
@@ -433,7 +446,7 @@ impl Owner {
                         let Some(held) = HeldFrame::take(&self.shared, &msg) else {
                             // A copy of a frame this worker is working on.
                             self.shared.stats.bump("duplicate_frame");
-                            let _ = self.link.client.try_ack(&p);
+                            let _ = client.try_ack(&p);
                             return;
                         };
                         let d = Delivery {
@@ -450,12 +463,12 @@ impl Owner {
                             let Acker::Mqtt { publish, .. } = &d.acker else {
                                 return;
                             };
-                            let _ = self.link.client.try_ack(publish);
+                            let _ = client.try_ack(publish);
                             self.shared.count_dropped("worker_inbox_full");
                         }
                     }
                     Incoming::Rejected | Incoming::Duplicate => {
-                        let _ = self.link.client.try_ack(&p);
+                        let _ = client.try_ack(&p);
                     }
                 }
             }

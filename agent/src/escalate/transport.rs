@@ -1,15 +1,18 @@
-//! The transport handle: the same API over MQTT (embedded broker or Mosquitto) and AMQP
-//! (RabbitMQ), for the agent (publishes frames and events, reads results back) and for
-//! workers (consume frames, publish results).
+//! The transport handles: the same API over MQTT (embedded broker or Mosquitto) and
+//! AMQP (RabbitMQ), one type per side. [`AgentTransport`] publishes frames, motion and
+//! incidents and reads results back; [`WorkerTransport`] takes frames and publishes
+//! results. Each offers only its side's operations, so a worker calling an agent
+//! method does not compile; both deref to [`Connection`] for what they share.
 //!
 //! One task owns each connection (the rumqttc event loop, the lapin connection); the
-//! handle only touches shared state under a short lock. Outgoing messages wait in a
+//! handles touch the shared state (`state.rs`) only through its operations, under a
+//! short lock. Outgoing messages wait in a
 //! bounded outbox while the broker is away (events kept and sent before frames, oldest
 //! frames dropped and counted), and messages not yet confirmed by the broker go back to
 //! the front of it when the connection drops: delivery is at least once, and consumers
 //! drop duplicates by (device, camera, seq, capture time).
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -21,17 +24,19 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::buffer::{Class, Outbox, Unanswered};
+use super::buffer::{Class, Unanswered};
 use super::config::{TransportConfig, TransportKind};
 use super::embedded::{EmbeddedBroker, EmbeddedError};
 use super::message::{self, FrameMessage};
+pub(crate) use super::state::{Out, Resent, State};
 use super::{amqp, mqtt};
 use crate::config::secret::redact_text;
 use crate::telemetry::metrics::{self, metrics};
 
-/// Which side of the link this process is.
+/// Which side of the link this is: [`AgentTransport`] or [`WorkerTransport`]. Inside
+/// the link only, for what differs per side (client ids, subscriptions, queues).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
+pub(crate) enum Role {
     /// Publishes frames, motion and events; reads results back.
     Agent,
     /// Consumes frames; publishes detections and events.
@@ -63,8 +68,6 @@ pub enum TransportError {
     },
     #[error("message dropped from the full outbound buffer before the broker confirmed it")]
     Dropped,
-    #[error("{0} is only available to the {1:?} role")]
-    WrongRole(&'static str, Role),
     #[error("{0} was already taken from this transport")]
     AlreadyTaken(&'static str),
     #[error("the transport is closed")]
@@ -253,84 +256,6 @@ pub type Frames = Inbound<Delivery>;
 /// The results coming back to an agent.
 pub type Results = Inbound<ResultMessage>;
 
-/// A message waiting for, or on its way to, the broker.
-pub(crate) struct Out {
-    pub class: Class,
-    /// Metric label: frames, detections, events, motion, snapshot, status.
-    pub kind: &'static str,
-    /// AMQP exchange ("" = default exchange); unused on MQTT.
-    pub exchange: String,
-    /// MQTT topic or AMQP routing key.
-    pub key: String,
-    pub retain: bool,
-    pub payload: Bytes,
-    pub confirm: Option<oneshot::Sender<()>>,
-    /// Submission order, to put unconfirmed messages back in order.
-    pub order: u64,
-    /// (camera, seq) of a frame, to forget it when it is dropped unsent.
-    pub frame: Option<(String, u64)>,
-}
-
-impl Out {
-    fn copy(&self) -> Out {
-        Out {
-            class: self.class,
-            kind: self.kind,
-            exchange: self.exchange.clone(),
-            key: self.key.clone(),
-            retain: self.retain,
-            payload: self.payload.clone(),
-            confirm: None,
-            order: 0,
-            frame: self.frame.clone(),
-        }
-    }
-}
-
-impl Out {
-    /// The broker confirmed it: count it and wake a waiter.
-    pub fn confirmed(self) {
-        metrics()
-            .published
-            .get_or_create(&metrics::kind(self.kind))
-            .inc();
-        if let Some(c) = self.confirm {
-            let _ = c.send(());
-        }
-    }
-}
-
-impl Clone for Out {
-    fn clone(&self) -> Self {
-        self.copy()
-    }
-}
-
-pub(crate) struct State {
-    pub connected: bool,
-    pub outbox: Outbox<Out>,
-    pub unanswered: Unanswered<Out>,
-    /// MQTT: handed to the event loop, waiting for a packet id.
-    pub submitted: VecDeque<Out>,
-    /// MQTT: waiting for PUBACK, by packet id. AMQP: unused (the owner task holds them).
-    pub inflight: HashMap<u16, Out>,
-    /// AMQP: published, waiting for the broker's confirm.
-    pub unconfirmed: usize,
-    pub order: u64,
-}
-
-impl State {
-    /// Puts every message not yet confirmed back at the front of the outbox, in order.
-    pub fn requeue_unconfirmed(&mut self, mut extra: Vec<Out>) {
-        extra.extend(self.submitted.drain(..));
-        extra.extend(self.inflight.drain().map(|(_, o)| o));
-        extra.sort_by_key(|o| std::cmp::Reverse(o.order));
-        for o in extra {
-            self.outbox.push_front(o.class, o);
-        }
-    }
-}
-
 /// Recently acknowledged frames, to drop redelivered copies (bounded FIFO set).
 #[derive(Default)]
 pub(crate) struct Recent {
@@ -405,15 +330,7 @@ impl Shared {
             cfg: cfg.clone(),
             device: device.to_string(),
             role,
-            state: Mutex::new(State {
-                connected: false,
-                outbox: Outbox::new(cfg.buffer_size.as_usize()),
-                unanswered,
-                submitted: VecDeque::new(),
-                inflight: HashMap::new(),
-                unconfirmed: 0,
-                order: 0,
-            }),
+            state: Mutex::new(State::new(cfg.buffer_size.as_usize(), unanswered)),
             wake: Notify::new(),
             stats: TransportStats::default(),
             recent: Mutex::new(Recent::default()),
@@ -484,8 +401,8 @@ impl Shared {
         let first_answer = match seq {
             Some(seq) if device == self.device => {
                 let mut st = self.state();
-                let cleared = st.unanswered.answer(camera, seq);
-                metrics().backlog.set(st.unanswered.len() as i64);
+                let cleared = st.answered(camera, seq);
+                metrics().backlog.set(st.unanswered() as i64);
                 cleared
             }
             _ => false,
@@ -503,10 +420,25 @@ impl Shared {
         }
     }
 
+    /// Counts what a redelivery pass gave up on or dropped.
+    pub fn count_resent(&self, r: &Resent) {
+        for _ in 0..r.expired {
+            self.count_dropped("unanswered_expired");
+        }
+        for class in &r.dropped {
+            self.count_dropped(overflow_reason(*class));
+        }
+    }
+
+    /// A consuming connection's subscription was acknowledged, or its connection lost.
+    pub fn set_subscribed(&self, yes: bool) {
+        self.subscribed.send_replace(yes);
+    }
+
     /// Adds a message to the outbox (drop policy applied and counted).
     fn enqueue(&self, out: Out, link: &Link) {
         let mut st = self.state();
-        let dropped = push_out(&mut st, out);
+        let dropped = st.push(out);
         link.kick(&mut st, self);
         drop(st);
         self.wake.notify_one();
@@ -516,16 +448,6 @@ impl Shared {
     }
 }
 
-/// Pushes into the outbox; a frame dropped unsent is forgotten (no redelivery), a
-/// dropped confirm waiter sees [`TransportError::Dropped`]. Returns the dropped class.
-fn push_out(st: &mut State, out: Out) -> Option<Class> {
-    let (class, dropped) = st.outbox.push(out.class, out)?;
-    if let Some((camera, seq)) = &dropped.frame {
-        st.unanswered.answer(camera, *seq);
-    }
-    Some(class)
-}
-
 fn overflow_reason(class: Class) -> &'static str {
     match class {
         Class::Frame => "frame_overflow",
@@ -533,9 +455,7 @@ fn overflow_reason(class: Class) -> &'static str {
     }
 }
 
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+pub(crate) use crate::sync::lock;
 
 pub(crate) enum Link {
     Mqtt(mqtt::MqttLink),
@@ -550,90 +470,40 @@ impl Link {
     }
 }
 
-/// The transport handle.
-pub struct Transport {
+/// What both sides' handles share: the connection, its state and its counters. Each
+/// handle derefs to it for these few read-only operations and the flush.
+pub struct Connection {
     shared: Arc<Shared>,
     link: Link,
-    frames: Mutex<Option<mpsc::Receiver<Delivery>>>,
-    results: Mutex<Option<mpsc::Receiver<ResultMessage>>>,
-    broker: Option<EmbeddedBroker>,
     cancel: CancellationToken,
 }
 
-impl Drop for Transport {
+impl Drop for Connection {
     fn drop(&mut self) {
         self.cancel.cancel();
     }
 }
 
-impl Transport {
+impl Connection {
     /// Connects (in the background: the first connection and every reconnection are
     /// made by the owner task, so this returns at once unless the settings are bad).
-    /// With `kind = "embedded"`, the agent starts the broker here.
-    pub async fn connect(
-        cfg: &TransportConfig,
-        device: &str,
-        role: Role,
-    ) -> Result<Transport, TransportError> {
-        check_name("device", device, role == Role::Worker)?;
-        let shared = Arc::new(Shared::new(cfg, device, role));
-        let cancel = CancellationToken::new();
-        let (frames_tx, frames_rx) = match role {
-            Role::Worker => {
-                // AMQP: the prefetch limit bounds it. MQTT: the broker's in-flight
-                // window (20 on Mosquitto, 100 on the embedded broker) does.
-                let (tx, rx) = mpsc::channel(cfg.prefetch.as_usize().max(256));
-                (Some(tx), Some(rx))
-            }
-            Role::Agent => (None, None),
-        };
-        let (results_tx, results_rx) = match role {
-            Role::Agent => {
-                let (tx, rx) = mpsc::channel(cfg.buffer_size.as_usize());
-                (Some(tx), Some(rx))
-            }
-            Role::Worker => (None, None),
-        };
-        let mut broker = None;
-        let link = match cfg.kind {
-            TransportKind::Amqp => Link::Amqp(amqp::start(
+    async fn open(
+        shared: Arc<Shared>,
+        url: Option<String>,
+        parent: &CancellationToken,
+        frames_tx: Option<mpsc::Sender<Delivery>>,
+        results_tx: Option<mpsc::Sender<ResultMessage>>,
+    ) -> Result<Connection, TransportError> {
+        let cancel = parent.child_token();
+        let link = match (&shared.cfg.kind, url) {
+            (TransportKind::Amqp, _) => Link::Amqp(amqp::start(
                 shared.clone(),
                 cancel.clone(),
                 frames_tx,
                 results_tx,
             )?),
-            TransportKind::Mqtt => Link::Mqtt(mqtt::start(
-                shared.clone(),
-                cfg.mqtt_url.expose(),
-                cancel.clone(),
-                frames_tx,
-                results_tx,
-            )?),
-            TransportKind::Embedded => {
-                let url = match role {
-                    Role::Agent => {
-                        let max_packet = 2 * cfg.max_payload.as_usize() + (1 << 20);
-                        let port = cfg.embedded_port.get() as u16;
-                        let log_size = cfg.embedded_log_size.as_usize();
-                        // It waits (blocking) for the broker's listener.
-                        let b = tokio::task::spawn_blocking(move || {
-                            EmbeddedBroker::start_with(port, max_packet, log_size)
-                        })
-                        .await
-                        .map_err(|e| {
-                            TransportError::Embedded(EmbeddedError::Thread(std::io::Error::other(
-                                e.to_string(),
-                            )))
-                        })??;
-                        let url = b.url();
-                        broker = Some(b);
-                        url
-                    }
-                    Role::Worker if cfg.embedded_port.get() == 0 => {
-                        return Err(TransportError::EmbeddedPortUnknown)
-                    }
-                    Role::Worker => format!("mqtt://127.0.0.1:{}", cfg.embedded_port.get()),
-                };
+            (_, url) => {
+                let url = url.unwrap_or_else(|| shared.cfg.mqtt_url.expose().to_string());
                 Link::Mqtt(mqtt::start(
                     shared.clone(),
                     &url,
@@ -644,19 +514,11 @@ impl Transport {
             }
         };
         spawn_ticker(shared.clone(), &link, cancel.clone());
-        Ok(Transport {
+        Ok(Connection {
             shared,
             link,
-            frames: Mutex::new(frames_rx),
-            results: Mutex::new(results_rx),
-            broker,
             cancel,
         })
-    }
-
-    /// The embedded broker's address when this agent runs one.
-    pub fn broker_addr(&self) -> Option<SocketAddr> {
-        self.broker.as_ref().map(|b| b.addr())
     }
 
     pub fn stats(&self) -> &TransportStats {
@@ -671,160 +533,66 @@ impl Transport {
 
     /// True while the broker connection is up.
     pub fn is_connected(&self) -> bool {
-        self.shared.state().connected
+        self.shared.state().connected()
     }
 
-    /// Publishes a frame for the workers; returns once it is buffered. On a full
-    /// buffer the oldest frame is dropped and counted.
-    pub fn publish_frame(&self, msg: FrameMessage) -> Result<(), TransportError> {
-        self.publish_frame_to(msg, None)
+    /// True when this transport speaks MQTT (embedded broker or an external one).
+    pub fn is_mqtt(&self) -> bool {
+        matches!(self.link, Link::Mqtt(_))
     }
 
-    /// Like [`Transport::publish_frame`], to another frames queue of the same AMQP
-    /// broker (`scaling.remote_queue`: offload). The frame is tracked as unanswered
-    /// like any other; its result comes back the same way. Ignored on MQTT.
-    pub fn publish_frame_to(
-        &self,
-        msg: FrameMessage,
-        queue: Option<&str>,
-    ) -> Result<(), TransportError> {
-        let h = &msg.header;
-        let max = self.shared.cfg.max_payload.as_usize();
-        if msg.jpeg.len() > max {
-            self.shared.count_dropped("frame_oversized");
-            return Err(TransportError::Oversized {
-                camera: h.camera.clone(),
-                seq: h.seq,
-                size: msg.jpeg.len(),
-                max,
-            });
-        }
-        check_name("camera", &h.camera, false)?;
-        let (exchange, key) = match &self.link {
-            Link::Mqtt(_) => (String::new(), self.mqtt_topic(&h.device, None, "frames")),
-            Link::Amqp(_) => (
-                String::new(),
-                queue
-                    .unwrap_or(self.shared.cfg.frames_queue.as_str())
-                    .to_string(),
-            ),
-        };
-        let out = Out {
-            class: Class::Frame,
-            kind: "frames",
-            exchange,
-            key,
-            retain: false,
-            payload: message::encode(&msg),
-            confirm: None,
-            order: 0,
-            frame: Some((h.camera.clone(), h.seq)),
-        };
-        if self.shared.role == Role::Agent {
-            let mut st = self.shared.state();
-            if st
-                .unanswered
-                .insert(&h.camera, h.seq, out.copy(), Instant::now())
-            {
-                drop(st);
-                self.shared.count_dropped("unanswered_evicted");
-            } else {
-                metrics().backlog.set(st.unanswered.len() as i64);
+    /// Waits until every buffered message is confirmed by the broker; false on timeout.
+    pub async fn flush(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.shared.state().is_drained() {
+                return true;
             }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    /// Flushes, then closes the connection (MQTT: DISCONNECT, so the broker does not
+    /// publish the last will), all within `timeout`. True when everything buffered was
+    /// confirmed and the connection closed cleanly.
+    async fn close(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        // Most of the time for the flush; the rest for the goodbye.
+        let flushed = self.flush(timeout.mul_f32(0.8)).await;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let closed = match &self.link {
+            // The owner tasks write the DISCONNECT, then end by themselves.
+            Link::Mqtt(m) => m.disconnect(left).await,
+            Link::Amqp(a) => a.close(left).await,
+        };
+        self.cancel.cancel();
+        flushed && closed
+    }
+
+    fn mqtt_topic(&self, device: &str, camera: Option<&str>, suffix: &str) -> String {
+        let prefix = &self.shared.cfg.topic_prefix;
+        match camera {
+            Some(c) => format!("{prefix}/{device}/{c}/{suffix}"),
+            None => format!("{prefix}/{device}/{suffix}"),
+        }
+    }
+
+    fn enqueue(&self, out: Out) {
         self.shared.enqueue(out, &self.link);
-        Ok(())
     }
 
-    /// Publishes a result or event for `camera` of this device. `kind` is `motion`,
-    /// `detections`, `events/<class>` or a bare class. Returns once buffered.
-    pub fn publish_result(
-        &self,
-        camera: &str,
-        kind: &str,
-        payload: Bytes,
-    ) -> Result<(), TransportError> {
-        let device = self.shared.device.clone();
-        self.publish_result_for(&device, camera, kind, payload)
-    }
-
-    /// Like [`Transport::publish_result`] for another device's camera (a worker
-    /// serving several devices answers for the frame's device).
-    pub fn publish_result_for(
-        &self,
-        device: &str,
-        camera: &str,
-        kind: &str,
-        payload: Bytes,
-    ) -> Result<(), TransportError> {
-        let out = self.result_out(device, camera, kind, payload)?;
-        self.shared.enqueue(out, &self.link);
-        Ok(())
-    }
-
-    /// Like [`Transport::publish_result_for`], returning once the broker confirmed it.
-    pub async fn publish_result_confirmed(
-        &self,
-        device: &str,
-        camera: &str,
-        kind: &str,
-        payload: Bytes,
-    ) -> Result<(), TransportError> {
-        self.publish_result_then(device, camera, kind, payload)?
-            .await
-    }
-
-    /// Queues a result now (so results keep their order) and returns the broker's
-    /// confirmation to wait on later: a worker acks a frame only after its answer is
-    /// confirmed, without waiting a broker round trip before the next frame.
-    pub fn publish_result_then(
-        &self,
-        device: &str,
-        camera: &str,
-        kind: &str,
-        payload: Bytes,
-    ) -> Result<impl Future<Output = Result<(), TransportError>> + Send + 'static, TransportError>
-    {
-        let out = self.result_out(device, camera, kind, payload)?;
-        Ok(self.enqueue_confirmed(out))
-    }
-
-    /// Publishes an event snapshot and returns once the broker confirmed it, so the
-    /// event that refers to it can follow.
-    pub async fn publish_snapshot(
-        &self,
-        camera: &str,
-        snapshot_id: &str,
-        jpeg: Bytes,
-    ) -> Result<(), TransportError> {
-        let device = self.shared.device.clone();
-        self.publish_snapshot_for(&device, camera, snapshot_id, jpeg)
-            .await
-    }
-
-    /// Like [`Transport::publish_snapshot`] for another device's camera.
-    pub async fn publish_snapshot_for(
-        &self,
-        device: &str,
-        camera: &str,
-        snapshot_id: &str,
-        jpeg: Bytes,
-    ) -> Result<(), TransportError> {
-        let out = self.result_out(device, camera, &format!("snapshots/{snapshot_id}"), jpeg)?;
-        self.confirmed(out).await
-    }
-
-    async fn confirmed(&self, out: Out) -> Result<(), TransportError> {
-        self.enqueue_confirmed(out).await
-    }
-
+    /// Queues `out` now (so messages keep their order) and returns the broker's
+    /// confirmation to wait on.
     fn enqueue_confirmed(
         &self,
         mut out: Out,
     ) -> impl Future<Output = Result<(), TransportError>> + Send + 'static {
         let (tx, rx) = oneshot::channel();
         out.confirm = Some(tx);
-        self.shared.enqueue(out, &self.link);
+        self.enqueue(out);
         async move { rx.await.map_err(|_| TransportError::Dropped) }
     }
 
@@ -848,17 +616,170 @@ impl Transport {
                 format!("{device}.{camera}.{amqp_suffix}"),
             ),
         };
-        Ok(Out {
-            class: Class::Event,
-            kind: label,
-            exchange,
-            key,
-            retain: false,
-            payload,
-            confirm: None,
-            order: 0,
-            frame: None,
+        let mut out = Out::new(Class::Event, label, exchange, key);
+        out.payload = payload;
+        Ok(out)
+    }
+
+    fn enqueue_event(&self, exchange: String, key: String, retain: bool, payload: Bytes) {
+        let mut out = Out::new(Class::Event, "status", exchange, key);
+        out.retain = retain;
+        out.payload = payload;
+        self.enqueue(out);
+    }
+}
+
+/// The agent's side of the transport: publishes frames, motion, incidents and device
+/// telemetry, reads detections and events back, and tells the scaler the backlog.
+/// With `kind = "embedded"` it runs the broker.
+pub struct AgentTransport {
+    conn: Connection,
+    results: Mutex<Option<mpsc::Receiver<ResultMessage>>>,
+    broker: Option<EmbeddedBroker>,
+}
+
+impl std::ops::Deref for AgentTransport {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+impl AgentTransport {
+    /// Connects as the agent of `device` (see [`Connection`]); with `kind =
+    /// "embedded"` starts the broker first. The link's tasks hang from `parent` (see
+    /// [`crate::shutdown::Lifetime`]): cancelling it ends them at once, without a
+    /// flush; a graceful stop calls [`AgentTransport::close`] first.
+    pub async fn connect(
+        cfg: &TransportConfig,
+        device: &str,
+        parent: &CancellationToken,
+    ) -> Result<AgentTransport, TransportError> {
+        check_name("device", device, false)?;
+        let shared = Arc::new(Shared::new(cfg, device, Role::Agent));
+        let (results_tx, results_rx) = mpsc::channel(cfg.buffer_size.as_usize());
+        let mut broker = None;
+        let mut url = None;
+        if cfg.kind == TransportKind::Embedded {
+            let max_packet = 2 * cfg.max_payload.as_usize() + (1 << 20);
+            let port = cfg.embedded_port.get() as u16;
+            let log_size = cfg.embedded_log_size.as_usize();
+            // It waits (blocking) for the broker's listener.
+            let b = tokio::task::spawn_blocking(move || {
+                EmbeddedBroker::start_with(port, max_packet, log_size)
+            })
+            .await
+            .map_err(|e| {
+                TransportError::Embedded(EmbeddedError::Thread(std::io::Error::other(
+                    e.to_string(),
+                )))
+            })??;
+            url = Some(b.url());
+            broker = Some(b);
+        }
+        let conn = Connection::open(shared, url, parent, None, Some(results_tx)).await?;
+        Ok(AgentTransport {
+            conn,
+            results: Mutex::new(Some(results_rx)),
+            broker,
         })
+    }
+
+    /// The embedded broker's address when this agent runs one.
+    pub fn broker_addr(&self) -> Option<SocketAddr> {
+        self.broker.as_ref().map(|b| b.addr())
+    }
+
+    /// Detections and events coming back to this agent (once).
+    pub fn results(&self) -> Result<Results, TransportError> {
+        lock(&self.results)
+            .take()
+            .map(|rx| Inbound { rx })
+            .ok_or(TransportError::AlreadyTaken("results()"))
+    }
+
+    /// Publishes a frame for the workers; returns once it is buffered. On a full
+    /// buffer the oldest frame is dropped and counted.
+    pub fn publish_frame(&self, msg: FrameMessage) -> Result<(), TransportError> {
+        self.publish_frame_to(msg, None)
+    }
+
+    /// Like [`AgentTransport::publish_frame`], to another frames queue of the same
+    /// AMQP broker (`scaling.remote_queue`: offload). The frame is tracked as
+    /// unanswered like any other; its result comes back the same way. Ignored on MQTT.
+    pub fn publish_frame_to(
+        &self,
+        msg: FrameMessage,
+        queue: Option<&str>,
+    ) -> Result<(), TransportError> {
+        let c = &self.conn;
+        let h = &msg.header;
+        let max = c.shared.cfg.max_payload.as_usize();
+        if msg.jpeg.len() > max {
+            c.shared.count_dropped("frame_oversized");
+            return Err(TransportError::Oversized {
+                camera: h.camera.clone(),
+                seq: h.seq,
+                size: msg.jpeg.len(),
+                max,
+            });
+        }
+        check_name("camera", &h.camera, false)?;
+        let (exchange, key) = match &c.link {
+            Link::Mqtt(_) => (String::new(), c.mqtt_topic(&h.device, None, "frames")),
+            Link::Amqp(_) => (
+                String::new(),
+                queue
+                    .unwrap_or(c.shared.cfg.frames_queue.as_str())
+                    .to_string(),
+            ),
+        };
+        let mut out = Out::new(Class::Frame, "frames", exchange, key);
+        out.payload = message::encode(&msg);
+        out.frame = Some((h.camera.clone(), h.seq));
+        let evicted = {
+            let mut st = c.shared.state();
+            let evicted = st.expect_answer(&h.camera, h.seq, out.clone(), Instant::now());
+            metrics().backlog.set(st.unanswered() as i64);
+            evicted
+        };
+        if evicted {
+            c.shared.count_dropped("unanswered_evicted");
+        }
+        c.enqueue(out);
+        Ok(())
+    }
+
+    /// Publishes motion or an incident for `camera` of this device. `kind` is
+    /// `motion`, `events/<class>` or a bare class. Returns once buffered.
+    pub fn publish_result(
+        &self,
+        camera: &str,
+        kind: &str,
+        payload: Bytes,
+    ) -> Result<(), TransportError> {
+        let out = self
+            .conn
+            .result_out(&self.conn.shared.device, camera, kind, payload)?;
+        self.conn.enqueue(out);
+        Ok(())
+    }
+
+    /// Publishes a snapshot of this device's `camera` and returns once the broker
+    /// confirmed it, so the event that refers to it can follow.
+    pub async fn publish_snapshot(
+        &self,
+        camera: &str,
+        snapshot_id: &str,
+        jpeg: Bytes,
+    ) -> Result<(), TransportError> {
+        let out = self.conn.result_out(
+            &self.conn.shared.device,
+            camera,
+            &format!("snapshots/{snapshot_id}"),
+            jpeg,
+        )?;
+        self.conn.enqueue_confirmed(out).await
     }
 
     /// Device-level telemetry such as the heartbeat: MQTT `{prefix}/{device}/{name}`,
@@ -867,23 +788,24 @@ impl Transport {
     /// bindings of event consumers and the agent's own results queue never match it).
     pub fn publish_device(&self, name: &str, payload: Bytes) -> Result<(), TransportError> {
         check_name("telemetry name", name, false)?;
-        let device = self.shared.device.clone();
-        let (exchange, key, retain) = match &self.link {
-            Link::Mqtt(_) => (String::new(), self.mqtt_topic(&device, None, name), true),
+        let c = &self.conn;
+        let device = c.shared.device.clone();
+        let (exchange, key, retain) = match &c.link {
+            Link::Mqtt(_) => (String::new(), c.mqtt_topic(&device, None, name), true),
             Link::Amqp(_) => (
-                self.shared.cfg.events_exchange.clone(),
+                c.shared.cfg.events_exchange.clone(),
                 format!("{device}.{name}"),
                 false,
             ),
         };
-        self.enqueue_event(exchange, key, retain, payload);
+        c.enqueue_event(exchange, key, retain, payload);
         Ok(())
     }
 
     /// MQTT only: a retained message on a topic outside this agent's prefix (Home
     /// Assistant discovery under `homeassistant/`). An empty payload clears it.
     pub fn publish_retained(&self, topic: &str, payload: Bytes) -> Result<(), TransportError> {
-        if matches!(self.link, Link::Amqp(_)) {
+        if !self.is_mqtt() {
             return Err(TransportError::MqttOnly("a retained message"));
         }
         if topic.is_empty() || topic.contains(['+', '#', '\0']) {
@@ -892,111 +814,39 @@ impl Transport {
                 value: topic.to_string(),
             });
         }
-        self.enqueue_event(String::new(), topic.to_string(), true, payload);
+        self.conn
+            .enqueue_event(String::new(), topic.to_string(), true, payload);
         Ok(())
     }
 
-    /// True when this transport speaks MQTT (embedded broker or an external one).
-    pub fn is_mqtt(&self) -> bool {
-        matches!(self.link, Link::Mqtt(_))
-    }
-
-    fn enqueue_event(&self, exchange: String, key: String, retain: bool, payload: Bytes) {
-        let out = Out {
-            class: Class::Event,
-            kind: "status",
-            exchange,
-            key,
-            retain,
-            payload,
-            confirm: None,
-            order: 0,
-            frame: None,
-        };
-        self.shared.enqueue(out, &self.link);
-    }
-
-    fn mqtt_topic(&self, device: &str, camera: Option<&str>, suffix: &str) -> String {
-        let prefix = &self.shared.cfg.topic_prefix;
-        match camera {
-            Some(c) => format!("{prefix}/{device}/{c}/{suffix}"),
-            None => format!("{prefix}/{device}/{suffix}"),
-        }
-    }
-
-    /// The frames for this worker (once).
-    pub fn frames(&self) -> Result<Frames, TransportError> {
-        self.take_inbound(&self.frames, "frames()", Role::Worker)
-    }
-
-    /// Detections and events coming back to this agent (once).
-    pub fn results(&self) -> Result<Results, TransportError> {
-        self.take_inbound(&self.results, "results()", Role::Agent)
-    }
-
-    fn take_inbound<T>(
-        &self,
-        slot: &Mutex<Option<mpsc::Receiver<T>>>,
-        what: &'static str,
-        role: Role,
-    ) -> Result<Inbound<T>, TransportError> {
-        if self.shared.role != role {
-            return Err(TransportError::WrongRole(what, role));
-        }
-        lock(slot)
-            .take()
-            .map(|rx| Inbound { rx })
-            .ok_or(TransportError::AlreadyTaken(what))
-    }
-
-    /// Worker: waits until this transport receives frames. MQTT drops a frame published
-    /// while no consumer is subscribed, so a worker announces itself ready only after its
-    /// SUBACK; an AMQP queue keeps frames, so there is nothing to wait for. False on
-    /// timeout.
-    pub async fn consuming(&self, timeout: Duration) -> bool {
-        if !matches!(self.link, Link::Mqtt(_)) || self.shared.role != Role::Worker {
-            return true;
-        }
-        let mut rx = self.shared.subscribed.subscribe();
-        tokio::time::timeout(timeout, rx.wait_for(|s| *s))
-            .await
-            .is_ok_and(|r| r.is_ok())
-    }
-
-    /// Agent on MQTT: publishes every unanswered frame again now, for when a worker
-    /// becomes ready after none was: the broker dropped what was published meanwhile,
-    /// and waiting for `redeliver_after` would add seconds to a cold start. A copy that
-    /// did reach a worker is dropped by it (it still holds or already acked the frame).
+    /// MQTT: publishes every unanswered frame again now, for when a worker becomes
+    /// ready after none was: the broker dropped what was published meanwhile, and
+    /// waiting for `redeliver_after` would add seconds to a cold start. A copy that did
+    /// reach a worker is dropped by it (it still holds or already acked the frame).
     /// Returns how many were sent again; AMQP (whose queue kept them) sends none.
     pub fn resend_unanswered(&self) -> usize {
-        if !matches!(self.link, Link::Mqtt(_)) || self.shared.role != Role::Agent {
+        let c = &self.conn;
+        if !self.is_mqtt() {
             return 0;
         }
-        let mut st = self.shared.state();
-        let due = st.unanswered.resend_all(Instant::now());
-        let n = due.resend.len();
-        let mut dropped = Vec::new();
-        for out in due.resend {
-            self.shared.stats.bump("resent_on_ready");
-            dropped.extend(push_out(&mut st, out));
-        }
-        self.link.kick(&mut st, &self.shared);
+        let mut st = c.shared.state();
+        let r = st.resend_unanswered(true, Instant::now());
+        c.link.kick(&mut st, &c.shared);
         drop(st);
-        for _ in 0..due.expired {
-            self.shared.count_dropped("unanswered_expired");
+        for _ in 0..r.sent {
+            c.shared.stats.bump("resent_on_ready");
         }
-        for class in dropped {
-            self.shared.count_dropped(overflow_reason(class));
-        }
-        n
+        c.shared.count_resent(&r);
+        r.sent
     }
 
     /// The backlog for the scaler.
     pub async fn backlog(&self) -> Result<Backlog, TransportError> {
-        let unanswered = self.shared.state().unanswered.len() as u64;
-        let (ready, consumers) = match &self.link {
+        let c = &self.conn;
+        let unanswered = c.shared.state().unanswered() as u64;
+        let (ready, consumers) = match &c.link {
             Link::Amqp(a) => {
-                let (r, c) = a.queue_counts(&self.shared.cfg.frames_queue).await?;
+                let (r, c) = a.queue_counts(&c.shared.cfg.frames_queue).await?;
                 (Some(r), Some(c))
             }
             Link::Mqtt(_) => (None, None),
@@ -1008,48 +858,132 @@ impl Transport {
         })
     }
 
-    /// Waits until every buffered message is confirmed by the broker; false on timeout.
-    pub async fn flush(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            {
-                let st = self.shared.state();
-                if st.outbox.is_empty()
-                    && st.submitted.is_empty()
-                    && st.inflight.is_empty()
-                    && st.unconfirmed == 0
-                {
-                    return true;
-                }
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+    /// Says `offline` on the status topic (MQTT), then flushes and closes within
+    /// `timeout` (see [`Connection`]). Takes `&self`: other holders of the handle
+    /// (health, scaler) need not be gone; what they publish afterwards fails.
+    pub async fn close(&self, timeout: Duration) -> bool {
+        if self.is_mqtt() {
+            self.conn
+                .enqueue(mqtt::status_out(&self.conn.shared, b"offline"));
         }
+        self.conn.close(timeout).await
+    }
+}
+
+/// A worker's side of the transport: takes frames (each acked or rejected through its
+/// [`Delivery`]) and publishes detections, snapshots and events for the frame's device.
+pub struct WorkerTransport {
+    conn: Connection,
+    frames: Mutex<Option<mpsc::Receiver<Delivery>>>,
+}
+
+impl std::ops::Deref for WorkerTransport {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+impl WorkerTransport {
+    /// Connects as a worker for `device` (`+`: every device); see
+    /// [`AgentTransport::connect`] for `parent`. On the embedded broker it needs
+    /// `transport.embedded_port`, the agent's broker port.
+    pub async fn connect(
+        cfg: &TransportConfig,
+        device: &str,
+        parent: &CancellationToken,
+    ) -> Result<WorkerTransport, TransportError> {
+        check_name("device", device, true)?;
+        let url = match cfg.kind {
+            TransportKind::Embedded if cfg.embedded_port.get() == 0 => {
+                return Err(TransportError::EmbeddedPortUnknown)
+            }
+            TransportKind::Embedded => {
+                Some(format!("mqtt://127.0.0.1:{}", cfg.embedded_port.get()))
+            }
+            _ => None,
+        };
+        let shared = Arc::new(Shared::new(cfg, device, Role::Worker));
+        // AMQP: the prefetch limit bounds it. MQTT: the broker's in-flight window (20
+        // on Mosquitto, 100 on the embedded broker) does.
+        let (frames_tx, frames_rx) = mpsc::channel(cfg.prefetch.as_usize().max(256));
+        let conn = Connection::open(shared, url, parent, Some(frames_tx), None).await?;
+        Ok(WorkerTransport {
+            conn,
+            frames: Mutex::new(Some(frames_rx)),
+        })
     }
 
-    /// Flushes, then closes the connection (MQTT: DISCONNECT, so the broker does not
-    /// publish the last will), all within `timeout`. An MQTT agent says `offline` on
-    /// its status topic first. Takes `&self`: other holders of the handle (health,
-    /// scaler) need not be gone; what they publish afterwards fails. True when
-    /// everything buffered was confirmed and the connection closed cleanly.
-    pub async fn close(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        if let (Link::Mqtt(_), Role::Agent) = (&self.link, self.shared.role) {
-            self.shared
-                .enqueue(mqtt::status_out(&self.shared, b"offline"), &self.link);
+    /// The frames for this worker (once).
+    pub fn frames(&self) -> Result<Frames, TransportError> {
+        lock(&self.frames)
+            .take()
+            .map(|rx| Inbound { rx })
+            .ok_or(TransportError::AlreadyTaken("frames()"))
+    }
+
+    /// Waits until this transport receives frames. MQTT drops a frame published while
+    /// no consumer is subscribed, so a worker announces itself ready only after its
+    /// SUBACK; an AMQP queue keeps frames, so there is nothing to wait for. False on
+    /// timeout.
+    pub async fn consuming(&self, timeout: Duration) -> bool {
+        if !self.is_mqtt() {
+            return true;
         }
-        // Most of the time for the flush; the rest for the goodbye.
-        let flushed = self.flush(timeout.mul_f32(0.8)).await;
-        let left = deadline.saturating_duration_since(Instant::now());
-        let closed = match &self.link {
-            // The owner tasks write the DISCONNECT, then end by themselves.
-            Link::Mqtt(m) => m.disconnect(left).await,
-            Link::Amqp(a) => a.close(left).await,
-        };
-        self.cancel.cancel();
-        flushed && closed
+        let mut rx = self.conn.shared.subscribed.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|s| *s))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Queues a result for `device`'s `camera` (the frame's device: a worker may
+    /// serve several; `kind` is `detections`, `events/<class>` or a bare class) now,
+    /// so results keep their order, and returns the broker's confirmation to wait on
+    /// later: a worker acks a frame only after its answer is
+    /// confirmed, without waiting a broker round trip before the next frame.
+    pub fn publish_result_then(
+        &self,
+        device: &str,
+        camera: &str,
+        kind: &str,
+        payload: Bytes,
+    ) -> Result<impl Future<Output = Result<(), TransportError>> + Send + 'static, TransportError>
+    {
+        let out = self.conn.result_out(device, camera, kind, payload)?;
+        Ok(self.conn.enqueue_confirmed(out))
+    }
+
+    /// Like [`WorkerTransport::publish_result_then`], returning once the broker
+    /// confirmed it.
+    pub async fn publish_result_confirmed(
+        &self,
+        device: &str,
+        camera: &str,
+        kind: &str,
+        payload: Bytes,
+    ) -> Result<(), TransportError> {
+        self.publish_result_then(device, camera, kind, payload)?
+            .await
+    }
+
+    /// Publishes an event snapshot for `device`'s `camera` and returns once the
+    /// broker confirmed it, so the event that refers to it can follow.
+    pub async fn publish_snapshot_for(
+        &self,
+        device: &str,
+        camera: &str,
+        snapshot_id: &str,
+        jpeg: Bytes,
+    ) -> Result<(), TransportError> {
+        let out =
+            self.conn
+                .result_out(device, camera, &format!("snapshots/{snapshot_id}"), jpeg)?;
+        self.conn.enqueue_confirmed(out).await
+    }
+
+    /// Flushes and closes within `timeout` (see [`Connection`]).
+    pub async fn close(&self, timeout: Duration) -> bool {
+        self.conn.close(timeout).await
     }
 }
 
@@ -1110,14 +1044,9 @@ fn spawn_ticker(shared: Arc<Shared>, link: &Link, cancel: CancellationToken) {
                 _ = tick.tick() => {}
             }
             let mut st = shared.state();
-            let due = st.unanswered.due(Instant::now());
+            let r = st.resend_unanswered(false, Instant::now());
             if shared.role == Role::Agent {
-                metrics().backlog.set(st.unanswered.len() as i64);
-            }
-            let mut dropped = Vec::new();
-            for out in due.resend {
-                shared.stats.bump("redelivered");
-                dropped.extend(push_out(&mut st, out));
+                metrics().backlog.set(st.unanswered() as i64);
             }
             if let Some(m) = &pump {
                 m.pump(&mut st, &shared);
@@ -1125,12 +1054,10 @@ fn spawn_ticker(shared: Arc<Shared>, link: &Link, cancel: CancellationToken) {
             drop(st);
             shared.beat.beat();
             shared.wake.notify_one();
-            for _ in 0..due.expired {
-                shared.count_dropped("unanswered_expired");
+            for _ in 0..r.sent {
+                shared.stats.bump("redelivered");
             }
-            for class in dropped {
-                shared.count_dropped(overflow_reason(class));
-            }
+            shared.count_resent(&r);
         }
     });
 }

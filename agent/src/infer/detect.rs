@@ -7,9 +7,9 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::config::{InferenceConfig, Provider};
-use super::image;
 use super::pipeline::{Detection, Pipeline, Timings};
 use crate::config::Config;
+use crate::image;
 
 #[derive(Serialize)]
 struct Line<'a> {

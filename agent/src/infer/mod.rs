@@ -1,7 +1,7 @@
 //! Inference: the worker loop, preprocessing, YOLOv4 model layouts, NMS, snapshots
 //! and privacy blur.
 //!
-//! A frame's way through here: JPEG bytes → [`image`] decode → [`preprocess`]
+//! A frame's way through here: JPEG bytes → [`crate::image`] decode → [`preprocess`]
 //! (letterbox or stretch into the model tensor) → ONNX Runtime ([`session`]) →
 //! [`decode`] (per model [`layout`]) → class-aware NMS → boxes mapped back to the
 //! original frame → [`pipeline::Detections`]. [`worker`] runs that for frames from any
@@ -14,7 +14,6 @@ pub mod cache;
 pub mod config;
 pub mod decode;
 pub mod detect;
-pub mod image;
 pub mod layout;
 pub mod model_input;
 pub mod pipeline;
@@ -84,6 +83,20 @@ pub enum InferError {
     Run { path: PathBuf, reason: String },
     #[error("snapshot could not be encoded: {0}")]
     Snapshot(String),
+}
+
+impl From<crate::image::ImageError> for InferError {
+    fn from(e: crate::image::ImageError) -> Self {
+        use crate::image::ImageError;
+        match e {
+            ImageError::Undecodable { bytes, reason } => InferError::BadImage { bytes, reason },
+            ImageError::BadRgb { len, .. } => InferError::BadImage {
+                bytes: len,
+                reason: e.to_string(),
+            },
+            ImageError::Encode { .. } => InferError::Snapshot(e.to_string()),
+        }
+    }
 }
 
 impl InferError {

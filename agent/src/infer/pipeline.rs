@@ -10,11 +10,11 @@ use serde::Serialize;
 
 use super::config::InferenceConfig;
 use super::decode::{self, Candidate, Thresholds};
-use super::image::{self, RgbImage};
 use super::layout::{self, BatchDim, Layout, ModelSpec};
 use super::preprocess::{InputFormat, Preprocessor};
 use super::session::{self, provider_name};
 use super::InferError;
+use crate::image::{self, RgbImage};
 use crate::telemetry::metrics::{metrics, stage};
 
 /// The generated test model and its labels, used when `inference.model` is empty.

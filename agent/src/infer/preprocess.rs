@@ -5,8 +5,8 @@
 use fast_image_resize as fir;
 
 use super::config::{ChannelOrder, ResizeMode};
-use super::image::RgbImage;
 use super::InferError;
+use crate::image::RgbImage;
 
 /// Grey used for letterbox padding (the ONNX model-zoo YOLOv4 preprocessing value).
 pub const PAD_VALUE: u8 = 128;

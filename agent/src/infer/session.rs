@@ -178,7 +178,7 @@ fn at_least_minimum(version: &str) -> bool {
 pub fn environment(cfg: &InferenceConfig) -> Result<Environment, InferError> {
     static ENV: OnceLock<Mutex<Option<Environment>>> = OnceLock::new();
     let slot = ENV.get_or_init(|| Mutex::new(None));
-    let mut guard = slot.lock().unwrap_or_else(|e| e.into_inner());
+    let mut guard = crate::sync::lock(slot);
     if let Some(env) = guard.as_ref() {
         return Ok(env.clone());
     }
@@ -205,7 +205,7 @@ pub fn environment(cfg: &InferenceConfig) -> Result<Environment, InferError> {
             path: path.clone(),
             reason: e.to_string(),
         })?;
-    tracing::info!(library = %path.display(), %version, took = ?started.elapsed(), "ONNX Runtime loaded.");
+    tracing::info!(lifecycle = "runtime_loaded", library = %path.display(), %version, took = ?started.elapsed(), "ONNX Runtime loaded.");
     *guard = Some(env.clone());
     Ok(env)
 }

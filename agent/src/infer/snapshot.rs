@@ -2,9 +2,9 @@
 //! font, privacy classes pixelated first, then JPEG-encoded. Every image the worker
 //! publishes goes through [`render`], so privacy boxes are never published in clear.
 
-use super::image::{encode_jpeg, RgbImage};
 use super::pipeline::Detection;
 use super::InferError;
+use crate::image::{encode_jpeg, RgbImage};
 
 /// 5x7 glyphs, one byte per row, bit 4 = leftmost column.
 fn glyph(c: char) -> [u8; 7] {
@@ -192,7 +192,7 @@ pub fn snapshot_jpeg(
     privacy: &[String],
     quality: u8,
 ) -> Result<Vec<u8>, InferError> {
-    encode_jpeg(&render(frame, detections, privacy), quality)
+    Ok(encode_jpeg(&render(frame, detections, privacy), quality)?)
 }
 
 #[cfg(test)]
@@ -266,7 +266,7 @@ mod tests {
             det("person", 1, -16.0, -16.0, 48.0, 40.0),
         ];
         let jpeg = snapshot_jpeg(&img, &dets, &["person".into()], 90).unwrap();
-        let out = crate::infer::image::decode_jpeg(&jpeg).unwrap();
+        let out = crate::image::decode_jpeg(&jpeg).unwrap();
         assert_eq!((out.width, out.height), (64, 48));
         // Grey spread (max - min of the red channel) over a region of the decoded JPEG.
         let spread = |x0: u32, y0: u32, x1: u32, y1: u32| {

@@ -21,12 +21,12 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::config::EventsConfig;
-use super::image::{self, RgbImage};
 use super::pipeline::{Detection, Detections, Pipeline, Timings};
 use super::snapshot;
 use super::InferError;
-use crate::escalate::message::unix_ns_now;
+use crate::clock::unix_ns_now;
 use crate::escalate::regions::{self, Rect, Region};
+use crate::image::{self, RgbImage};
 use crate::shutdown::Shutdown;
 use crate::telemetry::latency::{Latency, Marks};
 use crate::telemetry::metrics::{self, metrics};
@@ -361,7 +361,11 @@ fn cut(jpeg: &[u8], payload: &Payload) -> Result<Decoded, InferError> {
         if !r.within(img.width, img.height) {
             return Err(bad(format!("region {r:?}")));
         }
-        RgbImage::new(r.w, r.h, regions::cut_rgb(&img.data, img.width, r))
+        Ok(RgbImage::new(
+            r.w,
+            r.h,
+            regions::cut_rgb(&img.data, img.width, r),
+        )?)
     };
     let whole_rect = Rect {
         x: 0,
@@ -587,7 +591,7 @@ async fn write_atomically(path: &std::path::Path, data: &[u8]) -> std::io::Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::escalate::jpeg::encode_rgb;
+    use crate::image::encode_rgb;
 
     fn rect(x: u32, y: u32, w: u32, h: u32) -> Rect {
         Rect { x, y, w, h }

@@ -186,10 +186,7 @@ impl Attempt {
     }
 }
 
-/// A mutex poisoned by a panic elsewhere still holds usable data; never panic here.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+pub(crate) use crate::sync::lock;
 
 pub(crate) struct Built {
     pub(crate) pipeline: gst::Pipeline,

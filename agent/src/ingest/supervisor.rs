@@ -51,7 +51,7 @@ async fn run(
         .camera_up
         .get_or_create(&metrics::camera(&shared.id))
         .clone();
-    tracing::info!(url = %cfg.url, "Camera starting.");
+    tracing::info!(lifecycle = "camera_starting", url = %cfg.url, "Camera starting.");
     let mut clean = true;
     let mut hw = HwFallback::default();
     loop {
@@ -148,7 +148,7 @@ async fn run(
     shared.set_state(CameraState::Stopped);
     up.set(0);
     if clean {
-        tracing::info!("Camera stopped.");
+        tracing::info!(lifecycle = "camera_stopped", "Camera stopped.");
     }
     clean
 }
@@ -223,7 +223,7 @@ async fn watch(
                 .clone()
                 .unwrap_or_else(|| decoder.to_string());
             lock(&shared.status).decoder = Some(decoder.clone());
-            tracing::info!(decoder = %decoder, size = ?size, "Camera streaming.");
+            tracing::info!(lifecycle = "camera_streaming", decoder = %decoder, size = ?size, "Camera streaming.");
         }
         if let Some(since) = streaming_since {
             if since.elapsed() >= STABLE_AFTER {

@@ -18,7 +18,7 @@ use tracing::{info, warn};
 pub use config::TracksConfig;
 use incidents::{DetectionsIn, IncidentEvent, Incidents};
 
-use crate::escalate::transport::{ResultMessage, Transport};
+use crate::escalate::transport::{AgentTransport, ResultMessage};
 use crate::infer::EventsConfig;
 use crate::telemetry::metrics::{self, metrics};
 
@@ -29,7 +29,7 @@ const TICK: Duration = Duration::from_millis(250);
 /// their messages to leave. `stop` comes after the workers stopped, so the answers to
 /// the last frames still count.
 pub async fn run(
-    transport: Arc<Transport>,
+    transport: Arc<AgentTransport>,
     device: String,
     events: EventsConfig,
     stop: CancellationToken,
@@ -80,7 +80,7 @@ fn handle(incidents: &mut Incidents, r: ResultMessage) -> Vec<IncidentEvent> {
         return rejected(&r, "not JSON");
     };
     if let Some(captured) = v["captured_ms"].as_u64() {
-        let now = crate::escalate::message::unix_ns_now() / 1_000_000;
+        let now = crate::clock::unix_ns_now() / 1_000_000;
         metrics()
             .stage_latency
             .get_or_create(&metrics::stage("end_to_end"))
@@ -91,7 +91,7 @@ fn handle(incidents: &mut Incidents, r: ResultMessage) -> Vec<IncidentEvent> {
         Ok(d) => d,
         Err(e) => return rejected(&r, &e.to_string()),
     };
-    info!(camera = %r.camera, seq = d.seq, detections = d.detections.items.len(), "Detections received.");
+    info!(lifecycle = "detections", camera = %r.camera, seq = d.seq, detections = d.detections.items.len(), "Detections received.");
     incidents.detections(&r.camera, &d, SystemTime::now())
 }
 
@@ -106,7 +106,7 @@ fn rejected(r: &ResultMessage, why: &str) -> Vec<IncidentEvent> {
     Vec::new()
 }
 
-fn publish(transport: &Transport, events: Vec<IncidentEvent>) {
+fn publish(transport: &AgentTransport, events: Vec<IncidentEvent>) {
     for e in events {
         let state = serde_json::to_value(e.state).unwrap_or_default();
         let state = state.as_str().unwrap_or("?");
@@ -131,7 +131,7 @@ fn publish(transport: &Transport, events: Vec<IncidentEvent>) {
                     .published
                     .get_or_create(&metrics::kind("events"))
                     .inc();
-                info!(camera = %e.camera, class = %e.class, incident = %e.incident, state, frames = e.frames, "Incident event published.");
+                info!(lifecycle = "incident", camera = %e.camera, class = %e.class, incident = %e.incident, state, frames = e.frames, "Incident event published.");
             }
             Err(err) => {
                 warn!(camera = %e.camera, class = %e.class, error = %err, "Incident event not published.")
@@ -159,7 +159,7 @@ fn observe_stages(latency: &serde_json::Value) {
             observe(stage, ms);
         }
     }
-    let now = crate::escalate::message::unix_ns_now();
+    let now = crate::clock::unix_ns_now();
     observe(
         "result_delivery",
         now.saturating_sub(l.result_at_unix_ns) as f64 / 1e6,

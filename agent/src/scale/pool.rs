@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::backoff::Backoff;
+use crate::sync::lock;
 use crate::telemetry::metrics::metrics;
 
 /// The line a worker prints on stdout when it is ready for frames.
@@ -180,10 +181,7 @@ impl PoolHandle {
         });
     }
     pub fn status(&self) -> PoolStatus {
-        self.status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        lock(&self.status).clone()
     }
     /// The number of ready workers, as it changes.
     pub fn ready_changes(&self) -> watch::Receiver<u32> {
@@ -444,7 +442,11 @@ impl Pool {
             });
             for &i in order.iter().take((alive - target) as usize) {
                 let w = &mut self.workers[i];
-                info!(pid = w.pid, "Scaling in: asking worker to finish and exit.");
+                info!(
+                    lifecycle = "worker_draining",
+                    pid = w.pid,
+                    "Scaling in: asking worker to finish and exit."
+                );
                 w.signal(Signal::Term);
                 w.stopping = Some(now + self.settings.grace);
             }
@@ -493,7 +495,7 @@ impl Pool {
                 while let Ok(Some(line)) = lines.next_line().await {
                     // Worker logs already carry their own level and fields.
                     eprintln!("[worker {pid}] {line}");
-                    let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut t = lock(&tail);
                     if t.len() == 8 {
                         t.pop_front();
                     }
@@ -534,7 +536,7 @@ impl Pool {
             Event::Ready(pid) => {
                 if let Some(w) = self.workers.iter_mut().find(|w| w.pid == pid) {
                     w.ready = true;
-                    info!(pid, provider = w.provider.as_deref().unwrap_or("unknown"), startup = ?w.started.elapsed(), "Worker ready.");
+                    info!(lifecycle = "worker_ready", pid, provider = w.provider.as_deref().unwrap_or("unknown"), startup = ?w.started.elapsed(), "Worker ready.");
                     self.backoff.reset();
                 }
             }
@@ -559,16 +561,10 @@ impl Pool {
                     Err(e) => format!("wait failed: {e}"),
                 };
                 if w.stopping.is_some() {
-                    info!(pid, %status, "Worker stopped.");
+                    info!(lifecycle = "worker_stopped", pid, %status, "Worker stopped.");
                     return;
                 }
-                let tail: Vec<String> = w
-                    .stderr_tail
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .iter()
-                    .cloned()
-                    .collect();
+                let tail: Vec<String> = lock(&w.stderr_tail).iter().cloned().collect();
                 let why = tail.last().map(String::as_str).unwrap_or("no output");
                 let (kind, label) = if w.ready {
                     (Failure::Crash, "crashed")
@@ -650,7 +646,7 @@ impl Pool {
         s.failing = self.backoff.failing();
         metrics().workers.set(self.workers.len() as i64);
         let ready = s.ready;
-        *self.status.lock().unwrap_or_else(|e| e.into_inner()) = s;
+        *lock(&self.status) = s;
         self.ready_tx
             .send_if_modified(|r| std::mem::replace(r, ready) != ready);
     }

@@ -17,7 +17,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::escalate::message::Stamp;
+use crate::clock::Stamp;
 
 /// Wall-clock marks of one frame, Unix nanoseconds (0: unknown).
 #[derive(Clone, Debug, Default, PartialEq)]

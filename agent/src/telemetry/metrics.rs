@@ -324,10 +324,7 @@ pub fn should_log(key: &str, every: std::time::Duration) -> bool {
     use std::sync::Mutex;
     use std::time::Instant;
     static LAST: OnceLock<Mutex<HashMap<String, Instant>>> = OnceLock::new();
-    let mut map = LAST
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
+    let mut map = crate::sync::lock(LAST.get_or_init(Default::default));
     let now = Instant::now();
     match map.get(key) {
         Some(t) if now.duration_since(*t) < every => false,

@@ -125,7 +125,7 @@ pub fn watchdog_if_progress<'a>(
     if stuck.is_empty() {
         watchdog();
     } else if super::metrics::should_log("watchdog-withheld", Duration::from_secs(60)) {
-        tracing::warn!(stalled = ?stuck, "Watchdog not pinged: a stage makes no progress.");
+        tracing::warn!(lifecycle = "stalled", stalled = ?stuck, "Watchdog not pinged: a stage makes no progress.");
     }
     stuck
 }

@@ -1,7 +1,8 @@
-//! The per-camera loop between ingest and the transport: grey frames through the motion
-//! detector and event state machine; motion transitions and the frames chosen by the
-//! [`EscalationPolicy`] go out as [`Escalation`]s on a bounded channel to the one task
-//! that owns the transport. No transport code here, so it is testable on its own.
+//! One camera's analysis loop, between its ingest pipeline and the escalator: grey
+//! frames through the motion detector and event state machine; motion transitions and
+//! the frames chosen by the [`EscalationPolicy`] go out as [`Escalation`]s on a bounded
+//! channel to the one task that owns publishing. No transport code here, so it is
+//! testable on its own.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -10,43 +11,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::config::Regions;
-use super::policy::EscalationPolicy;
-use crate::ingest::{CameraConfig, CameraHandle, ColourFrame, CropRequest, GreyFrame};
+use crate::escalate::escalator::{Candidate, EscalatedFrame, Escalation};
+use crate::escalate::policy::EscalationPolicy;
+use crate::escalate::Regions;
+use crate::ingest::{CameraConfig, CameraHandle, CropRequest, GreyFrame};
 use crate::motion::{Detector, EventTracker, MotionTransition, NormBox};
 use crate::telemetry::metrics::{self, metrics};
-
-/// What the motion stage hands to the escalator.
-#[derive(Debug)]
-pub enum Escalation {
-    /// A motion event started, grew or ended.
-    Motion(MotionTransition),
-    /// A frame of a motion event, to be sent to the detector.
-    Frame(EscalatedFrame),
-    /// A motion candidate appeared or went (see [`Candidate`]).
-    Candidate { camera: String, change: Candidate },
-}
-
-/// A candidate is motion seen while no event is open, not yet confirmed by
-/// `motion.start_frames`: the scaler starts a worker for it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Candidate {
-    /// The first frame with motion boxes.
-    Seen,
-    /// Motion stopped before the event was confirmed.
-    Dropped,
-}
-
-#[derive(Debug)]
-pub struct EscalatedFrame {
-    pub event_id: String,
-    pub colour: ColourFrame,
-    /// Motion boxes of the triggering analysis frame, normalised.
-    pub boxes: Vec<NormBox>,
-    pub jpeg_quality: u8,
-    /// When motion analysis of the frame finished.
-    pub motion_at: SystemTime,
-}
 
 /// What became of a frame the policy wanted.
 #[derive(Debug, PartialEq, Eq)]
@@ -172,9 +142,9 @@ pub async fn run(
         if let Some(t) = transition {
             if let MotionTransition::Started(e) = &t {
                 metrics().motion_events.get_or_create(&labels).inc();
-                info!(camera = %id, event = %e.id, "Motion started.");
+                info!(lifecycle = "motion_started", camera = %id, event = %e.id, "Motion started.");
             } else if let MotionTransition::Ended(e) = &t {
-                info!(camera = %id, event = %e.id, frames = e.frames, "Motion ended.");
+                info!(lifecycle = "motion_ended", camera = %id, event = %e.id, frames = e.frames, "Motion ended.");
             }
             if out.send(Escalation::Motion(t)).await.is_err() {
                 break;
@@ -247,6 +217,7 @@ mod tests {
     use super::*;
     use crate::config::types::{Dur, IntIn};
     use crate::escalate::EscalationConfig;
+    use crate::ingest::ColourFrame;
 
     fn frame(seq: u64) -> Escalation {
         Escalation::Frame(EscalatedFrame {

@@ -1,0 +1,254 @@
+//! The agent's local workers as one stage: the pool of `edge-agent worker` processes,
+//! the scaler that sizes it from the backlog, and the resend of frames published while
+//! no worker was subscribed. Started and stopped here; reloads respec it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use super::scaffold::{self, Stop};
+use crate::config::resolved::workers_differ;
+use crate::config::{resolved_text, Config};
+use crate::escalate::escalator::Offloader;
+use crate::escalate::transport::AgentTransport;
+use crate::escalate::TransportKind;
+use crate::scale::{run_scaler, PoolHandle, ScalingConfig, Wake, WorkerSpec};
+use crate::shutdown::Shutdown;
+use crate::telemetry::metrics::{self, metrics};
+
+pub(super) struct Workers {
+    pub pool: PoolHandle,
+    /// Wakes the scaler at once when a frame or a motion candidate goes out.
+    pub wake: Arc<Wake>,
+    /// Scaling settings as reloads change them, for the scaler and the escalator.
+    scaling: watch::Sender<ScalingConfig>,
+    /// Frames waiting for local workers and held by them (AMQP: the local queue's
+    /// ready count plus what the workers report holding; MQTT: frames not yet
+    /// answered), for the offload decision; the escalator adds the frames it sends
+    /// between two polls.
+    local_backlog: Arc<AtomicU64>,
+    scaler: JoinHandle<()>,
+    ready_watcher: JoinHandle<()>,
+}
+
+impl Workers {
+    /// Starts the pool (empty: the scaler starts workers when there is a backlog),
+    /// the scaler and the resend watcher. Workers run this binary's `worker`
+    /// subcommand with the agent's own configuration.
+    pub fn start(
+        cfg: &Config,
+        transport: &Arc<AgentTransport>,
+        shutdown: &Shutdown,
+    ) -> anyhow::Result<Workers> {
+        let wake = Arc::new(Wake::default());
+        let spec = worker_spec(cfg, transport)?;
+        prepare_engines(&spec, &cfg.inference);
+        let pool = scaffold::spawn_workers(spec, &cfg.scaling, shutdown);
+        let local_backlog = Arc::new(AtomicU64::new(0));
+        // The remote queue, declared (same arguments as its consumers) before a frame
+        // goes there, and polled for the log.
+        let remote_probe = match &cfg.scaling.remote_queue {
+            Some(q) => {
+                let mut remote_cfg = cfg.transport.clone();
+                remote_cfg.frames_queue = q.clone();
+                Some(Arc::new(tokio::sync::Mutex::new(
+                    crate::escalate::amqp::QueueProbe::new(&remote_cfg).context("remote queue")?,
+                )))
+            }
+            None => None,
+        };
+        let (scaling, scaling_rx) = watch::channel(cfg.scaling.clone());
+        let scaler = {
+            let t = transport.clone();
+            let (local, p, remote) = (local_backlog.clone(), pool.clone(), remote_probe.clone());
+            tokio::spawn(run_scaler(
+                scaling_rx,
+                pool.clone(),
+                move || {
+                    let (t, local, p, remote) =
+                        (t.clone(), local.clone(), p.clone(), remote.clone());
+                    async move {
+                        if let Some(r) = remote {
+                            if let Err(e) = r.lock().await.counts().await {
+                                if metrics::should_log("remote-queue", Duration::from_secs(60)) {
+                                    warn!(error = %e, "Cannot reach the remote queue; offloaded frames wait in the outbox.");
+                                }
+                            }
+                        }
+                        match t.backlog().await {
+                            Ok(b) => {
+                                metrics().backlog.set(b.unanswered as i64);
+                                let here = match b.ready {
+                                    Some(ready) => ready + p.status().held,
+                                    None => b.unanswered,
+                                };
+                                local.store(here, Ordering::Relaxed);
+                                Some(b.unanswered.max(b.ready.unwrap_or(0)))
+                            }
+                            Err(e) => {
+                                if metrics::should_log("backlog", Duration::from_secs(60)) {
+                                    warn!(error = %e, "Cannot read the backlog.");
+                                }
+                                None
+                            }
+                        }
+                    }
+                },
+                wake.clone(),
+                shutdown.clone(),
+            ))
+        };
+        // MQTT keeps no frame published while no worker is subscribed: when the first
+        // worker is ready (from zero), frames waiting for an answer go out again at
+        // once rather than after `redeliver_after`.
+        let ready_watcher = {
+            let t = transport.clone();
+            let mut ready = pool.ready_changes();
+            tokio::spawn(async move {
+                let mut before = 0;
+                while ready.changed().await.is_ok() {
+                    let now = *ready.borrow_and_update();
+                    if before == 0 && now > 0 {
+                        let n = t.resend_unanswered();
+                        if n > 0 {
+                            info!(frames = n, "First worker ready: frames published while none was subscribed sent again.");
+                        }
+                    }
+                    before = now;
+                }
+            })
+        };
+        Ok(Workers {
+            pool,
+            wake,
+            scaling,
+            local_backlog,
+            scaler,
+            ready_watcher,
+        })
+    }
+
+    /// The scaling settings as reloads change them.
+    pub fn scaling(&self) -> watch::Receiver<ScalingConfig> {
+        self.scaling.subscribe()
+    }
+
+    /// The escalator's choice between the local and the remote frames queue.
+    pub fn offloader(&self) -> Offloader {
+        Offloader {
+            cfg: self.scaling(),
+            local_backlog: self.local_backlog.clone(),
+            last: None,
+        }
+    }
+
+    /// Applies a reload's scaling and inference settings: the scaler and escalator get
+    /// the new scaling settings; workers started from now on get the whole new
+    /// configuration, and when a setting they use changed, those running are drained
+    /// and replaced. Whether workers are replaced.
+    pub fn reload(&self, running: &Config, next: &Config, transport: &AgentTransport) -> bool {
+        let (pool, scaling) = (&self.pool, &self.scaling);
+        scaling.send_if_modified(|s| {
+            let changed = *s != next.scaling;
+            *s = next.scaling.clone();
+            changed
+        });
+        if running == next {
+            return false;
+        }
+        let spec = match worker_spec(next, transport) {
+            Ok(spec) => spec,
+            Err(e) => {
+                warn!(error = %e, "Workers keep the configuration they were started with.");
+                return false;
+            }
+        };
+        let replace = workers_differ(running, next);
+        if running.inference != next.inference {
+            prepare_engines(&spec, &next.inference);
+        }
+        pool.respec(
+            spec,
+            next.scaling.grace_period.get(),
+            next.scaling.worker_ready_timeout.get(),
+            replace,
+        );
+        replace
+    }
+
+    /// Workers finish what they hold (see [`Stop::workers`]); then the scaler and the
+    /// watcher end.
+    pub async fn stop(self, stop: &mut Stop) {
+        let until = stop.stages_until();
+        stop.workers(&self.pool, until).await;
+        self.scaler.abort();
+        self.ready_watcher.abort();
+    }
+}
+
+/// Starts `edge-agent prepare` in the background when ONNX Runtime has TensorRT (its
+/// provider library lies next to libonnxruntime.so), so the engine is built at boot and
+/// not by the first worker after the first motion. It holds the engine cache's lock
+/// while it builds: a worker started meanwhile waits for it, then loads the engine.
+fn prepare_engines(spec: &WorkerSpec, inference: &crate::infer::InferenceConfig) {
+    use crate::infer::config::Provider;
+    if !inference.providers.contains(&Provider::Tensorrt) {
+        return;
+    }
+    let Ok(lib) = crate::infer::session::find_library(inference.ort_library.as_deref()) else {
+        return;
+    };
+    let has_trt = lib
+        .parent()
+        .is_some_and(|d| d.join("libonnxruntime_providers_tensorrt.so").is_file());
+    if !has_trt {
+        return;
+    }
+    let mut cmd = tokio::process::Command::new(&spec.program);
+    // The worker's arguments with the subcommand swapped: same configuration.
+    cmd.arg("prepare")
+        .args(spec.args.iter().skip(1))
+        .envs(spec.env.iter().cloned())
+        .stdin(spec.stdin())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let spec = spec.clone();
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let out = match cmd.spawn() {
+            Ok(mut child) => {
+                spec.feed(&mut child);
+                child.wait_with_output().await
+            }
+            Err(e) => Err(e),
+        };
+        match out {
+            Ok(out) => {
+                let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                if out.status.success() {
+                    info!(result = %line, took = ?started.elapsed(), "TensorRT engine prepared.");
+                } else {
+                    warn!(result = %line, status = %out.status, "TensorRT engine not prepared; workers build or skip it.");
+                }
+            }
+            Err(e) => warn!(error = %e, "Cannot run edge-agent prepare."),
+        }
+    });
+}
+
+/// How to start a worker on the configuration the agent runs: handed over on stdin
+/// (the worker reads no file), with the embedded broker's port filled in.
+fn worker_spec(running: &Config, transport: &AgentTransport) -> anyhow::Result<WorkerSpec> {
+    let mut c = running.clone();
+    if let (TransportKind::Embedded, Some(addr)) = (c.transport.kind, transport.broker_addr()) {
+        c.transport.embedded_port = crate::config::types::IntIn::lit(i64::from(addr.port()));
+    }
+    WorkerSpec::this_binary(resolved_text(&c))
+        .context("cannot find this executable to start workers")
+}

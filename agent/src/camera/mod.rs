@@ -1,0 +1,238 @@
+//! The cameras, from the agent's side. Each camera is two stages started and stopped
+//! together: its ingest pipeline ([`crate::ingest`], GStreamer, grey frames out on a
+//! bounded channel) and its analysis loop ([`analysis`]: motion detection, then the
+//! frames worth escalating, out to the escalator). [`Cameras`] is the set the agent
+//! runs: started from the configuration, changed by a reload, stopped at shutdown.
+
+pub mod analysis;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tracing::warn;
+
+use crate::escalate::escalator::Escalation;
+use crate::ingest::{spawn_camera, CameraConfig, CameraHandle};
+use crate::shutdown::Shutdown;
+
+/// Grey frames from a camera's pipeline to its analysis loop. Full policy: the
+/// pipeline drops the frame and counts it (`ingest`), so a slow detector never holds
+/// up decoding.
+pub const GREY_CHANNEL: usize = 4;
+
+/// How long a camera stopped by a reload may take; past it, it is abandoned (its
+/// pipeline teardown has its own, shorter bound).
+const RETIRE_BOUND: Duration = Duration::from_secs(10);
+
+struct Camera {
+    cfg: CameraConfig,
+    handle: Arc<CameraHandle>,
+    stop: Shutdown,
+    motion: tokio::task::JoinHandle<()>,
+}
+
+/// What a reload did to the cameras.
+pub struct CameraChanges {
+    pub kept: usize,
+    pub restarted: usize,
+    pub started: usize,
+    pub stopped: usize,
+}
+
+/// The cameras a health report reads, by id, held weakly (see [`Cameras::watch_list`]).
+pub type WatchList = Vec<(String, Weak<CameraHandle>)>;
+
+/// The running cameras, each under its own child of the shutdown token.
+pub struct Cameras {
+    running: BTreeMap<String, Camera>,
+    /// Cameras a reload stopped, stopping in the background: a camera whose server is
+    /// frozen must not hold up the main loop (and its watchdog pings) or the others.
+    retiring: JoinSet<Option<String>>,
+    escalations: mpsc::Sender<Escalation>,
+    shutdown: Shutdown,
+}
+
+impl Cameras {
+    /// Starts every enabled camera of `configs`; their analysis loops send to
+    /// `escalations`.
+    pub fn start(
+        configs: &[CameraConfig],
+        escalations: mpsc::Sender<Escalation>,
+        shutdown: &Shutdown,
+    ) -> Cameras {
+        let mut cameras = Cameras {
+            running: BTreeMap::new(),
+            retiring: JoinSet::new(),
+            escalations,
+            shutdown: shutdown.clone(),
+        };
+        for cam in configs.iter().filter(|c| c.enabled) {
+            let started = cameras.start_one(cam.clone());
+            cameras.running.insert(cam.id.to_string(), started);
+        }
+        cameras
+    }
+
+    pub fn len(&self) -> usize {
+        self.running.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.running.is_empty()
+    }
+
+    /// The ids of the running cameras, in order.
+    pub fn ids(&self) -> impl Iterator<Item = &String> {
+        self.running.keys()
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        self.running.contains_key(id)
+    }
+
+    /// The cameras for a health report, held weakly: the report must not keep a camera
+    /// alive past its stop.
+    pub fn watch_list(&self) -> WatchList {
+        self.running
+            .iter()
+            .map(|(k, c)| (k.clone(), Arc::downgrade(&c.handle)))
+            .collect()
+    }
+
+    /// Each camera's sign of life, for the watchdog.
+    pub fn beats(&self) -> impl Iterator<Item = (&str, &crate::telemetry::notify::Beat)> {
+        self.running
+            .iter()
+            .map(|(id, c)| (id.as_str(), c.handle.beat()))
+    }
+
+    /// The next camera a reload stopped that had to be abandoned; pending while none
+    /// is (cancel-safe, for a `select!`).
+    pub async fn next_abandoned(&mut self) -> String {
+        loop {
+            match self.retiring.join_next().await {
+                Some(Ok(Some(name))) => return name,
+                Some(_) => {}
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    /// Applies a reload: unchanged cameras keep streaming, changed ones restart,
+    /// removed ones stop, new ones start. Never waits on a camera: those it stops
+    /// stop in the background.
+    pub fn reload(&mut self, new: &[CameraConfig]) -> CameraChanges {
+        let wanted: BTreeMap<String, CameraConfig> = new
+            .iter()
+            .filter(|c| c.enabled)
+            .map(|c| (c.id.to_string(), c.clone()))
+            .collect();
+        let (mut kept, mut restarted, mut started, mut stopped) = (0, 0, 0, 0);
+        let ids: Vec<String> = self.running.keys().cloned().collect();
+        for id in ids {
+            let same = wanted
+                .get(&id)
+                .is_some_and(|w| self.running.get(&id).is_some_and(|c| &c.cfg == w));
+            if same {
+                kept += 1;
+            } else if let Some(cam) = self.running.remove(&id) {
+                // In the background: a new camera with this id starts at once.
+                self.retiring
+                    .spawn(stop_camera(cam, tokio::time::Instant::now() + RETIRE_BOUND));
+                if wanted.contains_key(&id) {
+                    restarted += 1;
+                } else {
+                    stopped += 1;
+                }
+            }
+        }
+        for (id, cfg) in wanted {
+            if !self.running.contains_key(&id) {
+                let cam = self.start_one(cfg);
+                self.running.insert(id, cam);
+                started += 1;
+            }
+        }
+        started -= restarted.min(started);
+        CameraChanges {
+            kept,
+            restarted,
+            started,
+            stopped,
+        }
+    }
+
+    /// Stops every camera at once, each with its own bound, and those a reload was
+    /// stopping; gives up at `until`. Then the escalator's channel closes (its last
+    /// sender goes with this). What had to be abandoned, by name.
+    pub async fn stop(mut self, until: tokio::time::Instant) -> Vec<String> {
+        let stops = std::mem::take(&mut self.running)
+            .into_values()
+            .map(|cam| stop_camera(cam, until));
+        let not_stopped = futures::future::join_all(stops).await.into_iter().flatten();
+        let mut abandoned: Vec<String> = not_stopped.map(|id| format!("camera {id}")).collect();
+        while !self.retiring.is_empty() {
+            match tokio::time::timeout_at(until, self.retiring.join_next()).await {
+                Ok(Some(Ok(Some(name)))) => abandoned.push(format!("camera {name}")),
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(_) => {
+                    abandoned.push(format!(
+                        "{} camera(s) stopped by a reload",
+                        self.retiring.len()
+                    ));
+                    self.retiring.abort_all();
+                    break;
+                }
+            }
+        }
+        abandoned
+    }
+
+    fn start_one(&self, cam: CameraConfig) -> Camera {
+        let stop = self.shutdown.child_token();
+        let (grey_tx, grey_rx) = mpsc::channel(GREY_CHANNEL);
+        let handle = Arc::new(spawn_camera(cam.clone(), grey_tx, stop.clone()));
+        let motion = tokio::spawn(analysis::run(
+            cam.clone(),
+            handle.clone(),
+            grey_rx,
+            self.escalations.clone(),
+            stop.clone(),
+        ));
+        Camera {
+            cfg: cam,
+            handle,
+            stop,
+            motion,
+        }
+    }
+}
+
+/// Stops one camera: its analysis loop, then its pipeline (whose teardown has its own
+/// bound); gives up at `until`. The camera's name when it had to be abandoned.
+async fn stop_camera(cam: Camera, until: tokio::time::Instant) -> Option<String> {
+    let id = cam.cfg.id.to_string();
+    cam.stop.cancel();
+    let stop = async {
+        let _ = cam.motion.await;
+        match Arc::try_unwrap(cam.handle) {
+            Ok(h) => h.stopped().await,
+            Err(_) => {
+                warn!(camera = %id, "Camera handle still shared at stop; its pipeline stops with its token.");
+                false
+            }
+        }
+    };
+    match tokio::time::timeout_at(until, stop).await {
+        Ok(true) => None,
+        Ok(false) => Some(id),
+        Err(_) => {
+            warn!(camera = %id, "Camera did not stop in time; abandoned.");
+            Some(id)
+        }
+    }
+}
