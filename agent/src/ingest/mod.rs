@@ -484,6 +484,15 @@ mod tests {
                 done_tx.send(()).unwrap();
                 assert!(colour.await.unwrap().is_none(), "no frame was kept");
                 stop.cancel();
+                // Let the camera take its pipeline to NULL before the runtime goes: a
+                // pipeline dropped with its task is disposed while playing, and its
+                // threads then crashed the test process (SIGSEGV, seen once in CI).
+                let cam = Arc::try_unwrap(cam)
+                    .ok()
+                    .expect("the colour task has let go of the camera");
+                tokio::time::timeout(Duration::from_secs(20), cam.stopped())
+                    .await
+                    .expect("the camera stops");
             })
         });
         let free = done_rx.recv_timeout(Duration::from_secs(20));
