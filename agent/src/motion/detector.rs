@@ -123,6 +123,8 @@ const GRID: usize = 8;
 const FRAC: u32 = 8;
 /// Fractional bits of the exposure gain.
 const GAIN_BITS: u32 = 12;
+/// Blobs under this many times `min_area` that appear from nothing feed the speckle map.
+const FLASH_AREA: u32 = 4;
 
 pub struct Detector {
     w: usize,
@@ -201,6 +203,11 @@ pub struct Detector {
     /// Changed pixels (0/1) before and after dilation.
     fg: Vec<u8>,
     dilated: Vec<u8>,
+    /// The previous frame's dilated mask (and its rows), when `mask_ran` says that
+    /// frame labelled one: a blob that does not overlap it appeared from nothing.
+    prev_mask: Vec<u8>,
+    prev_mask_rows: Vec<bool>,
+    mask_ran: bool,
     /// Rows of `fg`, `hdil` and `dilated` that may hold a set pixel: motion is sparse,
     /// so dilation and labelling skip the empty rows.
     fg_rows: Vec<bool>,
@@ -295,6 +302,9 @@ impl Detector {
             samples: Vec::new(),
             fg: vec![0; n],
             dilated: vec![0; n],
+            prev_mask: vec![0; n],
+            prev_mask_rows: vec![false; h],
+            mask_ran: false,
             fg_rows: vec![false; h],
             hdil_rows: vec![false; h],
             dilated_rows: vec![false; h],
@@ -342,6 +352,7 @@ impl Detector {
         self.out.shift = (0, 0);
         self.out.learning = false;
         self.gain_at = None;
+        let had_mask = std::mem::replace(&mut self.mask_ran, false);
         let reset_contrast = !self.seeded;
         self.stretch(grey, reset_contrast);
         self.smooth(grey);
@@ -383,39 +394,52 @@ impl Detector {
             self.learn_speckle();
             return Ok(&self.out);
         }
-        let (img, rows) = if self.radius > 0 {
-            dilate(
-                Plane {
-                    px: &self.fg,
-                    rows: &self.fg_rows,
-                },
-                PlaneMut {
-                    px: &mut self.hdil,
-                    rows: &mut self.hdil_rows,
-                },
-                PlaneMut {
-                    px: &mut self.dilated,
-                    rows: &mut self.dilated_rows,
-                },
-                self.w,
-                self.radius,
-            );
-            (&self.dilated, &self.dilated_rows)
-        } else {
-            (&self.fg, &self.fg_rows)
-        };
-        self.labeler
-            .label(img, self.w, self.h, rows, &mut self.components);
+        // Dilation (a plain copy at radius 0) into the buffer that held the mask of
+        // two frames ago, so that the previous frame's stays for the overlap count.
+        std::mem::swap(&mut self.dilated, &mut self.prev_mask);
+        std::mem::swap(&mut self.dilated_rows, &mut self.prev_mask_rows);
+        dilate(
+            Plane {
+                px: &self.fg,
+                rows: &self.fg_rows,
+            },
+            PlaneMut {
+                px: &mut self.hdil,
+                rows: &mut self.hdil_rows,
+            },
+            PlaneMut {
+                px: &mut self.dilated,
+                rows: &mut self.dilated_rows,
+            },
+            self.w,
+            self.radius,
+        );
+        let previous = had_mask.then_some(self.prev_mask.as_slice());
+        self.labeler.label(
+            &self.dilated,
+            self.w,
+            self.h,
+            &self.dilated_rows,
+            previous,
+            &mut self.components,
+        );
+        self.mask_ran = true;
         let r = self.radius as u32;
         let (wmax, hmax) = (self.w as u32 - 1, self.h as u32 - 1);
         let (block, bw) = (self.block as u32, self.bw);
         for c in &self.components {
-            if c.area < self.min_area {
-                if self.speckle > 0.0 {
-                    // A speck: counted where its middle is.
-                    let (bx, by) = ((c.x0 + c.x1) / 2 / block, (c.y0 + c.y1) / 2 / block);
-                    self.speckle_now[by as usize * bw + bx as usize] += c.area as f32;
-                }
+            let speck = c.area < self.min_area;
+            // A flash: a small blob (under FLASH_AREA x `min_area`) that mostly lies
+            // outside the previous frame's mask, so it neither persisted nor travelled
+            // from a blob next to it: a glint on water, a raindrop, a flake. Objects
+            // overlap their last position; far, small ones move little in the image.
+            let flash = c.area < FLASH_AREA * self.min_area && 2 * c.overlap < c.area;
+            if self.speckle > 0.0 && (speck || flash) {
+                // Counted where its middle is.
+                let (bx, by) = ((c.x0 + c.x1) / 2 / block, (c.y0 + c.y1) / 2 / block);
+                self.speckle_now[by as usize * bw + bx as usize] += c.area as f32;
+            }
+            if speck {
                 continue;
             }
             if c.area > self.max_area {
