@@ -268,7 +268,12 @@ mod tests {
         }
     }
 
-    fn flood(img: &[u8], reference: &[u8], w: usize, h: usize) -> Vec<(u32, u32, u32, u32, u32, u32)> {
+    fn flood(
+        img: &[u8],
+        reference: &[u8],
+        w: usize,
+        h: usize,
+    ) -> Vec<(u32, u32, u32, u32, u32, u32)> {
         let mut seen = vec![false; w * h];
         let mut out = Vec::new();
         for start in 0..w * h {
