@@ -213,8 +213,10 @@ pub struct Detector {
     fg_rows: Vec<bool>,
     hdil_rows: Vec<bool>,
     dilated_rows: Vec<bool>,
-    /// Row scratch: vertical blur sums; dilation rows.
+    /// Row scratch: vertical blur sums; dilation rows; the background at the frame's
+    /// exposure (for the shadow and light tests of rows with change).
     vsum: Vec<u16>,
+    bv_row: Vec<u16>,
     hdil: Vec<u8>,
     labeler: Labeler,
     components: Vec<Component>,
@@ -312,6 +314,7 @@ impl Detector {
             hdil_rows: vec![false; h],
             dilated_rows: vec![false; h],
             vsum: vec![0; w + 2],
+            bv_row: vec![0; w],
             hdil: vec![0; n],
             labeler: Labeler::default(),
             components: Vec::new(),
@@ -890,6 +893,7 @@ impl Detector {
         let mut differ = 0u32;
         let mut cells = [0u32; GRID * GRID];
         self.light_rows.clear();
+        let mut bv_row = std::mem::take(&mut self.bv_row);
         let rows = self
             .bg
             .chunks_exact_mut(w)
@@ -911,6 +915,7 @@ impl Detector {
                 [ys * w + (x0 as isize + dx) as usize..ys * w + (x1 as isize + dx) as usize];
             fg_row[..x0].fill(0);
             fg_row[x1..].fill(0);
+            let bvs = &mut bv_row[..x1 - x0];
             let args = (
                 &mut bg_row[x0..x1],
                 &mut fg_row[x0..x1],
@@ -919,13 +924,19 @@ impl Detector {
                 cur,
                 p,
             );
-            let (d, light) = if p.warm > 0 {
-                update_row::<true>(args.0, args.1, args.2, args.3, args.4, args.5)
+            let d = if p.warm > 0 {
+                update_row::<true>(args.0, args.1, args.2, args.3, args.4, bvs, args.5)
             } else {
-                update_row::<false>(args.0, args.1, args.2, args.3, args.4, args.5)
+                update_row::<false>(args.0, args.1, args.2, args.3, args.4, bvs, args.5)
             };
             differ += d;
-            if light > 0 {
+            // Most rows have nothing over the threshold: they need neither the shadow
+            // and light tests nor the cell counts.
+            if d == 0 {
+                self.fg_rows[y] = false;
+                continue;
+            }
+            if p.shadow > 0 && settle_row(&mut fg_row[x0..x1], cur, bvs, p) > 0 {
                 self.light_rows.push(y as u32);
             }
             let cy = y * GRID / h;
@@ -938,6 +949,7 @@ impl Detector {
             self.fg_rows[y] = in_row > 0;
             total += in_row;
         }
+        self.bv_row = bv_row;
         if let Some(t) = self.light_texture {
             total -= self.light_pass((dx, dy), (x0, x1), p.gain, t, &mut cells);
         }
@@ -1129,11 +1141,12 @@ fn gradient(src: &[u8], cw: usize, ch: usize, out: &mut Vec<u8>) {
     }
 }
 
-/// Difference, threshold (raised where the pixel keeps changing), shadow test, mask,
-/// noise and background update of one row, in u16 lanes. Returns the number of
-/// pixels over the threshold (shadows and light included) and of light candidates,
-/// left as 3 in `fg` for `Detector::light_pass`. `WARM`: the noise level learns the
-/// plain mean of every difference (warm-up) instead of the quiet ones only.
+/// Difference, threshold (raised where the pixel keeps changing), mask, noise and
+/// background update of one row, in u16 lanes: `fg` gets 1 where the pixel is over its
+/// threshold and not masked, `bvs` the background at the frame's exposure. Returns the
+/// number of those pixels (shadows and light included; `settle_row` tests them).
+/// `WARM`: the noise level learns the plain mean of every difference (warm-up) instead
+/// of the quiet ones only.
 #[inline(always)]
 fn update_row<const WARM: bool>(
     bg: &mut [u16],
@@ -1141,32 +1154,23 @@ fn update_row<const WARM: bool>(
     dev: &mut [u16],
     active: &[u8],
     cur: &[u8],
+    bvs: &mut [u16],
     p: RowParams,
-) -> (u32, u32) {
+) -> u32 {
     let keep = (65536 - p.rate as u32) as u16;
     let mut differ = 0u32;
-    let mut light = 0u32;
-    let light_on = u8::from(p.light && p.shadow > 0);
     let pix = bg.iter_mut().zip(fg.iter_mut()).zip(dev.iter_mut());
-    for ((((b, f), dv), &m), &c) in pix.zip(active).zip(cur) {
+    for (((((b, f), dv), &m), &c), bvo) in pix.zip(active).zip(cur).zip(bvs.iter_mut()) {
         let c = c as u16;
         // Background grey at the frame's exposure, rounded, as a 16x16-bit high
         // multiply (bg is grey << 8, gain < 4 << 12): (bg * gain) >> 16 is 16 x grey x
         // gain and fits in u16.
         let bv = ((((*b as u32 * p.gain as u32) >> 16) as u16) + 8) >> 4;
+        *bvo = bv;
         let d = c.abs_diff(bv);
         let thr = p.thr.max(((*dv >> 2) * p.factor) >> 2);
         let raw = u8::from(d > thr);
-        // A shadow darkens by a factor: cur in [ratio * bg, bg). bv <= 255 and the ratio
-        // <= 256, so both sides fit in u16.
-        let shadow =
-            u8::from(c < bv && (c << 8) >= bv.min(255) * p.shadow) & u8::from(p.shadow > 0);
-        let now = raw & !shadow & m;
-        // The other side of the shadow test: brighter by at most 1 / ratio (cur *
-        // ratio <= bv), settled by the texture test later.
-        let lit = now & light_on & u8::from(c > bv && c * p.shadow <= bv.min(255) << 8);
-        *f = now | (lit << 1);
-        light += lit as u32;
+        *f = raw & m;
         differ += (raw & m) as u32;
         // The noise level learns only while the pixel is within the threshold (not from
         // shadows either), so a passing
@@ -1190,7 +1194,30 @@ fn update_row<const WARM: bool>(
         let cur_part = (((c << FRAC) as u32 * p.rate as u32) >> 16) as u16;
         *b = keep_part.wrapping_add(cur_part).wrapping_add(1);
     }
-    (differ, light)
+    differ
+}
+
+/// Shadow test of a row `update_row` marked (`shadow` > 0): a changed pixel darker
+/// than the background by a factor no lower than the shadow ratio is a shadow (0);
+/// one brighter by at most 1 / ratio becomes a light candidate (3) for
+/// `Detector::light_pass` when the light test is on. Returns the number of candidates.
+#[inline(always)]
+fn settle_row(fg: &mut [u8], cur: &[u8], bvs: &[u16], p: RowParams) -> u32 {
+    let mut light = 0u32;
+    let light_on = u8::from(p.light);
+    for ((f, &c), &bv) in fg.iter_mut().zip(cur).zip(bvs) {
+        let c = c as u16;
+        // A shadow darkens by a factor: cur in [ratio * bg, bg). bv <= 255 and the ratio
+        // <= 256, so both sides fit in u16.
+        let shadow = u8::from(c < bv && (c << 8) >= bv.min(255) * p.shadow);
+        let now = *f & !shadow;
+        // The other side of the shadow test: brighter by at most 1 / ratio (cur *
+        // ratio <= bv), settled by the texture test later.
+        let lit = now & light_on & u8::from(c > bv && c * p.shadow <= bv.min(255) << 8);
+        *f = now | (lit << 1);
+        light += lit as u32;
+    }
+    light
 }
 
 /// A 0/1 image and which of its rows may hold a set pixel (the others are all zero).
