@@ -217,8 +217,6 @@ pub struct Detector {
     /// exposure (for the shadow and light tests of rows with change).
     vsum: Vec<u16>,
     bv_row: Vec<u16>,
-    /// Light test scratch: five planes of per-column window sums.
-    light_sums: Vec<i32>,
     hdil: Vec<u8>,
     labeler: Labeler,
     components: Vec<Component>,
@@ -317,7 +315,6 @@ impl Detector {
             dilated_rows: vec![false; h],
             vsum: vec![0; w + 2],
             bv_row: vec![0; w],
-            light_sums: Vec::new(),
             hdil: vec![0; n],
             labeler: Labeler::default(),
             components: Vec::new(),
@@ -975,77 +972,43 @@ impl Detector {
         cells: &mut [u32; GRID * GRID],
     ) -> u32 {
         let (w, h) = (self.w, self.h);
-        let span = x1 - x0;
+        let bgv = |b: u16| ((((b as u32 * gain as u32) >> 16) as u16 + 8) >> 4) as i64;
+        let row_ok = |y: isize| y >= 0 && y < h as isize && y + dy >= 0 && y + dy < h as isize;
         let t2 = (t as f64) * (t as f64);
         let mut cleared = 0;
-        // Per column of the row's 3x3 windows: sums of c, b, c², b² and cb over the
-        // rows above, at and below (those inside both frames), in whole rows that
-        // vectorise; a window is then three columns.
-        let mut sums = std::mem::take(&mut self.light_sums);
-        sums.resize(5 * w, 0);
         for &y in &self.light_rows {
             let y = y as usize;
-            let (sc, rest) = sums.split_at_mut(w);
-            let (sb, rest) = rest.split_at_mut(w);
-            let (scc, rest) = rest.split_at_mut(w);
-            let (sbb, scb) = rest.split_at_mut(w);
-            let planes = [
-                &mut sc[..span],
-                &mut sb[..span],
-                &mut scc[..span],
-                &mut sbb[..span],
-                &mut scb[..span],
-            ];
-            for p in planes {
-                p.fill(0);
-            }
-            let mut rows = 0i64;
-            for yy in y.saturating_sub(1)..=(y + 1).min(h - 1) {
-                let ys = yy as isize + dy;
-                if ys < 0 || ys >= h as isize {
-                    continue;
-                }
-                rows += 1;
-                let bg = &self.bg[yy * w + x0..yy * w + x1];
-                let at = ys as usize * w + (x0 as isize + dx) as usize;
-                let cur = &self.cur[at..at + span];
-                let cols = sc[..span]
-                    .iter_mut()
-                    .zip(&mut sb[..span])
-                    .zip(&mut scc[..span])
-                    .zip(&mut sbb[..span])
-                    .zip(&mut scb[..span]);
-                for (((((a, b_), aa), bb), ab), (&bgr, &c)) in cols.zip(bg.iter().zip(cur)) {
-                    let b = ((((bgr as u32 * gain as u32) >> 16) as u16 + 8) >> 4) as i32;
-                    let c = c as i32;
-                    *a += c;
-                    *b_ += b;
-                    *aa += c * c;
-                    *bb += b * b;
-                    *ab += c * b;
-                }
-            }
             let cy = y * GRID / h;
             let mut cx = 0;
-            let row = &mut self.fg[y * w + x0..y * w + x1];
-            let mut k = 0;
-            while k < span {
+            let mut x = x0;
+            while x < x1 {
+                let i = y * w + x;
                 // Candidates are 3, changed pixels 1: skip words with no 3 in them.
-                if let Some(word) = row.get(k..k + 8) {
+                if let Some(word) = self.fg.get(i..i + 8).filter(|_| x + 8 <= x1) {
                     let v = u64::from_ne_bytes(word.try_into().unwrap_or([0; 8]));
                     if v & 0x0202_0202_0202_0202 == 0 {
-                        k += 8;
+                        x += 8;
                         continue;
                     }
                 }
-                if row[k] != 3 {
-                    k += 1;
+                if self.fg[i] != 3 {
+                    x += 1;
                     continue;
                 }
-                let cols = k.saturating_sub(1)..=(k + 1).min(span - 1);
-                let sum = |p: &[i32]| p[cols.clone()].iter().map(|&v| v as i64).sum::<i64>();
-                let n = rows * cols.clone().count() as i64;
-                let (sc, sb, scc, sbb, scb) = (sum(sc), sum(sb), sum(scc), sum(sbb), sum(scb));
+                let (mut n, mut sc, mut sb, mut scc, mut sbb, mut scb) = (0i64, 0, 0, 0, 0, 0);
+                for yy in y as isize - 1..=y as isize + 1 {
+                    if !row_ok(yy) {
+                        continue;
+                    }
+                    let ys = (yy + dy) as usize;
+                    for xx in x.saturating_sub(1).max(x0)..(x + 2).min(x1) {
+                        let b = bgv(self.bg[yy as usize * w + xx]);
+                        let c = self.cur[ys * w + (xx as isize + dx) as usize] as i64;
+                        n += 1;
+                        (sc, sb, scc, sbb, scb) =
+                            (sc + c, sb + b, scc + c * c, sbb + b * b, scb + c * b);
+                    }
+                }
                 let cov = n * scb - sc * sb;
                 let (vc, vb) = (n * scc - sc * sc, n * sbb - sb * sb);
                 // Both flat (a standard deviation under 2 grey levels) is light. Else light
@@ -1059,20 +1022,19 @@ impl Detector {
                         && cov > 0
                         && (cov as f64) * (cov as f64) >= t2 * vc as f64 * vb as f64);
                 if light {
-                    row[k] = 0;
-                    while self.cell_x[cx + 1] <= x0 + k {
+                    self.fg[i] = 0;
+                    while self.cell_x[cx + 1] <= x {
                         cx += 1;
                     }
                     cells[cy * GRID + cx] -= 1;
                     cleared += 1;
                 } else {
-                    row[k] = 1;
+                    self.fg[i] = 1;
                 }
-                k += 1;
+                x += 1;
             }
-            self.fg_rows[y] = count(row) > 0;
+            self.fg_rows[y] = count(&self.fg[y * w + x0..y * w + x1]) > 0;
         }
-        self.light_sums = sums;
         cleared
     }
 
@@ -1204,7 +1166,6 @@ fn update_row<const WARM: bool>(
     p: RowParams,
 ) -> u32 {
     let keep = (65536 - p.rate as u32) as u16;
-    let mut differ = 0u32;
     let pix = bg.iter_mut().zip(fg.iter_mut()).zip(dev.iter_mut());
     for (((((b, f), dv), &m), &c), bvo) in pix.zip(active).zip(cur).zip(bvs.iter_mut()) {
         let c = c as u16;
@@ -1217,7 +1178,6 @@ fn update_row<const WARM: bool>(
         let thr = p.thr.max(((*dv >> 2) * p.factor) >> 2);
         let raw = u8::from(d > thr);
         *f = raw & m;
-        differ += (raw & m) as u32;
         // The noise level learns only while the pixel is within the threshold (not from
         // shadows either), so a passing
         // object does not raise it; where leaves or water make the difference wide,
@@ -1240,7 +1200,8 @@ fn update_row<const WARM: bool>(
         let cur_part = (((c << FRAC) as u32 * p.rate as u32) >> 16) as u16;
         *b = keep_part.wrapping_add(cur_part).wrapping_add(1);
     }
-    differ
+    // Counted after the loop in u8 lanes, cheaper than widening each pixel to u32.
+    count(fg)
 }
 
 /// Shadow test of a row `update_row` marked (`shadow` > 0): a changed pixel darker
