@@ -267,30 +267,18 @@ fn an_ir_switch_and_rain_meet_the_gating_goal() {
     }
 }
 
-/// Leaves (dynamic background), snow and a drifting cloud shadow meet the goal (the
-/// warm-up learns the leaves, the speckle map the flakes, the light test the ground a
-/// shadow leaves). Water finds every person and boxes less of the view than MOG2, but
-/// its glints still raise a box on most empty frames (30 of 31; MOG2 26, all after its
-/// own warm-up): the goal on alarms is not met there yet, so it is not asserted.
+/// Leaves and water (dynamic background), snow and a drifting cloud shadow meet the
+/// goal: the warm-up learns the leaves, the speckle map the flakes and the glints on
+/// water (blobs that appear from nothing, mostly outside the previous frame's mask),
+/// the light test the ground a shadow leaves.
 #[test]
-fn leaves_snow_and_cloud_shadows_meet_the_gating_goal_and_water_boxes_less_than_mog2() {
+fn leaves_water_snow_and_cloud_shadows_meet_the_gating_goal() {
     let tmp = tempfile::tempdir().unwrap();
     let kinds = ["leaves", "water", "snow", "shadow"];
     let clips: Vec<PathBuf> = kinds.iter().map(|k| scene(k, tmp.path())).collect();
     let scored = score(&clips);
     assert_eq!(scored.len(), kinds.len());
     for s in &scored {
-        if s.clip != "water" {
-            assert_goal(s);
-            continue;
-        }
-        let (ours, mog2) = (&s.ours, &s.mog2);
-        assert!(f(ours, "recall") >= 0.90, "{}: {ours}", s.clip);
-        let fa = f(ours, "false_area_pct");
-        assert!(
-            fa <= f(mog2, "false_area_pct"),
-            "{}: {fa} %, MOG2 {mog2}",
-            s.clip
-        );
+        assert_goal(s);
     }
 }

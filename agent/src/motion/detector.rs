@@ -123,6 +123,8 @@ const GRID: usize = 8;
 const FRAC: u32 = 8;
 /// Fractional bits of the exposure gain.
 const GAIN_BITS: u32 = 12;
+/// Blobs under this many times `min_area` that appear from nothing feed the speckle map.
+const FLASH_AREA: u32 = 4;
 
 pub struct Detector {
     w: usize,
@@ -201,17 +203,27 @@ pub struct Detector {
     /// Changed pixels (0/1) before and after dilation.
     fg: Vec<u8>,
     dilated: Vec<u8>,
+    /// The previous frame's dilated mask (and its rows), when `mask_ran` says that
+    /// frame labelled one: a blob that does not overlap it appeared from nothing.
+    prev_mask: Vec<u8>,
+    prev_mask_rows: Vec<bool>,
+    mask_ran: bool,
     /// Rows of `fg`, `hdil` and `dilated` that may hold a set pixel: motion is sparse,
     /// so dilation and labelling skip the empty rows.
     fg_rows: Vec<bool>,
     hdil_rows: Vec<bool>,
     dilated_rows: Vec<bool>,
-    /// Row scratch: vertical blur sums; dilation rows.
+    /// Row scratch: vertical blur sums; dilation rows; the background at the frame's
+    /// exposure (for the shadow and light tests of rows with change).
     vsum: Vec<u16>,
+    bv_row: Vec<u16>,
     hdil: Vec<u8>,
     labeler: Labeler,
     components: Vec<Component>,
     out: FrameMotion,
+    /// The CPU has AVX2: `process` runs the step compiled for it.
+    #[cfg(target_arch = "x86_64")]
+    avx2: bool,
 }
 
 impl Detector {
@@ -295,14 +307,20 @@ impl Detector {
             samples: Vec::new(),
             fg: vec![0; n],
             dilated: vec![0; n],
+            prev_mask: vec![0; n],
+            prev_mask_rows: vec![false; h],
+            mask_ran: false,
             fg_rows: vec![false; h],
             hdil_rows: vec![false; h],
             dilated_rows: vec![false; h],
             vsum: vec![0; w + 2],
+            bv_row: vec![0; w],
             hdil: vec![0; n],
             labeler: Labeler::default(),
             components: Vec::new(),
             out: FrameMotion::default(),
+            #[cfg(target_arch = "x86_64")]
+            avx2: std::arch::is_x86_feature_detected!("avx2"),
         }
     }
 
@@ -334,6 +352,27 @@ impl Detector {
                 got: grey.len(),
             });
         }
+        #[cfg(target_arch = "x86_64")]
+        if self.avx2 {
+            // SAFETY: `avx2` is only set when the CPU reports AVX2 (see `new`).
+            unsafe { self.step_avx2(grey) };
+            return Ok(&self.out);
+        }
+        self.step(grey);
+        Ok(&self.out)
+    }
+
+    /// The step compiled for AVX2: the per-pixel loops below are inlined into it and
+    /// vectorised 16 lanes of u16 wide instead of SSE2's 8. Integer arithmetic only,
+    /// so the result is the same bit for bit.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn step_avx2(&mut self, grey: &[u8]) {
+        self.step(grey)
+    }
+
+    #[inline(always)]
+    fn step(&mut self, grey: &[u8]) {
         self.out.boxes.clear();
         self.out.global_change = false;
         self.out.reseeded = false;
@@ -342,12 +381,13 @@ impl Detector {
         self.out.shift = (0, 0);
         self.out.learning = false;
         self.gain_at = None;
+        let had_mask = std::mem::replace(&mut self.mask_ran, false);
         let reset_contrast = !self.seeded;
         self.stretch(grey, reset_contrast);
         self.smooth(grey);
         if !self.seeded {
             self.reseed();
-            return Ok(&self.out);
+            return;
         }
         let shift = if self.shaking || self.view_may_have_moved() {
             self.estimate_shift()
@@ -377,45 +417,58 @@ impl Detector {
                 self.smooth(grey);
             }
             self.reseed();
-            return Ok(&self.out);
+            return;
         }
         if changed == 0 {
             self.learn_speckle();
-            return Ok(&self.out);
+            return;
         }
-        let (img, rows) = if self.radius > 0 {
-            dilate(
-                Plane {
-                    px: &self.fg,
-                    rows: &self.fg_rows,
-                },
-                PlaneMut {
-                    px: &mut self.hdil,
-                    rows: &mut self.hdil_rows,
-                },
-                PlaneMut {
-                    px: &mut self.dilated,
-                    rows: &mut self.dilated_rows,
-                },
-                self.w,
-                self.radius,
-            );
-            (&self.dilated, &self.dilated_rows)
-        } else {
-            (&self.fg, &self.fg_rows)
-        };
-        self.labeler
-            .label(img, self.w, self.h, rows, &mut self.components);
+        // Dilation (a plain copy at radius 0) into the buffer that held the mask of
+        // two frames ago, so that the previous frame's stays for the overlap count.
+        std::mem::swap(&mut self.dilated, &mut self.prev_mask);
+        std::mem::swap(&mut self.dilated_rows, &mut self.prev_mask_rows);
+        dilate(
+            Plane {
+                px: &self.fg,
+                rows: &self.fg_rows,
+            },
+            PlaneMut {
+                px: &mut self.hdil,
+                rows: &mut self.hdil_rows,
+            },
+            PlaneMut {
+                px: &mut self.dilated,
+                rows: &mut self.dilated_rows,
+            },
+            self.w,
+            self.radius,
+        );
+        let previous = had_mask.then_some(self.prev_mask.as_slice());
+        self.labeler.label(
+            &self.dilated,
+            self.w,
+            self.h,
+            &self.dilated_rows,
+            previous,
+            &mut self.components,
+        );
+        self.mask_ran = true;
         let r = self.radius as u32;
         let (wmax, hmax) = (self.w as u32 - 1, self.h as u32 - 1);
         let (block, bw) = (self.block as u32, self.bw);
         for c in &self.components {
-            if c.area < self.min_area {
-                if self.speckle > 0.0 {
-                    // A speck: counted where its middle is.
-                    let (bx, by) = ((c.x0 + c.x1) / 2 / block, (c.y0 + c.y1) / 2 / block);
-                    self.speckle_now[by as usize * bw + bx as usize] += c.area as f32;
-                }
+            let speck = c.area < self.min_area;
+            // A flash: a small blob (under FLASH_AREA x `min_area`) that mostly lies
+            // outside the previous frame's mask, so it neither persisted nor travelled
+            // from a blob next to it: a glint on water, a raindrop, a flake. Objects
+            // overlap their last position; far, small ones move little in the image.
+            let flash = c.area < FLASH_AREA * self.min_area && 2 * c.overlap < c.area;
+            if self.speckle > 0.0 && (speck || flash) {
+                // Counted where its middle is.
+                let (bx, by) = ((c.x0 + c.x1) / 2 / block, (c.y0 + c.y1) / 2 / block);
+                self.speckle_now[by as usize * bw + bx as usize] += c.area as f32;
+            }
+            if speck {
                 continue;
             }
             if c.area > self.max_area {
@@ -464,10 +517,10 @@ impl Detector {
             });
         }
         self.learn_speckle();
-        Ok(&self.out)
     }
 
     /// Folds this frame's specks into the speckle map (1/8 per frame) and clears them.
+    #[inline(always)]
     fn learn_speckle(&mut self) {
         if self.speckle == 0.0 {
             return;
@@ -499,6 +552,7 @@ impl Detector {
     }
 
     /// Blurs (or copies) the detector's input into `cur`.
+    #[inline(always)]
     fn smooth(&mut self, grey: &[u8]) {
         let (w, h, blur) = (self.w, self.h, self.blur);
         let mut vsum = std::mem::take(&mut self.vsum);
@@ -517,6 +571,7 @@ impl Detector {
         (self.vsum, self.cur) = (vsum, cur);
     }
 
+    #[inline(always)]
     fn reseed(&mut self) {
         for (b, &c) in self.bg.iter_mut().zip(&self.cur) {
             *b = (c as u16) << FRAC;
@@ -711,6 +766,7 @@ impl Detector {
     /// background, unshifted, on about 24 evenly spaced rows, each pixel against its
     /// own threshold (the noise level included, so leaves and water do not count), and
     /// says yes when a quarter of the grid cells show change in 2 % of their samples.
+    #[inline(always)]
     fn view_may_have_moved(&mut self) -> bool {
         if self.shake == 0 || self.cells_eligible == 0 {
             return false;
@@ -799,6 +855,7 @@ impl Detector {
     /// lies outside the frame neither change nor learn. Returns the number of changed
     /// pixels and of those over the threshold (shadows included), and fills the
     /// per-cell counts.
+    #[inline(always)]
     fn difference(&mut self, (dx, dy): (isize, isize)) -> (u32, u32) {
         let (w, h) = (self.w, self.h);
         // During warm-up the noise level is the plain mean of the differences so far:
@@ -836,6 +893,7 @@ impl Detector {
         let mut differ = 0u32;
         let mut cells = [0u32; GRID * GRID];
         self.light_rows.clear();
+        let mut bv_row = std::mem::take(&mut self.bv_row);
         let rows = self
             .bg
             .chunks_exact_mut(w)
@@ -857,6 +915,7 @@ impl Detector {
                 [ys * w + (x0 as isize + dx) as usize..ys * w + (x1 as isize + dx) as usize];
             fg_row[..x0].fill(0);
             fg_row[x1..].fill(0);
+            let bvs = &mut bv_row[..x1 - x0];
             let args = (
                 &mut bg_row[x0..x1],
                 &mut fg_row[x0..x1],
@@ -865,13 +924,19 @@ impl Detector {
                 cur,
                 p,
             );
-            let (d, light) = if p.warm > 0 {
-                update_row::<true>(args.0, args.1, args.2, args.3, args.4, args.5)
+            let d = if p.warm > 0 {
+                update_row::<true>(args.0, args.1, args.2, args.3, args.4, bvs, args.5)
             } else {
-                update_row::<false>(args.0, args.1, args.2, args.3, args.4, args.5)
+                update_row::<false>(args.0, args.1, args.2, args.3, args.4, bvs, args.5)
             };
             differ += d;
-            if light > 0 {
+            // Most rows have nothing over the threshold: they need neither the shadow
+            // and light tests nor the cell counts.
+            if d == 0 {
+                self.fg_rows[y] = false;
+                continue;
+            }
+            if p.shadow > 0 && settle_row(&mut fg_row[x0..x1], cur, bvs, p) > 0 {
                 self.light_rows.push(y as u32);
             }
             let cy = y * GRID / h;
@@ -884,6 +949,7 @@ impl Detector {
             self.fg_rows[y] = in_row > 0;
             total += in_row;
         }
+        self.bv_row = bv_row;
         if let Some(t) = self.light_texture {
             total -= self.light_pass((dx, dy), (x0, x1), p.gain, t, &mut cells);
         }
@@ -914,11 +980,19 @@ impl Detector {
             let y = y as usize;
             let cy = y * GRID / h;
             let mut cx = 0;
-            let mut any = false;
-            for x in x0..x1 {
+            let mut x = x0;
+            while x < x1 {
                 let i = y * w + x;
+                // Candidates are 3, changed pixels 1: skip words with no 3 in them.
+                if let Some(word) = self.fg.get(i..i + 8).filter(|_| x + 8 <= x1) {
+                    let v = u64::from_ne_bytes(word.try_into().unwrap_or([0; 8]));
+                    if v & 0x0202_0202_0202_0202 == 0 {
+                        x += 8;
+                        continue;
+                    }
+                }
                 if self.fg[i] != 3 {
-                    any |= self.fg[i] != 0;
+                    x += 1;
                     continue;
                 }
                 let (mut n, mut sc, mut sb, mut scc, mut sbb, mut scb) = (0i64, 0, 0, 0, 0, 0);
@@ -956,10 +1030,10 @@ impl Detector {
                     cleared += 1;
                 } else {
                     self.fg[i] = 1;
-                    any = true;
                 }
+                x += 1;
             }
-            self.fg_rows[y] = any;
+            self.fg_rows[y] = count(&self.fg[y * w + x0..y * w + x1]) > 0;
         }
         cleared
     }
@@ -979,6 +1053,7 @@ impl Detector {
 }
 
 /// Number of non-zero bytes in a 0/1 slice.
+#[inline(always)]
 fn count(v: &[u8]) -> u32 {
     // Sums in u8 lanes over blocks of 255 so the compiler can use byte adds.
     v.chunks(255)
@@ -990,6 +1065,7 @@ fn count(v: &[u8]) -> u32 {
 /// rows above, at and below (mirrored at the edges without repeating the edge pixel,
 /// like OpenCV's default border), with the mirrored columns in `vp[0]` and `vp[w + 1]`
 /// so that the horizontal pass has no edge cases.
+#[inline(always)]
 fn vertical(src: &[u8], w: usize, h: usize, y: usize, vp: &mut [u16]) {
     let above = if y > 0 { y - 1 } else { (y + 1).min(h - 1) };
     let below = if y + 1 < h {
@@ -1073,11 +1149,12 @@ fn gradient(src: &[u8], cw: usize, ch: usize, out: &mut Vec<u8>) {
     }
 }
 
-/// Difference, threshold (raised where the pixel keeps changing), shadow test, mask,
-/// noise and background update of one row, in u16 lanes. Returns the number of
-/// pixels over the threshold (shadows and light included) and of light candidates,
-/// left as 3 in `fg` for `Detector::light_pass`. `WARM`: the noise level learns the
-/// plain mean of every difference (warm-up) instead of the quiet ones only.
+/// Difference, threshold (raised where the pixel keeps changing), mask, noise and
+/// background update of one row, in u16 lanes: `fg` gets 1 where the pixel is over its
+/// threshold and not masked, `bvs` the background at the frame's exposure. Returns the
+/// number of those pixels (shadows and light included; `settle_row` tests them).
+/// `WARM`: the noise level learns the plain mean of every difference (warm-up) instead
+/// of the quiet ones only.
 #[inline(always)]
 fn update_row<const WARM: bool>(
     bg: &mut [u16],
@@ -1085,33 +1162,22 @@ fn update_row<const WARM: bool>(
     dev: &mut [u16],
     active: &[u8],
     cur: &[u8],
+    bvs: &mut [u16],
     p: RowParams,
-) -> (u32, u32) {
+) -> u32 {
     let keep = (65536 - p.rate as u32) as u16;
-    let mut differ = 0u32;
-    let mut light = 0u32;
-    let light_on = u8::from(p.light && p.shadow > 0);
     let pix = bg.iter_mut().zip(fg.iter_mut()).zip(dev.iter_mut());
-    for ((((b, f), dv), &m), &c) in pix.zip(active).zip(cur) {
+    for (((((b, f), dv), &m), &c), bvo) in pix.zip(active).zip(cur).zip(bvs.iter_mut()) {
         let c = c as u16;
         // Background grey at the frame's exposure, rounded, as a 16x16-bit high
         // multiply (bg is grey << 8, gain < 4 << 12): (bg * gain) >> 16 is 16 x grey x
         // gain and fits in u16.
         let bv = ((((*b as u32 * p.gain as u32) >> 16) as u16) + 8) >> 4;
+        *bvo = bv;
         let d = c.abs_diff(bv);
         let thr = p.thr.max(((*dv >> 2) * p.factor) >> 2);
         let raw = u8::from(d > thr);
-        // A shadow darkens by a factor: cur in [ratio * bg, bg). bv <= 255 and the ratio
-        // <= 256, so both sides fit in u16.
-        let shadow =
-            u8::from(c < bv && (c << 8) >= bv.min(255) * p.shadow) & u8::from(p.shadow > 0);
-        let now = raw & !shadow & m;
-        // The other side of the shadow test: brighter by at most 1 / ratio (cur *
-        // ratio <= bv), settled by the texture test later.
-        let lit = now & light_on & u8::from(c > bv && c * p.shadow <= bv.min(255) << 8);
-        *f = now | (lit << 1);
-        light += lit as u32;
-        differ += (raw & m) as u32;
+        *f = raw & m;
         // The noise level learns only while the pixel is within the threshold (not from
         // shadows either), so a passing
         // object does not raise it; where leaves or water make the difference wide,
@@ -1134,7 +1200,31 @@ fn update_row<const WARM: bool>(
         let cur_part = (((c << FRAC) as u32 * p.rate as u32) >> 16) as u16;
         *b = keep_part.wrapping_add(cur_part).wrapping_add(1);
     }
-    (differ, light)
+    // Counted after the loop in u8 lanes, cheaper than widening each pixel to u32.
+    count(fg)
+}
+
+/// Shadow test of a row `update_row` marked (`shadow` > 0): a changed pixel darker
+/// than the background by a factor no lower than the shadow ratio is a shadow (0);
+/// one brighter by at most 1 / ratio becomes a light candidate (3) for
+/// `Detector::light_pass` when the light test is on. Returns the number of candidates.
+#[inline(always)]
+fn settle_row(fg: &mut [u8], cur: &[u8], bvs: &[u16], p: RowParams) -> u32 {
+    let mut light = 0u32;
+    let light_on = u8::from(p.light);
+    for ((f, &c), &bv) in fg.iter_mut().zip(cur).zip(bvs) {
+        let c = c as u16;
+        // A shadow darkens by a factor: cur in [ratio * bg, bg). bv <= 255 and the ratio
+        // <= 256, so both sides fit in u16.
+        let shadow = u8::from(c < bv && (c << 8) >= bv.min(255) * p.shadow);
+        let now = *f & !shadow;
+        // The other side of the shadow test: brighter by at most 1 / ratio (cur *
+        // ratio <= bv), settled by the texture test later.
+        let lit = now & light_on & u8::from(c > bv && c * p.shadow <= bv.min(255) << 8);
+        *f = now | (lit << 1);
+        light += lit as u32;
+    }
+    light
 }
 
 /// A 0/1 image and which of its rows may hold a set pixel (the others are all zero).
@@ -1151,6 +1241,7 @@ struct PlaneMut<'a> {
 /// Square dilation of radius `r` of a 0/1 image: a horizontal then a vertical max
 /// (max of a window is separable for a square). Rows that stay empty are only cleared
 /// when they held something before.
+#[inline(always)]
 fn dilate(src: Plane, tmp: PlaneMut, dst: PlaneMut, w: usize, r: usize) {
     let rows = src.px.chunks_exact(w).zip(tmp.px.chunks_exact_mut(w));
     for (((s, t), &any), t_any) in rows.zip(src.rows).zip(tmp.rows.iter_mut()) {
@@ -1742,6 +1833,21 @@ mod tests {
         }
     }
 
+    /// Glints on water: 20 blobs of 8x12 px, 70 grey levels brighter, at new random
+    /// places in the top 100 rows every frame; each is a box on its own (over
+    /// `min_area` once dilated), too large for a speck. (Scored on the scorer's water
+    /// scene in tests/motion.rs.)
+    fn glints(_: usize, f: &mut [u8], rng: &mut u64) {
+        for _ in 0..20 {
+            let (x, y) = (next(rng) as usize % (W - 8), next(rng) as usize % 88);
+            for row in f.chunks_exact_mut(W).skip(y).take(12) {
+                for v in &mut row[x..x + 8] {
+                    *v = v.saturating_add(70);
+                }
+            }
+        }
+    }
+
     /// Bright textured ground (a 6 px checker of +-20 over about 170..210) under a
     /// cloud shadow: 0.72 of the light over 120 px, with 20 px soft edges, drifting
     /// right 8 px per frame.
@@ -1810,6 +1916,43 @@ mod tests {
                 ("no light test", off, 40, 12),
             ],
         );
+    }
+
+    #[test]
+    fn the_avx2_step_and_the_portable_one_agree_bit_for_bit() {
+        #[cfg(target_arch = "x86_64")]
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            eprintln!("this CPU has no AVX2: both detectors run the portable step");
+        }
+        // Everything that runs per pixel: moving squares, leaves, glints, a light step,
+        // a shaken view and the warm-up.
+        let mut scene = Scene::new();
+        let mut rng = 0x5eed_u64;
+        let frames: Vec<Vec<u8>> = (0..40)
+            .map(|i| {
+                let sq: Vec<_> = square_at(i).into_iter().collect();
+                let mut f = scene.frame(if i >= 20 { 30.0 } else { 0.0 }, &sq, 2.0);
+                leaves(i, &mut f, &mut rng);
+                glints(i, &mut f, &mut rng);
+                if i % 7 == 3 {
+                    f.rotate_left(3 * W + 2);
+                }
+                f
+            })
+            .collect();
+        let cfg = MotionConfig::default();
+        let mut fast = Detector::new(&cfg, W as u32, H as u32);
+        let mut portable = Detector::new(&cfg, W as u32, H as u32);
+        #[cfg(target_arch = "x86_64")]
+        {
+            portable.avx2 = false;
+        }
+        for (i, f) in frames.iter().enumerate() {
+            let a = fast.process(f).unwrap().clone();
+            let b = portable.process(f).unwrap().clone();
+            assert_eq!(a, b, "frame {i}");
+            assert_eq!(fast.changed(), portable.changed(), "frame {i}");
+        }
     }
 
     #[test]

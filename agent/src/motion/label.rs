@@ -4,7 +4,8 @@
 //! Motion masks are mostly empty, so rows are scanned eight bytes at a time.
 //! Buffers are kept between frames: after the first frames nothing is allocated.
 
-/// One component: bounding box (inclusive corners) and pixel count.
+/// One component: bounding box (inclusive corners), pixel count and how many of its
+/// pixels are set in the reference image (0 without one).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Component {
     pub x0: u32,
@@ -12,6 +13,7 @@ pub struct Component {
     pub x1: u32,
     pub y1: u32,
     pub area: u32,
+    pub overlap: u32,
 }
 
 #[derive(Clone, Copy)]
@@ -33,12 +35,15 @@ impl Labeler {
     /// Labels `img` (non-zero = set) and appends the components to `out` (cleared first),
     /// in the order of their first pixel in raster order. Rows whose entry in `rows` is
     /// false are known to be empty and are not scanned (an empty `rows` scans all).
+    /// With a `reference` image of the same size (0/1), each component also counts its
+    /// pixels set there (the detector's previous mask: did this blob persist?).
     pub fn label(
         &mut self,
         img: &[u8],
         width: usize,
         height: usize,
         rows: &[bool],
+        reference: Option<&[u8]>,
         out: &mut Vec<Component>,
     ) {
         out.clear();
@@ -73,6 +78,13 @@ impl Labeler {
         for i in 0..self.runs.len() {
             let r = self.find(i as u32) as usize;
             let Run { y, x0, x1 } = self.runs[i];
+            let at = y as usize * width;
+            let overlap = reference.map_or(0, |r| {
+                r[at + x0 as usize..at + x1 as usize]
+                    .iter()
+                    .map(|&v| u32::from(v != 0))
+                    .sum()
+            });
             if r == i {
                 self.stats.push(Component {
                     x0,
@@ -80,6 +92,7 @@ impl Labeler {
                     x1: x1 - 1,
                     y1: y,
                     area: x1 - x0,
+                    overlap,
                 });
                 // Reuse `parent` of a root to hold its index in `stats`.
                 self.parent[i] = (self.stats.len() - 1) as u32 | ROOT;
@@ -89,6 +102,7 @@ impl Labeler {
                 s.x1 = s.x1.max(x1 - 1);
                 s.y1 = y;
                 s.area += x1 - x0;
+                s.overlap += overlap;
             }
         }
         out.extend_from_slice(&self.stats);
@@ -181,7 +195,7 @@ mod tests {
     fn boxes(pic: &[&str]) -> Vec<(u32, u32, u32, u32, u32)> {
         let (img, w, h) = parse(pic);
         let mut out = Vec::new();
-        Labeler::default().label(&img, w, h, &[], &mut out);
+        Labeler::default().label(&img, w, h, &[], None, &mut out);
         out.iter()
             .map(|c| (c.x0, c.y0, c.x1, c.y1, c.area))
             .collect()
@@ -223,7 +237,7 @@ mod tests {
     }
 
     #[test]
-    fn labelling_agrees_with_a_flood_fill_on_random_images() {
+    fn labelling_and_overlap_agree_with_a_flood_fill_on_random_images() {
         let (w, h) = (37, 23);
         let mut seed = 12345u32;
         let mut lab = Labeler::default();
@@ -235,27 +249,38 @@ mod tests {
                     u8::from(seed >> 24 < 90)
                 })
                 .collect();
+            let reference: Vec<u8> = (0..w * h)
+                .map(|_| {
+                    seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
+                    u8::from(seed >> 24 < 128)
+                })
+                .collect();
             let rows: Vec<bool> = img.chunks(w).map(|r| r.iter().any(|&v| v != 0)).collect();
-            lab.label(&img, w, h, &rows, &mut out);
+            lab.label(&img, w, h, &rows, Some(&reference), &mut out);
             let mut got: Vec<_> = out
                 .iter()
-                .map(|c| (c.y0, c.x0, c.x1, c.y1, c.area))
+                .map(|c| (c.y0, c.x0, c.x1, c.y1, c.area, c.overlap))
                 .collect();
-            let mut want = flood(&img, w, h);
+            let mut want = flood(&img, &reference, w, h);
             got.sort();
             want.sort();
             assert_eq!(got, want);
         }
     }
 
-    fn flood(img: &[u8], w: usize, h: usize) -> Vec<(u32, u32, u32, u32, u32)> {
+    fn flood(
+        img: &[u8],
+        reference: &[u8],
+        w: usize,
+        h: usize,
+    ) -> Vec<(u32, u32, u32, u32, u32, u32)> {
         let mut seen = vec![false; w * h];
         let mut out = Vec::new();
         for start in 0..w * h {
             if img[start] == 0 || seen[start] {
                 continue;
             }
-            let (mut x0, mut y0, mut x1, mut y1, mut area) = (w, h, 0, 0, 0);
+            let (mut x0, mut y0, mut x1, mut y1, mut area, mut overlap) = (w, h, 0, 0, 0, 0);
             let mut stack = vec![start];
             seen[start] = true;
             while let Some(i) = stack.pop() {
@@ -265,6 +290,7 @@ mod tests {
                 y0 = y0.min(y);
                 y1 = y1.max(y);
                 area += 1;
+                overlap += u32::from(reference[i] != 0);
                 for dy in -1i32..=1 {
                     for dx in -1i32..=1 {
                         let (nx, ny) = (x as i32 + dx, y as i32 + dy);
@@ -278,7 +304,7 @@ mod tests {
                     }
                 }
             }
-            out.push((y0 as u32, x0 as u32, x1 as u32, y1 as u32, area));
+            out.push((y0 as u32, x0 as u32, x1 as u32, y1 as u32, area, overlap));
         }
         out
     }
