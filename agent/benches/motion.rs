@@ -35,9 +35,22 @@ fn main() {
         }
     };
     println!("motion detector, whole per-frame step, single thread, per frame best of {REPEATS}");
+    // Where the CPU has AVX2 the step runs its AVX2 build; the portable build (SSE2
+    // here, NEON on an ARM box) is timed beside it.
+    #[cfg(target_arch = "x86_64")]
+    let simd = std::arch::is_x86_feature_detected!("avx2");
+    #[cfg(not(target_arch = "x86_64"))]
+    let simd = false;
     println!(
-        "{:>10} {:>7} {:>12} {:>12} {:>8} {:>14}",
-        "size", "frames", "rust ns/px", "opencv ns/px", "ratio", "boxes agree"
+        "{:>10} {:>7} {:>12} {:>12} {:>8} {:>14} {:>15} {:>15}",
+        "size",
+        "frames",
+        "rust ns/px",
+        "opencv ns/px",
+        "ratio",
+        "boxes agree",
+        "portable ns/px",
+        "portable ratio"
     );
     for (w, h, n) in [
         (320usize, 180usize, 100usize),
@@ -50,7 +63,8 @@ fn main() {
             eprintln!("motion bench: cannot write {}: {e}", raw.display());
             return;
         }
-        let (rust_ns, rust_counts) = time_rust(&cfg, w, h, &frames);
+        let (rust_ns, rust_counts) = time_rust(&cfg, w, h, &frames, false);
+        let portable_ns = simd.then(|| time_rust(&cfg, w, h, &frames, true).0);
         let reference = python.as_ref().and_then(|py| {
             run_json(
                 py,
@@ -84,15 +98,21 @@ fn main() {
                     .zip(&cv_counts)
                     .filter(|(a, b)| a == b)
                     .count();
+                let (p_ns, p_ratio) = match portable_ns {
+                    Some(p) => (format!("{p:.3}"), format!("{:.2}x", cv_ns / p)),
+                    None => ("(same)".into(), "(same)".into()),
+                };
                 println!(
-                    "{:>10} {:>7} {:>12.3} {:>12.3} {:>7.2}x {:>9}/{:<4}",
+                    "{:>10} {:>7} {:>12.3} {:>12.3} {:>7.2}x {:>9}/{:<4} {:>15} {:>15}",
                     format!("{w}x{h}"),
                     n,
                     rust_ns,
                     cv_ns,
                     cv_ns / rust_ns,
                     agree,
-                    n
+                    n,
+                    p_ns,
+                    p_ratio
                 );
             }
             None => println!(
@@ -156,11 +176,20 @@ fn run_json(py: &Path, script: &Path, args: &[&str]) -> Option<serde_json::Value
 /// frame. Per frame, the best of `REPEATS` runs (each run starts a fresh detector, so
 /// frame i sees the same state every time): robust against a busy machine. The
 /// reference script measures the same way.
-fn time_rust(cfg: &MotionConfig, w: usize, h: usize, frames: &[Vec<u8>]) -> (f64, Vec<u64>) {
+fn time_rust(
+    cfg: &MotionConfig,
+    w: usize,
+    h: usize,
+    frames: &[Vec<u8>],
+    portable: bool,
+) -> (f64, Vec<u64>) {
     let mut best = vec![Duration::MAX; frames.len()];
     let mut counts = Vec::new();
     for _ in 0..REPEATS {
         let mut det = Detector::new(cfg, w as u32, h as u32);
+        if portable {
+            det.use_portable_step();
+        }
         counts.clear();
         for (f, b) in frames.iter().zip(best.iter_mut()) {
             let t0 = Instant::now();

@@ -324,6 +324,16 @@ impl Detector {
         }
     }
 
+    /// Runs the portable step even where the CPU has AVX2, for the benchmark to time
+    /// the build an ARM box runs (NEON through the same portable code).
+    #[doc(hidden)]
+    pub fn use_portable_step(&mut self) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            self.avx2 = false;
+        }
+    }
+
     pub fn width(&self) -> u32 {
         self.w as u32
     }
