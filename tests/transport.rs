@@ -594,8 +594,8 @@ async fn bad_frames_are_dropped_with_a_counted_reason_and_the_consumer_goes_on_o
 
 /// Publishes every kind of result and event of two cameras.
 async fn publish_mixed_events(t: &AgentTransport) {
-    t.publish_snapshot("cam-1", "5", small_jpeg())
-        .await
+    // Snapshots come from workers; the agent's handle sends the same result kind.
+    t.publish_result("cam-1", "snapshots/5", small_jpeg())
         .unwrap();
     for (camera, kind) in [
         ("cam-1", "motion"),

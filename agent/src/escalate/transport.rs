@@ -765,23 +765,6 @@ impl AgentTransport {
         Ok(())
     }
 
-    /// Publishes a snapshot of this device's `camera` and returns once the broker
-    /// confirmed it, so the event that refers to it can follow.
-    pub async fn publish_snapshot(
-        &self,
-        camera: &str,
-        snapshot_id: &str,
-        jpeg: Bytes,
-    ) -> Result<(), TransportError> {
-        let out = self.conn.result_out(
-            &self.conn.shared.device,
-            camera,
-            &format!("snapshots/{snapshot_id}"),
-            jpeg,
-        )?;
-        self.conn.enqueue_confirmed(out).await
-    }
-
     /// Device-level telemetry such as the heartbeat: MQTT `{prefix}/{device}/{name}`,
     /// retained so a dashboard that connects later sees the last one; AMQP the events
     /// exchange with routing key `{device}.{name}` (two words, so the `*.*.class`
