@@ -471,8 +471,9 @@ async fn worker_batches_waiting_frames_rejects_garbage_and_acks_after_results() 
     let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
     let fire = with_person(scene(320, 240, &[(100, 60, 40, RED)]), 200, 120, 64);
     let quiet = scene(320, 240, &[]);
-    // Queued before the worker starts, so they wait together: the first 4 are taken
-    // as one batch, the garbage one is rejected and frames 1, 3 and 4 run in one call.
+    // Queued before the worker starts, so they wait together: the oldest runs alone (the
+    // first call after the session opened), the next 4 are taken as one batch, the
+    // garbage one is rejected and frames 3, 4 and 5 run in one call.
     tx.send(item(1, jpeg_of(&fire), &ack_tx)).await.unwrap();
     tx.send(item(2, b"not a jpeg at all".to_vec(), &ack_tx))
         .await
@@ -534,11 +535,17 @@ async fn worker_batches_waiting_frames_rejects_garbage_and_acks_after_results() 
         vec![1, 3, 4, 5, 6]
     );
     assert_eq!(
-        dets[0].detections.timings.batch, 3,
-        "frames 1, 3, 4 ran in one call"
+        dets[0].detections.timings.batch, 1,
+        "the oldest frame runs alone in the worker's first call"
     );
-    assert_eq!(dets[2].detections.timings.batch, 3);
-    assert_eq!(dets[3].detections.timings.batch, 1);
+    for d in &dets[1..4] {
+        assert_eq!(
+            d.detections.timings.batch, 3,
+            "frames 3, 4, 5 ran in one call (frame {})",
+            d.meta.seq
+        );
+    }
+    assert_eq!(dets[4].detections.timings.batch, 1);
     let fire_det = dets[0]
         .detections
         .items

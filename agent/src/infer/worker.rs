@@ -8,7 +8,11 @@
 //! agent's incident events refer to it, so a consumer that fetches it finds it. Workers
 //! publish no events: incidents are the agent's (`crate::results`).
 //!
-//! When several frames wait, up to [`Pipeline::max_batch`] run in one session call.
+//! When several frames wait, up to [`Pipeline::max_batch`] run in one session call,
+//! except the first call after the session opened, which takes only the oldest frame: a
+//! worker started from zero finds the frames that queued while it loaded, the oldest is
+//! the start of the incident that woke it, and its answer should not wait for a batch of
+//! the later ones (nor share the session's slow first run with them).
 //! A payload that is not a JPEG is rejected and the loop goes on; a failing model
 //! requeues what it holds and stops the loop with the error.
 
@@ -236,13 +240,18 @@ async fn run_frames<S: ResultSink>(
     settle: Settle,
 ) -> Result<(), InferError> {
     let mut pipeline = Some(pipeline);
+    let mut first_call = true;
     loop {
         let first = tokio::select! {
             biased;
             _ = shutdown.cancelled() => return Ok(()),
             item = rx.recv() => match item { Some(i) => i, None => return Ok(()) },
         };
-        let max = pipeline.as_ref().map_or(1, Pipeline::max_batch);
+        let max = if std::mem::take(&mut first_call) {
+            1
+        } else {
+            pipeline.as_ref().map_or(1, Pipeline::max_batch)
+        };
         let mut batch = vec![first];
         while batch.len() < max {
             match rx.try_recv() {
