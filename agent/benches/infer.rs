@@ -267,7 +267,12 @@ fn gpu_sessions() {
         let mut pipe = match Pipeline::new(&cfg(p, cache)) {
             Ok(pipe) => pipe,
             Err(e) => {
-                println!("| {} | {state} | failed: {} | | |", provider_arg(p), e.to_string().replace('|', "/"));
+                let why = e.to_string().replace('|', "/").replace('\n', " ");
+                println!(
+                    "| {} | {state} | failed: {} | | |",
+                    provider_arg(p),
+                    why.trim()
+                );
                 return false;
             }
         };
@@ -294,19 +299,29 @@ fn gpu_sessions() {
     // ONNX Runtime itself loads with the first session; a CPU one takes that cost.
     let _ = session::open(&model, &cfg(Provider::Cpu, none));
     for i in 0..3 {
-        row(Provider::Cuda, &format!("no cache needed (session {})", i + 1), none);
+        row(
+            Provider::Cuda,
+            &format!("no cache needed (session {})", i + 1),
+            none,
+        );
     }
     if !row(Provider::Tensorrt, "no cache: builds the engine", none) {
         return;
     }
     let cache = tempfile::tempdir().unwrap();
-    row(Provider::Tensorrt, "fresh cache: first build, writes engine, timing cache, EP-context model", cache.path());
-    let files = |dir: &Path| -> Vec<PathBuf> {
-        walk(dir)
-    };
+    row(
+        Provider::Tensorrt,
+        "fresh cache: first build, writes engine, timing cache, EP-context model",
+        cache.path(),
+    );
+    let files = |dir: &Path| -> Vec<PathBuf> { walk(dir) };
     let all = files(cache.path());
     for f in &all {
-        println!("<!-- cache file: {} ({} KB) -->", f.strip_prefix(cache.path()).unwrap().display(), std::fs::metadata(f).map(|m| m.len() >> 10).unwrap_or(0));
+        println!(
+            "<!-- cache file: {} ({} KB) -->",
+            f.strip_prefix(cache.path()).unwrap().display(),
+            std::fs::metadata(f).map(|m| m.len() >> 10).unwrap_or(0)
+        );
     }
     let variant = |keep: &dyn Fn(&Path) -> bool| {
         let d = tempfile::tempdir().unwrap();
@@ -323,9 +338,17 @@ fn gpu_sessions() {
     let timing = variant(&|f| name(f).contains("timing") || name(f) == ".lock");
     row(Provider::Tensorrt, "timing cache only", timing.path());
     let engine = variant(&|f| name(f) != "model_ctx.onnx" && !name(f).ends_with("_ctx.onnx"));
-    row(Provider::Tensorrt, "engine and timing cache, no EP-context model", engine.path());
+    row(
+        Provider::Tensorrt,
+        "engine and timing cache, no EP-context model",
+        engine.path(),
+    );
     let full = variant(&|_| true);
-    row(Provider::Tensorrt, "everything (EP-context model)", full.path());
+    row(
+        Provider::Tensorrt,
+        "everything (EP-context model)",
+        full.path(),
+    );
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
