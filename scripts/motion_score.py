@@ -16,8 +16,10 @@ Per clip and detector:
                mean over the analysed frames.
   empty alarms analysed frames with no object pixel (255) at all that have a box.
 
-  motion_score.py score [--bin EDGE_AGENT] [--config FILE] [--json] [--only NAME,...] CLIP...
-      prints a Markdown table (or one JSON object per line with --json).
+  motion_score.py score [--bin EDGE_AGENT] [--config FILE] [--fps N,...] [--json] [--only NAME,...] CLIP...
+      prints a Markdown table (or one JSON object per line with --json). --fps runs each
+      clip at each analysis rate (the camera's analysis_fps, layered under --config);
+      without it, the rate of the configuration (default: the agent's default).
   motion_score.py scene KIND --out DIR [--data REALCAM_DEV]
       writes a synthetic clip (video and ground truth) made from real frames; KIND is
       one of: leaves water rain snow shadow ir.
@@ -44,9 +46,20 @@ FALSE_BOX = 0.10
 # --------------------------------------------------------------------------- detectors
 
 
-def run_edge_agent(binary, video, config, grey_path):
+def rate_config(tmp, fps):
+    """A configuration file setting the replay camera's analysis rate."""
+    path = os.path.join(tmp, f"fps{fps}.toml")
+    with open(path, "w") as f:
+        f.write(f'[device]\nid = "motion-score"\n[[cameras]]\nid = "replay"\nurl = "demo://x"\nanalysis_fps = {fps}\n')
+    return path
+
+
+def run_edge_agent(binary, video, config, grey_path, fps=None):
     cmd = [binary, "motion", video, "--frames", "--grey-out", grey_path]
-    for c in config or []:
+    configs = list(config or [])
+    if fps is not None:
+        configs.insert(0, rate_config(os.path.dirname(grey_path), fps))
+    for c in configs:
         cmd += ["--config", c]
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
@@ -139,14 +152,14 @@ def clip_video(clip):
     return os.path.join(clip, vids[0])
 
 
-def score_clip(clip, binary, config, only):
+def score_clip(clip, binary, config, only, fps=None):
     gt_dir = os.path.join(clip, "groundtruth")
     if not os.path.isdir(gt_dir):
         raise SystemExit(f"motion_score: {clip} has no groundtruth/ folder")
     gt_files = sorted(os.listdir(gt_dir))
     with tempfile.TemporaryDirectory() as tmp:
         grey_path = os.path.join(tmp, "grey.raw")
-        lines = run_edge_agent(binary, clip_video(clip), config, grey_path)
+        lines = run_edge_agent(binary, clip_video(clip), config, grey_path, fps)
         aw, ah = lines[0]["width"], lines[0]["height"]
         grey = np.fromfile(grey_path, np.uint8)
     if grey.size != len(lines) * aw * ah:
@@ -171,7 +184,10 @@ def score_clip(clip, binary, config, only):
         det = make(RECIPE_PARAMS, aw, ah)
         per = [(i, det.process(g)[0]) for i, g in zip(idx, grey)]
         results[name] = score_frames(per, gts, roi, aw, ah)
-    return {"clip": os.path.basename(os.path.normpath(clip)), "width": aw, "height": ah, "results": results}
+    out = {"clip": os.path.basename(os.path.normpath(clip)), "width": aw, "height": ah, "results": results}
+    if fps is not None:
+        out["fps"] = fps
+    return out
 
 
 def verdict(res):
@@ -190,35 +206,45 @@ def verdict(res):
 
 def cmd_score(a):
     binary = a.bin or os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "target", "release", "edge-agent")
-    rows = [score_clip(c, binary, a.config, a.only) for c in a.clips]
+    rates = a.fps or [None]
+    rows = [score_clip(c, binary, a.config, a.only, f) for c in a.clips for f in rates]
     if a.json:
         for r in rows:
             print(json.dumps(r))
         return 0
-    print("| clip | analysed | detector | objects | recall | false box area | alarms on empty frames | goal |")
-    print("|---|---|---|---|---|---|---|---|")
+    fps_col = a.fps is not None
+    print(f"| clip |{' fps |' if fps_col else ''} analysed | detector | objects | recall | false box area | alarms on empty frames | goal |")
+    print(f"|---|{'---:|' if fps_col else ''}---|---|---|---|---|---|---|")
     for r in rows:
         v = verdict(r["results"])
+        rate = f" {r['fps']} |" if fps_col else ""
         for name, s in r["results"].items():
             recall = "-" if s["recall"] is None else f"{s['recall']:.3f}"
             print(
-                f"| {r['clip']} | {s['frames']} frames of {r['width']}x{r['height']} | {name} | {s['objects']} | "
+                f"| {r['clip']} |{rate} {s['frames']} frames of {r['width']}x{r['height']} | {name} | {s['objects']} | "
                 f"{recall} | {s['false_area_pct']:.2f} % | {s['empty_alarms']}/{s['empty_frames']} | "
                 f"{v if name == 'edge-agent' else ''} |"
             )
+    if fps_col:
+        print()
+        print("Goal per clip and rate (edge-agent): " + ", ".join(
+            f"{r['clip']} {r['fps']}: {verdict(r['results']) or '-'}" for r in rows
+        ))
     return 0
 
 
 # ------------------------------------------------------------------- synthetic scenes
 #
-# Each scene is 12 s at 10 fps, 320x240, made from real CDnet frames: a background
-# without traffic (the per-pixel median of a dev clip), a real person cut out of
-# pedestrians-dev with its ground-truth mask, walking across from 4 s to 10 s (so the
-# first and last seconds have no object: alarms there are false), sensor noise, and
-# the nuisance. Ground truth: 255 on the person, 50 on shadows, 0 elsewhere.
+# Each scene is 12 s at 30 fps (so that 5, 10 and 15 fps analysis take evenly spaced
+# frames), 320x240, made from real CDnet frames: a background without traffic (the
+# per-pixel median of a dev clip), a real person cut out of pedestrians-dev with its
+# ground-truth mask, walking across from 4 s to 10 s (so the first and last seconds
+# have no object: alarms there are false), sensor noise, and the nuisance. Motion is
+# stated per second, so a scene looks the same at any frame rate. Ground truth: 255 on
+# the person, 50 on shadows, 0 elsewhere.
 
-FPS, SECONDS, SW, SH = 10, 12, 320, 240
-WALK = (40, 100)  # frames during which the person crosses
+FPS, SECONDS, SW, SH = 30, 12, 320, 240
+WALK = (4.0, 10.0)  # seconds during which the person crosses
 
 
 def _frames(data, clip, every=20):
@@ -262,10 +288,11 @@ def _warp(img, dx, dy):
 def _paste_person(frame, gt, person, t, y_feet=225, shadow=False):
     crop, mask = person
     a, b = WALK
-    if not (a <= t < b):
+    secs = t / FPS
+    if not (a <= secs < b):
         return
     h, w = mask.shape
-    x = int(-w + (SW + w) * (t - a) / (b - a))
+    x = int(-w + (SW + w) * (secs - a) / (b - a))
     y = y_feet - h
     if shadow:
         # A cast shadow: the silhouette sheared along the ground to the right, dimmed
@@ -359,16 +386,17 @@ def scene_rain(data, rng, t, state):
 
 
 def scene_snow(data, rng, t, state):
-    """Snowfall: 250 flakes (1-3 px) falling 2-6 px per frame and drifting."""
+    """Snowfall: 250 flakes (1-3 px) falling 20-60 px/s and drifting."""
     if not state:
         n = 250
         state.update(
             bg=_background(data, "pedestrians-dev") * 0.9,
-            flakes=np.stack([rng.uniform(0, SW, n), rng.uniform(0, SH, n), rng.uniform(1, 3, n), rng.uniform(2, 6, n)], 1),
+            flakes=np.stack([rng.uniform(0, SW, n), rng.uniform(0, SH, n), rng.uniform(1, 3, n), rng.uniform(20, 60, n)], 1),
         )
     f = state["flakes"]
-    f[:, 1] += f[:, 3]
-    f[:, 0] += rng.normal(0, 1.0, len(f))
+    f[:, 1] += f[:, 3] / FPS
+    # A random walk of 1 px per 100 ms.
+    f[:, 0] += rng.normal(0, np.sqrt(10.0 / FPS), len(f))
     wrap = f[:, 1] >= SH
     f[wrap, 1] -= SH
     f[:, 0] %= SW
@@ -384,7 +412,7 @@ def scene_shadow(data, rng, t, state):
     if not state:
         state.update(bg=_background(data, "pedestrians-dev"), cloud=0.5 + 0.5 * _smooth_field(rng, 90, (SH, 2 * SW)))
     c = state["cloud"]
-    off = int(t * 3)  # 30 px/s
+    off = int(t * 30 / FPS)  # 30 px/s
     cover = c[:, off % SW : off % SW + SW]
     gain = 1.0 - 0.3 * np.clip((cover - 0.5) * 3, 0, 1)
     img = state["bg"] * gain[..., None]
@@ -398,7 +426,7 @@ def scene_ir(data, rng, t, state):
     if not state:
         state.update(bg=_background(data, "pedestrians-dev"))
     img = state["bg"].copy()
-    return img, np.zeros((SH, SW), np.uint8), {"y_feet": 140, "ir": t >= 60}
+    return img, np.zeros((SH, SW), np.uint8), {"y_feet": 140, "ir": t >= 6 * FPS}
 
 
 SCENES = {
@@ -454,6 +482,16 @@ def cmd_scene(a):
 
 
 
+def _rates(text):
+    try:
+        rates = [int(n) for n in text.split(",") if n]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"analysis rates are whole numbers, got {text!r}") from None
+    if not rates or any(not 1 <= r <= 60 for r in rates):
+        raise argparse.ArgumentTypeError(f"analysis rates are 1..60 frames a second, got {text!r}")
+    return rates
+
+
 def _detectors(text):
     names = [n for n in text.split(",") if n]
     bad = [n for n in names if n not in ("edge-agent", "opencv-recipe", "opencv-mog2")]
@@ -469,6 +507,7 @@ def main():
     s.add_argument("clips", nargs="+")
     s.add_argument("--bin")
     s.add_argument("--config", action="append")
+    s.add_argument("--fps", type=_rates, help="comma-separated analysis rates, e.g. 5,10,15")
     s.add_argument("--json", action="store_true")
     s.add_argument("--only", type=_detectors, help="comma-separated: edge-agent,opencv-recipe,opencv-mog2")
     g = sub.add_parser("scene")

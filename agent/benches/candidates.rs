@@ -136,7 +136,7 @@ fn simulate(
 ) -> Outcome {
     let motion = MotionConfig::default();
     let (width, height) = (frames[0].0, frames[0].1);
-    let mut det = Detector::new(&motion, width, height);
+    let mut det = Detector::new(&motion, width, height, fps);
     let mut tracker = EventTracker::new(&motion, "clip");
     let mut starts = CandidateStarts::default();
     let mut decider = Decider::new(scaling);

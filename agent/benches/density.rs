@@ -600,7 +600,7 @@ fn idle_part(run_id: &mut usize) {
             .join(", ")
     };
     println!(
-        "- delay from the object's first move to the motion event (synthetic scene over RTSP, 15 fps, key frame every 1 s, analysis 5 fps, start_frames 2), ms: full decode {}; idle decode {}",
+        "- delay from the object's first move to the motion event (synthetic scene over RTSP, 15 fps, key frame every 1 s, analysis_fps and start_frames at their defaults), ms: full decode {}; idle decode {}",
         show(&delays[0]),
         show(&delays[1])
     );

@@ -267,7 +267,8 @@ fn agent_child(url: &str) -> i32 {
             while let Some(f) = rx.recv().await {
                 n += 1;
                 if fps.is_some() {
-                    let d = det.get_or_insert_with(|| Detector::new(&motion, f.width, f.height));
+                    let d =
+                        det.get_or_insert_with(|| Detector::new(&motion, f.width, f.height, f.fps));
                     if let Ok(m) = d.process(&f.data) {
                         let m = m.clone();
                         tracker.update(f.captured, &m);

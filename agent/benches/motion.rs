@@ -186,7 +186,7 @@ fn time_rust(
     let mut best = vec![Duration::MAX; frames.len()];
     let mut counts = Vec::new();
     for _ in 0..REPEATS {
-        let mut det = Detector::new(cfg, w as u32, h as u32);
+        let mut det = Detector::new(cfg, w as u32, h as u32, 5);
         if portable {
             det.use_portable_step();
         }
@@ -282,7 +282,7 @@ fn compare_bikes(py: &Path, script: &Path, cfg: &MotionConfig, dir: &Path) {
             .as_millis()
             / 200) as u64
     };
-    let mut det = Detector::new(cfg, w as u32, h as u32);
+    let mut det = Detector::new(cfg, w as u32, h as u32, 5);
     let mut tracker = EventTracker::new(cfg, "bikes");
     let (mut events, mut motion, mut global) = (Vec::new(), Vec::new(), Vec::new());
     for (i, f) in data.chunks_exact(w * h).enumerate() {

@@ -217,7 +217,8 @@ fn motion_replay(
     cam.url = url;
     let is_file = cam.url.scheme() == "file";
     let id = cam.id.to_string();
-    let motion = cam.motion.at_fps(cam.analysis_fps.as_u32());
+    let motion = cam.motion.clone();
+    let fps = cam.analysis_fps.as_u32();
 
     let rt = tokio::runtime::Runtime::new().context("tokio runtime")?;
     let summary = rt.block_on(async move {
@@ -226,12 +227,13 @@ fn motion_replay(
         let (tx, mut rx) = tokio::sync::mpsc::channel(8);
         let ingest = tokio::spawn(crate::ingest::replay(cam, true, tx, shutdown.clone()));
         let stdout = std::io::stdout();
-        let mut replay = crate::motion::tool::Replay::new(&motion, &id, stdout.lock(), opts)?;
+        let mut replay = crate::motion::tool::Replay::new(&motion, fps, &id, stdout.lock(), opts)?;
         while let Some(f) = rx.recv().await {
             let at = match (is_file, f.pts) {
                 (true, Some(pts)) => std::time::UNIX_EPOCH + pts,
                 _ => f.captured,
             };
+            replay.set_fps(f.fps);
             replay.frame(f.seq, f.pts, at, f.width, f.height, &f.data)?;
         }
         let ingest = ingest

@@ -59,7 +59,6 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let id = cam.id.to_string();
-    let motion = cam.motion.at_fps(cam.analysis_fps.as_u32());
     let mut detector: Option<Detector> = None;
     let mut tracker = EventTracker::new(&cam.motion, &id);
     let mut policy = EscalationPolicy::new(&cam.escalation);
@@ -79,11 +78,17 @@ pub async fn run(
         if !cam.motion.enabled {
             continue;
         }
-        let fresh =
-            !matches!(&detector, Some(d) if d.width() == frame.width && d.height() == frame.height);
+        // A new size, or a new rate (the source's frame rate changed under a higher
+        // `analysis_fps`), starts a new detector.
+        let fresh = !matches!(&detector, Some(d) if d.width() == frame.width && d.height() == frame.height && d.fps() == frame.fps);
         if fresh {
             debug!(camera = %id, width = frame.width, height = frame.height, "Motion detector (re)initialised.");
-            detector = Some(Detector::new(&motion, frame.width, frame.height));
+            detector = Some(Detector::new(
+                &cam.motion,
+                frame.width,
+                frame.height,
+                frame.fps,
+            ));
         }
         let Some(det) = detector.as_mut() else {
             continue;

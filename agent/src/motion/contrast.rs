@@ -21,7 +21,8 @@ pub struct Contrast {
 }
 
 impl Contrast {
-    pub fn new(cfg: &ContrastConfig) -> Self {
+    /// For a detector fed `fps` analysis frames a second.
+    pub fn new(cfg: &ContrastConfig, fps: u32) -> Self {
         let mut lut = [0u8; 256];
         for (i, v) in lut.iter_mut().enumerate() {
             *v = i as u8;
@@ -30,7 +31,7 @@ impl Contrast {
             low_pct: cfg.low_percentile.get(),
             high_pct: cfg.high_percentile.get(),
             max_gain: cfg.max_gain.get() as f64,
-            weight: 1.0 / cfg.window_frames.get() as f64,
+            weight: 1.0 / f64::from(cfg.window_frames_at(fps)),
             low: 0.0,
             high: 255.0,
             primed: false,
@@ -106,7 +107,7 @@ mod tests {
             enabled: true,
             ..ContrastConfig::default()
         };
-        let mut c = Contrast::new(&cfg);
+        let mut c = Contrast::new(&cfg, 5);
         // Levels 20..=60: span 40, full stretch would be x6.4, capped at x4.
         let frame: Vec<u8> = (0..64 * 64).map(|i| 20 + (i % 41) as u8).collect();
         c.update(&frame, 64, false);

@@ -8,9 +8,12 @@
 //! loops work on whole rows with iterators the compiler vectorises (SSE2 on x86-64,
 //! NEON on aarch64) and have no bounds checks inside.
 
+use std::collections::VecDeque;
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
-use super::config::MotionConfig;
+use super::config::{frames_in, per_frame, MotionConfig};
 use super::contrast::Contrast;
 use super::label::{Component, Labeler};
 use super::mask;
@@ -105,7 +108,7 @@ pub struct FrameMotion {
     pub shift: (i32, i32),
     /// The background was (re-)seeded from this frame: first frame or global change.
     pub reseeded: bool,
-    /// Warm-up (`warmup_frames` after the first frame): the noise level is still the
+    /// Warm-up (`warmup` after the first frame): the noise level is still the
     /// plain mean of every difference seen.
     pub learning: bool,
 }
@@ -125,10 +128,16 @@ const FRAC: u32 = 8;
 const GAIN_BITS: u32 = 12;
 /// Blobs under this many times `min_area` that appear from nothing feed the speckle map.
 const FLASH_AREA: u32 = 4;
+/// How far back a blob's earlier position is looked for (see `Detector::past`).
+const LOOK_BACK: Duration = Duration::from_millis(200);
+/// Weight per 200 ms of a new frame in the noise level and the speckle map: they
+/// average over about 1.6 s.
+const NOISE_RATE: f64 = 0.125;
 
 pub struct Detector {
     w: usize,
     h: usize,
+    fps: u32,
     threshold: u8,
     /// Background weight of a new frame, in 1/65536, odd (see `difference`). u16 so
     /// that the update is a pair of 16x16-bit high multiplies (SSE2 `pmulhuw`, NEON
@@ -167,6 +176,8 @@ pub struct Detector {
     /// always moves, the threshold rises to `noise_factor` times it.
     dev: Vec<u16>,
     noise_factor: u16,
+    /// Weight of a new difference in `dev`, in 1/65536: 1/8 per 200 ms.
+    noise_rate: u16,
     /// Warm-up frames still to learn, and how many were learnt (for the plain mean).
     warmup_left: u32,
     warmup_total: u32,
@@ -176,8 +187,9 @@ pub struct Detector {
     light_rows: Vec<u32>,
     /// Speckle map: per block of `block` x `block` pixels (`bw` x `bh` blocks), the
     /// fraction of it covered by components under `min_area`, averaged over recent
-    /// frames (1/8 per frame), and this frame's sums.
+    /// frames (1/8 per 200 ms: `speckle_rate` per frame), and this frame's sums.
     speckle: f32,
+    speckle_rate: f32,
     block: usize,
     bw: usize,
     speckle_map: Vec<f32>,
@@ -203,11 +215,14 @@ pub struct Detector {
     /// Changed pixels (0/1) before and after dilation.
     fg: Vec<u8>,
     dilated: Vec<u8>,
-    /// The previous frame's dilated mask (and its rows), when `mask_ran` says that
-    /// frame labelled one: a blob that does not overlap it appeared from nothing.
-    prev_mask: Vec<u8>,
-    prev_mask_rows: Vec<bool>,
+    /// This frame labelled `dilated`.
     mask_ran: bool,
+    /// The dilated masks (with their rows, and whether that frame labelled one) of the
+    /// last `past.len()` frames, oldest first: 200 ms back (one frame at 5 fps). A blob
+    /// that does not overlap the oldest appeared from nothing within 200 ms; looking
+    /// back by time rather than by one frame keeps that test the same at any rate (at
+    /// 15 fps a glint on water is still there one frame later).
+    past: VecDeque<(Vec<u8>, Vec<bool>, bool)>,
     /// Rows of `fg`, `hdil` and `dilated` that may hold a set pixel: motion is sparse,
     /// so dilation and labelling skip the empty rows.
     fg_rows: Vec<bool>,
@@ -227,8 +242,10 @@ pub struct Detector {
 }
 
 impl Detector {
-    /// A detector for `width` x `height` grey frames; mask polygons are rasterised here.
-    pub fn new(cfg: &MotionConfig, width: u32, height: u32) -> Self {
+    /// A detector for `width` x `height` grey frames arriving `fps` a second; mask
+    /// polygons are rasterised here, and the settings given as time or per 200 ms become
+    /// frames and per-frame weights at that rate.
+    pub fn new(cfg: &MotionConfig, width: u32, height: u32, fps: u32) -> Self {
         let (w, h) = (width.max(1) as usize, height.max(1) as usize);
         let n = w * h;
         // 8 px at 320 wide: a few specks per block.
@@ -257,8 +274,11 @@ impl Detector {
         Self {
             w,
             h,
+            fps,
             threshold: cfg.threshold.get().clamp(1, 255) as u8,
-            rate: ((cfg.background_rate.get() * 65536.0).round() as u32).clamp(1, 65535) as u16 | 1,
+            rate: ((per_frame(cfg.background_rate.get(), fps) * 65536.0).round() as u32)
+                .clamp(1, 65535) as u16
+                | 1,
             blur: cfg.blur,
             radius: cfg.dilate_radius.as_usize(),
             min_area: (cfg.min_area.get() * frame_area).ceil() as u32,
@@ -272,7 +292,10 @@ impl Detector {
             cell_active,
             cell_changed: [0; GRID * GRID],
             cells_eligible,
-            contrast: cfg.contrast.enabled.then(|| Contrast::new(&cfg.contrast)),
+            contrast: cfg
+                .contrast
+                .enabled
+                .then(|| Contrast::new(&cfg.contrast, fps)),
             stretched: if cfg.contrast.enabled {
                 vec![0; n]
             } else {
@@ -285,12 +308,15 @@ impl Detector {
             cur: vec![0; n],
             dev: vec![0; n],
             noise_factor: cfg.noise_factor.get() as u16,
+            noise_rate: ((per_frame(NOISE_RATE, fps) * 65536.0).round() as u32).clamp(1, 65535)
+                as u16,
             warmup_left: 0,
-            warmup_total: cfg.warmup_frames.get() as u32,
+            warmup_total: cfg.warmup_frames_at(fps),
             light_texture: (cfg.light_texture.get() < 1.0 && cfg.shadow_ratio.get() > 0.0)
                 .then_some(cfg.light_texture.get() as f32),
             light_rows: Vec::with_capacity(h),
             speckle: cfg.speckle_factor.get() as f32,
+            speckle_rate: per_frame(NOISE_RATE, fps) as f32,
             block,
             bw: w.div_ceil(block),
             speckle_map: vec![0.0; w.div_ceil(block) * h.div_ceil(block)],
@@ -307,9 +333,10 @@ impl Detector {
             samples: Vec::new(),
             fg: vec![0; n],
             dilated: vec![0; n],
-            prev_mask: vec![0; n],
-            prev_mask_rows: vec![false; h],
             mask_ran: false,
+            past: (0..frames_in(LOOK_BACK, fps).max(1))
+                .map(|_| (vec![0; n], vec![false; h], false))
+                .collect(),
             fg_rows: vec![false; h],
             hdil_rows: vec![false; h],
             dilated_rows: vec![false; h],
@@ -339,6 +366,10 @@ impl Detector {
     }
     pub fn height(&self) -> u32 {
         self.h as u32
+    }
+    /// The analysis rate the detector was built for.
+    pub fn fps(&self) -> u32 {
+        self.fps
     }
     /// 1 where change counts, 0 in masked areas (for debug images).
     pub fn active(&self) -> &[u8] {
@@ -391,7 +422,17 @@ impl Detector {
         self.out.shift = (0, 0);
         self.out.learning = false;
         self.gain_at = None;
-        let had_mask = std::mem::replace(&mut self.mask_ran, false);
+        // The last frame's mask joins the past; the oldest, no longer needed, lends its
+        // buffers to this frame's.
+        let last = (
+            std::mem::take(&mut self.dilated),
+            std::mem::take(&mut self.dilated_rows),
+            std::mem::replace(&mut self.mask_ran, false),
+        );
+        self.past.push_back(last);
+        if let Some((px, rows, _)) = self.past.pop_front() {
+            (self.dilated, self.dilated_rows) = (px, rows);
+        }
         let reset_contrast = !self.seeded;
         self.stretch(grey, reset_contrast);
         self.smooth(grey);
@@ -433,10 +474,7 @@ impl Detector {
             self.learn_speckle();
             return;
         }
-        // Dilation (a plain copy at radius 0) into the buffer that held the mask of
-        // two frames ago, so that the previous frame's stays for the overlap count.
-        std::mem::swap(&mut self.dilated, &mut self.prev_mask);
-        std::mem::swap(&mut self.dilated_rows, &mut self.prev_mask_rows);
+        // Dilation (a plain copy at radius 0).
         dilate(
             Plane {
                 px: &self.fg,
@@ -453,7 +491,10 @@ impl Detector {
             self.w,
             self.radius,
         );
-        let previous = had_mask.then_some(self.prev_mask.as_slice());
+        let previous = self
+            .past
+            .front()
+            .and_then(|(px, _, ran)| ran.then_some(px.as_slice()));
         self.labeler.label(
             &self.dilated,
             self.w,
@@ -469,7 +510,7 @@ impl Detector {
         for c in &self.components {
             let speck = c.area < self.min_area;
             // A flash: a small blob (under FLASH_AREA x `min_area`) that mostly lies
-            // outside the previous frame's mask, so it neither persisted nor travelled
+            // outside the mask of 200 ms before, so it neither persisted nor travelled
             // from a blob next to it: a glint on water, a raindrop, a flake. Objects
             // overlap their last position; far, small ones move little in the image.
             let flash = c.area < FLASH_AREA * self.min_area && 2 * c.overlap < c.area;
@@ -529,15 +570,16 @@ impl Detector {
         self.learn_speckle();
     }
 
-    /// Folds this frame's specks into the speckle map (1/8 per frame) and clears them.
+    /// Folds this frame's specks into the speckle map (1/8 per 200 ms) and clears them.
     #[inline(always)]
     fn learn_speckle(&mut self) {
         if self.speckle == 0.0 {
             return;
         }
         let per_px = 1.0 / (self.block * self.block) as f32;
+        let rate = self.speckle_rate;
         for (m, now) in self.speckle_map.iter_mut().zip(&mut self.speckle_now) {
-            *m += (*now * per_px - *m) * 0.125;
+            *m += (*now * per_px - *m) * rate;
             *now = 0.0;
         }
     }
@@ -882,6 +924,7 @@ impl Detector {
             factor: self.noise_factor,
             shadow: self.shadow,
             rate: self.rate,
+            noise_rate: self.noise_rate,
             gain: if self.exposure {
                 self.gain_cached((dx, dy))
             } else {
@@ -1116,6 +1159,8 @@ struct RowParams {
     factor: u16,
     shadow: u16,
     rate: u16,
+    /// Weight of a new difference in the noise level, in 1/65536.
+    noise_rate: u16,
     /// Exposure of the frame against the background, in 1/2^GAIN_BITS.
     gain: u16,
 }
@@ -1192,14 +1237,16 @@ fn update_row<const WARM: bool>(
         // shadows either), so a passing
         // object does not raise it; where leaves or water make the difference wide,
         // the threshold climbs until most of their changes fall below it (about twice
-        // their amplitude). 1/8 per frame, in 1/16 grey levels: dev' = dev - dev/8 + 2d.
+        // their amplitude). In 1/16 grey levels, a = noise_rate / 65536 (1/8 at 5 fps):
+        // dev' = dev - dev a + 16 d a, as high multiplies (at a = 1/8 exactly the
+        // shifts dev/8 and 2d).
         if WARM {
             // dev + (16 d - dev) * warm / 65536, in i32.
             let step = ((((d as i32) << 4) - *dv as i32) * p.warm as i32) >> 16;
             *dv = (*dv as i32 + step).clamp(0, u16::MAX as i32) as u16;
         } else {
             let learn = u16::from(raw ^ 1);
-            let next = (*dv - (*dv >> 3)).wrapping_add(d << 1);
+            let next = (*dv - mulhi(*dv, p.noise_rate)).wrapping_add(mulhi(d << 4, p.noise_rate));
             let mask = 0u16.wrapping_sub(learn);
             *dv = (next & mask) | (*dv & !mask);
         }
@@ -1212,6 +1259,12 @@ fn update_row<const WARM: bool>(
     }
     // Counted after the loop in u8 lanes, cheaper than widening each pixel to u32.
     count(fg)
+}
+
+/// (a * b) >> 16: a 16x16-bit high multiply, which every target vectorises.
+#[inline(always)]
+fn mulhi(a: u16, b: u16) -> u16 {
+    ((a as u32 * b as u32) >> 16) as u16
 }
 
 /// Shadow test of a row `update_row` marked (`shadow` > 0): a changed pixel darker
@@ -1376,6 +1429,9 @@ mod tests {
         }
     }
 
+    /// The tests' analysis rate: frames are 200 ms apart.
+    const FPS: u32 = 5;
+
     fn t(i: usize) -> SystemTime {
         SystemTime::UNIX_EPOCH
             + Duration::from_secs(1_700_000_000)
@@ -1388,7 +1444,7 @@ mod tests {
         cfg: &MotionConfig,
         frames: impl IntoIterator<Item = Vec<u8>>,
     ) -> (Vec<FrameMotion>, Vec<(usize, MotionTransition)>) {
-        let mut det = Detector::new(cfg, W as u32, H as u32);
+        let mut det = Detector::new(cfg, W as u32, H as u32, FPS);
         let mut tr = EventTracker::new(cfg, "test");
         let (mut per_frame, mut transitions) = (Vec::new(), Vec::new());
         for (i, f) in frames.into_iter().enumerate() {
@@ -1408,7 +1464,7 @@ mod tests {
     /// frames (the warm-up has its own test).
     fn no_warmup() -> MotionConfig {
         MotionConfig {
-            warmup_frames: IntIn::lit(0),
+            warmup_frames: Some(IntIn::lit(0)),
             ..MotionConfig::default()
         }
     }
@@ -1619,6 +1675,50 @@ mod tests {
             assert_eq!(starts(&tr), want, "factor {factor}, ratio {ratio}: {tr:?}");
             assert!(per_frame.iter().all(|m| !m.global_change));
         }
+    }
+
+    /// The times in the settings are times at any analysis rate: a square that stops
+    /// fades into the background (`background_rate`, per 200 ms) after the same time,
+    /// and the warm-up (`warmup`, 1.6 s) lasts as long, at 5, 10 and 15 fps.
+    #[test]
+    fn a_stopped_object_fades_and_the_warm_up_ends_after_the_same_time_at_any_rate() {
+        let mut seen = Vec::new();
+        for fps in [5u32, 10, 15] {
+            let cfg = MotionConfig::default();
+            let mut det = Detector::new(&cfg, W as u32, H as u32, fps);
+            let mut scene = Scene::new();
+            let (mut last_box, mut learning) = (0.0f64, 0u32);
+            for i in 0..20 * fps {
+                let secs = f64::from(i) / f64::from(fps);
+                // A square appears at 2 s (after the warm-up) and stays.
+                let squares: &[(usize, usize, usize, u8)] = if secs >= 2.0 {
+                    &[(140, 70, 40, 220)]
+                } else {
+                    &[]
+                };
+                let m = det.process(&scene.frame(0.0, squares, 2.0)).unwrap();
+                if m.has_motion() {
+                    last_box = secs;
+                }
+                learning += u32::from(m.learning);
+            }
+            let warm_up = f64::from(learning) / f64::from(fps);
+            assert!(
+                (warm_up - 1.6).abs() < 0.01,
+                "{fps} fps: warm-up {warm_up} s"
+            );
+            assert!(
+                last_box > 3.0,
+                "{fps} fps: the square faded at once ({last_box} s)"
+            );
+            seen.push((fps, last_box));
+        }
+        eprintln!("last box (fps, s): {seen:?}");
+        // Within one 5 fps frame of each other.
+        let (lo, hi) = seen.iter().fold((f64::MAX, 0.0f64), |(lo, hi), &(_, t)| {
+            (lo.min(t), hi.max(t))
+        });
+        assert!(hi - lo <= 0.2, "last box (fps, s): {seen:?}");
     }
 
     #[test]
@@ -1881,7 +1981,7 @@ mod tests {
     #[test]
     fn swaying_leaves_are_learnt_in_the_warm_up_and_raise_few_boxes() {
         let off = MotionConfig {
-            warmup_frames: IntIn::lit(0),
+            warmup_frames: Some(IntIn::lit(0)),
             ..MotionConfig::default()
         };
         assert_nuisance_rows(
@@ -1956,8 +2056,8 @@ mod tests {
             })
             .collect();
         let cfg = MotionConfig::default();
-        let mut fast = Detector::new(&cfg, W as u32, H as u32);
-        let mut portable = Detector::new(&cfg, W as u32, H as u32);
+        let mut fast = Detector::new(&cfg, W as u32, H as u32, FPS);
+        let mut portable = Detector::new(&cfg, W as u32, H as u32, FPS);
         #[cfg(target_arch = "x86_64")]
         {
             portable.avx2 = false;
@@ -2001,7 +2101,7 @@ mod tests {
 
     #[test]
     fn a_frame_of_the_wrong_size_is_an_error() {
-        let mut det = Detector::new(&MotionConfig::default(), 8, 4);
+        let mut det = Detector::new(&MotionConfig::default(), 8, 4, FPS);
         let err = det.process(&[0; 31]).unwrap_err();
         assert_eq!(
             err.to_string(),
@@ -2022,7 +2122,7 @@ mod tests {
                     i
                 }) as usize
             };
-            let mut det = Detector::new(&MotionConfig::default(), w as u32, h as u32);
+            let mut det = Detector::new(&MotionConfig::default(), w as u32, h as u32, FPS);
             det.smooth(&src);
             for y in 0..h {
                 let got = &det.cur[y * w..(y + 1) * w];
@@ -2048,7 +2148,7 @@ mod tests {
             global_spread: Fraction::lit(1.0),
             ..MotionConfig::default()
         };
-        let mut det = Detector::new(&cfg, 16, 16);
+        let mut det = Detector::new(&cfg, 16, 16, FPS);
         det.process(&[0; 256]).unwrap();
         let f = [200u8; 256];
         for _ in 0..100 {
@@ -2120,7 +2220,7 @@ mod fuzz {
                 _ => (rng.random_range(1..120), rng.random_range(1..90)),
             };
             let cfg = random_config(&mut rng);
-            let mut d = Detector::new(&cfg, w, h);
+            let mut d = Detector::new(&cfg, w, h, 5);
             let n = (w * h) as usize;
             let mut frame = vec![0u8; n];
             for _ in 0..6 {

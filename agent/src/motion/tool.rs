@@ -70,6 +70,7 @@ struct EventLine<'a> {
 /// Runs frames through detector and tracker and writes ended events as JSON lines.
 pub struct Replay<W: Write> {
     cfg: MotionConfig,
+    fps: u32,
     detector: Option<Detector>,
     tracker: EventTracker,
     out: W,
@@ -80,8 +81,10 @@ pub struct Replay<W: Write> {
 }
 
 impl<W: Write> Replay<W> {
+    /// A replay of frames analysed at `fps` a second (the camera's `analysis_fps`).
     pub fn new(
         cfg: &MotionConfig,
+        fps: u32,
         camera: &str,
         out: W,
         opts: &ReplayOptions,
@@ -113,6 +116,7 @@ impl<W: Write> Replay<W> {
         };
         Ok(Self {
             cfg: cfg.clone(),
+            fps,
             detector: None,
             tracker: EventTracker::new(cfg, camera),
             out,
@@ -121,6 +125,15 @@ impl<W: Write> Replay<W> {
             debug,
             summary: ReplaySummary::default(),
         })
+    }
+
+    /// Frames from now on arrive `fps` a second (the stream's rate turned out lower than
+    /// the setting, or changed): a change starts a new detector.
+    pub fn set_fps(&mut self, fps: u32) {
+        if fps != self.fps {
+            self.fps = fps;
+            self.detector = None;
+        }
     }
 
     /// Feeds one grey frame captured at `at`; `index` is its position among the
@@ -138,7 +151,7 @@ impl<W: Write> Replay<W> {
         let fresh =
             !matches!(&self.detector, Some(d) if d.width() == width && d.height() == height);
         if fresh {
-            self.detector = Some(Detector::new(&self.cfg, width, height));
+            self.detector = Some(Detector::new(&self.cfg, width, height, self.fps));
         }
         let Some(det) = self.detector.as_mut() else {
             return Ok(None);
@@ -225,9 +238,11 @@ fn write_json(out: &mut impl Write, v: &impl serde::Serialize) -> Result<(), Mot
 /// An owned grey frame: capture time, width, height, pixels (rows without padding).
 pub type GreyFrame = (SystemTime, u32, u32, Vec<u8>);
 
-/// Replays owned frames (indexed from 0, no stream time); see [`Replay`].
+/// Replays owned frames (indexed from 0, no stream time) analysed at `fps` a second;
+/// see [`Replay`].
 pub fn replay<W, I>(
     cfg: &MotionConfig,
+    fps: u32,
     camera: &str,
     frames: I,
     out: W,
@@ -237,7 +252,7 @@ where
     W: Write,
     I: IntoIterator<Item = GreyFrame>,
 {
-    let mut r = Replay::new(cfg, camera, out, opts)?;
+    let mut r = Replay::new(cfg, fps, camera, out, opts)?;
     for (i, (at, w, h, grey)) in frames.into_iter().enumerate() {
         r.frame(i as u64, None, at, w, h, &grey)?;
     }
@@ -442,7 +457,7 @@ mod tests {
     fn light_step_is_global() -> MotionConfig {
         MotionConfig {
             follow_exposure: false,
-            warmup_frames: crate::config::types::IntIn::lit(0),
+            warmup_frames: Some(crate::config::types::IntIn::lit(0)),
             ..MotionConfig::default()
         }
     }
@@ -472,6 +487,7 @@ mod tests {
         let mut out = Vec::new();
         let summary = replay(
             &light_step_is_global(),
+            5,
             "yard",
             frames(),
             &mut out,
@@ -537,7 +553,15 @@ mod tests {
             frame_lines: true,
             grey_out: Some(dir.path().join("grey.raw")),
         };
-        let summary = replay(&light_step_is_global(), "yard", frames(), &mut out, &opts).unwrap();
+        let summary = replay(
+            &light_step_is_global(),
+            5,
+            "yard",
+            frames(),
+            &mut out,
+            &opts,
+        )
+        .unwrap();
         let lines: Vec<serde_json::Value> = String::from_utf8(out)
             .unwrap()
             .lines()
