@@ -30,7 +30,9 @@
 //!
 //! `cargo bench -p edge-agent --bench latency`. Environment: BENCH_EVENTS (samples per
 //! model and mode, default 10), BENCH_MODELS (`tiny,full`), BENCH_PARTS
-//! (`latency,memory`), BENCH_FIGURES_DIR (default agent/benches/figures).
+//! (`latency,memory`), BENCH_FIGURES_DIR (default agent/benches/figures), BENCH_TRACE
+//! (set: print every answered frame of each event, its capture and answer time from the
+//! event start and its worker timings, to see where a sample went).
 
 // The scene takes a list of frame windows; one window is what we want here.
 #![allow(clippy::single_range_in_vec_init)]
@@ -536,6 +538,8 @@ fn latency_phase(case: &ModelCase, warm: bool, n: usize) -> LatencyRow {
     let mut pending: Option<(SystemTime, bool)> = None;
     // The last sample's event: (start ms, captured ms of its first answer, sample index).
     let mut answered: Option<(u64, u64, usize)> = None;
+    let trace = std::env::var_os("BENCH_TRACE").is_some();
+    let mut last_start: Option<SystemTime> = None;
     let deadline = Instant::now() + Duration::from_secs(period_s * (n as u64 * 2 + 4) + 60);
     while samples.len() < n && Instant::now() < deadline {
         let Ok(r) = rx.recv_timeout(Duration::from_millis(500)) else {
@@ -562,8 +566,26 @@ fn latency_phase(case: &ModelCase, warm: bool, n: usize) -> LatencyRow {
                 rejected += 1; // the previous event never got an answer
             }
             pending = Some((start, ok));
+            last_start = Some(start);
+            if trace {
+                eprintln!("  trace: motion start; worker seen in the 500 ms before: {ok}");
+            }
         } else if r.topic.ends_with("/detections") {
             let captured = r.payload["captured_ms"].as_u64().unwrap_or(0);
+            if trace {
+                if let Some((start, _)) = pending.or(last_start.map(|s| (s, true))) {
+                    let s_ms = unix_ms(start) as i64;
+                    let at =
+                        r.at.duration_since(start)
+                            .map(|d| d.as_millis() as i64)
+                            .unwrap_or(-1);
+                    eprintln!(
+                        "  trace: frame captured {:+} ms, answered {at} ms after start; timings {}",
+                        captured as i64 - s_ms,
+                        r.payload["detections"]["timings"]
+                    );
+                }
+            }
             if let Some((start_ms, first, i)) = answered {
                 if captured >= start_ms && captured < first {
                     samples[i].overtaken = true;
