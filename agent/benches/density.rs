@@ -639,8 +639,13 @@ async fn detection_delay(idle: bool, k: usize) -> Option<f64> {
     let o = origin.clone();
     tokio::spawn(async move {
         while let Some(f) = tap_rx.recv().await {
-            if let (None, Some(pts)) = (*o.lock().unwrap(), f.pts) {
-                *o.lock().unwrap() = Some(f.captured - pts);
+            // One lock: a guard taken in the `if let` itself would live through its body,
+            // and locking again there deadlocked this task (the bench hung here).
+            {
+                let mut first = o.lock().unwrap();
+                if let (None, Some(pts)) = (*first, f.pts) {
+                    *first = Some(f.captured - pts);
+                }
             }
             if grey_tx.send(f).await.is_err() {
                 break;
