@@ -869,6 +869,8 @@ fn install_bus_handler(pipeline: &gst::Pipeline, shared: &Arc<Shared>, attempt: 
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn the_analysis_rate_is_the_lower_of_the_setting_and_the_source() {
         // (sampler fps, source rate, rate motion sees)
@@ -884,14 +886,12 @@ mod tests {
         ];
         for (sampler, source, want) in rows {
             assert_eq!(
-                super::analysis_rate(sampler, source),
+                analysis_rate(sampler, source),
                 want,
                 "{sampler} fps from a {source} source"
             );
         }
     }
-
-    use super::*;
 
     #[test]
     fn decoder_choice_follows_the_setting_and_what_is_installed() {
