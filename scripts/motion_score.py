@@ -247,10 +247,25 @@ FPS, SECONDS, SW, SH = 30, 12, 320, 240
 WALK = (4.0, 10.0)  # seconds during which the person crosses
 
 
+def clip_frames(data, clip, every=1, only=None):
+    """Frames k (from 0) of `data/clip/clip.mp4` with k % every == 0, or k in `only`:
+    frame k matches the k-th ground-truth file in name order."""
+    cap = cv2.VideoCapture(os.path.join(data, clip, f"{clip}.mp4"))
+    out, k = [], 0
+    while True:
+        ok, img = cap.read()
+        if not ok:
+            break
+        if (only is None and k % every == 0) or (only is not None and k in only):
+            out.append(img)
+        k += 1
+    if not out:
+        raise SystemExit(f"motion_score: no frames in {os.path.join(data, clip, clip + '.mp4')}")
+    return out
+
+
 def _frames(data, clip, every=20):
-    d = os.path.join(data, clip, "input")
-    fs = sorted(os.listdir(d))[::every]
-    return [cv2.resize(cv2.imread(os.path.join(d, f)), (SW, SH), interpolation=cv2.INTER_AREA) for f in fs]
+    return [cv2.resize(f, (SW, SH), interpolation=cv2.INTER_AREA) for f in clip_frames(data, clip, every)]
 
 
 def _background(data, clip):
@@ -260,7 +275,7 @@ def _background(data, clip):
 def _person(data):
     """RGB crop and mask of a walking person (pedestrians-dev frame 360), 60 px tall."""
     d = os.path.join(data, "pedestrians-dev")
-    img = cv2.imread(os.path.join(d, "input", "in000360.jpg"))
+    img = clip_frames(data, "pedestrians-dev", only={360 - 300})[0]  # frame 0 is in000300
     gt = cv2.imread(os.path.join(d, "groundtruth", "gt000360.png"), cv2.IMREAD_GRAYSCALE)
     if img is None or gt is None:
         raise SystemExit(f"motion_score: cannot read the person of {d}")
@@ -513,7 +528,7 @@ def main():
     g = sub.add_parser("scene")
     g.add_argument("kind", choices=sorted(SCENES))
     g.add_argument("--out", required=True)
-    g.add_argument("--data", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "realcam-dev"))
+    g.add_argument("--data", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "data", "realcam"))
     a = ap.parse_args()
     return cmd_score(a) if a.cmd == "score" else cmd_scene(a)
 

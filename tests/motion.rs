@@ -164,12 +164,13 @@ fn bikes_at(path: &Path, fps: u32) -> Result<()> {
 // scripts/motion_score.py against per-pixel ground truth, through the real
 // `edge-agent motion --frames` and, on the very same frames, OpenCV's MOG2.
 
-/// The dev clips: `EDGE_AGENT_REALCAM_DEV`, else `../shared/data/realcam-dev` beside
-/// the repository (as in CI). Missing data fails the test: it must not pass unseen.
+/// The dev clips: `EDGE_AGENT_REALCAM_DEV`, else the repository's own `tests/data/realcam`
+/// (CDnet clips with their ground truth; each folder's SOURCE.txt says where from).
+/// Missing data fails the test: it must not pass unseen.
 fn realcam_dev() -> PathBuf {
     let dir = std::env::var_os("EDGE_AGENT_REALCAM_DEV")
         .map(PathBuf::from)
-        .unwrap_or_else(|| crate::common::models::root().join("../shared/data/realcam-dev"));
+        .unwrap_or_else(|| crate::common::models::root().join("tests/data/realcam"));
     assert!(
         dir.join("highway-dev/groundtruth").is_dir(),
         "the real clips are missing at {} (set EDGE_AGENT_REALCAM_DEV)",

@@ -1,5 +1,5 @@
 //! Benchmark (not a test): what starting a worker at the first motion candidate costs
-//! in false starts, on the real fixed-camera clips of `realcam-dev`.
+//! in false starts, on the real fixed-camera clips of `tests/data/realcam`.
 //!
 //! Each clip is decoded once through the agent's own ingest pipeline (`ingest::replay`,
 //! sampled to the analysis rate), then its grey frames are looped for one hour of
@@ -9,7 +9,7 @@
 //! hour of wall time. Baseline in the same run: the same loop with pre-warm off.
 //!
 //! `cargo bench -p edge-agent --bench candidates` (env: EDGE_AGENT_REALCAM_DEV, the
-//! clips' folder, default `/work/shared/data/realcam-dev`; BENCH_FPS, default `5,10,15`).
+//! clips' folder, default the repository's `tests/data/realcam`; BENCH_FPS, default `5,10,15`).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -24,7 +24,9 @@ const HOUR: Duration = Duration::from_secs(3600);
 fn main() {
     let dir = std::env::var_os("EDGE_AGENT_REALCAM_DEV")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/work/shared/data/realcam-dev"));
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/realcam")
+        });
     let fps: Vec<u32> = std::env::var("BENCH_FPS")
         .unwrap_or_else(|_| "5,10,15".into())
         .split(',')

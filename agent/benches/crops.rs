@@ -149,7 +149,7 @@ fn main() {
     };
     let data = std::env::var("EDGE_AGENT_REALCAM_DEV")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| root().join("../shared/data/realcam-dev"));
+        .unwrap_or_else(|_| root().join("tests/data/realcam"));
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().to_str().unwrap();
     let made = py(&[
