@@ -141,7 +141,7 @@ async fn mqtt_subscribe(port: u16, prefix: &str, device: &str) -> (Inbox, rumqtt
 
 /// A queue bound to `{device}.#` on the events exchange, consumed into the inbox.
 async fn amqp_subscribe(
-    cfg: &edge_agent::escalate::TransportConfig,
+    cfg: &edge_agent::transport::TransportConfig,
     device: &str,
 ) -> (Inbox, lapin::Connection) {
     use futures::StreamExt;
@@ -191,8 +191,8 @@ fn fire_sightings(seen: &[Seen]) -> Vec<String> {
 
 /// A frame message as the agent publishes it: it decodes, and its header follows its
 /// schema. Returns the header.
-fn check_frame(p: &Bytes) -> edge_agent::escalate::FrameHeader {
-    let msg = edge_agent::escalate::message::decode(p, 64 << 20)
+fn check_frame(p: &Bytes) -> edge_agent::wire::FrameHeader {
+    let msg = edge_agent::wire::frame::decode(p, 64 << 20)
         .unwrap_or_else(|e| panic!("frame message does not decode: {e}"));
     let v = serde_json::to_value(&msg.header).unwrap();
     crate::common::schema::check("frame-header.v2.json", &v);
@@ -488,7 +488,7 @@ async fn full_cycle_over_rabbitmq() {
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
-    edge_agent::escalate::amqp::delete_topology(&ch, &cfg, &device).await;
+    edge_agent::transport::amqp::delete_topology(&ch, &cfg, &device).await;
 }
 
 /// The square moves, rests (the worker scales in to zero), moves again (a worker starts
@@ -731,7 +731,7 @@ async fn a_small_object_the_whole_frame_misses_is_found_in_crops_around_motion()
                 .iter()
                 .filter(|s| s.kind == kind)
                 .filter_map(|s| match kind {
-                    "frames" => edge_agent::escalate::message::decode(&s.payload, 64 << 20)
+                    "frames" => edge_agent::wire::frame::decode(&s.payload, 64 << 20)
                         .ok()
                         .map(|m| m.header.seq),
                     _ => json(&s.payload)["seq"].as_u64(),

@@ -7,13 +7,13 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use edge_agent::config::types::{Fraction, IntIn};
 use edge_agent::image::{decode_jpeg, encode_jpeg, RgbImage};
 use edge_agent::infer::config::{ChannelOrder, InferenceConfig, Provider, ResizeMode};
 use edge_agent::infer::worker::{
     self, AckOutcome, Confirmation, DetectionsMessage, FrameMeta, ResultSink, Snapshot, WorkItem,
 };
 use edge_agent::infer::{Detection, EventsConfig, InferError, Pipeline};
+use edge_agent::values::{Fraction, IntIn};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -913,8 +913,8 @@ async fn frame_is_requeued_when_its_detections_are_not_handed_over_or_not_confir
 /// person outside every crop must be pixelated on it all the same.
 #[tokio::test]
 async fn with_crops_a_privacy_class_outside_every_crop_is_pixelated_on_the_snapshot() {
-    use edge_agent::escalate::regions::{Rect, Region};
     use edge_agent::infer::worker::Payload;
+    use edge_agent::wire::regions::{Rect, Region};
     let pipeline = Pipeline::new(&cfg(&test_model(), Some("models/test.names"))).unwrap();
     let events = EventsConfig {
         classes: vec!["fire".into()],

@@ -3,9 +3,9 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use edge_agent::config::types::IntIn;
 use edge_agent::ingest::synthetic::Scene;
 use edge_agent::ingest::{self, CameraConfig, CameraHandle, CameraState, GreyFrame};
+use edge_agent::values::IntIn;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
@@ -492,7 +492,7 @@ async fn a_frozen_stream_is_restarted_by_the_stall_watchdog_and_resumes() {
     logs::capture();
     let srv = RtspTestServer::start(Scene::sized(320, 180, 15));
     let mut cfg = camera("cam-freeze", &srv.url("/freeze"));
-    cfg.stall_timeout = edge_agent::config::types::Dur::secs(1);
+    cfg.stall_timeout = edge_agent::values::Dur::secs(1);
     let (tx, rx) = mpsc::channel(16);
     let cam = ingest::spawn_camera(cfg, tx, CancellationToken::new());
     let arrivals = record_arrivals(rx);
@@ -618,7 +618,7 @@ async fn idle_decode_keeps_key_frames_only_while_still_and_wakes_at_motion() {
     let url = srv.url("/idle");
     let mut cfg = camera(&id, &url);
     cfg.idle_decode = ingest::IdleDecode::Keyframes;
-    cfg.motion.quiet_period = edge_agent::config::types::Dur::secs(1);
+    cfg.motion.quiet_period = edge_agent::values::Dur::secs(1);
     let stop = CancellationToken::new();
     let (grey_tx, grey_rx) = mpsc::channel(4);
     let handle = std::sync::Arc::new(ingest::spawn_camera(cfg.clone(), grey_tx, stop.clone()));

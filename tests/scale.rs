@@ -237,9 +237,10 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use edge_agent::clock::unix_ns_now;
-use edge_agent::escalate::message::VERSION;
-use edge_agent::escalate::{AgentTransport, FrameHeader, FrameMessage, TransportConfig};
 use edge_agent::image::encode_rgb;
+use edge_agent::transport::{AgentTransport, TransportConfig};
+use edge_agent::wire::frame::VERSION;
+use edge_agent::wire::{FrameHeader, FrameMessage};
 
 use crate::common::broker::{amqp_url, eventually, unique};
 use crate::common::models::{root, tiny_random};
@@ -283,7 +284,7 @@ async fn cleanup(names: &Names, devices: &[&str]) {
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
     for d in devices {
-        edge_agent::escalate::amqp::delete_topology(&ch, &names.transport(), d).await;
+        edge_agent::transport::amqp::delete_topology(&ch, &names.transport(), d).await;
     }
     let _ = conn.close(200, "OK".into()).await;
 }
@@ -334,7 +335,7 @@ fn frame(device: &str, camera: &str, seq: u64, jpeg: &Bytes) -> FrameMessage {
 /// each frame got, and the peak worker count seen in /proc.
 async fn collect(
     scaler: &mut Running,
-    agents: &mut [(String, edge_agent::escalate::Results)],
+    agents: &mut [(String, edge_agent::transport::Results)],
     want: &BTreeSet<(String, u64)>,
     timeout: Duration,
 ) -> (BTreeMap<(String, u64), u32>, usize) {
@@ -952,7 +953,7 @@ async fn a_worker_that_cannot_finish_within_the_grace_period_exits_anyway_and_it
     );
 
     // Nothing is lost: every frame is answered or back in the queue for another worker.
-    let mut probe = edge_agent::escalate::amqp::QueueProbe::new(&cfg).unwrap();
+    let mut probe = edge_agent::transport::amqp::QueueProbe::new(&cfg).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         while let Ok(Some(r)) =

@@ -297,7 +297,7 @@ async fn heartbeat_goes_to_the_events_exchange_on_rabbitmq() {
     let log = agent.log_text();
     let status = agent.stop();
     let ch = conn.create_channel().await.unwrap();
-    edge_agent::escalate::amqp::delete_topology(&ch, &cfg, &device).await;
+    edge_agent::transport::amqp::delete_topology(&ch, &cfg, &device).await;
     assert!(r.is_ok(), "no two heartbeats; log:\n{log}");
     for h in &beats {
         check_heartbeat(h, &device);

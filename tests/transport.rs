@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use edge_agent::clock::unix_ns_now;
-use edge_agent::config::types::{Dur, IntIn, SecretUrl};
-use edge_agent::escalate::amqp::{dead_letter_names, declare_topology};
-use edge_agent::escalate::message::{encode, FrameHeader, FrameMessage, VERSION};
-use edge_agent::escalate::{
+use edge_agent::image::encode_rgb;
+use edge_agent::transport::amqp::{dead_letter_names, declare_topology};
+use edge_agent::transport::{
     AgentTransport, Frames, TransportConfig, TransportKind, WorkerTransport,
 };
-use edge_agent::image::encode_rgb;
+use edge_agent::values::{Dur, IntIn, SecretUrl};
+use edge_agent::wire::frame::{encode, FrameHeader, FrameMessage, VERSION};
 use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
@@ -56,7 +56,7 @@ async fn amqp_cleanup(cfg: &TransportConfig) {
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
-    edge_agent::escalate::amqp::delete_topology(&ch, cfg, DEVICE).await;
+    edge_agent::transport::amqp::delete_topology(&ch, cfg, DEVICE).await;
     let _ = conn.close(200, "OK".into()).await;
 }
 
@@ -783,7 +783,7 @@ async fn while_the_broker_is_away_the_buffer_keeps_events_and_the_newest_frames(
     let seqs: BTreeSet<u64> = got[&frames_topic]
         .iter()
         .map(|f| {
-            edge_agent::escalate::message::decode(f, 1 << 20)
+            edge_agent::wire::frame::decode(f, 1 << 20)
                 .unwrap()
                 .header
                 .seq

@@ -3,7 +3,7 @@
 //! real objects pasted at known boxes (`scripts/crops_frames.py`, which says how and
 //! why the objects are recoloured for the test model).
 //!
-//! Each frame goes the agent's way (`escalate::regions`, `image::encode_rgb` at the
+//! Each frame goes the agent's way (`wire::regions`, `image::encode_rgb` at the
 //! default quality 85) and the worker's (`infer::worker::detect`: decode, cut, letterbox,
 //! run, boxes to camera pixels), three ways: the whole frame scaled to `detect_width`
 //! 640 into a 416 model, the same into a 608 model (about the time crops take), and
@@ -23,13 +23,13 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use edge_agent::config::types::IntIn;
-use edge_agent::escalate::regions::{self, Rect};
 use edge_agent::image;
 use edge_agent::infer::config::{InferenceConfig, Provider};
 use edge_agent::infer::worker::{self, Payload};
 use edge_agent::infer::{Detections, Pipeline};
 use edge_agent::ingest::downscale_plane;
+use edge_agent::values::IntIn;
+use edge_agent::wire::regions::{self, Rect};
 
 const SIZES: [u32; 8] = [6, 8, 12, 16, 24, 32, 48, 96];
 const DETECT_WIDTH: u32 = 640;

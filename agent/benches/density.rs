@@ -628,7 +628,7 @@ async fn detection_delay(idle: bool, k: usize) -> Option<f64> {
         toml::from_str(&format!("id = \"delay\"\nurl = \"{url}\"\n")).expect("config");
     if idle {
         cfg.idle_decode = IdleDecode::Keyframes;
-        cfg.motion.quiet_period = edge_agent::config::types::Dur::secs(1);
+        cfg.motion.quiet_period = edge_agent::values::Dur::secs(1);
     }
     let stop = tokio_util::sync::CancellationToken::new();
     let (tap_tx, mut tap_rx) = tokio::sync::mpsc::channel::<ingest::GreyFrame>(4);

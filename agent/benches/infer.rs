@@ -17,9 +17,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use edge_agent::config::types::IntIn;
 use edge_agent::infer::config::{InferenceConfig, Provider};
 use edge_agent::infer::Pipeline;
+use edge_agent::values::IntIn;
 
 #[path = "common/tools.rs"]
 mod tools;

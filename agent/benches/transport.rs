@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use edge_agent::clock::unix_ns_now;
-use edge_agent::config::types::{IntIn, SecretUrl};
-use edge_agent::escalate::message::{FrameHeader, FrameMessage, VERSION};
-use edge_agent::escalate::{AgentTransport, TransportConfig, TransportKind, WorkerTransport};
 use edge_agent::image::{decode_jpeg, encode_rgb};
+use edge_agent::transport::{AgentTransport, TransportConfig, TransportKind, WorkerTransport};
+use edge_agent::values::{IntIn, SecretUrl};
+use edge_agent::wire::frame::{FrameHeader, FrameMessage, VERSION};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
@@ -326,7 +326,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// returns (elapsed from first publish to last consume, sorted latencies in ms).
 async fn run_once(
     agent: &AgentTransport,
-    frames: &mut edge_agent::escalate::Frames,
+    frames: &mut edge_agent::transport::Frames,
     n: u64,
     rate: Option<f64>,
     seq0: u64,
@@ -486,7 +486,7 @@ async fn cleanup_amqp(url: &str, cfg: &TransportConfig) {
         return;
     };
     if let Ok(ch) = conn.create_channel().await {
-        edge_agent::escalate::amqp::delete_topology(&ch, cfg, "bench").await;
+        edge_agent::transport::amqp::delete_topology(&ch, cfg, "bench").await;
     }
 }
 

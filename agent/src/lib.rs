@@ -23,6 +23,9 @@ pub mod scale;
 pub mod shutdown;
 pub mod sync;
 pub mod telemetry;
+pub mod transport;
+pub mod values;
+pub mod wire;
 
 /// The message contract's checker, shared with the integration tests.
 #[cfg(test)]

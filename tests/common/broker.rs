@@ -327,7 +327,7 @@ impl Mosquitto {
 /// exclusive queue bound to `key` on its events exchange, consumed without acks. Keep the
 /// connection alive as long as the consumer is read.
 pub async fn amqp_tap(
-    cfg: &edge_agent::escalate::TransportConfig,
+    cfg: &edge_agent::transport::TransportConfig,
     key: &str,
     tag: &str,
 ) -> (lapin::Connection, lapin::Consumer) {
@@ -337,7 +337,7 @@ pub async fn amqp_tap(
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
-    edge_agent::escalate::amqp::declare_topology(&ch, cfg)
+    edge_agent::transport::amqp::declare_topology(&ch, cfg)
         .await
         .unwrap();
     let q = ch

@@ -1,6 +1,7 @@
 //! Builds the stages from config, wires them and runs until shutdown. Maps errors to
 //! exit codes: 78 for configuration errors, 1 for anything else.
 
+mod detect;
 mod run;
 mod scaffold;
 mod scaler;
@@ -55,10 +56,10 @@ pub fn main(cli: Cli) -> i32 {
             motion_command(&source, &config, camera.as_deref(), &opts)
         }
         Command::Prepare { config } => with_config(&config, true, flag, |loaded| {
-            crate::infer::detect::prepare_command(&loaded.config.inference)
+            detect::prepare_command(&loaded.config.inference)
         }),
         Command::Detect { config, images } => with_config(&config, true, flag, |loaded| {
-            crate::infer::detect::detect_command(&loaded.config, &images)
+            detect::detect_command(&loaded.config, &images)
         }),
     }
 }
@@ -154,7 +155,7 @@ fn motion_command(
         Err(e) => {
             eprintln!(
                 "edge-agent motion: {}",
-                crate::config::secret::redact_text(&format!("{e:#}"))
+                crate::values::secret::redact_text(&format!("{e:#}"))
             );
             1
         }
@@ -169,8 +170,8 @@ fn motion_replay(
 ) -> anyhow::Result<i32> {
     use anyhow::Context;
 
-    use crate::config::types::{CameraSchemes, SecretUrl};
     use crate::ingest::CameraConfig;
+    use crate::values::{CameraSchemes, SecretUrl};
 
     let url = if source.contains("://") {
         source.to_string()
@@ -279,7 +280,7 @@ where
     let code = match rt.block_on(main) {
         Ok(code) => code,
         Err(e) => {
-            tracing::error!(error = %config::secret::redact_text(&format!("{e:#}")), "{stopped}");
+            tracing::error!(error = %crate::values::secret::redact_text(&format!("{e:#}")), "{stopped}");
             1
         }
     };

@@ -19,12 +19,12 @@ use crate::cli::ConfigArgs;
 use crate::config::resolved::{apply_live, restart_needed};
 use crate::config::{Config, Loaded};
 use crate::escalate::escalator::{self, Escalation};
-use crate::escalate::transport::AgentTransport;
 use crate::scale::PoolHandle;
 use crate::shutdown::Lifetime;
 use crate::sync::lock;
 use crate::telemetry::metrics::{self, metrics};
 use crate::telemetry::{http, notify};
+use crate::transport::AgentTransport;
 
 /// The part of the stop deadline kept for the transport's flush and goodbye (at most a
 /// quarter of the deadline).

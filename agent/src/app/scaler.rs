@@ -26,12 +26,12 @@ use tracing::{info, warn};
 
 use super::scaffold::{self, Housekeeping, Stop};
 use crate::config::{Loaded, EXIT_CONFIG};
-use crate::escalate::amqp::QueueProbe;
-use crate::escalate::TransportKind;
 use crate::scale::{run_scaler, Wake, WorkerSpec};
 use crate::shutdown::Lifetime;
 use crate::telemetry::metrics::{self, metrics};
 use crate::telemetry::{http, notify};
+use crate::transport::amqp::QueueProbe;
+use crate::transport::TransportKind;
 
 /// Time for the queue probe's goodbye after the workers stopped.
 const CLOSE_BOUND: Duration = Duration::from_secs(2);
@@ -95,7 +95,7 @@ async fn run_scaler_cmd(loaded: Loaded) -> anyhow::Result<i32> {
                         }
                         Err(e) => {
                             if metrics::should_log("scaler-backlog", Duration::from_secs(30)) {
-                                warn!(queue = %q, error = %crate::config::secret::redact_text(&e.to_string()), "Cannot read the backlog; workers stay as they are.");
+                                warn!(queue = %q, error = %crate::values::secret::redact_text(&e.to_string()), "Cannot read the backlog; workers stay as they are.");
                             }
                             None
                         }

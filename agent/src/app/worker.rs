@@ -15,8 +15,6 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::config::Loaded;
-use crate::escalate::transport::WorkerTransport;
-use crate::escalate::TransportKind;
 use crate::infer::pipeline::Pipeline;
 use crate::infer::worker::{
     self, AckOutcome, Confirmation, DetectionsMessage, FrameMeta, ResultSink, Snapshot, WorkItem,
@@ -24,6 +22,8 @@ use crate::infer::worker::{
 use crate::scale::{HELD_PREFIX, PROVIDER_PREFIX, READY_LINE};
 use crate::shutdown::{Lifetime, Shutdown};
 use crate::telemetry::latency::Marks;
+use crate::transport::TransportKind;
+use crate::transport::WorkerTransport;
 
 pub fn run(loaded: Loaded) -> i32 {
     super::run_on_runtime(

@@ -15,11 +15,11 @@ use super::scaffold::{self, Stop};
 use crate::config::resolved::workers_differ;
 use crate::config::{resolved_text, Config};
 use crate::escalate::escalator::Offloader;
-use crate::escalate::transport::AgentTransport;
-use crate::escalate::TransportKind;
 use crate::scale::{run_scaler, PoolHandle, ScalingConfig, Wake, WorkerSpec};
 use crate::shutdown::Shutdown;
 use crate::telemetry::metrics::{self, metrics};
+use crate::transport::AgentTransport;
+use crate::transport::TransportKind;
 
 pub(super) struct Workers {
     pub pool: PoolHandle,
@@ -57,7 +57,7 @@ impl Workers {
                 let mut remote_cfg = cfg.transport.clone();
                 remote_cfg.frames_queue = q.clone();
                 Some(Arc::new(tokio::sync::Mutex::new(
-                    crate::escalate::amqp::QueueProbe::new(&remote_cfg).context("remote queue")?,
+                    crate::transport::amqp::QueueProbe::new(&remote_cfg).context("remote queue")?,
                 )))
             }
             None => None,
@@ -247,7 +247,7 @@ fn prepare_engines(spec: &WorkerSpec, inference: &crate::infer::InferenceConfig)
 fn worker_spec(running: &Config, transport: &AgentTransport) -> anyhow::Result<WorkerSpec> {
     let mut c = running.clone();
     if let (TransportKind::Embedded, Some(addr)) = (c.transport.kind, transport.broker_addr()) {
-        c.transport.embedded_port = crate::config::types::IntIn::lit(i64::from(addr.port()));
+        c.transport.embedded_port = crate::values::IntIn::lit(i64::from(addr.port()));
     }
     WorkerSpec::this_binary(resolved_text(&c))
         .context("cannot find this executable to start workers")

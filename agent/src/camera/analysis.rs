@@ -220,9 +220,9 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::types::{Dur, IntIn};
     use crate::escalate::EscalationConfig;
     use crate::ingest::ColourFrame;
+    use crate::values::{Dur, IntIn};
 
     fn frame(seq: u64) -> Escalation {
         Escalation::Frame(EscalatedFrame {

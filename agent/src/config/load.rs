@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::tree::{ConfigError, ConfigErrors, Kind, Node, Origin, Seg};
 use super::Config;
-use crate::escalate::TransportKind;
+use crate::transport::TransportKind;
 
 /// Prefix of environment overrides: `EDGE_AGENT__TRANSPORT__KIND=amqp`,
 /// `EDGE_AGENT__CAMERAS__GATE__MOTION__THRESHOLD=30`.

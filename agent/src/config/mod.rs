@@ -5,9 +5,7 @@
 pub mod load;
 pub mod render;
 pub mod resolved;
-pub mod secret;
 pub mod tree;
-pub mod types;
 
 use serde::{Deserialize, Serialize};
 
@@ -15,12 +13,12 @@ pub use load::{load, load_resolved, Loaded, Sources};
 pub use resolved::resolved_text;
 pub use tree::{ConfigError, ConfigErrors, Origin};
 
-use crate::escalate::TransportConfig;
 use crate::infer::{EventsConfig, InferenceConfig};
 use crate::ingest::CameraConfig;
 use crate::scale::ScalingConfig;
 use crate::telemetry::TelemetryConfig;
-use types::Ident;
+use crate::transport::TransportConfig;
+use crate::values::{Dur, Ident};
 
 /// Exit code for configuration errors (sysexits EX_CONFIG); systemd's
 /// `RestartPreventExitStatus=78` keeps a bad config from restart-looping.
@@ -57,11 +55,11 @@ pub struct DeviceConfig {
     /// stopped within it, and whatever is not done by then is abandoned and the exit
     /// status says so. systemd's `TimeoutStopSec` must be above it.
     #[serde(default = "default_stop_timeout")]
-    pub stop_timeout: types::Dur,
+    pub stop_timeout: Dur,
 }
 
-fn default_stop_timeout() -> types::Dur {
-    types::Dur::secs(20)
+fn default_stop_timeout() -> Dur {
+    Dur::secs(20)
 }
 
 impl Config {
@@ -114,7 +112,7 @@ impl Config {
             self.events.tracks.check(&self.events.classes),
         );
         if let Some(q) = &self.scaling.remote_queue {
-            if self.transport.kind != crate::escalate::TransportKind::Amqp {
+            if self.transport.kind != crate::transport::TransportKind::Amqp {
                 errs.push((
                     "scaling.remote_queue".into(),
                     format!(

@@ -59,13 +59,14 @@ pub fn resolved_text(config: &Config) -> String {
     for cam in &mut c.cameras {
         cam.password_file = None;
     }
-    super::secret::reveal(|| toml::to_string(&c).expect("config serialises to TOML"))
+    crate::values::secret::reveal(|| toml::to_string(&c).expect("config serialises to TOML"))
 }
 
 /// Dotted keys whose values differ (a key present on one side only included);
 /// arrays compare whole.
 fn differing_keys(a: &Config, b: &Config) -> Vec<String> {
-    let (a, b) = super::secret::reveal(|| (toml::Value::try_from(a), toml::Value::try_from(b)));
+    let (a, b) =
+        crate::values::secret::reveal(|| (toml::Value::try_from(a), toml::Value::try_from(b)));
     let (Ok(a), Ok(b)) = (a, b) else {
         return Vec::new();
     };

@@ -165,7 +165,7 @@ fn layers_override_in_order_fleet_site_device_env() {
     let c = &l.config;
     assert_eq!(c.device.id.as_str(), "north-07");
     assert_eq!(c.device.site.as_deref(), Some("north"));
-    assert_eq!(c.transport.kind, crate::escalate::TransportKind::Mqtt);
+    assert_eq!(c.transport.kind, crate::transport::TransportKind::Mqtt);
     assert_eq!(c.transport.mqtt_url.expose(), "mqtt://north-broker:1883");
     assert_eq!(
         c.scaling.max_workers.get(),
@@ -326,7 +326,7 @@ fn the_embedded_demo_and_a_minimal_config_are_complete() {
     let minimal = Config::from_toml_str("m.toml", BASE).unwrap();
     assert_eq!(
         minimal.transport.kind,
-        crate::escalate::TransportKind::Embedded
+        crate::transport::TransportKind::Embedded
     );
     assert_eq!(minimal.scaling.min_workers.get(), 0);
     assert_eq!(minimal.cameras[0].analysis_width.get(), 320);

@@ -13,9 +13,6 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
-use super::message::{FrameHeader, FrameMessage};
-use super::regions;
-use super::transport::AgentTransport;
 use crate::clock::Stamp;
 use crate::image;
 use crate::ingest::ColourFrame;
@@ -24,6 +21,9 @@ use crate::scale::offload::{self, Offload};
 use crate::scale::prewarm::CandidateStarts;
 use crate::scale::{ScalingConfig, Wake};
 use crate::telemetry::metrics::{self, metrics};
+use crate::transport::AgentTransport;
+use crate::wire::regions;
+use crate::wire::{FrameHeader, FrameMessage};
 
 /// What the motion stage hands to the escalator.
 #[derive(Debug)]
@@ -221,7 +221,7 @@ fn e_camera(t: &MotionTransition) -> &str {
 }
 
 /// The frame message of an escalated frame: one JPEG holding the whole frame and, below
-/// it, its crops (`escalate::regions::layout`).
+/// it, its crops (`wire::regions::layout`).
 fn encode_frame(f: EscalatedFrame, cold_start: bool) -> Result<FrameMessage, image::ImageError> {
     let c = &f.colour;
     let (regions, data) = if c.crops.is_empty() {
@@ -241,7 +241,7 @@ fn encode_frame(f: EscalatedFrame, cold_start: bool) -> Result<FrameMessage, ima
             .unwrap_or(0)
     };
     let mut header = FrameHeader {
-        version: crate::escalate::message::VERSION,
+        version: crate::wire::frame::VERSION,
         device: String::new(),
         camera: c.camera.to_string(),
         event_id: f.event_id.clone(),

@@ -122,7 +122,7 @@ impl EscalationPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::types::{Dur, IntIn};
+    use crate::values::{Dur, IntIn};
 
     fn policy(budget: i64, window_ms: u64, interval_ms: u64) -> EscalationPolicy {
         EscalationPolicy::new(&EscalationConfig {

@@ -6,14 +6,13 @@
 //! [`decode`] (per model [`layout`]) → class-aware NMS → boxes mapped back to the
 //! original frame → [`pipeline::Detections`]. [`worker`] runs that for frames from any
 //! transport, hands detections, snapshots ([`snapshot`]) and events to a sink, and acks
-//! a frame only after that. [`detect`] runs the same pipeline on image files.
+//! a frame only after that. `app::detect` runs the same pipeline on image files.
 //! The pure parts (layout detection, decoding, NMS, letterbox maths, drawing) take plain
 //! data and are unit-tested without a model.
 
 pub mod cache;
 pub mod config;
 pub mod decode;
-pub mod detect;
 pub mod layout;
 pub mod model_input;
 pub mod pipeline;

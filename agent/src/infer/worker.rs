@@ -29,11 +29,11 @@ use super::pipeline::{Detection, Detections, Pipeline, Timings};
 use super::snapshot;
 use super::InferError;
 use crate::clock::unix_ns_now;
-use crate::escalate::regions::{self, Rect, Region};
 use crate::image::{self, RgbImage};
 use crate::shutdown::Shutdown;
 use crate::telemetry::latency::{Latency, Marks};
 use crate::telemetry::metrics::{self, metrics};
+use crate::wire::regions::{self, Rect, Region};
 
 /// What the worker needs to know about a frame besides its pixels.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,7 +64,7 @@ pub type Acker = Box<dyn FnOnce(AckOutcome) -> AckSent + Send>;
 pub type AckSent = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// How a frame's JPEG is laid out (from its header): the whole frame at its top-left,
-/// crops of the camera frame below it (`escalate::regions`). The default is a JPEG that
+/// crops of the camera frame below it (`wire::regions`). The default is a JPEG that
 /// is the whole frame, at the camera's size.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Payload {
@@ -78,7 +78,7 @@ pub struct Payload {
 
 impl Payload {
     /// The layout a frame header describes.
-    pub fn of(h: &crate::escalate::FrameHeader) -> Self {
+    pub fn of(h: &crate::wire::FrameHeader) -> Self {
         Self {
             whole: (h.width, h.height),
             source: h.source_size(),

@@ -3,9 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::types::{CameraSchemes, Dur, Ident, IntIn, SecretUrl};
 use crate::escalate::EscalationConfig;
 use crate::motion::MotionConfig;
+use crate::values::{CameraSchemes, Dur, Ident, IntIn, SecretUrl};
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]

@@ -49,7 +49,7 @@ pub struct ColourFrame {
 #[derive(Clone, Debug)]
 pub struct Crop {
     /// Where, in camera pixels.
-    pub frame: crate::escalate::regions::Rect,
+    pub frame: crate::wire::regions::Rect,
     /// Packed RGB24, `frame.w * frame.h * 3` bytes.
     pub rgb: Vec<u8>,
 }

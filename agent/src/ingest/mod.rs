@@ -30,8 +30,8 @@ pub use frames::{downscale_plane, scaled_size, ColourFrame, Crop, GreyFrame};
 use frames::{Kept, Ring};
 use prometheus_client::metrics::counter::Counter;
 
-use crate::escalate::regions;
 use crate::telemetry::metrics::{self, metrics};
+use crate::wire::regions;
 use pipeline::lock;
 
 /// Everything that can end a camera's pipeline run. Messages name the camera and never

@@ -27,8 +27,8 @@ use tokio_util::sync::CancellationToken;
 use super::frames::{downscale_plane, scaled_size, GreyFrame, Kept, Sampler};
 use super::synthetic::Scene;
 use super::{CameraConfig, Decode, IdleDecode, IngestError, RtspProtocol, Shared};
-use crate::config::secret::redact_text;
 use crate::telemetry::metrics;
+use crate::values::secret::redact_text;
 
 /// How frames leave the pipeline.
 #[derive(Clone, Debug)]

@@ -1363,8 +1363,8 @@ mod tests {
     use std::time::{Duration, SystemTime};
 
     use super::*;
-    use crate::config::types::{Fraction, IntIn};
     use crate::motion::{EventTracker, MotionTransition};
+    use crate::values::{Fraction, IntIn};
 
     const W: usize = 320;
     const H: usize = 180;
@@ -2180,7 +2180,7 @@ mod fuzz {
     use rand::{Rng, SeedableRng};
 
     use super::*;
-    use crate::config::types::{Fraction, IntIn};
+    use crate::values::{Fraction, IntIn};
 
     fn random_config(rng: &mut StdRng) -> MotionConfig {
         let (a, b) = (rng.random_range(0.0..=1.0), rng.random_range(0.0..=1.0));

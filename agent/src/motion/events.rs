@@ -233,7 +233,7 @@ mod rfc3339_opt {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::types::{Dur, IntIn};
+    use crate::values::{Dur, IntIn};
 
     fn t(frame: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH

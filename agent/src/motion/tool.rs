@@ -457,7 +457,7 @@ mod tests {
     fn light_step_is_global() -> MotionConfig {
         MotionConfig {
             follow_exposure: false,
-            warmup_frames: Some(crate::config::types::IntIn::lit(0)),
+            warmup_frames: Some(crate::values::IntIn::lit(0)),
             ..MotionConfig::default()
         }
     }

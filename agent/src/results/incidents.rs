@@ -357,7 +357,7 @@ impl Incidents {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::types::Dur;
+    use crate::values::Dur;
 
     fn det(seq: u64, captured_ms: u64, items: &[(&str, f32, f32)]) -> DetectionsIn {
         DetectionsIn {

@@ -18,9 +18,9 @@ use tracing::{info, warn};
 pub use config::TracksConfig;
 use incidents::{DetectionsIn, IncidentEvent, Incidents};
 
-use crate::escalate::transport::{AgentTransport, ResultMessage};
 use crate::infer::EventsConfig;
 use crate::telemetry::metrics::{self, metrics};
+use crate::transport::{AgentTransport, ResultMessage};
 
 /// How often forgotten tracks are looked for.
 const TICK: Duration = Duration::from_millis(250);

@@ -87,7 +87,7 @@ impl Decider {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::types::{Dur, IntIn};
+    use crate::values::{Dur, IntIn};
 
     fn cfg(min: i64, max: i64, activation: i64, per_worker: i64, cooldown_s: u64) -> ScalingConfig {
         ScalingConfig {

@@ -43,7 +43,7 @@ pub fn decide(cfg: &ScalingConfig, pool: &PoolStatus, local_backlog: u64) -> Opt
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::types::IntIn;
+    use crate::values::IntIn;
 
     #[test]
     fn frames_go_remote_only_when_local_workers_are_absent_or_saturated() {

@@ -219,7 +219,7 @@ fn check_header(h: &FrameHeader, framing: u8) -> Result<(), MessageError> {
         return bad("source size and regions need version 2".into());
     }
     for (name, v) in [("device", &h.device), ("camera", &h.camera)] {
-        if crate::config::types::Ident::new(v).is_err() {
+        if crate::values::Ident::new(v).is_err() {
             return bad(format!("{name} {v:?} is not a valid id"));
         }
     }
@@ -284,7 +284,7 @@ pub(crate) mod tests {
                 source_width: 1920,
                 source_height: 1080,
                 regions: vec![Region {
-                    frame: crate::escalate::regions::Rect {
+                    frame: crate::wire::regions::Rect {
                         x: 100,
                         y: 200,
                         w: 416,

@@ -153,7 +153,7 @@ mod tests {
             assert_eq!(c.router.max_segment_count, SEGMENTS);
             assert_eq!(c.router.max_segment_size, segment, "log size {log_size}");
         }
-        let default = crate::escalate::TransportConfig::default().embedded_log_size;
+        let default = crate::transport::TransportConfig::default().embedded_log_size;
         assert_eq!(default.as_usize(), 16 << 20);
     }
 }

@@ -6,10 +6,10 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::config::{InferenceConfig, Provider};
-use super::pipeline::{Detection, Pipeline, Timings};
 use crate::config::Config;
 use crate::image;
+use crate::infer::config::{InferenceConfig, Provider};
+use crate::infer::pipeline::{Detection, Pipeline, Timings};
 
 #[derive(Serialize)]
 struct Line<'a> {

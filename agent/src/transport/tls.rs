@@ -8,7 +8,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, RootCertStore};
 
-use super::transport::TransportError;
+use super::error::TransportError;
 
 fn tls_err(what: &str, why: impl std::fmt::Display) -> TransportError {
     TransportError::Tls {

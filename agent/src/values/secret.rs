@@ -7,7 +7,7 @@ thread_local! {
     static REVEAL: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Runs `f` with secrets serialised as they are (a [`super::types::SecretUrl`] keeps
+/// Runs `f` with secrets serialised as they are (a [`crate::values::SecretUrl`] keeps
 /// its password). Only for text that goes to a worker's stdin, never to a log.
 pub fn reveal<R>(f: impl FnOnce() -> R) -> R {
     struct Restore(bool);

@@ -37,13 +37,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::config::TransportConfig;
+use super::error::{log_link_error, TransportError};
+use super::link::{Acker, Delivery, Incoming, ResultMessage, Role, Shared};
+use super::state::Out;
 use super::tls;
-use super::transport::{
-    lock, log_link_error, Acker, Delivery, Incoming, Out, ResultMessage, Role, Shared,
-    TransportError,
-};
 use crate::backoff::Backoff;
-use crate::config::secret::redact_url;
+use crate::sync::lock;
+use crate::values::secret::redact_url;
 
 #[derive(Clone)]
 pub(crate) struct AmqpLink {

@@ -25,14 +25,14 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::buffer::Class;
-use super::message::MAX_HEADER_LEN;
+use super::error::{log_link_error, TransportError};
+use super::link::{Acker, Delivery, HeldFrame, Incoming, ResultMessage, Role, Shared};
+use super::state::{Out, State};
 use super::tls;
-use super::transport::{
-    lock, log_link_error, Acker, Delivery, HeldFrame, Incoming, Out, ResultMessage, Role, Shared,
-    State, TransportError,
-};
 use crate::backoff::Backoff;
-use crate::config::secret::redact_url;
+use crate::sync::lock;
+use crate::values::secret::redact_url;
+use crate::wire::frame::MAX_HEADER_LEN;
 
 /// The client of a connection's current event loop, replaced at each reconnection.
 type Slot = Arc<Mutex<AsyncClient>>;

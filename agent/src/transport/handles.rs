@@ -1,0 +1,361 @@
+//! The two sides' handles: [`AgentTransport`] publishes frames, motion and incidents
+//! and reads results back; [`WorkerTransport`] takes frames and publishes results.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::buffer::Class;
+use super::config::{TransportConfig, TransportKind};
+use super::connection::{check_name, Connection, Link};
+use super::embedded::{EmbeddedBroker, EmbeddedError};
+use super::error::TransportError;
+use super::link::{Backlog, Delivery, Frames, Inbound, ResultMessage, Results, Role, Shared};
+use super::mqtt;
+use super::state::Out;
+use crate::sync::lock;
+use crate::telemetry::metrics::metrics;
+use crate::wire::frame::{self, FrameMessage};
+
+pub struct AgentTransport {
+    pub(crate) conn: Connection,
+    results: Mutex<Option<mpsc::Receiver<ResultMessage>>>,
+    broker: Option<EmbeddedBroker>,
+}
+
+impl std::ops::Deref for AgentTransport {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+impl AgentTransport {
+    /// Connects as the agent of `device` (see [`Connection`]); with `kind =
+    /// "embedded"` starts the broker first. The link's tasks hang from `parent` (see
+    /// [`crate::shutdown::Lifetime`]): cancelling it ends them at once, without a
+    /// flush; a graceful stop calls [`AgentTransport::close`] first.
+    pub async fn connect(
+        cfg: &TransportConfig,
+        device: &str,
+        parent: &CancellationToken,
+    ) -> Result<AgentTransport, TransportError> {
+        check_name("device", device, false)?;
+        let shared = Arc::new(Shared::new(cfg, device, Role::Agent));
+        let (results_tx, results_rx) = mpsc::channel(cfg.buffer_size.as_usize());
+        let mut broker = None;
+        let mut url = None;
+        if cfg.kind == TransportKind::Embedded {
+            let max_packet = 2 * cfg.max_payload.as_usize() + (1 << 20);
+            let port = cfg.embedded_port.get() as u16;
+            let log_size = cfg.embedded_log_size.as_usize();
+            // It waits (blocking) for the broker's listener.
+            let b = tokio::task::spawn_blocking(move || {
+                EmbeddedBroker::start_with(port, max_packet, log_size)
+            })
+            .await
+            .map_err(|e| {
+                TransportError::Embedded(EmbeddedError::Thread(std::io::Error::other(
+                    e.to_string(),
+                )))
+            })??;
+            url = Some(b.url());
+            broker = Some(b);
+        }
+        let conn = Connection::open(shared, url, parent, None, Some(results_tx)).await?;
+        Ok(AgentTransport {
+            conn,
+            results: Mutex::new(Some(results_rx)),
+            broker,
+        })
+    }
+
+    /// The embedded broker's address when this agent runs one.
+    pub fn broker_addr(&self) -> Option<SocketAddr> {
+        self.broker.as_ref().map(|b| b.addr())
+    }
+
+    /// Detections and events coming back to this agent (once).
+    pub fn results(&self) -> Result<Results, TransportError> {
+        lock(&self.results)
+            .take()
+            .map(|rx| Inbound { rx })
+            .ok_or(TransportError::AlreadyTaken("results()"))
+    }
+
+    /// Publishes a frame for the workers; returns once it is buffered. On a full
+    /// buffer the oldest frame is dropped and counted.
+    pub fn publish_frame(&self, msg: FrameMessage) -> Result<(), TransportError> {
+        self.publish_frame_to(msg, None)
+    }
+
+    /// Like [`AgentTransport::publish_frame`], to another frames queue of the same
+    /// AMQP broker (`scaling.remote_queue`: offload). The frame is tracked as
+    /// unanswered like any other; its result comes back the same way. Ignored on MQTT.
+    pub fn publish_frame_to(
+        &self,
+        msg: FrameMessage,
+        queue: Option<&str>,
+    ) -> Result<(), TransportError> {
+        let c = &self.conn;
+        let h = &msg.header;
+        let max = c.shared.cfg.max_payload.as_usize();
+        if msg.jpeg.len() > max {
+            c.shared.count_dropped("frame_oversized");
+            return Err(TransportError::Oversized {
+                camera: h.camera.clone(),
+                seq: h.seq,
+                size: msg.jpeg.len(),
+                max,
+            });
+        }
+        check_name("camera", &h.camera, false)?;
+        let (exchange, key) = match &c.link {
+            Link::Mqtt(_) => (String::new(), c.mqtt_topic(&h.device, None, "frames")),
+            Link::Amqp(_) => (
+                String::new(),
+                queue
+                    .unwrap_or(c.shared.cfg.frames_queue.as_str())
+                    .to_string(),
+            ),
+        };
+        let mut out = Out::new(Class::Frame, "frames", exchange, key);
+        out.payload = frame::encode(&msg);
+        out.frame = Some((h.camera.clone(), h.seq));
+        let evicted = {
+            let mut st = c.shared.state();
+            let evicted = st.expect_answer(&h.camera, h.seq, out.clone(), Instant::now());
+            metrics().backlog.set(st.unanswered() as i64);
+            evicted
+        };
+        if evicted {
+            c.shared.count_dropped("unanswered_evicted");
+        }
+        c.enqueue(out);
+        Ok(())
+    }
+
+    /// Publishes motion or an incident for `camera` of this device. `kind` is
+    /// `motion`, `events/<class>` or a bare class. Returns once buffered.
+    pub fn publish_result(
+        &self,
+        camera: &str,
+        kind: &str,
+        payload: Bytes,
+    ) -> Result<(), TransportError> {
+        let out = self
+            .conn
+            .result_out(&self.conn.shared.device, camera, kind, payload)?;
+        self.conn.enqueue(out);
+        Ok(())
+    }
+
+    /// Device-level telemetry such as the heartbeat: MQTT `{prefix}/{device}/{name}`,
+    /// retained so a dashboard that connects later sees the last one; AMQP the events
+    /// exchange with routing key `{device}.{name}` (two words, so the `*.*.class`
+    /// bindings of event consumers and the agent's own results queue never match it).
+    pub fn publish_device(&self, name: &str, payload: Bytes) -> Result<(), TransportError> {
+        check_name("telemetry name", name, false)?;
+        let c = &self.conn;
+        let device = c.shared.device.clone();
+        let (exchange, key, retain) = match &c.link {
+            Link::Mqtt(_) => (String::new(), c.mqtt_topic(&device, None, name), true),
+            Link::Amqp(_) => (
+                c.shared.cfg.events_exchange.clone(),
+                format!("{device}.{name}"),
+                false,
+            ),
+        };
+        c.enqueue_event(exchange, key, retain, payload);
+        Ok(())
+    }
+
+    /// MQTT only: a retained message on a topic outside this agent's prefix (Home
+    /// Assistant discovery under `homeassistant/`). An empty payload clears it.
+    pub fn publish_retained(&self, topic: &str, payload: Bytes) -> Result<(), TransportError> {
+        if !self.is_mqtt() {
+            return Err(TransportError::MqttOnly("a retained message"));
+        }
+        if topic.is_empty() || topic.contains(['+', '#', '\0']) {
+            return Err(TransportError::BadName {
+                what: "topic",
+                value: topic.to_string(),
+            });
+        }
+        self.conn
+            .enqueue_event(String::new(), topic.to_string(), true, payload);
+        Ok(())
+    }
+
+    /// MQTT: publishes every unanswered frame again now, for when a worker becomes
+    /// ready after none was: the broker dropped what was published meanwhile, and
+    /// waiting for `redeliver_after` would add seconds to a cold start. A copy that did
+    /// reach a worker is dropped by it (it still holds or already acked the frame).
+    /// Returns how many were sent again; AMQP (whose queue kept them) sends none.
+    pub fn resend_unanswered(&self) -> usize {
+        let c = &self.conn;
+        if !self.is_mqtt() {
+            return 0;
+        }
+        let mut st = c.shared.state();
+        let r = st.resend_unanswered(true, Instant::now());
+        c.link.kick(&mut st, &c.shared);
+        drop(st);
+        for _ in 0..r.sent {
+            c.shared.stats.bump("resent_on_ready");
+        }
+        c.shared.count_resent(&r);
+        r.sent
+    }
+
+    /// The backlog for the scaler.
+    pub async fn backlog(&self) -> Result<Backlog, TransportError> {
+        let c = &self.conn;
+        let unanswered = c.shared.state().unanswered() as u64;
+        let (ready, consumers) = match &c.link {
+            Link::Amqp(a) => {
+                let (r, c) = a.queue_counts(&c.shared.cfg.frames_queue).await?;
+                (Some(r), Some(c))
+            }
+            Link::Mqtt(_) => (None, None),
+        };
+        Ok(Backlog {
+            ready,
+            consumers,
+            unanswered,
+        })
+    }
+
+    /// Says `offline` on the status topic (MQTT), then flushes and closes within
+    /// `timeout` (see [`Connection`]). Takes `&self`: other holders of the handle
+    /// (health, scaler) need not be gone; what they publish afterwards fails.
+    pub async fn close(&self, timeout: Duration) -> bool {
+        if self.is_mqtt() {
+            self.conn
+                .enqueue(mqtt::status_out(&self.conn.shared, b"offline"));
+        }
+        self.conn.close(timeout).await
+    }
+}
+
+/// A worker's side of the transport: takes frames (each acked or rejected through its
+/// [`Delivery`]) and publishes detections, snapshots and events for the frame's device.
+pub struct WorkerTransport {
+    pub(crate) conn: Connection,
+    frames: Mutex<Option<mpsc::Receiver<Delivery>>>,
+}
+
+impl std::ops::Deref for WorkerTransport {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+impl WorkerTransport {
+    /// Connects as a worker for `device` (`+`: every device); see
+    /// [`AgentTransport::connect`] for `parent`. On the embedded broker it needs
+    /// `transport.embedded_port`, the agent's broker port.
+    pub async fn connect(
+        cfg: &TransportConfig,
+        device: &str,
+        parent: &CancellationToken,
+    ) -> Result<WorkerTransport, TransportError> {
+        check_name("device", device, true)?;
+        let url = match cfg.kind {
+            TransportKind::Embedded if cfg.embedded_port.get() == 0 => {
+                return Err(TransportError::EmbeddedPortUnknown)
+            }
+            TransportKind::Embedded => {
+                Some(format!("mqtt://127.0.0.1:{}", cfg.embedded_port.get()))
+            }
+            _ => None,
+        };
+        let shared = Arc::new(Shared::new(cfg, device, Role::Worker));
+        // AMQP: the prefetch limit bounds it. MQTT: the broker's in-flight window (20
+        // on Mosquitto, 100 on the embedded broker) does.
+        let (frames_tx, frames_rx) = mpsc::channel(cfg.prefetch.as_usize().max(256));
+        let conn = Connection::open(shared, url, parent, Some(frames_tx), None).await?;
+        Ok(WorkerTransport {
+            conn,
+            frames: Mutex::new(Some(frames_rx)),
+        })
+    }
+
+    /// The frames for this worker (once).
+    pub fn frames(&self) -> Result<Frames, TransportError> {
+        lock(&self.frames)
+            .take()
+            .map(|rx| Inbound { rx })
+            .ok_or(TransportError::AlreadyTaken("frames()"))
+    }
+
+    /// Waits until this transport receives frames. MQTT drops a frame published while
+    /// no consumer is subscribed, so a worker announces itself ready only after its
+    /// SUBACK; an AMQP queue keeps frames, so there is nothing to wait for. False on
+    /// timeout.
+    pub async fn consuming(&self, timeout: Duration) -> bool {
+        if !self.is_mqtt() {
+            return true;
+        }
+        let mut rx = self.conn.shared.subscribed.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|s| *s))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Queues a result for `device`'s `camera` (the frame's device: a worker may
+    /// serve several; `kind` is `detections`, `events/<class>` or a bare class) now,
+    /// so results keep their order, and returns the broker's confirmation to wait on
+    /// later: a worker acks a frame only after its answer is
+    /// confirmed, without waiting a broker round trip before the next frame.
+    pub fn publish_result_then(
+        &self,
+        device: &str,
+        camera: &str,
+        kind: &str,
+        payload: Bytes,
+    ) -> Result<impl Future<Output = Result<(), TransportError>> + Send + 'static, TransportError>
+    {
+        let out = self.conn.result_out(device, camera, kind, payload)?;
+        Ok(self.conn.enqueue_confirmed(out))
+    }
+
+    /// Like [`WorkerTransport::publish_result_then`], returning once the broker
+    /// confirmed it.
+    pub async fn publish_result_confirmed(
+        &self,
+        device: &str,
+        camera: &str,
+        kind: &str,
+        payload: Bytes,
+    ) -> Result<(), TransportError> {
+        self.publish_result_then(device, camera, kind, payload)?
+            .await
+    }
+
+    /// Publishes an event snapshot for `device`'s `camera` and returns once the
+    /// broker confirmed it, so the event that refers to it can follow.
+    pub async fn publish_snapshot_for(
+        &self,
+        device: &str,
+        camera: &str,
+        snapshot_id: &str,
+        jpeg: Bytes,
+    ) -> Result<(), TransportError> {
+        let out =
+            self.conn
+                .result_out(device, camera, &format!("snapshots/{snapshot_id}"), jpeg)?;
+        self.conn.enqueue_confirmed(out).await
+    }
+
+    /// Flushes and closes within `timeout` (see [`Connection`]).
+    pub async fn close(&self, timeout: Duration) -> bool {
+        self.conn.close(timeout).await
+    }
+}

@@ -1,0 +1,9 @@
+//! Every message format, in one leaf: the frame message (binary framing around a JSON
+//! header and a JPEG), how crops travel in that JPEG and map back to camera pixels, and
+//! the JSON bodies of detections, motion, incidents and status. escalate, transport,
+//! infer and results import it; no other module knows a byte layout or a JSON shape.
+
+pub mod frame;
+pub mod regions;
+
+pub use frame::{FrameHeader, FrameMessage, MessageError};
