@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use edge_agent::image::{decode_jpeg, encode_jpeg, RgbImage};
 use edge_agent::infer::config::{ChannelOrder, InferenceConfig, Provider, ResizeMode};
-use edge_agent::infer::worker::{
+use edge_agent::infer::frame_loop::{
     self, AckOutcome, Confirmation, DetectionsMessage, FrameMeta, ResultSink, Snapshot, WorkItem,
 };
-use edge_agent::infer::{Detection, EventsConfig, InferError, Pipeline};
+use edge_agent::infer::{Detection, InferError, Pipeline};
+use edge_agent::results::EventsConfig;
 use edge_agent::values::{Fraction, IntIn};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -466,7 +467,8 @@ async fn worker_batches_waiting_frames_rejects_garbage_and_acks_after_results() 
         privacy_classes: vec!["person".into()],
         snapshot_dir: Some(dir.path().to_path_buf()),
         ..EventsConfig::default()
-    };
+    }
+    .snapshots();
     let (tx, rx) = mpsc::channel(16);
     let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
     let fire = with_person(scene(320, 240, &[(100, 60, 40, RED)]), 200, 120, 64);
@@ -483,7 +485,7 @@ async fn worker_batches_waiting_frames_rejects_garbage_and_acks_after_results() 
     tx.send(item(5, jpeg_of(&quiet), &ack_tx)).await.unwrap();
     let sink = Recorder::default();
     let stop = CancellationToken::new();
-    let task = tokio::spawn(worker::run(
+    let task = tokio::spawn(frame_loop::run(
         pipeline,
         events,
         rx,
@@ -719,9 +721,9 @@ async fn frame_published_on_mosquitto_comes_back_as_snapshot_then_detections() {
         prefix: prefix.clone(),
     };
     let stop = CancellationToken::new();
-    tokio::spawn(worker::run(
+    tokio::spawn(frame_loop::run(
         pipeline,
-        EventsConfig::default(),
+        EventsConfig::default().snapshots(),
         rx,
         sink,
         stop.clone(),
@@ -884,9 +886,9 @@ async fn frame_is_requeued_when_its_detections_are_not_handed_over_or_not_confir
             at_confirm,
             ..Default::default()
         };
-        let task = tokio::spawn(worker::run(
+        let task = tokio::spawn(frame_loop::run(
             pipeline,
-            EventsConfig::default(),
+            EventsConfig::default().snapshots(),
             rx,
             sink.clone(),
             CancellationToken::new(),
@@ -913,14 +915,15 @@ async fn frame_is_requeued_when_its_detections_are_not_handed_over_or_not_confir
 /// person outside every crop must be pixelated on it all the same.
 #[tokio::test]
 async fn with_crops_a_privacy_class_outside_every_crop_is_pixelated_on_the_snapshot() {
-    use edge_agent::infer::worker::Payload;
+    use edge_agent::infer::frame_loop::Payload;
     use edge_agent::wire::regions::{Rect, Region};
     let pipeline = Pipeline::new(&cfg(&test_model(), Some("models/test.names"))).unwrap();
     let events = EventsConfig {
         classes: vec!["fire".into()],
         privacy_classes: vec!["person".into()],
         ..EventsConfig::default()
-    };
+    }
+    .snapshots();
     // The whole frame (320x240) on top, one 96x96 crop around the fire below it.
     let whole = with_person(scene(320, 240, &[(100, 60, 40, RED)]), 200, 120, 64);
     let crop = Rect {
@@ -950,7 +953,7 @@ async fn with_crops_a_privacy_class_outside_every_crop_is_pixelated_on_the_snaps
     };
     let (tx, rx) = mpsc::channel(4);
     let sink = Recorder::default();
-    let task = tokio::spawn(worker::run(
+    let task = tokio::spawn(frame_loop::run(
         pipeline,
         events,
         rx,
@@ -1022,9 +1025,9 @@ async fn frames_are_acked_in_the_order_they_came_whatever_order_their_answers_ar
     let pipeline = Pipeline::new(&cfg(&test_model(), Some("models/test.names"))).unwrap();
     let (tx, rx) = mpsc::channel(8);
     let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
-    let task = tokio::spawn(worker::run(
+    let task = tokio::spawn(frame_loop::run(
         pipeline,
-        EventsConfig::default(),
+        EventsConfig::default().snapshots(),
         rx,
         LateConfirms,
         CancellationToken::new(),
@@ -1150,9 +1153,9 @@ async fn the_worker_loop_rejects_and_counts_arbitrary_payloads_and_never_panics(
     let before = counted();
     let (tx, rx) = mpsc::channel(8);
     let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
-    let task = tokio::spawn(worker::run(
+    let task = tokio::spawn(frame_loop::run(
         pipeline,
-        EventsConfig::default(),
+        EventsConfig::default().snapshots(),
         rx,
         Recorder::default(),
         CancellationToken::new(),

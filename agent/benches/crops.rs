@@ -25,7 +25,7 @@ use std::time::Instant;
 
 use edge_agent::image;
 use edge_agent::infer::config::{InferenceConfig, Provider};
-use edge_agent::infer::worker::{self, Payload};
+use edge_agent::infer::frame_loop::{self, Payload};
 use edge_agent::infer::{Detections, Pipeline};
 use edge_agent::ingest::downscale_plane;
 use edge_agent::values::IntIn;
@@ -270,12 +270,12 @@ fn main() {
                     payload,
                 )
             };
-            let d = worker::detect(&mut m.recall, &jpeg_bytes, &payload).unwrap();
+            let d = frame_loop::detect(&mut m.recall, &jpeg_bytes, &payload).unwrap();
             m.tally.score(&d, &boxes);
             m.tally.runs += payload.regions.len().max(1);
             m.tally.payload_bytes += jpeg_bytes.len();
             let t = Instant::now();
-            worker::detect(&mut m.cost, &jpeg_bytes, &payload).unwrap();
+            frame_loop::detect(&mut m.cost, &jpeg_bytes, &payload).unwrap();
             m.tally.worker_ms.push(t.elapsed().as_secs_f64() * 1e3);
         }
     }

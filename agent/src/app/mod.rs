@@ -2,11 +2,11 @@
 //! exit codes: 78 for configuration errors, 1 for anything else.
 
 mod detect;
+mod local_workers;
 mod run;
 mod scaffold;
 mod scaler;
-mod worker;
-mod workers;
+mod worker_process;
 
 use crate::cli::{Cli, Command, ConfigArgs};
 use crate::config::{self, render::render, ConfigErrors, Loaded, Sources, EXIT_CONFIG};
@@ -35,7 +35,7 @@ pub fn main(cli: Cli) -> i32 {
         Command::Run { config } => {
             with_config(&config, true, flag, |loaded| run::run(loaded, &config))
         }
-        Command::Worker { config } => with_config(&config, true, flag, worker::run),
+        Command::Worker { config } => with_config(&config, true, flag, worker_process::run),
         Command::Scaler { config } => with_config(&config, false, flag, scaler::run),
         Command::Motion {
             source,

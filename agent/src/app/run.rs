@@ -12,8 +12,8 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
+use super::local_workers::Workers;
 use super::scaffold::{self, Housekeeping, Stop};
-use super::workers::Workers;
 use crate::camera::{Cameras, WatchList};
 use crate::cli::ConfigArgs;
 use crate::config::resolved::{apply_live, restart_needed};

@@ -143,35 +143,18 @@ impl InferenceConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct EventsConfig {
+/// What a worker does with the detections of a frame besides publishing them: which
+/// classes get a snapshot, which are pixelated, where snapshots are kept. Made from
+/// `[events]` (`results::EventsConfig::snapshots`), which the worker is handed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SnapshotConfig {
     /// Classes that raise an event (with a snapshot) when detected.
-    #[serde(default = "default_event_classes")]
     pub classes: Vec<String>,
     /// Classes pixelated in every published image.
-    #[serde(default)]
     pub privacy_classes: Vec<String>,
-    /// Where snapshots are written before their event is published (empty: publish only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Where snapshots are written before their event is published (None: publish only).
     pub snapshot_dir: Option<PathBuf>,
-    #[serde(default = "default_snapshot_quality")]
     pub snapshot_quality: IntIn<1, 100>,
-    /// How detections become tracks and incidents (the agent's side).
-    #[serde(default)]
-    pub tracks: crate::results::TracksConfig,
-}
-
-impl Default for EventsConfig {
-    fn default() -> Self {
-        Self {
-            classes: default_event_classes(),
-            privacy_classes: Vec::new(),
-            snapshot_dir: None,
-            snapshot_quality: default_snapshot_quality(),
-            tracks: Default::default(),
-        }
-    }
 }
 
 fn default_providers() -> Vec<Provider> {
@@ -195,15 +178,6 @@ fn default_max_batch() -> IntIn<1, 64> {
 fn default_threads() -> IntIn<0, 256> {
     IntIn::lit(0)
 }
-fn default_event_classes() -> Vec<String> {
-    ["accident", "fire", "gun", "knife"]
-        .map(String::from)
-        .to_vec()
-}
-fn default_snapshot_quality() -> IntIn<1, 100> {
-    IntIn::lit(85)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

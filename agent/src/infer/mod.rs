@@ -10,20 +10,21 @@
 //! The pure parts (layout detection, decoding, NMS, letterbox maths, drawing) take plain
 //! data and are unit-tested without a model.
 
+pub mod broker;
 pub mod cache;
 pub mod config;
 pub mod decode;
+pub mod frame_loop;
 pub mod layout;
 pub mod model_input;
 pub mod pipeline;
 pub mod preprocess;
 pub mod session;
 pub mod snapshot;
-pub mod worker;
 
 use std::path::PathBuf;
 
-pub use config::{EventsConfig, InferenceConfig};
+pub use config::{InferenceConfig, SnapshotConfig};
 pub use pipeline::{Detection, Detections, Pipeline, Timings};
 
 /// Errors of the inference stage. Every message names the file or payload concerned.

@@ -1,13 +1,68 @@
-//! Track and incident settings (`[events.tracks]`, per class under
+//! Event settings (`[events]`): which classes raise incidents, snapshots, and how
+//! detections become tracks and incidents (`[events.tracks]`, per class under
 //! `[events.tracks.classes.NAME]`).
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::track::ClassRules;
+use crate::infer::SnapshotConfig;
 use crate::values::{Dur, Fraction, IntIn};
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Classes that raise an event (with a snapshot) when detected.
+    #[serde(default = "default_event_classes")]
+    pub classes: Vec<String>,
+    /// Classes pixelated in every published image.
+    #[serde(default)]
+    pub privacy_classes: Vec<String>,
+    /// Where snapshots are written before their event is published (empty: publish only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_dir: Option<PathBuf>,
+    #[serde(default = "default_snapshot_quality")]
+    pub snapshot_quality: IntIn<1, 100>,
+    /// How detections become tracks and incidents (the agent's side).
+    #[serde(default)]
+    pub tracks: TracksConfig,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            classes: default_event_classes(),
+            privacy_classes: Vec::new(),
+            snapshot_dir: None,
+            snapshot_quality: default_snapshot_quality(),
+            tracks: Default::default(),
+        }
+    }
+}
+
+impl EventsConfig {
+    /// The worker's part of the section.
+    pub fn snapshots(&self) -> SnapshotConfig {
+        SnapshotConfig {
+            classes: self.classes.clone(),
+            privacy_classes: self.privacy_classes.clone(),
+            snapshot_dir: self.snapshot_dir.clone(),
+            snapshot_quality: self.snapshot_quality,
+        }
+    }
+}
+
+fn default_event_classes() -> Vec<String> {
+    ["accident", "fire", "gun", "knife"]
+        .map(String::from)
+        .to_vec()
+}
+fn default_snapshot_quality() -> IntIn<1, 100> {
+    IntIn::lit(85)
+}
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]

@@ -15,10 +15,9 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-pub use config::TracksConfig;
+pub use config::{EventsConfig, TracksConfig};
 use incidents::{DetectionsIn, IncidentEvent, Incidents};
 
-use crate::infer::EventsConfig;
 use crate::telemetry::metrics::{self, metrics};
 use crate::transport::{AgentTransport, ResultMessage};
 

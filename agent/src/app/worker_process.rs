@@ -10,18 +10,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use bytes::Bytes;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::config::Loaded;
+use crate::infer::broker::{work_item, TransportSink};
+use crate::infer::frame_loop::{self, WorkItem};
 use crate::infer::pipeline::Pipeline;
-use crate::infer::worker::{
-    self, AckOutcome, Confirmation, DetectionsMessage, FrameMeta, ResultSink, Snapshot, WorkItem,
-};
 use crate::scale::{HELD_PREFIX, PROVIDER_PREFIX, READY_LINE};
 use crate::shutdown::{Lifetime, Shutdown};
-use crate::telemetry::latency::Marks;
 use crate::transport::TransportKind;
 use crate::transport::WorkerTransport;
 
@@ -32,52 +29,6 @@ pub fn run(loaded: Loaded) -> i32 {
         "Worker stopped on an error.",
         run_worker(loaded),
     )
-}
-
-struct Sink {
-    transport: Arc<WorkerTransport>,
-    device: String,
-}
-
-fn json(v: &impl serde::Serialize) -> Result<Bytes, String> {
-    serde_json::to_vec(v)
-        .map(Bytes::from)
-        .map_err(|e| e.to_string())
-}
-
-/// The device a result goes to: the frame's sender, else this worker's own.
-fn device_of<'a>(meta: &'a FrameMeta, own: &'a str) -> &'a str {
-    if meta.device.is_empty() {
-        own
-    } else {
-        &meta.device
-    }
-}
-
-impl ResultSink for Sink {
-    async fn detections(&self, msg: &DetectionsMessage) -> Result<Confirmation, String> {
-        let device = device_of(&msg.meta, &self.device);
-        let confirmed = self
-            .transport
-            .publish_result_then(device, &msg.meta.camera, "detections", json(msg)?)
-            .map_err(|e| e.to_string())?;
-        Ok(Confirmation::new(async move {
-            confirmed.await.map_err(|e| e.to_string())
-        }))
-    }
-    async fn snapshot(&self, snap: &Snapshot) -> Result<(), String> {
-        let device = device_of(&snap.meta, &self.device);
-        let publish = self.transport.publish_snapshot_for(
-            device,
-            &snap.meta.camera,
-            &snap.name,
-            Bytes::from(snap.jpeg.clone()),
-        );
-        match tokio::time::timeout(Duration::from_secs(10), publish).await {
-            Ok(r) => r.map_err(|e| e.to_string()),
-            Err(_) => Err("snapshot not confirmed by the broker within 10 s".into()),
-        }
-    }
 }
 
 /// Frames this worker holds (delivered, not yet settled), reported on stdout as
@@ -157,14 +108,11 @@ async fn run_worker(loaded: Loaded) -> anyhow::Result<i32> {
     let (tx, rx) = mpsc::channel::<WorkItem>(cfg.transport.prefetch.as_usize().max(1));
     // The loop ends when the channel closes, so frames already taken are finished.
     let loop_token = Shutdown::new();
-    let work = tokio::spawn(worker::run(
+    let work = tokio::spawn(frame_loop::run(
         pipeline,
-        cfg.events.clone(),
+        cfg.events.snapshots(),
         rx,
-        Sink {
-            transport: transport.clone(),
-            device: cfg.device.id.to_string(),
-        },
+        TransportSink::new(transport.clone(), cfg.device.id.as_str()),
         loop_token,
     ));
     let ready_at = crate::clock::unix_ns_now();
@@ -178,49 +126,10 @@ async fn run_worker(loaded: Loaded) -> anyhow::Result<i32> {
             d = frames.next() => match d { Some(d) => d, None => break },
             _ = shutdown.cancelled() => break,
         };
-        let h = &d.msg.header;
-        let mut marks = Marks::from_header(h.captured, &h.stamps, h.cold_start);
-        marks.received = crate::clock::unix_ns_now();
-        marks.worker_ready = ready_at;
-        if d.redelivered {
-            info!(lifecycle = "frame_redelivered", device = %h.device, camera = %h.camera, seq = h.seq, "Frame redelivered: a worker before this one took it and did not finish.");
-        }
         held.add();
         let held_now = held.clone();
-        let meta = FrameMeta {
-            device: h.device.clone(),
-            camera: h.camera.clone(),
-            seq: h.seq,
-            captured_ms: h.captured / 1_000_000,
-        };
-        let jpeg = d.msg.jpeg.clone();
-        let payload = worker::Payload::of(h);
-        let ack: worker::Acker = Box::new(move |outcome| {
-            Box::pin(async move {
-                let r = match outcome {
-                    AckOutcome::Done => d.ack().await,
-                    AckOutcome::Reject(_) => d.reject("not_jpeg").await,
-                    // Not acked: the broker (AMQP, on our exit) or the agent (MQTT,
-                    // after transport.redeliver_after) delivers it again.
-                    AckOutcome::Requeue(why) => {
-                        warn!(reason = %why, "Frame left for redelivery.");
-                        Ok(())
-                    }
-                };
-                if let Err(e) = r {
-                    warn!(error = %e, "Ack failed; the frame may be delivered again.");
-                }
-                // Only now: the connection must not close before the ack is sent.
-                held_now.done();
-            })
-        });
-        let item = WorkItem {
-            meta,
-            jpeg,
-            payload,
-            ack,
-            marks: Some(marks),
-        };
+        // Only once settled: the connection must not close before the ack is sent.
+        let item = work_item(d, ready_at, move || held_now.done());
         if tx.send(item).await.is_err() {
             break;
         }

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use super::config::EventsConfig;
+use super::config::SnapshotConfig;
 use super::pipeline::{Detection, Detections, Pipeline, Timings};
 use super::snapshot;
 use super::InferError;
@@ -60,7 +60,7 @@ pub enum AckOutcome {
 }
 
 /// Settles a frame's message with the broker; awaited in frame order (see [`Settle`]).
-pub type Acker = Box<dyn FnOnce(AckOutcome) -> AckSent + Send>;
+pub type AckFn = Box<dyn FnOnce(AckOutcome) -> AckSent + Send>;
 pub type AckSent = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// How a frame's JPEG is laid out (from its header): the whole frame at its top-left,
@@ -91,7 +91,7 @@ pub struct WorkItem {
     pub meta: FrameMeta,
     pub jpeg: bytes::Bytes,
     pub payload: Payload,
-    pub ack: Acker,
+    pub ack: AckFn,
     /// The frame's latency marks so far (agent stamps, worker receipt); with them
     /// the detections carry a per-stage `latency` object.
     pub marks: Option<Marks>,
@@ -190,7 +190,7 @@ struct Output {
 /// the model fails (after requeueing the frames it held).
 pub async fn run<S: ResultSink>(
     pipeline: Pipeline,
-    events: EventsConfig,
+    events: SnapshotConfig,
     rx: mpsc::Receiver<WorkItem>,
     sink: S,
     shutdown: Shutdown,
@@ -213,19 +213,19 @@ type Pending = Pin<Box<dyn Future<Output = AckOutcome> + Send>>;
 /// take QoS 1 acks only in order (rumqttd drops a client that acks out of order), and
 /// the broker confirms results in order anyway, so nothing waits longer for it.
 #[derive(Clone)]
-struct Settle(mpsc::Sender<(Pending, Acker)>);
+struct Settle(mpsc::Sender<(Pending, AckFn)>);
 
 impl Settle {
-    async fn now(&self, ack: Acker, outcome: AckOutcome) {
+    async fn now(&self, ack: AckFn, outcome: AckOutcome) {
         self.later(ack, Box::pin(std::future::ready(outcome))).await;
     }
-    async fn later(&self, ack: Acker, outcome: Pending) {
+    async fn later(&self, ack: AckFn, outcome: Pending) {
         // The settler ends only after this sender is dropped.
         let _ = self.0.send((outcome, ack)).await;
     }
 }
 
-async fn settle(mut rx: mpsc::Receiver<(Pending, Acker)>) {
+async fn settle(mut rx: mpsc::Receiver<(Pending, AckFn)>) {
     while let Some((outcome, ack)) = rx.recv().await {
         ack(outcome.await).await;
     }
@@ -233,7 +233,7 @@ async fn settle(mut rx: mpsc::Receiver<(Pending, Acker)>) {
 
 async fn run_frames<S: ResultSink>(
     pipeline: Pipeline,
-    events: EventsConfig,
+    events: SnapshotConfig,
     mut rx: mpsc::Receiver<WorkItem>,
     sink: S,
     shutdown: Shutdown,
@@ -266,7 +266,7 @@ async fn run_frames<S: ResultSink>(
             .collect();
         let started = unix_ns_now();
         let mut marks: Vec<Option<Marks>> = batch.iter_mut().map(|i| i.marks.take()).collect();
-        let mut acks: Vec<Option<Acker>> = batch.into_iter().map(|i| Some(i.ack)).collect();
+        let mut acks: Vec<Option<AckFn>> = batch.into_iter().map(|i| Some(i.ack)).collect();
         let p = pipeline
             .take()
             .expect("pipeline is returned after every batch");
@@ -456,7 +456,7 @@ pub fn detect(p: &mut Pipeline, jpeg: &[u8], payload: &Payload) -> Result<Detect
 fn process(
     p: &mut Pipeline,
     jpegs: &[(bytes::Bytes, Payload)],
-    events: &EventsConfig,
+    events: &SnapshotConfig,
 ) -> Result<Vec<Result<Output, InferError>>, InferError> {
     let decoded: Vec<Result<Decoded, InferError>> =
         jpegs.iter().map(|(j, payload)| cut(j, payload)).collect();
@@ -525,7 +525,7 @@ fn with_privacy_outside_crops(
     p: &mut Pipeline,
     d: &Decoded,
     mut on_whole: Vec<Detection>,
-    events: &EventsConfig,
+    events: &SnapshotConfig,
 ) -> Result<Vec<Detection>, InferError> {
     let crops = d.inputs.iter().any(|(_, frame)| frame.is_some());
     if !crops || events.privacy_classes.is_empty() {
@@ -543,7 +543,7 @@ fn with_privacy_outside_crops(
 
 async fn hand_over<S: ResultSink>(
     sink: &S,
-    events: &EventsConfig,
+    events: &SnapshotConfig,
     meta: FrameMeta,
     out: Output,
     marks: Option<Marks>,
