@@ -203,10 +203,7 @@ impl Connection {
     }
 }
 
-/// The agent's side of the transport: publishes frames, motion, incidents and device
-/// telemetry, reads detections and events back, and tells the scaler the backlog.
-/// With `kind = "embedded"` it runs the broker.
-
+/// Redelivery (MQTT) and expiry of unanswered frames, on a timer.
 pub(crate) fn spawn_ticker(shared: Arc<Shared>, link: &Link, cancel: CancellationToken) {
     let every = (shared.cfg.redeliver_after.get() / 4)
         .clamp(Duration::from_millis(25), Duration::from_secs(1));
@@ -284,8 +281,6 @@ pub(crate) fn result_kind(kind: &str) -> Result<(&'static str, String, String), 
         }
     }
 }
-
-/// Redelivery (MQTT) and expiry of unanswered frames, on a timer.
 
 #[cfg(test)]
 mod tests {

@@ -22,6 +22,9 @@ use crate::sync::lock;
 use crate::telemetry::metrics::metrics;
 use crate::wire::frame::{self, FrameMessage};
 
+/// The agent's side of the transport: publishes frames, motion, incidents and device
+/// telemetry, reads detections and events back, and tells the scaler the backlog.
+/// With `kind = "embedded"` it runs the broker.
 pub struct AgentTransport {
     pub(crate) conn: Connection,
     results: Mutex<Option<mpsc::Receiver<ResultMessage>>>,
