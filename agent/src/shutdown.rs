@@ -101,6 +101,8 @@ async fn watch(token: Shutdown, ready: std::sync::mpsc::Sender<()>) {
     token.cancel();
     tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
     tracing::warn!(lifecycle = "exiting", "Second signal: exiting now.");
+    // A second signal means "now": skipping the orderly stop is the point.
+    #[allow(clippy::disallowed_methods)]
     std::process::exit(EXIT_SECOND_SIGNAL);
 }
 

@@ -9,7 +9,8 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::image;
 use crate::infer::config::{InferenceConfig, Provider};
-use crate::infer::pipeline::{Detection, Pipeline, Timings};
+use crate::infer::pipeline::Pipeline;
+use crate::wire::detections::{Detection, Timings};
 
 #[derive(Serialize)]
 struct Line<'a> {

@@ -134,7 +134,13 @@ fn validate(args: &ConfigArgs, explain: bool, quiet: bool) -> i32 {
                     files.join(", ")
                 );
             }
-            print!("{}", render(&loaded.config, &loaded.tree, explain));
+            match render(&loaded.config, &loaded.tree, explain) {
+                Ok(text) => print!("{text}"),
+                Err(e) => {
+                    eprintln!("edge-agent: the configuration cannot be printed as TOML: {e}");
+                    return EXIT_CONFIG;
+                }
+            }
         }
         0
     })

@@ -6,7 +6,8 @@
 //!
 //! The backlog is `ready + held`:
 //! - `ready`: a passive declare of the frames queue. It does not count messages
-//!   delivered to a consumer and not yet acked (see NOTES.md).
+//!   delivered to a consumer and not yet acked: RabbitMQ returns only the ready count,
+//!   the blind spot KEDA's RabbitMQ scaler has too unless it reads the management API.
 //! - `held`: what this scaler's own workers report holding (each prints its count of
 //!   delivered, unsettled frames on stdout when it changes). This is exact for our
 //!   workers, unlike `consumers * prefetch`, which counts an idle worker as a full

@@ -6,13 +6,15 @@ use std::fmt::Write;
 use super::tree::{Node, Seg};
 use super::Config;
 
-pub fn render(config: &Config, tree: &Node, explain: bool) -> String {
-    let value = toml::Value::try_from(config).expect("config serialises to TOML");
+/// Fails only where a value has no TOML form (a configuration that loaded always has
+/// one, but a bad value must be an error, not a panic).
+pub fn render(config: &Config, tree: &Node, explain: bool) -> Result<String, toml::ser::Error> {
+    let value = toml::Value::try_from(config)?;
     let mut out = String::new();
     if let toml::Value::Table(t) = &value {
         write_table(&mut out, &[], &mut Vec::new(), t, tree, explain, false);
     }
-    out
+    Ok(out)
 }
 
 fn write_table(

@@ -177,7 +177,7 @@ fn layers_override_in_order_fleet_site_device_env() {
         60,
         "fleet value survives"
     );
-    let explained = render(c, &l.tree, true);
+    let explained = render(c, &l.tree, true).unwrap();
     assert!(
         explained.contains("max_workers = 3  # env EDGE_AGENT__SCALING__MAX_WORKERS"),
         "{explained}"
@@ -250,7 +250,7 @@ fn secrets_come_from_files_and_credentials_directory() {
         l.config.transport.amqp_url.expose(),
         "amqp://edge:brokerpw@rabbit:5672/%2f"
     );
-    let printed = render(&l.config, &l.tree, false);
+    let printed = render(&l.config, &l.tree, false).unwrap();
     assert!(
         !printed.contains("s3cr3t") && !printed.contains("brokerpw"),
         "{printed}"
@@ -310,7 +310,7 @@ fn passwords_in_urls_never_reach_the_printed_config() {
     let text = "[device]\nid = \"box\"\n[[cameras]]\nid = \"gate\"\nurl = \"rtsp://admin:hunter2@gate/s\"\n[transport]\nmqtt_url = \"mqtts://u:topsecret@broker:8883\"\n";
     let l = ok(&[("a.toml", text)], &[]);
     for explain in [false, true] {
-        let out = render(&l.config, &l.tree, explain);
+        let out = render(&l.config, &l.tree, explain).unwrap();
         assert!(
             !out.contains("hunter2") && !out.contains("topsecret"),
             "{out}"
@@ -341,7 +341,7 @@ fn printed_config_loads_back_to_the_same_config() {
         ("device.toml", DEVICE),
     ];
     let c = ok(&files, &[]).config;
-    let printed = render(&c, &ok(&files, &[]).tree, false);
+    let printed = render(&c, &ok(&files, &[]).tree, false).unwrap();
     let again = Config::from_toml_str("printed.toml", &printed)
         .unwrap_or_else(|e| panic!("{e}\n{printed}"));
     assert_eq!(again, c);

@@ -21,32 +21,21 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::config::SnapshotConfig;
-use super::pipeline::{Detection, Detections, Pipeline, Timings};
+use super::pipeline::Pipeline;
 use super::snapshot;
 use super::InferError;
 use crate::clock::unix_ns_now;
 use crate::image::{self, RgbImage};
 use crate::shutdown::Shutdown;
-use crate::telemetry::latency::{Latency, Marks};
+use crate::telemetry::latency::Marks;
 use crate::telemetry::metrics::{self, metrics};
+pub use crate::wire::detections::{
+    Detection, Detections, DetectionsMessage, FrameMeta, Latency, Timings, DETECTIONS_VERSION,
+};
 use crate::wire::regions::{self, Rect, Region};
-
-/// What the worker needs to know about a frame besides its pixels.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FrameMeta {
-    /// The device that sent the frame; its results go back to it (a worker behind
-    /// `edge-agent scaler` serves many devices). Empty: the worker's own device.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub device: String,
-    pub camera: String,
-    pub seq: u64,
-    /// Capture time, milliseconds since the Unix epoch.
-    pub captured_ms: u64,
-}
 
 /// How a frame's message ends.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,29 +84,6 @@ pub struct WorkItem {
     /// The frame's latency marks so far (agent stamps, worker receipt); with them
     /// the detections carry a per-stage `latency` object.
     pub marks: Option<Marks>,
-}
-
-/// Version of the detections message (`schemas/detections.v2.json`). Version 2 gives
-/// boxes in camera-frame pixels (version 1: in the frame scaled to `detect_width`).
-pub const DETECTIONS_VERSION: u32 = 2;
-
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct DetectionsMessage {
-    /// [`DETECTIONS_VERSION`].
-    pub version: u32,
-    #[serde(flatten)]
-    pub meta: FrameMeta,
-    pub detections: Detections,
-    /// Per-stage latency from capture to this message (frames from the agent only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub latency: Option<Latency>,
-    /// Id of this frame's snapshot, handed over just before (frames with detections of
-    /// an event class only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub snapshot: Option<String>,
-    /// Where it was stored, with `events.snapshot_dir`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub snapshot_path: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq)]

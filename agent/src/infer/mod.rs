@@ -24,8 +24,9 @@ pub mod snapshot;
 
 use std::path::PathBuf;
 
+pub use crate::wire::detections::{Detection, Detections, Timings};
 pub use config::{InferenceConfig, SnapshotConfig};
-pub use pipeline::{Detection, Detections, Pipeline, Timings};
+pub use pipeline::Pipeline;
 
 /// Errors of the inference stage. Every message names the file or payload concerned.
 #[derive(Debug, thiserror::Error)]

@@ -6,7 +6,6 @@ use std::time::Instant;
 
 use ort::session::Session;
 use ort::value::TensorRef;
-use serde::Serialize;
 
 use super::config::InferenceConfig;
 use super::decode::{self, Candidate, Thresholds};
@@ -16,49 +15,13 @@ use super::session::{self, provider_name};
 use super::InferError;
 use crate::image::{self, RgbImage};
 use crate::telemetry::metrics::{metrics, stage};
+use crate::wire::detections::{Detection, Detections, Timings};
 
 /// The generated test model and its labels, used when `inference.model` is empty.
 pub const DEFAULT_MODEL: &str = "models/generated/test-yolov4.onnx";
 pub const DEFAULT_LABELS: &str = "models/test.names";
 /// Where the package puts the test model, under the binary's prefix (`/usr`).
 pub const PACKAGED_MODEL: &str = "share/edge-agent/models/test-yolov4.onnx";
-
-/// One detected object, box in frame pixels (top-left corner and size).
-#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
-pub struct Detection {
-    pub class_id: usize,
-    pub class: String,
-    pub score: f32,
-    pub x: f32,
-    pub y: f32,
-    pub w: f32,
-    pub h: f32,
-}
-
-/// Milliseconds per stage for one frame. A batched run shares its inference time
-/// equally between its frames.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct Timings {
-    pub decode_ms: f64,
-    pub preprocess_ms: f64,
-    pub inference_ms: f64,
-    pub postprocess_ms: f64,
-    pub total_ms: f64,
-    /// Frames in the session call this frame was part of.
-    pub batch: usize,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Detections {
-    pub items: Vec<Detection>,
-    pub provider: &'static str,
-    /// The size of the frame the boxes are in.
-    pub width: u32,
-    pub height: u32,
-    /// Crops of the camera frame detected on (the worker's; 0: the whole frame).
-    pub regions: usize,
-    pub timings: Timings,
-}
 
 pub struct Pipeline {
     session: Session,

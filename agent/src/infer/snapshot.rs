@@ -2,9 +2,9 @@
 //! font, privacy classes pixelated first, then JPEG-encoded. Every image the worker
 //! publishes goes through [`render`], so privacy boxes are never published in clear.
 
-use super::pipeline::Detection;
 use super::InferError;
 use crate::image::{encode_jpeg, RgbImage};
+use crate::wire::detections::Detection;
 
 /// 5x7 glyphs, one byte per row, bit 4 = leftmost column.
 fn glyph(c: char) -> [u8; 7] {

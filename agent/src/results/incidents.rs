@@ -14,11 +14,11 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::track::{BBox, Change, ClassRules, Frame, Sighting, Track, Tracker};
 use super::TracksConfig;
-use crate::infer::pipeline::Detection;
+use crate::wire::detections::DetectionsIn;
 
 /// Version of the incident event message (`schemas/event.v2.json`).
 pub const EVENT_VERSION: u32 = 2;
@@ -84,23 +84,6 @@ pub struct IncidentEvent {
     pub frame_height: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub end_reason: Option<EndReason>,
-}
-
-/// The part of a worker's `detections` message that tracking reads.
-#[derive(Debug, Deserialize)]
-pub struct DetectionsIn {
-    pub seq: u64,
-    pub captured_ms: u64,
-    #[serde(default)]
-    pub snapshot: Option<String>,
-    pub detections: DetectionsBody,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct DetectionsBody {
-    pub items: Vec<Detection>,
-    pub width: u32,
-    pub height: u32,
 }
 
 type Rules = Box<dyn Fn(&str) -> Option<ClassRules> + Send>;
@@ -358,6 +341,7 @@ impl Incidents {
 mod tests {
     use super::*;
     use crate::values::Dur;
+    use crate::wire::detections::{Detection, DetectionsBody};
 
     fn det(seq: u64, captured_ms: u64, items: &[(&str, f32, f32)]) -> DetectionsIn {
         DetectionsIn {

@@ -15,8 +15,9 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::wire::detections::DetectionsIn;
 pub use config::{EventsConfig, TracksConfig};
-use incidents::{DetectionsIn, IncidentEvent, Incidents};
+use incidents::{IncidentEvent, Incidents};
 
 use crate::telemetry::metrics::{self, metrics};
 use crate::transport::{AgentTransport, ResultMessage};

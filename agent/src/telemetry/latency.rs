@@ -15,9 +15,8 @@
 //! `cold_start` is the part of the broker wait before the worker that took the frame
 //! was ready, when the agent marked the frame as sent while no worker was ready.
 
-use serde::{Deserialize, Serialize};
-
 use crate::clock::Stamp;
+pub use crate::wire::detections::{Latency, Stages};
 
 /// Wall-clock marks of one frame, Unix nanoseconds (0: unknown).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -63,56 +62,6 @@ impl Marks {
             ..Self::default()
         }
     }
-}
-
-/// Milliseconds per stage; their sum is `total_ms` (up to float rounding).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Stages {
-    pub capture_to_motion: f64,
-    pub motion_to_publish: f64,
-    pub cold_start: f64,
-    pub queue_wait: f64,
-    pub worker_wait: f64,
-    pub decode: f64,
-    pub preprocess: f64,
-    pub inference: f64,
-    pub postprocess: f64,
-    /// Time in the batch's model run spent on the other frames of the batch.
-    pub batch_other: f64,
-    pub result_publish: f64,
-}
-
-impl Stages {
-    /// (name, ms) in the order a frame meets them; the names are metric labels.
-    pub fn iter(&self) -> [(&'static str, f64); 11] {
-        [
-            ("capture_to_motion", self.capture_to_motion),
-            ("motion_to_publish", self.motion_to_publish),
-            ("cold_start", self.cold_start),
-            ("queue_wait", self.queue_wait),
-            ("worker_wait", self.worker_wait),
-            ("decode", self.decode),
-            ("preprocess", self.preprocess),
-            ("inference", self.inference),
-            ("postprocess", self.postprocess),
-            ("batch_other", self.batch_other),
-            ("result_publish", self.result_publish),
-        ]
-    }
-}
-
-/// The `latency` object of a detections message.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Latency {
-    /// The frame waited for a worker to start.
-    pub cold_start: bool,
-    pub stages: Stages,
-    /// Capture to the hand-over of the detections.
-    pub total_ms: f64,
-    /// When the detections were handed over, so a reader can add its delivery time.
-    pub result_at_unix_ns: u64,
 }
 
 fn ms(ns: u64) -> f64 {

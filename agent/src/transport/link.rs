@@ -348,9 +348,7 @@ impl Shared {
         kind: String,
         payload: Bytes,
     ) -> ResultMessage {
-        let seq = serde_json::from_slice::<serde_json::Value>(&payload)
-            .ok()
-            .and_then(|v| v.get("seq").and_then(|s| s.as_u64()));
+        let seq = crate::wire::detections::seq_of(&payload);
         let first_answer = match seq {
             Some(seq) if device == self.device => {
                 let mut st = self.state();

@@ -3,6 +3,7 @@
 //! the JSON bodies of detections, motion, incidents and status. escalate, transport,
 //! infer and results import it; no other module knows a byte layout or a JSON shape.
 
+pub mod detections;
 pub mod frame;
 pub mod regions;
 
