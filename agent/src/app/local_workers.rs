@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use super::scaffold::{self, Stop};
 use crate::config::resolved::workers_differ;
 use crate::config::{resolved_text, Config};
-use crate::escalate::escalator::Offloader;
+use crate::scale::offload::Offloader;
 use crate::scale::{run_scaler, PoolHandle, ScalingConfig, Wake, WorkerSpec};
 use crate::shutdown::Shutdown;
 use crate::telemetry::metrics::{self, metrics};

@@ -19,6 +19,7 @@ use crate::cli::ConfigArgs;
 use crate::config::resolved::{apply_live, restart_needed};
 use crate::config::{Config, Loaded};
 use crate::escalate::escalator::{self, Escalation};
+use crate::scale::demand::Demand;
 use crate::scale::PoolHandle;
 use crate::shutdown::Lifetime;
 use crate::sync::lock;
@@ -199,14 +200,17 @@ impl Stages {
         let workers = Workers::start(cfg, &transport, shutdown)?;
         let (escalations, escalations_rx) = mpsc::channel::<Escalation>(ESCALATIONS);
         let cameras = Cameras::start(&cfg.cameras, escalations, shutdown);
+        let demand = Demand::new(
+            workers.wake.clone(),
+            workers.pool.clone(),
+            workers.scaling(),
+            workers.offloader(),
+        );
         let escalator = tokio::spawn(escalator::run(
             escalations_rx,
             transport.clone(),
             device.clone(),
-            workers.wake.clone(),
-            workers.scaling(),
-            workers.pool.clone(),
-            workers.offloader(),
+            demand,
         ));
         let results_stop = lifetime.end().child_token();
         let results = tokio::spawn(crate::results::run(

@@ -1,27 +1,24 @@
 //! The escalator: the one task that publishes what the cameras' analysis loops hand
 //! it. Motion transitions become motion messages; escalated frames are encoded (one
 //! JPEG with the whole frame and its crops), stamped and published to the local frames
-//! queue or, when the local workers cannot keep up, to the remote one
-//! (`scale::offload`); the scaler is woken at once, and motion candidates pre-warm a
-//! worker when `scaling.prewarm_on_motion` asks for it.
+//! queue or, when the local workers cannot keep up, to the remote one.
+//!
+//! It talks to what comes after it in the flow through two ports it defines here:
+//! [`Publish`] (the transport implements it) and [`Workers`] (the scaler's side
+//! implements it: where a frame goes, waking the scaler, pre-warming on candidates).
+//! So escalation imports neither the transport nor the scaler.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
+use tokio::sync::mpsc;
+use tracing::warn;
 
 use crate::clock::Stamp;
 use crate::image;
 use crate::ingest::ColourFrame;
 use crate::motion::{MotionTransition, NormBox};
-use crate::scale::offload::{self, Offload};
-use crate::scale::prewarm::CandidateStarts;
-use crate::scale::{ScalingConfig, Wake};
 use crate::telemetry::metrics::{self, metrics};
-use crate::transport::AgentTransport;
 use crate::wire::regions;
 use crate::wire::{FrameHeader, FrameMessage};
 
@@ -57,45 +54,50 @@ pub struct EscalatedFrame {
     pub motion_at: SystemTime,
 }
 
+/// Where escalated frames and motion messages leave the box's analysis: the agent's
+/// transport handle.
+pub trait Publish {
+    type Error: std::fmt::Display;
+    /// A motion message (`schemas/motion.v1.json`) of `camera`.
+    fn publish_motion(&self, camera: &str, payload: Bytes) -> Result<(), Self::Error>;
+    /// A frame, to the local frames queue (`queue` None) or to `queue`.
+    fn publish_frame(&self, msg: FrameMessage, queue: Option<&str>) -> Result<(), Self::Error>;
+}
+
+/// What the escalator asks of the workers' side: whether one is ready, where the next
+/// frame goes, and what it should know of candidates and frames sent.
+pub trait Workers {
+    /// Whether a local worker is ready now (else a frame sent now meets a cold start).
+    fn any_ready(&self) -> bool;
+    /// A motion candidate of `camera` appeared (a worker may be started for it).
+    fn candidate_seen(&mut self, camera: &str);
+    /// It went without becoming an event.
+    fn candidate_dropped(&mut self, camera: &str);
+    /// `camera`'s motion event started.
+    fn event_started(&mut self, camera: &str);
+    /// The queue for the next frame: None for the local one.
+    fn route(&mut self) -> Option<String>;
+    /// A frame of `camera` was sent where [`Workers::route`] said.
+    fn sent(&mut self, camera: &str);
+}
+
 /// Owns publishing: motion transitions become motion messages, escalated frames are
-/// encoded and published as frame messages, and the scaler is woken at once.
-pub async fn run(
+/// encoded and published as frame messages, and the workers' side hears of each.
+pub async fn run<P: Publish, W: Workers>(
     mut rx: mpsc::Receiver<Escalation>,
-    transport: Arc<AgentTransport>,
+    publish: P,
     device: String,
-    wake: Arc<Wake>,
-    scaling: watch::Receiver<ScalingConfig>,
-    pool: crate::scale::PoolHandle,
-    mut offloader: Offloader,
+    mut workers: W,
 ) {
-    let mut starts = CandidateStarts::default();
     while let Some(item) = rx.recv().await {
         match item {
-            Escalation::Candidate { camera, change } if scaling.borrow().prewarm_on_motion => {
-                match change {
-                    Candidate::Seen => {
-                        if starts.seen(&camera, pool.status().running) {
-                            metrics()
-                                .prewarm_starts
-                                .get_or_create(&metrics::camera(&camera))
-                                .inc();
-                        }
-                        wake.candidate();
-                    }
-                    Candidate::Dropped => {
-                        if starts.dropped(&camera) {
-                            metrics()
-                                .false_starts
-                                .get_or_create(&metrics::camera(&camera))
-                                .inc();
-                        }
-                    }
-                }
-            }
-            Escalation::Candidate { .. } => {}
+            Escalation::Candidate { camera, change } => match change {
+                Candidate::Seen => workers.candidate_seen(&camera),
+                Candidate::Dropped => workers.candidate_dropped(&camera),
+            },
             Escalation::Motion(t) => {
                 if let MotionTransition::Started(e) = &t {
-                    starts.confirmed(&e.camera);
+                    workers.event_started(&e.camera);
                 }
                 let (state, e) = match &t {
                     MotionTransition::Started(e) => ("start", e),
@@ -107,14 +109,12 @@ pub async fn run(
                 v["device"] = device.clone().into();
                 // schemas/motion.v1.json
                 v["version"] = 1.into();
-                if let Err(e) =
-                    transport.publish_result(&e.camera, "motion", Bytes::from(v.to_string()))
-                {
+                if let Err(e) = publish.publish_motion(&e.camera, Bytes::from(v.to_string())) {
                     warn!(camera = %e_camera(&t), error = %e, "Motion message not published.");
                 }
             }
             Escalation::Frame(f) => {
-                let cold = pool.status().ready == 0;
+                let cold = !workers.any_ready();
                 let camera = f.colour.camera.to_string();
                 match tokio::task::spawn_blocking(move || encode_frame(f, cold)).await {
                     Ok(Ok(mut msg)) => {
@@ -133,17 +133,14 @@ pub async fn run(
                                 .get_or_create(&metrics::stage("motion_to_publish"))
                                 .observe(now.saturating_sub(d) as f64 / 1e9);
                         }
-                        let queue = offloader.route(&pool.status());
-                        match transport.publish_frame_to(msg, queue.as_deref()) {
+                        let queue = workers.route();
+                        match publish.publish_frame(msg, queue.as_deref()) {
                             Ok(()) => {
                                 metrics()
                                     .escalations
                                     .get_or_create(&metrics::camera(&camera))
                                     .inc();
-                                offloader.sent(&camera);
-                                if queue.is_none() {
-                                    wake.frame();
-                                }
+                                workers.sent(&camera);
                             }
                             Err(e) => warn!(camera = %camera, error = %e, "Frame not escalated."),
                         }
@@ -153,64 +150,6 @@ pub async fn run(
                     }
                     Err(e) => warn!(camera = %camera, error = %e, "Encoder task failed."),
                 }
-            }
-        }
-    }
-}
-
-/// Local first, remote when needed (`scale::offload`), for the escalator.
-pub struct Offloader {
-    /// `remote_queue` in it never changes while running (a restart applies it).
-    pub cfg: watch::Receiver<ScalingConfig>,
-    pub local_backlog: Arc<AtomicU64>,
-    /// The decision for the last frame, to log changes only.
-    pub last: Option<Offload>,
-}
-
-impl Offloader {
-    /// The queue for the next frame: None for the local one.
-    fn route(&mut self, pool: &crate::scale::PoolStatus) -> Option<String> {
-        let backlog = self.local_backlog.load(Ordering::Relaxed);
-        let cfg = self.cfg.borrow().clone();
-        let now = offload::decide(&cfg, pool, backlog);
-        if now != self.last {
-            match now {
-                Some(why) => info!(
-                    lifecycle = "offload_remote",
-                    reason = why.label(),
-                    workers = pool.running,
-                    ready = pool.ready,
-                    backlog,
-                    offload_backlog = cfg.offload_backlog.get(),
-                    "Offloading frames to the remote queue."
-                ),
-                None => info!(
-                    lifecycle = "offload_local",
-                    workers = pool.running,
-                    backlog,
-                    "Frames go to local workers again."
-                ),
-            }
-            self.last = now;
-        }
-        now.and(cfg.remote_queue)
-    }
-
-    /// Counts a frame sent where [`Offloader::route`] said.
-    fn sent(&self, camera: &str) {
-        match self.last {
-            Some(why) => {
-                metrics()
-                    .offloaded
-                    .get_or_create(&vec![
-                        ("camera", camera.to_string()),
-                        ("reason", why.label().to_string()),
-                    ])
-                    .inc();
-            }
-            // Until the next poll, a frame sent locally is local backlog.
-            None => {
-                self.local_backlog.fetch_add(1, Ordering::Relaxed);
             }
         }
     }

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod decide;
+pub mod demand;
 pub mod offload;
 pub mod pool;
 pub mod prewarm;

@@ -7,7 +7,14 @@
 //! - local workers are saturated: as many run as `max_workers` allows and the local
 //!   backlog is above `offload_backlog`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tracing::info;
+
 use super::{PoolStatus, ScalingConfig};
+use crate::telemetry::metrics::metrics;
 
 /// Why a frame goes remote.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,6 +45,65 @@ pub fn decide(cfg: &ScalingConfig, pool: &PoolStatus, local_backlog: u64) -> Opt
         return Some(Offload::LocalSaturated);
     }
     None
+}
+
+/// Local first, remote when needed, frame by frame: [`decide`] on the pool's status and
+/// the local backlog, with each change of mind logged once and each frame counted.
+pub struct Offloader {
+    /// `remote_queue` in it never changes while running (a restart applies it).
+    pub cfg: watch::Receiver<ScalingConfig>,
+    pub local_backlog: Arc<AtomicU64>,
+    /// The decision for the last frame, to log changes only.
+    pub last: Option<Offload>,
+}
+
+impl Offloader {
+    /// The queue for the next frame: None for the local one.
+    pub fn route(&mut self, pool: &PoolStatus) -> Option<String> {
+        let backlog = self.local_backlog.load(Ordering::Relaxed);
+        let cfg = self.cfg.borrow().clone();
+        let now = decide(&cfg, pool, backlog);
+        if now != self.last {
+            match now {
+                Some(why) => info!(
+                    lifecycle = "offload_remote",
+                    reason = why.label(),
+                    workers = pool.running,
+                    ready = pool.ready,
+                    backlog,
+                    offload_backlog = cfg.offload_backlog.get(),
+                    "Offloading frames to the remote queue."
+                ),
+                None => info!(
+                    lifecycle = "offload_local",
+                    workers = pool.running,
+                    backlog,
+                    "Frames go to local workers again."
+                ),
+            }
+            self.last = now;
+        }
+        now.and(cfg.remote_queue)
+    }
+
+    /// Counts a frame sent where [`Offloader::route`] said.
+    pub fn sent(&self, camera: &str) {
+        match self.last {
+            Some(why) => {
+                metrics()
+                    .offloaded
+                    .get_or_create(&vec![
+                        ("camera", camera.to_string()),
+                        ("reason", why.label().to_string()),
+                    ])
+                    .inc();
+            }
+            // Until the next poll, a frame sent locally is local backlog.
+            None => {
+                self.local_backlog.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -362,3 +362,14 @@ impl WorkerTransport {
         self.conn.close(timeout).await
     }
 }
+
+/// The escalator's way out (shared: the results task and telemetry hold the same handle).
+impl crate::escalate::escalator::Publish for Arc<AgentTransport> {
+    type Error = TransportError;
+    fn publish_motion(&self, camera: &str, payload: Bytes) -> Result<(), TransportError> {
+        self.publish_result(camera, "motion", payload)
+    }
+    fn publish_frame(&self, msg: FrameMessage, queue: Option<&str>) -> Result<(), TransportError> {
+        self.publish_frame_to(msg, queue)
+    }
+}
