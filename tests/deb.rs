@@ -5,7 +5,7 @@
 //! postinst creates the user in that root's /etc/passwd and never touches this machine.
 
 use crate::cross::{aarch64_binary, repo};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -483,4 +483,97 @@ fn install_sh_into_a_destdir_sets_up_the_box_and_never_overwrites_the_config() {
         "# the box's own\n"
     );
     check_user(r);
+}
+
+/// Records `systemd` at `version` as installed in a scratch root's dpkg database (the
+/// other packages' entries stay), which is what the postinst asks about the root it
+/// installs into.
+fn set_systemd_version(root: &Path, version: &str) {
+    let status = root.join("var/lib/dpkg/status");
+    let mut stanzas: Vec<String> = std::fs::read_to_string(&status)
+        .unwrap()
+        .split("\n\n")
+        .filter(|s| !s.trim().is_empty() && !s.starts_with("Package: systemd\n"))
+        .map(|s| s.trim_end().to_string())
+        .collect();
+    stanzas.push(format!(
+        "Package: systemd\nStatus: install ok installed\nPriority: important\n\
+         Section: admin\nMaintainer: test\nArchitecture: all\nVersion: {version}\n\
+         Description: a stand-in for the root's systemd"
+    ));
+    std::fs::write(&status, stanzas.join("\n\n") + "\n").unwrap();
+}
+
+/// `edge-agent validate` of the installed configuration, run as the edge-agent user (its
+/// numeric ids in the scratch root) without `CREDENTIALS_DIRECTORY`, as the unit runs it
+/// on a systemd that ignores `LoadCredential=`.
+fn validate_as_agent_user(r: &Path) -> Output {
+    let user = passwd_entry(r, "edge-agent").unwrap();
+    Command::new("setpriv")
+        .arg(format!("--reuid={}", user[2]))
+        .arg(format!("--regid={}", user[3]))
+        .arg("--clear-groups")
+        .arg("--")
+        .arg(r.join("usr/bin/edge-agent"))
+        .args(["validate", "--quiet", "--config-dir"])
+        .arg(r.join("etc/edge-agent"))
+        .current_dir(r)
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .output()
+        .unwrap()
+}
+
+/// JetPack 5's systemd 245 has no `LoadCredential=`: the agent reads
+/// /etc/edge-agent/credentials itself, so there the postinst lets the edge-agent group
+/// read them (and nobody else); on a systemd with `LoadCredential=` they are root's alone,
+/// and a later install after a systemd upgrade takes the group's access away again.
+#[test]
+fn on_systemd_245_the_agent_user_reads_the_credentials_and_on_newer_only_root_does() {
+    if !is_root() {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let deb = package(
+        &host_arch(),
+        Path::new(env!("CARGO_BIN_EXE_edge-agent")),
+        out.path(),
+    );
+    let deb = deb.to_str().unwrap();
+    let root = scratch_root();
+    let r = root.path();
+    // The agent user must reach the files under the scratch root, as it does under /.
+    std::fs::set_permissions(r, std::fs::Permissions::from_mode(0o755)).unwrap();
+    set_systemd_version(r, "245.4-4ubuntu3.22");
+    dpkg(r, &["--install", deb]);
+    let gid: u32 = passwd_entry(r, "edge-agent").unwrap()[3].parse().unwrap();
+    let creds = r.join("etc/edge-agent/credentials");
+    let owner_mode = |p: &Path| {
+        let m = std::fs::metadata(p).unwrap();
+        (m.uid(), m.gid(), m.mode() & 0o777)
+    };
+    assert_eq!(owner_mode(&creds), (0, gid, 0o750), "credentials dir");
+    std::fs::write(creds.join("broker"), "s3cret\n").unwrap();
+    for name in ["broker", "camera-viewer"] {
+        assert_eq!(owner_mode(&creds.join(name)), (0, gid, 0o640), "{name}");
+    }
+    std::fs::write(
+        r.join("etc/edge-agent/conf.d/90-device.toml"),
+        "[transport]\nkind = \"amqp\"\namqp_url = \"amqp://edge@rabbit:5672/%2f\"\npassword_file = \"broker\"\n",
+    )
+    .unwrap();
+    let ok = validate_as_agent_user(r);
+    assert!(
+        ok.status.success(),
+        "the agent user cannot read its credential on systemd 245: {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+
+    set_systemd_version(r, "252.39-1~deb12u2");
+    dpkg(r, &["--install", deb]);
+    assert_eq!(owner_mode(&creds), (0, 0, 0o700), "credentials dir");
+    assert_eq!(owner_mode(&creds.join("broker")), (0, 0, 0o600), "broker");
+    let refused = validate_as_agent_user(r);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(78), "{err}");
+    assert!(err.contains("Permission denied"), "{err}");
 }
