@@ -97,6 +97,7 @@ fn check_package(deb: &Path, arch: &str) {
     );
     for path in [
         "./lib/systemd/system/edge-agent.service",
+        "./lib/systemd/system/edge-agent-scaler.service",
         "./etc/edge-agent/agent.toml",
         "./usr/share/edge-agent/models/test-yolov4.onnx",
         "./usr/share/edge-agent/models/test.names",
@@ -376,16 +377,40 @@ fn installing_the_package_creates_the_user_enables_the_unit_and_keeps_a_changed_
     let entries = users.lines().filter(|l| l.starts_with("edge-agent:"));
     assert_eq!(entries.count(), 1, "{users}");
 
-    // Remove: binary and enablement go, configuration stays; purge: config and state go,
-    // the user stays (Debian leaves system users in place).
+    // A GPU server enabled the scaler; the operator added a device file with a password.
+    run(Command::new("systemctl")
+        .arg(format!("--root={}", r.display()))
+        .args(["enable", "edge-agent-scaler.service"]));
+    let scaler_wants =
+        r.join("etc/systemd/system/multi-user.target.wants/edge-agent-scaler.service");
+    assert!(scaler_wants.symlink_metadata().is_ok());
+    std::fs::write(
+        r.join("etc/edge-agent/conf.d/90-device.toml"),
+        "[transport]\nkind = \"mqtt\"\nmqtt_url = \"mqtt://edge:s3cret@broker:1883\"\n",
+    )
+    .unwrap();
+
+    // Remove: binary and both units' enablement go, configuration stays; purge: config,
+    // credentials and state go, the user stays (Debian leaves system users in place).
     dpkg(r, &["--remove", "edge-agent"]);
     assert!(!r.join("usr/bin/edge-agent").exists());
     assert!(!r
         .join("etc/systemd/system/multi-user.target.wants/edge-agent.service")
         .exists());
+    assert!(
+        scaler_wants.symlink_metadata().is_err(),
+        "remove left the scaler unit enabled"
+    );
     assert!(config.exists(), "remove deleted the configuration");
     dpkg(r, &["--purge", "edge-agent"]);
     assert!(!config.exists(), "purge kept the configuration");
+    for kept in [
+        "etc/edge-agent/credentials",
+        "etc/edge-agent/conf.d",
+        "etc/edge-agent",
+    ] {
+        assert!(!r.join(kept).exists(), "purge kept {kept}");
+    }
     assert!(
         !r.join("var/lib/edge-agent").exists(),
         "purge kept the state"
