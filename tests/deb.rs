@@ -109,6 +109,10 @@ fn check_package(deb: &Path, arch: &str) {
         rows.iter().all(|r| r.1 == "root/root"),
         "files not owned by root: {rows:#?}"
     );
+    for name in example_credentials() {
+        let path = format!("./{EXAMPLE_CREDENTIALS}/{name}");
+        assert_eq!(entry(&rows, &path).0, "-rw-------", "{path} mode");
+    }
 
     // Control area: the conffile and the maintainer scripts from cross/debian.
     let control = tempfile::tempdir().unwrap();
@@ -154,6 +158,34 @@ fn check_package(deb: &Path, arch: &str) {
             std::fs::read(data.path().join(packaged)).unwrap(),
             std::fs::read(repo().join(source)).unwrap(),
             "{packaged} differs from {source}"
+        );
+    }
+}
+
+/// Where the package and install.sh put the fleet example's credentials.
+const EXAMPLE_CREDENTIALS: &str = "usr/share/doc/edge-agent/examples/fleet/credentials";
+
+/// The fleet example's credential files (systemd/fleet/credentials).
+fn example_credentials() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(repo().join("systemd/fleet/credentials"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert!(!names.is_empty(), "no example credentials");
+    names
+}
+
+/// The example credentials as installed: root's, 0600, whatever mode the checkout has.
+fn check_example_credentials(root: &Path) {
+    for name in example_credentials() {
+        let path = root.join(EXAMPLE_CREDENTIALS).join(&name);
+        let m = std::fs::metadata(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(
+            (m.uid(), m.mode() & 0o777),
+            (0, 0o600),
+            "{}",
+            path.display()
         );
     }
 }
@@ -348,6 +380,7 @@ fn installing_the_package_creates_the_user_enables_the_unit_and_keeps_a_changed_
 
     dpkg(r, &["--install", deb]);
     check_user(r);
+    check_example_credentials(r);
     assert!(
         r.join("etc/systemd/system/multi-user.target.wants/edge-agent.service")
             .symlink_metadata()
@@ -487,6 +520,7 @@ fn install_sh_into_a_destdir_sets_up_the_box_and_never_overwrites_the_config() {
     };
     install();
     check_user(r);
+    check_example_credentials(r);
     check_fresh_install(r);
     let bin = std::fs::metadata(r.join("usr/bin/edge-agent")).unwrap();
     assert_eq!(bin.mode() & 0o777, 0o755);
