@@ -1,4 +1,5 @@
-//! What ships to the box: the systemd units, checked by systemd's own tools.
+//! What ships: the systemd units, checked by systemd's own tools, and the Kubernetes
+//! worker's manifest.
 
 use std::path::Path;
 use std::process::Command;
@@ -111,6 +112,92 @@ fn the_scaler_unit_is_hardened_exactly_as_the_agent_unit() {
         hardening("edge-agent-scaler.service"),
         hardening("edge-agent.service")
     );
+}
+
+/// The Kubernetes worker runs as a non-root user with no capabilities, no privilege
+/// escalation, the runtime's default seccomp profile and a read-only root, and every
+/// place it writes (its engine cache from the ConfigMap's agent.toml, /tmp, $HOME) is a
+/// writable emptyDir mount.
+#[test]
+fn the_kubernetes_worker_runs_unprivileged_on_a_read_only_root() {
+    use yaml_rust2::{Yaml, YamlLoader};
+    let path = repo().join("systemd/k8s/worker-deployment.yaml");
+    let docs = YamlLoader::load_from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let kind = |k: &str| {
+        docs.iter()
+            .find(|d| d["kind"].as_str() == Some(k))
+            .unwrap_or_else(|| panic!("no {k} in {}", path.display()))
+    };
+    let agent_toml = kind("ConfigMap")["data"]["agent.toml"].as_str().unwrap();
+    let config: toml::Table = agent_toml.parse().unwrap();
+    let engine_cache = config["inference"]["engine_cache"].as_str().unwrap();
+
+    let pod = &kind("Deployment")["spec"]["template"]["spec"];
+    let pod_sc = &pod["securityContext"];
+    let containers = pod["containers"].as_vec().unwrap();
+    assert!(!containers.is_empty());
+    // A container's own securityContext wins over the pod's.
+    let setting = |c: &Yaml, key: &str| -> Yaml {
+        let own = &c["securityContext"][key];
+        if own.is_badvalue() {
+            pod_sc[key].clone()
+        } else {
+            own.clone()
+        }
+    };
+    let empty_dirs: Vec<&str> = pod["volumes"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter(|v| !v["emptyDir"].is_badvalue())
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    for c in containers {
+        let name = c["name"].as_str().unwrap();
+        assert_eq!(setting(c, "runAsNonRoot").as_bool(), Some(true), "{name}");
+        let uid = setting(c, "runAsUser").as_i64();
+        assert!(uid.is_some_and(|u| u > 0), "{name}: runAsUser {uid:?}");
+        assert_eq!(
+            setting(c, "allowPrivilegeEscalation").as_bool(),
+            Some(false),
+            "{name}"
+        );
+        assert_eq!(
+            setting(c, "readOnlyRootFilesystem").as_bool(),
+            Some(true),
+            "{name}"
+        );
+        let dropped = &c["securityContext"]["capabilities"]["drop"];
+        assert!(
+            dropped
+                .as_vec()
+                .is_some_and(|d| d.iter().any(|x| x.as_str() == Some("ALL"))),
+            "{name}: capabilities.drop lacks ALL"
+        );
+        assert_eq!(
+            setting(c, "seccompProfile")["type"].as_str(),
+            Some("RuntimeDefault"),
+            "{name}"
+        );
+        let home = c["env"]
+            .as_vec()
+            .and_then(|env| env.iter().find(|e| e["name"].as_str() == Some("HOME")))
+            .and_then(|e| e["value"].as_str())
+            .unwrap_or_else(|| panic!("{name}: no HOME: the image's is on the read-only root"));
+        for written in [engine_cache, "/tmp", home] {
+            let mount = c["volumeMounts"]
+                .as_vec()
+                .unwrap()
+                .iter()
+                .find(|m| Path::new(written).starts_with(m["mountPath"].as_str().unwrap()))
+                .unwrap_or_else(|| panic!("{name}: {written} is on the read-only root"));
+            assert!(
+                empty_dirs.contains(&mount["name"].as_str().unwrap())
+                    && mount["readOnly"].as_bool() != Some(true),
+                "{name}: {written} is not on a writable emptyDir"
+            );
+        }
+    }
 }
 
 fn repo() -> &'static Path {
