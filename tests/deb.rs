@@ -44,6 +44,18 @@ fn package(arch: &str, binary: &Path, out: &Path) -> PathBuf {
     deb
 }
 
+/// The host package of the binary under test, in a scratch directory that lives as long
+/// as the returned TempDir.
+fn host_package() -> (tempfile::TempDir, PathBuf) {
+    let out = tempfile::tempdir().unwrap();
+    let deb = package(
+        &host_arch(),
+        Path::new(env!("CARGO_BIN_EXE_edge-agent")),
+        out.path(),
+    );
+    (out, deb)
+}
+
 fn field(deb: &Path, name: &str) -> String {
     stdout(Command::new("dpkg-deb").arg("--field").arg(deb).arg(name))
         .trim()
@@ -368,12 +380,7 @@ fn installing_the_package_creates_the_user_enables_the_unit_and_keeps_a_changed_
     if !is_root() {
         return;
     }
-    let out = tempfile::tempdir().unwrap();
-    let deb = package(
-        &host_arch(),
-        Path::new(env!("CARGO_BIN_EXE_edge-agent")),
-        out.path(),
-    );
+    let (_out, deb) = host_package();
     let root = scratch_root();
     let r = root.path();
     let deb = deb.to_str().unwrap();
@@ -591,12 +598,7 @@ fn on_systemd_245_the_agent_user_reads_the_credentials_and_on_newer_only_root_do
     if !is_root() {
         return;
     }
-    let out = tempfile::tempdir().unwrap();
-    let deb = package(
-        &host_arch(),
-        Path::new(env!("CARGO_BIN_EXE_edge-agent")),
-        out.path(),
-    );
+    let (_out, deb) = host_package();
     let deb = deb.to_str().unwrap();
     let root = scratch_root();
     let r = root.path();
