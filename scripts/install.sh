@@ -64,6 +64,14 @@ fi
 [ -f "$repo/models/generated/test-yolov4.onnx" ] || die "no models/generated/test-yolov4.onnx: run scripts/setup.sh first"
 step install -D -m 0644 "$repo/models/generated/test-yolov4.onnx" "$dest/usr/share/edge-agent/models/test-yolov4.onnx"
 step install -D -m 0644 "$repo/models/test.names" "$dest/usr/share/edge-agent/models/test.names"
+# The fleet example, as the package ships it: its credentials root-only, whatever mode the
+# checkout gave them (git records only 0644 or 0755).
+for f in "$repo"/systemd/fleet/*.toml; do
+  step install -D -m 0644 "$f" "$dest/usr/share/doc/edge-agent/examples/fleet/${f##*/}"
+done
+for f in "$repo"/systemd/fleet/credentials/*; do
+  step install -D -m 0600 "$f" "$dest/usr/share/doc/edge-agent/examples/fleet/credentials/${f##*/}"
+done
 # User edge-agent (groups video, render), state/cache/config directories, unit enabled.
 step env DPKG_ROOT="$dest" sh "$repo/cross/debian/postinst" configure
 

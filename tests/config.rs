@@ -140,3 +140,55 @@ fn version_and_help_describe_the_commands() {
         assert!(text.contains(cmd), "help lacks {cmd}: {text}");
     }
 }
+
+/// Without systemd's `CREDENTIALS_DIRECTORY` (systemd 245 on JetPack 5 ignores the unit's
+/// `LoadCredential=`, and so does a run by hand), a relative `password_file` is read from
+/// the config directory's `credentials/`: the very file the unit's `LoadCredential=` names,
+/// whatever `conf.d/` holds.
+#[test]
+fn without_credentials_directory_password_file_is_read_from_the_config_dirs_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path();
+    std::fs::create_dir_all(conf.join("conf.d")).unwrap();
+    std::fs::create_dir_all(conf.join("credentials")).unwrap();
+    std::fs::write(
+        conf.join("agent.toml"),
+        "[device]\nid = \"box\"\n\n[transport]\nkind = \"amqp\"\namqp_url = \"amqp://edge@rabbit:5672/%2f\"\npassword_file = \"broker\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        conf.join("conf.d/50-site.toml"),
+        "[device]\nsite = \"north\"\n",
+    )
+    .unwrap();
+    let validate = || {
+        edge_agent()
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .args(["validate", "--config-dir"])
+            .arg(conf)
+            .output()
+            .unwrap()
+    };
+
+    let out = validate();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    let wanted = conf.join("credentials/broker").display().to_string();
+    assert!(
+        err.contains("transport.password_file") && err.contains(&wanted),
+        "the error names {wanted}: {err}"
+    );
+
+    std::fs::write(conf.join("credentials/broker"), "from-the-config-dir\n").unwrap();
+    let out = validate();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("amqp://edge:***@rabbit:5672/%2f") && !text.contains("from-the-config-dir"),
+        "{text}"
+    );
+}

@@ -5,7 +5,7 @@
 //! postinst creates the user in that root's /etc/passwd and never touches this machine.
 
 use crate::cross::{aarch64_binary, repo};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -42,6 +42,18 @@ fn package(arch: &str, binary: &Path, out: &Path) -> PathBuf {
     let deb = PathBuf::from(path.lines().last().expect("package-deb.sh prints the path"));
     assert!(deb.is_file(), "{} was not written", deb.display());
     deb
+}
+
+/// The host package of the binary under test, in a scratch directory that lives as long
+/// as the returned TempDir.
+fn host_package() -> (tempfile::TempDir, PathBuf) {
+    let out = tempfile::tempdir().unwrap();
+    let deb = package(
+        &host_arch(),
+        Path::new(env!("CARGO_BIN_EXE_edge-agent")),
+        out.path(),
+    );
+    (out, deb)
 }
 
 fn field(deb: &Path, name: &str) -> String {
@@ -97,6 +109,7 @@ fn check_package(deb: &Path, arch: &str) {
     );
     for path in [
         "./lib/systemd/system/edge-agent.service",
+        "./lib/systemd/system/edge-agent-scaler.service",
         "./etc/edge-agent/agent.toml",
         "./usr/share/edge-agent/models/test-yolov4.onnx",
         "./usr/share/edge-agent/models/test.names",
@@ -108,6 +121,10 @@ fn check_package(deb: &Path, arch: &str) {
         rows.iter().all(|r| r.1 == "root/root"),
         "files not owned by root: {rows:#?}"
     );
+    for name in example_credentials() {
+        let path = format!("./{EXAMPLE_CREDENTIALS}/{name}");
+        assert_eq!(entry(&rows, &path).0, "-rw-------", "{path} mode");
+    }
 
     // Control area: the conffile and the maintainer scripts from cross/debian.
     let control = tempfile::tempdir().unwrap();
@@ -153,6 +170,34 @@ fn check_package(deb: &Path, arch: &str) {
             std::fs::read(data.path().join(packaged)).unwrap(),
             std::fs::read(repo().join(source)).unwrap(),
             "{packaged} differs from {source}"
+        );
+    }
+}
+
+/// Where the package and install.sh put the fleet example's credentials.
+const EXAMPLE_CREDENTIALS: &str = "usr/share/doc/edge-agent/examples/fleet/credentials";
+
+/// The fleet example's credential files (systemd/fleet/credentials).
+fn example_credentials() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(repo().join("systemd/fleet/credentials"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert!(!names.is_empty(), "no example credentials");
+    names
+}
+
+/// The example credentials as installed: root's, 0600, whatever mode the checkout has.
+fn check_example_credentials(root: &Path) {
+    for name in example_credentials() {
+        let path = root.join(EXAMPLE_CREDENTIALS).join(&name);
+        let m = std::fs::metadata(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(
+            (m.uid(), m.mode() & 0o777),
+            (0, 0o600),
+            "{}",
+            path.display()
         );
     }
 }
@@ -335,18 +380,14 @@ fn installing_the_package_creates_the_user_enables_the_unit_and_keeps_a_changed_
     if !is_root() {
         return;
     }
-    let out = tempfile::tempdir().unwrap();
-    let deb = package(
-        &host_arch(),
-        Path::new(env!("CARGO_BIN_EXE_edge-agent")),
-        out.path(),
-    );
+    let (_out, deb) = host_package();
     let root = scratch_root();
     let r = root.path();
     let deb = deb.to_str().unwrap();
 
     dpkg(r, &["--install", deb]);
     check_user(r);
+    check_example_credentials(r);
     assert!(
         r.join("etc/systemd/system/multi-user.target.wants/edge-agent.service")
             .symlink_metadata()
@@ -376,16 +417,40 @@ fn installing_the_package_creates_the_user_enables_the_unit_and_keeps_a_changed_
     let entries = users.lines().filter(|l| l.starts_with("edge-agent:"));
     assert_eq!(entries.count(), 1, "{users}");
 
-    // Remove: binary and enablement go, configuration stays; purge: config and state go,
-    // the user stays (Debian leaves system users in place).
+    // A GPU server enabled the scaler; the operator added a device file with a password.
+    run(Command::new("systemctl")
+        .arg(format!("--root={}", r.display()))
+        .args(["enable", "edge-agent-scaler.service"]));
+    let scaler_wants =
+        r.join("etc/systemd/system/multi-user.target.wants/edge-agent-scaler.service");
+    assert!(scaler_wants.symlink_metadata().is_ok());
+    std::fs::write(
+        r.join("etc/edge-agent/conf.d/90-device.toml"),
+        "[transport]\nkind = \"mqtt\"\nmqtt_url = \"mqtt://edge:s3cret@broker:1883\"\n",
+    )
+    .unwrap();
+
+    // Remove: binary and both units' enablement go, configuration stays; purge: config,
+    // credentials and state go, the user stays (Debian leaves system users in place).
     dpkg(r, &["--remove", "edge-agent"]);
     assert!(!r.join("usr/bin/edge-agent").exists());
     assert!(!r
         .join("etc/systemd/system/multi-user.target.wants/edge-agent.service")
         .exists());
+    assert!(
+        scaler_wants.symlink_metadata().is_err(),
+        "remove left the scaler unit enabled"
+    );
     assert!(config.exists(), "remove deleted the configuration");
     dpkg(r, &["--purge", "edge-agent"]);
     assert!(!config.exists(), "purge kept the configuration");
+    for kept in [
+        "etc/edge-agent/credentials",
+        "etc/edge-agent/conf.d",
+        "etc/edge-agent",
+    ] {
+        assert!(!r.join(kept).exists(), "purge kept {kept}");
+    }
     assert!(
         !r.join("var/lib/edge-agent").exists(),
         "purge kept the state"
@@ -462,6 +527,7 @@ fn install_sh_into_a_destdir_sets_up_the_box_and_never_overwrites_the_config() {
     };
     install();
     check_user(r);
+    check_example_credentials(r);
     check_fresh_install(r);
     let bin = std::fs::metadata(r.join("usr/bin/edge-agent")).unwrap();
     assert_eq!(bin.mode() & 0o777, 0o755);
@@ -483,4 +549,92 @@ fn install_sh_into_a_destdir_sets_up_the_box_and_never_overwrites_the_config() {
         "# the box's own\n"
     );
     check_user(r);
+}
+
+/// Records `systemd` at `version` as installed in a scratch root's dpkg database (the
+/// other packages' entries stay), which is what the postinst asks about the root it
+/// installs into.
+fn set_systemd_version(root: &Path, version: &str) {
+    let status = root.join("var/lib/dpkg/status");
+    let mut stanzas: Vec<String> = std::fs::read_to_string(&status)
+        .unwrap()
+        .split("\n\n")
+        .filter(|s| !s.trim().is_empty() && !s.starts_with("Package: systemd\n"))
+        .map(|s| s.trim_end().to_string())
+        .collect();
+    stanzas.push(format!(
+        "Package: systemd\nStatus: install ok installed\nPriority: important\n\
+         Section: admin\nMaintainer: test\nArchitecture: all\nVersion: {version}\n\
+         Description: a stand-in for the root's systemd"
+    ));
+    std::fs::write(&status, stanzas.join("\n\n") + "\n").unwrap();
+}
+
+/// `edge-agent validate` of the installed configuration, run as the edge-agent user (its
+/// numeric ids in the scratch root) without `CREDENTIALS_DIRECTORY`, as the unit runs it
+/// on a systemd that ignores `LoadCredential=`.
+fn validate_as_agent_user(r: &Path) -> Output {
+    let user = passwd_entry(r, "edge-agent").unwrap();
+    Command::new("setpriv")
+        .arg(format!("--reuid={}", user[2]))
+        .arg(format!("--regid={}", user[3]))
+        .arg("--clear-groups")
+        .arg("--")
+        .arg(r.join("usr/bin/edge-agent"))
+        .args(["validate", "--quiet", "--config-dir"])
+        .arg(r.join("etc/edge-agent"))
+        .current_dir(r)
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .output()
+        .unwrap()
+}
+
+/// JetPack 5's systemd 245 has no `LoadCredential=`: the agent reads
+/// /etc/edge-agent/credentials itself, so there the postinst lets the edge-agent group
+/// read them (and nobody else); on a systemd with `LoadCredential=` they are root's alone,
+/// and a later install after a systemd upgrade takes the group's access away again.
+#[test]
+fn on_systemd_245_the_agent_user_reads_the_credentials_and_on_newer_only_root_does() {
+    if !is_root() {
+        return;
+    }
+    let (_out, deb) = host_package();
+    let deb = deb.to_str().unwrap();
+    let root = scratch_root();
+    let r = root.path();
+    // The agent user must reach the files under the scratch root, as it does under /.
+    std::fs::set_permissions(r, std::fs::Permissions::from_mode(0o755)).unwrap();
+    set_systemd_version(r, "245.4-4ubuntu3.22");
+    dpkg(r, &["--install", deb]);
+    let gid: u32 = passwd_entry(r, "edge-agent").unwrap()[3].parse().unwrap();
+    let creds = r.join("etc/edge-agent/credentials");
+    let owner_mode = |p: &Path| {
+        let m = std::fs::metadata(p).unwrap();
+        (m.uid(), m.gid(), m.mode() & 0o777)
+    };
+    assert_eq!(owner_mode(&creds), (0, gid, 0o750), "credentials dir");
+    std::fs::write(creds.join("broker"), "s3cret\n").unwrap();
+    for name in ["broker", "camera-viewer"] {
+        assert_eq!(owner_mode(&creds.join(name)), (0, gid, 0o640), "{name}");
+    }
+    std::fs::write(
+        r.join("etc/edge-agent/conf.d/90-device.toml"),
+        "[transport]\nkind = \"amqp\"\namqp_url = \"amqp://edge@rabbit:5672/%2f\"\npassword_file = \"broker\"\n",
+    )
+    .unwrap();
+    let ok = validate_as_agent_user(r);
+    assert!(
+        ok.status.success(),
+        "the agent user cannot read its credential on systemd 245: {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+
+    set_systemd_version(r, "252.39-1~deb12u2");
+    dpkg(r, &["--install", deb]);
+    assert_eq!(owner_mode(&creds), (0, 0, 0o700), "credentials dir");
+    assert_eq!(owner_mode(&creds.join("broker")), (0, 0, 0o600), "broker");
+    let refused = validate_as_agent_user(r);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(78), "{err}");
+    assert!(err.contains("Permission denied"), "{err}");
 }

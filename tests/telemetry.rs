@@ -90,12 +90,88 @@ fn agent_sends_ready_and_watchdog_pings_and_serves_prometheus_metrics() {
 
 /// One raw HTTP/1.1 exchange; the whole response ("" when the server closed at once).
 fn raw_request(addr: &str, request: &str) -> String {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    exchange(std::net::TcpStream::connect(addr).unwrap(), request)
+}
+
+/// [`raw_request`] from the loopback address `local` (all of 127/8 is loopback on Linux),
+/// so that the server sees another client.
+fn raw_request_from(local: &str, addr: &str, request: &str) -> String {
+    exchange(connect_from(local, addr), request)
+}
+
+fn exchange(mut s: std::net::TcpStream, request: &str) -> String {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let _ = s.write_all(request.as_bytes());
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A blocking TCP connection to `addr` from the address `local` (std cannot bind a
+/// client socket before connecting; tokio's TcpSocket can).
+fn connect_from(local: &str, addr: &str) -> std::net::TcpStream {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let s = rt.block_on(async {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(format!("{local}:0").parse().unwrap()).unwrap();
+        let s = sock.connect(addr.parse().unwrap()).await.unwrap();
+        s.into_std().unwrap()
+    });
+    s.set_nonblocking(false).unwrap();
+    s
+}
+
+/// Whether the server closed `s` within `wait` (end of stream or a reset), as opposed
+/// to keeping it open and silent.
+fn closed_within(s: &mut std::net::TcpStream, wait: Duration) -> bool {
+    s.set_read_timeout(Some(wait)).unwrap();
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+/// The value of `edge_agent_dropped_total{place="http",reason=REASON}` on `addr`'s
+/// /metrics (asked from `local`), 0 when absent.
+fn http_drops(local: &str, addr: &str, why: &str) -> f64 {
+    let (_, body) = head_and_body(&raw_request_from(
+        local,
+        addr,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+    ));
+    let series = format!("edge_agent_dropped_total{{place=\"http\",reason=\"{why}\"}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+/// Serves the real listener in this process with `limits`, on a runtime of its own (the
+/// test thread blocks on sockets); returns the runtime (keep it) and the address.
+fn listener(limits: edge_agent::telemetry::http::Limits) -> (tokio::runtime::Runtime, String) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let health: edge_agent::telemetry::http::HealthFn =
+        std::sync::Arc::new(|| serde_json::json!({"status": "ok"}));
+    let addr = rt
+        .block_on(edge_agent::telemetry::http::serve_with(
+            "127.0.0.1:0",
+            health,
+            tokio_util::sync::CancellationToken::new(),
+            limits,
+        ))
+        .unwrap();
+    (rt, addr.to_string())
 }
 
 fn head_and_body(response: &str) -> (String, String) {
@@ -172,11 +248,17 @@ fn metrics_pass_promtool_in_the_format_their_content_type_names() {
     let (head, _) = head_and_body(&raw_request(&addr, "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"));
     assert!(head.starts_with("http/1.1 404"), "{head}");
 
-    // Idle connections fill every slot: the next one is closed unanswered and counted.
-    let held: Vec<_> = (0..edge_agent::telemetry::http::MAX_CONNECTIONS)
-        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+    // Idle connections from several clients, each within its own limit, fill every slot:
+    // the next one, from yet another client, is closed unanswered and counted.
+    use edge_agent::telemetry::http::{MAX_CONNECTIONS, MAX_PER_CLIENT};
+    let held: Vec<_> = (0..MAX_CONNECTIONS)
+        .map(|i| connect_from(&format!("127.0.1.{}", 1 + i / MAX_PER_CLIENT), &addr))
         .collect();
-    let refused = raw_request(&addr, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    let refused = raw_request_from(
+        "127.0.2.1",
+        &addr,
+        "GET /health HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
     assert_eq!(refused, "", "a connection over the limit is closed");
     drop(held);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -282,4 +364,111 @@ fn a_healthy_demo_run_logs_no_error_from_start_through_scale_in() {
     assert!(errors.is_empty(), "ERROR lines:\n{}", errors.join("\n"));
     let status = agent.stop();
     assert!(status.success(), "{status:?}");
+}
+
+/// One client holding as many idle sockets as the whole listener serves does not lock
+/// out another: beyond its own limit its sockets are closed at once and counted
+/// (`reason="client_limit"`), the ones it keeps stay open, and a client from another
+/// address is served meanwhile.
+#[test]
+fn one_client_holding_idle_sockets_cannot_lock_out_another() {
+    use edge_agent::telemetry::http::{Limits, MAX_CONNECTIONS, MAX_PER_CLIENT};
+    // A head timeout far beyond the test, so that only the limits close sockets here.
+    let (_rt, addr) = listener(Limits {
+        head_timeout: Duration::from_secs(120),
+        ..Limits::default()
+    });
+    let before = http_drops("127.0.3.9", &addr, "client_limit");
+    // connect() returns once the kernel has queued the connection and the listener
+    // accepts in that order, so the first MAX_PER_CLIENT are the ones it keeps.
+    let mut idle: Vec<_> = (0..MAX_CONNECTIONS)
+        .map(|_| connect_from("127.0.3.1", &addr))
+        .collect();
+    let (head, body) = head_and_body(&raw_request_from(
+        "127.0.3.2",
+        &addr,
+        "GET /health HTTP/1.1\r\nHost: x\r\n\r\n",
+    ));
+    assert!(head.starts_with("http/1.1 200"), "another client: {head}");
+    assert!(body.contains("\"ok\""), "{body}");
+    let mut over = idle.split_off(MAX_PER_CLIENT);
+    for (i, s) in over.iter_mut().enumerate() {
+        assert!(
+            closed_within(s, Duration::from_secs(10)),
+            "idle socket {} of one client was kept",
+            MAX_PER_CLIENT + i + 1
+        );
+    }
+    for (i, s) in idle.iter_mut().enumerate() {
+        assert!(
+            !closed_within(s, Duration::from_millis(200)),
+            "idle socket {} within the client's limit was closed",
+            i + 1
+        );
+    }
+    let counted = http_drops("127.0.3.9", &addr, "client_limit") - before;
+    assert!(
+        counted >= (MAX_CONNECTIONS - MAX_PER_CLIENT) as f64,
+        "{counted} client_limit drops counted"
+    );
+    drop(idle);
+}
+
+/// A socket that sends no request head is closed after the head timeout and counted
+/// (`reason="head_timeout"`), and its place goes back to its client: a client that used
+/// up its limit with idle sockets is served once they time out.
+#[test]
+fn idle_sockets_are_closed_after_the_head_timeout_and_free_their_places() {
+    use edge_agent::telemetry::http::Limits;
+    let timeout = Duration::from_millis(300);
+    let (_rt, addr) = listener(Limits {
+        per_client: 2,
+        head_timeout: timeout,
+        ..Limits::default()
+    });
+    let before = http_drops("127.0.4.9", &addr, "head_timeout");
+    let start = Instant::now();
+    let mut idle: Vec<_> = (0..2).map(|_| connect_from("127.0.4.1", &addr)).collect();
+    for s in &mut idle {
+        assert!(
+            closed_within(s, Duration::from_secs(20)),
+            "an idle socket was never closed"
+        );
+    }
+    assert!(
+        start.elapsed() >= timeout,
+        "closed after {:?}, before the head timeout",
+        start.elapsed()
+    );
+    // The places come back as the connections' tasks end, just after the close: wait
+    // until the same client is served again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (head, _) = head_and_body(&raw_request_from(
+            "127.0.4.1",
+            &addr,
+            "GET /health HTTP/1.1\r\nHost: x\r\n\r\n",
+        ));
+        if head.starts_with("http/1.1 200") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the client's places never came back: {head:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The count follows the close: wait for it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let counted = http_drops("127.0.4.9", &addr, "head_timeout") - before;
+        if counted >= 2.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{counted} head_timeout drops counted"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

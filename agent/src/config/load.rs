@@ -73,7 +73,16 @@ pub fn load(sources: &Sources) -> Result<Loaded, ConfigErrors> {
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
-    let mut loaded = load_texts(&texts, &sources.env, base_dir(&paths))?;
+    // With a config directory, the files its unit's LoadCredential= lines name
+    // (DIR/credentials/NAME) are read directly where systemd gives no
+    // CREDENTIALS_DIRECTORY (systemd 245 on JetPack 5, or a run by hand).
+    let dirs = sources
+        .dir
+        .iter()
+        .map(|d| d.join("credentials"))
+        .chain(base_dir(&paths))
+        .collect();
+    let mut loaded = load_texts_in(&texts, &sources.env, dirs)?;
     loaded.files = paths;
     Ok(loaded)
 }
@@ -117,11 +126,22 @@ fn config_dir_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
     Ok(files)
 }
 
-/// Loads named TOML texts (in override order) with the given environment.
+/// Loads named TOML texts (in override order) with the given environment; relative
+/// secret files are looked up in `$CREDENTIALS_DIRECTORY`, then in `base`.
 pub fn load_texts(
     texts: &[(String, String)],
     env: &[(String, String)],
     base: Option<PathBuf>,
+) -> Result<Loaded, ConfigErrors> {
+    load_texts_in(texts, env, base.into_iter().collect())
+}
+
+/// [`load_texts`] with the directories searched for relative secret files after
+/// `$CREDENTIALS_DIRECTORY`, in order.
+fn load_texts_in(
+    texts: &[(String, String)],
+    env: &[(String, String)],
+    secret_dirs: Vec<PathBuf>,
 ) -> Result<Loaded, ConfigErrors> {
     let mut errors = Vec::new();
     let mut tree = Node::empty_table(Origin {
@@ -155,8 +175,13 @@ pub fn load_texts(
         });
     }
 
-    let creds = vars.get("CREDENTIALS_DIRECTORY").map(PathBuf::from);
-    finish(tree, errors, Some((creds.as_deref(), base.as_deref())))
+    let dirs: Vec<PathBuf> = vars
+        .get("CREDENTIALS_DIRECTORY")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(secret_dirs)
+        .collect();
+    finish(tree, errors, Some(&dirs))
 }
 
 /// Loads a configuration written by [`super::resolved_text`]: the agent's own, handed
@@ -169,12 +194,12 @@ pub fn load_resolved(name: &str, text: &str) -> Result<Loaded, ConfigErrors> {
     }
 }
 
-/// Deserialises and checks a merged tree; `secrets` (credentials directory, base
-/// directory) reads the secret files.
+/// Deserialises and checks a merged tree; `secrets` (the directories relative secret
+/// files are looked up in, in order) reads the secret files.
 fn finish(
     mut tree: Node,
     mut errors: Vec<ConfigError>,
-    secrets: Option<(Option<&Path>, Option<&Path>)>,
+    secrets: Option<&[PathBuf]>,
 ) -> Result<Loaded, ConfigErrors> {
     let config = deserialize_all(&mut tree, &mut errors);
     let Some(mut config) = config else {
@@ -190,8 +215,8 @@ fn finish(
                 message,
             });
         }
-        if let Some((creds, base)) = secrets {
-            apply_secrets(&mut config, &tree, creds, base, &mut errors);
+        if let Some(dirs) = secrets {
+            apply_secrets(&mut config, &tree, dirs, &mut errors);
         }
     }
     if errors.is_empty() {
@@ -421,8 +446,7 @@ fn env_value(raw: &str) -> toml::Value {
 fn apply_secrets(
     config: &mut Config,
     tree: &Node,
-    creds: Option<&Path>,
-    base: Option<&Path>,
+    dirs: &[PathBuf],
     errors: &mut Vec<ConfigError>,
 ) {
     for (i, cam) in config.cameras.iter_mut().enumerate() {
@@ -434,7 +458,7 @@ fn apply_secrets(
             Seg::Index(i),
             Seg::Key("password_file".into()),
         ];
-        let result = read_secret(&file, creds, base).and_then(|pw| cam.url.with_password(&pw));
+        let result = read_secret(&file, dirs).and_then(|pw| cam.url.with_password(&pw));
         match result {
             Ok(url) => cam.url = url,
             Err(message) => errors.push(ConfigError {
@@ -452,7 +476,7 @@ fn apply_secrets(
         let t = &mut config.transport;
         // The password belongs to the broker in use: the other URL may well have no
         // user name, and must not make a valid MQTT setup fail (or the reverse).
-        let result = read_secret(&file, creds, base).and_then(|pw| match t.kind {
+        let result = read_secret(&file, dirs).and_then(|pw| match t.kind {
             TransportKind::Mqtt => t.mqtt_url.with_password(&pw).map(|u| t.mqtt_url = u),
             TransportKind::Amqp => t.amqp_url.with_password(&pw).map(|u| t.amqp_url = u),
             TransportKind::Embedded => Err(
@@ -472,16 +496,15 @@ fn apply_secrets(
     }
 }
 
-/// Finds a secret file: absolute as given; relative in `$CREDENTIALS_DIRECTORY` first,
-/// then beside the last config file.
-fn read_secret(file: &Path, creds: Option<&Path>, base: Option<&Path>) -> Result<String, String> {
+/// Finds a secret file: absolute as given; relative in `dirs` in order
+/// (`$CREDENTIALS_DIRECTORY`, then the config directory's `credentials/`, then beside the
+/// last config file), then as given.
+fn read_secret(file: &Path, dirs: &[PathBuf]) -> Result<String, String> {
     let mut tried = Vec::new();
     let candidates: Vec<PathBuf> = if file.is_absolute() {
         vec![file.to_path_buf()]
     } else {
-        creds
-            .into_iter()
-            .chain(base)
+        dirs.iter()
             .map(|d| d.join(file))
             .chain([file.to_path_buf()])
             .collect()
