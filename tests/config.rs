@@ -130,14 +130,88 @@ fn environment_overrides_apply_and_are_explained() {
     );
 }
 
+/// Every `--flag` written inside backticks in `text`.
+fn flags_in(text: &str) -> Vec<String> {
+    text.split('`')
+        .skip(1)
+        .step_by(2)
+        .flat_map(|code| code.split_whitespace())
+        .filter(|w| w.starts_with("--"))
+        .map(|w| {
+            w.trim_end_matches(|c: char| !c.is_ascii_alphanumeric())
+                .to_string()
+        })
+        .collect()
+}
+
+fn help_of(args: &[&str]) -> String {
+    let out = edge_agent().args(args).arg("--help").output().unwrap();
+    assert!(out.status.success(), "{args:?} --help failed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The commands and flags README documents, taken from README itself (the command
+/// table, the line on what every command takes, the motion tuning paragraph), so a
+/// command or flag README promises and the binary lacks fails here.
 #[test]
 fn version_and_help_describe_the_commands() {
     let out = edge_agent().arg("--version").output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("edge-agent "));
-    let help = edge_agent().arg("--help").output().unwrap();
-    let text = String::from_utf8_lossy(&help.stdout);
-    for cmd in ["run", "worker", "scaler", "validate", "motion", "detect"] {
-        assert!(text.contains(cmd), "help lacks {cmd}: {text}");
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    // `| `edge-agent validate [--explain]` | ... |` rows.
+    let commands: Vec<(String, Vec<String>)> = readme
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `edge-agent "))
+        .map(|rest| {
+            let cell = &rest[..rest.find('`').unwrap()];
+            let cmd = cell.split_whitespace().next().unwrap().to_string();
+            let flags = flags_in(&format!("`{cell}`"));
+            (cmd, flags)
+        })
+        .collect();
+    let names: Vec<&str> = commands.iter().map(|(c, _)| c.as_str()).collect();
+    for want in [
+        "run", "worker", "scaler", "validate", "motion", "detect", "prepare",
+    ] {
+        assert!(
+            names.contains(&want),
+            "README's command table lacks {want}: {names:?}"
+        );
+    }
+    let top = help_of(&[]);
+    let every = readme
+        .split("\n\n")
+        .find(|p| p.starts_with("Every command takes"))
+        .expect("README says what every command takes");
+    let common = flags_in(every);
+    // `--config`, `--config-dir` and the global `--log-format`.
+    for f in ["--config", "--config-dir", "--log-format"] {
+        assert!(common.iter().any(|c| c == f), "{f} not in {every}");
+    }
+    let tuning = readme
+        .split("\n\n")
+        .find(|p| p.starts_with("Tuning on a recording:"))
+        .expect("README's motion tuning paragraph");
+    let motion = flags_in(tuning);
+    assert!(motion.len() >= 5, "{motion:?}");
+    for (cmd, flags) in &commands {
+        assert!(
+            top.lines().any(|l| {
+                let l = l.trim_start();
+                l.strip_prefix(cmd.as_str())
+                    .is_some_and(|r| r.starts_with(char::is_whitespace))
+            }),
+            "help lists no command {cmd}: {top}"
+        );
+        let sub = help_of(&[cmd]);
+        let extra: &[String] = if cmd == "motion" { &motion } else { &[] };
+        for flag in flags.iter().chain(&common).chain(extra) {
+            assert!(
+                sub.split(|c: char| c.is_whitespace() || c == ',')
+                    .any(|w| w == flag),
+                "`edge-agent {cmd} --help` lacks {flag}: {sub}"
+            );
+        }
     }
 }
 

@@ -78,9 +78,12 @@ async fn grey_frames_arrive_with_the_configured_size_and_rate_and_colour_frames_
         let age = SystemTime::now().duration_since(f.captured).unwrap();
         assert!(age < Duration::from_secs(10), "capture time is wall clock");
     }
-    // 4 s at 5 fps; generous bounds for a busy 2-core machine.
+    // The rate is checked by the source's own frame numbers below (one in six of a
+    // 30 fps source), not by how many arrive in 4 s of wall time: that count is
+    // GStreamer's real time and only bounded widely, at what a machine at load 10
+    // still meets (fewer when the encoder falls behind, never many more than 20).
     assert!(
-        (14..=26).contains(&frames.len()),
+        (5..=30).contains(&frames.len()),
         "{} frames in 4 s at analysis_fps 5",
         frames.len()
     );
@@ -417,7 +420,10 @@ async fn four_cameras_stream_at_once_and_one_resumes_by_itself_after_a_five_seco
     assert_eq!(cams[0].status().state, CameraState::Streaming);
     assert!(cams[0].status().last_reason.is_some());
 
-    // The other three never stopped: no gap over 1.5 s at 5 fps, and no restart.
+    // The other three never stopped: no restart, and no gap a stall would make. The gap
+    // is GStreamer's real time, so its bound is what a machine at load 10 still meets
+    // (3 s: the `stall_timeout` here, past which the camera would restart); 200 ms is
+    // the gap at 5 fps.
     for (i, a) in arrivals.iter().enumerate().skip(1) {
         let times = a.lock().unwrap().clone();
         let window: Vec<&Instant> = times
@@ -429,9 +435,9 @@ async fn four_cameras_stream_at_once_and_one_resumes_by_itself_after_a_five_seco
             .map(|w| w[1].duration_since(*w[0]))
             .max()
             .unwrap();
-        assert!(window.len() >= 20, "cam{i}: {} frames", window.len());
+        assert!(window.len() >= 10, "cam{i}: {} frames", window.len());
         assert!(
-            max_gap < Duration::from_millis(1500),
+            max_gap < Duration::from_secs(3),
             "cam{i} paused {max_gap:?}"
         );
         assert_eq!(cams[i].status().restarts, 0, "cam{i}");
@@ -532,18 +538,34 @@ async fn a_full_motion_queue_drops_and_counts_frames_without_stalling_the_camera
         cam.status().dropped >= 5
     })
     .await;
+    // The counter's value, not only its name: nothing reads the queue of one, so every
+    // frame handed to motion after the first is a drop and counted as one.
+    let counted = || {
+        let text = edge_agent::telemetry::metrics::metrics().encode();
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(
+                    "edge_agent_dropped_total{place=\"cam-full\",reason=\"motion_queue_full\"} ",
+                )
+            })
+            .map(|v| v.trim().parse::<f64>().unwrap() as u64)
+            .unwrap_or_else(|| panic!("no motion_queue_full counter for cam-full:\n{text}"))
+    };
     let st = cam.status();
     assert_eq!(st.state, CameraState::Streaming);
     assert_eq!(st.decoder.as_deref(), Some("none (synthetic scene)"));
-    let frames = st.frames;
+    let (frames, sampled, dropped) = (st.frames, st.sampled, counted());
+    assert!(dropped >= 1, "{st:?}");
     wait_for("frames keep coming", Duration::from_secs(5), || {
         cam.status().frames > frames + 10
     })
     .await;
-    let text = edge_agent::telemetry::metrics::metrics().encode();
+    let more = cam.status().sampled - sampled;
+    let counted_more = counted() - dropped;
+    // Counters read one after the other while frames flow: a frame or two apart.
     assert!(
-        text.contains("edge_agent_dropped_total{place=\"cam-full\",reason=\"motion_queue_full\"}"),
-        "{text}"
+        more >= 5 && counted_more + 2 >= more && counted_more <= more + 2,
+        "{more} frames handed to a full queue, {counted_more} drops counted"
     );
     drop(rx);
     cam.stopped().await;

@@ -284,8 +284,10 @@ fn real_clips_keep_recall_and_gate_no_worse_than_mog2_even_with_a_shaking_camera
 fn an_ir_switch_and_rain_meet_the_gating_goal() {
     let tmp = tempfile::tempdir().unwrap();
     let clips = [scene("ir", tmp.path()), scene("rain", tmp.path())];
-    for s in score(&clips) {
-        assert_goal(&s);
+    let scored = score(&clips);
+    assert_eq!(scored.len(), clips.len(), "one score per clip");
+    for s in &scored {
+        assert_goal(s);
     }
 }
 

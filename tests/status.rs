@@ -99,6 +99,25 @@ fn check_heartbeat(h: &serde_json::Value, device: &str) {
     }
 }
 
+/// Heartbeats come every `telemetry.heartbeat_interval` (1 s here), and say so. Never
+/// sooner (a beat may come a little early only by the gap between the two clocks the
+/// agent and its `at_ms` read); later by at most what a machine at load 10 still meets:
+/// the agent's loop turns late there, but not by seconds.
+fn check_interval(beats: &[serde_json::Value], every: Duration) {
+    let every_ms = every.as_millis() as u64;
+    for h in beats {
+        assert_eq!(h["interval_s"].as_f64(), Some(every.as_secs_f64()), "{h}");
+    }
+    for pair in beats.windows(2) {
+        let (a, b) = (pair[0]["at_ms"].as_u64(), pair[1]["at_ms"].as_u64());
+        let gap = b.zip(a).map(|(b, a)| b.saturating_sub(a)).unwrap_or(0);
+        assert!(
+            gap + 20 >= every_ms && gap <= 4 * every_ms,
+            "heartbeats {gap} ms apart, interval {every_ms} ms: {beats:?}"
+        );
+    }
+}
+
 fn config(device: &str, transport: &str) -> String {
     format!(
         r#"
@@ -152,8 +171,8 @@ async fn heartbeat_and_home_assistant_discovery_are_retained_on_mosquitto() {
             .cloned()
             .collect()
     };
-    wait_for("two heartbeats", &agent, Duration::from_secs(30), || {
-        of(&health_topic).len() >= 2
+    wait_for("three heartbeats", &agent, Duration::from_secs(30), || {
+        of(&health_topic).len() >= 3
     })
     .await;
     let beats: Vec<serde_json::Value> =
@@ -161,10 +180,7 @@ async fn heartbeat_and_home_assistant_discovery_are_retained_on_mosquitto() {
     for h in &beats {
         check_heartbeat(h, &device);
     }
-    assert!(
-        beats[1]["at_ms"].as_u64() > beats[0]["at_ms"].as_u64(),
-        "{beats:?}"
-    );
+    check_interval(&beats[..3], Duration::from_secs(1));
     assert!(
         of(&status_topic).iter().any(|m| m.payload == "online"),
         "no online status"
@@ -288,7 +304,7 @@ async fn heartbeat_goes_to_the_events_exchange_on_rabbitmq() {
     let agent = Agent::start(&["--config".as_ref(), file.as_os_str()], &[]);
     let mut beats = Vec::new();
     let r = tokio::time::timeout(Duration::from_secs(30), async {
-        while beats.len() < 2 {
+        while beats.len() < 3 {
             let d = consumer.next().await.unwrap().unwrap();
             beats.push(json(&Bytes::from(d.data)));
         }
@@ -298,10 +314,11 @@ async fn heartbeat_goes_to_the_events_exchange_on_rabbitmq() {
     let status = agent.stop();
     let ch = conn.create_channel().await.unwrap();
     edge_agent::transport::amqp::delete_topology(&ch, &cfg, &device).await;
-    assert!(r.is_ok(), "no two heartbeats; log:\n{log}");
+    assert!(r.is_ok(), "no three heartbeats; log:\n{log}");
     for h in &beats {
         check_heartbeat(h, &device);
     }
+    check_interval(&beats, Duration::from_secs(1));
     // Discovery is MQTT's; on AMQP the agent says so instead.
     assert!(
         log.contains("telemetry.home_assistant needs an MQTT transport"),

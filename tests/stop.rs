@@ -371,6 +371,10 @@ fn systemd_hears_ready_watchdog_pings_while_stages_progress_and_stopping() {
         }
     };
     let pings = |heard: &[String]| heard.iter().filter(|m| m.contains("WATCHDOG=1")).count();
+    let addr = agent.metrics_addr(WAIT);
+    // The camera's frame count when the first and the last ping were heard: the pings
+    // must come while the stages move, not merely while the process lives.
+    let mut frames_at_pings = Vec::new();
     let deadline = Instant::now() + WAIT;
     while pings(&heard) < 4 {
         assert!(
@@ -378,11 +382,21 @@ fn systemd_hears_ready_watchdog_pings_while_stages_progress_and_stopping() {
             "systemd heard {heard:?}; log:\n{}",
             agent.log_text()
         );
+        let before = pings(&heard);
         recv(&mut heard);
+        if pings(&heard) > before && (before == 0 || pings(&heard) == 4) {
+            frames_at_pings.push(frames(&addr, "demo"));
+        }
     }
+    let ready = heard.iter().position(|m| m.contains("READY=1"));
+    let first_ping = heard.iter().position(|m| m.contains("WATCHDOG=1"));
     assert!(
-        heard.iter().any(|m| m.contains("READY=1")),
-        "no READY=1 before the pings: {heard:?}"
+        ready.is_some() && ready < first_ping,
+        "READY=1 must come before the first ping: {heard:?}"
+    );
+    assert!(
+        frames_at_pings.len() == 2 && frames_at_pings[0] < frames_at_pings[1],
+        "the camera made no progress between the first and the fourth ping: frames {frames_at_pings:?}"
     );
     assert!(agent.in_state("stalled").is_empty());
     let status = sigterm_and_exit(&mut agent, STOP + EXIT_SLACK);

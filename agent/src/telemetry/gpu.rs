@@ -99,9 +99,14 @@ pub struct GpuSampler {
 impl GpuSampler {
     /// Finds the GPU source of this machine (none on a machine without a GPU).
     pub fn detect() -> Self {
-        let source = if let Some(smi) = find_in_path("nvidia-smi") {
+        Self::detect_in(std::env::var_os("PATH").as_deref(), &JETSON_LOAD)
+    }
+
+    /// [`GpuSampler::detect`] with the search path and the Jetson load files given.
+    fn detect_in(path: Option<&std::ffi::OsStr>, jetson_load: &[&str]) -> Self {
+        let source = if let Some(smi) = find_in_path(path, "nvidia-smi") {
             Source::NvidiaSmi(smi)
-        } else if let Some(p) = JETSON_LOAD.iter().map(Path::new).find(|p| p.is_file()) {
+        } else if let Some(p) = jetson_load.iter().map(Path::new).find(|p| p.is_file()) {
             Source::Jetson(p.to_path_buf())
         } else {
             Source::None
@@ -188,9 +193,9 @@ async fn run(program: &Path, args: &[&str]) -> Option<String> {
     Some(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn find_in_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
+fn find_in_path(path: Option<&std::ffi::OsStr>, name: &str) -> Option<PathBuf> {
+    path.and_then(|paths| {
+        std::env::split_paths(paths)
             .map(|d| d.join(name))
             .find(|p| p.is_file())
     })
@@ -250,22 +255,72 @@ mod tests {
         }
     }
 
+    fn gpu_lines(text: &str) -> Vec<&str> {
+        text.lines()
+            .filter(|l| {
+                [
+                    "edge_agent_gpu_utilization_percent{",
+                    "edge_agent_gpu_memory_used_bytes{",
+                    "edge_agent_worker_gpu_memory_bytes{",
+                ]
+                .iter()
+                .any(|n| l.starts_with(n))
+            })
+            .collect()
+    }
+
+    /// Through the real detection path: a search path without `nvidia-smi` and no
+    /// Jetson load file is no GPU, and sampling it exports nothing. Then the same path
+    /// with an `nvidia-smi` on it (a script printing what the real one prints) exports
+    /// the figures, so the first half can fail. One test, because the metrics are one
+    /// registry for the whole process.
     #[tokio::test]
     async fn without_a_gpu_no_gpu_metric_is_exported() {
-        let mut s = GpuSampler {
-            source: Source::None,
-        };
-        s.sample(&[std::process::id()]).await;
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        let missing = dir.path().join("gpu.0/load");
+        let missing = missing.to_str().unwrap();
+        let mut none = GpuSampler::detect_in(Some(bin.as_os_str()), &[missing]);
+        assert!(matches!(none.source, Source::None));
+        none.sample(&[std::process::id()]).await;
         let text = metrics().encode();
-        for name in [
-            "edge_agent_gpu_utilization_percent{",
-            "edge_agent_gpu_memory_used_bytes{",
-            "edge_agent_worker_gpu_memory_bytes{",
-        ] {
-            assert!(
-                !text.lines().any(|l| l.starts_with(name)),
-                "{name} present without a GPU:\n{text}"
-            );
+        assert!(
+            gpu_lines(&text).is_empty(),
+            "GPU metrics without a GPU:\n{text}"
+        );
+
+        let smi = bin.join("nvidia-smi");
+        let me = std::process::id();
+        std::fs::write(
+            &smi,
+            format!(
+                "#!/bin/sh\ncase \"$1\" in\n--query-gpu=*) echo '0, 37, 1234' ;;\n*) echo '{me}, 858' ;;\nesac\n"
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&smi, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // A child forked by another test while the script was open for writing holds
+        // it until its exec: "text file busy" for a moment.
+        for _ in 0..50 {
+            match std::process::Command::new(&smi).output() {
+                Err(e) if e.raw_os_error() == Some(26) => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => break,
+            }
         }
+        let mut gpu = GpuSampler::detect_in(Some(bin.as_os_str()), &[missing]);
+        assert!(matches!(gpu.source, Source::NvidiaSmi(_)));
+        gpu.sample(&[me]).await;
+        let text = metrics().encode();
+        let lines = gpu_lines(&text);
+        assert_eq!(lines.len(), 3, "{text}");
+        // Leave the registry as a machine without a GPU would have it.
+        let m = metrics();
+        m.gpu_utilization.clear();
+        m.gpu_memory.clear();
+        m.worker_gpu_memory.clear();
     }
 }
