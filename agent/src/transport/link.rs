@@ -227,6 +227,11 @@ impl<T> Inbound<T> {
     pub async fn next(&mut self) -> Option<T> {
         self.rx.recv().await
     }
+
+    /// A message already waiting, if any (draining at stop).
+    pub fn try_next(&mut self) -> Option<T> {
+        self.rx.try_recv().ok()
+    }
 }
 
 impl<T> futures::Stream for Inbound<T> {
