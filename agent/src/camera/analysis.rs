@@ -213,7 +213,21 @@ pub async fn run(
             .inc();
     }
     if let Some(t) = tracker.finish() {
-        let _ = out.try_send(Escalation::Motion(t));
+        send_last_transition(&id, t, &out).await;
+    }
+}
+
+/// The end of the camera's open event, at stop: it waits for room like every
+/// transition (a consumer that saw the start must see the end). The escalator reads
+/// until every sender is gone, and the camera's stop deadline bounds the wait; only a
+/// closed queue loses it, counted.
+async fn send_last_transition(id: &str, t: MotionTransition, out: &mpsc::Sender<Escalation>) {
+    if out.send(Escalation::Motion(t)).await.is_err() {
+        metrics()
+            .dropped
+            .get_or_create(&metrics::reason(id, "motion_transition_closed"))
+            .inc();
+        warn!(camera = %id, "Escalation queue closed: the motion end at stop was lost.");
     }
 }
 
@@ -242,6 +256,31 @@ mod tests {
             jpeg_quality: 80,
             motion_at: SystemTime::UNIX_EPOCH,
         })
+    }
+
+    #[tokio::test]
+    async fn the_motion_end_at_stop_waits_for_room_in_a_full_queue() {
+        let (tx, mut rx) = mpsc::channel(1);
+        tx.try_send(frame(0)).unwrap();
+        let ended = MotionTransition::Ended(crate::motion::MotionEvent {
+            id: "gate-1".into(),
+            camera: "gate".into(),
+            start: SystemTime::UNIX_EPOCH,
+            end: Some(SystemTime::UNIX_EPOCH),
+            boxes: Vec::new(),
+            union: Default::default(),
+            frames: 3,
+        });
+        let send = tokio::spawn(async move { send_last_transition("gate", ended, &tx).await });
+        // The escalator is busy with the frame; it catches up later.
+        tokio::task::yield_now().await;
+        assert!(matches!(rx.recv().await, Some(Escalation::Frame(_))));
+        match rx.recv().await {
+            Some(Escalation::Motion(MotionTransition::Ended(e))) => assert_eq!(e.id, "gate-1"),
+            other => panic!("the motion end was lost: {other:?}"),
+        }
+        send.await.unwrap();
+        assert!(rx.recv().await.is_none(), "nothing else was sent");
     }
 
     #[test]

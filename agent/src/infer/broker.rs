@@ -102,11 +102,12 @@ pub fn work_item(d: Delivery, ready_at: u64, settled: impl FnOnce() + Send + 'st
             let r = match outcome {
                 AckOutcome::Done => d.ack().await,
                 AckOutcome::Reject(_) => d.reject("not_jpeg").await,
-                // Not acked: the broker (AMQP, on our exit) or the agent (MQTT,
-                // after transport.redeliver_after) delivers it again.
+                // Handed back, never just dropped: an AMQP delivery left unsettled
+                // holds a prefetch slot until the worker reconnects (see
+                // `Delivery::requeue` for MQTT).
                 AckOutcome::Requeue(why) => {
                     warn!(reason = %why, "Frame left for redelivery.");
-                    Ok(())
+                    d.requeue().await
                 }
             };
             if let Err(e) = r {

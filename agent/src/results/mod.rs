@@ -20,7 +20,7 @@ pub use config::{EventsConfig, TracksConfig};
 use incidents::{IncidentEvent, Incidents};
 
 use crate::telemetry::metrics::{self, metrics};
-use crate::transport::{AgentTransport, ResultMessage};
+use crate::transport::{AgentTransport, ResultMessage, Results};
 
 /// How often forgotten tracks are looked for.
 const TICK: Duration = Duration::from_millis(250);
@@ -42,21 +42,10 @@ pub async fn run(
         }
     };
     let mut incidents = Incidents::new(&device, events.tracks.clone(), events.classes.clone());
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            r = results.next() => match r {
-                Some(r) => {
-                    let out = handle(&mut incidents, r);
-                    publish(&transport, out);
-                }
-                None => break,
-            },
-            _ = tick.tick() => publish(&transport, incidents.tick(SystemTime::now())),
-            _ = stop.cancelled() => break,
-        }
-    }
+    serve(&mut results, &mut incidents, &stop, DRAIN, |out| {
+        publish(&transport, out)
+    })
+    .await;
     let ended = incidents.finish(SystemTime::now());
     if !ended.is_empty() {
         info!(
@@ -67,6 +56,58 @@ pub async fn run(
         if !transport.flush(Duration::from_secs(3)).await {
             warn!("Incident end messages not all confirmed by the broker before stop.");
         }
+    }
+}
+
+/// How long the results still queued at stop may take to be tracked (each takes
+/// microseconds; the bound is for a queue that keeps filling).
+const DRAIN: Duration = Duration::from_secs(1);
+
+/// Tracks results until the stream ends or `stop`; then the results already queued are
+/// tracked too (their frames were answered), for up to `drain_for`, and any left after
+/// that are counted as dropped.
+async fn serve(
+    results: &mut Results,
+    incidents: &mut Incidents,
+    stop: &CancellationToken,
+    drain_for: Duration,
+    mut out: impl FnMut(Vec<IncidentEvent>),
+) {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            // Stop first: what is queued then is drained below, under its deadline.
+            biased;
+            _ = stop.cancelled() => break,
+            r = results.next() => match r {
+                Some(r) => out(handle(incidents, r)),
+                None => return,
+            },
+            _ = tick.tick() => out(incidents.tick(SystemTime::now())),
+        }
+    }
+    let until = tokio::time::Instant::now() + drain_for;
+    let (mut drained, mut dropped) = (0u64, 0u64);
+    while let Some(r) = results.try_next() {
+        if tokio::time::Instant::now() < until {
+            out(handle(incidents, r));
+            drained += 1;
+        } else {
+            dropped += 1;
+        }
+    }
+    if dropped > 0 {
+        metrics()
+            .dropped
+            .get_or_create(&metrics::reason("results", "stopped"))
+            .inc_by(dropped);
+        warn!(drained, dropped, within = ?drain_for, "Agent stopping: results still queued were not tracked in time.");
+    } else if drained > 0 {
+        info!(
+            drained,
+            "Agent stopping: results still queued were tracked."
+        );
     }
 }
 
@@ -164,4 +205,65 @@ fn observe_stages(latency: &serde_json::Value) {
         "result_delivery",
         now.saturating_sub(l.result_at_unix_ns) as f64 / 1e6,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::Inbound;
+
+    fn queued(n: u64) -> (tokio::sync::mpsc::Sender<ResultMessage>, Results) {
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        for seq in 0..n {
+            tx.try_send(ResultMessage {
+                device: "dev".into(),
+                camera: "gate".into(),
+                kind: "detections".into(),
+                payload: Bytes::from(format!("{{\"seq\":{seq}}}")),
+                seq: Some(seq),
+                first_answer: true,
+            })
+            .unwrap();
+        }
+        (tx, Inbound { rx })
+    }
+
+    fn incidents() -> Incidents {
+        let e = EventsConfig::default();
+        Incidents::new("dev", e.tracks, e.classes)
+    }
+
+    fn stopped_drops() -> u64 {
+        metrics()
+            .dropped
+            .get_or_create(&metrics::reason("results", "stopped"))
+            .get()
+    }
+
+    #[tokio::test]
+    async fn results_still_queued_at_stop_are_tracked_before_the_loop_ends() {
+        let (_tx, mut results) = queued(40);
+        let stop = CancellationToken::new();
+        stop.cancel();
+        serve(&mut results, &mut incidents(), &stop, DRAIN, |_| {}).await;
+        assert!(results.try_next().is_none(), "a queued result was left");
+    }
+
+    #[tokio::test]
+    async fn results_left_after_the_drain_deadline_are_counted_as_dropped() {
+        let before = stopped_drops();
+        let (_tx, mut results) = queued(7);
+        let stop = CancellationToken::new();
+        stop.cancel();
+        serve(
+            &mut results,
+            &mut incidents(),
+            &stop,
+            Duration::ZERO,
+            |_| {},
+        )
+        .await;
+        assert!(results.try_next().is_none());
+        assert_eq!(stopped_drops() - before, 7);
+    }
 }

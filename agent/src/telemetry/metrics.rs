@@ -41,6 +41,9 @@ pub struct Metrics {
     pub published: Family<Labels, Counter>,
     /// Incident messages by camera, class and state (start, update, end).
     pub incidents: Family<Labels, Counter>,
+    /// Frames a worker handed back for redelivery (results not handed over or not
+    /// confirmed), by transport kind.
+    pub requeued: Family<Labels, Counter>,
     /// Messages rejected by consumers, by reason (malformed, truncated, oversized...).
     pub rejected: Family<Labels, Counter>,
     /// Frames the workers ran inference on.
@@ -95,6 +98,7 @@ impl Metrics {
             published: Family::default(),
             incidents: Family::default(),
             rejected: Family::default(),
+            requeued: Family::default(),
             inferences: Family::default(),
             stage_latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             workers: Gauge::default(),
@@ -159,6 +163,11 @@ impl Metrics {
             "rejected",
             "Messages rejected by consumers, by reason",
             m.rejected.clone(),
+        );
+        registry.register(
+            "requeued",
+            "Frames a worker handed back for redelivery, by transport kind",
+            m.requeued.clone(),
         );
         registry.register(
             "inferences",

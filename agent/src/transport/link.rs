@@ -136,18 +136,41 @@ impl Delivery {
     /// later copy of it as a duplicate.
     pub async fn ack(self) -> Result<(), TransportError> {
         lock(&self.shared.recent).insert(frame_key(&self.msg));
-        settle(self.acker, false).await
+        settle(self.acker, Settle::Ack).await
     }
 
     /// Refuses the frame for `reason` (a metric label): dead-lettered on AMQP, dropped
     /// on MQTT, counted either way.
     pub async fn reject(self, reason: &'static str) -> Result<(), TransportError> {
         self.shared.count_rejected(reason);
-        settle(self.acker, true).await
+        settle(self.acker, Settle::Reject).await
+    }
+
+    /// Hands the frame back for another try (its results were not handed over, or not
+    /// confirmed), counted. AMQP: nacked with requeue, so the broker delivers it again
+    /// (flagged redelivered) and its prefetch slot is free. MQTT: acked, in order,
+    /// without being remembered as done. A QoS 1 ack cannot ask for redelivery, and a
+    /// frame left unacked would hold one of the broker's in-flight slots for the whole
+    /// session (and rumqttd drops a client whose next ack is then out of order); the
+    /// agent publishes a frame with no answer again after `transport.redeliver_after`,
+    /// and this worker takes that copy, since it was not recorded as acked.
+    pub async fn requeue(self) -> Result<(), TransportError> {
+        self.shared.count_requeued();
+        settle(self.acker, Settle::Requeue).await
     }
 }
 
-pub(crate) async fn settle(acker: Acker, reject: bool) -> Result<(), TransportError> {
+/// How a delivery is settled with the broker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Settle {
+    Ack,
+    /// Never again: dead-lettered on AMQP.
+    Reject,
+    /// Again: back in the queue on AMQP.
+    Requeue,
+}
+
+pub(crate) async fn settle(acker: Acker, how: Settle) -> Result<(), TransportError> {
     match acker {
         Acker::Mqtt {
             client,
@@ -169,12 +192,21 @@ pub(crate) async fn settle(acker: Acker, reject: bool) -> Result<(), TransportEr
             Ok(())
         }
         Acker::Amqp(acker) => {
-            let r = if reject {
-                acker
-                    .reject(lapin::options::BasicRejectOptions { requeue: false })
-                    .await
-            } else {
-                acker.ack(lapin::options::BasicAckOptions::default()).await
+            let r = match how {
+                Settle::Ack => acker.ack(lapin::options::BasicAckOptions::default()).await,
+                Settle::Reject => {
+                    acker
+                        .reject(lapin::options::BasicRejectOptions { requeue: false })
+                        .await
+                }
+                Settle::Requeue => {
+                    acker
+                        .nack(lapin::options::BasicNackOptions {
+                            multiple: false,
+                            requeue: true,
+                        })
+                        .await
+                }
             };
             r.map(|_| ()).map_err(|e| TransportError::Amqp {
                 what: "ack".into(),
@@ -194,6 +226,11 @@ impl<T> Inbound<T> {
     /// The next message; None once the transport is closed.
     pub async fn next(&mut self) -> Option<T> {
         self.rx.recv().await
+    }
+
+    /// A message already waiting, if any (draining at stop).
+    pub fn try_next(&mut self) -> Option<T> {
+        self.rx.try_recv().ok()
     }
 }
 
@@ -319,6 +356,20 @@ impl Shared {
             Duration::from_secs(10),
         ) {
             tracing::warn!(device = %self.device, reason = why, "Rejected a frame message.");
+        }
+    }
+
+    /// Counts a frame this worker handed back for redelivery.
+    pub fn count_requeued(&self) {
+        self.stats.bump("requeued");
+        let kind = match self.cfg.kind {
+            TransportKind::Amqp => "amqp",
+            TransportKind::Mqtt => "mqtt",
+            TransportKind::Embedded => "embedded",
+        };
+        metrics().requeued.get_or_create(&metrics::kind(kind)).inc();
+        if metrics::should_log("transport-requeued", Duration::from_secs(10)) {
+            tracing::warn!(device = %self.device, transport = kind, "Frame handed back for redelivery.");
         }
     }
 
