@@ -54,6 +54,10 @@ fn bad_configs_give_the_exact_located_error() {
             "site.toml:7: cameras[gate]: duplicate camera id \"gate\" (first defined at line 4)",
         ),
         (
+            "[device]\nid = \"box-1\"\n[[cameras]]\nid = \"gate\"\nurl = \"rtsp://u:a b)c@cam/s\"\n".into(),
+            "site.toml:5: cameras[gate].url: a URL may not hold spaces or control characters (write a space as %20, or put the password in password_file), got \"rtsp://u:***@cam/s\"",
+        ),
+        (
             "[device]\nid = \"box-1\"\n[[cameras]]\nid = \"gate\"\nurl = \"ftp://cam/s\"\n".into(),
             "site.toml:5: cameras[gate].url: URL scheme \"ftp\" is not allowed here (expected one of rtsp, rtsps, rtspt, file, http, https, demo), got \"ftp://cam/s\"",
         ),
@@ -441,4 +445,64 @@ fn mutated_configs_never_panic_and_every_error_names_file_and_key() {
         failed > 200,
         "only {failed} of 400 mutated configs were rejected"
     );
+}
+
+/// Any printable password, written inline in a camera URL or read from its
+/// `password_file`, never appears in what is printed: `validate` output, `Debug`, the
+/// URL as logged ("Camera starting"), a GStreamer error quoting the URL as it was
+/// opened, configuration errors, or what a worker gets on stdin.
+#[test]
+fn no_printable_password_reaches_printed_text_inline_or_from_a_file() {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    // Printable ASCII, space included, and a few letters beyond it.
+    let alphabet: Vec<char> = (' '..='~').chain(['é', 'ß', '€']).collect();
+    let mut rng = StdRng::seed_from_u64(26);
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().display().to_string();
+    for round in 0..400 {
+        let len = rng.random_range(8..20);
+        let pw: String = (0..len)
+            .map(|_| alphabet[rng.random_range(0..alphabet.len())])
+            .collect();
+        let pw = if pw.trim() != pw {
+            // A password file's edges are trimmed; the test's is the trimmed one.
+            format!("x{}x", pw.trim())
+        } else {
+            pw
+        };
+        let inline = round % 2 == 0;
+        let text = if inline {
+            let url = format!("rtsp://admin:{pw}@cam.local/s");
+            let quoted = toml::Value::String(url).to_string();
+            format!("[device]\nid = \"box\"\n[[cameras]]\nid = \"gate\"\nurl = {quoted}\n")
+        } else {
+            std::fs::write(dir.path().join("gate"), format!("{pw}\n")).unwrap();
+            "[device]\nid = \"box\"\n[[cameras]]\nid = \"gate\"\nurl = \"rtsp://admin@cam.local/s\"\npassword_file = \"gate\"\n".to_string()
+        };
+        let mut printed = Vec::new();
+        match load(&[("a.toml", &text)], &[("CREDENTIALS_DIRECTORY", &creds)]) {
+            Ok(l) => {
+                let url = &l.config.cameras[0].url;
+                printed.push(render(&l.config, &l.tree, false));
+                printed.push(render(&l.config, &l.tree, true));
+                printed.push(format!("{:?}", l.config));
+                printed.push(format!("Camera starting. url={url}"));
+                printed.push(crate::values::secret::redact_text(&format!(
+                    "Could not open resource {} for reading and writing.",
+                    url.expose()
+                )));
+                printed.push(resolved_text(&l.config));
+            }
+            Err(e) => printed.push(e.to_string()),
+        }
+        let encoded = url::form_urlencoded::byte_serialize(pw.as_bytes()).collect::<String>();
+        for out in printed {
+            assert!(
+                !out.contains(&pw) && !out.contains(&encoded),
+                "round {round}, inline {inline}: password {pw:?} printed in:\n{out}"
+            );
+        }
+    }
 }

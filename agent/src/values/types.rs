@@ -188,6 +188,15 @@ pub struct SecretUrl<S> {
 
 impl<S: Schemes> SecretUrl<S> {
     pub fn parse(raw: &str) -> Result<Self, String> {
+        // Free text (a GStreamer error, a log line) can only be redacted up to the
+        // first space, so a URL holding one is refused rather than half shown later.
+        if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!(
+                "a URL may not hold spaces or control characters (write a space as %20, \
+                 or put the password in password_file), got {:?}",
+                redact_url(raw)
+            ));
+        }
         let parsed =
             url::Url::parse(raw).map_err(|e| format!("invalid URL {:?}: {e}", redact_url(raw)))?;
         if !S::ALLOWED.contains(&parsed.scheme()) {
@@ -214,6 +223,15 @@ impl<S: Schemes> SecretUrl<S> {
         url::Url::parse(&self.raw)
             .map(|u| u.password().is_some())
             .unwrap_or(false)
+    }
+    /// The URL with its password replaced by `***`, as it is printed (for a process
+    /// that must not have it). Redacted as text, not as the URL parser reads it, so
+    /// a password it would take for a port or a query goes as well.
+    pub fn redacted(&self) -> Self {
+        Self {
+            raw: redact_url(&self.raw),
+            _s: PhantomData,
+        }
     }
     /// Returns the URL with its password replaced (for `password_file`).
     pub fn with_password(&self, password: &str) -> Result<Self, String> {
