@@ -39,6 +39,8 @@ fn bad_configs_give_the_exact_located_error() {
         (cam("motion.threshold = 0\n"), "site.toml:7: cameras[gate].motion.threshold: must be 1..=255, got 0"),
         (cam("[transport]\nembedded_log_size = 4096\n"), "site.toml:8: transport.embedded_log_size: must be 1048576..=1073741824, got 4096"),
         (cam("[scaling]\nworker_ready_timeout = \"0s\"\n"), "site.toml:8: scaling.worker_ready_timeout: must be greater than 0"),
+        (cam("[transport]\nframe_ttl = \"0s\"\n"), "site.toml:8: transport.frame_ttl: must be at least 1s, got 0s"),
+        (cam("[scaling]\ncooldown_period = \"300000000000y\"\n"), "site.toml:8: scaling.cooldown_period: duration \"300000000000y\" is longer than the 30 days allowed"),
         (
             cam("colour = true\n"),
             "site.toml:7: cameras[gate].colour: unknown key \"colour\"; expected one of `id`, `url`, `password_file`, `enabled`, `decode`, `protocol`, `latency`, `analysis_width`, `analysis_fps`, `detect_width`, `ring_frames`, `stall_timeout`, `backoff`, `motion`, `escalation`, `idle_decode`",

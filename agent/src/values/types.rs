@@ -109,6 +109,19 @@ impl Serialize for Fraction {
 pub struct Dur(pub Duration);
 
 impl Dur {
+    /// The longest duration any setting takes: beyond it a value is a typo, and the
+    /// time arithmetic it feeds (`Instant + d`) could overflow.
+    pub const MAX: Duration = Duration::from_secs(30 * 24 * 3600);
+
+    /// Parses `"500ms"`, `"5s"`, `"2m"`...; at most [`Dur::MAX`].
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let d = humantime::parse_duration(s.trim())
+            .map_err(|e| format!("invalid duration {s:?}: {e} (write e.g. \"500ms\" or \"5s\")"))?;
+        if d > Self::MAX {
+            return Err(format!("duration {s:?} is longer than the 30 days allowed"));
+        }
+        Ok(Self(d))
+    }
     pub const fn ms(ms: u64) -> Self {
         Self(Duration::from_millis(ms))
     }
@@ -135,11 +148,7 @@ impl<'de> Deserialize<'de> for Dur {
                 f.write_str("a duration string such as \"500ms\" or \"5s\"")
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<Dur, E> {
-                humantime::parse_duration(s.trim()).map(Dur).map_err(|e| {
-                    E::custom(format!(
-                        "invalid duration {s:?}: {e} (write e.g. \"500ms\" or \"5s\")"
-                    ))
-                })
+                Dur::parse(s).map_err(E::custom)
             }
         }
         d.deserialize_str(V)
@@ -333,5 +342,39 @@ impl<'de> Deserialize<'de> for Ident {
 impl Serialize for Ident {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_up_to_thirty_days_and_name_what_is_wrong() {
+        let rows: [(&str, Result<Duration, &str>); 6] = [
+            ("500ms", Ok(Duration::from_millis(500))),
+            (" 5s ", Ok(Duration::from_secs(5))),
+            ("30days", Ok(Dur::MAX)),
+            ("0s", Ok(Duration::ZERO)),
+            (
+                "30days 1s",
+                Err("duration \"30days 1s\" is longer than the 30 days allowed"),
+            ),
+            (
+                "300000000000y",
+                Err("duration \"300000000000y\" is longer than the 30 days allowed"),
+            ),
+        ];
+        for (input, want) in rows {
+            assert_eq!(
+                Dur::parse(input).map(Dur::get),
+                want.map_err(str::to_string),
+                "input {input:?}"
+            );
+        }
+        assert_eq!(
+            Dur::parse("10 parsecs").unwrap_err(),
+            "invalid duration \"10 parsecs\": unknown time unit \"parsecs\", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations) (write e.g. \"500ms\" or \"5s\")"
+        );
     }
 }
