@@ -43,7 +43,7 @@ fn bad_configs_give_the_exact_located_error() {
         (cam("[scaling]\ncooldown_period = \"300000000000y\"\n"), "site.toml:8: scaling.cooldown_period: duration \"300000000000y\" is longer than the 30 days allowed"),
         (
             cam("colour = true\n"),
-            "site.toml:7: cameras[gate].colour: unknown key \"colour\"; expected one of `id`, `url`, `password_file`, `enabled`, `decode`, `protocol`, `latency`, `analysis_width`, `analysis_fps`, `detect_width`, `ring_frames`, `stall_timeout`, `backoff`, `motion`, `escalation`, `idle_decode`",
+            "site.toml:7: cameras[gate].colour: unknown key \"colour\"; expected one of `id`, `url`, `password_file`, `enabled`, `decode`, `protocol`, `latency`, `analysis_width`, `analysis_fps`, `detect_width`, `ring_frames`, `stall_timeout`, `backoff`, `frame_limit`, `motion`, `escalation`, `idle_decode`",
         ),
         (cam("decode = \"gpu\"\n"), "site.toml:7: cameras[gate].decode: unknown variant `gpu`, expected one of `auto`, `software`, `nvidia`"),
         (cam("analysis_fps = \"fast\"\n"), "site.toml:7: cameras[gate].analysis_fps: invalid type: string \"fast\", expected i64"),
