@@ -324,6 +324,29 @@ async fn a_stream_that_is_not_video_is_reported_naming_the_camera() {
     stop_and_check_closed(cam, rx).await;
 }
 
+/// A stream far taller than wide (16x16384 on a real camera: a 105 MB grey frame 15
+/// times a second) fails the camera with a clear error before any frame is copied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_beyond_the_frame_limit_fails_the_camera_naming_its_size() {
+    logs::capture();
+    let (tx, mut rx) = mpsc::channel(4);
+    let cam = ingest::spawn_camera(
+        camera("cam-tall", "demo://x?width=64&height=1024"),
+        tx,
+        CancellationToken::new(),
+    );
+    wait_for("a restart", Duration::from_secs(15), || {
+        cam.status().restarts >= 1
+    })
+    .await;
+    assert_eq!(
+        cam.status().last_reason.as_deref(),
+        Some("camera cam-tall: frame size 64x1024 is more elongated than frame_limit.aspect = 4")
+    );
+    assert!(rx.try_recv().is_err(), "no frame of that size is delivered");
+    stop_and_check_closed(cam, rx).await;
+}
+
 /// Arrival times of one camera's grey frames, recorded by a task that drains its channel.
 fn record_arrivals(
     mut rx: mpsc::Receiver<GreyFrame>,

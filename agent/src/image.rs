@@ -73,6 +73,24 @@ fn bad(bytes: &[u8], reason: impl Into<String>) -> ImageError {
     }
 }
 
+/// A JPEG's width and height, read from its header without decoding a pixel (what a
+/// decode would allocate is known, and refused, before it happens).
+pub fn jpeg_size(bytes: &[u8]) -> Result<(u32, u32), ImageError> {
+    if bytes.len() < 4 || bytes[0] != 0xFF || bytes[1] != 0xD8 {
+        return Err(bad(bytes, "no JPEG start-of-image marker"));
+    }
+    let options = DecoderOptions::default()
+        .set_max_width(usize::MAX)
+        .set_max_height(usize::MAX);
+    let mut dec = JpegDecoder::new_with_options(ZCursor::new(bytes), options);
+    dec.decode_headers()
+        .map_err(|e| bad(bytes, format!("JPEG: {e:?}")))?;
+    let (w, h) = dec
+        .dimensions()
+        .ok_or_else(|| bad(bytes, "JPEG: no header"))?;
+    Ok((w as u32, h as u32))
+}
+
 /// Decodes a baseline or progressive JPEG to RGB (greyscale JPEGs are expanded).
 pub fn decode_jpeg(bytes: &[u8]) -> Result<RgbImage, ImageError> {
     if bytes.len() < 4 || bytes[0] != 0xFF || bytes[1] != 0xD8 {

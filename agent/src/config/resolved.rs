@@ -51,13 +51,14 @@ pub fn workers_differ(before: &Config, after: &Config) -> bool {
 }
 
 /// The complete configuration as TOML, secrets included, for [`super::load::load_resolved`]
-/// in a worker. Secret files are already read into the URLs, so their paths go.
-/// Never log it.
+/// in a worker. Secret files are already read into the URLs, so their paths go; a
+/// worker never opens a camera, so camera passwords go too. Never log it.
 pub fn resolved_text(config: &Config) -> String {
     let mut c = config.clone();
     c.transport.password_file = None;
     for cam in &mut c.cameras {
         cam.password_file = None;
+        cam.url = cam.url.redacted();
     }
     crate::values::secret::reveal(|| toml::to_string(&c).expect("config serialises to TOML"))
 }

@@ -39,9 +39,11 @@ fn bad_configs_give_the_exact_located_error() {
         (cam("motion.threshold = 0\n"), "site.toml:7: cameras[gate].motion.threshold: must be 1..=255, got 0"),
         (cam("[transport]\nembedded_log_size = 4096\n"), "site.toml:8: transport.embedded_log_size: must be 1048576..=1073741824, got 4096"),
         (cam("[scaling]\nworker_ready_timeout = \"0s\"\n"), "site.toml:8: scaling.worker_ready_timeout: must be greater than 0"),
+        (cam("[transport]\nframe_ttl = \"0s\"\n"), "site.toml:8: transport.frame_ttl: must be at least 1s, got 0s"),
+        (cam("[scaling]\ncooldown_period = \"300000000000y\"\n"), "site.toml:8: scaling.cooldown_period: duration \"300000000000y\" is longer than the 30 days allowed"),
         (
             cam("colour = true\n"),
-            "site.toml:7: cameras[gate].colour: unknown key \"colour\"; expected one of `id`, `url`, `password_file`, `enabled`, `decode`, `protocol`, `latency`, `analysis_width`, `analysis_fps`, `detect_width`, `ring_frames`, `stall_timeout`, `backoff`, `motion`, `escalation`, `idle_decode`",
+            "site.toml:7: cameras[gate].colour: unknown key \"colour\"; expected one of `id`, `url`, `password_file`, `enabled`, `decode`, `protocol`, `latency`, `analysis_width`, `analysis_fps`, `detect_width`, `ring_frames`, `stall_timeout`, `backoff`, `frame_limit`, `motion`, `escalation`, `idle_decode`",
         ),
         (cam("decode = \"gpu\"\n"), "site.toml:7: cameras[gate].decode: unknown variant `gpu`, expected one of `auto`, `software`, `nvidia`"),
         (cam("analysis_fps = \"fast\"\n"), "site.toml:7: cameras[gate].analysis_fps: invalid type: string \"fast\", expected i64"),
@@ -52,6 +54,10 @@ fn bad_configs_give_the_exact_located_error() {
         (
             cam("[[cameras]]\nid = \"gate\"\nurl = \"rtsp://other/s\"\n"),
             "site.toml:7: cameras[gate]: duplicate camera id \"gate\" (first defined at line 4)",
+        ),
+        (
+            "[device]\nid = \"box-1\"\n[[cameras]]\nid = \"gate\"\nurl = \"rtsp://u:a b)c@cam/s\"\n".into(),
+            "site.toml:5: cameras[gate].url: a URL may not hold spaces or control characters (write a space as %20, or put the password in password_file), got \"rtsp://u:***@cam/s\"",
         ),
         (
             "[device]\nid = \"box-1\"\n[[cameras]]\nid = \"gate\"\nurl = \"ftp://cam/s\"\n".into(),
@@ -441,4 +447,64 @@ fn mutated_configs_never_panic_and_every_error_names_file_and_key() {
         failed > 200,
         "only {failed} of 400 mutated configs were rejected"
     );
+}
+
+/// Any printable password, written inline in a camera URL or read from its
+/// `password_file`, never appears in what is printed: `validate` output, `Debug`, the
+/// URL as logged ("Camera starting"), a GStreamer error quoting the URL as it was
+/// opened, configuration errors, or what a worker gets on stdin.
+#[test]
+fn no_printable_password_reaches_printed_text_inline_or_from_a_file() {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    // Printable ASCII, space included, and a few letters beyond it.
+    let alphabet: Vec<char> = (' '..='~').chain(['é', 'ß', '€']).collect();
+    let mut rng = StdRng::seed_from_u64(26);
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().display().to_string();
+    for round in 0..400 {
+        let len = rng.random_range(8..20);
+        let pw: String = (0..len)
+            .map(|_| alphabet[rng.random_range(0..alphabet.len())])
+            .collect();
+        let pw = if pw.trim() != pw {
+            // A password file's edges are trimmed; the test's is the trimmed one.
+            format!("x{}x", pw.trim())
+        } else {
+            pw
+        };
+        let inline = round % 2 == 0;
+        let text = if inline {
+            let url = format!("rtsp://admin:{pw}@cam.local/s");
+            let quoted = toml::Value::String(url).to_string();
+            format!("[device]\nid = \"box\"\n[[cameras]]\nid = \"gate\"\nurl = {quoted}\n")
+        } else {
+            std::fs::write(dir.path().join("gate"), format!("{pw}\n")).unwrap();
+            "[device]\nid = \"box\"\n[[cameras]]\nid = \"gate\"\nurl = \"rtsp://admin@cam.local/s\"\npassword_file = \"gate\"\n".to_string()
+        };
+        let mut printed = Vec::new();
+        match load(&[("a.toml", &text)], &[("CREDENTIALS_DIRECTORY", &creds)]) {
+            Ok(l) => {
+                let url = &l.config.cameras[0].url;
+                printed.push(render(&l.config, &l.tree, false));
+                printed.push(render(&l.config, &l.tree, true));
+                printed.push(format!("{:?}", l.config));
+                printed.push(format!("Camera starting. url={url}"));
+                printed.push(crate::values::secret::redact_text(&format!(
+                    "Could not open resource {} for reading and writing.",
+                    url.expose()
+                )));
+                printed.push(resolved_text(&l.config));
+            }
+            Err(e) => printed.push(e.to_string()),
+        }
+        let encoded = url::form_urlencoded::byte_serialize(pw.as_bytes()).collect::<String>();
+        for out in printed {
+            assert!(
+                !out.contains(&pw) && !out.contains(&encoded),
+                "round {round}, inline {inline}: password {pw:?} printed in:\n{out}"
+            );
+        }
+    }
 }

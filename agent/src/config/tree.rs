@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use toml::de::{DeTable, DeValue};
 
+use crate::values::secret::redact_url;
+
 /// Where a value came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Origin {
@@ -41,7 +43,9 @@ impl fmt::Display for ConfigError {
         if !self.key.is_empty() {
             write!(f, "{}: ", self.key)?;
         }
-        f.write_str(&self.message)
+        // Messages may quote what was written (a TOML line, a URL): the one place
+        // every configuration error is printed redacts it.
+        f.write_str(&crate::values::secret::redact_text(&self.message))
     }
 }
 
@@ -340,9 +344,34 @@ pub(crate) fn interpolate_str(
     s: &str,
     vars: &dyn Fn(&str) -> Option<String>,
 ) -> Result<String, String> {
+    interpolate_quoting(s, vars).map_err(|(at, message)| {
+        if in_userinfo(s, at) {
+            // The `${...}` may be part of a password written inline: neither it nor the
+            // variable name it seems to hold may reach an error message.
+            "a ${...} in the user info of a URL cannot be resolved (an unset variable, \
+             or a password holding \"${\": write it as \"$${\"); the text is not shown"
+                .to_string()
+        } else {
+            message
+        }
+    })
+}
+
+/// Whether byte `at` of `s` may lie in a URL's `user:password@` part: after a `://`
+/// and before an `@` (a password written inline may hold anything, spaces included).
+fn in_userinfo(s: &str, at: usize) -> bool {
+    s[..at].contains("://") && s[at..].contains('@')
+}
+
+/// [`interpolate_str`], with the byte where a failure starts.
+fn interpolate_quoting(
+    s: &str,
+    vars: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, (usize, String)> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(pos) = rest.find('$') {
+        let at = s.len() - rest.len() + pos;
         out.push_str(&rest[..pos]);
         let after = &rest[pos..];
         if let Some(stripped) = after.strip_prefix("$${") {
@@ -351,21 +380,24 @@ pub(crate) fn interpolate_str(
         } else if let Some(body_start) = after.strip_prefix("${") {
             let end = body_start
                 .find('}')
-                .ok_or_else(|| format!("unterminated ${{...}} in {s:?}"))?;
+                .ok_or_else(|| (at, format!("unterminated ${{...}} in {:?}", redact_url(s))))?;
             let body = &body_start[..end];
             let (name, default) = match body.split_once(":-") {
                 Some((n, d)) => (n, Some(d)),
                 None => (body, None),
             };
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(format!("invalid variable name {name:?} in {s:?}"));
+                return Err((
+                    at,
+                    format!("invalid variable name {name:?} in {:?}", redact_url(s)),
+                ));
             }
             match (vars(name), default) {
                 (Some(v), _) if !(v.is_empty() && default.is_some()) => out.push_str(&v),
                 (_, Some(d)) => out.push_str(d),
                 (Some(v), None) => out.push_str(&v),
                 (None, None) => {
-                    return Err(format!("environment variable {name} is not set (write ${{{name}:-default}} to give a default)"))
+                    return Err((at, format!("environment variable {name} is not set (write ${{{name}:-default}} to give a default)")))
                 }
             }
             rest = &body_start[end + 1..];
@@ -494,13 +526,15 @@ mod tests {
         match name {
             "HOST" => Some("cam.local".into()),
             "EMPTY" => Some(String::new()),
+            "PW" => Some("pw".into()),
             _ => None,
         }
     }
 
     #[test]
     fn interpolation_handles_defaults_escapes_and_missing_variables() {
-        let rows: [(&str, Result<&str, &str>); 7] = [
+        const IN_USERINFO: &str = "a ${...} in the user info of a URL cannot be resolved (an unset variable, or a password holding \"${\": write it as \"$${\"); the text is not shown";
+        let rows: [(&str, Result<&str, &str>); 11] = [
             ("rtsp://${HOST}/s", Ok("rtsp://cam.local/s")),
             ("${MISSING:-fallback}", Ok("fallback")),
             ("${EMPTY:-fallback}", Ok("fallback")),
@@ -508,6 +542,11 @@ mod tests {
             ("${MISSING}", Err("environment variable MISSING is not set (write ${MISSING:-default} to give a default)")),
             ("${HOST", Err("unterminated ${...} in \"${HOST\"")),
             ("${BAD-NAME}", Err("invalid variable name \"BAD-NAME\" in \"${BAD-NAME}\"")),
+            // A `${` in a password written inline: neither it nor its "name" is shown.
+            ("rtsp://u:p'q${se-cret}@h/s", Err(IN_USERINFO)),
+            ("rtsp://u:p${secret@h/s", Err(IN_USERINFO)),
+            ("rtsp://u:${PW}@h/s", Ok("rtsp://u:pw@h/s")),
+            ("rtsp://u:p@h/${BAD-NAME}", Err("invalid variable name \"BAD-NAME\" in \"rtsp://u:***@h/${BAD-NAME}\"")),
         ];
         for (input, want) in rows {
             let got = interpolate_str(input, &env);

@@ -83,6 +83,11 @@ pub struct InferenceConfig {
     /// dimension allows.
     #[serde(default = "default_max_batch")]
     pub max_batch: IntIn<1, 64>,
+    /// Largest frame JPEG a worker decodes, in pixels (width x height, read from its
+    /// header first): a 4K frame and its crops fit; a hostile header does not get
+    /// gigabytes of RGB.
+    #[serde(default = "default_max_frame_pixels")]
+    pub max_frame_pixels: IntIn<65_536, 67_108_864>,
 }
 
 impl Default for InferenceConfig {
@@ -104,6 +109,7 @@ impl Default for InferenceConfig {
             require_gpu: false,
             pixel_scale: default_pixel_scale(),
             max_batch: default_max_batch(),
+            max_frame_pixels: default_max_frame_pixels(),
         }
     }
 }
@@ -171,6 +177,10 @@ fn default_nms() -> Fraction {
 }
 fn default_pixel_scale() -> Fraction {
     Fraction::lit(1.0 / 255.0)
+}
+fn default_max_frame_pixels() -> IntIn<65_536, 67_108_864> {
+    // 3840 wide, 2160 rows of frame and as many again of crops.
+    IntIn::lit(3840 * 4320)
 }
 fn default_max_batch() -> IntIn<1, 64> {
     IntIn::lit(4)

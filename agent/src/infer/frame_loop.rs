@@ -66,6 +66,20 @@ pub struct Payload {
 }
 
 impl Payload {
+    /// The size of the JPEG the layout describes: the whole frame and every crop
+    /// below it (`wire::regions::layout`); `None` when the header gives no size.
+    pub fn extent(&self) -> Option<(u32, u32)> {
+        if self.whole == (0, 0) {
+            return None;
+        }
+        let mut e = self.whole;
+        for r in &self.regions {
+            let p = r.in_payload();
+            e.0 = e.0.max(p.x.saturating_add(p.w));
+            e.1 = e.1.max(p.y.saturating_add(p.h));
+        }
+        Some(e)
+    }
     /// The layout a frame header describes.
     pub fn of(h: &crate::wire::FrameHeader) -> Self {
         Self {
@@ -277,10 +291,10 @@ async fn run_frames<S: ResultSink>(
             let ack = ack.expect("each frame is acked once");
             match result {
                 Err(e) => {
-                    let why = if e.is_bad_input() {
-                        "not_jpeg"
-                    } else {
-                        "snapshot"
+                    let why = match e {
+                        InferError::Oversized { .. } => "oversized",
+                        _ if e.is_bad_input() => "not_jpeg",
+                        _ => "snapshot",
                     };
                     metrics()
                         .rejected
@@ -316,9 +330,29 @@ struct Decoded {
 }
 
 /// Decodes a frame's JPEG and cuts it as its [`Payload`] says; a layout that does not
-/// fit the JPEG is a bad frame.
-fn cut(jpeg: &[u8], payload: &Payload) -> Result<Decoded, InferError> {
+/// fit the JPEG is a bad frame. The JPEG's size is read from its header first: one
+/// larger than its frame header announces, or than `max_pixels`, is refused undecoded.
+fn cut(jpeg: &[u8], payload: &Payload, max_pixels: u64) -> Result<Decoded, InferError> {
     let t = Instant::now();
+    let (w, h) = image::jpeg_size(jpeg)?;
+    let oversized = |reason: String| InferError::Oversized {
+        width: w,
+        height: h,
+        reason,
+    };
+    if w as u64 * h as u64 > max_pixels {
+        return Err(oversized(format!(
+            "more than inference.max_frame_pixels = {max_pixels}"
+        )));
+    }
+    if let Some(announced) = payload.extent() {
+        if w > announced.0 || h > announced.1 {
+            return Err(oversized(format!(
+                "its frame header announces {}x{}",
+                announced.0, announced.1
+            )));
+        }
+    }
     let img = image::decode_jpeg(jpeg)?;
     let whole = match payload.whole {
         (0, 0) => (img.width, img.height),
@@ -411,7 +445,7 @@ fn to_camera(d: &Decoded, per_input: Vec<Detections>) -> Detections {
 /// Detects on one frame's JPEG laid out as `payload` says, boxes in camera pixels: what
 /// the worker does with a frame, without snapshot or hand-over (benchmarks use it).
 pub fn detect(p: &mut Pipeline, jpeg: &[u8], payload: &Payload) -> Result<Detections, InferError> {
-    let d = cut(jpeg, payload)?;
+    let d = cut(jpeg, payload, p.max_frame_pixels())?;
     let inputs: Vec<&RgbImage> = d.inputs.iter().map(|(i, _)| i).collect();
     let per_input = p.run_images(&inputs)?;
     Ok(to_camera(&d, per_input))
@@ -424,8 +458,11 @@ fn process(
     jpegs: &[(bytes::Bytes, Payload)],
     events: &SnapshotConfig,
 ) -> Result<Vec<Result<Output, InferError>>, InferError> {
-    let decoded: Vec<Result<Decoded, InferError>> =
-        jpegs.iter().map(|(j, payload)| cut(j, payload)).collect();
+    let max_pixels = p.max_frame_pixels();
+    let decoded: Vec<Result<Decoded, InferError>> = jpegs
+        .iter()
+        .map(|(j, payload)| cut(j, payload, max_pixels))
+        .collect();
     let inputs: Vec<&RgbImage> = decoded
         .iter()
         .flatten()
@@ -593,7 +630,7 @@ mod tests {
             at: [0, 48],
         };
         let (jpeg, p) = payload(vec![crop]);
-        let d = cut(&jpeg, &p).unwrap();
+        let d = cut(&jpeg, &p, u64::MAX).unwrap();
         assert_eq!((d.whole.width, d.whole.height), (64, 32));
         assert_eq!(d.source, (256, 128));
         assert_eq!(d.inputs.len(), 1);
@@ -601,8 +638,9 @@ mod tests {
         assert_eq!(d.inputs[0].1, Some(crop.frame));
 
         // No regions: the whole frame is the model's input.
-        let (jpeg, p) = payload(Vec::new());
-        let d = cut(&jpeg, &p).unwrap();
+        let (_, p) = payload(Vec::new());
+        let jpeg = encode_rgb(&vec![90; 64 * 32 * 3], 64, 32, 90).unwrap();
+        let d = cut(&jpeg, &p, u64::MAX).unwrap();
         assert_eq!(d.inputs.len(), 1);
         assert_eq!(d.inputs[0].1, None);
 
@@ -626,13 +664,77 @@ mod tests {
         for (name, regions, whole, says) in rows {
             let (jpeg, mut p) = payload(regions);
             p.whole = whole;
-            let err = cut(&jpeg, &p)
+            let err = cut(&jpeg, &p, u64::MAX)
                 .err()
                 .unwrap_or_else(|| panic!("{name}: accepted"));
             assert!(err.is_bad_input(), "{name}: {err}");
             let msg = err.to_string();
             assert!(msg.contains(says) && msg.contains("64x96"), "{name}: {msg}");
         }
+    }
+
+    /// A JPEG whose start-of-frame says `w`x`h` over 16x16 pixels of data: what a
+    /// hostile publisher sends to make a worker allocate `w * h * 3` bytes.
+    fn claiming(w: u16, h: u16) -> Vec<u8> {
+        let mut jpeg = encode_rgb(&vec![90; 16 * 16 * 3], 16, 16, 90).unwrap();
+        let sof = jpeg
+            .windows(2)
+            .position(|m| m[0] == 0xFF && (m[1] == 0xC0 || m[1] == 0xC2))
+            .expect("a start-of-frame marker");
+        jpeg[sof + 5..sof + 7].copy_from_slice(&h.to_be_bytes());
+        jpeg[sof + 7..sof + 9].copy_from_slice(&w.to_be_bytes());
+        jpeg
+    }
+
+    #[test]
+    fn a_jpeg_larger_than_announced_or_than_the_maximum_is_refused_before_decoding() {
+        let announced = |w, h| Payload {
+            whole: (w, h),
+            source: (0, 0),
+            regions: Vec::new(),
+        };
+        let rows = [
+            (
+                claiming(8192, 8192),
+                announced(640, 360),
+                u64::MAX,
+                "frame JPEG of 8192x8192 refused before decoding: its frame header announces 640x360",
+            ),
+            (
+                claiming(8192, 8192),
+                announced(0, 0),
+                3840 * 4320,
+                "frame JPEG of 8192x8192 refused before decoding: more than inference.max_frame_pixels = 16588800",
+            ),
+            (
+                claiming(640, 480),
+                announced(640, 360),
+                u64::MAX,
+                "frame JPEG of 640x480 refused before decoding: its frame header announces 640x360",
+            ),
+        ];
+        for (jpeg, p, max, want) in rows {
+            match cut(&jpeg, &p, max) {
+                Err(e @ InferError::Oversized { .. }) => {
+                    assert!(e.is_bad_input());
+                    assert_eq!(e.to_string(), want);
+                }
+                Err(e) => panic!("{want}: refused for another reason: {e}"),
+                Ok(d) => panic!("{want}: decoded {}x{}", d.whole.width, d.whole.height),
+            }
+        }
+        // What the header announces, crops included, is decoded.
+        let crop = Region {
+            frame: rect(100, 40, 48, 48),
+            at: [0, 48],
+        };
+        let (jpeg, p) = payload(vec![crop]);
+        assert_eq!(p.extent(), Some((64, 96)));
+        assert!(cut(&jpeg, &p, 64 * 96).is_ok());
+        assert!(matches!(
+            cut(&jpeg, &p, 64 * 96 - 1),
+            Err(InferError::Oversized { .. })
+        ));
     }
 
     #[test]

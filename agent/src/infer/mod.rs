@@ -80,6 +80,12 @@ pub enum InferError {
     },
     #[error("payload is not a decodable image ({bytes} bytes): {reason}")]
     BadImage { bytes: usize, reason: String },
+    #[error("frame JPEG of {width}x{height} refused before decoding: {reason}")]
+    Oversized {
+        width: u32,
+        height: u32,
+        reason: String,
+    },
     #[error("inference on model {path} failed: {reason}")]
     Run { path: PathBuf, reason: String },
     #[error("snapshot could not be encoded: {0}")]
@@ -104,6 +110,9 @@ impl InferError {
     /// True for errors of one frame (the worker rejects the frame and goes on);
     /// false for errors of the model or runtime.
     pub fn is_bad_input(&self) -> bool {
-        matches!(self, InferError::BadImage { .. })
+        matches!(
+            self,
+            InferError::BadImage { .. } | InferError::Oversized { .. }
+        )
     }
 }

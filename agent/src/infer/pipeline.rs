@@ -33,6 +33,7 @@ pub struct Pipeline {
     pre: Preprocessor,
     provider: &'static str,
     max_batch: usize,
+    max_frame_pixels: u64,
     input: Vec<f32>,
 }
 
@@ -200,6 +201,7 @@ impl Pipeline {
             pre: Preprocessor::new(format),
             provider,
             max_batch,
+            max_frame_pixels: cfg.max_frame_pixels.get() as u64,
             input: Vec::new(),
         })
     }
@@ -215,6 +217,10 @@ impl Pipeline {
     }
     pub fn model_path(&self) -> &Path {
         &self.model
+    }
+    /// Largest frame JPEG decoded, in pixels (`inference.max_frame_pixels`).
+    pub fn max_frame_pixels(&self) -> u64 {
+        self.max_frame_pixels
     }
     /// Most frames one session call takes.
     pub fn max_batch(&self) -> usize {

@@ -43,6 +43,10 @@ pub struct CameraConfig {
     pub stall_timeout: Dur,
     #[serde(default)]
     pub backoff: BackoffConfig,
+    /// The largest frame the camera may send: beyond it the camera fails with a clear
+    /// error instead of filling memory (a 16x16384 stream is a 105 MB grey frame).
+    #[serde(default)]
+    pub frame_limit: FrameLimit,
     #[serde(default)]
     pub motion: MotionConfig,
     #[serde(default)]
@@ -83,6 +87,59 @@ pub enum RtspProtocol {
     #[default]
     Tcp,
     Udp,
+}
+
+/// Bounds on a camera's frame size; the defaults take 4K (3840x2160, 4096x2160) either
+/// way up.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FrameLimit {
+    #[serde(default = "default_max_side")]
+    pub width: IntIn<16, 16384>,
+    #[serde(default = "default_max_side")]
+    pub height: IntIn<16, 16384>,
+    /// Longest side over shortest side, at most.
+    #[serde(default = "default_max_aspect")]
+    pub aspect: IntIn<1, 64>,
+}
+
+impl Default for FrameLimit {
+    fn default() -> Self {
+        Self {
+            width: default_max_side(),
+            height: default_max_side(),
+            aspect: default_max_aspect(),
+        }
+    }
+}
+
+impl FrameLimit {
+    /// Whether a `width`x`height` frame is within the limit, or why not.
+    pub fn check(&self, width: u32, height: u32) -> Result<(), String> {
+        let (w, h) = (width as u64, height as u64);
+        let (long, short) = (w.max(h), w.min(h));
+        if w > self.width.get() as u64 || h > self.height.get() as u64 {
+            Err(format!(
+                "frame size {width}x{height} is larger than frame_limit {}x{}",
+                self.width.get(),
+                self.height.get()
+            ))
+        } else if short == 0 || long > short * self.aspect.get() as u64 {
+            Err(format!(
+                "frame size {width}x{height} is more elongated than frame_limit.aspect = {}",
+                self.aspect.get()
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+fn default_max_side() -> IntIn<16, 16384> {
+    IntIn::lit(4096)
+}
+fn default_max_aspect() -> IntIn<1, 64> {
+    IntIn::lit(4)
 }
 
 /// Restart backoff: exponential from `min` to `max`, with jitter.
@@ -136,4 +193,36 @@ fn default_backoff_min() -> Dur {
 }
 fn default_backoff_max() -> Dur {
     Dur::secs(30)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_sizes_beyond_the_limit_are_refused_with_the_reason() {
+        let l = FrameLimit::default();
+        type Row = ((u32, u32), Result<(), &'static str>);
+        let rows: [Row; 7] = [
+            ((3840, 2160), Ok(())),
+            ((2160, 3840), Ok(())),
+            ((4096, 2160), Ok(())),
+            ((640, 360), Ok(())),
+            (
+                (16, 16384),
+                Err("frame size 16x16384 is larger than frame_limit 4096x4096"),
+            ),
+            (
+                (4096, 1000),
+                Err("frame size 4096x1000 is more elongated than frame_limit.aspect = 4"),
+            ),
+            (
+                (8192, 4320),
+                Err("frame size 8192x4320 is larger than frame_limit 4096x4096"),
+            ),
+        ];
+        for ((w, h), want) in rows {
+            assert_eq!(l.check(w, h), want.map_err(str::to_string), "{w}x{h}");
+        }
+    }
 }

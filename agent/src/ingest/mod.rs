@@ -24,7 +24,7 @@ use gst_video::prelude::*;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{BackoffConfig, CameraConfig, Decode, IdleDecode, RtspProtocol};
+pub use config::{BackoffConfig, CameraConfig, Decode, FrameLimit, IdleDecode, RtspProtocol};
 pub use frames::{downscale_plane, scaled_size, ColourFrame, Crop, GreyFrame};
 
 use frames::{Kept, Ring};
@@ -50,6 +50,8 @@ pub enum IngestError {
     NotVideo { camera: String, found: String },
     #[error("camera {camera}: unsupported video {what}; H.264 and H.265 are supported")]
     Unsupported { camera: String, what: String },
+    #[error("camera {camera}: {reason}")]
+    FrameSize { camera: String, reason: String },
     #[error("camera {camera}: end of stream")]
     EndOfStream { camera: String },
     #[error("camera {camera}: stalled, no frame for {after:?}")]
@@ -69,6 +71,7 @@ impl IngestError {
             IngestError::Pipeline { .. } => "error",
             IngestError::NotVideo { .. } => "not_video",
             IngestError::Unsupported { .. } => "unsupported",
+            IngestError::FrameSize { .. } => "frame_size",
             IngestError::EndOfStream { .. } => "eos",
             IngestError::Stalled { .. } => "stall",
             IngestError::Cancelled { .. } => "shutdown",

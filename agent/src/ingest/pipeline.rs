@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::frames::{downscale_plane, scaled_size, GreyFrame, Kept, Sampler};
 use super::synthetic::Scene;
-use super::{CameraConfig, Decode, IdleDecode, IngestError, RtspProtocol, Shared};
+use super::{CameraConfig, Decode, FrameLimit, IdleDecode, IngestError, RtspProtocol, Shared};
 use crate::telemetry::metrics;
 use crate::values::secret::redact_text;
 
@@ -609,6 +609,9 @@ struct SampleState {
     /// Frames a second the sampler lets through (0: every frame).
     analysis_fps: u32,
     info: Option<(gst::Caps, gst_video::VideoInfo)>,
+    limit: FrameLimit,
+    /// The stream's frames are beyond `limit`: the attempt has failed.
+    refused: bool,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -632,6 +635,8 @@ fn install_sample_handler(
         sampler: Sampler::new(analysis_fps),
         analysis_fps,
         info: None,
+        limit: cfg.frame_limit,
+        refused: false,
     };
     let analysis_width = cfg.analysis_width.as_u32();
     // The Jetson decoder's buffers come from a small pool: copy kept frames so the ring
@@ -662,6 +667,9 @@ fn install_sample_handler(
                     copy_kept,
                 );
                 let Some(grey) = grey else {
+                    if state.refused {
+                        return Err(gst::FlowError::Error);
+                    }
                     return Ok(gst::FlowSuccess::Ok);
                 };
                 if live {
@@ -699,6 +707,15 @@ fn on_sample(
     };
     if fresh {
         let info = gst_video::VideoInfo::from_caps(caps).ok()?;
+        // Checked once per caps, before a frame of that size is copied or scaled.
+        if let Err(reason) = state.limit.check(info.width(), info.height()) {
+            state.refused = true;
+            attempt.fail(IngestError::FrameSize {
+                camera: shared.id.to_string(),
+                reason,
+            });
+            return None;
+        }
         *lock(&attempt.size) = Some((info.width(), info.height()));
         state.info = Some((caps.to_owned(), info));
     }

@@ -122,6 +122,13 @@ impl TransportConfig {
                 format!("must not contain '/', got {:?}", self.worker_group),
             ));
         }
+        // RabbitMQ drops a message older than its TTL: under a second, every frame.
+        if self.frame_ttl.get() < std::time::Duration::from_secs(1) {
+            errs.push((
+                "frame_ttl".into(),
+                format!("must be at least 1s, got {:?}", self.frame_ttl),
+            ));
+        }
         if self.redeliver_after.get() < std::time::Duration::from_millis(100) {
             errs.push((
                 "redeliver_after".into(),

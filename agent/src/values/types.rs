@@ -109,6 +109,19 @@ impl Serialize for Fraction {
 pub struct Dur(pub Duration);
 
 impl Dur {
+    /// The longest duration any setting takes: beyond it a value is a typo, and the
+    /// time arithmetic it feeds (`Instant + d`) could overflow.
+    pub const MAX: Duration = Duration::from_secs(30 * 24 * 3600);
+
+    /// Parses `"500ms"`, `"5s"`, `"2m"`...; at most [`Dur::MAX`].
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let d = humantime::parse_duration(s.trim())
+            .map_err(|e| format!("invalid duration {s:?}: {e} (write e.g. \"500ms\" or \"5s\")"))?;
+        if d > Self::MAX {
+            return Err(format!("duration {s:?} is longer than the 30 days allowed"));
+        }
+        Ok(Self(d))
+    }
     pub const fn ms(ms: u64) -> Self {
         Self(Duration::from_millis(ms))
     }
@@ -135,11 +148,7 @@ impl<'de> Deserialize<'de> for Dur {
                 f.write_str("a duration string such as \"500ms\" or \"5s\"")
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<Dur, E> {
-                humantime::parse_duration(s.trim()).map(Dur).map_err(|e| {
-                    E::custom(format!(
-                        "invalid duration {s:?}: {e} (write e.g. \"500ms\" or \"5s\")"
-                    ))
-                })
+                Dur::parse(s).map_err(E::custom)
             }
         }
         d.deserialize_str(V)
@@ -188,6 +197,15 @@ pub struct SecretUrl<S> {
 
 impl<S: Schemes> SecretUrl<S> {
     pub fn parse(raw: &str) -> Result<Self, String> {
+        // Free text (a GStreamer error, a log line) can only be redacted up to the
+        // first space, so a URL holding one is refused rather than half shown later.
+        if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!(
+                "a URL may not hold spaces or control characters (write a space as %20, \
+                 or put the password in password_file), got {:?}",
+                redact_url(raw)
+            ));
+        }
         let parsed =
             url::Url::parse(raw).map_err(|e| format!("invalid URL {:?}: {e}", redact_url(raw)))?;
         if !S::ALLOWED.contains(&parsed.scheme()) {
@@ -214,6 +232,15 @@ impl<S: Schemes> SecretUrl<S> {
         url::Url::parse(&self.raw)
             .map(|u| u.password().is_some())
             .unwrap_or(false)
+    }
+    /// The URL with its password replaced by `***`, as it is printed (for a process
+    /// that must not have it). Redacted as text, not as the URL parser reads it, so
+    /// a password it would take for a port or a query goes as well.
+    pub fn redacted(&self) -> Self {
+        Self {
+            raw: redact_url(&self.raw),
+            _s: PhantomData,
+        }
     }
     /// Returns the URL with its password replaced (for `password_file`).
     pub fn with_password(&self, password: &str) -> Result<Self, String> {
@@ -315,5 +342,39 @@ impl<'de> Deserialize<'de> for Ident {
 impl Serialize for Ident {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_up_to_thirty_days_and_name_what_is_wrong() {
+        let rows: [(&str, Result<Duration, &str>); 6] = [
+            ("500ms", Ok(Duration::from_millis(500))),
+            (" 5s ", Ok(Duration::from_secs(5))),
+            ("30days", Ok(Dur::MAX)),
+            ("0s", Ok(Duration::ZERO)),
+            (
+                "30days 1s",
+                Err("duration \"30days 1s\" is longer than the 30 days allowed"),
+            ),
+            (
+                "300000000000y",
+                Err("duration \"300000000000y\" is longer than the 30 days allowed"),
+            ),
+        ];
+        for (input, want) in rows {
+            assert_eq!(
+                Dur::parse(input).map(Dur::get),
+                want.map_err(str::to_string),
+                "input {input:?}"
+            );
+        }
+        assert_eq!(
+            Dur::parse("10 parsecs").unwrap_err(),
+            "invalid duration \"10 parsecs\": unknown time unit \"parsecs\", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations) (write e.g. \"500ms\" or \"5s\")"
+        );
     }
 }
