@@ -487,8 +487,8 @@ fn no_printable_password_reaches_printed_text_inline_or_from_a_file() {
         match load(&[("a.toml", &text)], &[("CREDENTIALS_DIRECTORY", &creds)]) {
             Ok(l) => {
                 let url = &l.config.cameras[0].url;
-                printed.push(render(&l.config, &l.tree, false));
-                printed.push(render(&l.config, &l.tree, true));
+                printed.push(render(&l.config, &l.tree, false).unwrap());
+                printed.push(render(&l.config, &l.tree, true).unwrap());
                 printed.push(format!("{:?}", l.config));
                 printed.push(format!("Camera starting. url={url}"));
                 printed.push(crate::values::secret::redact_text(&format!(
