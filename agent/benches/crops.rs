@@ -4,7 +4,7 @@
 //! why the objects are recoloured for the test model).
 //!
 //! Each frame goes the agent's way (`wire::regions`, `image::encode_rgb` at the
-//! default quality 85) and the worker's (`infer::worker::detect`: decode, cut, letterbox,
+//! default quality 85) and the worker's (`infer::frame_loop::detect`: decode, cut, letterbox,
 //! run, boxes to camera pixels), three ways: the whole frame scaled to `detect_width`
 //! 640 into a 416 model, the same into a 608 model (about the time crops take), and
 //! crops at least 416 around the objects' motion boxes into the 416 model. The motion

@@ -1,7 +1,7 @@
 //! Crops around motion (`escalation.regions = "motion"`): which parts of the camera
 //! frame go to the detector, how they travel in one JPEG, and how a box found in one
 //! maps back to camera pixels. Pure maths on plain numbers; the agent cuts the crops
-//! (`ingest`), the worker reads them (`infer::worker`).
+//! (`ingest`), the worker reads them (`infer::frame_loop`).
 //!
 //! A motion box becomes a square of the full-resolution frame around it, at least
 //! `min_side` (the model's input size: the detector then sees the object at camera
