@@ -10,10 +10,12 @@ use std::time::Duration;
 use edge_agent::image::{decode_jpeg, encode_jpeg, RgbImage};
 use edge_agent::infer::config::{ChannelOrder, InferenceConfig, Provider, ResizeMode};
 use edge_agent::infer::frame_loop::{
-    self, AckOutcome, Confirmation, DetectionsMessage, FrameMeta, ResultSink, Snapshot, WorkItem,
+    self, AckOutcome, Confirmation, DetectionsMessage, FrameMeta, ResultSink, SinkError, Snapshot,
+    WorkItem,
 };
 use edge_agent::infer::{Detection, InferError, Pipeline};
 use edge_agent::results::EventsConfig;
+use edge_agent::transport::TransportError;
 use edge_agent::values::{Fraction, IntIn};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -384,7 +386,7 @@ enum Out {
 struct Recorder(Arc<Mutex<Vec<Out>>>);
 
 impl ResultSink for Recorder {
-    async fn detections(&self, m: &DetectionsMessage) -> Result<Confirmation, String> {
+    async fn detections(&self, m: &DetectionsMessage) -> Result<Confirmation, SinkError> {
         // The snapshot the detections name must already be out.
         if let Some(id) = &m.snapshot {
             let seen = self
@@ -394,13 +396,13 @@ impl ResultSink for Recorder {
                 .iter()
                 .any(|o| matches!(o, Out::Snap(s) if &s.name == id));
             if !seen {
-                return Err(format!("detections before their snapshot {id}"));
+                panic!("detections before their snapshot {id}");
             }
         }
         self.0.lock().unwrap().push(Out::Det(Box::new(m.clone())));
         Ok(Confirmation::done())
     }
-    async fn snapshot(&self, s: &Snapshot) -> Result<(), String> {
+    async fn snapshot(&self, s: &Snapshot) -> Result<(), SinkError> {
         self.0.lock().unwrap().push(Out::Snap(s.clone()));
         Ok(())
     }
@@ -858,14 +860,19 @@ struct FailingDetections {
 }
 
 impl ResultSink for FailingDetections {
-    async fn detections(&self, _: &DetectionsMessage) -> Result<Confirmation, String> {
+    async fn detections(&self, _: &DetectionsMessage) -> Result<Confirmation, SinkError> {
         if self.at_confirm {
-            Ok(Confirmation::new(async { Err("connection lost".into()) }))
+            Ok(Confirmation::new(async {
+                Err(SinkError::Unconfirmed {
+                    what: "detections",
+                    within: Duration::ZERO,
+                })
+            }))
         } else {
-            Err("broker away".into())
+            Err(TransportError::Closed.into())
         }
     }
-    async fn snapshot(&self, s: &Snapshot) -> Result<(), String> {
+    async fn snapshot(&self, s: &Snapshot) -> Result<(), SinkError> {
         self.snapshots
             .lock()
             .unwrap()
@@ -876,7 +883,13 @@ impl ResultSink for FailingDetections {
 
 #[tokio::test]
 async fn frame_is_requeued_when_its_detections_are_not_handed_over_or_not_confirmed() {
-    for (at_confirm, reason) in [(false, "broker away"), (true, "connection lost")] {
+    for (at_confirm, reason) in [
+        (false, TransportError::Closed.to_string()),
+        (
+            true,
+            "detections not confirmed by the broker within 0ns".to_string(),
+        ),
+    ] {
         let pipeline = Pipeline::new(&cfg(&test_model(), Some("models/test.names"))).unwrap();
         let (tx, rx) = mpsc::channel(4);
         let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
@@ -1004,14 +1017,14 @@ async fn with_crops_a_privacy_class_outside_every_crop_is_pixelated_on_the_snaps
 struct LateConfirms;
 
 impl ResultSink for LateConfirms {
-    async fn detections(&self, m: &DetectionsMessage) -> Result<Confirmation, String> {
+    async fn detections(&self, m: &DetectionsMessage) -> Result<Confirmation, SinkError> {
         let delay = Duration::from_millis(400u64.saturating_sub(m.meta.seq * 100));
         Ok(Confirmation::new(async move {
             tokio::time::sleep(delay).await;
             Ok(())
         }))
     }
-    async fn snapshot(&self, _: &Snapshot) -> Result<(), String> {
+    async fn snapshot(&self, _: &Snapshot) -> Result<(), SinkError> {
         Ok(())
     }
 }
@@ -1213,13 +1226,13 @@ struct FlakySink {
 }
 
 impl ResultSink for FlakySink {
-    async fn detections(&self, m: &DetectionsMessage) -> Result<Confirmation, String> {
+    async fn detections(&self, m: &DetectionsMessage) -> Result<Confirmation, SinkError> {
         if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err("broker away".into());
+            return Err(TransportError::Closed.into());
         }
         self.inner.detections(m).await
     }
-    async fn snapshot(&self, s: &Snapshot) -> Result<(), String> {
+    async fn snapshot(&self, s: &Snapshot) -> Result<(), SinkError> {
         self.inner.snapshot(s).await
     }
 }

@@ -9,8 +9,8 @@ use bytes::Bytes;
 use tracing::{info, warn};
 
 use super::frame_loop::{
-    AckFn, AckOutcome, Confirmation, DetectionsMessage, FrameMeta, Payload, ResultSink, Snapshot,
-    WorkItem,
+    AckFn, AckOutcome, Confirmation, DetectionsMessage, FrameMeta, Payload, ResultSink, SinkError,
+    Snapshot, WorkItem,
 };
 use crate::telemetry::latency::Marks;
 use crate::transport::{Delivery, WorkerTransport};
@@ -43,24 +43,22 @@ impl TransportSink {
     }
 }
 
-fn json(v: &impl serde::Serialize) -> Result<Bytes, String> {
-    serde_json::to_vec(v)
-        .map(Bytes::from)
-        .map_err(|e| e.to_string())
+fn json(v: &impl serde::Serialize) -> Result<Bytes, SinkError> {
+    Ok(Bytes::from(serde_json::to_vec(v)?))
 }
 
 impl ResultSink for TransportSink {
-    async fn detections(&self, msg: &DetectionsMessage) -> Result<Confirmation, String> {
+    async fn detections(&self, msg: &DetectionsMessage) -> Result<Confirmation, SinkError> {
         let device = self.device_of(&msg.meta);
-        let confirmed = self
-            .transport
-            .publish_result_then(device, &msg.meta.camera, "detections", json(msg)?)
-            .map_err(|e| e.to_string())?;
-        Ok(Confirmation::new(async move {
-            confirmed.await.map_err(|e| e.to_string())
-        }))
+        let confirmed = self.transport.publish_result_then(
+            device,
+            &msg.meta.camera,
+            "detections",
+            json(msg)?,
+        )?;
+        Ok(Confirmation::new(async move { Ok(confirmed.await?) }))
     }
-    async fn snapshot(&self, snap: &Snapshot) -> Result<(), String> {
+    async fn snapshot(&self, snap: &Snapshot) -> Result<(), SinkError> {
         let device = self.device_of(&snap.meta);
         let publish = self.transport.publish_snapshot_for(
             device,
@@ -69,10 +67,11 @@ impl ResultSink for TransportSink {
             Bytes::from(snap.jpeg.clone()),
         );
         match tokio::time::timeout(SNAPSHOT_CONFIRM, publish).await {
-            Ok(r) => r.map_err(|e| e.to_string()),
-            Err(_) => Err(format!(
-                "snapshot not confirmed by the broker within {SNAPSHOT_CONFIRM:?}"
-            )),
+            Ok(r) => Ok(r?),
+            Err(_) => Err(SinkError::Unconfirmed {
+                what: "snapshot",
+                within: SNAPSHOT_CONFIRM,
+            }),
         }
     }
 }

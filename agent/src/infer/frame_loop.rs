@@ -108,23 +108,42 @@ pub struct Snapshot {
     pub jpeg: Vec<u8>,
 }
 
-/// Where results go (the transport implements it). Errors are reasons in words; the
-/// frame is then requeued.
+/// Why a frame's results did not reach the broker; the frame is then requeued.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("result message could not be serialised: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("snapshot {}: {source}", path.display())]
+    SnapshotFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Transport(#[from] crate::transport::TransportError),
+    #[error("{what} not confirmed by the broker within {within:?}")]
+    Unconfirmed {
+        what: &'static str,
+        within: Duration,
+    },
+}
+
+/// Where results go (the transport implements it, `infer::broker::TransportSink`).
 pub trait ResultSink: Send + Sync + 'static {
     /// Hands the detections over (in frame order) and returns the broker's confirmation,
     /// which the frame's ack waits for while the next frames run.
     fn detections(
         &self,
         msg: &DetectionsMessage,
-    ) -> impl Future<Output = Result<Confirmation, String>> + Send;
-    fn snapshot(&self, snap: &Snapshot) -> impl Future<Output = Result<(), String>> + Send;
+    ) -> impl Future<Output = Result<Confirmation, SinkError>> + Send;
+    fn snapshot(&self, snap: &Snapshot) -> impl Future<Output = Result<(), SinkError>> + Send;
 }
 
 /// The broker's word that handed-over detections arrived.
-pub struct Confirmation(Pin<Box<dyn Future<Output = Result<(), String>> + Send>>);
+pub struct Confirmation(Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send>>);
 
 impl Confirmation {
-    pub fn new(f: impl Future<Output = Result<(), String>> + Send + 'static) -> Self {
+    pub fn new(f: impl Future<Output = Result<(), SinkError>> + Send + 'static) -> Self {
         Confirmation(Box::pin(f))
     }
     /// Already confirmed (a sink whose hand-over is its confirmation).
@@ -137,7 +156,7 @@ impl Confirmation {
             Ok(Ok(())) => AckOutcome::Done,
             Ok(Err(reason)) => {
                 tracing::warn!(%reason, "Detections not confirmed by the broker; frame requeued.");
-                AckOutcome::Requeue(reason)
+                AckOutcome::Requeue(reason.to_string())
             }
             Err(_) => {
                 tracing::warn!(within = ?CONFIRM_TIMEOUT, "Detections not confirmed by the broker in time; frame requeued.");
@@ -550,7 +569,7 @@ async fn hand_over<S: ResultSink>(
     meta: FrameMeta,
     out: Output,
     marks: Option<Marks>,
-) -> Result<Confirmation, String> {
+) -> Result<Confirmation, SinkError> {
     let latency = marks.map(|mut m| {
         let t = &out.detections.timings;
         m.decode_ms = t.decode_ms;
@@ -565,9 +584,9 @@ async fn hand_over<S: ResultSink>(
         let id = snapshot_id(&meta);
         if let Some(dir) = &events.snapshot_dir {
             let path = dir.join(format!("{id}.jpg"));
-            write_atomically(&path, &jpeg)
-                .await
-                .map_err(|e| format!("snapshot {}: {e}", path.display()))?;
+            if let Err(source) = write_atomically(&path, &jpeg).await {
+                return Err(SinkError::SnapshotFile { path, source });
+            }
             snapshot_path = Some(path);
         }
         let snap = Snapshot {
