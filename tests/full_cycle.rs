@@ -14,10 +14,9 @@ use bytes::Bytes;
 use edge_agent::ingest::synthetic::Scene;
 
 use crate::common::agent::{children_of, http_get, metric, Agent};
-use crate::common::broker::{
-    amqp_tap, amqp_url, eventually, free_port, mqtt_url, rabbit_serial, unique,
-};
+use crate::common::broker::{amqp_tap, amqp_url, free_port, mqtt_url, rabbit_serial, unique};
 use crate::common::rtsp_server::RtspTestServer;
+use crate::common::wait;
 
 /// One message as a downstream service got it: the part of the topic or routing key
 /// after device and camera (`motion`, `detections`, `snapshots/ID`, `events/CLASS`),
@@ -539,7 +538,7 @@ async fn an_object_in_view_is_one_incident_across_scale_in_and_out_and_ends_at_s
         seen.iter()
             .any(|s| s.kind == "events/fire" && json(&s.payload)["state"] == "end")
     };
-    eventually("the incident's end", Duration::from_secs(10), || {
+    wait::until_async("the incident's end", Duration::from_secs(10), || {
         ended(&inbox.lock().unwrap())
     })
     .await;
