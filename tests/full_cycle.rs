@@ -244,6 +244,7 @@ where
     let seen = inbox.lock().unwrap().clone();
     let kinds: Vec<&str> = seen.iter().map(|s| s.kind.as_str()).collect();
     let log = agent.log_text();
+    let ready = agent.worker_in_state("ready");
     let status = agent.stop();
     assert!(status.success(), "agent exit on SIGTERM: {status:?}");
 
@@ -387,11 +388,15 @@ where
         assert_eq!((img.width, img.height), (640, 360));
     }
 
-    // The worker said it was ready once subscribed, not after giving up waiting.
-    assert!(
-        !log.contains("No subscription acknowledged yet"),
-        "the worker never saw its SUBACK:\n{log}"
-    );
+    // The worker said it was ready once subscribed, not after giving up waiting: its
+    // `ready` lifecycle line says whether the broker acknowledged the subscription.
+    assert!(!ready.is_empty(), "no worker ready line:\n{log}");
+    for r in &ready {
+        assert_eq!(
+            r["acknowledged"], true,
+            "the worker never saw its SUBACK: {r}"
+        );
+    }
     // Every escalated frame was answered (none waited for `redeliver_after`).
     let escalated =
         metric(&scraped, "edge_agent_escalations_total{camera=\"gate\"}").unwrap_or(0.0);

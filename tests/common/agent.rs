@@ -46,8 +46,22 @@ impl Agent {
         let stderr = child.stderr.take().unwrap();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let v = serde_json::from_str::<serde_json::Value>(&line)
-                    .unwrap_or_else(|_| serde_json::json!({ "message": line }));
+                // A worker's line, passed through as `[worker PID] {json}`, is kept
+                // whole under `worker_line`, so the agent's own lifecycle lines are not
+                // mistaken for a worker's.
+                let worker = line
+                    .strip_prefix("[worker ")
+                    .and_then(|r| r.split_once("] "));
+                let v = match worker {
+                    Some((pid, json)) => serde_json::json!({
+                        "worker": pid.parse::<u32>().ok(),
+                        "worker_line": serde_json::from_str::<serde_json::Value>(json)
+                            .unwrap_or_else(|_| serde_json::json!({ "message": json })),
+                        "message": line,
+                    }),
+                    None => serde_json::from_str::<serde_json::Value>(&line)
+                        .unwrap_or_else(|_| serde_json::json!({ "message": line })),
+                };
                 sink.lock().unwrap().push(v);
             }
         });
@@ -69,6 +83,16 @@ impl Agent {
         self.logs()
             .into_iter()
             .filter(|v| v["lifecycle"] == state)
+            .collect()
+    }
+
+    /// Lifecycle lines of the agent's worker processes in `state`.
+    pub fn worker_in_state(&self, state: &str) -> Vec<serde_json::Value> {
+        self.logs()
+            .into_iter()
+            .filter_map(|v| {
+                (v["worker_line"]["lifecycle"] == state).then(|| v["worker_line"].clone())
+            })
             .collect()
     }
 
