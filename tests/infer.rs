@@ -1311,17 +1311,17 @@ async fn frames_left_for_redelivery_come_back(
         agent.publish_frame(frame(seq)).unwrap();
     }
     // More deliveries than the prefetch, all failing: what was handed back made room.
-    crate::common::wait::until_async("deliveries past the prefetch", WAIT, || {
+    wait::until_async("deliveries past the prefetch", WAIT, || {
         seen.lock().unwrap().len() as u64 > prefetch + 1
     })
     .await;
-    crate::common::wait::until_async("more frames handed back than the prefetch", WAIT, || {
+    wait::until_async("more frames handed back than the prefetch", WAIT, || {
         worker.stats().get("requeued") > prefetch
     })
     .await;
     failing.store(false, std::sync::atomic::Ordering::SeqCst);
     agent.publish_frame(frame(n)).unwrap();
-    crate::common::wait::until_async("every frame answered", WAIT, || {
+    wait::until_async("every frame answered", WAIT, || {
         answered.lock().unwrap().len() as u64 == n + 1
     })
     .await;

@@ -204,7 +204,7 @@ async fn workers_report_their_provider_and_require_gpu_fails_a_cpu_only_worker_a
     // where there is one, else the CPU), and says so, as do the pool's status (what
     // /health shows) and the metric.
     let s = ok.status();
-    assert_eq!(s.providers.values().sum::<usize>(), 1, "{s:?}");
+    assert_eq!(s.providers.values().sum::<u32>(), 1, "{s:?}");
     let (provider, _) = s.providers.iter().next().unwrap();
     assert!(["cuda", "cpu"].contains(&provider.as_str()), "{s:?}");
     let text = edge_agent::telemetry::metrics::metrics().encode();

@@ -4,7 +4,7 @@
 //! at the stop (and no last will: the agent disconnects cleanly).
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 
