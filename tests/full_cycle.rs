@@ -14,10 +14,9 @@ use bytes::Bytes;
 use edge_agent::ingest::synthetic::Scene;
 
 use crate::common::agent::{children_of, http_get, metric, Agent};
-use crate::common::broker::{
-    amqp_tap, amqp_url, eventually, free_port, mqtt_url, rabbit_serial, unique,
-};
+use crate::common::broker::{amqp_tap, amqp_url, free_port, mqtt_url, rabbit_serial, unique};
 use crate::common::rtsp_server::RtspTestServer;
+use crate::common::wait;
 
 /// One message as a downstream service got it: the part of the topic or routing key
 /// after device and camera (`motion`, `detections`, `snapshots/ID`, `events/CLASS`),
@@ -245,6 +244,7 @@ where
     let seen = inbox.lock().unwrap().clone();
     let kinds: Vec<&str> = seen.iter().map(|s| s.kind.as_str()).collect();
     let log = agent.log_text();
+    let ready = agent.worker_in_state("ready");
     let status = agent.stop();
     assert!(status.success(), "agent exit on SIGTERM: {status:?}");
 
@@ -388,11 +388,15 @@ where
         assert_eq!((img.width, img.height), (640, 360));
     }
 
-    // The worker said it was ready once subscribed, not after giving up waiting.
-    assert!(
-        !log.contains("No subscription acknowledged yet"),
-        "the worker never saw its SUBACK:\n{log}"
-    );
+    // The worker said it was ready once subscribed, not after giving up waiting: its
+    // `ready` lifecycle line says whether the broker acknowledged the subscription.
+    assert!(!ready.is_empty(), "no worker ready line:\n{log}");
+    for r in &ready {
+        assert_eq!(
+            r["acknowledged"], true,
+            "the worker never saw its SUBACK: {r}"
+        );
+    }
     // Every escalated frame was answered (none waited for `redeliver_after`).
     let escalated =
         metric(&scraped, "edge_agent_escalations_total{camera=\"gate\"}").unwrap_or(0.0);
@@ -539,7 +543,7 @@ async fn an_object_in_view_is_one_incident_across_scale_in_and_out_and_ends_at_s
         seen.iter()
             .any(|s| s.kind == "events/fire" && json(&s.payload)["state"] == "end")
     };
-    eventually("the incident's end", Duration::from_secs(10), || {
+    wait::until_async("the incident's end", Duration::from_secs(10), || {
         ended(&inbox.lock().unwrap())
     })
     .await;

@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::common::models::{root, run_python, test_model, test_model_zoo, tiny_random};
+use crate::common::wait;
 
 fn cfg(model: &Path, labels: Option<&str>) -> InferenceConfig {
     InferenceConfig {
@@ -1323,17 +1324,17 @@ async fn frames_left_for_redelivery_come_back(
         agent.publish_frame(frame(seq)).unwrap();
     }
     // More deliveries than the prefetch, all failing: what was handed back made room.
-    crate::common::broker::eventually("deliveries past the prefetch", WAIT, || {
+    wait::until_async("deliveries past the prefetch", WAIT, || {
         seen.lock().unwrap().len() as u64 > prefetch + 1
     })
     .await;
-    crate::common::broker::eventually("more frames handed back than the prefetch", WAIT, || {
+    wait::until_async("more frames handed back than the prefetch", WAIT, || {
         worker.stats().get("requeued") > prefetch
     })
     .await;
     failing.store(false, std::sync::atomic::Ordering::SeqCst);
     agent.publish_frame(frame(n)).unwrap();
-    crate::common::broker::eventually("every frame answered", WAIT, || {
+    wait::until_async("every frame answered", WAIT, || {
         answered.lock().unwrap().len() as u64 == n + 1
     })
     .await;

@@ -11,7 +11,7 @@ use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
 use crate::common::rtsp_server::{Codec, Media, RtspTestServer};
-use crate::common::{self, logs};
+use crate::common::{self, logs, wait};
 
 /// A camera with test-sized timings: retries from 100 ms, capped at 1 s.
 fn camera(id: &str, url: &str) -> CameraConfig {
@@ -156,7 +156,7 @@ async fn asking_for_the_nvidia_decoder_where_there_is_none_is_a_clear_error() {
     cfg.decode = ingest::Decode::Nvidia;
     let (tx, rx) = mpsc::channel(4);
     let cam = ingest::spawn_camera(cfg, tx, CancellationToken::new());
-    wait_for("a restart", Duration::from_secs(10), || {
+    wait::until_async("a restart", Duration::from_secs(10), || {
         cam.status().restarts >= 1
     })
     .await;
@@ -361,17 +361,6 @@ fn record_arrivals(
     seen
 }
 
-async fn wait_for(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < within,
-            "timed out after {within:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_cameras_stream_at_once_and_one_resumes_by_itself_after_a_five_second_outage() {
     logs::capture();
@@ -397,7 +386,7 @@ async fn four_cameras_stream_at_once_and_one_resumes_by_itself_after_a_five_seco
         ));
         arrivals.push(record_arrivals(rx));
     }
-    wait_for(
+    wait::until_async(
         "all four cameras to stream",
         Duration::from_secs(20),
         || arrivals.iter().all(|a| a.lock().unwrap().len() >= 3),
@@ -409,7 +398,7 @@ async fn four_cameras_stream_at_once_and_one_resumes_by_itself_after_a_five_seco
 
     flaky.stop();
     let stopped_at = Instant::now();
-    wait_for("cam0 to notice the outage", Duration::from_secs(5), || {
+    wait::until_async("cam0 to notice the outage", Duration::from_secs(5), || {
         cams[0].status().restarts >= 1
     })
     .await;
@@ -421,7 +410,7 @@ async fn four_cameras_stream_at_once_and_one_resumes_by_itself_after_a_five_seco
     let restarted_at = Instant::now();
 
     // Resumes within its backoff cap plus the time to connect and see a key frame (1 s).
-    wait_for(
+    wait::until_async(
         "cam0 to resume",
         BACKOFF_MAX + Duration::from_secs(5),
         || {
@@ -490,11 +479,11 @@ async fn a_camera_offline_at_start_is_retried_and_never_delays_another() {
         stop.clone(),
     );
     let (later, now) = (record_arrivals(rx_off), record_arrivals(rx_on));
-    wait_for("the online camera", Duration::from_secs(10), || {
+    wait::until_async("the online camera", Duration::from_secs(10), || {
         now.lock().unwrap().len() >= 5
     })
     .await;
-    wait_for(
+    wait::until_async(
         "retries of the offline one",
         Duration::from_secs(10),
         || offline.status().restarts >= 3,
@@ -503,7 +492,7 @@ async fn a_camera_offline_at_start_is_retried_and_never_delays_another() {
     assert!(later.lock().unwrap().is_empty());
     srv.restart();
     let back = Instant::now();
-    wait_for(
+    wait::until_async(
         "the offline camera to come up",
         BACKOFF_MAX + Duration::from_secs(5),
         || !later.lock().unwrap().is_empty(),
@@ -525,12 +514,12 @@ async fn a_frozen_stream_is_restarted_by_the_stall_watchdog_and_resumes() {
     let (tx, rx) = mpsc::channel(16);
     let cam = ingest::spawn_camera(cfg, tx, CancellationToken::new());
     let arrivals = record_arrivals(rx);
-    wait_for("streaming", Duration::from_secs(20), || {
+    wait::until_async("streaming", Duration::from_secs(20), || {
         arrivals.lock().unwrap().len() >= 3
     })
     .await;
     srv.freeze(true);
-    wait_for("a stall restart", Duration::from_secs(10), || {
+    wait::until_async("a stall restart", Duration::from_secs(10), || {
         cam.status().restarts >= 1
     })
     .await;
@@ -541,7 +530,7 @@ async fn a_frozen_stream_is_restarted_by_the_stall_watchdog_and_resumes() {
     );
     srv.freeze(false);
     let thawed = Instant::now();
-    wait_for("frames after the thaw", Duration::from_secs(10), || {
+    wait::until_async("frames after the thaw", Duration::from_secs(10), || {
         arrivals.lock().unwrap().last().is_some_and(|t| *t > thawed)
     })
     .await;
@@ -557,7 +546,7 @@ async fn a_full_motion_queue_drops_and_counts_frames_without_stalling_the_camera
         tx,
         CancellationToken::new(),
     );
-    wait_for("drops", Duration::from_secs(15), || {
+    wait::until_async("drops", Duration::from_secs(15), || {
         cam.status().dropped >= 5
     })
     .await;
@@ -579,7 +568,7 @@ async fn a_full_motion_queue_drops_and_counts_frames_without_stalling_the_camera
     assert_eq!(st.decoder.as_deref(), Some("none (synthetic scene)"));
     let (frames, sampled, dropped) = (st.frames, st.sampled, counted());
     assert!(dropped >= 1, "{st:?}");
-    wait_for("frames keep coming", Duration::from_secs(5), || {
+    wait::until_async("frames keep coming", Duration::from_secs(5), || {
         cam.status().frames > frames + 10
     })
     .await;
@@ -613,12 +602,12 @@ async fn a_password_in_the_url_never_appears_in_logs_errors_or_status() {
     let ok_cam = ingest::spawn_camera(camera("cam-pw-ok", &good), tx.clone(), stop.clone());
     let dead_cam = ingest::spawn_camera(camera("cam-pw-dead", &dead), tx, stop.clone());
     next(&mut rx, Duration::from_secs(20)).await;
-    wait_for("retries", Duration::from_secs(10), || {
+    wait::until_async("retries", Duration::from_secs(10), || {
         dead_cam.status().restarts >= 2
     })
     .await;
     srv.stop();
-    wait_for(
+    wait::until_async(
         "the lost stream to be noticed",
         Duration::from_secs(10),
         || ok_cam.status().restarts >= 1,

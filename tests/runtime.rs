@@ -102,8 +102,9 @@ fn a_library_older_than_1_17_is_refused_naming_its_version_and_the_minimum() {
 fn require_gpu_refuses_to_fall_back_to_the_cpu_and_says_why() {
     let dir = tempfile::tempdir().unwrap();
     let images = detect::images(dir.path());
-    // This machine's ONNX Runtime has no CUDA provider, as a Jetson without its GPU
-    // libraries would not.
+    // Holds with or without a GPU: with `require_gpu` the CPU in the list is never
+    // used. A machine whose ONNX Runtime can run CUDA detects on it; one that cannot
+    // (this CPU build, a Jetson without its GPU libraries) refuses and says why.
     let model = format!("{}require_gpu = true\n", detect::models()[0]);
     let conf = dir.path().join("gpu.toml");
     std::fs::write(
@@ -114,15 +115,37 @@ fn require_gpu_refuses_to_fall_back_to_the_cpu_and_says_why() {
         ),
     )
     .unwrap();
-    let (stderr, stdout) = detect_fails(&conf, &images[0]);
-    assert!(
-        stderr
-            .contains("inference.require_gpu is set and no GPU execution provider could run model")
-            && stderr.contains("cuda: ")
-            && stderr.contains("cpu: not tried (inference.require_gpu = true)"),
-        "{stderr}"
-    );
-    assert!(stdout.is_empty(), "no detections without a GPU");
+    let out = edge_agent()
+        .args(["detect", "--config"])
+        .arg(&conf)
+        .arg(&images[0])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    if out.status.success() {
+        let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        assert!(
+            !lines.is_empty(),
+            "a success without a result line: {stderr}"
+        );
+        for l in &lines {
+            assert_eq!(l["provider"], "cuda", "require_gpu ran on {l}");
+        }
+    } else {
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(
+                "inference.require_gpu is set and no GPU execution provider could run model"
+            ) && stderr.contains("cuda: ")
+                && stderr.contains("cpu: not tried (inference.require_gpu = true)"),
+            "{stderr}"
+        );
+        assert!(out.stdout.is_empty(), "detections from a refused run");
+    }
 }
 
 /// `edge-agent prepare` with `providers` as given; (exit code, its JSON line).

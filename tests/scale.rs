@@ -7,6 +7,7 @@ use edge_agent::scale::{spawn_pool, WorkerSpec};
 use tokio_util::sync::CancellationToken;
 
 use crate::common::procs::wait_gone;
+use crate::common::wait;
 
 fn worker_with_args(args: &[&str]) -> WorkerSpec {
     WorkerSpec {
@@ -40,7 +41,7 @@ async fn a_worker_that_fails_at_start_makes_the_pool_back_off_and_report_without
     // 4 s, never more): after three failures, the pool has started at most one worker
     // beyond them. Attempts go one at a time behind the backoff; a fork bomb would
     // have started the three it wants, and more, at once.
-    crate::common::broker::eventually("three failed starts", Duration::from_secs(60), || {
+    crate::common::wait::until_async("three failed starts", Duration::from_secs(60), || {
         pool.status().start_failures >= 3
     })
     .await;
@@ -93,25 +94,14 @@ async fn a_worker_that_hangs_while_loading_is_killed_after_the_ready_timeout_and
         shutdown.clone(),
     );
     pool.set_target(1);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let first = loop {
-        if let Some(&pid) = pool.status().pids.first() {
-            break pid;
-        }
-        assert!(Instant::now() < deadline, "no worker started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let s = loop {
-        let s = pool.status();
-        if s.start_failures >= 1 {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the hung worker was never given up: {s:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let first = wait::value_async("a worker started", Duration::from_secs(30), || {
+        pool.status().pids.first().copied()
+    })
+    .await;
+    let s = wait::value_async("the hung worker given up", Duration::from_secs(30), || {
+        Some(pool.status()).filter(|s| s.start_failures >= 1)
+    })
+    .await;
     let reason = s.last_failure.clone().unwrap_or_default();
     assert!(
         reason.contains("failed to start: not ready within 2s"),
@@ -134,16 +124,12 @@ async fn a_worker_that_hangs_while_loading_is_killed_after_the_ready_timeout_and
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_die_with_an_agent_that_is_sigkilled() {
     let mut agent = Running::start(&["run"], &[("EDGE_AGENT__SCALING__MIN_WORKERS", "1")]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let worker = loop {
+    let worker = wait::value_async("one ready worker", Duration::from_secs(60), || {
         agent.pump(Duration::from_millis(50));
-        let h = agent.health();
         let kids = agent.children();
-        if h["workers"]["ready"].as_u64() == Some(1) && kids.len() == 1 {
-            break kids[0];
-        }
-        assert!(Instant::now() < deadline, "no ready worker: {h}");
-    };
+        (agent.health()["workers"]["ready"].as_u64() == Some(1) && kids.len() == 1).then(|| kids[0])
+    })
+    .await;
     // Whatever happens below, no worker is left behind by this test.
     struct Reap(u32);
     impl Drop for Reap {
@@ -201,35 +187,50 @@ async fn workers_report_their_provider_and_require_gpu_fails_a_cpu_only_worker_a
     );
     ok.set_target(1);
     gpu.set_target(1);
-    eventually("a ready CPU worker", Duration::from_secs(60), || {
+    wait::until_async("a ready CPU worker", Duration::from_secs(60), || {
         ok.status().ready == 1
     })
     .await;
-    eventually("a failed GPU-only worker", Duration::from_secs(60), || {
-        gpu.status().start_failures >= 1
-    })
+    wait::until_async(
+        "a GPU-only worker ready or failed",
+        Duration::from_secs(60),
+        || {
+            let g = gpu.status();
+            g.start_failures >= 1 || g.ready == 1
+        },
+    )
     .await;
-    // This machine has no CUDA: the worker says it runs on the CPU, and so do the
-    // pool's status (what /health shows) and the metric.
+    // With or without a GPU: the worker runs on a provider its config allows (CUDA
+    // where there is one, else the CPU), and says so, as do the pool's status (what
+    // /health shows) and the metric.
     let s = ok.status();
-    assert_eq!(
-        s.providers,
-        BTreeMap::from([("cpu".to_string(), 1)]),
-        "{s:?}"
-    );
+    assert_eq!(s.providers.values().sum::<u32>(), 1, "{s:?}");
+    let (provider, _) = s.providers.iter().next().unwrap();
+    assert!(["cuda", "cpu"].contains(&provider.as_str()), "{s:?}");
     let text = edge_agent::telemetry::metrics::metrics().encode();
     assert!(
-        text.contains("edge_agent_worker_providers{provider=\"cpu\"} 1"),
+        text.contains(&format!(
+            "edge_agent_worker_providers{{provider=\"{provider}\"}} 1"
+        )),
         "{text}"
     );
+    // require_gpu with only the CPU besides CUDA: on a GPU provider, or no start at
+    // all with the require_gpu reason; never on the CPU.
     let g = gpu.status();
-    assert_eq!(g.ready, 0, "{g:?}");
-    assert!(g.failing, "{g:?}");
-    let reason = g.last_failure.clone().unwrap_or_default();
-    assert!(
-        reason.contains("failed to start") && reason.contains("inference.require_gpu is set"),
-        "reason: {reason}"
-    );
+    if g.ready == 1 {
+        assert_eq!(
+            g.providers,
+            BTreeMap::from([("cuda".to_string(), 1)]),
+            "{g:?}"
+        );
+    } else {
+        assert!(g.failing, "{g:?}");
+        let reason = g.last_failure.clone().unwrap_or_default();
+        assert!(
+            reason.contains("failed to start") && reason.contains("inference.require_gpu is set"),
+            "reason: {reason}"
+        );
+    }
     shutdown.cancel();
     ok.stopped().await;
     gpu.stopped().await;
@@ -247,7 +248,7 @@ use edge_agent::transport::{AgentTransport, TransportConfig};
 use edge_agent::wire::frame::VERSION;
 use edge_agent::wire::{FrameHeader, FrameMessage};
 
-use crate::common::broker::{amqp_url, eventually, unique};
+use crate::common::broker::{amqp_url, unique};
 use crate::common::models::{root, tiny_random};
 use crate::common::procs::Running;
 
@@ -365,14 +366,14 @@ async fn collect(
 }
 
 async fn wait_for_no_workers(scaler: &mut Running, timeout: Duration) -> Vec<u32> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        scaler.pump(Duration::from_millis(100));
-        let kids = scaler.children();
-        if kids.is_empty() || Instant::now() > deadline {
-            return kids;
-        }
-    }
+    let mut left = Vec::new();
+    wait::until_async("no workers", timeout, || {
+        scaler.pump(Duration::from_millis(50));
+        left = scaler.children();
+        left.is_empty()
+    })
+    .await;
+    left
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -414,8 +415,16 @@ async fn scaler_serves_a_shared_amqp_queue_from_zero_workers_and_returns_to_zero
         agents.push((device.to_string(), t.results().unwrap()));
         transports.push(t);
     }
-    // Let the agents' result queues bind before anything is answered.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The agents' result queues are bound before anything is answered: a transport
+    // says it is connected only once its results queue is declared and bound.
+    for t in &transports {
+        wait::until_async(
+            "an agent's results queue bound",
+            Duration::from_secs(30),
+            || t.is_connected(),
+        )
+        .await;
+    }
     for (t, (device, _)) in transports.iter().zip(&agents) {
         for seq in 1..=10 {
             t.publish_frame(frame(device, "gate", seq, &jpeg)).unwrap();
@@ -483,7 +492,12 @@ async fn worker_killed_mid_inference_has_its_frame_redelivered_and_is_replaced()
         .await
         .unwrap();
     let mut agents = vec![("box-k".to_string(), t.results().unwrap())];
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait::until_async(
+        "the agent's results queue bound",
+        Duration::from_secs(30),
+        || t.is_connected(),
+    )
+    .await;
     let jpeg = red_square_jpeg();
     let n = 80;
     let want: BTreeSet<(String, u64)> = (1..=n).map(|s| ("box-k".to_string(), s)).collect();

@@ -4,12 +4,13 @@
 //! at the stop (and no last will: the agent disconnects cleanly).
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 
 use crate::common::agent::Agent;
 use crate::common::broker::{amqp_tap, amqp_url, mqtt_url, rabbit_serial, unique};
+use crate::common::wait;
 
 #[derive(Clone, Debug)]
 struct Msg {
@@ -69,15 +70,19 @@ async fn subscriber(filters: &[String]) -> (Arc<Mutex<Vec<Msg>>>, rumqttc::Async
 }
 
 async fn wait_for(what: &str, agent: &Agent, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; agent log:\n{}",
-            agent.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait::value_async_explained(
+        what,
+        timeout,
+        || f().then_some(()),
+        || {
+            format!(
+                "; agent log:
+{}",
+                agent.log_text()
+            )
+        },
+    )
+    .await
 }
 
 fn json(p: &Bytes) -> serde_json::Value {
@@ -236,32 +241,28 @@ async fn heartbeat_and_home_assistant_discovery_are_retained_on_mosquitto() {
     let log = agent.log_text();
     let status = agent.stop();
     assert!(status.success(), "{status:?}");
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while !of(&status_topic).iter().any(|m| m.payload == "offline") {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| {
-        panic!(
-            "no clean offline status at the stop (statuses: {:?}); log:\n{}",
-            of(&status_topic),
-            log
-        )
-    });
+    wait::value_async_explained(
+        "a clean offline status at the stop",
+        Duration::from_secs(10),
+        || {
+            of(&status_topic)
+                .iter()
+                .any(|m| m.payload == "offline")
+                .then_some(())
+        },
+        || format!(" (statuses: {:?}); log:\n{log}", of(&status_topic)),
+    )
+    .await;
     // A message of ours after the agent's exit: whatever the broker did on the agent's
     // disconnect (a will) is delivered before it.
     let marker = format!("{prefix}/{device}/marker");
     _c.publish(&marker, rumqttc::QoS::AtLeastOnce, false, "x")
         .await
         .unwrap();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while of(&marker).is_empty() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    wait::until_async("our own marker message", Duration::from_secs(10), || {
+        !of(&marker).is_empty()
     })
-    .await
-    .expect("our own marker message");
+    .await;
     let statuses: Vec<Bytes> = of(&status_topic).into_iter().map(|m| m.payload).collect();
     assert_eq!(
         statuses.last().map(|b| &b[..]),
@@ -274,12 +275,23 @@ async fn heartbeat_and_home_assistant_discovery_are_retained_on_mosquitto() {
     );
 
     // Leave no retained messages behind on the shared broker.
-    for t in late_filters {
+    for t in &late_filters {
         _c.publish(t, rumqttc::QoS::AtLeastOnce, true, Vec::<u8>::new())
             .await
             .unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The late subscriber sees each one emptied: the broker holds nothing more.
+    wait::until_async(
+        "the retained messages cleared",
+        Duration::from_secs(10),
+        || {
+            let late = late.lock().unwrap();
+            late_filters
+                .iter()
+                .all(|t| late.iter().any(|m| m.topic == *t && m.payload.is_empty()))
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,8 +19,9 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 
 use crate::common::broker::{
-    amqp_url, eventually, mqtt_url, rabbit_serial, rabbitmqctl, unique, Mosquitto, TestPki,
+    amqp_url, mqtt_url, rabbit_serial, rabbitmqctl, unique, Mosquitto, TestPki,
 };
+use crate::common::wait;
 
 const DEVICE: &str = "dev-t";
 const WAIT: Duration = Duration::from_secs(15);
@@ -159,7 +160,7 @@ async fn round_trip(cfg: TransportConfig) {
     for seq in 0..n {
         agent.publish_frame(frame("cam-a", seq, &jpeg)).unwrap();
     }
-    eventually("every answer", WAIT, || {
+    wait::until_async("every answer", WAIT, || {
         answered.lock().unwrap().len() == n as usize
     })
     .await;
@@ -204,8 +205,9 @@ async fn shared_subscription(cfg: TransportConfig) {
     for seq in 0..20 {
         agent.publish_frame(frame("cam-a", seq, &jpeg)).unwrap();
     }
-    eventually("20 answers", WAIT, || answered.lock().unwrap().len() == 20).await;
-    // Give a duplicate a chance to show up before counting.
+    wait::until_async("20 answers", WAIT, || answered.lock().unwrap().len() == 20).await;
+    // This window is what is tested, not a wait for something to happen: a duplicate
+    // delivery can only be ruled out by giving it time to show up.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (a, b) = (seen1.lock().unwrap().clone(), seen2.lock().unwrap().clone());
     let mut all: Vec<u64> = a.iter().chain(&b).copied().collect();
@@ -245,24 +247,28 @@ async fn mqtt_agent_reconnects_after_a_mosquitto_restart_and_every_buffered_fram
         .unwrap();
     let answered = collect_answers(&agent);
     let (_seen, _task) = serve(subscribed_worker(&cfg).await);
-    eventually("agent connected", WAIT, || agent.is_connected()).await;
+    wait::until_async("agent connected", WAIT, || agent.is_connected()).await;
     let jpeg = small_jpeg();
     for seq in 0..10 {
         agent.publish_frame(frame("cam-a", seq, &jpeg)).unwrap();
+        // Paced as a camera would: frames in flight when the broker goes, not a wait.
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     broker.stop();
-    eventually("agent sees the loss", WAIT, || !agent.is_connected()).await;
+    wait::until_async("agent sees the loss", WAIT, || !agent.is_connected()).await;
     for seq in 10..30 {
         agent.publish_frame(frame("cam-a", seq, &jpeg)).unwrap();
     }
+    // The outage is what is tested: frames published while the broker is down wait
+    // in the agent's buffer for this long; nothing is awaited here.
     tokio::time::sleep(Duration::from_millis(500)).await;
     broker.restart();
     for seq in 30..40 {
         agent.publish_frame(frame("cam-a", seq, &jpeg)).unwrap();
+        // Paced as a camera would: frames in flight when the broker goes, not a wait.
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    eventually("40 answers", Duration::from_secs(30), || {
+    wait::until_async("40 answers", Duration::from_secs(30), || {
         answered.lock().unwrap().len() == 40
     })
     .await;
@@ -283,7 +289,7 @@ async fn amqp_publisher_reconnects_after_rabbitmq_restart_and_every_buffered_fra
     let agent = AgentTransport::connect(&cfg, DEVICE, &Default::default())
         .await
         .unwrap();
-    eventually("agent connected", WAIT, || agent.is_connected()).await;
+    wait::until_async("agent connected", WAIT, || agent.is_connected()).await;
     let jpeg = small_jpeg();
     for seq in 0..10 {
         agent.publish_frame(frame("cam-a", seq, &jpeg)).unwrap();
@@ -291,7 +297,7 @@ async fn amqp_publisher_reconnects_after_rabbitmq_restart_and_every_buffered_fra
     assert!(agent.flush(WAIT).await);
     rabbitmqctl(&["stop_app"]);
     let restarted = async {
-        eventually("agent sees the loss", WAIT, || !agent.is_connected()).await;
+        wait::until_async("agent sees the loss", WAIT, || !agent.is_connected()).await;
         for seq in 10..30 {
             agent.publish_frame(frame("cam-a", seq, &jpeg)).unwrap();
         }
@@ -313,7 +319,7 @@ async fn amqp_publisher_reconnects_after_rabbitmq_restart_and_every_buffered_fra
             .await
             .unwrap(),
     );
-    eventually("40 answers", Duration::from_secs(30), || {
+    wait::until_async("40 answers", Duration::from_secs(30), || {
         answered.lock().unwrap().len() == 40
     })
     .await;
@@ -420,7 +426,7 @@ async fn redelivery_after_worker_death(cfg: TransportConfig) {
         .await
         .unwrap();
     let (seen, _task) = serve(second);
-    eventually("frame answered by the second worker", WAIT, || {
+    wait::until_async("frame answered by the second worker", WAIT, || {
         answered.lock().unwrap().contains(&7)
     })
     .await;
@@ -712,10 +718,21 @@ async fn a_subscription_to_fire_events_receives_only_fire_events_on_mosquitto() 
     });
     subscribed_rx.await.unwrap();
     publish_mixed_events(&agent).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut got = topics.lock().unwrap().clone();
-    got.sort();
+    // A last fire event marks the end: once it is in, everything published before it
+    // over the same connection is in too, so nothing is waited for by the clock.
+    agent
+        .publish_result("cam-end", "events/fire", Bytes::from_static(b"{}"))
+        .unwrap();
+    assert!(agent.flush(WAIT).await);
     let p = &cfg.topic_prefix;
+    let end = format!("{p}/{DEVICE}/cam-end/events/fire");
+    wait::until_async("the end marker", WAIT, || {
+        topics.lock().unwrap().contains(&end)
+    })
+    .await;
+    let mut got = topics.lock().unwrap().clone();
+    got.retain(|t| *t != end);
+    got.sort();
     assert_eq!(
         got,
         [
@@ -828,31 +845,37 @@ async fn the_agent_status_says_offline_at_a_clean_close_and_lost_by_last_will_on
         .unwrap();
     let seen = Arc::new(Mutex::new(Vec::<String>::new()));
     let sink = seen.clone();
+    let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
+        let mut subscribed = Some(subscribed_tx);
         while let Ok(ev) = el.poll().await {
             if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = ev {
                 sink.lock()
                     .unwrap()
                     .push(String::from_utf8_lossy(&p.payload).into());
+            } else if let rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)) = ev {
+                if let Some(s) = subscribed.take() {
+                    let _ = s.send(());
+                }
             }
         }
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    subscribed_rx.await.expect("the watcher subscribed");
     let count = |what: &str| seen.lock().unwrap().iter().filter(|s| *s == what).count();
     let agent = AgentTransport::connect(&cfg, DEVICE, &Default::default())
         .await
         .unwrap();
-    eventually("online", WAIT, || count("online") == 1).await;
+    wait::until_async("online", WAIT, || count("online") == 1).await;
     // A clean close says offline itself and sends DISCONNECT: no will.
     assert!(agent.close(WAIT).await, "the close was not clean");
-    eventually("offline", WAIT, || count("offline") == 1).await;
+    wait::until_async("offline", WAIT, || count("offline") == 1).await;
     drop(agent);
     let agent = AgentTransport::connect(&cfg, DEVICE, &Default::default())
         .await
         .unwrap();
-    eventually("online again", WAIT, || count("online") == 2).await;
+    wait::until_async("online again", WAIT, || count("online") == 2).await;
     drop(agent); // vanishes without DISCONNECT: the broker sends the will
-    eventually("lost by will", WAIT, || count("lost") == 1).await;
+    wait::until_async("lost by will", WAIT, || count("lost") == 1).await;
     // In order: the will of the second connection is the only one.
     assert_eq!(
         *seen.lock().unwrap(),
@@ -864,7 +887,11 @@ async fn the_agent_status_says_offline_at_a_clean_close_and_lost_by_last_will_on
         .publish(&topic, rumqttc::QoS::AtLeastOnce, true, Vec::new())
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The watcher sees the empty retained message: the broker has it.
+    wait::until_async("the retained status cleared", WAIT, || {
+        seen.lock().unwrap().iter().any(String::is_empty)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -879,7 +906,7 @@ async fn frames_and_results_round_trip_over_mqtts_with_a_custom_ca() {
     let stranger = AgentTransport::connect(&cfg, DEVICE, &Default::default())
         .await
         .unwrap();
-    eventually("a refused handshake", WAIT, || {
+    wait::until_async("a refused handshake", WAIT, || {
         stranger.stats().get("connect_failures") >= 1
     })
     .await;
@@ -916,7 +943,7 @@ async fn a_password_file_with_url_special_characters_logs_in_to_mosquitto() {
     let refused = AgentTransport::connect(&cfg, DEVICE, &Default::default())
         .await
         .unwrap();
-    eventually("a refused connection", WAIT, || {
+    wait::until_async("a refused connection", WAIT, || {
         refused.stats().get("connect_failures") >= 1
     })
     .await;

@@ -8,6 +8,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::wait;
+
 /// The repository root (the agent runs there, so the default model path resolves).
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -44,8 +46,22 @@ impl Agent {
         let stderr = child.stderr.take().unwrap();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let v = serde_json::from_str::<serde_json::Value>(&line)
-                    .unwrap_or_else(|_| serde_json::json!({ "message": line }));
+                // A worker's line, passed through as `[worker PID] {json}`, is kept
+                // whole under `worker_line`, so the agent's own lifecycle lines are not
+                // mistaken for a worker's.
+                let worker = line
+                    .strip_prefix("[worker ")
+                    .and_then(|r| r.split_once("] "));
+                let v = match worker {
+                    Some((pid, json)) => serde_json::json!({
+                        "worker": pid.parse::<u32>().ok(),
+                        "worker_line": serde_json::from_str::<serde_json::Value>(json)
+                            .unwrap_or_else(|_| serde_json::json!({ "message": json })),
+                        "message": line,
+                    }),
+                    None => serde_json::from_str::<serde_json::Value>(&line)
+                        .unwrap_or_else(|_| serde_json::json!({ "message": line })),
+                };
                 sink.lock().unwrap().push(v);
             }
         });
@@ -70,35 +86,46 @@ impl Agent {
             .collect()
     }
 
-    /// Waits for the `n`th lifecycle line in `state`; panics with the log after
-    /// `timeout`.
-    pub fn wait_state(&self, state: &str, n: usize, timeout: Duration) -> serde_json::Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(v) = self.in_state(state).into_iter().nth(n - 1) {
-                return v;
-            }
-            if Instant::now() > deadline || !self.alive() {
-                panic!(
-                    "no {n}x lifecycle {state:?} within {timeout:?}; log:\n{}",
-                    self.log_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    /// Lifecycle lines of the agent's worker processes in `state`.
+    pub fn worker_in_state(&self, state: &str) -> Vec<serde_json::Value> {
+        self.logs()
+            .into_iter()
+            .filter_map(|v| {
+                (v["worker_line"]["lifecycle"] == state).then(|| v["worker_line"].clone())
+            })
+            .collect()
     }
 
-    /// Polls `f` every 100 ms until it holds; fails after `within`, with the log.
-    pub fn wait_until(&self, what: &str, within: std::time::Duration, mut f: impl FnMut() -> bool) {
-        let deadline = std::time::Instant::now() + within;
-        while !f() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "timed out waiting for {what}; log:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
+    /// Waits for the `n`th lifecycle line in `state`; panics with the log after
+    /// `timeout`, or as soon as the agent has exited.
+    pub fn wait_state(&self, state: &str, n: usize, timeout: Duration) -> serde_json::Value {
+        let mut exited = false;
+        let v = wait::value_explained(
+            &format!("{n}x lifecycle {state:?}"),
+            timeout,
+            || {
+                let found = self.in_state(state).into_iter().nth(n - 1);
+                exited = found.is_none() && !self.alive();
+                found.or(exited.then(serde_json::Value::default))
+            },
+            || format!("; log:\n{}", self.log_text()),
+        );
+        assert!(
+            !exited,
+            "the agent exited before {n}x lifecycle {state:?}; log:\n{}",
+            self.log_text()
+        );
+        v
+    }
+
+    /// Waits until `f` holds; fails after `within`, with the log.
+    pub fn wait_until(&self, what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+        wait::value_explained(
+            what,
+            within,
+            || f().then_some(()),
+            || format!("; log:\n{}", self.log_text()),
+        )
     }
 
     pub fn log_text(&self) -> String {
@@ -119,23 +146,11 @@ impl Agent {
 
     /// The metrics address from the `serving` lifecycle line.
     pub fn metrics_addr(&self, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let found = self.logs().into_iter().find_map(|v| {
-                (v["lifecycle"] == "serving")
-                    .then(|| v["addr"].as_str().map(str::to_string))
-                    .flatten()
-            });
-            if let Some(a) = found {
-                return a;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no metrics address; log:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let v = self.wait_state("serving", 1, timeout);
+        v["addr"]
+            .as_str()
+            .unwrap_or_else(|| panic!("a serving line without an address: {v}"))
+            .to_string()
     }
 
     pub fn signal(&self, sig: i32) {

@@ -182,15 +182,6 @@ impl Drop for Mosquitto {
     }
 }
 
-/// Waits until `f` holds, polling; panics with `what` after `timeout`.
-pub async fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// A CA and a server certificate for `localhost`/127.0.0.1 made with the openssl tool.
 pub struct TestPki {
     pub dir: tempfile::TempDir,

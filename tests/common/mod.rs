@@ -11,6 +11,7 @@ pub mod procs;
 pub mod rtsp_process;
 pub mod rtsp_server;
 pub mod schema;
+pub mod wait;
 
 use std::path::PathBuf;
 

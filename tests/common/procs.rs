@@ -41,11 +41,7 @@ pub fn alive(pid: u32) -> bool {
 
 /// Waits until `pid` is gone; panics with `what` after `within`.
 pub async fn wait_gone(pid: u32, within: Duration, what: &str) {
-    let deadline = Instant::now() + within;
-    while alive(pid) {
-        assert!(Instant::now() < deadline, "{what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    super::wait::until_async(what, within, || !alive(pid)).await
 }
 
 /// `GET path` on `addr`; the body.

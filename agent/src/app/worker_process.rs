@@ -120,7 +120,7 @@ async fn run_worker(loaded: Loaded) -> anyhow::Result<i32> {
     println!("{PROVIDER_PREFIX} {provider}");
     println!("{READY_LINE}");
     let _ = std::io::stdout().flush();
-    info!(lifecycle = "ready", model = ?loaded_in, subscribed = ?linked_in, "Worker ready.");
+    info!(lifecycle = "ready", model = ?loaded_in, subscribed = ?linked_in, acknowledged = subscribed, "Worker ready.");
     loop {
         let d = tokio::select! {
             d = frames.next() => match d { Some(d) => d, None => break },
