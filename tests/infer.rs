@@ -914,7 +914,7 @@ async fn frame_is_requeued_when_its_detections_are_not_handed_over_or_not_confir
         assert_eq!(seq, 1);
         assert_eq!(
             outcome,
-            AckOutcome::Requeue(reason.into()),
+            AckOutcome::Requeue(reason),
             "at_confirm {at_confirm}"
         );
         assert_eq!(*sink.snapshots.lock().unwrap(), vec!["snap1".to_string()]);

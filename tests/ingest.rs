@@ -335,7 +335,7 @@ async fn a_stream_beyond_the_frame_limit_fails_the_camera_naming_its_size() {
         tx,
         CancellationToken::new(),
     );
-    wait_for("a restart", Duration::from_secs(15), || {
+    wait::until_async("a restart", Duration::from_secs(15), || {
         cam.status().restarts >= 1
     })
     .await;

@@ -330,7 +330,9 @@ async fn run_frames<S: ResultSink>(
                     }
                     Err(reason) => {
                         tracing::warn!(%reason, "Results not handed over; frame requeued.");
-                        settle.now(ack, AckOutcome::Requeue(reason)).await;
+                        settle
+                            .now(ack, AckOutcome::Requeue(reason.to_string()))
+                            .await;
                     }
                 },
             }
