@@ -41,7 +41,7 @@ fn bad_configs_give_the_exact_located_error() {
         (cam("[scaling]\nworker_ready_timeout = \"0s\"\n"), "site.toml:8: scaling.worker_ready_timeout: must be greater than 0"),
         (
             cam("colour = true\n"),
-            "site.toml:7: cameras[gate].colour: unknown key \"colour\"; expected one of `id`, `url`, `password_file`, `enabled`, `decode`, `protocol`, `latency`, `analysis_width`, `analysis_fps`, `detect_width`, `ring_frames`, `stall_timeout`, `backoff`, `motion`, `escalation`, `idle_decode`",
+            "site.toml:7: cameras[gate].colour: unknown key \"colour\"; expected one of `id`, `url`, `password_file`, `enabled`, `decode`, `protocol`, `latency`, `analysis_width`, `analysis_fps`, `detect_width`, `ring_frames`, `stall_timeout`, `backoff`, `motion`, `escalation`, `idle_decode`, `zones`, `objects`",
         ),
         (cam("decode = \"gpu\"\n"), "site.toml:7: cameras[gate].decode: unknown variant `gpu`, expected one of `auto`, `software`, `nvidia`"),
         (cam("analysis_fps = \"fast\"\n"), "site.toml:7: cameras[gate].analysis_fps: invalid type: string \"fast\", expected i64"),
@@ -122,6 +122,34 @@ fn bad_configs_give_the_exact_located_error() {
         (
             format!("{BASE}[inference]\ninput_size = 400\n"),
             "site.toml:8: inference.input_size: must be a multiple of 32 (YOLO stride), got 400",
+        ),
+        (
+            cam("[cameras.zones.road]\npoints = [[0.0, 0.0], [1.0, 1.0], [1.0, 0.0], [0.0, 1.0]]\n"),
+            "site.toml:8: cameras[gate].zones.road.points: the polygon crosses itself: edge 0 ([0.0, 0.0] to [1.0, 1.0]) crosses edge 2 ([1.0, 0.0] to [0.0, 1.0]); list the points in order around the area",
+        ),
+        (
+            cam("[cameras.zones.road]\npoints = [[0.0, 0.5], [1.2, 0.5], [1.0, 1.0]]\n"),
+            "site.toml:8: cameras[gate].zones.road.points: point [1.2, 0.5] is outside the frame: fractions are 0.0..=1.0 (use points_px for pixels)",
+        ),
+        (
+            cam("[cameras.zones.road]\npoints_px = [[0, 360], [-5, 360], [1280, 720]]\n"),
+            "site.toml:8: cameras[gate].zones.road.points_px: point [-5, 360] is outside the frame: pixels are 0 or more",
+        ),
+        (
+            cam("[cameras.zones.road]\npoints = [[0.0, 0.5], [1.0, 0.5], [1.0, 1.0]]\n[cameras.objects.fire]\nrequired_zones = [\"raod\"]\n"),
+            "site.toml:10: cameras[gate].objects.fire.required_zones: unknown zone \"raod\": camera \"gate\" defines [\"road\"]",
+        ),
+        (
+            cam("[events.tracks.classes.fire]\nrequired_zones = [\"road\"]\n"),
+            "site.toml:8: events.tracks.classes.fire.required_zones: unknown zone \"road\" on camera \"gate\" (its zones: []); define it there, or set cameras.objects.fire.required_zones for that camera",
+        ),
+        (
+            cam("[cameras.objects.fire]\nmin_area = 500\nmax_area = 100\n"),
+            "site.toml:8: cameras[gate].objects.fire.min_area: must not exceed max_area (100), got 500",
+        ),
+        (
+            cam("[cameras.zones.road]\npoints = [[0.0, 0.5], [1.0, 0.5], [1.0, 1.0]]\nobjects.fire.threshold = 0.7\n"),
+            "site.toml:9: cameras[gate].zones.road.objects.fire.threshold: is a track setting: set it per class globally ([events.tracks.classes.NAME]) or per camera ([cameras.objects.NAME]), not per zone",
         ),
     ];
     assert!(rows.len() >= 15);
