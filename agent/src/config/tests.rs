@@ -470,3 +470,23 @@ fn mutated_configs_never_panic_and_every_error_names_file_and_key() {
         "only {failed} of 400 mutated configs were rejected"
     );
 }
+
+#[test]
+fn the_readme_road_camera_example_loads() {
+    let readme = include_str!("../../../README.md");
+    let start = readme
+        .find("[[cameras]]\nid = \"a40-km12\"")
+        .expect("the road camera example is in the README");
+    let block = &readme[start..start + readme[start..].find("```").unwrap()];
+    let text = format!("[device]\nid = \"box-1\"\n\n{block}");
+    let c = ok(&[("site.toml", &text)], &[]).config;
+    let cam = &c.cameras[0];
+    assert_eq!(
+        cam.zones.keys().collect::<Vec<_>>(),
+        ["carriageway", "hard_shoulder"]
+    );
+    assert_eq!(
+        cam.objects["fire"].required_zones.as_deref(),
+        Some(&["carriageway".to_string()][..])
+    );
+}
