@@ -217,6 +217,15 @@ impl Stages {
             transport.clone(),
             device,
             cfg.events.clone(),
+            cfg.cameras
+                .iter()
+                .map(|c| {
+                    (
+                        c.id.as_str().to_string(),
+                        crate::results::zones::Scene::new(&c.zones, &c.objects),
+                    )
+                })
+                .collect(),
             results_stop.clone(),
         ));
         Ok(Stages {

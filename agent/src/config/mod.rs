@@ -72,6 +72,7 @@ impl Config {
     /// Checks that span fields or sections; returns (key path, message).
     pub(crate) fn check(&self) -> Vec<(String, String)> {
         let mut errs = Vec::new();
+        let mut direct: Vec<(String, String)> = Vec::new();
         let mut nest = |prefix: &str, v: Vec<(String, String)>| {
             errs.extend(v.into_iter().map(|(k, m)| (format!("{prefix}.{k}"), m)));
         };
@@ -79,6 +80,45 @@ impl Config {
             let prefix = format!("cameras[{}]", cam.id);
             nest(&format!("{prefix}.motion"), cam.motion.check());
             nest(&format!("{prefix}.escalation"), cam.escalation.check());
+            for (name, z) in &cam.zones {
+                nest(&format!("{prefix}.zones.{name}"), z.check());
+            }
+            let known = |c: &str| self.events.classes.iter().any(|k| k == c);
+            for (class, o) in &cam.objects {
+                let key = format!("{prefix}.objects.{class}");
+                if !known(class) {
+                    direct.push((key.clone(), format!("{class:?} is not in events.classes {:?}: only event classes are tracked", self.events.classes)));
+                }
+                nest(&key, o.check_filters());
+                for z in o.required_zones.iter().flatten() {
+                    if !cam.zones.contains_key(z) {
+                        direct.push((
+                            format!("{key}.required_zones"),
+                            format!(
+                                "unknown zone {z:?}: camera {:?} defines {:?}",
+                                cam.id.as_str(),
+                                cam.zones.keys().collect::<Vec<_>>()
+                            ),
+                        ));
+                    }
+                }
+            }
+            // Zones required by a class everywhere must exist on every camera that does
+            // not lift the requirement itself.
+            for (class, o) in &self.events.tracks.classes {
+                if cam
+                    .objects
+                    .get(class)
+                    .is_some_and(|c| c.required_zones.is_some())
+                {
+                    continue;
+                }
+                for z in o.required_zones.iter().flatten() {
+                    if !cam.zones.contains_key(z) {
+                        direct.push((format!("events.tracks.classes.{class}.required_zones"), format!("unknown zone {z:?} on camera {:?} (its zones: {:?}); define it there, or set cameras.objects.{class}.required_zones for that camera", cam.id.as_str(), cam.zones.keys().collect::<Vec<_>>())));
+                    }
+                }
+            }
             if cam.backoff.min > cam.backoff.max {
                 nest(
                     &format!("{prefix}.backoff"),
@@ -112,6 +152,7 @@ impl Config {
             "events.tracks",
             self.events.tracks.check(&self.events.classes),
         );
+        errs.extend(direct);
         if let Some(q) = &self.scaling.remote_queue {
             if self.transport.kind != crate::transport::TransportKind::Amqp {
                 errs.push((

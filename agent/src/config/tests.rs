@@ -43,7 +43,7 @@ fn bad_configs_give_the_exact_located_error() {
         (cam("[scaling]\ncooldown_period = \"300000000000y\"\n"), "site.toml:8: scaling.cooldown_period: duration \"300000000000y\" is longer than the 30 days allowed"),
         (
             cam("colour = true\n"),
-            "site.toml:7: cameras[gate].colour: unknown key \"colour\"; expected one of `id`, `url`, `password_file`, `enabled`, `decode`, `protocol`, `latency`, `analysis_width`, `analysis_fps`, `detect_width`, `ring_frames`, `stall_timeout`, `backoff`, `frame_limit`, `motion`, `escalation`, `idle_decode`",
+            "site.toml:7: cameras[gate].colour: unknown key \"colour\"; expected one of `id`, `url`, `password_file`, `enabled`, `decode`, `protocol`, `latency`, `analysis_width`, `analysis_fps`, `detect_width`, `ring_frames`, `stall_timeout`, `backoff`, `frame_limit`, `motion`, `escalation`, `idle_decode`, `zones`, `objects`",
         ),
         (cam("decode = \"gpu\"\n"), "site.toml:7: cameras[gate].decode: unknown variant `gpu`, expected one of `auto`, `software`, `nvidia`"),
         (cam("analysis_fps = \"fast\"\n"), "site.toml:7: cameras[gate].analysis_fps: invalid type: string \"fast\", expected i64"),
@@ -128,6 +128,34 @@ fn bad_configs_give_the_exact_located_error() {
         (
             format!("{BASE}[inference]\ninput_size = 400\n"),
             "site.toml:8: inference.input_size: must be a multiple of 32 (YOLO stride), got 400",
+        ),
+        (
+            cam("[cameras.zones.road]\npoints = [[0.0, 0.0], [1.0, 1.0], [1.0, 0.0], [0.0, 1.0]]\n"),
+            "site.toml:8: cameras[gate].zones.road.points: the polygon crosses itself: edge 0 ([0.0, 0.0] to [1.0, 1.0]) crosses edge 2 ([1.0, 0.0] to [0.0, 1.0]); list the points in order around the area",
+        ),
+        (
+            cam("[cameras.zones.road]\npoints = [[0.0, 0.5], [1.2, 0.5], [1.0, 1.0]]\n"),
+            "site.toml:8: cameras[gate].zones.road.points: point [1.2, 0.5] is outside the frame: fractions are 0.0..=1.0 (use points_px for pixels)",
+        ),
+        (
+            cam("[cameras.zones.road]\npoints_px = [[0, 360], [-5, 360], [1280, 720]]\n"),
+            "site.toml:8: cameras[gate].zones.road.points_px: point [-5, 360] is outside the frame: pixels are 0 or more",
+        ),
+        (
+            cam("[cameras.zones.road]\npoints = [[0.0, 0.5], [1.0, 0.5], [1.0, 1.0]]\n[cameras.objects.fire]\nrequired_zones = [\"raod\"]\n"),
+            "site.toml:10: cameras[gate].objects.fire.required_zones: unknown zone \"raod\": camera \"gate\" defines [\"road\"]",
+        ),
+        (
+            cam("[events.tracks.classes.fire]\nrequired_zones = [\"road\"]\n"),
+            "site.toml:8: events.tracks.classes.fire.required_zones: unknown zone \"road\" on camera \"gate\" (its zones: []); define it there, or set cameras.objects.fire.required_zones for that camera",
+        ),
+        (
+            cam("[cameras.objects.fire]\nmin_area = 500\nmax_area = 100\n"),
+            "site.toml:8: cameras[gate].objects.fire.min_area: must not exceed max_area (100), got 500",
+        ),
+        (
+            cam("[cameras.zones.road]\npoints = [[0.0, 0.5], [1.0, 0.5], [1.0, 1.0]]\nobjects.fire.threshold = 0.7\n"),
+            "site.toml:9: cameras[gate].zones.road.objects.fire.threshold: is a track setting: set it per class globally ([events.tracks.classes.NAME]) or per camera ([cameras.objects.NAME]), not per zone",
         ),
     ];
     assert!(rows.len() >= 15);
@@ -507,4 +535,24 @@ fn no_printable_password_reaches_printed_text_inline_or_from_a_file() {
             );
         }
     }
+}
+
+#[test]
+fn the_readme_road_camera_example_loads() {
+    let readme = include_str!("../../../README.md");
+    let start = readme
+        .find("[[cameras]]\nid = \"a40-km12\"")
+        .expect("the road camera example is in the README");
+    let block = &readme[start..start + readme[start..].find("```").unwrap()];
+    let text = format!("[device]\nid = \"box-1\"\n\n{block}");
+    let c = ok(&[("site.toml", &text)], &[]).config;
+    let cam = &c.cameras[0];
+    assert_eq!(
+        cam.zones.keys().collect::<Vec<_>>(),
+        ["carriageway", "hard_shoulder"]
+    );
+    assert_eq!(
+        cam.objects["fire"].required_zones.as_deref(),
+        Some(&["carriageway".to_string()][..])
+    );
 }

@@ -55,6 +55,13 @@ pub struct CameraConfig {
     /// quiet period, no event open).
     #[serde(default)]
     pub idle_decode: IdleDecode,
+    /// Named zones of the view (`[cameras.zones.NAME]`): polygons objects stand in.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub zones: std::collections::BTreeMap<String, crate::results::zones::ZoneConfig>,
+    /// Object rules per class on this camera (`[cameras.objects.NAME]`): filters,
+    /// `required_zones`, and the track settings of `[events.tracks.classes.NAME]`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub objects: std::collections::BTreeMap<String, crate::results::config::ClassTracks>,
 }
 
 /// Idle decode trades detection delay for CPU: with `keyframes`, only key frames reach

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::filter::Filter;
 use super::track::ClassRules;
 use crate::infer::SnapshotConfig;
 use crate::values::{Dur, Fraction, IntIn};
@@ -94,6 +95,78 @@ pub struct ClassTracks {
     pub forget_after: Option<Dur>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_score: Option<Fraction>,
+    /// A track starts only once the median score of its sightings reaches this
+    /// (Frigate's `threshold`); unset: no such test.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<Fraction>,
+    /// A track starts only once its object stood in one of these zones (bottom centre
+    /// of its box). A camera without such a zone is a configuration error; a camera
+    /// lifts it with `required_zones = []`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub required_zones: Option<Vec<String>>,
+    /// Smallest box: at most 1.0 a fraction of the frame area, above that pixels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_area: Option<f64>,
+    /// Largest box, as `min_area`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_area: Option<f64>,
+    /// Smallest width / height.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_ratio: Option<f64>,
+    /// Largest width / height.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ratio: Option<f64>,
+    /// Object masks: a box whose bottom centre is in one does not count. Polygons in
+    /// fractions of the frame. Separate from the camera's motion masks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub masks: Vec<Vec<[f64; 2]>>,
+    /// Object masks in camera pixels.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub masks_px: Vec<Vec<[f64; 2]>>,
+}
+
+impl ClassTracks {
+    /// Checks the filter fields; returns (key relative to this table, message).
+    pub fn check_filters(&self) -> Vec<(String, String)> {
+        let mut errs = Vec::new();
+        for (key, v) in [
+            ("min_area", self.min_area),
+            ("max_area", self.max_area),
+            ("min_ratio", self.min_ratio),
+            ("max_ratio", self.max_ratio),
+        ] {
+            if let Some(v) = v {
+                if !(v.is_finite() && v > 0.0) {
+                    errs.push((key.to_string(), format!("must be above 0, got {v}")));
+                }
+            }
+        }
+        for (lo, hi, min, max) in [
+            ("min_area", "max_area", self.min_area, self.max_area),
+            ("min_ratio", "max_ratio", self.min_ratio, self.max_ratio),
+        ] {
+            if let (Some(a), Some(b)) = (min, max) {
+                // Areas compare only in the same units (both fractions or both pixels).
+                if a > b && (lo == "min_ratio" || (a <= 1.0) == (b <= 1.0)) {
+                    errs.push((
+                        lo.to_string(),
+                        format!("must not exceed {hi} ({b}), got {a}"),
+                    ));
+                }
+            }
+        }
+        for (key, polys, fractions) in [
+            ("masks", &self.masks, true),
+            ("masks_px", &self.masks_px, false),
+        ] {
+            for (i, p) in polys.iter().enumerate() {
+                for m in super::zones::check_polygon(p, fractions) {
+                    errs.push((format!("{key}[{i}]"), m));
+                }
+            }
+        }
+        errs
+    }
 }
 
 impl Default for TracksConfig {
@@ -116,7 +189,41 @@ impl TracksConfig {
             confirm_frames: o.confirm_frames.unwrap_or(self.confirm_frames).as_u32(),
             forget_after: o.forget_after.unwrap_or(self.forget_after).get(),
             min_score: o.min_score.unwrap_or(self.min_score).get() as f32,
+            threshold: o.threshold.map_or(0.0, |t| t.get() as f32),
+            required_zones: o.required_zones.unwrap_or_default(),
         }
+    }
+
+    /// The rules of `class` on a camera whose own overrides for it are `camera`.
+    pub fn rules_on(&self, class: &str, camera: Option<&ClassTracks>) -> ClassRules {
+        let mut r = self.rules(class);
+        if let Some(c) = camera {
+            if let Some(v) = c.confirm_frames {
+                r.confirm_frames = v.as_u32();
+            }
+            if let Some(v) = c.forget_after {
+                r.forget_after = v.get();
+            }
+            if let Some(v) = c.min_score {
+                r.min_score = v.get() as f32;
+            }
+            if let Some(v) = c.threshold {
+                r.threshold = v.get() as f32;
+            }
+            if let Some(v) = &c.required_zones {
+                r.required_zones = v.clone();
+            }
+        }
+        r
+    }
+
+    /// The object filter of `class` before any camera: the class's settings over the
+    /// defaults.
+    pub fn filter(&self, class: &str) -> Filter {
+        let min_score = self.rules(class).min_score;
+        let mut f = self.classes.get(class).map(Filter::of).unwrap_or_default();
+        f.min_score = Some(min_score);
+        f
     }
 
     /// `event_classes` are the classes tracked (`events.classes`).
@@ -136,6 +243,13 @@ impl TracksConfig {
                     .map(|f| (format!("classes.{c}.forget_after"), f))
             }),
         );
+        for (class, o) in &self.classes {
+            errs.extend(
+                o.check_filters()
+                    .into_iter()
+                    .map(|(k, m)| (format!("classes.{class}.{k}"), m)),
+            );
+        }
         for (key, f) in forgets {
             if f.get() < Duration::from_millis(500) {
                 errs.push((key, format!("must be at least 500ms, got {f:?}")));

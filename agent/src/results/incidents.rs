@@ -16,8 +16,11 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
+use super::filter::judge;
 use super::track::{BBox, Change, ClassRules, Frame, Sighting, Track, Tracker};
+use super::zones::Scene;
 use super::TracksConfig;
+use crate::telemetry::metrics::{self, metrics};
 use crate::wire::detections::DetectionsIn;
 
 /// Version of the incident event message (`schemas/event.v2.json`).
@@ -84,12 +87,23 @@ pub struct IncidentEvent {
     pub frame_height: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub end_reason: Option<EndReason>,
+    /// The zones the object stands in now, by name (cameras with zones only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zones: Option<Vec<String>>,
+    /// Every zone it has stood in so far, in the order entered (cameras with zones
+    /// only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entered_zones: Option<Vec<String>>,
 }
 
 type Rules = Box<dyn Fn(&str) -> Option<ClassRules> + Send>;
 
 struct Camera {
     tracker: Tracker<Rules>,
+    /// Its zones and object rules.
+    scene: Scene,
+    /// Whether pixel zones reaching past the frame were reported.
+    warned_outside: bool,
     /// Size of the frames its boxes are in.
     frame: (u32, u32),
     /// Per track: when its last message went, and its frame count then.
@@ -107,6 +121,28 @@ pub struct Incidents {
     cfg: TracksConfig,
     classes: Vec<String>,
     cameras: BTreeMap<String, Camera>,
+    /// Zones and object rules per camera id (none: the global rules alone).
+    scenes: BTreeMap<String, Scene>,
+}
+
+/// A camera's state before its first detections.
+fn new_camera(cfg: &TracksConfig, classes: &[String], scene: Option<&Scene>) -> Camera {
+    let scene = scene.cloned().unwrap_or_default();
+    let (cfg, classes, objects) = (cfg.clone(), classes.to_vec(), scene.objects.clone());
+    Camera {
+        tracker: Tracker::new(Box::new(move |c: &str| {
+            classes
+                .iter()
+                .any(|k| k == c)
+                .then(|| cfg.rules_on(c, objects.get(c)))
+        })),
+        scene,
+        warned_outside: false,
+        frame: (0, 0),
+        told: BTreeMap::new(),
+        looked_until: SystemTime::UNIX_EPOCH,
+        lag: Duration::ZERO,
+    }
 }
 
 fn ms(t: SystemTime) -> u64 {
@@ -146,7 +182,14 @@ impl Incidents {
             cfg,
             classes,
             cameras: BTreeMap::new(),
+            scenes: BTreeMap::new(),
         }
+    }
+
+    /// Gives cameras their zones and object rules (`[cameras.zones]`, `[cameras.objects]`).
+    pub fn with_scenes(mut self, scenes: BTreeMap<String, Scene>) -> Self {
+        self.scenes = scenes;
+        self
     }
 
     /// Feeds one camera's detections message, arrived at `now`; returns the incidents
@@ -158,43 +201,79 @@ impl Incidents {
         now: SystemTime,
     ) -> Vec<IncidentEvent> {
         let captured = SystemTime::UNIX_EPOCH + Duration::from_millis(d.captured_ms);
-        let cam = self.camera(camera);
+        let bases: BTreeMap<&str, super::filter::Filter> = self
+            .classes
+            .iter()
+            .map(|c| (c.as_str(), self.cfg.filter(c)))
+            .collect();
+        let cam = self
+            .cameras
+            .entry(camera.to_string())
+            .or_insert_with(|| new_camera(&self.cfg, &self.classes, self.scenes.get(camera)));
         cam.frame = (d.detections.width, d.detections.height);
         cam.looked_until = cam.looked_until.max(captured);
         let lag = now.duration_since(captured).unwrap_or_default();
         cam.lag = lag.max(cam.lag.mul_f32(0.9));
+        if !cam.warned_outside && cam.frame.0 > 0 && cam.frame.1 > 0 {
+            cam.warned_outside = true;
+            for z in cam
+                .scene
+                .zones
+                .iter()
+                .filter(|z| z.shape.outside(cam.frame))
+            {
+                tracing::warn!(camera, zone = %z.name, width = cam.frame.0, height = cam.frame.1, "Zone points_px reach past the camera's frame: the part outside can never hold an object.");
+            }
+        }
+        let mut sightings = Vec::new();
+        for i in &d.detections.items {
+            let bbox = BBox {
+                x: i.x,
+                y: i.y,
+                w: i.w,
+                h: i.h,
+            };
+            let Some(base) = bases.get(i.class.as_str()) else {
+                // Not an event class: the tracker ignores it.
+                continue;
+            };
+            match judge(&cam.scene, base, &i.class, &bbox, i.score, cam.frame) {
+                Ok((zones, min_score)) => sightings.push(Sighting {
+                    class: i.class.clone(),
+                    score: i.score,
+                    bbox,
+                    zones,
+                    min_score,
+                }),
+                Err(why) => {
+                    metrics()
+                        .filtered
+                        .get_or_create(&metrics::filtered(camera, &i.class, why.as_str()))
+                        .inc();
+                    if metrics::should_log(
+                        &format!("filtered-{camera}-{}-{}", i.class, why.as_str()),
+                        Duration::from_secs(60),
+                    ) {
+                        tracing::info!(camera, class = %i.class, reason = why.as_str(), score = i.score, w = i.w, h = i.h, "Detection filtered: not tracked.");
+                    }
+                }
+            }
+        }
         let frame = Frame {
             captured,
             seq: d.seq,
             snapshot: d.snapshot.clone(),
-            sightings: d
-                .detections
-                .items
-                .iter()
-                .map(|i| Sighting {
-                    class: i.class.clone(),
-                    score: i.score,
-                    bbox: BBox {
-                        x: i.x,
-                        y: i.y,
-                        w: i.w,
-                        h: i.h,
-                    },
-                })
-                .collect(),
+            sightings,
         };
         let refused = cam.tracker.refused;
         let changes = cam.tracker.observe(&frame);
         let more = cam.tracker.refused - refused;
         if more > 0 {
-            crate::telemetry::metrics::metrics()
+            metrics()
                 .dropped
-                .get_or_create(&crate::telemetry::metrics::reason(camera, "tracks_full"))
+                .get_or_create(&metrics::reason(camera, "tracks_full"))
                 .inc_by(more);
-            if crate::telemetry::metrics::should_log(
-                &format!("tracks-full-{camera}"),
-                Duration::from_secs(60),
-            ) {
+            if metrics::should_log(&format!("tracks-full-{camera}"), Duration::from_secs(60)) {
                 tracing::warn!(
                     camera,
                     refused = more,
@@ -261,16 +340,7 @@ impl Incidents {
 
     fn camera(&mut self, id: &str) -> &mut Camera {
         if !self.cameras.contains_key(id) {
-            let (cfg, classes) = (self.cfg.clone(), self.classes.clone());
-            let cam = Camera {
-                tracker: Tracker::new(Box::new(move |c: &str| {
-                    classes.iter().any(|k| k == c).then(|| cfg.rules(c))
-                })),
-                frame: (0, 0),
-                told: BTreeMap::new(),
-                looked_until: SystemTime::UNIX_EPOCH,
-                lag: Duration::ZERO,
-            };
+            let cam = new_camera(&self.cfg, &self.classes, self.scenes.get(id));
             self.cameras.insert(id.to_string(), cam);
         }
         self.cameras.get_mut(id).expect("inserted above")
@@ -286,6 +356,7 @@ impl Incidents {
             .into_iter()
             .map(|c| match c {
                 Change::Started(t) => self.event(camera, &t, State::Start, now, None),
+                Change::Zones(t) => self.event(camera, &t, State::Update, now, None),
                 Change::Ended(t) => {
                     self.event(camera, &t, State::End, now, Some(EndReason::Forgotten))
                 }
@@ -309,6 +380,7 @@ impl Incidents {
             cam.told.insert(t.id, (now, t.frames));
         }
         let (first, last) = (ms(t.first_seen), ms(t.last_seen));
+        let zoned = !cam.scene.zones.is_empty();
         IncidentEvent {
             version: EVENT_VERSION,
             state,
@@ -333,6 +405,8 @@ impl Incidents {
             frame_width: cam.frame.0,
             frame_height: cam.frame.1,
             end_reason,
+            zones: zoned.then(|| t.zones.clone()),
+            entered_zones: zoned.then(|| t.entered.clone()),
         }
     }
 }
@@ -515,5 +589,143 @@ mod tests {
         assert_eq!(states, [(State::Start, 2), (State::End, 40)]);
         // Frame 49 (19.5 s + 5 s) ended it, on its arrival 8 s later.
         assert_eq!(out[1].ended_ms, Some(T0 + 32_600));
+    }
+
+    /// A road camera: the carriageway is the lower half of the frame, fires must start
+    /// on it, and fire boxes under 400 px or wider than 3:1 are noise.
+    fn road() -> Incidents {
+        let toml = r#"
+[zones.carriageway]
+points = [[0.0, 0.5], [1.0, 0.5], [1.0, 1.0], [0.0, 1.0]]
+[zones.verge]
+points_px = [[0, 0], [640, 0], [640, 180], [0, 180]]
+[objects.fire]
+required_zones = ["carriageway"]
+min_area = 400
+max_ratio = 3.0
+"#;
+        #[derive(serde::Deserialize)]
+        struct Cam {
+            zones: BTreeMap<String, crate::results::zones::ZoneConfig>,
+            objects: BTreeMap<String, crate::results::config::ClassTracks>,
+        }
+        let c: Cam = toml::from_str(toml).unwrap();
+        incidents(Dur::secs(0))
+            .with_scenes([("road".to_string(), Scene::new(&c.zones, &c.objects))].into())
+    }
+
+    fn boxed(seq: u64, ms: u64, b: (f32, f32, f32, f32)) -> DetectionsIn {
+        let mut d = det(seq, T0 + ms, &[("fire", 0.9, b.0)]);
+        let i = &mut d.detections.items[0];
+        (i.y, i.w, i.h) = (b.1, b.2, b.3);
+        d
+    }
+
+    fn filtered(reason: &str) -> u64 {
+        metrics()
+            .filtered
+            .get_or_create(&metrics::filtered("road", "fire", reason))
+            .get()
+    }
+
+    #[test]
+    fn a_required_zone_delays_the_start_until_the_object_enters_it_and_entry_and_exit_are_updates()
+    {
+        let mut inc = road();
+        let mut out = Vec::new();
+        // The frame is 640 x 360: the carriageway starts at y = 180. A fire on the verge
+        // (bottom at 150) for five frames, then walking down onto the road, then off.
+        let ys = [
+            100.0, 100.0, 100.0, 100.0, 100.0, 150.0, 160.0, 160.0, 100.0, 100.0,
+        ];
+        for (i, y) in ys.iter().enumerate() {
+            let ms = i as u64 * 200;
+            out.extend(inc.detections(
+                "road",
+                &boxed(i as u64, ms, (100.0, *y, 40.0, 50.0)),
+                at(ms),
+            ));
+            if i == 4 {
+                assert!(out.is_empty(), "started off the carriageway: {out:?}");
+            }
+        }
+        let seen: Vec<(State, Vec<String>, Vec<String>)> = out
+            .iter()
+            .map(|e| {
+                (
+                    e.state,
+                    e.zones.clone().unwrap(),
+                    e.entered_zones.clone().unwrap(),
+                )
+            })
+            .collect();
+        let z = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            seen,
+            [
+                // Frame 5: its bottom (200) is on the carriageway; it left the verge.
+                (
+                    State::Start,
+                    z(&["carriageway"]),
+                    z(&["verge", "carriageway"])
+                ),
+                // Frame 8: back on the verge.
+                (State::Update, z(&["verge"]), z(&["verge", "carriageway"])),
+            ]
+        );
+        assert_eq!(out[0].frames, 6);
+        for e in &out {
+            crate::schema::check("event.v2.json", &serde_json::to_value(e).unwrap());
+        }
+        // Cameras without zones send events without the fields, as before.
+        let mut plain = incidents(Dur::secs(0));
+        let ev = [0, 200]
+            .into_iter()
+            .flat_map(|ms| {
+                plain.detections("gate", &boxed(ms, ms, (100.0, 100.0, 40.0, 50.0)), at(ms))
+            })
+            .next()
+            .unwrap();
+        let v = serde_json::to_value(&ev).unwrap();
+        assert!(
+            v.get("zones").is_none() && v.get("entered_zones").is_none(),
+            "{v}"
+        );
+    }
+
+    #[test]
+    fn boxes_filtered_by_area_or_ratio_start_nothing_and_are_counted_by_reason() {
+        let mut inc = road();
+        let (area, ratio) = (filtered("min_area"), filtered("max_ratio"));
+        let mut out = Vec::new();
+        for i in 0..10u64 {
+            // On the carriageway: 15 x 20 = 300 px, under 400.
+            out.extend(inc.detections(
+                "road",
+                &boxed(i, i * 200, (100.0, 250.0, 15.0, 20.0)),
+                at(i * 200),
+            ));
+            // 200 x 40: wider than 3:1.
+            out.extend(inc.detections(
+                "road",
+                &boxed(i, i * 200 + 100, (300.0, 250.0, 200.0, 40.0)),
+                at(i * 200 + 100),
+            ));
+            out.extend(inc.tick(at(i * 200 + 150)));
+        }
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(inc.live("road"), 0);
+        assert_eq!(filtered("min_area") - area, 10);
+        assert_eq!(filtered("max_ratio") - ratio, 10);
+        // The same fire, large enough: one incident.
+        for i in 10..12u64 {
+            out.extend(inc.detections(
+                "road",
+                &boxed(i, i * 200, (100.0, 250.0, 30.0, 20.0)),
+                at(i * 200),
+            ));
+        }
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].state, State::Start);
     }
 }

@@ -5,8 +5,10 @@
 //! scaling to zero and back.
 
 pub mod config;
+pub mod filter;
 pub mod incidents;
 pub mod track;
+pub mod zones;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -32,6 +34,7 @@ pub async fn run(
     transport: Arc<AgentTransport>,
     device: String,
     events: EventsConfig,
+    scenes: std::collections::BTreeMap<String, zones::Scene>,
     stop: CancellationToken,
 ) {
     let mut results = match transport.results() {
@@ -41,7 +44,8 @@ pub async fn run(
             return;
         }
     };
-    let mut incidents = Incidents::new(&device, events.tracks.clone(), events.classes.clone());
+    let mut incidents =
+        Incidents::new(&device, events.tracks.clone(), events.classes.clone()).with_scenes(scenes);
     serve(&mut results, &mut incidents, &stop, DRAIN, |out| {
         publish(&transport, out)
     })

@@ -59,11 +59,15 @@ impl BBox {
 }
 
 /// Settings of one class.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ClassRules {
     pub confirm_frames: u32,
     pub forget_after: Duration,
     pub min_score: f32,
+    /// The median score of a track's sightings must reach this before it starts.
+    pub threshold: f32,
+    /// A track starts only once it stood in one of these zones (none: anywhere).
+    pub required_zones: Vec<String>,
 }
 
 /// One detection of a frame.
@@ -72,6 +76,10 @@ pub struct Sighting {
     pub class: String,
     pub score: f32,
     pub bbox: BBox,
+    /// The zones the object stands in, by name.
+    pub zones: Vec<String>,
+    /// Replaces the class's `min_score` for this sighting (a camera's or a zone's).
+    pub min_score: Option<f32>,
 }
 
 /// One frame's detections of the tracked classes.
@@ -98,6 +106,12 @@ pub struct Track {
     /// The box at the last sighting.
     pub bbox: BBox,
     pub confirmed: bool,
+    /// The zones it stands in at its last sighting, by name.
+    pub zones: Vec<String>,
+    /// Every zone it has stood in, in the order entered.
+    pub entered: Vec<String>,
+    /// The latest scores, for the median (`threshold`).
+    scores: std::collections::VecDeque<f32>,
     /// Centre velocity, pixels per second.
     velocity: (f32, f32),
     /// The latest sightings (capture time, box), oldest first: frames answered out of
@@ -108,11 +122,37 @@ pub struct Track {
 /// Sightings kept per track for out-of-order frames.
 const HISTORY: usize = 8;
 
+/// Scores kept per track for the median (Frigate keeps the last 10 too).
+const SCORES: usize = 10;
+
 /// Tracks one camera holds at most (confirmed or not); sightings that would start one
 /// more are refused and counted, so a flood of detections cannot grow memory.
 pub const MAX_TRACKS: usize = 256;
 
 impl Track {
+    /// The median of the latest scores.
+    pub fn median_score(&self) -> f32 {
+        let mut v: Vec<f32> = self.scores.iter().copied().collect();
+        if v.is_empty() {
+            return 0.0;
+        }
+        v.sort_by(f32::total_cmp);
+        let n = v.len();
+        if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        }
+    }
+
+    fn enter(&mut self, zones: &[String]) {
+        for z in zones {
+            if !self.entered.contains(z) {
+                self.entered.push(z.clone());
+            }
+        }
+    }
+
     /// The sighting nearest in time to `at`, and the signed gap to it in seconds.
     fn nearest(&self, at: SystemTime) -> (BBox, f32) {
         let gap = |t: SystemTime| match at.duration_since(t) {
@@ -157,8 +197,14 @@ impl Track {
         best
     }
 
-    fn absorb(&mut self, f: &Frame, s: &Sighting) {
+    /// Adds a sighting; true when the zones it stands in changed.
+    fn absorb(&mut self, f: &Frame, s: &Sighting) -> bool {
         self.frames += 1;
+        self.scores.push_back(s.score);
+        if self.scores.len() > SCORES {
+            self.scores.pop_front();
+        }
+        self.enter(&s.zones);
         let at = self.history.partition_point(|(t, _)| *t <= f.captured);
         self.history.insert(at, (f.captured, s.bbox));
         if self.history.len() > HISTORY {
@@ -173,13 +219,17 @@ impl Track {
             }
         }
         self.velocity = velocity(&self.history);
+        let mut moved = false;
         if f.captured >= self.last_seen {
             self.bbox = s.bbox;
             self.last_seen = f.captured;
+            moved = self.zones != s.zones;
+            self.zones = s.zones.clone();
         }
         if f.captured < self.first_seen {
             self.first_seen = f.captured;
         }
+        moved
     }
 }
 
@@ -216,6 +266,8 @@ fn velocity(history: &std::collections::VecDeque<(SystemTime, BBox)>) -> (f32, f
 pub enum Change {
     /// Confirmed just now.
     Started(Track),
+    /// A confirmed track entered or left a zone.
+    Zones(Track),
     /// Ended: not seen for its class's `forget_after`, or the tracker finished.
     Ended(Track),
 }
@@ -252,15 +304,17 @@ impl<R: Fn(&str) -> Option<ClassRules>> Tracker<R> {
             if !(s.score.is_finite() && s.bbox.w > 0.0 && s.bbox.h > 0.0) {
                 continue;
             }
-            if s.score >= r.min_score {
+            let min_score = s.min_score.unwrap_or(r.min_score);
+            if s.score >= min_score {
                 high.push(i);
-            } else if s.score >= r.min_score / 2.0 {
+            } else if s.score >= min_score / 2.0 {
                 low.push(i);
             }
         }
         let mut taken = vec![false; self.tracks.len()];
-        let left = self.associate(f, &high, &mut taken);
-        self.associate(f, &low, &mut taken);
+        let mut moved = vec![false; self.tracks.len()];
+        let left = self.associate(f, &high, &mut taken, &mut moved);
+        self.associate(f, &low, &mut taken, &mut moved);
         for i in left {
             if self.tracks.len() >= MAX_TRACKS {
                 self.refused += 1;
@@ -268,6 +322,7 @@ impl<R: Fn(&str) -> Option<ClassRules>> Tracker<R> {
             }
             let s = &f.sightings[i];
             taken.push(true);
+            moved.push(false);
             self.tracks.push(Track {
                 id: self.next_id,
                 class: s.class.clone(),
@@ -278,17 +333,29 @@ impl<R: Fn(&str) -> Option<ClassRules>> Tracker<R> {
                 best_snapshot: f.snapshot.clone(),
                 bbox: s.bbox,
                 confirmed: false,
+                zones: s.zones.clone(),
+                entered: s.zones.clone(),
+                scores: [s.score].into(),
                 velocity: (0.0, 0.0),
                 history: [(f.captured, s.bbox)].into(),
             });
             self.next_id += 1;
         }
         let mut out = Vec::new();
-        for (t, seen) in self.tracks.iter_mut().zip(taken) {
+        for ((t, seen), moved) in self.tracks.iter_mut().zip(taken).zip(moved) {
             let Some(r) = (self.rules)(&t.class) else {
                 continue;
             };
-            if seen && !t.confirmed && t.frames >= r.confirm_frames {
+            if t.confirmed {
+                if moved {
+                    out.push(Change::Zones(t.clone()));
+                }
+            } else if seen
+                && t.frames >= r.confirm_frames
+                && t.median_score() >= r.threshold
+                && (r.required_zones.is_empty()
+                    || r.required_zones.iter().any(|z| t.entered.contains(z)))
+            {
                 t.confirmed = true;
                 out.push(Change::Started(t.clone()));
             }
@@ -298,7 +365,13 @@ impl<R: Fn(&str) -> Option<ClassRules>> Tracker<R> {
 
     /// Matches `which` sightings to free tracks, best pairs first; returns the
     /// sightings left over.
-    fn associate(&mut self, f: &Frame, which: &[usize], taken: &mut [bool]) -> Vec<usize> {
+    fn associate(
+        &mut self,
+        f: &Frame,
+        which: &[usize],
+        taken: &mut [bool],
+        moved: &mut [bool],
+    ) -> Vec<usize> {
         let mut pairs: Vec<(f32, usize, usize)> = Vec::new();
         for &i in which {
             let s = &f.sightings[i];
@@ -319,13 +392,21 @@ impl<R: Fn(&str) -> Option<ClassRules>> Tracker<R> {
             }
             taken[k] = true;
             used.push(i);
-            self.tracks[k].absorb(f, &f.sightings[i]);
+            moved[k] = self.tracks[k].absorb(f, &f.sightings[i]);
         }
         which
             .iter()
             .copied()
             .filter(|i| !used.contains(i))
             .collect()
+    }
+
+    /// Unconfirmed tracks that would have started but for `threshold` or
+    /// `required_zones`: seen `confirm_frames` times, still held back.
+    pub fn held_back(&self) -> impl Iterator<Item = &Track> {
+        self.tracks.iter().filter(|t| {
+            !t.confirmed && (self.rules)(&t.class).is_some_and(|r| t.frames >= r.confirm_frames)
+        })
     }
 
     /// Ends the confirmed tracks not seen for their class's `forget_after` by `now`
@@ -368,6 +449,8 @@ mod tests {
         confirm_frames: 2,
         forget_after: Duration::from_secs(5),
         min_score: 0.5,
+        threshold: 0.0,
+        required_zones: Vec::new(),
     };
 
     fn tracker() -> Tracker<impl Fn(&str) -> Option<ClassRules>> {
@@ -388,6 +471,8 @@ mod tests {
                 w: 40.0,
                 h: 40.0,
             },
+            zones: Vec::new(),
+            min_score: None,
         }
     }
 
@@ -404,6 +489,7 @@ mod tests {
         c.iter()
             .map(|c| match c {
                 Change::Started(t) => ("start", t.id),
+                Change::Zones(t) => ("zones", t.id),
                 Change::Ended(t) => ("end", t.id),
             })
             .collect()
@@ -617,5 +703,89 @@ mod tests {
             .collect();
         tr.observe(&frame(0, flood));
         assert_eq!((tr.tracks.len(), tr.refused), (MAX_TRACKS, 44));
+    }
+
+    fn in_zones(mut s: Sighting, zones: &[&str]) -> Sighting {
+        s.zones = zones.iter().map(|z| z.to_string()).collect();
+        s
+    }
+
+    #[test]
+    fn a_required_zone_holds_the_start_until_the_object_stands_in_it() {
+        let mut tr = Tracker::new(|c: &str| {
+            (c == "fire").then(|| ClassRules {
+                required_zones: vec!["road".into()],
+                ..RULES
+            })
+        });
+        let mut changes = Vec::new();
+        // Three frames on the pavement: seen, not started.
+        for i in 0..3u64 {
+            let x = 50.0 + i as f32 * 5.0;
+            changes.extend(tr.observe(&frame(
+                i * 200,
+                vec![in_zones(s("fire", 0.9, x, 50.0), &["pavement"])],
+            )));
+        }
+        assert!(changes.is_empty());
+        assert_eq!(tr.held_back().count(), 1);
+        // Onto the road: started at once (it was seen often enough already).
+        changes.extend(tr.observe(&frame(
+            600,
+            vec![in_zones(s("fire", 0.9, 65.0, 50.0), &["road"])],
+        )));
+        assert_eq!(ids(&changes), [("start", 1)]);
+        let Change::Started(t) = &changes[0] else {
+            unreachable!()
+        };
+        assert_eq!(
+            (t.zones.clone(), t.entered.clone()),
+            (
+                vec!["road".to_string()],
+                vec!["pavement".to_string(), "road".to_string()]
+            )
+        );
+        // Leaving the road is a zone change; staying off it is none.
+        changes.extend(tr.observe(&frame(800, vec![s("fire", 0.9, 70.0, 50.0)])));
+        changes.extend(tr.observe(&frame(1000, vec![s("fire", 0.9, 75.0, 50.0)])));
+        assert_eq!(ids(&changes), [("start", 1), ("zones", 1)]);
+        let Change::Zones(t) = &changes[1] else {
+            unreachable!()
+        };
+        assert!(t.zones.is_empty());
+        assert_eq!(t.entered, ["pavement", "road"]);
+    }
+
+    #[test]
+    fn a_track_starts_only_once_its_median_score_reaches_the_threshold() {
+        let mut tr = Tracker::new(|c: &str| {
+            (c == "fire").then_some(ClassRules {
+                threshold: 0.7,
+                ..RULES
+            })
+        });
+        let mut changes = Vec::new();
+        // Scores 0.6, 0.6, 0.9: medians 0.6, 0.6, 0.6: held back.
+        for (ms, score) in [(0, 0.6), (200, 0.6), (400, 0.9)] {
+            changes.extend(tr.observe(&frame(ms, vec![s("fire", score, 50.0, 50.0)])));
+        }
+        assert!(changes.is_empty());
+        // 0.6, 0.6, 0.9, 0.9: median 0.75.
+        changes.extend(tr.observe(&frame(600, vec![s("fire", 0.9, 50.0, 50.0)])));
+        assert_eq!(ids(&changes), [("start", 1)]);
+        assert!((tr.live().next().unwrap().median_score() - 0.75).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_sighting_own_min_score_replaces_the_class_one() {
+        let mut tr = tracker();
+        let mut changes = Vec::new();
+        // 0.6 passes the class's 0.5 but not a zone's 0.8: it starts nothing alone.
+        for ms in [0, 200, 400] {
+            let mut strict = s("fire", 0.6, 50.0, 50.0);
+            strict.min_score = Some(0.8);
+            changes.extend(tr.observe(&frame(ms, vec![strict])));
+        }
+        assert!(changes.is_empty() && tr.tracks.is_empty());
     }
 }

@@ -41,6 +41,9 @@ pub struct Metrics {
     pub published: Family<Labels, Counter>,
     /// Incident messages by camera, class and state (start, update, end).
     pub incidents: Family<Labels, Counter>,
+    /// Detections of event classes not tracked, by camera, class and the object filter
+    /// that removed them (min_area, max_area, min_ratio, max_ratio, min_score, mask).
+    pub filtered: Family<Labels, Counter>,
     /// Frames a worker handed back for redelivery (results not handed over or not
     /// confirmed), by transport kind.
     pub requeued: Family<Labels, Counter>,
@@ -97,6 +100,7 @@ impl Metrics {
             escalations: Family::default(),
             published: Family::default(),
             incidents: Family::default(),
+            filtered: Family::default(),
             rejected: Family::default(),
             requeued: Family::default(),
             inferences: Family::default(),
@@ -123,6 +127,11 @@ impl Metrics {
             "dropped",
             "Frames or messages dropped, by place and reason",
             m.dropped.clone(),
+        );
+        registry.register(
+            "filtered",
+            "Detections removed by an object filter, by camera, class and reason",
+            m.filtered.clone(),
         );
         registry.register(
             "camera_restarts",
@@ -315,6 +324,13 @@ pub fn camera(id: &str) -> Labels {
 }
 pub fn reason(place: &str, why: &str) -> Labels {
     vec![("place", place.to_string()), ("reason", why.to_string())]
+}
+pub fn filtered(camera: &str, class: &str, why: &str) -> Labels {
+    vec![
+        ("camera", camera.to_string()),
+        ("class", class.to_string()),
+        ("reason", why.to_string()),
+    ]
 }
 pub fn kind(k: &str) -> Labels {
     vec![("kind", k.to_string())]
