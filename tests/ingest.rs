@@ -3,8 +3,9 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
+use edge_agent::camera::CameraConfig;
 use edge_agent::ingest::synthetic::Scene;
-use edge_agent::ingest::{self, CameraConfig, CameraHandle, CameraState, GreyFrame};
+use edge_agent::ingest::{self, CameraHandle, CameraState, GreyFrame};
 use edge_agent::values::IntIn;
 use tokio::sync::mpsc;
 use tokio::time::timeout;

@@ -14,7 +14,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use edge_agent::ingest::{self, CameraConfig, GreyFrame};
+use edge_agent::camera::CameraConfig;
+use edge_agent::ingest::{self, GreyFrame};
 use edge_agent::motion::{Detector, EventTracker, MotionConfig, MotionTransition};
 use edge_agent::scale::prewarm::CandidateStarts;
 use edge_agent::scale::{Decider, ScalingConfig};

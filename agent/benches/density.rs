@@ -611,9 +611,10 @@ fn idle_part(run_id: &mut usize) {
 #[allow(clippy::single_range_in_vec_init)] // one window of motion
 async fn detection_delay(idle: bool, k: usize) -> Option<f64> {
     use edge_agent::camera::analysis as camera_loop;
+    use edge_agent::camera::CameraConfig;
     use edge_agent::escalate::escalator::Escalation;
     use edge_agent::ingest::synthetic::Scene;
-    use edge_agent::ingest::{self, CameraConfig, IdleDecode};
+    use edge_agent::ingest::{self, IdleDecode};
     use edge_agent::motion::MotionTransition;
 
     const SCENE_FPS: u64 = 15;

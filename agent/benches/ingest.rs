@@ -22,7 +22,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use edge_agent::ingest::{self, synthetic::Scene, CameraConfig};
+use edge_agent::camera::CameraConfig;
+use edge_agent::ingest::{self, synthetic::Scene};
 use edge_agent::motion::{Detector, EventTracker};
 use gst::prelude::*;
 use gstreamer as gst;

@@ -176,7 +176,7 @@ fn motion_replay(
 ) -> anyhow::Result<i32> {
     use anyhow::Context;
 
-    use crate::ingest::CameraConfig;
+    use crate::camera::CameraConfig;
     use crate::values::{CameraSchemes, SecretUrl};
 
     let url = if source.contains("://") {
@@ -232,7 +232,12 @@ fn motion_replay(
         let shutdown = crate::shutdown::Shutdown::new();
         crate::shutdown::install_signal_handlers(shutdown.clone());
         let (tx, mut rx) = tokio::sync::mpsc::channel(8);
-        let ingest = tokio::spawn(crate::ingest::replay(cam, true, tx, shutdown.clone()));
+        let ingest = tokio::spawn(crate::ingest::replay(
+            cam.source(),
+            true,
+            tx,
+            shutdown.clone(),
+        ));
         let stdout = std::io::stdout();
         let mut replay = crate::motion::tool::Replay::new(&motion, fps, &id, stdout.lock(), opts)?;
         while let Some(f) = rx.recv().await {

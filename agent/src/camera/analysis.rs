@@ -11,10 +11,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::CameraConfig;
 use crate::escalate::escalator::{Candidate, EscalatedFrame, Escalation};
 use crate::escalate::policy::EscalationPolicy;
 use crate::escalate::Regions;
-use crate::ingest::{CameraConfig, CameraHandle, CropRequest, GreyFrame};
+use crate::ingest::{CameraHandle, CropRequest, GreyFrame};
 use crate::motion::{Detector, EventTracker, MotionTransition, NormBox};
 use crate::telemetry::metrics::{self, metrics};
 

@@ -5,6 +5,9 @@
 //! runs: started from the configuration, changed by a reload, stopped at shutdown.
 
 pub mod analysis;
+pub mod config;
+
+pub use config::CameraConfig;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
@@ -15,7 +18,7 @@ use tokio::task::JoinSet;
 use tracing::warn;
 
 use crate::escalate::escalator::Escalation;
-use crate::ingest::{spawn_camera, CameraConfig, CameraHandle};
+use crate::ingest::{spawn_camera, CameraHandle};
 use crate::shutdown::Shutdown;
 
 /// Grey frames from a camera's pipeline to its analysis loop. Full policy: the
@@ -195,7 +198,7 @@ impl Cameras {
     fn start_one(&self, cam: CameraConfig) -> Camera {
         let stop = self.shutdown.child_token();
         let (grey_tx, grey_rx) = mpsc::channel(GREY_CHANNEL);
-        let handle = Arc::new(spawn_camera(cam.clone(), grey_tx, stop.clone()));
+        let handle = Arc::new(spawn_camera(cam.source(), grey_tx, stop.clone()));
         let motion = tokio::spawn(analysis::run(
             cam.clone(),
             handle.clone(),

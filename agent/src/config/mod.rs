@@ -13,8 +13,8 @@ pub use load::{load, load_resolved, Loaded, Sources};
 pub use resolved::resolved_text;
 pub use tree::{ConfigError, ConfigErrors, Origin};
 
+use crate::camera::CameraConfig;
 use crate::infer::InferenceConfig;
-use crate::ingest::CameraConfig;
 use crate::results::EventsConfig;
 use crate::scale::ScalingConfig;
 use crate::telemetry::TelemetryConfig;

@@ -1,67 +1,37 @@
-//! Per-camera configuration: where the stream comes from and how it is decoded,
-//! supervised and sampled. Motion and escalation settings nest inside each camera.
+//! Ingest's part of a camera's configuration ([`SourceConfig`]) and the value types of
+//! its keys (decoder, RTSP transport, idle decode, backoff, frame limit).
 
 use serde::{Deserialize, Serialize};
 
-use crate::escalate::EscalationConfig;
-use crate::motion::MotionConfig;
 use crate::values::{CameraSchemes, Dur, Ident, IntIn, SecretUrl};
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct CameraConfig {
+/// What ingest needs of a camera: where its stream comes from and how it is decoded,
+/// supervised and sampled. Made from the camera's configuration
+/// (`camera::CameraConfig::source`), which holds the rest (motion, escalation, zones).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SourceConfig {
     pub id: Ident,
     pub url: SecretUrl<CameraSchemes>,
-    /// A file holding the camera password, put into `url` at load. Relative paths are
-    /// looked up in `$CREDENTIALS_DIRECTORY` (systemd `LoadCredential`) first.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub password_file: Option<std::path::PathBuf>,
-    #[serde(default = "yes")]
-    pub enabled: bool,
-    #[serde(default)]
     pub decode: Decode,
     /// RTSP lower transport.
-    #[serde(default)]
     pub protocol: RtspProtocol,
     /// rtspsrc jitter buffer.
-    #[serde(default = "default_latency")]
     pub latency: Dur,
     /// Width of the grey analysis frame (height keeps the aspect ratio).
-    #[serde(default = "default_analysis_width")]
     pub analysis_width: IntIn<32, 1920>,
     /// Analysis frames per second delivered to motion (at most the source's rate).
-    #[serde(default = "default_analysis_fps")]
     pub analysis_fps: IntIn<1, 60>,
     /// Width of the colour frames kept for escalation (0 keeps the source size).
-    #[serde(default = "default_detect_width")]
     pub detect_width: IntIn<0, 7680>,
     /// How many colour frames to keep so an escalation can take the one that triggered it.
-    #[serde(default = "default_ring")]
     pub ring_frames: IntIn<1, 64>,
     /// No frame for this long means the stream is stalled: restart it.
-    #[serde(default = "default_stall")]
     pub stall_timeout: Dur,
-    #[serde(default)]
     pub backoff: BackoffConfig,
-    /// The largest frame the camera may send: beyond it the camera fails with a clear
-    /// error instead of filling memory (a 16x16384 stream is a 105 MB grey frame).
-    #[serde(default)]
+    /// The largest frame the camera may send.
     pub frame_limit: FrameLimit,
-    #[serde(default)]
-    pub motion: MotionConfig,
-    #[serde(default)]
-    pub escalation: EscalationConfig,
-    /// What to decode while the camera shows no motion (no motion boxes for the motion
-    /// quiet period, no event open).
-    #[serde(default)]
+    /// What to decode while the camera shows no motion.
     pub idle_decode: IdleDecode,
-    /// Named zones of the view (`[cameras.zones.NAME]`): polygons objects stand in.
-    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub zones: std::collections::BTreeMap<String, crate::results::zones::ZoneConfig>,
-    /// Object rules per class on this camera (`[cameras.objects.NAME]`): filters,
-    /// `required_zones`, and the track settings of `[events.tracks.classes.NAME]`.
-    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub objects: std::collections::BTreeMap<String, crate::results::config::ClassTracks>,
 }
 
 /// Idle decode trades detection delay for CPU: with `keyframes`, only key frames reach
@@ -168,33 +138,6 @@ impl Default for BackoffConfig {
     }
 }
 
-fn yes() -> bool {
-    true
-}
-fn default_latency() -> Dur {
-    Dur::ms(200)
-}
-fn default_analysis_width() -> IntIn<32, 1920> {
-    IntIn::lit(320)
-}
-/// 15 fps: the event confirmation (`motion.start_frames` = 2 frames) takes 67 ms from
-/// the first frame, against 200 ms at 5 fps, and the motion start is seen within 67 ms
-/// instead of 200. BENCHMARKS.md: CPU per 720p30 camera is the same at 5, 10 and 15 fps
-/// ("Analysis rate", decoding dominates), and gating on the real and synthetic clips
-/// meets its goal at 15 fps on every clip ("Motion gating"). A source slower than this
-/// gives its own rate.
-fn default_analysis_fps() -> IntIn<1, 60> {
-    IntIn::lit(15)
-}
-fn default_detect_width() -> IntIn<0, 7680> {
-    IntIn::lit(640)
-}
-fn default_ring() -> IntIn<1, 64> {
-    IntIn::lit(4)
-}
-fn default_stall() -> Dur {
-    Dur::secs(10)
-}
 fn default_backoff_min() -> Dur {
     Dur::ms(500)
 }

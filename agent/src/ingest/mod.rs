@@ -24,8 +24,9 @@ use gst_video::prelude::*;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{BackoffConfig, CameraConfig, Decode, FrameLimit, IdleDecode, RtspProtocol};
+pub use config::{BackoffConfig, Decode, FrameLimit, IdleDecode, RtspProtocol, SourceConfig};
 pub use frames::{downscale_plane, scaled_size, ColourFrame, Crop, GreyFrame};
+pub use pipeline::UNKNOWN_RATE_FPS;
 
 use frames::{Kept, Ring};
 use prometheus_client::metrics::counter::Counter;
@@ -164,7 +165,7 @@ struct CachedConverter {
 }
 
 impl Shared {
-    fn new(cfg: &CameraConfig) -> Self {
+    fn new(cfg: &SourceConfig) -> Self {
         Self {
             id: Arc::from(cfg.id.as_str()),
             url: cfg.url.to_string(),
@@ -399,12 +400,14 @@ impl CameraHandle {
 }
 
 /// Starts supervision of one camera on the current tokio runtime; never blocks on the
-/// camera. Grey frames go to `grey_tx` (dropped and counted when it is full).
+/// camera. Grey frames go to `grey_tx` (dropped and counted when it is full). `cfg` is
+/// ingest's part of a camera's configuration (a `camera::CameraConfig` converts).
 pub fn spawn_camera(
-    cfg: CameraConfig,
+    cfg: impl Into<SourceConfig>,
     grey_tx: mpsc::Sender<GreyFrame>,
     shutdown: CancellationToken,
 ) -> CameraHandle {
+    let cfg = cfg.into();
     let shared = Arc::new(Shared::new(&cfg));
     let stop = shutdown.child_token();
     let task = tokio::spawn(supervisor::supervise(
@@ -432,25 +435,26 @@ pub struct ReplaySummary {
 /// receiver instead of dropping. Every decoded frame is delivered unless
 /// `sample_to_analysis_fps` is set. Returns at the end of the stream.
 pub async fn replay(
-    cfg: CameraConfig,
+    cfg: impl Into<SourceConfig>,
     sample_to_analysis_fps: bool,
     grey_tx: mpsc::Sender<GreyFrame>,
     shutdown: CancellationToken,
 ) -> Result<ReplaySummary, IngestError> {
-    supervisor::replay(cfg, sample_to_analysis_fps, grey_tx, shutdown).await
+    supervisor::replay(cfg.into(), sample_to_analysis_fps, grey_tx, shutdown).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn unreachable_camera() -> CameraConfig {
+    fn unreachable_camera() -> SourceConfig {
         let text =
             "[device]\nid = \"t\"\n[[cameras]]\nid = \"cam\"\nurl = \"rtsp://127.0.0.1:9/none\"\n";
         crate::config::Config::from_toml_str("test", text)
             .unwrap()
             .cameras
             .remove(0)
+            .source()
     }
 
     /// One runtime thread only: while a colour conversion waits (here on the ring's

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::frames::{downscale_plane, scaled_size, GreyFrame, Kept, Sampler};
 use super::synthetic::Scene;
-use super::{CameraConfig, Decode, FrameLimit, IdleDecode, IngestError, RtspProtocol, Shared};
+use super::{Decode, FrameLimit, IdleDecode, IngestError, RtspProtocol, Shared, SourceConfig};
 use crate::telemetry::metrics;
 use crate::values::secret::redact_text;
 
@@ -197,7 +197,7 @@ pub(crate) struct Built {
 
 /// Builds (but does not start) the pipeline of one camera.
 pub(crate) fn build(
-    cfg: &CameraConfig,
+    cfg: &SourceConfig,
     mode: Mode,
     shared: &Arc<Shared>,
     attempt: &Arc<Attempt>,
@@ -401,7 +401,7 @@ fn add_decoder(
 }
 
 fn add_rtsp_source(
-    cfg: &CameraConfig,
+    cfg: &SourceConfig,
     pipeline: &gst::Pipeline,
     convert: &gst::Element,
     kind: DecoderKind,
@@ -481,7 +481,7 @@ fn add_rtsp_source(
 }
 
 fn add_uri_source(
-    cfg: &CameraConfig,
+    cfg: &SourceConfig,
     pipeline: &gst::Pipeline,
     convert: &gst::Element,
     kind: DecoderKind,
@@ -617,7 +617,7 @@ struct SampleState {
 #[allow(clippy::too_many_arguments)]
 fn install_sample_handler(
     appsink: &gst_app::AppSink,
-    cfg: &CameraConfig,
+    cfg: &SourceConfig,
     mode: Mode,
     kind: DecoderKind,
     shared: &Arc<Shared>,
@@ -774,6 +774,10 @@ fn on_sample(
     })
 }
 
+/// The analysis rate of a source that states none: the rate the motion detector's
+/// per-frame weights are stated at (`motion::config::TUNED_FPS`, which a test checks).
+pub const UNKNOWN_RATE_FPS: u32 = 5;
+
 /// Frames a second reaching motion: the sampler's rate, or the source's where that is
 /// known and lower (every frame: the source's); unknown (variable rate, 0/1) and no
 /// sampler rate: 5 fps, the rate the detector was tuned at.
@@ -782,7 +786,7 @@ fn analysis_rate(sampler_fps: u32, source: gst::Fraction) -> u32 {
     let source = (n > 0 && d > 0).then(|| ((f64::from(n) / f64::from(d)).round() as u32).max(1));
     match (sampler_fps, source) {
         (0, Some(s)) => s,
-        (0, None) => crate::motion::config::TUNED_FPS,
+        (0, None) => UNKNOWN_RATE_FPS,
         (a, Some(s)) => a.min(s),
         (a, None) => a,
     }

@@ -18,7 +18,7 @@ use tracing::Instrument;
 use super::fallback::{Change, HwFallback};
 use super::frames::GreyFrame;
 use super::pipeline::{self, lock, Attempt, Mode};
-use super::{CameraConfig, CameraState, IngestError, ReplaySummary, Shared};
+use super::{CameraState, IngestError, ReplaySummary, Shared, SourceConfig};
 use crate::backoff::Backoff;
 use crate::telemetry::metrics::{self, metrics};
 
@@ -30,7 +30,7 @@ const STABLE_AFTER: Duration = Duration::from_secs(10);
 pub(crate) const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub(crate) async fn supervise(
-    cfg: CameraConfig,
+    cfg: SourceConfig,
     shared: Arc<Shared>,
     grey_tx: mpsc::Sender<GreyFrame>,
     stop: CancellationToken,
@@ -41,7 +41,7 @@ pub(crate) async fn supervise(
 
 /// Runs until `stop`; true when the last pipeline reached NULL (false: abandoned).
 async fn run(
-    cfg: CameraConfig,
+    cfg: SourceConfig,
     shared: Arc<Shared>,
     grey_tx: mpsc::Sender<GreyFrame>,
     stop: CancellationToken,
@@ -173,7 +173,7 @@ async fn back_off(shared: &Shared, delay: Duration, stop: &CancellationToken) ->
 
 /// Watches one pipeline run. `Ok(())` means shutdown; `Err` says why the run ended.
 async fn watch(
-    cfg: &CameraConfig,
+    cfg: &SourceConfig,
     shared: &Shared,
     attempt: &Attempt,
     pipeline: &gst::Pipeline,
@@ -284,7 +284,7 @@ async fn teardown(camera: &str, pipeline: gst::Pipeline) -> bool {
 }
 
 pub(crate) async fn replay(
-    cfg: CameraConfig,
+    cfg: SourceConfig,
     sample: bool,
     grey_tx: mpsc::Sender<GreyFrame>,
     shutdown: CancellationToken,

@@ -404,6 +404,11 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_source_without_a_rate_is_analysed_at_the_rate_the_weights_are_stated_at() {
+        assert_eq!(crate::ingest::UNKNOWN_RATE_FPS, TUNED_FPS);
+    }
+
+    #[test]
     fn weights_are_per_200_ms_whatever_the_analysis_rate() {
         let r5 = MotionConfig::default().background_rate.get();
         assert!((per_frame(r5, 5) - r5).abs() < 1e-12);
