@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::filter::Filter;
 use super::track::ClassRules;
 use crate::infer::SnapshotConfig;
 use crate::values::{Dur, Fraction, IntIn};
@@ -160,7 +159,7 @@ impl ClassTracks {
             ("masks_px", &self.masks_px, false),
         ] {
             for (i, p) in polys.iter().enumerate() {
-                for m in super::zones::check_polygon(p, fractions) {
+                for m in super::geometry::check_polygon(p, fractions) {
                     errs.push((format!("{key}[{i}]"), m));
                 }
             }
@@ -215,15 +214,6 @@ impl TracksConfig {
             }
         }
         r
-    }
-
-    /// The object filter of `class` before any camera: the class's settings over the
-    /// defaults.
-    pub fn filter(&self, class: &str) -> Filter {
-        let min_score = self.rules(class).min_score;
-        let mut f = self.classes.get(class).map(Filter::of).unwrap_or_default();
-        f.min_score = Some(min_score);
-        f
     }
 
     /// `event_classes` are the classes tracked (`events.classes`).

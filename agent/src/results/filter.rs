@@ -6,9 +6,10 @@
 //! (object masks add up). A zone's rules (`[cameras.zones.Z.objects.NAME]`) apply on top
 //! to boxes whose bottom centre is in the zone: such a box must pass them too.
 
-use super::config::ClassTracks;
+use super::config::{ClassTracks, TracksConfig};
+use super::geometry::{contains, Point, Shape};
 use super::track::BBox;
-use super::zones::{contains, Point, Scene, Shape};
+use super::zones::Scene;
 
 /// Why a detection was filtered (the `reason` label of `edge_agent_filtered_total`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +49,19 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// The object filter of `class` before any camera: the class's settings over the
+    /// defaults.
+    pub fn of_class(tracks: &TracksConfig, class: &str) -> Filter {
+        let min_score = tracks.rules(class).min_score;
+        let mut f = tracks
+            .classes
+            .get(class)
+            .map(Filter::of)
+            .unwrap_or_default();
+        f.min_score = Some(min_score);
+        f
+    }
+
     /// The filter fields of `c`.
     pub fn of(c: &ClassTracks) -> Filter {
         Filter {

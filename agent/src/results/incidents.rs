@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use super::filter::judge;
+use super::filter::{judge, Filter};
 use super::track::{BBox, Change, ClassRules, Frame, Sighting, Track, Tracker};
 use super::zones::Scene;
 use super::TracksConfig;
@@ -201,10 +201,10 @@ impl Incidents {
         now: SystemTime,
     ) -> Vec<IncidentEvent> {
         let captured = SystemTime::UNIX_EPOCH + Duration::from_millis(d.captured_ms);
-        let bases: BTreeMap<&str, super::filter::Filter> = self
+        let bases: BTreeMap<&str, Filter> = self
             .classes
             .iter()
-            .map(|c| (c.as_str(), self.cfg.filter(c)))
+            .map(|c| (c.as_str(), Filter::of_class(&self.cfg, c)))
             .collect();
         let cam = self
             .cameras

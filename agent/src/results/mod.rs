@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod filter;
+pub mod geometry;
 pub mod incidents;
 pub mod track;
 pub mod zones;
