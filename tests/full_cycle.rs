@@ -88,7 +88,20 @@ metrics_listen = "127.0.0.1:0"
 
 /// MQTT subscriber on `{prefix}/{device}/#`; resolves once the broker acknowledged it.
 async fn mqtt_subscribe(port: u16, prefix: &str, device: &str) -> (Inbox, rumqttc::AsyncClient) {
+    mqtt_subscribe_as(port, prefix, device, None).await
+}
+
+/// [`mqtt_subscribe`] logged in as (user, password).
+async fn mqtt_subscribe_as(
+    port: u16,
+    prefix: &str,
+    device: &str,
+    login: Option<(&str, &str)>,
+) -> (Inbox, rumqttc::AsyncClient) {
     let mut opts = rumqttc::MqttOptions::new(unique("sub"), "127.0.0.1", port);
+    if let Some((user, password)) = login {
+        opts.set_credentials(user, password);
+    }
     opts.set_max_packet_size(16 << 20, 16 << 20);
     let (client, mut el) = rumqttc::AsyncClient::new(opts, 64);
     client
@@ -427,7 +440,10 @@ where
 async fn full_cycle_over_the_embedded_broker() {
     let device = unique("fc-emb");
     let port = free_port();
-    let transport = format!("kind = \"embedded\"\nembedded_port = {port}");
+    // The embedded broker refuses anonymous clients: the downstream service logs in.
+    let transport = format!(
+        "kind = \"embedded\"\nembedded_port = {port}\nmqtt_url = \"mqtt://downstream:d%40wn@127.0.0.1\""
+    );
     full_cycle(&device, &transport, |agent| {
         let device = device.clone();
         let ready = agent.wait_state("broker_listening", 1, Duration::from_secs(30));
@@ -436,7 +452,8 @@ async fn full_cycle_over_the_embedded_broker() {
             .unwrap()
             .ends_with(&format!(":{port}")));
         async move {
-            let (inbox, client) = mqtt_subscribe(port, "edge", &device).await;
+            let login = Some(("downstream", "d@wn"));
+            let (inbox, client) = mqtt_subscribe_as(port, "edge", &device, login).await;
             (inbox, Box::new(client) as Box<dyn std::any::Any + Send>)
         }
     })

@@ -1244,18 +1244,14 @@ impl ResultSink for FlakySink {
 async fn frames_left_for_redelivery_come_back(
     cfg: edge_agent::transport::TransportConfig,
 ) -> Vec<(u64, bool)> {
-    use edge_agent::transport::{AgentTransport, TransportKind, WorkerTransport};
+    use edge_agent::transport::{AgentTransport, WorkerTransport};
     use edge_agent::wire::frame::{FrameHeader, FrameMessage, VERSION};
     const DEVICE: &str = "dev-requeue";
     const WAIT: Duration = Duration::from_secs(30);
     let agent = AgentTransport::connect(&cfg, DEVICE, &Default::default())
         .await
         .unwrap();
-    let mut wcfg = cfg.clone();
-    if cfg.kind == TransportKind::Embedded {
-        let port = agent.broker_addr().unwrap().port();
-        wcfg.embedded_port = IntIn::new(port as i64).unwrap();
-    }
+    let wcfg = agent.worker_config(&cfg);
     let answered = Arc::new(Mutex::new(std::collections::BTreeSet::new()));
     let mut results = agent.results().unwrap();
     let out = answered.clone();

@@ -61,14 +61,9 @@ async fn amqp_cleanup(cfg: &TransportConfig) {
     let _ = conn.close(200, "OK".into()).await;
 }
 
-/// The worker's view of an agent on the embedded broker.
+/// The worker's view of an agent on the embedded broker (its port and credentials).
 fn worker_cfg(agent_cfg: &TransportConfig, agent: &AgentTransport) -> TransportConfig {
-    let mut c = agent_cfg.clone();
-    if c.kind == TransportKind::Embedded {
-        let port = agent.broker_addr().expect("agent runs the broker").port();
-        c.embedded_port = IntIn::new(port as i64).unwrap();
-    }
-    c
+    agent.worker_config(agent_cfg)
 }
 
 fn small_jpeg() -> Bytes {
@@ -557,8 +552,7 @@ async fn bad_frames_dropped_on_mqtt(cfg: TransportConfig, url: Option<String>) {
         Some(a) => worker_cfg(&cfg, a),
         None => cfg.clone(),
     };
-    let url =
-        url.unwrap_or_else(|| format!("mqtt://{}", agent.as_ref().unwrap().broker_addr().unwrap()));
+    let url = url.unwrap_or_else(|| wcfg.mqtt_url.expose().to_string());
     let worker = WorkerTransport::connect(&wcfg, DEVICE, &Default::default())
         .await
         .unwrap();
@@ -581,6 +575,9 @@ async fn raw_mqtt_publish(url: &str, topic: &str, payloads: Vec<Vec<u8>>) {
         u.port().unwrap_or(1883),
     );
     opts.set_max_packet_size(8 << 20, 8 << 20);
+    if !u.username().is_empty() {
+        opts.set_credentials(u.username(), u.password().unwrap_or(""));
+    }
     let (client, mut el) = rumqttc::AsyncClient::new(opts, 16);
     let n = payloads.len();
     for p in payloads {
@@ -948,4 +945,77 @@ async fn a_password_file_with_url_special_characters_logs_in_to_mosquitto() {
     })
     .await;
     assert!(!refused.is_connected());
+}
+
+/// Connects a plain rumqttc client as `user`/`password` (none: anonymous) and says
+/// whether the broker accepted it with a CONNACK.
+async fn mqtt_login(port: u16, login: Option<(&str, &str)>) -> Result<(), String> {
+    let mut opts = rumqttc::MqttOptions::new(unique("login"), "127.0.0.1", port);
+    if let Some((user, password)) = login {
+        opts.set_credentials(user, password);
+    }
+    let (_client, mut el) = rumqttc::AsyncClient::new(opts, 4);
+    let polled = tokio::time::timeout(WAIT, async {
+        loop {
+            match el.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(a))) => {
+                    return if a.code == rumqttc::ConnectReturnCode::Success {
+                        Ok(())
+                    } else {
+                        Err(format!("refused: {:?}", a.code))
+                    };
+                }
+                Ok(_) => {}
+                Err(e) => return Err(format!("refused: {e}")),
+            }
+        }
+    })
+    .await;
+    polled.unwrap_or_else(|_| Err("no answer".into()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_broker_refuses_anonymous_clients_and_wrong_passwords() {
+    let mut cfg = base(TransportKind::Embedded);
+    // A downstream service's login, from the configuration.
+    cfg.mqtt_url = SecretUrl::parse("mqtt://downstream:d%40wn@127.0.0.1").unwrap();
+    let agent = AgentTransport::connect(&cfg, DEVICE, &Default::default())
+        .await
+        .unwrap();
+    let port = agent.broker_addr().unwrap().port();
+    let wcfg = agent.worker_config(&cfg);
+    let url = url::Url::parse(wcfg.mqtt_url.expose()).unwrap();
+    let (user, password) = (url.username(), url.password().unwrap());
+    assert!(password.len() >= 32, "a generated password");
+    assert_eq!(mqtt_login(port, Some((user, password))).await, Ok(()));
+    assert_eq!(mqtt_login(port, Some(("downstream", "d@wn"))).await, Ok(()));
+    let anonymous = mqtt_login(port, None).await;
+    assert!(anonymous.is_err(), "anonymous client accepted");
+    let wrong = mqtt_login(port, Some((user, "not-the-password"))).await;
+    assert!(wrong.is_err(), "wrong password accepted");
+    // Another run of the broker has other credentials.
+    let other = AgentTransport::connect(&cfg, DEVICE, &Default::default())
+        .await
+        .unwrap();
+    assert_ne!(other.worker_config(&cfg).mqtt_url, wcfg.mqtt_url);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_embedded_port_fails_with_an_error_naming_the_port() {
+    // Another MQTT broker answers there: it must not be taken for ours.
+    let other = Mosquitto::start();
+    let mut cfg = base(TransportKind::Embedded);
+    cfg.embedded_port = IntIn::new(i64::from(other.port)).unwrap();
+    let err = match AgentTransport::connect(&cfg, DEVICE, &Default::default()).await {
+        Ok(_) => panic!(
+            "the agent took another broker on port {} for its own",
+            other.port
+        ),
+        Err(e) => e.to_string(),
+    };
+    let want = format!(
+        "transport.embedded_port {} is taken by another process",
+        other.port
+    );
+    assert!(err.contains(&want), "{err}");
 }

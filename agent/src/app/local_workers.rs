@@ -19,7 +19,6 @@ use crate::scale::{run_scaler, PoolHandle, ScalingConfig, Wake, WorkerSpec};
 use crate::shutdown::Shutdown;
 use crate::telemetry::metrics::{self, metrics};
 use crate::transport::AgentTransport;
-use crate::transport::TransportKind;
 
 pub(super) struct Workers {
     pub pool: PoolHandle,
@@ -243,12 +242,10 @@ fn prepare_engines(spec: &WorkerSpec, inference: &crate::infer::InferenceConfig)
 }
 
 /// How to start a worker on the configuration the agent runs: handed over on stdin
-/// (the worker reads no file), with the embedded broker's port filled in.
+/// (the worker reads no file), with the embedded broker's port and credentials filled in.
 fn worker_spec(running: &Config, transport: &AgentTransport) -> anyhow::Result<WorkerSpec> {
     let mut c = running.clone();
-    if let (TransportKind::Embedded, Some(addr)) = (c.transport.kind, transport.broker_addr()) {
-        c.transport.embedded_port = crate::values::IntIn::lit(i64::from(addr.port()));
-    }
+    c.transport = transport.worker_config(&c.transport);
     WorkerSpec::this_binary(resolved_text(&c))
         .context("cannot find this executable to start workers")
 }

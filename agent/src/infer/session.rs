@@ -18,11 +18,37 @@ use super::config::{InferenceConfig, Provider};
 use super::layout::TensorDecl;
 use super::InferError;
 
-/// Finds `libonnxruntime.so`: `inference.ort_library`, then `ORT_DYLIB_PATH`, then a
-/// project virtualenv (`.venv/lib/python3*/site-packages/onnxruntime/capi/`) under the
-/// current directory, its ancestors, or the executable's ancestors, then where Jetson
-/// builds install it (jetson-containers: `/usr/local/lib`) and the system library dir.
+/// Finds `libonnxruntime.so` in explicit places only: `inference.ort_library`, then
+/// `ORT_DYLIB_PATH`, then the checkout's own virtualenv
+/// (`.venv/lib/python3*/site-packages/onnxruntime/capi/`) when this executable was
+/// built there (see [`checkout_of`]), then where Jetson builds install it
+/// (jetson-containers: `/usr/local/lib`) and the system library dir. Never the working
+/// directory nor its ancestors: a library planted in `/tmp/.venv` would be loaded by
+/// whoever runs the agent from `/tmp`, root included.
 pub fn find_library(configured: Option<&Path>) -> Result<PathBuf, InferError> {
+    search_library(
+        configured,
+        std::env::var_os("ORT_DYLIB_PATH"),
+        std::env::current_exe().ok().as_deref(),
+    )
+}
+
+/// The checkout an executable was built in: the parent of the `target` directory that
+/// holds it (`target/{debug,release}/`, `target/<triple>/release/`, test binaries in
+/// `target/debug/deps/`), or none for an installed one.
+fn checkout_of(exe: &Path) -> Option<&Path> {
+    exe.ancestors()
+        .skip(1)
+        .take(4)
+        .find(|d| d.file_name().is_some_and(|n| n == "target"))
+        .and_then(Path::parent)
+}
+
+fn search_library(
+    configured: Option<&Path>,
+    env: Option<std::ffi::OsString>,
+    exe: Option<&Path>,
+) -> Result<PathBuf, InferError> {
     let mut searched = Vec::new();
     if let Some(p) = configured {
         if p.is_file() {
@@ -30,7 +56,7 @@ pub fn find_library(configured: Option<&Path>) -> Result<PathBuf, InferError> {
         }
         searched.push(format!("inference.ort_library = {} (missing)", p.display()));
     }
-    match std::env::var_os("ORT_DYLIB_PATH") {
+    match env {
         Some(p) if Path::new(&p).is_file() => return Ok(PathBuf::from(p)),
         Some(p) => searched.push(format!(
             "ORT_DYLIB_PATH = {} (missing)",
@@ -38,18 +64,7 @@ pub fn find_library(configured: Option<&Path>) -> Result<PathBuf, InferError> {
         )),
         None => searched.push("ORT_DYLIB_PATH (not set)".into()),
     }
-    let mut roots: Vec<PathBuf> = Vec::new();
-    if let Ok(cwd) = std::env::current_dir() {
-        roots.extend(cwd.ancestors().map(Path::to_path_buf));
-    }
-    if let Ok(exe) = std::env::current_exe() {
-        roots.extend(exe.ancestors().skip(1).map(Path::to_path_buf));
-    }
-    let mut seen = std::collections::HashSet::new();
-    for root in roots {
-        if !seen.insert(root.clone()) {
-            continue;
-        }
+    if let Some(root) = exe.and_then(checkout_of) {
         let lib = root.join(".venv/lib");
         searched.push(format!(
             "{}/python3*/site-packages/onnxruntime/capi/libonnxruntime.so*",
@@ -609,5 +624,61 @@ mod tests {
         std::fs::write(&f, b"not a library").unwrap();
         let e = library_version(&f).unwrap_err().to_string();
         assert!(e.contains(&f.display().to_string()), "{e}");
+    }
+
+    /// A directory holding `.venv/lib/python3.11/.../libonnxruntime.so.9.9.9`.
+    fn planted() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let capi = dir
+            .path()
+            .join(".venv/lib/python3.11/site-packages/onnxruntime/capi");
+        std::fs::create_dir_all(&capi).unwrap();
+        let lib = capi.join("libonnxruntime.so.9.9.9");
+        std::fs::write(&lib, b"planted").unwrap();
+        (dir, lib)
+    }
+
+    #[test]
+    fn a_venv_planted_above_the_executable_or_the_working_directory_is_not_loaded() {
+        let (dir, planted) = planted();
+        // An installed executable below the planted directory (as /tmp/x/edge-agent
+        // below /tmp/.venv), and the working directory there too: neither counts.
+        let exe = dir.path().join("bin/edge-agent");
+        let cwd = std::env::current_dir().unwrap();
+        for exe in [Some(exe.as_path()), None] {
+            match search_library(None, None, exe) {
+                Ok(found) => assert_ne!(found, planted, "exe {exe:?}, cwd {cwd:?}"),
+                Err(InferError::OrtNotFound { searched }) => {
+                    let dir = dir.path().display().to_string();
+                    assert!(searched.iter().all(|s| !s.contains(&dir)), "{searched:?}");
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_checkouts_own_venv_is_used_when_the_executable_was_built_there() {
+        let (dir, planted) = planted();
+        for exe in [
+            "target/release/edge-agent",
+            "target/debug/edge-agent",
+            "target/aarch64-unknown-linux-gnu/release/edge-agent",
+            "target/debug/deps/integration-0123",
+        ] {
+            let exe = dir.path().join(exe);
+            let found = search_library(None, None, Some(&exe)).unwrap();
+            assert_eq!(found, planted, "{}", exe.display());
+        }
+        // Configuration, then the environment, come first.
+        let other = dir.path().join("configured.so");
+        std::fs::write(&other, b"x").unwrap();
+        let exe = dir.path().join("target/release/edge-agent");
+        assert_eq!(
+            search_library(Some(&other), None, Some(&exe)).unwrap(),
+            other
+        );
+        let env = Some(other.clone().into_os_string());
+        assert_eq!(search_library(None, env, Some(&exe)).unwrap(), other);
     }
 }

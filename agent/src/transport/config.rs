@@ -19,6 +19,9 @@ pub enum TransportKind {
 pub struct TransportConfig {
     #[serde(default)]
     pub kind: TransportKind,
+    /// The MQTT broker (`kind = "mqtt"`). With `kind = "embedded"` only its user and
+    /// password count: a login the embedded broker admits for a downstream service
+    /// (the agent's own clients use credentials generated at each start).
     #[serde(default = "default_mqtt_url")]
     pub mqtt_url: SecretUrl<MqttSchemes>,
     #[serde(default = "default_amqp_url")]

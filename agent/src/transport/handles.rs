@@ -57,9 +57,18 @@ impl AgentTransport {
             let max_packet = 2 * cfg.max_payload.as_usize() + (1 << 20);
             let port = cfg.embedded_port.get() as u16;
             let log_size = cfg.embedded_log_size.as_usize();
+            let downstream = url::Url::parse(cfg.mqtt_url.expose())
+                .ok()
+                .filter(|u| !u.username().is_empty() && u.password().is_some())
+                .map(|u| {
+                    (
+                        mqtt::userinfo_decode(u.username()),
+                        mqtt::userinfo_decode(u.password().unwrap_or("")),
+                    )
+                });
             // It waits (blocking) for the broker's listener.
             let b = tokio::task::spawn_blocking(move || {
-                EmbeddedBroker::start_with(port, max_packet, log_size)
+                EmbeddedBroker::start_with(port, max_packet, log_size, downstream)
             })
             .await
             .map_err(|e| {
@@ -81,6 +90,19 @@ impl AgentTransport {
     /// The embedded broker's address when this agent runs one.
     pub fn broker_addr(&self) -> Option<SocketAddr> {
         self.broker.as_ref().map(|b| b.addr())
+    }
+
+    /// The transport settings a worker of this agent runs on: `cfg` with, when this
+    /// agent runs the embedded broker, its port and its credentials for this run (in
+    /// `mqtt_url`, a secret: it reaches workers on stdin and never a log).
+    pub fn worker_config(&self, cfg: &TransportConfig) -> TransportConfig {
+        let mut c = cfg.clone();
+        if let (TransportKind::Embedded, Some(b)) = (c.kind, &self.broker) {
+            c.embedded_port = crate::values::IntIn::lit(i64::from(b.addr().port()));
+            c.mqtt_url = crate::values::SecretUrl::parse(&b.url())
+                .expect("the embedded broker's URL is a valid MQTT URL");
+        }
+        c
     }
 
     /// Detections and events coming back to this agent (once).
@@ -263,7 +285,8 @@ impl std::ops::Deref for WorkerTransport {
 impl WorkerTransport {
     /// Connects as a worker for `device` (`+`: every device); see
     /// [`AgentTransport::connect`] for `parent`. On the embedded broker it needs
-    /// `transport.embedded_port`, the agent's broker port.
+    /// `transport.embedded_port`, the agent's broker port, and the credentials of the
+    /// agent's run in `transport.mqtt_url` (see [`AgentTransport::worker_config`]).
     pub async fn connect(
         cfg: &TransportConfig,
         device: &str,
@@ -275,7 +298,14 @@ impl WorkerTransport {
                 return Err(TransportError::EmbeddedPortUnknown)
             }
             TransportKind::Embedded => {
-                Some(format!("mqtt://127.0.0.1:{}", cfg.embedded_port.get()))
+                let (user, password) = url::Url::parse(cfg.mqtt_url.expose())
+                    .map(|u| (u.username().to_string(), u.password().map(str::to_string)))
+                    .unwrap_or_default();
+                Some(super::embedded::client_url(
+                    cfg.embedded_port.get() as u16,
+                    &user,
+                    password.as_deref().unwrap_or(""),
+                ))
             }
             _ => None,
         };

@@ -279,7 +279,7 @@ fn open(opts: &MqttOptions, cap: usize) -> (AsyncClient, EventLoop) {
 
 /// The user name or password as written in a URL's userinfo: `%XX` escapes decoded,
 /// nothing else touched (`+` and `&` are themselves there, not form encoding).
-fn userinfo_decode(s: &str) -> String {
+pub(crate) fn userinfo_decode(s: &str) -> String {
     percent_encoding::percent_decode_str(s)
         .decode_utf8_lossy()
         .into_owned()
