@@ -27,10 +27,5 @@ pub mod transport;
 pub mod values;
 pub mod wire;
 
-/// The message contract's checker, shared with the integration tests.
-#[cfg(test)]
-#[path = "../../tests/common/schema.rs"]
-pub(crate) mod schema;
-
 /// The version printed by `--version` and published in the status message.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -10,6 +10,8 @@ pub mod models;
 pub mod procs;
 pub mod rtsp_process;
 pub mod rtsp_server;
+/// The message contract's checker, shared with the library's unit tests.
+#[path = "../../agent/src/wire/schema.rs"]
 pub mod schema;
 pub mod wait;
 

@@ -515,7 +515,7 @@ mod tests {
             Some(format!("gate-{}-6", T0 + 3000).as_str())
         );
         for e in &out {
-            crate::schema::check("event.v2.json", &serde_json::to_value(e).unwrap());
+            crate::wire::schema::check("event.v2.json", &serde_json::to_value(e).unwrap());
         }
         let v = serde_json::to_value(end).unwrap();
         assert_eq!(v["box"]["w"], 50.0);
@@ -555,7 +555,7 @@ mod tests {
         assert_ne!(out[0].incident, out[1].incident);
         let ends = inc.finish(at(1000));
         for e in out.iter().chain(&ends) {
-            crate::schema::check("event.v2.json", &serde_json::to_value(e).unwrap());
+            crate::wire::schema::check("event.v2.json", &serde_json::to_value(e).unwrap());
         }
         assert_eq!(ends.len(), 3);
         assert!(ends
@@ -675,7 +675,7 @@ max_ratio = 3.0
         );
         assert_eq!(out[0].frames, 6);
         for e in &out {
-            crate::schema::check("event.v2.json", &serde_json::to_value(e).unwrap());
+            crate::wire::schema::check("event.v2.json", &serde_json::to_value(e).unwrap());
         }
         // Cameras without zones send events without the fields, as before.
         let mut plain = incidents(Dur::secs(0));

@@ -307,7 +307,7 @@ pub(crate) mod tests {
     fn the_header_follows_its_schema() {
         let msg = sample(3, 100);
         let header: serde_json::Value = serde_json::to_value(&msg.header).unwrap();
-        crate::schema::check("frame-header.v2.json", &header);
+        crate::wire::schema::check("frame-header.v2.json", &header);
     }
 
     #[test]

@@ -6,5 +6,9 @@
 pub mod detections;
 pub mod frame;
 pub mod regions;
+/// The message contract's checker (the JSON Schemas in `schemas/`); the integration
+/// tests include the same file.
+#[cfg(test)]
+pub(crate) mod schema;
 
 pub use frame::{FrameHeader, FrameMessage, MessageError};
