@@ -1,10 +1,12 @@
 //! edge-agent: on-device video-event agent.
 //!
-//! A frame flows ingest → motion → escalate → (broker) → infer → (broker) → results (tracks, incident events), while scale
-//! watches the backlog and config and telemetry serve everyone. One module per stage;
-//! `camera` joins a camera's ingest pipeline and its analysis loop (motion, then what
-//! to escalate), `app` builds and wires the stages. `clock`, `image` and `sync` are
-//! leaves every stage may use.
+//! A frame flows ingest → motion → escalate → transport → (broker) → infer → (broker) →
+//! results (tracks, incidents), while scale watches the backlog; `camera` runs each
+//! camera's ingest and analysis loop, `config` gathers every stage's section, and `app`
+//! builds and wires the stages. Imports run with that flow: a module imports the leaves
+//! (`values`, `wire`, `clock`, `image`, `sync`, `backoff`, `shutdown`, `memory`,
+//! `telemetry`) and the stages before it, never one after it. README's Architecture
+//! section follows one frame through the files.
 
 pub mod app;
 pub mod backoff;
