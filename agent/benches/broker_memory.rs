@@ -20,6 +20,10 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
+#[path = "common/procfs.rs"]
+mod procfs;
+use procfs::kib_field;
+
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -37,16 +41,9 @@ fn free_port() -> u16 {
 
 /// (RSS, peak RSS) in KiB.
 fn rss_kib(pid: u32) -> (u64, u64) {
-    let field = |text: &str, name: &str| {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
     let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    (field(&rollup, "Rss:"), field(&status, "VmHWM:"))
+    (kib_field(&rollup, "Rss:"), kib_field(&status, "VmHWM:"))
 }
 
 struct Case {

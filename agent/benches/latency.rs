@@ -37,6 +37,12 @@
 // The scene takes a list of frame windows; one window is what we want here.
 #![allow(clippy::single_range_in_vec_init)]
 
+#[path = "common/procfs.rs"]
+mod procfs;
+use procfs::{mem_kib, workers_of};
+#[path = "common/svg.rs"]
+mod svg;
+use svg::{axes, nice, svg_open, xml, MB, ML, MR, MT, SVG_H, SVG_W};
 #[path = "../../tests/common/rtsp_server.rs"]
 #[allow(dead_code)]
 mod rtsp_server;
@@ -138,51 +144,6 @@ fn unix_ms(t: SystemTime) -> u64 {
 }
 
 // ---------------------------------------------------------------- processes and /proc
-
-/// Worker processes of the agent: its children whose command line says `worker`.
-fn workers_of(pid: u32) -> Vec<u32> {
-    let mut kids = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return kids;
-    };
-    for entry in dir.flatten() {
-        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-            continue;
-        };
-        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let ppid: u32 = after
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        if ppid != pid {
-            continue;
-        }
-        let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
-        if cmd.split(|&b| b == 0).any(|a| a == b"worker") {
-            kids.push(p);
-        }
-    }
-    kids
-}
-
-/// (RSS, PSS) in KiB from smaps_rollup; zeros when the process is gone.
-fn mem_kib(pid: u32) -> (u64, u64) {
-    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) else {
-        return (0, 0);
-    };
-    let field = |name: &str| {
-        s.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    (field("Rss:"), field("Pss:"))
-}
 
 #[derive(Clone, Copy, Debug, Default)]
 struct MemSample {
@@ -1051,85 +1012,6 @@ fn memory_part(full: &ModelCase, figures: &Path) {
 }
 
 // ---------------------------------------------------------------- figures (hand-written SVG)
-
-const SVG_W: f64 = 720.0;
-const SVG_H: f64 = 360.0;
-const ML: f64 = 70.0;
-const MR: f64 = 20.0;
-const MT: f64 = 40.0;
-const MB: f64 = 50.0;
-
-fn svg_open(title: &str) -> String {
-    format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{SVG_W}\" height=\"{SVG_H}\" \
-         font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"{}\" y=\"22\" text-anchor=\"middle\" font-size=\"14\">{}</text>\n",
-        SVG_W / 2.0,
-        xml(title)
-    )
-}
-
-fn xml(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
-
-/// A "nice" axis maximum and step.
-fn nice(max: f64) -> (f64, f64) {
-    let max = max.max(1e-9);
-    let raw = max / 5.0;
-    let mag = 10f64.powf(raw.log10().floor());
-    let step = [1.0, 2.0, 2.5, 5.0, 10.0]
-        .iter()
-        .map(|m| m * mag)
-        .find(|s| *s >= raw)
-        .unwrap_or(10.0 * mag);
-    ((max / step).ceil() * step, step)
-}
-
-fn axes(svg: &mut String, xmax: f64, xstep: f64, ymax: f64, ystep: f64, xl: &str, yl: &str) {
-    let (pw, ph) = (SVG_W - ML - MR, SVG_H - MT - MB);
-    let mut y = 0.0;
-    while y <= ymax + 1e-9 {
-        let py = MT + ph - y / ymax * ph;
-        let _ = writeln!(
-            svg,
-            "<line x1=\"{ML}\" x2=\"{}\" y1=\"{py:.1}\" y2=\"{py:.1}\" stroke=\"#ddd\"/>\
-             <text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
-            ML + pw,
-            ML - 6.0,
-            py + 4.0,
-            y
-        );
-        y += ystep;
-    }
-    let mut x = 0.0;
-    while x <= xmax + 1e-9 {
-        let px = ML + x / xmax * pw;
-        let _ = writeln!(
-            svg,
-            "<line x1=\"{px:.1}\" x2=\"{px:.1}\" y1=\"{}\" y2=\"{}\" stroke=\"#999\"/>\
-             <text x=\"{px:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
-            MT + ph,
-            MT + ph + 5.0,
-            MT + ph + 18.0,
-            x
-        );
-        x += xstep;
-    }
-    let _ = writeln!(
-        svg,
-        "<rect x=\"{ML}\" y=\"{MT}\" width=\"{pw}\" height=\"{ph}\" fill=\"none\" stroke=\"#333\"/>\
-         <text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>\
-         <text transform=\"translate(16,{}) rotate(-90)\" text-anchor=\"middle\">{}</text>",
-        ML + pw / 2.0,
-        SVG_H - 10.0,
-        xml(xl),
-        MT + ph / 2.0,
-        xml(yl)
-    );
-}
 
 fn memory_svg(series: &[MemSample], marks: &[(f64, String)], model: &str) -> String {
     let mut svg = svg_open(&format!(

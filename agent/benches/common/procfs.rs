@@ -1,0 +1,50 @@
+//! What the benches read of processes in /proc: an agent's worker children and memory
+//! figures (smaps_rollup, status).
+#![allow(dead_code)] // each bench uses its own part
+
+/// Worker processes of the agent: its children whose command line says `worker`.
+pub fn workers_of(pid: u32) -> Vec<u32> {
+    let mut kids = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return kids;
+    };
+    for entry in dir.flatten() {
+        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let ppid: u32 = after
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        if ppid != pid {
+            continue;
+        }
+        let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+        if cmd.split(|&b| b == 0).any(|a| a == b"worker") {
+            kids.push(p);
+        }
+    }
+    kids
+}
+
+/// (RSS, PSS) in KiB from smaps_rollup; zeros when the process is gone.
+pub fn mem_kib(pid: u32) -> (u64, u64) {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) else {
+        return (0, 0);
+    };
+    (kib_field(&s, "Rss:"), kib_field(&s, "Pss:"))
+}
+
+/// One `Name:  N kB` field of a /proc/PID file (`smaps_rollup`, `status`); 0 when absent.
+pub fn kib_field(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0)
+}
