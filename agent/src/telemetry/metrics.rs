@@ -30,6 +30,8 @@ pub struct Metrics {
     pub dropped: Family<Labels, Counter>,
     /// Camera pipeline restarts by reason.
     pub camera_restarts: Family<Labels, Counter>,
+    /// Clip files that could not be opened, written or finished, by camera.
+    pub clip_errors: Family<Labels, Counter>,
     /// Cameras switched from the hardware decoder to software, by camera and reason.
     pub decoder_fallbacks: Family<Labels, Counter>,
     /// 1 while a camera is streaming.
@@ -91,6 +93,7 @@ impl Metrics {
             frames: Family::default(),
             dropped: Family::default(),
             camera_restarts: Family::default(),
+            clip_errors: Family::default(),
             camera_up: Family::default(),
             decoder_fallbacks: Family::default(),
             motion_events: Family::default(),
@@ -123,6 +126,11 @@ impl Metrics {
             "dropped",
             "Frames or messages dropped, by place and reason",
             m.dropped.clone(),
+        );
+        registry.register(
+            "clip_errors",
+            "Clip files not opened, written or finished, by camera",
+            m.clip_errors.clone(),
         );
         registry.register(
             "camera_restarts",

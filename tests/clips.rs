@@ -1,0 +1,221 @@
+//! Clips against real GStreamer: a camera served by the in-process RTSP server, its
+//! pre-roll ring, and the fragmented MP4 a recorder writes for an incident, played back
+//! through qtdemux and the software decoder.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use edge_agent::clips::{ClipSettings, FinishedClip, Recorder};
+use edge_agent::ingest::synthetic::Scene;
+use edge_agent::ingest::{self, CameraConfig};
+use gst::prelude::*;
+use gstreamer as gst;
+use gstreamer_app as gst_app;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::common::logs;
+use crate::common::rtsp_server::{Codec, Media, RtspTestServer};
+
+fn camera(id: &str, url: &str) -> CameraConfig {
+    toml::from_str(&format!(
+        "id = \"{id}\"\nurl = \"{url}\"\nstall_timeout = \"5s\"\n\
+         [backoff]\nmin = \"100ms\"\nmax = \"1s\"\n"
+    ))
+    .expect("test camera config parses")
+}
+
+/// What playing a clip back shows.
+#[derive(Debug)]
+struct Played {
+    /// Decoded frames.
+    frames: usize,
+    /// First to last decoded frame, plus one frame.
+    span: Duration,
+    /// The first access unit in the file is a key frame.
+    starts_at_key: bool,
+}
+
+/// Plays `path` to its end: demux, parse, decode.
+fn play(path: &Path, codec: Codec) -> Played {
+    gst::init().unwrap();
+    let (parse, dec) = match codec {
+        Codec::H264 => ("h264parse", "avdec_h264"),
+        Codec::H265 => ("h265parse", "avdec_h265"),
+    };
+    let first_key = {
+        let p = gst::parse::launch(&format!(
+            "filesrc location=\"{}\" ! qtdemux ! appsink name=s sync=false",
+            path.display()
+        ))
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+        let sink = p
+            .by_name("s")
+            .unwrap()
+            .downcast::<gst_app::AppSink>()
+            .unwrap();
+        p.set_state(gst::State::Playing).unwrap();
+        let s = sink.try_pull_sample(gst::ClockTime::from_seconds(10));
+        p.set_state(gst::State::Null).unwrap();
+        let buf = s.expect("the clip has a first access unit");
+        !buf.buffer()
+            .unwrap()
+            .flags()
+            .contains(gst::BufferFlags::DELTA_UNIT)
+    };
+    let p = gst::parse::launch(&format!(
+        "filesrc location=\"{}\" ! qtdemux ! {parse} ! {dec} ! appsink name=s sync=false",
+        path.display()
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let sink = p
+        .by_name("s")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
+    p.set_state(gst::State::Playing).unwrap();
+    let (mut frames, mut first, mut last, mut step) = (0usize, None, None, Duration::ZERO);
+    while let Some(s) = sink.try_pull_sample(gst::ClockTime::from_seconds(10)) {
+        frames += 1;
+        let pts = s
+            .buffer()
+            .and_then(|b| b.pts())
+            .map(|t| Duration::from_nanos(t.nseconds()));
+        if let (Some(p), Some(l)) = (pts, last) {
+            if p > l {
+                step = p - l;
+            }
+        }
+        first = first.or(pts);
+        last = pts.max(last);
+    }
+    p.set_state(gst::State::Null).unwrap();
+    let span = match (first, last) {
+        (Some(a), Some(b)) => b - a + step,
+        _ => Duration::ZERO,
+    };
+    Played {
+        frames,
+        span,
+        starts_at_key: first_key,
+    }
+}
+
+async fn waits_for(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
+    let end = Instant::now() + within;
+    while !ok() {
+        assert!(Instant::now() < end, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn an_incident_gives_a_playable_clip_from_before_it_to_after_it(codec: Codec) {
+    logs::capture();
+    // One key frame a second (key-int-max = fps).
+    let scene = Scene::sized(320, 180, 10);
+    let gop = Duration::from_secs(1);
+    let srv = RtspTestServer::start(Media::Scene(scene, codec));
+    let id = format!("clip-{codec:?}").to_lowercase();
+    let (tx, _rx) = mpsc::channel(8);
+    let stop = CancellationToken::new();
+    let cam = Arc::new(ingest::spawn_camera(
+        camera(&id, &srv.url("/clip")),
+        tx,
+        stop.clone(),
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let settings = ClipSettings {
+        dir: dir.path().to_path_buf(),
+        pre_capture: Duration::from_secs(2),
+        post_capture: Duration::from_secs(1),
+        max_duration: Duration::from_secs(120),
+        preroll_max_bytes: 16 << 20,
+    };
+    let (done_tx, mut done) = mpsc::channel::<FinishedClip>(4);
+    let rec = Recorder::spawn(cam.clone(), settings.clone(), done_tx, stop.clone()).unwrap();
+
+    waits_for(
+        "the pre-roll ring covers pre_capture",
+        Duration::from_secs(30),
+        || cam.preroll_size().2 >= settings.pre_capture,
+    )
+    .await;
+    let (units, bytes, span) = cam.preroll_size();
+    assert!(
+        span < settings.pre_capture + gop,
+        "ring spans {span:?}: more than one GOP over"
+    );
+    assert!(units > 0 && bytes > 0);
+
+    let began = Instant::now();
+    rec.incident_started("fire-1");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // A second incident overlapping the first shares its clip.
+    rec.incident_started("fire-2");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(rec.current_file().is_some(), "a clip is being written");
+    rec.incident_ended("fire-1");
+    rec.incident_ended("fire-2");
+    let incident = began.elapsed();
+
+    let clip = tokio::time::timeout(settings.post_capture + Duration::from_secs(5), done.recv())
+        .await
+        .expect("the clip is finished within post_capture + 5 s")
+        .expect("the report channel is open");
+    assert_eq!(
+        clip.incidents,
+        vec!["fire-1".to_string(), "fire-2".to_string()]
+    );
+    assert!(clip.bytes > 0);
+    assert_eq!(std::fs::metadata(&clip.path).unwrap().len(), clip.bytes);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), done.recv())
+            .await
+            .is_err(),
+        "overlapping incidents made one clip"
+    );
+
+    let played = tokio::task::spawn_blocking({
+        let path = clip.path.clone();
+        move || play(&path, codec)
+    })
+    .await
+    .unwrap();
+    let want = settings.pre_capture + incident + settings.post_capture;
+    assert!(
+        played.starts_at_key,
+        "the clip starts with a key frame: {played:?}"
+    );
+    assert!(played.frames > 0, "{played:?}");
+    assert!(
+        played.span + Duration::from_millis(300) >= want
+            && played.span <= want + gop + Duration::from_millis(500),
+        "clip plays {:?}, want {want:?} to one key-frame interval more ({played:?})",
+        played.span
+    );
+    let reported = Duration::from_millis(clip.duration_ms);
+    assert!(
+        reported.abs_diff(played.span) < Duration::from_millis(300),
+        "reported {reported:?}, played {:?}",
+        played.span
+    );
+
+    rec.stop();
+    stop.cancel();
+    drop(srv);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h264_incident_gives_a_playable_clip_covering_pre_incident_and_post_capture() {
+    an_incident_gives_a_playable_clip_from_before_it_to_after_it(Codec::H264).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h265_incident_gives_a_playable_clip_covering_pre_incident_and_post_capture() {
+    an_incident_gives_a_playable_clip_from_before_it_to_after_it(Codec::H265).await;
+}
