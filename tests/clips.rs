@@ -219,3 +219,107 @@ async fn an_h264_incident_gives_a_playable_clip_covering_pre_incident_and_post_c
 async fn an_h265_incident_gives_a_playable_clip_covering_pre_incident_and_post_capture() {
     an_incident_gives_a_playable_clip_from_before_it_to_after_it(Codec::H265).await;
 }
+
+/// One request over a fresh connection (the listener has no keep-alive): status line and
+/// headers (lower case) and the body's bytes.
+fn get(addr: &str, path: &str, extra: &str) -> (String, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n{extra}\r\n").unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head");
+    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    (head, raw[split + 4..].to_vec())
+}
+
+#[test]
+fn clips_are_served_byte_exact_with_ranges_and_nothing_outside_their_directory() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("clips");
+    std::fs::create_dir(&dir).unwrap();
+    // Bytes that are not text, so a body mangled anywhere shows.
+    let data: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(dir.join("gate-1700000000000.mp4"), &data).unwrap();
+    std::fs::write(root.path().join("secret.mp4"), b"not yours").unwrap();
+    std::os::unix::fs::symlink(root.path().join("secret.mp4"), dir.join("link.mp4")).unwrap();
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let health: edge_agent::telemetry::http::HealthFn =
+        Arc::new(|| serde_json::json!({"status": "ok"}));
+    let addr = rt
+        .block_on(edge_agent::telemetry::http::serve_endpoints(
+            "127.0.0.1:0",
+            health,
+            Some(dir.clone()),
+            CancellationToken::new(),
+            Default::default(),
+        ))
+        .unwrap()
+        .to_string();
+
+    let (head, body) = get(&addr, "/clips/gate-1700000000000.mp4", "");
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("content-type: video/mp4"), "{head}");
+    assert!(head.contains("accept-ranges: bytes"), "{head}");
+    assert_eq!(body.len(), data.len());
+    assert!(body == data, "the body is the file, byte for byte");
+
+    let (head, body) = get(
+        &addr,
+        "/clips/gate-1700000000000.mp4",
+        "Range: bytes=1000-1999\r\n",
+    );
+    assert!(head.starts_with("http/1.1 206"), "{head}");
+    assert!(
+        head.contains("content-range: bytes 1000-1999/300000"),
+        "{head}"
+    );
+    assert!(
+        body == data[1000..2000],
+        "the range is the file's bytes 1000-1999"
+    );
+
+    let (head, body) = get(
+        &addr,
+        "/clips/gate-1700000000000.mp4",
+        "Range: bytes=-10\r\n",
+    );
+    assert!(head.starts_with("http/1.1 206"), "{head}");
+    assert!(body == data[data.len() - 10..]);
+
+    let (head, _) = get(
+        &addr,
+        "/clips/gate-1700000000000.mp4",
+        "Range: bytes=300000-\r\n",
+    );
+    assert!(head.starts_with("http/1.1 416"), "{head}");
+    assert!(head.contains("content-range: bytes */300000"), "{head}");
+
+    for path in [
+        "/clips/unknown.mp4",
+        "/clips/..",
+        "/clips/../secret.mp4",
+        "/clips/..%2fsecret.mp4",
+        "/clips/%2e%2e%2fsecret.mp4",
+        "/clips/link.mp4",
+        "/clips/",
+    ] {
+        let (head, body) = get(&addr, path, "");
+        assert!(head.starts_with("http/1.1 404"), "{path}: {head}");
+        assert!(
+            !body.windows(9).any(|w| w == b"not yours"),
+            "{path} leaked the file outside"
+        );
+    }
+}
