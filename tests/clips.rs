@@ -323,3 +323,90 @@ fn clips_are_served_byte_exact_with_ranges_and_nothing_outside_their_directory()
         );
     }
 }
+
+/// Set in the child process of the SIGKILL test: the directory to write clips in.
+const KILL_CHILD_DIR: &str = "EDGE_AGENT_TEST_CLIP_CHILD_DIR";
+
+/// Child side: a camera and a recorder with a live incident, writing until killed. A
+/// `ready` file says the clip has run for a few seconds.
+async fn write_a_clip_until_killed(dir: std::path::PathBuf) {
+    let srv = RtspTestServer::start(Media::Scene(Scene::sized(320, 180, 10), Codec::H264));
+    let (tx, _rx) = mpsc::channel(8);
+    let stop = CancellationToken::new();
+    let cam = Arc::new(ingest::spawn_camera(
+        camera("killed", &srv.url("/killed")),
+        tx,
+        stop.clone(),
+    ));
+    let settings = ClipSettings {
+        dir: dir.clone(),
+        pre_capture: Duration::from_secs(1),
+        post_capture: Duration::from_secs(1),
+        max_duration: Duration::from_secs(120),
+        preroll_max_bytes: 16 << 20,
+    };
+    let (done_tx, _done) = mpsc::channel(4);
+    let rec = Recorder::spawn(cam.clone(), settings, done_tx, stop).unwrap();
+    waits_for("the ring fills", Duration::from_secs(30), || {
+        cam.preroll_size().2 >= Duration::from_secs(1)
+    })
+    .await;
+    rec.incident_started("kill-1");
+    waits_for("a clip is being written", Duration::from_secs(10), || {
+        rec.current_file().is_some()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    std::fs::write(dir.join("ready"), rec.current_file().unwrap()).unwrap();
+    // Killed here.
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    panic!("the child was not killed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clip_writer_killed_mid_clip_leaves_a_playable_file() {
+    if let Some(dir) = std::env::var_os(KILL_CHILD_DIR) {
+        return write_a_clip_until_killed(dir.into()).await;
+    }
+    logs::capture();
+    let dir = tempfile::tempdir().unwrap();
+    // This same test in a child process, which writes the clip and is SIGKILLed.
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "clips::a_clip_writer_killed_mid_clip_leaves_a_playable_file",
+            "--nocapture",
+        ])
+        .env(KILL_CHILD_DIR, dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let ready = dir.path().join("ready");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ready.exists() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the clip-writing child ended early: {status}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the child wrote no clip within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Child::kill is SIGKILL on Unix: no destructor, no end of stream, no flush.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let file = std::fs::read_to_string(&ready).unwrap();
+    let path = dir.path().join(file.trim());
+    let played = tokio::task::spawn_blocking(move || play(&path, Codec::H264))
+        .await
+        .unwrap();
+    assert!(played.starts_at_key, "{played:?}");
+    // About 1-2 s of pre-roll plus 4 s written; fragments of a second, the last one
+    // possibly lost.
+    assert!(
+        played.span >= Duration::from_secs(3),
+        "a killed clip plays up to its last whole fragment: {played:?}"
+    );
+}

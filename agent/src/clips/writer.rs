@@ -77,6 +77,10 @@ impl ClipFile {
         sink.set_property("location", path.to_string_lossy().to_string());
         sink.set_property("sync", false);
         sink.set_property("async", false);
+        // Every fragment reaches the kernel as it is made: filesink's default 64 KiB
+        // buffer would hold seconds of a small stream in the process, lost at a kill
+        // (found by the SIGKILL test: a killed clip had no playable fragment).
+        sink.set_property_from_str("buffer-mode", "unbuffered");
         pipeline
             .add_many([src.upcast_ref(), &parse, &mux, &sink])
             .map_err(|e| err(&e))?;
