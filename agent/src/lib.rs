@@ -12,6 +12,7 @@ pub mod app;
 pub mod backoff;
 pub mod camera;
 pub mod cli;
+pub mod clips;
 pub mod clock;
 pub mod config;
 pub mod escalate;

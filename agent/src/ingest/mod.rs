@@ -7,9 +7,11 @@
 //! counted when full) or a small lock (ring, counters). Supervision runs on tokio.
 
 pub mod config;
+mod encoded;
 mod fallback;
 mod frames;
 mod pipeline;
+pub mod preroll;
 mod supervisor;
 pub mod synthetic;
 
@@ -25,6 +27,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{BackoffConfig, Decode, FrameLimit, IdleDecode, RtspProtocol, SourceConfig};
+pub use encoded::{EncodedFeed, EncodedUnit};
 pub use frames::{downscale_plane, scaled_size, ColourFrame, Crop, GreyFrame};
 pub use pipeline::UNKNOWN_RATE_FPS;
 
@@ -134,6 +137,8 @@ pub(crate) struct Shared {
     /// Next frame sequence number; never reset, so seqs stay unique across restarts.
     pub(crate) seq: AtomicU64,
     pub(crate) ring: Mutex<Ring<gst::Sample>>,
+    /// The encoded stream's pre-roll ring and the clip writer's feed.
+    pub(crate) encoded: Arc<Mutex<encoded::EncodedTap>>,
     pub(crate) status: Mutex<StatusFields>,
     converter: Mutex<Option<CachedConverter>>,
     /// Converter to full-resolution RGB, for crops.
@@ -178,6 +183,9 @@ impl Shared {
             sink_pulled: AtomicU64::new(0),
             seq: AtomicU64::new(0),
             ring: Mutex::new(Ring::new(cfg.ring_frames.as_usize())),
+            encoded: Arc::new(Mutex::new(encoded::EncodedTap::new(Arc::from(
+                cfg.id.as_str(),
+            )))),
             status: Mutex::new(StatusFields {
                 state: CameraState::Connecting,
                 restarts: 0,
@@ -375,6 +383,31 @@ impl CameraHandle {
 
     pub fn id(&self) -> &Arc<str> {
         &self.shared.id
+    }
+
+    /// Keeps the last `keep` of the camera's encoded stream (from a key frame at or
+    /// before `keep` ago), at most `cap_bytes`; `keep` zero turns the ring off (the
+    /// default: clips off cost nothing but a lock per access unit).
+    pub fn set_preroll(&self, keep: Duration, cap_bytes: usize) {
+        lock(&self.shared.encoded).set_limits(keep, cap_bytes);
+    }
+
+    /// The pre-roll ring's (access units, bytes, stream time covered).
+    pub fn preroll_size(&self) -> (usize, usize, Duration) {
+        lock(&self.shared.encoded).ring_size()
+    }
+
+    /// Starts the encoded feed of a clip: the pre-roll, then the live stream through a
+    /// channel of `bound` units (full: dropped, counted, skipped to the next key
+    /// frame). One feed per camera; a new one replaces the old. `None` until the
+    /// camera's stream has started.
+    pub fn encoded_feed(&self, bound: usize) -> Option<EncodedFeed> {
+        lock(&self.shared.encoded).subscribe(bound)
+    }
+
+    /// Ends the encoded feed.
+    pub fn end_encoded_feed(&self) {
+        lock(&self.shared.encoded).unsubscribe();
     }
 
     /// The supervisor's sign of life: it beats while the camera is supervised

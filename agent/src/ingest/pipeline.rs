@@ -269,6 +269,8 @@ pub(crate) fn build(
         kind.family().to_string()
     };
 
+    // Before the key-frame gate: the clip needs the delta frames the gate drops.
+    super::encoded::install(&pipeline, shared.encoded.clone());
     if cfg.idle_decode == IdleDecode::Keyframes {
         install_keyframe_gate(&pipeline, shared.idle.clone());
     }

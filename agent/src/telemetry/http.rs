@@ -11,17 +11,24 @@
 //! `reason="head_timeout"`) and a connection [`CONNECTION_TIMEOUT`] in all
 //! (`reason="connection_timeout"`); there is no keep-alive, so no idle wait after a
 //! response.
+//! `GET /clips/{file}` serves a finished clip file from the clips directory (when one is
+//! given) with single-range `Range` requests (206, or 416 when unsatisfiable); a name
+//! that is not a plain file name in that directory (a path, `..`, a hidden file, a link
+//! leading out) gets 404, as does an unknown one. A download must fit in
+//! [`CONNECTION_TIMEOUT`]: a slow client takes a large clip in ranges.
 //! `/metrics` negotiates: OpenMetrics for a scraper that asks for it (Prometheus
 //! does), the Prometheus text format 0.0.4 otherwise, each with its own content type.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -86,14 +93,36 @@ pub async fn serve_with(
     shutdown: CancellationToken,
     limits: Limits,
 ) -> std::io::Result<SocketAddr> {
+    serve_endpoints(listen, health, None, shutdown, limits).await
+}
+
+/// [`serve_with`], also serving the clip files of `clips_dir` on `/clips/{file}`.
+pub async fn serve_endpoints(
+    listen: &str,
+    health: HealthFn,
+    clips_dir: Option<PathBuf>,
+    shutdown: CancellationToken,
+    limits: Limits,
+) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
-    let app = Router::new()
-        .route("/metrics", get(metrics_page))
-        .route("/health", get(health_page))
-        .route("/healthz", get(health_page))
-        .fallback(|| async { (StatusCode::NOT_FOUND, "try /metrics or /health\n") })
-        .with_state(health);
+    let clips: Option<Arc<PathBuf>> = clips_dir.map(Arc::new);
+    let app =
+        Router::new()
+            .route("/metrics", get(metrics_page))
+            .route("/health", get(health_page))
+            .route("/healthz", get(health_page))
+            .with_state(health)
+            .route(
+                "/clips/:file",
+                get(move |UrlPath(file): UrlPath<String>, headers: HeaderMap| {
+                    let clips = clips.clone();
+                    async move {
+                        clip_file(clips.as_deref().map(|p| p.as_path()), &file, &headers).await
+                    }
+                }),
+            )
+            .fallback(|| async { (StatusCode::NOT_FOUND, "try /metrics or /health\n") });
     let slots = Arc::new(Semaphore::new(limits.connections));
     let clients = Arc::new(Clients::default());
     tokio::spawn(async move {
@@ -211,9 +240,185 @@ async fn health_page(State(health): State<HealthFn>) -> impl IntoResponse {
     )
 }
 
+/// A clip file name as the agent makes them: letters, digits, `-`, `_` and `.`, not
+/// starting with a dot, ending in `.mp4`. Anything else is not a clip.
+pub fn is_clip_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && !name.starts_with('.')
+        && name.ends_with(".mp4")
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// What a `Range` header asks of a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ranged {
+    /// The whole file: no header, or one this server does not take (several ranges,
+    /// other units), which HTTP lets it ignore.
+    Whole,
+    /// Bytes `.0` to `.1`, both included.
+    Part(u64, u64),
+    /// Nothing of the file (416).
+    Unsatisfiable,
+}
+
+/// The byte range a `Range` header asks of a `len`-byte file.
+pub fn byte_range(header: Option<&str>, len: u64) -> Ranged {
+    parse_range(header, len).unwrap_or(Ranged::Unsatisfiable)
+}
+
+fn parse_range(header: Option<&str>, len: u64) -> Option<Ranged> {
+    let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else {
+        return Some(Ranged::Whole);
+    };
+    if spec.contains(',') {
+        return Some(Ranged::Whole);
+    }
+    let (a, b) = spec.split_once('-')?;
+    let (a, b) = (a.trim(), b.trim());
+    let range = if a.is_empty() {
+        // The last `b` bytes.
+        let n: u64 = b.parse().ok()?;
+        if n == 0 || len == 0 {
+            return None;
+        }
+        (len.saturating_sub(n), len - 1)
+    } else {
+        let start: u64 = a.parse().ok()?;
+        let end = if b.is_empty() {
+            len.saturating_sub(1)
+        } else {
+            b.parse::<u64>().ok()?.min(len.saturating_sub(1))
+        };
+        if start >= len || end < start {
+            return None;
+        }
+        (start, end)
+    };
+    Some(Ranged::Part(range.0, range.1))
+}
+
+async fn clip_file(dir: Option<&Path>, name: &str, headers: &HeaderMap) -> Response {
+    let not_found = || (StatusCode::NOT_FOUND, "no such clip\n").into_response();
+    let Some(dir) = dir else { return not_found() };
+    if !is_clip_name(name) {
+        return not_found();
+    }
+    // A link in the directory must not lead out of it.
+    let (Ok(root), Ok(path)) = (
+        tokio::fs::canonicalize(dir).await,
+        tokio::fs::canonicalize(dir.join(name)).await,
+    ) else {
+        return not_found();
+    };
+    if path.parent() != Some(root.as_path()) {
+        return not_found();
+    }
+    let Ok(mut file) = tokio::fs::File::open(&path).await else {
+        return not_found();
+    };
+    let Ok(meta) = file.metadata().await else {
+        return not_found();
+    };
+    if !meta.is_file() {
+        return not_found();
+    }
+    let len = meta.len();
+    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let (status, start, end) = match byte_range(range, len) {
+        Ranged::Part(a, b) => (StatusCode::PARTIAL_CONTENT, a, b),
+        Ranged::Whole => (StatusCode::OK, 0, len.saturating_sub(1)),
+        Ranged::Unsatisfiable => {
+            return (
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                [(header::CONTENT_RANGE, format!("bytes */{len}"))],
+            )
+                .into_response()
+        }
+    };
+    let count = if len == 0 { 0 } else { end - start + 1 };
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    if file.seek(std::io::SeekFrom::Start(start)).await.is_err() {
+        return not_found();
+    }
+    let reader = file.take(count);
+    let body = futures::stream::unfold(reader, |mut r| async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        match r.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(bytes::Bytes::from(buf)), r))
+            }
+            Err(e) => Some((Err(e), r)),
+        }
+    });
+    let mut response = Response::new(Body::from_stream(body));
+    *response.status_mut() = status;
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("video/mp4"),
+    );
+    h.insert(
+        header::ACCEPT_RANGES,
+        header::HeaderValue::from_static("bytes"),
+    );
+    h.insert(header::CONTENT_LENGTH, header::HeaderValue::from(count));
+    if status == StatusCode::PARTIAL_CONTENT {
+        if let Ok(v) = header::HeaderValue::from_str(&format!("bytes {start}-{end}/{len}")) {
+            h.insert(header::CONTENT_RANGE, v);
+        }
+    }
+    response
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_plain_clip_file_names_are_served() {
+        let rows = [
+            ("gate-1700000000000.mp4", true),
+            ("cam_2.part-3.mp4", true),
+            ("..", false),
+            ("../secret.mp4", false),
+            ("a/b.mp4", false),
+            (".hidden.mp4", false),
+            ("clip.mp4\0", false),
+            ("clip.txt", false),
+            ("", false),
+            ("%2e%2e.mp4", false),
+        ];
+        for (name, ok) in rows {
+            assert_eq!(is_clip_name(name), ok, "{name:?}");
+        }
+    }
+
+    #[test]
+    fn range_headers_give_the_bytes_asked_or_an_error() {
+        // (header, file length, expected)
+        use Ranged::*;
+        let rows = [
+            (None, 100, Whole),
+            (Some("bytes=0-9"), 100, Part(0, 9)),
+            (Some("bytes=90-"), 100, Part(90, 99)),
+            (Some("bytes=-10"), 100, Part(90, 99)),
+            (Some("bytes=50-500"), 100, Part(50, 99)),
+            (Some("bytes=100-"), 100, Unsatisfiable),
+            (Some("bytes=9-3"), 100, Unsatisfiable),
+            (Some("bytes=x-3"), 100, Unsatisfiable),
+            (Some("bytes=-0"), 100, Unsatisfiable),
+            (Some("bytes=0-1,5-6"), 100, Whole),
+            (Some("items=0-1"), 100, Whole),
+        ];
+        for (h, len, want) in rows {
+            assert_eq!(byte_range(h, len), want, "{h:?} of {len}");
+        }
+    }
 
     #[test]
     fn a_client_gets_its_limit_of_places_and_each_comes_back_when_dropped() {

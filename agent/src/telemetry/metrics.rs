@@ -30,6 +30,8 @@ pub struct Metrics {
     pub dropped: Family<Labels, Counter>,
     /// Camera pipeline restarts by reason.
     pub camera_restarts: Family<Labels, Counter>,
+    /// Clip files that could not be opened, written or finished, by camera.
+    pub clip_errors: Family<Labels, Counter>,
     /// Cameras switched from the hardware decoder to software, by camera and reason.
     pub decoder_fallbacks: Family<Labels, Counter>,
     /// 1 while a camera is streaming.
@@ -94,6 +96,7 @@ impl Metrics {
             frames: Family::default(),
             dropped: Family::default(),
             camera_restarts: Family::default(),
+            clip_errors: Family::default(),
             camera_up: Family::default(),
             decoder_fallbacks: Family::default(),
             motion_events: Family::default(),
@@ -132,6 +135,11 @@ impl Metrics {
             "filtered",
             "Detections removed by an object filter, by camera, class and reason",
             m.filtered.clone(),
+        );
+        registry.register(
+            "clip_errors",
+            "Clip files not opened, written or finished, by camera",
+            m.clip_errors.clone(),
         );
         registry.register(
             "camera_restarts",
