@@ -121,6 +121,53 @@ async fn a_worker_that_hangs_while_loading_is_killed_after_the_ready_timeout_and
     pool.stopped().await;
 }
 
+#[tokio::test]
+async fn at_the_stop_deadline_the_pool_kills_the_workers_it_owns_and_none_is_left() {
+    // A real child that ignores SIGTERM (an ignored signal stays ignored across exec),
+    // so the graceful stop cannot end it within the minute of grace.
+    let spec = WorkerSpec {
+        program: "/bin/sh".into(),
+        args: vec!["-c".into(), "trap '' TERM; exec sleep 600".into()],
+        env: vec![],
+        input: None,
+    };
+    let shutdown = CancellationToken::new();
+    let pool = spawn_pool(
+        spec,
+        Duration::from_secs(60),
+        Duration::from_secs(60),
+        Backoff::new(Duration::from_millis(200), Duration::from_secs(1)),
+        shutdown.clone(),
+    );
+    pool.set_target(1);
+    let pid = wait::value_async("a worker started", Duration::from_secs(30), || {
+        pool.status().pids.first().copied()
+    })
+    .await;
+    shutdown.cancel();
+    crate::common::wait::until_async("the worker asked to stop", Duration::from_secs(10), || {
+        pool.status().draining == 1
+    })
+    .await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), pool.stopped())
+            .await
+            .is_err(),
+        "the worker ignoring SIGTERM stopped by itself"
+    );
+    pool.kill_all();
+    tokio::time::timeout(Duration::from_secs(10), pool.stopped())
+        .await
+        .expect("the pool stopped after killing its workers");
+    assert!(pool.status().pids.is_empty(), "{:?}", pool.status());
+    wait_gone(
+        pid,
+        Duration::from_secs(10),
+        &format!("worker {pid} outlived kill_all"),
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_die_with_an_agent_that_is_sigkilled() {
     let mut agent = Running::start(&["run"], &[("EDGE_AGENT__SCALING__MIN_WORKERS", "1")]);
