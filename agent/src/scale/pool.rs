@@ -490,7 +490,7 @@ impl Pool {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        die_with_parent(&mut cmd);
+        die_with_parent(&mut cmd, libc::SIGKILL);
         let mut child = cmd.spawn()?;
         spec.feed(&mut child);
         let pid = child.id().unwrap_or(0);
@@ -698,28 +698,66 @@ fn deliver(child: &mut tokio::process::Child, sig: Signal) {
     }
 }
 
-/// Makes the child get SIGKILL when the agent dies, however it dies. SIGKILL rather
-/// than SIGTERM: with the agent gone nobody reads the results of a graceful finish
-/// (the broker redelivers what the worker held), and a worker hung while loading
-/// would ignore anything less.
+/// Runs a one-shot child (`edge-agent prepare`) to its end from the task that owns it:
+/// the child gets SIGTERM when the agent dies, however it dies, and when `shutdown`
+/// fires it is killed and reaped here. Its stdout and stderr are collected; `feed`
+/// writes its stdin once it runs. `None` when shutdown stopped it.
+pub async fn run_owned(
+    mut cmd: Command,
+    feed: impl FnOnce(&mut tokio::process::Child),
+    shutdown: &CancellationToken,
+) -> std::io::Result<Option<std::process::Output>> {
+    use tokio::io::AsyncReadExt;
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    die_with_parent(&mut cmd, libc::SIGTERM);
+    let mut child = cmd.spawn()?;
+    feed(&mut child);
+    let read = |pipe: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>| async move {
+        let mut buf = Vec::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_end(&mut buf).await;
+        }
+        buf
+    };
+    let out = read(child.stdout.take().map(|p| Box::new(p) as _));
+    let err = read(child.stderr.take().map(|p| Box::new(p) as _));
+    let finished = tokio::select! {
+        (status, stdout, stderr) = async { tokio::join!(child.wait(), out, err) } => {
+            Some((status, stdout, stderr))
+        }
+        _ = shutdown.cancelled() => None,
+    };
+    match finished {
+        Some((status, stdout, stderr)) => Ok(Some(std::process::Output {
+            status: status?,
+            stdout,
+            stderr,
+        })),
+        None => {
+            let _ = child.start_kill();
+            child.wait().await?;
+            Ok(None)
+        }
+    }
+}
+
+/// Makes the child get `sig` when the agent dies, however it dies. Workers get SIGKILL
+/// rather than SIGTERM: with the agent gone nobody reads the results of a graceful
+/// finish (the broker redelivers what the worker held), and a worker hung while
+/// loading would ignore anything less.
 ///
 /// Linux sends the signal when the *thread* that forked the child exits; the pool
 /// starts workers from a runtime worker thread, which lives as long as the runtime.
-fn die_with_parent(cmd: &mut Command) {
+fn die_with_parent(cmd: &mut Command, sig: libc::c_int) {
     // SAFETY: getpid(2) is async-signal-safe.
     let parent = unsafe { libc::getpid() };
     // SAFETY: the closure runs between fork and exec and calls only async-signal-safe
     // functions (prctl, getppid, raise); it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             // The agent may have died between fork and prctl: then nobody will signal us.
