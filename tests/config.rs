@@ -266,3 +266,35 @@ fn without_credentials_directory_password_file_is_read_from_the_config_dirs_cred
         "{text}"
     );
 }
+
+#[test]
+fn validate_warns_on_stderr_of_a_password_sent_unencrypted_to_another_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("agent.toml");
+    std::fs::write(
+        &file,
+        "[device]\nid = \"box\"\n\n[transport]\nkind = \"amqp\"\namqp_url = \"amqp://edge:pl41n-s3cret@rabbit.lan:5672/%2f\"\n",
+    )
+    .unwrap();
+    let out = edge_agent()
+        .arg("validate")
+        .arg("-c")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("warning: transport.amqp_url: the password goes unencrypted to rabbit.lan (amqp://edge:***@rabbit.lan:5672/%2f)"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("pl41n-s3cret") && !text.contains("pl41n-s3cret"),
+        "{err}\n{text}"
+    );
+    assert!(
+        text.contains("[transport]"),
+        "the configuration is still printed: {text}"
+    );
+}

@@ -3,10 +3,10 @@
 use std::time::Duration;
 
 use edge_agent::backoff::Backoff;
-use edge_agent::scale::{spawn_pool, WorkerSpec};
+use edge_agent::scale::{run_owned, spawn_pool, WorkerSpec};
 use tokio_util::sync::CancellationToken;
 
-use crate::common::procs::wait_gone;
+use crate::common::procs::{alive, wait_gone};
 use crate::common::wait;
 
 fn worker_with_args(args: &[&str]) -> WorkerSpec {
@@ -121,6 +121,53 @@ async fn a_worker_that_hangs_while_loading_is_killed_after_the_ready_timeout_and
     pool.stopped().await;
 }
 
+#[tokio::test]
+async fn at_the_stop_deadline_the_pool_kills_the_workers_it_owns_and_none_is_left() {
+    // A real child that ignores SIGTERM (an ignored signal stays ignored across exec),
+    // so the graceful stop cannot end it within the minute of grace.
+    let spec = WorkerSpec {
+        program: "/bin/sh".into(),
+        args: vec!["-c".into(), "trap '' TERM; exec sleep 600".into()],
+        env: vec![],
+        input: None,
+    };
+    let shutdown = CancellationToken::new();
+    let pool = spawn_pool(
+        spec,
+        Duration::from_secs(60),
+        Duration::from_secs(60),
+        Backoff::new(Duration::from_millis(200), Duration::from_secs(1)),
+        shutdown.clone(),
+    );
+    pool.set_target(1);
+    let pid = wait::value_async("a worker started", Duration::from_secs(30), || {
+        pool.status().pids.first().copied()
+    })
+    .await;
+    shutdown.cancel();
+    crate::common::wait::until_async("the worker asked to stop", Duration::from_secs(10), || {
+        pool.status().draining == 1
+    })
+    .await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), pool.stopped())
+            .await
+            .is_err(),
+        "the worker ignoring SIGTERM stopped by itself"
+    );
+    pool.kill_all();
+    tokio::time::timeout(Duration::from_secs(10), pool.stopped())
+        .await
+        .expect("the pool stopped after killing its workers");
+    assert!(pool.status().pids.is_empty(), "{:?}", pool.status());
+    wait_gone(
+        pid,
+        Duration::from_secs(10),
+        &format!("worker {pid} outlived kill_all"),
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_die_with_an_agent_that_is_sigkilled() {
     let mut agent = Running::start(&["run"], &[("EDGE_AGENT__SCALING__MIN_WORKERS", "1")]);
@@ -146,6 +193,104 @@ async fn workers_die_with_an_agent_that_is_sigkilled() {
         &format!("worker {worker} outlived its SIGKILLed agent"),
     )
     .await;
+}
+
+/// `sleep 600` through [`run_owned`], the helper `edge-agent prepare` runs through;
+/// `pid` gets its process id.
+async fn owned_sleep(
+    shutdown: &CancellationToken,
+    pid: &std::sync::Mutex<Option<u32>>,
+) -> std::io::Result<Option<std::process::Output>> {
+    let mut cmd = tokio::process::Command::new("sleep");
+    cmd.arg("600");
+    run_owned(cmd, |child| *pid.lock().unwrap() = child.id(), shutdown).await
+}
+
+#[tokio::test]
+async fn a_child_run_owned_is_killed_and_reaped_at_shutdown() {
+    let shutdown = CancellationToken::new();
+    let pid = std::sync::Mutex::new(None);
+    let run = owned_sleep(&shutdown, &pid);
+    tokio::pin!(run);
+    let child = tokio::select! {
+        r = &mut run => panic!("sleep 600 ended by itself: {r:?}"),
+        child = wait::value_async("the child started", Duration::from_secs(10), || *pid.lock().unwrap()) => child,
+    };
+    assert!(alive(child));
+    shutdown.cancel();
+    let out = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("the owner returns once shutdown fires")
+        .expect("spawned");
+    assert!(out.is_none(), "stopped by shutdown, not finished: {out:?}");
+    // Reaped by its owner, not left a zombie: the pid names no process at all.
+    assert!(
+        !std::path::Path::new(&format!("/proc/{child}")).exists(),
+        "child {child} still exists"
+    );
+}
+
+/// The test re-runs itself as the parent to SIGKILL (this variable set): that process
+/// starts `sleep 600` through [`run_owned`], prints its pid and waits.
+const OWNED_PARENT: &str = "EDGE_AGENT_TEST_OWNED_PARENT";
+
+#[test]
+fn a_child_run_owned_dies_with_its_sigkilled_parent() {
+    use std::io::{BufRead, Write};
+    if std::env::var_os(OWNED_PARENT).is_some() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let shutdown = CancellationToken::new();
+        let pid = std::sync::Mutex::new(None);
+        rt.block_on(async {
+            let run = owned_sleep(&shutdown, &pid);
+            tokio::pin!(run);
+            let child = tokio::select! {
+                r = &mut run => panic!("sleep 600 ended by itself: {r:?}"),
+                child = wait::value_async("the child started", Duration::from_secs(10), || *pid.lock().unwrap()) => child,
+            };
+            println!("OWNED_CHILD {child}");
+            std::io::stdout().flush().unwrap();
+            let _ = run.await;
+        });
+        return;
+    }
+    let mut parent = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "scale::a_child_run_owned_dies_with_its_sigkilled_parent",
+            "--exact",
+            "--nocapture",
+        ])
+        .env(OWNED_PARENT, "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let child: u32 = std::io::BufReader::new(parent.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.strip_prefix("OWNED_CHILD ")
+                .and_then(|p| p.trim().parse().ok())
+        })
+        .expect("the parent printed its child's pid");
+    assert!(alive(child));
+    unsafe { libc::kill(parent.id() as i32, libc::SIGKILL) };
+    parent.wait().unwrap();
+    // Whatever happens below, the sleep is not left behind by this test.
+    struct Reap(u32);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+        }
+    }
+    let _reap = Reap(child);
+    wait::until(
+        &format!("child {child} gone after its parent was SIGKILLed"),
+        Duration::from_secs(10),
+        || !alive(child),
+    );
 }
 
 // ---------------------------------------------------------------------------------

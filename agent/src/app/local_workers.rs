@@ -15,7 +15,7 @@ use super::scaffold::{self, Stop};
 use crate::config::resolved::workers_differ;
 use crate::config::{resolved_text, Config};
 use crate::scale::offload::Offloader;
-use crate::scale::{run_scaler, PoolHandle, ScalingConfig, Wake, WorkerSpec};
+use crate::scale::{run_owned, run_scaler, PoolHandle, ScalingConfig, Wake, WorkerSpec};
 use crate::shutdown::Shutdown;
 use crate::telemetry::metrics::{self, metrics};
 use crate::transport::AgentTransport;
@@ -33,6 +33,10 @@ pub(super) struct Workers {
     local_backlog: Arc<AtomicU64>,
     scaler: JoinHandle<()>,
     ready_watcher: JoinHandle<()>,
+    /// The latest `edge-agent prepare` run (it kills its child at shutdown), and the
+    /// token that stops it.
+    prepare: std::sync::Mutex<Option<JoinHandle<()>>>,
+    shutdown: Shutdown,
 }
 
 impl Workers {
@@ -46,7 +50,7 @@ impl Workers {
     ) -> anyhow::Result<Workers> {
         let wake = Arc::new(Wake::default());
         let spec = worker_spec(cfg, transport)?;
-        prepare_engines(&spec, &cfg.inference);
+        let prepare = prepare_engines(&spec, &cfg.inference, shutdown);
         let pool = scaffold::spawn_workers(spec, &cfg.scaling, shutdown);
         let local_backlog = Arc::new(AtomicU64::new(0));
         // The remote queue, declared (same arguments as its consumers) before a frame
@@ -129,6 +133,8 @@ impl Workers {
             local_backlog,
             scaler,
             ready_watcher,
+            prepare: std::sync::Mutex::new(prepare),
+            shutdown: shutdown.clone(),
         })
     }
 
@@ -169,7 +175,11 @@ impl Workers {
         };
         let replace = workers_differ(running, next);
         if running.inference != next.inference {
-            prepare_engines(&spec, &next.inference);
+            if let Some(run) = prepare_engines(&spec, &next.inference, &self.shutdown) {
+                // An older run still building waits on the cache lock or finishes;
+                // only the latest is awaited at stop, the others end with shutdown.
+                *crate::sync::lock(&self.prepare) = Some(run);
+            }
         }
         pool.respec(
             spec,
@@ -187,6 +197,11 @@ impl Workers {
         stop.workers(&self.pool, until).await;
         self.scaler.abort();
         self.ready_watcher.abort();
+        let prepare = crate::sync::lock(&self.prepare).take();
+        if let Some(run) = prepare {
+            stop.join("prepare", run, "edge-agent prepare did not stop in time.")
+                .await;
+        }
     }
 }
 
@@ -194,41 +209,34 @@ impl Workers {
 /// provider library lies next to libonnxruntime.so), so the engine is built at boot and
 /// not by the first worker after the first motion. It holds the engine cache's lock
 /// while it builds: a worker started meanwhile waits for it, then loads the engine.
-fn prepare_engines(spec: &WorkerSpec, inference: &crate::infer::InferenceConfig) {
+fn prepare_engines(
+    spec: &WorkerSpec,
+    inference: &crate::infer::InferenceConfig,
+    shutdown: &Shutdown,
+) -> Option<JoinHandle<()>> {
     use crate::infer::config::Provider;
     if !inference.providers.contains(&Provider::Tensorrt) {
-        return;
+        return None;
     }
-    let Ok(lib) = crate::infer::session::find_library(inference.ort_library.as_deref()) else {
-        return;
-    };
+    let lib = crate::infer::session::find_library(inference.ort_library.as_deref()).ok()?;
     let has_trt = lib
         .parent()
         .is_some_and(|d| d.join("libonnxruntime_providers_tensorrt.so").is_file());
     if !has_trt {
-        return;
+        return None;
     }
     let mut cmd = tokio::process::Command::new(&spec.program);
     // The worker's arguments with the subcommand swapped: same configuration.
     cmd.arg("prepare")
         .args(spec.args.iter().skip(1))
         .envs(spec.env.iter().cloned())
-        .stdin(spec.stdin())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
+        .stdin(spec.stdin());
     let spec = spec.clone();
-    tokio::spawn(async move {
+    let shutdown = shutdown.clone();
+    Some(tokio::spawn(async move {
         let started = Instant::now();
-        let out = match cmd.spawn() {
-            Ok(mut child) => {
-                spec.feed(&mut child);
-                child.wait_with_output().await
-            }
-            Err(e) => Err(e),
-        };
-        match out {
-            Ok(out) => {
+        match run_owned(cmd, |child| spec.feed(child), &shutdown).await {
+            Ok(Some(out)) => {
                 let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
                 if out.status.success() {
                     info!(result = %line, took = ?started.elapsed(), "TensorRT engine prepared.");
@@ -236,9 +244,10 @@ fn prepare_engines(spec: &WorkerSpec, inference: &crate::infer::InferenceConfig)
                     warn!(result = %line, status = %out.status, "TensorRT engine not prepared; workers build or skip it.");
                 }
             }
+            Ok(None) => info!("edge-agent prepare stopped for shutdown."),
             Err(e) => warn!(error = %e, "Cannot run edge-agent prepare."),
         }
-    });
+    }))
 }
 
 /// How to start a worker on the configuration the agent runs: handed over on stdin

@@ -142,6 +142,10 @@ fn validate(args: &ConfigArgs, explain: bool, quiet: bool) -> i32 {
                 }
             }
         }
+        // After the configuration, on stderr: stdout stays a valid TOML file.
+        for (key, message) in loaded.config.warnings() {
+            eprintln!("edge-agent: warning: {key}: {message}");
+        }
         0
     })
 }

@@ -54,6 +54,9 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
     let lifetime = Lifetime::with_signals();
     let shutdown = lifetime.shutdown().clone();
     info!(lifecycle = "starting", device = %device, version = crate::VERSION, cameras = cfg.cameras.len(), transport = ?cfg.transport.kind, "edge-agent starting.");
+    for (key, message) in cfg.warnings() {
+        warn!(key = %key, "{message}");
+    }
 
     let mut stages = Stages::start(&cfg, &lifetime).await?;
 

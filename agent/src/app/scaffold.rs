@@ -157,7 +157,17 @@ impl Stop {
         }
         let pids = pool.status().pids;
         warn!(pids = ?pids, "Workers still running at the stop deadline; killing them (their frames are delivered again).");
-        kill_workers(&pids);
+        // The pool's tasks own the children and signal them: a pid read from a status
+        // snapshot may already name another process.
+        pool.kill_all();
+        // SIGKILL takes effect at once; the wait only sees the owners reap them.
+        let reaped = tokio::time::Instant::now() + Duration::from_secs(1);
+        if tokio::time::timeout_at(self.deadline.max(reaped), pool.stopped())
+            .await
+            .is_err()
+        {
+            warn!(pids = ?pool.status().pids, "Killed workers not reaped yet.");
+        }
         metrics()
             .abandoned
             .get_or_create(&metrics::abandoned("workers", "pool"))
@@ -173,16 +183,6 @@ impl Stop {
         } else {
             warn!(lifecycle = "stopped_unclean", abandoned = ?self.abandoned, "{} stopped; some stages were abandoned.", self.name);
             crate::shutdown::EXIT_UNCLEAN_STOP
-        }
-    }
-}
-
-/// SIGKILL for worker processes still running at the stop deadline.
-fn kill_workers(pids: &[u32]) {
-    for &pid in pids {
-        // SAFETY: kill(2) has no memory effects; these are our unreaped children.
-        unsafe {
-            libc::kill(pid as i32, libc::SIGKILL);
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod load;
 pub mod render;
 pub mod resolved;
 pub mod tree;
+mod warnings;
 
 use serde::{Deserialize, Serialize};
 

@@ -20,7 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use decide::Decider;
 pub use pool::{
-    spawn_pool, PoolHandle, PoolStatus, WorkerSpec, HELD_PREFIX, PROVIDER_PREFIX, READY_LINE,
+    run_owned, spawn_pool, PoolHandle, PoolStatus, WorkerSpec, HELD_PREFIX, PROVIDER_PREFIX,
+    READY_LINE,
 };
 
 /// What makes the scaler look again before its next poll: a frame escalated, or a

@@ -153,6 +153,7 @@ pub struct PoolHandle {
     status: Arc<Mutex<PoolStatus>>,
     done: watch::Receiver<bool>,
     ready: watch::Receiver<u32>,
+    kill: Arc<tokio::sync::Notify>,
 }
 
 impl PoolHandle {
@@ -186,6 +187,13 @@ impl PoolHandle {
     /// The number of ready workers, as it changes.
     pub fn ready_changes(&self) -> watch::Receiver<u32> {
         self.ready.clone()
+    }
+    /// SIGKILL for every worker now, sent by the tasks that own them (the stop
+    /// deadline: whoever is still finishing loses what it holds, which the broker
+    /// delivers again). The target is unchanged: at shutdown no new worker starts.
+    pub fn kill_all(&self) {
+        // A stored permit: the pool acts on it even if it is busy right now.
+        self.kill.notify_one();
     }
     /// Waits until the pool has stopped every worker after shutdown.
     pub async fn stopped(&self) {
@@ -259,6 +267,7 @@ pub fn spawn_pool(
         generation: 0,
     };
     let (settings_tx, settings_rx) = watch::channel(settings.clone());
+    let kill = Arc::new(tokio::sync::Notify::new());
     let pool = Pool {
         ready_tx,
         settings,
@@ -269,8 +278,9 @@ pub fn spawn_pool(
         counters: PoolStatus::default(),
         seen_providers: Default::default(),
     };
+    let kill_rx = kill.clone();
     tokio::spawn(async move {
-        pool.run(target_rx, settings_rx, shutdown).await;
+        pool.run(target_rx, settings_rx, shutdown, kill_rx).await;
         let _ = done_tx.send(true);
     });
     PoolHandle {
@@ -279,6 +289,7 @@ pub fn spawn_pool(
         status,
         done: done_rx,
         ready: ready_rx,
+        kill,
     }
 }
 
@@ -303,6 +314,7 @@ impl Pool {
         mut target_rx: watch::Receiver<u32>,
         mut settings_rx: watch::Receiver<Settings>,
         shutdown: CancellationToken,
+        kill: Arc<tokio::sync::Notify>,
     ) {
         let (ev_tx, mut ev_rx) = mpsc::channel::<Event>(64);
         let mut stopping_all = false;
@@ -333,6 +345,7 @@ impl Pool {
                     Err(_) => settings_open = false,
                 },
                 _ = tokio::time::sleep_until(wake.into()) => {}
+                _ = kill.notified() => self.kill_all(Instant::now()),
                 _ = shutdown.cancelled(), if !stopping_all => {
                     info!(workers = self.workers.len(), "Stopping workers for shutdown.");
                     stopping_all = true;
@@ -365,6 +378,21 @@ impl Pool {
         self.backoff.reset();
         self.next_start = now;
         info!(drained, generation, "Worker settings changed: workers started before finish what they hold and exit; new ones start with the new settings.");
+    }
+
+    /// SIGKILL for every worker not killed yet; repeated like a grace kill until its
+    /// exit is seen.
+    fn kill_all(&mut self, now: Instant) {
+        let mut killed = Vec::new();
+        for w in self.workers.iter_mut().filter(|w| !w.killed) {
+            w.signal(Signal::Kill);
+            w.killed = true;
+            w.stopping = Some(now + KILL_REPEAT);
+            killed.push(w.pid);
+        }
+        if !killed.is_empty() {
+            warn!(pids = ?killed, "Killing workers now.");
+        }
     }
 
     fn alive(&self) -> u32 {
@@ -462,7 +490,7 @@ impl Pool {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        die_with_parent(&mut cmd);
+        die_with_parent(&mut cmd, libc::SIGKILL);
         let mut child = cmd.spawn()?;
         spec.feed(&mut child);
         let pid = child.id().unwrap_or(0);
@@ -670,28 +698,66 @@ fn deliver(child: &mut tokio::process::Child, sig: Signal) {
     }
 }
 
-/// Makes the child get SIGKILL when the agent dies, however it dies. SIGKILL rather
-/// than SIGTERM: with the agent gone nobody reads the results of a graceful finish
-/// (the broker redelivers what the worker held), and a worker hung while loading
-/// would ignore anything less.
+/// Runs a one-shot child (`edge-agent prepare`) to its end from the task that owns it:
+/// the child gets SIGTERM when the agent dies, however it dies, and when `shutdown`
+/// fires it is killed and reaped here. Its stdout and stderr are collected; `feed`
+/// writes its stdin once it runs. `None` when shutdown stopped it.
+pub async fn run_owned(
+    mut cmd: Command,
+    feed: impl FnOnce(&mut tokio::process::Child),
+    shutdown: &CancellationToken,
+) -> std::io::Result<Option<std::process::Output>> {
+    use tokio::io::AsyncReadExt;
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    die_with_parent(&mut cmd, libc::SIGTERM);
+    let mut child = cmd.spawn()?;
+    feed(&mut child);
+    let read = |pipe: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>| async move {
+        let mut buf = Vec::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_end(&mut buf).await;
+        }
+        buf
+    };
+    let out = read(child.stdout.take().map(|p| Box::new(p) as _));
+    let err = read(child.stderr.take().map(|p| Box::new(p) as _));
+    let finished = tokio::select! {
+        (status, stdout, stderr) = async { tokio::join!(child.wait(), out, err) } => {
+            Some((status, stdout, stderr))
+        }
+        _ = shutdown.cancelled() => None,
+    };
+    match finished {
+        Some((status, stdout, stderr)) => Ok(Some(std::process::Output {
+            status: status?,
+            stdout,
+            stderr,
+        })),
+        None => {
+            let _ = child.start_kill();
+            child.wait().await?;
+            Ok(None)
+        }
+    }
+}
+
+/// Makes the child get `sig` when the agent dies, however it dies. Workers get SIGKILL
+/// rather than SIGTERM: with the agent gone nobody reads the results of a graceful
+/// finish (the broker redelivers what the worker held), and a worker hung while
+/// loading would ignore anything less.
 ///
 /// Linux sends the signal when the *thread* that forked the child exits; the pool
 /// starts workers from a runtime worker thread, which lives as long as the runtime.
-fn die_with_parent(cmd: &mut Command) {
+fn die_with_parent(cmd: &mut Command, sig: libc::c_int) {
     // SAFETY: getpid(2) is async-signal-safe.
     let parent = unsafe { libc::getpid() };
     // SAFETY: the closure runs between fork and exec and calls only async-signal-safe
     // functions (prctl, getppid, raise); it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             // The agent may have died between fork and prctl: then nobody will signal us.

@@ -1,0 +1,111 @@
+//! Settings that load and run but put something at risk: the agent starts, and says so
+//! once (`validate` on stderr, `run` in its log). Pure: the configuration in, the
+//! warnings out.
+
+use super::Config;
+use crate::transport::config::TransportKind;
+use crate::values::secret::redact_url;
+
+impl Config {
+    /// Warnings as (key path, message); messages show URLs redacted, never a password.
+    pub fn warnings(&self) -> Vec<(String, String)> {
+        let t = &self.transport;
+        // Only the URL the transport in use connects to; the embedded broker is on
+        // loopback. `scaling.remote_queue` lives on the same AMQP broker.
+        let (key, raw, has_password) = match t.kind {
+            TransportKind::Embedded => return Vec::new(),
+            TransportKind::Mqtt => (
+                "transport.mqtt_url",
+                t.mqtt_url.expose(),
+                t.mqtt_url.has_password(),
+            ),
+            TransportKind::Amqp => (
+                "transport.amqp_url",
+                t.amqp_url.expose(),
+                t.amqp_url.has_password(),
+            ),
+        };
+        plain_password(raw, has_password)
+            .map(|m| vec![(key.to_string(), m)])
+            .unwrap_or_default()
+    }
+}
+
+/// The warning for a password sent unencrypted to a broker off this machine.
+fn plain_password(raw: &str, has_password: bool) -> Option<String> {
+    if !has_password {
+        return None;
+    }
+    let url = url::Url::parse(raw).ok()?;
+    let tls = match url.scheme() {
+        "amqp" => "amqps",
+        "mqtt" | "tcp" => "mqtts",
+        _ => return None,
+    };
+    let host = url.host_str().unwrap_or("");
+    if is_loopback(host) {
+        return None;
+    }
+    Some(format!(
+        "the password goes unencrypted to {host} ({}); use {tls}:// or a broker on loopback",
+        redact_url(raw)
+    ))
+}
+
+fn is_loopback(host: &str) -> bool {
+    // Hosts of non-special schemes (mqtt, amqp) come back as text, IPv6 in brackets.
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => bare.eq_ignore_ascii_case("localhost"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn warnings(transport: &str) -> Vec<(String, String)> {
+        let text = format!("[device]\nid = \"d1\"\n[transport]\n{transport}\n");
+        Config::from_toml_str("t.toml", &text)
+            .expect("valid config")
+            .warnings()
+    }
+
+    #[test]
+    fn a_password_over_plain_mqtt_or_amqp_to_another_host_is_warned_about() {
+        let warned = |key: &str, msg: &str| vec![(key.to_string(), msg.to_string())];
+        let cases: &[(&str, Vec<(String, String)>)] = &[
+            (
+                "kind = \"amqp\"\namqp_url = \"amqp://u:s3cret@rabbit.lan:5672/%2f\"",
+                warned("transport.amqp_url", "the password goes unencrypted to rabbit.lan (amqp://u:***@rabbit.lan:5672/%2f); use amqps:// or a broker on loopback"),
+            ),
+            (
+                "kind = \"mqtt\"\nmqtt_url = \"mqtt://u:s3cret@10.0.0.7:1883\"",
+                warned("transport.mqtt_url", "the password goes unencrypted to 10.0.0.7 (mqtt://u:***@10.0.0.7:1883); use mqtts:// or a broker on loopback"),
+            ),
+            (
+                "kind = \"mqtt\"\nmqtt_url = \"tcp://u:s3cret@[fd00::1]:1883\"",
+                warned("transport.mqtt_url", "the password goes unencrypted to [fd00::1] (tcp://u:***@[fd00::1]:1883); use mqtts:// or a broker on loopback"),
+            ),
+            // TLS, loopback, no password, or the URL not in use: nothing to say.
+            ("kind = \"amqp\"\namqp_url = \"amqps://u:s3cret@rabbit.lan/%2f\"", vec![]),
+            ("kind = \"mqtt\"\nmqtt_url = \"mqtts://u:s3cret@broker.lan:8883\"", vec![]),
+            ("kind = \"mqtt\"\nmqtt_url = \"ssl://u:s3cret@broker.lan:8883\"", vec![]),
+            ("kind = \"amqp\"\namqp_url = \"amqp://u:s3cret@127.0.0.2:5672/%2f\"", vec![]),
+            ("kind = \"amqp\"\namqp_url = \"amqp://u:s3cret@LOCALHOST/%2f\"", vec![]),
+            ("kind = \"mqtt\"\nmqtt_url = \"mqtt://u:s3cret@[::1]:1883\"", vec![]),
+            ("kind = \"amqp\"\namqp_url = \"amqp://guest@rabbit.lan/%2f\"", vec![]),
+            ("kind = \"mqtt\"\namqp_url = \"amqp://u:s3cret@rabbit.lan/%2f\"", vec![]),
+            ("kind = \"embedded\"\nmqtt_url = \"mqtt://u:s3cret@10.0.0.7:1883\"", vec![]),
+        ];
+        for (transport, want) in cases {
+            let got = warnings(transport);
+            assert_eq!(&got, want, "{transport}");
+            assert!(
+                got.iter().all(|(_, m)| !m.contains("s3cret")),
+                "{transport}: {got:?}"
+            );
+        }
+    }
+}
