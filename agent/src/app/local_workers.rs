@@ -255,6 +255,6 @@ fn prepare_engines(
 fn worker_spec(running: &Config, transport: &AgentTransport) -> anyhow::Result<WorkerSpec> {
     let mut c = running.clone();
     c.transport = transport.worker_config(&c.transport);
-    WorkerSpec::this_binary(resolved_text(&c))
-        .context("cannot find this executable to start workers")
+    let text = resolved_text(&c).context("the workers' configuration")?;
+    WorkerSpec::this_binary(text).context("cannot find this executable to start workers")
 }

@@ -72,8 +72,9 @@ async fn run_scaler_cmd(loaded: Loaded) -> anyhow::Result<i32> {
     ));
 
     // Workers run on this scaler's configuration, handed over on stdin.
-    let spec = WorkerSpec::this_binary(crate::config::resolved_text(&cfg))
-        .context("cannot find this executable to start workers")?;
+    let text = crate::config::resolved_text(&cfg).context("the workers' configuration")?;
+    let spec =
+        WorkerSpec::this_binary(text).context("cannot find this executable to start workers")?;
     let pool = scaffold::spawn_workers(spec, &cfg.scaling, &shutdown);
     // Last backlog seen, for /health.
     let last_backlog = Arc::new(AtomicU64::new(0));

@@ -52,15 +52,16 @@ pub fn workers_differ(before: &Config, after: &Config) -> bool {
 
 /// The complete configuration as TOML, secrets included, for [`super::load::load_resolved`]
 /// in a worker. Secret files are already read into the URLs, so their paths go; a
-/// worker never opens a camera, so camera passwords go too. Never log it.
-pub fn resolved_text(config: &Config) -> String {
+/// worker never opens a camera, so camera passwords go too. Never log it. Fails only
+/// where a value has no TOML form: an error for the caller, not a panic.
+pub fn resolved_text(config: &Config) -> Result<String, toml::ser::Error> {
     let mut c = config.clone();
     c.transport.password_file = None;
     for cam in &mut c.cameras {
         cam.password_file = None;
         cam.url = cam.url.redacted();
     }
-    crate::values::secret::reveal(|| toml::to_string(&c).expect("config serialises to TOML"))
+    crate::values::secret::reveal(|| toml::to_string(&c))
 }
 
 /// Dotted keys whose values differ (a key present on one side only included);
@@ -126,7 +127,7 @@ mod tests {
         std::fs::write(dir.path().join("broker"), "s3cr${et}%\n").unwrap();
         let text = "[inference]\nconfidence = 0.4\nclass_thresholds = { car = 0.6 }\n[scaling]\nmin_workers = 1\ngrace_period = \"7s\"\n";
         let running = load(text, dir.path());
-        let out = resolved_text(&running);
+        let out = resolved_text(&running).unwrap();
         assert!(!out.contains("password_file"), "{out}");
         let back = load_resolved("from the agent", &out)
             .unwrap_or_else(|e| panic!("{e}\n{out}"))

@@ -523,7 +523,7 @@ fn no_printable_password_reaches_printed_text_inline_or_from_a_file() {
                     "Could not open resource {} for reading and writing.",
                     url.expose()
                 )));
-                printed.push(resolved_text(&l.config));
+                printed.push(resolved_text(&l.config).unwrap());
             }
             Err(e) => printed.push(e.to_string()),
         }
