@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 
 use crate::escalate::escalator::{Candidate, EscalatedFrame, Escalation};
 use crate::escalate::policy::EscalationPolicy;
-use crate::escalate::Regions;
+use crate::escalate::DetectRegions;
 use crate::ingest::{CameraConfig, CameraHandle, CropRequest, GreyFrame};
 use crate::motion::{Detector, EventTracker, FrameMotion, MotionTransition, NormBox};
 use crate::telemetry::metrics::{self, metrics};
@@ -252,7 +252,7 @@ impl Analysis {
             .iter()
             .map(|b| b.normalised(frame.width, frame.height))
             .collect();
-        let crops = (self.cam.escalation.regions == Regions::Motion).then(|| CropRequest {
+        let crops = (self.cam.escalation.regions == DetectRegions::Motion).then(|| CropRequest {
             boxes: boxes.iter().map(|b| [b.x, b.y, b.w, b.h]).collect(),
             min_side: self.cam.escalation.crop_size.as_u32(),
         });

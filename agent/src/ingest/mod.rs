@@ -9,7 +9,7 @@
 pub mod config;
 mod fallback;
 mod frames;
-mod pipeline;
+mod gst_pipeline;
 mod supervisor;
 pub mod synthetic;
 
@@ -32,7 +32,7 @@ use prometheus_client::metrics::counter::Counter;
 
 use crate::telemetry::metrics::{self, metrics};
 use crate::wire::regions;
-use pipeline::lock;
+use gst_pipeline::lock;
 
 /// Everything that can end a camera's pipeline run. Messages name the camera and never
 /// hold a password.
@@ -418,7 +418,7 @@ pub fn spawn_camera(
 
 /// How a replay ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ReplaySummary {
+pub struct DecodeSummary {
     /// Decoded frames.
     pub frames: u64,
     /// Grey frames delivered.
@@ -436,7 +436,7 @@ pub async fn replay(
     sample_to_analysis_fps: bool,
     grey_tx: mpsc::Sender<GreyFrame>,
     shutdown: CancellationToken,
-) -> Result<ReplaySummary, IngestError> {
+) -> Result<DecodeSummary, IngestError> {
     supervisor::replay(cfg, sample_to_analysis_fps, grey_tx, shutdown).await
 }
 

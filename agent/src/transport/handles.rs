@@ -15,7 +15,7 @@ use super::config::{TransportConfig, TransportKind};
 use super::connection::{check_name, Connection, Link};
 use super::embedded::{EmbeddedBroker, EmbeddedError};
 use super::error::TransportError;
-use super::link::{Backlog, Delivery, Frames, Inbound, ResultMessage, Results, Role, Shared};
+use super::link::{Backlog, Delivery, Frames, Inbound, LinkShared, ResultMessage, Results, Role};
 use super::mqtt;
 use super::state::Out;
 use crate::sync::lock;
@@ -49,7 +49,7 @@ impl AgentTransport {
         parent: &CancellationToken,
     ) -> Result<AgentTransport, TransportError> {
         check_name("device", device, false)?;
-        let shared = Arc::new(Shared::new(cfg, device, Role::Agent));
+        let shared = Arc::new(LinkShared::new(cfg, device, Role::Agent));
         let (results_tx, results_rx) = mpsc::channel(cfg.buffer_size.as_usize());
         let mut broker = None;
         let mut url = None;
@@ -279,7 +279,7 @@ impl WorkerTransport {
             }
             _ => None,
         };
-        let shared = Arc::new(Shared::new(cfg, device, Role::Worker));
+        let shared = Arc::new(LinkShared::new(cfg, device, Role::Worker));
         // AMQP: the prefetch limit bounds it. MQTT: the broker's in-flight window (20
         // on Mosquitto, 100 on the embedded broker) does.
         let (frames_tx, frames_rx) = mpsc::channel(cfg.prefetch.as_usize().max(256));
