@@ -17,7 +17,7 @@ use crate::escalate::policy::EscalationPolicy;
 use crate::escalate::DetectRegions;
 use crate::ingest::{CameraConfig, CameraHandle, CropRequest, GreyFrame};
 use crate::motion::{Detector, EventTracker, FrameMotion, MotionTransition, NormBox};
-use crate::telemetry::metrics::{self, metrics};
+use crate::telemetry::metrics::{self, metrics, DropReason};
 
 /// What became of a frame the policy wanted.
 #[derive(Debug, PartialEq, Eq)]
@@ -161,7 +161,7 @@ impl Analysis {
                 }
                 metrics()
                     .dropped
-                    .get_or_create(&metrics::reason(id, "motion_error"))
+                    .get_or_create(&metrics::drop_reason(id, DropReason::MotionError))
                     .inc();
                 None
             }
@@ -263,7 +263,7 @@ impl Analysis {
             Some(c) if self.last_sent.is_some_and(|s| c.seq <= s) => {
                 metrics()
                     .dropped
-                    .get_or_create(&metrics::reason(id, "colour_frame_repeat"))
+                    .get_or_create(&metrics::drop_reason(id, DropReason::ColourFrameRepeat))
                     .inc();
                 return ControlFlow::Continue(());
             }
@@ -285,17 +285,17 @@ impl Analysis {
                 return ControlFlow::Continue(());
             }
             Offered::Closed => return ControlFlow::Break(Closed),
-            Offered::NoColour => "colour_frame_gone",
+            Offered::NoColour => DropReason::ColourFrameGone,
             Offered::QueueFull => {
                 if metrics::should_log(&format!("escalate-full-{id}"), Duration::from_secs(30)) {
                     warn!(camera = %id, "Escalation queue full: frame dropped.");
                 }
-                "escalation_queue_full"
+                DropReason::EscalationQueueFull
             }
         };
         metrics()
             .dropped
-            .get_or_create(&metrics::reason(id, reason))
+            .get_or_create(&metrics::drop_reason(id, reason))
             .inc();
         ControlFlow::Continue(())
     }
@@ -316,7 +316,10 @@ async fn send_last_transition(id: &str, t: MotionTransition, out: &mpsc::Sender<
     if out.send(Escalation::Motion(t)).await.is_err() {
         metrics()
             .dropped
-            .get_or_create(&metrics::reason(id, "motion_transition_closed"))
+            .get_or_create(&metrics::drop_reason(
+                id,
+                DropReason::MotionTransitionClosed,
+            ))
             .inc();
         warn!(camera = %id, "Escalation queue closed: the motion end at stop was lost.");
     }

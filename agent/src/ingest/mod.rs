@@ -196,7 +196,10 @@ impl Shared {
                 .clone(),
             queue_full_metric: metrics()
                 .dropped
-                .get_or_create(&metrics::reason(cfg.id.as_str(), "motion_queue_full"))
+                .get_or_create(&metrics::drop_reason(
+                    cfg.id.as_str(),
+                    metrics::DropReason::MotionQueueFull,
+                ))
                 .clone(),
         }
     }

@@ -189,7 +189,10 @@ impl Incidents {
         if more > 0 {
             crate::telemetry::metrics::metrics()
                 .dropped
-                .get_or_create(&crate::telemetry::metrics::reason(camera, "tracks_full"))
+                .get_or_create(&crate::telemetry::metrics::drop_reason(
+                    camera,
+                    crate::telemetry::metrics::DropReason::TracksFull,
+                ))
                 .inc_by(more);
             if crate::telemetry::metrics::should_log(
                 &format!("tracks-full-{camera}"),

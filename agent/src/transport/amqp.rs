@@ -43,6 +43,7 @@ use super::state::Out;
 use super::tls;
 use crate::backoff::Backoff;
 use crate::sync::lock;
+use crate::telemetry::metrics::DropReason;
 use crate::values::secret::redact_url;
 
 #[derive(Clone)]
@@ -627,7 +628,7 @@ impl Owner {
                     .shared
                     .accept_result(device, camera, kind, bytes::Bytes::from(d.data));
                 if tx.try_send(r).is_err() {
-                    self.shared.count_dropped("results_overflow");
+                    self.shared.count_dropped(DropReason::ResultsOverflow);
                 }
             }
         }

@@ -19,7 +19,7 @@ use super::link::{Backlog, Delivery, Frames, Inbound, LinkShared, ResultMessage,
 use super::mqtt;
 use super::state::Out;
 use crate::sync::lock;
-use crate::telemetry::metrics::metrics;
+use crate::telemetry::metrics::{metrics, DropReason};
 use crate::wire::frame::{self, FrameMessage};
 
 /// The agent's side of the transport: publishes frames, motion, incidents and device
@@ -109,7 +109,7 @@ impl AgentTransport {
         let h = &msg.header;
         let max = c.shared.cfg.max_payload.as_usize();
         if msg.jpeg.len() > max {
-            c.shared.count_dropped("frame_oversized");
+            c.shared.count_dropped(DropReason::FrameOversized);
             return Err(TransportError::Oversized {
                 camera: h.camera.clone(),
                 seq: h.seq,
@@ -137,7 +137,7 @@ impl AgentTransport {
             evicted
         };
         if evicted {
-            c.shared.count_dropped("unanswered_evicted");
+            c.shared.count_dropped(DropReason::UnansweredEvicted);
         }
         c.enqueue(out);
         Ok(())

@@ -16,7 +16,7 @@ use super::config::{TransportConfig, TransportKind};
 use super::error::TransportError;
 use super::state::{Resent, State};
 use crate::sync::lock;
-use crate::telemetry::metrics::{self, metrics};
+use crate::telemetry::metrics::{self, metrics, DropReason};
 use crate::wire::frame::{self, FrameMessage};
 
 /// Which side of the link this is: [`AgentTransport`] or [`WorkerTransport`]. Inside
@@ -334,14 +334,14 @@ impl LinkShared {
         lock(&self.state)
     }
 
-    pub fn count_dropped(&self, why: &'static str) {
+    pub fn count_dropped(&self, why: DropReason) {
         self.stats.bump(&format!("dropped.{why}"));
         metrics()
             .dropped
-            .get_or_create(&metrics::reason("transport", why))
+            .get_or_create(&metrics::drop_reason("transport", why))
             .inc();
         if metrics::should_log(&format!("transport-dropped-{why}"), Duration::from_secs(10)) {
-            tracing::warn!(device = %self.device, reason = why, "Transport dropped a message.");
+            tracing::warn!(device = %self.device, reason = why.as_str(), "Transport dropped a message.");
         }
     }
 
@@ -425,7 +425,7 @@ impl LinkShared {
     /// Counts what a redelivery pass gave up on or dropped.
     pub fn count_resent(&self, r: &Resent) {
         for _ in 0..r.expired {
-            self.count_dropped("unanswered_expired");
+            self.count_dropped(DropReason::UnansweredExpired);
         }
         for class in &r.dropped {
             self.count_dropped(overflow_reason(*class));
@@ -443,10 +443,10 @@ impl LinkShared {
     }
 }
 
-pub(crate) fn overflow_reason(class: Class) -> &'static str {
+pub(crate) fn overflow_reason(class: Class) -> DropReason {
     match class {
-        Class::Frame => "frame_overflow",
-        Class::Event => "event_overflow",
+        Class::Frame => DropReason::FrameOverflow,
+        Class::Event => DropReason::EventOverflow,
     }
 }
 

@@ -31,6 +31,7 @@ use super::state::{Out, State};
 use super::tls;
 use crate::backoff::Backoff;
 use crate::sync::lock;
+use crate::telemetry::metrics::DropReason;
 use crate::values::secret::redact_url;
 use crate::wire::frame::MAX_HEADER_LEN;
 
@@ -464,7 +465,7 @@ impl Owner {
                                 return;
                             };
                             let _ = client.try_ack(publish);
-                            self.shared.count_dropped("worker_inbox_full");
+                            self.shared.count_dropped(DropReason::WorkerInboxFull);
                         }
                     }
                     Incoming::Rejected | Incoming::Duplicate => {
@@ -491,7 +492,7 @@ impl Owner {
     fn forward(&self, tx: &mpsc::Sender<ResultMessage>, r: ResultMessage) {
         // Full policy: drop the newest and count (the agent stopped reading).
         if tx.try_send(r).is_err() {
-            self.shared.count_dropped("results_overflow");
+            self.shared.count_dropped(DropReason::ResultsOverflow);
         }
     }
 }
