@@ -6,10 +6,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edge_agent::clips::{ClipSettings, FinishedClip, Recorder};
-use edge_agent::ingest::synthetic::Scene;
 use edge_agent::camera::CameraConfig;
+use edge_agent::clips::{ClipSettings, FinishedClip, Recorder};
 use edge_agent::ingest;
+use edge_agent::ingest::synthetic::Scene;
 use gst::prelude::*;
 use gstreamer as gst;
 use gstreamer_app as gst_app;

@@ -12,7 +12,7 @@ use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 use gstreamer_video::VideoFrameExt;
 
-use edge_agent::motion::tool::{replay, GreyFrame, ReplayOptions};
+use edge_agent::motion::tool::{replay, ReplayFrame, ReplayOptions};
 use edge_agent::motion::{Detector, EventTracker, MotionConfig, MotionEvent, MotionTransition};
 
 fn bikes_path() -> Option<PathBuf> {
@@ -20,7 +20,7 @@ fn bikes_path() -> Option<PathBuf> {
 }
 
 /// Grey frames (capture time, width, height, pixels) of a video file.
-fn grey_frames(path: &Path, width: u32, fps: i32) -> Result<Vec<GreyFrame>> {
+fn grey_frames(path: &Path, width: u32, fps: i32) -> Result<Vec<ReplayFrame>> {
     gst::init()?;
     let desc = format!(
         "filesrc name=src ! decodebin ! videoconvert ! videoscale ! videorate ! \

@@ -136,13 +136,20 @@ impl Stop {
         self.abandoned.push(what.into());
     }
 
+    /// True while nothing has been abandoned.
+    pub fn clean(&self) -> bool {
+        self.abandoned.is_empty()
+    }
+
+    /// Waits for `step` until the stages' deadline; `None` past it.
+    pub async fn within<F: std::future::Future>(&self, step: F) -> Option<F::Output> {
+        tokio::time::timeout_at(self.stages_until, step).await.ok()
+    }
+
     /// Waits for `task` until the stages' deadline; past it, aborts it, logs `late`
     /// and names it abandoned.
     pub async fn join<T>(&mut self, what: &str, mut task: JoinHandle<T>, late: &str) {
-        if tokio::time::timeout_at(self.stages_until, &mut task)
-            .await
-            .is_err()
-        {
+        if self.within(&mut task).await.is_none() {
             task.abort();
             warn!("{late}");
             self.abandoned(what);

@@ -5,22 +5,23 @@
 //! pool's SIGKILL, and the frames it held are delivered again.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::config::Loaded;
+use super::scaffold::Stop;
+use crate::config::{Config, Loaded};
 use crate::infer::broker::{work_item, TransportSink};
 use crate::infer::frame_loop::{self, WorkItem};
 use crate::infer::pipeline::Pipeline;
+use crate::infer::InferError;
 use crate::scale::{HELD_PREFIX, PROVIDER_PREFIX, READY_LINE};
 use crate::shutdown::{Lifetime, Shutdown};
-use crate::transport::TransportKind;
-use crate::transport::WorkerTransport;
+use crate::transport::{Frames, TransportKind, WorkerTransport};
 
 pub fn run(loaded: Loaded) -> i32 {
     super::run_on_runtime(
@@ -34,20 +35,37 @@ pub fn run(loaded: Loaded) -> i32 {
 /// Frames this worker holds (delivered, not yet settled), reported on stdout as
 /// `HELD_PREFIX n` whenever the count changes: the scaler adds it to the broker's ready
 /// count, since a passive queue declare does not count delivered-unacked messages.
-#[derive(Clone, Default)]
-struct Held(Arc<AtomicU64>);
+#[derive(Clone)]
+struct Held(Arc<watch::Sender<u64>>);
+
+impl Default for Held {
+    fn default() -> Self {
+        Held(Arc::new(watch::Sender::new(0)))
+    }
+}
 
 impl Held {
     fn count(&self) -> u64 {
-        self.0.load(Ordering::Acquire)
+        *self.0.borrow()
     }
     fn add(&self) {
-        let n = self.0.fetch_add(1, Ordering::AcqRel) + 1;
-        report_held(n);
+        // Reported under the count's lock, so the lines come out in the count's order.
+        self.0.send_modify(|n| {
+            *n += 1;
+            report_held(*n);
+        });
     }
     fn done(&self) {
-        let n = self.0.fetch_sub(1, Ordering::AcqRel).saturating_sub(1);
-        report_held(n);
+        self.0.send_modify(|n| {
+            *n = n.saturating_sub(1);
+            report_held(*n);
+        });
+    }
+    /// Returns once every frame held has been settled.
+    async fn settled(&self) {
+        let mut rx = self.0.subscribe();
+        // The sender is `self`, alive while this waits: the wait cannot fail.
+        let _ = rx.wait_for(|n| *n == 0).await;
     }
 }
 
@@ -66,111 +84,162 @@ const GRACE_USED: f32 = 0.8;
 
 async fn run_worker(loaded: Loaded) -> anyhow::Result<i32> {
     let cfg = loaded.config;
-    let grace = cfg.scaling.grace_period.get();
     let lifetime = Lifetime::with_signals();
-    let shutdown = lifetime.shutdown();
-    let inference = cfg.inference.clone();
-    let started = std::time::Instant::now();
-    // A cold start is model load plus broker link plus subscription: the link does not
-    // need the model, so on MQTT both run at once and the worker is ready after the
-    // slower. Not on AMQP: its consumer starts with the connection and would take frames
-    // (up to the prefetch) that it cannot report as held while the model loads, so the
-    // scaler would see no backlog and could scale in a worker that is still loading.
-    let overlap = cfg.transport.kind != TransportKind::Amqp;
-    let load = async {
-        let pipeline = tokio::task::spawn_blocking(move || Pipeline::new(&inference))
-            .await
-            .context("model loading task")??;
-        anyhow::Ok((pipeline, started.elapsed()))
-    };
-    let link = async {
-        let transport =
-            WorkerTransport::connect(&cfg.transport, cfg.device.id.as_str(), lifetime.end())
-                .await
-                .context("transport")?;
-        // Ready means subscribed: on MQTT a frame published before the SUBACK is lost.
-        let subscribed = transport.consuming(CONSUMING_TIMEOUT).await;
-        anyhow::Ok((transport, subscribed, started.elapsed()))
-    };
-    let ((pipeline, loaded_in), (transport, subscribed, linked_in)) = if overlap {
-        tokio::try_join!(load, link)?
-    } else {
-        let loaded = load.await?;
-        (loaded, link.await?)
-    };
-    let provider = pipeline.provider().to_string();
-    info!(provider = %provider, load = ?loaded_in, "Model loaded.");
-    if !subscribed {
-        warn!(timeout = ?CONSUMING_TIMEOUT, "No subscription acknowledged yet; announcing ready anyway (the agent resends what is lost).");
-    }
-    let transport = Arc::new(transport);
+    let started = Started::load_and_link(&cfg, &lifetime).await?;
+    let transport = Arc::new(started.transport);
     let mut frames = transport.frames().context("frames stream")?;
     let (tx, rx) = mpsc::channel::<WorkItem>(cfg.transport.prefetch.as_usize().max(1));
     // The loop ends when the channel closes, so frames already taken are finished.
-    let loop_token = Shutdown::new();
     let work = tokio::spawn(frame_loop::run(
-        pipeline,
+        started.pipeline,
         cfg.events.snapshots(),
         rx,
         TransportSink::new(transport.clone(), cfg.device.id.as_str()),
-        loop_token,
+        Shutdown::new(),
     ));
     let ready_at = crate::clock::unix_ns_now();
+    announce_ready(
+        &started.provider,
+        started.loaded_in,
+        started.linked_in,
+        started.subscribed,
+    );
     let held = Held::default();
+    take_frames(&mut frames, &tx, &held, ready_at, lifetime.shutdown()).await;
+    drop(tx);
+    stop(cfg.scaling.grace_period.get(), work, &held, &transport).await
+}
+
+/// A worker ready to take frames: its model loaded, its broker link up.
+struct Started {
+    pipeline: Pipeline,
+    provider: String,
+    transport: WorkerTransport,
+    loaded_in: Duration,
+    linked_in: Duration,
+    /// The broker acknowledged the subscription before ready.
+    subscribed: bool,
+}
+
+impl Started {
+    /// A cold start is model load plus broker link plus subscription: the link does not
+    /// need the model, so on MQTT both run at once and the worker is ready after the
+    /// slower. Not on AMQP: its consumer starts with the connection and would take
+    /// frames (up to the prefetch) that it cannot report as held while the model loads,
+    /// so the scaler would see no backlog and could scale in a worker that is still
+    /// loading.
+    async fn load_and_link(cfg: &Config, lifetime: &Lifetime) -> anyhow::Result<Started> {
+        let inference = cfg.inference.clone();
+        let started = std::time::Instant::now();
+        let overlap = cfg.transport.kind != TransportKind::Amqp;
+        let load = async {
+            let pipeline = tokio::task::spawn_blocking(move || Pipeline::new(&inference))
+                .await
+                .context("model loading task")??;
+            anyhow::Ok((pipeline, started.elapsed()))
+        };
+        let link = async {
+            let transport =
+                WorkerTransport::connect(&cfg.transport, cfg.device.id.as_str(), lifetime.end())
+                    .await
+                    .context("transport")?;
+            // Ready means subscribed: on MQTT a frame published before the SUBACK is lost.
+            let subscribed = transport.consuming(CONSUMING_TIMEOUT).await;
+            anyhow::Ok((transport, subscribed, started.elapsed()))
+        };
+        let ((pipeline, loaded_in), (transport, subscribed, linked_in)) = if overlap {
+            tokio::try_join!(load, link)?
+        } else {
+            let loaded = load.await?;
+            (loaded, link.await?)
+        };
+        let provider = pipeline.provider().to_string();
+        info!(provider = %provider, load = ?loaded_in, "Model loaded.");
+        if !subscribed {
+            warn!(timeout = ?CONSUMING_TIMEOUT, "No subscription acknowledged yet; announcing ready anyway (the agent resends what is lost).");
+        }
+        Ok(Started {
+            pipeline,
+            provider,
+            transport,
+            loaded_in,
+            linked_in,
+            subscribed,
+        })
+    }
+}
+
+/// The lines the scaler waits for: the execution provider, then ready.
+/// `acknowledged`: whether the broker acknowledged the subscription before ready.
+fn announce_ready(provider: &str, loaded_in: Duration, linked_in: Duration, acknowledged: bool) {
     println!("{PROVIDER_PREFIX} {provider}");
     println!("{READY_LINE}");
     let _ = std::io::stdout().flush();
-    info!(lifecycle = "ready", model = ?loaded_in, subscribed = ?linked_in, acknowledged = subscribed, "Worker ready.");
+    info!(lifecycle = "ready", model = ?loaded_in, subscribed = ?linked_in, acknowledged, "Worker ready.");
+}
+
+/// Hands frames to the frame loop, counting each as held until it is settled, until
+/// the stream ends, the loop is gone or shutdown.
+async fn take_frames(
+    frames: &mut Frames,
+    tx: &mpsc::Sender<WorkItem>,
+    held: &Held,
+    ready_at: u64,
+    shutdown: &Shutdown,
+) {
     loop {
         let d = tokio::select! {
-            d = frames.next() => match d { Some(d) => d, None => break },
-            _ = shutdown.cancelled() => break,
+            d = frames.next() => match d { Some(d) => d, None => return },
+            _ = shutdown.cancelled() => return,
         };
         held.add();
         let held_now = held.clone();
         // Only once settled: the connection must not close before the ack is sent.
         let item = work_item(d, ready_at, move || held_now.done());
         if tx.send(item).await.is_err() {
-            break;
+            return;
         }
     }
-    info!(lifecycle = "stopping", within = ?grace.mul_f32(GRACE_USED), "Worker stopping: finishing the frames it holds.");
-    let deadline = tokio::time::Instant::now() + grace.mul_f32(GRACE_USED);
-    let stages_until = deadline - Duration::from_secs(2).min(grace / 4);
-    let mut clean = true;
-    drop(tx);
-    let mut work = work;
-    let result = match tokio::time::timeout_at(stages_until, &mut work).await {
-        Ok(r) => r.context("worker loop")?,
-        Err(_) => {
+}
+
+/// The stop, within [`GRACE_USED`] of `grace`: the frame loop finishes what it holds,
+/// their acks go out, then the link flushes and closes with what is left. Frames not
+/// finished in time are abandoned (the broker delivers them again) and the exit status
+/// says so.
+async fn stop(
+    grace: Duration,
+    mut work: JoinHandle<Result<(), InferError>>,
+    held: &Held,
+    transport: &WorkerTransport,
+) -> anyhow::Result<i32> {
+    let mut stop = Stop::begin(
+        "Worker",
+        grace.mul_f32(GRACE_USED),
+        Duration::from_secs(2).min(grace / 4),
+        "Worker stopping: finishing the frames it holds.",
+    );
+    let result = match stop.within(&mut work).await {
+        Some(r) => r.context("worker loop")?,
+        None => {
             work.abort();
             warn!(lifecycle = "grace_exceeded", held = held.count(), grace = ?grace, "Frames not finished within scaling.grace_period; exiting anyway, they will be delivered again.");
-            clean = false;
+            stop.abandoned("frames held");
             Ok(())
         }
     };
     // The acks run in tasks of their own; closing before they are sent would hand the
     // frames back to the broker and another worker would process them again.
-    let acks = async {
-        while held.count() > 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    };
-    if clean && tokio::time::timeout_at(stages_until, acks).await.is_err() {
+    if stop.clean() && stop.within(held.settled()).await.is_none() {
         warn!(
             held = held.count(),
             "Acks still pending at exit; those frames will be delivered again."
         );
     }
-    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    let left = stop.left();
     if !transport.close(left).await {
         warn!(within = ?left, "The transport did not flush and close in time.");
-        clean = false;
+        stop.abandoned("transport");
     }
     result.map_err(anyhow::Error::from)?;
-    Ok(if clean {
-        0
-    } else {
-        crate::shutdown::EXIT_UNCLEAN_STOP
-    })
+    Ok(stop.finish())
 }

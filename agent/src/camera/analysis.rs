@@ -4,6 +4,7 @@
 //! channel to the one task that owns publishing. No transport code here, so it is
 //! testable on its own.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -14,10 +15,10 @@ use tracing::{debug, info, warn};
 use super::CameraConfig;
 use crate::escalate::escalator::{Candidate, EscalatedFrame, Escalation};
 use crate::escalate::policy::EscalationPolicy;
-use crate::escalate::Regions;
+use crate::escalate::DetectRegions;
 use crate::ingest::{CameraHandle, CropRequest, GreyFrame};
-use crate::motion::{Detector, EventTracker, MotionTransition, NormBox};
-use crate::telemetry::metrics::{self, metrics};
+use crate::motion::{Detector, EventTracker, FrameMotion, MotionTransition, NormBox};
+use crate::telemetry::metrics::{self, metrics, DropReason};
 
 /// What became of a frame the policy wanted.
 #[derive(Debug, PartialEq, Eq)]
@@ -59,53 +60,68 @@ pub async fn run(
     out: mpsc::Sender<Escalation>,
     shutdown: CancellationToken,
 ) {
-    let id = cam.id.to_string();
-    let mut detector: Option<Detector> = None;
-    let mut tracker = EventTracker::new(&cam.motion, &id);
-    let mut policy = EscalationPolicy::new(&cam.escalation);
-    let quality = cam.escalation.jpeg_quality.get() as u8;
-    let labels = metrics::camera(&id);
-    // The newest colour frame sent: when analysis lags behind the ring, two analysed
-    // frames can resolve to the same kept frame, which must not go out twice.
-    let mut last_sent: Option<u64> = None;
-    // Idle decode: since when the camera has shown nothing (no motion, no candidate, no
-    // event); idle after the motion quiet period of that.
-    let mut still_since: Option<SystemTime> = None;
+    let mut analysis = Analysis::new(cam, handle, out);
     loop {
         let frame = tokio::select! {
             f = grey.recv() => match f { Some(f) => f, None => break },
             _ = shutdown.cancelled() => break,
         };
-        if !cam.motion.enabled {
-            continue;
+        if analysis.frame(frame).await.is_break() {
+            break;
         }
-        // A new size, or a new rate (the source's frame rate changed under a higher
-        // `analysis_fps`), starts a new detector.
-        let fresh = !matches!(&detector, Some(d) if d.width() == frame.width && d.height() == frame.height && d.fps() == frame.fps);
-        if fresh {
-            debug!(camera = %id, width = frame.width, height = frame.height, "Motion detector (re)initialised.");
-            detector = Some(Detector::new(
-                &cam.motion,
-                frame.width,
-                frame.height,
-                frame.fps,
-            ));
+    }
+    analysis.finish().await;
+}
+
+/// The escalator stopped reading: the camera's loop ends.
+struct Closed;
+
+/// One camera's state between frames: its detector, event tracker and escalation
+/// budget, and what it last did (the colour frame sent, since when it is still).
+struct Analysis {
+    id: String,
+    cam: CameraConfig,
+    handle: Arc<CameraHandle>,
+    out: mpsc::Sender<Escalation>,
+    detector: Option<Detector>,
+    tracker: EventTracker,
+    policy: EscalationPolicy,
+    quality: u8,
+    labels: metrics::Labels,
+    /// The newest colour frame sent: when analysis lags behind the ring, two analysed
+    /// frames can resolve to the same kept frame, which must not go out twice.
+    last_sent: Option<u64>,
+    /// Idle decode: since when the camera has shown nothing (no motion, no candidate,
+    /// no event); idle after the motion quiet period of that.
+    still_since: Option<SystemTime>,
+}
+
+impl Analysis {
+    fn new(cam: CameraConfig, handle: Arc<CameraHandle>, out: mpsc::Sender<Escalation>) -> Self {
+        let id = cam.id.to_string();
+        Analysis {
+            tracker: EventTracker::new(&cam.motion, &id),
+            policy: EscalationPolicy::new(&cam.escalation),
+            quality: cam.escalation.jpeg_quality.get() as u8,
+            labels: metrics::camera(&id),
+            id,
+            cam,
+            handle,
+            out,
+            detector: None,
+            last_sent: None,
+            still_since: None,
         }
-        let Some(det) = detector.as_mut() else {
-            continue;
-        };
-        let m = match det.process(&frame.data) {
-            Ok(m) => m.clone(),
-            Err(e) => {
-                if metrics::should_log(&format!("motion-{id}"), Duration::from_secs(60)) {
-                    warn!(camera = %id, error = %e, "Frame rejected by the motion detector.");
-                }
-                metrics()
-                    .dropped
-                    .get_or_create(&metrics::reason(&id, "motion_error"))
-                    .inc();
-                continue;
-            }
+    }
+
+    /// One grey frame: motion, the event state, the decode mode, then (during an
+    /// event, when the policy wants it) its colour copy out to the escalator.
+    async fn frame(&mut self, frame: GreyFrame) -> ControlFlow<Closed> {
+        if !self.cam.motion.enabled {
+            return ControlFlow::Continue(());
+        }
+        let Some(m) = self.detect(&frame) else {
+            return ControlFlow::Continue(());
         };
         let motion_at = SystemTime::now();
         if let Ok(d) = motion_at.duration_since(frame.captured) {
@@ -114,8 +130,55 @@ pub async fn run(
                 .get_or_create(&metrics::stage("capture_to_motion"))
                 .observe(d.as_secs_f64());
         }
+        let transition = self.track(&frame, &m).await?;
+        self.update_idle(&frame, &m);
+        if let Some(t) = transition {
+            self.announce(t).await?;
+        }
+        self.escalate(&frame, &m, motion_at).await
+    }
+
+    /// The frame's motion; a new size, or a new rate (the source's frame rate changed
+    /// under a higher `analysis_fps`), starts a new detector. A rejected frame is
+    /// counted and gives `None`.
+    fn detect(&mut self, frame: &GreyFrame) -> Option<FrameMotion> {
+        let id = &self.id;
+        let fresh = !matches!(&self.detector, Some(d) if d.width() == frame.width && d.height() == frame.height && d.fps() == frame.fps);
+        if fresh {
+            debug!(camera = %id, width = frame.width, height = frame.height, "Motion detector (re)initialised.");
+            self.detector = Some(Detector::new(
+                &self.cam.motion,
+                frame.width,
+                frame.height,
+                frame.fps,
+            ));
+        }
+        let det = self.detector.as_mut()?;
+        match det.process(&frame.data) {
+            Ok(m) => Some(m.clone()),
+            Err(e) => {
+                if metrics::should_log(&format!("motion-{id}"), Duration::from_secs(60)) {
+                    warn!(camera = %id, error = %e, "Frame rejected by the motion detector.");
+                }
+                metrics()
+                    .dropped
+                    .get_or_create(&metrics::drop_reason(id, DropReason::MotionError))
+                    .inc();
+                None
+            }
+        }
+    }
+
+    /// Feeds the event tracker; a candidate seen or dropped goes out at once (waiting
+    /// for room). Returns the event's transition, if any.
+    async fn track(
+        &mut self,
+        frame: &GreyFrame,
+        m: &FrameMotion,
+    ) -> ControlFlow<Closed, Option<MotionTransition>> {
+        let tracker = &mut self.tracker;
         let was_pending = tracker.pending() > 0;
-        let transition = tracker.update(frame.captured, &m);
+        let transition = tracker.update(frame.captured, m);
         let change = match (was_pending, tracker.pending() > 0) {
             (false, true) => Some(Candidate::Seen),
             (true, false) if tracker.current().is_none() => Some(Candidate::Dropped),
@@ -123,64 +186,87 @@ pub async fn run(
         };
         if let Some(change) = change {
             let c = Escalation::Candidate {
-                camera: id.clone(),
+                camera: self.id.clone(),
                 change,
             };
-            if out.send(c).await.is_err() {
-                break;
+            if self.out.send(c).await.is_err() {
+                return ControlFlow::Break(Closed);
             }
         }
+        ControlFlow::Continue(transition)
+    }
+
+    /// Idle decode (key frames only) once the camera has been still for the motion
+    /// quiet period.
+    fn update_idle(&mut self, frame: &GreyFrame, m: &FrameMotion) {
+        let tracker = &self.tracker;
         let still = !m.has_motion() && tracker.current().is_none() && tracker.pending() == 0;
-        let since = *still_since.get_or_insert(frame.captured);
+        let since = *self.still_since.get_or_insert(frame.captured);
         if !still {
-            still_since = None;
+            self.still_since = None;
         }
         let idle = still
             && frame.captured.duration_since(since).unwrap_or_default()
-                >= cam.motion.quiet_period.get();
-        if handle.set_idle(idle) {
+                >= self.cam.motion.quiet_period.get();
+        if self.handle.set_idle(idle) {
             metrics()
                 .camera_idle
-                .get_or_create(&labels)
+                .get_or_create(&self.labels)
                 .set(i64::from(idle));
-            debug!(camera = %id, idle, "Decode mode changed (idle: key frames only).");
+            debug!(camera = %self.id, idle, "Decode mode changed (idle: key frames only).");
         }
-        if let Some(t) = transition {
-            if let MotionTransition::Started(e) = &t {
-                metrics().motion_events.get_or_create(&labels).inc();
-                info!(lifecycle = "motion_started", camera = %id, event = %e.id, "Motion started.");
-            } else if let MotionTransition::Ended(e) = &t {
-                info!(lifecycle = "motion_ended", camera = %id, event = %e.id, frames = e.frames, "Motion ended.");
-            }
-            if out.send(Escalation::Motion(t)).await.is_err() {
-                break;
-            }
+    }
+
+    /// A motion start or end: logged, counted, and sent (waiting for room).
+    async fn announce(&self, t: MotionTransition) -> ControlFlow<Closed> {
+        let id = &self.id;
+        if let MotionTransition::Started(e) = &t {
+            metrics().motion_events.get_or_create(&self.labels).inc();
+            info!(lifecycle = "motion_started", camera = %id, event = %e.id, "Motion started.");
+        } else if let MotionTransition::Ended(e) = &t {
+            info!(lifecycle = "motion_ended", camera = %id, event = %e.id, frames = e.frames, "Motion ended.");
         }
-        let Some(event) = tracker.current() else {
-            continue;
+        if self.out.send(Escalation::Motion(t)).await.is_err() {
+            return ControlFlow::Break(Closed);
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// During an event, a moving frame the policy wants goes out with its colour copy
+    /// (cropped to the motion when the regions say so); a frame that cannot go is
+    /// dropped and counted.
+    async fn escalate(
+        &mut self,
+        frame: &GreyFrame,
+        m: &FrameMotion,
+        motion_at: SystemTime,
+    ) -> ControlFlow<Closed> {
+        let id = &self.id;
+        let Some(event) = self.tracker.current() else {
+            return ControlFlow::Continue(());
         };
-        if !m.has_motion() || !policy.wants(frame.captured) {
-            continue;
+        if !m.has_motion() || !self.policy.wants(frame.captured) {
+            return ControlFlow::Continue(());
         }
         let boxes: Vec<NormBox> = m
             .boxes
             .iter()
             .map(|b| b.normalised(frame.width, frame.height))
             .collect();
-        let crops = (cam.escalation.regions == Regions::Motion).then(|| CropRequest {
+        let crops = (self.cam.escalation.regions == DetectRegions::Motion).then(|| CropRequest {
             boxes: boxes.iter().map(|b| [b.x, b.y, b.w, b.h]).collect(),
-            min_side: cam.escalation.crop_size.as_u32(),
+            min_side: self.cam.escalation.crop_size.as_u32(),
         });
         // The colour copy is converted off the runtime's threads.
-        let colour = match handle.colour_frame_off_runtime(frame.seq, crops).await {
+        let colour = match self.handle.colour_frame_off_runtime(frame.seq, crops).await {
             // When analysis lags behind the ring, two analysed frames can resolve to the
             // same kept frame, which must not go out twice.
-            Some(c) if last_sent.is_some_and(|s| c.seq <= s) => {
+            Some(c) if self.last_sent.is_some_and(|s| c.seq <= s) => {
                 metrics()
                     .dropped
-                    .get_or_create(&metrics::reason(&id, "colour_frame_repeat"))
+                    .get_or_create(&metrics::drop_reason(id, DropReason::ColourFrameRepeat))
                     .inc();
-                continue;
+                return ControlFlow::Continue(());
             }
             c => c,
         };
@@ -190,31 +276,36 @@ pub async fn run(
                 event_id: event.id.clone(),
                 colour,
                 boxes,
-                jpeg_quality: quality,
+                jpeg_quality: self.quality,
                 motion_at,
             })
         });
-        let reason = match offer(&mut policy, frame.captured, item, &out) {
+        let reason = match offer(&mut self.policy, frame.captured, item, &self.out) {
             Offered::Sent => {
-                last_sent = colour_seq;
-                continue;
+                self.last_sent = colour_seq;
+                return ControlFlow::Continue(());
             }
-            Offered::Closed => break,
-            Offered::NoColour => "colour_frame_gone",
+            Offered::Closed => return ControlFlow::Break(Closed),
+            Offered::NoColour => DropReason::ColourFrameGone,
             Offered::QueueFull => {
                 if metrics::should_log(&format!("escalate-full-{id}"), Duration::from_secs(30)) {
                     warn!(camera = %id, "Escalation queue full: frame dropped.");
                 }
-                "escalation_queue_full"
+                DropReason::EscalationQueueFull
             }
         };
         metrics()
             .dropped
-            .get_or_create(&metrics::reason(&id, reason))
+            .get_or_create(&metrics::drop_reason(id, reason))
             .inc();
+        ControlFlow::Continue(())
     }
-    if let Some(t) = tracker.finish() {
-        send_last_transition(&id, t, &out).await;
+
+    /// At stop: the end of the open event, if any.
+    async fn finish(mut self) {
+        if let Some(t) = self.tracker.finish() {
+            send_last_transition(&self.id, t, &self.out).await;
+        }
     }
 }
 
@@ -226,7 +317,10 @@ async fn send_last_transition(id: &str, t: MotionTransition, out: &mpsc::Sender<
     if out.send(Escalation::Motion(t)).await.is_err() {
         metrics()
             .dropped
-            .get_or_create(&metrics::reason(id, "motion_transition_closed"))
+            .get_or_create(&metrics::drop_reason(
+                id,
+                DropReason::MotionTransitionClosed,
+            ))
             .inc();
         warn!(camera = %id, "Escalation queue closed: the motion end at stop was lost.");
     }

@@ -323,7 +323,10 @@ impl Worker {
         if self.done.try_send(done).is_err() {
             metrics()
                 .dropped
-                .get_or_create(&metrics::reason(self.camera.id(), "clip_report"))
+                .get_or_create(&metrics::drop_reason(
+                    self.camera.id(),
+                    metrics::DropReason::ClipReport,
+                ))
                 .inc();
         }
     }

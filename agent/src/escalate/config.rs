@@ -31,7 +31,7 @@ pub struct EscalationConfig {
     /// What the detector looks at: the whole frame scaled to `detect_width`, or crops
     /// of the full-resolution frame around the motion boxes.
     #[serde(default)]
-    pub regions: Regions,
+    pub regions: DetectRegions,
     /// Least side of a crop, in camera pixels: set it to the model's input size, so an
     /// object is never shrunk on its way to the detector.
     #[serde(default = "default_crop_size")]
@@ -41,7 +41,7 @@ pub struct EscalationConfig {
 /// What part of an escalated frame the detector sees.
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
-pub enum Regions {
+pub enum DetectRegions {
     /// The whole frame at `detect_width`.
     #[default]
     Whole,
@@ -59,7 +59,7 @@ impl Default for EscalationConfig {
             max_frames: None,
             min_interval: default_interval(),
             jpeg_quality: default_quality(),
-            regions: Regions::default(),
+            regions: DetectRegions::default(),
             crop_size: default_crop_size(),
         }
     }

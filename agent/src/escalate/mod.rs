@@ -6,4 +6,4 @@ pub mod config;
 pub mod escalator;
 pub mod policy;
 
-pub use config::{EscalationConfig, Regions};
+pub use config::{DetectRegions, EscalationConfig};

@@ -5,7 +5,7 @@
 use super::layout::ZooHead;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Candidate {
+pub struct RawBox {
     pub class_id: usize,
     pub score: f32,
     /// x1, y1, x2, y2 in input pixels.
@@ -65,7 +65,7 @@ pub fn decode_pytorch(
     input_w: f32,
     input_h: f32,
     th: &Thresholds,
-    out: &mut Vec<Candidate>,
+    out: &mut Vec<RawBox>,
 ) {
     for (b, c) in boxes.chunks_exact(4).zip(confs.chunks_exact(classes)) {
         if max_f32(c) < th.min {
@@ -75,7 +75,7 @@ pub fn decode_pytorch(
         if score < th.min || score < th.per_class[class_id] {
             continue;
         }
-        out.push(Candidate {
+        out.push(RawBox {
             class_id,
             score,
             bbox: [
@@ -100,7 +100,7 @@ pub fn decode_zoo_head(
     classes: usize,
     input_w: f32,
     th: &Thresholds,
-    out: &mut Vec<Candidate>,
+    out: &mut Vec<RawBox>,
 ) {
     let per = 5 + classes;
     let a_n = head.anchors.len();
@@ -129,7 +129,7 @@ pub fn decode_zoo_head(
         let (aw, ah) = head.anchors[a];
         let w = v[2].exp() * aw;
         let h = v[3].exp() * ah;
-        out.push(Candidate {
+        out.push(RawBox {
             class_id,
             score,
             bbox: [cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0],
@@ -153,9 +153,9 @@ pub fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
 /// Greedy class-aware NMS: boxes of one class suppress each other when their IoU is
 /// above `iou_threshold`; boxes of different classes never do. Highest score first,
 /// ties in input order. Returns the kept boxes, best first.
-pub fn nms(mut cands: Vec<Candidate>, iou_threshold: f32) -> Vec<Candidate> {
+pub fn nms(mut cands: Vec<RawBox>, iou_threshold: f32) -> Vec<RawBox> {
     cands.sort_by(|a, b| b.score.total_cmp(&a.score));
-    let mut kept: Vec<Candidate> = Vec::with_capacity(cands.len().min(64));
+    let mut kept: Vec<RawBox> = Vec::with_capacity(cands.len().min(64));
     for c in cands {
         if kept
             .iter()
@@ -171,8 +171,8 @@ pub fn nms(mut cands: Vec<Candidate>, iou_threshold: f32) -> Vec<Candidate> {
 mod tests {
     use super::*;
 
-    fn cand(class_id: usize, score: f32, bbox: [f32; 4]) -> Candidate {
-        Candidate {
+    fn cand(class_id: usize, score: f32, bbox: [f32; 4]) -> RawBox {
+        RawBox {
             class_id,
             score,
             bbox,

@@ -8,7 +8,7 @@ use ort::session::Session;
 use ort::value::TensorRef;
 
 use super::config::InferenceConfig;
-use super::decode::{self, Candidate, Thresholds};
+use super::decode::{self, RawBox, Thresholds};
 use super::layout::{self, BatchDim, Layout, ModelSpec};
 use super::preprocess::{InputFormat, Preprocessor};
 use super::session::{self, provider_name};
@@ -301,7 +301,7 @@ impl Pipeline {
         let run_ms = ms(t_run) / n as f64;
 
         let t_post = Instant::now();
-        let mut per_image: Vec<Vec<Candidate>> = vec![Vec::new(); n];
+        let mut per_image: Vec<Vec<RawBox>> = vec![Vec::new(); n];
         let extract = |idx: usize| -> Result<&[f32], InferError> {
             let (_, data) =
                 outputs[idx]

@@ -90,7 +90,10 @@ impl EncodedTap {
             if pushed.capped > 0 {
                 metrics()
                     .dropped
-                    .get_or_create(&metrics::reason(&self.camera, "preroll_cap"))
+                    .get_or_create(&metrics::drop_reason(
+                        &self.camera,
+                        metrics::DropReason::PrerollCap,
+                    ))
                     .inc_by(pushed.capped as u64);
                 if metrics::should_log(
                     &format!("preroll-cap-{}", self.camera),
@@ -110,7 +113,10 @@ impl EncodedTap {
                 self.broken = true;
                 metrics()
                     .dropped
-                    .get_or_create(&metrics::reason(&self.camera, "clip_queue_full"))
+                    .get_or_create(&metrics::drop_reason(
+                        &self.camera,
+                        metrics::DropReason::ClipQueueFull,
+                    ))
                     .inc();
                 if metrics::should_log(
                     &format!("clip-queue-full-{}", self.camera),

@@ -10,7 +10,7 @@ pub mod config;
 mod encoded;
 mod fallback;
 mod frames;
-mod pipeline;
+mod gst_pipeline;
 pub mod preroll;
 mod supervisor;
 pub mod synthetic;
@@ -29,14 +29,14 @@ use tokio_util::sync::CancellationToken;
 pub use config::{BackoffConfig, Decode, FrameLimit, IdleDecode, RtspProtocol, SourceConfig};
 pub use encoded::{EncodedFeed, EncodedUnit};
 pub use frames::{downscale_plane, scaled_size, ColourFrame, Crop, GreyFrame};
-pub use pipeline::UNKNOWN_RATE_FPS;
+pub use gst_pipeline::UNKNOWN_RATE_FPS;
 
 use frames::{Kept, Ring};
 use prometheus_client::metrics::counter::Counter;
 
 use crate::telemetry::metrics::{self, metrics};
 use crate::wire::regions;
-use pipeline::lock;
+use gst_pipeline::lock;
 
 /// Everything that can end a camera's pipeline run. Messages name the camera and never
 /// hold a password.
@@ -205,7 +205,10 @@ impl Shared {
                 .clone(),
             queue_full_metric: metrics()
                 .dropped
-                .get_or_create(&metrics::reason(cfg.id.as_str(), "motion_queue_full"))
+                .get_or_create(&metrics::drop_reason(
+                    cfg.id.as_str(),
+                    metrics::DropReason::MotionQueueFull,
+                ))
                 .clone(),
         }
     }
@@ -454,7 +457,7 @@ pub fn spawn_camera(
 
 /// How a replay ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ReplaySummary {
+pub struct DecodeSummary {
     /// Decoded frames.
     pub frames: u64,
     /// Grey frames delivered.
@@ -472,7 +475,7 @@ pub async fn replay(
     sample_to_analysis_fps: bool,
     grey_tx: mpsc::Sender<GreyFrame>,
     shutdown: CancellationToken,
-) -> Result<ReplaySummary, IngestError> {
+) -> Result<DecodeSummary, IngestError> {
     supervisor::replay(cfg.into(), sample_to_analysis_fps, grey_tx, shutdown).await
 }
 

@@ -17,8 +17,8 @@ use tracing::Instrument;
 
 use super::fallback::{Change, HwFallback};
 use super::frames::GreyFrame;
-use super::pipeline::{self, lock, Attempt, Mode};
-use super::{CameraState, IngestError, ReplaySummary, Shared, SourceConfig};
+use super::gst_pipeline::{self, lock, Attempt, Mode};
+use super::{CameraState, DecodeSummary, IngestError, Shared, SourceConfig};
 use crate::backoff::Backoff;
 use crate::telemetry::metrics::{self, metrics};
 
@@ -64,7 +64,7 @@ async fn run(
             tracing::info!("Trying the hardware decoder again.");
         }
         let mut hardware = false;
-        let built = pipeline::build(
+        let built = gst_pipeline::build(
             &cfg,
             Mode::Live,
             &shared,
@@ -288,12 +288,12 @@ pub(crate) async fn replay(
     sample: bool,
     grey_tx: mpsc::Sender<GreyFrame>,
     shutdown: CancellationToken,
-) -> Result<ReplaySummary, IngestError> {
+) -> Result<DecodeSummary, IngestError> {
     let shared = Arc::new(Shared::new(&cfg));
     let span = tracing::info_span!("replay", camera = %shared.id);
     async move {
         let attempt = Arc::new(Attempt::new());
-        let built = pipeline::build(
+        let built = gst_pipeline::build(
             &cfg,
             Mode::Replay { sample },
             &shared,
@@ -329,7 +329,7 @@ pub(crate) async fn replay(
         attempt.cancel.cancel();
         teardown(&shared.id, built.pipeline).await;
         result?;
-        let summary = ReplaySummary {
+        let summary = DecodeSummary {
             frames: shared.frames.load(std::sync::atomic::Ordering::Relaxed),
             delivered: shared.delivered.load(std::sync::atomic::Ordering::Relaxed),
             source_size: *lock(&attempt.size),

@@ -236,7 +236,7 @@ fn write_json(out: &mut impl Write, v: &impl serde::Serialize) -> Result<(), Mot
 }
 
 /// An owned grey frame: capture time, width, height, pixels (rows without padding).
-pub type GreyFrame = (SystemTime, u32, u32, Vec<u8>);
+pub type ReplayFrame = (SystemTime, u32, u32, Vec<u8>);
 
 /// Replays owned frames (indexed from 0, no stream time) analysed at `fps` a second;
 /// see [`Replay`].
@@ -250,7 +250,7 @@ pub fn replay<W, I>(
 ) -> Result<ReplaySummary, MotionError>
 where
     W: Write,
-    I: IntoIterator<Item = GreyFrame>,
+    I: IntoIterator<Item = ReplayFrame>,
 {
     let mut r = Replay::new(cfg, fps, camera, out, opts)?;
     for (i, (at, w, h, grey)) in frames.into_iter().enumerate() {
@@ -463,7 +463,7 @@ mod tests {
     }
 
     /// 64x48 frames: a square moving in frames 3..10, a light step at frame 28.
-    fn frames() -> Vec<GreyFrame> {
+    fn frames() -> Vec<ReplayFrame> {
         let (w, h) = (64usize, 48usize);
         (0..40)
             .map(|i| {

@@ -271,7 +271,10 @@ impl Incidents {
         if more > 0 {
             metrics()
                 .dropped
-                .get_or_create(&metrics::reason(camera, "tracks_full"))
+                .get_or_create(&crate::telemetry::metrics::drop_reason(
+                    camera,
+                    crate::telemetry::metrics::DropReason::TracksFull,
+                ))
                 .inc_by(more);
             if metrics::should_log(&format!("tracks-full-{camera}"), Duration::from_secs(60)) {
                 tracing::warn!(

@@ -105,7 +105,10 @@ async fn serve(
     if dropped > 0 {
         metrics()
             .dropped
-            .get_or_create(&metrics::reason("results", "stopped"))
+            .get_or_create(&metrics::drop_reason(
+                "results",
+                metrics::DropReason::Stopped,
+            ))
             .inc_by(dropped);
         warn!(drained, dropped, within = ?drain_for, "Agent stopping: results still queued were not tracked in time.");
     } else if drained > 0 {
@@ -241,7 +244,10 @@ mod tests {
     fn stopped_drops() -> u64 {
         metrics()
             .dropped
-            .get_or_create(&metrics::reason("results", "stopped"))
+            .get_or_create(&metrics::drop_reason(
+                "results",
+                metrics::DropReason::Stopped,
+            ))
             .get()
     }
 

@@ -35,7 +35,7 @@ use tracing::{info, warn};
 
 use crate::backoff::Backoff;
 use crate::sync::lock;
-use crate::telemetry::metrics::metrics;
+use crate::telemetry::metrics::{metrics, DropReason};
 
 /// The line a worker prints on stdout when it is ready for frames.
 pub const READY_LINE: &str = "EDGE_AGENT_WORKER_READY";
@@ -614,13 +614,13 @@ impl Pool {
             Failure::Start | Failure::ReadyTimeout => self.counters.start_failures += 1,
         }
         let label = match kind {
-            Failure::Crash => "crash",
-            Failure::Start => "start_failure",
-            Failure::ReadyTimeout => "ready_timeout",
+            Failure::Crash => DropReason::Crash,
+            Failure::Start => DropReason::StartFailure,
+            Failure::ReadyTimeout => DropReason::ReadyTimeout,
         };
         metrics()
             .dropped
-            .get_or_create(&crate::telemetry::metrics::reason("workers", label))
+            .get_or_create(&crate::telemetry::metrics::drop_reason("workers", label))
             .inc();
         self.counters.last_failure = Some(reason);
         delay

@@ -38,7 +38,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::metrics::{metrics, reason, should_log};
+use super::metrics::{drop_reason, metrics, should_log, DropReason};
 use crate::sync::lock;
 
 /// Supplies the JSON body of `/health`.
@@ -141,11 +141,11 @@ pub async fn serve_endpoints(
             // The client's own limit first: a client at its limit must not take one of
             // the slots that everyone else shares.
             let Some(client) = clients.take(peer.ip(), limits.per_client) else {
-                dropped("client_limit", peer);
+                dropped(DropReason::ClientLimit, peer);
                 continue;
             };
             let Ok(slot) = slots.clone().try_acquire_owned() else {
-                dropped("connection_limit", peer);
+                dropped(DropReason::ConnectionLimit, peer);
                 continue;
             };
             let _ = sock.set_nodelay(true);
@@ -159,8 +159,8 @@ pub async fn serve_endpoints(
                     .keep_alive(false)
                     .serve_connection(TokioIo::new(sock), service);
                 match tokio::time::timeout(limits.connection_timeout, conn).await {
-                    Ok(Err(e)) if e.is_timeout() => dropped("head_timeout", peer),
-                    Err(_) => dropped("connection_timeout", peer),
+                    Ok(Err(e)) if e.is_timeout() => dropped(DropReason::HeadTimeout, peer),
+                    Err(_) => dropped(DropReason::ConnectionTimeout, peer),
                     Ok(_) => {}
                 }
                 drop((slot, client));
@@ -171,10 +171,13 @@ pub async fn serve_endpoints(
 }
 
 /// Counts a connection closed unserved, and logs it at most once a minute per reason.
-fn dropped(why: &'static str, peer: SocketAddr) {
-    metrics().dropped.get_or_create(&reason("http", why)).inc();
+fn dropped(why: DropReason, peer: SocketAddr) {
+    metrics()
+        .dropped
+        .get_or_create(&drop_reason("http", why))
+        .inc();
     if should_log(&format!("http-dropped-{why}"), Duration::from_secs(60)) {
-        warn!(reason = why, %peer, "Metrics endpoint closed a connection unserved.");
+        warn!(reason = why.as_str(), %peer, "Metrics endpoint closed a connection unserved.");
     }
 }
 

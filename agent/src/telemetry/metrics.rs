@@ -340,6 +340,112 @@ pub fn filtered(camera: &str, class: &str, why: &str) -> Labels {
         ("reason", why.to_string()),
     ]
 }
+/// The labels of the `dropped` counter: where, and which [`DropReason`].
+pub fn drop_reason(place: &str, why: DropReason) -> Labels {
+    reason(place, why.as_str())
+}
+
+/// Why something was dropped: every reason the `dropped` counter carries, in one
+/// place, so a new one is a new variant rather than a string that dashboards and
+/// tests do not know. [`DropReason::as_str`] is the label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    // A camera's frames, before and at escalation.
+    /// The camera's grey frame queue to the motion loop was full.
+    MotionQueueFull,
+    /// The motion detector rejected the frame.
+    MotionError,
+    /// The colour frame had already been sent (analysis lagging behind the ring).
+    ColourFrameRepeat,
+    /// The colour copy had left the ring.
+    ColourFrameGone,
+    /// The escalation queue was full.
+    EscalationQueueFull,
+    /// The escalation queue was closed: the motion end at stop was lost.
+    MotionTransitionClosed,
+    // The broker link.
+    /// A frame message over the size limit.
+    FrameOversized,
+    /// A frame sent but never answered, evicted to make room.
+    UnansweredEvicted,
+    /// A frame sent but never answered, given up after its deadline.
+    UnansweredExpired,
+    /// The outbox dropped a frame to make room.
+    FrameOverflow,
+    /// The outbox dropped an event to make room.
+    EventOverflow,
+    /// The results queue was full.
+    ResultsOverflow,
+    /// A worker's inbox was full.
+    WorkerInboxFull,
+    // Results.
+    /// Results still queued when the agent stopped.
+    Stopped,
+    /// A camera's tracker was at its track limit.
+    TracksFull,
+    // The worker pool: a worker lost.
+    /// A worker crashed.
+    Crash,
+    /// A worker failed to start.
+    StartFailure,
+    /// A worker was not ready in time.
+    ReadyTimeout,
+    // The metrics endpoint: a connection closed unserved.
+    /// The client was at its own connection limit.
+    ClientLimit,
+    /// Every connection slot was taken.
+    ConnectionLimit,
+    /// The request head did not arrive in time.
+    HeadTimeout,
+    /// The connection outlived its limit.
+    ConnectionTimeout,
+    // Evidence clips.
+    /// The pre-roll ring of a camera's encoded stream was at its byte cap: whole GOPs left.
+    PrerollCap,
+    /// A clip writer's queue was full: frames skipped to the next key frame.
+    ClipQueueFull,
+    /// A finished clip's report could not be handed over.
+    ClipReport,
+}
+
+impl DropReason {
+    /// The `reason` label, as dashboards and tests know it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::MotionQueueFull => "motion_queue_full",
+            DropReason::MotionError => "motion_error",
+            DropReason::ColourFrameRepeat => "colour_frame_repeat",
+            DropReason::ColourFrameGone => "colour_frame_gone",
+            DropReason::EscalationQueueFull => "escalation_queue_full",
+            DropReason::MotionTransitionClosed => "motion_transition_closed",
+            DropReason::FrameOversized => "frame_oversized",
+            DropReason::UnansweredEvicted => "unanswered_evicted",
+            DropReason::UnansweredExpired => "unanswered_expired",
+            DropReason::FrameOverflow => "frame_overflow",
+            DropReason::EventOverflow => "event_overflow",
+            DropReason::ResultsOverflow => "results_overflow",
+            DropReason::WorkerInboxFull => "worker_inbox_full",
+            DropReason::Stopped => "stopped",
+            DropReason::TracksFull => "tracks_full",
+            DropReason::Crash => "crash",
+            DropReason::StartFailure => "start_failure",
+            DropReason::ReadyTimeout => "ready_timeout",
+            DropReason::ClientLimit => "client_limit",
+            DropReason::ConnectionLimit => "connection_limit",
+            DropReason::HeadTimeout => "head_timeout",
+            DropReason::ConnectionTimeout => "connection_timeout",
+            DropReason::PrerollCap => "preroll_cap",
+            DropReason::ClipQueueFull => "clip_queue_full",
+            DropReason::ClipReport => "clip_report",
+        }
+    }
+}
+
+impl std::fmt::Display for DropReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 pub fn kind(k: &str) -> Labels {
     vec![("kind", k.to_string())]
 }

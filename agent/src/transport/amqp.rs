@@ -38,11 +38,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::TransportConfig;
 use super::error::{log_link_error, TransportError};
-use super::link::{Acker, Delivery, Incoming, ResultMessage, Role, Shared};
+use super::link::{Acker, Delivery, Incoming, LinkShared, ResultMessage, Role};
 use super::state::Out;
 use super::tls;
 use crate::backoff::Backoff;
 use crate::sync::lock;
+use crate::telemetry::metrics::DropReason;
 use crate::values::secret::redact_url;
 
 #[derive(Clone)]
@@ -303,7 +304,7 @@ pub async fn delete_topology(ch: &Channel, cfg: &TransportConfig, device: &str) 
 }
 
 pub(crate) fn start(
-    shared: Arc<Shared>,
+    shared: Arc<LinkShared>,
     cancel: CancellationToken,
     frames_tx: Option<mpsc::Sender<Delivery>>,
     results_tx: Option<mpsc::Sender<ResultMessage>>,
@@ -337,7 +338,7 @@ pub(crate) fn start(
 type Window = VecDeque<(Out, Pin<Box<PublisherConfirm>>)>;
 
 struct Owner {
-    shared: Arc<Shared>,
+    shared: Arc<LinkShared>,
     link: AmqpLink,
     url: String,
     tls: Option<lapin::tcp::OwnedTLSConfig>,
@@ -627,7 +628,7 @@ impl Owner {
                     .shared
                     .accept_result(device, camera, kind, bytes::Bytes::from(d.data));
                 if tx.try_send(r).is_err() {
-                    self.shared.count_dropped("results_overflow");
+                    self.shared.count_dropped(DropReason::ResultsOverflow);
                 }
             }
         }

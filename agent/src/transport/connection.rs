@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::buffer::Class;
 use super::config::TransportKind;
 use super::error::TransportError;
-use super::link::{Delivery, ResultMessage, Role, Shared, TransportStats};
+use super::link::{Delivery, LinkShared, ResultMessage, Role, TransportStats};
 use super::state::{Out, State};
 use super::{amqp, mqtt};
 use crate::telemetry::metrics::metrics;
@@ -23,7 +23,7 @@ pub(crate) enum Link {
 }
 
 impl Link {
-    pub(crate) fn kick(&self, st: &mut State, shared: &Shared) {
+    pub(crate) fn kick(&self, st: &mut State, shared: &LinkShared) {
         if let Link::Mqtt(m) = self {
             m.pump(st, shared);
         }
@@ -33,7 +33,7 @@ impl Link {
 /// What both sides' handles share: the connection, its state and its counters. Each
 /// handle derefs to it for these few read-only operations and the flush.
 pub struct Connection {
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) shared: Arc<LinkShared>,
     pub(crate) link: Link,
     pub(crate) cancel: CancellationToken,
 }
@@ -48,7 +48,7 @@ impl Connection {
     /// Connects (in the background: the first connection and every reconnection are
     /// made by the owner task, so this returns at once unless the settings are bad).
     pub(crate) async fn open(
-        shared: Arc<Shared>,
+        shared: Arc<LinkShared>,
         url: Option<String>,
         parent: &CancellationToken,
         frames_tx: Option<mpsc::Sender<Delivery>>,
@@ -204,7 +204,7 @@ impl Connection {
 }
 
 /// Redelivery (MQTT) and expiry of unanswered frames, on a timer.
-pub(crate) fn spawn_ticker(shared: Arc<Shared>, link: &Link, cancel: CancellationToken) {
+pub(crate) fn spawn_ticker(shared: Arc<LinkShared>, link: &Link, cancel: CancellationToken) {
     let every = (shared.cfg.redeliver_after.get() / 4)
         .clamp(Duration::from_millis(25), Duration::from_secs(1));
     let pump = match link {

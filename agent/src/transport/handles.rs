@@ -15,11 +15,11 @@ use super::config::{TransportConfig, TransportKind};
 use super::connection::{check_name, Connection, Link};
 use super::embedded::{EmbeddedBroker, EmbeddedError};
 use super::error::TransportError;
-use super::link::{Backlog, Delivery, Frames, Inbound, ResultMessage, Results, Role, Shared};
+use super::link::{Backlog, Delivery, Frames, Inbound, LinkShared, ResultMessage, Results, Role};
 use super::mqtt;
 use super::state::Out;
 use crate::sync::lock;
-use crate::telemetry::metrics::metrics;
+use crate::telemetry::metrics::{metrics, DropReason};
 use crate::wire::frame::{self, FrameMessage};
 
 /// The agent's side of the transport: publishes frames, motion, incidents and device
@@ -49,7 +49,7 @@ impl AgentTransport {
         parent: &CancellationToken,
     ) -> Result<AgentTransport, TransportError> {
         check_name("device", device, false)?;
-        let shared = Arc::new(Shared::new(cfg, device, Role::Agent));
+        let shared = Arc::new(LinkShared::new(cfg, device, Role::Agent));
         let (results_tx, results_rx) = mpsc::channel(cfg.buffer_size.as_usize());
         let mut broker = None;
         let mut url = None;
@@ -131,7 +131,7 @@ impl AgentTransport {
         let h = &msg.header;
         let max = c.shared.cfg.max_payload.as_usize();
         if msg.jpeg.len() > max {
-            c.shared.count_dropped("frame_oversized");
+            c.shared.count_dropped(DropReason::FrameOversized);
             return Err(TransportError::Oversized {
                 camera: h.camera.clone(),
                 seq: h.seq,
@@ -159,7 +159,7 @@ impl AgentTransport {
             evicted
         };
         if evicted {
-            c.shared.count_dropped("unanswered_evicted");
+            c.shared.count_dropped(DropReason::UnansweredEvicted);
         }
         c.enqueue(out);
         Ok(())
@@ -309,7 +309,7 @@ impl WorkerTransport {
             }
             _ => None,
         };
-        let shared = Arc::new(Shared::new(cfg, device, Role::Worker));
+        let shared = Arc::new(LinkShared::new(cfg, device, Role::Worker));
         // AMQP: the prefetch limit bounds it. MQTT: the broker's in-flight window (20
         // on Mosquitto, 100 on the embedded broker) does.
         let (frames_tx, frames_rx) = mpsc::channel(cfg.prefetch.as_usize().max(256));

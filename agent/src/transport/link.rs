@@ -16,7 +16,7 @@ use super::config::{TransportConfig, TransportKind};
 use super::error::TransportError;
 use super::state::{Resent, State};
 use crate::sync::lock;
-use crate::telemetry::metrics::{self, metrics};
+use crate::telemetry::metrics::{self, metrics, DropReason};
 use crate::wire::frame::{self, FrameMessage};
 
 /// Which side of the link this is: [`AgentTransport`] or [`WorkerTransport`]. Inside
@@ -81,7 +81,7 @@ pub struct Delivery {
     /// (workers drop copies they already acked).
     pub redelivered: bool,
     pub(crate) acker: Acker,
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) shared: Arc<LinkShared>,
     /// MQTT: marks the frame as held by this worker until it is settled or dropped, so a
     /// copy published again meanwhile (see [`Transport::resend_unanswered`]) is dropped.
     pub(crate) _held: Option<HeldFrame>,
@@ -89,13 +89,13 @@ pub struct Delivery {
 
 /// A frame this worker holds; forgotten when dropped (acked, rejected or abandoned).
 pub(crate) struct HeldFrame {
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) shared: Arc<LinkShared>,
     key: FrameKey,
 }
 
 impl HeldFrame {
     /// Marks `m` as held; `None` when this worker already holds a copy of it.
-    pub(crate) fn take(shared: &Arc<Shared>, m: &FrameMessage) -> Option<HeldFrame> {
+    pub(crate) fn take(shared: &Arc<LinkShared>, m: &FrameMessage) -> Option<HeldFrame> {
         let key = frame_key(m);
         lock(&shared.held).insert(key.clone()).then(|| HeldFrame {
             shared: shared.clone(),
@@ -279,7 +279,7 @@ pub(crate) fn frame_key(m: &FrameMessage) -> FrameKey {
 }
 
 /// Everything the handle and the owner task share.
-pub(crate) struct Shared {
+pub(crate) struct LinkShared {
     pub cfg: TransportConfig,
     pub device: String,
     pub role: Role,
@@ -304,8 +304,8 @@ pub(crate) enum Incoming {
     Duplicate,
 }
 
-impl Shared {
-    pub(crate) fn new(cfg: &TransportConfig, device: &str, role: Role) -> Shared {
+impl LinkShared {
+    pub(crate) fn new(cfg: &TransportConfig, device: &str, role: Role) -> LinkShared {
         let unanswered = match cfg.kind {
             TransportKind::Amqp => {
                 Unanswered::new(cfg.buffer_size.as_usize(), cfg.frame_ttl.get(), 0)
@@ -316,7 +316,7 @@ impl Shared {
                 cfg.redeliver_max.get() as u32,
             ),
         };
-        Shared {
+        LinkShared {
             cfg: cfg.clone(),
             device: device.to_string(),
             role,
@@ -334,14 +334,14 @@ impl Shared {
         lock(&self.state)
     }
 
-    pub fn count_dropped(&self, why: &'static str) {
+    pub fn count_dropped(&self, why: DropReason) {
         self.stats.bump(&format!("dropped.{why}"));
         metrics()
             .dropped
-            .get_or_create(&metrics::reason("transport", why))
+            .get_or_create(&metrics::drop_reason("transport", why))
             .inc();
         if metrics::should_log(&format!("transport-dropped-{why}"), Duration::from_secs(10)) {
-            tracing::warn!(device = %self.device, reason = why, "Transport dropped a message.");
+            tracing::warn!(device = %self.device, reason = why.as_str(), "Transport dropped a message.");
         }
     }
 
@@ -425,7 +425,7 @@ impl Shared {
     /// Counts what a redelivery pass gave up on or dropped.
     pub fn count_resent(&self, r: &Resent) {
         for _ in 0..r.expired {
-            self.count_dropped("unanswered_expired");
+            self.count_dropped(DropReason::UnansweredExpired);
         }
         for class in &r.dropped {
             self.count_dropped(overflow_reason(*class));
@@ -443,10 +443,10 @@ impl Shared {
     }
 }
 
-pub(crate) fn overflow_reason(class: Class) -> &'static str {
+pub(crate) fn overflow_reason(class: Class) -> DropReason {
     match class {
-        Class::Frame => "frame_overflow",
-        Class::Event => "event_overflow",
+        Class::Frame => DropReason::FrameOverflow,
+        Class::Event => DropReason::EventOverflow,
     }
 }
 
@@ -461,7 +461,7 @@ mod fuzz {
 
     #[test]
     fn every_rejected_frame_is_counted_once_with_its_reason() {
-        let shared = Shared::new(&TransportConfig::default(), "dev-1", Role::Worker);
+        let shared = LinkShared::new(&TransportConfig::default(), "dev-1", Role::Worker);
         let mut rng = StdRng::seed_from_u64(0xf4a3_5eed);
         let valid = frame::encode(&frame::tests::sample(1, 200)).to_vec();
         let (mut rejected, mut accepted) = (0u64, 0u64);
@@ -492,7 +492,7 @@ mod fuzz {
         assert!(rejected > 0 && accepted > 0, "{rejected} / {accepted}");
     }
 
-    fn rejected_total(shared: &Shared) -> u64 {
+    fn rejected_total(shared: &LinkShared) -> u64 {
         shared
             .stats
             .snapshot()

@@ -26,11 +26,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::buffer::Class;
 use super::error::{log_link_error, TransportError};
-use super::link::{Acker, Delivery, HeldFrame, Incoming, ResultMessage, Role, Shared};
+use super::link::{Acker, Delivery, HeldFrame, Incoming, LinkShared, ResultMessage, Role};
 use super::state::{Out, State};
 use super::tls;
 use crate::backoff::Backoff;
 use crate::sync::lock;
+use crate::telemetry::metrics::DropReason;
 use crate::values::secret::redact_url;
 use crate::wire::frame::MAX_HEADER_LEN;
 
@@ -49,7 +50,7 @@ pub(crate) struct MqttLink {
 
 impl MqttLink {
     /// Hands messages from the outbox to the event loop while the window allows.
-    pub fn pump(&self, st: &mut State, shared: &Shared) {
+    pub fn pump(&self, st: &mut State, shared: &LinkShared) {
         // Under the state lock (callers hold it), so a reconnection cannot swap the
         // client between our publish and the bookkeeping of it.
         let client = lock(&self.client);
@@ -102,13 +103,13 @@ fn url_err(url: &str, why: impl std::fmt::Display) -> TransportError {
 /// lost network), so a dashboard tells it from a clean stop.
 pub const STATUS_LOST: &[u8] = b"lost";
 
-fn status_topic(shared: &Shared) -> String {
+fn status_topic(shared: &LinkShared) -> String {
     format!("{}/{}/status", shared.cfg.topic_prefix, shared.device)
 }
 
 /// The agent's retained status message (`online`, or `offline` at a clean close; the
 /// last will says [`STATUS_LOST`] when the agent vanishes without a DISCONNECT).
-pub(crate) fn status_out(shared: &Shared, status: &'static [u8]) -> Out {
+pub(crate) fn status_out(shared: &LinkShared, status: &'static [u8]) -> Out {
     let mut out = Out::new(Class::Event, "status", String::new(), status_topic(shared));
     out.retain = true;
     out.payload = bytes::Bytes::from_static(status);
@@ -130,7 +131,7 @@ enum Duty {
 /// Builds the options and starts the task(s) that own the connection(s): one for an
 /// agent, two for a worker (publishing, consuming).
 pub(crate) fn start(
-    shared: Arc<Shared>,
+    shared: Arc<LinkShared>,
     url: &str,
     cancel: CancellationToken,
     frames_tx: Option<mpsc::Sender<Delivery>>,
@@ -202,7 +203,7 @@ pub(crate) fn start(
 
 /// The options of one connection, checked once: every reconnection uses them again.
 fn options(
-    shared: &Shared,
+    shared: &LinkShared,
     url: &str,
     duty: Duty,
     window: usize,
@@ -286,7 +287,7 @@ pub(crate) fn userinfo_decode(s: &str) -> String {
 }
 
 struct Owner {
-    shared: Arc<Shared>,
+    shared: Arc<LinkShared>,
     duty: Duty,
     link: MqttLink,
     /// This connection's client (the link's publishing or consuming one).
@@ -464,7 +465,7 @@ impl Owner {
                                 return;
                             };
                             let _ = client.try_ack(publish);
-                            self.shared.count_dropped("worker_inbox_full");
+                            self.shared.count_dropped(DropReason::WorkerInboxFull);
                         }
                     }
                     Incoming::Rejected | Incoming::Duplicate => {
@@ -491,7 +492,7 @@ impl Owner {
     fn forward(&self, tx: &mpsc::Sender<ResultMessage>, r: ResultMessage) {
         // Full policy: drop the newest and count (the agent stopped reading).
         if tx.try_send(r).is_err() {
-            self.shared.count_dropped("results_overflow");
+            self.shared.count_dropped(DropReason::ResultsOverflow);
         }
     }
 }
