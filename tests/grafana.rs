@@ -121,6 +121,16 @@ fn split_top_level(s: &str) -> Vec<&str> {
     out
 }
 
+/// Words after which a parenthesised list holds label names.
+const GROUPING: &[&str] = &[
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+];
+
 /// Words of PromQL that are not metric names when they stand alone.
 const KEYWORDS: &[&str] = &[
     "and",
@@ -128,12 +138,6 @@ const KEYWORDS: &[&str] = &[
     "unless",
     "bool",
     "offset",
-    "by",
-    "without",
-    "on",
-    "ignoring",
-    "group_left",
-    "group_right",
     "atan2",
     "inf",
     "nan",
@@ -170,63 +174,45 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
     let ident_char = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
     while i < chars.len() {
         let c = chars[i];
-        if matches!(c, '"' | '\'' | '`') {
-            i += 1;
-            while i < chars.len() && chars[i] != c {
-                i += if chars[i] == '\\' { 2 } else { 1 };
+        i += 1;
+        match c {
+            '"' | '\'' | '`' => {
+                while i < chars.len() && chars[i] != c {
+                    i += if chars[i] == '\\' { 2 } else { 1 };
+                }
+                i += 1;
             }
-            i += 1;
-        } else if c == '{' {
-            braces += 1;
-            i += 1;
-        } else if c == '}' {
-            braces -= 1;
-            i += 1;
-        } else if c == '[' {
-            brackets += 1;
-            i += 1;
-        } else if c == ']' {
-            brackets -= 1;
-            i += 1;
-        } else if c == '(' {
-            in_label_list = std::mem::take(&mut label_list_next);
-            i += 1;
-        } else if c == ')' {
-            in_label_list = false;
-            i += 1;
-        } else if c.is_ascii_digit()
-            || (c == '.' && chars.get(i + 1).is_some_and(char::is_ascii_digit))
-        {
+            '{' => braces += 1,
+            '}' => braces -= 1,
+            '[' => brackets += 1,
+            ']' => brackets -= 1,
+            '(' => in_label_list = std::mem::take(&mut label_list_next),
+            ')' => in_label_list = false,
             // A number or a duration (5m, 1h30m, 1e3, 0x1f): one token.
-            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.') {
-                i += 1;
-            }
-        } else if ident_start(c) {
-            let start = i;
-            while i < chars.len() && ident_char(chars[i]) {
-                i += 1;
-            }
-            let word: String = chars[start..i].iter().collect();
-            let next = chars[i..].iter().find(|c| !c.is_whitespace()).copied();
-            let lower = word.to_ascii_lowercase();
-            if [
-                "by",
-                "without",
-                "on",
-                "ignoring",
-                "group_left",
-                "group_right",
-            ]
-            .contains(&lower.as_str())
+            _ if c.is_ascii_digit()
+                || (c == '.' && chars.get(i).is_some_and(char::is_ascii_digit)) =>
             {
-                label_list_next = true;
-            } else if braces > 0 || brackets > 0 || in_label_list || next == Some('(') {
-                // A label, a duration's unit, a list of labels, a function.
-            } else if !KEYWORDS.contains(&lower.as_str()) {
-                names.insert(word);
+                while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.') {
+                    i += 1;
+                }
             }
-        } else {
-            i += 1;
+            _ if ident_start(c) => {
+                let start = i - 1;
+                while i < chars.len() && ident_char(chars[i]) {
+                    i += 1;
+                }
+                let word: String = chars[start..i].iter().collect();
+                let next = chars[i..].iter().find(|c| !c.is_whitespace()).copied();
+                let lower = word.to_ascii_lowercase();
+                if GROUPING.contains(&lower.as_str()) {
+                    label_list_next = true;
+                } else if braces > 0 || brackets > 0 || in_label_list || next == Some('(') {
+                    // A label, a duration's unit, a list of labels, a function.
+                } else if !KEYWORDS.contains(&lower.as_str()) {
+                    names.insert(word);
+                }
+            }
+            _ => {}
         }
     }
     names
