@@ -462,7 +462,7 @@ fn grafana_dashboard_imports_anywhere_and_queries_only_metrics_the_agent_exports
 
     // Every metric named is one the agent exports: first what a running agent (the
     // shipped demo configuration, plus a camera that cannot connect, so restarts are
-    // counted) serves on /metrics; a family that has no sample yet there (GPU figures
+    // counted; a real camera needs inference.model named) serves on /metrics; a family that has no sample yet there (GPU figures
     // without a GPU, fallbacks, offloads ...) is not in its exposition at all, so for those
     // the agent's own registry, with one child in every family, encoded as /metrics
     // encodes it.
@@ -470,7 +470,8 @@ fn grafana_dashboard_imports_anywhere_and_queries_only_metrics_the_agent_exports
     let extra = dir.path().join("gone-camera.toml");
     std::fs::write(
         &extra,
-        "[[cameras]]\nid = \"gone\"\nurl = \"rtsp://127.0.0.1:1/none\"\n",
+        "[inference]\nmodel = \"models/generated/test-yolov4.onnx\"\nlabels = \"models/test.names\"\n\n\
+         [[cameras]]\nid = \"gone\"\nurl = \"rtsp://127.0.0.1:1/none\"\n",
     )
     .unwrap();
     let extra = extra.to_string_lossy().into_owned();
