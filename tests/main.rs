@@ -8,6 +8,7 @@ mod cross;
 mod deb;
 mod decode;
 mod full_cycle;
+mod grafana;
 mod infer;
 mod ingest;
 mod motion;

@@ -10,6 +10,8 @@
 //! Run: `cargo bench -p edge-agent --bench motion`. Without Python or OpenCV it says
 //! so and prints the Rust figures only.
 
+#[path = "common/frames.rs"]
+mod frames;
 #[path = "common/motion_ref.rs"]
 mod motion_ref;
 
@@ -57,7 +59,7 @@ fn main() {
         (640, 360, 100),
         (1920, 1080, 30),
     ] {
-        let frames = synthetic(w, h, n);
+        let frames = frames::synthetic(w, h, n);
         let raw = dir.path().join(format!("frames-{w}x{h}.raw"));
         if let Err(e) = std::fs::write(&raw, frames.concat()) {
             eprintln!("motion bench: cannot write {}: {e}", raw.display());
@@ -203,44 +205,6 @@ fn time_rust(
         total.as_nanos() as f64 / (frames.len() * w * h) as f64,
         counts,
     )
-}
-
-/// Frames with texture, sensor noise and a few moving squares.
-fn synthetic(w: usize, h: usize, n: usize) -> Vec<Vec<u8>> {
-    let mut seed = 0x9e3779b97f4a7c15u64;
-    let base: Vec<u8> = (0..w * h)
-        .map(|i| {
-            let (x, y) = ((i % w) as f32, (i / w) as f32);
-            (100.0 + 40.0 * (x / w as f32) - 20.0 * (y / h as f32)
-                + 12.0 * (x * 0.07).sin() * (y * 0.05).cos()) as u8
-        })
-        .collect();
-    let s = (w / 16).max(4);
-    (0..n)
-        .map(|i| {
-            let mut f = base.clone();
-            let squares = [
-                (w / 10 + i * w / 80, h / 5, 200u8),
-                (w / 2, h / 2 + i * h / 120, 30),
-                (w - s - 1 - (i * w / 60) % (w - s - 1), h / 8 * 6, 220),
-            ];
-            for (sx, sy, g) in squares {
-                for row in f.chunks_exact_mut(w).skip(sy).take(s) {
-                    for v in row.iter_mut().skip(sx).take(s) {
-                        *v = g;
-                    }
-                }
-            }
-            for v in f.iter_mut() {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                let noise = (seed & 7) as i16 - 3;
-                *v = (*v as i16 + noise).clamp(0, 255) as u8;
-            }
-            f
-        })
-        .collect()
 }
 
 /// Events of both implementations on the frames of bikes.mp4 the script decoded.
