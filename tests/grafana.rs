@@ -26,6 +26,10 @@ const NOT_ON_THE_DASHBOARD: &[(&str, &str)] = &[
         "edge_agent_provider",
         "set in worker processes, not scraped",
     ),
+    (
+        "edge_agent_requeued",
+        "counted in worker processes (frames handed back), not scraped",
+    ),
 ];
 
 fn dashboard() -> Value {
@@ -292,6 +296,9 @@ fn registry_exposition() -> String {
         &m.abandoned,
         &m.prewarm_starts,
         &m.false_starts,
+        &m.filtered,
+        &m.clip_errors,
+        &m.requeued,
     ] {
         drop(f.get_or_create(&l));
     }
