@@ -145,12 +145,10 @@ async fn at_the_stop_deadline_the_pool_kills_the_workers_it_owns_and_none_is_lef
     })
     .await;
     shutdown.cancel();
-    crate::common::wait::until_async("the worker asked to stop", Duration::from_secs(10), || {
-        pool.status().draining == 1
-    })
-    .await;
+    // Whether or not the pool has sent SIGTERM yet (a worker that never said ready may
+    // still count as starting, not draining), the child ignores it: nothing stops it.
     assert!(
-        tokio::time::timeout(Duration::from_millis(300), pool.stopped())
+        tokio::time::timeout(Duration::from_secs(1), pool.stopped())
             .await
             .is_err(),
         "the worker ignoring SIGTERM stopped by itself"
