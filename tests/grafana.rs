@@ -482,15 +482,11 @@ fn grafana_dashboard_imports_anywhere_and_queries_only_metrics_the_agent_exports
     )
     .unwrap();
     let extra = extra.to_string_lossy().into_owned();
-    let mut agent = crate::common::procs::Running::start(
+    let agent = crate::common::agent::Agent::command(
         &["run", "--config", "systemd/agent.toml", "--config", &extra],
         &[],
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while agent.metrics_addr.is_none() {
-        assert!(Instant::now() < deadline, "no metrics address");
-        agent.pump(Duration::from_millis(50));
-    }
+    agent.metrics_addr(Duration::from_secs(30));
     // Wait for a restart and the demo's first incident (motion, escalation, a worker
     // from zero, detections); what is still missing then is checked against the
     // registry below.
@@ -500,7 +496,7 @@ fn grafana_dashboard_imports_anywhere_and_queries_only_metrics_the_agent_exports
         && exposition.contains("edge_agent_incidents_total{"))
         && Instant::now() < deadline
     {
-        agent.pump(Duration::from_millis(500));
+        std::thread::sleep(Duration::from_millis(500));
         exposition = agent.get("/metrics");
     }
     agent.stop();

@@ -185,13 +185,8 @@ fn head_and_body(response: &str) -> (String, String) {
 /// counted.
 #[test]
 fn metrics_pass_promtool_in_the_format_their_content_type_names() {
-    let mut agent = crate::common::procs::Running::start(&["run"], &[]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while agent.metrics_addr.is_none() {
-        assert!(Instant::now() < deadline, "no metrics address");
-        agent.pump(Duration::from_millis(50));
-    }
-    let addr = agent.metrics_addr.clone().unwrap();
+    let agent = crate::common::agent::Agent::command(&["run"], &[]);
+    let addr = agent.metrics_addr(Duration::from_secs(30));
 
     let (head, body) = head_and_body(&raw_request(
         &addr,
@@ -337,34 +332,25 @@ fn telemetry_log_format_in_the_config_chooses_the_log_format_and_the_flag_wins()
 /// broker goes (issue 17, defect 1, shown fixed in stop.rs).
 #[test]
 fn a_healthy_demo_run_logs_no_error_from_start_through_scale_in() {
-    let mut agent = crate::common::procs::Running::start(
+    let mut agent = crate::common::agent::Agent::command(
         &["run"],
         &[("EDGE_AGENT__SCALING__COOLDOWN_PERIOD", "1s")],
     );
     for state in ["detections", "worker_draining", "worker_stopped"] {
-        assert!(
-            agent.wait_state(state, Duration::from_secs(90)).is_some(),
-            "no {state:?}; log:\n{}",
-            agent
-                .seen
-                .iter()
-                .map(|l| l.v.to_string())
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
+        agent.wait_state(state, 1, Duration::from_secs(90));
     }
-    let status = agent.stop();
+    let status = agent.stop_and_wait();
     assert!(status.success(), "{status:?}");
     assert!(
         agent
-            .seen
-            .iter()
+            .lines()
+            .into_iter()
             .any(|l| l.worker.is_none() && l.lifecycle() == "stopped"),
         "the stop's own lines were read"
     );
     let errors: Vec<String> = agent
-        .seen
-        .iter()
+        .lines()
+        .into_iter()
         .filter(|l| l.v["level"] == "ERROR")
         .map(|l| format!("{:?} {}", l.worker, l.v))
         .collect();

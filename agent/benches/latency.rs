@@ -46,12 +46,22 @@ use svg::{axes, nice, svg_open, xml, MB, ML, MR, MT, SVG_H, SVG_W};
 #[path = "../../tests/common/rtsp_server.rs"]
 #[allow(dead_code)]
 mod rtsp_server;
+// The tests' process harness (`Agent`) and what it stands on; they name each other as
+// `super::`, so they sit at the crate root here as in tests/common.
+#[path = "../../tests/common/agent.rs"]
+#[allow(dead_code, unused_imports)]
+mod harness;
+#[path = "../../tests/common/procs.rs"]
+#[allow(dead_code)]
+mod procs;
+#[path = "../../tests/common/wait.rs"]
+#[allow(dead_code)]
+mod wait;
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -177,13 +187,12 @@ fn sample_mem(pid: u32, t: f64) -> MemSample {
 
 // ---------------------------------------------------------------- the agent under test
 
+/// The agent under test: the tests' one process harness, the config it runs on, and a
+/// cursor into its log so each wait sees only lines after the previous one.
 struct Agent {
-    child: Child,
+    proc: harness::Agent,
     pid: u32,
-    logs: mpsc::Receiver<serde_json::Value>,
-    /// The workers' own timing lines (lifecycle `runtime_loaded`, `ready`), which the
-    /// pool relays on its stderr as `[worker PID] {json}`.
-    worker_logs: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    seen: usize,
     broker_port: u16,
     _dir: tempfile::TempDir,
 }
@@ -233,43 +242,11 @@ metrics_listen = ""
         );
         let file = dir.path().join("agent.toml");
         std::fs::write(&file, config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_edge-agent"))
-            .arg("run")
-            .arg("--config")
-            .arg(&file)
-            .current_dir(root())
-            .env("EDGE_AGENT_LOG_FORMAT", "json")
-            .env("RUST_LOG", "info,rumqttd=warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start edge-agent run");
-        let pid = child.id();
-        let (tx, rx) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        let worker_logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let wl = worker_logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some((_, json)) = line
-                    .strip_prefix("[worker ")
-                    .and_then(|r| r.split_once("] "))
-                {
-                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(json) {
-                        if v["lifecycle"] == "runtime_loaded" || v["lifecycle"] == "ready" {
-                            wl.lock().unwrap().push(v);
-                        }
-                    }
-                } else if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    let _ = tx.send(v);
-                }
-            }
-        });
+        let proc = harness::Agent::start(&["--config".as_ref(), file.as_os_str()], &[]);
         let mut agent = Agent {
-            child,
-            pid,
-            logs: rx,
-            worker_logs,
+            pid: proc.pid,
+            proc,
+            seen: 0,
             broker_port: 0,
             _dir: dir,
         };
@@ -284,24 +261,44 @@ metrics_listen = ""
         agent
     }
 
-    /// Waits for a lifecycle line in `state` (README, "Lifecycle lines"); lines before
-    /// it are dropped.
+    /// The agent's own lines (not its workers') after the cursor, up to and including
+    /// the first that `stop_at` picks (or all of them); the cursor moves past them.
+    /// Errors are printed.
+    fn advance(
+        &mut self,
+        mut stop_at: impl FnMut(&serde_json::Value) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        for l in self.proc.lines().into_iter().skip(self.seen) {
+            self.seen += 1;
+            if l.worker.is_some() {
+                continue;
+            }
+            if l.v["level"] == "ERROR" && l.v["target"] != "rumqttd::server::broker" {
+                eprintln!("agent: {}", l.v);
+            }
+            let done = stop_at(&l.v);
+            out.push(l.v);
+            if done {
+                break;
+            }
+        }
+        out
+    }
+
+    /// Waits for a lifecycle line in `state` (README, "Lifecycle lines") after the last
+    /// one waited for; lines before it are passed over.
     fn wait_state(&mut self, state: &str, timeout: Duration) -> Option<serde_json::Value> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            match self.logs.recv_timeout(Duration::from_millis(200)) {
-                Ok(v) if v["lifecycle"] == state => return Some(v),
-                Ok(v) if v["level"] == "ERROR" && v["target"] != "rumqttd::server::broker" => {
-                    eprintln!("agent: {v}")
-                }
-                Ok(_) => {}
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if let Ok(Some(st)) = self.child.try_wait() {
-                        panic!("edge-agent exited early: {st}");
-                    }
-                }
-                Err(_) => return None,
+            let new = self.advance(|v| v["lifecycle"] == state);
+            if let Some(v) = new.last().filter(|v| v["lifecycle"] == state) {
+                return Some(v.clone());
             }
+            if let Some(st) = self.proc.try_exit() {
+                panic!("edge-agent exited early: {st}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
         None
     }
@@ -318,26 +315,32 @@ metrics_listen = ""
         None
     }
 
-    /// Drains log lines and returns the pool's worker startup times seen.
+    /// Passes over the lines not seen yet and returns the pool's worker startup times
+    /// among them.
     fn startups(&mut self) -> Vec<String> {
-        self.logs
-            .try_iter()
+        self.advance(|_| false)
+            .into_iter()
             .filter(|v| v["lifecycle"] == "worker_ready" && v["pid"].is_number())
             .map(|v| v["startup"].as_str().unwrap_or("?").to_string())
             .collect()
     }
 
-    fn stop(mut self) {
-        unsafe { libc::kill(self.pid as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    /// The workers' own timing lines (lifecycle `runtime_loaded`, `ready`), which the
+    /// pool relays on its stderr as `[worker PID] {json}`.
+    fn worker_logs(&self) -> Vec<serde_json::Value> {
+        self.proc
+            .lines()
+            .into_iter()
+            .filter(|l| {
+                l.worker.is_some()
+                    && (l.lifecycle() == "runtime_loaded" || l.lifecycle() == "ready")
+            })
+            .map(|l| l.v)
+            .collect()
+    }
+
+    fn stop(self) {
+        self.proc.stop();
     }
 }
 
@@ -584,7 +587,7 @@ fn latency_phase(case: &ModelCase, warm: bool, n: usize) -> LatencyRow {
     }
     drop(watch);
     startups.extend(agent.startups());
-    let phases = worker_phases(&agent.worker_logs.lock().unwrap());
+    let phases = worker_phases(&agent.worker_logs());
     agent.stop();
     drop(server);
     LatencyRow {

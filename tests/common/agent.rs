@@ -1,6 +1,8 @@
-//! `edge-agent run` as a child process for tests: its JSON log lines collected as they
-//! come, its worker processes counted in /proc, its /metrics and /health scraped.
-//! Dropping it stops the agent (SIGTERM, then SIGKILL) and any worker left behind.
+//! The one process harness: the built `edge-agent` (any command: `run`, `scaler`,
+//! `worker`) as a child process for tests and benches, its JSON log lines collected as
+//! they come (its own, and its workers' which it passes through as `[worker PID] line`),
+//! its child processes counted in /proc, its /metrics and /health scraped. Dropping it
+//! kills the process and any worker left behind.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -20,6 +22,24 @@ pub fn repo() -> PathBuf {
 
 pub use super::procs::{children_of, http_get, metric};
 
+/// One log line: the JSON record, and the worker pid when a worker wrote it.
+#[derive(Clone, Debug)]
+pub struct Line {
+    pub worker: Option<u32>,
+    pub v: serde_json::Value,
+}
+
+impl Line {
+    pub fn message(&self) -> &str {
+        self.v["message"].as_str().unwrap_or("")
+    }
+
+    /// The lifecycle state this line marks (README, "Lifecycle lines"), or "".
+    pub fn lifecycle(&self) -> &str {
+        self.v["lifecycle"].as_str().unwrap_or("")
+    }
+}
+
 pub struct Agent {
     child: Option<Child>,
     pub pid: u32,
@@ -30,11 +50,23 @@ impl Agent {
     /// Starts `edge-agent run ARGS` in the repository root with JSON logs.
     pub fn start(args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> Agent {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_edge-agent"));
-        cmd.arg("run")
-            .args(args)
-            .current_dir(repo())
+        cmd.arg("run").args(args);
+        Self::spawn(cmd, env)
+    }
+
+    /// Starts `edge-agent ARGS` (any command) in the repository root with JSON logs and
+    /// its telemetry listener on a free loopback port (see [`Agent::get`]).
+    pub fn command(args: &[&str], env: &[(&str, &str)]) -> Agent {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_edge-agent"));
+        cmd.args(args)
+            .env("EDGE_AGENT__TELEMETRY__METRICS_LISTEN", "127.0.0.1:0");
+        Self::spawn(cmd, env)
+    }
+
+    fn spawn(mut cmd: Command, env: &[(&str, &str)]) -> Agent {
+        cmd.current_dir(repo())
             .env("EDGE_AGENT_LOG_FORMAT", "json")
-            .env("RUST_LOG", "info,rumqttd=warn")
+            .env("RUST_LOG", "info,rumqttd=warn,lapin=warn")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         for (k, v) in env {
@@ -77,19 +109,39 @@ impl Agent {
         self.logs.lock().unwrap().clone()
     }
 
+    /// Every log line so far, a worker's with its pid and its own record.
+    pub fn lines(&self) -> Vec<Line> {
+        self.logs()
+            .into_iter()
+            .map(|v| match v["worker"].as_u64() {
+                Some(pid) if v.get("worker_line").is_some() => Line {
+                    worker: Some(pid as u32),
+                    v: v["worker_line"].clone(),
+                },
+                _ => Line { worker: None, v },
+            })
+            .collect()
+    }
+
     /// Lifecycle lines (README, "Lifecycle lines": the `lifecycle` field) in `state`.
     /// Tests wait on these, not on log sentences, which may change.
     pub fn in_state(&self, state: &str) -> Vec<serde_json::Value> {
-        self.logs()
-            .into_iter()
+        // Filtered under the lock: a busy agent logs thousands of lines, and tests poll.
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
             .filter(|v| v["lifecycle"] == state)
+            .cloned()
             .collect()
     }
 
     /// Lifecycle lines of the agent's worker processes in `state`.
     pub fn worker_in_state(&self, state: &str) -> Vec<serde_json::Value> {
-        self.logs()
-            .into_iter()
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
             .filter_map(|v| {
                 (v["worker_line"]["lifecycle"] == state).then(|| v["worker_line"].clone())
             })
@@ -144,6 +196,33 @@ impl Agent {
                 .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
     }
 
+    /// Its child processes now (workers), from /proc.
+    pub fn children(&self) -> Vec<u32> {
+        children_of(self.pid)
+    }
+
+    /// The telemetry address once the `serving` line has come, without waiting.
+    pub fn addr(&self) -> Option<String> {
+        self.in_state("serving")
+            .first()
+            .and_then(|v| v["addr"].as_str().map(str::to_string))
+    }
+
+    /// `GET path` on its telemetry listener; "" before it serves or when it refuses.
+    pub fn get(&self, path: &str) -> String {
+        self.addr().map(|a| http_get(&a, path)).unwrap_or_default()
+    }
+
+    /// `/health` as JSON (null before it serves).
+    pub fn health(&self) -> serde_json::Value {
+        serde_json::from_str(&self.get("/health")).unwrap_or_default()
+    }
+
+    /// The exit status if it has exited, without waiting.
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().unwrap())
+    }
+
     /// The metrics address from the `serving` lifecycle line.
     pub fn metrics_addr(&self, timeout: Duration) -> String {
         let v = self.wait_state("serving", 1, timeout);
@@ -172,21 +251,29 @@ impl Agent {
         }
     }
 
-    /// SIGTERM and wait for the exit.
+    /// SIGTERM and wait for the exit (SIGKILL after 30 s).
     pub fn stop(mut self) -> ExitStatus {
+        self.stop_and_wait()
+    }
+
+    /// As [`Agent::stop`], keeping the agent so its last log lines can be read.
+    pub fn stop_and_wait(&mut self) -> ExitStatus {
         self.signal(libc::SIGTERM);
-        let mut child = self.child.take().unwrap();
+        let mut child = self.child.take().expect("agent still owned");
         let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        let status = loop {
             if let Some(s) = child.try_wait().unwrap() {
-                return s;
+                break s;
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                return child.wait().unwrap();
+                break child.wait().unwrap();
             }
             std::thread::sleep(Duration::from_millis(50));
-        }
+        };
+        // The last lines, written just before the exit, reach the reader thread.
+        std::thread::sleep(Duration::from_millis(100));
+        status
     }
 }
 
