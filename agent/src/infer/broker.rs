@@ -13,6 +13,7 @@ use super::frame_loop::{
     Snapshot, WorkItem,
 };
 use crate::telemetry::latency::Marks;
+use crate::telemetry::metrics::RejectReason;
 use crate::transport::{Delivery, WorkerTransport};
 
 /// How long a snapshot may wait for the broker's confirmation.
@@ -100,7 +101,7 @@ pub fn work_item(d: Delivery, ready_at: u64, settled: impl FnOnce() + Send + 'st
         Box::pin(async move {
             let r = match outcome {
                 AckOutcome::Done => d.ack().await,
-                AckOutcome::Reject(_) => d.reject("not_jpeg").await,
+                AckOutcome::Reject(_) => d.reject(RejectReason::NotJpeg).await,
                 // Handed back, never just dropped: an AMQP delivery left unsettled
                 // holds a prefetch slot until the worker reconnects (see
                 // `Delivery::requeue` for MQTT).

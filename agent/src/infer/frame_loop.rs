@@ -31,7 +31,7 @@ use crate::clock::unix_ns_now;
 use crate::image::{self, RgbImage};
 use crate::shutdown::Shutdown;
 use crate::telemetry::latency::Marks;
-use crate::telemetry::metrics::{self, metrics};
+use crate::telemetry::metrics::{self, metrics, RejectReason};
 pub use crate::wire::detections::{
     Detection, Detections, DetectionsMessage, FrameMeta, Latency, Timings, DETECTIONS_VERSION,
 };
@@ -311,13 +311,13 @@ async fn run_frames<S: ResultSink>(
             match result {
                 Err(e) => {
                     let why = match e {
-                        InferError::Oversized { .. } => "oversized",
-                        _ if e.is_bad_input() => "not_jpeg",
-                        _ => "snapshot",
+                        InferError::Oversized { .. } => RejectReason::Oversized,
+                        _ if e.is_bad_input() => RejectReason::NotJpeg,
+                        _ => RejectReason::Snapshot,
                     };
                     metrics()
                         .rejected
-                        .get_or_create(&metrics::reason("worker", why))
+                        .get_or_create(&metrics::reject_reason("worker", why))
                         .inc();
                     if metrics::should_log("worker-not-jpeg", std::time::Duration::from_secs(10)) {
                         tracing::warn!(camera = %meta.camera, seq = meta.seq, error = %e, "Frame rejected.");

@@ -147,7 +147,10 @@ fn handle(incidents: &mut Incidents, r: ResultMessage) -> Vec<IncidentEvent> {
 fn rejected(r: &ResultMessage, why: &str) -> Vec<IncidentEvent> {
     metrics()
         .rejected
-        .get_or_create(&metrics::reason("results", "bad_detections"))
+        .get_or_create(&metrics::reject_reason(
+            "results",
+            metrics::RejectReason::BadDetections,
+        ))
         .inc();
     if metrics::should_log("bad-detections", Duration::from_secs(60)) {
         warn!(camera = %r.camera, seq = ?r.seq, error = %why, "Detections message not understood; not tracked.");

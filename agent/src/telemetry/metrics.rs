@@ -330,7 +330,7 @@ pub fn metrics() -> &'static Metrics {
 pub fn camera(id: &str) -> Labels {
     vec![("camera", id.to_string())]
 }
-pub fn reason(place: &str, why: &str) -> Labels {
+fn reason(place: &str, why: &str) -> Labels {
     vec![("place", place.to_string()), ("reason", why.to_string())]
 }
 pub fn filtered(camera: &str, class: &str, why: &str) -> Labels {
@@ -343,6 +343,59 @@ pub fn filtered(camera: &str, class: &str, why: &str) -> Labels {
 /// The labels of the `dropped` counter: where, and which [`DropReason`].
 pub fn drop_reason(place: &str, why: DropReason) -> Labels {
     reason(place, why.as_str())
+}
+pub fn reject_reason(place: &str, why: RejectReason) -> Labels {
+    reason(place, why.as_str())
+}
+
+/// Why a consumer rejected a message: every reason the `rejected` counter carries, in
+/// one place, as [`DropReason`] is for drops. [`RejectReason::as_str`] is the label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    // A frame message, as the transport decodes it (`wire::frame::MessageError`).
+    /// It does not start with the frame magic.
+    BadMagic,
+    /// A frame format version this build does not read.
+    UnsupportedVersion,
+    /// Shorter than its header says.
+    Truncated,
+    /// Its header is not a valid frame header.
+    HeaderInvalid,
+    /// Over the size limit.
+    Oversized,
+    /// Its image is not a JPEG (or the worker could not decode it).
+    NotJpeg,
+    /// Bytes after the image.
+    TrailingBytes,
+    // The worker.
+    /// Inference ran but the snapshot could not be made.
+    Snapshot,
+    // Results.
+    /// A detections message that is not JSON or not in the detections format.
+    BadDetections,
+}
+
+impl RejectReason {
+    /// The `reason` label, as dashboards and tests know it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::BadMagic => "bad_magic",
+            RejectReason::UnsupportedVersion => "unsupported_version",
+            RejectReason::Truncated => "truncated",
+            RejectReason::HeaderInvalid => "header_invalid",
+            RejectReason::Oversized => "oversized",
+            RejectReason::NotJpeg => "not_jpeg",
+            RejectReason::TrailingBytes => "trailing_bytes",
+            RejectReason::Snapshot => "snapshot",
+            RejectReason::BadDetections => "bad_detections",
+        }
+    }
+}
+
+impl std::fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Why something was dropped: every reason the `dropped` counter carries, in one

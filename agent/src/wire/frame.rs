@@ -95,7 +95,8 @@ pub struct FrameMessage {
     pub jpeg: Bytes,
 }
 
-/// Why a message was refused. [`MessageError::reason`] is the metric label.
+/// Why a message was refused. The transport counts each as a
+/// `telemetry::metrics::RejectReason`.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum MessageError {
     #[error("bad magic: not an edge-agent frame message")]
@@ -115,7 +116,9 @@ pub enum MessageError {
 }
 
 impl MessageError {
-    pub fn reason(&self) -> &'static str {
+    /// The variant's name, for the table tests.
+    #[cfg(test)]
+    fn reason(&self) -> &'static str {
         match self {
             MessageError::BadMagic => "bad_magic",
             MessageError::UnsupportedVersion(_) => "unsupported_version",
