@@ -134,13 +134,7 @@ impl EncodedTap {
 /// the key-frame gate: pad probes run in the order they are added, and the gate drops
 /// delta frames that the clip still needs.
 pub(crate) fn install(pipeline: &gst::Pipeline, tap: Arc<Mutex<EncodedTap>>) {
-    pipeline.connect_deep_element_added(move |_, _, element| {
-        let parser = element
-            .factory()
-            .is_some_and(|f| matches!(f.name().as_str(), "h264parse" | "h265parse"));
-        let Some(pad) = parser.then(|| element.static_pad("src")).flatten() else {
-            return;
-        };
+    on_parser_src(pipeline, move |pad| {
         let tap_caps = tap.clone();
         let tap = tap.clone();
         pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
@@ -173,5 +167,22 @@ pub(crate) fn install(pipeline: &gst::Pipeline, tap: Arc<Mutex<EncodedTap>>) {
             }
             gst::PadProbeReturn::Ok
         });
+    });
+}
+
+/// Calls `f` with the source pad of every H.264/H.265 parser added anywhere in
+/// `pipeline` (also inside rtspsrc's or decodebin's bins): where the encoded stream is
+/// whole access units with key frames flagged, before any decoder.
+pub(crate) fn on_parser_src(
+    pipeline: &gst::Pipeline,
+    f: impl Fn(&gst::Pad) + Send + Sync + 'static,
+) {
+    pipeline.connect_deep_element_added(move |_, _, element| {
+        let parser = element
+            .factory()
+            .is_some_and(|f| matches!(f.name().as_str(), "h264parse" | "h265parse"));
+        if let Some(pad) = parser.then(|| element.static_pad("src")).flatten() {
+            f(&pad);
+        }
     });
 }

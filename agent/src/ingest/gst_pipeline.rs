@@ -288,13 +288,7 @@ pub(crate) fn build(
 /// a delta frame whose reference it did not see (no corrupt frames, no false motion).
 /// Parsers are added as the stream's codec becomes known, hence the element-added hook.
 fn install_keyframe_gate(pipeline: &gst::Pipeline, idle: Arc<AtomicBool>) {
-    pipeline.connect_deep_element_added(move |_, _, element| {
-        let parser = element
-            .factory()
-            .is_some_and(|f| matches!(f.name().as_str(), "h264parse" | "h265parse"));
-        let Some(pad) = parser.then(|| element.static_pad("src")).flatten() else {
-            return;
-        };
+    super::encoded::on_parser_src(pipeline, move |pad| {
         let idle = idle.clone();
         let skipping = AtomicBool::new(false);
         pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
