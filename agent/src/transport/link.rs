@@ -11,12 +11,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{mpsc, Notify};
 
+use super::ack_order::AckOrder;
 use super::buffer::{Class, Unanswered};
 use super::config::{TransportConfig, TransportKind};
 use super::error::TransportError;
 use super::state::{Resent, State};
 use crate::sync::lock;
-use crate::telemetry::metrics::{self, metrics, DropReason};
+use crate::telemetry::metrics::{self, metrics, DropReason, RejectReason};
+use crate::wire::frame::MessageError;
 use crate::wire::frame::{self, FrameMessage};
 
 /// Which side of the link this is: [`AgentTransport`] or [`WorkerTransport`]. Inside
@@ -114,9 +116,9 @@ pub(crate) enum Acker {
     Mqtt {
         client: rumqttc::AsyncClient,
         publish: rumqttc::Publish,
-        /// The connection it came on, and the current one.
-        generation: u64,
-        current: Arc<std::sync::atomic::AtomicU64>,
+        /// The connection's acks in arrival order, and the session it came in.
+        order: Arc<AckOrder>,
+        session: u64,
     },
     Amqp(lapin::Acker),
 }
@@ -141,7 +143,7 @@ impl Delivery {
 
     /// Refuses the frame for `reason` (a metric label): dead-lettered on AMQP, dropped
     /// on MQTT, counted either way.
-    pub async fn reject(self, reason: &'static str) -> Result<(), TransportError> {
+    pub async fn reject(self, reason: RejectReason) -> Result<(), TransportError> {
         self.shared.count_rejected(reason);
         settle(self.acker, Settle::Reject).await
     }
@@ -175,22 +177,9 @@ pub(crate) async fn settle(acker: Acker, how: Settle) -> Result<(), TransportErr
         Acker::Mqtt {
             client,
             publish,
-            generation,
-            current,
-        } => {
-            if current.load(std::sync::atomic::Ordering::Acquire) != generation {
-                // Its session is gone (clean session): nothing to ack.
-                return Ok(());
-            }
-            // try first: the event loop drains this channel, never block it needlessly.
-            if client.try_ack(&publish).is_err() {
-                client
-                    .ack(&publish)
-                    .await
-                    .map_err(|_| TransportError::Closed)?;
-            }
-            Ok(())
-        }
+            order,
+            session,
+        } => order.ack(&client, session, publish).await,
         Acker::Amqp(acker) => {
             let r = match how {
                 Settle::Ack => acker.ack(lapin::options::BasicAckOptions::default()).await,
@@ -345,17 +334,17 @@ impl LinkShared {
         }
     }
 
-    pub fn count_rejected(&self, why: &'static str) {
+    pub fn count_rejected(&self, why: RejectReason) {
         self.stats.bump(&format!("rejected.{why}"));
         metrics()
             .rejected
-            .get_or_create(&metrics::reason("transport", why))
+            .get_or_create(&metrics::reject_reason("transport", why))
             .inc();
         if metrics::should_log(
             &format!("transport-rejected-{why}"),
             Duration::from_secs(10),
         ) {
-            tracing::warn!(device = %self.device, reason = why, "Rejected a frame message.");
+            tracing::warn!(device = %self.device, reason = %why, "Rejected a frame message.");
         }
     }
 
@@ -377,7 +366,7 @@ impl LinkShared {
     pub fn accept_frame(&self, data: Bytes) -> Incoming {
         match frame::decode_bytes(data, self.cfg.max_payload.as_usize()) {
             Err(e) => {
-                self.count_rejected(e.reason());
+                self.count_rejected(reject_reason(&e));
                 Incoming::Rejected
             }
             Ok(m) => {
@@ -452,6 +441,19 @@ pub(crate) fn overflow_reason(class: Class) -> DropReason {
 
 /// The transport's side of fuzzing: whatever arrives as a frame is either accepted or
 /// rejected with exactly one counted reason.
+/// The counted reason for a frame message that does not decode.
+fn reject_reason(e: &MessageError) -> RejectReason {
+    match e {
+        MessageError::BadMagic => RejectReason::BadMagic,
+        MessageError::UnsupportedVersion(_) => RejectReason::UnsupportedVersion,
+        MessageError::Truncated { .. } => RejectReason::Truncated,
+        MessageError::HeaderInvalid(_) => RejectReason::HeaderInvalid,
+        MessageError::Oversized { .. } => RejectReason::Oversized,
+        MessageError::NotJpeg(_) => RejectReason::NotJpeg,
+        MessageError::TrailingBytes(_) => RejectReason::TrailingBytes,
+    }
+}
+
 #[cfg(test)]
 mod fuzz {
     use rand::rngs::StdRng;

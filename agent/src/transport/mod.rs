@@ -13,6 +13,7 @@
 //! (device, camera, seq, capture time). The message formats are `wire`'s; this module
 //! knows topics, queues and acknowledgements, not payloads.
 
+mod ack_order;
 pub mod amqp;
 pub mod buffer;
 pub mod config;

@@ -13,7 +13,7 @@
 //! acks; a frame whose worker died is published again by the agent (see
 //! [`super::buffer::Unanswered`]).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,6 +24,7 @@ use rumqttc::{
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::ack_order::AckOrder;
 use super::buffer::Class;
 use super::error::{log_link_error, TransportError};
 use super::link::{Acker, Delivery, HeldFrame, Incoming, LinkShared, ResultMessage, Role};
@@ -174,7 +175,7 @@ pub(crate) fn start(
         frames_tx: None,
         results_tx,
         redacted: redact_url(url),
-        generation: Arc::new(AtomicU64::new(0)),
+        acks: Arc::default(),
         connected: AtomicBool::new(false),
     };
     tokio::spawn(owner.run(eventloop, cancel.clone()));
@@ -193,7 +194,7 @@ pub(crate) fn start(
             frames_tx,
             results_tx: None,
             redacted: redact_url(url),
-            generation: Arc::new(AtomicU64::new(0)),
+            acks: Arc::default(),
             connected: AtomicBool::new(false),
         };
         tokio::spawn(owner.run(eventloop, cancel));
@@ -299,9 +300,10 @@ struct Owner {
     frames_tx: Option<mpsc::Sender<Delivery>>,
     results_tx: Option<mpsc::Sender<ResultMessage>>,
     redacted: String,
-    /// Connections made so far: an ack for a frame of an older connection is not
-    /// sent (that session is gone; rumqttd would drop us for an unknown packet id).
-    generation: Arc<AtomicU64>,
+    /// The consumed frames' acks, in arrival order; a new connection starts a new
+    /// session, whose acks for an older one's frames are not sent (that session is
+    /// gone; rumqttd would drop us for an unknown packet id).
+    acks: Arc<AckOrder>,
     /// Up state of a consuming connection (a publishing one keeps it in `State`).
     connected: AtomicBool,
 }
@@ -387,7 +389,7 @@ impl Owner {
                         let _ = client.try_subscribe(s.clone(), QoS::AtLeastOnce);
                     }
                 }
-                self.generation.fetch_add(1, Ordering::AcqRel);
+                self.acks.reset();
                 if self.duty == Duty::Consume {
                     self.connected.store(true, Ordering::Release);
                 } else {
@@ -435,11 +437,18 @@ impl Owner {
         let client = lock(&self.slot).clone();
         match (parts.as_slice(), &self.frames_tx, &self.results_tx) {
             ([_device, "frames"], Some(tx), _) => {
+                // Every ack of this connection goes in arrival order, the ones given
+                // at once here included (see `ack_order`).
+                let session = self.acks.arrived(&p);
+                let ack_now = |p: rumqttc::Publish| {
+                    let (acks, client) = (self.acks.clone(), client.clone());
+                    tokio::spawn(async move { acks.ack(&client, session, p).await });
+                };
                 let acker = Acker::Mqtt {
                     client: client.clone(),
                     publish: p.clone(),
-                    generation: self.generation.load(Ordering::Acquire),
-                    current: self.generation.clone(),
+                    order: self.acks.clone(),
+                    session,
                 };
                 match self.shared.accept_frame(p.payload.clone()) {
                     Incoming::Frame(msg) => {
@@ -447,7 +456,7 @@ impl Owner {
                         let Some(held) = HeldFrame::take(&self.shared, &msg) else {
                             // A copy of a frame this worker is working on.
                             self.shared.stats.bump("duplicate_frame");
-                            let _ = client.try_ack(&p);
+                            ack_now(p);
                             return;
                         };
                         let d = Delivery {
@@ -461,16 +470,14 @@ impl Owner {
                         // unanswered frame again. The broker's in-flight window (20 on
                         // Mosquitto, 100 on rumqttd) keeps it from filling.
                         if let Err(mpsc::error::TrySendError::Full(d)) = tx.try_send(d) {
-                            let Acker::Mqtt { publish, .. } = &d.acker else {
+                            let Acker::Mqtt { publish, .. } = d.acker else {
                                 return;
                             };
-                            let _ = client.try_ack(publish);
+                            ack_now(publish);
                             self.shared.count_dropped(DropReason::WorkerInboxFull);
                         }
                     }
-                    Incoming::Rejected | Incoming::Duplicate => {
-                        let _ = client.try_ack(&p);
-                    }
+                    Incoming::Rejected | Incoming::Duplicate => ack_now(p),
                 }
             }
             ([device, camera, "detections"], _, Some(tx)) => {
