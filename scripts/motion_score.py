@@ -334,6 +334,33 @@ def _paste_person(frame, gt, person, t, y_feet=225, shadow=False):
     gt[y : y + h, x0:x1][m] = 255
 
 
+def _sway_state(state, bg, canopy, rng, branch, leaf, amp):
+    """Sets up a swaying canopy: random phases over features `branch` and `leaf` px
+    across, branch amplitude amp[0]..amp[1] px over features amp[2] px across."""
+    state.update(
+        bg=bg,
+        canopy=canopy,
+        phase=_smooth_field(rng, branch) * np.pi,
+        phase2=_smooth_field(rng, leaf) * np.pi,
+        amp=amp[0] + (amp[1] - amp[0]) * (0.5 + 0.5 * _smooth_field(rng, amp[2])),
+    )
+
+
+def _sway(s, secs, branch, flutter, gust=1.0):
+    """The background with its canopy moved: branches swinging with periods
+    branch = (x s, y s, y share of the amplitude), leaves fluttering with
+    flutter = (x px, x s, y px, y s), all times `gust`."""
+    bx, by, share = branch
+    fx, fxp, fy, fyp = flutter
+    dx = gust * (s["amp"] * np.sin(2 * np.pi * secs / bx + s["phase"]) + fx * np.sin(2 * np.pi * secs / fxp + s["phase2"]))
+    dy = gust * (
+        share * s["amp"] * np.sin(2 * np.pi * secs / by + s["phase"] * 0.7)
+        + fy * np.cos(2 * np.pi * secs / fyp + s["phase2"])
+    )
+    k = s["canopy"]
+    return _warp(s["bg"], (dx * k).astype(np.float32), (dy * k).astype(np.float32))
+
+
 def scene_leaves(data, rng, t, state):
     """The highway's real tree canopy swaying in wind: a smooth displacement field
     (branches, 1.5-3 px, periods 1.2-2.5 s) plus leaf flutter (1 px, 0.3-0.5 s)."""
@@ -344,21 +371,8 @@ def scene_leaves(data, rng, t, state):
         region = np.zeros((SH, SW), np.float32)
         region[:140, :160] = 1.0
         canopy = cv2.GaussianBlur((green.astype(np.float32) * region), (0, 0), 3)
-        state.update(
-            bg=bg,
-            canopy=np.clip(canopy * 1.5, 0, 1),
-            phase=_smooth_field(rng, 40) * np.pi,
-            phase2=_smooth_field(rng, 8) * np.pi,
-            amp=1.5 + 1.5 * (0.5 + 0.5 * _smooth_field(rng, 60)),
-        )
-    s = state
-    secs = t / FPS
-    dx = s["amp"] * np.sin(2 * np.pi * secs / 1.7 + s["phase"]) + 1.0 * np.sin(2 * np.pi * secs / 0.4 + s["phase2"])
-    dy = 0.6 * s["amp"] * np.sin(2 * np.pi * secs / 2.3 + s["phase"] * 0.7) + 0.8 * np.cos(
-        2 * np.pi * secs / 0.33 + s["phase2"]
-    )
-    k = s["canopy"]
-    moved = _warp(s["bg"], (dx * k).astype(np.float32), (dy * k).astype(np.float32))
+        _sway_state(state, bg, np.clip(canopy * 1.5, 0, 1), rng, 40, 8, (1.5, 3.0, 60))
+    moved = _sway(state, t / FPS, (1.7, 2.3, 0.6), (1.0, 0.4, 0.8, 0.33))
     return moved, np.zeros((SH, SW), np.uint8), {"y_feet": 200}
 
 
@@ -393,26 +407,14 @@ def scene_wind(data, rng, t, state):
         col = bg.astype(np.float32)
         green = (col[..., 1] > col[..., 2] + 4) & (col[..., 1] > col[..., 0])
         canopy = cv2.GaussianBlur(green.astype(np.float32), (0, 0), 4)
-        state.update(
-            bg=bg,
-            car=_car(data),
-            canopy=np.clip(canopy * 1.8, 0, 1),
-            phase=_smooth_field(rng, 50) * np.pi,
-            phase2=_smooth_field(rng, 6) * np.pi,
-            amp=3.0 + 3.0 * (0.5 + 0.5 * _smooth_field(rng, 70)),
-        )
+        _sway_state(state, bg, np.clip(canopy * 1.8, 0, 1), rng, 50, 6, (3.0, 6.0, 70))
+        state["car"] = _car(data)
     s = state
     secs = t / FPS
     # Gusts: the wind swells from 0.5 to 1.5 of its strength and back, about every 4 s
     # (strongest near 1.5 s, 5.5 s and 9.5 s), so the warm-up does not see the worst.
     gust = 1.0 + 0.5 * np.sin(2 * np.pi * (secs - 0.5) / 4.0)
-    dx = gust * (s["amp"] * np.sin(2 * np.pi * secs / 1.3 + s["phase"]) + 1.5 * np.sin(2 * np.pi * secs / 0.3 + s["phase2"]))
-    dy = gust * (
-        0.7 * s["amp"] * np.sin(2 * np.pi * secs / 1.9 + s["phase"] * 0.7)
-        + 1.5 * np.cos(2 * np.pi * secs / 0.37 + s["phase2"])
-    )
-    k = s["canopy"]
-    frame = _warp(s["bg"], (dx * k).astype(np.float32), (dy * k).astype(np.float32))
+    frame = _sway(s, secs, (1.3, 1.9, 0.7), (1.5, 0.3, 1.5, 0.37), gust)
     gt = np.zeros((SH, SW), np.uint8)
     crop, mask = s["car"]
     h, w = mask.shape
