@@ -768,8 +768,9 @@ async fn a_small_object_the_whole_frame_misses_is_found_in_crops_around_motion()
             .any(|s| s.kind == "motion" && json(&s.payload)["state"] == "end");
         ended && sent.len() >= 3 && sent.iter().all(|s| answered.contains(s))
     };
-    let keys = "analysis_width = 640";
-    let crops = "escalation = { regions = \"motion\", crop_size = 160 }\nanalysis_width = 640";
+    // "whole" said explicitly; crops are the default (no `regions` key).
+    let keys = "escalation = { regions = \"whole\" }\nanalysis_width = 640";
+    let crops = "escalation = { crop_size = 160 }\nanalysis_width = 640";
     let mut results = Vec::new();
     for (name, keys) in [("whole", keys), ("crops", crops)] {
         let (seen, log) = watch(scene.clone(), keys, "3s", answered).await;

@@ -256,6 +256,7 @@ impl Analysis {
         let crops = (self.cam.escalation.regions == DetectRegions::Motion).then(|| CropRequest {
             boxes: boxes.iter().map(|b| [b.x, b.y, b.w, b.h]).collect(),
             min_side: self.cam.escalation.crop_size.as_u32(),
+            max_crops: self.cam.escalation.max_crops.get() as usize,
         });
         // The colour copy is converted off the runtime's threads.
         let colour = match self.handle.colour_frame_off_runtime(frame.seq, crops).await {

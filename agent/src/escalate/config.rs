@@ -28,10 +28,14 @@ pub struct EscalationConfig {
     /// JPEG quality of escalated frames.
     #[serde(default = "default_quality")]
     pub jpeg_quality: IntIn<1, 100>,
-    /// What the detector looks at: the whole frame scaled to `detect_width`, or crops
-    /// of the full-resolution frame around the motion boxes.
+    /// What the detector looks at: crops of the full-resolution frame around the motion
+    /// boxes (default), or the whole frame scaled to `detect_width`.
     #[serde(default)]
     pub regions: DetectRegions,
+    /// With `regions = "motion"`, most crops (model runs) one frame may take; a frame
+    /// whose motion needs more goes whole (see `wire::regions::plan`).
+    #[serde(default = "default_max_crops")]
+    pub max_crops: IntIn<1, 4>,
     /// Least side of a crop, in camera pixels: set it to the model's input size, so an
     /// object is never shrunk on its way to the detector.
     #[serde(default = "default_crop_size")]
@@ -43,10 +47,11 @@ pub struct EscalationConfig {
 #[serde(rename_all = "lowercase")]
 pub enum DetectRegions {
     /// The whole frame at `detect_width`.
-    #[default]
     Whole,
-    /// Square crops around motion at the camera's resolution (see `wire::regions`);
-    /// the whole frame still travels for the snapshot.
+    /// Square crops around motion at the camera's resolution, or the whole frame when
+    /// crops would not pay (`wire::regions::plan`); the whole frame still travels for
+    /// the snapshot.
+    #[default]
     Motion,
 }
 
@@ -60,6 +65,7 @@ impl Default for EscalationConfig {
             min_interval: default_interval(),
             jpeg_quality: default_quality(),
             regions: DetectRegions::default(),
+            max_crops: default_max_crops(),
             crop_size: default_crop_size(),
         }
     }
@@ -101,6 +107,11 @@ fn default_interval() -> Dur {
 }
 fn default_quality() -> IntIn<1, 100> {
     IntIn::lit(85)
+}
+/// Two crops cost the worker twice the whole frame at most; scattered motion that
+/// needs more is most of the scene moving.
+fn default_max_crops() -> IntIn<1, 4> {
+    IntIn::lit(2)
 }
 /// YOLOv4's usual input size.
 fn default_crop_size() -> IntIn<32, 4096> {

@@ -247,9 +247,11 @@ impl Shared {
         let (sw, sh) = (input.width(), input.height());
         let (w, h) = scaled_size(sw, sh, self.detect_width);
         let rgb = convert(&kept.frame, &input, w, h, &self.converter)?;
-        let squares = crops
-            .map(|c| regions::squares(&c.boxes, sw, sh, c.min_side))
-            .unwrap_or_default();
+        let squares = match crops.map(|c| regions::plan(&c.boxes, sw, sh, c.min_side, c.max_crops))
+        {
+            Some(regions::Plan::Crops(squares)) => squares,
+            _ => Vec::new(),
+        };
         let crops = if squares.is_empty() {
             Vec::new()
         } else {
@@ -324,11 +326,13 @@ fn convert(
 }
 
 /// Crops wanted with a colour frame: around these normalised motion boxes, at least
-/// `min_side` camera pixels (see [`regions::squares`]).
+/// `min_side` camera pixels, at most `max_crops` of them, or none when the whole frame
+/// pays better (see [`regions::plan`]).
 #[derive(Clone, Debug)]
 pub struct CropRequest {
     pub boxes: Vec<[f32; 4]>,
     pub min_side: u32,
+    pub max_crops: usize,
 }
 
 /// The handle the rest of the agent holds for one camera.

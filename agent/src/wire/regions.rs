@@ -1,7 +1,8 @@
-//! Crops around motion (`escalation.regions = "motion"`): which parts of the camera
-//! frame go to the detector, how they travel in one JPEG, and how a box found in one
-//! maps back to camera pixels. Pure maths on plain numbers; the agent cuts the crops
-//! (`ingest`), the worker reads them (`infer::frame_loop`).
+//! Crops around motion (`escalation.regions = "motion"`, the default): which parts of
+//! the camera frame go to the detector, when the whole frame goes instead ([`plan`]),
+//! how they travel in one JPEG, and how a box found in one maps back to camera pixels.
+//! Pure maths on plain numbers; the agent cuts the crops (`ingest`), the worker reads
+//! them (`infer::frame_loop`).
 //!
 //! A motion box becomes a square of the full-resolution frame around it, at least
 //! `min_side` (the model's input size: the detector then sees the object at camera
@@ -148,6 +149,90 @@ pub fn squares(boxes: &[[f32; 4]], width: u32, height: u32, min_side: u32) -> Ve
     }
     out.sort_by_key(|r| (std::cmp::Reverse(r.w as u64 * r.h as u64), r.y, r.x));
     out
+}
+
+/// Motion covering at least this share of the frame sends the whole frame: most of the
+/// scene is moving, and crops of it would be the frame again, in pieces.
+pub const MOSTLY: f32 = 0.5;
+
+/// Why a frame that could have gone as crops goes whole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fallback {
+    /// No motion box to crop around.
+    NoMotion,
+    /// The motion boxes cover at least [`MOSTLY`] of the frame.
+    MostlyMoving,
+    /// The crops would take more model runs than allowed (`max_crops`).
+    TooManyCrops,
+    /// The crops hold at least as many pixels as the frame: they would cost more than
+    /// the frame and show nothing larger than it does.
+    CropsCostMore,
+}
+
+/// What the detector sees of one frame: crops around motion, or the whole frame and
+/// why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Plan {
+    Crops(Vec<Rect>),
+    Whole(Fallback),
+}
+
+/// Crops ([`squares`]) when they pay: the whole frame instead when motion covers most
+/// of it, when more than `max_crops` crops (model runs) would be needed, or when the
+/// crops' pixels add up to the frame's or more. The whole frame costs one model run at
+/// detection size; crops cost one run each and show the object at camera resolution.
+pub fn plan(boxes: &[[f32; 4]], width: u32, height: u32, min_side: u32, max_crops: usize) -> Plan {
+    if boxes.is_empty() || width == 0 || height == 0 {
+        return Plan::Whole(Fallback::NoMotion);
+    }
+    if covered(boxes) >= MOSTLY {
+        return Plan::Whole(Fallback::MostlyMoving);
+    }
+    let crops = squares(boxes, width, height, min_side);
+    if crops.len() > max_crops {
+        return Plan::Whole(Fallback::TooManyCrops);
+    }
+    let pixels: u64 = crops.iter().map(|r| r.w as u64 * r.h as u64).sum();
+    if pixels >= width as u64 * height as u64 {
+        return Plan::Whole(Fallback::CropsCostMore);
+    }
+    Plan::Crops(crops)
+}
+
+/// The share of the frame the union of normalised boxes covers (overlaps counted once:
+/// the plane is cut along every box edge and each cell inside a box counted).
+fn covered(boxes: &[[f32; 4]]) -> f32 {
+    let clamp = |b: &[f32; 4]| {
+        let x0 = b[0].clamp(0.0, 1.0);
+        let y0 = b[1].clamp(0.0, 1.0);
+        [
+            x0,
+            y0,
+            (b[0] + b[2]).clamp(x0, 1.0),
+            (b[1] + b[3]).clamp(y0, 1.0),
+        ]
+    };
+    let rects: Vec<[f32; 4]> = boxes.iter().map(clamp).collect();
+    let edges = |a: usize, b: usize| {
+        let mut v: Vec<f32> = rects.iter().flat_map(|r| [r[a], r[b]]).collect();
+        v.sort_by(f32::total_cmp);
+        v.dedup();
+        v
+    };
+    let (xs, ys) = (edges(0, 2), edges(1, 3));
+    let mut area = 0.0;
+    for x in xs.windows(2) {
+        for y in ys.windows(2) {
+            let (cx, cy) = ((x[0] + x[1]) / 2.0, (y[0] + y[1]) / 2.0);
+            if rects
+                .iter()
+                .any(|r| r[0] <= cx && cx < r[2] && r[1] <= cy && cy < r[3])
+            {
+                area += (x[1] - x[0]) * (y[1] - y[0]);
+            }
+        }
+    }
+    area
 }
 
 /// Places the whole frame (`whole` = width, height) at the payload's top-left and the
@@ -313,6 +398,155 @@ mod tests {
         ];
         for (name, boxes, min, want) in rows {
             assert_eq!(squares(&boxes, 1920, 1080, min), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn crops_go_unless_the_whole_frame_costs_less_or_most_of_it_moves() {
+        // Name, motion boxes (pixels), frame, least side, most crops, plan wanted.
+        type Row = (&'static str, Vec<[u32; 4]>, (u32, u32), u32, usize, Plan);
+        let hd = (1920, 1080);
+        let rows: Vec<Row> = vec![
+            (
+                "no motion",
+                vec![],
+                hd,
+                416,
+                2,
+                Plan::Whole(Fallback::NoMotion),
+            ),
+            (
+                "one small object: one crop at the model's size",
+                vec![[1000, 500, 20, 20]],
+                hd,
+                416,
+                2,
+                Plan::Crops(vec![r(802, 302, 416, 416)]),
+            ),
+            (
+                "two far apart, two allowed: two crops",
+                vec![[100, 500, 20, 20], [1400, 500, 400, 40]],
+                hd,
+                416,
+                2,
+                Plan::Crops(vec![r(1350, 270, 500, 500), r(0, 302, 416, 416)]),
+            ),
+            (
+                "three far apart, two allowed: the whole frame",
+                vec![[100, 100, 10, 10], [1700, 100, 10, 10], [900, 800, 10, 10]],
+                hd,
+                416,
+                2,
+                Plan::Whole(Fallback::TooManyCrops),
+            ),
+            (
+                "three far apart, four allowed: three crops",
+                vec![[100, 100, 10, 10], [1700, 100, 10, 10], [900, 800, 10, 10]],
+                hd,
+                416,
+                4,
+                Plan::Crops(vec![
+                    r(0, 0, 416, 416),
+                    r(1497, 0, 416, 416),
+                    r(697, 597, 416, 416),
+                ]),
+            ),
+            (
+                "one crop allowed, two near objects merge into one: a crop",
+                vec![[800, 500, 20, 20], [1000, 500, 20, 20]],
+                hd,
+                416,
+                1,
+                Plan::Crops(vec![r(602, 202, 616, 616)]),
+            ),
+            (
+                "motion over more than half the frame",
+                vec![[0, 0, 1920, 600]],
+                hd,
+                416,
+                2,
+                Plan::Whole(Fallback::MostlyMoving),
+            ),
+            (
+                "exactly half the frame",
+                vec![[0, 0, 1920, 540]],
+                hd,
+                416,
+                2,
+                Plan::Whole(Fallback::MostlyMoving),
+            ),
+            (
+                "a frame smaller than a crop: the crop would be the frame",
+                vec![[100, 100, 10, 10]],
+                (320, 240),
+                416,
+                2,
+                Plan::Whole(Fallback::CropsCostMore),
+            ),
+            (
+                "two crops adding up to the frame's pixels",
+                vec![[0, 0, 10, 10], [822, 406, 10, 10]],
+                (832, 416),
+                416,
+                2,
+                Plan::Whole(Fallback::CropsCostMore),
+            ),
+            (
+                "a frame a little wider than a crop: one crop is cheaper",
+                vec![[300, 100, 10, 10]],
+                (640, 360),
+                416,
+                2,
+                Plan::Crops(vec![r(97, 0, 416, 360)]),
+            ),
+        ];
+        for (name, boxes, (w, h), min, max, want) in rows {
+            let norm: Vec<[f32; 4]> = boxes
+                .iter()
+                .map(|b| {
+                    [
+                        b[0] as f32 / w as f32,
+                        b[1] as f32 / h as f32,
+                        b[2] as f32 / w as f32,
+                        b[3] as f32 / h as f32,
+                    ]
+                })
+                .collect();
+            assert_eq!(plan(&norm, w, h, min, max), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn covered_share_counts_overlaps_once() {
+        // Name, normalised boxes, share wanted.
+        let rows: Vec<(&str, Vec<[f32; 4]>, f32)> = vec![
+            ("none", vec![], 0.0),
+            ("a quarter", vec![[0.0, 0.0, 0.5, 0.5]], 0.25),
+            (
+                "two quarters side by side",
+                vec![[0.0, 0.0, 0.5, 0.5], [0.5, 0.0, 0.5, 0.5]],
+                0.5,
+            ),
+            (
+                "the same quarter twice",
+                vec![[0.0, 0.0, 0.5, 0.5], [0.0, 0.0, 0.5, 0.5]],
+                0.25,
+            ),
+            (
+                "two overlapping by half: 0.25 + 0.25 - 0.125",
+                vec![[0.0, 0.0, 0.5, 0.5], [0.25, 0.0, 0.5, 0.5]],
+                0.375,
+            ),
+            (
+                "a box reaching past the frame is cut",
+                vec![[0.5, 0.5, 1.0, 1.0]],
+                0.25,
+            ),
+            ("the whole frame", vec![[0.0, 0.0, 1.0, 1.0]], 1.0),
+        ];
+        for (name, boxes, want) in rows {
+            let got = covered(&boxes);
+            assert!((got - want).abs() < 1e-5, "{name}: {got}, want {want}");
         }
     }
 

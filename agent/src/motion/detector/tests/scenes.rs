@@ -1,5 +1,5 @@
 //! The synthetic scenes the detector's tests run on: a smooth background with
-//! sensor noise, moving squares, lines for a shaken view, and nuisances (leaves, snow,
+//! sensor noise, moving squares, lines for a shaken view, and nuisances (leaves, wind, snow,
 //! glints on water, a cloud shadow). Deterministic: every generator is seeded.
 
 /// The scenes' frame size.
@@ -108,6 +108,35 @@ pub(super) fn leaves(_: usize, f: &mut [u8], rng: &mut u64) {
             } else {
                 150
             };
+        }
+    }
+}
+
+/// Trees in strong wind (as the held-out dynamic-background clip of issue 30): two
+/// large crowns (ellipses 120x100 and 100x80 px, over a third of the frame) of 3 px leaf
+/// clusters, 60 or 150, shaken every frame by up to 3 px, and in gusts (frames 20..35
+/// and 50..70) by up to 7 px. The test's moving square is the car passing under them.
+pub(super) fn wind(i: usize, f: &mut [u8], rng: &mut u64) {
+    let reach = if (20..35).contains(&i) || (50..70).contains(&i) {
+        7
+    } else {
+        3
+    };
+    let dx = (next(rng) % (2 * reach + 1)) as i64 - reach as i64;
+    let dy = (next(rng) % (reach + 1)) as i64 - reach as i64 / 2;
+    let crowns = [(60.0, 50.0, 60.0, 50.0), (175.0, 45.0, 50.0, 40.0)];
+    for (y, row) in f.chunks_exact_mut(W).take(100).enumerate() {
+        for (x, v) in row.iter_mut().enumerate() {
+            let inside = crowns.iter().any(|&(cx, cy, rx, ry)| {
+                let (u, w) = ((x as f64 - cx) / rx, (y as f64 - cy) / ry);
+                u * u + w * w <= 1.0
+            });
+            if inside {
+                // A fixed pattern of leaf clusters, moved with the branches.
+                let (lx, ly) = ((x as i64 + dx + 64) / 3, (y as i64 + dy + 64) / 3);
+                let h = (lx.wrapping_mul(73_856_093) ^ ly.wrapping_mul(19_349_663)) as u64;
+                *v = if (h >> 7) % 2 == 0 { 60 } else { 150 };
+            }
         }
     }
 }
