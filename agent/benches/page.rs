@@ -13,7 +13,8 @@
 //! machine's load spreads over all three.
 //!
 //! `cargo bench -p edge-agent --bench page` (env: BENCH_PAGE_WINDOW_S, default 20;
-//! BENCH_PAGE_ROUNDS, default 3).
+//! BENCH_PAGE_ROUNDS, default 3; BENCH_AGENT, the agent binary, default
+//! target/release/edge-agent).
 
 #[path = "../../tests/common/rtsp_server.rs"]
 #[allow(dead_code)]
@@ -141,7 +142,9 @@ fn main() {
     }
     let path = dir.path().join("page.toml");
     std::fs::write(&path, cfg).unwrap();
-    let exe = root().join("target/release/edge-agent");
+    let exe = std::env::var_os("BENCH_AGENT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/release/edge-agent"));
     let mut child = Command::new(&exe)
         .args(["run", "--config"])
         .arg(&path)

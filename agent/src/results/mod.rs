@@ -287,6 +287,62 @@ mod tests {
             .get()
     }
 
+    fn event(camera: &str, incident: &str, state: incidents::State) -> IncidentEvent {
+        let b = incidents::PixelBox {
+            x: 0.0,
+            y: 0.0,
+            w: 1.0,
+            h: 1.0,
+        };
+        IncidentEvent {
+            version: incidents::EVENT_VERSION,
+            state,
+            device: "dev".into(),
+            camera: camera.into(),
+            class: "person".into(),
+            incident: incident.into(),
+            started_ms: 1,
+            last_seen_ms: 1,
+            ended_ms: None,
+            duration_ms: 0,
+            frames: 1,
+            best_score: 0.9,
+            snapshot: None,
+            bbox: b,
+            box_norm: b,
+            frame_width: 1,
+            frame_height: 1,
+            end_reason: None,
+            zones: None,
+            entered_zones: None,
+        }
+    }
+
+    #[test]
+    fn recent_incidents_keep_the_newest_of_each_camera_in_their_latest_state() {
+        use incidents::State::{End, Start};
+        let recent = RecentIncidents::default();
+        recent.record(&[event("gate", "a", Start), event("yard", "y", Start)]);
+        recent.record(&[event("gate", "a", End)]);
+        let gate = recent.of("gate");
+        assert_eq!(
+            gate.len(),
+            1,
+            "an incident's new state replaces its old one"
+        );
+        assert_eq!(gate[0].state, End);
+        let many: Vec<_> = (0..RecentIncidents::PER_CAMERA + 3)
+            .map(|i| event("gate", &format!("n{i}"), Start))
+            .collect();
+        recent.record(&many);
+        let gate = recent.of("gate");
+        assert_eq!(gate.len(), RecentIncidents::PER_CAMERA);
+        let last = RecentIncidents::PER_CAMERA + 2;
+        assert_eq!(gate[0].incident, format!("n{last}"), "newest first");
+        assert_eq!(recent.of("yard").len(), 1, "another camera keeps its own");
+        assert!(recent.of("nowhere").is_empty());
+    }
+
     #[tokio::test]
     async fn results_still_queued_at_stop_are_tracked_before_the_loop_ends() {
         let (_tx, mut results) = queued(40);

@@ -152,7 +152,7 @@ pub async fn serve_all(
                 move |UrlPath(file): UrlPath<String>, headers: HeaderMap, uri: Uri| {
                     let (clips, access) = (clips.clone(), clip_access.clone());
                     async move {
-                        if let Err(refused) = access.check(&headers, &uri) {
+                        if let Some(refused) = access.refusal(&headers, &uri) {
                             return refused;
                         }
                         clip_file(clips.as_deref().map(|p| p.as_path()), &file, &headers).await

@@ -86,26 +86,30 @@ impl Access {
         }
     }
 
-    /// `Ok` when the request may be served; the refusal otherwise.
-    pub fn check(&self, headers: &HeaderMap, uri: &Uri) -> Result<(), Response> {
+    /// The refusal of a request that may not be served; `None` when it may.
+    pub fn refusal(&self, headers: &HeaderMap, uri: &Uri) -> Option<Response> {
         match self {
-            Access::Open => Ok(()),
-            Access::Closed => Err((
-                StatusCode::FORBIDDEN,
-                "the page is off on a listener that is not on loopback until \
+            Access::Open => None,
+            Access::Closed => Some(
+                (
+                    StatusCode::FORBIDDEN,
+                    "the page is off on a listener that is not on loopback until \
                  telemetry.page_token_file is set\n",
-            )
-                .into_response()),
+                )
+                    .into_response(),
+            ),
             Access::Token(t) => {
                 if offered_tokens(headers, uri).any(|o| t.matches(&o)) {
-                    Ok(())
+                    None
                 } else {
-                    Err((
-                        StatusCode::UNAUTHORIZED,
-                        [(header::WWW_AUTHENTICATE, "Bearer")],
-                        "this page needs its token: open /?token=TOKEN\n",
+                    Some(
+                        (
+                            StatusCode::UNAUTHORIZED,
+                            [(header::WWW_AUTHENTICATE, "Bearer")],
+                            "this page needs its token: open /?token=TOKEN\n",
+                        )
+                            .into_response(),
                     )
-                        .into_response())
                 }
             }
         }
@@ -145,10 +149,13 @@ fn decode(v: &str) -> String {
         .into_owned()
 }
 
+/// One camera's newest JPEG and when it was encoded; requests wait on its lock.
+type Slot = Arc<tokio::sync::Mutex<Option<(Instant, Bytes)>>>;
+
 /// The newest JPEG of each camera, and when it was encoded.
 #[derive(Default)]
 pub struct FrameCache {
-    cameras: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<(Instant, Bytes)>>>>>,
+    cameras: Mutex<HashMap<String, Slot>>,
 }
 
 impl FrameCache {
@@ -200,7 +207,7 @@ pub fn routes(source: Arc<dyn PageSource>, access: Access) -> Router {
         move |headers: HeaderMap, uri: Uri| {
             let access = access.clone();
             async move {
-                if let Err(refused) = access.check(&headers, &uri) {
+                if let Some(refused) = access.refusal(&headers, &uri) {
                     return refused;
                 }
                 ([(header::CONTENT_TYPE, kind)], body).into_response()
@@ -211,7 +218,7 @@ pub fn routes(source: Arc<dyn PageSource>, access: Access) -> Router {
     let cameras = move |headers: HeaderMap, uri: Uri| {
         let (access, source) = (a.clone(), s.clone());
         async move {
-            if let Err(refused) = access.check(&headers, &uri) {
+            if let Some(refused) = access.refusal(&headers, &uri) {
                 return refused;
             }
             let body = tokio::task::spawn_blocking(move || source.cameras().to_string())
@@ -231,7 +238,7 @@ pub fn routes(source: Arc<dyn PageSource>, access: Access) -> Router {
     let frame = move |UrlPath(camera): UrlPath<String>, headers: HeaderMap, uri: Uri| {
         let (access, source, cache) = (a.clone(), source.clone(), cache.clone());
         async move {
-            if let Err(refused) = access.check(&headers, &uri) {
+            if let Some(refused) = access.refusal(&headers, &uri) {
                 return refused;
             }
             let id = camera.clone();
@@ -269,7 +276,7 @@ pub fn routes(source: Arc<dyn PageSource>, access: Access) -> Router {
 /// `/`: the page; `/?token=` with the right token sets the cookie and redirects to `/`,
 /// so the token does not stay in the address bar or the history.
 fn index(access: &Access, headers: &HeaderMap, uri: &Uri) -> Response {
-    if let Err(refused) = access.check(headers, uri) {
+    if let Some(refused) = access.refusal(headers, uri) {
         return refused;
     }
     if let (Access::Token(t), Some(_)) = (access, query_token(uri)) {
@@ -311,7 +318,8 @@ mod tests {
     fn the_token_is_taken_from_a_bearer_header_a_cookie_or_the_query_and_nothing_else() {
         let access = Access::Token(PageToken::new("s3cr et;=".into()));
         // (headers, uri, allowed)
-        let rows: Vec<(Vec<(header::HeaderName, &str)>, &str, bool)> = vec![
+        type Row<'a> = (Vec<(header::HeaderName, &'a str)>, &'a str, bool);
+        let rows: Vec<Row> = vec![
             (vec![], "/", false),
             (vec![(header::AUTHORIZATION, "Bearer s3cr et;=")], "/", true),
             (vec![(header::AUTHORIZATION, "Bearer s3cr et")], "/", false),
@@ -334,9 +342,9 @@ mod tests {
         ];
         for (headers, uri, allowed) in rows {
             let (h, u) = req(&headers, uri);
-            let got = access.check(&h, &u);
-            assert_eq!(got.is_ok(), allowed, "{headers:?} {uri}");
-            if let Err(r) = got {
+            let got = access.refusal(&h, &u);
+            assert_eq!(got.is_none(), allowed, "{headers:?} {uri}");
+            if let Some(r) = got {
                 assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
             }
         }
@@ -354,9 +362,9 @@ mod tests {
             ("[::]:9464", false),
         ] {
             let access = Access::for_listener(addr.parse().unwrap(), None);
-            match access.check(&h, &u) {
-                Ok(()) => assert!(open, "{addr} served the page"),
-                Err(r) => {
+            match access.refusal(&h, &u) {
+                None => assert!(open, "{addr} served the page"),
+                Some(r) => {
                     assert!(!open, "{addr} refused the page");
                     assert_eq!(r.status(), StatusCode::FORBIDDEN);
                 }
@@ -367,7 +375,7 @@ mod tests {
             Some(PageToken::new("t".into())),
         );
         assert!(
-            token.check(&h, &u).is_err(),
+            token.refusal(&h, &u).is_some(),
             "a token set is needed on loopback too"
         );
     }
