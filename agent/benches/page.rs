@@ -213,9 +213,10 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
     );
     println!(
-        "{CAMERAS} cameras of 1280x720 {FPS} fps H.264 over RTSP (in-process server), one release \
-         agent; {rounds} rounds of {}-s windows per mode, alternating; {cores} cores, load average \
+        "{CAMERAS} cameras of 1280x720 {FPS} fps H.264 over RTSP (in-process server), one agent \
+         ({}); {rounds} rounds of {}-s windows per mode, alternating; {cores} cores, load average \
          at the end: {}\n",
+        exe.display(),
         window.as_secs(),
         load.split_whitespace()
             .take(3)
