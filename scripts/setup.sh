@@ -3,7 +3,7 @@
 # Idempotent: every step checks first and says what it did.
 #   scripts/setup.sh           build dependencies, ONNX Runtime venv, test model, aarch64 target
 #   scripts/setup.sh --test    also the brokers the integration tests use (RabbitMQ, Mosquitto)
-#                              promtool (Debian package prometheus)
+#                              promtool (Debian package prometheus), headless Chromium
 #                              and the extra ONNX Runtime libraries of the runtime tests (.ort/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,8 +31,10 @@ pkgs=(pkg-config libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstrtsp
   gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-rtsp gstreamer1.0-tools
   python3-venv file)
 if [ "$want_test" = 1 ]; then
-  # prometheus: its promtool checks /metrics in the tests.
-  pkgs+=(rabbitmq-server mosquitto mosquitto-clients systemd qemu-user-static dpkg-dev prometheus)
+  # prometheus: its promtool checks /metrics in the tests. chromium: headless, it loads
+  # the agent's page in tests/page.rs.
+  pkgs+=(rabbitmq-server mosquitto mosquitto-clients systemd qemu-user-static dpkg-dev prometheus
+    chromium)
 fi
 missing=()
 for p in "${pkgs[@]}"; do

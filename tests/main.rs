@@ -13,6 +13,7 @@ mod infer;
 mod ingest;
 mod motion;
 mod package;
+mod page;
 mod pipeline;
 mod reload;
 mod runtime;

@@ -3,6 +3,7 @@
 
 mod detect;
 mod local_workers;
+mod page;
 mod run;
 mod scaffold;
 mod scaler;

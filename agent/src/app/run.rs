@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use super::local_workers::Workers;
+use super::page;
 use super::scaffold::{self, Housekeeping, Stop};
 use crate::camera::{Cameras, WatchList};
 use crate::cli::ConfigArgs;
@@ -70,7 +71,18 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
         &stages.workers.pool,
         &stages.transport,
     );
-    scaffold::serve_http(&cfg.telemetry.metrics_listen, health.clone(), &shutdown).await;
+    let views = Arc::new(std::sync::Mutex::new(stages.cameras.views()));
+    let endpoints = http::Endpoints {
+        health: health.clone(),
+        clips_dir: None,
+        page: Some(Arc::new(page::AgentPage::new(
+            &device,
+            views.clone(),
+            stages.recent.clone(),
+        ))),
+        page_token: cfg.telemetry.page_token.clone(),
+    };
+    scaffold::serve_endpoints(&cfg.telemetry.metrics_listen, endpoints, &shutdown).await;
     let mut discovered: Vec<String> = Vec::new();
     if cfg.telemetry.home_assistant {
         discovered = announce(&stages.transport, &cfg, &stages.cameras, &discovered);
@@ -107,6 +119,7 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
                     running = next;
                 }
                 *lock(&watched) = stages.cameras.watch_list();
+                *lock(&views) = stages.cameras.views();
                 if cfg.telemetry.home_assistant {
                     discovered = announce(&stages.transport, &cfg, &stages.cameras, &discovered);
                 }
@@ -186,6 +199,8 @@ struct Stages {
     /// Results outlive the workers at stop (the answers to their last frames still
     /// count, then live incidents end): under the root token, stopped explicitly.
     results_stop: tokio_util::sync::CancellationToken,
+    /// The newest incidents, for the page.
+    recent: Arc<crate::results::RecentIncidents>,
 }
 
 impl Stages {
@@ -216,6 +231,7 @@ impl Stages {
             demand,
         ));
         let results_stop = lifetime.end().child_token();
+        let recent = Arc::new(crate::results::RecentIncidents::default());
         let results = tokio::spawn(crate::results::run(
             transport.clone(),
             device,
@@ -229,6 +245,7 @@ impl Stages {
                     )
                 })
                 .collect(),
+            recent.clone(),
             results_stop.clone(),
         ));
         Ok(Stages {
@@ -238,6 +255,7 @@ impl Stages {
             escalator,
             results,
             results_stop,
+            recent,
         })
     }
 

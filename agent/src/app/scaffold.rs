@@ -17,10 +17,25 @@ use crate::telemetry::{gpu, http, notify, process};
 /// Serves `/metrics` and `/health` on `listen` (empty: off); a command goes on without
 /// them when it cannot.
 pub(super) async fn serve_http(listen: &str, health: http::HealthFn, shutdown: &Shutdown) {
+    let endpoints = http::Endpoints {
+        health,
+        clips_dir: None,
+        page: None,
+        page_token: None,
+    };
+    serve_endpoints(listen, endpoints, shutdown).await
+}
+
+/// [`serve_http`] with the rest of `endpoints` (the page).
+pub(super) async fn serve_endpoints(listen: &str, endpoints: http::Endpoints, shutdown: &Shutdown) {
     if listen.is_empty() {
         return;
     }
-    match http::serve(listen, health, shutdown.clone()).await {
+    let page = endpoints.page.is_some();
+    match http::serve_all(listen, endpoints, shutdown.clone(), http::Limits::default()).await {
+        Ok(addr) if page => {
+            info!(lifecycle = "serving", %addr, "Metrics on http://{addr}/metrics, health on /health, the page on /.")
+        }
         Ok(addr) => {
             info!(lifecycle = "serving", %addr, "Metrics on http://{addr}/metrics, health on /health.")
         }

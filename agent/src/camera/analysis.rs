@@ -50,17 +50,47 @@ fn offer(
     }
 }
 
+/// The newest motion a camera saw, for the page: its boxes in fractions of the frame
+/// (empty once the frame shows none) and when. Written only when it changes, so a
+/// still camera costs nothing here.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LastMotion {
+    pub boxes: Vec<NormBox>,
+    pub at: Option<SystemTime>,
+}
+
 /// Runs until the grey channel closes or shutdown. `out` is bounded: when it is full
 /// a frame is dropped and counted (motion transitions wait for room, they are small
 /// and must not be lost).
 pub async fn run(
     cam: CameraConfig,
     handle: Arc<CameraHandle>,
-    mut grey: mpsc::Receiver<GreyFrame>,
+    grey: mpsc::Receiver<GreyFrame>,
     out: mpsc::Sender<Escalation>,
     shutdown: CancellationToken,
 ) {
+    run_loop(Analysis::new(cam, handle, out), grey, shutdown).await
+}
+
+/// [`run`], also handing each change of the motion boxes to `seen` (the page).
+pub async fn run_shown(
+    cam: CameraConfig,
+    handle: Arc<CameraHandle>,
+    grey: mpsc::Receiver<GreyFrame>,
+    out: mpsc::Sender<Escalation>,
+    seen: tokio::sync::watch::Sender<LastMotion>,
+    shutdown: CancellationToken,
+) {
     let mut analysis = Analysis::new(cam, handle, out);
+    analysis.seen = Some(seen);
+    run_loop(analysis, grey, shutdown).await
+}
+
+async fn run_loop(
+    mut analysis: Analysis,
+    mut grey: mpsc::Receiver<GreyFrame>,
+    shutdown: CancellationToken,
+) {
     loop {
         let frame = tokio::select! {
             f = grey.recv() => match f { Some(f) => f, None => break },
@@ -94,6 +124,8 @@ struct Analysis {
     /// Idle decode: since when the camera has shown nothing (no motion, no candidate,
     /// no event); idle after the motion quiet period of that.
     still_since: Option<SystemTime>,
+    /// Where the page reads the newest motion boxes.
+    seen: Option<tokio::sync::watch::Sender<LastMotion>>,
 }
 
 impl Analysis {
@@ -111,6 +143,7 @@ impl Analysis {
             detector: None,
             last_sent: None,
             still_since: None,
+            seen: None,
         }
     }
 
@@ -130,6 +163,7 @@ impl Analysis {
                 .get_or_create(&metrics::stage("capture_to_motion"))
                 .observe(d.as_secs_f64());
         }
+        self.show(&frame, &m);
         let transition = self.track(&frame, &m).await?;
         self.update_idle(&frame, &m);
         if let Some(t) = transition {
@@ -167,6 +201,24 @@ impl Analysis {
                 None
             }
         }
+    }
+
+    /// Hands the frame's boxes to the page when they changed (nothing to nothing is no
+    /// change: a still camera writes nothing).
+    fn show(&self, frame: &GreyFrame, m: &FrameMotion) {
+        let Some(seen) = &self.seen else { return };
+        seen.send_if_modified(|last| {
+            if m.boxes.is_empty() && last.boxes.is_empty() {
+                return false;
+            }
+            last.boxes = m
+                .boxes
+                .iter()
+                .map(|b| b.normalised(frame.width, frame.height))
+                .collect();
+            last.at = Some(frame.captured);
+            true
+        });
     }
 
     /// Feeds the event tracker; a candidate seen or dropped goes out at once (waiting

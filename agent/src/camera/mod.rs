@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::warn;
 
@@ -35,6 +35,16 @@ struct Camera {
     handle: Arc<CameraHandle>,
     stop: Shutdown,
     motion: tokio::task::JoinHandle<()>,
+    seen: watch::Receiver<analysis::LastMotion>,
+}
+
+/// One camera as the page shows it: its configuration (masks, zones), its handle
+/// (state, newest frame), held weakly like the [`WatchList`], and its newest motion.
+#[derive(Clone)]
+pub struct CameraView {
+    pub cfg: CameraConfig,
+    pub handle: Weak<CameraHandle>,
+    pub motion: watch::Receiver<analysis::LastMotion>,
 }
 
 /// What a reload did to the cameras.
@@ -102,6 +112,18 @@ impl Cameras {
         self.running
             .iter()
             .map(|(k, c)| (k.clone(), Arc::downgrade(&c.handle)))
+            .collect()
+    }
+
+    /// The cameras for the page, in order of id.
+    pub fn views(&self) -> Vec<CameraView> {
+        self.running
+            .values()
+            .map(|c| CameraView {
+                cfg: c.cfg.clone(),
+                handle: Arc::downgrade(&c.handle),
+                motion: c.seen.clone(),
+            })
             .collect()
     }
 
@@ -199,11 +221,13 @@ impl Cameras {
         let stop = self.shutdown.child_token();
         let (grey_tx, grey_rx) = mpsc::channel(GREY_CHANNEL);
         let handle = Arc::new(spawn_camera(cam.source(), grey_tx, stop.clone()));
-        let motion = tokio::spawn(analysis::run(
+        let (seen_tx, seen) = watch::channel(analysis::LastMotion::default());
+        let motion = tokio::spawn(analysis::run_shown(
             cam.clone(),
             handle.clone(),
             grey_rx,
             self.escalations.clone(),
+            seen_tx,
             stop.clone(),
         ));
         Camera {
@@ -211,6 +235,7 @@ impl Cameras {
             handle,
             stop,
             motion,
+            seen,
         }
     }
 }

@@ -217,6 +217,7 @@ fn finish(
         }
         if let Some(dirs) = secrets {
             apply_secrets(&mut config, &tree, dirs, &mut errors);
+            apply_page_token(&mut config, &tree, dirs, &mut errors);
         }
     }
     if errors.is_empty() {
@@ -492,6 +493,34 @@ fn apply_secrets(
                 key: tree.display_path(&path),
                 message,
             }),
+        }
+    }
+}
+
+/// Reads `telemetry.page_token_file` into the page's token.
+fn apply_page_token(
+    config: &mut Config,
+    tree: &Node,
+    dirs: &[PathBuf],
+    errors: &mut Vec<ConfigError>,
+) {
+    let Some(file) = config.telemetry.page_token_file.clone() else {
+        return;
+    };
+    match read_secret(&file, dirs) {
+        Ok(token) => {
+            config.telemetry.page_token = Some(crate::telemetry::config::PageToken::new(token))
+        }
+        Err(message) => {
+            let path = [
+                Seg::Key("telemetry".into()),
+                Seg::Key("page_token_file".into()),
+            ];
+            errors.push(ConfigError {
+                origin: tree.origin_of(&path),
+                key: tree.display_path(&path),
+                message,
+            })
         }
     }
 }

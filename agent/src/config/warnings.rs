@@ -9,6 +9,15 @@ use crate::values::secret::redact_url;
 impl Config {
     /// Warnings as (key path, message); messages show URLs redacted, never a password.
     pub fn warnings(&self) -> Vec<(String, String)> {
+        let mut out = self.transport_warnings();
+        out.extend(page_closed(
+            &self.telemetry.metrics_listen,
+            self.telemetry.page_token_file.is_some(),
+        ));
+        out
+    }
+
+    fn transport_warnings(&self) -> Vec<(String, String)> {
         let t = &self.transport;
         // Only the URL the transport in use connects to; the embedded broker is on
         // loopback. `scaling.remote_queue` lives on the same AMQP broker.
@@ -29,6 +38,22 @@ impl Config {
             .map(|m| vec![(key.to_string(), m)])
             .unwrap_or_default()
     }
+}
+
+/// The warning for a listener off loopback without the page's token: the page, its
+/// frames and the clips are refused there.
+fn page_closed(listen: &str, has_token: bool) -> Option<(String, String)> {
+    let addr: std::net::SocketAddr = listen.parse().ok()?;
+    if has_token || addr.ip().to_canonical().is_loopback() {
+        return None;
+    }
+    Some((
+        "telemetry.metrics_listen".into(),
+        format!(
+            "{listen} is not on loopback and telemetry.page_token_file is not set: the page, \
+             its frames and /clips are refused there (403); /metrics and /health answer"
+        ),
+    ))
 }
 
 /// The warning for a password sent unencrypted to a broker off this machine.
@@ -107,5 +132,42 @@ mod tests {
                 "{transport}: {got:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_listener_off_loopback_without_the_page_token_is_warned_about() {
+        let page = |telemetry: &str| {
+            let text = format!("[device]\nid = \"d1\"\n[telemetry]\n{telemetry}\n");
+            Config::from_toml_str("t.toml", &text)
+                .expect("valid config")
+                .warnings()
+        };
+        let warned = page("metrics_listen = \"0.0.0.0:9464\"");
+        assert_eq!(warned.len(), 1, "{warned:?}");
+        assert_eq!(warned[0].0, "telemetry.metrics_listen");
+        assert!(warned[0].1.contains("page_token_file"), "{warned:?}");
+        let token = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(token.path(), "t0ken\n").unwrap();
+        let with_token = format!(
+            "metrics_listen = \"0.0.0.0:9464\"\npage_token_file = {:?}",
+            token.path()
+        );
+        for quiet in [
+            "metrics_listen = \"127.0.0.1:9464\"",
+            "metrics_listen = \"[::1]:9464\"",
+            "metrics_listen = \"\"",
+            &with_token,
+        ] {
+            assert_eq!(page(quiet), vec![], "{quiet}");
+        }
+        // A token file that cannot be read is an error naming file, line and key.
+        let text = "[device]\nid = \"d1\"\n[telemetry]\npage_token_file = \"/nonexistent/page\"\n";
+        let errors = Config::from_toml_str("t.toml", text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            errors.contains("t.toml:4") && errors.contains("telemetry.page_token_file"),
+            "{errors}"
+        );
     }
 }

@@ -11,6 +11,7 @@ pub mod incidents;
 pub mod track;
 pub mod zones;
 
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -28,14 +29,47 @@ use crate::transport::{AgentTransport, ResultMessage, Results};
 /// How often forgotten tracks are looked for.
 const TICK: Duration = Duration::from_millis(250);
 
+/// The newest incidents of each camera, in their latest state, for the page: at most
+/// [`RecentIncidents::PER_CAMERA`] per camera, newest first.
+#[derive(Default)]
+pub struct RecentIncidents(std::sync::Mutex<BTreeMap<String, VecDeque<IncidentEvent>>>);
+
+impl RecentIncidents {
+    pub const PER_CAMERA: usize = 10;
+
+    /// Keeps `events`: an incident already kept takes its new state in place.
+    pub fn record(&self, events: &[IncidentEvent]) {
+        let mut all = crate::sync::lock(&self.0);
+        for e in events {
+            let list = all.entry(e.camera.clone()).or_default();
+            match list.iter_mut().find(|k| k.incident == e.incident) {
+                Some(kept) => *kept = e.clone(),
+                None => {
+                    list.push_front(e.clone());
+                    list.truncate(Self::PER_CAMERA);
+                }
+            }
+        }
+    }
+
+    /// The camera's incidents, newest first.
+    pub fn of(&self, camera: &str) -> Vec<IncidentEvent> {
+        crate::sync::lock(&self.0)
+            .get(camera)
+            .map(|l| l.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
 /// Reads results until `stop`, then ends the live incidents and waits (bounded) for
 /// their messages to leave. `stop` comes after the workers stopped, so the answers to
-/// the last frames still count.
+/// the last frames still count. Every incident event is also kept in `recent`.
 pub async fn run(
     transport: Arc<AgentTransport>,
     device: String,
     events: EventsConfig,
-    scenes: std::collections::BTreeMap<String, zones::Scene>,
+    scenes: BTreeMap<String, zones::Scene>,
+    recent: Arc<RecentIncidents>,
     stop: CancellationToken,
 ) {
     let mut results = match transport.results() {
@@ -48,6 +82,7 @@ pub async fn run(
     let mut incidents =
         Incidents::new(&device, events.tracks.clone(), events.classes.clone()).with_scenes(scenes);
     serve(&mut results, &mut incidents, &stop, DRAIN, |out| {
+        recent.record(&out);
         publish(&transport, out)
     })
     .await;
@@ -57,6 +92,7 @@ pub async fn run(
             incidents = ended.len(),
             "Agent stopping: live incidents ended."
         );
+        recent.record(&ended);
         publish(&transport, ended);
         if !transport.flush(Duration::from_secs(3)).await {
             warn!("Incident end messages not all confirmed by the broker before stop.");
@@ -252,6 +288,62 @@ mod tests {
                 metrics::DropReason::Stopped,
             ))
             .get()
+    }
+
+    fn event(camera: &str, incident: &str, state: incidents::State) -> IncidentEvent {
+        let b = incidents::PixelBox {
+            x: 0.0,
+            y: 0.0,
+            w: 1.0,
+            h: 1.0,
+        };
+        IncidentEvent {
+            version: incidents::EVENT_VERSION,
+            state,
+            device: "dev".into(),
+            camera: camera.into(),
+            class: "person".into(),
+            incident: incident.into(),
+            started_ms: 1,
+            last_seen_ms: 1,
+            ended_ms: None,
+            duration_ms: 0,
+            frames: 1,
+            best_score: 0.9,
+            snapshot: None,
+            bbox: b,
+            box_norm: b,
+            frame_width: 1,
+            frame_height: 1,
+            end_reason: None,
+            zones: None,
+            entered_zones: None,
+        }
+    }
+
+    #[test]
+    fn recent_incidents_keep_the_newest_of_each_camera_in_their_latest_state() {
+        use incidents::State::{End, Start};
+        let recent = RecentIncidents::default();
+        recent.record(&[event("gate", "a", Start), event("yard", "y", Start)]);
+        recent.record(&[event("gate", "a", End)]);
+        let gate = recent.of("gate");
+        assert_eq!(
+            gate.len(),
+            1,
+            "an incident's new state replaces its old one"
+        );
+        assert_eq!(gate[0].state, End);
+        let many: Vec<_> = (0..RecentIncidents::PER_CAMERA + 3)
+            .map(|i| event("gate", &format!("n{i}"), Start))
+            .collect();
+        recent.record(&many);
+        let gate = recent.of("gate");
+        assert_eq!(gate.len(), RecentIncidents::PER_CAMERA);
+        let last = RecentIncidents::PER_CAMERA + 2;
+        assert_eq!(gate[0].incident, format!("n{last}"), "newest first");
+        assert_eq!(recent.of("yard").len(), 1, "another camera keeps its own");
+        assert!(recent.of("nowhere").is_empty());
     }
 
     #[tokio::test]

@@ -25,6 +25,43 @@ pub struct TelemetryConfig {
     /// Publish Home Assistant MQTT discovery for each camera.
     #[serde(default)]
     pub home_assistant: bool,
+    /// The file holding the token of the page on `metrics_listen` (its frames and
+    /// clips too), looked up like `password_file`. Without one, a listener on loopback
+    /// serves the page to anyone who can reach it and any other refuses it (403);
+    /// `/metrics` and `/health` need no token either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page_token_file: Option<std::path::PathBuf>,
+    /// The token read from `page_token_file` at load; never serialised.
+    #[serde(skip)]
+    pub page_token: Option<PageToken>,
+}
+
+/// The page's token: shown as `***`, compared in constant time.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PageToken(String);
+
+impl PageToken {
+    pub fn new(token: String) -> PageToken {
+        PageToken(token)
+    }
+
+    /// Whether `offered` is this token; the time taken does not depend on where they
+    /// differ (only on the length offered).
+    pub fn matches(&self, offered: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        bool::from(self.0.as_bytes().ct_eq(offered.as_bytes()))
+    }
+
+    /// The token as text, for the one place that must write it (the page's cookie).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for PageToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PageToken(***)")
+    }
 }
 
 impl Default for TelemetryConfig {
@@ -34,6 +71,8 @@ impl Default for TelemetryConfig {
             metrics_listen: default_listen(),
             heartbeat_interval: default_heartbeat(),
             home_assistant: false,
+            page_token_file: None,
+            page_token: None,
         }
     }
 }

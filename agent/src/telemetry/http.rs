@@ -16,6 +16,8 @@
 //! that is not a plain file name in that directory (a path, `..`, a hidden file, a link
 //! leading out) gets 404, as does an unknown one. A download must fit in
 //! [`CONNECTION_TIMEOUT`]: a slow client takes a large clip in ranges.
+//! With a [`PageSource`], `/` serves the page ([`super::page`]), which with `/clips`
+//! follows the page's [`Access`] rule.
 //! `/metrics` negotiates: OpenMetrics for a scraper that asks for it (Prometheus
 //! does), the Prometheus text format 0.0.4 otherwise, each with its own content type.
 
@@ -27,7 +29,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path as UrlPath, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -38,7 +40,9 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use super::config::PageToken;
 use super::metrics::{drop_reason, metrics, should_log, DropReason};
+use super::page::{self, Access, PageSource};
 use crate::sync::lock;
 
 /// Supplies the JSON body of `/health`.
@@ -104,25 +108,62 @@ pub async fn serve_endpoints(
     shutdown: CancellationToken,
     limits: Limits,
 ) -> std::io::Result<SocketAddr> {
+    let endpoints = Endpoints {
+        health,
+        clips_dir,
+        page: None,
+        page_token: None,
+    };
+    serve_all(listen, endpoints, shutdown, limits).await
+}
+
+/// What the listener serves besides `/metrics`.
+pub struct Endpoints {
+    pub health: HealthFn,
+    /// Clip files on `/clips/{file}`.
+    pub clips_dir: Option<PathBuf>,
+    /// The page on `/` (see [`super::page`]).
+    pub page: Option<Arc<dyn PageSource>>,
+    /// The token the page and the clips need.
+    pub page_token: Option<PageToken>,
+}
+
+/// Serves `endpoints` until shutdown; the page and the clips under the
+/// [`Access`] rule for the address bound.
+pub async fn serve_all(
+    listen: &str,
+    endpoints: Endpoints,
+    shutdown: CancellationToken,
+    limits: Limits,
+) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
-    let clips: Option<Arc<PathBuf>> = clips_dir.map(Arc::new);
-    let app =
-        Router::new()
-            .route("/metrics", get(metrics_page))
-            .route("/health", get(health_page))
-            .route("/healthz", get(health_page))
-            .with_state(health)
-            .route(
-                "/clips/:file",
-                get(move |UrlPath(file): UrlPath<String>, headers: HeaderMap| {
-                    let clips = clips.clone();
+    let access = Access::for_listener(addr, endpoints.page_token);
+    let clips: Option<Arc<PathBuf>> = endpoints.clips_dir.map(Arc::new);
+    let clip_access = access.clone();
+    let mut app = Router::new()
+        .route("/metrics", get(metrics_page))
+        .route("/health", get(health_page))
+        .route("/healthz", get(health_page))
+        .with_state(endpoints.health)
+        .route(
+            "/clips/:file",
+            get(
+                move |UrlPath(file): UrlPath<String>, headers: HeaderMap, uri: Uri| {
+                    let (clips, access) = (clips.clone(), clip_access.clone());
                     async move {
+                        if let Some(refused) = access.refusal(&headers, &uri) {
+                            return refused;
+                        }
                         clip_file(clips.as_deref().map(|p| p.as_path()), &file, &headers).await
                     }
-                }),
-            )
-            .fallback(|| async { (StatusCode::NOT_FOUND, "try /metrics or /health\n") });
+                },
+            ),
+        );
+    if let Some(source) = endpoints.page {
+        app = app.merge(page::routes(source, access));
+    }
+    let app = app.fallback(|| async { (StatusCode::NOT_FOUND, "try /metrics or /health\n") });
     let slots = Arc::new(Semaphore::new(limits.connections));
     let clients = Arc::new(Clients::default());
     tokio::spawn(async move {

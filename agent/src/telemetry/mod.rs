@@ -7,6 +7,7 @@ pub mod latency;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
+pub mod page;
 pub mod process;
 pub mod status;
 
