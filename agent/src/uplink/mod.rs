@@ -5,4 +5,7 @@
 //! is the transport module's (`UplinkTransport`); this module owns the spool, the
 //! message ids and the forwarder that empties the spool in order.
 
+pub mod config;
 pub mod spool;
+
+pub use config::{SpoolConfig, UplinkConfig, UplinkKind};
