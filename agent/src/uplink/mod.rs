@@ -398,7 +398,7 @@ mod tests {
     fn a_message_id_goes_first_into_json_objects_and_nowhere_else() {
         let rows: [(&str, &str); 5] = [
             (r#"{"a":1}"#, r#"{"message_id":"x-1","a":1}"#),
-            (r#"  { }"#, r#"{"message_id":"x-1"}"#),
+            (r#"  { }"#, r#"{"message_id":"x-1" }"#),
             (
                 r#"{"message_id":"kept","a":1}"#,
                 r#"{"message_id":"kept","a":1}"#,
