@@ -21,3 +21,4 @@ mod status;
 mod stop;
 mod telemetry;
 mod transport;
+mod uplink;

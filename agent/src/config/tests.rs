@@ -582,7 +582,7 @@ fn bad_uplink_sections_give_the_exact_located_error() {
         ),
         (
             format!("{BASE}[uplink.spool]\nmax_bytes = 10\n"),
-            "site.toml:8: uplink.spool.max_bytes: must be 65536..=1099511627776, got 10",
+            "site.toml:8: uplink.spool.max_bytes: must be 4096..=1099511627776, got 10",
         ),
         (
             format!("{BASE}[uplink.spool]\nmax_age = \"0s\"\n"),

@@ -59,7 +59,7 @@ pub struct SpoolConfig {
     pub dir: Option<PathBuf>,
     /// Bytes of events kept while the uplink is down; the oldest go first.
     #[serde(default = "default_max_bytes")]
-    pub max_bytes: IntIn<65_536, 1_099_511_627_776>,
+    pub max_bytes: IntIn<4096, 1_099_511_627_776>,
     /// Events older than this are dropped unsent (counted).
     #[serde(default = "default_max_age")]
     pub max_age: Dur,
@@ -204,7 +204,7 @@ fn default_prefix() -> String {
 fn default_exchange() -> String {
     "edge.events".into()
 }
-fn default_max_bytes() -> IntIn<65_536, 1_099_511_627_776> {
+fn default_max_bytes() -> IntIn<4096, 1_099_511_627_776> {
     IntIn::lit(256 * 1024 * 1024)
 }
 fn default_max_age() -> Dur {
