@@ -22,3 +22,4 @@ mod status;
 mod stop;
 mod telemetry;
 mod transport;
+mod uplink;

@@ -27,6 +27,7 @@ pub mod shutdown;
 pub mod sync;
 pub mod telemetry;
 pub mod transport;
+pub mod uplink;
 pub mod values;
 pub mod wire;
 

@@ -27,6 +27,7 @@ use crate::sync::lock;
 use crate::telemetry::metrics::{self, metrics};
 use crate::telemetry::{http, notify};
 use crate::transport::AgentTransport;
+use crate::uplink::{Events, Outlet};
 
 /// The part of the stop deadline kept for the transport's flush and goodbye (at most a
 /// quarter of the deadline).
@@ -70,6 +71,7 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
         &pending_restart,
         &stages.workers.pool,
         &stages.transport,
+        &stages.events,
     );
     let views = Arc::new(std::sync::Mutex::new(stages.cameras.views()));
     let endpoints = http::Endpoints {
@@ -137,7 +139,7 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
             );
         }
         if heartbeat.due() {
-            heartbeat.publish(&stages.transport, &device, health());
+            heartbeat.publish(&stages.events, &device, health());
         }
         housekeeping.sample(&stages.workers.pool).await;
     }
@@ -170,7 +172,7 @@ impl Heartbeat {
         !self.every.is_zero() && self.last.is_none_or(|t| t.elapsed() >= self.every)
     }
 
-    fn publish(&mut self, transport: &AgentTransport, device: &str, health: serde_json::Value) {
+    fn publish(&mut self, events: &Events, device: &str, health: serde_json::Value) {
         self.last = Some(Instant::now());
         let beat = crate::telemetry::status::heartbeat(
             device,
@@ -179,7 +181,7 @@ impl Heartbeat {
             self.every,
             crate::clock::unix_ns_now() / 1_000_000,
         );
-        if let Err(e) = transport.publish_device("health", Bytes::from(beat.to_string())) {
+        if let Err(e) = events.publish_device("health", Bytes::from(beat.to_string())) {
             if metrics::should_log("heartbeat", Duration::from_secs(300)) {
                 warn!(error = %e, "Heartbeat not published.");
             }
@@ -192,6 +194,8 @@ impl Heartbeat {
 struct Stages {
     /// The broker link, owned by one task; everyone else holds this handle.
     transport: Arc<AgentTransport>,
+    /// Where events go: the uplink's spool, or the frames transport.
+    events: Arc<Events>,
     workers: Workers,
     cameras: Cameras,
     escalator: tokio::task::JoinHandle<()>,
@@ -215,6 +219,11 @@ impl Stages {
         if let Some(addr) = transport.broker_addr() {
             info!(lifecycle = "broker_listening", %addr, "Embedded MQTT broker listening on loopback.");
         }
+        let events = Arc::new(
+            Events::start(&cfg.uplink, transport.clone(), &device, lifetime.end())
+                .await
+                .with_context(|| format!("uplink {:?}", cfg.uplink.kind))?,
+        );
         let workers = Workers::start(cfg, &transport, shutdown)?;
         let (escalations, escalations_rx) = mpsc::channel::<Escalation>(ESCALATIONS);
         let cameras = Cameras::start(&cfg.cameras, escalations, shutdown);
@@ -226,7 +235,10 @@ impl Stages {
         );
         let escalator = tokio::spawn(escalator::run(
             escalations_rx,
-            transport.clone(),
+            Outlet {
+                frames: transport.clone(),
+                events: events.clone(),
+            },
             device.clone(),
             demand,
         ));
@@ -234,6 +246,7 @@ impl Stages {
         let recent = Arc::new(crate::results::RecentIncidents::default());
         let results = tokio::spawn(crate::results::run(
             transport.clone(),
+            events.clone(),
             device,
             cfg.events.clone(),
             cfg.cameras
@@ -250,6 +263,7 @@ impl Stages {
         ));
         Ok(Stages {
             transport,
+            events,
             workers,
             cameras,
             escalator,
@@ -287,6 +301,12 @@ impl Stages {
             "Results did not finish in time; live incidents were not ended.",
         )
         .await;
+        // The uplink first, with half of what is left: what it does not send in time
+        // stays in its spool for the next start, nothing is lost.
+        let half = stop.left() / 2;
+        if !self.events.close(half).await {
+            warn!(within = ?half, "The uplink did not flush in time; unsent events stay in its spool.");
+        }
         // Whatever is left of the deadline, for the flush and a clean DISCONNECT.
         let left = stop.left();
         if !self.transport.close(left).await {
@@ -308,9 +328,10 @@ fn health_report(
     pending_restart: &Arc<std::sync::Mutex<Vec<String>>>,
     pool: &PoolHandle,
     transport: &Arc<AgentTransport>,
+    events: &Arc<Events>,
 ) -> http::HealthFn {
     let (watched, pending) = (watched.clone(), pending_restart.clone());
-    let (p, t) = (pool.clone(), transport.clone());
+    let (p, t, e) = (pool.clone(), transport.clone(), events.clone());
     Arc::new(move || {
         let cams: serde_json::Map<String, serde_json::Value> = lock(&watched)
             .iter()
@@ -322,7 +343,7 @@ fn health_report(
             .collect();
         let restart = lock(&pending).clone();
         serde_json::json!({ "version": crate::VERSION, "broker_connected": t.is_connected(), "cameras": cams,
-            "restart_needed": restart, "workers": scaffold::workers_health(&p.status()) })
+            "restart_needed": restart, "workers": scaffold::workers_health(&p.status()), "uplink": e.health() })
     })
 }
 

@@ -469,6 +469,21 @@ fn apply_secrets(
             }),
         }
     }
+    if let Some(file) = config.uplink.password_file.clone() {
+        let path = [Seg::Key("uplink".into()), Seg::Key("password_file".into())];
+        let u = &mut config.uplink;
+        let result = read_secret(&file, dirs).and_then(|pw| match &u.url {
+            Some(url) => url.with_password(&pw).map(|url| u.url = Some(url)),
+            None => Err("a password_file needs uplink.url".into()),
+        });
+        if let Err(message) = result {
+            errors.push(ConfigError {
+                origin: tree.origin_of(&path),
+                key: tree.display_path(&path),
+                message,
+            });
+        }
+    }
     if let Some(file) = config.transport.password_file.clone() {
         let path = [
             Seg::Key("transport".into()),

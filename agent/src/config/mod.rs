@@ -20,6 +20,7 @@ use crate::results::EventsConfig;
 use crate::scale::ScalingConfig;
 use crate::telemetry::TelemetryConfig;
 use crate::transport::TransportConfig;
+use crate::uplink::UplinkConfig;
 use crate::values::{Dur, Ident};
 
 /// Exit code for configuration errors (sysexits EX_CONFIG); systemd's
@@ -37,6 +38,9 @@ pub struct Config {
     pub cameras: Vec<CameraConfig>,
     #[serde(default)]
     pub transport: TransportConfig,
+    /// Events to a central broker, apart from the frames (`kind = "none"`: none).
+    #[serde(default)]
+    pub uplink: UplinkConfig,
     #[serde(default)]
     pub inference: InferenceConfig,
     #[serde(default)]
@@ -146,6 +150,7 @@ impl Config {
             );
         }
         nest("transport", self.transport.check());
+        nest("uplink", self.uplink.check());
         nest("inference", self.inference.check());
         nest("scaling", self.scaling.check());
         nest("telemetry", self.telemetry.check());

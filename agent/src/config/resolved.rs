@@ -57,6 +57,7 @@ pub fn workers_differ(before: &Config, after: &Config) -> bool {
 pub fn resolved_text(config: &Config) -> Result<String, toml::ser::Error> {
     let mut c = config.clone();
     c.transport.password_file = None;
+    c.uplink.password_file = None;
     for cam in &mut c.cameras {
         cam.password_file = None;
         cam.url = cam.url.redacted();

@@ -556,3 +556,49 @@ fn the_readme_road_camera_example_loads() {
         Some(&["carriageway".to_string()][..])
     );
 }
+
+#[test]
+fn bad_uplink_sections_give_the_exact_located_error() {
+    let rows: Vec<(String, &str)> = vec![
+        (
+            format!("{BASE}[uplink]\nkind = \"mqtt\"\n"),
+            "site.toml:7: uplink.url: is required with kind = \"mqtt\"",
+        ),
+        (
+            format!("{BASE}[uplink]\nkind = \"amqp\"\nurl = \"mqtt://central\"\n"),
+            "site.toml:9: uplink.url: scheme \"mqtt\" does not match kind = \"amqp\"",
+        ),
+        (
+            format!("{BASE}[uplink]\nkind = \"mqtt\"\nurl = \"rtsp://central\"\n"),
+            "site.toml:9: uplink.url: URL scheme \"rtsp\" is not allowed here (expected one of mqtt, mqtts, tcp, ssl, amqp, amqps), got \"rtsp://central\"",
+        ),
+        (
+            format!("{BASE}[uplink]\nkind = \"mqtt\"\nurl = \"mqtts://central\"\ncert_file = \"c.pem\"\n"),
+            "site.toml:10: uplink.cert_file: needs key_file as well (mutual TLS)",
+        ),
+        (
+            format!("{BASE}[uplink]\nkind = \"kafka\"\n"),
+            "site.toml:8: uplink.kind: unknown variant `kafka`, expected one of `none`, `mqtt`, `amqp`",
+        ),
+        (
+            format!("{BASE}[uplink.spool]\nmax_bytes = 10\n"),
+            "site.toml:8: uplink.spool.max_bytes: must be 4096..=1099511627776, got 10",
+        ),
+        (
+            format!("{BASE}[uplink.spool]\nmax_age = \"0s\"\n"),
+            "site.toml:8: uplink.spool.max_age: must be at least 1s, got 0s",
+        ),
+    ];
+    for (text, want) in rows {
+        let got = errors_of(&[("site.toml", &text)], &[]);
+        assert_eq!(got, [want], "{text}");
+    }
+    let fine = ok(
+        &[(
+            "site.toml",
+            &format!("{BASE}[uplink]\nkind = \"amqp\"\nurl = \"amqps://edge@central/%2f\"\n"),
+        )],
+        &[],
+    );
+    assert_eq!(fine.config.uplink.kind, crate::uplink::UplinkKind::Amqp);
+}

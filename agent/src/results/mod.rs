@@ -25,6 +25,7 @@ use incidents::{IncidentEvent, Incidents};
 
 use crate::telemetry::metrics::{self, metrics};
 use crate::transport::{AgentTransport, ResultMessage, Results};
+use crate::uplink::Events;
 
 /// How often forgotten tracks are looked for.
 const TICK: Duration = Duration::from_millis(250);
@@ -66,6 +67,7 @@ impl RecentIncidents {
 /// the last frames still count. Every incident event is also kept in `recent`.
 pub async fn run(
     transport: Arc<AgentTransport>,
+    events_out: Arc<Events>,
     device: String,
     events: EventsConfig,
     scenes: BTreeMap<String, zones::Scene>,
@@ -83,7 +85,7 @@ pub async fn run(
         Incidents::new(&device, events.tracks.clone(), events.classes.clone()).with_scenes(scenes);
     serve(&mut results, &mut incidents, &stop, DRAIN, |out| {
         recent.record(&out);
-        publish(&transport, out)
+        publish(&events_out, out)
     })
     .await;
     let ended = incidents.finish(SystemTime::now());
@@ -93,7 +95,7 @@ pub async fn run(
             "Agent stopping: live incidents ended."
         );
         recent.record(&ended);
-        publish(&transport, ended);
+        publish(&events_out, ended);
         if !transport.flush(Duration::from_secs(3)).await {
             warn!("Incident end messages not all confirmed by the broker before stop.");
         }
@@ -194,7 +196,8 @@ fn rejected(r: &ResultMessage, why: &str) -> Vec<IncidentEvent> {
     Vec::new()
 }
 
-fn publish(transport: &AgentTransport, events: Vec<IncidentEvent>) {
+/// Incidents go where `[uplink]` says (the spool, or the frames transport).
+fn publish(transport: &Events, events: Vec<IncidentEvent>) {
     for e in events {
         let state = serde_json::to_value(e.state).unwrap_or_default();
         let state = state.as_str().unwrap_or("?");
@@ -205,7 +208,7 @@ fn publish(transport: &AgentTransport, events: Vec<IncidentEvent>) {
                 continue;
             }
         };
-        match transport.publish_result(&e.camera, &format!("events/{}", e.class), body) {
+        match transport.publish(&e.camera, &format!("events/{}", e.class), body) {
             Ok(()) => {
                 metrics()
                     .incidents

@@ -87,6 +87,16 @@ pub struct Metrics {
     pub process_memory: Gauge,
     /// Process CPU use in percent of one core.
     pub process_cpu: Gauge,
+    /// 1 while the uplink to the central broker is connected (absent without one).
+    pub uplink_connected: Gauge,
+    /// Events in the uplink's disk spool, not yet confirmed by the central broker.
+    pub uplink_spool_messages: Gauge,
+    /// Their bytes (records, not the file's size).
+    pub uplink_spool_bytes: Gauge,
+    /// Age of the oldest spooled event in seconds (0 when empty).
+    pub uplink_spool_oldest_seconds: Gauge<f64, AtomicU64>,
+    /// Events the central broker confirmed (they left the spool).
+    pub uplink_sent: Counter,
 }
 
 impl Metrics {
@@ -123,6 +133,11 @@ impl Metrics {
             false_starts: Family::default(),
             process_memory: Gauge::default(),
             process_cpu: Gauge::default(),
+            uplink_connected: Gauge::default(),
+            uplink_spool_messages: Gauge::default(),
+            uplink_spool_bytes: Gauge::default(),
+            uplink_spool_oldest_seconds: Gauge::default(),
+            uplink_sent: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("frames", "Frames received per camera", m.frames.clone());
@@ -165,6 +180,31 @@ impl Metrics {
             "escalations",
             "Frames escalated to the detector",
             m.escalations.clone(),
+        );
+        registry.register(
+            "uplink_connected",
+            "1 while the uplink to the central broker is connected",
+            m.uplink_connected.clone(),
+        );
+        registry.register(
+            "uplink_spool_messages",
+            "Events spooled for the uplink, not yet confirmed",
+            m.uplink_spool_messages.clone(),
+        );
+        registry.register(
+            "uplink_spool_bytes",
+            "Bytes of the events spooled for the uplink",
+            m.uplink_spool_bytes.clone(),
+        );
+        registry.register(
+            "uplink_spool_oldest_seconds",
+            "Age of the oldest spooled event (0 when empty)",
+            m.uplink_spool_oldest_seconds.clone(),
+        );
+        registry.register(
+            "uplink_sent",
+            "Events the central broker confirmed",
+            m.uplink_sent.clone(),
         );
         registry.register(
             "published",
@@ -459,6 +499,13 @@ pub enum DropReason {
     ClipQueueFull,
     /// A finished clip's report could not be handed over.
     ClipReport,
+    // The uplink's spool.
+    /// The oldest event was evicted to make room (`uplink.spool.max_bytes`).
+    SpoolEvicted,
+    /// An event older than `uplink.spool.max_age` was evicted unsent.
+    SpoolExpired,
+    /// An event could not be committed to the spool (disk full, larger than the spool).
+    SpoolFailed,
 }
 
 impl DropReason {
@@ -490,6 +537,9 @@ impl DropReason {
             DropReason::PrerollCap => "preroll_cap",
             DropReason::ClipQueueFull => "clip_queue_full",
             DropReason::ClipReport => "clip_report",
+            DropReason::SpoolEvicted => "spool_evicted",
+            DropReason::SpoolExpired => "spool_expired",
+            DropReason::SpoolFailed => "spool_failed",
         }
     }
 }

@@ -122,7 +122,10 @@ impl QueueProbe {
             why: e.to_string(),
         })?;
         let tls = if parsed.scheme() == "amqps" {
-            Some(tls::amqp_tls_config(cfg.ca_file.as_deref())?)
+            Some(tls::amqp_tls_config(
+                cfg.ca_file.as_deref(),
+                tls::identity(cfg),
+            )?)
         } else {
             None
         };
@@ -142,7 +145,7 @@ impl QueueProbe {
             let props = ConnectionProperties::default()
                 .with_connection_name("edge-scaler".to_string().into());
             let conn = match &self.tls {
-                Some(tls) if tls.cert_chain.is_some() => {
+                Some(tls) if tls.cert_chain.is_some() || tls.identity.is_some() => {
                     Connection::connect_with_config(
                         &self.url,
                         props,
@@ -225,18 +228,26 @@ fn args(pairs: &[(&str, AMQPValue)]) -> FieldTable {
 }
 
 /// Declares the frames queue, its dead-letter pair and the events exchange.
+/// The durable topic exchange events are published to.
+async fn declare_events_exchange(ch: &Channel, cfg: &TransportConfig) -> lapin::Result<()> {
+    ch.exchange_declare(
+        cfg.events_exchange.as_str().into(),
+        ExchangeKind::Topic,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+}
+
 pub async fn declare_topology(ch: &Channel, cfg: &TransportConfig) -> lapin::Result<()> {
     let durable_ex = ExchangeDeclareOptions {
         durable: true,
         ..Default::default()
     };
-    ch.exchange_declare(
-        cfg.events_exchange.as_str().into(),
-        ExchangeKind::Topic,
-        durable_ex,
-        FieldTable::default(),
-    )
-    .await?;
+    declare_events_exchange(ch, cfg).await?;
     let (dlx, dead) = dead_letter_names(&cfg.frames_queue);
     ch.exchange_declare(
         dlx.as_str().into(),
@@ -315,7 +326,10 @@ pub(crate) fn start(
         why: e.to_string(),
     })?;
     let tls = if parsed.scheme() == "amqps" {
-        Some(tls::amqp_tls_config(shared.cfg.ca_file.as_deref())?)
+        Some(tls::amqp_tls_config(
+            shared.cfg.ca_file.as_deref(),
+            tls::identity(&shared.cfg),
+        )?)
     } else {
         None
     };
@@ -435,7 +449,13 @@ impl Owner {
             Ok(c) => c,
             Err(e) => return lost("channel", e),
         };
-        if let Err(e) = declare_topology(&ch, cfg).await {
+        // The uplink only publishes events: the central broker's frames queue (if it
+        // has one) is none of its business.
+        if self.shared.role == Role::Uplink {
+            if let Err(e) = declare_events_exchange(&ch, cfg).await {
+                return lost(&format!("declare exchange {}", cfg.events_exchange), e);
+            }
+        } else if let Err(e) = declare_topology(&ch, cfg).await {
             return lost(&format!("declare queue {}", cfg.frames_queue), e);
         }
         if let Err(e) = ch.confirm_select(ConfirmSelectOptions::default()).await {
@@ -468,6 +488,7 @@ impl Owner {
                     Err(e) => return lost(&format!("consume {}", cfg.frames_queue), e),
                 }
             }
+            Role::Uplink => {}
             Role::Agent => {
                 let q = results_queue_name(cfg, &self.shared.device);
                 let rch = match conn.create_channel().await {

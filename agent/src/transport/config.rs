@@ -32,6 +32,12 @@ pub struct TransportConfig {
     /// CA bundle for `mqtts://` and `amqps://` (system roots otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for mutual TLS, with `key_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<std::path::PathBuf>,
+    /// The private key of `cert_file` (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<std::path::PathBuf>,
     /// Loopback port of the embedded broker (0 picks a free one).
     #[serde(default = "default_embedded_port")]
     pub embedded_port: IntIn<0, 65535>,
@@ -83,6 +89,8 @@ impl Default for TransportConfig {
             amqp_url: default_amqp_url(),
             password_file: None,
             ca_file: None,
+            cert_file: None,
+            key_file: None,
             embedded_port: default_embedded_port(),
             embedded_log_size: default_embedded_log_size(),
             topic_prefix: default_prefix(),
@@ -116,6 +124,9 @@ impl TransportConfig {
                 ));
             }
         }
+        if let Some((key, other)) = client_cert_pair(&self.cert_file, &self.key_file) {
+            errs.push((key.into(), format!("needs {other} as well (mutual TLS)")));
+        }
         if self.events_exchange.is_empty() {
             errs.push(("events_exchange".into(), "must not be empty".into()));
         }
@@ -139,6 +150,18 @@ impl TransportConfig {
             ));
         }
         errs
+    }
+}
+
+/// The key set without its partner, if one is: (key, the partner's key).
+pub(crate) fn client_cert_pair<T>(
+    cert: &Option<T>,
+    key: &Option<T>,
+) -> Option<(&'static str, &'static str)> {
+    match (cert, key) {
+        (Some(_), None) => Some(("cert_file", "key_file")),
+        (None, Some(_)) => Some(("key_file", "cert_file")),
+        _ => None,
     }
 }
 
@@ -227,6 +250,16 @@ mod tests {
                 "group with '#'",
                 Box::new(|c| c.worker_group = "#".into()),
                 "worker_group",
+            ),
+            (
+                "client key without its certificate",
+                Box::new(|c| c.key_file = Some("client.key".into())),
+                "key_file",
+            ),
+            (
+                "client certificate without its key",
+                Box::new(|c| c.cert_file = Some("client.pem".into())),
+                "cert_file",
             ),
             (
                 "redelivery too eager",

@@ -189,6 +189,20 @@ impl Connection {
         Ok(out)
     }
 
+    /// Where device-level telemetry `name` goes: MQTT `{prefix}/{device}/{name}`,
+    /// retained; AMQP the events exchange, routing key `{device}.{name}`.
+    pub(crate) fn device_route(&self, name: &str) -> (String, String, bool) {
+        let device = &self.shared.device;
+        match &self.link {
+            Link::Mqtt(_) => (String::new(), self.mqtt_topic(device, None, name), true),
+            Link::Amqp(_) => (
+                self.shared.cfg.events_exchange.clone(),
+                format!("{device}.{name}"),
+                false,
+            ),
+        }
+    }
+
     pub(crate) fn enqueue_event(
         &self,
         exchange: String,

@@ -1,5 +1,6 @@
-//! The two sides' handles: [`AgentTransport`] publishes frames, motion and incidents
-//! and reads results back; [`WorkerTransport`] takes frames and publishes results.
+//! The three holders' handles: [`AgentTransport`] publishes frames, motion and
+//! incidents and reads results back; [`WorkerTransport`] takes frames and publishes
+//! results; [`UplinkTransport`] publishes events to a central broker and nothing else.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -186,17 +187,8 @@ impl AgentTransport {
     /// bindings of event consumers and the agent's own results queue never match it).
     pub fn publish_device(&self, name: &str, payload: Bytes) -> Result<(), TransportError> {
         check_name("telemetry name", name, false)?;
-        let c = &self.conn;
-        let device = c.shared.device.clone();
-        let (exchange, key, retain) = match &c.link {
-            Link::Mqtt(_) => (String::new(), c.mqtt_topic(&device, None, name), true),
-            Link::Amqp(_) => (
-                c.shared.cfg.events_exchange.clone(),
-                format!("{device}.{name}"),
-                false,
-            ),
-        };
-        c.enqueue_event(exchange, key, retain, payload);
+        let (exchange, key, retain) = self.conn.device_route(name);
+        self.conn.enqueue_event(exchange, key, retain, payload);
         Ok(())
     }
 
@@ -389,6 +381,84 @@ impl WorkerTransport {
 
     /// Flushes and closes within `timeout` (see [`Connection`]).
     pub async fn close(&self, timeout: Duration) -> bool {
+        self.conn.close(timeout).await
+    }
+}
+
+/// The uplink's side: publishes events to a central broker, each with the broker's
+/// confirmation to wait on (the spool removes an event only then), and device state
+/// (status, health). It consumes nothing and never carries frames. On MQTT its session
+/// is persistent and its last will sets the retained `{prefix}/{device}/status` to
+/// `lost`; it says `online` at each connection and `offline` at a clean close.
+pub struct UplinkTransport {
+    pub(crate) conn: Connection,
+}
+
+impl std::ops::Deref for UplinkTransport {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+impl UplinkTransport {
+    /// Connects to the central broker as `device`'s uplink (in the background, see
+    /// [`Connection`]); `cfg.kind` is `mqtt` or `amqp`.
+    pub async fn connect(
+        cfg: &TransportConfig,
+        device: &str,
+        parent: &CancellationToken,
+    ) -> Result<UplinkTransport, TransportError> {
+        check_name("device", device, false)?;
+        if cfg.kind == TransportKind::Embedded {
+            return Err(TransportError::BadName {
+                what: "uplink kind",
+                value: "embedded".into(),
+            });
+        }
+        let shared = Arc::new(LinkShared::new(cfg, device, Role::Uplink));
+        let conn = Connection::open(shared, None, parent, None, None).await?;
+        Ok(UplinkTransport { conn })
+    }
+
+    /// Queues an event about `camera` (`kind` as for
+    /// [`AgentTransport::publish_result`]) and returns the broker's confirmation to
+    /// wait on. Messages leave in the order they were queued; those not confirmed
+    /// when the connection drops are sent again first, in order, after it comes back.
+    pub fn publish_event_then(
+        &self,
+        camera: &str,
+        kind: &str,
+        payload: Bytes,
+    ) -> Result<impl Future<Output = Result<(), TransportError>> + Send + 'static, TransportError>
+    {
+        let out = self
+            .conn
+            .result_out(&self.conn.shared.device, camera, kind, payload)?;
+        Ok(self.conn.enqueue_confirmed(out))
+    }
+
+    /// Device state (`health`, ...): the latest value counts, so it is not spooled;
+    /// retained on MQTT (see [`AgentTransport::publish_device`]).
+    pub fn publish_device(&self, name: &str, payload: Bytes) -> Result<(), TransportError> {
+        check_name("telemetry name", name, false)?;
+        let (exchange, key, retain) = self.conn.device_route(name);
+        self.conn.enqueue_event(exchange, key, retain, payload);
+        Ok(())
+    }
+
+    /// Messages queued and not yet confirmed by the broker (the spool's in-flight
+    /// window is kept under the outbox size, so none is ever dropped to make room).
+    pub fn capacity(&self) -> usize {
+        self.conn.shared.cfg.buffer_size.as_usize()
+    }
+
+    /// Says `offline` (MQTT), then flushes and closes within `timeout`.
+    pub async fn close(&self, timeout: Duration) -> bool {
+        if self.is_mqtt() {
+            self.conn
+                .enqueue(mqtt::status_out(&self.conn.shared, b"offline"));
+        }
         self.conn.close(timeout).await
     }
 }

@@ -29,6 +29,8 @@ pub(crate) enum Role {
     Agent,
     /// Consumes frames; publishes detections and events.
     Worker,
+    /// Publishes events to a central broker (the uplink); consumes nothing.
+    Uplink,
 }
 
 /// Counters of one transport (also mirrored into the process metrics), so a test or

@@ -30,5 +30,5 @@ pub use config::{TransportConfig, TransportKind};
 pub use connection::Connection;
 pub use embedded::EmbeddedBroker;
 pub use error::TransportError;
-pub use handles::{AgentTransport, WorkerTransport};
+pub use handles::{AgentTransport, UplinkTransport, WorkerTransport};
 pub use link::{Backlog, Delivery, Frames, Inbound, ResultMessage, Results, TransportStats};

@@ -144,7 +144,7 @@ pub(crate) fn start(
     let opts = options(&shared, url, Duty::Publish, window)?;
     let consume_opts = match shared.role {
         Role::Worker => Some(options(&shared, url, Duty::Consume, window)?),
-        Role::Agent => None,
+        Role::Agent | Role::Uplink => None,
     };
     let (client, eventloop) = open(&opts, cap);
     let consumer = consume_opts.map(|o| {
@@ -158,7 +158,7 @@ pub(crate) fn start(
         disconnects: Arc::new(tokio::sync::watch::Sender::new(0)),
     };
     let subs = match shared.role {
-        Role::Worker => Vec::new(),
+        Role::Worker | Role::Uplink => Vec::new(),
         Role::Agent => vec![
             format!("{}/{}/+/detections", cfg.topic_prefix, shared.device),
             format!("{}/{}/+/events/+", cfg.topic_prefix, shared.device),
@@ -225,6 +225,7 @@ fn options(
         // Unique per agent and prefix: two agents with one id would take over each
         // other's session in a loop.
         (Role::Agent, _) => format!("edge-agent-{}-{}", cfg.topic_prefix, shared.device),
+        (Role::Uplink, _) => format!("edge-uplink-{}-{}", cfg.topic_prefix, shared.device),
         (Role::Worker, _) => format!(
             "edge-worker-{}-{}-{:08x}-{}",
             shared.device.replace('+', "any"),
@@ -252,7 +253,7 @@ fn options(
         let pass = userinfo_decode(parsed.password().unwrap_or(""));
         opts.set_credentials(user, pass);
     }
-    if shared.role == Role::Agent {
+    if shared.role != Role::Worker {
         opts.set_last_will(LastWill::new(
             status_topic(shared),
             STATUS_LOST,
@@ -261,7 +262,7 @@ fn options(
         ));
     }
     if tls {
-        let config = tls::rustls_client_config(cfg.ca_file.as_deref())?;
+        let config = tls::rustls_client_config(cfg.ca_file.as_deref(), tls::identity(cfg))?;
         opts.set_transport(rumqttc::Transport::tls_with_config(
             TlsConfiguration::Rustls(config),
         ));
@@ -395,7 +396,7 @@ impl Owner {
                 } else {
                     let mut st = self.shared.state();
                     st.up();
-                    if self.shared.role == Role::Agent {
+                    if self.shared.role != Role::Worker {
                         st.put_back(status_out(&self.shared, b"online"));
                     }
                     self.link.pump(&mut st, &self.shared);

@@ -186,6 +186,13 @@ impl Schemes for AmqpSchemes {
     const ALLOWED: &'static [&'static str] = &["amqp", "amqps"];
 }
 
+/// A central broker for events (`uplink.url`): MQTT or AMQP, as `uplink.kind` says.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct UplinkSchemes;
+impl Schemes for UplinkSchemes {
+    const ALLOWED: &'static [&'static str] = &["mqtt", "mqtts", "tcp", "ssl", "amqp", "amqps"];
+}
+
 /// A URL that may carry a password. `Display`, `Debug` and `Serialize` redact it;
 /// only [`SecretUrl::expose`] gives the real text, for the one place that connects,
 /// and `Serialize` inside [`super::secret::reveal`], for the configuration a worker gets.
