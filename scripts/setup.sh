@@ -33,6 +33,8 @@ pkgs=(pkg-config libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstrtsp
 if [ "$want_test" = 1 ]; then
   # prometheus: its promtool checks /metrics in the tests.
   pkgs+=(rabbitmq-server mosquitto mosquitto-clients systemd qemu-user-static dpkg-dev prometheus)
+  # gst-discoverer-1.0: the clip tests play the clips the agent writes with it.
+  pkgs+=(gstreamer1.0-plugins-base-apps)
 fi
 missing=()
 for p in "${pkgs[@]}"; do

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
+use super::clips::AgentClips;
 use super::local_workers::Workers;
 use super::scaffold::{self, Housekeeping, Stop};
 use crate::camera::{Cameras, WatchList};
@@ -70,7 +71,13 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
         &stages.workers.pool,
         &stages.transport,
     );
-    scaffold::serve_http(&cfg.telemetry.metrics_listen, health.clone(), &shutdown).await;
+    scaffold::serve_http(
+        &cfg.telemetry.metrics_listen,
+        health.clone(),
+        Some(stages.clips.dir.clone()),
+        &shutdown,
+    )
+    .await;
     let mut discovered: Vec<String> = Vec::new();
     if cfg.telemetry.home_assistant {
         discovered = announce(&stages.transport, &cfg, &stages.cameras, &discovered);
@@ -99,6 +106,7 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
                 if let Some((next, restart)) = reload_config(&args, &running) {
                     let cams = stages.cameras.reload(&next.cameras);
                     let replaced = stages.workers.reload(&running, &next, &stages.transport);
+                    stages.clips.apply(&next, &stages.cameras);
                     info!(lifecycle = "reloaded", kept = cams.kept, restarted = cams.restarted, started = cams.started, stopped = cams.stopped, workers_replaced = replaced, restart_needed = restart.len(), "Configuration reloaded.");
                     if !restart.is_empty() {
                         warn!(lifecycle = "restart_needed", keys = ?restart, "Reload: these settings need a restart.");
@@ -181,6 +189,8 @@ struct Stages {
     transport: Arc<AgentTransport>,
     workers: Workers,
     cameras: Cameras,
+    /// The cameras' recorders and the storage budget.
+    clips: AgentClips,
     escalator: tokio::task::JoinHandle<()>,
     results: tokio::task::JoinHandle<()>,
     /// Results outlive the workers at stop (the answers to their last frames still
@@ -215,6 +225,8 @@ impl Stages {
             device.clone(),
             demand,
         ));
+        let (clips, clip_feed) = AgentClips::start(cfg, lifetime.end(), shutdown);
+        clips.apply(cfg, &cameras);
         let results_stop = lifetime.end().child_token();
         let results = tokio::spawn(crate::results::run(
             transport.clone(),
@@ -229,12 +241,14 @@ impl Stages {
                     )
                 })
                 .collect(),
+            Some(clip_feed),
             results_stop.clone(),
         ));
         Ok(Stages {
             transport,
             workers,
             cameras,
+            clips,
             escalator,
             results,
             results_stop,

@@ -16,11 +16,24 @@ use crate::telemetry::{gpu, http, notify, process};
 
 /// Serves `/metrics` and `/health` on `listen` (empty: off); a command goes on without
 /// them when it cannot.
-pub(super) async fn serve_http(listen: &str, health: http::HealthFn, shutdown: &Shutdown) {
+pub(super) async fn serve_http(
+    listen: &str,
+    health: http::HealthFn,
+    clips_dir: Option<std::path::PathBuf>,
+    shutdown: &Shutdown,
+) {
     if listen.is_empty() {
         return;
     }
-    match http::serve(listen, health, shutdown.clone()).await {
+    match http::serve_endpoints(
+        listen,
+        health,
+        clips_dir,
+        shutdown.clone(),
+        http::Limits::default(),
+    )
+    .await
+    {
         Ok(addr) => {
             info!(lifecycle = "serving", %addr, "Metrics on http://{addr}/metrics, health on /health.")
         }

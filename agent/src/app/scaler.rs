@@ -118,7 +118,7 @@ async fn run_scaler_cmd(loaded: Loaded) -> anyhow::Result<i32> {
                 "workers": scaffold::workers_health(&p.status()) })
         })
     };
-    scaffold::serve_http(&cfg.telemetry.metrics_listen, health, &shutdown).await;
+    scaffold::serve_http(&cfg.telemetry.metrics_listen, health, None, &shutdown).await;
 
     notify::ready(&format!("scaling workers on {queue}"));
     info!(lifecycle = "running", queue = %queue, "edge-agent scaler running.");
