@@ -94,6 +94,9 @@ const POLL: Duration = Duration::from_millis(50);
 /// No access unit for this long while a clip is open: the camera dropped. The clip
 /// ends (playable); the next key frame after the camera is back starts a new one.
 const GAP: Duration = Duration::from_secs(3);
+/// A unit this far before the clip's last is a new stream (the camera restarted): the
+/// clip ends and the next begins. Less is a unit out of order, skipped.
+const NEW_STREAM: Duration = Duration::from_secs(2);
 /// After a clip could not be opened or written, the next try waits this long (a full
 /// disk is not retried at every key frame).
 const RETRY: Duration = Duration::from_secs(10);
@@ -125,6 +128,7 @@ impl Recorder {
             clip: None,
             last_unit: Instant::now(),
             retry_at: None,
+            out_of_order: false,
         };
         let thread = std::thread::Builder::new()
             .name("clips".into())
@@ -209,6 +213,10 @@ struct Worker {
     last_unit: Instant,
     /// No new clip before this, after an error.
     retry_at: Option<Instant>,
+    /// A unit came with a time before the clip's last: units are skipped up to the
+    /// next key frame (the muxer takes no decreasing time, and the deltas after a
+    /// skipped unit would refer to it).
+    out_of_order: bool,
 }
 
 impl Worker {
@@ -300,10 +308,30 @@ impl Worker {
     fn write_behind(&mut self, unit: &EncodedUnit, behind: Duration) {
         // A new stream (the camera came back) or the length cap: next file, at a key
         // frame.
-        let restart = self.clip.as_ref().is_some_and(|c| {
-            unit.ts < c.last || (unit.key && c.duration() >= self.settings.max_duration)
+        if let Some(c) = &self.clip {
+            if unit.ts < c.last && unit.ts + NEW_STREAM > c.last {
+                if !self.out_of_order {
+                    tracing::debug!(camera = %self.id, ts = ?unit.ts, last = ?c.last, "Clip: a unit out of order; skipped to the next key frame.");
+                }
+                self.out_of_order = true;
+                return;
+            }
+            if self.out_of_order && !unit.key && unit.ts >= c.last {
+                return;
+            }
+        }
+        self.out_of_order = false;
+        let restart = self.clip.as_ref().and_then(|c| {
+            if unit.ts < c.last {
+                Some(("stream_restarted", c.last, c.duration()))
+            } else if unit.key && c.duration() >= self.settings.max_duration {
+                Some(("max_duration", c.last, c.duration()))
+            } else {
+                None
+            }
         });
-        if restart {
+        if let Some((why, last, duration)) = restart {
+            tracing::info!(camera = %self.id, reason = why, ts = ?unit.ts, last = ?last, duration = ?duration, "Clip continues in a next file.");
             self.close();
         }
         if self.clip.is_none() {

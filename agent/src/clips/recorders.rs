@@ -115,12 +115,14 @@ impl Recorders {
             .map(|r| r.recorder.incident_started(incident))
     }
 
-    /// Whether `camera` records clips (its incident's end then waits for the clip).
+    /// Whether a clip is being written on `camera` (the incident's end then waits for
+    /// it to finish); false without a recorder, or when none is open (a camera without
+    /// an encoded stream, or dropped: what it wrote is already finished).
     pub fn incident_ended(&self, camera: &str, incident: &str) -> bool {
-        lock(&self.running)
-            .get(camera)
-            .map(|r| r.recorder.incident_ended(incident))
-            .is_some()
+        lock(&self.running).get(camera).is_some_and(|r| {
+            r.recorder.incident_ended(incident);
+            r.recorder.current_file().is_some()
+        })
     }
 
     /// How long an incident's end may wait for its clip: the longest `post_capture` +
