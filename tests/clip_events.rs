@@ -431,11 +431,8 @@ async fn a_full_filesystem_leaves_a_playable_partial_clip_and_a_counted_error() 
         played.span >= GOP,
         "the partial clip plays up to where the disk filled: {played:?}"
     );
-    let ev = json(&end.payload);
-    assert!(
-        ev["clip"].is_null() || ev["clip"]["file"] == name.as_str(),
-        "{ev}"
-    );
+    // The end went out (it may name a later try, made when the disk was still full).
+    assert_eq!(json(&end.payload)["state"], "end");
     drop(run);
 }
 
