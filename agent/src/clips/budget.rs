@@ -194,7 +194,8 @@ mod tests {
             min_free,
             max_age,
         };
-        let rows: Vec<(Budget, Option<u64>, Vec<(&str, Why)>)> = vec![
+        type Row = (Budget, Option<u64>, Vec<(&'static str, Why)>);
+        let rows: Vec<Row> = vec![
             (b(0, 0, None), Some(0), vec![]),
             (b(300, 0, None), None, vec![]),
             (b(250, 0, None), None, vec![("a", Why::MaxBytes)]),
