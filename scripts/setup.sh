@@ -35,6 +35,8 @@ if [ "$want_test" = 1 ]; then
   # the agent's page in tests/page.rs.
   pkgs+=(rabbitmq-server mosquitto mosquitto-clients systemd qemu-user-static dpkg-dev prometheus
     chromium)
+  # gst-discoverer-1.0: the clip tests play the clips the agent writes with it.
+  pkgs+=(gstreamer1.0-plugins-base-apps)
 fi
 missing=()
 for p in "${pkgs[@]}"; do

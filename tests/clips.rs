@@ -29,17 +29,17 @@ fn camera(id: &str, url: &str) -> CameraConfig {
 
 /// What playing a clip back shows.
 #[derive(Debug)]
-struct Played {
+pub(crate) struct Played {
     /// Decoded frames.
-    frames: usize,
+    pub(crate) frames: usize,
     /// First to last decoded frame, plus one frame.
-    span: Duration,
+    pub(crate) span: Duration,
     /// The first access unit in the file is a key frame.
-    starts_at_key: bool,
+    pub(crate) starts_at_key: bool,
 }
 
 /// Plays `path` to its end: demux, parse, decode.
-fn play(path: &Path, codec: Codec) -> Played {
+pub(crate) fn play(path: &Path, codec: Codec) -> Played {
     gst::init().unwrap();
     let (parse, dec) = match codec {
         Codec::H264 => ("h264parse", "avdec_h264"),
@@ -223,7 +223,7 @@ async fn an_h265_incident_gives_a_playable_clip_covering_pre_incident_and_post_c
 
 /// One request over a fresh connection (the listener has no keep-alive): status line and
 /// headers (lower case) and the body's bytes.
-fn get(addr: &str, path: &str, extra: &str) -> (String, Vec<u8>) {
+pub(crate) fn get(addr: &str, path: &str, extra: &str) -> (String, Vec<u8>) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();

@@ -22,13 +22,13 @@ use crate::common::wait;
 /// after device and camera (`motion`, `detections`, `snapshots/ID`, `events/CLASS`),
 /// the camera, and the payload.
 #[derive(Clone, Debug)]
-struct Seen {
-    camera: String,
-    kind: String,
-    payload: Bytes,
+pub(crate) struct Seen {
+    pub(crate) camera: String,
+    pub(crate) kind: String,
+    pub(crate) payload: Bytes,
 }
 
-type Inbox = Arc<Mutex<Vec<Seen>>>;
+pub(crate) type Inbox = Arc<Mutex<Vec<Seen>>>;
 
 /// The scene: still for 4 s, the square moves for 3 s, then still for hours, so the
 /// worker has nothing to do after the one event and must go back to zero.
@@ -87,7 +87,11 @@ metrics_listen = "127.0.0.1:0"
 }
 
 /// MQTT subscriber on `{prefix}/{device}/#`; resolves once the broker acknowledged it.
-async fn mqtt_subscribe(port: u16, prefix: &str, device: &str) -> (Inbox, rumqttc::AsyncClient) {
+pub(crate) async fn mqtt_subscribe(
+    port: u16,
+    prefix: &str,
+    device: &str,
+) -> (Inbox, rumqttc::AsyncClient) {
     mqtt_subscribe_as(port, prefix, device, None).await
 }
 
@@ -211,7 +215,7 @@ fn check_frame(p: &Bytes) -> edge_agent::wire::FrameHeader {
     msg.header
 }
 
-fn json(p: &Bytes) -> serde_json::Value {
+pub(crate) fn json(p: &Bytes) -> serde_json::Value {
     serde_json::from_slice(p).unwrap_or_else(|e| panic!("not JSON ({e}): {p:?}"))
 }
 

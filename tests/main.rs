@@ -1,6 +1,7 @@
 //! Integration tests against real components: the built binary, an in-process RTSP
 //! server, RabbitMQ and Mosquitto on loopback, the embedded broker, ONNX Runtime.
 
+mod clip_events;
 mod clips;
 mod common;
 mod config;

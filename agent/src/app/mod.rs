@@ -1,6 +1,7 @@
 //! Builds the stages from config, wires them and runs until shutdown. Maps errors to
 //! exit codes: 78 for configuration errors, 1 for anything else.
 
+mod clips;
 mod detect;
 mod local_workers;
 mod page;

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
+use super::clips::AgentClips;
 use super::local_workers::Workers;
 use super::page;
 use super::scaffold::{self, Housekeeping, Stop};
@@ -76,7 +77,7 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
     let views = Arc::new(std::sync::Mutex::new(stages.cameras.views()));
     let endpoints = http::Endpoints {
         health: health.clone(),
-        clips_dir: None,
+        clips_dir: Some(stages.clips.dir.clone()),
         page: Some(Arc::new(page::AgentPage::new(
             &device,
             views.clone(),
@@ -113,6 +114,7 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
                 if let Some((next, restart)) = reload_config(&args, &running) {
                     let cams = stages.cameras.reload(&next.cameras);
                     let replaced = stages.workers.reload(&running, &next, &stages.transport);
+                    stages.clips.apply(&next, &stages.cameras);
                     info!(lifecycle = "reloaded", kept = cams.kept, restarted = cams.restarted, started = cams.started, stopped = cams.stopped, workers_replaced = replaced, restart_needed = restart.len(), "Configuration reloaded.");
                     if !restart.is_empty() {
                         warn!(lifecycle = "restart_needed", keys = ?restart, "Reload: these settings need a restart.");
@@ -198,6 +200,8 @@ struct Stages {
     events: Arc<Events>,
     workers: Workers,
     cameras: Cameras,
+    /// The cameras' recorders and the storage budget.
+    clips: AgentClips,
     escalator: tokio::task::JoinHandle<()>,
     results: tokio::task::JoinHandle<()>,
     /// Results outlive the workers at stop (the answers to their last frames still
@@ -242,6 +246,8 @@ impl Stages {
             device.clone(),
             demand,
         ));
+        let (clips, clip_feed) = AgentClips::start(cfg, lifetime.end(), shutdown);
+        clips.apply(cfg, &cameras);
         let results_stop = lifetime.end().child_token();
         let recent = Arc::new(crate::results::RecentIncidents::default());
         let results = tokio::spawn(crate::results::run(
@@ -259,6 +265,7 @@ impl Stages {
                 })
                 .collect(),
             recent.clone(),
+            Some(clip_feed),
             results_stop.clone(),
         ));
         Ok(Stages {
@@ -266,6 +273,7 @@ impl Stages {
             events,
             workers,
             cameras,
+            clips,
             escalator,
             results,
             results_stop,

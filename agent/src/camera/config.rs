@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::escalate::EscalationConfig;
 use crate::ingest::{BackoffConfig, Decode, FrameLimit, IdleDecode, RtspProtocol, SourceConfig};
 use crate::motion::MotionConfig;
-use crate::results::config::ClassTracks;
+use crate::results::config::{CameraClips, ClassTracks};
 use crate::results::zones::ZoneConfig;
 use crate::values::{CameraSchemes, Dur, Ident, IntIn, SecretUrl};
 
@@ -68,6 +68,13 @@ pub struct CameraConfig {
     /// `required_zones`, and the track settings of `[events.tracks.classes.NAME]`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub objects: BTreeMap<String, ClassTracks>,
+    /// `[cameras.clips]`: `enabled = false` keeps this camera out of `events.clips`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub clips: CameraClips,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 impl From<CameraConfig> for SourceConfig {

@@ -158,6 +158,7 @@ impl Config {
             "events.tracks",
             self.events.tracks.check(&self.events.classes),
         );
+        nest("events.clips", self.events.clips.check());
         errs.extend(direct);
         if let Some(q) = &self.scaling.remote_queue {
             if self.transport.kind != crate::transport::TransportKind::Amqp {

@@ -16,17 +16,19 @@ fn live(key: &str) -> bool {
     let section = key.split(['.', '[']).next().unwrap_or(key);
     match section {
         "cameras" | "inference" => true,
+        "events" => key == "events.clips" || key.starts_with("events.clips."),
         "scaling" => key != "scaling.remote_queue",
         _ => false,
     }
 }
 
-/// The configuration the agent runs after a reload: the new cameras, inference and
-/// scaling settings, and everything else as it runs now.
+/// The configuration the agent runs after a reload: the new cameras, inference,
+/// scaling and clip settings, and everything else as it runs now.
 pub fn apply_live(running: &Config, new: &Config) -> Config {
     let mut out = running.clone();
     out.cameras = new.cameras.clone();
     out.inference = new.inference.clone();
+    out.events.clips = new.events.clips.clone();
     out.scaling = crate::scale::ScalingConfig {
         remote_queue: running.scaling.remote_queue.clone(),
         ..new.scaling.clone()
@@ -155,8 +157,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("broker"), "one").unwrap();
         let running = load("", dir.path());
-        let rows: [(&str, &[&str]); 6] = [
+        let rows: [(&str, &[&str]); 7] = [
             ("", &[]),
+            (
+                "[events]\nsnapshot_quality = 37\n[events.clips]\nenabled = true\npost_capture = \"9s\"\n",
+                &["events.snapshot_quality"],
+            ),
             (
                 "[[cameras]]\nid = \"door\"\nurl = \"demo://door\"\n[inference]\nconfidence = 0.3\n[scaling]\nmax_workers = 3\ngrace_period = \"3s\"\n",
                 &[],

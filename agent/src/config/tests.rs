@@ -43,7 +43,7 @@ fn bad_configs_give_the_exact_located_error() {
         (cam("[scaling]\ncooldown_period = \"300000000000y\"\n"), "site.toml:8: scaling.cooldown_period: duration \"300000000000y\" is longer than the 30 days allowed"),
         (
             cam("colour = true\n"),
-            "site.toml:7: cameras[gate].colour: unknown key \"colour\"; expected one of `id`, `url`, `password_file`, `enabled`, `decode`, `protocol`, `latency`, `analysis_width`, `analysis_fps`, `detect_width`, `ring_frames`, `stall_timeout`, `backoff`, `frame_limit`, `motion`, `escalation`, `idle_decode`, `zones`, `objects`",
+            "site.toml:7: cameras[gate].colour: unknown key \"colour\"; expected one of `id`, `url`, `password_file`, `enabled`, `decode`, `protocol`, `latency`, `analysis_width`, `analysis_fps`, `detect_width`, `ring_frames`, `stall_timeout`, `backoff`, `frame_limit`, `motion`, `escalation`, `idle_decode`, `zones`, `objects`, `clips`",
         ),
         (cam("decode = \"gpu\"\n"), "site.toml:7: cameras[gate].decode: unknown variant `gpu`, expected one of `auto`, `software`, `nvidia`"),
         (cam("analysis_fps = \"fast\"\n"), "site.toml:7: cameras[gate].analysis_fps: invalid type: string \"fast\", expected i64"),
@@ -144,6 +144,18 @@ fn bad_configs_give_the_exact_located_error() {
         (
             cam("[cameras.zones.road]\npoints = [[0.0, 0.5], [1.0, 0.5], [1.0, 1.0]]\n[cameras.objects.fire]\nrequired_zones = [\"raod\"]\n"),
             "site.toml:10: cameras[gate].objects.fire.required_zones: unknown zone \"raod\": camera \"gate\" defines [\"road\"]",
+        ),
+        (
+            cam("[events.clips]\nenabled = true\npre_capture = \"2m\"\n"),
+            "site.toml:9: events.clips.pre_capture: must be at most 60s (it is held in memory per camera), got 2m",
+        ),
+        (
+            cam("[events.clips]\nmax_bytes = \"12 parsecs\"\n"),
+            "site.toml:8: events.clips.max_bytes: invalid size \"12 parsecs\": unknown unit \"parsecs\" (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)",
+        ),
+        (
+            cam("[cameras.clips]\nenable = false\n"),
+            "site.toml:8: cameras[gate].clips.enable: unknown key \"enable\"; expected `enabled`",
         ),
         (
             cam("[events.tracks.classes.fire]\nrequired_zones = [\"road\"]\n"),

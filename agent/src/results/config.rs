@@ -1,6 +1,7 @@
-//! Event settings (`[events]`): which classes raise incidents, snapshots, and how
+//! Event settings (`[events]`): which classes raise incidents, snapshots, how
 //! detections become tracks and incidents (`[events.tracks]`, per class under
-//! `[events.tracks.classes.NAME]`).
+//! `[events.tracks.classes.NAME]`), and the evidence clips of incidents with their
+//! storage budget (`[events.clips]`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -10,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::track::ClassRules;
 use crate::infer::SnapshotConfig;
-use crate::values::{Dur, Fraction, IntIn};
+use crate::values::{ByteSize, Dur, Fraction, IntIn};
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -29,6 +30,9 @@ pub struct EventsConfig {
     /// How detections become tracks and incidents (the agent's side).
     #[serde(default)]
     pub tracks: TracksConfig,
+    /// A video clip of every incident, and the storage budget of clips and snapshots.
+    #[serde(default)]
+    pub clips: ClipsConfig,
 }
 
 impl Default for EventsConfig {
@@ -39,6 +43,7 @@ impl Default for EventsConfig {
             snapshot_dir: None,
             snapshot_quality: default_snapshot_quality(),
             tracks: Default::default(),
+            clips: Default::default(),
         }
     }
 }
@@ -52,6 +57,206 @@ impl EventsConfig {
             snapshot_dir: self.snapshot_dir.clone(),
             snapshot_quality: self.snapshot_quality,
         }
+    }
+}
+
+/// `[events.clips]`: what a clip spans, where clips go, and how much of the disk clips
+/// and snapshots may hold.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClipsConfig {
+    /// Off by default: a clip per incident costs disk, and each camera keeps its
+    /// `pre_capture` ring in memory.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Video kept from before an incident starts (the camera's pre-roll ring).
+    #[serde(default = "default_pre_capture")]
+    pub pre_capture: Dur,
+    /// Video kept after the camera's last incident ends.
+    #[serde(default = "default_post_capture")]
+    pub post_capture: Dur,
+    /// A longer clip continues in a next file.
+    #[serde(default = "default_max_duration")]
+    pub max_duration: Dur,
+    /// Where clips go; unset: `$STATE_DIRECTORY/clips` under systemd, else a
+    /// directory the log names at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    /// Clips and snapshots together may hold at most this much (0: no cap).
+    #[serde(default)]
+    pub max_bytes: ByteSize,
+    /// Free space kept on the clips' filesystem (0: none): the oldest files go first.
+    #[serde(default = "default_min_free")]
+    pub min_free: ByteSize,
+    /// Files older than this are removed; unset: kept until the budget needs room.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<Dur>,
+    /// Hard cap of each camera's pre-roll ring; when it bites, the oldest seconds go
+    /// (counted as `preroll_cap`).
+    #[serde(default = "default_preroll_max_bytes")]
+    pub preroll_max_bytes: ByteSize,
+}
+
+impl Default for ClipsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            pre_capture: default_pre_capture(),
+            post_capture: default_post_capture(),
+            max_duration: default_max_duration(),
+            dir: None,
+            max_bytes: ByteSize(0),
+            min_free: default_min_free(),
+            max_age: None,
+            preroll_max_bytes: default_preroll_max_bytes(),
+        }
+    }
+}
+
+/// A camera's own clip setting (`[cameras.clips]`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CameraClips {
+    /// With `events.clips.enabled`, this camera's incidents get clips.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+impl Default for CameraClips {
+    fn default() -> Self {
+        Self { enabled: yes() }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_pre_capture() -> Dur {
+    Dur::secs(5)
+}
+fn default_post_capture() -> Dur {
+    Dur::secs(5)
+}
+fn default_max_duration() -> Dur {
+    Dur::secs(120)
+}
+fn default_min_free() -> ByteSize {
+    ByteSize(1 << 30)
+}
+fn default_preroll_max_bytes() -> ByteSize {
+    ByteSize(32 << 20)
+}
+
+impl ClipsConfig {
+    /// Checks the section; returns (key relative to it, message).
+    pub fn check(&self) -> Vec<(String, String)> {
+        let mut errs = Vec::new();
+        let mut bad = |key: &str, m: String| errs.push((key.to_string(), m));
+        if self.pre_capture.get() > Duration::from_secs(60) {
+            bad(
+                "pre_capture",
+                format!(
+                    "must be at most 60s (it is held in memory per camera), got {:?}",
+                    self.pre_capture
+                ),
+            );
+        }
+        if self.post_capture.get() > Duration::from_secs(600) {
+            bad(
+                "post_capture",
+                format!("must be at most 10m, got {:?}", self.post_capture),
+            );
+        }
+        if self.max_duration.get() < Duration::from_secs(10) {
+            bad(
+                "max_duration",
+                format!("must be at least 10s, got {:?}", self.max_duration),
+            );
+        }
+        if self.max_duration.get() > Duration::from_secs(3600) {
+            bad(
+                "max_duration",
+                format!("must be at most 1h, got {:?}", self.max_duration),
+            );
+        }
+        if self.preroll_max_bytes.get() < 64 << 10 {
+            bad(
+                "preroll_max_bytes",
+                format!(
+                    "must be at least 64KiB (one key frame), got {:?}",
+                    self.preroll_max_bytes
+                ),
+            );
+        }
+        if self.max_bytes.get() != 0 && self.max_bytes.get() < 1 << 20 {
+            bad(
+                "max_bytes",
+                format!(
+                    "must be 0 (no cap) or at least 1MiB, got {:?}",
+                    self.max_bytes
+                ),
+            );
+        }
+        if let Some(d) = &self.dir {
+            if d.as_os_str().is_empty() {
+                bad(
+                    "dir",
+                    "must not be empty (leave it out for the default)".into(),
+                );
+            }
+        }
+        if let Some(a) = self.max_age.filter(|a| a.get() < Duration::from_secs(60)) {
+            bad("max_age", format!("must be at least 1m, got {a:?}"));
+        }
+        errs
+    }
+
+    /// The recorders' part, for clips in `dir`.
+    pub fn settings(&self, dir: PathBuf) -> crate::clips::ClipSettings {
+        crate::clips::ClipSettings {
+            dir,
+            pre_capture: self.pre_capture.get(),
+            post_capture: self.post_capture.get(),
+            max_duration: self.max_duration.get(),
+            preroll_max_bytes: usize::try_from(self.preroll_max_bytes.get()).unwrap_or(usize::MAX),
+        }
+    }
+
+    /// The storage budget's part.
+    pub fn budget(&self) -> crate::clips::budget::Budget {
+        crate::clips::budget::Budget {
+            max_bytes: self.max_bytes.get(),
+            min_free: self.min_free.get(),
+            max_age: self.max_age.map(|a| a.get()),
+        }
+    }
+
+    /// The clips directory: `dir`, else `$STATE_DIRECTORY/clips` (systemd's
+    /// `StateDirectory=`, its first entry), else `$XDG_STATE_HOME/edge-agent/clips`,
+    /// `~/.local/state/edge-agent/clips`, or the temporary directory's
+    /// `edge-agent/clips`.
+    pub fn resolved_dir(&self) -> PathBuf {
+        if let Some(d) = &self.dir {
+            return d.clone();
+        }
+        let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+        if let Some(s) = env("STATE_DIRECTORY") {
+            let first = s
+                .to_string_lossy()
+                .split(':')
+                .next()
+                .unwrap_or("")
+                .to_string();
+            return PathBuf::from(first).join("clips");
+        }
+        if let Some(x) = env("XDG_STATE_HOME") {
+            return PathBuf::from(x).join("edge-agent/clips");
+        }
+        if let Some(h) = env("HOME") {
+            return PathBuf::from(h).join(".local/state/edge-agent/clips");
+        }
+        std::env::temp_dir().join("edge-agent/clips")
     }
 }
 
@@ -280,6 +485,34 @@ mod tests {
         let knife = c.rules("knife");
         assert_eq!((knife.confirm_frames, knife.min_score), (2, 0.5));
         assert!(c.check(&["fire".into()]).is_empty());
+    }
+
+    #[test]
+    fn bad_clip_settings_are_named_with_what_is_wrong() {
+        let rows = [
+            ("pre_capture = \"2m\"", "pre_capture", "at most 60s"),
+            ("post_capture = \"1h\"", "post_capture", "at most 10m"),
+            ("max_duration = \"1s\"", "max_duration", "at least 10s"),
+            ("max_bytes = 1000", "max_bytes", "at least 1MiB"),
+            (
+                "preroll_max_bytes = \"1KiB\"",
+                "preroll_max_bytes",
+                "at least 64KiB",
+            ),
+            ("dir = \"\"", "dir", "must not be empty"),
+            ("max_age = \"5s\"", "max_age", "at least 1m"),
+        ];
+        for (text, key, message) in rows {
+            let c: ClipsConfig = toml::from_str(text).unwrap();
+            let errs = c.check();
+            assert_eq!(errs.len(), 1, "{text}: {errs:?}");
+            assert_eq!(errs[0].0, key, "{text}");
+            assert!(errs[0].1.contains(message), "{text}: {}", errs[0].1);
+        }
+        assert!(ClipsConfig::default().check().is_empty());
+        assert!(toml::from_str::<ClipsConfig>("pre_roll = \"5s\"").is_err());
+        let c: ClipsConfig = toml::from_str("max_bytes = \"2GiB\"\nmin_free = 0").unwrap();
+        assert_eq!((c.max_bytes.get(), c.min_free.get()), (2 << 30, 0));
     }
 
     #[test]

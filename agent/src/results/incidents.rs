@@ -25,6 +25,10 @@ use crate::wire::detections::DetectionsIn;
 
 /// Version of the incident event message (`schemas/event.v2.json`).
 pub const EVENT_VERSION: u32 = 2;
+/// Version of an incident event that names its clip (`schemas/event.v3.json`: version
+/// 2 and `clip`). Without clips the agent sends version 2, so a consumer of version 2
+/// never meets a field it does not know.
+pub const EVENT_VERSION_WITH_CLIP: u32 = 3;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -41,6 +45,23 @@ pub enum EndReason {
     Forgotten,
     /// The agent stopped while the track was alive.
     AgentStopped,
+}
+
+/// An incident's clip, as its events name it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ClipRef {
+    /// File name: `GET /clips/{file}` on the telemetry listener.
+    pub file: String,
+    /// Wall time of the clip's first frame, ms since the Unix epoch (end only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// SHA-256 of the file, lowercase hex.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 /// A box in the pixels of the frame the worker saw (`frame_width` x `frame_height`).
@@ -78,6 +99,10 @@ pub struct IncidentEvent {
     /// `snapshots/{id}` (MQTT) or routing key `{device}.{camera}.snapshot.{id}` (AMQP).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<String>,
+    /// The incident's clip: on `start` the file being written (its name only), on `end`
+    /// the finished file. Set at the edge, never by the tracking (see `results::clips`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clip: Option<ClipRef>,
     /// The latest box, in pixels of the frame the worker saw.
     #[serde(rename = "box")]
     pub bbox: PixelBox,
@@ -398,6 +423,7 @@ impl Incidents {
             frames: t.frames,
             best_score: t.best_score,
             snapshot: t.best_snapshot.clone(),
+            clip: None,
             bbox: PixelBox {
                 x: t.bbox.x,
                 y: t.bbox.y,

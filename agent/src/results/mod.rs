@@ -4,6 +4,7 @@
 //! per tracked object. Tracks live here, not in the workers, so they survive workers
 //! scaling to zero and back.
 
+pub mod clips;
 pub mod config;
 pub mod filter;
 pub mod geometry;
@@ -13,19 +14,21 @@ pub mod zones;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::wire::detections::DetectionsIn;
-pub use config::{EventsConfig, TracksConfig};
+pub use config::{ClipsConfig, EventsConfig, TracksConfig};
 use incidents::{IncidentEvent, Incidents};
 
+use crate::clips::{FinishedClip, Recorders};
 use crate::telemetry::metrics::{self, metrics};
 use crate::transport::{AgentTransport, ResultMessage, Results};
 use crate::uplink::Events;
+use clips::Clips;
 
 /// How often forgotten tracks are looked for.
 const TICK: Duration = Duration::from_millis(250);
@@ -62,9 +65,22 @@ impl RecentIncidents {
     }
 }
 
+/// The recorders the incidents drive, and where their finished files arrive.
+pub struct ClipFeed {
+    pub recorders: Arc<Recorders>,
+    pub finished: tokio::sync::mpsc::Receiver<FinishedClip>,
+}
+
+/// What the results loop hands on: incident events, or a clip file finished.
+enum Out {
+    Events(Vec<IncidentEvent>),
+    Clip(FinishedClip),
+}
+
 /// Reads results until `stop`, then ends the live incidents and waits (bounded) for
 /// their messages to leave. `stop` comes after the workers stopped, so the answers to
-/// the last frames still count. Every incident event is also kept in `recent`.
+/// the last frames still count. Every incident event is also kept in `recent`. With
+/// `clips`, incidents drive the cameras' recorders and their events name their clips.
 pub async fn run(
     transport: Arc<AgentTransport>,
     events_out: Arc<Events>,
@@ -72,6 +88,7 @@ pub async fn run(
     events: EventsConfig,
     scenes: BTreeMap<String, zones::Scene>,
     recent: Arc<RecentIncidents>,
+    clips: Option<ClipFeed>,
     stop: CancellationToken,
 ) {
     let mut results = match transport.results() {
@@ -83,12 +100,52 @@ pub async fn run(
     };
     let mut incidents =
         Incidents::new(&device, events.tracks.clone(), events.classes.clone()).with_scenes(scenes);
-    serve(&mut results, &mut incidents, &stop, DRAIN, |out| {
-        recent.record(&out);
-        publish(&events_out, out)
-    })
+    let (mut finished, mut link) = match clips {
+        Some(c) => (Some(c.finished), Some(Clips::new(&device, c.recorders))),
+        None => (None, None),
+    };
+    let mut out = |o: Out| {
+        let events = match (o, link.as_mut()) {
+            (Out::Events(e), Some(l)) => l.events(e, Instant::now()),
+            (Out::Events(e), None) => e,
+            (Out::Clip(c), Some(l)) => {
+                let (msg, ends) = l.finished(&c);
+                announce(&events_out, &msg);
+                ends
+            }
+            (Out::Clip(_), None) => Vec::new(),
+        };
+        recent.record(&events);
+        publish(&events_out, events);
+    };
+    serve(
+        &mut results,
+        &mut incidents,
+        finished.as_mut(),
+        &stop,
+        DRAIN,
+        &mut out,
+    )
     .await;
-    let ended = incidents.finish(SystemTime::now());
+    // The cameras stopped before the results: their recorders end their clips now,
+    // so the incidents ended below can name them.
+    let mut ended = incidents.finish(SystemTime::now());
+    if let (Some(l), Some(rx)) = (link.as_mut(), finished.as_mut()) {
+        let recorders = l.recorders().take_all();
+        let _ = tokio::time::timeout(
+            RECORDERS_STOP,
+            tokio::task::spawn_blocking(move || drop(recorders)),
+        )
+        .await;
+        while let Ok(c) = rx.try_recv() {
+            let (msg, ends) = l.finished(&c);
+            announce(&events_out, &msg);
+            recent.record(&ends);
+            publish(&events_out, ends);
+        }
+        ended = l.events(ended, Instant::now());
+        ended.extend(l.release_all());
+    }
     if !ended.is_empty() {
         info!(
             incidents = ended.len(),
@@ -102,6 +159,9 @@ pub async fn run(
     }
 }
 
+/// How long the recorders may take at stop to end their clips.
+const RECORDERS_STOP: Duration = Duration::from_secs(5);
+
 /// How long the results still queued at stop may take to be tracked (each takes
 /// microseconds; the bound is for a queue that keeps filling).
 const DRAIN: Duration = Duration::from_secs(1);
@@ -112,9 +172,10 @@ const DRAIN: Duration = Duration::from_secs(1);
 async fn serve(
     results: &mut Results,
     incidents: &mut Incidents,
+    mut finished: Option<&mut tokio::sync::mpsc::Receiver<FinishedClip>>,
     stop: &CancellationToken,
     drain_for: Duration,
-    mut out: impl FnMut(Vec<IncidentEvent>),
+    mut out: impl FnMut(Out),
 ) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -124,17 +185,18 @@ async fn serve(
             biased;
             _ = stop.cancelled() => break,
             r = results.next() => match r {
-                Some(r) => out(handle(incidents, r)),
+                Some(r) => out(Out::Events(handle(incidents, r))),
                 None => return,
             },
-            _ = tick.tick() => out(incidents.tick(SystemTime::now())),
+            Some(c) = next_clip(&mut finished) => out(Out::Clip(c)),
+            _ = tick.tick() => out(Out::Events(incidents.tick(SystemTime::now()))),
         }
     }
     let until = tokio::time::Instant::now() + drain_for;
     let (mut drained, mut dropped) = (0u64, 0u64);
     while let Some(r) = results.try_next() {
         if tokio::time::Instant::now() < until {
-            out(handle(incidents, r));
+            out(Out::Events(handle(incidents, r)));
             drained += 1;
         } else {
             dropped += 1;
@@ -154,6 +216,39 @@ async fn serve(
             drained,
             "Agent stopping: results still queued were tracked."
         );
+    }
+}
+
+/// The next finished clip; pending without recorders.
+async fn next_clip(
+    finished: &mut Option<&mut tokio::sync::mpsc::Receiver<FinishedClip>>,
+) -> Option<FinishedClip> {
+    match finished {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Announces a finished clip file on the camera's `clips` topic.
+fn announce(events: &Events, msg: &clips::ClipMessage) {
+    let body = match serde_json::to_vec(msg) {
+        Ok(b) => Bytes::from(b),
+        Err(e) => {
+            warn!(error = %e, "Clip message not serialisable.");
+            return;
+        }
+    };
+    match events.publish(&msg.camera, "clips", body) {
+        Ok(()) => {
+            metrics()
+                .published
+                .get_or_create(&metrics::kind("clips"))
+                .inc();
+            info!(lifecycle = "clip_announced", camera = %msg.camera, file = %msg.file, duration_ms = msg.duration_ms, bytes = msg.bytes, "Clip announced.");
+        }
+        Err(e) => {
+            warn!(camera = %msg.camera, file = %msg.file, error = %e, "Clip message not published.")
+        }
     }
 }
 
@@ -314,6 +409,7 @@ mod tests {
             frames: 1,
             best_score: 0.9,
             snapshot: None,
+            clip: None,
             bbox: b,
             box_norm: b,
             frame_width: 1,
@@ -354,7 +450,7 @@ mod tests {
         let (_tx, mut results) = queued(40);
         let stop = CancellationToken::new();
         stop.cancel();
-        serve(&mut results, &mut incidents(), &stop, DRAIN, |_| {}).await;
+        serve(&mut results, &mut incidents(), None, &stop, DRAIN, |_| {}).await;
         assert!(results.try_next().is_none(), "a queued result was left");
     }
 
@@ -367,6 +463,7 @@ mod tests {
         serve(
             &mut results,
             &mut incidents(),
+            None,
             &stop,
             Duration::ZERO,
             |_| {},

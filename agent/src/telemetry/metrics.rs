@@ -32,6 +32,9 @@ pub struct Metrics {
     pub camera_restarts: Family<Labels, Counter>,
     /// Clip files that could not be opened, written or finished, by camera.
     pub clip_errors: Family<Labels, Counter>,
+    /// Clip and snapshot files removed by the storage budget, by kind and reason
+    /// (`max_bytes`, `min_free`, `max_age`).
+    pub storage_removed: Family<Labels, Counter>,
     /// Cameras switched from the hardware decoder to software, by camera and reason.
     pub decoder_fallbacks: Family<Labels, Counter>,
     /// 1 while a camera is streaming.
@@ -107,6 +110,7 @@ impl Metrics {
             dropped: Family::default(),
             camera_restarts: Family::default(),
             clip_errors: Family::default(),
+            storage_removed: Family::default(),
             camera_up: Family::default(),
             decoder_fallbacks: Family::default(),
             motion_events: Family::default(),
@@ -156,6 +160,12 @@ impl Metrics {
             "Clip files not opened, written or finished, by camera",
             m.clip_errors.clone(),
         );
+        registry.register(
+            "storage_removed",
+            "Clip and snapshot files removed by the storage budget, by kind and reason",
+            m.storage_removed.clone(),
+        );
+
         registry.register(
             "camera_restarts",
             "Camera pipeline restarts by reason",

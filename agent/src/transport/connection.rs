@@ -280,6 +280,8 @@ pub(crate) fn result_kind(kind: &str) -> Result<(&'static str, String, String), 
     match kind {
         "motion" => Ok(("motion", "motion".into(), "motion".into())),
         "detections" => Ok(("detections", "detections".into(), "detections".into())),
+        // Finished clip files (`schemas/clip.v1.json`).
+        "clips" => Ok(("clips", "clips".into(), "clips".into())),
         k if k.starts_with("snapshots/") => {
             let id = &k["snapshots/".len()..];
             ident(id)?;
@@ -288,7 +290,10 @@ pub(crate) fn result_kind(kind: &str) -> Result<(&'static str, String, String), 
         k => {
             let class = k.strip_prefix("events/").unwrap_or(k);
             ident(class)?;
-            if matches!(class, "snapshots" | "snapshot" | "frames" | "status") {
+            if matches!(
+                class,
+                "snapshots" | "snapshot" | "frames" | "status" | "clips"
+            ) {
                 return Err(bad());
             }
             Ok(("events", format!("events/{class}"), class.to_string()))
@@ -314,6 +319,8 @@ mod tests {
                 "snapshots/42",
                 Some(("snapshot", "snapshots/42", "snapshot.42")),
             ),
+            ("clips", Some(("clips", "clips", "clips"))),
+            ("events/clips", None),
             ("events/a.b", None),
             ("events/#", None),
             ("", None),

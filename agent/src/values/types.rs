@@ -161,6 +161,87 @@ impl Serialize for Dur {
     }
 }
 
+/// A size in bytes: an integer, or a string such as `"500MB"`, `"2GiB"` or `"64KiB"`
+/// (SI units are powers of 1000, binary ones of 1024).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (num, unit) = (t[..split].trim(), t[split..].trim());
+        let n: f64 = num
+            .parse()
+            .map_err(|_| format!("invalid size {s:?} (write e.g. \"500MB\" or \"2GiB\")"))?;
+        let mult: u64 = match unit.to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "kb" | "k" => 1000,
+            "mb" | "m" => 1_000_000,
+            "gb" | "g" => 1_000_000_000,
+            "tb" | "t" => 1_000_000_000_000,
+            "kib" => 1 << 10,
+            "mib" => 1 << 20,
+            "gib" => 1 << 30,
+            "tib" => 1 << 40,
+            _ => {
+                return Err(format!(
+                "invalid size {s:?}: unknown unit {unit:?} (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)"
+            ))
+            }
+        };
+        let v = n * mult as f64;
+        if !v.is_finite() || v > u64::MAX as f64 {
+            return Err(format!("size {s:?} is too large"));
+        }
+        Ok(Self(v as u64))
+    }
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Debug for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}B", self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "a size: bytes as an integer, or a string such as \"500MB\" or \"2GiB\"",
+                )
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<ByteSize, E> {
+                ByteSize::parse(s).map_err(E::custom)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom(format!("a size cannot be negative, got {v}")))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // TOML integers are i64.
+        s.serialize_i64(self.0.min(i64::MAX as u64) as i64)
+    }
+}
+
 /// The URL schemes a field accepts.
 pub trait Schemes {
     const ALLOWED: &'static [&'static str];
@@ -355,6 +436,25 @@ impl Serialize for Ident {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_parse_as_integers_or_with_units_and_name_what_is_wrong() {
+        let rows: [(&str, Result<u64, &str>); 6] = [
+            ("123", Ok(123)),
+            ("500MB", Ok(500_000_000)),
+            ("2GiB", Ok(2 << 30)),
+            ("1.5 KiB", Ok(1536)),
+            ("12 parsecs", Err("unknown unit \"parsecs\"")),
+            ("lots", Err("invalid size \"lots\"")),
+        ];
+        for (text, want) in rows {
+            match (ByteSize::parse(text), want) {
+                (Ok(v), Ok(w)) => assert_eq!(v.get(), w, "{text}"),
+                (Err(e), Err(w)) => assert!(e.contains(w), "{text}: {e}"),
+                (got, want) => panic!("{text}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
 
     #[test]
     fn durations_parse_up_to_thirty_days_and_name_what_is_wrong() {
