@@ -36,6 +36,10 @@ const TRANSPORT_RESERVE: Duration = Duration::from_secs(3);
 /// wait for room.
 const ESCALATIONS: usize = 64;
 
+/// Verification requests from results to the cameras. Full policy: dropped and
+/// counted (`verify_queue_full`); the tracks are asked for again a check interval later.
+const CHECKS: usize = 16;
+
 pub fn run(loaded: Loaded, args: &ConfigArgs) -> i32 {
     super::run_on_runtime(
         "edge-agent",
@@ -215,6 +219,12 @@ impl Stages {
             device.clone(),
             demand,
         ));
+        // Verification frames for stationary objects: results → cameras.
+        let (checks, checks_rx) = mpsc::channel(CHECKS);
+        tokio::spawn(crate::camera::route_checks(
+            checks_rx,
+            cameras.check_routes(),
+        ));
         let results_stop = lifetime.end().child_token();
         let results = tokio::spawn(crate::results::run(
             transport.clone(),
@@ -229,6 +239,7 @@ impl Stages {
                     )
                 })
                 .collect(),
+            checks,
             results_stop.clone(),
         ));
         Ok(Stages {

@@ -15,6 +15,7 @@ use tracing::{debug, info, warn};
 use super::CameraConfig;
 use crate::escalate::escalator::{Candidate, EscalatedFrame, Escalation};
 use crate::escalate::policy::EscalationPolicy;
+use crate::escalate::verify::VerifyRequest;
 use crate::escalate::DetectRegions;
 use crate::ingest::{CameraHandle, CropRequest, GreyFrame};
 use crate::motion::{Detector, EventTracker, FrameMotion, MotionTransition, NormBox};
@@ -52,11 +53,13 @@ fn offer(
 
 /// Runs until the grey channel closes or shutdown. `out` is bounded: when it is full
 /// a frame is dropped and counted (motion transitions wait for room, they are small
-/// and must not be lost).
+/// and must not be lost). `checks` asks for verification frames (see
+/// [`crate::escalate::verify`]): the next frame the budget allows goes, motion or not.
 pub async fn run(
     cam: CameraConfig,
     handle: Arc<CameraHandle>,
     mut grey: mpsc::Receiver<GreyFrame>,
+    mut checks: mpsc::Receiver<VerifyRequest>,
     out: mpsc::Sender<Escalation>,
     shutdown: CancellationToken,
 ) {
@@ -64,6 +67,13 @@ pub async fn run(
     loop {
         let frame = tokio::select! {
             f = grey.recv() => match f { Some(f) => f, None => break },
+            Some(req) = checks.recv() => {
+                match analysis.check.as_mut() {
+                    Some(pending) => pending.merge(req),
+                    None => analysis.check = Some(req),
+                }
+                continue;
+            }
             _ = shutdown.cancelled() => break,
         };
         if analysis.frame(frame).await.is_break() {
@@ -94,6 +104,8 @@ struct Analysis {
     /// Idle decode: since when the camera has shown nothing (no motion, no candidate,
     /// no event); idle after the motion quiet period of that.
     still_since: Option<SystemTime>,
+    /// A verification frame asked for and not sent yet.
+    check: Option<VerifyRequest>,
 }
 
 impl Analysis {
@@ -111,6 +123,7 @@ impl Analysis {
             detector: None,
             last_sent: None,
             still_since: None,
+            check: None,
         }
     }
 
@@ -135,7 +148,8 @@ impl Analysis {
         if let Some(t) = transition {
             self.announce(t).await?;
         }
-        self.escalate(&frame, &m, motion_at).await
+        self.escalate(&frame, &m, motion_at).await?;
+        self.verify(&frame, motion_at).await
     }
 
     /// The frame's motion; a new size, or a new rate (the source's frame rate changed
@@ -298,6 +312,57 @@ impl Analysis {
             .dropped
             .get_or_create(&metrics::drop_reason(id, reason))
             .inc();
+        ControlFlow::Continue(())
+    }
+
+    /// A verification frame asked for goes out with this frame when the policy allows
+    /// it (it spends the same budget as motion frames), cut around the boxes looked for
+    /// when the camera escalates crops: there is no motion box to cut around.
+    async fn verify(&mut self, frame: &GreyFrame, motion_at: SystemTime) -> ControlFlow<Closed> {
+        if self.check.is_none() || !self.policy.wants(frame.captured) {
+            return ControlFlow::Continue(());
+        }
+        let Some(req) = self.check.take() else {
+            return ControlFlow::Continue(());
+        };
+        let crops = (self.cam.escalation.regions == DetectRegions::Motion && !req.boxes.is_empty())
+            .then(|| CropRequest {
+                boxes: req.boxes.clone(),
+                min_side: self.cam.escalation.crop_size.as_u32(),
+            });
+        let colour = match self.handle.colour_frame_off_runtime(frame.seq, crops).await {
+            Some(c) if self.last_sent.is_some_and(|s| c.seq <= s) => None,
+            c => c,
+        };
+        let colour_seq = colour.as_ref().map(|c| c.seq);
+        let item = colour.map(|colour| {
+            Escalation::Frame(EscalatedFrame {
+                event_id: req.look.event_id(),
+                colour,
+                boxes: req
+                    .boxes
+                    .iter()
+                    .map(|b| NormBox {
+                        x: b[0],
+                        y: b[1],
+                        w: b[2],
+                        h: b[3],
+                    })
+                    .collect(),
+                jpeg_quality: self.quality,
+                motion_at,
+            })
+        });
+        match offer(&mut self.policy, frame.captured, item, &self.out) {
+            Offered::Sent => {
+                self.last_sent = colour_seq;
+                metrics().verifications.get_or_create(&self.labels).inc();
+                debug!(camera = %self.id, look = %req.look.event_id(), "Verification frame sent.");
+            }
+            Offered::Closed => return ControlFlow::Break(Closed),
+            // Tried again with the next frame.
+            Offered::NoColour | Offered::QueueFull => self.check = Some(req),
+        }
         ControlFlow::Continue(())
     }
 

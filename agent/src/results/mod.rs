@@ -8,6 +8,7 @@ pub mod config;
 pub mod filter;
 pub mod geometry;
 pub mod incidents;
+pub mod stationary;
 pub mod track;
 pub mod zones;
 
@@ -18,6 +19,7 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::escalate::verify::VerifyRequest;
 use crate::wire::detections::DetectionsIn;
 pub use config::{EventsConfig, TracksConfig};
 use incidents::{IncidentEvent, Incidents};
@@ -30,12 +32,14 @@ const TICK: Duration = Duration::from_millis(250);
 
 /// Reads results until `stop`, then ends the live incidents and waits (bounded) for
 /// their messages to leave. `stop` comes after the workers stopped, so the answers to
-/// the last frames still count.
+/// the last frames still count. Verification frames for stationary objects are asked
+/// for on `checks` (the cameras' loops answer).
 pub async fn run(
     transport: Arc<AgentTransport>,
     device: String,
     events: EventsConfig,
     scenes: std::collections::BTreeMap<String, zones::Scene>,
+    checks: tokio::sync::mpsc::Sender<VerifyRequest>,
     stop: CancellationToken,
 ) {
     let mut results = match transport.results() {
@@ -47,9 +51,15 @@ pub async fn run(
     };
     let mut incidents =
         Incidents::new(&device, events.tracks.clone(), events.classes.clone()).with_scenes(scenes);
-    serve(&mut results, &mut incidents, &stop, DRAIN, |out| {
-        publish(&transport, out)
-    })
+    ask(&checks, incidents.baselines());
+    serve(
+        &mut results,
+        &mut incidents,
+        &stop,
+        DRAIN,
+        |out| publish(&transport, out),
+        |due| ask(&checks, due),
+    )
     .await;
     let ended = incidents.finish(SystemTime::now());
     if !ended.is_empty() {
@@ -77,6 +87,7 @@ async fn serve(
     stop: &CancellationToken,
     drain_for: Duration,
     mut out: impl FnMut(Vec<IncidentEvent>),
+    mut checks: impl FnMut(Vec<VerifyRequest>),
 ) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -89,7 +100,11 @@ async fn serve(
                 Some(r) => out(handle(incidents, r)),
                 None => return,
             },
-            _ = tick.tick() => out(incidents.tick(SystemTime::now())),
+            _ = tick.tick() => {
+                let now = SystemTime::now();
+                out(incidents.tick(now));
+                checks(incidents.checks(now));
+            }
         }
     }
     let until = tokio::time::Instant::now() + drain_for;
@@ -142,6 +157,26 @@ fn handle(incidents: &mut Incidents, r: ResultMessage) -> Vec<IncidentEvent> {
     };
     info!(lifecycle = "detections", camera = %r.camera, seq = d.seq, detections = d.detections.items.len(), "Detections received.");
     incidents.detections(&r.camera, &d, SystemTime::now())
+}
+
+/// Hands verification requests to the cameras. Full policy: a request is dropped and
+/// counted; its tracks are asked for again a check interval later.
+fn ask(checks: &tokio::sync::mpsc::Sender<VerifyRequest>, due: Vec<VerifyRequest>) {
+    for req in due {
+        let camera = req.camera.clone();
+        if checks.try_send(req).is_err() {
+            metrics()
+                .dropped
+                .get_or_create(&metrics::drop_reason(
+                    &camera,
+                    metrics::DropReason::VerifyQueueFull,
+                ))
+                .inc();
+            if metrics::should_log(&format!("verify-full-{camera}"), Duration::from_secs(60)) {
+                warn!(camera = %camera, "Verification request not handed to the camera (queue full or camera gone); asked again later.");
+            }
+        }
+    }
 }
 
 fn rejected(r: &ResultMessage, why: &str) -> Vec<IncidentEvent> {
@@ -256,7 +291,7 @@ mod tests {
         let (_tx, mut results) = queued(40);
         let stop = CancellationToken::new();
         stop.cancel();
-        serve(&mut results, &mut incidents(), &stop, DRAIN, |_| {}).await;
+        serve(&mut results, &mut incidents(), &stop, DRAIN, |_| {}, |_| {}).await;
         assert!(results.try_next().is_none(), "a queued result was left");
     }
 
@@ -271,6 +306,7 @@ mod tests {
             &mut incidents(),
             &stop,
             Duration::ZERO,
+            |_| {},
             |_| {},
         )
         .await;
