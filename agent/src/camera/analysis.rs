@@ -53,9 +53,22 @@ fn offer(
 
 /// Runs until the grey channel closes or shutdown. `out` is bounded: when it is full
 /// a frame is dropped and counted (motion transitions wait for room, they are small
-/// and must not be lost). `checks` asks for verification frames (see
-/// [`crate::escalate::verify`]): the next frame the budget allows goes, motion or not.
+/// and must not be lost). No verification frames: see [`run_with_checks`].
 pub async fn run(
+    cam: CameraConfig,
+    handle: Arc<CameraHandle>,
+    grey: mpsc::Receiver<GreyFrame>,
+    out: mpsc::Sender<Escalation>,
+    shutdown: CancellationToken,
+) {
+    // Its sender gone at once: the loop never waits on it.
+    let (_, checks) = mpsc::channel(1);
+    run_with_checks(cam, handle, grey, checks, out, shutdown).await
+}
+
+/// [`run`], with verification frames asked for on `checks` (see
+/// [`crate::escalate::verify`]): the next frame the budget allows goes, motion or not.
+pub async fn run_with_checks(
     cam: CameraConfig,
     handle: Arc<CameraHandle>,
     mut grey: mpsc::Receiver<GreyFrame>,

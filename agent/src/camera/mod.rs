@@ -240,7 +240,7 @@ impl Cameras {
         let (checks_tx, checks_rx) = mpsc::channel(CHECKS_CHANNEL);
         crate::sync::lock(&self.checks).insert(cam.id.to_string(), checks_tx);
         let handle = Arc::new(spawn_camera(cam.source(), grey_tx, stop.clone()));
-        let motion = tokio::spawn(analysis::run(
+        let motion = tokio::spawn(analysis::run_with_checks(
             cam.clone(),
             handle.clone(),
             grey_rx,

@@ -198,7 +198,11 @@ impl Track {
             } else {
                 let (px, py) = p.centre();
                 let (bx, by) = b.centre();
-                let reach = p.diagonal().max(b.diagonal()) * (1.0 + 2.0 * gap.abs());
+                // An object standing still is looked for where it stands: frames
+                // seconds apart (verification) must not pair it with another object.
+                let standing = self.stationary_since.is_some() || self.background;
+                let grow = if standing { 0.0 } else { 2.0 * gap.abs() };
+                let reach = p.diagonal().max(b.diagonal()) * (1.0 + grow);
                 let d = (px - bx).hypot(py - by);
                 (reach > 0.0 && d <= reach).then(|| 1.0 - d / reach)
             };
