@@ -5,7 +5,7 @@ that comes in, stops, stands, and is gone.
 What is real and what is not: every pixel but the object's comes from a real fixed
 camera, CDnet's `highway` (tests/data/realcam/highway-dev/highway-dev.mp4, 320x240,
 cars driving down a road, trees and their shadows at the left), played forward, then
-backward, and so on (no cut), at 10 fps, for 150 s (a test on a slow machine must not
+backward, and so on (no cut), at 10 fps, for 260 s (a test on a slow machine must not
 see the clip end and start again). The object is synthetic: a pure red
 32x32 square, the one colour the generated test model (models/make_test_model.py) finds,
 as `fire`; none of the real frames has a pixel it would call fire. It moves down the
@@ -31,7 +31,7 @@ import cv2
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE = os.path.join(HERE, "..", "tests", "data", "realcam", "highway-dev", "highway-dev.mp4")
 FPS = 10
-APPEAR, STOP, GONE, END = 5.0, 8.0, 38.0, 150.0
+APPEAR, STOP, GONE, END = 5.0, 8.0, 128.0, 260.0
 SIZE = 32
 X = 286
 STOP_Y = 110

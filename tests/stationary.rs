@@ -7,7 +7,8 @@
 //! compression noise, streamed over RTSP as H.264 and decoded by the agent. What is
 //! synthetic: the object, a red 32 px square pasted onto the gravel strip right of the
 //! road, since the repository has no trained weights and the test model finds red; it
-//! comes in at 5 s, stops at 8 s, stands for 30 s and is gone at 38 s. Motion over the
+//! comes in at 5 s, stops at 8 s, stands for two minutes (answers
+//! have come a minute and a half late on a loaded machine) and is gone at 128 s. Motion over the
 //! road is masked, so traffic does not escalate frames; the detector still sees it.
 //!
 //! One agent watches the stream as three cameras: `stay` (stationary objects on),
@@ -181,7 +182,7 @@ metrics_listen = "127.0.0.1:0"
     )
 }
 
-/// Runs the agent on the clip until `stay`'s incident ended (or five minutes: on a
+/// Runs the agent on the clip until `stay`'s incident ended (or 400 s: on a
 /// loaded machine a worker has taken 40 s to start, and answers a minute late).
 async fn watch() -> Run {
     let dir = tempfile::tempdir().unwrap();
@@ -205,7 +206,7 @@ async fn watch() -> Run {
         seen.iter()
             .any(|s| s.camera == "stay" && s.kind == "events/fire" && s.payload["state"] == "end")
     };
-    let deadline = Instant::now() + Duration::from_secs(300);
+    let deadline = Instant::now() + Duration::from_secs(400);
     while !ended(&inbox.lock().unwrap())
         && Instant::now() < deadline
         && crate::common::procs::alive(agent.pid)
@@ -302,12 +303,17 @@ async fn an_object_that_stops_is_one_incident_that_lasts_until_it_is_gone() {
         schema::check("event.v2.json", e);
     }
     let end = events.last().unwrap();
-    assert_eq!(end["end_reason"], "not_found", "{end}");
-    // The square stood for 30 s; forgotten, the incident would have ended FORGET_MS
-    // after it stopped, with about 3 s between first and last sighting.
+    // Gone: a verification frame did not find it, or the frames that motion sent when
+    // it went did not show it for three check intervals.
+    assert!(
+        end["end_reason"] == "not_found" || end["end_reason"] == "forgotten",
+        "{end}"
+    );
+    // The square stood for two minutes; forgotten, the incident would have ended
+    // FORGET_MS after it stopped, with about 3 s between first and last sighting.
     let lasted = end["last_seen_ms"].as_u64().unwrap() - end["started_ms"].as_u64().unwrap();
     assert!(
-        lasted >= 25_000,
+        lasted >= 60_000,
         "sighted over {lasted} ms only: {end}\nfire sightings {sightings:?}"
     );
     assert!(
@@ -343,7 +349,8 @@ async fn verification_frames_never_come_faster_than_one_per_check_interval_per_t
         .collect();
     checks.sort();
     checks.dedup();
-    // The square stood 30 s: about seven checks 4 s apart, and one that missed it.
+    // The square stood two minutes: checks 4 s apart from when results first heard of
+    // it (late, on a loaded machine) until it went.
     assert!(
         checks.len() >= 5,
         "verification frames {checks:?}\nmetrics:\n{}\nlog:\n{}",

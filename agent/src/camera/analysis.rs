@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 use super::CameraConfig;
 use crate::escalate::escalator::{Candidate, EscalatedFrame, Escalation};
 use crate::escalate::policy::EscalationPolicy;
-use crate::escalate::verify::VerifyRequest;
+use crate::escalate::verify::{Paced, VerifyRequest};
 use crate::escalate::DetectRegions;
 use crate::ingest::{CameraHandle, CropRequest, GreyFrame};
 use crate::motion::{Detector, EventTracker, FrameMotion, MotionTransition, NormBox};
@@ -119,6 +119,8 @@ struct Analysis {
     still_since: Option<SystemTime>,
     /// A verification frame asked for and not sent yet.
     check: Option<VerifyRequest>,
+    /// When each track was last looked for: never twice within its `min_gap`.
+    paced: Paced,
 }
 
 impl Analysis {
@@ -137,6 +139,7 @@ impl Analysis {
             last_sent: None,
             still_since: None,
             check: None,
+            paced: Paced::default(),
         }
     }
 
@@ -332,7 +335,11 @@ impl Analysis {
     /// it (it spends the same budget as motion frames), cut around the boxes looked for
     /// when the camera escalates crops: there is no motion box to cut around.
     async fn verify(&mut self, frame: &GreyFrame, motion_at: SystemTime) -> ControlFlow<Closed> {
-        if self.check.is_none() || !self.policy.wants(frame.captured) {
+        let due = self
+            .check
+            .as_ref()
+            .is_some_and(|c| self.paced.allows(c, frame.captured));
+        if !due || !self.policy.wants(frame.captured) {
             return ControlFlow::Continue(());
         }
         let Some(req) = self.check.take() else {
@@ -347,7 +354,14 @@ impl Analysis {
             Some(c) if self.last_sent.is_some_and(|s| c.seq <= s) => None,
             c => c,
         };
-        let colour_seq = colour.as_ref().map(|c| c.seq);
+        // The frame kept may be older than the one analysed: paced on its own time.
+        let taken = colour.as_ref().map(|c| (c.seq, c.captured));
+        if let Some((_, at)) = taken {
+            if !self.paced.allows(&req, at) {
+                self.check = Some(req);
+                return ControlFlow::Continue(());
+            }
+        }
         let item = colour.map(|colour| {
             Escalation::Frame(EscalatedFrame {
                 event_id: req.look.event_id(),
@@ -368,7 +382,10 @@ impl Analysis {
         });
         match offer(&mut self.policy, frame.captured, item, &self.out) {
             Offered::Sent => {
-                self.last_sent = colour_seq;
+                if let Some((seq, at)) = taken {
+                    self.last_sent = Some(seq);
+                    self.paced.sent(&req, at);
+                }
                 metrics().verifications.get_or_create(&self.labels).inc();
                 debug!(camera = %self.id, look = %req.look.event_id(), "Verification frame sent.");
             }

@@ -13,6 +13,10 @@ pub struct VerifyRequest {
     /// Where to look, in fractions of the frame (x, y, w, h): crops are cut around
     /// these when the camera escalates crops. Empty: the whole frame.
     pub boxes: Vec<[f32; 4]>,
+    /// Least time between two frames looking for the same track (capture times): the
+    /// camera holds a request back until then, so a request that waited for a frame
+    /// and the next one do not go out together.
+    pub min_gap: std::time::Duration,
 }
 
 /// What a verification frame looks for.
@@ -73,11 +77,46 @@ impl VerifyRequest {
     /// Folds `other` (same camera) into this request.
     pub fn merge(&mut self, other: VerifyRequest) {
         let whole = matches!(other.look, Look::Baseline) || self.look == Look::Baseline;
+        self.min_gap = self.min_gap.max(other.min_gap);
         self.look.merge(other.look);
         if whole {
             self.boxes.clear();
         } else {
             self.boxes.extend(other.boxes);
+        }
+    }
+}
+
+/// The capture times of the last verification frames per track, on the camera's side:
+/// a request goes out only once every track it looks for was last looked for at least
+/// its `min_gap` before.
+#[derive(Debug, Default)]
+pub struct Paced {
+    /// (track id, capture time of the last frame that looked for it), newest last.
+    last: Vec<(u64, std::time::SystemTime)>,
+}
+
+/// Tracks remembered per camera (the oldest are forgotten first).
+const PACED: usize = 64;
+
+impl Paced {
+    /// True when `req` may go with a frame captured `at`.
+    pub fn allows(&self, req: &VerifyRequest, at: std::time::SystemTime) -> bool {
+        let Look::Tracks(ids) = &req.look else {
+            return true;
+        };
+        self.last.iter().all(|(id, t)| {
+            !ids.contains(id) || at.duration_since(*t).is_ok_and(|d| d >= req.min_gap)
+        })
+    }
+
+    /// `req` went with a frame captured `at`.
+    pub fn sent(&mut self, req: &VerifyRequest, at: std::time::SystemTime) {
+        if let Look::Tracks(ids) = &req.look {
+            self.last.retain(|(id, _)| !ids.contains(id));
+            self.last.extend(ids.iter().map(|id| (*id, at)));
+            let over = self.last.len().saturating_sub(PACED);
+            self.last.drain(..over);
         }
     }
 }
@@ -107,6 +146,7 @@ mod tests {
             camera: "road".into(),
             look,
             boxes,
+            min_gap: std::time::Duration::from_secs(10),
         };
         let mut a = req(Look::Tracks(vec![1]), vec![[0.1, 0.1, 0.1, 0.1]]);
         a.merge(req(Look::Tracks(vec![1, 2]), vec![[0.5, 0.5, 0.1, 0.1]]));
@@ -116,5 +156,35 @@ mod tests {
         assert_eq!((a.look.clone(), a.boxes.len()), (Look::Baseline, 0));
         a.merge(req(Look::Tracks(vec![3]), vec![[0.2, 0.2, 0.1, 0.1]]));
         assert_eq!((a.look, a.boxes.len()), (Look::Baseline, 0));
+    }
+
+    #[test]
+    fn a_track_is_never_looked_for_twice_within_its_gap() {
+        let t = |ms: u64| std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+        let req = |ids: Vec<u64>| VerifyRequest {
+            camera: "road".into(),
+            look: Look::Tracks(ids),
+            boxes: Vec::new(),
+            min_gap: std::time::Duration::from_secs(4),
+        };
+        let mut p = Paced::default();
+        assert!(p.allows(&req(vec![1]), t(0)));
+        p.sent(&req(vec![1]), t(0));
+        // A request that waited for a frame, then the next one: held back.
+        for (ids, at, ok) in [
+            (vec![1], 3_999, false),
+            (vec![2], 100, true),
+            (vec![1, 2], 100, false),
+            (vec![1], 4_000, true),
+        ] {
+            assert_eq!(p.allows(&req(ids.clone()), t(at)), ok, "{ids:?} at {at}");
+        }
+        assert!(p.allows(
+            &VerifyRequest {
+                look: Look::Baseline,
+                ..req(vec![])
+            },
+            t(1)
+        ));
     }
 }

@@ -377,4 +377,41 @@ mod tests {
         );
         assert!(toml::from_str::<TracksConfig>("[classes.fire]\nconfirm = 1").is_err());
     }
+
+    #[test]
+    fn bad_stationary_settings_are_named() {
+        for (toml, errors) in [
+            ("[stationary]\nenabled = true\n", vec![]),
+            (
+                "[stationary]\ncheck_interval = \"200ms\"\n",
+                vec![(
+                    "stationary.check_interval",
+                    "must be at least 1s, got 200ms",
+                )],
+            ),
+            (
+                "[stationary]\ncheck_interval = \"30s\"\nmax_duration = \"10s\"\n",
+                vec![(
+                    "stationary.max_duration",
+                    "must be at least check_interval (30s), got 10s",
+                )],
+            ),
+            (
+                "[stationary]\nignore_after = \"1s\"\n",
+                vec![(
+                    "stationary.ignore_after",
+                    "must be at least check_interval (10s), got 1s",
+                )],
+            ),
+        ] {
+            let c: TracksConfig = toml::from_str(toml).unwrap();
+            let got: Vec<(String, String)> = c.check(&[]);
+            let want: Vec<(String, String)> = errors
+                .iter()
+                .map(|(k, m)| (k.to_string(), m.to_string()))
+                .collect();
+            assert_eq!(got, want, "{toml}");
+        }
+        assert!(toml::from_str::<TracksConfig>("[stationary]\ninterval = \"1s\"").is_err());
+    }
 }

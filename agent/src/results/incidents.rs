@@ -282,7 +282,7 @@ impl Incidents {
         let refused = cam.tracker.refused;
         let mut changes = Vec::new();
         match Look::of_event(&d.event_id) {
-            Some(Look::Baseline) => cam.tracker.observe_background(&frame),
+            Some(Look::Baseline) => changes = cam.tracker.observe_background(&frame),
             Some(Look::Tracks(ids)) => {
                 changes = cam.tracker.observe(&frame);
                 changes.extend(cam.tracker.verified(captured, &ids));
@@ -368,6 +368,7 @@ impl Incidents {
                 camera: id.clone(),
                 look: Look::Tracks(due.into_iter().map(|(id, _)| id).collect()),
                 boxes,
+                min_gap: self.cfg.stationary.check_interval.get(),
             });
         }
         out
@@ -386,6 +387,7 @@ impl Incidents {
                 camera: camera.clone(),
                 look: Look::Baseline,
                 boxes: Vec::new(),
+                min_gap: Duration::ZERO,
             })
             .collect()
     }

@@ -164,9 +164,13 @@ impl<R: Fn(&str) -> Option<ClassRules>> Tracker<R> {
 
     /// The first frame after the agent started: what it finds was already there, and
     /// becomes background (it starts nothing, now or when motion passes near it).
-    pub fn observe_background(&mut self, f: &Frame) {
+    /// Answered late, it may also continue tracks that started meanwhile: their
+    /// changes.
+    pub fn observe_background(&mut self, f: &Frame) -> Vec<Change> {
         if self.stationary.is_some() {
-            self.observe_as(f, true);
+            self.observe_as(f, true)
+        } else {
+            self.observe(f)
         }
     }
 
@@ -461,13 +465,23 @@ mod tests {
     #[test]
     fn without_the_section_nothing_is_checked_and_tracks_are_forgotten() {
         let mut tr = Tracker::new(|c: &str| (c == "accident").then_some(RULES));
-        tr.observe_background(&seen(0, 0.0));
-        assert!(tr.tracks.is_empty());
-        tr.observe(&seen(100, 0.0));
+        // A baseline frame is an ordinary frame here.
+        tr.observe_background(&seen(100, 0.0));
+        assert!(tr.live().next().is_none() && tr.standing() == (0, 0));
         tr.observe(&seen(300, 0.0));
         assert!(tr.checks_due(t(5_000)).is_empty());
         assert!(tr.settle(t(5_000)).is_empty());
         assert_eq!(names(&tr.expire(t(6_300))), [("forgotten", 1)]);
+    }
+
+    #[test]
+    fn a_baseline_answered_late_continues_a_track_that_started_meanwhile() {
+        let mut tr = tracker();
+        assert!(tr.observe(&seen(2_000, 0.0)).is_empty());
+        // The start-up frame, captured before, answered after (a worker starting).
+        let changes = tr.observe_background(&seen(100, 0.0));
+        assert_eq!(names(&changes), [("start", 1)], "the start is not lost");
+        assert_eq!(tr.standing(), (0, 0));
     }
 
     #[test]
