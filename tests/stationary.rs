@@ -412,11 +412,14 @@ async fn a_required_zone_delays_the_start_until_the_object_enters_it() {
         before.len() >= 2,
         "fire seen outside the zone before the start {before:?}; all {sightings:?}"
     );
-    assert_eq!(
-        events.iter().filter(|e| e["state"] == "start").count(),
-        1,
-        "{events:?}"
-    );
+    // One incident for the square's one pass (a slow run outlives the clip, which
+    // the server then plays again: a second pass is a second incident, rightly).
+    let first = start["started_ms"].as_u64().unwrap();
+    let starts = events
+        .iter()
+        .filter(|e| e["state"] == "start" && e["started_ms"].as_u64().unwrap() < first + 100_000)
+        .count();
+    assert_eq!(starts, 1, "{events:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
