@@ -305,7 +305,14 @@ mod tests {
     fn objects_that_stop_are_looked_for_instead_of_forgotten() {
         use Step::*;
         // The settle time is 3 s (half of forget_after 6 s, under check_interval 10 s).
-        let table: Vec<(&str, Vec<(u64, Step)>, Vec<(&str, u64)>, Vec<u64>)> = vec![
+        // (what happens, the steps, the changes, when checks were asked for)
+        type Scenario = (
+            &'static str,
+            Vec<(u64, Step)>,
+            Vec<(&'static str, u64)>,
+            Vec<u64>,
+        );
+        let table: Vec<Scenario> = vec![
             (
                 "enters, stops, motion ends: found by each check, it lasts",
                 vec![
