@@ -280,15 +280,15 @@ impl Incidents {
             sightings,
         };
         let refused = cam.tracker.refused;
-        let mut changes = Vec::new();
-        match Look::of_event(&d.event_id) {
-            Some(Look::Baseline) => changes = cam.tracker.observe_background(&frame),
+        let changes = match Look::of_event(&d.event_id) {
+            Some(Look::Baseline) => cam.tracker.observe_background(&frame),
             Some(Look::Tracks(ids)) => {
-                changes = cam.tracker.observe(&frame);
+                let mut changes = cam.tracker.observe(&frame);
                 changes.extend(cam.tracker.verified(captured, &ids));
+                changes
             }
-            None => changes = cam.tracker.observe(&frame),
-        }
+            None => cam.tracker.observe(&frame),
+        };
         let more = cam.tracker.refused - refused;
         if more > 0 {
             metrics()
