@@ -299,6 +299,8 @@ fn registry_exposition() -> String {
         &m.filtered,
         &m.clip_errors,
         &m.requeued,
+        &m.storage_removed,
+        &m.verifications,
     ] {
         drop(f.get_or_create(&l));
     }
@@ -310,6 +312,7 @@ fn registry_exposition() -> String {
         &m.worker_gpu_memory,
         &m.gpu_memory,
         &m.camera_idle,
+        &m.tracks,
     ] {
         drop(f.get_or_create(&l));
     }

@@ -19,6 +19,7 @@ mod pipeline;
 mod reload;
 mod runtime;
 mod scale;
+mod stationary;
 mod status;
 mod stop;
 mod telemetry;

@@ -142,9 +142,8 @@ impl Agent {
             .lock()
             .unwrap()
             .iter()
-            .filter_map(|v| {
-                (v["worker_line"]["lifecycle"] == state).then(|| v["worker_line"].clone())
-            })
+            .filter(|&v| v["worker_line"]["lifecycle"] == state)
+            .map(|v| v["worker_line"].clone())
             .collect()
     }
 

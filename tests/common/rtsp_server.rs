@@ -29,6 +29,9 @@ pub enum Media {
     File(PathBuf),
     /// A stream with no video at all.
     AudioOnly,
+    /// A Motion-JPEG AVI (what `scripts/stationary_clip.py` writes), decoded and
+    /// re-encoded as H.264 at the clip's own pace, as a camera sends it.
+    Mjpeg(PathBuf),
 }
 
 impl From<Scene> for Media {
@@ -57,6 +60,13 @@ impl Media {
             }
             Media::File(path) => format!(
                 "( filesrc location=\"{}\" ! qtdemux ! h264parse ! valve name=freeze ! \
+                 rtph264pay name=pay0 pt=96 config-interval=-1 )",
+                path.display()
+            ),
+            Media::Mjpeg(path) => format!(
+                "( filesrc location=\"{}\" ! avidemux ! jpegdec ! videoconvert ! \
+                 identity sync=true ! x264enc tune=zerolatency speed-preset=ultrafast \
+                 key-int-max=15 ! valve name=freeze ! \
                  rtph264pay name=pay0 pt=96 config-interval=-1 )",
                 path.display()
             ),

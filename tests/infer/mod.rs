@@ -110,6 +110,7 @@ fn item(seq: u64, jpeg: Vec<u8>, acks: &mpsc::UnboundedSender<(u64, AckOutcome)>
             camera: "cam1".into(),
             seq,
             captured_ms: 1_700_000_000_000 + seq,
+            event_id: String::new(),
         },
         jpeg: jpeg.into(),
         payload: Default::default(),

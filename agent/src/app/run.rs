@@ -39,6 +39,10 @@ const TRANSPORT_RESERVE: Duration = Duration::from_secs(3);
 /// wait for room.
 const ESCALATIONS: usize = 64;
 
+/// Verification requests from results to the cameras. Full policy: dropped and
+/// counted (`verify_queue_full`); the tracks are asked for again a check interval later.
+const CHECKS: usize = 16;
+
 pub fn run(loaded: Loaded, args: &ConfigArgs) -> i32 {
     super::run_on_runtime(
         "edge-agent",
@@ -248,11 +252,16 @@ impl Stages {
         ));
         let (clips, clip_feed) = AgentClips::start(cfg, lifetime.end(), shutdown);
         clips.apply(cfg, &cameras);
+        // Verification frames for stationary objects: results → cameras.
+        let (checks, checks_rx) = mpsc::channel(CHECKS);
+        tokio::spawn(crate::camera::route_checks(
+            checks_rx,
+            cameras.check_routes(),
+        ));
         let results_stop = lifetime.end().child_token();
         let recent = Arc::new(crate::results::RecentIncidents::default());
         let results = tokio::spawn(crate::results::run(
             transport.clone(),
-            events.clone(),
             device,
             cfg.events.clone(),
             cfg.cameras
@@ -264,8 +273,12 @@ impl Stages {
                     )
                 })
                 .collect(),
-            recent.clone(),
-            Some(clip_feed),
+            crate::results::Outlets {
+                events: events.clone(),
+                recent: recent.clone(),
+                clips: Some(clip_feed),
+                checks,
+            },
             results_stop.clone(),
         ));
         Ok(Stages {

@@ -15,6 +15,7 @@ use tracing::{debug, info, warn};
 use super::CameraConfig;
 use crate::escalate::escalator::{Candidate, EscalatedFrame, Escalation};
 use crate::escalate::policy::EscalationPolicy;
+use crate::escalate::verify::{Paced, VerifyRequest};
 use crate::escalate::DetectRegions;
 use crate::ingest::{CameraHandle, CropRequest, GreyFrame};
 use crate::motion::{Detector, EventTracker, FrameMotion, MotionTransition, NormBox};
@@ -61,7 +62,7 @@ pub struct LastMotion {
 
 /// Runs until the grey channel closes or shutdown. `out` is bounded: when it is full
 /// a frame is dropped and counted (motion transitions wait for room, they are small
-/// and must not be lost).
+/// and must not be lost). No verification frames and no page: see [`run_with`].
 pub async fn run(
     cam: CameraConfig,
     handle: Arc<CameraHandle>,
@@ -69,31 +70,44 @@ pub async fn run(
     out: mpsc::Sender<Escalation>,
     shutdown: CancellationToken,
 ) {
-    run_loop(Analysis::new(cam, handle, out), grey, shutdown).await
+    // Its sender gone at once: the loop never waits on it.
+    let (_, checks) = mpsc::channel(1);
+    run_loop(Analysis::new(cam, handle, out), grey, checks, shutdown).await
 }
 
-/// [`run`], also handing each change of the motion boxes to `seen` (the page).
-pub async fn run_shown(
+/// [`run`], with verification frames asked for on `checks` (see
+/// [`crate::escalate::verify`]: the next frame the budget allows goes, motion or not),
+/// and each change of the motion boxes handed to `seen` (the page).
+pub async fn run_with(
     cam: CameraConfig,
     handle: Arc<CameraHandle>,
     grey: mpsc::Receiver<GreyFrame>,
+    checks: mpsc::Receiver<VerifyRequest>,
     out: mpsc::Sender<Escalation>,
     seen: tokio::sync::watch::Sender<LastMotion>,
     shutdown: CancellationToken,
 ) {
     let mut analysis = Analysis::new(cam, handle, out);
     analysis.seen = Some(seen);
-    run_loop(analysis, grey, shutdown).await
+    run_loop(analysis, grey, checks, shutdown).await
 }
 
 async fn run_loop(
     mut analysis: Analysis,
     mut grey: mpsc::Receiver<GreyFrame>,
+    mut checks: mpsc::Receiver<VerifyRequest>,
     shutdown: CancellationToken,
 ) {
     loop {
         let frame = tokio::select! {
             f = grey.recv() => match f { Some(f) => f, None => break },
+            Some(req) = checks.recv() => {
+                match analysis.check.as_mut() {
+                    Some(pending) => pending.merge(req),
+                    None => analysis.check = Some(req),
+                }
+                continue;
+            }
             _ = shutdown.cancelled() => break,
         };
         if analysis.frame(frame).await.is_break() {
@@ -126,6 +140,10 @@ struct Analysis {
     still_since: Option<SystemTime>,
     /// Where the page reads the newest motion boxes.
     seen: Option<tokio::sync::watch::Sender<LastMotion>>,
+    /// A verification frame asked for and not sent yet.
+    check: Option<VerifyRequest>,
+    /// When each track was last looked for: never twice within its `min_gap`.
+    paced: Paced,
 }
 
 impl Analysis {
@@ -144,6 +162,8 @@ impl Analysis {
             last_sent: None,
             still_since: None,
             seen: None,
+            check: None,
+            paced: Paced::default(),
         }
     }
 
@@ -169,7 +189,8 @@ impl Analysis {
         if let Some(t) = transition {
             self.announce(t).await?;
         }
-        self.escalate(&frame, &m, motion_at).await
+        self.escalate(&frame, &m, motion_at).await?;
+        self.verify(&frame, motion_at).await
     }
 
     /// The frame's motion; a new size, or a new rate (the source's frame rate changed
@@ -351,6 +372,72 @@ impl Analysis {
             .dropped
             .get_or_create(&metrics::drop_reason(id, reason))
             .inc();
+        ControlFlow::Continue(())
+    }
+
+    /// A verification frame asked for goes out with this frame when the policy allows
+    /// it (it spends the same budget as motion frames), cut around the boxes looked for
+    /// when the camera escalates crops: there is no motion box to cut around.
+    async fn verify(&mut self, frame: &GreyFrame, motion_at: SystemTime) -> ControlFlow<Closed> {
+        let due = self
+            .check
+            .as_ref()
+            .is_some_and(|c| self.paced.allows(c, frame.captured));
+        if !due || !self.policy.wants(frame.captured) {
+            return ControlFlow::Continue(());
+        }
+        let Some(req) = self.check.take() else {
+            return ControlFlow::Continue(());
+        };
+        let crops = (self.cam.escalation.regions == DetectRegions::Motion && !req.boxes.is_empty())
+            .then(|| CropRequest {
+                boxes: req.boxes.clone(),
+                min_side: self.cam.escalation.crop_size.as_u32(),
+                max_crops: self.cam.escalation.max_crops.get() as usize,
+            });
+        let colour = match self.handle.colour_frame_off_runtime(frame.seq, crops).await {
+            Some(c) if self.last_sent.is_some_and(|s| c.seq <= s) => None,
+            c => c,
+        };
+        // The frame kept may be older than the one analysed: paced on its own time.
+        let taken = colour.as_ref().map(|c| (c.seq, c.captured));
+        if let Some((_, at)) = taken {
+            if !self.paced.allows(&req, at) {
+                self.check = Some(req);
+                return ControlFlow::Continue(());
+            }
+        }
+        let item = colour.map(|colour| {
+            Escalation::Frame(EscalatedFrame {
+                event_id: req.look.event_id(),
+                colour,
+                boxes: req
+                    .boxes
+                    .iter()
+                    .map(|b| NormBox {
+                        x: b[0],
+                        y: b[1],
+                        w: b[2],
+                        h: b[3],
+                    })
+                    .collect(),
+                jpeg_quality: self.quality,
+                motion_at,
+            })
+        });
+        match offer(&mut self.policy, frame.captured, item, &self.out) {
+            Offered::Sent => {
+                if let Some((seq, at)) = taken {
+                    self.last_sent = Some(seq);
+                    self.paced.sent(&req, at);
+                }
+                metrics().verifications.get_or_create(&self.labels).inc();
+                debug!(camera = %self.id, look = %req.look.event_id(), "Verification frame sent.");
+            }
+            Offered::Closed => return ControlFlow::Break(Closed),
+            // Tried again with the next frame.
+            Offered::NoColour | Offered::QueueFull => self.check = Some(req),
+        }
         ControlFlow::Continue(())
     }
 

@@ -18,13 +18,44 @@ use tokio::task::JoinSet;
 use tracing::warn;
 
 use crate::escalate::escalator::Escalation;
+use crate::escalate::verify::VerifyRequest;
 use crate::ingest::{spawn_camera, CameraHandle};
 use crate::shutdown::Shutdown;
+use crate::telemetry::metrics::{self, metrics, DropReason};
 
 /// Grey frames from a camera's pipeline to its analysis loop. Full policy: the
 /// pipeline drops the frame and counts it (`ingest`), so a slow detector never holds
 /// up decoding.
 pub const GREY_CHANNEL: usize = 4;
+
+/// Verification requests to one camera's loop. Full policy: the request is dropped and
+/// counted; results asks again a check interval later (one pending request per camera
+/// already merges what comes meanwhile).
+const CHECKS_CHANNEL: usize = 8;
+
+/// Each running camera's verification channel, by id: results' requests are routed
+/// through it ([`route_checks`]); reloads keep it current.
+pub type CheckRoutes = Arc<std::sync::Mutex<BTreeMap<String, mpsc::Sender<VerifyRequest>>>>;
+
+/// Hands each verification request to its camera's loop until `requests` closes. A
+/// camera not running, or whose channel is full, loses it (counted by the sender's
+/// side when its own queue is full; here logged once a minute).
+pub async fn route_checks(mut requests: mpsc::Receiver<VerifyRequest>, routes: CheckRoutes) {
+    while let Some(req) = requests.recv().await {
+        let camera = req.camera.clone();
+        let tx = crate::sync::lock(&routes).get(&camera).cloned();
+        let sent = tx.is_some_and(|tx| tx.try_send(req).is_ok());
+        if !sent {
+            metrics()
+                .dropped
+                .get_or_create(&metrics::drop_reason(&camera, DropReason::VerifyQueueFull))
+                .inc();
+            if metrics::should_log(&format!("checks-{camera}"), Duration::from_secs(60)) {
+                warn!(camera = %camera, "Verification request dropped: camera not running or busy.");
+            }
+        }
+    }
+}
 
 /// How long a camera stopped by a reload may take; past it, it is abandoned (its
 /// pipeline teardown has its own, shorter bound).
@@ -65,6 +96,7 @@ pub struct Cameras {
     /// frozen must not hold up the main loop (and its watchdog pings) or the others.
     retiring: JoinSet<Option<String>>,
     escalations: mpsc::Sender<Escalation>,
+    checks: CheckRoutes,
     shutdown: Shutdown,
 }
 
@@ -80,6 +112,7 @@ impl Cameras {
             running: BTreeMap::new(),
             retiring: JoinSet::new(),
             escalations,
+            checks: CheckRoutes::default(),
             shutdown: shutdown.clone(),
         };
         for cam in configs.iter().filter(|c| c.enabled) {
@@ -95,6 +128,11 @@ impl Cameras {
 
     pub fn is_empty(&self) -> bool {
         self.running.is_empty()
+    }
+
+    /// Where verification requests for the running cameras go (see [`route_checks`]).
+    pub fn check_routes(&self) -> CheckRoutes {
+        self.checks.clone()
     }
 
     /// The ids of the running cameras, in order.
@@ -164,6 +202,7 @@ impl Cameras {
             if same {
                 kept += 1;
             } else if let Some(cam) = self.running.remove(&id) {
+                crate::sync::lock(&self.checks).remove(&id);
                 // In the background: a new camera with this id starts at once.
                 self.retiring
                     .spawn(stop_camera(cam, tokio::time::Instant::now() + RETIRE_BOUND));
@@ -220,12 +259,15 @@ impl Cameras {
     fn start_one(&self, cam: CameraConfig) -> Camera {
         let stop = self.shutdown.child_token();
         let (grey_tx, grey_rx) = mpsc::channel(GREY_CHANNEL);
+        let (checks_tx, checks_rx) = mpsc::channel(CHECKS_CHANNEL);
+        crate::sync::lock(&self.checks).insert(cam.id.to_string(), checks_tx);
         let handle = Arc::new(spawn_camera(cam.source(), grey_tx, stop.clone()));
         let (seen_tx, seen) = watch::channel(analysis::LastMotion::default());
-        let motion = tokio::spawn(analysis::run_shown(
+        let motion = tokio::spawn(analysis::run_with(
             cam.clone(),
             handle.clone(),
             grey_rx,
+            checks_rx,
             self.escalations.clone(),
             seen_tx,
             stop.clone(),

@@ -5,5 +5,6 @@
 pub mod config;
 pub mod escalator;
 pub mod policy;
+pub mod verify;
 
 pub use config::{DetectRegions, EscalationConfig};

@@ -94,6 +94,7 @@ pub fn work_item(d: Delivery, ready_at: u64, settled: impl FnOnce() + Send + 'st
         camera: h.camera.clone(),
         seq: h.seq,
         captured_ms: h.captured / 1_000_000,
+        event_id: h.event_id.clone(),
     };
     let jpeg = d.msg.jpeg.clone();
     let payload = Payload::of(h);

@@ -326,7 +326,7 @@ fn zoo_layout(
         } else {
             (height / default_stride, width / default_stride)
         };
-        if gh == 0 || height % gh != 0 {
+        if gh == 0 || !height.is_multiple_of(gh) {
             return Some(Err(format!(
                 "head {} grid {gh} does not divide the input height {height}",
                 outputs[i].name

@@ -206,6 +206,8 @@ mod tests {
             end_reason: (state == State::End).then_some(EndReason::Forgotten),
             zones: None,
             entered_zones: None,
+            stationary: false,
+            stationary_since_ms: None,
         }
     }
 

@@ -288,6 +288,82 @@ pub struct TracksConfig {
     /// Overrides per class name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub classes: BTreeMap<String, ClassTracks>,
+    /// Objects that stop moving (`[events.tracks.stationary]`).
+    #[serde(default)]
+    pub stationary: StationaryConfig,
+}
+
+/// Objects that stop moving. Motion no longer escalates frames of a wreck or a parked
+/// car, so silence is not absence: a confirmed track unseen for a while is looked for
+/// with a verification frame before it may end, and kept alive at a bounded rate.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StationaryConfig {
+    /// Off: a track ends `forget_after` after its last sighting, moving or not.
+    #[serde(default)]
+    pub enabled: bool,
+    /// One verification frame per stationary track at most this often (escalated
+    /// without motion, within the camera's escalation budget).
+    #[serde(default = "default_check_interval")]
+    pub check_interval: Dur,
+    /// A stationary incident ends this long after the object stopped, even if it is
+    /// still there.
+    #[serde(default = "default_stationary_max_duration")]
+    pub max_duration: Dur,
+    /// An object that stood still this long (or was already there when the agent
+    /// started) is background: it stays known, verified at `check_interval`, and motion
+    /// near it starts no new incident.
+    #[serde(default = "default_ignore_after")]
+    pub ignore_after: Dur,
+}
+
+impl Default for StationaryConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            check_interval: default_check_interval(),
+            max_duration: default_stationary_max_duration(),
+            ignore_after: default_ignore_after(),
+        }
+    }
+}
+
+impl StationaryConfig {
+    /// Checks the section; (key relative to it, message).
+    pub fn check(&self) -> Vec<(String, String)> {
+        let mut errs = Vec::new();
+        if self.check_interval.get() < Duration::from_secs(1) {
+            errs.push((
+                "check_interval".to_string(),
+                format!("must be at least 1s, got {:?}", self.check_interval),
+            ));
+        }
+        for (key, v) in [
+            ("max_duration", self.max_duration),
+            ("ignore_after", self.ignore_after),
+        ] {
+            if v.get() < self.check_interval.get() {
+                errs.push((
+                    key.to_string(),
+                    format!(
+                        "must be at least check_interval ({:?}), got {v:?}",
+                        self.check_interval
+                    ),
+                ));
+            }
+        }
+        errs
+    }
+}
+
+fn default_check_interval() -> Dur {
+    Dur::secs(10)
+}
+fn default_stationary_max_duration() -> Dur {
+    Dur::secs(3600)
+}
+fn default_ignore_after() -> Dur {
+    Dur::secs(300)
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
@@ -381,6 +457,7 @@ impl Default for TracksConfig {
             min_score: default_min_score(),
             update_interval: default_update(),
             classes: BTreeMap::new(),
+            stationary: StationaryConfig::default(),
         }
     }
 }
@@ -445,6 +522,12 @@ impl TracksConfig {
                     .map(|(k, m)| (format!("classes.{class}.{k}"), m)),
             );
         }
+        errs.extend(
+            self.stationary
+                .check()
+                .into_iter()
+                .map(|(k, m)| (format!("stationary.{k}"), m)),
+        );
         for (key, f) in forgets {
             if f.get() < Duration::from_millis(500) {
                 errs.push((key, format!("must be at least 500ms, got {f:?}")));
@@ -526,5 +609,42 @@ mod tests {
             ["classes.cat", "forget_after", "classes.cat.forget_after"]
         );
         assert!(toml::from_str::<TracksConfig>("[classes.fire]\nconfirm = 1").is_err());
+    }
+
+    #[test]
+    fn bad_stationary_settings_are_named() {
+        for (toml, errors) in [
+            ("[stationary]\nenabled = true\n", vec![]),
+            (
+                "[stationary]\ncheck_interval = \"200ms\"\n",
+                vec![(
+                    "stationary.check_interval",
+                    "must be at least 1s, got 200ms",
+                )],
+            ),
+            (
+                "[stationary]\ncheck_interval = \"30s\"\nmax_duration = \"10s\"\n",
+                vec![(
+                    "stationary.max_duration",
+                    "must be at least check_interval (30s), got 10s",
+                )],
+            ),
+            (
+                "[stationary]\nignore_after = \"1s\"\n",
+                vec![(
+                    "stationary.ignore_after",
+                    "must be at least check_interval (10s), got 1s",
+                )],
+            ),
+        ] {
+            let c: TracksConfig = toml::from_str(toml).unwrap();
+            let got: Vec<(String, String)> = c.check(&[]);
+            let want: Vec<(String, String)> = errors
+                .iter()
+                .map(|(k, m)| (k.to_string(), m.to_string()))
+                .collect();
+            assert_eq!(got, want, "{toml}");
+        }
+        assert!(toml::from_str::<TracksConfig>("[stationary]\ninterval = \"1s\"").is_err());
     }
 }

@@ -17,9 +17,11 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use super::filter::{judge, Filter};
+use super::stationary::StationaryRules;
 use super::track::{BBox, Change, ClassRules, Frame, Sighting, Track, Tracker};
 use super::zones::Scene;
 use super::TracksConfig;
+use crate::escalate::verify::{Look, VerifyRequest};
 use crate::telemetry::metrics::{self, metrics};
 use crate::wire::detections::DetectionsIn;
 
@@ -45,6 +47,10 @@ pub enum EndReason {
     Forgotten,
     /// The agent stopped while the track was alive.
     AgentStopped,
+    /// A verification frame no longer found the object (see `stationary`).
+    NotFound,
+    /// Stationary for `stationary.max_duration`.
+    MaxDuration,
 }
 
 /// An incident's clip, as its events name it.
@@ -119,6 +125,12 @@ pub struct IncidentEvent {
     /// only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub entered_zones: Option<Vec<String>>,
+    /// True while the object stands still (present only then).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub stationary: bool,
+    /// Since when it stands still (capture time, ms since the Unix epoch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stationary_since_ms: Option<u64>,
 }
 
 type Rules = Box<dyn Fn(&str) -> Option<ClassRules> + Send>;
@@ -153,14 +165,16 @@ pub struct Incidents {
 /// A camera's state before its first detections.
 fn new_camera(cfg: &TracksConfig, classes: &[String], scene: Option<&Scene>) -> Camera {
     let scene = scene.cloned().unwrap_or_default();
+    let stationary = StationaryRules::of(&cfg.stationary);
     let (cfg, classes, objects) = (cfg.clone(), classes.to_vec(), scene.objects.clone());
+    let rules: Rules = Box::new(move |c: &str| {
+        classes
+            .iter()
+            .any(|k| k == c)
+            .then(|| cfg.rules_on(c, objects.get(c)))
+    });
     Camera {
-        tracker: Tracker::new(Box::new(move |c: &str| {
-            classes
-                .iter()
-                .any(|k| k == c)
-                .then(|| cfg.rules_on(c, objects.get(c)))
-        })),
+        tracker: Tracker::new(rules).with_stationary(stationary),
         scene,
         warned_outside: false,
         frame: (0, 0),
@@ -291,7 +305,15 @@ impl Incidents {
             sightings,
         };
         let refused = cam.tracker.refused;
-        let changes = cam.tracker.observe(&frame);
+        let changes = match Look::of_event(&d.event_id) {
+            Some(Look::Baseline) => cam.tracker.observe_background(&frame),
+            Some(Look::Tracks(ids)) => {
+                let mut changes = cam.tracker.observe(&frame);
+                changes.extend(cam.tracker.verified(captured, &ids));
+                changes
+            }
+            None => cam.tracker.observe(&frame),
+        };
         let more = cam.tracker.refused - refused;
         if more > 0 {
             metrics()
@@ -324,10 +346,17 @@ impl Incidents {
             let clock = cam
                 .looked_until
                 .max(now.checked_sub(allowance).unwrap_or(SystemTime::UNIX_EPOCH));
-            let ended = cam.tracker.expire(clock);
+            let mut ended = cam.tracker.settle(clock);
+            ended.extend(cam.tracker.expire(clock));
+            standing_metrics(&id, &cam.tracker);
             let mut due = Vec::new();
             if !every.is_zero() {
-                for t in cam.tracker.live() {
+                // Objects standing past `ignore_after` go quiet: no periodic updates.
+                for t in cam
+                    .tracker
+                    .live()
+                    .filter(|t| !cam.tracker.ignored(t, clock))
+                {
                     let fresh = cam.told.get(&t.id).is_none_or(|(at, frames)| {
                         now.duration_since(*at).unwrap_or_default() >= every && t.frames > *frames
                     });
@@ -342,6 +371,50 @@ impl Incidents {
             }
         }
         out
+    }
+
+    /// The verification frames due at `now` (wall clock), one per camera with tracks to
+    /// look for, at most one per track per `stationary.check_interval`.
+    pub fn checks(&mut self, now: SystemTime) -> Vec<VerifyRequest> {
+        let mut out = Vec::new();
+        for (id, cam) in self.cameras.iter_mut() {
+            let due = cam.tracker.checks_due(now);
+            if due.is_empty() {
+                continue;
+            }
+            let boxes = due
+                .iter()
+                .map(|(_, b)| {
+                    let n = normalised(b, cam.frame);
+                    [n.x, n.y, n.w, n.h]
+                })
+                .collect();
+            out.push(VerifyRequest {
+                camera: id.clone(),
+                look: Look::Tracks(due.into_iter().map(|(id, _)| id).collect()),
+                boxes,
+                min_gap: self.cfg.stationary.check_interval.get(),
+            });
+        }
+        out
+    }
+
+    /// At start, with `stationary` on: one whole frame of each camera with zones or
+    /// object rules configured (every camera the agent runs), to learn what is already
+    /// there.
+    pub fn baselines(&self) -> Vec<VerifyRequest> {
+        if !self.cfg.stationary.enabled {
+            return Vec::new();
+        }
+        self.scenes
+            .keys()
+            .map(|camera| VerifyRequest {
+                camera: camera.clone(),
+                look: Look::Baseline,
+                boxes: Vec::new(),
+                min_gap: Duration::ZERO,
+            })
+            .collect()
     }
 
     /// Ends every live incident (the agent stops).
@@ -384,9 +457,17 @@ impl Incidents {
             .into_iter()
             .map(|c| match c {
                 Change::Started(t) => self.event(camera, &t, State::Start, now, None),
-                Change::Zones(t) => self.event(camera, &t, State::Update, now, None),
+                Change::Zones(t) | Change::Stationary(t) => {
+                    self.event(camera, &t, State::Update, now, None)
+                }
                 Change::Ended(t) => {
                     self.event(camera, &t, State::End, now, Some(EndReason::Forgotten))
+                }
+                Change::NotFound(t) => {
+                    self.event(camera, &t, State::End, now, Some(EndReason::NotFound))
+                }
+                Change::MaxDuration(t) => {
+                    self.event(camera, &t, State::End, now, Some(EndReason::MaxDuration))
                 }
             })
             .collect()
@@ -436,7 +517,28 @@ impl Incidents {
             end_reason,
             zones: zoned.then(|| t.zones.clone()),
             entered_zones: zoned.then(|| t.entered.clone()),
+            stationary: t.stationary_since.is_some(),
+            stationary_since_ms: t.stationary_since.map(ms),
         }
+    }
+}
+
+/// Tracks standing still, background objects and tracks held back (seen often enough
+/// but below `threshold` or outside their required zones), per camera.
+fn standing_metrics(camera: &str, tracker: &Tracker<Rules>) {
+    let (stationary, background) = tracker.standing();
+    let m = metrics();
+    for (what, n) in [
+        ("stationary", stationary),
+        ("background", background),
+        ("held_back", tracker.held_back().count()),
+    ] {
+        m.tracks
+            .get_or_create(&vec![
+                ("camera", camera.to_string()),
+                ("state", what.to_string()),
+            ])
+            .set(n as i64);
     }
 }
 
@@ -450,6 +552,7 @@ mod tests {
         DetectionsIn {
             seq,
             captured_ms,
+            event_id: String::new(),
             snapshot: Some(format!("gate-{captured_ms}-{seq}")),
             detections: DetectionsBody {
                 width: 640,
@@ -756,5 +859,74 @@ max_ratio = 3.0
         }
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].state, State::Start);
+    }
+
+    #[test]
+    fn a_stopped_object_is_verified_reported_stationary_and_ends_when_not_found() {
+        let cfg = TracksConfig {
+            forget_after: Dur::secs(6),
+            stationary: crate::results::config::StationaryConfig {
+                enabled: true,
+                check_interval: Dur::secs(10),
+                ..Default::default()
+            },
+            ..TracksConfig::default()
+        };
+        let mut inc = Incidents::new("dev", cfg, vec!["fire".into()]);
+        let mut out = Vec::new();
+        // It comes in and stops at x = 120; motion ends, no frame comes for 3 s.
+        for (i, x) in [(0u64, 80.0), (1, 100.0), (2, 120.0)] {
+            out.extend(inc.detections(
+                "gate",
+                &det(i, T0 + i * 200, &[("fire", 0.9, x)]),
+                at(i * 200),
+            ));
+        }
+        out.extend(inc.tick(at(3_000)));
+        assert!(inc.checks(at(3_000)).is_empty(), "unseen for 2.6 s only");
+        let asked = inc.checks(at(3_400));
+        assert_eq!(asked.len(), 1);
+        assert_eq!(asked[0].look, Look::Tracks(vec![1]));
+        // Its last box, in fractions of the 640 x 360 frame, for crops.
+        let b = asked[0].boxes[0];
+        assert!((b[0] - 120.0 / 640.0).abs() < 1e-6 && (b[2] - 50.0 / 640.0).abs() < 1e-6);
+        // The verification frame finds it where it stood: stationary since it stopped.
+        let mut found = det(3, T0 + 3_500, &[("fire", 0.9, 121.0)]);
+        found.event_id = asked[0].look.event_id();
+        out.extend(inc.detections("gate", &found, at(3_600)));
+        out.extend(inc.tick(at(3_700)));
+        // Long past forget_after: still one live incident, asked for every 10 s.
+        out.extend(inc.tick(at(12_000)));
+        assert_eq!(inc.live("gate"), 1);
+        assert!(
+            inc.checks(at(13_000)).is_empty(),
+            "10 s after the last check only"
+        );
+        let again = inc.checks(at(13_500));
+        assert_eq!(again.len(), 1);
+        let mut gone = det(4, T0 + 13_600, &[]);
+        gone.event_id = again[0].look.event_id();
+        out.extend(inc.detections("gate", &gone, at(13_700)));
+        let seen: Vec<(State, bool, Option<u64>, Option<EndReason>)> = out
+            .iter()
+            .map(|e| (e.state, e.stationary, e.stationary_since_ms, e.end_reason))
+            .collect();
+        let since = Some(T0 + 400);
+        assert_eq!(
+            seen,
+            [
+                (State::Start, false, None, None),
+                (State::Update, true, since, None),
+                (State::End, true, since, Some(EndReason::NotFound)),
+            ]
+        );
+        assert_eq!(
+            out[2].last_seen_ms,
+            T0 + 3_500,
+            "the last frame that found it"
+        );
+        for e in &out {
+            crate::wire::schema::check("event.v2.json", &serde_json::to_value(e).unwrap());
+        }
     }
 }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod filter;
 pub mod geometry;
 pub mod incidents;
+pub mod stationary;
 pub mod track;
 pub mod zones;
 
@@ -20,6 +21,7 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::escalate::verify::VerifyRequest;
 use crate::wire::detections::DetectionsIn;
 pub use config::{ClipsConfig, EventsConfig, TracksConfig};
 use incidents::{IncidentEvent, Incidents};
@@ -77,20 +79,34 @@ enum Out {
     Clip(FinishedClip),
 }
 
+/// Where the results loop's output goes: incident events (and clip notices) out, the
+/// page's recent incidents, the cameras' clip recorders, and requests for
+/// verification frames for stationary objects (the cameras' loops answer).
+pub struct Outlets {
+    pub events: Arc<Events>,
+    pub recent: Arc<RecentIncidents>,
+    pub clips: Option<ClipFeed>,
+    pub checks: tokio::sync::mpsc::Sender<VerifyRequest>,
+}
+
 /// Reads results until `stop`, then ends the live incidents and waits (bounded) for
 /// their messages to leave. `stop` comes after the workers stopped, so the answers to
 /// the last frames still count. Every incident event is also kept in `recent`. With
 /// `clips`, incidents drive the cameras' recorders and their events name their clips.
 pub async fn run(
     transport: Arc<AgentTransport>,
-    events_out: Arc<Events>,
     device: String,
     events: EventsConfig,
     scenes: BTreeMap<String, zones::Scene>,
-    recent: Arc<RecentIncidents>,
-    clips: Option<ClipFeed>,
+    outlets: Outlets,
     stop: CancellationToken,
 ) {
+    let Outlets {
+        events: events_out,
+        recent,
+        clips,
+        checks,
+    } = outlets;
     let mut results = match transport.results() {
         Ok(r) => r,
         Err(e) => {
@@ -118,6 +134,7 @@ pub async fn run(
         recent.record(&events);
         publish(&events_out, events);
     };
+    ask(&checks, incidents.baselines());
     serve(
         &mut results,
         &mut incidents,
@@ -125,6 +142,7 @@ pub async fn run(
         &stop,
         DRAIN,
         &mut out,
+        |due| ask(&checks, due),
     )
     .await;
     // The cameras stopped before the results: their recorders end their clips now,
@@ -176,6 +194,7 @@ async fn serve(
     stop: &CancellationToken,
     drain_for: Duration,
     mut out: impl FnMut(Out),
+    mut checks: impl FnMut(Vec<VerifyRequest>),
 ) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -189,7 +208,11 @@ async fn serve(
                 None => return,
             },
             Some(c) = next_clip(&mut finished) => out(Out::Clip(c)),
-            _ = tick.tick() => out(Out::Events(incidents.tick(SystemTime::now()))),
+            _ = tick.tick() => {
+                let now = SystemTime::now();
+                out(Out::Events(incidents.tick(now)));
+                checks(incidents.checks(now));
+            }
         }
     }
     let until = tokio::time::Instant::now() + drain_for;
@@ -275,6 +298,26 @@ fn handle(incidents: &mut Incidents, r: ResultMessage) -> Vec<IncidentEvent> {
     };
     info!(lifecycle = "detections", camera = %r.camera, seq = d.seq, detections = d.detections.items.len(), "Detections received.");
     incidents.detections(&r.camera, &d, SystemTime::now())
+}
+
+/// Hands verification requests to the cameras. Full policy: a request is dropped and
+/// counted; its tracks are asked for again a check interval later.
+fn ask(checks: &tokio::sync::mpsc::Sender<VerifyRequest>, due: Vec<VerifyRequest>) {
+    for req in due {
+        let camera = req.camera.clone();
+        if checks.try_send(req).is_err() {
+            metrics()
+                .dropped
+                .get_or_create(&metrics::drop_reason(
+                    &camera,
+                    metrics::DropReason::VerifyQueueFull,
+                ))
+                .inc();
+            if metrics::should_log(&format!("verify-full-{camera}"), Duration::from_secs(60)) {
+                warn!(camera = %camera, "Verification request not handed to the camera (queue full or camera gone); asked again later.");
+            }
+        }
+    }
 }
 
 fn rejected(r: &ResultMessage, why: &str) -> Vec<IncidentEvent> {
@@ -417,6 +460,8 @@ mod tests {
             end_reason: None,
             zones: None,
             entered_zones: None,
+            stationary: false,
+            stationary_since_ms: None,
         }
     }
 
@@ -450,7 +495,16 @@ mod tests {
         let (_tx, mut results) = queued(40);
         let stop = CancellationToken::new();
         stop.cancel();
-        serve(&mut results, &mut incidents(), None, &stop, DRAIN, |_| {}).await;
+        serve(
+            &mut results,
+            &mut incidents(),
+            None,
+            &stop,
+            DRAIN,
+            |_| {},
+            |_| {},
+        )
+        .await;
         assert!(results.try_next().is_none(), "a queued result was left");
     }
 
@@ -466,6 +520,7 @@ mod tests {
             None,
             &stop,
             Duration::ZERO,
+            |_| {},
             |_| {},
         )
         .await;

@@ -117,6 +117,18 @@ pub struct Track {
     /// The latest sightings (capture time, box), oldest first: frames answered out of
     /// order are compared with the sighting nearest in time.
     history: std::collections::VecDeque<(SystemTime, BBox)>,
+    /// Where it stands: the box it has stayed near (see `stationary::STILL`) since
+    /// `still_since`.
+    pub(super) anchor: BBox,
+    pub still_since: SystemTime,
+    /// Set while a confirmed track stands still (see `stationary`).
+    pub stationary_since: Option<SystemTime>,
+    /// Background: an object that stood still past `ignore_after` after its incident
+    /// ended, or was there when the agent started. It starts nothing and sends nothing;
+    /// motion near it finds it again here instead of starting a new track.
+    pub background: bool,
+    /// When a verification frame was last asked for it (wall clock).
+    pub(super) checked_at: Option<SystemTime>,
 }
 
 /// Sightings kept per track for out-of-order frames.
@@ -186,7 +198,11 @@ impl Track {
             } else {
                 let (px, py) = p.centre();
                 let (bx, by) = b.centre();
-                let reach = p.diagonal().max(b.diagonal()) * (1.0 + 2.0 * gap.abs());
+                // An object standing still is looked for where it stands: frames
+                // seconds apart (verification) must not pair it with another object.
+                let standing = self.stationary_since.is_some() || self.background;
+                let grow = if standing { 0.0 } else { 2.0 * gap.abs() };
+                let reach = p.diagonal().max(b.diagonal()) * (1.0 + grow);
                 let d = (px - bx).hypot(py - by);
                 (reach > 0.0 && d <= reach).then(|| 1.0 - d / reach)
             };
@@ -197,8 +213,9 @@ impl Track {
         best
     }
 
-    /// Adds a sighting; true when the zones it stands in changed.
-    fn absorb(&mut self, f: &Frame, s: &Sighting) -> bool {
+    /// Adds a sighting; (the zones it stands in changed, it left the place where it
+    /// stood still).
+    fn absorb(&mut self, f: &Frame, s: &Sighting) -> (bool, bool) {
         self.frames += 1;
         self.scores.push_back(s.score);
         if self.scores.len() > SCORES {
@@ -219,17 +236,22 @@ impl Track {
             }
         }
         self.velocity = velocity(&self.history);
-        let mut moved = false;
+        let (mut moved, mut stirred) = (false, false);
         if f.captured >= self.last_seen {
             self.bbox = s.bbox;
             self.last_seen = f.captured;
             moved = self.zones != s.zones;
             self.zones = s.zones.clone();
+            if !super::stationary::stands(&self.anchor, &s.bbox) {
+                self.anchor = s.bbox;
+                self.still_since = f.captured;
+                stirred = self.stationary_since.take().is_some();
+            }
         }
         if f.captured < self.first_seen {
             self.first_seen = f.captured;
         }
-        moved
+        (moved, stirred)
     }
 }
 
@@ -268,15 +290,23 @@ pub enum Change {
     Started(Track),
     /// A confirmed track entered or left a zone.
     Zones(Track),
+    /// A confirmed track stopped (`stationary_since` set) or moved on (unset).
+    Stationary(Track),
     /// Ended: not seen for its class's `forget_after`, or the tracker finished.
     Ended(Track),
+    /// Ended: a verification frame no longer found it.
+    NotFound(Track),
+    /// Ended: stationary for `stationary.max_duration`.
+    MaxDuration(Track),
 }
 
 /// One camera's tracks.
 pub struct Tracker<R: Fn(&str) -> Option<ClassRules>> {
     /// The rules of a class; None: the class is not tracked.
-    rules: R,
-    tracks: Vec<Track>,
+    pub(super) rules: R,
+    pub(super) tracks: Vec<Track>,
+    /// How objects that stop are handled; None: they are forgotten like any other.
+    pub(super) stationary: Option<super::stationary::StationaryRules>,
     next_id: u64,
     /// Sightings that would have started a track past [`MAX_TRACKS`].
     pub refused: u64,
@@ -287,6 +317,7 @@ impl<R: Fn(&str) -> Option<ClassRules>> Tracker<R> {
         Self {
             rules,
             tracks: Vec::new(),
+            stationary: None,
             next_id: 1,
             refused: 0,
         }
@@ -295,6 +326,11 @@ impl<R: Fn(&str) -> Option<ClassRules>> Tracker<R> {
     /// Associates one frame's sightings with the tracks; returns the tracks confirmed
     /// by it.
     pub fn observe(&mut self, f: &Frame) -> Vec<Change> {
+        self.observe_as(f, false)
+    }
+
+    /// [`Tracker::observe`]; with `background`, new tracks are background ones.
+    pub(super) fn observe_as(&mut self, f: &Frame, background: bool) -> Vec<Change> {
         let mut high = Vec::new();
         let mut low = Vec::new();
         for (i, s) in f.sightings.iter().enumerate() {
@@ -312,7 +348,7 @@ impl<R: Fn(&str) -> Option<ClassRules>> Tracker<R> {
             }
         }
         let mut taken = vec![false; self.tracks.len()];
-        let mut moved = vec![false; self.tracks.len()];
+        let mut moved = vec![(false, false); self.tracks.len()];
         let left = self.associate(f, &high, &mut taken, &mut moved);
         self.associate(f, &low, &mut taken, &mut moved);
         for i in left {
@@ -322,7 +358,7 @@ impl<R: Fn(&str) -> Option<ClassRules>> Tracker<R> {
             }
             let s = &f.sightings[i];
             taken.push(true);
-            moved.push(false);
+            moved.push((false, false));
             self.tracks.push(Track {
                 id: self.next_id,
                 class: s.class.clone(),
@@ -338,17 +374,28 @@ impl<R: Fn(&str) -> Option<ClassRules>> Tracker<R> {
                 scores: [s.score].into(),
                 velocity: (0.0, 0.0),
                 history: [(f.captured, s.bbox)].into(),
+                anchor: s.bbox,
+                still_since: f.captured,
+                stationary_since: None,
+                background,
+                checked_at: None,
             });
             self.next_id += 1;
         }
         let mut out = Vec::new();
-        for ((t, seen), moved) in self.tracks.iter_mut().zip(taken).zip(moved) {
+        for ((t, seen), (moved, stirred)) in self.tracks.iter_mut().zip(taken).zip(moved) {
             let Some(r) = (self.rules)(&t.class) else {
                 continue;
             };
+            if t.background {
+                continue;
+            }
             if t.confirmed {
                 if moved {
                     out.push(Change::Zones(t.clone()));
+                }
+                if stirred {
+                    out.push(Change::Stationary(t.clone()));
                 }
             } else if seen
                 && t.frames >= r.confirm_frames
@@ -370,7 +417,7 @@ impl<R: Fn(&str) -> Option<ClassRules>> Tracker<R> {
         f: &Frame,
         which: &[usize],
         taken: &mut [bool],
-        moved: &mut [bool],
+        moved: &mut [(bool, bool)],
     ) -> Vec<usize> {
         let mut pairs: Vec<(f32, usize, usize)> = Vec::new();
         for &i in which {
@@ -405,7 +452,9 @@ impl<R: Fn(&str) -> Option<ClassRules>> Tracker<R> {
     /// `required_zones`: seen `confirm_frames` times, still held back.
     pub fn held_back(&self) -> impl Iterator<Item = &Track> {
         self.tracks.iter().filter(|t| {
-            !t.confirmed && (self.rules)(&t.class).is_some_and(|r| t.frames >= r.confirm_frames)
+            !t.confirmed
+                && !t.background
+                && (self.rules)(&t.class).is_some_and(|r| t.frames >= r.confirm_frames)
         })
     }
 
@@ -413,12 +462,16 @@ impl<R: Fn(&str) -> Option<ClassRules>> Tracker<R> {
     /// (and drops unconfirmed ones silently). `now` is the time the camera has been
     /// looked at until: the caller's choice (see `incidents`).
     pub fn expire(&mut self, now: SystemTime) -> Vec<Change> {
-        let rules = &self.rules;
+        let (rules, stationary) = (&self.rules, &self.stationary);
         let mut out = Vec::new();
         self.tracks.retain(|t| {
-            let forget = rules(&t.class).map_or(Duration::ZERO, |r| r.forget_after);
+            let mut forget = rules(&t.class).map_or(Duration::ZERO, |r| r.forget_after);
+            if let Some(s) = stationary {
+                // Looked for before it may end (see `stationary`).
+                forget = s.keep_unseen(t, forget);
+            }
             let gone = now.duration_since(t.last_seen).unwrap_or_default() >= forget;
-            if gone && t.confirmed {
+            if gone && t.confirmed && !t.background {
                 out.push(Change::Ended(t.clone()));
             }
             !gone
@@ -430,14 +483,14 @@ impl<R: Fn(&str) -> Option<ClassRules>> Tracker<R> {
     pub fn finish(&mut self) -> Vec<Change> {
         std::mem::take(&mut self.tracks)
             .into_iter()
-            .filter(|t| t.confirmed)
+            .filter(|t| t.confirmed && !t.background)
             .map(Change::Ended)
             .collect()
     }
 
     /// Confirmed tracks alive now.
     pub fn live(&self) -> impl Iterator<Item = &Track> {
-        self.tracks.iter().filter(|t| t.confirmed)
+        self.tracks.iter().filter(|t| t.confirmed && !t.background)
     }
 }
 
@@ -490,7 +543,8 @@ mod tests {
             .map(|c| match c {
                 Change::Started(t) => ("start", t.id),
                 Change::Zones(t) => ("zones", t.id),
-                Change::Ended(t) => ("end", t.id),
+                Change::Stationary(t) => ("stationary", t.id),
+                Change::Ended(t) | Change::NotFound(t) | Change::MaxDuration(t) => ("end", t.id),
             })
             .collect()
     }

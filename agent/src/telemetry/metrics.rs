@@ -42,6 +42,13 @@ pub struct Metrics {
     pub motion_events: Family<Labels, Counter>,
     /// Frames escalated to the detector.
     pub escalations: Family<Labels, Counter>,
+    /// Verification frames sent without motion to look again for stationary objects
+    /// (also counted in `escalations`), by camera.
+    pub verifications: Family<Labels, Counter>,
+    /// Tracks by camera and state: stationary (standing still, verified), background
+    /// (known objects that start nothing), held_back (seen often enough but below
+    /// `threshold` or outside their required zones).
+    pub tracks: Family<Labels, Gauge>,
     /// Messages published by kind (frames, detections, events, motion, status).
     pub published: Family<Labels, Counter>,
     /// Incident messages by camera, class and state (start, update, end).
@@ -115,6 +122,8 @@ impl Metrics {
             decoder_fallbacks: Family::default(),
             motion_events: Family::default(),
             escalations: Family::default(),
+            verifications: Family::default(),
+            tracks: Family::default(),
             published: Family::default(),
             incidents: Family::default(),
             filtered: Family::default(),
@@ -215,6 +224,16 @@ impl Metrics {
             "uplink_sent",
             "Events the central broker confirmed",
             m.uplink_sent.clone(),
+        );
+        registry.register(
+            "verifications",
+            "Verification frames sent without motion to look again for stationary objects",
+            m.verifications.clone(),
+        );
+        registry.register(
+            "tracks",
+            "Tracks by camera and state (stationary, background, held_back)",
+            m.tracks.clone(),
         );
         registry.register(
             "published",
@@ -486,6 +505,8 @@ pub enum DropReason {
     Stopped,
     /// A camera's tracker was at its track limit.
     TracksFull,
+    /// A verification request for stationary objects found the cameras' queue full.
+    VerifyQueueFull,
     // The worker pool: a worker lost.
     /// A worker crashed.
     Crash,
@@ -537,6 +558,7 @@ impl DropReason {
             DropReason::WorkerInboxFull => "worker_inbox_full",
             DropReason::Stopped => "stopped",
             DropReason::TracksFull => "tracks_full",
+            DropReason::VerifyQueueFull => "verify_queue_full",
             DropReason::Crash => "crash",
             DropReason::StartFailure => "start_failure",
             DropReason::ReadyTimeout => "ready_timeout",

@@ -262,7 +262,10 @@ async fn forward(up: Arc<Uplink>, cancel: CancellationToken) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let window = window(&up);
     loop {
-        if inflight.len() < window {
+        // Only while connected: an event handed to a link that is down would wait in the
+        // link's own outbox, where a spool eviction cannot reach it (and would count it
+        // evicted, then deliver it all the same).
+        if inflight.len() < window && up.transport.is_connected() {
             match up.spool.read_after(cursor, window - inflight.len()) {
                 Ok(records) => {
                     for r in records {

@@ -18,6 +18,10 @@ pub struct FrameMeta {
     pub seq: u64,
     /// Capture time, milliseconds since the Unix epoch.
     pub captured_ms: u64,
+    /// The frame's event id (its motion event, or a verification frame's: see
+    /// `escalate::verify`), so whoever reads the detections knows why it was sent.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub event_id: String,
 }
 
 /// One detected object, box in frame pixels (top-left corner and size).
@@ -135,6 +139,8 @@ pub struct Latency {
 pub struct DetectionsIn {
     pub seq: u64,
     pub captured_ms: u64,
+    #[serde(default)]
+    pub event_id: String,
     #[serde(default)]
     pub snapshot: Option<String>,
     pub detections: DetectionsBody,

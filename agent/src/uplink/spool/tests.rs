@@ -251,7 +251,7 @@ fn spool_writer_child_process() {
         use std::io::Write;
         writeln!(out, "committed {i}").unwrap();
         out.flush().unwrap();
-        if i % 7 == 0 && s.depth().messages > 1 {
+        if i.is_multiple_of(7) && s.depth().messages > 1 {
             if let Some(first) = s.read_after(None, 1).unwrap().first() {
                 s.remove(&[first.seq]).unwrap();
             }

@@ -103,7 +103,7 @@ pub(super) fn leaves(_: usize, f: &mut [u8], rng: &mut u64) {
     let s = (next(rng) % 5) as usize;
     for (y, row) in f.chunks_exact_mut(W).take(70).enumerate() {
         for (x, v) in row[..140].iter_mut().enumerate() {
-            *v = if (x + s + y / 3) / 5 % 2 == 0 {
+            *v = if ((x + s + y / 3) / 5).is_multiple_of(2) {
                 60
             } else {
                 150
@@ -135,7 +135,7 @@ pub(super) fn wind(i: usize, f: &mut [u8], rng: &mut u64) {
                 // A fixed pattern of leaf clusters, moved with the branches.
                 let (lx, ly) = ((x as i64 + dx + 64) / 3, (y as i64 + dy + 64) / 3);
                 let h = (lx.wrapping_mul(73_856_093) ^ ly.wrapping_mul(19_349_663)) as u64;
-                *v = if (h >> 7) % 2 == 0 { 60 } else { 150 };
+                *v = if (h >> 7).is_multiple_of(2) { 60 } else { 150 };
             }
         }
     }
