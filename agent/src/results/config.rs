@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::track::ClassRules;
+use super::track::{ClassRules, StationaryRules};
 use crate::infer::SnapshotConfig;
 use crate::values::{ByteSize, Dur, Fraction, IntIn};
 
@@ -353,6 +353,17 @@ impl StationaryConfig {
             }
         }
         errs
+    }
+}
+
+impl StationaryConfig {
+    /// The checked rules; None when the section is off.
+    pub fn rules(&self) -> Option<StationaryRules> {
+        self.enabled.then(|| StationaryRules {
+            check_interval: self.check_interval.get(),
+            max_duration: self.max_duration.get(),
+            ignore_after: self.ignore_after.get(),
+        })
     }
 }
 

@@ -17,7 +17,6 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use super::filter::{judge, Filter};
-use super::stationary::StationaryRules;
 use super::track::{BBox, Change, ClassRules, Frame, Sighting, Track, Tracker};
 use super::zones::Scene;
 use super::TracksConfig;
@@ -165,7 +164,7 @@ pub struct Incidents {
 /// A camera's state before its first detections.
 fn new_camera(cfg: &TracksConfig, classes: &[String], scene: Option<&Scene>) -> Camera {
     let scene = scene.cloned().unwrap_or_default();
-    let stationary = StationaryRules::of(&cfg.stationary);
+    let stationary = cfg.stationary.rules();
     let (cfg, classes, objects) = (cfg.clone(), classes.to_vec(), scene.objects.clone());
     let rules: Rules = Box::new(move |c: &str| {
         classes

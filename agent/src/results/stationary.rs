@@ -13,58 +13,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::config::StationaryConfig;
-use super::track::{BBox, Change, ClassRules, Frame, Track, Tracker};
-
-/// How far a box's centre may wander, as a share of its diagonal, while its object
-/// still counts as standing where it stood (detector jitter, a wreck settling).
-pub const STILL: f32 = 0.2;
-
-/// The settings of [`StationaryConfig`], checked.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct StationaryRules {
-    pub check_interval: Duration,
-    pub max_duration: Duration,
-    pub ignore_after: Duration,
-}
-
-impl StationaryRules {
-    /// None when the section is off.
-    pub fn of(cfg: &StationaryConfig) -> Option<Self> {
-        cfg.enabled.then(|| Self {
-            check_interval: cfg.check_interval.get(),
-            max_duration: cfg.max_duration.get(),
-            ignore_after: cfg.ignore_after.get(),
-        })
-    }
-
-    /// How long a track may go unseen before it is looked for, and how long it must
-    /// have stood in one place to be stationary: `check_interval`, but no more than half
-    /// of its class's `forget_after`, so it is looked for before it would be forgotten.
-    pub fn settle(&self, forget_after: Duration) -> Duration {
-        self.check_interval.min(forget_after / 2)
-    }
-
-    /// How long `t` may go unseen before it ends (`forget_after` for a class): a track
-    /// that is being looked for waits for the answer, up to three check intervals (a
-    /// camera that cannot send the frame, a worker starting from zero).
-    pub fn keep_unseen(&self, t: &Track, forget_after: Duration) -> Duration {
-        if t.background || t.stationary_since.is_some() || t.checked_at.is_some() {
-            forget_after.max(self.check_interval * 3)
-        } else {
-            forget_after
-        }
-    }
-}
-
-/// True when box `b` is where `anchor` stood (centres within [`STILL`] of the larger
-/// diagonal).
-pub fn stands(anchor: &BBox, b: &BBox) -> bool {
-    let (ax, ay) = (anchor.x + anchor.w / 2.0, anchor.y + anchor.h / 2.0);
-    let (bx, by) = (b.x + b.w / 2.0, b.y + b.h / 2.0);
-    let reach = anchor.w.hypot(anchor.h).max(b.w.hypot(b.h)) * STILL;
-    (ax - bx).hypot(ay - by) <= reach
-}
+use super::track::{BBox, Change, ClassRules, Frame, StationaryRules, Track, Tracker};
 
 fn since(now: SystemTime, then: SystemTime) -> Duration {
     now.duration_since(then).unwrap_or_default()
@@ -194,6 +143,7 @@ impl<R: Fn(&str) -> Option<ClassRules>> Tracker<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::results::track::stands;
     use crate::results::track::Sighting;
 
     const RULES: ClassRules = ClassRules {

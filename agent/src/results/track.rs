@@ -242,7 +242,7 @@ impl Track {
             self.last_seen = f.captured;
             moved = self.zones != s.zones;
             self.zones = s.zones.clone();
-            if !super::stationary::stands(&self.anchor, &s.bbox) {
+            if !stands(&self.anchor, &s.bbox) {
                 self.anchor = s.bbox;
                 self.still_since = f.captured;
                 stirred = self.stationary_since.take().is_some();
@@ -306,7 +306,7 @@ pub struct Tracker<R: Fn(&str) -> Option<ClassRules>> {
     pub(super) rules: R,
     pub(super) tracks: Vec<Track>,
     /// How objects that stop are handled; None: they are forgotten like any other.
-    pub(super) stationary: Option<super::stationary::StationaryRules>,
+    pub(super) stationary: Option<StationaryRules>,
     next_id: u64,
     /// Sightings that would have started a track past [`MAX_TRACKS`].
     pub refused: u64,
@@ -492,6 +492,48 @@ impl<R: Fn(&str) -> Option<ClassRules>> Tracker<R> {
     pub fn live(&self) -> impl Iterator<Item = &Track> {
         self.tracks.iter().filter(|t| t.confirmed && !t.background)
     }
+}
+
+/// How far a box's centre may wander, as a share of its diagonal, while its object
+/// still counts as standing where it stood (detector jitter, a wreck settling).
+pub const STILL: f32 = 0.2;
+
+/// The stationary-object settings, checked (`StationaryConfig::rules`; see
+/// `results::stationary`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StationaryRules {
+    pub check_interval: Duration,
+    pub max_duration: Duration,
+    pub ignore_after: Duration,
+}
+
+impl StationaryRules {
+    /// How long a track may go unseen before it is looked for, and how long it must
+    /// have stood in one place to be stationary: `check_interval`, but no more than half
+    /// of its class's `forget_after`, so it is looked for before it would be forgotten.
+    pub fn settle(&self, forget_after: Duration) -> Duration {
+        self.check_interval.min(forget_after / 2)
+    }
+
+    /// How long `t` may go unseen before it ends (`forget_after` for a class): a track
+    /// that is being looked for waits for the answer, up to three check intervals (a
+    /// camera that cannot send the frame, a worker starting from zero).
+    pub fn keep_unseen(&self, t: &Track, forget_after: Duration) -> Duration {
+        if t.background || t.stationary_since.is_some() || t.checked_at.is_some() {
+            forget_after.max(self.check_interval * 3)
+        } else {
+            forget_after
+        }
+    }
+}
+
+/// True when box `b` is where `anchor` stood (centres within [`STILL`] of the larger
+/// diagonal).
+pub fn stands(anchor: &BBox, b: &BBox) -> bool {
+    let (ax, ay) = (anchor.x + anchor.w / 2.0, anchor.y + anchor.h / 2.0);
+    let (bx, by) = (b.x + b.w / 2.0, b.y + b.h / 2.0);
+    let reach = anchor.w.hypot(anchor.h).max(b.w.hypot(b.h)) * STILL;
+    (ax - bx).hypot(ay - by) <= reach
 }
 
 #[cfg(test)]
