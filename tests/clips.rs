@@ -38,6 +38,20 @@ pub(crate) struct Played {
     pub(crate) starts_at_key: bool,
 }
 
+/// `desc` ending in an appsink (unsynchronised), and that sink.
+fn to_appsink(desc: &str) -> (gst::Pipeline, gst_app::AppSink) {
+    let p = gst::parse::launch(&format!("{desc} ! appsink name=s sync=false"))
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    let sink = p
+        .by_name("s")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
+    (p, sink)
+}
+
 /// Plays `path` to its end: demux, parse, decode.
 pub(crate) fn play(path: &Path, codec: Codec) -> Played {
     gst::init().unwrap();
@@ -46,18 +60,10 @@ pub(crate) fn play(path: &Path, codec: Codec) -> Played {
         Codec::H265 => ("h265parse", "avdec_h265"),
     };
     let first_key = {
-        let p = gst::parse::launch(&format!(
-            "filesrc location=\"{}\" ! qtdemux ! appsink name=s sync=false",
+        let (p, sink) = to_appsink(&format!(
+            "filesrc location=\"{}\" ! qtdemux",
             path.display()
-        ))
-        .unwrap()
-        .downcast::<gst::Pipeline>()
-        .unwrap();
-        let sink = p
-            .by_name("s")
-            .unwrap()
-            .downcast::<gst_app::AppSink>()
-            .unwrap();
+        ));
         p.set_state(gst::State::Playing).unwrap();
         let s = sink.try_pull_sample(gst::ClockTime::from_seconds(10));
         p.set_state(gst::State::Null).unwrap();
@@ -67,18 +73,10 @@ pub(crate) fn play(path: &Path, codec: Codec) -> Played {
             .flags()
             .contains(gst::BufferFlags::DELTA_UNIT)
     };
-    let p = gst::parse::launch(&format!(
-        "filesrc location=\"{}\" ! qtdemux ! {parse} ! {dec} ! appsink name=s sync=false",
+    let (p, sink) = to_appsink(&format!(
+        "filesrc location=\"{}\" ! qtdemux ! {parse} ! {dec}",
         path.display()
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
-    let sink = p
-        .by_name("s")
-        .unwrap()
-        .downcast::<gst_app::AppSink>()
-        .unwrap();
+    ));
     p.set_state(gst::State::Playing).unwrap();
     let (mut frames, mut first, mut last, mut step) = (0usize, None, None, Duration::ZERO);
     while let Some(s) = sink.try_pull_sample(gst::ClockTime::from_seconds(10)) {
