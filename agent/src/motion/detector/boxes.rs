@@ -98,6 +98,17 @@ pub struct FrameMotion {
 }
 
 impl FrameMotion {
+    /// Forgets the last frame's result, keeping the boxes' buffer.
+    pub(super) fn clear(&mut self) {
+        self.boxes.clear();
+        self.global_change = false;
+        self.reseeded = false;
+        self.changed_fraction = 0.0;
+        self.spread = 0.0;
+        self.shift = (0, 0);
+        self.learning = false;
+    }
+
     /// Motion that counts towards an event.
     pub fn has_motion(&self) -> bool {
         !self.global_change && !self.boxes.is_empty()

@@ -4,57 +4,43 @@
 //! appearing. The per-pixel shadow test is a row kernel (`rows::settle_row`).
 
 use super::rows::count;
-use super::{Detector, FRAC, GAIN_BITS, GRID};
+use super::{Component, Detector, Speckle, FRAC, GAIN_BITS, GRID};
 
 impl Detector {
-    /// Folds this frame's specks into the speckle map (1/8 per 200 ms) and clears them.
-    #[inline(always)]
-    pub(super) fn learn_speckle(&mut self) {
-        if self.speckle == 0.0 {
-            return;
-        }
-        let per_px = 1.0 / (self.block * self.block) as f32;
-        let rate = self.speckle_rate;
-        for (m, now) in self.speckle_map.iter_mut().zip(&mut self.speckle_now) {
-            *m += (*now * per_px - *m) * rate;
-            *now = 0.0;
-        }
-    }
-
     /// The camera's exposure change against the background, in 1/2^GAIN_BITS: the
     /// median of frame / background over a sparse grid of about 1000 pixels (a median,
     /// so that an object covering a third of the view does not move it). Dark pixels
     /// say little and are left out; 1 when too few are left.
     pub(super) fn gain(&mut self, (dx, dy): (isize, isize)) -> u16 {
-        let (w, h, r) = (self.w, self.h, self.shake);
+        let (w, h, r) = (self.w, self.h, self.shake.radius);
         let inner = (w - 2 * r) * (h - 2 * r);
         let step = ((inner as f64 / 1000.0).sqrt() as usize).max(1);
-        self.ratios.clear();
+        self.bg.ratios.clear();
         for y in (r..h - r).step_by(step) {
             let yy = (y as isize + dy) as usize;
             for x in (r..w - r).step_by(step) {
-                let c = self.cur[yy * w + (x as isize + dx) as usize] as u32;
-                let b = self.bg[y * w + x] as u32;
+                let c = self.prep.cur[yy * w + (x as isize + dx) as usize] as u32;
+                let b = self.bg.mean[y * w + x] as u32;
                 if b >= 16 << FRAC {
-                    self.ratios.push((c << (FRAC + GAIN_BITS)) / b);
+                    self.bg.ratios.push((c << (FRAC + GAIN_BITS)) / b);
                 }
             }
         }
-        if self.ratios.len() < 50 {
+        if self.bg.ratios.len() < 50 {
             return 1 << GAIN_BITS;
         }
-        let mid = self.ratios.len() / 2;
-        let (_, &mut g, _) = self.ratios.select_nth_unstable(mid);
+        let mid = self.bg.ratios.len() / 2;
+        let (_, &mut g, _) = self.bg.ratios.select_nth_unstable(mid);
         g.clamp(1 << (GAIN_BITS - 2), (4 << GAIN_BITS) - 1)
             .min(u16::MAX as u32) as u16
     }
 
     pub(super) fn gain_cached(&mut self, shift: (isize, isize)) -> u16 {
-        match self.gain_at {
+        match self.bg.gain_at {
             Some((at, g)) if at == shift => g,
             _ => {
                 let g = self.gain(shift);
-                self.gain_at = Some((shift, g));
+                self.bg.gain_at = Some((shift, g));
                 g
             }
         }
@@ -79,7 +65,7 @@ impl Detector {
         let row_ok = |y: isize| y >= 0 && y < h as isize && y + dy >= 0 && y + dy < h as isize;
         let t2 = (t as f64) * (t as f64);
         let mut cleared = 0;
-        for &y in &self.light_rows {
+        for &y in &self.masks.light_rows {
             let y = y as usize;
             let cy = y * GRID / h;
             let mut cx = 0;
@@ -87,14 +73,14 @@ impl Detector {
             while x < x1 {
                 let i = y * w + x;
                 // Candidates are 3, changed pixels 1: skip words with no 3 in them.
-                if let Some(word) = self.fg.get(i..i + 8).filter(|_| x + 8 <= x1) {
+                if let Some(word) = self.masks.fg.get(i..i + 8).filter(|_| x + 8 <= x1) {
                     let v = u64::from_ne_bytes(word.try_into().unwrap_or([0; 8]));
                     if v & 0x0202_0202_0202_0202 == 0 {
                         x += 8;
                         continue;
                     }
                 }
-                if self.fg[i] != 3 {
+                if self.masks.fg[i] != 3 {
                     x += 1;
                     continue;
                 }
@@ -105,8 +91,8 @@ impl Detector {
                     }
                     let ys = (yy + dy) as usize;
                     for xx in x.saturating_sub(1).max(x0)..(x + 2).min(x1) {
-                        let b = bgv(self.bg[yy as usize * w + xx]);
-                        let c = self.cur[ys * w + (xx as isize + dx) as usize] as i64;
+                        let b = bgv(self.bg.mean[yy as usize * w + xx]);
+                        let c = self.prep.cur[ys * w + (xx as isize + dx) as usize] as i64;
                         n += 1;
                         (sc, sb, scc, sbb, scb) =
                             (sc + c, sb + b, scc + c * c, sbb + b * b, scb + c * b);
@@ -125,19 +111,60 @@ impl Detector {
                         && cov > 0
                         && (cov as f64) * (cov as f64) >= t2 * vc as f64 * vb as f64);
                 if light {
-                    self.fg[i] = 0;
-                    while self.cell_x[cx + 1] <= x {
+                    self.masks.fg[i] = 0;
+                    while self.grid.cell_x[cx + 1] <= x {
                         cx += 1;
                     }
                     cells[cy * GRID + cx] -= 1;
                     cleared += 1;
                 } else {
-                    self.fg[i] = 1;
+                    self.masks.fg[i] = 1;
                 }
                 x += 1;
             }
-            self.fg_rows[y] = count(&self.fg[y * w + x0..y * w + x1]) > 0;
+            self.masks.fg_rows[y] = count(&self.masks.fg[y * w + x0..y * w + x1]) > 0;
         }
         cleared
+    }
+}
+
+impl Speckle {
+    pub(super) fn on(&self) -> bool {
+        self.factor > 0.0
+    }
+
+    /// A blob too small to count, or a flash: counted where its middle is.
+    pub(super) fn note(&mut self, c: &Component) {
+        let block = self.block as u32;
+        let (bx, by) = ((c.x0 + c.x1) / 2 / block, (c.y0 + c.y1) / 2 / block);
+        self.now[by as usize * self.bw + bx as usize] += c.area as f32;
+    }
+
+    /// The share of a blob's area that counts where specks keep appearing.
+    pub(super) fn keep(&self, c: &Component) -> f32 {
+        let (block, bw) = (self.block as u32, self.bw);
+        let (mut sum, mut n) = (0.0f32, 0u32);
+        for by in c.y0 / block..=c.y1 / block {
+            let row = &self.map[by as usize * bw..(by as usize + 1) * bw];
+            sum += row[(c.x0 / block) as usize..=(c.x1 / block) as usize]
+                .iter()
+                .sum::<f32>();
+            n += c.x1 / block - c.x0 / block + 1;
+        }
+        1.0 - (self.factor * sum / n as f32).min(0.9)
+    }
+
+    /// Folds this frame's specks into the map (1/8 per 200 ms) and clears them.
+    #[inline(always)]
+    pub(super) fn learn(&mut self) {
+        if self.factor == 0.0 {
+            return;
+        }
+        let per_px = 1.0 / (self.block * self.block) as f32;
+        let rate = self.rate;
+        for (m, now) in self.map.iter_mut().zip(&mut self.now) {
+            *m += (*now * per_px - *m) * rate;
+            *now = 0.0;
+        }
     }
 }

@@ -52,21 +52,21 @@ impl Detector {
     /// of +-2 px around it (or around no shift) on the gradients of a sparse sample of
     /// full-size pixels refines it, and it must fit better in most parts of the view.
     pub(super) fn estimate_shift(&mut self) -> (isize, isize) {
-        if self.shake == 0 {
+        if self.shake.radius == 0 {
             return (0, 0);
         }
-        let (k, w, h) = (self.coarse, self.w, self.h);
+        let (k, w, h) = (self.shake.coarse, self.w, self.h);
         let (cw, ch) = (w / k, h / k);
-        let r = self.shake.div_ceil(k).min(cw / 4).min(ch / 4);
+        let r = self.shake.radius.div_ceil(k).min(cw / 4).min(ch / 4);
         if r == 0 || cw < 4 || ch < 4 {
             return (0, 0);
         }
-        let mut small = std::mem::take(&mut self.small);
-        let mut sums = std::mem::take(&mut self.sums);
-        let mut g = std::mem::take(&mut self.grad_cur);
-        let mut gb = std::mem::take(&mut self.grad_bg);
+        let mut small = std::mem::take(&mut self.shake.small);
+        let mut sums = std::mem::take(&mut self.shake.sums);
+        let mut g = std::mem::take(&mut self.shake.grad_cur);
+        let mut gb = std::mem::take(&mut self.shake.grad_bg);
         let ri = r as isize;
-        let (cur, bg) = (&self.cur, &self.bg);
+        let (cur, bg) = (&self.prep.cur, &self.bg.mean);
         let n = cw * k;
         let cur_row = |y: usize, acc: &mut [u32]| {
             for (a, &v) in acc.iter_mut().zip(&cur[y * w..y * w + n]) {
@@ -122,13 +122,18 @@ impl Detector {
                 consider(cx + dx, cy + dy, &mut best);
             }
         }
-        (self.small, self.sums, self.grad_cur, self.grad_bg) = (small, sums, g, gb);
+        (
+            self.shake.small,
+            self.shake.sums,
+            self.shake.grad_cur,
+            self.shake.grad_bg,
+        ) = (small, sums, g, gb);
         let (mut bx, mut by) = if 10 * best.0 < 9 * still {
             (best.1 * k as isize, best.2 * k as isize)
         } else {
             (0, 0)
         };
-        let lim = self.shake as isize;
+        let lim = self.shake.radius as isize;
         self.pick_samples();
         let still = self.sample_sad((0, 0));
         let total = |c: &[u64; 16]| c.iter().sum::<u64>();
@@ -186,16 +191,16 @@ impl Detector {
     /// says yes when a quarter of the grid cells show change in 2 % of their samples.
     #[inline(always)]
     pub(super) fn view_may_have_moved(&mut self) -> bool {
-        if self.shake == 0 || self.cells_eligible == 0 {
+        if self.shake.radius == 0 || self.grid.cells_eligible == 0 {
             return false;
         }
         let (w, h) = (self.w, self.h);
-        let gain = if self.exposure {
+        let gain = if self.params.exposure {
             self.gain_cached((0, 0))
         } else {
             1 << GAIN_BITS
         };
-        let (thr, factor) = (self.threshold as u16, self.noise_factor);
+        let (thr, factor) = (self.params.threshold as u16, self.params.noise_factor);
         let step = (h / (GRID * 3)).max(1);
         let mut changed = [0u32; GRID * GRID];
         let mut sampled = [0u32; GRID * GRID];
@@ -203,13 +208,13 @@ impl Detector {
             let cy = y * GRID / h;
             let row = y * w..(y + 1) * w;
             let (bg, cur, dev, act) = (
-                &self.bg[row.clone()],
-                &self.cur[row.clone()],
-                &self.dev[row.clone()],
-                &self.active[row],
+                &self.bg.mean[row.clone()],
+                &self.prep.cur[row.clone()],
+                &self.bg.dev[row.clone()],
+                &self.grid.active[row],
             );
             for cx in 0..GRID {
-                let span = self.cell_x[cx]..self.cell_x[cx + 1];
+                let span = self.grid.cell_x[cx]..self.grid.cell_x[cx + 1];
                 let n: u32 = bg[span.clone()]
                     .iter()
                     .zip(&cur[span.clone()])
@@ -230,25 +235,25 @@ impl Detector {
             .zip(&sampled)
             .filter(|(&c, &s)| s > 0 && c > 0 && 50 * c >= s)
             .count() as u32;
-        4 * on >= self.cells_eligible
+        4 * on >= self.grid.cells_eligible
     }
 
     /// Picks a sparse grid of about 500 pixels inside the shake margin and keeps, for
     /// each, its index, the background's gradient there and its cell of a 4x4 grid.
     pub(super) fn pick_samples(&mut self) {
-        let (w, h, r) = (self.w, self.h, self.shake);
+        let (w, h, r) = (self.w, self.h, self.shake.radius);
         let (iw, ih) = (w - 2 * r - 1, h - 2 * r - 1);
         let step = (((iw * ih) as f64 / 500.0).sqrt() as usize).max(1);
-        let bg = &self.bg;
+        let bg = &self.bg.mean;
         let bgv = |i: usize| (bg[i] + (1 << (FRAC - 1))) >> FRAC;
-        self.samples.clear();
+        self.shake.samples.clear();
         for y in (r..h - r - 1).step_by(step) {
             let cy = (y - r) * 4 / ih;
             for x in (r..w - r - 1).step_by(step) {
                 let p = y * w + x;
                 let gb = bgv(p + 1).abs_diff(bgv(p)) + bgv(p + w).abs_diff(bgv(p));
                 let cell = (cy * 4 + (x - r) * 4 / iw) as u8;
-                self.samples.push((p as u32, gb, cell));
+                self.shake.samples.push((p as u32, gb, cell));
             }
         }
     }
@@ -256,11 +261,11 @@ impl Detector {
     /// Sums of |gradient of frame(x + dx, y + dy) - gradient of background(x, y)| over
     /// the samples, per cell of a 4x4 grid.
     pub(super) fn sample_sad(&self, (dx, dy): (isize, isize)) -> [u64; 16] {
-        let (w, cur) = (self.w, &self.cur);
+        let (w, cur) = (self.w, &self.prep.cur);
         let off = dy * w as isize + dx;
         let c = |i: usize| cur[i] as u16;
         let mut sad = [0u64; 16];
-        for &(p, gb, cell) in &self.samples {
+        for &(p, gb, cell) in &self.shake.samples {
             let q = (p as isize + off) as usize;
             let gc = c(q + 1).abs_diff(c(q)) + c(q + w).abs_diff(c(q));
             sad[cell as usize & 15] += gc.abs_diff(gb) as u64;

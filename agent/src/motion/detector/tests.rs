@@ -629,7 +629,7 @@ fn the_blur_matches_the_3x3_gaussian_with_mirrored_edges() {
         let mut det = Detector::new(&MotionConfig::default(), w as u32, h as u32, FPS);
         det.smooth(&src);
         for y in 0..h {
-            let got = &det.cur[y * w..(y + 1) * w];
+            let got = &det.prep.cur[y * w..(y + 1) * w];
             for (x, &g) in got.iter().enumerate() {
                 let mut s = 0u32;
                 for (dy, ky) in [(-1, 1), (0, 2), (1, 1)] {
@@ -660,16 +660,16 @@ fn the_background_follows_a_constant_frame_without_drift() {
     }
     // (1 - 0.05)^100 leaves 0.6% of the 200 step: about one grey level.
     assert!(
-        det.bg.iter().all(|&b| (b >> FRAC).abs_diff(199) <= 1),
+        det.bg.mean.iter().all(|&b| (b >> FRAC).abs_diff(199) <= 1),
         "{:?}",
-        &det.bg[..4]
+        &det.bg.mean[..4]
     );
     for _ in 0..200 {
         det.process(&f).unwrap();
     }
     assert!(
-        det.bg.iter().all(|&b| b.abs_diff(200 << FRAC) <= 20),
+        det.bg.mean.iter().all(|&b| b.abs_diff(200 << FRAC) <= 20),
         "{:?}",
-        &det.bg[..4]
+        &det.bg.mean[..4]
     );
 }
