@@ -16,10 +16,8 @@
 //! (fire boxes under 2000 px do not count; the square has 1024). The run is shared by
 //! the tests below, each checking one promise.
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use tokio::sync::OnceCell;
 
 use crate::common::agent::{http_get, Agent};
@@ -27,6 +25,7 @@ use crate::common::broker::{mqtt_url, unique};
 use crate::common::models::{run_python, test_model};
 use crate::common::rtsp_server::{Media, RtspTestServer};
 use crate::common::schema;
+use crate::full_cycle::{json, mqtt_subscribe, Inbox};
 
 /// `stationary.check_interval` of the run.
 const CHECK_MS: u64 = 4_000;
@@ -190,7 +189,8 @@ async fn watch() -> Run {
     run_python(&["scripts/stationary_clip.py", clip.to_str().unwrap()]);
     let device = unique("stationary");
     let prefix = unique("edge");
-    let inbox = subscribe(&prefix, &device).await;
+    let url = url::Url::parse(&mqtt_url()).unwrap();
+    let (inbox, _client) = mqtt_subscribe(url.port().unwrap_or(1883), &prefix, &device).await;
     let srv = RtspTestServer::start(Media::Mjpeg(clip));
     let file = dir.path().join("agent.toml");
     std::fs::write(&file, config(&device, &prefix, &srv.url("/road"))).unwrap();
@@ -207,7 +207,7 @@ async fn watch() -> Run {
             .any(|s| s.camera == "stay" && s.kind == "events/fire" && s.payload["state"] == "end")
     };
     let deadline = Instant::now() + Duration::from_secs(400);
-    while !ended(&inbox.lock().unwrap())
+    while !ended(&events(&inbox))
         && Instant::now() < deadline
         && crate::common::procs::alive(agent.pid)
     {
@@ -217,66 +217,23 @@ async fn watch() -> Run {
     let log = agent.log_text();
     agent.stop();
     drop(srv);
-    let seen = inbox.lock().unwrap().clone();
+    let seen = events(&inbox);
     Run { seen, metrics, log }
 }
 
-/// Subscribes to everything the device publishes; resolves once Mosquitto
-/// acknowledged.
-async fn subscribe(prefix: &str, device: &str) -> Arc<Mutex<Vec<Seen>>> {
-    let url = url::Url::parse(&mqtt_url()).unwrap();
-    let mut opts = rumqttc::MqttOptions::new(
-        unique("sub"),
-        url.host_str().unwrap_or("127.0.0.1"),
-        url.port().unwrap_or(1883),
-    );
-    opts.set_max_packet_size(16 << 20, 16 << 20);
-    let (client, mut el) = rumqttc::AsyncClient::new(opts, 256);
-    client
-        .subscribe(format!("{prefix}/{device}/+/#"), rumqttc::QoS::AtLeastOnce)
-        .await
-        .unwrap();
-    let inbox: Arc<Mutex<Vec<Seen>>> = Arc::default();
-    let sink = inbox.clone();
-    let strip = format!("{prefix}/{device}/");
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let _client = client;
-        let mut tx = Some(tx);
-        loop {
-            match el.poll().await {
-                Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
-                    if let Some(t) = tx.take() {
-                        let _ = t.send(());
-                    }
-                }
-                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
-                    let rest = p.topic.strip_prefix(&strip).unwrap_or(&p.topic);
-                    let Some((camera, kind)) = rest.split_once('/') else {
-                        continue;
-                    };
-                    if kind == "detections" || kind.starts_with("events/") {
-                        sink.lock().unwrap().push(Seen {
-                            camera: camera.into(),
-                            kind: kind.into(),
-                            payload: json(&p.payload),
-                        });
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-            }
-        }
-    });
-    tokio::time::timeout(Duration::from_secs(10), rx)
-        .await
-        .expect("subscription acknowledged")
-        .unwrap();
+/// The detections and events of the device, in arrival order, payloads as JSON.
+fn events(inbox: &Inbox) -> Vec<Seen> {
     inbox
-}
-
-fn json(p: &Bytes) -> serde_json::Value {
-    serde_json::from_slice(p).unwrap_or_else(|e| panic!("not JSON ({e}): {p:?}"))
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.kind == "detections" || s.kind.starts_with("events/"))
+        .map(|s| Seen {
+            camera: s.camera.clone(),
+            kind: s.kind.clone(),
+            payload: json(&s.payload),
+        })
+        .collect()
 }
 
 /// The value of the sample of `/metrics` named `name` with every label of `labels`.
