@@ -32,7 +32,13 @@
 //! model and mode, default 10), BENCH_MODELS (`tiny,full`), BENCH_PARTS
 //! (`latency,memory`), BENCH_FIGURES_DIR (default agent/benches/figures), BENCH_TRACE
 //! (set: print every answered frame of each event, its capture and answer time from the
-//! event start and its worker timings, to see where a sample went).
+//! event start and its worker timings, to see where a sample went), BENCH_BASELINE_BIN
+//! (an `edge-agent` binary of another build, for instance main's, copied to
+//! `target/release/edge-agent-base` so that it finds the checkout's ONNX Runtime: its
+//! cold and warm rows are run beside this build's, in BENCH_ROUNDS (default 2) passes
+//! that take turns, and a table compares them; on a shared machine, compare builds only
+//! within one run), BENCH_BASELINE_ENV (`K=V,...`: the baseline agent's environment;
+//! alone, the baseline is this build with that environment).
 
 // The scene takes a list of frame windows; one window is what we want here.
 #![allow(clippy::single_range_in_vec_init)]
@@ -198,6 +204,10 @@ struct Agent {
 }
 
 struct AgentSpec<'a> {
+    /// The `edge-agent` build under test (its workers are the same binary).
+    program: &'a Path,
+    /// Environment the agent (and so its workers) starts with.
+    env: &'a [(String, String)],
     camera_url: &'a str,
     model: &'a Path,
     min_workers: u32,
@@ -242,7 +252,15 @@ metrics_listen = ""
         );
         let file = dir.path().join("agent.toml");
         std::fs::write(&file, config).unwrap();
-        let proc = harness::Agent::start(&["--config".as_ref(), file.as_os_str()], &[]);
+        let proc = harness::Agent::start_program(
+            spec.program,
+            &["--config".as_ref(), file.as_os_str()],
+            &spec
+                .env
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect::<Vec<_>>(),
+        );
         let mut agent = Agent {
             pid: proc.pid,
             proc,
@@ -333,7 +351,9 @@ metrics_listen = ""
             .into_iter()
             .filter(|l| {
                 l.worker.is_some()
-                    && (l.lifecycle() == "runtime_loaded" || l.lifecycle() == "ready")
+                    && (l.lifecycle() == "runtime_loaded"
+                        || l.lifecycle() == "ready"
+                        || l.message() == "Detector ready.")
             })
             .map(|l| l.v)
             .collect()
@@ -455,19 +475,42 @@ struct Sample {
 }
 
 struct LatencyRow {
+    /// The model's name, with the build's when comparing builds (`BENCH_BASELINE_BIN`).
     model: &'static str,
     mode: &'static str,
+    /// The 1-minute load average at the start and end of each pass of this row.
+    loads: Vec<f64>,
     samples: Vec<Sample>,
     rejected: usize,
     startups: Vec<String>,
-    /// Per worker start, ms: (ONNX Runtime load, model loaded, subscribed), each from
-    /// the start of the worker's main task, as the worker logs them.
-    phases: Vec<(f64, f64, f64)>,
+    /// Per worker start, as the worker logs them.
+    phases: Vec<Phases>,
 }
 
-fn latency_phase(case: &ModelCase, warm: bool, n: usize) -> LatencyRow {
+/// The 1-minute load average (the machine may be shared: each row says what it ran at).
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// The build under test: `edge-agent` of this bench's own build, or another one.
+struct Build<'a> {
+    program: &'a Path,
+    /// Environment of the agent under test (`BENCH_BASELINE_ENV` for the baseline).
+    env: Vec<(String, String)>,
+    /// The row's name: the model's, with the build's when comparing.
+    label: &'static str,
+}
+
+fn latency_phase(case: &ModelCase, warm: bool, n: usize, build: &Build) -> LatencyRow {
     let mode = if warm { "warm" } else { "cold" };
-    eprintln!("latency: {} {mode}, {n} events...", case.name);
+    let load_before = load_average();
+    eprintln!(
+        "latency: {} {mode}, {n} events (load {load_before:.2})...",
+        build.label
+    );
     let period_s = if warm {
         case.warm_period_s
     } else {
@@ -476,6 +519,8 @@ fn latency_phase(case: &ModelCase, warm: bool, n: usize) -> LatencyRow {
     let server = RtspTestServer::start(Media::Scene(moving_scene(period_s), Codec::H264));
     let url = server.url("/latency");
     let mut agent = Agent::start(&AgentSpec {
+        program: build.program,
+        env: &build.env,
         camera_url: &url,
         model: &case.path,
         min_workers: warm as u32,
@@ -591,8 +636,9 @@ fn latency_phase(case: &ModelCase, warm: bool, n: usize) -> LatencyRow {
     agent.stop();
     drop(server);
     LatencyRow {
-        model: case.name,
+        model: build.label,
         mode,
+        loads: vec![load_before, load_average()],
         samples,
         rejected,
         startups,
@@ -614,17 +660,43 @@ fn debug_ms(v: &serde_json::Value) -> Option<f64> {
     })
 }
 
-/// (ONNX Runtime load, model loaded, subscribed) per worker, from its own log lines:
-/// each `runtime_loaded` pairs with the next `ready`.
-fn worker_phases(lines: &[serde_json::Value]) -> Vec<(f64, f64, f64)> {
+/// One worker start, ms. `ort`, `model` and `subscribed` from the start of the
+/// worker's main task; `cache_key` and `session` are spans inside `model`.
+#[derive(Clone, Copy, Debug)]
+struct Phases {
+    /// ONNX Runtime loaded (library and environment).
+    ort: f64,
+    /// Finding the optimised-model cache (hashing the model unless its hash is known).
+    cache_key: f64,
+    /// Creating the session.
+    session: f64,
+    /// Model loaded: all of the above, the layout and the labels.
+    model: f64,
+    /// Broker link and subscription.
+    subscribed: f64,
+}
+
+/// Phases per worker, from its own log lines: each `runtime_loaded` and `Detector
+/// ready.` pair with the next `ready`.
+fn worker_phases(lines: &[serde_json::Value]) -> Vec<Phases> {
     let mut out = Vec::new();
-    let mut ort = None;
+    let (mut ort, mut cache_key, mut session) = (None, None, None);
     for v in lines {
         if v["lifecycle"] == "runtime_loaded" {
             ort = debug_ms(&v["took"]);
-        } else if let (Some(model), Some(sub)) = (debug_ms(&v["model"]), debug_ms(&v["subscribed"]))
+        } else if v["message"] == "Detector ready." {
+            cache_key = debug_ms(&v["cache_key"]);
+            session = debug_ms(&v["session"]);
+        } else if let (Some(model), Some(subscribed)) =
+            (debug_ms(&v["model"]), debug_ms(&v["subscribed"]))
         {
-            out.push((ort.take().unwrap_or(f64::NAN), model, sub));
+            out.push(Phases {
+                ort: ort.take().unwrap_or(f64::NAN),
+                cache_key: cache_key.take().unwrap_or(f64::NAN),
+                session: session.take().unwrap_or(f64::NAN),
+                model,
+                subscribed,
+            });
         }
     }
     out
@@ -638,13 +710,15 @@ fn print_cold_breakdown(rows: &[LatencyRow]) {
         "Medians over the worker starts of each cold row. Spawn to ready: the pool's own \
          measure, from starting the process to reading its ready line. Inside the worker, \
          from the start of its main task: ONNX Runtime load (the shared library and its \
-         environment), model loaded (that plus session creation and the model's layout), \
-         broker link and subscription (run at the same time as the model load since this \
-         change); the rest is process start, runtime and configuration."
+         environment), model loaded (that, the cache lookup, session creation and the \
+         model's layout), broker link and subscription (run at the same time as the model \
+         load); the rest is process start, runtime and configuration. Inside the model \
+         load: the optimised-model cache lookup (hashing the model file unless its hash \
+         is known) and the session creation."
     );
     println!();
-    println!("| model | worker starts | spawn to ready ms | ONNX Runtime load ms | model loaded ms | broker link + subscription ms | process start and config ms |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("| model | worker starts | spawn to ready ms | ONNX Runtime load ms | cache lookup ms | session creation ms | model loaded ms | broker link + subscription ms | process start and config ms |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let med = |mut v: Vec<f64>| {
         v.retain(|x| x.is_finite());
         v.sort_by(f64::total_cmp);
@@ -660,15 +734,19 @@ fn print_cold_breakdown(rows: &[LatencyRow]) {
             .iter()
             .filter_map(|s| debug_ms(&serde_json::Value::from(s.as_str())))
             .collect());
-        let ort = med(r.phases.iter().map(|p| p.0).collect());
-        let model = med(r.phases.iter().map(|p| p.1).collect());
-        let sub = med(r.phases.iter().map(|p| p.2).collect());
+        let ort = med(r.phases.iter().map(|p| p.ort).collect());
+        let key = med(r.phases.iter().map(|p| p.cache_key).collect());
+        let session = med(r.phases.iter().map(|p| p.session).collect());
+        let model = med(r.phases.iter().map(|p| p.model).collect());
+        let sub = med(r.phases.iter().map(|p| p.subscribed).collect());
         println!(
-            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            "| {} | {} | {:.0} | {:.0} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} |",
             r.model,
             r.phases.len(),
             spawn,
             ort,
+            key,
+            session,
             model,
             sub,
             spawn - model.max(sub)
@@ -743,6 +821,19 @@ fn print_latency(rows: &[LatencyRow]) {
             startup
         );
     }
+    println!();
+    let loads: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            let l: Vec<String> = r.loads.iter().map(|l| format!("{l:.1}")).collect();
+            format!("{} {} {}", r.model, r.mode, l.join("/"))
+        })
+        .collect();
+    println!(
+        "Load average (1 min) at the start and end of each row (2 cores: above 2 the machine \
+         was busy with more than this bench): {}.",
+        loads.join("; ")
+    );
     for m in ["YOLOv4 416", "YOLOv4-tiny 416"] {
         let get = |mode: &str| {
             rows.iter()
@@ -831,6 +922,8 @@ fn median_mem(v: &[MemSample]) -> MemSample {
 
 fn steady_memory(url: &str, model: &Path, min_workers: u32) -> MemSample {
     let mut agent = Agent::start(&AgentSpec {
+        program: this_build(),
+        env: &[],
         camera_url: url,
         model,
         min_workers,
@@ -922,6 +1015,8 @@ fn memory_part(full: &ModelCase, figures: &Path) {
     ));
     let url = server.url("/burst");
     let agent = Agent::start(&AgentSpec {
+        program: this_build(),
+        env: &[],
         camera_url: &url,
         model: &full.path,
         min_workers: 0,
@@ -1170,12 +1265,106 @@ fn latency_svg(rows: &[LatencyRow]) -> String {
     svg
 }
 
+/// This bench's own build of `edge-agent`.
+fn this_build() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_edge-agent"))
+}
+
+/// Cold and warm rows of `case` for the baseline build and this one, run in turns
+/// (`BENCH_ROUNDS` passes of `n / rounds` events each, the order swapped every pass) so
+/// that both see the same machine: on a shared machine only rows of one run compare.
+fn compare_builds(case: &ModelCase, baseline: &Path, n: usize) -> Vec<LatencyRow> {
+    let rounds = env_usize("BENCH_ROUNDS", 2).clamp(1, n.max(1));
+    let leak =
+        |b: &str| -> &'static str { Box::leak(format!("{} {b}", case.name).into_boxed_str()) };
+    // `K=V,K=V`: the baseline's environment (for instance a setting of this build
+    // turned off).
+    let env: Vec<(String, String)> = env_list("BENCH_BASELINE_ENV", "")
+        .iter()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let builds = [
+        Build {
+            program: baseline,
+            env,
+            label: leak("(baseline)"),
+        },
+        Build {
+            program: this_build(),
+            env: Vec::new(),
+            label: leak("(this build)"),
+        },
+    ];
+    let mut rows = Vec::new();
+    for warm in [false, true] {
+        let mut merged: Vec<Option<LatencyRow>> = vec![None, None];
+        for round in 0..rounds {
+            let per = n / rounds + usize::from(round < n % rounds);
+            for k in 0..2 {
+                let i = (k + round) % 2;
+                let r = latency_phase(case, warm, per, &builds[i]);
+                match &mut merged[i] {
+                    None => merged[i] = Some(r),
+                    Some(m) => {
+                        m.loads.extend(r.loads);
+                        m.samples.extend(r.samples);
+                        m.rejected += r.rejected;
+                        m.startups.extend(r.startups);
+                        m.phases.extend(r.phases);
+                    }
+                }
+            }
+        }
+        rows.extend(merged.into_iter().flatten());
+    }
+    rows
+}
+
+/// Cold against warm per build, when comparing builds.
+fn print_comparison(rows: &[LatencyRow]) {
+    println!("### This build against the baseline build, same run");
+    println!();
+    println!(
+        "| build | cold p50 ms | warm p50 ms | cold - warm ms | load average during the rows |"
+    );
+    println!("|---|---:|---:|---:|---|");
+    let p50 = |r: &LatencyRow| percentile(&sorted_ms(r), 50.0);
+    for cold in rows.iter().filter(|r| r.mode == "cold") {
+        let Some(warm) = rows
+            .iter()
+            .find(|r| r.mode == "warm" && r.model == cold.model)
+        else {
+            continue;
+        };
+        let loads: Vec<String> = cold
+            .loads
+            .iter()
+            .chain(&warm.loads)
+            .map(|l| format!("{l:.1}"))
+            .collect();
+        println!(
+            "| {} | {:.0} | {:.0} | {:.0} | {} |",
+            cold.model,
+            p50(cold),
+            p50(warm),
+            p50(cold) - p50(warm),
+            loads.join(", ")
+        );
+    }
+    println!();
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; nothing to parse.
     gstreamer::init().expect("GStreamer initialises");
     let n = env_usize("BENCH_EVENTS", 10);
     let models = env_list("BENCH_MODELS", "tiny,full");
     let parts = env_list("BENCH_PARTS", "latency,memory");
+    // A baseline to compare with: another binary, or this one with BENCH_BASELINE_ENV.
+    let baseline = std::env::var_os("BENCH_BASELINE_BIN")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("BENCH_BASELINE_ENV").map(|_| this_build().to_path_buf()));
     let figures = std::env::var_os("BENCH_FIGURES_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("agent/benches/figures"));
@@ -1209,11 +1398,24 @@ fn main() {
                 "tiny" => &tiny,
                 other => panic!("BENCH_MODELS: unknown model {other:?} (tiny, full)"),
             };
-            rows.push(latency_phase(case, false, n));
-            rows.push(latency_phase(case, true, n));
+            match &baseline {
+                None => {
+                    let build = Build {
+                        program: this_build(),
+                        env: Vec::new(),
+                        label: case.name,
+                    };
+                    rows.push(latency_phase(case, false, n, &build));
+                    rows.push(latency_phase(case, true, n, &build));
+                }
+                Some(base) => rows.extend(compare_builds(case, base, n)),
+            }
         }
         print_latency(&rows);
         print_cold_breakdown(&rows);
+        if baseline.is_some() {
+            print_comparison(&rows);
+        }
         let svg = figures.join("latency.svg");
         std::fs::write(&svg, latency_svg(&rows)).unwrap();
         println!("![latency samples]({})", link(&svg));

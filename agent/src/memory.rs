@@ -37,6 +37,35 @@ pub fn limit_arenas() {
     }
 }
 
+/// The glibc tunable that makes malloc ask for transparent huge pages (glibc 2.35 and
+/// later; older ones ignore it, as do kernels with huge pages off).
+pub const HUGE_PAGES: &str = "glibc.malloc.hugetlb=1";
+
+/// The `GLIBC_TUNABLES` a worker starts with: the agent's own (`agent`) with
+/// [`HUGE_PAGES`] added, or `None` (inherit them unchanged) when they already say how
+/// malloc should use huge pages.
+///
+/// Why: a worker's cold start creates its session, which allocates the model's weights
+/// and their prepacked copies (tens to hundreds of MB) and touches every page once; in
+/// 4 KiB pages that is a fault per page. With huge pages (the kernel's transparent ones,
+/// in `madvise` mode as on Debian and JetPack) session creation took about a third less
+/// CPU for YOLOv4-tiny (ONNX Runtime 1.32, BENCHMARKS.md, "Escalation latency"). A
+/// worker's memory is gone at idle, so the larger pages cost nothing there. The agent
+/// itself keeps small pages: it is what stays at idle.
+pub fn worker_tunables(agent: Option<&str>) -> Option<String> {
+    let agent = agent.map(str::trim).filter(|t| !t.is_empty());
+    match agent {
+        Some(t)
+            if t.split(':')
+                .any(|kv| kv.trim_start().starts_with("glibc.malloc.hugetlb=")) =>
+        {
+            None
+        }
+        Some(t) => Some(format!("{t}:{HUGE_PAGES}")),
+        None => Some(HUGE_PAGES.to_string()),
+    }
+}
+
 /// Returns freed heap pages to the system (all arenas). Cheap enough after rare events
 /// such as a pipeline teardown; not for a per-frame path.
 pub fn release_free_memory() {
@@ -78,6 +107,26 @@ mod tests {
         ];
         for (env, tunables, want) in rows {
             assert_eq!(arena_limit(env, tunables), want, "{env:?} {tunables:?}");
+        }
+    }
+
+    #[test]
+    fn workers_get_huge_pages_unless_the_agents_tunables_say_otherwise() {
+        let rows = [
+            (None, Some("glibc.malloc.hugetlb=1")),
+            (Some(""), Some("glibc.malloc.hugetlb=1")),
+            (
+                Some("glibc.malloc.arena_max=1"),
+                Some("glibc.malloc.arena_max=1:glibc.malloc.hugetlb=1"),
+            ),
+            (Some("glibc.malloc.hugetlb=0"), None),
+            (
+                Some("glibc.malloc.arena_max=1:glibc.malloc.hugetlb=2"),
+                None,
+            ),
+        ];
+        for (agent, want) in rows {
+            assert_eq!(worker_tunables(agent).as_deref(), want, "{agent:?}");
         }
     }
 }

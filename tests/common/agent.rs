@@ -49,7 +49,12 @@ pub struct Agent {
 impl Agent {
     /// Starts `edge-agent run ARGS` in the repository root with JSON logs.
     pub fn start(args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> Agent {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_edge-agent"));
+        Self::start_program(Path::new(env!("CARGO_BIN_EXE_edge-agent")), args, env)
+    }
+
+    /// [`Agent::start`] with another build of `edge-agent` (a bench's baseline binary).
+    pub fn start_program(program: &Path, args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> Agent {
+        let mut cmd = Command::new(program);
         cmd.arg("run").args(args);
         Self::spawn(cmd, env)
     }

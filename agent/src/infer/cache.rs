@@ -80,6 +80,79 @@ pub fn model_hash(model: &Path) -> std::io::Result<u64> {
     Ok(h)
 }
 
+/// [`model_hash`], without reading the model again while it has not changed since a
+/// worker last hashed it (a cold start that reads and hashes a 250 MB model spends tens
+/// of milliseconds on it). The hash is kept in `root/hashes/` beside the file's identity
+/// when it was read: device, inode, size, modification and change times. Writing the
+/// file or setting its times moves its change time, which nobody can set back, so a
+/// kept hash does not outlive the content it was computed from. File times tick
+/// coarsely (milliseconds), so a model changed in the same tick as it was read could
+/// keep its identity: as git does with its index, no note is kept for a file changed
+/// less than [`SETTLED`] before (the identity is read before the content).
+pub fn known_model_hash(root: &Path, model: &Path) -> std::io::Result<u64> {
+    known_hash_at(root, model, std::time::SystemTime::now())
+}
+
+/// How long ago a model must have last changed for its hash to be kept.
+pub const SETTLED: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn known_hash_at(root: &Path, model: &Path, now: std::time::SystemTime) -> std::io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(model)?;
+    let stamp = format!(
+        "{} {} {} {}.{:09} {}.{:09}",
+        meta.dev(),
+        meta.ino(),
+        meta.len(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.ctime(),
+        meta.ctime_nsec()
+    );
+    let path = std::fs::canonicalize(model)?;
+    let name = fnv(path.as_os_str().as_encoded_bytes());
+    let memo = root.join("hashes").join(format!("{name:016x}"));
+    let kept = std::fs::read_to_string(&memo).ok().and_then(|t| {
+        let (s, h) = t.trim_end().rsplit_once(' ')?;
+        (s == stamp).then(|| u64::from_str_radix(h, 16).ok())?
+    });
+    if let Some(h) = kept {
+        return Ok(h);
+    }
+    let hash = model_hash(model)?;
+    // The change time follows every write and every time set, the modification time
+    // included; a time before 1970 counts as just now (no note).
+    let changed = u64::try_from(meta.ctime())
+        .ok()
+        .map(|s| std::time::UNIX_EPOCH + std::time::Duration::new(s, meta.ctime_nsec() as u32))
+        .unwrap_or(now);
+    if changed + SETTLED < now {
+        // Best effort: without the note the next start hashes the model again.
+        let _ = write_replacing(&memo, format!("{stamp} {hash:016x}\n").as_bytes());
+    }
+    Ok(hash)
+}
+
+/// 64-bit FNV-1a of `bytes`.
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// Writes `path` beside it and renames it into place: a reader sees the old note or the
+/// new one, never half of one (two workers may write it at once).
+fn write_replacing(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let part = path.with_extension(format!("{}.part", std::process::id()));
+    std::fs::write(&part, data)?;
+    std::fs::rename(&part, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&part);
+    })
+}
+
 /// The CPU's name for the CPU provider's cache key: an optimised model may hold layout
 /// rewrites for this CPU's vector width (ONNX Runtime's NCHWc), so it is not portable.
 pub fn cpu_name() -> String {
@@ -283,6 +356,57 @@ mod tests {
         // FNV-1a 64 of the empty input is its offset basis.
         std::fs::write(&a, b"").unwrap();
         assert_eq!(model_hash(&a).unwrap(), 0xcbf2_9ce4_8422_2325);
+    }
+
+    #[test]
+    fn a_kept_model_hash_is_used_only_while_the_file_is_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("engines");
+        let a = dir.path().join("a.onnx");
+        std::fs::write(&a, b"model one").unwrap();
+        let h1 = known_model_hash(&root, &a).unwrap();
+        assert_eq!(h1, model_hash(&a).unwrap());
+        assert!(
+            !root.join("hashes").exists(),
+            "no note for a model changed just now"
+        );
+        // From here on, as if the model had been written a while ago.
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
+        let known_model_hash = |root: &Path, a: &Path| known_hash_at(root, a, later);
+        assert_eq!(known_model_hash(&root, &a).unwrap(), h1);
+        let notes: Vec<_> = std::fs::read_dir(root.join("hashes")).unwrap().collect();
+        assert_eq!(notes.len(), 1, "one note per model");
+        // The note is what the next start reads: a wrong hash in it shows it was used.
+        let note = notes[0].as_ref().unwrap().path();
+        let text = std::fs::read_to_string(&note).unwrap();
+        let (stamp, _) = text.trim_end().rsplit_once(' ').unwrap();
+        std::fs::write(&note, format!("{stamp} 00000000000000aa\n")).unwrap();
+        assert_eq!(
+            known_model_hash(&root, &a).unwrap(),
+            0xaa,
+            "the note is used"
+        );
+        // New content with the modification time set back: the identity still moves.
+        let mtime = std::fs::metadata(&a).unwrap().modified().unwrap();
+        std::fs::write(&a, b"model two, longer").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&a)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        assert_eq!(
+            known_model_hash(&root, &a).unwrap(),
+            model_hash(&a).unwrap(),
+            "changed content is hashed again"
+        );
+        assert_ne!(model_hash(&a).unwrap(), h1);
+        // A note that does not parse is no note.
+        std::fs::write(&note, b"garbage").unwrap();
+        assert_eq!(
+            known_model_hash(&root, &a).unwrap(),
+            model_hash(&a).unwrap()
+        );
     }
 
     #[test]

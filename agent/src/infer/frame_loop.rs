@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 
 use super::config::SnapshotConfig;
 use super::pipeline::Pipeline;
+use super::seams;
 use super::snapshot;
 use super::InferError;
 use crate::clock::unix_ns_now;
@@ -427,7 +428,8 @@ fn cut(jpeg: &[u8], payload: &Payload, max_pixels: u64) -> Result<Decoded, Infer
 }
 
 /// One frame's detections in camera pixels, from its inputs' detections: a crop's
-/// boxes are shifted by its place, the whole frame's scaled to the camera's size.
+/// boxes are shifted by its place, the whole frame's scaled to the camera's size, and
+/// pieces of one object cut by the edge between two crops joined ([`seams`]).
 fn to_camera(d: &Decoded, per_input: Vec<Detections>) -> Detections {
     let mut items = Vec::new();
     let mut timings = Timings::default();
@@ -446,9 +448,10 @@ fn to_camera(d: &Decoded, per_input: Vec<Detections>) -> Detections {
                 None => regions::rescale(b, (img.width, img.height), d.source),
             };
             (i.x, i.y, i.w, i.h) = (x, y, w, h);
-            items.push(i);
+            items.push((*frame, i));
         }
     }
+    let items = seams::join_cut_objects(items);
     timings.decode_ms = d.decode_ms;
     timings.total_ms =
         d.decode_ms + timings.preprocess_ms + timings.inference_ms + timings.postprocess_ms;

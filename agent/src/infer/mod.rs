@@ -19,6 +19,7 @@ pub mod layout;
 pub mod model_input;
 pub mod pipeline;
 pub mod preprocess;
+pub mod seams;
 pub mod session;
 pub mod snapshot;
 

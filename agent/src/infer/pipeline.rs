@@ -185,6 +185,8 @@ impl Pipeline {
             input = %format!("{}x{}", spec.width, spec.height),
             classes = spec.classes,
             max_batch,
+            cache_key = ?opened.cache_key_in,
+            session = ?opened.session_in,
             "Detector ready."
         );
         metrics()

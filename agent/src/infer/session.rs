@@ -232,6 +232,10 @@ pub struct Opened {
     pub inputs: Vec<TensorDecl>,
     pub outputs: Vec<TensorDecl>,
     pub metadata: HashMap<String, String>,
+    /// Finding the provider's cache for the model (hashing it, unless known).
+    pub cache_key_in: std::time::Duration,
+    /// Creating the session that opened.
+    pub session_in: std::time::Duration,
 }
 
 pub fn provider_name(p: Provider) -> &'static str {
@@ -281,7 +285,7 @@ fn tensorrt_cache(model: &Path, cfg: &InferenceConfig) -> Option<(PathBuf, cache
         return None;
     }
     let root = cache::root(cfg.engine_cache.as_deref())?;
-    let hash = match cache::model_hash(model) {
+    let hash = match cache::known_model_hash(&root, model) {
         Ok(h) => h,
         Err(e) => {
             tracing::warn!(model = %model.display(), error = %e, "Cannot hash the model; TensorRT runs without an engine cache.");
@@ -405,14 +409,16 @@ pub fn open(model: &Path, cfg: &InferenceConfig) -> Result<Opened, InferError> {
         #[cfg(not(feature = "tensorrt"))]
         let trt_cache: Option<(PathBuf, ())> = None;
         let trt_dir = trt_cache.as_ref().map(|(d, _)| d.as_path());
-        let built = if p == Provider::Cpu {
-            match cpu_cache(model, cfg) {
-                Some((dir, _lock)) => commit_cpu_cached(&env, cfg, &dir, model),
-                None => commit(&env, cfg, p, None, model),
-            }
-        } else {
-            commit(&env, cfg, p, trt_dir, model)
+        let keyed = std::time::Instant::now();
+        let cpu = (p == Provider::Cpu).then(|| cpu_cache(model, cfg));
+        let cache_key_in = keyed.elapsed();
+        let created = std::time::Instant::now();
+        let built = match cpu {
+            Some(Some((dir, _lock))) => commit_cpu_cached(&env, cfg, &dir, model),
+            Some(None) => commit(&env, cfg, p, None, model),
+            None => commit(&env, cfg, p, trt_dir, model),
         };
+        let session_in = created.elapsed();
         match built {
             Ok(session) => {
                 if !attempts.is_empty() {
@@ -426,7 +432,9 @@ pub fn open(model: &Path, cfg: &InferenceConfig) -> Result<Opened, InferError> {
                 if let Some(dir) = trt_dir {
                     tracing::info!(cache = %dir.display(), "TensorRT engine cache in use.");
                 }
-                return Ok(describe(session, p));
+                let mut opened = describe(session, p);
+                (opened.cache_key_in, opened.session_in) = (cache_key_in, session_in);
+                return Ok(opened);
             }
             // A model that does not parse fails the same way on every provider.
             Err((reason, true)) if p == Provider::Cpu || is_model_error(&reason) => {
@@ -452,7 +460,7 @@ pub fn open(model: &Path, cfg: &InferenceConfig) -> Result<Opened, InferError> {
 /// The CPU provider's cache directory for `model`, locked while the session is created.
 fn cpu_cache(model: &Path, cfg: &InferenceConfig) -> Option<(PathBuf, cache::BuildLock)> {
     let root = cache::root(cfg.engine_cache.as_deref())?;
-    let hash = cache::model_hash(model).ok()?;
+    let hash = cache::known_model_hash(&root, model).ok()?;
     let dir = cache::cpu_key_dir(
         &root,
         model,
@@ -592,6 +600,8 @@ fn describe(session: Session, provider: Provider) -> Opened {
         inputs,
         outputs,
         metadata,
+        cache_key_in: std::time::Duration::ZERO,
+        session_in: std::time::Duration::ZERO,
     }
 }
 

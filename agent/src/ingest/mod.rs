@@ -247,11 +247,9 @@ impl Shared {
         let (sw, sh) = (input.width(), input.height());
         let (w, h) = scaled_size(sw, sh, self.detect_width);
         let rgb = convert(&kept.frame, &input, w, h, &self.converter)?;
-        let squares = match crops.map(|c| regions::plan(&c.boxes, sw, sh, c.min_side, c.max_crops))
-        {
-            Some(regions::Plan::Crops(squares)) => squares,
-            _ => Vec::new(),
-        };
+        let squares = crops
+            .map(|c| planned_crops(&self.id, c, sw, sh))
+            .unwrap_or_default();
         let crops = if squares.is_empty() {
             Vec::new()
         } else {
@@ -280,6 +278,22 @@ impl Shared {
             source_height: sh,
             crops,
         })
+    }
+}
+
+/// The crops `request` asks of `camera`'s `sw` x `sh` frame, or none when the whole
+/// frame pays better ([`regions::plan`]); a frame sent whole instead is counted with
+/// its reason.
+fn planned_crops(camera: &str, request: &CropRequest, sw: u32, sh: u32) -> Vec<regions::Rect> {
+    match regions::plan(&request.boxes, sw, sh, request.min_side, request.max_crops) {
+        regions::Plan::Crops(squares) => squares,
+        regions::Plan::Whole(why) => {
+            metrics()
+                .crops_whole
+                .get_or_create(&metrics::crops_whole(camera, why.as_str()))
+                .inc();
+            Vec::new()
+        }
     }
 }
 
@@ -548,6 +562,67 @@ mod tests {
         assert!(
             free.is_ok(),
             "the runtime thread was blocked by a colour conversion"
+        );
+    }
+
+    #[test]
+    fn a_frame_sent_whole_instead_of_cropped_is_counted_with_its_reason() {
+        let count = |camera: &str, why: regions::Fallback| {
+            metrics()
+                .crops_whole
+                .get_or_create(&metrics::crops_whole(camera, why.as_str()))
+                .get()
+        };
+        // A camera id of this test's own: the registry is the process's.
+        let cam = "crops-whole-unit";
+        let req = |boxes: Vec<[f32; 4]>, max_crops| CropRequest {
+            boxes,
+            min_side: 416,
+            max_crops,
+        };
+        let small = [0.1, 0.1, 0.05, 0.05];
+        let far = [0.8, 0.8, 0.05, 0.05];
+        // Cropped: nothing counted.
+        assert_eq!(
+            planned_crops(cam, &req(vec![small], 4), 1920, 1080).len(),
+            1
+        );
+        let every = [
+            regions::Fallback::NoMotion,
+            regions::Fallback::MostlyMoving,
+            regions::Fallback::TooManyCrops,
+            regions::Fallback::CropsCostMore,
+        ];
+        assert!(every.iter().all(|&w| count(cam, w) == 0));
+        for (request, (w, h), why) in [
+            (req(vec![], 4), (1920, 1080), regions::Fallback::NoMotion),
+            (
+                req(vec![[0.0, 0.0, 0.8, 0.9]], 4),
+                (1920, 1080),
+                regions::Fallback::MostlyMoving,
+            ),
+            (
+                req(vec![small, far], 1),
+                (1920, 1080),
+                regions::Fallback::TooManyCrops,
+            ),
+            // Two 416-pixel squares hold more pixels than a 640x360 frame.
+            (
+                req(vec![[0.0, 0.0, 0.05, 0.05], [0.9, 0.9, 0.05, 0.05]], 4),
+                (640, 360),
+                regions::Fallback::CropsCostMore,
+            ),
+        ] {
+            let before = count(cam, why);
+            assert!(planned_crops(cam, &request, w, h).is_empty(), "{why:?}");
+            assert_eq!(count(cam, why), before + 1, "{why:?}");
+        }
+        let text = metrics().encode_text();
+        assert!(
+            text.contains(&format!(
+                "edge_agent_crops_whole_total{{camera=\"{cam}\",reason=\"too_many_crops\"}} 1"
+            )),
+            "{text}"
         );
     }
 }

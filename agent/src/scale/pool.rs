@@ -74,12 +74,18 @@ impl std::fmt::Debug for WorkerSpec {
 
 impl WorkerSpec {
     /// This same binary, `worker --config-stdin`, fed `config` (from
-    /// [`crate::config::resolved_text`]).
+    /// [`crate::config::resolved_text`]), its malloc on huge pages
+    /// ([`crate::memory::worker_tunables`]).
     pub fn this_binary(config: String) -> std::io::Result<Self> {
+        let tunables =
+            crate::memory::worker_tunables(std::env::var("GLIBC_TUNABLES").ok().as_deref());
         Ok(Self {
             program: std::env::current_exe()?,
             args: vec!["worker".into(), "--config-stdin".into()],
-            env: Vec::new(),
+            env: tunables
+                .map(|t| ("GLIBC_TUNABLES".to_string(), t))
+                .into_iter()
+                .collect(),
             input: Some(Arc::from(config)),
         })
     }

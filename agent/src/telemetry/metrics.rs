@@ -94,6 +94,9 @@ pub struct Metrics {
     pub prewarm_starts: Family<Labels, Counter>,
     /// Of those, the ones whose motion stopped before it became an event.
     pub false_starts: Family<Labels, Counter>,
+    /// Frames that were to go as crops around motion (`regions = "motion"`) and went
+    /// whole instead, by camera and reason (`wire::regions::Fallback`).
+    pub crops_whole: Family<Labels, Counter>,
     pub process_memory: Gauge,
     /// Process CPU use in percent of one core.
     pub process_cpu: Gauge,
@@ -144,6 +147,7 @@ impl Metrics {
             camera_idle: Family::default(),
             prewarm_starts: Family::default(),
             false_starts: Family::default(),
+            crops_whole: Family::default(),
             process_memory: Gauge::default(),
             process_cpu: Gauge::default(),
             uplink_connected: Gauge::default(),
@@ -323,6 +327,11 @@ impl Metrics {
             m.false_starts.clone(),
         );
         registry.register(
+            "crops_whole",
+            "Frames sent whole instead of as crops around motion, by camera and reason",
+            m.crops_whole.clone(),
+        );
+        registry.register(
             "process_memory_bytes",
             "Resident memory of the agent",
             m.process_memory.clone(),
@@ -415,6 +424,10 @@ pub fn drop_reason(place: &str, why: DropReason) -> Labels {
 }
 pub fn reject_reason(place: &str, why: RejectReason) -> Labels {
     reason(place, why.as_str())
+}
+/// The labels of `crops_whole`: the camera and why its frame went whole.
+pub fn crops_whole(camera: &str, why: &str) -> Labels {
+    vec![("camera", camera.to_string()), ("reason", why.to_string())]
 }
 
 /// Why a consumer rejected a message: every reason the `rejected` counter carries, in

@@ -169,6 +169,18 @@ pub enum Fallback {
     CropsCostMore,
 }
 
+impl Fallback {
+    /// Its label on `edge_agent_crops_whole_total{reason}`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fallback::NoMotion => "no_motion",
+            Fallback::MostlyMoving => "mostly_moving",
+            Fallback::TooManyCrops => "too_many_crops",
+            Fallback::CropsCostMore => "crops_cost_more",
+        }
+    }
+}
+
 /// What the detector sees of one frame: crops around motion, or the whole frame and
 /// why.
 #[derive(Clone, Debug, PartialEq, Eq)]
