@@ -426,7 +426,7 @@ fn main() {
     println!(
         "{cameras} cameras per agent, 1280x720 {fps} fps H.264 over RTSP (in-process server, one \
          shared x264 stream, about 2 Mbit/s), a square moving all the time (escalation at 1 frame \
-         a second per camera). Four release agents ({}) side by side, measured over the same \
+         a second per camera). Four agents ({}) side by side, measured over the same \
          {rounds} windows of {} s; {cores} cores, load average at the end: {}. The agent's own \
          CPU (its workers are other processes); `pre_capture` and `post_capture` at their \
          defaults (5 s).\n",
