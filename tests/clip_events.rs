@@ -371,6 +371,50 @@ async fn the_storage_budget_removes_the_oldest_clips_and_snapshots_first() {
     drop(agent);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_moves_the_clips_directory_moves_recording_and_serving_there() {
+    let device = unique("cliphup");
+    let srv = RtspTestServer::start(Media::Scene(still(), Codec::H264));
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = (dir.path().join("first"), dir.path().join("second"));
+    let file = dir.path().join("agent.toml");
+    let write = |clips: &Path| {
+        let extra = format!("dir = \"{}\"\nmin_free = 0", clips.display());
+        std::fs::write(&file, config(&device, "edge", &srv.url("/gate"), &extra)).unwrap();
+    };
+    write(&first);
+    let agent = Agent::start(&["--config".as_ref(), file.as_os_str()], &[]);
+    let addr = agent.metrics_addr(Duration::from_secs(30));
+    let status = |path: &str| {
+        let (head, body) = get(&addr, path, "");
+        (head.get(9..12).unwrap_or("").to_string(), body)
+    };
+    wait::until(
+        "the recorder makes its directory",
+        Duration::from_secs(30),
+        || first.is_dir(),
+    );
+    let name = "gate-1700000000000.mp4";
+    std::fs::write(first.join(name), b"a clip in the first directory").unwrap();
+    assert_eq!(status(&format!("/clips/{name}")).0, "200");
+
+    write(&second);
+    agent.signal(libc::SIGHUP);
+    let r = agent.wait_state("reloaded", 1, Duration::from_secs(30));
+    assert_eq!(r["restart_needed"], 0, "{r}");
+    // The recorder restarted on the new directory (it makes it), and /clips serves it.
+    wait::until(
+        "the recorder makes the new directory",
+        Duration::from_secs(30),
+        || second.is_dir(),
+    );
+    std::fs::write(second.join(name), b"a clip in the second directory").unwrap();
+    let (code, body) = status(&format!("/clips/{name}"));
+    assert_eq!(code, "200", "/clips serves the new directory");
+    assert_eq!(body, b"a clip in the second directory");
+    drop(agent);
+}
+
 /// A tmpfs of `size` mounted on a new directory under `root`, unmounted on drop.
 struct SmallFs(PathBuf);
 

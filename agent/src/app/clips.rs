@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::results::{ClipFeed, ClipsConfig};
 use crate::shutdown::Shutdown;
 use crate::sync::lock;
+use crate::telemetry::http::ClipsDir;
 
 /// Finished clips on their way to the results loop. Full policy: the recorder drops the
 /// report and counts it (`clip_report`); the file stays.
@@ -33,8 +34,9 @@ struct BudgetSettings {
 pub(super) struct AgentClips {
     recorders: Arc<Recorders>,
     settings: Arc<Mutex<BudgetSettings>>,
-    /// The directory at start: `/clips` serves it.
-    pub dir: PathBuf,
+    /// The directory `/clips` serves: the one clips are written to, also after a
+    /// reload changed it.
+    pub dir: ClipsDir,
 }
 
 impl AgentClips {
@@ -66,7 +68,7 @@ impl AgentClips {
             Self {
                 recorders,
                 settings,
-                dir,
+                dir: ClipsDir::new(dir),
             },
             feed,
         )
@@ -99,6 +101,11 @@ impl AgentClips {
         if c.enabled && (s.dir != dir || !s.clips.enabled) {
             info!(dir = %dir.display(), "Clips of incidents are written to {}.", dir.display());
         }
+        if s.dir != dir {
+            // Files in the old directory stay there, no longer served nor budgeted.
+            info!(dir = %dir.display(), old = %s.dir.display(), "/clips now serves {}.", dir.display());
+        }
+        self.dir.set(dir.clone());
         *s = BudgetSettings {
             clips: c.clone(),
             dir,

@@ -53,6 +53,14 @@ impl EncodedTap {
 
     pub(crate) fn set_limits(&mut self, keep: Duration, cap_bytes: usize) {
         self.ring.set_limits(keep, cap_bytes);
+        self.report_bytes();
+    }
+
+    fn report_bytes(&self) {
+        metrics()
+            .preroll_bytes
+            .get_or_create(&metrics::camera(&self.camera))
+            .set(self.ring.bytes() as i64);
     }
 
     /// (units, bytes, stream time covered) of the ring.
@@ -87,6 +95,10 @@ impl EncodedTap {
         let key = unit.key;
         if self.ring.enabled() {
             let pushed = self.ring.push(unit.clone());
+            // At key frames only: a gauge update per access unit is not worth its cost.
+            if key {
+                self.report_bytes();
+            }
             if pushed.capped > 0 {
                 metrics()
                     .dropped

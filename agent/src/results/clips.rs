@@ -39,6 +39,14 @@ pub struct ClipMessage {
 /// Ends waiting for their clip beyond `post_capture` + `max_duration` + this are sent
 /// without one.
 const END_WAIT_SLACK: Duration = Duration::from_secs(10);
+/// A finished clip is remembered for its incident's end at most this long past the end
+/// wait: an incident still live is refreshed by its next file every `max_duration`, so
+/// what is older belongs to an end that went out already (without it) or never comes
+/// (an incident dropped, the agent stopping).
+const LATEST_KEEP: Duration = Duration::from_secs(600);
+/// At most this many finished clips are remembered for ends to come; beyond, the
+/// oldest is forgotten.
+const LATEST_MAX: usize = 1024;
 
 /// The incidents' link to the recorders.
 pub struct Clips {
@@ -47,8 +55,11 @@ pub struct Clips {
     /// Ends waiting for their clip, and until when.
     waiting: Vec<(IncidentEvent, Instant)>,
     /// The latest finished clip of each incident not yet ended, for an end whose clip
-    /// was finished before it (a camera stopped, the agent stopping).
-    latest: BTreeMap<String, ClipRef>,
+    /// was finished before it (a camera stopped, the agent stopping), and when it came.
+    /// Bounded in age and number: see [`LATEST_KEEP`], [`LATEST_MAX`].
+    latest: BTreeMap<String, (ClipRef, Instant, u64)>,
+    /// Order of the finished clips, for forgetting the oldest.
+    seq: u64,
 }
 
 impl Clips {
@@ -58,12 +69,14 @@ impl Clips {
             recorders,
             waiting: Vec::new(),
             latest: BTreeMap::new(),
+            seq: 0,
         }
     }
 
     /// Tells the recorders about `events`; returns those ready to publish (starts with
     /// their clip's name, ends of cameras without clips, and ends whose wait is over).
     pub fn events(&mut self, events: Vec<IncidentEvent>, now: Instant) -> Vec<IncidentEvent> {
+        self.forget_old(now);
         let mut out = Vec::new();
         for mut e in events {
             match e.state {
@@ -90,6 +103,7 @@ impl Clips {
 
     /// A finished file: its `clips` message, and the ends it completes.
     pub fn finished(&mut self, clip: &FinishedClip) -> (ClipMessage, Vec<IncidentEvent>) {
+        let now = Instant::now();
         let r = ClipRef {
             file: clip.file.clone(),
             start: Some(clip.start_ms),
@@ -97,8 +111,20 @@ impl Clips {
             bytes: Some(clip.bytes),
             sha256: Some(clip.sha256.clone()),
         };
+        self.forget_old(now);
         for i in &clip.incidents {
-            self.latest.insert(i.clone(), r.clone());
+            self.seq += 1;
+            self.latest.insert(i.clone(), (r.clone(), now, self.seq));
+        }
+        while self.latest.len() > LATEST_MAX {
+            let oldest = self
+                .latest
+                .iter()
+                .min_by_key(|(_, (_, _, seq))| *seq)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                self.latest.remove(&k);
+            }
         }
         let (done, still): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
             .into_iter()
@@ -147,10 +173,24 @@ impl Clips {
     }
 
     fn with_latest(&mut self, mut e: IncidentEvent) -> IncidentEvent {
-        if let Some(c) = self.latest.remove(&e.incident) {
+        if let Some((c, _, _)) = self.latest.remove(&e.incident) {
             named(&mut e, c);
         }
         e
+    }
+
+    /// Forgets the finished clips kept longer than the longest end wait plus
+    /// [`LATEST_KEEP`]: their end went out already, or never comes.
+    fn forget_old(&mut self, now: Instant) {
+        let keep = self.recorders.end_wait() + END_WAIT_SLACK + LATEST_KEEP;
+        self.latest
+            .retain(|_, (_, at, _)| now.saturating_duration_since(*at) < keep);
+    }
+
+    /// Finished clips remembered for ends to come.
+    #[cfg(test)]
+    fn remembered(&self) -> usize {
+        self.latest.len()
     }
 }
 
@@ -247,6 +287,43 @@ mod tests {
         let again = l.events(vec![event(State::End)], Instant::now());
         assert_eq!(again[0].clip, None);
         assert_eq!(again[0].version, EVENT_VERSION);
+    }
+
+    #[test]
+    fn a_finished_clip_whose_end_never_comes_is_forgotten_after_a_while() {
+        let mut l = link();
+        let t0 = Instant::now();
+        l.finished(&finished());
+        assert_eq!(l.remembered(), 1);
+        // Still named by an end shortly after.
+        let soon = t0 + Duration::from_secs(60);
+        l.events(Vec::new(), soon);
+        assert_eq!(l.remembered(), 1);
+        // An hour on, the incident's end never came (dropped, or its end went out
+        // before the clip finished): the record is gone, and a late end names nothing.
+        let late = t0 + END_WAIT_SLACK + LATEST_KEEP + Duration::from_secs(1);
+        let out = l.events(vec![event(State::End)], late);
+        assert_eq!(l.remembered(), 0);
+        assert_eq!(out[0].clip, None);
+    }
+
+    #[test]
+    fn finished_clips_remembered_for_ends_are_bounded_in_number_oldest_first() {
+        let mut l = link();
+        for i in 0..LATEST_MAX + 10 {
+            let mut c = finished();
+            c.incidents = vec![format!("gate-fire-1-{i}")];
+            l.finished(&c);
+        }
+        assert_eq!(l.remembered(), LATEST_MAX);
+        let end = |i: usize| {
+            let mut e = event(State::End);
+            e.incident = format!("gate-fire-1-{i}");
+            e
+        };
+        let out = l.events(vec![end(0), end(LATEST_MAX + 9)], Instant::now());
+        assert_eq!(out[0].clip, None, "the oldest was forgotten");
+        assert!(out[1].clip.is_some(), "the newest is kept");
     }
 
     #[test]

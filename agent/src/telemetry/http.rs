@@ -45,6 +45,26 @@ use super::metrics::{drop_reason, metrics, should_log, DropReason};
 use super::page::{self, Access, PageSource};
 use crate::sync::lock;
 
+/// The directory `/clips` serves, shared with whoever may change it (a reload of
+/// `events.clips.dir`): each request reads it anew.
+#[derive(Clone, Debug)]
+pub struct ClipsDir(Arc<Mutex<PathBuf>>);
+
+impl ClipsDir {
+    pub fn new(dir: PathBuf) -> Self {
+        Self(Arc::new(Mutex::new(dir)))
+    }
+
+    pub fn get(&self) -> PathBuf {
+        lock(&self.0).clone()
+    }
+
+    /// From the next request on, `/clips` serves `dir`.
+    pub fn set(&self, dir: PathBuf) {
+        *lock(&self.0) = dir;
+    }
+}
+
 /// Supplies the JSON body of `/health`.
 pub type HealthFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
@@ -110,7 +130,7 @@ pub async fn serve_endpoints(
 ) -> std::io::Result<SocketAddr> {
     let endpoints = Endpoints {
         health,
-        clips_dir,
+        clips_dir: clips_dir.map(ClipsDir::new),
         page: None,
         page_token: None,
     };
@@ -121,7 +141,7 @@ pub async fn serve_endpoints(
 pub struct Endpoints {
     pub health: HealthFn,
     /// Clip files on `/clips/{file}`.
-    pub clips_dir: Option<PathBuf>,
+    pub clips_dir: Option<ClipsDir>,
     /// The page on `/` (see [`super::page`]).
     pub page: Option<Arc<dyn PageSource>>,
     /// The token the page and the clips need.
@@ -139,7 +159,7 @@ pub async fn serve_all(
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     let access = Access::for_listener(addr, endpoints.page_token);
-    let clips: Option<Arc<PathBuf>> = endpoints.clips_dir.map(Arc::new);
+    let clips = endpoints.clips_dir;
     let clip_access = access.clone();
     let mut app = Router::new()
         .route("/metrics", get(metrics_page))
@@ -155,7 +175,8 @@ pub async fn serve_all(
                         if let Some(refused) = access.refusal(&headers, &uri) {
                             return refused;
                         }
-                        clip_file(clips.as_deref().map(|p| p.as_path()), &file, &headers).await
+                        let dir = clips.as_ref().map(ClipsDir::get);
+                        clip_file(dir.as_deref(), &file, &headers).await
                     }
                 },
             ),

@@ -35,6 +35,8 @@ pub struct Metrics {
     /// Clip and snapshot files removed by the storage budget, by kind and reason
     /// (`max_bytes`, `min_free`, `max_age`).
     pub storage_removed: Family<Labels, Counter>,
+    /// Bytes of encoded stream each camera's pre-roll ring holds (0 with clips off).
+    pub preroll_bytes: Family<Labels, Gauge>,
     /// Cameras switched from the hardware decoder to software, by camera and reason.
     pub decoder_fallbacks: Family<Labels, Counter>,
     /// 1 while a camera is streaming.
@@ -121,6 +123,7 @@ impl Metrics {
             camera_restarts: Family::default(),
             clip_errors: Family::default(),
             storage_removed: Family::default(),
+            preroll_bytes: Family::default(),
             camera_up: Family::default(),
             decoder_fallbacks: Family::default(),
             motion_events: Family::default(),
@@ -172,6 +175,11 @@ impl Metrics {
             "clip_errors",
             "Clip files not opened, written or finished, by camera",
             m.clip_errors.clone(),
+        );
+        registry.register(
+            "preroll_bytes",
+            "Bytes of encoded stream held in each camera's pre-roll ring for clips",
+            m.preroll_bytes.clone(),
         );
         registry.register(
             "storage_removed",
