@@ -638,7 +638,11 @@ fn an_incidents_snapshot_shows_on_the_page_as_an_image() {
     let (status, jpeg) = request(&rig.addr, &format!("/page/snapshot/{id}"), &[]);
     assert_eq!(status, 200);
     let img = edge_agent::image::decode_jpeg(&jpeg).expect("the snapshot is a JPEG");
-    assert_eq!((img.width, img.height), (640, 360), "the whole camera frame");
+    assert_eq!(
+        (img.width, img.height),
+        (640, 360),
+        "the whole camera frame"
+    );
     // Unknown ids and anything that is not a snapshot id: 404, nothing read.
     for path in [
         "/page/snapshot/gate-1-1",

@@ -1048,7 +1048,11 @@ async fn the_agent_reads_back_worker_snapshots(cfg: TransportConfig) {
         (DEVICE, "cam-1", "snapshots/cam-1-1700000000000-7")
     );
     assert_eq!(got.payload, jpeg, "the snapshot's bytes");
-    assert_eq!((got.seq, got.first_answer), (None, false), "it answers no frame");
+    assert_eq!(
+        (got.seq, got.first_answer),
+        (None, false),
+        "it answers no frame"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

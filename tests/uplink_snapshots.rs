@@ -33,7 +33,9 @@ async fn subscribe(port: u16, filter: String) -> Arc<Mutex<Vec<(String, Bytes)>>
         loop {
             match el.poll().await {
                 Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
-                    sink.lock().unwrap().push((p.topic.clone(), p.payload.clone()));
+                    sink.lock()
+                        .unwrap()
+                        .push((p.topic.clone(), p.payload.clone()));
                 }
                 Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
                     if let Some(tx) = tx.take() {
@@ -117,7 +119,10 @@ async fn an_incidents_snapshot_goes_up_the_uplink_before_it_with_the_same_bytes(
     // The same bytes the worker published (and wrote to snapshot_dir).
     let written = std::fs::read(snapshots.join(format!("{snapshot}.jpg"))).unwrap();
     assert_eq!(up.len(), written.len());
-    assert!(up[..] == written[..], "the snapshot's bytes changed on the way up");
+    assert!(
+        up[..] == written[..],
+        "the snapshot's bytes changed on the way up"
+    );
     edge_agent::image::decode_jpeg(&up).expect("a JPEG");
     // Both went through the spool and left it once the broker confirmed them.
     let health: serde_json::Value = serde_json::from_str(&http_get(&addr, "/health")).unwrap();

@@ -645,7 +645,9 @@ impl Owner {
         let parts: Vec<&str> = key.split('.').collect();
         if let Some(tx) = &self.results_tx {
             let (device, camera, kind) = match parts.as_slice() {
-                [device, camera, "snapshot", id] => (*device, *camera, Some(format!("snapshots/{id}"))),
+                [device, camera, "snapshot", id] => {
+                    (*device, *camera, Some(format!("snapshots/{id}")))
+                }
                 [device, camera, kind] => (
                     *device,
                     *camera,
