@@ -67,7 +67,7 @@ async fn an_incidents_snapshot_goes_up_the_uplink_before_it_with_the_same_bytes(
     std::fs::write(
         &file,
         format!(
-            "[device]\nid = \"{device}\"\nstop_timeout = \"5s\"\n\
+            "[device]\nid = \"{device}\"\n\
              [[cameras]]\nid = \"gate\"\nurl = \"demo://gate?width=640&height=360&fps=10\"\n\
              [scaling]\nmax_workers = 1\n\
              [events]\nsnapshot_dir = \"{}\"\n\
@@ -80,7 +80,7 @@ async fn an_incidents_snapshot_goes_up_the_uplink_before_it_with_the_same_bytes(
         ),
     )
     .unwrap();
-    let agent = Agent::start(&["--config".as_ref(), file.as_os_str()], &[]);
+    let mut agent = Agent::start(&["--config".as_ref(), file.as_os_str()], &[]);
     let addr = agent.metrics_addr(Duration::from_secs(30));
 
     // An incident start on the uplink, and the snapshot it names.
@@ -127,6 +127,6 @@ async fn an_incidents_snapshot_goes_up_the_uplink_before_it_with_the_same_bytes(
     // Both went through the spool and left it once the broker confirmed them.
     let health: serde_json::Value = serde_json::from_str(&http_get(&addr, "/health")).unwrap();
     assert!(health["uplink"]["sent"].as_u64() >= Some(2), "{health}");
-    let status = agent.stop();
-    assert!(status.success(), "{status:?}");
+    let status = agent.stop_and_wait();
+    assert!(status.success(), "{status:?}; log:\n{}", agent.log_text());
 }
