@@ -4,7 +4,9 @@
 //! differs from one without the overlays inside the zone, and only there), clicks on
 //! the frame must give TOML that `edge-agent validate` accepts, and a listener off
 //! loopback must refuse the page, its frames and the clips without the token while
-//! `/metrics` and `/health` answer as before.
+//! `/metrics` and `/health` answer as before. With escalation on, a worker finds the
+//! square, and the incident's snapshot (read back from the broker by the agent) shows
+//! on the page as an image.
 //!
 //! Chromium: `chromium` on PATH or `$EDGE_AGENT_CHROMIUM`; without it the tests skip
 //! (and fail under `EDGE_AGENT_REQUIRE_ALL=1`). With `EDGE_AGENT_PAGE_SCREENSHOT=FILE`
@@ -42,7 +44,12 @@ struct Rig {
 
 impl Rig {
     fn start(listen_host: &str, token: Option<&str>) -> Rig {
-        let server = RtspTestServer::start(Scene::sized(320, 180, 10));
+        Rig::start_with(listen_host, token, Scene::sized(320, 180, 10), false)
+    }
+
+    /// [`Rig::start`] with its scene, and with escalation on or off.
+    fn start_with(listen_host: &str, token: Option<&str>, scene: Scene, escalate: bool) -> Rig {
+        let server = RtspTestServer::start(scene);
         let dir = tempfile::tempdir().unwrap();
         let token_line = match token {
             Some(t) => {
@@ -54,7 +61,7 @@ impl Rig {
         let text = format!(
             "{}\n[transport]\nkind = \"embedded\"\nembedded_port = {}\n\n\
              [telemetry]\nmetrics_listen = \"{listen_host}:0\"\nheartbeat_interval = \"0s\"\n{token_line}",
-            base_config(&server.url("/gate")),
+            base_config(&server.url("/gate"), escalate),
             free_port(),
         );
         let file = dir.path().join("agent.toml");
@@ -93,16 +100,21 @@ impl Rig {
 }
 
 /// The device and camera part of the configuration; the test's TOML goes on top.
-fn base_config(camera_url: &str) -> String {
+fn base_config(camera_url: &str, escalate: bool) -> String {
     let poly = |p: &[[f64; 2]]| {
         let pts: Vec<String> = p.iter().map(|[x, y]| format!("[{x:?}, {y:?}]")).collect();
         format!("[{}]", pts.join(", "))
     };
     format!(
         "[device]\nid = \"page-test\"\n\n[[cameras]]\nid = \"gate\"\nurl = \"{camera_url}\"\n\
-         analysis_fps = 5\n\n[cameras.escalation]\nenabled = false\n\n[cameras.motion]\nmasks = [{}]\n\n[cameras.zones.lawn]\npoints = {}\n",
+         analysis_fps = 5\n\n[cameras.escalation]\nenabled = {escalate}\n\n[cameras.motion]\nmasks = [{}]\n\n[cameras.zones.lawn]\npoints = {}{}",
         poly(&MASK),
-        poly(&ZONE)
+        poly(&ZONE),
+        if escalate {
+            "\n[scaling]\nmax_workers = 1\n"
+        } else {
+            ""
+        }
     )
 }
 
@@ -489,7 +501,7 @@ fn clicks_on_the_frame_give_zone_and_mask_toml_that_validate_accepts() {
     // Pasted into a device file on top of the box's configuration, both validate.
     for (name, text) in [("zone", &zone), ("mask", &mask)] {
         let base = rig.dir.path().join("base.toml");
-        std::fs::write(&base, base_config("rtsp://127.0.0.1:1/gate")).unwrap();
+        std::fs::write(&base, base_config("rtsp://127.0.0.1:1/gate", false)).unwrap();
         let device = rig.dir.path().join(format!("{name}.toml"));
         std::fs::write(&device, text).unwrap();
         let out = validate(&[&base, &device]);
@@ -597,4 +609,61 @@ fn off_loopback_the_page_frames_and_clips_need_the_token_and_metrics_and_health_
     );
     let cookie = browser.eval("document.cookie");
     assert_eq!(cookie, "", "the cookie is readable by the page's scripts");
+}
+
+#[test]
+fn an_incidents_snapshot_shows_on_the_page_as_an_image() {
+    let Some(mut browser) = Browser::start() else {
+        return;
+    };
+    // The red square a worker finds as `fire`, at a size the test model sees whole.
+    let rig = Rig::start_with("127.0.0.1", None, Scene::sized(640, 360, 10), true);
+    rig.wait_streaming(&[]);
+    // An incident that names a snapshot the agent holds.
+    let id = wait::value_explained(
+        "an incident with its snapshot on the page",
+        Duration::from_secs(180),
+        || {
+            let cameras: Value =
+                serde_json::from_slice(&request(&rig.addr, "/page/cameras.json", &[]).1).ok()?;
+            let incidents = cameras["cameras"][0]["incidents"].as_array()?.clone();
+            incidents.iter().find_map(|i| {
+                let id = i["snapshot"].as_str()?;
+                let path = format!("/page/snapshot/{id}");
+                (request(&rig.addr, &path, &[]).0 == 200).then(|| id.to_string())
+            })
+        },
+        || format!("; log:\n{}", rig.agent.log_text()),
+    );
+    let (status, jpeg) = request(&rig.addr, &format!("/page/snapshot/{id}"), &[]);
+    assert_eq!(status, 200);
+    let img = edge_agent::image::decode_jpeg(&jpeg).expect("the snapshot is a JPEG");
+    assert_eq!(
+        (img.width, img.height),
+        (640, 360),
+        "the whole camera frame"
+    );
+    // Unknown ids and anything that is not a snapshot id: 404, nothing read.
+    for path in [
+        "/page/snapshot/gate-1-1",
+        "/page/snapshot/..%2F..%2Fetc%2Fpasswd",
+        "/page/snapshot/%2Fetc%2Fpasswd",
+        "/page/snapshot/a.jpg",
+    ] {
+        assert_eq!(request(&rig.addr, path, &[]).0, 404, "{path}");
+    }
+
+    // In the browser: the incident's thumbnail is an image that loaded.
+    browser.navigate(&rig.url("/"));
+    let probe = format!(
+        "(() => {{ const i = document.querySelector('[data-camera=\"gate\"] .incidents \
+         img.snapshot[src=\"/page/snapshot/{id}\"]'); \
+         return !!i && i.complete && i.naturalWidth; }})()"
+    );
+    let width = wait::value(
+        "the snapshot loaded on the page",
+        Duration::from_secs(30),
+        || browser.eval(&probe).as_u64().filter(|w| *w > 0),
+    );
+    assert_eq!(width, 640, "the snapshot's own width");
 }

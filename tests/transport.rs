@@ -1019,3 +1019,51 @@ async fn a_taken_embedded_port_fails_with_an_error_naming_the_port() {
     );
     assert!(err.contains(&want), "{err}");
 }
+
+/// A worker's snapshot reaches the agent's results as `snapshots/{id}`, bytes intact
+/// (the agent keeps it for the page and sends it up the uplink). Published again until
+/// the agent's subscription is in place: MQTT keeps nothing published before it.
+async fn the_agent_reads_back_worker_snapshots(cfg: TransportConfig) {
+    let agent = AgentTransport::connect(&cfg, DEVICE, &Default::default())
+        .await
+        .unwrap();
+    let mut results = agent.results().unwrap();
+    let worker = subscribed_worker(&worker_cfg(&cfg, &agent)).await;
+    let jpeg = small_jpeg();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let got = loop {
+        worker
+            .publish_snapshot_for(DEVICE, "cam-1", "cam-1-1700000000000-7", jpeg.clone())
+            .await
+            .unwrap();
+        match tokio::time::timeout(Duration::from_millis(300), results.next()).await {
+            Ok(Some(r)) => break r,
+            Ok(None) => panic!("the results stream ended"),
+            Err(_) if tokio::time::Instant::now() < deadline => continue,
+            Err(_) => panic!("no snapshot reached the agent within {WAIT:?}"),
+        }
+    };
+    assert_eq!(
+        (got.device.as_str(), got.camera.as_str(), got.kind.as_str()),
+        (DEVICE, "cam-1", "snapshots/cam-1-1700000000000-7")
+    );
+    assert_eq!(got.payload, jpeg, "the snapshot's bytes");
+    assert_eq!(
+        (got.seq, got.first_answer),
+        (None, false),
+        "it answers no frame"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_reads_back_worker_snapshots_on_the_embedded_broker() {
+    the_agent_reads_back_worker_snapshots(base(TransportKind::Embedded)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_reads_back_worker_snapshots_on_rabbitmq() {
+    let _serial = rabbit_serial().await;
+    let cfg = amqp_cfg();
+    the_agent_reads_back_worker_snapshots(cfg.clone()).await;
+    amqp_cleanup(&cfg).await;
+}

@@ -1,23 +1,30 @@
 //! What the page on the telemetry listener shows of the running agent
 //! ([`crate::telemetry::page`]): each camera's state, configuration (motion masks and
 //! zones, in fractions of the frame), newest motion boxes, newest frame and recent
-//! incidents (with the id of their snapshot, published on the broker). Nothing
-//! here is a secret: no URL, no password, no token.
+//! incidents with their snapshots (read back from the broker and kept in memory, or
+//! from `events.snapshot_dir`). Nothing here is a secret: no URL, no password, no
+//! token.
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
 
 use serde_json::{json, Value};
 
 use crate::camera::CameraView;
 use crate::results::RecentIncidents;
 use crate::sync::lock;
-use crate::telemetry::page::{PageSource, RgbFrame};
+use crate::telemetry::page::{snapshot_id_ok, PageSource, RgbFrame};
 
 /// The running cameras (refreshed by the main loop on reload) and their incidents.
 pub(super) struct AgentPage {
     device: String,
     views: Arc<Mutex<Vec<CameraView>>>,
     recent: Arc<RecentIncidents>,
+    /// `events.snapshot_dir`: where the workers also write snapshots, for those no
+    /// longer in memory.
+    snapshot_dir: Option<PathBuf>,
 }
 
 impl AgentPage {
@@ -25,11 +32,13 @@ impl AgentPage {
         device: &str,
         views: Arc<Mutex<Vec<CameraView>>>,
         recent: Arc<RecentIncidents>,
+        snapshot_dir: Option<PathBuf>,
     ) -> AgentPage {
         AgentPage {
             device: device.to_string(),
             views,
             recent,
+            snapshot_dir,
         }
     }
 }
@@ -60,6 +69,20 @@ impl PageSource for AgentPage {
             height: c.height,
             rgb: c.rgb,
         })
+    }
+
+    fn snapshot(&self, id: &str) -> Option<Bytes> {
+        // Checked here too: the id becomes a file name below.
+        if !snapshot_id_ok(id) {
+            return None;
+        }
+        if let Some(jpeg) = self.recent.snapshots().get(id) {
+            return Some(jpeg);
+        }
+        let dir = self.snapshot_dir.as_ref()?;
+        std::fs::read(dir.join(format!("{id}.jpg")))
+            .ok()
+            .map(Bytes::from)
     }
 }
 

@@ -86,6 +86,7 @@ async fn run_agent(loaded: Loaded, args: ConfigArgs) -> anyhow::Result<i32> {
             &device,
             views.clone(),
             stages.recent.clone(),
+            cfg.events.snapshot_dir.clone(),
         ))),
         page_token: cfg.telemetry.page_token.clone(),
     };
@@ -259,7 +260,9 @@ impl Stages {
             cameras.check_routes(),
         ));
         let results_stop = lifetime.end().child_token();
-        let recent = Arc::new(crate::results::RecentIncidents::default());
+        let recent = Arc::new(crate::results::RecentIncidents::new(
+            cfg.events.snapshot_memory.0,
+        ));
         let results = tokio::spawn(crate::results::run(
             transport.clone(),
             device,

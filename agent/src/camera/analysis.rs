@@ -16,7 +16,7 @@ use super::CameraConfig;
 use crate::escalate::escalator::{Candidate, EscalatedFrame, Escalation};
 use crate::escalate::policy::EscalationPolicy;
 use crate::escalate::verify::{Paced, VerifyRequest};
-use crate::escalate::DetectRegions;
+use crate::escalate::{DetectRegions, EscalationConfig};
 use crate::ingest::{CameraHandle, CropRequest, GreyFrame};
 use crate::motion::{Detector, EventTracker, FrameMotion, MotionTransition, NormBox};
 use crate::telemetry::metrics::{self, metrics, DropReason};
@@ -389,12 +389,7 @@ impl Analysis {
         let Some(req) = self.check.take() else {
             return ControlFlow::Continue(());
         };
-        let crops = (self.cam.escalation.regions == DetectRegions::Motion && !req.boxes.is_empty())
-            .then(|| CropRequest {
-                boxes: req.boxes.clone(),
-                min_side: self.cam.escalation.crop_size.as_u32(),
-                max_crops: self.cam.escalation.max_crops.get() as usize,
-            });
+        let crops = verify_crops(&self.cam.escalation, &req);
         let colour = match self.handle.colour_frame_off_runtime(frame.seq, crops).await {
             Some(c) if self.last_sent.is_some_and(|s| c.seq <= s) => None,
             c => c,
@@ -449,6 +444,18 @@ impl Analysis {
     }
 }
 
+/// The crops of a verification frame: with `regions = "motion"`, cut around the boxes
+/// the request looks at (the tracks' last boxes, since there is no motion box to cut
+/// around); `None` (the whole frame) otherwise, and for a request that looks at
+/// everything (a baseline).
+fn verify_crops(esc: &EscalationConfig, req: &VerifyRequest) -> Option<CropRequest> {
+    (esc.regions == DetectRegions::Motion && !req.boxes.is_empty()).then(|| CropRequest {
+        boxes: req.boxes.clone(),
+        min_side: esc.crop_size.as_u32(),
+        max_crops: esc.max_crops.get() as usize,
+    })
+}
+
 /// The end of the camera's open event, at stop: it waits for room like every
 /// transition (a consumer that saw the start must see the end). The escalator reads
 /// until every sender is gone, and the camera's stop deadline bounds the wait; only a
@@ -469,7 +476,6 @@ async fn send_last_transition(id: &str, t: MotionTransition, out: &mpsc::Sender<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::escalate::EscalationConfig;
     use crate::ingest::ColourFrame;
     use crate::values::{Dur, IntIn};
 
@@ -556,5 +562,110 @@ mod tests {
             offer(&mut policy, at(200), Some(frame(9)), &tx),
             Offered::Closed
         );
+    }
+
+    /// Issue #29: with crops in use, a stationary object's verification frame is cut
+    /// around the track's last box. The request goes the real way: results' tracks ask
+    /// for it, `route_checks` hands it to the camera, the camera plans its crops, and
+    /// `wire::regions::plan` cuts the camera frame.
+    #[tokio::test]
+    async fn a_stationary_tracks_verification_frame_is_cut_around_its_last_box() {
+        use crate::results::config::{StationaryConfig, TracksConfig};
+        use crate::results::incidents::Incidents;
+        use crate::wire::detections::{Detection, DetectionsBody, DetectionsIn};
+        use crate::wire::regions::{self, Plan, Rect};
+
+        // A 1280 x 720 camera; a fire comes in from the left and stops far from the
+        // centre, low and right, at (1000, 560) 48 x 40.
+        let (w, h) = (1280u32, 720u32);
+        let t0 = 1_700_000_000_000u64;
+        let at = |ms: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(t0 + ms);
+        let det = |seq: u64, x: f32| DetectionsIn {
+            seq,
+            captured_ms: t0 + seq * 200,
+            event_id: String::new(),
+            snapshot: None,
+            detections: DetectionsBody {
+                width: w,
+                height: h,
+                items: vec![Detection {
+                    class_id: 0,
+                    class: "fire".into(),
+                    score: 0.9,
+                    x,
+                    y: 560.0,
+                    w: 48.0,
+                    h: 40.0,
+                }],
+            },
+        };
+        let cfg = TracksConfig {
+            forget_after: Dur::secs(6),
+            stationary: StationaryConfig {
+                enabled: true,
+                check_interval: Dur::secs(10),
+                ..Default::default()
+            },
+            ..TracksConfig::default()
+        };
+        let mut inc = Incidents::new("dev", cfg, vec!["fire".into()]);
+        for (seq, x) in [(0u64, 960.0), (1, 980.0), (2, 1000.0)] {
+            inc.detections("gate", &det(seq, x), at(seq * 200));
+        }
+        inc.tick(at(3_000));
+        let mut asked = inc.checks(at(3_400));
+        assert_eq!(asked.len(), 1, "one verification frame asked for");
+
+        // Through the router to the camera's channel.
+        let (to_router, from_results) = mpsc::channel(4);
+        let (to_camera, mut at_camera) = mpsc::channel(4);
+        let routes: crate::camera::CheckRoutes = Default::default();
+        crate::sync::lock(&routes).insert("gate".into(), to_camera);
+        let router = tokio::spawn(crate::camera::route_checks(from_results, routes));
+        to_router.send(asked.remove(0)).await.unwrap();
+        let req = at_camera.recv().await.expect("the camera got the request");
+        drop(to_router);
+        router.await.unwrap();
+
+        // The camera escalates crops of 256 px around motion.
+        let esc = EscalationConfig {
+            regions: DetectRegions::Motion,
+            crop_size: IntIn::new(256).unwrap(),
+            ..EscalationConfig::default()
+        };
+        let crops = verify_crops(&esc, &req).expect("crops are asked for, not the whole frame");
+        let squares = match regions::plan(&crops.boxes, w, h, crops.min_side, crops.max_crops) {
+            Plan::Crops(s) => s,
+            whole => panic!("the verification frame went whole: {whole:?}"),
+        };
+        assert_eq!(squares.len(), 1, "{squares:?}");
+        let Rect { x, y, w: cw, h: ch } = squares[0];
+        // The crop holds the track's last box (1000, 560, 48, 40), at crop size.
+        assert!(
+            x <= 1000 && y <= 560 && x + cw >= 1048 && y + ch >= 600,
+            "the crop {:?} misses the track's last box",
+            squares[0]
+        );
+        assert!(cw < w && ch < h && cw >= 256, "{:?}", squares[0]);
+        // Centred on the last box (1024, 580), not on an earlier one (the first: 984).
+        let centre = |a: u32, len: u32| f64::from(a) + f64::from(len) / 2.0;
+        assert!(
+            (centre(x, cw) - 1024.0).abs() <= 16.0 && (centre(y, ch) - 580.0).abs() <= 16.0,
+            "the crop {:?} is not centred on the track's last box",
+            squares[0]
+        );
+
+        // Whole frames escalated, or a baseline (looks at everything): no crops.
+        let whole = EscalationConfig {
+            regions: DetectRegions::Whole,
+            ..esc.clone()
+        };
+        assert!(verify_crops(&whole, &req).is_none());
+        let baseline = VerifyRequest {
+            look: crate::escalate::verify::Look::Baseline,
+            boxes: Vec::new(),
+            ..req.clone()
+        };
+        assert!(verify_crops(&esc, &baseline).is_none());
     }
 }

@@ -27,6 +27,10 @@ pub struct EventsConfig {
     pub snapshot_dir: Option<PathBuf>,
     #[serde(default = "default_snapshot_quality")]
     pub snapshot_quality: IntIn<1, 100>,
+    /// The agent keeps the snapshots it reads back, for the page, up to this much memory
+    /// (the least recently used go first, counted).
+    #[serde(default = "default_snapshot_memory")]
+    pub snapshot_memory: ByteSize,
     /// How detections become tracks and incidents (the agent's side).
     #[serde(default)]
     pub tracks: TracksConfig,
@@ -42,6 +46,7 @@ impl Default for EventsConfig {
             privacy_classes: Vec::new(),
             snapshot_dir: None,
             snapshot_quality: default_snapshot_quality(),
+            snapshot_memory: default_snapshot_memory(),
             tracks: Default::default(),
             clips: Default::default(),
         }
@@ -265,6 +270,10 @@ fn default_event_classes() -> Vec<String> {
         .map(String::from)
         .to_vec()
 }
+fn default_snapshot_memory() -> ByteSize {
+    ByteSize(16 << 20)
+}
+
 fn default_snapshot_quality() -> IntIn<1, 100> {
     IntIn::lit(85)
 }

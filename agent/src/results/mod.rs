@@ -9,6 +9,7 @@ pub mod config;
 pub mod filter;
 pub mod geometry;
 pub mod incidents;
+pub mod snapshots;
 pub mod stationary;
 pub mod track;
 pub mod zones;
@@ -31,22 +32,38 @@ use crate::telemetry::metrics::{self, metrics};
 use crate::transport::{AgentTransport, ResultMessage, Results};
 use crate::uplink::Events;
 use clips::Clips;
+use snapshots::Snapshots;
 
 /// How often forgotten tracks are looked for.
 const TICK: Duration = Duration::from_millis(250);
 
 /// The newest incidents of each camera, in their latest state, for the page: at most
-/// [`RecentIncidents::PER_CAMERA`] per camera, newest first.
-#[derive(Default)]
-pub struct RecentIncidents(std::sync::Mutex<BTreeMap<String, VecDeque<IncidentEvent>>>);
+/// [`RecentIncidents::PER_CAMERA`] per camera, newest first; and the snapshots the
+/// workers published, kept in memory (bounded) so the page can show them.
+pub struct RecentIncidents {
+    incidents: std::sync::Mutex<BTreeMap<String, VecDeque<IncidentEvent>>>,
+    snapshots: Snapshots,
+}
 
 impl RecentIncidents {
     pub const PER_CAMERA: usize = 10;
 
-    /// Keeps `events`: an incident already kept takes its new state in place.
+    /// Keeps up to `snapshot_memory` bytes of snapshots.
+    pub fn new(snapshot_memory: u64) -> RecentIncidents {
+        RecentIncidents {
+            incidents: Default::default(),
+            snapshots: Snapshots::new(snapshot_memory),
+        }
+    }
+
+    /// Keeps `events`: an incident already kept takes its new state in place. The
+    /// snapshot each names is marked as used, so it stays while its incident is recent.
     pub fn record(&self, events: &[IncidentEvent]) {
-        let mut all = crate::sync::lock(&self.0);
+        let mut all = crate::sync::lock(&self.incidents);
         for e in events {
+            if let Some(id) = &e.snapshot {
+                self.snapshots.touch(id);
+            }
             let list = all.entry(e.camera.clone()).or_default();
             match list.iter_mut().find(|k| k.incident == e.incident) {
                 Some(kept) => *kept = e.clone(),
@@ -60,10 +77,15 @@ impl RecentIncidents {
 
     /// The camera's incidents, newest first.
     pub fn of(&self, camera: &str) -> Vec<IncidentEvent> {
-        crate::sync::lock(&self.0)
+        crate::sync::lock(&self.incidents)
             .get(camera)
             .map(|l| l.iter().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// The snapshots kept.
+    pub fn snapshots(&self) -> &Snapshots {
+        &self.snapshots
     }
 }
 
@@ -73,10 +95,12 @@ pub struct ClipFeed {
     pub finished: tokio::sync::mpsc::Receiver<FinishedClip>,
 }
 
-/// What the results loop hands on: incident events, or a clip file finished.
+/// What the results loop hands on: incident events, a clip file finished, or a
+/// snapshot a worker published.
 enum Out {
     Events(Vec<IncidentEvent>),
     Clip(FinishedClip),
+    Snapshot(ResultMessage),
 }
 
 /// Where the results loop's output goes: incident events (and clip notices) out, the
@@ -122,6 +146,10 @@ pub async fn run(
     };
     let mut out = |o: Out| {
         let events = match (o, link.as_mut()) {
+            (Out::Snapshot(r), _) => {
+                snapshot(&recent, &events_out, r);
+                Vec::new()
+            }
             (Out::Events(e), Some(l)) => l.events(e, Instant::now()),
             (Out::Events(e), None) => e,
             (Out::Clip(c), Some(l)) => {
@@ -204,7 +232,7 @@ async fn serve(
             biased;
             _ = stop.cancelled() => break,
             r = results.next() => match r {
-                Some(r) => out(Out::Events(handle(incidents, r))),
+                Some(r) => out(route(incidents, r)),
                 None => return,
             },
             Some(c) = next_clip(&mut finished) => out(Out::Clip(c)),
@@ -219,7 +247,7 @@ async fn serve(
     let (mut drained, mut dropped) = (0u64, 0u64);
     while let Some(r) = results.try_next() {
         if tokio::time::Instant::now() < until {
-            out(Out::Events(handle(incidents, r)));
+            out(route(incidents, r));
             drained += 1;
         } else {
             dropped += 1;
@@ -272,6 +300,30 @@ fn announce(events: &Events, msg: &clips::ClipMessage) {
         Err(e) => {
             warn!(camera = %msg.camera, file = %msg.file, error = %e, "Clip message not published.")
         }
+    }
+}
+
+/// A snapshot goes to the store and up; anything else is [`handle`]d.
+fn route(incidents: &mut Incidents, r: ResultMessage) -> Out {
+    if r.kind.starts_with("snapshots/") {
+        Out::Snapshot(r)
+    } else {
+        Out::Events(handle(incidents, r))
+    }
+}
+
+/// A snapshot a worker published (`kind` `snapshots/{id}`): kept for the page and, when
+/// it is new, handed to the uplink before the incident that will name it (the worker
+/// publishes it, confirmed, before the detections the incident comes from).
+fn snapshot(recent: &RecentIncidents, events: &Events, r: ResultMessage) {
+    let Some(id) = r.kind.strip_prefix("snapshots/") else {
+        return;
+    };
+    if !recent.snapshots().insert(id, r.payload.clone()) {
+        return;
+    }
+    if let Err(e) = events.forward_snapshot(&r.camera, id, r.payload) {
+        warn!(camera = %r.camera, snapshot = %id, error = %e, "Snapshot not handed to the uplink.");
     }
 }
 
@@ -468,7 +520,7 @@ mod tests {
     #[test]
     fn recent_incidents_keep_the_newest_of_each_camera_in_their_latest_state() {
         use incidents::State::{End, Start};
-        let recent = RecentIncidents::default();
+        let recent = RecentIncidents::new(0);
         recent.record(&[event("gate", "a", Start), event("yard", "y", Start)]);
         recent.record(&[event("gate", "a", End)]);
         let gate = recent.of("gate");

@@ -558,6 +558,9 @@ pub enum DropReason {
     SpoolExpired,
     /// An event could not be committed to the spool (disk full, larger than the spool).
     SpoolFailed,
+    // Snapshots kept for the page.
+    /// A snapshot left the agent's memory to keep within `events.snapshot_memory`.
+    SnapshotEvicted,
 }
 
 impl DropReason {
@@ -593,6 +596,7 @@ impl DropReason {
             DropReason::SpoolEvicted => "spool_evicted",
             DropReason::SpoolExpired => "spool_expired",
             DropReason::SpoolFailed => "spool_failed",
+            DropReason::SnapshotEvicted => "snapshot_evicted",
         }
     }
 }

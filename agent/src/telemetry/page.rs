@@ -9,9 +9,12 @@
 //! - `GET /page/frame/{camera}` the camera's newest frame as a JPEG. Encoded only when
 //!   asked, at most once per camera per [`FRAME_EVERY`]: a request within that gets
 //!   the same bytes. Nothing is converted or encoded while nobody looks.
+//! - `GET /page/snapshot/{id}` the snapshot JPEG a worker published under `id` (named
+//!   by an incident), as [`PageSource::snapshot`] keeps it; 404 for an id it does not
+//!   hold or one that is not a snapshot id (letters, digits, `-`, `_`).
 //!
-//! Access ([`Access`]): with `telemetry.page_token_file` the page, its frames and
-//! `/clips` need the token (401 without it), offered once as `/?token=...` (answered
+//! Access ([`Access`]): with `telemetry.page_token_file` the page, its frames, its
+//! snapshots and `/clips` need the token (401 without it), offered once as `/?token=...` (answered
 //! with a cookie and a redirect that drops it from the address), as a cookie or as
 //! `Authorization: Bearer`. Without a token they are open on a loopback listener and
 //! refused (403) on any other. `/metrics` and `/health` never need it. The token is
@@ -63,6 +66,19 @@ pub trait PageSource: Send + Sync {
     /// The camera's newest frame; `None` for an unknown camera or before its first
     /// frame. Blocking: it converts a decoded frame.
     fn frame(&self, camera: &str) -> Option<RgbFrame>;
+    /// The snapshot JPEG with `id` (already checked by [`snapshot_id_ok`]); `None`
+    /// when not kept. May block (it may read a file).
+    fn snapshot(&self, id: &str) -> Option<Bytes>;
+}
+
+/// True for an id a worker gives a snapshot (`[A-Za-z0-9_-]`, at most 200 characters):
+/// nothing else is looked up, so no id reaches outside the snapshots.
+pub fn snapshot_id_ok(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 200
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Who may see the page, its frames and the clips.
@@ -234,6 +250,35 @@ pub fn routes(source: Arc<dyn PageSource>, access: Access) -> Router {
                 .into_response()
         }
     };
+    let (a, s) = (access.clone(), source.clone());
+    let snapshot = move |UrlPath(id): UrlPath<String>, headers: HeaderMap, uri: Uri| {
+        let (access, source) = (a.clone(), s.clone());
+        async move {
+            if let Some(refused) = access.refusal(&headers, &uri) {
+                return refused;
+            }
+            let jpeg = if snapshot_id_ok(&id) {
+                tokio::task::spawn_blocking(move || source.snapshot(&id))
+                    .await
+                    .ok()
+                    .flatten()
+            } else {
+                None
+            };
+            match jpeg {
+                // A snapshot never changes under its id.
+                Some(jpeg) => (
+                    [
+                        (header::CONTENT_TYPE, "image/jpeg"),
+                        (header::CACHE_CONTROL, "private, max-age=3600"),
+                    ],
+                    jpeg,
+                )
+                    .into_response(),
+                None => (StatusCode::NOT_FOUND, "no such snapshot here\n").into_response(),
+            }
+        }
+    };
     let a = access.clone();
     let frame = move |UrlPath(camera): UrlPath<String>, headers: HeaderMap, uri: Uri| {
         let (access, source, cache) = (a.clone(), source.clone(), cache.clone());
@@ -271,6 +316,7 @@ pub fn routes(source: Arc<dyn PageSource>, access: Access) -> Router {
         )
         .route("/page/cameras.json", get(cameras))
         .route("/page/frame/:camera", get(frame))
+        .route("/page/snapshot/:id", get(snapshot))
 }
 
 /// `/`: the page; `/?token=` with the right token sets the cookie and redirects to `/`,
@@ -378,6 +424,25 @@ mod tests {
             token.refusal(&h, &u).is_some(),
             "a token set is needed on loopback too"
         );
+    }
+
+    #[test]
+    fn only_snapshot_ids_are_looked_up() {
+        for (id, ok) in [
+            ("gate-1795651688342-52", true),
+            ("a_b-C9", true),
+            ("", false),
+            ("..", false),
+            ("../etc/passwd", false),
+            ("a/b", false),
+            ("a.jpg", false),
+            ("a%2Fb", false),
+            ("a b", false),
+            ("\u{e9}", false),
+        ] {
+            assert_eq!(snapshot_id_ok(id), ok, "{id:?}");
+        }
+        assert!(!snapshot_id_ok(&"a".repeat(201)));
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //!   `{device}.{camera}.{kind}` (kind: motion, detections or an event class;
 //!   snapshots use `{device}.{camera}.snapshot.{event_id}` so `*.*.*` skips them);
 //! - the agent's results queue `<events_exchange>.<device>.results`, bound to
-//!   `{device}.*.*`.
+//!   `{device}.*.*` and `{device}.*.snapshot.*` (the workers' snapshots).
 //!
 //! One task owns the connection: it publishes from the outbox with publisher confirms
 //! (a window of unconfirmed messages, put back in the outbox if the link drops),
@@ -505,14 +505,19 @@ impl Owner {
                         )]),
                     )
                     .await?;
-                    rch.queue_bind(
-                        q.as_str().into(),
-                        cfg.events_exchange.as_str().into(),
-                        format!("{}.*.*", self.shared.device).into(),
-                        QueueBindOptions::default(),
-                        FieldTable::default(),
-                    )
-                    .await?;
+                    for key in [
+                        format!("{}.*.*", self.shared.device),
+                        format!("{}.*.snapshot.*", self.shared.device),
+                    ] {
+                        rch.queue_bind(
+                            q.as_str().into(),
+                            cfg.events_exchange.as_str().into(),
+                            key.into(),
+                            QueueBindOptions::default(),
+                            FieldTable::default(),
+                        )
+                        .await?;
+                    }
                     rch.basic_qos(64, BasicQosOptions::default()).await?;
                     rch.basic_consume(
                         q.as_str().into(),
@@ -638,11 +643,21 @@ impl Owner {
     async fn result(&self, d: lapin::message::Delivery) {
         let key = d.routing_key.as_str().to_string();
         let parts: Vec<&str> = key.split('.').collect();
-        if let (Some(tx), [device, camera, kind]) = (&self.results_tx, parts.as_slice()) {
-            let kind = match *kind {
-                "motion" => None,
-                "detections" => Some("detections".to_string()),
-                class => Some(format!("events/{class}")),
+        if let Some(tx) = &self.results_tx {
+            let (device, camera, kind) = match parts.as_slice() {
+                [device, camera, "snapshot", id] => {
+                    (*device, *camera, Some(format!("snapshots/{id}")))
+                }
+                [device, camera, kind] => (
+                    *device,
+                    *camera,
+                    match *kind {
+                        "motion" => None,
+                        "detections" => Some("detections".to_string()),
+                        class => Some(format!("events/{class}")),
+                    },
+                ),
+                _ => ("", "", None),
             };
             if let Some(kind) = kind {
                 let r = self

@@ -390,7 +390,12 @@ impl LinkShared {
         kind: String,
         payload: Bytes,
     ) -> ResultMessage {
-        let seq = crate::wire::detections::seq_of(&payload);
+        // A snapshot is a JPEG: no seq to read, it answers no frame.
+        let seq = if kind.starts_with("snapshots/") {
+            None
+        } else {
+            crate::wire::detections::seq_of(&payload)
+        };
         let first_answer = match seq {
             Some(seq) if device == self.device => {
                 let mut st = self.state();

@@ -162,6 +162,8 @@ pub(crate) fn start(
         Role::Agent => vec![
             format!("{}/{}/+/detections", cfg.topic_prefix, shared.device),
             format!("{}/{}/+/events/+", cfg.topic_prefix, shared.device),
+            // The workers' snapshots, for the page and the uplink.
+            format!("{}/{}/+/snapshots/+", cfg.topic_prefix, shared.device),
         ],
     };
     let owner = Owner {
@@ -485,6 +487,12 @@ impl Owner {
                 let r = self
                     .shared
                     .accept_result(device, camera, "detections".into(), p.payload);
+                self.forward(tx, r);
+            }
+            ([device, camera, "snapshots", id], _, Some(tx)) => {
+                let r =
+                    self.shared
+                        .accept_result(device, camera, format!("snapshots/{id}"), p.payload);
                 self.forward(tx, r);
             }
             ([device, camera, "events", class], _, Some(tx)) => {

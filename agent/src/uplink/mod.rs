@@ -1,6 +1,6 @@
 //! The uplink: events to a central broker, apart from the frames. Frames stay on the
-//! local transport (usually the embedded broker); incidents, clip notices and motion go
-//! up through a disk spool (`spool.rs`) to a central MQTT or AMQP broker, so they
+//! local transport (usually the embedded broker); incidents, snapshots (read back from
+//! the frames transport), clip notices and motion go up through a disk spool (`spool.rs`) to a central MQTT or AMQP broker, so they
 //! survive an outage of hours, a SIGKILL and a power cut; status and health (state:
 //! the latest value counts) go up retained, without the spool. The connection is the
 //! transport module's ([`UplinkTransport`]); this module owns the spool, the message
@@ -142,6 +142,18 @@ impl Events {
                 Ok(())
             }
             Route::Up(up) => up.append(camera, kind, payload),
+        }
+    }
+
+    /// A snapshot a worker published on the frames transport, read back by the agent:
+    /// with an uplink it goes up through the spool (same topic or routing key scheme,
+    /// the JPEG as it is, its bytes counted in `uplink.spool.max_bytes`), in spool
+    /// order, so before the incident that names it. Without an uplink it is already
+    /// where events go: nothing to do.
+    pub fn forward_snapshot(&self, camera: &str, id: &str, jpeg: Bytes) -> Result<(), UplinkError> {
+        match &self.route {
+            Route::Local(_) => Ok(()),
+            Route::Up(_) => self.publish(camera, &format!("snapshots/{id}"), jpeg),
         }
     }
 

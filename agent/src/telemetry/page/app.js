@@ -111,15 +111,25 @@ function drawState(v, now) {
     v.el.querySelector('.view').style.aspectRatio = `${cam.source_size[0]} / ${cam.source_size[1]}`;
   }
   const incidents = cam.incidents || [];
-  v.el.querySelector('.incidents').innerHTML = incidents.length === 0
+  const html = incidents.length === 0
     ? '<li>none yet</li>'
     : incidents.map(i => {
       const when = new Date(i.started_ms).toLocaleTimeString();
-      const snap = i.snapshot ? ` · snapshot ${esc(i.snapshot)}` : '';
+      const snapUrl = i.snapshot ? `/page/snapshot/${encodeURIComponent(i.snapshot)}` : '';
+      // The snapshot as a thumbnail, opening the full picture.
+      const snap = i.snapshot
+        ? `<a href="${snapUrl}" target="_blank"><img class="snapshot" src="${snapUrl}"
+            alt="snapshot ${esc(i.snapshot)}" title="snapshot ${esc(i.snapshot)}"></a>`
+        : '';
       const clip = i.clip ? ` · <a href="/clips/${encodeURIComponent(i.clip)}">clip</a>` : '';
-      return `<li>${esc(when)} ${esc(i.class)} (${esc(i.state)}, best ${Number(i.best_score).toFixed(2)},
-        ${esc(i.frames)} frames)${snap}${clip}</li>`;
+      return `<li data-incident="${esc(i.incident)}">${snap}<span>${esc(when)} ${esc(i.class)} (${esc(i.state)},
+        best ${Number(i.best_score).toFixed(2)}, ${esc(i.frames)} frames)${clip}</span></li>`;
     }).join('');
+  // Only when something changed: the thumbnails are not fetched again every refresh.
+  if (v.incidentsHtml !== html) {
+    v.incidentsHtml = html;
+    v.el.querySelector('.incidents').innerHTML = html;
+  }
 }
 
 function refreshFrame(v) {
