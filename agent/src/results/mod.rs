@@ -73,10 +73,12 @@ pub struct ClipFeed {
     pub finished: tokio::sync::mpsc::Receiver<FinishedClip>,
 }
 
-/// What the results loop hands on: incident events, or a clip file finished.
+/// What the results loop hands on: incident events, a clip file finished, or a
+/// detections message received (for `uplink.detections`).
 enum Out {
     Events(Vec<IncidentEvent>),
     Clip(FinishedClip),
+    Detections { camera: String, payload: Bytes },
 }
 
 /// Where the results loop's output goes: incident events (and clip notices) out, the
@@ -122,6 +124,12 @@ pub async fn run(
     };
     let mut out = |o: Out| {
         let events = match (o, link.as_mut()) {
+            (Out::Detections { camera, payload }, _) => {
+                if let Err(e) = events_out.forward_detections(&camera, payload) {
+                    warn!(camera = %camera, error = %e, "Detections not sent up the uplink.");
+                }
+                return;
+            }
             (Out::Events(e), Some(l)) => l.events(e, Instant::now()),
             (Out::Events(e), None) => e,
             (Out::Clip(c), Some(l)) => {
@@ -204,7 +212,7 @@ async fn serve(
             biased;
             _ = stop.cancelled() => break,
             r = results.next() => match r {
-                Some(r) => out(Out::Events(handle(incidents, r))),
+                Some(r) => take(incidents, r, &mut out),
                 None => return,
             },
             Some(c) = next_clip(&mut finished) => out(Out::Clip(c)),
@@ -219,7 +227,7 @@ async fn serve(
     let (mut drained, mut dropped) = (0u64, 0u64);
     while let Some(r) = results.try_next() {
         if tokio::time::Instant::now() < until {
-            out(Out::Events(handle(incidents, r)));
+            take(incidents, r, &mut out);
             drained += 1;
         } else {
             dropped += 1;
@@ -273,6 +281,18 @@ fn announce(events: &Events, msg: &clips::ClipMessage) {
             warn!(camera = %msg.camera, file = %msg.file, error = %e, "Clip message not published.")
         }
     }
+}
+
+/// One result handed on: a frame's first detections message as it came (the uplink
+/// may send it up), then the incident events its tracking gives.
+fn take(incidents: &mut Incidents, r: ResultMessage, out: &mut impl FnMut(Out)) {
+    if r.kind == "detections" && r.first_answer {
+        out(Out::Detections {
+            camera: r.camera.clone(),
+            payload: r.payload.clone(),
+        });
+    }
+    out(Out::Events(handle(incidents, r)));
 }
 
 /// One result: detections are measured and tracked; incident events (this agent's
