@@ -25,3 +25,4 @@ mod stop;
 mod telemetry;
 mod transport;
 mod uplink;
+mod uplink_amqp;
