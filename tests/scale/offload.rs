@@ -21,7 +21,7 @@ async fn with_local_workers_failing_frames_go_to_the_central_pool_over_its_own_l
     std::fs::write(
         &centre_cfg,
         format!(
-            "[device]\nid = \"centre\"\n{}[scaling]\nmax_workers = 1\npolling_interval = \"100ms\"\ncooldown_period = \"2s\"\n",
+            "[device]\nid = \"centre\"\n{}[scaling]\nmax_workers = 1\npolling_interval = \"100ms\"\ncooldown_period = \"30s\"\n",
             pool.transport_toml()
         ),
     )
@@ -76,21 +76,40 @@ async fn with_local_workers_failing_frames_go_to_the_central_pool_over_its_own_l
             .collect()
     };
     let mut central: BTreeMap<(String, u64), u32> = BTreeMap::new();
-    // Until the cameras' budgets are spent and every offloaded frame is answered.
+    // A few frames offloaded, then the cameras off (reload): nothing new is escalated,
+    // and every frame sent to the pool must come back.
     let deadline = Instant::now() + Duration::from_secs(120);
-    let mut stable_since: Option<(f64, Instant)> = None;
+    while offloaded(&agent) < 6.0 {
+        std::thread::sleep(Duration::from_millis(100));
+        drain_tap(&mut tap, &mut central).await;
+        assert!(
+            Instant::now() < deadline,
+            "nothing offloaded: {}",
+            agent.log_text()
+        );
+    }
+    std::fs::write(&config, base + &cameras_toml(CAMERAS, false)).unwrap();
+    agent.signal(libc::SIGHUP);
+    agent.wait_state("reloaded", 1, Duration::from_secs(20));
+    // Frames already in the escalator at the reload still go out after it: settled is
+    // every frame sent answered, with no new one for 3 s.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut settled: Option<(f64, Instant)> = None;
     loop {
         std::thread::sleep(Duration::from_millis(100));
         drain_tap(&mut tap, &mut central).await;
+        // Read the count before the answers: a frame sent in between is only
+        // counted on the next turn.
         let sent = offloaded(&agent);
         let back = answered(&agent).len() as f64;
-        match stable_since {
-            Some((n, since)) if n == sent => {
-                if back >= sent && sent > 0.0 && since.elapsed() > Duration::from_secs(3) {
+        match settled {
+            Some((n, since)) if n == sent && back >= sent => {
+                if since.elapsed() > Duration::from_secs(3) {
                     break;
                 }
             }
-            _ => stable_since = Some((sent, Instant::now())),
+            _ if sent > 0.0 && back >= sent => settled = Some((sent, Instant::now())),
+            _ => settled = None,
         }
         assert!(
             Instant::now() < deadline,
@@ -103,6 +122,11 @@ async fn with_local_workers_failing_frames_go_to_the_central_pool_over_its_own_l
                 .collect::<Vec<_>>()
                 .join("\n")
         );
+    }
+    // What the pool published is all in at the tap too.
+    let until = Instant::now() + Duration::from_secs(10);
+    while central.len() < answered(&agent).len() && Instant::now() < until {
+        drain_tap(&mut tap, &mut central).await;
     }
     let sent = offloaded(&agent) as usize;
     let back = answered(&agent);
@@ -148,7 +172,18 @@ async fn with_local_workers_failing_frames_go_to_the_central_pool_over_its_own_l
         !queue_exists(&own).await,
         "{own} exists: the frames transport went central"
     );
-    assert!(agent.stop().success());
+    let mut agent = agent;
+    let status = agent.stop_and_wait();
+    let warnings: Vec<serde_json::Value> = agent
+        .lines()
+        .into_iter()
+        .filter(|l| l.worker.is_none() && l.v["level"] != "INFO")
+        .map(|l| l.v)
+        .collect();
+    assert!(
+        status.success(),
+        "agent exit {status:?}; warnings: {warnings:#?}"
+    );
     assert!(centre.stop().success());
     cleanup(&pool, &["centre", &device]).await;
 }
