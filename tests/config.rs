@@ -68,9 +68,19 @@ fn the_fleet_example_validates_for_each_device_with_secrets_redacted() {
             !text.contains("example-camera-password") && !text.contains("example-broker-password"),
             "{text}"
         );
+        // The site's central broker, for the uplink and the offload link, both with
+        // the password from the credential file, redacted.
+        for key in ["url", "remote_url"] {
+            assert!(
+                text.contains(&format!(
+                    "{key} = \"amqps://edge:***@rabbit.north.example:5671/%2f\""
+                )),
+                "{key}: {text}"
+            );
+        }
         assert!(
-            text.contains("amqp://edge:***@rabbit.north.example:5672/%2f"),
-            "{text}"
+            text.contains("kind = \"embedded\""),
+            "frames stay home: {text}"
         );
         assert!(
             text.contains("# systemd/fleet/50-site-north.toml:"),

@@ -26,3 +26,4 @@ mod telemetry;
 mod transport;
 mod uplink;
 mod uplink_snapshots;
+mod uplink_amqp;

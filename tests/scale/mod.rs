@@ -4,6 +4,7 @@
 //! share are here.
 
 mod agent;
+mod offload;
 mod pool;
 mod scaler;
 

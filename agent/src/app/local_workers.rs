@@ -55,10 +55,16 @@ impl Workers {
         let local_backlog = Arc::new(AtomicU64::new(0));
         // The remote queue, declared (same arguments as its consumers) before a frame
         // goes there, and polled for the log.
+        // It is on the pool's broker with `remote_url`, else on the frames transport's.
         let remote_probe = match &cfg.scaling.remote_queue {
             Some(q) => {
-                let mut remote_cfg = cfg.transport.clone();
-                remote_cfg.frames_queue = q.clone();
+                let remote_cfg =
+                    cfg.scaling
+                        .remote_transport(&cfg.transport)
+                        .unwrap_or_else(|| crate::transport::TransportConfig {
+                            frames_queue: q.clone(),
+                            ..cfg.transport.clone()
+                        });
                 Some(Arc::new(tokio::sync::Mutex::new(
                     crate::transport::amqp::QueueProbe::new(&remote_cfg).context("remote queue")?,
                 )))

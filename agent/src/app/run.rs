@@ -220,10 +220,17 @@ impl Stages {
     async fn start(cfg: &Config, lifetime: &Lifetime) -> anyhow::Result<Stages> {
         let device = cfg.device.id.to_string();
         let shutdown = lifetime.shutdown();
+        // Offloaded frames take a link of their own when the GPU pool is elsewhere.
+        let offload = cfg.scaling.remote_transport(&cfg.transport);
         let transport = Arc::new(
-            AgentTransport::connect(&cfg.transport, &device, lifetime.end())
-                .await
-                .with_context(|| format!("transport {:?}", cfg.transport.kind))?,
+            AgentTransport::connect_with_offload(
+                &cfg.transport,
+                offload.as_ref(),
+                &device,
+                lifetime.end(),
+            )
+            .await
+            .with_context(|| format!("transport {:?}", cfg.transport.kind))?,
         );
         if let Some(addr) = transport.broker_addr() {
             info!(lifecycle = "broker_listening", %addr, "Embedded MQTT broker listening on loopback.");
@@ -366,8 +373,13 @@ fn health_report(
             })
             .collect();
         let restart = lock(&pending).clone();
-        serde_json::json!({ "version": crate::VERSION, "broker_connected": t.is_connected(), "cameras": cams,
-            "restart_needed": restart, "workers": scaffold::workers_health(&p.status()), "uplink": e.health() })
+        let mut report = serde_json::json!({ "version": crate::VERSION, "broker_connected": t.is_connected(), "cameras": cams,
+            "restart_needed": restart, "workers": scaffold::workers_health(&p.status()), "uplink": e.health() });
+        // The link to a central GPU pool (`scaling.remote_url`), when there is one.
+        if let Some(up) = t.offload_connected() {
+            report["offload_connected"] = up.into();
+        }
+        report
     })
 }
 

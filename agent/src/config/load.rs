@@ -484,6 +484,26 @@ fn apply_secrets(
             });
         }
     }
+    if let Some(file) = config.scaling.remote_password_file.clone() {
+        let path = [
+            Seg::Key("scaling".into()),
+            Seg::Key("remote_password_file".into()),
+        ];
+        let s = &mut config.scaling;
+        let result = match &s.remote_url {
+            None => Err("a password_file needs scaling.remote_url".into()),
+            Some(url) => read_secret(&file, dirs)
+                .and_then(|pw| url.with_password(&pw))
+                .map(|url| s.remote_url = Some(url)),
+        };
+        if let Err(message) = result {
+            errors.push(ConfigError {
+                origin: tree.origin_of(&path),
+                key: tree.display_path(&path),
+                message,
+            });
+        }
+    }
     if let Some(file) = config.transport.password_file.clone() {
         let path = [
             Seg::Key("transport".into()),

@@ -160,12 +160,18 @@ impl Config {
         );
         nest("events.clips", self.events.clips.check());
         errs.extend(direct);
-        if let Some(q) = &self.scaling.remote_queue {
+        // With `scaling.remote_url` the remote queue is on a broker of its own.
+        if let Some(q) = self
+            .scaling
+            .remote_queue
+            .as_ref()
+            .filter(|_| self.scaling.remote_url.is_none())
+        {
             if self.transport.kind != crate::transport::TransportKind::Amqp {
                 errs.push((
                     "scaling.remote_queue".into(),
                     format!(
-                        "offloading to {q:?} needs transport.kind = \"amqp\" (the remote queue is on the same broker), got {:?}",
+                        "offloading to {q:?} needs scaling.remote_url (the GPU pool's AMQP broker) or transport.kind = \"amqp\" (the remote queue on the same broker), got {:?}",
                         format!("{:?}", self.transport.kind).to_lowercase()
                     ),
                 ));

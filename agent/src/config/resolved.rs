@@ -5,9 +5,9 @@
 //! configuration on stdin, so a file edited and not yet reloaded cannot reach a new
 //! worker, and agent and workers never run on different settings.
 //!
-//! A reload applies `cameras`, `inference` and `scaling` (but `scaling.remote_queue`,
-//! whose probe is built at start); everything else is kept as it runs, and the keys
-//! that differ in the files are reported as needing a restart.
+//! A reload applies `cameras`, `inference` and `scaling` (but `scaling.remote_*`, the
+//! remote queue and its link, built at start); everything else is kept as it runs, and
+//! the keys that differ in the files are reported as needing a restart.
 
 use super::Config;
 
@@ -17,7 +17,8 @@ fn live(key: &str) -> bool {
     match section {
         "cameras" | "inference" => true,
         "events" => key == "events.clips" || key.starts_with("events.clips."),
-        "scaling" => key != "scaling.remote_queue",
+        // The offload link is built at start.
+        "scaling" => !key.starts_with("scaling.remote_"),
         _ => false,
     }
 }
@@ -29,8 +30,15 @@ pub fn apply_live(running: &Config, new: &Config) -> Config {
     out.cameras = new.cameras.clone();
     out.inference = new.inference.clone();
     out.events.clips = new.events.clips.clone();
+    let r = &running.scaling;
     out.scaling = crate::scale::ScalingConfig {
-        remote_queue: running.scaling.remote_queue.clone(),
+        remote_queue: r.remote_queue.clone(),
+        remote_url: r.remote_url.clone(),
+        remote_password_file: r.remote_password_file.clone(),
+        remote_ca_file: r.remote_ca_file.clone(),
+        remote_cert_file: r.remote_cert_file.clone(),
+        remote_key_file: r.remote_key_file.clone(),
+        remote_exchange: r.remote_exchange.clone(),
         ..new.scaling.clone()
     };
     out
@@ -60,6 +68,7 @@ pub fn resolved_text(config: &Config) -> Result<String, toml::ser::Error> {
     let mut c = config.clone();
     c.transport.password_file = None;
     c.uplink.password_file = None;
+    c.scaling.remote_password_file = None;
     for cam in &mut c.cameras {
         cam.password_file = None;
         cam.url = cam.url.redacted();
@@ -157,7 +166,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("broker"), "one").unwrap();
         let running = load("", dir.path());
-        let rows: [(&str, &[&str]); 7] = [
+        let rows: [(&str, &[&str]); 8] = [
             ("", &[]),
             (
                 "[events]\nsnapshot_quality = 37\n[events.clips]\nenabled = true\npost_capture = \"9s\"\n",
@@ -176,6 +185,10 @@ mod tests {
                 &["events.snapshot_quality", "transport.frames_queue"],
             ),
             ("[scaling]\nremote_queue = \"remote\"\n", &["scaling.remote_queue"]),
+            (
+                "[scaling]\nremote_queue = \"remote\"\nremote_url = \"amqp://pool/%2f\"\n",
+                &["scaling.remote_queue", "scaling.remote_url"],
+            ),
             ("[scaling]\nmin_workers = 1\n", &[]),
         ];
         for (extra, want) in rows {

@@ -94,11 +94,31 @@ fn bad_configs_give_the_exact_located_error() {
         ),
         (
             format!("{BASE}[scaling]\nremote_queue = \"centre\"\n"),
-            "site.toml:8: scaling.remote_queue: offloading to \"centre\" needs transport.kind = \"amqp\" (the remote queue is on the same broker), got \"embedded\"",
+            "site.toml:8: scaling.remote_queue: offloading to \"centre\" needs scaling.remote_url (the GPU pool's AMQP broker) or transport.kind = \"amqp\" (the remote queue on the same broker), got \"embedded\"",
         ),
         (
             format!("{BASE}[transport]\nkind = \"amqp\"\n[scaling]\nremote_queue = \"edge.frames\"\n"),
             "site.toml:10: scaling.remote_queue: must differ from transport.frames_queue, both are \"edge.frames\"",
+        ),
+        (
+            format!("{BASE}[scaling]\nremote_url = \"amqp://centre/%2f\"\n"),
+            "site.toml:8: scaling.remote_url: needs scaling.remote_queue (where offloaded frames go)",
+        ),
+        (
+            format!("{BASE}[scaling]\nremote_queue = \"pool\"\nremote_url = \"amqps://centre/%2f\"\nremote_cert_file = \"c.pem\"\n"),
+            "site.toml:10: scaling.remote_cert_file: needs remote_key_file as well (mutual TLS)",
+        ),
+        (
+            format!("{BASE}[scaling]\nremote_queue = \"pool\"\nremote_url = \"mqtt://centre\"\n"),
+            "site.toml:9: scaling.remote_url: URL scheme \"mqtt\" is not allowed here (expected one of amqp, amqps), got \"mqtt://centre\"",
+        ),
+        (
+            format!("{BASE}[transport]\nkind = \"amqp\"\n[scaling]\nremote_queue = \"pool\"\nremote_exchange = \"pool\"\n"),
+            "site.toml:11: scaling.remote_exchange: needs scaling.remote_url (without it the remote queue is on the frames transport's broker)",
+        ),
+        (
+            format!("{BASE}[transport]\nkind = \"amqp\"\n[scaling]\nremote_queue = \"pool\"\nremote_password_file = \"pool\"\n"),
+            "site.toml:11: scaling.remote_password_file: a password_file needs scaling.remote_url",
         ),
         (
             format!("{BASE}[transport]\nkind = \"amqp\"\n[scaling]\nremote_queue = \"a b\"\n"),

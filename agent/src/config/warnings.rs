@@ -19,24 +19,33 @@ impl Config {
 
     fn transport_warnings(&self) -> Vec<(String, String)> {
         let t = &self.transport;
-        // Only the URL the transport in use connects to; the embedded broker is on
-        // loopback. `scaling.remote_queue` lives on the same AMQP broker.
-        let (key, raw, has_password) = match t.kind {
-            TransportKind::Embedded => return Vec::new(),
-            TransportKind::Mqtt => (
+        // Only the URLs in use: the frames transport's (the embedded broker is on
+        // loopback) and the offload link's, when it has one.
+        let local = match t.kind {
+            TransportKind::Embedded => None,
+            TransportKind::Mqtt => Some((
                 "transport.mqtt_url",
                 t.mqtt_url.expose(),
                 t.mqtt_url.has_password(),
-            ),
-            TransportKind::Amqp => (
+            )),
+            TransportKind::Amqp => Some((
                 "transport.amqp_url",
                 t.amqp_url.expose(),
                 t.amqp_url.has_password(),
-            ),
+            )),
         };
-        plain_password(raw, has_password)
-            .map(|m| vec![(key.to_string(), m)])
-            .unwrap_or_default()
+        let remote = self
+            .scaling
+            .remote_url
+            .as_ref()
+            .map(|u| ("scaling.remote_url", u.expose(), u.has_password()));
+        [local, remote]
+            .into_iter()
+            .flatten()
+            .filter_map(|(key, raw, has_password)| {
+                plain_password(raw, has_password).map(|m| (key.to_string(), m))
+            })
+            .collect()
     }
 }
 

@@ -96,11 +96,13 @@ pub struct ClipFeed {
 }
 
 /// What the results loop hands on: incident events, a clip file finished, or a
-/// snapshot a worker published.
+/// snapshot a worker published, or a detections message received (for
+/// `uplink.detections`).
 enum Out {
     Events(Vec<IncidentEvent>),
     Clip(FinishedClip),
     Snapshot(ResultMessage),
+    Detections { camera: String, payload: Bytes },
 }
 
 /// Where the results loop's output goes: incident events (and clip notices) out, the
@@ -149,6 +151,12 @@ pub async fn run(
             (Out::Snapshot(r), _) => {
                 snapshot(&recent, &events_out, r);
                 Vec::new()
+            }
+            (Out::Detections { camera, payload }, _) => {
+                if let Err(e) = events_out.forward_detections(&camera, payload) {
+                    warn!(camera = %camera, error = %e, "Detections not sent up the uplink.");
+                }
+                return;
             }
             (Out::Events(e), Some(l)) => l.events(e, Instant::now()),
             (Out::Events(e), None) => e,
@@ -232,7 +240,7 @@ async fn serve(
             biased;
             _ = stop.cancelled() => break,
             r = results.next() => match r {
-                Some(r) => out(route(incidents, r)),
+                Some(r) => take(incidents, r, &mut out),
                 None => return,
             },
             Some(c) = next_clip(&mut finished) => out(Out::Clip(c)),
@@ -247,7 +255,7 @@ async fn serve(
     let (mut drained, mut dropped) = (0u64, 0u64);
     while let Some(r) = results.try_next() {
         if tokio::time::Instant::now() < until {
-            out(route(incidents, r));
+            take(incidents, r, &mut out);
             drained += 1;
         } else {
             dropped += 1;
@@ -303,15 +311,6 @@ fn announce(events: &Events, msg: &clips::ClipMessage) {
     }
 }
 
-/// A snapshot goes to the store and up; anything else is [`handle`]d.
-fn route(incidents: &mut Incidents, r: ResultMessage) -> Out {
-    if r.kind.starts_with("snapshots/") {
-        Out::Snapshot(r)
-    } else {
-        Out::Events(handle(incidents, r))
-    }
-}
-
 /// A snapshot a worker published (`kind` `snapshots/{id}`): kept for the page and, when
 /// it is new, handed to the uplink before the incident that will name it (the worker
 /// publishes it, confirmed, before the detections the incident comes from).
@@ -325,6 +324,23 @@ fn snapshot(recent: &RecentIncidents, events: &Events, r: ResultMessage) {
     if let Err(e) = events.forward_snapshot(&r.camera, id, r.payload) {
         warn!(camera = %r.camera, snapshot = %id, error = %e, "Snapshot not handed to the uplink.");
     }
+}
+
+/// One result handed on: a snapshot to the store and up; a frame's first detections
+/// message as it came (the uplink may send it up), then the incident events its
+/// tracking gives.
+fn take(incidents: &mut Incidents, r: ResultMessage, out: &mut impl FnMut(Out)) {
+    if r.kind.starts_with("snapshots/") {
+        out(Out::Snapshot(r));
+        return;
+    }
+    if r.kind == "detections" && r.first_answer {
+        out(Out::Detections {
+            camera: r.camera.clone(),
+            payload: r.payload.clone(),
+        });
+    }
+    out(Out::Events(handle(incidents, r)));
 }
 
 /// One result: detections are measured and tracked; incident events (this agent's

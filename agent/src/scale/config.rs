@@ -2,7 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::values::{Dur, IntIn};
+use std::path::PathBuf;
+
+use crate::transport::{TransportConfig, TransportKind};
+use crate::values::{AmqpSchemes, Dur, IntIn, SecretUrl};
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -36,12 +39,36 @@ pub struct ScalingConfig {
     /// build on a Jetson can take minutes: raise it there.
     #[serde(default = "default_ready_timeout")]
     pub worker_ready_timeout: Dur,
-    /// Offload to this queue, on the same AMQP broker, when local workers cannot start
-    /// or are all busy (unset: never). An `edge-agent scaler` (or the KEDA deployment)
-    /// on a GPU server consumes it with `transport.frames_queue` set to this name;
-    /// results come back on the events exchange like local ones.
+    /// Offload to this queue when local workers cannot start or are all busy (unset:
+    /// never). An `edge-agent scaler` (or the KEDA deployment) on a GPU server consumes
+    /// it with `transport.frames_queue` set to this name. Without `remote_url` it is on
+    /// the frames transport's AMQP broker and results come back on its events exchange
+    /// like local ones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote_queue: Option<String>,
+    /// The GPU pool's own AMQP broker (`amqp://` or `amqps://`): offloaded frames take a
+    /// link of their own there, so the frames transport can stay on this box (the
+    /// embedded broker), and their detections come back on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_url: Option<SecretUrl<AmqpSchemes>>,
+    /// A file holding the pool broker's password, put into `remote_url` at load
+    /// (looked up like `transport.password_file`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_password_file: Option<PathBuf>,
+    /// CA bundle for an `amqps://` `remote_url` (system roots otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS with the pool's broker, with
+    /// `remote_key_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_cert_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_key_file: Option<PathBuf>,
+    /// The topic exchange the pool's workers publish detections to (their
+    /// `transport.events_exchange`); with `remote_url` only. Default
+    /// `transport.events_exchange`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_exchange: Option<String>,
     /// Local backlog (frames waiting and held by local workers) above which frames go
     /// remote once local workers are at `max_workers`.
     #[serde(default = "default_offload")]
@@ -61,6 +88,12 @@ impl Default for ScalingConfig {
             grace_period: default_grace(),
             worker_ready_timeout: default_ready_timeout(),
             remote_queue: None,
+            remote_url: None,
+            remote_password_file: None,
+            remote_ca_file: None,
+            remote_cert_file: None,
+            remote_key_file: None,
+            remote_exchange: None,
             offload_backlog: default_offload(),
         }
     }
@@ -87,6 +120,46 @@ impl ScalingConfig {
                 ));
             }
         }
+        if self.remote_queue.is_none() {
+            let set = [
+                ("remote_url", self.remote_url.is_some()),
+                ("remote_ca_file", self.remote_ca_file.is_some()),
+                ("remote_cert_file", self.remote_cert_file.is_some()),
+                ("remote_key_file", self.remote_key_file.is_some()),
+                ("remote_exchange", self.remote_exchange.is_some()),
+            ];
+            for (key, _) in set.iter().filter(|(_, is)| *is) {
+                errs.push((
+                    key.to_string(),
+                    "needs scaling.remote_queue (where offloaded frames go)".into(),
+                ));
+            }
+        } else if self.remote_url.is_none() {
+            let set = [
+                ("remote_ca_file", self.remote_ca_file.is_some()),
+                ("remote_cert_file", self.remote_cert_file.is_some()),
+                ("remote_key_file", self.remote_key_file.is_some()),
+                ("remote_exchange", self.remote_exchange.is_some()),
+            ];
+            for (key, _) in set.iter().filter(|(_, is)| *is) {
+                errs.push((
+                    key.to_string(),
+                    "needs scaling.remote_url (without it the remote queue is on the frames transport's broker)".into(),
+                ));
+            }
+        }
+        if let Some((key, other)) = crate::transport::config::client_cert_pair(
+            &self.remote_cert_file,
+            &self.remote_key_file,
+        ) {
+            errs.push((
+                format!("remote_{key}"),
+                format!("needs remote_{other} as well (mutual TLS)"),
+            ));
+        }
+        if self.remote_exchange.as_ref().is_some_and(|x| x.is_empty()) {
+            errs.push(("remote_exchange".into(), "must not be empty".into()));
+        }
         if self.polling_interval.get().is_zero() {
             errs.push(("polling_interval".into(), "must be greater than 0".into()));
         }
@@ -97,6 +170,31 @@ impl ScalingConfig {
             ));
         }
         errs
+    }
+}
+
+impl ScalingConfig {
+    /// The offload link's settings: None unless `remote_queue` and `remote_url` are
+    /// both set (without `remote_url` the remote queue is on the frames transport). The
+    /// local transport's limits (payload, outbox, frame TTL, queue length: the pool
+    /// declares its queue with the same arguments) with the pool's broker, TLS files,
+    /// queue and exchange.
+    pub fn remote_transport(&self, local: &TransportConfig) -> Option<TransportConfig> {
+        let (queue, url) = (self.remote_queue.as_ref()?, self.remote_url.as_ref()?);
+        Some(TransportConfig {
+            kind: TransportKind::Amqp,
+            amqp_url: url.clone(),
+            password_file: None,
+            ca_file: self.remote_ca_file.clone(),
+            cert_file: self.remote_cert_file.clone(),
+            key_file: self.remote_key_file.clone(),
+            frames_queue: queue.clone(),
+            events_exchange: self
+                .remote_exchange
+                .clone()
+                .unwrap_or_else(|| local.events_exchange.clone()),
+            ..local.clone()
+        })
     }
 }
 
@@ -126,4 +224,47 @@ fn default_ready_timeout() -> Dur {
 }
 fn default_offload() -> IntIn<1, 1_000_000> {
     IntIn::lit(16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_offload_link_takes_the_pools_broker_queue_and_exchange_and_the_local_limits() {
+        let local = TransportConfig {
+            frame_ttl: Dur::secs(9),
+            events_exchange: "edge.events".into(),
+            ..TransportConfig::default()
+        };
+        let same_broker = ScalingConfig {
+            remote_queue: Some("pool.frames".into()),
+            ..ScalingConfig::default()
+        };
+        assert_eq!(same_broker.remote_transport(&local), None);
+        let c: ScalingConfig = toml::from_str(
+            "remote_queue = \"pool.frames\"\nremote_url = \"amqps://edge@pool/%2f\"\nremote_ca_file = \"ca.pem\"\nremote_exchange = \"edge.pool\"",
+        )
+        .unwrap();
+        assert!(c.check().is_empty(), "{:?}", c.check());
+        let t = c.remote_transport(&local).unwrap();
+        assert_eq!(t.kind, TransportKind::Amqp);
+        assert_eq!(t.amqp_url.expose(), "amqps://edge@pool/%2f");
+        assert_eq!(t.frames_queue, "pool.frames");
+        assert_eq!(t.events_exchange, "edge.pool");
+        assert_eq!(t.ca_file.as_deref(), Some(std::path::Path::new("ca.pem")));
+        assert_eq!(
+            t.frame_ttl,
+            Dur::secs(9),
+            "the pool's queue has the same arguments"
+        );
+        let c = ScalingConfig {
+            remote_exchange: None,
+            ..c
+        };
+        assert_eq!(
+            c.remote_transport(&local).unwrap().events_exchange,
+            "edge.events"
+        );
+    }
 }

@@ -11,7 +11,14 @@
 //!   `{device}.{camera}.{kind}` (kind: motion, detections or an event class;
 //!   snapshots use `{device}.{camera}.snapshot.{event_id}` so `*.*.*` skips them);
 //! - the agent's results queue `<events_exchange>.<device>.results`, bound to
-//!   `{device}.*.*` and `{device}.*.snapshot.*` (the workers' snapshots).
+//!   `{device}.*.*` and `{device}.*.snapshot.*` (the workers' snapshots);
+//! - the offload link's (a central GPU pool on another broker, `scaling.remote_url`):
+//!   `<events_exchange>.<device>.offload-results`, bound to `{device}.*.detections` only
+//!   (the pool's workers publish nothing else this agent reads, and the device's own
+//!   events, uplinked to the same exchange, need not come back down);
+//! - the uplink's status queue `<events_exchange>.<device>.status`, bound to
+//!   `{device}.status`, holding only the latest status (`x-max-length` 1): AMQP has no
+//!   last will, so this is the nearest to MQTT's retained status (see [`status_out`]).
 //!
 //! One task owns the connection: it publishes from the outbox with publisher confirms
 //! (a window of unconfirmed messages, put back in the outbox if the link drops),
@@ -212,6 +219,57 @@ pub fn results_queue_name(cfg: &TransportConfig, device: &str) -> String {
     format!("{}.{device}.results", cfg.events_exchange)
 }
 
+/// The offload link's results queue (named apart from the agent's, so the two links
+/// never share one when the pool is on the frames broker).
+pub fn offload_results_queue_name(cfg: &TransportConfig, device: &str) -> String {
+    format!("{}.{device}.offload-results", cfg.events_exchange)
+}
+
+/// The uplink's status queue of `device`: the latest status only.
+pub fn status_queue_name(cfg: &TransportConfig, device: &str) -> String {
+    format!("{}.{device}.status", cfg.events_exchange)
+}
+
+/// The device's status on AMQP (the uplink's): `online` at each connection, `offline`
+/// at a clean close, published persistent on the events exchange with routing key
+/// `{device}.status` into the status queue, which keeps only the latest. AMQP has no
+/// last will: after a crash, a kill or a lost network the queue still says `online`;
+/// the broker closes the connection (missed AMQP heartbeats) and the `{device}.health`
+/// heartbeat stops, which is how a consumer tells.
+pub(crate) fn status_out(shared: &LinkShared, status: &'static [u8]) -> Out {
+    let mut out = Out::new(
+        super::buffer::Class::Event,
+        "status",
+        shared.cfg.events_exchange.clone(),
+        format!("{}.status", shared.device),
+    );
+    out.payload = bytes::Bytes::from_static(status);
+    out
+}
+
+/// Declares the uplink's status queue and binds it.
+async fn declare_status_queue(
+    ch: &Channel,
+    cfg: &TransportConfig,
+    device: &str,
+) -> lapin::Result<()> {
+    let q = status_queue_name(cfg, device);
+    ch.queue_declare(
+        q.as_str().into(),
+        durable_queue(),
+        args(&[("x-max-length", AMQPValue::LongLongInt(1))]),
+    )
+    .await?;
+    ch.queue_bind(
+        q.as_str().into(),
+        cfg.events_exchange.as_str().into(),
+        format!("{device}.status").into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+}
+
 fn durable_queue() -> QueueDeclareOptions {
     QueueDeclareOptions {
         durable: true,
@@ -302,7 +360,9 @@ pub async fn delete_topology(ch: &Channel, cfg: &TransportConfig, device: &str) 
     use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
     let (dlx, dead) = dead_letter_names(&cfg.frames_queue);
     let results = results_queue_name(cfg, device);
-    for q in [&cfg.frames_queue, &dead, &results] {
+    let offload = offload_results_queue_name(cfg, device);
+    let status = status_queue_name(cfg, device);
+    for q in [&cfg.frames_queue, &dead, &results, &offload, &status] {
         let _ = ch
             .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
             .await;
@@ -455,6 +515,10 @@ impl Owner {
             if let Err(e) = declare_events_exchange(&ch, cfg).await {
                 return lost(&format!("declare exchange {}", cfg.events_exchange), e);
             }
+            if let Err(e) = declare_status_queue(&ch, cfg, &self.shared.device).await {
+                let q = status_queue_name(cfg, &self.shared.device);
+                return lost(&format!("status queue {q}"), e);
+            }
         } else if let Err(e) = declare_topology(&ch, cfg).await {
             return lost(&format!("declare queue {}", cfg.frames_queue), e);
         }
@@ -489,8 +553,22 @@ impl Owner {
                 }
             }
             Role::Uplink => {}
-            Role::Agent => {
-                let q = results_queue_name(cfg, &self.shared.device);
+            Role::Agent | Role::Offload => {
+                let device = &self.shared.device;
+                let (q, bindings) = if self.shared.role == Role::Offload {
+                    (
+                        offload_results_queue_name(cfg, device),
+                        vec![format!("{device}.*.detections")],
+                    )
+                } else {
+                    (
+                        results_queue_name(cfg, device),
+                        vec![
+                            format!("{device}.*.*"),
+                            format!("{device}.*.snapshot.*"),
+                        ],
+                    )
+                };
                 let rch = match conn.create_channel().await {
                     Ok(c) => c,
                     Err(e) => return lost("channel", e),
@@ -505,14 +583,11 @@ impl Owner {
                         )]),
                     )
                     .await?;
-                    for key in [
-                        format!("{}.*.*", self.shared.device),
-                        format!("{}.*.snapshot.*", self.shared.device),
-                    ] {
+                    for key in &bindings {
                         rch.queue_bind(
                             q.as_str().into(),
                             cfg.events_exchange.as_str().into(),
-                            key.into(),
+                            key.as_str().into(),
                             QueueBindOptions::default(),
                             FieldTable::default(),
                         )
@@ -534,7 +609,13 @@ impl Owner {
             }
         }
         *lock(&self.link.conn) = Some(conn.clone());
-        self.shared.state().up();
+        {
+            let mut st = self.shared.state();
+            st.up();
+            if self.shared.role == Role::Uplink {
+                st.put_back(status_out(&self.shared, b"online"));
+            }
+        }
         backoff.reset();
         tracing::info!(broker = %redact_url(&self.url), role = ?self.shared.role, "AMQP connected.");
 
@@ -672,25 +753,35 @@ impl Owner {
     }
 }
 
+/// The content type of what `out` carries.
+fn content_type(out: &Out) -> &'static str {
+    match out.kind {
+        "frames" => "application/x-edge-frame",
+        "snapshot" => "image/jpeg",
+        // The device status is a word (`online`, `offline`); health is JSON.
+        _ if !out.payload.trim_ascii_start().starts_with(b"{") => "text/plain",
+        _ => "application/json",
+    }
+}
+
+/// Persistent (delivery mode 2), typed, stamped, and for an event with a `message_id`
+/// (the uplink's, and the agent's own events) that id as the AMQP `message_id`
+/// property, so a consumer can dedupe without parsing the body.
 async fn publish(ch: &Channel, out: &Out) -> lapin::Result<PublisherConfirm> {
-    let props = BasicProperties::default()
+    let mut props = BasicProperties::default()
         .with_delivery_mode(2)
-        .with_content_type(
-            if out.kind == "frames" {
-                "application/x-edge-frame"
-            } else if out.kind == "snapshot" {
-                "image/jpeg"
-            } else {
-                "application/json"
-            }
-            .into(),
-        )
+        .with_content_type(content_type(out).into())
         .with_timestamp(
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
         );
+    if out.class == super::buffer::Class::Event {
+        if let Some(id) = crate::wire::message_id_of(&out.payload) {
+            props = props.with_message_id(id.into());
+        }
+    }
     ch.basic_publish(
         out.exchange.as_str().into(),
         out.key.as_str().into(),

@@ -16,7 +16,9 @@ use super::config::{TransportConfig, TransportKind};
 use super::connection::{check_name, Connection, Link};
 use super::embedded::{EmbeddedBroker, EmbeddedError};
 use super::error::TransportError;
-use super::link::{Backlog, Delivery, Frames, Inbound, LinkShared, ResultMessage, Results, Role};
+use super::link::{
+    Backlog, Delivery, Frames, Inbound, LinkShared, ResultMessage, Results, Role, TransportStats,
+};
 use super::mqtt;
 use super::state::Out;
 use crate::sync::lock;
@@ -28,6 +30,9 @@ use crate::wire::frame::{self, FrameMessage};
 /// With `kind = "embedded"` it runs the broker.
 pub struct AgentTransport {
     pub(crate) conn: Connection,
+    /// The link to a central GPU pool on another AMQP broker (`scaling.remote_url`):
+    /// offloaded frames go there, and their detections come back into the same results.
+    offload: Option<Connection>,
     results: Mutex<Option<mpsc::Receiver<ResultMessage>>>,
     broker: Option<EmbeddedBroker>,
 }
@@ -49,7 +54,27 @@ impl AgentTransport {
         device: &str,
         parent: &CancellationToken,
     ) -> Result<AgentTransport, TransportError> {
+        Self::connect_with_offload(cfg, None, device, parent).await
+    }
+
+    /// Like [`AgentTransport::connect`], with a second link to a central GPU pool on
+    /// another AMQP broker (`offload`: its URL, TLS files, the pool's queue as
+    /// `frames_queue` and the exchange its workers answer on as `events_exchange`).
+    /// Frames sent to a remote queue take that link; their detections come back on it
+    /// into [`AgentTransport::results`], with the local ones.
+    pub async fn connect_with_offload(
+        cfg: &TransportConfig,
+        offload: Option<&TransportConfig>,
+        device: &str,
+        parent: &CancellationToken,
+    ) -> Result<AgentTransport, TransportError> {
         check_name("device", device, false)?;
+        if let Some(o) = offload.filter(|o| o.kind != TransportKind::Amqp) {
+            return Err(TransportError::Url {
+                url: crate::values::secret::redact_url(o.mqtt_url.expose()),
+                why: "the offload link to a GPU pool is AMQP only".into(),
+            });
+        }
         let shared = Arc::new(LinkShared::new(cfg, device, Role::Agent));
         let (results_tx, results_rx) = mpsc::channel(cfg.buffer_size.as_usize());
         let mut broker = None;
@@ -80,12 +105,30 @@ impl AgentTransport {
             url = Some(b.url());
             broker = Some(b);
         }
+        let offload = match offload {
+            Some(o) => {
+                let shared = Arc::new(LinkShared::new(o, device, Role::Offload));
+                Some(Connection::open(shared, None, parent, None, Some(results_tx.clone())).await?)
+            }
+            None => None,
+        };
         let conn = Connection::open(shared, url, parent, None, Some(results_tx)).await?;
         Ok(AgentTransport {
             conn,
+            offload,
             results: Mutex::new(Some(results_rx)),
             broker,
         })
+    }
+
+    /// Whether the offload link is up; None without one.
+    pub fn offload_connected(&self) -> Option<bool> {
+        self.offload.as_ref().map(Connection::is_connected)
+    }
+
+    /// The offload link's counters; None without one.
+    pub fn offload_stats(&self) -> Option<&TransportStats> {
+        self.offload.as_ref().map(Connection::stats)
     }
 
     /// The embedded broker's address when this agent runs one.
@@ -120,15 +163,20 @@ impl AgentTransport {
         self.publish_frame_to(msg, None)
     }
 
-    /// Like [`AgentTransport::publish_frame`], to another frames queue of the same
-    /// AMQP broker (`scaling.remote_queue`: offload). The frame is tracked as
-    /// unanswered like any other; its result comes back the same way. Ignored on MQTT.
+    /// Like [`AgentTransport::publish_frame`], to another frames queue
+    /// (`scaling.remote_queue`: offload): on the offload link when there is one, else
+    /// on the same AMQP broker (ignored on MQTT). The frame is tracked as unanswered
+    /// like any other, on the link it took; its result comes back the same way.
     pub fn publish_frame_to(
         &self,
         msg: FrameMessage,
         queue: Option<&str>,
     ) -> Result<(), TransportError> {
-        let c = &self.conn;
+        let (c, queue) = match (&self.offload, queue) {
+            // The offload link's frames queue is the remote queue.
+            (Some(o), Some(_)) => (o, None),
+            _ => (&self.conn, queue),
+        };
         let h = &msg.header;
         let max = c.shared.cfg.max_payload.as_usize();
         if msg.jpeg.len() > max {
@@ -156,7 +204,9 @@ impl AgentTransport {
         let evicted = {
             let mut st = c.shared.state();
             let evicted = st.expect_answer(&h.camera, h.seq, out.clone(), Instant::now());
-            metrics().backlog.set(st.unanswered() as i64);
+            if c.shared.role == Role::Agent {
+                metrics().backlog.set(st.unanswered() as i64);
+            }
             evicted
         };
         if evicted {
@@ -249,14 +299,22 @@ impl AgentTransport {
     }
 
     /// Says `offline` on the status topic (MQTT), then flushes and closes within
-    /// `timeout` (see [`Connection`]). Takes `&self`: other holders of the handle
-    /// (health, scaler) need not be gone; what they publish afterwards fails.
+    /// `timeout` (see [`Connection`]), the offload link alongside. Takes `&self`:
+    /// other holders of the handle (health, scaler) need not be gone; what they
+    /// publish afterwards fails.
     pub async fn close(&self, timeout: Duration) -> bool {
         if self.is_mqtt() {
             self.conn
                 .enqueue(mqtt::status_out(&self.conn.shared, b"offline"));
         }
-        self.conn.close(timeout).await
+        let offload = async {
+            match &self.offload {
+                Some(o) => o.close(timeout).await,
+                None => true,
+            }
+        };
+        let (local, remote) = tokio::join!(self.conn.close(timeout), offload);
+        local && remote
     }
 }
 
@@ -387,9 +445,10 @@ impl WorkerTransport {
 
 /// The uplink's side: publishes events to a central broker, each with the broker's
 /// confirmation to wait on (the spool removes an event only then), and device state
-/// (status, health). It consumes nothing and never carries frames. On MQTT its session
-/// is persistent and its last will sets the retained `{prefix}/{device}/status` to
-/// `lost`; it says `online` at each connection and `offline` at a clean close.
+/// (status, health). It consumes nothing and never carries frames. It says `online` at
+/// each connection and `offline` at a clean close: on MQTT in the retained
+/// `{prefix}/{device}/status`, whose last will says `lost` (its session is persistent);
+/// on AMQP, which has no last will, in the status queue (see `amqp::status_out`).
 pub struct UplinkTransport {
     pub(crate) conn: Connection,
 }
@@ -453,12 +512,14 @@ impl UplinkTransport {
         self.conn.shared.cfg.buffer_size.as_usize()
     }
 
-    /// Says `offline` (MQTT), then flushes and closes within `timeout`.
+    /// Says `offline` (MQTT: the retained status; AMQP: the status queue), then
+    /// flushes and closes within `timeout`.
     pub async fn close(&self, timeout: Duration) -> bool {
-        if self.is_mqtt() {
-            self.conn
-                .enqueue(mqtt::status_out(&self.conn.shared, b"offline"));
-        }
+        let status = match &self.conn.link {
+            Link::Mqtt(_) => mqtt::status_out(&self.conn.shared, b"offline"),
+            Link::Amqp(_) => super::amqp::status_out(&self.conn.shared, b"offline"),
+        };
+        self.conn.enqueue(status);
         self.conn.close(timeout).await
     }
 }

@@ -31,6 +31,9 @@ pub(crate) enum Role {
     Worker,
     /// Publishes events to a central broker (the uplink); consumes nothing.
     Uplink,
+    /// The agent's second AMQP link, to a central GPU pool (`scaling.remote_url`):
+    /// publishes offloaded frames to the pool's queue and reads their detections back.
+    Offload,
 }
 
 /// Counters of one transport (also mirrored into the process metrics), so a test or

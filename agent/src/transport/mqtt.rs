@@ -108,6 +108,12 @@ fn status_topic(shared: &LinkShared) -> String {
     format!("{}/{}/status", shared.cfg.topic_prefix, shared.device)
 }
 
+/// Whether a link of `role` keeps the device's status: the agent's and the uplink's,
+/// not a worker's nor the offload link's (the device's status is not the pool's business).
+fn says_status(role: Role) -> bool {
+    matches!(role, Role::Agent | Role::Uplink)
+}
+
 /// The agent's retained status message (`online`, or `offline` at a clean close; the
 /// last will says [`STATUS_LOST`] when the agent vanishes without a DISCONNECT).
 pub(crate) fn status_out(shared: &LinkShared, status: &'static [u8]) -> Out {
@@ -144,7 +150,7 @@ pub(crate) fn start(
     let opts = options(&shared, url, Duty::Publish, window)?;
     let consume_opts = match shared.role {
         Role::Worker => Some(options(&shared, url, Duty::Consume, window)?),
-        Role::Agent | Role::Uplink => None,
+        Role::Agent | Role::Uplink | Role::Offload => None,
     };
     let (client, eventloop) = open(&opts, cap);
     let consumer = consume_opts.map(|o| {
@@ -159,7 +165,8 @@ pub(crate) fn start(
     };
     let subs = match shared.role {
         Role::Worker | Role::Uplink => Vec::new(),
-        Role::Agent => vec![
+        // Offload is AMQP only (checked at load); the same subscriptions if ever not.
+        Role::Agent | Role::Offload => vec![
             format!("{}/{}/+/detections", cfg.topic_prefix, shared.device),
             format!("{}/{}/+/events/+", cfg.topic_prefix, shared.device),
             // The workers' snapshots, for the page and the uplink.
@@ -228,6 +235,7 @@ fn options(
         // other's session in a loop.
         (Role::Agent, _) => format!("edge-agent-{}-{}", cfg.topic_prefix, shared.device),
         (Role::Uplink, _) => format!("edge-uplink-{}-{}", cfg.topic_prefix, shared.device),
+        (Role::Offload, _) => format!("edge-offload-{}-{}", cfg.topic_prefix, shared.device),
         (Role::Worker, _) => format!(
             "edge-worker-{}-{}-{:08x}-{}",
             shared.device.replace('+', "any"),
@@ -255,7 +263,7 @@ fn options(
         let pass = userinfo_decode(parsed.password().unwrap_or(""));
         opts.set_credentials(user, pass);
     }
-    if shared.role != Role::Worker {
+    if says_status(shared.role) {
         opts.set_last_will(LastWill::new(
             status_topic(shared),
             STATUS_LOST,
@@ -398,7 +406,7 @@ impl Owner {
                 } else {
                     let mut st = self.shared.state();
                     st.up();
-                    if self.shared.role != Role::Worker {
+                    if says_status(self.shared.role) {
                         st.put_back(status_out(&self.shared, b"online"));
                     }
                     self.link.pump(&mut st, &self.shared);

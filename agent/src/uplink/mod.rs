@@ -1,6 +1,7 @@
 //! The uplink: events to a central broker, apart from the frames. Frames stay on the
 //! local transport (usually the embedded broker); incidents, snapshots (read back from
-//! the frames transport), clip notices and motion go up through a disk spool (`spool.rs`) to a central MQTT or AMQP broker, so they
+//! the frames transport), clip notices, motion and, with `detections = true`, each
+//! detections message received go up through a disk spool (`spool.rs`) to a central MQTT or AMQP broker, so they
 //! survive an outage of hours, a SIGKILL and a power cut; status and health (state:
 //! the latest value counts) go up retained, without the spool. The connection is the
 //! transport module's ([`UplinkTransport`]); this module owns the spool, the message
@@ -47,6 +48,8 @@ pub enum UplinkError {
 /// spooled uplink. Shared by every publisher (results, escalator, telemetry).
 pub struct Events {
     route: Route,
+    /// `uplink.detections`: each detections message received goes up as well.
+    detections: bool,
     /// Message ids when there is no spool: a random epoch per run and a counter.
     local_ids: (u64, AtomicU64),
 }
@@ -78,6 +81,7 @@ impl Events {
     pub fn local(transport: Arc<AgentTransport>) -> Events {
         Events {
             route: Route::Local(transport),
+            detections: false,
             local_ids: (rand::random(), AtomicU64::new(0)),
         }
     }
@@ -124,6 +128,7 @@ impl Events {
         tokio::spawn(forward(up.clone(), parent.child_token()));
         Ok(Events {
             route: Route::Up(up),
+            detections: cfg.detections,
             local_ids: (0, AtomicU64::new(0)),
         })
     }
@@ -154,6 +159,21 @@ impl Events {
         match &self.route {
             Route::Local(_) => Ok(()),
             Route::Up(_) => self.publish(camera, &format!("snapshots/{id}"), jpeg),
+        }
+    }
+
+    /// A detections message this agent received (the first answer to one of its
+    /// frames, as the worker published it): with `uplink.detections` on, it goes up
+    /// through the spool like an event, with a `message_id`; otherwise (or without an
+    /// uplink, where the workers' detections already are on the frames transport)
+    /// nothing happens. True when it was spooled.
+    pub fn forward_detections(&self, camera: &str, payload: Bytes) -> Result<bool, UplinkError> {
+        match &self.route {
+            Route::Up(up) if self.detections => {
+                up.append(camera, "detections", payload)?;
+                Ok(true)
+            }
+            _ => Ok(false),
         }
     }
 
