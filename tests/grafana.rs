@@ -301,6 +301,7 @@ fn registry_exposition() -> String {
         &m.requeued,
         &m.storage_removed,
         &m.verifications,
+        &m.crops_whole,
     ] {
         drop(f.get_or_create(&l));
     }
@@ -313,6 +314,7 @@ fn registry_exposition() -> String {
         &m.gpu_memory,
         &m.camera_idle,
         &m.tracks,
+        &m.preroll_bytes,
     ] {
         drop(f.get_or_create(&l));
     }

@@ -346,7 +346,7 @@ fn main() {
     // all the time.
     let moving = Scene {
         period: fps as u64 * 4,
-        moves: vec![0..fps as u64 * 4],
+        moves: std::iter::once(0..fps as u64 * 4).collect(),
         ..Scene::sized(1280, 720, fps)
     };
     let server = RtspTestServer::start(Media::Scene(moving, Codec::H264));
@@ -477,7 +477,7 @@ fn main() {
     // Part 2: from an incident's end to its clip's announcement.
     let pausing = Scene {
         period: fps as u64 * 20,
-        moves: vec![0..fps as u64 * 4],
+        moves: std::iter::once(0..fps as u64 * 4).collect(),
         ..Scene::sized(1280, 720, fps)
     };
     let server = RtspTestServer::start(Media::Scene(pausing, Codec::H264));

@@ -225,7 +225,8 @@ mod tests {
 
     #[test]
     fn distinct_objects_stay_apart() {
-        let cases: Vec<(&str, Vec<(Option<Rect>, Detection)>)> = vec![
+        type Case = (&'static str, Vec<(Option<Rect>, Detection)>);
+        let cases: Vec<Case> = vec![
             (
                 "other classes across the seam",
                 vec![
