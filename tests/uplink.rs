@@ -1,7 +1,11 @@
 //! The uplink on real brokers: frames stay on the embedded broker, events go to a
 //! private Mosquitto (started here, so stopping it cuts nobody else's tests) through the
 //! disk spool. Demo cameras give motion events on a known rhythm, with escalation off
-//! so no worker is needed.
+//! so no worker is needed. `amqp`: the same on the real RabbitMQ, cut by a TCP proxy,
+//! and its nacks; `disk`: a full disk under the spool.
+
+mod amqp;
+mod disk;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
