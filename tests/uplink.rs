@@ -113,11 +113,21 @@ async fn wait_health(
     agent: &Agent,
     addr: &str,
     what: &str,
+    f: impl FnMut(&serde_json::Value) -> bool,
+) {
+    wait_health_within(agent, addr, what, LONG, f).await
+}
+
+async fn wait_health_within(
+    agent: &Agent,
+    addr: &str,
+    what: &str,
+    within: Duration,
     mut f: impl FnMut(&serde_json::Value) -> bool,
 ) {
     wait::value_async_explained(
         what,
-        LONG,
+        within,
         || f(&health(addr)).then_some(()),
         || format!("; health {}; log:\n{}", health(addr), agent.log_text()),
     )

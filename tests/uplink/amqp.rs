@@ -16,11 +16,16 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 
 use super::{
-    check_order_and_duplicates, health, logged, received_keys, spooled, start, wait_health, LONG,
+    check_order_and_duplicates, health, logged, received_keys, spooled, start, wait_health,
+    wait_health_within, LONG,
 };
 use crate::common::broker::{amqp_url, unique};
 use crate::common::proxy::Proxy;
 use crate::common::wait;
+
+/// The first connection of a debug agent to RabbitMQ took close to a minute on a
+/// loaded 2-core machine: the first wait is longer.
+const FIRST: std::time::Duration = std::time::Duration::from_secs(180);
 
 fn rabbit_addr() -> String {
     let url = url::Url::parse(&amqp_url()).unwrap();
@@ -222,12 +227,20 @@ async fn amqp_events_spooled_through_an_outage_and_a_sigkill_all_arrive_in_order
 
     // Up: events flow, confirmed, and leave the spool.
     let (agent, addr) = start(&file);
-    wait::until_async("motion events on the AMQP uplink", LONG, || {
-        central.messages().len() >= 2
-    })
+    wait_health_within(
+        &agent,
+        &addr,
+        "events sent on the AMQP uplink",
+        FIRST,
+        |h| {
+            h["uplink"]["connected"] == true
+                && h["uplink"]["kind"] == "amqp"
+                && h["uplink"]["sent"].as_u64() >= Some(2)
+        },
+    )
     .await;
-    wait_health(&agent, &addr, "the uplink connected", |h| {
-        h["uplink"]["connected"] == true && h["uplink"]["kind"] == "amqp"
+    wait::until_async("motion events at the central queue", LONG, || {
+        central.messages().len() >= 2
     })
     .await;
 
@@ -312,10 +325,11 @@ async fn amqp_events_rabbitmq_nacks_stay_in_the_spool_until_it_confirms_them() {
     )
     .unwrap();
     let (agent, addr) = start(&file);
-    wait_health(
+    wait_health_within(
         &agent,
         &addr,
         "events held in the spool while nacked",
+        FIRST,
         |h| {
             h["uplink"]["connected"] == true && h["uplink"]["spool"]["messages"].as_u64() >= Some(4)
         },

@@ -136,6 +136,19 @@ fn store_err(path: &Path, e: impl Into<redb::Error>) -> SpoolError {
         redb::Error::DatabaseAlreadyOpen => SpoolError::InUse {
             path: path.to_path_buf(),
         },
+        // redb reports a file that is not a database (bad magic number, cut short) as
+        // an I/O error of these kinds: that is corruption, not the disk.
+        redb::Error::Io(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+            ) =>
+        {
+            SpoolError::Store {
+                path: path.to_path_buf(),
+                why: e.to_string(),
+            }
+        }
         e @ (redb::Error::Io(_) | redb::Error::PreviousIo) => SpoolError::Io {
             path: path.to_path_buf(),
             why: e.to_string(),
