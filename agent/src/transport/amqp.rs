@@ -621,9 +621,12 @@ impl Owner {
 
         let limit = cfg.publish_window.as_usize();
         let mut check = tokio::time::interval(Duration::from_millis(500));
+        // After a nack, publishing waits (growing pauses while nacks go on).
+        let mut nack_backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        let mut paused: Option<tokio::time::Instant> = None;
         loop {
             // Publish what the window allows.
-            while window.len() < limit {
+            while paused.is_none() && window.len() < limit {
                 let Some(out) = self.shared.state().next_numbered() else {
                     break;
                 };
@@ -637,6 +640,12 @@ impl Owner {
             }
             self.shared.state().set_unconfirmed(window.len());
             let room = window.len() < limit;
+            let resume = async {
+                match paused {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             let oldest = async {
                 match window.front_mut() {
                     Some((_, c)) => c.as_mut().await,
@@ -661,10 +670,30 @@ impl Owner {
                     let Some((out, _)) = window.pop_front() else { continue };
                     match confirm {
                         Ok(Confirmation::Nack(_)) => {
+                            // Refused (a queue full with reject-publish, ...): not
+                            // again at once, which would spin, but after a pause, and
+                            // with every message published after it, so they stay in
+                            // order (one the broker took already comes twice, as after
+                            // a reconnect). Its confirmation waits on.
                             self.shared.stats.bump("nacked");
-                            self.shared.state().put_back(out);
+                            let mut back = vec![out];
+                            back.extend(window.drain(..).map(|(o, _)| o));
+                            {
+                                let mut state = self.shared.state();
+                                for o in back.into_iter().rev() {
+                                    state.put_back(o);
+                                }
+                            }
+                            let delay = nack_backoff.next_delay("publish nacked");
+                            if crate::telemetry::metrics::should_log("amqp-nacked", Duration::from_secs(10)) {
+                                tracing::warn!(broker = %redact_url(&self.url), retry_in = ?delay, "The broker refused a message (nack); it is sent again after a pause.");
+                            }
+                            paused = Some(tokio::time::Instant::now() + delay);
                         }
-                        Ok(_) => out.confirmed(),
+                        Ok(_) => {
+                            nack_backoff.reset();
+                            out.confirmed()
+                        }
                         Err(e) => {
                             orphans.push(out);
                             return lost("publisher confirm", e);
@@ -672,6 +701,7 @@ impl Owner {
                     }
                 }
                 _ = self.shared.wake.notified(), if room => {}
+                _ = resume => paused = None,
                 d = next_frame => match d {
                     Some(Ok(d)) => self.frame(d).await,
                     Some(Err(e)) => return lost("consume frames", e),

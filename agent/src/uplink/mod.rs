@@ -219,6 +219,20 @@ impl Events {
     }
 }
 
+/// Runs `f`, an fsynced spool commit, telling a multi-threaded tokio runtime that this
+/// worker blocks, so its other tasks (the broker links' I/O, keep-alives, `/health`)
+/// move to another worker meanwhile. A commit on a busy disk took seconds here, and
+/// with two cameras' events the runtime's workers sat in fsync while the uplink's
+/// AMQP handshake and confirmations waited a minute.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 fn now_ms() -> u64 {
     crate::clock::unix_ns_now() / 1_000_000
 }
@@ -230,9 +244,10 @@ fn oldest_age_s(oldest_ms: Option<u64>) -> f64 {
 impl Uplink {
     fn append(&self, camera: &str, kind: &str, payload: Bytes) -> Result<(), UplinkError> {
         crate::transport::connection::check_name("camera", camera, false)?;
-        let r = self
-            .spool
-            .append_with(camera, kind, now_ms(), |id| with_message_id(&payload, id));
+        let r = blocking(|| {
+            self.spool
+                .append_with(camera, kind, now_ms(), |id| with_message_id(&payload, id))
+        });
         match r {
             Ok(a) => {
                 self.count(DropReason::SpoolEvicted, &self.counts.evicted, a.evicted);

@@ -32,6 +32,10 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Random per spool file: with the sequence number it makes message ids unique across
 /// devices and across a spool that was moved aside and started again.
 const EPOCH: &str = "epoch";
+/// The sequence number the next append takes, kept with each append: a spool that was
+/// emptied (every event confirmed) and opened again must not hand out the ids it
+/// already sent, or a consumer would drop the new events as resends.
+const NEXT: &str = "next";
 /// The record layout version (first byte of each value).
 const RECORD_V1: u8 = 1;
 /// The spool's file name inside `uplink.spool.dir`.
@@ -41,6 +45,10 @@ pub const FILE_NAME: &str = "spool.redb";
 pub enum SpoolError {
     #[error("spool {path}: {why}")]
     Store { path: PathBuf, why: String },
+    /// An I/O error (a full disk): redb takes no more operations on that file until it
+    /// is opened again, which the spool does on its next use (at most once a second).
+    #[error("spool {path}: {why}")]
+    Io { path: PathBuf, why: String },
     #[error("spool {path}: another process has it open (two agents with one spool directory?)")]
     InUse { path: PathBuf },
     #[error(
@@ -105,7 +113,10 @@ pub enum Opened {
 }
 
 struct Inner {
-    db: Database,
+    /// None after an I/O error, until reopened (see [`SpoolError::Io`]).
+    db: Option<Database>,
+    /// When the last I/O error or failed reopen happened.
+    failed_at: Option<std::time::Instant>,
     epoch: u64,
     next: u64,
     depth: Depth,
@@ -124,6 +135,23 @@ fn store_err(path: &Path, e: impl Into<redb::Error>) -> SpoolError {
     match e {
         redb::Error::DatabaseAlreadyOpen => SpoolError::InUse {
             path: path.to_path_buf(),
+        },
+        // redb reports a file that is not a database (bad magic number, cut short) as
+        // an I/O error of these kinds: that is corruption, not the disk.
+        redb::Error::Io(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+            ) =>
+        {
+            SpoolError::Store {
+                path: path.to_path_buf(),
+                why: e.to_string(),
+            }
+        }
+        e @ (redb::Error::Io(_) | redb::Error::PreviousIo) => SpoolError::Io {
+            path: path.to_path_buf(),
+            why: e.to_string(),
         },
         e => SpoolError::Store {
             path: path.to_path_buf(),
@@ -152,7 +180,9 @@ impl Spool {
                 };
                 return Ok((Self::with(path, limits, inner), how));
             }
-            Err(e @ (SpoolError::InUse { .. } | SpoolError::Dir { .. })) => return Err(e),
+            Err(
+                e @ (SpoolError::InUse { .. } | SpoolError::Dir { .. } | SpoolError::Io { .. }),
+            ) => return Err(e),
             Err(e) => e,
         };
         let why = match opened {
@@ -201,6 +231,14 @@ impl Spool {
                 }
             }
         };
+        let stored_next = {
+            let meta = tx.open_table(META).map_err(|e| err(e.into()))?;
+            let n = meta
+                .get(NEXT)
+                .map_err(|e| err(e.into()))?
+                .map(|v| v.value());
+            n.unwrap_or(0)
+        };
         tx.open_table(EVENTS).map_err(|e| err(e.into()))?;
         tx.commit().map_err(|e| err(e.into()))?;
         // Read every record once: the depth, the next key, and a record this module
@@ -222,8 +260,10 @@ impl Spool {
         }
         drop(table);
         drop(rtx);
+        let next = next.max(stored_next);
         Ok(Inner {
-            db,
+            db: Some(db),
+            failed_at: None,
             epoch,
             next,
             depth,
@@ -258,7 +298,17 @@ impl Spool {
         now_ms: u64,
         payload: impl FnOnce(&str) -> Bytes,
     ) -> Result<Appended, SpoolError> {
-        let mut inner = lock(&self.inner);
+        self.with_db(|inner| self.append_in(inner, camera, kind, now_ms, payload))
+    }
+
+    fn append_in(
+        &self,
+        inner: &mut Inner,
+        camera: &str,
+        kind: &str,
+        now_ms: u64,
+        payload: impl FnOnce(&str) -> Bytes,
+    ) -> Result<Appended, SpoolError> {
         let seq = inner.next;
         let message_id = Self::message_id(inner.epoch, seq);
         let payload = payload(&message_id);
@@ -272,7 +322,7 @@ impl Spool {
             });
         }
         let err = |e: redb::Error| store_err(&self.path, e);
-        let mut tx = inner.db.begin_write().map_err(|e| err(e.into()))?;
+        let mut tx = self.db(inner)?.begin_write().map_err(|e| err(e.into()))?;
         tx.set_durability(Durability::Immediate)
             .map_err(|e| err(e.into()))?;
         let mut depth = inner.depth;
@@ -292,6 +342,10 @@ impl Spool {
             }
             t.insert(seq, value.as_slice()).map_err(|e| err(e.into()))?;
         }
+        {
+            let mut meta = tx.open_table(META).map_err(|e| err(e.into()))?;
+            meta.insert(NEXT, seq + 1).map_err(|e| err(e.into()))?;
+        }
         tx.commit().map_err(|e| err(e.into()))?;
         depth.messages += 1;
         depth.bytes += size;
@@ -307,9 +361,17 @@ impl Spool {
 
     /// Up to `max` records after `after` (all from the first when None), in order.
     pub fn read_after(&self, after: Option<u64>, max: usize) -> Result<Vec<Record>, SpoolError> {
-        let inner = lock(&self.inner);
+        self.with_db(|inner| self.read_in(inner, after, max))
+    }
+
+    fn read_in(
+        &self,
+        inner: &Inner,
+        after: Option<u64>,
+        max: usize,
+    ) -> Result<Vec<Record>, SpoolError> {
         let err = |e: redb::Error| store_err(&self.path, e);
-        let rtx = inner.db.begin_read().map_err(|e| err(e.into()))?;
+        let rtx = self.db(inner)?.begin_read().map_err(|e| err(e.into()))?;
         let t = rtx.open_table(EVENTS).map_err(|e| err(e.into()))?;
         let from = after.map_or(0, |a| a.saturating_add(1));
         let mut out = Vec::new();
@@ -378,22 +440,65 @@ impl Spool {
         durability: Durability,
         f: impl FnOnce(&mut redb::Table<u64, &[u8]>, &mut Depth) -> Result<u64, redb::Error>,
     ) -> Result<u64, SpoolError> {
+        self.with_db(|inner| {
+            let err = |e: redb::Error| store_err(&self.path, e);
+            let mut tx = self.db(inner)?.begin_write().map_err(|e| err(e.into()))?;
+            tx.set_durability(durability).map_err(|e| err(e.into()))?;
+            let mut depth = inner.depth;
+            let n = {
+                let mut t = tx.open_table(EVENTS).map_err(|e| err(e.into()))?;
+                let n = f(&mut t, &mut depth).map_err(err)?;
+                depth.oldest_ms = first_created(&t).map_err(err)?;
+                n
+            };
+            tx.commit().map_err(|e| err(e.into()))?;
+            inner.depth = depth;
+            Ok(n)
+        })
+    }
+
+    /// Runs `f` on the open spool under the lock. After an I/O error redb refuses every
+    /// operation on that file until it is opened again: the database is closed then, and
+    /// opened again (depth and next id read back from the file) on a later use, at most
+    /// once a second, so a disk that was full and has room again is written again.
+    fn with_db<T>(
+        &self,
+        f: impl FnOnce(&mut Inner) -> Result<T, SpoolError>,
+    ) -> Result<T, SpoolError> {
         let mut inner = lock(&self.inner);
-        let err = |e: redb::Error| store_err(&self.path, e);
-        let mut tx = inner.db.begin_write().map_err(|e| err(e.into()))?;
-        tx.set_durability(durability).map_err(|e| err(e.into()))?;
-        let mut depth = inner.depth;
-        let n = {
-            let mut t = tx.open_table(EVENTS).map_err(|e| err(e.into()))?;
-            let n = f(&mut t, &mut depth).map_err(err)?;
-            depth.oldest_ms = first_created(&t).map_err(err)?;
-            n
-        };
-        tx.commit().map_err(|e| err(e.into()))?;
-        inner.depth = depth;
-        Ok(n)
+        if inner.db.is_none() {
+            if inner.failed_at.is_some_and(|t| t.elapsed() < REOPEN_AFTER) {
+                return Err(SpoolError::Io {
+                    path: self.path.clone(),
+                    why: "closed after an I/O error, not reopened yet".into(),
+                });
+            }
+            match Self::open_file(&self.path) {
+                Ok(fresh) => *inner = fresh,
+                Err(e) => {
+                    inner.failed_at = Some(std::time::Instant::now());
+                    return Err(e);
+                }
+            }
+        }
+        let r = f(&mut inner);
+        if let Err(SpoolError::Io { .. }) = &r {
+            inner.db = None;
+            inner.failed_at = Some(std::time::Instant::now());
+        }
+        r
+    }
+
+    fn db<'a>(&self, inner: &'a Inner) -> Result<&'a Database, SpoolError> {
+        inner.db.as_ref().ok_or_else(|| SpoolError::Io {
+            path: self.path.clone(),
+            why: "closed after an I/O error".into(),
+        })
     }
 }
+
+/// How long a spool closed by an I/O error waits before it is opened again.
+const REOPEN_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn first_created(t: &redb::Table<u64, &[u8]>) -> Result<Option<u64>, redb::Error> {
     Ok(t.first()?

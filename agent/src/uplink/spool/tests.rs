@@ -357,3 +357,24 @@ fn a_spool_killed_mid_write_keeps_every_committed_event() {
         assert_eq!(s.depth().messages, records.len() as u64);
     }
 }
+
+#[test]
+fn a_spool_emptied_and_opened_again_never_hands_out_an_id_it_already_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let sent: Vec<String> = {
+        let s = open(dir.path(), ROOMY);
+        let sent: Vec<Appended> = (0..3).map(|i| append(&s, "gate", "e", 1000 + i)).collect();
+        s.remove(&sent.iter().map(|a| a.seq).collect::<Vec<_>>())
+            .unwrap();
+        assert_eq!(s.depth().messages, 0);
+        sent.into_iter().map(|a| a.message_id).collect()
+    };
+    let s = open(dir.path(), ROOMY);
+    let next = append(&s, "gate", "later", 2000);
+    assert!(
+        !sent.contains(&next.message_id),
+        "{} was sent before the reopen: {sent:?}",
+        next.message_id
+    );
+    assert_eq!(next.seq, 3);
+}
