@@ -25,5 +25,5 @@ mod stop;
 mod telemetry;
 mod transport;
 mod uplink;
-mod uplink_snapshots;
 mod uplink_amqp;
+mod uplink_snapshots;

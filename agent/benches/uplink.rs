@@ -43,8 +43,8 @@ fn event(i: usize) -> Bytes {
         "{{\"version\":1,\"state\":\"{}\",\"device\":\"bench\",\"id\":\"m{i:08}\",\"camera\":\"gate\",\
          \"start\":1765000000000,\"end\":{},\"boxes\":[[0.12,0.25,0.31,0.40],[0.55,0.10,0.70,0.33]],\
          \"union\":[0.12,0.10,0.70,0.40],\"frames\":{},\"score\":0.4321,\"zones\":[\"drive\",\"door\"]}}",
-        if i % 2 == 0 { "start" } else { "end" },
-        if i % 2 == 0 { "null".to_string() } else { format!("{}", 1765000000000u64 + i as u64) },
+        if i.is_multiple_of(2) { "start" } else { "end" },
+        if i.is_multiple_of(2) { "null".to_string() } else { format!("{}", 1765000000000u64 + i as u64) },
         i % 97
     ))
 }

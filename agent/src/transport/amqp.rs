@@ -563,10 +563,7 @@ impl Owner {
                 } else {
                     (
                         results_queue_name(cfg, device),
-                        vec![
-                            format!("{device}.*.*"),
-                            format!("{device}.*.snapshot.*"),
-                        ],
+                        vec![format!("{device}.*.*"), format!("{device}.*.snapshot.*")],
                     )
                 };
                 let rch = match conn.create_channel().await {
