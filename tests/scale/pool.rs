@@ -109,10 +109,16 @@ async fn a_worker_that_hangs_while_loading_is_killed_after_the_ready_timeout_and
 #[tokio::test]
 async fn at_the_stop_deadline_the_pool_kills_the_workers_it_owns_and_none_is_left() {
     // A real child that ignores SIGTERM (an ignored signal stays ignored across exec),
-    // so the graceful stop cannot end it within the minute of grace.
+    // so the graceful stop cannot end it within the minute of grace. It says so with a
+    // file once the trap is set: a SIGTERM before that would end the shell.
+    let dir = tempfile::tempdir().unwrap();
+    let trapped = dir.path().join("trapped");
     let spec = WorkerSpec {
         program: "/bin/sh".into(),
-        args: vec!["-c".into(), "trap '' TERM; exec sleep 600".into()],
+        args: vec![
+            "-c".into(),
+            format!("trap '' TERM; : > '{}'; exec sleep 600", trapped.display()).into(),
+        ],
         env: vec![],
         input: None,
     };
@@ -127,6 +133,10 @@ async fn at_the_stop_deadline_the_pool_kills_the_workers_it_owns_and_none_is_lef
     pool.set_target(1);
     let pid = wait::value_async("a worker started", Duration::from_secs(30), || {
         pool.status().pids.first().copied()
+    })
+    .await;
+    wait::until_async("the worker set its trap", Duration::from_secs(30), || {
+        trapped.exists()
     })
     .await;
     shutdown.cancel();

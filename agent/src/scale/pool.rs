@@ -74,11 +74,16 @@ impl std::fmt::Debug for WorkerSpec {
 
 impl WorkerSpec {
     /// This same binary, `worker --config-stdin`, fed `config` (from
-    /// [`crate::config::resolved_text`]), its malloc on huge pages
-    /// ([`crate::memory::worker_tunables`]).
+    /// [`crate::config::resolved_text`]). With `EDGE_AGENT_WORKER_HUGE_PAGES=1` in the
+    /// agent's environment its malloc uses huge pages ([`crate::memory::worker_tunables`]):
+    /// opt-in until the latency bench has measured it against small pages.
     pub fn this_binary(config: String) -> std::io::Result<Self> {
-        let tunables =
-            crate::memory::worker_tunables(std::env::var("GLIBC_TUNABLES").ok().as_deref());
+        let huge = std::env::var("EDGE_AGENT_WORKER_HUGE_PAGES").is_ok_and(|v| v == "1");
+        let tunables = huge
+            .then(|| {
+                crate::memory::worker_tunables(std::env::var("GLIBC_TUNABLES").ok().as_deref())
+            })
+            .flatten();
         Ok(Self {
             program: std::env::current_exe()?,
             args: vec!["worker".into(), "--config-stdin".into()],
