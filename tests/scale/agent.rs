@@ -12,7 +12,7 @@ async fn a_burst_from_several_cameras_scales_out_to_max_workers_drains_and_retur
     let model = tiny_random("pytorch");
     let dir = tempfile::tempdir().unwrap();
     let base = format!(
-        "[device]\nid = \"{device}\"\n{}prefetch = 1\n[scaling]\nmax_workers = {MAX}\nbacklog_per_worker = 2\npolling_interval = \"100ms\"\ncooldown_period = \"3s\"\n[inference]\nmodel = \"{}\"\nlabels = \"{}\"\nthreads = 1\nconfidence = 0.99\n",
+        "[device]\nid = \"{device}\"\n{}prefetch = 1\n[scaling]\nmax_workers = {MAX}\nbacklog_per_worker = 1\npolling_interval = \"100ms\"\ncooldown_period = \"3s\"\n[inference]\nmodel = \"{}\"\nlabels = \"{}\"\nthreads = 1\nconfidence = 0.99\n",
         names.transport_toml(),
         model.display(),
         root().join("models/coco.names").display()
