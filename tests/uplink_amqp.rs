@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use lapin::options::{
-    BasicConsumeOptions, BasicGetOptions, BasicRejectOptions, ExchangeDeclareOptions,
-    ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicConsumeOptions, BasicGetOptions, BasicRejectOptions, ExchangeDeleteOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
 
@@ -44,17 +44,7 @@ impl Centre {
             .await
             .unwrap();
         let ch = conn.create_channel().await.unwrap();
-        ch.exchange_declare(
-            exchange.into(),
-            lapin::ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+        crate::common::broker::declare_topic_exchange(&ch, exchange).await;
         let q = ch
             .queue_declare(
                 "".into(),

@@ -314,6 +314,22 @@ impl Mosquitto {
     }
 }
 
+/// Declares `exchange` as the transport does (a durable topic exchange), in case the
+/// test is first to use it.
+pub async fn declare_topic_exchange(ch: &lapin::Channel, exchange: &str) {
+    ch.exchange_declare(
+        exchange.into(),
+        lapin::ExchangeKind::Topic,
+        lapin::options::ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        lapin::types::FieldTable::default(),
+    )
+    .await
+    .unwrap();
+}
+
 /// A downstream service's view of an agent on AMQP: the agent's topology declared, an
 /// exclusive queue bound to `key` on its events exchange, consumed without acks. Keep the
 /// connection alive as long as the consumer is read.

@@ -171,17 +171,7 @@ async fn detections_tap(exchange: &str, device: &str) -> (lapin::Connection, lap
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
     // The exchange as the transport declares it (durable topic), in case we are first.
-    ch.exchange_declare(
-        exchange.into(),
-        lapin::ExchangeKind::Topic,
-        lapin::options::ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    crate::common::broker::declare_topic_exchange(&ch, exchange).await;
     let q = ch
         .queue_declare(
             "".into(),

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use lapin::options::{
-    BasicConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    BasicConsumeOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 
@@ -62,17 +62,7 @@ impl Central {
             .unwrap();
         let ch = conn.create_channel().await.unwrap();
         let exchange = unique("uplink-ex");
-        ch.exchange_declare(
-            exchange.as_str().into(),
-            lapin::ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+        crate::common::broker::declare_topic_exchange(&ch, &exchange).await;
         let queue = unique("uplink-central");
         let mut args = FieldTable::default();
         if let Some(n) = limit {
