@@ -25,5 +25,3 @@ mod stop;
 mod telemetry;
 mod transport;
 mod uplink;
-mod uplink_amqp;
-mod uplink_snapshots;

@@ -2,10 +2,15 @@
 //! private Mosquitto (started here, so stopping it cuts nobody else's tests) through the
 //! disk spool. Demo cameras give motion events on a known rhythm, with escalation off
 //! so no worker is needed. `amqp`: the same on the real RabbitMQ, cut by a TCP proxy,
-//! and its nacks; `disk`: a full disk under the spool.
+//! and its nacks; `disk`: a full disk under the spool; `properties`: what an AMQP
+//! consumer at the centre sees (message ids, the status queue, detections);
+//! `snapshots`: snapshots up before the incident that names them.
 
 mod amqp;
+mod central;
 mod disk;
+mod properties;
+mod snapshots;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};

@@ -17,14 +17,18 @@
 //!
 //! Then the time from an incident's end to its clip's announcement: one agent with the
 //! default `pre_capture`/`post_capture` (5 s) on CAMERAS cameras whose square moves 4 s
-//! in every 20; the end's `ended_ms` against the arrival of the `clips` message naming
+//! in every 30 (the 26 s still outlast `forget_after`, 15 s, so each pass ends its
+//! incident); the end's `ended_ms` against the arrival of the `clips` message naming
 //! the file the end names, both on Mosquitto; split at the agent's `clip_finished` and
 //! `clip_announced` log lines.
 //!
 //! `cargo bench -p edge-agent --bench clips` (env: BENCH_CLIPS_CAMERAS, default 4;
 //! BENCH_CLIPS_WINDOW_S, default 20; BENCH_CLIPS_ROUNDS, default 3;
-//! BENCH_CLIPS_ENDS_S, default 90; BENCH_AGENT, default target/release/edge-agent;
+//! BENCH_CLIPS_ENDS_S, default 100; BENCH_AGENT, default target/release/edge-agent;
 //! EDGE_AGENT_MQTT_URL, default mqtt://127.0.0.1:1883).
+
+#[path = "common/procfs.rs"]
+mod procfs;
 
 #[path = "../../tests/common/rtsp_server.rs"]
 #[allow(dead_code)]
@@ -39,6 +43,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use edge_agent::ingest::synthetic::Scene;
+use procfs::{cpu_seconds as cpu_of, rss_kib};
 use rtsp_server::{Codec, Media, RtspTestServer};
 
 fn root() -> PathBuf {
@@ -87,28 +92,6 @@ fn by_camera(metrics: &str, name: &str) -> BTreeMap<String, f64> {
             Some((cam, v))
         })
         .collect()
-}
-
-/// CPU seconds (user + system) of a process so far.
-fn cpu_of(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-/// Resident memory in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 fn free_port() -> u16 {
@@ -338,7 +321,7 @@ fn main() {
     let cameras = env_u64("BENCH_CLIPS_CAMERAS", 4) as usize;
     let window = Duration::from_secs(env_u64("BENCH_CLIPS_WINDOW_S", 20));
     let rounds = env_u64("BENCH_CLIPS_ROUNDS", 3);
-    let ends_for = Duration::from_secs(env_u64("BENCH_CLIPS_ENDS_S", 90));
+    let ends_for = Duration::from_secs(env_u64("BENCH_CLIPS_ENDS_S", 100));
     let fps = 30;
     let dir = tempfile::tempdir().unwrap();
 
@@ -476,7 +459,9 @@ fn main() {
 
     // Part 2: from an incident's end to its clip's announcement.
     let pausing = Scene {
-        period: fps as u64 * 20,
+        // Still for 26 s: longer than `forget_after` (15 s) after the pass's last
+        // detection, so every pass ends its incident before the next starts one.
+        period: fps as u64 * 30,
         moves: std::iter::once(0..fps as u64 * 4).collect(),
         ..Scene::sized(1280, 720, fps)
     };
@@ -538,7 +523,7 @@ fn main() {
     }
     println!(
         "From an incident's end to its clip's announcement: one agent, {cameras} cameras as above \
-         whose square moves 4 s in every 20 (one incident per pass), {} s; `post_capture` 5 s. \
+         whose square moves 4 s in every 30 (one incident per pass), {} s; `post_capture` 5 s. \
          The end's `ended_ms` (when the agent decided the incident was over: `forget_after` \
          after its last detection) against the `clips` message's arrival at a subscriber on \
          Mosquitto, split at the agent's `clip_finished` and `clip_announced` log lines. {} \

@@ -24,6 +24,10 @@
 //! `cargo bench -p edge-agent --bench density` (env: BENCH_DENSITY_N, the steps,
 //! default `1,2,3,4,6,8,10,12`; BENCH_DENSITY_MODES, default `decode,agent,frigate,idle`).
 
+#[path = "common/procfs.rs"]
+mod procfs;
+use procfs::cpu_seconds as cpu_of;
+
 #[path = "common/decode.rs"]
 mod decode;
 #[path = "../../tests/common/rtsp_server.rs"]
@@ -209,19 +213,6 @@ fn print_row(mode: Mode, s: &Sample, what: &str) {
         s.drops,
         if s.held { "yes" } else { "no" }
     );
-}
-
-/// CPU seconds (user + system) of a process so far; 0 once it is gone.
-fn cpu_of(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    // Fields after the command name (which may hold spaces) start at state, field 3.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15: indices 11 and 12 after the name.
-    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn stop_all(children: &mut [Child]) {

@@ -16,6 +16,9 @@
 //! BENCH_PAGE_ROUNDS, default 3; BENCH_AGENT, the agent binary, default
 //! target/release/edge-agent).
 
+#[path = "common/procfs.rs"]
+mod procfs;
+
 #[path = "../../tests/common/rtsp_server.rs"]
 #[allow(dead_code)]
 mod rtsp_server;
@@ -29,6 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use edge_agent::ingest::synthetic::Scene;
+use procfs::cpu_seconds as cpu_of;
 use rtsp_server::RtspTestServer;
 
 const CAMERAS: usize = 2;
@@ -67,17 +71,6 @@ fn get(addr: &str, path: &str) -> (u16, usize) {
         .map(|i| out.len() - i - 4)
         .unwrap_or(0);
     (status, body)
-}
-
-/// CPU seconds (user + system) of a process so far.
-fn cpu_of(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
 }
 
 #[derive(Clone, Copy, PartialEq)]

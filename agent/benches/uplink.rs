@@ -179,9 +179,14 @@ async fn replay(cfg: &UplinkConfig, n: usize) -> (Duration, Duration) {
     let fill = Instant::now();
     {
         let (spool, _) = Spool::open(dir.path(), cfg.spool_limits()).unwrap();
+        // Now, not a fixed date: older than `spool.max_age`, they would all be evicted.
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
         for i in 0..n {
             spool
-                .append_with("gate", "motion", 1_765_000_000_000, |id| {
+                .append_with("gate", "motion", now_ms, |id| {
                     edge_agent::uplink::with_message_id(&event(i), id)
                 })
                 .unwrap();
@@ -196,7 +201,8 @@ async fn replay(cfg: &UplinkConfig, n: usize) -> (Duration, Duration) {
     })
     .await;
     let took = start.elapsed();
-    assert_eq!(field(&events, &["sent"]), n as u64);
+    let h = events.health();
+    assert_eq!(field(&events, &["sent"]), n as u64, "{h}");
     events.close(Duration::from_secs(5)).await;
     cancel.cancel();
     (filled, took)

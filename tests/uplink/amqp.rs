@@ -6,15 +6,8 @@
 //! RabbitMQ nack them: only its confirmations may take an event out of the spool.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
 
-use futures::StreamExt;
-use lapin::options::{
-    BasicConsumeOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
-};
-use lapin::types::{AMQPValue, FieldTable};
-
+use super::central::Central;
 use super::{
     check_order_and_duplicates, health, logged, received_keys, spooled, start, wait_health,
     wait_health_within, LONG,
@@ -44,112 +37,6 @@ fn through(proxy: &Proxy) -> String {
     url.to_string()
 }
 
-/// The central side: the exchange (declared as the uplink declares it), a queue of its
-/// own bound to `{device}.*.motion`, and what arrived on it.
-struct Central {
-    conn: lapin::Connection,
-    exchange: String,
-    queue: String,
-    got: Arc<Mutex<Vec<(String, serde_json::Value)>>>,
-}
-
-impl Central {
-    /// `limit`: the queue holds at most that many messages and has RabbitMQ nack the
-    /// rest (`reject-publish`); it is then not consumed until [`Central::consume`].
-    async fn start(device: &str, limit: Option<i64>) -> Central {
-        let conn = lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
-            .await
-            .unwrap();
-        let ch = conn.create_channel().await.unwrap();
-        let exchange = unique("uplink-ex");
-        crate::common::broker::declare_topic_exchange(&ch, &exchange).await;
-        let queue = unique("uplink-central");
-        let mut args = FieldTable::default();
-        if let Some(n) = limit {
-            args.insert("x-max-length".into(), AMQPValue::LongLongInt(n));
-            args.insert(
-                "x-overflow".into(),
-                AMQPValue::LongString("reject-publish".into()),
-            );
-        }
-        ch.queue_declare(queue.as_str().into(), QueueDeclareOptions::default(), args)
-            .await
-            .unwrap();
-        ch.queue_bind(
-            queue.as_str().into(),
-            exchange.as_str().into(),
-            format!("{device}.*.motion").into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-        let central = Central {
-            conn,
-            exchange,
-            queue,
-            got: Arc::default(),
-        };
-        if limit.is_none() {
-            central.consume().await;
-        }
-        central
-    }
-
-    async fn consume(&self) {
-        let ch = self.conn.create_channel().await.unwrap();
-        let mut consumer = ch
-            .basic_consume(
-                self.queue.as_str().into(),
-                unique("central").as_str().into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        let got = self.got.clone();
-        tokio::spawn(async move {
-            let _ch = ch;
-            while let Some(Ok(d)) = consumer.next().await {
-                let key = d.routing_key.as_str().to_string();
-                let v: serde_json::Value = serde_json::from_slice(&d.data)
-                    .unwrap_or_else(|e| panic!("{key}: not JSON ({e})"));
-                got.lock().unwrap().push((key, v));
-            }
-        });
-    }
-
-    fn messages(&self) -> Vec<serde_json::Value> {
-        self.got
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(key, v)| {
-                let mut v = v.clone();
-                v["_topic"] = key.clone().into();
-                v
-            })
-            .collect()
-    }
-
-    async fn delete(self) {
-        let ch = self.conn.create_channel().await.unwrap();
-        let _ = ch
-            .queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())
-            .await;
-        let _ = ch
-            .exchange_delete(
-                self.exchange.as_str().into(),
-                ExchangeDeleteOptions::default(),
-            )
-            .await;
-        let _ = self.conn.close(200, "OK".into()).await;
-    }
-}
-
 fn config(device: &str, url: &str, exchange: &str, spool: &std::path::Path) -> String {
     let cam = |id: &str| {
         format!("[[cameras]]\nid = \"{id}\"\nurl = \"demo://{id}?width=160&height=90&fps=10\"\nescalation = {{ enabled = false }}\n")
@@ -176,11 +63,11 @@ async fn all_arrived(
         "every logged motion transition on the AMQP uplink",
         LONG,
         || {
-            let msgs = central.messages();
+            let msgs = central.bodies();
             expected.is_subset(&received_keys(&msgs)).then_some(msgs)
         },
         || {
-            let got = received_keys(&central.messages());
+            let got = received_keys(&central.bodies());
             format!(
                 "; missing {:?}",
                 expected.difference(&got).collect::<Vec<_>>()
@@ -200,7 +87,7 @@ async fn all_arrived(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amqp_events_spooled_through_an_outage_and_a_sigkill_all_arrive_in_order_per_camera() {
     let device = unique("uplink-amqp");
-    let central = Central::start(&device, None).await;
+    let central = Central::start(&unique("uplink-ex"), &format!("{device}.*.motion"), None).await;
     let proxy = Proxy::start(&rabbit_addr()).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("agent.toml");
@@ -230,7 +117,7 @@ async fn amqp_events_spooled_through_an_outage_and_a_sigkill_all_arrive_in_order
     )
     .await;
     wait::until_async("motion events at the central queue", LONG, || {
-        central.messages().len() >= 2
+        central.bodies().len() >= 2
     })
     .await;
 
@@ -280,27 +167,28 @@ async fn amqp_events_spooled_through_an_outage_and_a_sigkill_all_arrive_in_order
     // A clean stop with an empty spool, then a start: new events get new ids.
     let status = agent.stop();
     assert!(status.success(), "{status:?}");
-    let before = central.messages().len();
+    let before = central.bodies().len();
     let (agent, addr) = start(&file);
     wait_health(&agent, &addr, "events sent after a clean restart", |h| {
         h["uplink"]["sent"].as_u64() >= Some(3)
     })
     .await;
     wait::until_async("the new events arrived", LONG, || {
-        central.messages().len() >= before + 3
+        central.bodies().len() >= before + 3
     })
     .await;
-    check_order_and_duplicates(&central.messages());
+    check_order_and_duplicates(&central.bodies());
     let status = agent.stop();
     assert!(status.success(), "{status:?}");
-    central.delete().await;
+    central.delete(&[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amqp_events_rabbitmq_nacks_stay_in_the_spool_until_it_confirms_them() {
     let device = unique("uplink-nack");
     // Room for two: RabbitMQ nacks every later publish until the queue is read.
-    let central = Central::start(&device, Some(2)).await;
+    let central =
+        Central::start(&unique("uplink-ex"), &format!("{device}.*.motion"), Some(2)).await;
     let proxy = Proxy::start(&rabbit_addr()).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("agent.toml");
@@ -347,7 +235,7 @@ async fn amqp_events_rabbitmq_nacks_stay_in_the_spool_until_it_confirms_them() {
     })
     .await;
     central.consume().await;
-    wait::until_async("the two taken read", LONG, || central.messages().len() >= 2).await;
+    wait::until_async("the two taken read", LONG, || central.bodies().len() >= 2).await;
     proxy.restore();
     wait_health(&agent, &addr, "the spool drained", |h| {
         h["uplink"]["spool"]["messages"] == 0
@@ -360,5 +248,5 @@ async fn amqp_events_rabbitmq_nacks_stay_in_the_spool_until_it_confirms_them() {
     assert_eq!(h["uplink"]["failed"], 0, "{h}");
     let status = agent.stop();
     assert!(status.success(), "{status:?}");
-    central.delete().await;
+    central.delete(&[]).await;
 }

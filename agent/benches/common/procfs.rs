@@ -48,3 +48,24 @@ pub fn kib_field(text: &str, name: &str) -> u64 {
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0)
 }
+
+/// CPU seconds (user + system) of a process so far; 0 once it is gone.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) start at state, field 3.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15: indices 11 and 12 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Resident memory in KiB (VmRSS of /proc/PID/status); 0 once the process is gone.
+pub fn rss_kib(pid: u32) -> u64 {
+    kib_field(
+        &std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default(),
+        "VmRSS:",
+    )
+}

@@ -1,117 +1,19 @@
-//! The uplink on RabbitMQ: what an AMQP consumer at the centre sees. Events carry the
+//! The uplink on RabbitMQ: what an AMQP consumer at the central sees. Events carry the
 //! AMQP `message_id` (the JSON one), their content type and persistent delivery; the
 //! device's status lives in a one-message status queue (AMQP has no last will); and
 //! `uplink.detections` sends each detections message up, or none. Frames stay on the
 //! embedded broker.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
-use lapin::options::{
-    BasicConsumeOptions, BasicGetOptions, BasicRejectOptions, ExchangeDeleteOptions,
-    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
-};
-use lapin::types::FieldTable;
+use lapin::options::{BasicGetOptions, BasicRejectOptions};
 
+use super::central::{Central, Got};
 use crate::common::agent::Agent;
 use crate::common::broker::{amqp_url, unique};
 use crate::common::wait;
 
 const LONG: Duration = Duration::from_secs(60);
-
-/// One message as the centre got it.
-#[derive(Clone, Debug)]
-struct Got {
-    key: String,
-    message_id: Option<String>,
-    content_type: Option<String>,
-    delivery_mode: Option<u8>,
-    body: serde_json::Value,
-}
-
-/// A consumer at the centre: an exclusive queue bound to `binding` on the uplink's
-/// exchange (declared as the uplink declares it, in case we are first).
-struct Centre {
-    conn: lapin::Connection,
-    got: Arc<Mutex<Vec<Got>>>,
-    _task: tokio::task::JoinHandle<()>,
-}
-
-impl Centre {
-    async fn start(exchange: &str, binding: &str) -> Centre {
-        let conn = lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
-            .await
-            .unwrap();
-        let ch = conn.create_channel().await.unwrap();
-        crate::common::broker::declare_topic_exchange(&ch, exchange).await;
-        let q = ch
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        ch.queue_bind(
-            q.name().as_str().into(),
-            exchange.into(),
-            binding.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-        let mut consumer = ch
-            .basic_consume(
-                q.name().as_str().into(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        let got: Arc<Mutex<Vec<Got>>> = Arc::default();
-        let sink = got.clone();
-        let task = tokio::spawn(async move {
-            while let Some(Ok(d)) = consumer.next().await {
-                let p = &d.properties;
-                sink.lock().unwrap().push(Got {
-                    key: d.routing_key.as_str().to_string(),
-                    message_id: p.message_id().as_ref().map(|s| s.as_str().to_string()),
-                    content_type: p.content_type().as_ref().map(|s| s.as_str().to_string()),
-                    delivery_mode: *p.delivery_mode(),
-                    body: serde_json::from_slice(&d.data).unwrap_or_else(|_| {
-                        serde_json::Value::String(String::from_utf8_lossy(&d.data).into())
-                    }),
-                });
-            }
-        });
-        Centre {
-            conn,
-            got,
-            _task: task,
-        }
-    }
-
-    fn messages(&self) -> Vec<Got> {
-        self.got.lock().unwrap().clone()
-    }
-
-    fn with_suffix(&self, suffix: &str) -> Vec<Got> {
-        self.messages()
-            .into_iter()
-            .filter(|g| g.key.ends_with(suffix))
-            .collect()
-    }
-}
 
 /// The newest status in the device's status queue, read without taking it away
 /// (fetched, then rejected with requeue), as the README tells a consumer to.
@@ -157,23 +59,6 @@ async fn status_becomes(queue: &str, want: &str) {
     }
 }
 
-async fn cleanup(exchange: &str, device: &str) {
-    let conn = lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    let _ = ch
-        .queue_delete(
-            format!("{exchange}.{device}.status").as_str().into(),
-            QueueDeleteOptions::default(),
-        )
-        .await;
-    let _ = ch
-        .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
-        .await;
-    let _ = conn.close(200, "OK".into()).await;
-}
-
 /// A box with its frames on the embedded broker and an AMQP uplink to the test
 /// RabbitMQ. `cameras`: TOML of its cameras; `extra`: more `[uplink]` lines.
 fn config(
@@ -215,7 +100,7 @@ async fn amqp_uplink_events_carry_their_message_id_and_the_status_queue_holds_th
     let device = unique("amqp-up");
     let exchange = unique("central");
     let status_queue = format!("{exchange}.{device}.status");
-    let centre = Centre::start(&exchange, &format!("{device}.#")).await;
+    let central = Central::start(&exchange, &format!("{device}.#"), None).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("agent.toml");
     std::fs::write(
@@ -231,11 +116,11 @@ async fn amqp_uplink_events_carry_their_message_id_and_the_status_queue_holds_th
     .unwrap();
     let mut agent = start(&file);
 
-    wait::until_async("three motion events at the centre", LONG, || {
-        centre.with_suffix(".gate.motion").len() >= 3
+    wait::until_async("three motion events at the central", LONG, || {
+        central.with_suffix(".gate.motion").len() >= 3
     })
     .await;
-    for g in centre.with_suffix(".gate.motion") {
+    for g in central.with_suffix(".gate.motion") {
         let id = g.body["message_id"]
             .as_str()
             .unwrap_or_else(|| panic!("{g:?}"));
@@ -245,7 +130,7 @@ async fn amqp_uplink_events_carry_their_message_id_and_the_status_queue_holds_th
     }
     // The status: `online` in the queue, also seen as a message on `{device}.status`.
     assert_eq!(status(&status_queue).await.as_deref(), Some("online"));
-    let said: Vec<Got> = centre.with_suffix(".status");
+    let said: Vec<Got> = central.with_suffix(".status");
     assert!(
         said.iter().any(|g| g.body == "online"
             && g.content_type.as_deref() == Some("text/plain")
@@ -254,7 +139,7 @@ async fn amqp_uplink_events_carry_their_message_id_and_the_status_queue_holds_th
     );
     // Health is JSON, not spooled, no message id of its own.
     wait::until_async("a heartbeat", LONG, || {
-        !centre.with_suffix(".health").is_empty()
+        !central.with_suffix(".health").is_empty()
     })
     .await;
 
@@ -267,25 +152,25 @@ async fn amqp_uplink_events_carry_their_message_id_and_the_status_queue_holds_th
     status_becomes(&status_queue, "online").await;
     agent.signal(libc::SIGKILL);
     assert!(agent.wait_exit(Duration::from_secs(10)).is_some());
-    let beats = centre.with_suffix(".health").len();
+    let beats = central.with_suffix(".health").len();
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
-        centre.with_suffix(".health").len(),
+        central.with_suffix(".health").len(),
         beats,
         "heartbeats after the kill"
     );
     assert_eq!(status(&status_queue).await.as_deref(), Some("online"));
-    let _ = centre.conn.close(200, "OK".into()).await;
-    cleanup(&exchange, &device).await;
+    central.delete(&[&status_queue]).await;
 }
 
 /// Runs a box escalating to the demo model with `uplink.detections = on` until the
 /// agent has tracked `want` detections and motion went up; returns the detections and
-/// motion messages the centre got, and the (camera, seq) the agent tracked.
+/// motion messages the central got, and the (camera, seq) the agent tracked.
 async fn detections_run(on: bool, want: usize) -> (Vec<Got>, Vec<Got>, Vec<(String, u64)>) {
     let device = unique("dets");
     let exchange = unique("central");
-    let centre = Centre::start(&exchange, &format!("{device}.#")).await;
+    let status_queue = format!("{exchange}.{device}.status");
+    let central = Central::start(&exchange, &format!("{device}.#"), None).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("agent.toml");
     std::fs::write(
@@ -316,7 +201,7 @@ async fn detections_run(on: bool, want: usize) -> (Vec<Got>, Vec<Got>, Vec<(Stri
     wait::until_async(
         "the camera's burst answered",
         Duration::from_secs(120),
-        || tracked(&agent).len() >= want && !centre.with_suffix(".motion").is_empty(),
+        || tracked(&agent).len() >= want && !central.with_suffix(".motion").is_empty(),
     )
     .await;
     // A clean stop flushes what the spool holds.
@@ -324,17 +209,16 @@ async fn detections_run(on: bool, want: usize) -> (Vec<Got>, Vec<Got>, Vec<(Stri
     let seen = tracked(&agent);
     if on {
         wait::until_async("every detections message up", LONG, || {
-            centre.with_suffix(".detections").len() >= seen.len()
+            central.with_suffix(".detections").len() >= seen.len()
         })
         .await;
     }
     let out = (
-        centre.with_suffix(".detections"),
-        centre.with_suffix(".motion"),
+        central.with_suffix(".detections"),
+        central.with_suffix(".motion"),
         seen,
     );
-    let _ = centre.conn.close(200, "OK".into()).await;
-    cleanup(&exchange, &device).await;
+    central.delete(&[&status_queue]).await;
     out
 }
 
