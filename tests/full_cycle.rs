@@ -274,7 +274,11 @@ where
             }
             "motion" => "motion.v1.json",
             "detections" => "detections.v2.json",
-            k if k.starts_with("events/") => "event.v2.json",
+            k if k.starts_with("events/") => {
+                crate::common::schema::check_event(&json(&s.payload));
+                continue;
+            }
+            "clips" => "clip.v1.json",
             _ => continue,
         };
         crate::common::schema::check(schema, &json(&s.payload));
@@ -592,7 +596,7 @@ async fn an_object_in_view_is_one_incident_across_scale_in_and_out_and_ends_at_s
         .filter(|v| v["state"] != "update")
         .collect();
     for v in &incident {
-        crate::common::schema::check("event.v2.json", v);
+        crate::common::schema::check_event(v);
     }
     let states: Vec<&str> = incident
         .iter()
@@ -686,7 +690,7 @@ async fn two_objects_in_view_are_two_incidents_each_with_its_end() {
     let (seen, log) = watch(scene, "", "3s", |s| ends(s) >= 2).await;
     let incident = incidents(&seen, "fire");
     for v in &incident {
-        crate::common::schema::check("event.v2.json", v);
+        crate::common::schema::check_event(v);
     }
     let sightings = fire_sightings(&seen);
     let ids = |state: &str| {

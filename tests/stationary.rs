@@ -257,7 +257,7 @@ async fn an_object_that_stops_is_one_incident_that_lasts_until_it_is_gone() {
         r.log
     );
     for e in &events {
-        schema::check("event.v2.json", e);
+        schema::check_event(e);
     }
     let end = events.last().unwrap();
     // Gone: a verification frame did not find it, or the frames that motion sent when
@@ -354,7 +354,7 @@ async fn a_required_zone_delays_the_start_until_the_object_enters_it() {
         .iter()
         .find(|e| e["state"] == "start")
         .unwrap_or_else(|| panic!("no incident: {events:?}\nfire sightings {sightings:?}"));
-    schema::check("event.v2.json", start);
+    schema::check_event(start);
     assert_eq!(start["zones"], serde_json::json!(["stop"]), "{start}");
     let b = &start["box_norm"];
     let bottom = b["y"].as_f64().unwrap() + b["h"].as_f64().unwrap();

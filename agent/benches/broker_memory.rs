@@ -68,6 +68,7 @@ async fn burst(case: &Case, frames: usize, frame_bytes: usize) -> Result {
         &file,
         format!(
             "[device]\nid = \"bench\"\n[transport]\nkind = \"embedded\"\nembedded_port = {port}\n\
+             mqtt_url = \"mqtt://bench:bench@127.0.0.1\"\n\
              embedded_log_size = {}\n[telemetry]\nmetrics_listen = \"\"\n",
             case.log_size
         ),
@@ -100,6 +101,7 @@ async fn burst(case: &Case, frames: usize, frame_bytes: usize) -> Result {
 
     let topic = "edge/bench/frames";
     let mut opts = MqttOptions::new("bench-sub", "127.0.0.1", port);
+    opts.set_credentials("bench", "bench");
     opts.set_max_packet_size(4 << 20, 4 << 20);
     let (sub, mut sub_loop) = AsyncClient::new(opts, 64);
     sub.subscribe(topic, QoS::AtLeastOnce).await.unwrap();
@@ -123,6 +125,7 @@ async fn burst(case: &Case, frames: usize, frame_bytes: usize) -> Result {
     });
     subscribed_rx.await.unwrap();
     let mut opts = MqttOptions::new("bench-pub", "127.0.0.1", port);
+    opts.set_credentials("bench", "bench");
     opts.set_max_packet_size(4 << 20, 4 << 20);
     opts.set_inflight(100);
     let (publisher, mut pub_loop) = AsyncClient::new(opts, 256);

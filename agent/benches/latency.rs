@@ -77,6 +77,9 @@ use edge_agent::ingest::synthetic::Scene;
 use rtsp_server::{Codec, Media, RtspTestServer};
 
 const FPS: u32 = 15;
+/// The local consumer the agent's embedded broker admits (`transport.mqtt_url`).
+const BENCH_USER: &str = "bench";
+const BENCH_PASSWORD: &str = "bench";
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -229,6 +232,9 @@ budget = 3
 
 [transport]
 kind = "embedded"
+# The embedded broker admits no anonymous client: this bench logs in as a local
+# consumer would.
+mqtt_url = "mqtt://{BENCH_USER}:{BENCH_PASSWORD}@127.0.0.1"
 
 [inference]
 model = "{model}"
@@ -373,6 +379,7 @@ fn subscribe(port: u16, topics: &[String]) -> (rumqttc::Client, mpsc::Receiver<R
     );
     opts.set_max_packet_size(16 << 20, 1 << 16);
     opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_credentials(BENCH_USER, BENCH_PASSWORD);
     let (client, mut conn) = rumqttc::Client::new(opts, 64);
     for t in topics {
         client

@@ -44,6 +44,9 @@ pub struct Agent {
     child: Option<Child>,
     pub pid: u32,
     logs: Arc<Mutex<Vec<serde_json::Value>>>,
+    /// The agent's own `XDG_STATE_HOME` (where clips go when no `dir` is set), so that
+    /// tests never write into the home directory and never see each other's files.
+    _state: tempfile::TempDir,
 }
 
 impl Agent {
@@ -69,6 +72,9 @@ impl Agent {
     }
 
     fn spawn(mut cmd: Command, env: &[(&str, &str)]) -> Agent {
+        let state = tempfile::tempdir().expect("a state directory");
+        cmd.env("XDG_STATE_HOME", state.path())
+            .env_remove("STATE_DIRECTORY");
         cmd.current_dir(repo())
             .env("EDGE_AGENT_LOG_FORMAT", "json")
             .env("RUST_LOG", "info,rumqttd=warn,lapin=warn")
@@ -106,6 +112,7 @@ impl Agent {
             pid: child.id(),
             child: Some(child),
             logs,
+            _state: state,
         }
     }
 

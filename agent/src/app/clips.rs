@@ -47,7 +47,7 @@ impl AgentClips {
         let (tx, rx) = mpsc::channel::<FinishedClip>(CLIP_REPORTS);
         let recorders = Arc::new(Recorders::new(tx, end.child_token()));
         let dir = cfg.events.clips.resolved_dir();
-        if cfg.events.clips.enabled {
+        if cfg.cameras.iter().any(|k| records(cfg, k)) {
             info!(dir = %dir.display(), "Clips of incidents are written to {}.", dir.display());
         }
         let settings = Arc::new(Mutex::new(BudgetSettings {
@@ -84,11 +84,10 @@ impl AgentClips {
             .into_iter()
             .filter_map(|(id, h)| h.upgrade().map(|h| (id, h)))
             .map(|(id, h)| {
-                let enabled = c.enabled
-                    && cfg
-                        .cameras
-                        .iter()
-                        .any(|k| k.id.as_str() == id && k.clips.enabled);
+                let enabled = cfg
+                    .cameras
+                    .iter()
+                    .any(|k| k.id.as_str() == id && records(cfg, k));
                 let settings = enabled.then(|| c.settings(dir.clone()));
                 (id, h, settings)
             })
@@ -98,7 +97,8 @@ impl AgentClips {
             tokio::task::spawn_blocking(move || drop(retired));
         }
         let mut s = lock(&self.settings);
-        if c.enabled && (s.dir != dir || !s.clips.enabled) {
+        let any = cfg.cameras.iter().any(|k| records(cfg, k));
+        if any && (s.dir != dir || !s.clips.enabled) {
             info!(dir = %dir.display(), "Clips of incidents are written to {}.", dir.display());
         }
         if s.dir != dir {
@@ -112,6 +112,12 @@ impl AgentClips {
             snapshots: cfg.events.snapshot_dir.clone(),
         };
     }
+}
+
+/// Whether camera `k` records clips: `events.clips` and the camera's own `clips` on,
+/// and an encoded stream to record (a `demo://` camera's synthetic frames are raw).
+fn records(cfg: &Config, k: &crate::camera::CameraConfig) -> bool {
+    cfg.events.clips.enabled && k.clips.enabled && k.url.scheme() != "demo"
 }
 
 /// Every [`BUDGET_EVERY`]: the oldest clips and snapshots go until the budget holds.

@@ -20,3 +20,15 @@ pub fn check(name: &str, v: &serde_json::Value) {
         .collect();
     assert!(errors.is_empty(), "{name}: {errors:?}\nin {v}");
 }
+
+/// Validates an incident event against the schema of the version it says it is:
+/// `event.v2.json`, or `event.v3.json` for an event that names its clip (clips are on by
+/// default, and a camera without them sends version 2).
+#[allow(dead_code)] // the integration tests' (this file is also their `common::schema`)
+pub fn check_event(v: &serde_json::Value) {
+    match v["version"].as_u64() {
+        Some(2) => check("event.v2.json", v),
+        Some(3) => check("event.v3.json", v),
+        other => panic!("incident event of version {other:?}, not 2 or 3: {v}"),
+    }
+}
