@@ -173,7 +173,7 @@ async fn amqp_subscribe(
                 continue;
             };
             let kind = match suffix {
-                "motion" | "detections" => suffix.to_string(),
+                "motion" | "detections" | "clips" => suffix.to_string(),
                 s if s.starts_with("snapshot.") => format!("snapshots/{}", &s[9..]),
                 class => format!("events/{class}"),
             };
@@ -384,9 +384,21 @@ where
     );
     let (start, end) = (&incident[0].1, &incident[1].1);
     assert_eq!(start["incident"], end["incident"]);
+    // Clips are on by default: the start names the clip being written (version 3),
+    // the end the finished file, which the camera's `clips` topic announced.
     assert_eq!(
         (&start["class"], &start["camera"], &start["version"]),
-        (&"fire".into(), &"gate".into(), &2.into())
+        (&"fire".into(), &"gate".into(), &3.into())
+    );
+    let clip = start["clip"]["file"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{start}"));
+    assert_eq!(end["clip"]["file"], clip, "{end}");
+    assert!(end["clip"]["bytes"].as_u64() > Some(0), "{end}");
+    assert!(
+        seen.iter()
+            .any(|s| s.kind == "clips" && json(&s.payload)["file"] == clip),
+        "no clips message for {clip}; kinds {kinds:?}"
     );
     assert_eq!(end["end_reason"], "forgotten", "{end}");
     assert!(end["frames"].as_u64().unwrap() >= 2, "{end}");
