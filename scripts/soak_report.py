@@ -115,7 +115,14 @@ def uplink_verdict(out, log_lines, series):
     spool's sequence numbers (per epoch, from 0 or the first seen to the highest), an
     uplink drop counted, or a spool not empty after the drain. Order: per camera, the
     first copies of the messages in spool order. Duplicates: only under one message_id,
-    with the same content."""
+    with the same content.
+
+    Snapshots go up through the spool too, each under a sequence number of its own, but
+    their payload is the JPEG (no JSON, so no message_id to read): every snapshot leaves
+    a gap in the JSON messages' sequence. They are counted by their topic
+    (`.../snapshots/{id}`, distinct ids), and the gaps must equal them: a lost JSON
+    message or a lost snapshot would each leave one gap more than the snapshots
+    received."""
     expected = collections.Counter()
     for v in log_lines:
         f = v.get("fields", v)
@@ -127,11 +134,15 @@ def uplink_verdict(out, log_lines, series):
     first, contents, dup_same, dup_other, arrivals, bad = {}, {}, 0, 0, 0, 0
     by_camera = collections.defaultdict(list)
     path = out / "central.txt"
+    snapshots = set()
     for line in (path.read_text(errors="replace").splitlines() if path.exists() else []):
         parts = line.split(" ", 2)
         if len(parts) < 3:
             continue
-        _, topic, payload = parts
+        at, topic, payload = parts
+        if "/snapshots/" in topic and re.fullmatch(r"[0-9]+(\.[0-9]+)?", at):
+            snapshots.add(topic)
+            continue
         try:
             m = json.loads(payload)
         except ValueError:
@@ -166,16 +177,17 @@ def uplink_verdict(out, log_lines, series):
     for _, epoch, seq in first.values():
         seqs[epoch].add(seq)
     gaps = sum(max(s) - min(s) + 1 - len(s) for s in seqs.values())
+    unaccounted = gaps - len(snapshots)
     out_of_order = sum(1 for cam in by_camera.values() for a, b in zip(cam, cam[1:]) if a[0] == b[0] and b[1] <= a[1])
     drops = {l.get("reason"): int(v) for n, l, v in series if n == "edge_agent_dropped_total" and l.get("place") == "uplink" and v}
     depth = total(series, "edge_agent_uplink_spool_messages")
     sent = int(total(series, "edge_agent_uplink_sent_total"))
-    ok = (not missing and gaps == 0 and not drops and depth == 0 and out_of_order == 0
+    ok = (not missing and unaccounted == 0 and not drops and depth == 0 and out_of_order == 0
           and dup_other == 0 and bad == 0 and sum(expected.values()) > 0)
     return {
         "ok": ok, "expected": sum(expected.values()), "received": len(first), "arrivals": arrivals,
         "dup_same": dup_same, "dup_other": dup_other, "missing": sum(missing.values()),
-        "missing_examples": list(missing)[:5], "gaps": gaps, "epochs": len(seqs), "out_of_order": out_of_order,
+        "missing_examples": list(missing)[:5], "gaps": gaps, "snapshots": len(snapshots), "unaccounted": unaccounted, "epochs": len(seqs), "out_of_order": out_of_order,
         "drops": drops, "depth": depth, "sent": sent, "bad": bad,
     }
 
@@ -439,11 +451,13 @@ def uplink_table(uv):
     if not uv:
         return ""
     missing = f"{uv['missing']} (e.g. {uv['missing_examples']})" if uv["missing"] else "0"
-    return f"""**Uplink events** (motion transitions and incidents through the disk spool to the central Mosquitto)
+    return f"""**Uplink events** (motion transitions, incidents, clip notices and snapshots through the disk spool to the central Mosquitto)
 
-| logged by the agent | received (distinct message_id) | copies received | duplicates (same id, same content) | same id, other content | missing | gaps in spool seq | out of order per camera | uplink drops | spool after drain | sent (metric) | verdict |
-|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|
-| {uv['expected']} | {uv['received']} | {uv['arrivals']} | {uv['dup_same']} | {uv['dup_other']} | {missing} | {uv['gaps']} | {uv['out_of_order']} | {uv['drops'] or 'none'} | {uv['depth']:.0f} | {uv['sent']} | {'nothing lost' if uv['ok'] else 'LOST OR DISORDERED'} |
+| logged by the agent | received (distinct message_id) | copies received | duplicates (same id, same content) | same id, other content | missing | gaps in spool seq | snapshots received (distinct) | gaps not snapshots | out of order per camera | uplink drops | spool after drain | sent (metric) | verdict |
+|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|
+| {uv['expected']} | {uv['received']} | {uv['arrivals']} | {uv['dup_same']} | {uv['dup_other']} | {missing} | {uv['gaps']} | {uv['snapshots']} | {uv['unaccounted']} | {uv['out_of_order']} | {uv['drops'] or 'none'} | {uv['depth']:.0f} | {uv['sent']} | {'nothing lost' if uv['ok'] else 'LOST OR DISORDERED'} |
+
+Received: {uv['received']} JSON messages and {uv['snapshots']} snapshots, {uv['received'] + uv['snapshots']} in all, against {uv['sent']} the agent counted sent (confirmed by the central broker and removed from the spool).
 
 """
 
