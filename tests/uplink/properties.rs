@@ -95,11 +95,18 @@ fn start(file: &std::path::Path) -> Agent {
     agent
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn amqp_uplink_events_carry_their_message_id_and_the_status_queue_holds_the_latest_status() {
-    let device = unique("amqp-up");
+/// One box's test set-up: a device of its own, a consumer at the central on a new
+/// exchange, and the box's configuration file (see [`config`]).
+struct Setup {
+    status_queue: String,
+    central: Central,
+    file: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+async fn setup(name: &str, cameras: &str, extra: &str) -> Setup {
+    let device = unique(name);
     let exchange = unique("central");
-    let status_queue = format!("{exchange}.{device}.status");
     let central = Central::start(&exchange, &format!("{device}.#"), None).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("agent.toml");
@@ -109,11 +116,27 @@ async fn amqp_uplink_events_carry_their_message_id_and_the_status_queue_holds_th
             &device,
             &exchange,
             &dir.path().join("spool"),
-            &motion_camera("gate"),
-            "",
+            cameras,
+            extra,
         ),
     )
     .unwrap();
+    Setup {
+        status_queue: format!("{exchange}.{device}.status"),
+        central,
+        file,
+        _dir: dir,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_uplink_events_carry_their_message_id_and_the_status_queue_holds_the_latest_status() {
+    let Setup {
+        status_queue,
+        central,
+        file,
+        _dir,
+    } = setup("amqp-up", &motion_camera("gate"), "").await;
     let mut agent = start(&file);
 
     wait::until_async("three motion events at the central", LONG, || {
@@ -167,23 +190,17 @@ async fn amqp_uplink_events_carry_their_message_id_and_the_status_queue_holds_th
 /// agent has tracked `want` detections and motion went up; returns the detections and
 /// motion messages the central got, and the (camera, seq) the agent tracked.
 async fn detections_run(on: bool, want: usize) -> (Vec<Got>, Vec<Got>, Vec<(String, u64)>) {
-    let device = unique("dets");
-    let exchange = unique("central");
-    let status_queue = format!("{exchange}.{device}.status");
-    let central = Central::start(&exchange, &format!("{device}.#"), None).await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("agent.toml");
-    std::fs::write(
-        &file,
-        config(
-            &device,
-            &exchange,
-            &dir.path().join("spool"),
-            &escalating_camera("cam1", want as u32),
-            &format!("detections = {on}\n"),
-        ),
+    let Setup {
+        status_queue,
+        central,
+        file,
+        _dir,
+    } = setup(
+        "dets",
+        &escalating_camera("cam1", want as u32),
+        &format!("detections = {on}\n"),
     )
-    .unwrap();
+    .await;
     let mut agent = start(&file);
     let tracked = |agent: &Agent| -> Vec<(String, u64)> {
         agent
