@@ -37,21 +37,72 @@ pub fn limit_arenas() {
     }
 }
 
+/// Allocations at least this large get their own `mmap` in a worker (glibc's default
+/// starts at 128 KiB and moves up only as such blocks are freed).
+pub const WORKER_MMAP_THRESHOLD: i32 = 32 << 20;
+/// Free memory at the top of a worker's heap that malloc keeps rather than returns.
+pub const WORKER_TRIM_THRESHOLD: i32 = 64 << 20;
+
+/// Whether the environment already sets malloc's `name` threshold (`MALLOC_<NAME>_` or
+/// the `glibc.malloc.<name>` tunable): then it keeps the last word.
+pub fn threshold_set(name: &str, env_value: Option<&str>, glibc_tunables: Option<&str>) -> bool {
+    let tunable = format!("glibc.malloc.{name}=");
+    env_value.is_some_and(|v| !v.trim().is_empty())
+        || glibc_tunables
+            .is_some_and(|t| t.split(':').any(|kv| kv.trim_start().starts_with(&tunable)))
+}
+
+/// A worker's heap: blocks up to [`WORKER_MMAP_THRESHOLD`] come from the heap and up to
+/// [`WORKER_TRIM_THRESHOLD`] of freed memory stays there. Call first thing in the worker,
+/// before its threads start; call [`release_free_memory`] once the model is loaded.
+///
+/// Why: creating a session allocates the model's bytes, weights, layouts and prepacked
+/// copies as many blocks of a few hundred KiB to a few MiB, and frees many of them again.
+/// With glibc's defaults most of those are fresh `mmap`s, each page faulted and zeroed,
+/// and unmapped again on free; from the heap the freed ones are reused. Measured here
+/// (ONNX Runtime 1.32, medians of alternating starts): `edge-agent detect` created
+/// YOLOv4-tiny's session in 45 ms against 71 ms with glibc's defaults; workers started
+/// alone against Mosquitto, against glibc's starting thresholds held fixed, in 38
+/// against 60 ms (model loaded 66 against 87 ms), and YOLOv4 416's in 298 against
+/// 483 ms. The trim after the load hands back what the load freed, so a ready worker
+/// holds what it held before (67 and 298 MiB RSS); without it, 79 and 418 MiB. The
+/// agent keeps glibc's thresholds.
+pub fn worker_heap() {
+    let env = |k: &str| std::env::var(k).ok();
+    let tunables = env("GLIBC_TUNABLES");
+    for (name, var, option, value) in [
+        (
+            "mmap_threshold",
+            "MALLOC_MMAP_THRESHOLD_",
+            M_MMAP_THRESHOLD,
+            WORKER_MMAP_THRESHOLD,
+        ),
+        (
+            "trim_threshold",
+            "MALLOC_TRIM_THRESHOLD_",
+            M_TRIM_THRESHOLD,
+            WORKER_TRIM_THRESHOLD,
+        ),
+    ] {
+        if !threshold_set(name, env(var).as_deref(), tunables.as_deref()) {
+            set_option(option, value);
+        }
+    }
+}
+
 /// The glibc tunable that makes malloc ask for transparent huge pages (glibc 2.35 and
 /// later; older ones ignore it, as do kernels with huge pages off).
 pub const HUGE_PAGES: &str = "glibc.malloc.hugetlb=1";
 
-/// The `GLIBC_TUNABLES` a worker starts with: the agent's own (`agent`) with
-/// [`HUGE_PAGES`] added, or `None` (inherit them unchanged) when they already say how
-/// malloc should use huge pages.
+/// The `GLIBC_TUNABLES` a worker starts with when `EDGE_AGENT_WORKER_HUGE_PAGES=1`: the
+/// agent's own (`agent`) with [`HUGE_PAGES`] added, or `None` (inherit them unchanged)
+/// when they already say how malloc should use huge pages.
 ///
-/// Why: a worker's cold start creates its session, which allocates the model's weights
-/// and their prepacked copies (tens to hundreds of MB) and touches every page once; in
-/// 4 KiB pages that is a fault per page. With huge pages (the kernel's transparent ones,
-/// in `madvise` mode as on Debian and JetPack) session creation took about a third less
-/// CPU for YOLOv4-tiny (ONNX Runtime 1.32, BENCHMARKS.md, "Escalation latency"). A
-/// worker's memory is gone at idle, so the larger pages cost nothing there. The agent
-/// itself keeps small pages: it is what stays at idle.
+/// Opt-in, because it measured slower: the idea was that a cold start touches every
+/// page of the weights once and fewer, larger pages fault less. In the latency bench a
+/// YOLOv4-tiny worker was ready in 159 ms with them against 118 ms without, and with
+/// [`worker_heap`] its session took 39-50 ms with them against 38-40 ms without
+/// (YOLOv4 416: 449 against 298 ms; ONNX Runtime 1.32, this machine).
 pub fn worker_tunables(agent: Option<&str>) -> Option<String> {
     let agent = agent.map(str::trim).filter(|t| !t.is_empty());
     match agent {
@@ -77,15 +128,29 @@ pub fn release_free_memory() {
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
+use libc::{M_ARENA_MAX, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD};
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+const M_ARENA_MAX: i32 = 0;
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+const M_MMAP_THRESHOLD: i32 = 0;
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+const M_TRIM_THRESHOLD: i32 = 0;
+
 fn set_arena_max(n: i32) {
-    // SAFETY: mallopt has no preconditions; M_ARENA_MAX only bounds future arenas.
+    set_option(M_ARENA_MAX, n);
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn set_option(option: i32, value: i32) {
+    // SAFETY: mallopt has no preconditions; these options only steer future
+    // allocations (M_ARENA_MAX bounds future arenas, the thresholds future blocks).
     unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, n);
+        libc::mallopt(option, value);
     }
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn set_arena_max(_: i32) {}
+fn set_option(_: i32, _: i32) {}
 
 #[cfg(test)]
 mod tests {
@@ -107,6 +172,29 @@ mod tests {
         ];
         for (env, tunables, want) in rows {
             assert_eq!(arena_limit(env, tunables), want, "{env:?} {tunables:?}");
+        }
+    }
+
+    #[test]
+    fn a_threshold_the_environment_sets_is_left_alone() {
+        let rows = [
+            (None, None, false),
+            (Some(" "), None, false),
+            (Some("1048576"), None, true),
+            (None, Some("glibc.malloc.mmap_threshold=4096"), true),
+            (
+                None,
+                Some("glibc.malloc.arena_max=2:glibc.malloc.mmap_threshold=4096"),
+                true,
+            ),
+            (None, Some("glibc.malloc.trim_threshold=4096"), false),
+        ];
+        for (env, tunables, set) in rows {
+            assert_eq!(
+                threshold_set("mmap_threshold", env, tunables),
+                set,
+                "{env:?} {tunables:?}"
+            );
         }
     }
 

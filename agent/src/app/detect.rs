@@ -30,6 +30,8 @@ struct ErrorLine<'a> {
 
 /// Exit codes: 0 all images done, 1 the detector could not start, 2 some image failed.
 pub fn detect_command(cfg: &Config, images: &[PathBuf]) -> i32 {
+    // The worker's heap, so that a model loads here as in a worker.
+    crate::memory::worker_heap();
     let mut pipeline = match Pipeline::new(&cfg.inference) {
         Ok(p) => p,
         Err(e) => {

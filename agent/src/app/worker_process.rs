@@ -24,6 +24,8 @@ use crate::shutdown::{Lifetime, Shutdown};
 use crate::transport::{Frames, TransportKind, WorkerTransport};
 
 pub fn run(loaded: Loaded) -> i32 {
+    // Before the runtime's threads (see `memory::worker_heap`).
+    crate::memory::worker_heap();
     super::run_on_runtime(
         "edge-worker",
         Some(2),
@@ -133,9 +135,15 @@ impl Started {
         let started = std::time::Instant::now();
         let overlap = cfg.transport.kind != TransportKind::Amqp;
         let load = async {
-            let pipeline = tokio::task::spawn_blocking(move || Pipeline::new(&inference))
-                .await
-                .context("model loading task")??;
+            let pipeline = tokio::task::spawn_blocking(move || {
+                let pipeline = Pipeline::new(&inference);
+                // What the session creation freed (the model's bytes, layouts) goes
+                // back: the worker's heap keeps freed blocks (`memory::worker_heap`).
+                crate::memory::release_free_memory();
+                pipeline
+            })
+            .await
+            .context("model loading task")??;
             anyhow::Ok((pipeline, started.elapsed()))
         };
         let link = async {

@@ -279,11 +279,8 @@ fn builder_at(
 /// is created; None (with a log line) when the cache is off or unusable.
 #[cfg(feature = "tensorrt")]
 fn tensorrt_cache(model: &Path, cfg: &InferenceConfig) -> Option<(PathBuf, cache::BuildLock)> {
-    use ort::ep::ExecutionProvider;
-    // A library without TensorRT (the CPU wheel) fails the provider at once: no hashing.
-    if !ort::ep::TensorRT::is_available().unwrap_or(false) {
-        return None;
-    }
+    // Only asked once the library lists TensorRT (`provider_missing`): no hashing for
+    // the CPU wheels.
     let root = cache::root(cfg.engine_cache.as_deref())?;
     let hash = match cache::known_model_hash(&root, model) {
         Ok(h) => h,
@@ -401,6 +398,11 @@ pub fn open(model: &Path, cfg: &InferenceConfig) -> Result<Opened, InferError> {
             attempts.push("cpu: not tried (inference.require_gpu = true)".to_string());
             continue;
         }
+        if let Some(reason) = provider_missing(p) {
+            tracing::info!(provider = provider_name(p), %reason, "Execution provider unavailable.");
+            attempts.push(format!("{}: {reason}", provider_name(p)));
+            continue;
+        }
         // Held until the session exists: the engine is built (or loaded) under it.
         #[cfg(feature = "tensorrt")]
         let trt_cache = (p == Provider::Tensorrt)
@@ -455,6 +457,42 @@ pub fn open(model: &Path, cfg: &InferenceConfig) -> Result<Opened, InferError> {
     } else {
         InferError::NoProvider { path, attempts }
     })
+}
+
+/// Why provider `p` cannot run here, known without touching the model: not compiled
+/// in, or the loaded ONNX Runtime library does not list it (the CPU wheels). Asked before
+/// the provider is set up, because setting TensorRT up reads the whole model for its
+/// input profile: on a CPU-only box that read was about 30 ms of every worker's cold
+/// start (YOLOv4-tiny, 24 MB) for a provider that then failed. A library that lists a
+/// provider it cannot start (its CUDA libraries missing) still fails at registration,
+/// as before.
+fn provider_missing(p: Provider) -> Option<String> {
+    #[cfg(any(feature = "cuda", feature = "tensorrt"))]
+    let listed = |available: ort::Result<bool>, name: &str| match available {
+        Ok(false) => Some(format!(
+            "the ONNX Runtime library ({}) has no {name} execution provider",
+            loaded_version().unwrap_or("unknown version")
+        )),
+        // Listed, or the library could not say: registration decides.
+        _ => None,
+    };
+    match p {
+        Provider::Cpu => None,
+        #[cfg(feature = "cuda")]
+        Provider::Cuda => {
+            use ort::ep::ExecutionProvider;
+            listed(ort::ep::CUDA::is_available(), "CUDA")
+        }
+        #[cfg(not(feature = "cuda"))]
+        Provider::Cuda => Some("not compiled in (build with --features cuda)".into()),
+        #[cfg(feature = "tensorrt")]
+        Provider::Tensorrt => {
+            use ort::ep::ExecutionProvider;
+            listed(ort::ep::TensorRT::is_available(), "TensorRT")
+        }
+        #[cfg(not(feature = "tensorrt"))]
+        Provider::Tensorrt => Some("not compiled in (build with --features tensorrt)".into()),
+    }
 }
 
 /// The CPU provider's cache directory for `model`, locked while the session is created.
