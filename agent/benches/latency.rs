@@ -45,7 +45,7 @@
 
 #[path = "common/procfs.rs"]
 mod procfs;
-use procfs::{mem_kib, workers_of};
+use procfs::{mem_kib, rss_by_mapping, workers_of};
 #[path = "common/svg.rs"]
 mod svg;
 use svg::{axes, nice, svg_open, xml, MB, ML, MR, MT, SVG_H, SVG_W};
@@ -927,7 +927,13 @@ fn median_mem(v: &[MemSample]) -> MemSample {
     }
 }
 
-fn steady_memory(url: &str, model: &Path, min_workers: u32) -> MemSample {
+/// The agent's memory over 10 s after settling (medians), and where its RSS went at the
+/// end (per mapped file, [`rss_by_mapping`]).
+fn steady_memory(
+    url: &str,
+    model: &Path,
+    min_workers: u32,
+) -> (MemSample, Vec<(String, u64, u64)>) {
     let mut agent = Agent::start(&AgentSpec {
         program: this_build(),
         env: &[],
@@ -951,8 +957,39 @@ fn steady_memory(url: &str, model: &Path, min_workers: u32) -> MemSample {
         v.push(sample_mem(agent.pid, t0.elapsed().as_secs_f64()));
         std::thread::sleep(Duration::from_millis(500));
     }
+    let mappings = rss_by_mapping(agent.pid);
     agent.stop();
-    median_mem(&v)
+    (median_mem(&v), mappings)
+}
+
+/// Where the idle agent's RSS went: the largest mapped files, the rest summed.
+fn print_mappings(mappings: &[(String, u64, u64)]) {
+    const SHOWN: usize = 12;
+    println!("### Where the idle agent's memory is");
+    println!();
+    println!(
+        "The idle agent (scale to zero) at the end of its window, per mapped file from \
+         /proc/PID/smaps: `anonymous` is the heap, thread stacks and allocator arenas; \
+         the rest are the executable and shared libraries (their pages are shared with any \
+         other process that maps them, hence PSS below RSS). MiB."
+    );
+    println!();
+    println!("| mapping | RSS | PSS |");
+    println!("|---|---:|---:|");
+    for (name, rss, pss) in mappings.iter().take(SHOWN) {
+        println!("| {name} | {:.1} | {:.1} |", mib(*rss), mib(*pss));
+    }
+    let rest = &mappings[SHOWN.min(mappings.len())..];
+    let (rss, pss) = rest
+        .iter()
+        .fold((0, 0), |(r, p), (_, rss, pss)| (r + rss, p + pss));
+    println!(
+        "| {} others | {:.1} | {:.1} |",
+        rest.len(),
+        mib(rss),
+        mib(pss)
+    );
+    println!();
 }
 
 fn mib(kib: u64) -> f64 {
@@ -966,8 +1003,8 @@ fn memory_part(full: &ModelCase, figures: &Path) {
         ..Scene::sized(640, 360, FPS)
     };
     let server = RtspTestServer::start(Media::Scene(still, Codec::H264));
-    let idle = steady_memory(&server.url("/idle"), &full.path, 0);
-    let on = steady_memory(&server.url("/always-on"), &full.path, 1);
+    let (idle, idle_mappings) = steady_memory(&server.url("/idle"), &full.path, 0);
+    let (on, _) = steady_memory(&server.url("/always-on"), &full.path, 1);
     drop(server);
     println!("### Idle memory: scale-to-zero against an always-on worker");
     println!();
@@ -1008,6 +1045,7 @@ fn memory_part(full: &ModelCase, figures: &Path) {
         mib(b.saturating_sub(a))
     );
     println!();
+    print_mappings(&idle_mappings);
 
     // Memory through one burst of motion and back to zero.
     eprintln!("memory: series through a burst...");

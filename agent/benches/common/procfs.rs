@@ -69,3 +69,38 @@ pub fn rss_kib(pid: u32) -> u64 {
         "VmRSS:",
     )
 }
+
+/// RSS and PSS in KiB per mapped file of a process, from /proc/PID/smaps, largest RSS
+/// first: shared libraries by file name, the executable by its name, and everything
+/// anonymous (heap, thread stacks, allocator arenas) as `anonymous`.
+pub fn rss_by_mapping(pid: u32) -> Vec<(String, u64, u64)> {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else {
+        return Vec::new();
+    };
+    let mut by: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    let mut current = String::new();
+    for line in s.lines() {
+        let mut f = line.split_whitespace();
+        let first = f.next().unwrap_or("");
+        // A mapping's header: "start-end perms offset dev inode [path]".
+        if first.contains('-') && !first.ends_with(':') {
+            let path = f.nth(4).unwrap_or("");
+            current = match path {
+                "" | "[heap]" | "[stack]" => "anonymous".into(),
+                p if p.starts_with('[') => p.into(),
+                p => p.rsplit('/').next().unwrap_or(p).to_string(),
+            };
+        } else if first == "Rss:" || first == "Pss:" {
+            let kib: u64 = f.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            let e = by.entry(current.clone()).or_default();
+            if first == "Rss:" {
+                e.0 += kib;
+            } else {
+                e.1 += kib;
+            }
+        }
+    }
+    let mut v: Vec<(String, u64, u64)> = by.into_iter().map(|(k, (r, p))| (k, r, p)).collect();
+    v.sort_by_key(|m| std::cmp::Reverse(m.1));
+    v
+}
