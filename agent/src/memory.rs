@@ -17,12 +17,13 @@ pub const ARENA_MAX: i32 = 2;
 /// The arena limit to set, or `None` when the environment already sets one (an operator
 /// or a test tuning glibc keeps the last word).
 pub fn arena_limit(malloc_arena_max: Option<&str>, glibc_tunables: Option<&str>) -> Option<i32> {
-    let tuned = glibc_tunables.is_some_and(|t| {
-        t.split(':')
-            .any(|kv| kv.trim_start().starts_with("glibc.malloc.arena_max="))
-    });
-    let set = malloc_arena_max.is_some_and(|v| !v.trim().is_empty());
-    (!set && !tuned).then_some(ARENA_MAX)
+    (!threshold_set("arena_max", malloc_arena_max, glibc_tunables)).then_some(ARENA_MAX)
+}
+
+/// Whether `GLIBC_TUNABLES` (`glibc_tunables`) sets `glibc.malloc.<name>`.
+fn tunable_set(glibc_tunables: Option<&str>, name: &str) -> bool {
+    let tunable = format!("glibc.malloc.{name}=");
+    glibc_tunables.is_some_and(|t| t.split(':').any(|kv| kv.trim_start().starts_with(&tunable)))
 }
 
 /// Limits malloc arenas (see the module text). Call first thing in `main`, before any
@@ -43,13 +44,11 @@ pub const WORKER_MMAP_THRESHOLD: i32 = 32 << 20;
 /// Free memory at the top of a worker's heap that malloc keeps rather than returns.
 pub const WORKER_TRIM_THRESHOLD: i32 = 64 << 20;
 
-/// Whether the environment already sets malloc's `name` threshold (`MALLOC_<NAME>_` or
-/// the `glibc.malloc.<name>` tunable): then it keeps the last word.
+/// Whether the environment already sets malloc's `name` setting (its own variable,
+/// `env_value`, such as `MALLOC_ARENA_MAX`, or the `glibc.malloc.<name>` tunable): then
+/// it keeps the last word.
 pub fn threshold_set(name: &str, env_value: Option<&str>, glibc_tunables: Option<&str>) -> bool {
-    let tunable = format!("glibc.malloc.{name}=");
-    env_value.is_some_and(|v| !v.trim().is_empty())
-        || glibc_tunables
-            .is_some_and(|t| t.split(':').any(|kv| kv.trim_start().starts_with(&tunable)))
+    env_value.is_some_and(|v| !v.trim().is_empty()) || tunable_set(glibc_tunables, name)
 }
 
 /// A worker's heap: blocks up to [`WORKER_MMAP_THRESHOLD`] come from the heap and up to
@@ -106,12 +105,7 @@ pub const HUGE_PAGES: &str = "glibc.malloc.hugetlb=1";
 pub fn worker_tunables(agent: Option<&str>) -> Option<String> {
     let agent = agent.map(str::trim).filter(|t| !t.is_empty());
     match agent {
-        Some(t)
-            if t.split(':')
-                .any(|kv| kv.trim_start().starts_with("glibc.malloc.hugetlb=")) =>
-        {
-            None
-        }
+        Some(t) if tunable_set(Some(t), "hugetlb") => None,
         Some(t) => Some(format!("{t}:{HUGE_PAGES}")),
         None => Some(HUGE_PAGES.to_string()),
     }

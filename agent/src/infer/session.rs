@@ -338,7 +338,7 @@ fn with_provider(
             .with_execution_providers([cuda_provider().build().error_on_failure()])
             .map_err(|e| e.to_string()),
         #[cfg(not(feature = "cuda"))]
-        Provider::Cuda => Err("not compiled in (build with --features cuda)".into()),
+        Provider::Cuda => Err(NO_CUDA.into()),
         #[cfg(feature = "tensorrt")]
         Provider::Tensorrt => {
             let mut trt = ort::ep::TensorRT::default().with_fp16(cfg.fp16);
@@ -377,7 +377,7 @@ fn with_provider(
         #[cfg(not(feature = "tensorrt"))]
         Provider::Tensorrt => {
             let _ = (cfg, trt_dir, model);
-            Err("not compiled in (build with --features tensorrt)".into())
+            Err(NO_TENSORRT.into())
         }
     }
 }
@@ -459,6 +459,11 @@ pub fn open(model: &Path, cfg: &InferenceConfig) -> Result<Opened, InferError> {
     })
 }
 
+#[cfg(not(feature = "cuda"))]
+const NO_CUDA: &str = "not compiled in (build with --features cuda)";
+#[cfg(not(feature = "tensorrt"))]
+const NO_TENSORRT: &str = "not compiled in (build with --features tensorrt)";
+
 /// Why provider `p` cannot run here, known without touching the model: not compiled
 /// in, or the loaded ONNX Runtime library does not list it (the CPU wheels). Asked before
 /// the provider is set up, because setting TensorRT up reads the whole model for its
@@ -484,14 +489,14 @@ fn provider_missing(p: Provider) -> Option<String> {
             listed(ort::ep::CUDA::is_available(), "CUDA")
         }
         #[cfg(not(feature = "cuda"))]
-        Provider::Cuda => Some("not compiled in (build with --features cuda)".into()),
+        Provider::Cuda => Some(NO_CUDA.into()),
         #[cfg(feature = "tensorrt")]
         Provider::Tensorrt => {
             use ort::ep::ExecutionProvider;
             listed(ort::ep::TensorRT::is_available(), "TensorRT")
         }
         #[cfg(not(feature = "tensorrt"))]
-        Provider::Tensorrt => Some("not compiled in (build with --features tensorrt)".into()),
+        Provider::Tensorrt => Some(NO_TENSORRT.into()),
     }
 }
 

@@ -102,9 +102,7 @@ impl std::fmt::Debug for WorkerSpec {
 
 impl WorkerSpec {
     /// This same binary, `worker --config-stdin`, fed `config` (from
-    /// [`crate::config::resolved_text`]). With `EDGE_AGENT_WORKER_HUGE_PAGES=1` in the
-    /// agent's environment its malloc uses huge pages ([`crate::memory::worker_tunables`]):
-    /// opt-in until the latency bench has measured it against small pages.
+    /// [`crate::config::resolved_text`]), in the environment of [`worker_env`].
     pub fn this_binary(config: String) -> std::io::Result<Self> {
         let var = |k: &str| std::env::var(k).ok();
         Ok(Self {
